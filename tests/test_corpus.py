@@ -1,0 +1,278 @@
+"""Specification of rnn_train.corpus: reading, normalisation, pinyin conversion, cache, default corpus."""
+import re
+from pathlib import Path
+
+import pytest
+
+from rnn_train import corpus
+from rnn_train.errors import UserError
+from tests.conftest import shared_corpus
+
+SENTENCE = "她说：“女儿，绿色的策略好！”他笑了……"
+SENTENCE_NONE = 'ta shuo: "nv er, lv se de ce lve hao!" ta xiao le...'
+SENTENCE_NUMBERS = 'ta1 shuo1: "nv3 er2, lv4 se4 de5 ce4 lve4 hao3!" ta1 xiao4 le5...'
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write `text` as bytes (no newline translation) and return the path."""
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def count_conversions(monkeypatch) -> list:
+    """Wrap corpus.hanzi_to_pinyin so each call is recorded; returns the list of calls."""
+    calls = []
+    real = corpus.hanzi_to_pinyin
+
+    def recording(text, tones="none"):
+        calls.append(tones)
+        return real(text, tones)
+
+    monkeypatch.setattr(corpus, "hanzi_to_pinyin", recording)
+    return calls
+
+
+# --------------------------------------------------------------------------- read_text
+
+
+def test_leading_bom_is_stripped_and_only_the_leading_one(tmp_path):
+    path = write(tmp_path / "bom.txt", "\ufeffabc\ufeffdef\n")
+    assert corpus.read_text(path) == "abc\ufeffdef\n"
+
+
+def test_crlf_and_lone_cr_become_lf(tmp_path):
+    path = write(tmp_path / "eol.txt", "one\r\ntwo\rthree\n\r\nfour")
+    assert corpus.read_text(path) == "one\ntwo\nthree\n\nfour"
+
+
+def test_gbk_file_is_read_with_encoding_gbk(tmp_path):
+    path = write(tmp_path / "gbk.txt", "abc中文，好\n", encoding="gbk")
+    assert corpus.read_text(path, encoding="gbk") == "abc中文，好\n"
+
+
+def test_gbk_file_read_as_utf8_names_file_byte_offset_and_encoding(tmp_path):
+    path = write(tmp_path / "gbk.txt", "abc中文\n", encoding="gbk")  # 中 is 0xd6 0xd0 in GBK
+    with pytest.raises(UserError) as info:
+        corpus.read_text(path)
+    message = str(info.value)
+    assert message == f"{path}: byte 0xd6 at offset 3 is not valid utf-8 (set data.encoding, e.g. gbk)"
+    assert "\n" not in message
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(UserError, match="not found: .*nowhere.txt"):
+        corpus.read_text(tmp_path / "nowhere.txt")
+
+
+def test_directory_names_the_path(tmp_path):
+    with pytest.raises(UserError, match=f"{re.escape(str(tmp_path))} is a directory"):
+        corpus.read_text(tmp_path)
+
+
+def test_unknown_encoding_is_named(tmp_path):
+    path = write(tmp_path / "a.txt", "abc")
+    with pytest.raises(UserError, match="unknown text encoding 'klingon-8'"):
+        corpus.read_text(path, encoding="klingon-8")
+
+
+def test_codec_that_is_not_a_text_encoding_is_rejected(tmp_path):
+    path = write(tmp_path / "a.txt", "abc")
+    with pytest.raises(UserError, match="'hex' is not a text encoding"):
+        corpus.read_text(path, encoding="hex")
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def test_sentence_to_pinyin_without_tones():
+    # 女 -> nv and 绿/略 -> lv/lve (ü as v); ，：！ map to ASCII and attach to the syllable
+    # before; “ attaches to the next syllable, ” to the mark before; …… becomes one "...".
+    assert corpus.hanzi_to_pinyin(SENTENCE) == SENTENCE_NONE + "\n"
+
+
+def test_sentence_to_pinyin_with_tone_numbers():
+    assert corpus.hanzi_to_pinyin(SENTENCE, tones="numbers") == SENTENCE_NUMBERS + "\n"
+
+
+def test_lines_indentation_dropped_symbols_and_blank_lines():
+    text = "  《红楼梦》\n\n\n\n    第一回　甄士隐——梦幻\n——\n\n好（坏）\n\n"
+    assert corpus.hanzi_to_pinyin(text) == "hong lou meng\n\ndi yi hui zhen shi yin meng huan\n\nhao huai\n"
+
+
+def test_straight_quotes_alternate_and_ascii_words_are_kept_lowercased():
+    text = '众人问"到底说的什么？"宝玉道：‘DNA２０２４好’'
+    assert corpus.hanzi_to_pinyin(text) == (
+        "zhong ren wen \"dao di shuo de shen me?\" bao yu dao: 'dna2024 hao'\n"
+    )
+
+
+def test_unknown_tones_setting_is_a_user_error():
+    with pytest.raises(UserError, match="tones 'marks'"):
+        corpus.hanzi_to_pinyin("中国", tones="marks")
+
+
+def test_chinese_detection_uses_the_share_of_han_characters():
+    assert corpus.looks_like_chinese("红楼梦 第一回 abc")  # 6 of 9 non-space characters
+    assert corpus.looks_like_chinese("中abc")  # exactly a quarter
+    assert not corpus.looks_like_chinese("中abcd")  # a fifth
+    assert not corpus.looks_like_chinese("ni hao, zhong guo!\n")
+    assert not corpus.looks_like_chinese(" \n\t")
+
+
+# --------------------------------------------------------------------------- load_corpus
+
+
+def test_pinyin_file_is_used_as_is(tmp_path, monkeypatch):
+    calls = count_conversions(monkeypatch)
+    text = 'ni3 hao3, zhong1 guo2!\n  "wo3 men5"\n\nDNA\n'
+    path = write(tmp_path / "py.txt", "\ufeff" + text.replace("\n", "\r\n"))
+    assert corpus.load_corpus([path], kind="pinyin", tones="none") == text
+    assert calls == []
+
+
+def test_chinese_file_is_converted_for_kind_pinyin_but_not_for_kind_text(tmp_path):
+    path = write(tmp_path / "zh.txt", SENTENCE + "\r\n")
+    assert corpus.load_corpus([path], kind="pinyin", tones="numbers") == SENTENCE_NUMBERS + "\n"
+    assert corpus.load_corpus([path], kind="text") == SENTENCE + "\n"
+
+
+def test_multiple_files_are_joined_with_a_newline(tmp_path):
+    first = write(tmp_path / "a.txt", "ni hao\n")
+    second = write(tmp_path / "b.txt", "中国")
+    third = write(tmp_path / "c.txt", "zai jian")
+    assert corpus.load_corpus([first, second, third], kind="pinyin") == "ni hao\n\nzhong guo\n\nzai jian"
+    assert corpus.load_corpus([str(first), str(third)], kind="text") == "ni hao\n\nzai jian"
+
+
+def test_a_single_path_is_accepted_in_place_of_a_list(tmp_path):
+    path = write(tmp_path / "a.txt", "abc\n")
+    assert corpus.load_corpus(str(path), kind="text") == "abc\n"
+
+
+def test_empty_or_whitespace_only_file_is_an_error_naming_it(tmp_path):
+    good = write(tmp_path / "good.txt", "abc\n")
+    blank = write(tmp_path / "blank.txt", " \r\n\t\n")
+    with pytest.raises(UserError, match=f"{re.escape(str(blank))} is empty"):
+        corpus.load_corpus([good, blank], kind="text")
+    empty = write(tmp_path / "empty.txt", "")
+    with pytest.raises(UserError, match="empty.txt is empty"):
+        corpus.load_corpus([empty], kind="pinyin")
+
+
+def test_no_files_with_kind_text_is_an_error():
+    with pytest.raises(UserError, match="no corpus file"):
+        corpus.load_corpus([], kind="text")
+
+
+def test_no_files_with_kind_pinyin_is_the_default_corpus():
+    assert corpus.load_corpus([], kind="pinyin", tones="numbers") == corpus.default_pinyin_corpus("numbers")
+
+
+def test_unknown_kind_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="kind 'words'"):
+        corpus.load_corpus([], kind="words")
+
+
+def test_read_errors_surface_through_load_corpus(tmp_path):
+    good = write(tmp_path / "good.txt", "abc\n")
+    with pytest.raises(UserError, match="missing.txt"):
+        corpus.load_corpus([good, tmp_path / "missing.txt"], kind="text")
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def test_second_load_reuses_the_cached_conversion(tmp_path, monkeypatch):
+    calls = count_conversions(monkeypatch)
+    path = write(tmp_path / "zh.txt", SENTENCE)
+    cache = tmp_path / "data" / "cache"
+    first = corpus.load_corpus([path], kind="pinyin", cache_dir=cache)
+    second = corpus.load_corpus([path], kind="pinyin", cache_dir=cache)
+    assert first == second == SENTENCE_NONE + "\n"
+    assert calls == ["none"]
+    assert len(list(cache.iterdir())) == 1  # one entry, no temporary files left behind
+
+
+def test_cache_key_covers_tones_text_and_converter_version(tmp_path, monkeypatch):
+    calls = count_conversions(monkeypatch)
+    path = write(tmp_path / "zh.txt", SENTENCE)
+    cache = tmp_path / "cache"
+    assert corpus.load_corpus([path], kind="pinyin", tones="numbers", cache_dir=cache) == SENTENCE_NUMBERS + "\n"
+    corpus.load_corpus([path], kind="pinyin", tones="none", cache_dir=cache)
+    write(path, SENTENCE + "好")
+    corpus.load_corpus([path], kind="pinyin", tones="none", cache_dir=cache)
+    monkeypatch.setattr(corpus, "CONVERTER_VERSION", corpus.CONVERTER_VERSION + 1)
+    corpus.load_corpus([path], kind="pinyin", tones="none", cache_dir=cache)
+    assert calls == ["numbers", "none", "none", "none"]
+
+
+@pytest.mark.parametrize("damage", [b"\xff\xfe garbage", b"", b"truncate"])
+def test_corrupt_cache_entry_is_ignored_and_rebuilt(tmp_path, monkeypatch, damage):
+    calls = count_conversions(monkeypatch)
+    path = write(tmp_path / "zh.txt", SENTENCE)
+    cache = tmp_path / "cache"
+    corpus.load_corpus([path], kind="pinyin", cache_dir=cache)
+    (entry,) = cache.iterdir()
+    entry.write_bytes(entry.read_bytes()[:-10] if damage == b"truncate" else damage)
+    assert corpus.load_corpus([path], kind="pinyin", cache_dir=cache) == SENTENCE_NONE + "\n"
+    assert corpus.load_corpus([path], kind="pinyin", cache_dir=cache) == SENTENCE_NONE + "\n"
+    assert calls == ["none", "none"]  # rebuilt once, then served from the repaired entry
+
+
+# --------------------------------------------------------------------------- default corpus
+
+
+def test_default_corpus_is_deterministic_and_sizeable():
+    text = corpus.default_pinyin_corpus()
+    assert text == corpus.default_pinyin_corpus()
+    lines = text.split("\n")
+    assert lines[-1] == "" and all(lines[:-1])  # one phrase per line, ends with a newline
+    assert len(lines) - 1 > 40_000 and len(text) > 400_000
+    assert set(text) <= set("abcdefghijklmnopqrstuvwxyz \n")
+    assert "zhong guo" in lines and "nv er" in lines
+    assert not any("  " in line or line != line.strip() for line in lines)
+
+
+def test_default_corpus_order_is_shuffled_so_the_tail_is_representative():
+    lines = corpus.default_pinyin_corpus().split("\n")[:-1]
+    tail = lines[-len(lines) // 20:]
+    assert lines != sorted(lines)
+    assert len({line[0] for line in tail}) >= 20  # sorted order would give one or two initials
+    assert 0.3 < sum(len(line.split()) == 2 for line in tail) / len(tail) < 0.6
+
+
+def test_default_corpus_with_tone_numbers_matches_the_toneless_one():
+    toned = corpus.default_pinyin_corpus("numbers")
+    assert set(toned) <= set("abcdefghijklmnopqrstuvwxyz12345 \n")
+    assert all(re.fullmatch(r"[a-z]+[1-5]", syllable) for syllable in toned.split())
+    assert re.sub("[1-5]", "", toned) == corpus.default_pinyin_corpus("none")
+
+
+# --------------------------------------------------------------------------- real corpus
+
+
+def first_lines(text: str, min_chars: int) -> str:
+    """The shortest run of whole lines of `text` holding at least `min_chars` characters."""
+    cut = text.index("\n", min_chars)
+    return text[: cut + 1]
+
+
+@pytest.mark.parametrize(
+    "tones, reference", [("none", "hongloumeng.pinyin.txt"), ("numbers", "hongloumeng.pinyin_tone.txt")]
+)
+def test_hongloumeng_opening_agrees_with_the_shared_pinyin(tones, reference):
+    chinese = corpus.read_text(shared_corpus("hongloumeng/hongloumeng.zh.txt"))
+    ours = corpus.hanzi_to_pinyin(first_lines(chinese, 20_000), tones).split("\n")[:-1]
+    theirs = corpus.read_text(shared_corpus(f"hongloumeng/{reference}")).split("\n")[: len(ours)]
+    assert len(ours) > 100 and ours[-1] and theirs[-1]  # same line structure: both end on text
+    identical_lines = sum(a == b for a, b in zip(ours, theirs)) / len(ours)
+    our_tokens, their_tokens = " ".join(ours).split(), " ".join(theirs).split()
+    assert len(our_tokens) == len(their_tokens)
+    identical_tokens = sum(a == b for a, b in zip(our_tokens, their_tokens)) / len(our_tokens)
+    assert identical_lines >= 0.95 and identical_tokens >= 0.995
+
+
+def test_hongloumeng_gbk_original_decodes_to_the_utf8_copy():
+    original = corpus.read_text(shared_corpus("hongloumeng/hongloumeng.orig_gbk.txt"), encoding="gbk")
+    assert original == corpus.read_text(shared_corpus("hongloumeng/hongloumeng.zh.txt"))
+    assert len(original) == 882_440
