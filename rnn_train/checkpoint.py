@@ -1,0 +1,117 @@
+"""Checkpoints: one dict of plain data and tensors, written atomically, read with weights_only=True.
+
+Why plain data: `torch.load(weights_only=True)` refuses pickled objects, so a checkpoint from an
+untrusted source cannot run code; and a checkpoint keeps working when classes are renamed. The vocab
+is a list of characters, the config a dict of sections, RNG states are tensors.
+
+Why atomic: a crash or Ctrl-C in the middle of `torch.save` must never leave a half-written
+`best.pt` in place of a good one, so we write to a temporary file in the same directory, fsync,
+and `os.replace` it over the target.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+FORMAT = "rnn-train-checkpoint"
+VERSION = 1
+REQUIRED = ("model", "config", "vocab", "step")
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call `write(file_object)` on a temp file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Save `payload` (must hold REQUIRED keys) atomically, stamped with format and version."""
+    missing = [k for k in REQUIRED if k not in payload]
+    if missing:
+        raise ValueError(f"checkpoint payload lacks {missing}")  # a bug, not a user error
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    atomic_write_bytes(Path(path), lambda f: torch.save(payload, f))
+
+
+def resolve_checkpoint(path: str | Path, prefer: str = "best.pt") -> Path:
+    """A file is itself; a run directory means its `prefer` checkpoint, else whichever exists."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (prefer, "last.pt", "best.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise UserError(f"{path} is a directory without a checkpoint (no {prefer}, last.pt or best.pt)")
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and sanity-check a checkpoint of this project; anything else is a one-line UserError."""
+    path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise UserError(f"{path} is not an rnn-train checkpoint (not a PyTorch checkpoint file at all)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} is not an rnn-train checkpoint: it holds pickled objects besides tensors and "
+                        f"plain data, and is not loaded (weights_only)") from None
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"checkpoint {path} is a directory") from None
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, KeyError, OSError,
+            AttributeError, TypeError, UnicodeDecodeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise UserError(f"{path} is not a readable rnn-train checkpoint ({reason[:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path} is not an rnn-train checkpoint (no '{FORMAT}' marker)")
+    if ckpt.get("version") != VERSION:
+        raise UserError(f"{path} is checkpoint version {ckpt.get('version')}; this rnn-train reads version {VERSION}")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise UserError(f"{path} is an incomplete rnn-train checkpoint (missing {', '.join(missing)})")
+    return ckpt
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """Checkpoint file or run directory -> (model in eval mode, vocab, config, checkpoint dict)."""
+    from .config import build_config
+    from .model import CharRNN
+    from .vocab import Vocab
+
+    ckpt_path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(ckpt_path, map_location=device)
+    cfg = build_config(ckpt["config"], source=str(ckpt_path))
+    vocab = Vocab.from_list(ckpt["vocab"])
+    model = CharRNN.from_config(len(vocab), cfg.model)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"{ckpt_path}: weights do not fit the model its config describes "
+                        f"({str(e).splitlines()[0][:120]})") from None
+    model.to(device).eval()
+    return model, vocab, cfg, ckpt

@@ -1,0 +1,29 @@
+"""What both entry scripts share: one-line errors and exit status 2 for anything the user can fix.
+
+argparse's own errors print a usage block plus a message; ours print just `error: ...` so that
+every user mistake, from a bad flag to a bad config value, looks the same and is easy to grep.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from .errors import UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Call main; a UserError becomes `error: <message>` on stderr and exit status 2."""
+    try:
+        return main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `predict.py ... | head`
+        return 0

@@ -1,0 +1,394 @@
+"""Typed configuration: YAML + dotted CLI overrides -> one validated, read-only `Config`.
+
+Why this shape: a typo in a config file must never pass silently (an unknown key is an error that
+suggests the closest valid key), and a user fixing a config wants to see *every* problem at once,
+not one per run. So loading is two passes: convert each key with its field's declared type, then
+let each section check its own ranges in `__post_init__`; all problems are gathered and raised as
+one `UserError` whose message lists them with their dotted key paths.
+
+Overrides (`train.lr=3e-3`) are converted with the field's type, exactly like YAML values, and are
+applied after the file: nothing afterwards changes what the user asked for.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import UserError
+
+
+class _Problems(Exception):
+    """Raised by a section's `__post_init__` with every range problem it found."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _check(problems: list[str], ok: bool, key: str, message: str) -> None:
+    if not ok:
+        problems.append(f"{key} {message}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    paths: list[str] = field(default_factory=list)
+    """Corpus files, joined with a newline. Empty with kind=pinyin: the built-in pypinyin phrase corpus."""
+    kind: Literal["text", "pinyin"] = "pinyin"
+    """`text`: characters as they are. `pinyin`: Chinese-character files are converted to pinyin; pinyin files kept."""
+    encoding: str = "utf-8"
+    """Encoding of every file in `paths` (e.g. gbk)."""
+    tones: Literal["none", "numbers"] = "none"
+    """Pinyin conversion style: `none` (zhong guo) or `numbers` (zhong1 guo2, neutral tone 5)."""
+    letters_only: bool = False
+    """Lowercase and turn every run of non-letters into one space (the d2l Time Machine preprocessing)."""
+    val_fraction: float = 0.1
+    """Tail of the corpus held out for validation (contiguous)."""
+    test_fraction: float = 0.0
+    """Slice before the validation tail held out as a test split (contiguous); 0 = none."""
+    min_freq: int = 1
+    """Characters seen fewer times than this in the corpus map to <unk>."""
+    max_size: int = 0
+    """Keep at most this many characters in the vocab (most frequent first, plus <unk>); 0 = all."""
+    batch_size: int = 32
+    """Rows per batch (parallel streams in sequential partitioning)."""
+    num_steps: int = 35
+    """Time steps per window: the truncated-BPTT horizon."""
+    partition: Literal["random", "sequential"] = "random"
+    """`random`: shuffled windows, zero state per batch. `sequential`: B streams, state carried and detached."""
+
+    def __post_init__(self) -> None:
+        p: list[str] = []
+        _check(p, 0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        _check(p, 0.0 <= self.test_fraction < 1.0, "data.test_fraction", f"must be in [0, 1), got {self.test_fraction}")
+        _check(p, self.val_fraction + self.test_fraction < 1.0, "data.val_fraction + data.test_fraction",
+               "must be below 1 (nothing left to train on)")
+        _check(p, self.min_freq >= 1, "data.min_freq", f"must be >= 1, got {self.min_freq}")
+        _check(p, self.max_size >= 0, "data.max_size", f"must be >= 0 (0 = unlimited), got {self.max_size}")
+        _check(p, self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(p, self.num_steps >= 1, "data.num_steps", f"must be >= 1, got {self.num_steps}")
+        _check(p, bool(self.encoding.strip()), "data.encoding", "must not be empty")
+        _check(p, self.kind == "pinyin" or bool(self.paths), "data.paths",
+               "is empty: kind=text needs at least one corpus file (only kind=pinyin has a built-in corpus)")
+        if p:
+            raise _Problems(p)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cell: Literal["rnn", "gru", "lstm"] = "gru"
+    """Recurrent cell: torch.nn.RNN (tanh), GRU or LSTM."""
+    hidden_size: int = 256
+    """Units per layer."""
+    num_layers: int = 1
+    """Stacked recurrent layers."""
+    dropout: float = 0.0
+    """Dropout between layers and on the outputs before the decoder (0 = off)."""
+    embedding: Literal["one_hot", "learned"] = "one_hot"
+    """Input encoding: one-hot vectors of size V (the textbook), or a learned table of size embed_dim."""
+    embed_dim: int = 64
+    """Size of the learned embedding (ignored for one_hot)."""
+    backend: Literal["torch", "numpy"] = "torch"
+    """`numpy`: the hand-written BPTT of rnn_train.bptt with SGD (cell=rnn, one layer; for learning, not speed)."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """Parameter dtype; float64 for gradient comparisons."""
+
+    def __post_init__(self) -> None:
+        p: list[str] = []
+        _check(p, self.hidden_size >= 1, "model.hidden_size", f"must be >= 1, got {self.hidden_size}")
+        _check(p, self.num_layers >= 1, "model.num_layers", f"must be >= 1, got {self.num_layers}")
+        _check(p, 0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(p, self.embed_dim >= 1, "model.embed_dim", f"must be >= 1, got {self.embed_dim}")
+        if self.backend == "numpy":
+            _check(p, self.cell == "rnn", "model.cell", f"must be rnn with backend=numpy, got {self.cell}")
+            _check(p, self.num_layers == 1, "model.num_layers", "must be 1 with backend=numpy")
+            _check(p, self.embedding == "one_hot", "model.embedding", "must be one_hot with backend=numpy")
+            _check(p, self.dropout == 0.0, "model.dropout", "must be 0 with backend=numpy")
+        if p:
+            raise _Problems(p)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    """Optimiser."""
+    lr: float = 2e-3
+    """Peak learning rate."""
+    momentum: float = 0.0
+    """SGD momentum."""
+    weight_decay: float = 0.0
+    """L2 (sgd, adam) or decoupled (adamw) weight decay."""
+    schedule: Literal["constant", "cosine", "plateau"] = "constant"
+    """LR schedule after warmup: constant, cosine decay to min_lr, or reduce-on-plateau of val loss."""
+    warmup_steps: int = 0
+    """Linear warmup from 0 to lr over this many steps."""
+    min_lr: float = 0.0
+    """Floor of the cosine schedule."""
+    plateau_factor: float = 0.5
+    """Multiply the LR by this when val loss stops improving (schedule=plateau)."""
+    plateau_patience: int = 2
+    """Validations without improvement before the LR is cut (schedule=plateau)."""
+    epochs: int = 0
+    """Passes over the training split (0 = no limit; some limit must be set)."""
+    max_steps: int = 0
+    """Optimiser updates (0 = no limit). With several limits, training stops at the first reached."""
+    max_tokens: int = 0
+    """Training tokens (batch_size × num_steps per update; 0 = no limit): the fair budget across num_steps."""
+    max_time: float = 0.0
+    """Seconds of training, validation excluded (0 = no limit)."""
+    clip_norm: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping; the pre-clip norm is logged either way)."""
+    eval_every: int = 200
+    """Validate every N updates (0 = once per epoch) and at the end."""
+    patience: int = 0
+    """Early stopping: stop after this many validations without a new best (0 = off)."""
+    seed: int = 0
+    """Seeds Python, NumPy and torch; the same config and seed give the same losses on CPU."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto` takes CUDA when present."""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default)."""
+
+    def __post_init__(self) -> None:
+        p: list[str] = []
+        _check(p, self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(p, self.momentum >= 0, "train.momentum", f"must be >= 0, got {self.momentum}")
+        _check(p, self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(p, self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _check(p, 0 <= self.min_lr <= self.lr, "train.min_lr", f"must be in [0, train.lr], got {self.min_lr}")
+        _check(p, 0 < self.plateau_factor < 1, "train.plateau_factor", f"must be in (0, 1), got {self.plateau_factor}")
+        _check(p, self.plateau_patience >= 0, "train.plateau_patience", f"must be >= 0, got {self.plateau_patience}")
+        for key in ("epochs", "max_steps", "max_tokens", "eval_every", "patience", "threads"):
+            value = getattr(self, key)
+            _check(p, value >= 0, f"train.{key}", f"must be >= 0, got {value}")
+        _check(p, self.max_time >= 0, "train.max_time", f"must be >= 0, got {self.max_time}")
+        _check(p, self.clip_norm >= 0, "train.clip_norm", f"must be >= 0 (0 = off), got {self.clip_norm}")
+        _check(p, any((self.epochs, self.max_steps, self.max_tokens, self.max_time)), "train.epochs",
+               "and train.max_steps, train.max_tokens, train.max_time are all 0: set at least one limit")
+        if self.schedule == "cosine":
+            _check(p, any((self.epochs, self.max_steps, self.max_tokens)), "train.schedule",
+                   "cosine needs a known length: set train.max_steps, train.epochs or train.max_tokens")
+        if p:
+            raise _Problems(p)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    dir: str = "runs"
+    """Parent directory of run directories."""
+    name: str = ""
+    """Run directory name under `dir` (default: the config file's stem)."""
+    log_every: int = 50
+    """Log training scalars every N updates."""
+    sample_prefix: str = ""
+    """Prefix for the text sample at each validation (default: the start of the validation split)."""
+    sample_length: int = 100
+    """Characters generated for that sample (0 = no sample)."""
+    tensorboard: bool = True
+    """Write TensorBoard event files into the run directory."""
+
+    def __post_init__(self) -> None:
+        p: list[str] = []
+        _check(p, self.log_every >= 1, "log.log_every", f"must be >= 1, got {self.log_every}")
+        _check(p, self.sample_length >= 0, "log.sample_length", f"must be >= 0, got {self.sample_length}")
+        _check(p, "/" not in self.name and self.name not in (".", ".."), "log.name",
+               f"must be a plain directory name, got {self.name!r}")
+        if p:
+            raise _Problems(p)
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "log": LogConfig}
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain data (lists, strings, numbers) for YAML and checkpoints."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+
+# ----------------------------------------------------------------------------------------------
+# conversion
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
+    """Convert `value` to the field type `tp`, or raise ValueError with a message naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ValueError(f"{key} must be one of {' | '.join(choices)}, got {value!r}")
+        return value
+    if origin is list:
+        if from_string and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
+        if isinstance(value, str):
+            value = [value]
+        if value is None:
+            value = []
+        if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+            raise ValueError(f"{key} must be a list of strings, got {value!r}")
+        return [str(v) for v in value]
+    if tp is bool:
+        if from_string and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                raise ValueError(f"{key} must be an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{key} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config field type {tp!r} for {key}")  # a bug, not a user error
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """`train.lr=3e-3` -> ("train.lr", "3e-3")."""
+    key, sep, value = text.partition("=")
+    if not sep or "." not in key:
+        raise UserError(f"override {text!r} is not of the form section.key=value (e.g. train.lr=0.5)")
+    return key.strip(), value.strip()
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "config") -> Config:
+    """Merge `raw` (parsed YAML or a checkpoint's dict) with `overrides`, convert, validate, all problems at once."""
+    problems: list[str] = []
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: the top level must be a mapping of sections ({', '.join(SECTIONS)})")
+    values: dict[str, dict[str, tuple[Any, bool]]] = {name: {} for name in SECTIONS}
+    for section, body in raw.items():
+        if section not in SECTIONS:
+            problems.append(f"unknown section {section!r}{_did_you_mean(str(section), list(SECTIONS))}")
+            continue
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            problems.append(f"{section} must be a mapping of keys, got {body!r}")
+            continue
+        for key, value in body.items():
+            values[section][str(key)] = (value, False)
+    for text in overrides:
+        dotted, value = parse_override(text)
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS:
+            problems.append(f"unknown section {section!r} in override {text!r}{_did_you_mean(section, list(SECTIONS))}")
+            continue
+        values[section][key] = (value, True)
+
+    sections: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        types = _field_types(cls)
+        kwargs: dict[str, Any] = {}
+        for key, (value, from_string) in values[section].items():
+            dotted = f"{section}.{key}"
+            if key not in types:
+                all_keys = [f"{s}.{k}" for s, c in SECTIONS.items() for k in _field_types(c)]
+                problems.append(f"unknown key {dotted}{_did_you_mean(dotted, all_keys)}")
+                continue
+            try:
+                kwargs[key] = _convert(value, types[key], dotted, from_string)
+            except ValueError as e:
+                problems.append(str(e))
+        try:
+            sections[section] = cls(**kwargs)
+        except _Problems as e:
+            problems.extend(e.problems)
+    if problems:
+        raise UserError(f"{source}: " + "; ".join(problems))
+    return Config(**sections)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file (or none: defaults) and apply dotted overrides; `log.name` defaults to the file's stem."""
+    raw: dict[str, Any] = {}
+    source = "overrides"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UserError(f"config file {path} does not exist") from None
+        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+            raise UserError(f"config file {path} cannot be read: {e.__class__.__name__}") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or "invalid YAML"
+            raise UserError(f"{path}: invalid YAML{where}: {problem}") from None
+    cfg = build_config(raw, overrides, source)
+    if not cfg.log.name:
+        cfg = cfg.replace(log=dataclasses.replace(cfg.log, name=Path(path).stem if path else "run"))
+    return cfg
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def describe_fields() -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, doc) for every field: the source of the README's config reference."""
+    import ast
+    import inspect
+
+    rows = []
+    for section, cls in SECTIONS.items():
+        docs: dict[str, str] = {}
+        body = ast.parse(inspect.getsource(cls)).body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+        for f in dataclasses.fields(cls):
+            tp = _field_types(cls)[f.name]
+            tname = " \\| ".join(typing.get_args(tp)) if typing.get_origin(tp) is Literal else getattr(tp, "__name__", str(tp))
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((f"{section}.{f.name}", tname, repr(default), docs.get(f.name, "")))
+    return rows

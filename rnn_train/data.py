@@ -1,0 +1,75 @@
+"""Corpus -> vocab -> encoded train / val / test arrays, as the trainer needs them.
+
+The split is contiguous (train | test | val, in corpus order) rather than shuffled characters:
+a character-level model's validation text must be text it has never read, and neighbouring
+characters are far from independent.
+
+    [ ................ train ................ | .. test .. | ..... val ..... ]
+                                              test_fraction   val_fraction
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .batching import min_corpus_length
+from .config import DataConfig
+from .corpus import load_corpus
+from .errors import UserError
+from .vocab import Vocab
+
+_NON_LETTERS = re.compile(r"[^A-Za-z]+")
+
+
+def letters_only(text: str) -> str:
+    """Lowercase; every run of non-letters (newlines included) becomes one space. The d2l recipe."""
+    return _NON_LETTERS.sub(" ", text).lower().strip()
+
+
+@dataclass
+class Dataset:
+    vocab: Vocab
+    train: np.ndarray  # [N_train] ids, smallest dtype
+    val: np.ndarray  # [N_val]
+    test: np.ndarray  # [N_test]
+    text_chars: int  # characters in the corpus after preprocessing
+    unk_fraction: float  # share of corpus characters that encode to <unk>
+
+
+def split(ids: np.ndarray, val_fraction: float, test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Contiguous train | test | val; a non-zero fraction always gets at least 2 characters."""
+    n = len(ids)
+    n_val = max(int(n * val_fraction), 2) if val_fraction > 0 else 0
+    n_test = max(int(n * test_fraction), 2) if test_fraction > 0 else 0
+    n_train = n - n_val - n_test
+    return ids[:n_train], ids[n_train + n_test:], ids[n_train:n_train + n_test]
+
+
+def read_corpus_text(cfg: DataConfig, cache_dir: Path | None) -> str:
+    text = load_corpus(list(cfg.paths), cfg.kind, encoding=cfg.encoding, tones=cfg.tones, cache_dir=cache_dir)
+    if cfg.letters_only:
+        text = letters_only(text)
+        if not text:
+            raise UserError(f"data.letters_only left nothing of {', '.join(cfg.paths)}: it has no ASCII letters")
+    return text
+
+
+def prepare_data(cfg: DataConfig, cache_dir: Path | None = None, vocab: Vocab | None = None) -> Dataset:
+    """Read, build the vocab (unless given, e.g. from a checkpoint being resumed), encode, split, and
+    check the training split is long enough for one batch of batch_size × num_steps."""
+    text = read_corpus_text(cfg, cache_dir)
+    if vocab is None:
+        vocab = Vocab.build(text, cfg.min_freq, cfg.max_size)
+    ids = vocab.encode(text)
+    train, val, test = split(ids, cfg.val_fraction, cfg.test_fraction)
+    need = min_corpus_length(cfg.batch_size, cfg.num_steps)
+    if len(train) < need:
+        where = ", ".join(cfg.paths) if cfg.paths else "the built-in pinyin corpus"
+        raise UserError(
+            f"corpus too short: the training split of {where} has {len(train)} characters, but "
+            f"data.batch_size × data.num_steps + data.num_steps = {need} are needed for one batch; "
+            f"lower data.batch_size or data.num_steps, or use a longer corpus")
+    return Dataset(vocab, train, val, test, len(ids), float(np.mean(ids == 0)) if len(ids) else 0.0)

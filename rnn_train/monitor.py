@@ -1,0 +1,112 @@
+"""Everything a run prints or logs goes through one `Monitor`: console lines, the tqdm bar and
+TensorBoard event files.
+
+Why one place: with several processes (torchrun + DDP) only rank 0 may write; constructing the
+Monitor with `enabled=False` on the other ranks silences all of it at once.
+
+Console behaviour: on a terminal, a tqdm bar shows loss, ppl and tokens/s; in a non-TTY log (CI,
+`nohup`, a pipe) the bar would be a wall of carriage returns, so a plain line is printed at every
+logging step instead. `quiet` keeps only the final summary and errors.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+def _flat_hparams(cfg_dict: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """{'train': {'lr': 1}} -> {'train.lr': 1}; lists become comma-joined strings (TensorBoard's types)."""
+    out: dict[str, Any] = {}
+    for section, body in cfg_dict.items():
+        for key, value in body.items():
+            out[f"{section}.{key}"] = ",".join(map(str, value)) if isinstance(value, list) else value
+    return out
+
+
+class Monitor:
+    def __init__(self, run_dir: Path | None, tensorboard: bool = True, quiet: bool = False, total_steps: int = 0,
+                 start_step: int = 0, enabled: bool = True, stream=None):
+        self.enabled, self.quiet = enabled, quiet
+        self.stream = stream or sys.stderr
+        self.writer = None
+        if enabled and tensorboard and run_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a crashed run logged after its last checkpoint, so a resumed
+            # run's curves do not show the same steps twice.
+            self.writer = SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else None)
+        tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.bar = None
+        if enabled and not quiet and tty:
+            self.bar = tqdm(total=total_steps or None, initial=start_step, unit="step", dynamic_ncols=True,
+                            file=self.stream, leave=True)
+
+    # -- console ---------------------------------------------------------------------------
+    def info(self, message: str) -> None:
+        """A line for the user (hidden by --quiet)."""
+        if self.enabled and not self.quiet:
+            (self.bar.write if self.bar else lambda m: print(m, file=self.stream, flush=True))(message)
+
+    def summary(self, message: str) -> None:
+        """The final line: printed even with --quiet (to stdout, so it can be captured)."""
+        if self.enabled:
+            if self.bar:
+                self.bar.close()
+                self.bar = None
+            print(message, flush=True)
+
+    def progress(self, step: int, loss: float, ppl: float, tokens_per_s: float, lr: float) -> None:
+        """Called at every logging step."""
+        if not self.enabled or self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{ppl:.2f}", tok_s=f"{tokens_per_s:,.0f}", refresh=True)
+        else:
+            total = f"/{self.bar_total}" if getattr(self, "bar_total", 0) else ""
+            print(f"step {step}{total} | loss {loss:.4f} | ppl {ppl:.3f} | lr {lr:.3g} | {tokens_per_s:,.0f} tok/s",
+                  file=self.stream, flush=True)
+
+    def set_total(self, total_steps: int) -> None:
+        self.bar_total = total_steps
+        if self.bar is not None:
+            self.bar.total = total_steps or None
+
+    # -- TensorBoard ------------------------------------------------------------------------
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self.writer is not None:
+            # Markdown renders runs of spaces and newlines away; a code block keeps the sample as it is.
+            self.writer.add_text(tag, "```\n" + text + "\n```", step)
+
+    def hparams(self, cfg_dict: dict[str, dict[str, Any]], metrics: dict[str, float]) -> None:
+        """The hparams plugin's record, in this run's own event file (not a timestamped subfolder)."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        exp, ssi, sei = hparams(_flat_hparams(cfg_dict), metrics)
+        fw = self.writer._get_file_writer()
+        for summary in (exp, ssi, sei):
+            fw.add_summary(summary)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, 0)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

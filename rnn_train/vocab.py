@@ -1,0 +1,101 @@
+"""Character vocabulary: deterministic ids, `<unk>` at 0, vectorised encoding.
+
+Why deterministic: a checkpoint stores the vocab as a plain list of characters and prediction uses
+that list, never a vocab rebuilt from a corpus that may have changed. Order is by frequency (most
+common first), ties broken by code point, so the same text always gives the same ids.
+
+Why vectorised: corpora run to millions of characters. The text becomes an array of code points
+(one `str.encode` call), ids come from a lookup table indexed by code point, and the result is
+stored in the smallest integer dtype that holds the vocab (uint8 / uint16 / int32).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from .errors import UserError
+
+UNK = "<unk>"
+
+
+def _code_points(text: str) -> np.ndarray:
+    """str -> uint32 array of code points, without a Python loop over characters."""
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+def smallest_dtype(size: int) -> np.dtype:
+    """Smallest unsigned/int dtype that holds ids 0..size-1."""
+    if size <= 1 << 8:
+        return np.dtype(np.uint8)
+    if size <= 1 << 16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32)
+
+
+class Vocab:
+    """id <-> character. `itos[0]` is always `<unk>`; every other entry is one character."""
+
+    def __init__(self, itos: Iterable[str]):
+        itos = list(itos)
+        if not itos or itos[0] != UNK:
+            raise UserError(f"vocab must start with {UNK!r}")
+        if any(not isinstance(c, str) or len(c) != 1 for c in itos[1:]):
+            raise UserError("vocab entries after <unk> must be single characters")
+        if len(set(itos)) != len(itos):
+            raise UserError("vocab has duplicate entries")
+        self.itos: list[str] = itos
+        self.stoi: dict[str, int] = {c: i for i, c in enumerate(itos)}
+        self.dtype = smallest_dtype(len(itos))
+        cps = _code_points("".join(itos[1:]))
+        # Lookup table code point -> id; code points beyond it (or absent) map to 0 = <unk>.
+        self._table = np.zeros(int(cps.max()) + 1 if len(cps) else 1, dtype=self.dtype)
+        self._table[cps] = np.arange(1, len(itos), dtype=self.dtype)
+
+    @classmethod
+    def build(cls, text: str, min_freq: int = 1, max_size: int = 0) -> "Vocab":
+        """Characters of `text` by descending count, ties by code point; rare ones (< min_freq) and
+        those beyond `max_size` (excluding <unk>) are left out and will encode as <unk>."""
+        cps, counts = np.unique(_code_points(text), return_counts=True)  # sorted by code point
+        order = np.lexsort((cps, -counts))  # primary: -count, secondary: code point
+        cps, counts = cps[order], counts[order]
+        keep = counts >= min_freq
+        cps = cps[keep]
+        if max_size:
+            cps = cps[:max_size]
+        return cls([UNK] + [chr(c) for c in cps.tolist()])
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __contains__(self, ch: str) -> bool:
+        return ch in self.stoi and ch != UNK
+
+    def encode(self, text: str) -> np.ndarray:
+        """text -> ids [len(text)] in `self.dtype`; unknown characters become 0 (<unk>)."""
+        cps = _code_points(text)
+        inside = cps < len(self._table)
+        ids = np.zeros(len(cps), dtype=self.dtype)
+        ids[inside] = self._table[cps[inside]]
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.itos[int(i)] for i in ids)
+
+    def unknown_chars(self, text: str) -> list[str]:
+        """Distinct characters of `text` that are not in the vocab, in order of first appearance."""
+        return list(dict.fromkeys(c for c in text if c not in self))
+
+    def to_list(self) -> list[str]:
+        """Plain data for checkpoints and JSON."""
+        return list(self.itos)
+
+    @classmethod
+    def from_list(cls, itos: list[str]) -> "Vocab":
+        return cls(itos)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and self.itos == other.itos
+
+    def __repr__(self) -> str:
+        return f"Vocab({len(self)} symbols)"

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Train a character-level RNN/GRU/LSTM from a YAML config.
+
+    python train.py --config configs/pinyin_gru.yaml [section.key=value ...]
+    python train.py --resume runs/pinyin_gru [train.max_steps=4000]
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+from pathlib import Path
+
+from rnn_train.checkpoint import load_checkpoint, resolve_checkpoint
+from rnn_train.cli import ArgumentParser, run
+from rnn_train.config import build_config, load_config
+from rnn_train.data import prepare_data
+from rnn_train.errors import UserError
+from rnn_train.vocab import Vocab
+
+RUN_FILES = ("best.pt", "last.pt", "metrics.json", "config.yaml")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgumentParser(prog="train.py", description=__doc__.split("\n")[1])
+    ap.add_argument("--config", help="YAML recipe (see configs/)")
+    ap.add_argument("--resume", metavar="RUN_DIR_OR_CKPT", help="continue a run from its last.pt (or a given .pt)")
+    ap.add_argument("--force", action="store_true", help="start afresh even if the run directory holds a run")
+    ap.add_argument("--quiet", action="store_true", help="print only the final summary and errors")
+    ap.add_argument("--cache-dir", default="data/cache", help="where converted corpora are cached (default data/cache)")
+    ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.lr=0.5 model.cell=rnn")
+    args = ap.parse_args(argv)
+    if not args.config and not args.resume:
+        ap.error("give --config FILE (a new run) or --resume RUN_DIR (continue one)")
+    if args.config and args.resume:
+        ap.error("--resume takes the config stored in the checkpoint; drop --config and pass overrides instead")
+
+    from rnn_train.trainer import train  # after argument checks: importing torch takes a second
+
+    resume = None
+    if args.resume:
+        ckpt_path = resolve_checkpoint(args.resume, prefer="last.pt")
+        resume = load_checkpoint(ckpt_path)
+        cfg = build_config(resume["config"], args.overrides, source=f"{ckpt_path} + overrides")
+        run_dir = ckpt_path.parent
+        data = prepare_data(cfg.data, Path(args.cache_dir), Vocab.from_list(resume["vocab"]))
+    else:
+        cfg = load_config(args.config, args.overrides)
+        run_dir = Path(cfg.log.dir) / cfg.log.name
+        existing = [f for f in RUN_FILES if (run_dir / f).exists()]
+        if any(f.endswith(".pt") for f in existing) and not args.force:
+            raise UserError(f"{run_dir} already holds a run ({', '.join(existing)}); continue it with "
+                            f"--resume {run_dir}, pick another log.name=..., or overwrite with --force")
+        data = prepare_data(cfg.data, Path(args.cache_dir))  # user errors surface before anything is deleted
+        if args.force and run_dir.exists():
+            for f in run_dir.iterdir():
+                if f.name in RUN_FILES or f.name.startswith("events.out.tfevents"):
+                    f.unlink()
+
+    result = train(cfg, run_dir, resume=resume, quiet=args.quiet, cache_dir=Path(args.cache_dir), data=data)
+    if result.interrupted:
+        return 130
+    val = f"val loss {result.val_loss:.4f} (ppl {result.val_ppl:.3f}, {result.val_bpc:.3f} bpc)" \
+        if math.isfinite(result.val_loss) else "no validation split"
+    best = run_dir / "best.pt"
+    print(f"done: {result.step} steps, {result.tokens:,} tokens in {result.train_seconds:.1f}s "
+          f"({result.tokens_per_s:,.0f} tok/s), stopped by {result.stopped_by}; {val}; best checkpoint {best}")
+    if not args.quiet:
+        print(f"predict with: python predict.py --checkpoint {best} --prefix \"...\" -k 50")
+    return 1 if result.stopped_by == "diverged" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
