@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="print only the final summary and errors")
     ap.add_argument("--cache-dir", default="data/cache", help="where converted corpora are cached (default data/cache)")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.lr=0.5 model.cell=rnn")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may come before or after options
     if not args.config and not args.resume:
         ap.error("give --config FILE (a new run) or --resume RUN_DIR (continue one)")
     if args.config and args.resume:

@@ -1,0 +1,79 @@
+"""Every user mistake ends in one line `error: ...`, exit status 2, no traceback, nothing damaged."""
+import hashlib
+import subprocess
+import sys
+
+import pytest
+
+from rnn_train.trainer import train
+from tests.helpers import ROOT, tiny_config
+
+
+def run(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def assert_user_error(out, needle):
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in out.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("err")
+    train(tiny_config(tmp, "train.max_steps=10", name="done"), tmp / "done", quiet=True, cache_dir=tmp / "c")
+    return tmp
+
+
+def digest(run_dir):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.iterdir()) if p.is_file()}
+
+
+def test_mistakes_in_train_py(tmp_path):
+    gbk = tmp_path / "gbk.txt"
+    gbk.write_bytes("中文语料".encode("gbk") * 100)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    short = tmp_path / "short.txt"
+    short.write_text("abc" * 20)
+    base = ["train.py", "--config", "configs/debug.yaml", f"log.dir={tmp_path}", "--cache-dir", str(tmp_path / "c")]
+    assert_user_error(run("train.py", "--config", str(tmp_path / "missing.yaml")), "missing.yaml does not exist")
+    assert_user_error(run(*base, "data.paths=nope.txt", "data.kind=text"), "nope.txt")
+    assert_user_error(run(*base, f"data.paths={gbk}", "data.kind=text"), "offset 0")
+    assert_user_error(run(*base, f"data.paths={empty}", "data.kind=text"), "empty.txt")
+    assert_user_error(run(*base, f"data.paths={short}", "data.kind=text"), "corpus too short")
+    assert_user_error(run(*base, "train.lr=-1"), "train.lr must be > 0")
+    assert_user_error(run(*base, "lr=1"), "section.key=value")
+    assert_user_error(run("train.py"), "--config")
+    assert_user_error(run("train.py", "--resume", str(tmp_path / "nothing")), "does not exist")
+    assert not (tmp_path / "debug").exists()  # nothing was written by any of these
+
+
+def test_mistakes_in_predict_py(tmp_path, finished_run):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert_user_error(run("predict.py", "--checkpoint", str(junk), "--prefix", "a"), "not an rnn-train checkpoint")
+    assert_user_error(run("predict.py", "--checkpoint", "configs/debug.yaml", "--prefix", "a"), "not an rnn-train")
+    assert_user_error(run("predict.py", "--checkpoint", str(tmp_path / "none.pt"), "--prefix", "a"), "does not exist")
+    assert_user_error(run("predict.py", "--checkpoint", str(tmp_path), "--prefix", "a"), "without a checkpoint")
+    assert_user_error(run("predict.py", "--prefix", "a"), "--checkpoint")
+
+
+def test_an_existing_run_is_never_damaged_by_a_failed_start(finished_run):
+    run_dir = finished_run / "done"
+    before = digest(run_dir)
+    common = ["--cache-dir", str(finished_run / "c")]
+    # same run dir again without --resume/--force: refused
+    assert_user_error(run("train.py", "--config", "configs/debug.yaml", f"log.dir={finished_run}", "log.name=done",
+                          *common), "already holds a run")
+    # --force with a broken corpus: the error comes before anything is deleted
+    assert_user_error(run("train.py", "--config", "configs/debug.yaml", f"log.dir={finished_run}", "log.name=done",
+                          "--force", "data.kind=text", "data.paths=missing.txt", *common), "missing.txt")
+    # resuming with a typo in an override
+    assert_user_error(run("train.py", "--resume", str(run_dir), "train.max_stepz=5", *common), "did you mean")
+    # resuming with an architecture that does not fit the checkpoint
+    assert_user_error(run("train.py", "--resume", str(run_dir), "model.hidden_size=99", *common), "does not fit")
+    assert digest(run_dir) == before

@@ -1,0 +1,113 @@
+"""The config is typed, validated once, and a user's typo is never silently accepted."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rnn_train.config import Config, build_config, config_to_yaml, describe_fields, load_config
+from rnn_train.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.log.name == path.stem
+
+
+def test_required_recipes_exist_with_the_d2l_settings():
+    names = {p.stem for p in (ROOT / "configs").glob("*.yaml")}
+    assert {"pinyin_gru", "pinyin_rnn", "timemachine_gru", "shakespeare_gru", "debug"} <= names
+    tm = load_config(ROOT / "configs" / "timemachine_gru.yaml")
+    assert (tm.model.cell, tm.model.hidden_size, tm.data.batch_size, tm.data.num_steps) == ("gru", 256, 32, 35)
+    assert (tm.train.optimizer, tm.train.lr, tm.train.clip_norm, tm.data.partition) == ("sgd", 1.0, 1.0, "sequential")
+    assert load_config(ROOT / "configs" / "pinyin_gru.yaml").data.paths == []  # the built-in corpus
+
+
+def test_unknown_key_names_the_closest_valid_key():
+    with pytest.raises(UserError, match=r"unknown key train\.lrr \(did you mean train\.lr\?\)"):
+        build_config({"train": {"lrr": 0.1, "max_steps": 1}})
+
+
+def test_unknown_section_is_reported():
+    with pytest.raises(UserError, match=r"unknown section 'trian' \(did you mean train\?\)"):
+        build_config({"trian": {"lr": 0.1}})
+
+
+def test_all_problems_are_reported_together_with_dotted_paths():
+    with pytest.raises(UserError) as e:
+        build_config({"data": {"batch_size": 0, "partition": "shuffled"},
+                      "model": {"cell": "lstmm", "dropout": 1.5},
+                      "train": {"lr": "fast", "max_steps": 10, "clip": 1}})
+    msg = str(e.value)
+    for part in ("data.batch_size must be >= 1", "data.partition must be one of random | sequential",
+                 "model.cell must be one of rnn | gru | lstm", "model.dropout must be in [0, 1)",
+                 "train.lr must be a number", "unknown key train.clip"):
+        assert part in msg
+    assert "\n" not in msg  # one line
+
+
+def test_wrong_types_are_rejected_not_coerced():
+    for raw in ({"train": {"max_steps": 2.5}}, {"train": {"max_steps": True}}, {"log": {"tensorboard": "yes"}},
+                {"data": {"paths": {"a": 1}}}):
+        with pytest.raises(UserError):
+            build_config(raw)
+
+
+def test_a_training_limit_is_required():
+    with pytest.raises(UserError, match="set at least one limit"):
+        build_config({})
+
+
+def test_overrides_are_converted_with_the_field_type_and_win_over_the_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  lr: 0.1\n  max_steps: 5\nmodel:\n  cell: gru\n")
+    cfg = load_config(path, ["train.lr=3e-3", "model.cell=rnn", "train.max_steps=1e3", "log.tensorboard=false",
+                             "data.paths=a.txt,b.txt"])
+    assert cfg.train.lr == 0.003 and isinstance(cfg.train.lr, float)
+    assert cfg.model.cell == "rnn"
+    assert cfg.train.max_steps == 1000 and isinstance(cfg.train.max_steps, int)
+    assert cfg.log.tensorboard is False
+    assert cfg.data.paths == ["a.txt", "b.txt"]
+
+
+def test_malformed_override_is_a_user_error():
+    with pytest.raises(UserError, match="section.key=value"):
+        build_config({"train": {"max_steps": 1}}, ["lr0.5"])
+    with pytest.raises(UserError, match=r"unknown key train\.lrate"):
+        build_config({"train": {"max_steps": 1}}, ["train.lrate=0.5"])
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lr: 0.1\n   max_steps: [\n")
+    with pytest.raises(UserError, match=r"bad\.yaml: invalid YAML at line \d+"):
+        load_config(path)
+
+
+def test_resolved_config_round_trips_through_yaml_and_dict(tmp_path):
+    import yaml
+
+    cfg = load_config(ROOT / "configs" / "pinyin_gru.yaml", ["train.lr=0.01"])
+    assert build_config(cfg.to_dict()) == cfg
+    assert build_config(yaml.safe_load(config_to_yaml(cfg))) == cfg
+
+
+def test_every_field_has_a_docstring_for_the_reference():
+    rows = describe_fields()
+    assert len(rows) > 30
+    assert all(doc for _, _, _, doc in rows), [key for key, _, _, doc in rows if not doc]
+
+
+def test_cli_reports_config_errors_on_one_line_with_status_2(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("train:\n  max_stepz: 10\n")
+    out = subprocess.run([sys.executable, "train.py", "--config", str(path)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "did you mean train.max_steps?" in lines[0]
+    assert "Traceback" not in out.stderr

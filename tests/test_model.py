@@ -1,0 +1,66 @@
+"""CharRNN: shapes, zero initial state, ln(V) at initialisation, carried state is exact."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnn_train.config import ModelConfig
+from rnn_train.model import CharRNN
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("embedding", ["one_hot", "learned"])
+def test_forward_shapes_for_every_cell(cell, embedding):
+    model = CharRNN(vocab_size=11, cell=cell, hidden_size=16, num_layers=2, dropout=0.1, embedding=embedding,
+                    embed_dim=5)
+    logits, state = model(torch.randint(0, 11, (3, 7)))
+    assert logits.shape == (3, 7, 11)
+    if cell == "lstm":
+        assert isinstance(state, tuple) and [s.shape for s in state] == [(2, 3, 16)] * 2
+    else:
+        assert state.shape == (2, 3, 16)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_begin_state_is_zeros_and_state_none_means_zeros(cell):
+    model = CharRNN(vocab_size=5, cell=cell, hidden_size=4)
+    zero = model.begin_state(2)
+    for s in zero if isinstance(zero, tuple) else (zero,):
+        assert s.shape == (1, 2, 4) and not s.any()
+    x = torch.randint(0, 5, (2, 3))
+    assert torch.equal(model(x)[0], model(x, zero)[0])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_untrained_loss_is_close_to_ln_v(cell):
+    torch.manual_seed(0)
+    v = 60
+    model = CharRNN(vocab_size=v, cell=cell, hidden_size=64)
+    x = torch.randint(0, v, (16, 32))
+    logits, _ = model(x)
+    loss = F.cross_entropy(logits.reshape(-1, v), torch.randint(0, v, (16 * 32,)))
+    assert abs(loss.item() - math.log(v)) < 0.1
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_running_in_two_halves_with_carried_state_equals_one_pass(cell):
+    model = CharRNN(vocab_size=9, cell=cell, hidden_size=8, num_layers=2).eval()
+    x = torch.randint(0, 9, (2, 10))
+    whole, _ = model(x)
+    first, state = model(x[:, :4])
+    second, _ = model(x[:, 4:], state)
+    assert torch.allclose(torch.cat([first, second], dim=1), whole, atol=1e-6)
+
+
+def test_one_hot_input_is_exactly_a_one_hot_vector():
+    model = CharRNN(vocab_size=6, cell="rnn", hidden_size=3)
+    enc = model.encode_input(torch.tensor([[0, 5, 2]]))
+    assert enc.shape == (1, 3, 6) and torch.equal(enc.sum(-1), torch.ones(1, 3))
+    assert enc[0, 1, 5] == 1
+
+
+def test_from_config_applies_dtype():
+    m = CharRNN.from_config(7, ModelConfig(cell="lstm", hidden_size=5, dtype="float64"))
+    assert m.decoder.weight.dtype == torch.float64
+    assert m.begin_state(1)[0].dtype == torch.float64

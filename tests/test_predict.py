@@ -1,0 +1,96 @@
+"""Prediction: single-step distribution, K-step continuation with the state carried, clear errors."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rnn_train.checkpoint import load_model
+from rnn_train.errors import UserError
+from rnn_train.generate import generate, next_char_distribution, predict
+from rnn_train.trainer import train
+from tests.helpers import ROOT, tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pred")
+    train(tiny_config(tmp, "train.max_steps=80", "model.cell=lstm"), tmp / "run", quiet=True, cache_dir=tmp / "c")
+    model, vocab, _, _ = load_model(tmp / "run" / "best.pt")
+    return tmp / "run", model, vocab
+
+
+def test_single_step_gives_sorted_probabilities_of_real_characters(trained):
+    _, model, vocab = trained
+    top = next_char_distribution(model, vocab, "zhong guo", top_n=5)
+    probs = [p for _, p in top]
+    assert len(top) == 5 and probs == sorted(probs, reverse=True)
+    assert 0 < sum(probs) <= 1 + 1e-6
+    full = next_char_distribution(model, vocab, "zhong guo", top_n=len(vocab))
+    assert sum(p for _, p in full) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_k_steps_carry_the_state_and_cost_k_cell_steps(trained):
+    _, model, vocab = trained
+    seen = []
+    handle = model.rnn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[1]))
+    try:
+        text = generate(model, vocab, "zhong guo", k=30)
+    finally:
+        handle.remove()
+    assert len(text) == 30
+    assert seen == [len("zhong guo")] + [1] * 30  # one pass over the prefix, then one step per character
+
+
+def test_greedy_continuation_equals_rereading_the_whole_text_each_time(trained):
+    _, model, vocab = trained
+    prefix, text = "ni hao", generate(model, vocab, "ni hao", k=15)
+    naive = prefix
+    for _ in range(15):  # the slow way: re-run everything for every character
+        logits, _ = model(torch.as_tensor(vocab.encode(naive).astype("int64"))[None])
+        logits[0, -1, 0] = float("-inf")
+        naive += vocab.itos[int(logits[0, -1].argmax())]
+    assert prefix + text == naive
+
+
+def test_sampling_is_reproducible_with_a_seed_and_varies_without(trained):
+    _, model, vocab = trained
+    a = generate(model, vocab, "zhong", k=40, temperature=1.0, seed=3)
+    b = generate(model, vocab, "zhong", k=40, temperature=1.0, seed=3)
+    c = generate(model, vocab, "zhong", k=40, temperature=1.0, seed=4)
+    assert a == b and a != c
+    state = torch.get_rng_state()
+    generate(model, vocab, "zhong", k=10, temperature=1.0)
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is untouched
+    top1 = generate(model, vocab, "zhong", k=20, temperature=1.0, top_k=1, seed=9)
+    assert top1 == generate(model, vocab, "zhong", k=20)  # top-k 1 is greedy
+
+
+def test_unknown_prefix_characters_are_named_or_replaced(trained):
+    _, model, vocab = trained
+    with pytest.raises(UserError, match=r"'中', 'Q'"):
+        generate(model, vocab, "zhong中Q", k=5)
+    assert len(predict(model, vocab, "zhong中Q", k=5, unk="replace").continuation) == 5
+
+
+def test_predict_cli_prints_both_predictions(trained):
+    run_dir, _, _ = trained
+    out = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(run_dir), "--prefix", "zhong guo",
+                          "-k", "25", "--top-n", "3"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "prefix: 'zhong guo'"
+    assert lines[1] == "next character (top 3):" and len(lines) == 2 + 3 + 2
+    assert lines[-1].startswith("zhong guo") and len(lines[-1]) == len("zhong guo") + 25
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--prefix", "zhong\u4e2d"], "'中'"),
+    (["--prefix", "a", "-k", "-3"], "must be >= 0"),
+])
+def test_predict_cli_errors_are_one_line_with_status_2(trained, args, needle):
+    run_dir, _, _ = trained
+    out = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(run_dir), *args], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr

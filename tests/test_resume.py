@@ -1,0 +1,107 @@
+"""An interrupted then resumed run ends with exactly the weights of one that never stopped."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from rnn_train.checkpoint import load_checkpoint
+from rnn_train.trainer import train
+from tests.helpers import ROOT, scalar_series, tiny_config
+
+
+def interrupt_at(k):
+    """An on_step hook that delivers a real SIGINT (what Ctrl-C sends) after update k."""
+    def hook(step):
+        if step == k:
+            os.kill(os.getpid(), signal.SIGINT)
+    return hook
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def small_text(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(("the quick brown fox jumps over the lazy dog; " * 40 + "\n") * 3)
+    return path
+
+
+CASES = {
+    # sequential GRU with dropout: carried hidden state + torch RNG must both be restored
+    "sequential_gru_dropout": ["data.partition=sequential", "model.num_layers=2", "model.dropout=0.3"],
+    # random LSTM, interrupted in the 2nd epoch of a small corpus, plateau schedule, eval each epoch
+    "random_lstm_epochs": ["model.cell=lstm", "data.partition=random", "train.max_steps=0", "train.epochs=3",
+                           "train.eval_every=0", "train.schedule=plateau", "train.plateau_patience=0"],
+    # cosine with warmup and SGD momentum
+    "cosine_sgd": ["train.optimizer=sgd", "train.momentum=0.9", "train.lr=0.5", "train.schedule=cosine",
+                   "train.warmup_steps=5"],
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, case):
+    extra = CASES[case] + (["data.kind=text", f"data.paths={small_text(tmp_path)}", "data.val_fraction=0.1"]
+                           if case == "random_lstm_epochs" else [])
+    cfg = tiny_config(tmp_path, *extra)
+    full = train(cfg, tmp_path / "full", quiet=True, cache_dir=tmp_path / "c")
+
+    stop_at = 2 * full.step // 3 + 1  # not on a validation step
+    part = train(cfg, tmp_path / "split", quiet=True, cache_dir=tmp_path / "c", on_step=interrupt_at(stop_at))
+    assert part.interrupted and part.step == stop_at
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == stop_at
+    resumed = train(cfg, tmp_path / "split", quiet=True, cache_dir=tmp_path / "c",
+                    resume=load_checkpoint(tmp_path / "split" / "last.pt"))
+
+    assert resumed.step == full.step and resumed.epoch == full.epoch
+    assert resumed.val_loss == full.val_loss
+    assert_same_weights(weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "split" / "last.pt"))
+    # the resumed run's TensorBoard curve continues where the first half stopped, without duplicates
+    steps = [s for s, _ in scalar_series(tmp_path / "split", "train/loss")]
+    assert steps == [s for s, _ in scalar_series(tmp_path / "full", "train/loss")]
+
+
+def test_resume_can_extend_a_finished_run(tmp_path):
+    cfg = tiny_config(tmp_path, "train.max_steps=20")
+    train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c")
+    longer = tiny_config(tmp_path, "train.max_steps=30")
+    r = train(longer, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c",
+              resume=load_checkpoint(tmp_path / "r" / "last.pt"))
+    assert r.step == 30
+    straight = train(longer, tmp_path / "straight", quiet=True, cache_dir=tmp_path / "c")
+    assert_same_weights(weights(tmp_path / "r" / "last.pt"), weights(tmp_path / "straight" / "last.pt"))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_with_a_message_then_resume_continues(tmp_path):
+    cmd = [sys.executable, "train.py", "--config", "configs/debug.yaml", f"log.dir={tmp_path}", "log.name=ctrlc",
+           "train.max_steps=1000000", "train.eval_every=0", "log.log_every=5", "train.threads=1",
+           "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until training has really started
+        line = proc.stderr.readline()
+        if line.startswith("step "):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in out and "--resume" in out
+    assert "Traceback" not in err
+    ckpt = load_checkpoint(tmp_path / "ctrlc" / "last.pt")
+    assert ckpt["step"] > 0
+    done = subprocess.run([sys.executable, "train.py", "--resume", str(tmp_path / "ctrlc"), "--quiet",
+                           f"train.max_steps={ckpt['step'] + 10}", "--cache-dir", str(tmp_path / "cache")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(tmp_path / "ctrlc" / "last.pt")["step"] == ckpt["step"] + 10

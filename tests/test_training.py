@@ -1,0 +1,166 @@
+"""Training end to end: the loss falls, runs are reproducible, TensorBoard and checkpoints are real."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rnn_train.checkpoint import load_checkpoint, load_model
+from rnn_train.config import build_config
+from rnn_train.data import prepare_data
+from rnn_train.trainer import train
+
+from tests.conftest import shared_corpus
+from tests.helpers import read_events, scalar_series, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny")
+    cfg = tiny_config(tmp, "train.max_steps=60")
+    result = train(cfg, tmp / "run", quiet=True, cache_dir=tmp / "cache")
+    return cfg, tmp / "run", result
+
+
+def test_loss_falls_from_about_ln_v(tiny_run):
+    cfg, run_dir, result = tiny_run
+    losses = [v for _, v in scalar_series(run_dir, "train/loss")]
+    vocab_size = len(load_checkpoint(run_dir / "last.pt")["vocab"])
+    assert abs(losses[0] - math.log(vocab_size)) < 0.6  # first 5 steps: still near chance
+    assert losses[-1] < losses[0] - 0.5
+    assert result.step == 60 and result.stopped_by == "max_steps"
+
+
+def test_tensorboard_events_hold_every_promised_series(tiny_run):
+    _, run_dir, result = tiny_run
+    acc = read_events(run_dir)
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("train/loss", "train/ppl", "train/bpc", "train/grad_norm", "train/clipped_fraction", "train/lr",
+                "train/tokens_per_s", "val/loss", "val/ppl", "val/bpc"):
+        assert tag in tags, tag
+    assert [s for s, _ in scalar_series(run_dir, "train/loss")] == list(range(5, 61, 5))
+    assert [s for s, _ in scalar_series(run_dir, "val/loss")] == [20, 40, 60]
+    for (_, loss), (_, ppl) in zip(scalar_series(run_dir, "val/loss"), scalar_series(run_dir, "val/ppl")):
+        assert ppl == pytest.approx(math.exp(loss), rel=1e-5)
+    samples = acc.Tensors("sample/text_summary")
+    assert [s.step for s in samples] == [20, 40, 60]
+    assert len(samples[-1].tensor_proto.string_val[0].decode()) > 20
+    # hparams record with the final validation perplexity
+    plugin = acc.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in plugin
+    assert scalar_series(run_dir, "hparam/val_ppl")[0][1] == pytest.approx(result.val_ppl, rel=1e-5)
+
+
+def test_run_dir_holds_resolved_config_and_metrics(tiny_run):
+    cfg, run_dir, result = tiny_run
+    from rnn_train.config import load_config
+
+    assert load_config(run_dir / "config.yaml") .to_dict()["model"] == cfg.to_dict()["model"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["step"] == 60 and math.isfinite(metrics["val_loss"])
+
+
+def test_checkpoint_is_plain_data_loadable_with_weights_only(tiny_run):
+    cfg, run_dir, _ = tiny_run
+    ckpt = torch.load(run_dir / "best.pt", weights_only=True)
+    for key in ("model", "optimizer", "plateau", "step", "epoch", "batch_in_epoch", "best_val_loss", "config",
+                "vocab", "rng"):
+        assert key in ckpt, key
+    assert ckpt["config"] == cfg.to_dict()
+    assert ckpt["vocab"][0] == "<unk>" and all(isinstance(c, str) for c in ckpt["vocab"])
+    model, vocab, loaded_cfg, _ = load_model(run_dir)
+    assert loaded_cfg == cfg and len(vocab) == len(ckpt["vocab"])
+
+
+def test_best_checkpoint_has_the_lowest_validation_loss(tiny_run):
+    _, run_dir, result = tiny_run
+    vals = [v for _, v in scalar_series(run_dir, "val/loss")]
+    assert load_checkpoint(run_dir / "best.pt")["best_val_loss"] == pytest.approx(min(vals), rel=1e-6)
+    assert result.best_val_loss == pytest.approx(min(vals), rel=1e-6)
+
+
+def test_same_config_and_seed_give_the_same_losses(tmp_path):
+    runs = [train(tiny_config(tmp_path, "train.max_steps=20", name=f"r{i}"), tmp_path / f"r{i}", quiet=True,
+                  cache_dir=tmp_path / "c") for i in range(2)]
+    a, b = (scalar_series(tmp_path / f"r{i}", "train/loss") for i in range(2))
+    assert a == b and runs[0].val_loss == runs[1].val_loss
+    other = train(tiny_config(tmp_path, "train.max_steps=20", "train.seed=1", name="r2"), tmp_path / "r2",
+                  quiet=True, cache_dir=tmp_path / "c")
+    assert scalar_series(tmp_path / "r2", "train/loss") != a and other.val_loss != runs[0].val_loss
+
+
+def test_clipping_is_applied_and_its_fraction_logged(tmp_path):
+    train(tiny_config(tmp_path, "train.clip_norm=0.01", "train.max_steps=10"), tmp_path / "c1", quiet=True,
+          cache_dir=tmp_path / "c")
+    assert all(v == 1.0 for _, v in scalar_series(tmp_path / "c1", "train/clipped_fraction"))
+    assert all(v > 0.01 for _, v in scalar_series(tmp_path / "c1", "train/grad_norm"))  # the pre-clip norm
+    train(tiny_config(tmp_path, "train.clip_norm=0", "train.max_steps=10", name="c0"), tmp_path / "c0", quiet=True,
+          cache_dir=tmp_path / "c")
+    assert all(v == 0.0 for _, v in scalar_series(tmp_path / "c0", "train/clipped_fraction"))
+
+
+def test_token_budget_and_epoch_limits_stop_training(tmp_path):
+    r = train(tiny_config(tmp_path, "train.max_steps=0", "train.max_tokens=480"), tmp_path / "t", quiet=True,
+              cache_dir=tmp_path / "c")
+    assert r.stopped_by == "max_tokens" and r.tokens == 480 and r.step == 10  # 4 x 12 tokens per step
+
+
+def test_cosine_schedule_with_warmup_is_what_gets_logged(tmp_path):
+    train(tiny_config(tmp_path, "train.schedule=cosine", "train.warmup_steps=10", "train.max_steps=40",
+                      "log.log_every=1", "train.min_lr=0.001"), tmp_path / "cos", quiet=True, cache_dir=tmp_path / "c")
+    lrs = dict(scalar_series(tmp_path / "cos", "train/lr"))
+    assert lrs[1] == pytest.approx(0.001) and lrs[10] == pytest.approx(0.01)
+    assert lrs[40] == pytest.approx(0.001 + 0.5 * 0.009 * (1 + math.cos(math.pi * 29 / 30)), rel=1e-5)
+
+
+def test_early_stopping_and_plateau_react_to_validation(tmp_path):
+    # SGD at lr 50 (clipped) cannot settle: validation stops improving within a few evaluations
+    r = train(tiny_config(tmp_path, "train.lr=50", "train.optimizer=sgd", "train.clip_norm=1", "train.patience=2",
+                          "train.eval_every=5", "train.max_steps=400", "train.schedule=plateau",
+                          "train.plateau_patience=0"), tmp_path / "es", quiet=True, cache_dir=tmp_path / "c")
+    vals = [v for _, v in scalar_series(tmp_path / "es", "val/loss")]
+    assert r.stopped_by == "early_stopping" and r.step == 5 * len(vals) < 400
+    assert len(vals) - 1 - vals.index(min(vals)) == 2  # stopped exactly `patience` validations after the best
+    lrs = [v for _, v in scalar_series(tmp_path / "es", "train/lr")]
+    assert lrs[0] == 50 and lrs[-1] < 50  # the plateau schedule cut the learning rate
+    assert set(lrs) <= {50 * 0.5 ** k for k in range(10)}
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_other_cells_and_learned_embeddings_train(tmp_path, cell):
+    r = train(tiny_config(tmp_path, f"model.cell={cell}", "model.embedding=learned", "model.embed_dim=8",
+                          "model.num_layers=2", "model.dropout=0.1", "data.partition=random"),
+              tmp_path / cell, quiet=True, cache_dir=tmp_path / "c")
+    assert math.isfinite(r.val_loss) and r.train_loss < math.log(30)
+
+
+# ---- real corpora (skip where ../shared is absent) -----------------------------------------------
+
+REAL = [
+    ("timemachine/timemachine.txt", ["data.kind=text", "data.letters_only=true"], 0.55),
+    ("tinyshakespeare/input.txt", ["data.kind=text"], 0.6),
+    ("hongloumeng/hongloumeng.pinyin.txt", ["data.kind=pinyin"], 0.55),
+]
+
+
+@pytest.mark.parametrize("relpath,extra,ratio", REAL, ids=[r[0].split("/")[0] for r in REAL])
+def test_real_corpus_loss_falls_well_below_ln_v(tmp_path, relpath, extra, ratio):
+    path = shared_corpus(relpath)
+    cfg = build_config({"data": {"paths": [str(path)], "val_fraction": 0.02, "batch_size": 32, "num_steps": 35,
+                                 "partition": "sequential"},
+                        "model": {"cell": "gru", "hidden_size": 128},
+                        "train": {"optimizer": "adam", "lr": 0.005, "max_steps": 300, "eval_every": 300,
+                                  "threads": 2},
+                        "log": {"dir": str(tmp_path), "name": "real", "sample_length": 0}}, extra)
+    r = train(cfg, tmp_path / "real", quiet=True, cache_dir=tmp_path / "cache")
+    vocab_size = len(load_checkpoint(tmp_path / "real" / "best.pt")["vocab"])
+    assert r.val_loss < ratio * math.log(vocab_size), (r.val_loss, math.log(vocab_size))
+
+
+def test_chinese_corpus_is_converted_to_pinyin_for_training(tmp_path):
+    path = shared_corpus("hongloumeng/hongloumeng.zh.txt")
+    cfg = build_config({"data": {"paths": [str(path)], "kind": "pinyin"}, "train": {"max_steps": 1}})
+    data = prepare_data(cfg.data, tmp_path / "cache")
+    assert set(data.vocab.itos[1:]) <= set("abcdefghijklmnopqrstuvwxyz ,.!?:;\"'\n")
+    assert data.unk_fraction == 0

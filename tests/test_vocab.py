@@ -1,0 +1,57 @@
+"""The vocab is deterministic, has <unk> at 0, and encodes without a per-character Python loop."""
+import numpy as np
+import pytest
+
+from rnn_train.vocab import UNK, Vocab, smallest_dtype
+
+
+def test_ids_follow_frequency_then_code_point():
+    v = Vocab.build("banana bread")  # a:4, b:2, n:2, e:1, r:1, d:1, ' ':1
+    assert v.itos == [UNK, "a", "b", "n", " ", "d", "e", "r"]
+
+
+def test_build_is_deterministic_whatever_the_order_of_first_appearance():
+    assert Vocab.build("abcabc") == Vocab.build("cbacba")
+
+
+def test_min_freq_and_max_size_send_rare_characters_to_unk():
+    text = "aaaabbbcc d"
+    assert Vocab.build(text, min_freq=3).itos == [UNK, "a", "b"]
+    v = Vocab.build(text, max_size=2)
+    assert v.itos == [UNK, "a", "b"]
+    assert v.encode("abcd").tolist() == [1, 2, 0, 0]
+
+
+def test_encode_matches_a_naive_lookup_including_unknown_and_astral_characters():
+    text = "中文 pinyin 😀 zhong guo\n" * 50
+    v = Vocab.build(text[:40])
+    fast = v.encode(text + "☃")
+    naive = [v.stoi.get(c, 0) for c in text + "☃"]
+    assert fast.tolist() == naive
+    assert v.decode(v.encode("zhong")) == "zhong"
+
+
+def test_encoded_array_uses_the_smallest_integer_dtype():
+    assert Vocab.build("abc").encode("abc").dtype == np.uint8
+    big = "".join(chr(0x4E00 + i) for i in range(300))
+    assert Vocab.build(big).encode(big).dtype == np.uint16
+    assert smallest_dtype(70_000) == np.int32
+
+
+def test_round_trip_through_plain_list():
+    v = Vocab.build("hello world\n")
+    assert Vocab.from_list(v.to_list()) == v
+    assert all(isinstance(c, str) for c in v.to_list())
+
+
+def test_unknown_chars_listed_in_order_of_appearance():
+    v = Vocab.build("abc")
+    assert v.unknown_chars("axbyx") == ["x", "y"]
+
+
+def test_malformed_vocab_lists_are_rejected():
+    from rnn_train.errors import UserError
+
+    for bad in ([], ["a", UNK], [UNK, "ab"], [UNK, "a", "a"]):
+        with pytest.raises(UserError):
+            Vocab(bad)
