@@ -11,10 +11,23 @@ import sys
 from rnn_train.cli import ArgumentParser, run
 
 
+def pinyin_prefix(prefix: str, cfg) -> str:
+    """A pinyin model given a prefix in Chinese characters: convert it the way its corpus was."""
+    from rnn_train.corpus import contains_han, hanzi_to_pinyin
+
+    if cfg.data.kind != "pinyin" or not contains_han(prefix):
+        return prefix
+    converted = hanzi_to_pinyin(prefix, cfg.data.tones).rstrip("\n")
+    # the converter ends every syllable run without a trailing space; a prefix usually continues
+    return converted + " " if prefix[-1:] == " " or contains_han(prefix[-1]) else converted
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="predict.py", description=__doc__.split("\n")[1])
     ap.add_argument("--checkpoint", required=True, help="a .pt file or a run directory (uses its best.pt)")
-    ap.add_argument("--prefix", required=True, help="text to warm the state up on")
+    ap.add_argument("--prefix", required=True,
+                    help="text to warm the state up on; for a pinyin model, Chinese characters are converted "
+                         "to pinyin like its corpus (followed by a space: the next syllable starts)")
     ap.add_argument("-k", type=int, default=50, help="characters to generate (default 50)")
     ap.add_argument("--top-n", type=int, default=5, help="next-character candidates to list (default 5)")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
@@ -32,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     from rnn_train.trainer import resolve_device
 
     model, vocab, cfg, _ = load_model(args.checkpoint, resolve_device(args.device))
+    prefix = pinyin_prefix(args.prefix, cfg)
+    if prefix != args.prefix:
+        print(f"prefix in Chinese characters converted to pinyin like the corpus ({cfg.data.tones} tones)")
+    args.prefix = prefix
     p = predict(model, vocab, args.prefix, args.k, args.top_n, args.temperature, args.top_k, args.seed, args.unk)
     print(f"prefix: {p.prefix!r}")
     print(f"next character (top {len(p.next_chars)}):")

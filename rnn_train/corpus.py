@@ -205,6 +205,11 @@ def looks_like_chinese(text: str) -> bool:
     return han >= CHINESE_HAN_SHARE * non_space
 
 
+def contains_han(text: str) -> bool:
+    """True when `text` has at least one Han character (e.g. a prediction prefix typed in Chinese)."""
+    return _HAN_RUN_RE.search(text) is not None
+
+
 def hanzi_to_pinyin(text: str, tones: str = "none") -> str:
     """Convert Chinese text to pinyin lines, following the rules in the module docstring.
 

@@ -94,3 +94,11 @@ def test_predict_cli_errors_are_one_line_with_status_2(trained, args, needle):
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr
+
+
+def test_a_chinese_prefix_is_converted_to_pinyin_for_a_pinyin_model(trained):
+    run_dir, _, _ = trained
+    out = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(run_dir), "--prefix", "中国",
+                          "-k", "5"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "prefix: 'zhong guo '" in out.stdout and "converted to pinyin" in out.stdout
