@@ -230,7 +230,8 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
     t = cfg.train
     if cfg.model.backend == "numpy" and (t.optimizer != "sgd" or t.momentum or t.weight_decay):
         raise UserError("model.backend=numpy updates with plain SGD: set train.optimizer=sgd, momentum 0, weight_decay 0")
-    device = resolve_device(t.device)
+    # the NumPy backend computes on the CPU whatever train.device says
+    device = torch.device("cpu") if cfg.model.backend == "numpy" else resolve_device(t.device)
     if t.threads:
         torch.set_num_threads(t.threads)
     set_seed(t.seed)
