@@ -60,10 +60,11 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best.pt") -> Path:
     """A file is itself; a run directory means its `prefer` checkpoint, else whichever exists."""
     path = Path(path)
     if path.is_dir():
-        for name in (prefer, "last.pt", "best.pt"):
+        names = list(dict.fromkeys((prefer, "best.pt", "last.pt")))
+        for name in names:
             if (path / name).is_file():
                 return path / name
-        raise UserError(f"{path} is a directory without a checkpoint (no {prefer}, last.pt or best.pt)")
+        raise UserError(f"{path} is a directory without a checkpoint (no {' or '.join(names)})")
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
     return path
