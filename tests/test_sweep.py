@@ -1,0 +1,270 @@
+"""Specification of rnn_train.sweep: grid/budget parsing, up-front validation, results, plots, resume."""
+import csv
+import json
+import math
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rnn_train import sweep
+from rnn_train.cli import run
+from rnn_train.errors import UserError
+from tests.conftest import ROOT
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# A 2×2 grid of tiny models on the built-in pinyin corpus: 12 updates of 4×5 or 3 of 4×20 tokens each.
+GRID = ["data.num_steps=5,20", "model.cell=rnn,gru"]
+FIXED = ["model.hidden_size=8", "data.batch_size=4", "train.threads=1", "log.sample_length=0", "log.log_every=2"]
+NAMES = ["num_steps=5,cell=rnn", "num_steps=5,cell=gru", "num_steps=20,cell=rnn", "num_steps=20,cell=gru"]
+
+
+def sweep_argv(out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["--config", str(ROOT / "configs" / "debug.yaml"), "--grid", *GRID, "--budget", "tokens:240",
+            "--out", str(out), "--cache-dir", str(cache), *FIXED, *extra]
+
+
+def plan_for(out: Path, grid=GRID) -> sweep.SweepPlan:
+    return sweep.plan_sweep(str(ROOT / "configs" / "debug.yaml"), sweep.parse_grid(list(grid)),
+                            sweep.parse_budget("tokens:240"), FIXED, out)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One corpus cache for the module: the built-in corpus is converted once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cache):
+    """One complete sweep, run through the command-line entry point in-process."""
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    assert run(sweep.main, sweep_argv(out, cache)) == 0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing
+
+
+def test_parse_budget_units():
+    assert sweep.parse_budget("tokens:2M") == sweep.Budget("tokens", 2_000_000)
+    assert sweep.parse_budget("tokens:500k") == sweep.Budget("tokens", 500_000)
+    assert sweep.parse_budget("tokens:1500") == sweep.Budget("tokens", 1500)
+    assert sweep.parse_budget("time:90") == sweep.Budget("time", 90)
+    assert sweep.parse_budget("time:1.5m") == sweep.Budget("time", 90)
+    for bad in ("2M", "tokens:", "tokens:1.5", "tokens:2q", "time:0", "steps:100", "time:-3"):
+        with pytest.raises(UserError):
+            sweep.parse_budget(bad)
+
+
+def test_budget_is_the_only_limit():
+    assert sweep.Budget("tokens", 1000).overrides() == [
+        "train.epochs=0", "train.max_steps=0", "train.max_tokens=1000", "train.max_time=0", "train.patience=0"]
+    assert "train.max_time=30" in sweep.Budget("time", 30).overrides()
+
+
+def test_parse_grid_and_names():
+    grid = sweep.parse_grid(["data.num_steps=5, 35", "model.cell=rnn,gru"])
+    assert grid == {"data.num_steps": ["5", "35"], "model.cell": ["rnn", "gru"]}
+    labels = sweep.short_labels(list(grid))
+    assert sweep.run_name({"data.num_steps": "35", "model.cell": "gru"}, labels) == "num_steps=35,cell=gru"
+    # clashing tails keep the whole key; unsafe characters become _
+    assert sweep.short_labels(["data.x", "model.x", "train.lr"]) == {"data.x": "data.x", "model.x": "model.x",
+                                                                     "train.lr": "lr"}
+    assert sweep.run_name({"log.sample_prefix": "a/b c"}, {"log.sample_prefix": "sample_prefix"}) == "sample_prefix=a_b_c"
+    for bad in (["num_steps=5"], ["data.num_steps"], ["data.num_steps=5,,6"], ["data.num_steps=5,5"],
+                ["model.cell=rnn", "model.cell=gru"]):
+        with pytest.raises(UserError):
+            sweep.parse_grid(bad)
+
+
+def test_plan_builds_every_config_with_the_budget(tmp_path):
+    plan = plan_for(tmp_path / "out")
+    assert [r.name for r in plan.runs] == NAMES
+    for r in plan.runs:
+        t = r.cfg.train
+        assert (t.max_tokens, t.max_steps, t.epochs, t.max_time, t.patience) == (240, 0, 0, 0.0, 0)
+        updates = 240 // (4 * r.cfg.data.num_steps)
+        assert t.eval_every == math.ceil(updates / sweep.DEFAULT_EVALS)  # 4 validations per run
+        assert r.run_dir == tmp_path / "out" / r.name and r.cfg.log.name == r.name
+    assert plan.runs[3].grid_values() == {"data.num_steps": 20, "model.cell": "gru"}
+    assert not (tmp_path / "out").exists()
+
+
+def test_time_budget_and_eval_every_rules(tmp_path):
+    recipe = str(ROOT / "configs" / "debug.yaml")  # eval_every: 30
+    grid = sweep.parse_grid(["data.num_steps=5,20"])
+    timed = sweep.plan_sweep(recipe, grid, sweep.parse_budget("time:1.5m"), [], tmp_path / "a")
+    for r in timed.runs:
+        t = r.cfg.train
+        assert (t.max_time, t.max_tokens, t.max_steps, t.epochs, t.eval_every) == (90.0, 0, 0, 0, 30)
+    mine = sweep.plan_sweep(recipe, grid, sweep.parse_budget("tokens:8k"), ["train.eval_every=7"], tmp_path / "b")
+    assert [r.cfg.train.eval_every for r in mine.runs] == [7, 7]  # the user's value wins
+    kept = sweep.plan_sweep(recipe, grid, sweep.parse_budget("tokens:8k"), [], tmp_path / "c", evals=0)
+    assert [r.cfg.train.eval_every for r in kept.runs] == [30, 30]  # --evals 0: the recipe's
+    two = sweep.plan_sweep(recipe, grid, sweep.parse_budget("tokens:8k"), [], tmp_path / "d", evals=2)
+    assert [r.cfg.train.eval_every for r in two.runs] == [100, 25]  # 200 and 50 updates, 2 validations
+
+
+@pytest.mark.parametrize("grid, fixed, message", [
+    (["data.num_stepz=5,10"], [], "unknown key data.num_stepz (did you mean data.num_steps?)"),
+    (["model.cell=rnn,grux"], [], "model.cell must be one of"),
+    (["train.max_steps=10,20"], [], "the sweep sets train.max_steps itself"),
+    (["data.paths=a,b"], [], "list-valued keys cannot be gridded"),
+    (["model.cell=rnn,gru"], ["model.cell=lstm"], "both a grid key and a fixed override"),
+    (["model.cell=rnn,gru"], ["train.epochs=3"], "override train.epochs: the sweep sets it itself"),
+])
+def test_plan_rejects_bad_grids(tmp_path, grid, fixed, message):
+    with pytest.raises(UserError, match=None) as e:
+        sweep.plan_sweep(str(ROOT / "configs" / "debug.yaml"), sweep.parse_grid(grid),
+                         sweep.parse_budget("tokens:100"), fixed, tmp_path / "out")
+    assert message in str(e.value)
+
+
+def test_bad_grid_key_fails_at_once_with_nothing_written(tmp_path):
+    """The real entry point: one `error: ...` line, exit status 2, no sweep directory."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "rnn_train.sweep", "--config", "configs/debug.yaml",
+                           "--grid", "data.num_steps=5,10", "model.cel=rnn,gru", "--budget", "tokens:1k",
+                           "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert "unknown key model.cel (did you mean model.cell?)" in proc.stderr
+    assert proc.stdout == ""
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_corpus_too_short_for_a_grid_point_fails_before_training(tmp_path, cache, capsys):
+    out = tmp_path / "out"
+    argv = ["--config", str(ROOT / "configs" / "debug.yaml"), "--grid", "data.num_steps=5,100000",
+            "--budget", "tokens:1k", "--out", str(out), "--cache-dir", str(cache)]
+    assert run(sweep.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: corpus too short: run num_steps=100000") and not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# a whole sweep
+
+
+def test_sweep_writes_one_row_per_run(finished):
+    with open(finished / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == NAMES
+    numeric = ("val_loss", "val_ppl", "val_bpc", "best_val_loss", "tokens_per_s", "train_s", "wall_s", "grad_norm")
+    for r in rows:
+        for column in numeric:
+            assert math.isfinite(float(r[column])) and float(r[column]) > 0, (r["run"], column)
+        assert r["stopped_by"] == "max_tokens" and int(r["tokens"]) == 240
+        assert int(r["steps"]) == 240 // (4 * int(r["num_steps"]))
+        assert float(r["val_bpc"]) == pytest.approx(float(r["val_loss"]) / math.log(2))
+
+    payload = json.loads((finished / "results.json").read_text())
+    assert payload["sweep"]["grid"] == {"data.num_steps": ["5", "20"], "model.cell": ["rnn", "gru"]}
+    assert [(r["num_steps"], r["cell"]) for r in payload["runs"]] == [(5, "rnn"), (5, "gru"), (20, "rnn"), (20, "gru")]
+    for r in payload["runs"]:
+        assert r["val_ppl"] == pytest.approx(math.exp(r["val_loss"]))
+
+    table = (finished / "results.md").read_text().splitlines()
+    body = [line for line in table if line.startswith("| ") and not line.startswith("| num_steps")]
+    assert table[2].startswith("| num_steps | cell | val loss | val ppl | bits/char | tokens/s")
+    assert len(body) == 4 and sum("**" in line for line in body) == 1  # the best ppl in bold
+
+    for name in ("val_ppl.png", "tokens_per_s.png", "val_curves.png"):
+        data = (finished / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+    for name in NAMES:
+        for f in ("config.yaml", "best.pt", "last.pt", "metrics.json", "sweep_run.json"):
+            assert (finished / name / f).is_file(), (name, f)
+
+
+def test_every_run_has_its_hparams_record(finished):
+    """TensorBoard's HPARAMS tab pointed at the sweep directory sees one session per run, with the grid values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    seen = {}
+    for name in NAMES:
+        ea = EventAccumulator(str(finished / name))
+        ea.Reload()
+        content = ea.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        hp = start.session_start_info.hparams
+        seen[name] = (int(hp["data.num_steps"].number_value), hp["model.cell"].string_value,
+                      int(hp["train.max_tokens"].number_value))
+        assert "_hparams_/session_end_info" in content
+        metrics = json.loads((finished / name / "metrics.json").read_text())
+        (logged,) = ea.Scalars("hparam/val_ppl")
+        assert logged.value == pytest.approx(metrics["val_ppl"], rel=1e-5)
+    assert seen == {"num_steps=5,cell=rnn": (5, "rnn", 240), "num_steps=5,cell=gru": (5, "gru", 240),
+                    "num_steps=20,cell=rnn": (20, "rnn", 240), "num_steps=20,cell=gru": (20, "gru", 240)}
+
+
+def test_rerun_skips_everything_and_a_changed_budget_is_refused(finished, cache, capsys):
+    mtimes = {n: (finished / n / "metrics.json").stat().st_mtime_ns for n in NAMES}
+    assert run(sweep.main, sweep_argv(finished, cache)) == 0
+    out = capsys.readouterr().out
+    assert out.count(": finished already (val ppl") == 4 and "0 trained (0 resumed), 4 skipped as finished" in out
+    assert {n: (finished / n / "metrics.json").stat().st_mtime_ns for n in NAMES} == mtimes
+
+    argv = sweep_argv(finished, cache)
+    argv[argv.index("tokens:240")] = "tokens:480"
+    assert run(sweep.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 4 run directories hold runs made with another config") and "--force" in err
+    assert "train.max_tokens: 240 -> 480" in err
+    assert {n: (finished / n / "metrics.json").stat().st_mtime_ns for n in NAMES} == mtimes
+
+
+@pytest.mark.parametrize("where", ["between_runs", "during_run"])
+def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path, finished, cache, capsys, where):
+    out = tmp_path / "out"
+    plan = plan_for(out)
+    first, second = NAMES[0], NAMES[1]
+
+    def after_run(name):  # Ctrl-C right after the first run finished
+        if where == "between_runs" and name == first:
+            raise KeyboardInterrupt
+
+    def on_step(name, step):  # Ctrl-C in the middle of the second run: the trainer saves last.pt
+        if where == "during_run" and name == second and step == 7:
+            signal.raise_signal(signal.SIGINT)
+
+    outcome = sweep.run_sweep(plan, cache_dir=cache, log=lambda m: None, after_run=after_run, on_step=on_step)
+    assert outcome.interrupted and outcome.ran == [first] and len(outcome.rows) == 1
+    assert (out / "results.csv").read_text().count("\n") == 2  # header + the finished run
+    stamp = {f: (out / first / f).stat().st_mtime_ns for f in ("metrics.json", "best.pt", "last.pt")}
+    assert not (out / second / "metrics.json").exists()
+    assert (out / second / "last.pt").exists() == (where == "during_run")
+
+    assert run(sweep.main, sweep_argv(out, cache)) == 0
+    printed = capsys.readouterr().out
+    assert f"[1/4] {first}: finished already" in printed
+    assert ("resuming from last.pt at step 7" in printed) == (where == "during_run")
+    assert f"3 trained ({int(where == 'during_run')} resumed), 1 skipped as finished, 0 to go" in printed
+    assert {f: (out / first / f).stat().st_mtime_ns for f in ("metrics.json", "best.pt", "last.pt")} == stamp
+
+    # the interrupted-and-resumed sweep ends where the uninterrupted one did (the trainer's exact resume)
+    mine = json.loads((out / "results.json").read_text())["runs"]
+    ref = json.loads((finished / "results.json").read_text())["runs"]
+    assert [r["run"] for r in mine] == NAMES
+    for a, b in zip(mine, ref):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6), a["run"]
+        assert a["steps"] == b["steps"]
+
+
+def test_plots_without_num_steps_use_the_first_grid_key(tmp_path):
+    """Plotting needs only rows: a grid over cell and num_layers, fake metrics, no training."""
+    plan = plan_for(tmp_path, grid=["model.cell=rnn,gru,lstm", "model.num_layers=1,2"])
+    rows = [{"run": r.name, "cell": r.cfg.model.cell, "num_layers": r.cfg.model.num_layers,
+             "val_ppl": 5.0 + i, "tokens_per_s": 1000.0 * (i + 1)} for i, r in enumerate(plan.runs)]
+    rows[2]["val_ppl"] = math.nan  # a diverged run is left out of its line, not a crash
+    tmp_path.mkdir(exist_ok=True)
+    files = sweep.plot_results(plan, rows)
+    assert [f.name for f in files] == ["val_ppl.png", "tokens_per_s.png"]  # no events: no val curves
+    assert all(f.read_bytes().startswith(PNG_MAGIC) for f in files)
+    assert sweep.markdown_table([], ["cell"]).count("\n") == 2
