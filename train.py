@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = train(cfg, run_dir, resume=resume, quiet=args.quiet, cache_dir=Path(args.cache_dir), data=data)
     if result.interrupted:
+        print(f"interrupted at step {result.step}: checkpoint saved to {run_dir / 'last.pt'}; "
+              f"continue with: python train.py --resume {run_dir}", flush=True)
         return 130
     val = f"val loss {result.val_loss:.4f} (ppl {result.val_ppl:.3f}, {result.val_bpc:.3f} bpc)" \
         if math.isfinite(result.val_loss) else "no validation split"

@@ -93,9 +93,12 @@ class Monitor:
             return
         from torch.utils.tensorboard.summary import hparams
 
-        exp, ssi, sei = hparams(_flat_hparams(cfg_dict), metrics)
+        # Only the session records: TensorBoard infers the experiment (and which hparams differ
+        # between runs) from all sessions under a logdir; an experiment record per run would pin
+        # the first one it finds and mark every hparam as "differs: false" across a sweep.
+        _, ssi, sei = hparams(_flat_hparams(cfg_dict), metrics)
         fw = self.writer._get_file_writer()
-        for summary in (exp, ssi, sei):
+        for summary in (ssi, sei):
             fw.add_summary(summary)
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, 0)

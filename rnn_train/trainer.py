@@ -398,8 +398,6 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
         if interrupted:
             save("last.pt")
             mon.close()
-            print(f"interrupted at step {step}: checkpoint saved to {run_dir / 'last.pt'}; "
-                  f"continue with: python train.py --resume {run_dir}", flush=True)
             return _result(run_dir, step, epoch, tokens, train_seconds, last_train_loss, last_val, best_val,
                            last_grad_norm, clipped_total, clip_seen, stopped_by, True)
         if stopped_by == "diverged":

@@ -85,7 +85,7 @@ def test_predict_cli_prints_both_predictions(trained):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--prefix", "zhong\u4e2d"], "'中'"),
+    (["--prefix", "zhong\u00e9"], "'é'"),
     (["--prefix", "a", "-k", "-3"], "must be >= 0"),
 ])
 def test_predict_cli_errors_are_one_line_with_status_2(trained, args, needle):
