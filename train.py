@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     val = f"val loss {result.val_loss:.4f} (ppl {result.val_ppl:.3f}, {result.val_bpc:.3f} bpc)" \
         if math.isfinite(result.val_loss) else "no validation split"
     best = run_dir / "best.pt"
+    if math.isfinite(result.test_loss):
+        val += f"; test loss {result.test_loss:.4f} (ppl {result.test_ppl:.3f})"
     print(f"done: {result.step} steps, {result.tokens:,} tokens in {result.train_seconds:.1f}s "
           f"({result.tokens_per_s:,.0f} tok/s), stopped by {result.stopped_by}; {val}; best checkpoint {best}")
     if not args.quiet:

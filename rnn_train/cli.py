@@ -27,3 +27,6 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         return 2
     except BrokenPipeError:  # `predict.py ... | head`
         return 0
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves a checkpoint itself)
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -79,8 +79,7 @@ class Monitor:
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is not None:
             for tag, value in values.items():
-                # float64 in the event file: gradient-comparison runs differ far below float32's 6e-8
-                self.writer.add_scalar(tag, value, step, double_precision=True)
+                self.writer.add_scalar(tag, value, step)  # stored as float32 (classic scalar summaries)
 
     def text(self, tag: str, text: str, step: int) -> None:
         if self.writer is not None:

@@ -151,6 +151,8 @@ class TrainResult:
     clipped_fraction: float
     stopped_by: str
     interrupted: bool
+    test_loss: float = math.nan  # only with data.test_fraction > 0: best.pt on the test split
+    test_ppl: float = math.nan
 
 
 class _Interrupt:
@@ -263,8 +265,11 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
 
     # ---- nothing has been written before this point ----
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_io.atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_io.atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+    except OSError as e:
+        raise UserError(f"cannot write the run directory {run_dir} ({e.strerror or e}); set log.dir") from None
     total = planned_steps(cfg, len(data.train))
     mon = Monitor(run_dir, cfg.log.tensorboard, quiet, total, step, stream=stream)
     mon.set_total(total)
@@ -415,6 +420,14 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
         clipped_total, clip_seen = clipped_total + float(log_clipped), clip_seen + log_steps
     result = _result(run_dir, step, epoch, tokens, train_seconds, last_train_loss, final_val, best_val,
                      last_grad_norm, clipped_total, clip_seen, stopped_by, False)
+    if len(data.test):
+        # The held-out test split is scored once, with the weights best.pt keeps (chosen on val).
+        best = ckpt_io.load_checkpoint(run_dir / "best.pt", map_location=device)
+        learner.load_state_dict({"model": best["model"], "optimizer": best["optimizer"]})
+        result.test_loss = learner.evaluate(data.test, d.batch_size, d.num_steps)
+        result.test_ppl = perplexity(result.test_loss)
+        mon.scalars({"test/loss": result.test_loss, "test/ppl": result.test_ppl}, step)
+        mon.info(f"test loss {result.test_loss:.4f} | test ppl {result.test_ppl:.3f} (best.pt)")
     mon.hparams(cfg.to_dict(), {"hparam/val_loss": result.val_loss, "hparam/val_ppl": result.val_ppl,
                                 "hparam/best_val_loss": result.best_val_loss, "hparam/tokens_per_s": result.tokens_per_s})
     ckpt_io.atomic_write_text(run_dir / "metrics.json", json.dumps(asdict(result), indent=2) + "\n")

@@ -49,6 +49,9 @@ def test_mistakes_in_train_py(tmp_path):
     assert_user_error(run(*base, "lr=1"), "section.key=value")
     assert_user_error(run("train.py"), "--config")
     assert_user_error(run("train.py", "--resume", str(tmp_path / "nothing")), "does not exist")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_user_error(run(*base, f"log.dir={blocker}"), "cannot write the run directory")
     assert not (tmp_path / "debug").exists()  # nothing was written by any of these
 
 

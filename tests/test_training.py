@@ -164,3 +164,14 @@ def test_chinese_corpus_is_converted_to_pinyin_for_training(tmp_path):
     data = prepare_data(cfg.data, tmp_path / "cache")
     assert set(data.vocab.itos[1:]) <= set("abcdefghijklmnopqrstuvwxyz ,.!?:;\"'\n")
     assert data.unk_fraction == 0
+
+
+def test_a_test_split_is_scored_once_with_the_best_weights(tmp_path):
+    cfg = tiny_config(tmp_path, "data.test_fraction=0.01", "train.max_steps=40")
+    r = train(cfg, tmp_path / "t", quiet=True, cache_dir=tmp_path / "c")
+    assert math.isfinite(r.test_loss) and r.test_ppl == pytest.approx(math.exp(r.test_loss))
+    assert scalar_series(tmp_path / "t", "test/loss") == [(40, pytest.approx(r.test_loss, rel=1e-6))]
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["test_loss"] == pytest.approx(r.test_loss)
+    # the test text is neither trained nor validated on
+    data = prepare_data(cfg.data, tmp_path / "c")
+    assert len(data.train) + len(data.test) + len(data.val) == data.text_chars and len(data.test) > 0
