@@ -51,7 +51,7 @@ class DataConfig:
     val_fraction: float = 0.1
     """Tail of the corpus held out for validation (contiguous)."""
     test_fraction: float = 0.0
-    """Slice before the validation tail held out as a test split (contiguous); 0 = none."""
+    """Slice before the validation tail held out as a test split, scored once at the end with best.pt; 0 = none."""
     min_freq: int = 1
     """Characters seen fewer times than this in the corpus map to <unk>."""
     max_size: int = 0
