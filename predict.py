@@ -37,14 +37,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="a prefix character missing from the vocab: error (default) or replace with <unk>")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="default cpu")
     args = ap.parse_args(argv)
-    if args.k < 0 or args.top_n < 1 or args.top_k < 0 or args.temperature < 0:
-        ap.error("-k, --top-k and --temperature must be >= 0 and --top-n >= 1")
+    if args.k < 0 or args.top_n < 1 or args.top_k < 0 or not 0 <= args.temperature < float("inf"):
+        ap.error("-k, --top-k and --temperature must be >= 0 (temperature finite) and --top-n >= 1")
 
     from rnn_train.checkpoint import load_model
     from rnn_train.generate import predict
     from rnn_train.trainer import resolve_device
 
-    model, vocab, cfg, _ = load_model(args.checkpoint, resolve_device(args.device))
+    model, vocab, cfg, _ = load_model(args.checkpoint, resolve_device(args.device, "--device"))
     prefix = pinyin_prefix(args.prefix, cfg)
     if prefix != args.prefix:
         print(f"prefix in Chinese characters converted to pinyin like the corpus ({cfg.data.tones} tones)")

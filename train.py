@@ -35,13 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.config and args.resume:
         ap.error("--resume takes the config stored in the checkpoint; drop --config and pass overrides instead")
 
-    from rnn_train.trainer import train  # after argument checks: importing torch takes a second
+    from rnn_train.trainer import resolve_device, train  # after argument checks: importing torch takes a second
 
     resume = None
     if args.resume:
         ckpt_path = resolve_checkpoint(args.resume, prefer="last.pt")
         resume = load_checkpoint(ckpt_path)
+        if Path(args.resume).is_dir() and ckpt_path.name != "last.pt":
+            print(f"note: {args.resume} has no last.pt; resuming from {ckpt_path.name} at step {resume['step']}",
+                  file=sys.stderr)
         cfg = build_config(resume["config"], args.overrides, source=f"{ckpt_path} + overrides")
+        saved_data = build_config(resume["config"], source=str(ckpt_path)).data
+        changed = [f"data.{k}" for k, v in vars(cfg.data).items() if getattr(saved_data, k) != v]
+        if changed:
+            raise UserError(f"{', '.join(changed)} cannot change on --resume: the run's batches are defined by "
+                            f"them; start a new run (log.name=...) instead")
         run_dir = ckpt_path.parent
         data = prepare_data(cfg.data, Path(args.cache_dir), Vocab.from_list(resume["vocab"]))
     else:
@@ -52,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{run_dir} already holds a run ({', '.join(existing)}); continue it with "
                             f"--resume {run_dir}, pick another log.name=..., or overwrite with --force")
         data = prepare_data(cfg.data, Path(args.cache_dir))  # user errors surface before anything is deleted
+        resolve_device(cfg.train.device)
         if args.force and run_dir.exists():
             for f in run_dir.iterdir():
                 if f.name in RUN_FILES or f.name.startswith("events.out.tfevents"):
@@ -62,16 +71,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted at step {result.step}: checkpoint saved to {run_dir / 'last.pt'}; "
               f"continue with: python train.py --resume {run_dir}", flush=True)
         return 130
+    best = run_dir / "best.pt"
+    if result.stopped_by == "diverged":
+        kept = f"; the checkpoints of step <= {result.step} before it are kept" if best.exists() else ""
+        print(f"diverged at step {result.step}: the loss is not finite (lower train.lr, set train.clip_norm){kept}")
+        return 1
     val = f"val loss {result.val_loss:.4f} (ppl {result.val_ppl:.3f}, {result.val_bpc:.3f} bpc)" \
         if math.isfinite(result.val_loss) else "no validation split"
-    best = run_dir / "best.pt"
     if math.isfinite(result.test_loss):
         val += f"; test loss {result.test_loss:.4f} (ppl {result.test_ppl:.3f})"
     print(f"done: {result.step} steps, {result.tokens:,} tokens in {result.train_seconds:.1f}s "
           f"({result.tokens_per_s:,.0f} tok/s), stopped by {result.stopped_by}; {val}; best checkpoint {best}")
     if not args.quiet:
         print(f"predict with: python predict.py --checkpoint {best} --prefix \"...\" -k 50")
-    return 1 if result.stopped_by == "diverged" else 0
+    return 0
 
 
 if __name__ == "__main__":

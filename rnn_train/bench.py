@@ -29,6 +29,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE = ROOT.parent / "shared" / "bench" / "reference_loop.py"
 
 
+def _run(cmd: list[str], what: str, **kwargs) -> str:
+    """Run a child; its failure becomes a one-line UserError with the child's last error line."""
+    out = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if out.returncode != 0:
+        lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+        raise UserError(f"the {what} failed (exit {out.returncode}): {lines[-1] if lines else 'no message'}")
+    return out.stdout
+
+
 def _last_json(stdout: str) -> dict:
     for line in reversed(stdout.strip().splitlines()):
         if line.startswith("{"):
@@ -46,8 +55,7 @@ def run_reference(reference: Path, corpus: Path, cfg, seconds: float, threads: i
         cmd += ["--threads", str(threads)]
     if d.partition == "random":
         cmd.append("--random-iter")
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return _last_json(out.stdout)
+    return _last_json(_run(cmd, "reference loop"))
 
 
 def run_pipeline(config: Path, corpus: Path, overrides: list[str], seconds: float, threads: int, workdir: Path) -> dict:
@@ -56,7 +64,7 @@ def run_pipeline(config: Path, corpus: Path, overrides: list[str], seconds: floa
            "train.epochs=0", "train.max_steps=0", "train.max_tokens=0", f"train.max_time={seconds}",
            "train.eval_every=0", f"train.threads={threads}", f"log.dir={workdir}", "log.name=bench",
            "log.sample_length=0", *overrides]
-    subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    _run(cmd, "rnn-train run", cwd=ROOT)
     metrics = json.loads((workdir / "bench" / "metrics.json").read_text())
     return {"impl": "rnn-train", "tokens": metrics["tokens"], "train_seconds": metrics["train_seconds"],
             "tokens_per_s": round(metrics["tokens_per_s"], 1), "val_ppl": round(metrics["val_ppl"], 4),
@@ -75,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="force the reference's optimiser (SGD, its lr) on the pipeline (default on)")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="extra overrides for the pipeline side")
     args = ap.parse_intermixed_args(argv)
+    if args.rounds < 1 or args.seconds <= 0:
+        ap.error("--rounds must be >= 1 and --seconds > 0")
     reference, corpus = Path(args.reference), Path(args.corpus)
     for p, what in ((reference, "reference loop"), (corpus, "corpus"), (Path(args.config), "config")):
         if not p.is_file():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,6 +170,8 @@ class TrainConfig:
             _check(p, value >= 0, f"train.{key}", f"must be >= 0, got {value}")
         _check(p, self.max_time >= 0, "train.max_time", f"must be >= 0, got {self.max_time}")
         _check(p, self.clip_norm >= 0, "train.clip_norm", f"must be >= 0 (0 = off), got {self.clip_norm}")
+        _check(p, 0 <= self.seed < 2**63, "train.seed", f"must be in [0, 2^63), got {self.seed}")
+        _check(p, self.threads <= 1024, "train.threads", f"must be at most 1024, got {self.threads}")
         _check(p, any((self.epochs, self.max_steps, self.max_tokens, self.max_time)), "train.epochs",
                "and train.max_steps, train.max_tokens, train.max_time are all 0: set at least one limit")
         if self.schedule == "cosine":
@@ -260,7 +263,8 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
                 value = float(value) if any(c in value for c in ".eE") else int(value)
             except ValueError:
                 raise ValueError(f"{key} must be an integer, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or value != int(value)):
             raise ValueError(f"{key} must be an integer, got {value!r}")
         return int(value)
     if tp is float:
@@ -269,8 +273,8 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
                 value = float(value)
             except ValueError:
                 raise ValueError(f"{key} must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            raise ValueError(f"{key} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if value is None:
@@ -339,9 +343,21 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
             sections[section] = cls(**kwargs)
         except _Problems as e:
             problems.extend(e.problems)
+    if not problems:
+        problems.extend(_cross_section_problems(sections))
     if problems:
         raise UserError(f"{source}: " + "; ".join(problems))
     return Config(**sections)
+
+
+def _cross_section_problems(s: dict[str, Any]) -> list[str]:
+    """Rules that involve keys of two sections."""
+    p: list[str] = []
+    model, train = s["model"], s["train"]
+    if model.backend == "numpy":
+        _check(p, train.optimizer == "sgd" and not train.momentum and not train.weight_decay, "model.backend=numpy",
+               "updates with plain SGD: set train.optimizer=sgd, train.momentum=0, train.weight_decay=0")
+    return p
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -11,6 +11,7 @@ Everything here takes a model, a vocab and plain values; nothing is read from fi
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -44,10 +45,18 @@ def warm_up(model: CharRNN, ids: torch.Tensor) -> tuple[torch.Tensor, State]:
     return logits[0, -1], state
 
 
+def _real_char_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Logits [V] with <unk> masked out: it is a placeholder, never a character to predict or emit."""
+    if not torch.isfinite(logits[1:]).all():
+        raise UserError("the model's outputs are not finite (a diverged checkpoint?); use an earlier checkpoint")
+    logits = logits.clone()
+    logits[0] = float("-inf")
+    return logits
+
+
 def _choose(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None) -> int:
     """Greedy when temperature == 0, else sample from softmax(logits / T) restricted to the top k."""
-    logits = logits.clone()
-    logits[0] = float("-inf")  # never emit <unk>: it is a placeholder, not a character
+    logits = _real_char_logits(logits)
     if temperature <= 0:
         return int(torch.argmax(logits))
     logits = logits.float() / temperature
@@ -56,6 +65,17 @@ def _choose(logits: torch.Tensor, temperature: float, top_k: int, generator: tor
         logits[logits < kth] = float("-inf")
     probs = torch.softmax(logits, dim=-1).cpu()
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Evaluation mode for the block, then the mode the caller had (the trainer's model stays in train)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 @dataclass
@@ -68,10 +88,12 @@ class Prediction:
 @torch.no_grad()
 def next_char_distribution(model: CharRNN, vocab: Vocab, prefix: str, top_n: int = 5,
                            unk: str = "error") -> list[tuple[str, float]]:
-    """Single step: the top_n most likely next characters and their probabilities."""
-    logits, _ = warm_up(model, encode_prefix(vocab, prefix, unk))
-    probs = torch.softmax(logits.float(), dim=-1)
-    values, idx = torch.topk(probs, min(top_n, len(vocab)))
+    """Single step: the top_n most likely next characters and their probabilities (<unk> excluded,
+    so these are exactly the probabilities sampling at temperature 1 draws from)."""
+    with _eval_mode(model):
+        logits, _ = warm_up(model, encode_prefix(vocab, prefix, unk))
+    probs = torch.softmax(_real_char_logits(logits).float(), dim=-1)
+    values, idx = torch.topk(probs, min(top_n, len(vocab) - 1))
     return [(vocab.itos[int(i)], float(v)) for v, i in zip(values, idx)]
 
 
@@ -84,27 +106,27 @@ def generate(model: CharRNN, vocab: Vocab, prefix: str, k: int, temperature: flo
     torch RNG: a sample logged during training leaves the training run's randomness unchanged."""
     if k < 0:
         raise UserError(f"-k must be >= 0, got {k}")
-    if temperature < 0:
-        raise UserError(f"--temperature must be >= 0, got {temperature}")
+    if not (0 <= temperature < float("inf")):
+        raise UserError(f"--temperature must be a finite number >= 0, got {temperature}")
     generator = None
     if temperature > 0:
         generator = torch.Generator()
         # os.urandom when unseeded: torch.seed() would reseed (and so disturb) the global RNG.
         generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(7), "little"))
-    logits, state = warm_up(model, encode_prefix(vocab, prefix, unk))
     device = model.decoder.weight.device
     out: list[int] = []
-    for _ in range(k):
-        idx = _choose(logits, temperature, top_k, generator)
-        out.append(idx)
-        step_logits, state = model(torch.tensor([[idx]], device=device), state)  # one cell step
-        logits = step_logits[0, -1]
+    with _eval_mode(model):  # no dropout while generating, even when called mid-training
+        logits, state = warm_up(model, encode_prefix(vocab, prefix, unk))
+        for _ in range(k):
+            idx = _choose(logits, temperature, top_k, generator)
+            out.append(idx)
+            step_logits, state = model(torch.tensor([[idx]], device=device), state)  # one cell step
+            logits = step_logits[0, -1]
     return vocab.decode(out)
 
 
 def predict(model: CharRNN, vocab: Vocab, prefix: str, k: int = 50, top_n: int = 5, temperature: float = 0.0,
             top_k: int = 0, seed: int | None = None, unk: str = "error") -> Prediction:
     """Both predictions for one prefix: the Python API behind predict.py."""
-    model.eval()
     return Prediction(prefix, next_char_distribution(model, vocab, prefix, top_n, unk),
                       generate(model, vocab, prefix, k, temperature, top_k, seed, unk))

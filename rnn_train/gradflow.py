@@ -319,10 +319,15 @@ def summary_line(r: FlowResult) -> str:
     backs = " / ".join(str(r.steps_below[f"{th:g}"]) if r.steps_below[f"{th:g}"] is not None else "never"
                        for th in THRESHOLDS)
     levels = " / ".join(f"{th:.0e}" for th in THRESHOLDS)
-    direction = "shrinks" if r.per_step_factor < 1 else "grows"
+    if r.ratio[0] == 0:  # underflow: nothing of the signal is left at t=1, not even in float64
+        trend = "nothing is left of it (it vanished below the smallest float)"
+    elif math.isfinite(r.per_step_factor):
+        direction = "shrinks" if r.per_step_factor < 1 else "grows"
+        trend = f"it {direction} x{r.per_step_factor:.3f} per step back on average"
+    else:
+        trend = "no per-step trend can be computed"
     return (f"summary: ||dL_T/dh_t|| first falls below {levels} of its t=T value {backs} steps back "
-            f"(within {r.steps - 1}); at t=1 it is {_e(r.ratio[0])} of it: it {direction} x{r.per_step_factor:.3f} "
-            f"per step back on average; clipping (coef {r.clip_coef_last:.3g}) scales every step alike and leaves "
+            f"(within {r.steps - 1}); at t=1 it is {_e(r.ratio[0])} of it: {trend}; clipping (coef {r.clip_coef_last:.3g}) scales every step alike and leaves "
             f"these ratios unchanged")
 
 

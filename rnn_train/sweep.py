@@ -624,7 +624,10 @@ def run_sweep(plan: SweepPlan, *, cache_dir: Path | None = Path("data/cache"), f
                         f"{'them' if len(clashes) > 1 else 'it'}")
     datasets = prepare_corpora(plan, cache_dir)  # may raise UserError: still nothing written
 
-    plan.out.mkdir(parents=True, exist_ok=True)
+    try:
+        plan.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot use {plan.out} as the sweep directory ({e.strerror or e})") from None
     atomic_write_text(plan.out / "sweep.json", json.dumps(plan.describe(), indent=2) + "\n")
     done = sum(s == "done" for s in statuses.values())
     log(f"sweep {plan.out}: {len(plan.runs)} runs ({done} finished already), {plan.budget.describe()} per run")

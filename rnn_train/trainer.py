@@ -46,11 +46,12 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """auto | cpu | cuda -> a device; `key` is how the user set it, for the error message."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device is cuda but no CUDA device is available (use train.device=auto or cpu)")
+        raise UserError(f"{key} is cuda but no CUDA device is available (use auto or cpu)")
     return torch.device(name)
 
 
@@ -230,8 +231,6 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
     `resume` is a loaded checkpoint dict to continue from. Everything that can fail because of the
     user's input (corpus, device) fails before anything is written to `run_dir`."""
     t = cfg.train
-    if cfg.model.backend == "numpy" and (t.optimizer != "sgd" or t.momentum or t.weight_decay):
-        raise UserError("model.backend=numpy updates with plain SGD: set train.optimizer=sgd, momentum 0, weight_decay 0")
     # the NumPy backend computes on the CPU whatever train.device says
     device = torch.device("cpu") if cfg.model.backend == "numpy" else resolve_device(t.device)
     if t.threads:
@@ -253,8 +252,11 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
     if resume:
         try:
             learner.load_state_dict({"model": resume["model"], "optimizer": resume["optimizer"]})
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise UserError(f"checkpoint does not fit this config's model ({str(e).splitlines()[0][:120]})") from None
+        except (KeyError, RuntimeError, ValueError):
+            saved = resume["config"].get("model", {})
+            changed = [f"model.{k}" for k, v in cfg.to_dict()["model"].items() if saved.get(k, v) != v]
+            raise UserError("the checkpoint's weights do not fit this config's model"
+                            + (f" ({', '.join(changed)} changed; keep them as saved)" if changed else "")) from None
         step, epoch, batch_in_epoch = resume["step"], resume["epoch"], resume["batch_in_epoch"]
         tokens, train_seconds = resume["tokens"], resume["train_seconds"]
         best_val, evals_since_best = resume["best_val_loss"], resume["evals_since_best"]
@@ -294,10 +296,13 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
 
     def validate() -> float:
         """Val loss, logs, best checkpoint, plateau and early-stopping bookkeeping."""
-        nonlocal best_val, evals_since_best, plateau, last_val
+        nonlocal best_val, evals_since_best, plateau, last_val, validated_at
+        validated_at = step
         if not len(data.val):
             return math.nan
         val = learner.evaluate(data.val, d.batch_size, d.num_steps)
+        if not math.isfinite(val):
+            return val  # diverged: the caller stops; nothing is logged, sampled or saved from these weights
         last_val = val
         mon.scalars({"val/loss": val, "val/ppl": perplexity(val), "val/bpc": bits_per_char(val)}, step)
         if cfg.log.sample_length:
@@ -322,7 +327,7 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
     log_clipped = torch.zeros((), dtype=torch.float64, device=device)
     log_steps, log_tokens, log_time = 0, 0, 0.0
     last_train_loss, last_grad_norm, clipped_total, clip_seen = math.nan, math.nan, 0.0, 0
-    stopped_by, interrupted = "", False
+    stopped_by, interrupted, validated_at = "", False, -1
     per_epoch = batches_per_epoch(len(data.train), d.batch_size, d.num_steps, d.partition)
 
     def limit_reached() -> str:
@@ -377,15 +382,19 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
                     log_steps, log_tokens, log_time = 0, 0, 0.0
                 if on_step is not None:
                     on_step(step)
-                if t.eval_every and step % t.eval_every == 0:
-                    validate()
+                eval_now = bool(t.eval_every) and step % t.eval_every == 0
+                # A NaN/inf loss never recovers. Checked where the loop syncs anyway (logging) and
+                # before anything is validated or saved, so the last good checkpoints stay in place.
+                if (eval_now or step % cfg.log.log_every == 0) and not math.isfinite(float(loss)):
+                    stopped_by = "diverged"
+                    break
+                if eval_now:
+                    if not math.isfinite(validate()):
+                        stopped_by = "diverged"
+                        break
                     save("last.pt")
                 if interrupt.requested:
                     stopped_by, interrupted = "interrupt", True
-                    break
-                if not math.isfinite(last_train_loss) and step % cfg.log.log_every == 0:
-                    stopped_by = "diverged"  # a NaN/inf loss never recovers; keep the last good checkpoints
-                    mon.info(f"step {step}: the training loss is {last_train_loss}; stopping (lower train.lr?)")
                     break
                 stopped_by = limit_reached()
                 if stopped_by:
@@ -393,7 +402,9 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
             else:  # the epoch ran out of batches
                 epoch, batch_in_epoch, state = epoch + 1, 0, None
                 if not t.eval_every:
-                    validate()
+                    if not math.isfinite(validate()):
+                        stopped_by = "diverged"
+                        break
                     save("last.pt")
                 stopped_by = limit_reached()
                 if per_epoch == 0 and not stopped_by:
@@ -407,9 +418,9 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
                            last_grad_norm, clipped_total, clip_seen, stopped_by, True)
         if stopped_by == "diverged":
             final_val = last_val  # leave the checkpoints of the last good validation in place
+            mon.info(f"step {step}: the loss is not finite; stopping (lower train.lr or set train.clip_norm)")
         else:
-            already = t.eval_every and step % t.eval_every == 0
-            final_val = validate() if len(data.val) and not already else last_val
+            final_val = validate() if len(data.val) and validated_at != step else last_val
             if not len(data.val):
                 save("best.pt")  # without a validation split the last weights are the best we know
             save("last.pt")
@@ -420,7 +431,7 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
         clipped_total, clip_seen = clipped_total + float(log_clipped), clip_seen + log_steps
     result = _result(run_dir, step, epoch, tokens, train_seconds, last_train_loss, final_val, best_val,
                      last_grad_norm, clipped_total, clip_seen, stopped_by, False)
-    if len(data.test):
+    if len(data.test) and (run_dir / "best.pt").exists():
         # The held-out test split is scored once, with the weights best.pt keeps (chosen on val).
         best = ckpt_io.load_checkpoint(run_dir / "best.pt", map_location=device)
         learner.load_state_dict({"model": best["model"], "optimizer": best["optimizer"]})

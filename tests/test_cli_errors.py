@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from rnn_train.trainer import train
 from tests.helpers import ROOT, tiny_config
@@ -49,6 +50,9 @@ def test_mistakes_in_train_py(tmp_path):
     assert_user_error(run(*base, "lr=1"), "section.key=value")
     assert_user_error(run("train.py"), "--config")
     assert_user_error(run("train.py", "--resume", str(tmp_path / "nothing")), "does not exist")
+    assert_user_error(run(*base, "train.seed=-1"), "train.seed must be in [0, 2^63)")
+    assert_user_error(run(*base, "model.hidden_size=1e400"), "model.hidden_size must be an integer")
+    assert_user_error(run(*base, "train.lr=inf"), "train.lr must be a finite number")
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert_user_error(run(*base, f"log.dir={blocker}"), "cannot write the run directory")
@@ -75,8 +79,18 @@ def test_an_existing_run_is_never_damaged_by_a_failed_start(finished_run):
     # --force with a broken corpus: the error comes before anything is deleted
     assert_user_error(run("train.py", "--config", "configs/debug.yaml", f"log.dir={finished_run}", "log.name=done",
                           "--force", "data.kind=text", "data.paths=missing.txt", *common), "missing.txt")
+    # --force with a config error raised only when training starts (backend rules, device)
+    assert_user_error(run("train.py", "--config", "configs/debug.yaml", f"log.dir={finished_run}", "log.name=done",
+                          "--force", "model.backend=numpy", "model.cell=rnn", *common), "plain SGD")
+    if not torch.cuda.is_available():
+        assert_user_error(run("train.py", "--config", "configs/debug.yaml", f"log.dir={finished_run}",
+                              "log.name=done", "--force", "train.device=cuda", *common), "no CUDA device")
+    # resuming with a different batch layout: the saved position and state would not fit
+    assert_user_error(run("train.py", "--resume", str(run_dir), "data.batch_size=3", *common),
+                      "data.batch_size cannot change on --resume")
     # resuming with a typo in an override
     assert_user_error(run("train.py", "--resume", str(run_dir), "train.max_stepz=5", *common), "did you mean")
     # resuming with an architecture that does not fit the checkpoint
-    assert_user_error(run("train.py", "--resume", str(run_dir), "model.hidden_size=99", *common), "does not fit")
+    assert_user_error(run("train.py", "--resume", str(run_dir), "model.hidden_size=99", *common),
+                      "model.hidden_size changed")
     assert digest(run_dir) == before

@@ -317,3 +317,12 @@ def test_cli_user_errors_are_one_line_with_status_2(run_dir, tmp_path, capsys):
         assert status == 2, (args, captured.err)
         assert captured.err.startswith("error: ") and len(captured.err.splitlines()) == 1, captured.err
         assert captured.out == ""
+
+
+def test_summary_says_vanished_when_the_gradient_underflows():
+    from rnn_train.gradflow import FlowResult, summary_line
+
+    r = FlowResult(steps=3, batch=1, loss=1.0, loss_last=1.0, dL_dh=[0.0, 1e-300, 1.0], dLT_dh=[0.0, 1e-300, 1.0],
+                   grad_norm=1.0, grad_norm_last=1.0, clip=0.0, clip_coef=1.0, clip_coef_last=1.0)
+    line = summary_line(r)
+    assert "vanished" in line and "grows" not in line and "nan" not in line

@@ -27,6 +27,7 @@ def test_single_step_gives_sorted_probabilities_of_real_characters(trained):
     assert len(top) == 5 and probs == sorted(probs, reverse=True)
     assert 0 < sum(probs) <= 1 + 1e-6
     full = next_char_distribution(model, vocab, "zhong guo", top_n=len(vocab))
+    assert len(full) == len(vocab) - 1 and "<unk>" not in [c for c, _ in full]  # real characters only
     assert sum(p for _, p in full) == pytest.approx(1.0, abs=1e-5)
 
 
@@ -102,3 +103,24 @@ def test_a_chinese_prefix_is_converted_to_pinyin_for_a_pinyin_model(trained):
                           "-k", "5"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "prefix: 'zhong guo '" in out.stdout and "converted to pinyin" in out.stdout
+
+
+def test_generation_runs_in_eval_mode_and_leaves_the_callers_mode_and_rng_alone(tmp_path):
+    torch.manual_seed(0)
+    from rnn_train.model import CharRNN
+    from rnn_train.vocab import Vocab
+
+    vocab = Vocab.build("abcdefgh ")
+    model = CharRNN(len(vocab), "gru", 16, num_layers=2, dropout=0.5).train()
+    rng = torch.get_rng_state()
+    first = generate(model, vocab, "abc", k=20, temperature=1.0, seed=1)
+    assert model.training  # the trainer's model is still in training mode
+    assert torch.equal(rng, torch.get_rng_state())  # dropout drew nothing from the global RNG
+    assert generate(model, vocab, "abc", k=20, temperature=1.0, seed=1) == first  # no dropout noise
+
+
+def test_non_finite_temperature_is_a_user_error(trained):
+    _, model, vocab = trained
+    for bad in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(UserError, match="temperature"):
+            generate(model, vocab, "zhong", k=3, temperature=bad)

@@ -175,3 +175,30 @@ def test_a_test_split_is_scored_once_with_the_best_weights(tmp_path):
     # the test text is neither trained nor validated on
     data = prepare_data(cfg.data, tmp_path / "c")
     assert len(data.train) + len(data.test) + len(data.val) == data.text_chars and len(data.test) > 0
+
+
+def test_a_diverging_run_stops_and_never_saves_non_finite_weights(tmp_path):
+    cfg = tiny_config(tmp_path, "train.optimizer=sgd", "train.lr=1e38", "train.clip_norm=0", "model.cell=rnn",
+                      "train.max_steps=200", "train.eval_every=10")
+    r = train(cfg, tmp_path / "div", quiet=True, cache_dir=tmp_path / "c")
+    assert r.stopped_by == "diverged" and r.step < 200
+    for name in ("best.pt", "last.pt"):
+        if (tmp_path / "div" / name).exists():
+            ckpt = load_checkpoint(tmp_path / "div" / name)
+            assert all(torch.isfinite(t).all() for t in ckpt["model"].values()), name
+
+
+def test_each_epoch_is_validated_once_and_a_finished_run_can_be_extended(tmp_path):
+    from tests.helpers import ROOT  # noqa: F401
+    path = tmp_path / "small.txt"
+    path.write_text("a quick brown fox jumps over the lazy dog\n" * 60)
+    cfg = tiny_config(tmp_path, "data.kind=text", f"data.paths={path}", "data.val_fraction=0.2",
+                      "train.max_steps=0", "train.epochs=2", "train.eval_every=0", "train.patience=1")
+    r = train(cfg, tmp_path / "ep", quiet=True, cache_dir=tmp_path / "c")
+    steps = [s for s, _ in scalar_series(tmp_path / "ep", "val/loss")]
+    assert len(steps) == 2 and len(set(steps)) == 2 and r.stopped_by == "epochs"
+    longer = tiny_config(tmp_path, "data.kind=text", f"data.paths={path}", "data.val_fraction=0.2",
+                         "train.max_steps=0", "train.epochs=4", "train.eval_every=0", "train.patience=1")
+    more = train(longer, tmp_path / "ep", quiet=True, cache_dir=tmp_path / "c",
+                 resume=load_checkpoint(tmp_path / "ep" / "last.pt"))
+    assert more.step > r.step
