@@ -240,7 +240,14 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
     if data is None:
         data = prepare_data(cfg.data, cache_dir, vocab)
     vocab = data.vocab
-    learner = make_learner(cfg, len(vocab), device)
+    try:
+        learner = make_learner(cfg, len(vocab), device)
+    except (MemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError) and "alloc" not in str(e).lower() and "memory" not in str(e).lower():
+            raise
+        m = cfg.model
+        raise UserError(f"not enough memory for the model (model.hidden_size={m.hidden_size}, "
+                        f"model.num_layers={m.num_layers}, vocab {len(vocab)}); make it smaller") from None
     dtype = DTYPES[cfg.model.dtype]
 
     # ---- counters (restored on resume) ----

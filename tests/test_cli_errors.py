@@ -53,6 +53,7 @@ def test_mistakes_in_train_py(tmp_path):
     assert_user_error(run(*base, "train.seed=-1"), "train.seed must be in [0, 2^63)")
     assert_user_error(run(*base, "model.hidden_size=1e400"), "model.hidden_size must be an integer")
     assert_user_error(run(*base, "train.lr=inf"), "train.lr must be a finite number")
+    assert_user_error(run(*base, "model.hidden_size=100000000"), "not enough memory for the model")
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert_user_error(run(*base, f"log.dir={blocker}"), "cannot write the run directory")
