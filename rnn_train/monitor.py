@@ -29,7 +29,7 @@ def _flat_hparams(cfg_dict: dict[str, dict[str, Any]]) -> dict[str, Any]:
 class Monitor:
     def __init__(self, run_dir: Path | None, tensorboard: bool = True, quiet: bool = False, total_steps: int = 0,
                  start_step: int = 0, enabled: bool = True, stream=None):
-        self.enabled, self.quiet = enabled, quiet
+        self.enabled, self.quiet, self.total_steps = enabled, quiet, total_steps
         self.stream = stream or sys.stderr
         self.writer = None
         if enabled and tensorboard and run_dir is not None:
@@ -66,14 +66,9 @@ class Monitor:
             self.bar.n = step
             self.bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{ppl:.2f}", tok_s=f"{tokens_per_s:,.0f}", refresh=True)
         else:
-            total = f"/{self.bar_total}" if getattr(self, "bar_total", 0) else ""
+            total = f"/{self.total_steps}" if self.total_steps else ""
             print(f"step {step}{total} | loss {loss:.4f} | ppl {ppl:.3f} | lr {lr:.3g} | {tokens_per_s:,.0f} tok/s",
                   file=self.stream, flush=True)
-
-    def set_total(self, total_steps: int) -> None:
-        self.bar_total = total_steps
-        if self.bar is not None:
-            self.bar.total = total_steps or None
 
     # -- TensorBoard ------------------------------------------------------------------------
     def scalars(self, values: dict[str, float], step: int) -> None:

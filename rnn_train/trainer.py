@@ -281,7 +281,6 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
         raise UserError(f"cannot write the run directory {run_dir} ({e.strerror or e}); set log.dir") from None
     total = planned_steps(cfg, len(data.train))
     mon = Monitor(run_dir, cfg.log.tensorboard, quiet, total, step, stream=stream)
-    mon.set_total(total)
     model_desc = f"{cfg.model.cell.upper()} {cfg.model.hidden_size}x{cfg.model.num_layers}"
     mon.info(f"run {run_dir}: corpus {data.text_chars:,} chars (train {len(data.train):,}, val {len(data.val):,}"
              f"{f', test {len(data.test):,}' if len(data.test) else ''}), vocab {len(vocab)}"
@@ -360,7 +359,8 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
                 t0 = time.perf_counter()
                 # random: a fresh zero state per batch; sequential: carry it, cut the graph (truncated BPTT).
                 state = None if d.partition == "random" else detach_state(state)
-                learner.set_lr(lr_at(step, t.lr, t.schedule, t.warmup_steps, total, t.min_lr, plateau.scale))
+                lr = lr_at(step, t.lr, t.schedule, t.warmup_steps, total, t.min_lr, plateau.scale)
+                learner.set_lr(lr)
                 loss, grad_norm, state = learner.train_step(x, y, state)
                 step, batch_in_epoch, tokens = step + 1, batch_in_epoch + 1, tokens + y.size
                 log_loss += loss
@@ -379,7 +379,6 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
                     clipped = float(log_clipped) / log_steps
                     clipped_total, clip_seen = clipped_total + float(log_clipped), clip_seen + log_steps
                     tps = log_tokens / max(log_time, 1e-9)
-                    lr = lr_at(step - 1, t.lr, t.schedule, t.warmup_steps, total, t.min_lr, plateau.scale)
                     mon.scalars({"train/loss": last_train_loss, "train/ppl": perplexity(last_train_loss),
                                  "train/bpc": bits_per_char(last_train_loss), "train/grad_norm": last_grad_norm,
                                  "train/clipped_fraction": clipped, "train/lr": lr, "train/tokens_per_s": tps,
