@@ -48,6 +48,7 @@ from torch import nn
 
 from .cli import ArgumentParser, run
 from .errors import UserError
+from .schedule import clip_coefficient
 
 THRESHOLDS = (1e-1, 1e-2, 1e-3)  # "steps back until ||dL_T/dh_t|| falls below this share of its t=T value"
 TAGS = ("dL_dh", "dL_dh_clipped", "dLT_dh", "dLT_dh_clipped", "dLT_dh_ratio")
@@ -101,13 +102,6 @@ def _finite(v: Any) -> Any:
     if isinstance(v, list):
         return [_finite(x) for x in v]
     return v
-
-
-def clip_coefficient(grad_norm: float, clip: float) -> float:
-    """The factor `torch.nn.utils.clip_grad_norm_` multiplies every gradient by (its 1e-6 included)."""
-    if clip <= 0:
-        return 1.0
-    return min(1.0, clip / (grad_norm + 1e-6))
 
 
 def steps_back_below(ratio: Sequence[float], threshold: float) -> int | None:

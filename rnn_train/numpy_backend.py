@@ -36,6 +36,7 @@ from . import bptt
 from .batching import eval_batches
 from .config import Config
 from .model import CharRNN
+from .schedule import clip_coefficient
 
 # our maths name -> CharRNN state_dict key; the order is CharRNN.parameters()' order, which the
 # global gradient norm follows so that it is summed like torch's clip_grad_norm_ sums it.
@@ -48,13 +49,6 @@ TORCH_KEYS = {
     "b_y": "decoder.bias",  # [V]
 }
 RNN_NAMES = ("W_ih", "W_hh", "b_ih", "b_hh")
-
-
-def clip_coefficient(norm: float, max_norm: float) -> float:
-    """The factor `torch.nn.utils.clip_grad_norm_` scales every gradient by: max_norm / (norm + 1e-6),
-    capped at 1 (gradients inside the ball are left alone). NaN stays NaN, as in torch."""
-    coef = max_norm / (norm + 1e-6)
-    return coef if not coef >= 1.0 else 1.0
 
 
 def global_norm(grads: list[np.ndarray]) -> float:

@@ -50,6 +50,16 @@ def plateau_step(state: PlateauState, val_loss: float, factor: float, patience: 
     return PlateauState(state.best, bad, state.scale)
 
 
+def clip_coefficient(norm: float, max_norm: float) -> float:
+    """The factor `torch.nn.utils.clip_grad_norm_` scales every gradient by: max_norm / (norm + 1e-6),
+    capped at 1 (gradients inside the ball are left alone); 1 when clipping is off (max_norm <= 0).
+    A NaN norm gives NaN, as in torch."""
+    if max_norm <= 0:
+        return 1.0
+    coef = max_norm / (norm + 1e-6)
+    return coef if not coef >= 1.0 else 1.0
+
+
 def perplexity(mean_ce: float) -> float:
     """exp(mean cross-entropy in nats); inf rather than an overflow error for a diverged run."""
     return math.exp(mean_ce) if mean_ce < 700 else math.inf
