@@ -18,8 +18,6 @@ from rnn_train.data import prepare_data
 from rnn_train.errors import UserError
 from rnn_train.vocab import Vocab
 
-RUN_FILES = ("best.pt", "last.pt", "metrics.json", "config.yaml")
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="train.py", description=__doc__.split("\n")[1])
@@ -35,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.config and args.resume:
         ap.error("--resume takes the config stored in the checkpoint; drop --config and pass overrides instead")
 
-    from rnn_train.trainer import resolve_device, train  # after argument checks: importing torch takes a second
+    # after argument checks: importing torch takes a second
+    from rnn_train.trainer import clear_run_files, resolve_device, train
 
     resume = None
     if args.resume:
@@ -55,16 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(cfg.log.dir) / cfg.log.name
-        existing = [f for f in RUN_FILES if (run_dir / f).exists()]
+        existing = [f for f in ("best.pt", "last.pt", "metrics.json", "config.yaml") if (run_dir / f).exists()]
         if any(f.endswith(".pt") for f in existing) and not args.force:
             raise UserError(f"{run_dir} already holds a run ({', '.join(existing)}); continue it with "
                             f"--resume {run_dir}, pick another log.name=..., or overwrite with --force")
         data = prepare_data(cfg.data, Path(args.cache_dir))  # user errors surface before anything is deleted
         resolve_device(cfg.train.device)
-        if args.force and run_dir.exists():
-            for f in run_dir.iterdir():
-                if f.name in RUN_FILES or f.name.startswith("events.out.tfevents"):
-                    f.unlink()
+        if args.force:
+            clear_run_files(run_dir)
 
     result = train(cfg, run_dir, resume=resume, quiet=args.quiet, cache_dir=Path(args.cache_dir), data=data)
     if result.interrupted:

@@ -5,14 +5,11 @@ untrusted source cannot run code; and a checkpoint keeps working when classes ar
 is a list of characters, the config a dict of sections, RNG states are tensors.
 
 Why atomic: a crash or Ctrl-C in the middle of `torch.save` must never leave a half-written
-`best.pt` in place of a good one, so we write to a temporary file in the same directory, fsync,
-and `os.replace` it over the target.
+`best.pt` in place of a good one (see `files.atomic_write_bytes`).
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,31 +17,11 @@ from typing import Any
 import torch
 
 from .errors import UserError
+from .files import atomic_write_bytes
 
 FORMAT = "rnn-train-checkpoint"
 VERSION = 1
 REQUIRED = ("model", "config", "vocab", "step")
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call `write(file_object)` on a temp file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

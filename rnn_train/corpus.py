@@ -79,7 +79,6 @@ import codecs
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable, Optional, Union
@@ -88,6 +87,7 @@ import pypinyin
 from pypinyin import Style
 
 from rnn_train.errors import UserError
+from rnn_train.files import atomic_write_text
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -294,20 +294,11 @@ def _read_cache(path: Path) -> Optional[str]:
 
 
 def _write_cache(path: Path, body: str) -> None:
-    """Write an entry atomically (temp file in the same folder, then os.replace); warn on failure."""
-    data = (_CACHE_MAGIC + hashlib.sha256(body.encode("utf-8")).hexdigest() + "\n" + body).encode("utf-8")
-    tmp_name = None
+    """Write an entry atomically with its checksum header; a cache that cannot be written only warns."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it owner-only; a cache need not be private
-        os.replace(tmp_name, path)
+        atomic_write_text(path, _CACHE_MAGIC + hashlib.sha256(body.encode("utf-8")).hexdigest() + "\n" + body)
     except OSError as exc:
         warnings.warn(f"could not write pinyin cache {path}: {exc}", stacklevel=3)
-        if tmp_name is not None and os.path.exists(tmp_name):
-            os.unlink(tmp_name)
 
 
 def cached_hanzi_to_pinyin(text: str, tones: str = "none", cache_dir: Optional[PathLike] = None) -> str:

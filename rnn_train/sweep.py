@@ -93,7 +93,7 @@ OWNED_KEYS = BUDGET_KEYS + ("log.dir", "log.name")
 """Keys the sweep sets itself (log.dir / log.name: each run's directory is named after its grid point)."""
 IGNORED_IN_MATCH = {("train", "threads"), ("train", "device")}
 """Config keys that do not change what a run computes; a finished run made with other values still counts."""
-RUN_FILES_GLOBS = ("*.pt", "metrics.json", "config.yaml", "sweep_run.json", "events.out.tfevents.*")
+SWEEP_RUN_FILE = "sweep_run.json"  # what the sweep adds to a run directory (the run's wall time)
 DEFAULT_EVALS = 4
 NUM_STEPS_KEY = "data.num_steps"
 
@@ -361,16 +361,6 @@ def _config_diff(r: PlannedRun) -> str:
     return ", ".join(diffs[:4]) + (" ..." if len(diffs) > 4 else "")
 
 
-def _clear_run_dir(run_dir: Path) -> None:
-    """Delete the files of an earlier, unusable attempt (only files a run writes)."""
-    if not run_dir.is_dir():
-        return
-    for pattern in RUN_FILES_GLOBS:
-        for f in run_dir.glob(pattern):
-            if f.is_file():
-                f.unlink()
-
-
 # ----------------------------------------------------------------------------------------------
 # results
 
@@ -433,7 +423,7 @@ def markdown_table(rows: list[dict[str, Any]], grid_columns: list[str]) -> str:
 
 def write_results(plan: SweepPlan, rows: list[dict[str, Any]]) -> list[Path]:
     """results.csv, results.json and results.md in the sweep directory (rows in grid order)."""
-    from .checkpoint import atomic_write_text
+    from .files import atomic_write_text
 
     out = plan.out
     grid_columns = [plan.labels[k] for k in plan.grid]
@@ -612,8 +602,9 @@ def run_sweep(plan: SweepPlan, *, cache_dir: Path | None = Path("data/cache"), f
     """Run every planned run not finished yet, one after another; write results and plots.
 
     `on_step(run_name, step)` and `after_run(run_name)` are hooks (tests interrupt a sweep with them)."""
-    from .checkpoint import atomic_write_text, load_checkpoint
-    from .trainer import train
+    from .checkpoint import load_checkpoint
+    from .files import atomic_write_text
+    from .trainer import clear_run_files, train
 
     statuses = {r.name: run_status(r) for r in plan.runs}
     clashes = [r for r in plan.runs if statuses[r.name] == "mismatch"]
@@ -640,7 +631,7 @@ def run_sweep(plan: SweepPlan, *, cache_dir: Path | None = Path("data/cache"), f
         for i, r in enumerate(plan.runs, 1):
             tag = f"[{i}/{total}] {r.name}"
             status = statuses[r.name]
-            side = _read_json(r.run_dir / "sweep_run.json") or {}
+            side = _read_json(r.run_dir / SWEEP_RUN_FILE) or {}
             if status == "done":
                 metrics = _read_json(r.run_dir / "metrics.json")
                 rows.append(result_row(plan, r, metrics, float(side.get("wall_seconds", math.nan))))
@@ -659,7 +650,7 @@ def run_sweep(plan: SweepPlan, *, cache_dir: Path | None = Path("data/cache"), f
                     log(f"{tag}: last.pt belongs to another config or vocab; starting afresh")
                     resume = None
             if resume is None:
-                _clear_run_dir(r.run_dir)
+                clear_run_files(r.run_dir, extra=(SWEEP_RUN_FILE,))
                 side = {}
                 log(f"{tag}: training")
             else:
@@ -670,7 +661,7 @@ def run_sweep(plan: SweepPlan, *, cache_dir: Path | None = Path("data/cache"), f
             result = train(r.cfg, r.run_dir, resume=resume, quiet=not verbose, cache_dir=cache_dir, data=data,
                            on_step=step_hook)
             wall = float(side.get("wall_seconds", 0.0)) + time.perf_counter() - t0
-            atomic_write_text(r.run_dir / "sweep_run.json",
+            atomic_write_text(r.run_dir / SWEEP_RUN_FILE,
                               json.dumps({"run": r.name, "grid": r.assignment, "wall_seconds": round(wall, 3)}) + "\n")
             if result.interrupted:
                 interrupted = True

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
+from .files import atomic_write_text
 from .batching import batches, batches_per_epoch, epoch_rng, eval_batches
 from .config import Config, config_to_yaml
 from .data import Dataset, prepare_data
@@ -37,6 +38,20 @@ from .model import DTYPES, CharRNN, State, count_parameters, detach_state
 from .monitor import Monitor
 from .schedule import PlateauState, bits_per_char, lr_at, perplexity, plateau_step
 from .vocab import Vocab
+
+
+RUN_FILES = ("best.pt", "last.pt", "metrics.json", "config.yaml", "events.out.tfevents.*")
+"""What `train` writes into a run directory (glob patterns): what starting afresh there removes."""
+
+
+def clear_run_files(run_dir: Path, extra: tuple[str, ...] = ()) -> None:
+    """Delete what an earlier run wrote into `run_dir` (RUN_FILES and `extra` patterns), nothing else."""
+    if not run_dir.is_dir():
+        return
+    for pattern in RUN_FILES + extra:
+        for f in run_dir.glob(pattern):
+            if f.is_file():
+                f.unlink()
 
 
 def set_seed(seed: int) -> None:
@@ -276,7 +291,7 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_io.atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+        atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
     except OSError as e:
         raise UserError(f"cannot write the run directory {run_dir} ({e.strerror or e}); set log.dir") from None
     total = planned_steps(cfg, len(data.train))
@@ -447,7 +462,7 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
         mon.info(f"test loss {result.test_loss:.4f} | test ppl {result.test_ppl:.3f} (best.pt)")
     mon.hparams(cfg.to_dict(), {"hparam/val_loss": result.val_loss, "hparam/val_ppl": result.val_ppl,
                                 "hparam/best_val_loss": result.best_val_loss, "hparam/tokens_per_s": result.tokens_per_s})
-    ckpt_io.atomic_write_text(run_dir / "metrics.json", json.dumps(asdict(result), indent=2) + "\n")
+    atomic_write_text(run_dir / "metrics.json", json.dumps(asdict(result), indent=2) + "\n")
     mon.close()
     return result
 
