@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rnn_train.fused import fused_rnn  # noqa: E402
+from rnn_train.kernels.fused import fused_rnn  # noqa: E402
 
 MODULES = {"gru": nn.GRU, "rnn": nn.RNN, "lstm": nn.LSTM}
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Callable
 
-from .errors import UserError
+from rnn_train.errors import UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):

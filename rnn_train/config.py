@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import UserError
+from rnn_train.errors import UserError
 
 
 class _Problems(Exception):
@@ -408,3 +408,25 @@ def describe_fields() -> list[tuple[str, str, str, str]]:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append((f"{section}.{f.name}", tname, repr(default), docs.get(f.name, "")))
     return rows
+
+
+REFERENCE_BEGIN, REFERENCE_END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
+"""Where the README holds `config_reference()` (a test keeps it current)."""
+
+
+def config_reference() -> str:
+    """Every key as a Markdown table: key, type, default, meaning (from the field docstrings)."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for key, tname, default, doc in describe_fields():
+        rows.append(f"| `{key}` | {tname} | `{default}` | {doc.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m rnn_train config") -> int:
+    """`rnn-train config`: print the reference table (what the README's config section holds)."""
+    from rnn_train.cli import ArgumentParser
+
+    ArgumentParser(prog=prog, description="Print every config key with its type, default and meaning "
+                                          "(Markdown).").parse_args(argv)
+    print(config_reference())
+    return 0

@@ -1,18 +1,7 @@
-"""Regenerate the README's config reference from the dataclass field docstrings.
+"""`python -m rnn_train.docs`: the older spelling of `python -m rnn_train config` (the config reference)."""
+import sys
 
-    python -m rnn_train.docs > /dev/null   # prints the table; tests check the README holds it
-"""
-from .config import describe_fields
-
-BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
-
-
-def config_reference() -> str:
-    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-    for key, tname, default, doc in describe_fields():
-        rows.append(f"| `{key}` | {tname} | `{default}` | {doc.replace('|', '/')} |")
-    return "\n".join(rows)
-
+from rnn_train.commands import run_command
 
 if __name__ == "__main__":
-    print(config_reference())
+    sys.exit(run_command("config", sys.argv[1:], prog="python -m rnn_train.docs"))

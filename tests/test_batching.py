@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnn_train.batching import (batches_per_epoch, epoch_rng, eval_batches, min_corpus_length, random_batches,
+from rnn_train.data.batching import (batches_per_epoch, epoch_rng, eval_batches, min_corpus_length, random_batches,
                                 sequential_batches)
-from rnn_train.model import CharRNN, detach_state
+from rnn_train.model.charrnn import CharRNN, detach_state
 
 
 class FixedOffset:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnn_train import bptt
+from rnn_train.teaching import bptt
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_MODULES = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
@@ -455,20 +455,21 @@ def test_cell_state_arguments_are_refused_for_cells_without_one():
 
 
 def test_module_imports_torch_only_inside_the_cli_comparison():
-    tree = ast.parse((ROOT / "rnn_train" / "bptt.py").read_text())
-    owners = {}
-    for fn in ast.walk(tree):
-        if isinstance(fn, ast.FunctionDef):
-            for node in ast.walk(fn):
-                owners[id(node)] = fn.name
-    torch_imports = [
-        node
-        for node in ast.walk(tree)
-        if (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "torch" for a in node.names))
-        or (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "torch")
-    ]
+    owners, torch_imports = {}, []
+    for path in sorted((ROOT / "rnn_train" / "teaching" / "bptt").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef):
+                for node in ast.walk(fn):
+                    owners[id(node)] = f"{path.stem}.{fn.name}"
+        torch_imports += [
+            node
+            for node in ast.walk(tree)
+            if (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "torch" for a in node.names))
+            or (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "torch")
+        ]
     assert torch_imports, "the CLI must import torch somewhere to compare against it"
-    assert {owners.get(id(node)) for node in torch_imports} == {"_compare_with_torch"}
+    assert {owners.get(id(node)) for node in torch_imports} == {"compare._compare_with_torch"}
 
 
 # ----------------------------------------------------------------------------- 4. the comparison CLI

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from rnn_train.trainer import train
+from rnn_train.training.trainer import train
 from tests.helpers import ROOT, tiny_config
 
 

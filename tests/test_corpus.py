@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from rnn_train import corpus
+from rnn_train.data import corpus
 from rnn_train.errors import UserError
 from tests.conftest import shared_corpus
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnn_train import fused
-from rnn_train.fused import can_fuse, fused_rnn, fused_rnn_layer
+from rnn_train.kernels import fused
+from rnn_train.kernels.fused import can_fuse, fused_rnn, fused_rnn_layer
 
 MODULES = {"gru": nn.GRU, "rnn": nn.RNN}
 PARAM_NAMES = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")

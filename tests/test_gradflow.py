@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnn_train import gradflow
-from rnn_train.model import CharRNN
+from rnn_train.teaching import gradflow
+from rnn_train.model.charrnn import CharRNN
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -320,7 +320,7 @@ def test_cli_user_errors_are_one_line_with_status_2(run_dir, tmp_path, capsys):
 
 
 def test_summary_says_vanished_when_the_gradient_underflows():
-    from rnn_train.gradflow import FlowResult, summary_line
+    from rnn_train.teaching.gradflow import FlowResult, summary_line
 
     r = FlowResult(steps=3, batch=1, loss=1.0, loss_last=1.0, dL_dh=[0.0, 1e-300, 1.0], dLT_dh=[0.0, 1e-300, 1.0],
                    grad_norm=1.0, grad_norm_last=1.0, clip=0.0, clip_coef=1.0, clip_coef_last=1.0)

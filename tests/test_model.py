@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from rnn_train.config import ModelConfig
-from rnn_train.model import CharRNN
+from rnn_train.model.charrnn import CharRNN
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])

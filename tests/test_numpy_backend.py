@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from rnn_train.batching import batches, epoch_rng
-from rnn_train.checkpoint import load_checkpoint, load_model
+from rnn_train.data.batching import batches, epoch_rng
+from rnn_train.model.checkpoint import load_checkpoint, load_model
 from rnn_train.config import build_config
-from rnn_train.data import prepare_data
-from rnn_train.generate import generate, next_char_distribution
-from rnn_train.numpy_backend import NumpyLearner, clip_coefficient, global_norm
-from rnn_train.trainer import TorchLearner, set_seed, train
+from rnn_train.data.dataset import prepare_data
+from rnn_train.prediction.generate import generate, next_char_distribution
+from rnn_train.teaching.numpy_backend import NumpyLearner, clip_coefficient, global_norm
+from rnn_train.runtime import set_seed
+from rnn_train.training.trainer import TorchLearner, train
 from tests.conftest import ROOT, shared_corpus
 
 CPU = torch.device("cpu")

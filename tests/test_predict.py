@@ -5,10 +5,10 @@ import sys
 import pytest
 import torch
 
-from rnn_train.checkpoint import load_model
+from rnn_train.model.checkpoint import load_model
 from rnn_train.errors import UserError
-from rnn_train.generate import generate, next_char_distribution, predict
-from rnn_train.trainer import train
+from rnn_train.prediction.generate import generate, next_char_distribution, predict
+from rnn_train.training.trainer import train
 from tests.helpers import ROOT, tiny_config
 
 
@@ -107,8 +107,8 @@ def test_a_chinese_prefix_is_converted_to_pinyin_for_a_pinyin_model(trained):
 
 def test_generation_runs_in_eval_mode_and_leaves_the_callers_mode_and_rng_alone(tmp_path):
     torch.manual_seed(0)
-    from rnn_train.model import CharRNN
-    from rnn_train.vocab import Vocab
+    from rnn_train.model.charrnn import CharRNN
+    from rnn_train.data.vocab import Vocab
 
     vocab = Vocab.build("abcdefgh ")
     model = CharRNN(len(vocab), "gru", 16, num_layers=2, dropout=0.5).train()

@@ -1,7 +1,7 @@
 """The README's promises: the config reference is current and CI runs the README's test command."""
 from pathlib import Path
 
-from rnn_train.docs import BEGIN, END, config_reference
+from rnn_train.config import REFERENCE_BEGIN as BEGIN, REFERENCE_END as END, config_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -9,7 +9,7 @@ README = (ROOT / "README.md").read_text()
 
 def test_config_reference_matches_the_code():
     table = README.split(BEGIN)[1].split(END)[0].strip()
-    assert table == config_reference(), "run: python -m rnn_train.docs and paste the table into README.md"
+    assert table == config_reference(), "run: python -m rnn_train config and paste the table into README.md"
 
 
 def test_readme_gives_the_main_command_and_ci_runs_its_test_command():

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from rnn_train.checkpoint import load_checkpoint
-from rnn_train.trainer import train
+from rnn_train.model.checkpoint import load_checkpoint
+from rnn_train.training.trainer import train
 from tests.helpers import ROOT, scalar_series, tiny_config
 
 

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from rnn_train.schedule import PlateauState, bits_per_char, lr_at, perplexity, plateau_step
+from rnn_train.training.schedule import PlateauState, bits_per_char, lr_at, perplexity, plateau_step
 
 
 def test_warmup_rises_linearly_to_the_peak():

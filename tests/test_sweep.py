@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rnn_train import sweep
+from rnn_train.experiments import sweep
 from rnn_train.cli import run
 from rnn_train.errors import UserError
 from tests.conftest import ROOT

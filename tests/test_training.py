@@ -2,14 +2,13 @@
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from rnn_train.checkpoint import load_checkpoint, load_model
+from rnn_train.model.checkpoint import load_checkpoint, load_model
 from rnn_train.config import build_config
-from rnn_train.data import prepare_data
-from rnn_train.trainer import train
+from rnn_train.data.dataset import prepare_data
+from rnn_train.training.trainer import train
 
 from tests.conftest import shared_corpus
 from tests.helpers import read_events, scalar_series, tiny_config

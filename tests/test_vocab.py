@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from rnn_train.vocab import UNK, Vocab, smallest_dtype
+from rnn_train.data.vocab import UNK, Vocab, smallest_dtype
 
 
 def test_ids_follow_frequency_then_code_point():

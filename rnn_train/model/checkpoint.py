@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
-from .files import atomic_write_bytes
+from rnn_train.errors import UserError
+from rnn_train.files import atomic_write_bytes
 
 FORMAT = "rnn-train-checkpoint"
 VERSION = 1
@@ -77,9 +77,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """Checkpoint file or run directory -> (model in eval mode, vocab, config, checkpoint dict)."""
-    from .config import build_config
-    from .model import CharRNN
-    from .vocab import Vocab
+    from rnn_train.config import build_config
+    from rnn_train.model.charrnn import CharRNN
+    from rnn_train.data.vocab import Vocab
 
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path, map_location=device)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .batching import min_corpus_length
-from .config import DataConfig
-from .corpus import load_corpus
-from .errors import UserError
-from .vocab import Vocab
+from rnn_train.data.batching import min_corpus_length
+from rnn_train.config import DataConfig
+from rnn_train.data.corpus import load_corpus
+from rnn_train.errors import UserError
+from rnn_train.data.vocab import Vocab
 
 _NON_LETTERS = re.compile(r"[^A-Za-z]+")
 

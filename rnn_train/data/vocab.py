@@ -14,7 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import UserError
+from rnn_train.errors import UserError
 
 UNK = "<unk>"
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
-from .fused import can_fuse, fused_rnn
+from rnn_train.config import ModelConfig
+from rnn_train.kernels.fused import can_fuse, fused_rnn
 
 State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]  # h [L, B, H], or (h, c) for LSTM
 

@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import bptt
-from .batching import eval_batches
-from .config import Config
-from .model import CharRNN
-from .schedule import clip_coefficient
+from rnn_train.teaching import bptt
+from rnn_train.data.batching import eval_batches
+from rnn_train.config import Config
+from rnn_train.model.charrnn import CharRNN
+from rnn_train.training.schedule import clip_coefficient
 
 # our maths name -> CharRNN state_dict key; the order is CharRNN.parameters()' order, which the
 # global gradient norm follows so that it is summed like torch's clip_grad_norm_ sums it.

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UserError
-from .model import CharRNN, State
-from .vocab import UNK, Vocab
+from rnn_train.errors import UserError
+from rnn_train.model.charrnn import CharRNN, State
+from rnn_train.data.vocab import UNK, Vocab
 
 
 def encode_prefix(vocab: Vocab, prefix: str, unk: str = "error") -> torch.Tensor:

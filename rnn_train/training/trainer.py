@@ -27,17 +27,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint as ckpt_io
-from .files import atomic_write_text
-from .batching import batches, batches_per_epoch, epoch_rng, eval_batches
-from .config import Config, config_to_yaml
-from .data import Dataset, prepare_data
-from .errors import UserError
-from .generate import generate
-from .model import DTYPES, CharRNN, State, count_parameters, detach_state
-from .monitor import Monitor
-from .schedule import PlateauState, bits_per_char, lr_at, perplexity, plateau_step
-from .vocab import Vocab
+from rnn_train.model import checkpoint as ckpt_io
+from rnn_train.files import atomic_write_text
+from rnn_train.data.batching import batches, batches_per_epoch, epoch_rng, eval_batches
+from rnn_train.config import Config, config_to_yaml
+from rnn_train.data.dataset import Dataset, prepare_data
+from rnn_train.errors import UserError
+from rnn_train.runtime import resolve_device, set_seed
+from rnn_train.prediction.generate import generate
+from rnn_train.model.charrnn import DTYPES, CharRNN, State, count_parameters, detach_state
+from rnn_train.training.monitor import Monitor
+from rnn_train.training.schedule import PlateauState, bits_per_char, lr_at, perplexity, plateau_step
+from rnn_train.data.vocab import Vocab
 
 
 RUN_FILES = ("best.pt", "last.pt", "metrics.json", "config.yaml", "events.out.tfevents.*")
@@ -52,22 +53,6 @@ def clear_run_files(run_dir: Path, extra: tuple[str, ...] = ()) -> None:
         for f in run_dir.glob(pattern):
             if f.is_file():
                 f.unlink()
-
-
-def set_seed(seed: int) -> None:
-    """One call seeds every generator the pipeline uses: Python, NumPy's legacy global, torch (CPU+CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str, key: str = "train.device") -> torch.device:
-    """auto | cpu | cuda -> a device; `key` is how the user set it, for the error message."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{key} is cuda but no CUDA device is available (use auto or cpu)")
-    return torch.device(name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,7 +125,7 @@ class TorchLearner:
 
 def make_learner(cfg: Config, vocab_size: int, device: torch.device):
     if cfg.model.backend == "numpy":
-        from .numpy_backend import NumpyLearner
+        from rnn_train.teaching.numpy_backend import NumpyLearner
 
         return NumpyLearner(cfg, vocab_size, device)
     return TorchLearner(cfg, vocab_size, device)

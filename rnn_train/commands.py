@@ -1,0 +1,72 @@
+"""The one table of commands, and the dispatcher every entry point goes through.
+
+    python -m rnn_train <command> [args]        (also `rnn-train <command>` once installed)
+    python train.py ...   = python -m rnn_train train ...
+    python predict.py ... = python -m rnn_train predict ...
+
+Each command is a module with `main(argv, prog) -> int`, imported only when that command runs (so
+`--help` of one command does not pay for importing torch or matplotlib for another). Whatever the
+entry point, a `UserError` ends as one line `error: ...` with exit status 2 (see `cli.run`).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+
+from rnn_train.cli import ArgumentParser, run
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str  # where its `main(argv, prog)` lives
+    help: str  # one line for `rnn-train --help`
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("rnn_train.training.cli", "train a model from a recipe, or --resume a run"),
+    "predict": Command("rnn_train.prediction.cli", "next character and a K-character continuation of a prefix"),
+    "sweep": Command("rnn_train.experiments.sweep.cli", "a grid of runs with the same budget; tables and plots"),
+    "bench": Command("rnn_train.experiments.bench", "training speed against the textbook loop, as ratios"),
+    "gradflow": Command("rnn_train.teaching.gradflow", "||dL/dh_t|| over time: vanishing and exploding gradients"),
+    "bptt": Command("rnn_train.teaching.bptt.compare", "the NumPy BPTT against torch.autograd, side by side"),
+    "config": Command("rnn_train.config", "every config key with its type, default and meaning"),
+}
+
+
+def run_command(name: str, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run one command as its own entry point would: one-line errors, exit status as an int."""
+    module = importlib.import_module(COMMANDS[name].module)
+    prog = prog or f"{_program()} {name}"
+    return run(lambda args: module.main(args, prog=prog), argv)
+
+
+def _program() -> str:
+    """How the user called us, for usage lines: `rnn-train` when installed, else `python -m rnn_train`."""
+    return "rnn-train" if sys.argv and sys.argv[0].endswith("rnn-train") else "python -m rnn_train"
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {c.help}" for name, c in COMMANDS.items())
+    return f"commands:\n{rows}\n\n'{_program()} COMMAND --help' describes one command."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: {_program()} COMMAND [ARGS ...]\n\n{_usage()}")
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from rnn_train import __version__
+
+        print(f"rnn-train {__version__}")
+        return 0
+    if argv[0] not in COMMANDS:
+        ap = ArgumentParser(prog=_program())
+        from difflib import get_close_matches
+
+        close = get_close_matches(argv[0], list(COMMANDS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else f"; one of {', '.join(COMMANDS)}"
+        ap.error(f"unknown command {argv[0]!r}{hint}")
+    return run_command(argv[0], argv[1:])

@@ -1,0 +1,1 @@
+"""Experiments on top of the pipeline: grid sweeps with a fixed budget, and the speed benchmark."""

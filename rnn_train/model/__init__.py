@@ -1,0 +1,1 @@
+"""The character-level language model (`CharRNN`) and its checkpoints."""

@@ -1,0 +1,1 @@
+"""Code for learning BPTT: the NumPy reference cells, the NumPy training backend, gradient-flow reports."""

@@ -1,0 +1,129 @@
+"""`python -m rnn_train bptt`: the NumPy BPTT and torch.autograd on the same problem, side by side."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from rnn_train.teaching import bptt
+from rnn_train.teaching.bptt.common import CELLS, init_params, params_from_torch, params_to_torch
+
+_DEFAULT_TOL = {"float64": 1e-10, "float32": 1e-5}
+
+
+def _parse_args(argv, prog):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run the NumPy BPTT and torch.autograd on the same random weights, inputs and "
+        "upstream gradients, and print every output and gradient side by side.",
+    )
+    parser.add_argument("--cell", choices=CELLS, default="gru", help="which recurrent cell (default gru)")
+    parser.add_argument("--steps", type=int, default=10, help="sequence length T (default 10)")
+    parser.add_argument("--batch", type=int, default=3, help="batch size B (default 3)")
+    parser.add_argument("--input", type=int, default=4, help="input size I (default 4)")
+    parser.add_argument("--hidden", type=int, default=5, help="hidden size H (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights, inputs and upstream gradients")
+    parser.add_argument("--dtype", choices=tuple(_DEFAULT_TOL), default="float64", help="compute dtype")
+    parser.add_argument(
+        "--activation", choices=("tanh", "relu"), default="tanh", help="vanilla RNN nonlinearity (--cell rnn)"
+    )
+    parser.add_argument("--no-bias", action="store_true", help="leave out b_ih and b_hh (bias=False)")
+    parser.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="pass if max |numpy - torch| <= tol * max(1, max |torch|) "
+        f"(default {_DEFAULT_TOL['float64']:g} for float64, {_DEFAULT_TOL['float32']:g} for float32)",
+    )
+    args = parser.parse_args(argv)
+    for name in ("steps", "batch", "input", "hidden"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.tol is not None and args.tol < 0:
+        parser.error(f"--tol must be >= 0, got {args.tol}")
+    if args.activation != "tanh" and args.cell != "rnn":
+        parser.error("--activation applies to --cell rnn only")
+    return args
+
+
+def _compare_with_torch(args) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Same problem through this module and through torch.autograd: [(name, numpy, torch), ...]."""
+    import torch  # the comparison needs torch; the reference itself never does
+
+    dtype = np.dtype(args.dtype)
+    rng = np.random.default_rng(args.seed)
+    T, B, I, H = args.steps, args.batch, args.input, args.hidden
+    params = init_params(args.cell, I, H, rng, bias=not args.no_bias, dtype=dtype)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((B, H)).astype(dtype)
+    c0 = rng.standard_normal((B, H)).astype(dtype) if args.cell == "lstm" else None
+    dhs = rng.standard_normal((T, B, H)).astype(dtype)  # upstream gradient on every step's output
+    dh_T = rng.standard_normal((B, H)).astype(dtype)  # ... and on the final state
+    dc_T = rng.standard_normal((B, H)).astype(dtype) if args.cell == "lstm" else None
+
+    hs, h_T, c_T, cache = bptt.forward(args.cell, x, h0, params, c0=c0, activation=args.activation)
+    dx, dh0, dc0, dparams = bptt.backward(dhs, cache, dh_T, dc_T)
+
+    modules = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
+    kwargs = {"nonlinearity": args.activation} if args.cell == "rnn" else {}
+    module = modules[args.cell](I, H, bias=not args.no_bias, **kwargs).to(getattr(torch, args.dtype))
+    module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in params_to_torch(params).items()})
+    x_t = torch.tensor(x, requires_grad=True)
+    h0_t = torch.tensor(h0[None], requires_grad=True)  # torch wants [layers, B, H]
+    if args.cell == "lstm":
+        c0_t = torch.tensor(c0[None], requires_grad=True)
+        out, (hn, cn) = module(x_t, (h0_t, c0_t))
+        loss = (out * torch.from_numpy(dhs)).sum() + (hn[0] * torch.from_numpy(dh_T)).sum()
+        loss = loss + (cn[0] * torch.from_numpy(dc_T)).sum()
+    else:
+        out, hn = module(x_t, h0_t)
+        loss = (out * torch.from_numpy(dhs)).sum() + (hn[0] * torch.from_numpy(dh_T)).sum()
+    loss.backward()
+
+    torch_grads = params_from_torch({k: p.grad.numpy() for k, p in module.named_parameters()})
+    rows = [("hs", hs, out.detach().numpy()), ("h_T", h_T, hn[0].detach().numpy())]
+    if args.cell == "lstm":
+        rows.append(("c_T", c_T, cn[0].detach().numpy()))
+    rows += [("dx", dx, x_t.grad.numpy()), ("dh0", dh0, h0_t.grad[0].numpy())]
+    if args.cell == "lstm":
+        rows.append(("dc0", dc0, c0_t.grad[0].numpy()))
+    rows += [("d" + name, dparams[name], torch_grads[name]) for name in dparams]
+    return rows
+
+
+def main(argv=None, prog: str = "python -m rnn_train bptt") -> int:
+    """Print NumPy vs PyTorch side by side; exit 0 if all match, else 1."""
+    args = _parse_args(argv, prog)
+    tol = _DEFAULT_TOL[args.dtype] if args.tol is None else args.tol
+    rows = _compare_with_torch(args)
+
+    cfg = f"cell={args.cell} steps={args.steps} batch={args.batch} input={args.input} hidden={args.hidden}"
+    cfg += f" seed={args.seed} dtype={args.dtype} bias={not args.no_bias}"
+    if args.cell == "rnn":
+        cfg += f" activation={args.activation}"
+    print(f"NumPy BPTT vs torch.autograd: {cfg}")
+    print("upstream gradient: random on every step's output and on the final state")
+    print(f"pass if max|diff| <= tol * max(1, max|torch|), tol={tol:g}")
+    header = (
+        f"{'quantity':<9} {'shape':<14} {'numpy mean':>13} {'numpy norm':>12} "
+        f"{'torch mean':>13} {'torch norm':>12} {'max|diff|':>10}  result"
+    )
+    print(header)
+    print("-" * len(header))
+    failures = 0
+    for name, ours, theirs in rows:
+        ours, theirs = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+        same_shape = ours.shape == theirs.shape
+        diff = float(np.max(np.abs(ours - theirs))) if same_shape else float("inf")
+        scale = max(1.0, float(np.max(np.abs(theirs)))) if theirs.size else 1.0
+        ok = same_shape and diff <= tol * scale  # NaN compares False, so it fails too
+        failures += not ok
+        shape = "[" + ", ".join(map(str, ours.shape)) + "]"
+        print(
+            f"{name:<9} {shape:<14} {ours.mean():>+13.6e} {np.linalg.norm(ours):>12.6e} "
+            f"{theirs.mean():>+13.6e} {np.linalg.norm(theirs):>12.6e} {diff:>10.2e}  {'PASS' if ok else 'FAIL'}"
+        )
+    verdict = "all match" if not failures else f"{failures} of {len(rows)} differ"
+    print(f"{verdict}: {len(rows) - failures}/{len(rows)} quantities within tolerance")
+    return 0 if not failures else 1
+
