@@ -99,6 +99,8 @@ class ModelConfig:
     """`numpy`: the hand-written BPTT of rnn_train.bptt with SGD (cell=rnn, one layer; for learning, not speed)."""
     dtype: Literal["float32", "float64"] = "float32"
     """Parameter dtype; float64 for gradient comparisons."""
+    kernel: Literal["auto", "native", "fused"] = "auto"
+    """Training kernel of the recurrent layers. `native`: torch's nn.RNN/GRU/LSTM. `fused`: the hand-written CPU BPTT of rnn_train.kernels (RNN/GRU on the CPU; same gradients, faster). `auto`: fused where it applies, else native. The path taken is logged in the run."""
 
     def __post_init__(self) -> None:
         p: list[str] = []
@@ -111,6 +113,9 @@ class ModelConfig:
             _check(p, self.num_layers == 1, "model.num_layers", "must be 1 with backend=numpy")
             _check(p, self.embedding == "one_hot", "model.embedding", "must be one_hot with backend=numpy")
             _check(p, self.dropout == 0.0, "model.dropout", "must be 0 with backend=numpy")
+        if self.kernel == "fused":
+            _check(p, self.cell in ("rnn", "gru"), "model.kernel",
+                   f"fused runs RNN and GRU cells only, not {self.cell} (use auto or native)")
         if p:
             raise _Problems(p)
 

@@ -99,6 +99,7 @@ GRU-256 1.5-1.6x the tokens/s of nn.GRU at 2 threads, ~1.6x at 1; RNN-256 ~1.3x 
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -118,23 +119,25 @@ _FLOATS = (torch.float32, torch.float64)
 # ----------------------------------------------------------------------------- GEMM backend
 
 
-def _probe_onednn():
-    """oneDNN's linear kernel if this torch build has one that works, else None (checked once)."""
+@functools.cache
+def _onednn_linear():
+    """oneDNN's linear kernel if this torch build has one that works, else None.
+
+    Probed on first use (not at import) with a generator of its own, so that importing this module
+    or probing never changes the global torch RNG a run's dropout draws from."""
     op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
     if op is None or not torch.backends.mkldnn.is_available():
         return None
+    g = torch.Generator().manual_seed(0)
     try:
-        x, w = torch.randn(3, 5), torch.randn(4, 5)
-        other, b = torch.randn(3, 4), torch.randn(4)
+        x, w = torch.randn(3, 5, generator=g), torch.randn(4, 5, generator=g)
+        other, b = torch.randn(3, 4, generator=g), torch.randn(4, generator=g)
         ok = torch.allclose(op(x, w, b, "none", [], ""), torch.addmm(b, x, w.t()), rtol=1e-5, atol=1e-5)
         ok = ok and torch.allclose(op.binary(x, other, w, None, "add"), torch.addmm(other, x, w.t()),
                                    rtol=1e-5, atol=1e-5)
     except (RuntimeError, TypeError, AttributeError):
         return None
     return op if ok else None
-
-
-_ONEDNN_LINEAR = _probe_onednn()
 # gemm="auto" hands a GEMM of M*N*K multiply-adds to oneDNN from this size per thread on: below
 # it oneDNN's extra cost per call (~10-20 us) outweighs its faster kernel. Measured crossovers:
 # ~1.2e6 at 1 thread, ~2.5e6 at 2 (a GRU-256 step with B=32 is 6.3e6, an RNN-256 step 2.1e6,
@@ -145,7 +148,7 @@ _BLAS, _ONEDNN, _AUTO = 0, 1, 2  # resolved gemm choice carried into the Functio
 
 def onednn_available() -> bool:
     """True when gemm="auto" may run float32 CPU GEMMs through oneDNN (see the module docstring)."""
-    return _ONEDNN_LINEAR is not None and torch.backends.mkldnn.enabled
+    return _onednn_linear() is not None and torch.backends.mkldnn.enabled
 
 
 def _resolve_gemm(gemm: str, w: torch.Tensor) -> int:
@@ -153,7 +156,7 @@ def _resolve_gemm(gemm: str, w: torch.Tensor) -> int:
         raise ValueError(f"gemm must be one of {GEMMS}, got {gemm!r}")
     fits = w.dtype == torch.float32 and w.device.type == "cpu"
     if gemm == "onednn":
-        if not (fits and _ONEDNN_LINEAR is not None):
+        if not (fits and _onednn_linear() is not None):
             raise ValueError("gemm='onednn' needs float32 CPU tensors and a torch build with oneDNN")
         return _ONEDNN
     return _AUTO if gemm == "auto" and fits and onednn_available() else _BLAS
@@ -167,8 +170,8 @@ def _linear(x: torch.Tensor, w: torch.Tensor, gemm: int, *, bias=None, add=None)
     """x [M, K] @ w[N, K]^T (+ bias [N]) (+ add [M, N]) as a new [M, N] tensor; any strides."""
     if _uses_onednn(gemm, x.shape[0], w.shape[0], x.shape[1]):
         if add is None:
-            return _ONEDNN_LINEAR(x, w, bias, "none", [], "")
-        return _ONEDNN_LINEAR.binary(x, add, w, bias, "add")
+            return _onednn_linear()(x, w, bias, "none", [], "")
+        return _onednn_linear().binary(x, add, w, bias, "add")
     if add is not None and bias is not None:
         add = add + bias
     elif add is None:
@@ -185,7 +188,7 @@ def _weight_grad(d2: torch.Tensor, x2: torch.Tensor, gemm: int) -> torch.Tensor:
     if not _uses_onednn(gemm, d2.shape[1], x2.shape[1], d2.shape[0]):
         return d2.t() @ x2
     x_t = _scratch("weight_grad_lhs", (x2.shape[1], x2.shape[0]), x2).copy_(x2.t())  # [D, T*B]
-    return _ONEDNN_LINEAR(x_t, d2.t(), None, "none", [], "").t().contiguous()
+    return _onednn_linear()(x_t, d2.t(), None, "none", [], "").t().contiguous()
 
 
 # ----------------------------------------------------------------------------- scratch memory

@@ -1,10 +1,11 @@
 """CharRNN: character ids -> (one-hot | learned embedding) -> RNN/GRU/LSTM -> Linear on every step.
 
 The recurrent core is PyTorch's own `nn.RNN` / `nn.GRU` / `nn.LSTM` (cuDNN on a GPU, oneDNN for
-the LSTM on a CPU). When training RNN/GRU on a CPU, the same module's weights go through
-`fused.fused_rnn` instead: a hand-written BPTT that gives the same gradients faster. This module
-only adds the input encoding and the per-step decoder, and hides the one place
-where cells differ (LSTM's state is a pair) behind `begin_state` and `detach_state`.
+the LSTM on a CPU). With `model.kernel` fused (or auto, where it applies) training runs the same
+module's weights through `rnn_train.kernels.fused_rnn` instead: a hand-written BPTT with the same
+gradients, faster on the CPU; evaluation and generation always use the module. This module only
+adds the input encoding and the per-step decoder, and hides the one place where cells differ
+(LSTM's state is a pair) behind `begin_state` and `detach_state`.
 The loss lives in the trainer: `forward` returns logits for every time step.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnn_train.config import ModelConfig
-from rnn_train.kernels.fused import can_fuse, fused_rnn
+from rnn_train.kernels import resolve_kernel
+from rnn_train.kernels.fused import fused_rnn
 
 State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]  # h [L, B, H], or (h, c) for LSTM
 
@@ -26,9 +28,9 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 class CharRNN(nn.Module):
     def __init__(self, vocab_size: int, cell: str = "gru", hidden_size: int = 256, num_layers: int = 1,
-                 dropout: float = 0.0, embedding: str = "one_hot", embed_dim: int = 64):
+                 dropout: float = 0.0, embedding: str = "one_hot", embed_dim: int = 64, kernel: str = "auto"):
         super().__init__()
-        self.vocab_size, self.cell, self.embedding_kind = vocab_size, cell, embedding
+        self.vocab_size, self.cell, self.embedding_kind, self.kernel = vocab_size, cell, embedding, kernel
         if embedding == "learned":
             self.embed = nn.Embedding(vocab_size, embed_dim)
             input_size = embed_dim
@@ -43,7 +45,8 @@ class CharRNN(nn.Module):
 
     @classmethod
     def from_config(cls, vocab_size: int, cfg: ModelConfig) -> "CharRNN":
-        model = cls(vocab_size, cfg.cell, cfg.hidden_size, cfg.num_layers, cfg.dropout, cfg.embedding, cfg.embed_dim)
+        model = cls(vocab_size, cfg.cell, cfg.hidden_size, cfg.num_layers, cfg.dropout, cfg.embedding, cfg.embed_dim,
+                    cfg.kernel)
         return model.to(DTYPES[cfg.dtype])
 
     def begin_state(self, batch_size: int) -> State:
@@ -51,6 +54,10 @@ class CharRNN(nn.Module):
         p = self.decoder.weight
         h = torch.zeros(self.rnn.num_layers, batch_size, self.rnn.hidden_size, device=p.device, dtype=p.dtype)
         return (h, torch.zeros_like(h)) if self.cell == "lstm" else h
+
+    def training_kernel(self) -> str:
+        """The kernel a training forward takes where the model is now: 'fused' or 'native'."""
+        return resolve_kernel(self.kernel, self.rnn)
 
     def encode_input(self, x: torch.Tensor) -> torch.Tensor:
         """ids [B, T] -> inputs [B, T, input_size]."""
@@ -62,9 +69,8 @@ class CharRNN(nn.Module):
         """x [B, T] int64 -> logits [B, T, V], final state. `state=None` means zeros."""
         if state is None:
             state = self.begin_state(x.shape[0])
-        if torch.is_grad_enabled() and can_fuse(self.rnn, x):
-            # Training on the CPU: the hand-written BPTT of fused.py (same weights, same gradients,
-            # ~1.5x faster than nn.GRU's step-by-step autograd); one-hot input stays as ids.
+        if torch.is_grad_enabled() and x.device.type == "cpu" and self.training_kernel() == "fused":
+            # the hand-written BPTT (same weights, same gradients); one-hot input stays as ids
             inp = x if self.embed is None else self.encode_input(x)
             out, state = fused_rnn(self.rnn, inp, state, one_hot_ids=self.embed is None)
         else:

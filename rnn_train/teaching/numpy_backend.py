@@ -122,6 +122,8 @@ class NumpyLearner:
             h = fwd.h_T
         return total / max(count, 1)
 
+    kernel = "numpy"  # the training path, as logged in the run
+
     def torch_model(self) -> CharRNN:
         """The CharRNN whose parameters share memory with `self.params`: always current."""
         return self.model

@@ -115,6 +115,11 @@ class TorchLearner:
     def torch_model(self) -> CharRNN:
         return self.model
 
+    @property
+    def kernel(self) -> str:
+        """The training path of the recurrent layers, as logged in the run."""
+        return self.model.training_kernel()
+
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
@@ -152,6 +157,7 @@ class TrainResult:
     clipped_fraction: float
     stopped_by: str
     interrupted: bool
+    kernel: str = ""  # the training path taken: fused | native | numpy
     test_loss: float = math.nan  # only with data.test_fraction > 0: best.pt on the test split
     test_ppl: float = math.nan
 
@@ -249,6 +255,7 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
         raise UserError(f"not enough memory for the model (model.hidden_size={m.hidden_size}, "
                         f"model.num_layers={m.num_layers}, vocab {len(vocab)}); make it smaller") from None
     dtype = DTYPES[cfg.model.dtype]
+    kernel = learner.kernel  # a kernel the device cannot run is a UserError here, before anything is written
 
     # ---- counters (restored on resume) ----
     step = epoch = batch_in_epoch = tokens = 0
@@ -286,7 +293,7 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
              f"{f', test {len(data.test):,}' if len(data.test) else ''}), vocab {len(vocab)}"
              f"{f' ({data.unk_fraction:.2%} <unk>)' if data.unk_fraction else ''}, {model_desc} "
              f"{cfg.model.embedding}, {count_parameters(learner.torch_model()):,} params, "
-             f"{cfg.data.partition} partition, device {device}"
+             f"{cfg.data.partition} partition, device {device}, kernel {kernel}"
              + (f", resumed at step {step}" if resume else ""))
 
     sample_prefix = _sample_prefix(cfg, data)
@@ -437,6 +444,7 @@ def train(cfg: Config, run_dir: Path, *, resume: dict[str, Any] | None = None, q
         clipped_total, clip_seen = clipped_total + float(log_clipped), clip_seen + log_steps
     result = _result(run_dir, step, epoch, tokens, train_seconds, last_train_loss, final_val, best_val,
                      last_grad_norm, clipped_total, clip_seen, stopped_by, False)
+    result.kernel = kernel
     if len(data.test) and (run_dir / "best.pt").exists():
         # The held-out test split is scored once, with the weights best.pt keeps (chosen on val).
         best = ckpt_io.load_checkpoint(run_dir / "best.pt", map_location=device)
