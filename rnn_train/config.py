@@ -248,7 +248,7 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
         return value
     if origin is list:
         if from_string and isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
+            value = _split_list(value, key)
         if isinstance(value, str):
             value = [value]
         if value is None:
@@ -288,6 +288,25 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
             raise ValueError(f"{key} must be a string, got {value!r}")
         return str(value)
     raise TypeError(f"unsupported config field type {tp!r} for {key}")  # a bug, not a user error
+
+
+def _split_list(text: str, key: str) -> list[Any]:
+    """A list override: `a.txt,b.txt`, or YAML flow syntax `[a.txt, b.txt]` as Hydra/OmegaConf users type it.
+
+    Text that starts with `[` and ends with `]` is a YAML flow list, read with BaseLoader so every
+    item stays the string the user typed (`[0x10, yes]` are file names here, not 16 and True);
+    quoting keeps a comma in a name (`["a,b.txt"]`). `[draft].txt` stays a file name; a file really
+    named `[x]` is `./[x]`. A `[` never closed is a typo, not a file name.
+    """
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            return yaml.load(text, Loader=yaml.BaseLoader)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{key} is not a valid YAML list {text!r}: {getattr(e, 'problem', None) or e}") from None
+    if text.startswith("[") and "]" not in text:
+        raise ValueError(f"{key}: the list {text!r} has no closing ] (a file name starting with [ is written ./[...)")
+    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 def _did_you_mean(word: str, candidates: list[str]) -> str:
@@ -366,11 +385,16 @@ def _cross_section_problems(s: dict[str, Any]) -> list[str]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML file (or none: defaults) and apply dotted overrides; `log.name` defaults to the file's stem."""
+    """Read a YAML file (or none: defaults) and apply dotted overrides; `log.name` defaults to the file's stem.
+
+    `path` is a file or a packaged recipe's name (`debug`): see rnn_train.recipes.resolve_recipe.
+    """
     raw: dict[str, Any] = {}
     source = "overrides"
     if path is not None:
-        path = Path(path)
+        from rnn_train.recipes import resolve_recipe
+
+        path = resolve_recipe(path)
         source = str(path)
         try:
             text = path.read_text(encoding="utf-8")

@@ -111,3 +111,42 @@ def test_cli_reports_config_errors_on_one_line_with_status_2(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "did you mean train.max_steps?" in lines[0]
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("value, paths", [
+    ("[a.txt,b.txt]", ["a.txt", "b.txt"]),  # YAML flow list, as Hydra/OmegaConf users type it
+    ("[ a.txt , 'b c.txt' ]", ["a.txt", "b c.txt"]),
+    ("a.txt,b.txt", ["a.txt", "b.txt"]),  # the comma form keeps working
+    ("a.txt", ["a.txt"]),
+    ('["a,b.txt"]', ["a,b.txt"]),  # quoting keeps a comma inside a name
+    ("[0x10, yes, null]", ["0x10", "yes", "null"]),  # items stay the text typed, not 16 / True / None
+    ("[draft].txt", ["[draft].txt"]),  # brackets inside a file name: not a list
+    ("./[x]", ["./[x]"]),  # a file literally named [x]
+    ("[]", []),
+    ("", []),
+])
+def test_list_overrides_take_yaml_flow_lists_and_commas(value, paths):
+    assert build_config({"train": {"max_steps": 1}}, [f"data.paths={value}"]).data.paths == paths
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[a.txt,b.txt", "has no closing ]"),
+    ('[a, "b]', "is not a valid YAML list"),
+    ("[a, [b]]", "must be a list of strings"),
+    ("[a: 1]", "must be a list of strings"),
+])
+def test_malformed_list_override_is_one_user_error_naming_the_key(value, message):
+    with pytest.raises(UserError, match=r"data\.paths") as e:
+        build_config({"train": {"max_steps": 1}}, [f"data.paths={value}"])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_load_config_takes_a_recipe_name_or_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a directory without configs/: names come from the package
+    by_name = load_config("debug", ["train.max_steps=3"])
+    assert by_name == load_config(ROOT / "configs" / "debug.yaml", ["train.max_steps=3"])
+    assert by_name.log.name == "debug" and load_config("debug.yaml").log.name == "debug"
+    (tmp_path / "debug.yaml").write_text("train:\n  max_steps: 7\n")  # a file that exists wins over the name
+    assert load_config("debug.yaml").train.max_steps == 7
+    with pytest.raises(UserError, match=r"unknown recipe 'pinyn_gru' \(did you mean pinyin_gru\?\)"):
+        load_config("pinyn_gru")
