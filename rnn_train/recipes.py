@@ -83,8 +83,9 @@ def recipe_table(indent: str = "  ") -> str:
 
 def recipes_epilog() -> str:
     """The end of `train.py --help`: the equivalent subcommand and the recipes `--config` takes by name."""
-    return ("the same as `rnn-train train ...` (installed with `pip install .`) and `python -m rnn_train train ...`\n\n"
-            f"recipes (--config NAME, or a path to a YAML file; `rnn-train recipes NAME` prints one):\n"
+    return ("one command, three spellings: `rnn-train train` (after `pip install .`), `python -m rnn_train train`, "
+            "`python train.py`\n\n"
+            "recipes (--config NAME, or a path to a YAML file; `rnn-train recipes NAME` prints one):\n"
             f"{recipe_table()}")
 
 
