@@ -33,6 +33,7 @@ COMMANDS: dict[str, Command] = {
     "config": Command("rnn_train.config", "every config key with its type, default and meaning"),
     "recipes": Command("rnn_train.recipes", "the packaged recipes --config takes by name, or one recipe's YAML"),
     "download": Command("rnn_train.data.download", "fetch a public corpus a recipe reads into data/, SHA-256 checked"),
+    "prepare": Command("rnn_train.data.cli", "turn a recipe's corpus into its cached token file (memory-mapped) now"),
 }
 
 

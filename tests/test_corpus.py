@@ -1,10 +1,10 @@
-"""Specification of rnn_train.corpus: reading, normalisation, pinyin conversion, cache, default corpus."""
+"""Specification of rnn_train.data.corpus and .pinyin: reading, normalisation, pinyin conversion, cache, default corpus."""
 import re
 from pathlib import Path
 
 import pytest
 
-from rnn_train.data import corpus
+from rnn_train.data import corpus, pinyin
 from rnn_train.errors import UserError
 from tests.conftest import shared_corpus
 
@@ -20,15 +20,15 @@ def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
 
 
 def count_conversions(monkeypatch) -> list:
-    """Wrap corpus.hanzi_to_pinyin so each call is recorded; returns the list of calls."""
+    """Wrap pinyin.convert_piece (a small file is one piece) so each call is recorded; returns the calls."""
     calls = []
-    real = corpus.hanzi_to_pinyin
+    real = pinyin.convert_piece
 
     def recording(text, tones="none"):
         calls.append(tones)
         return real(text, tones)
 
-    monkeypatch.setattr(corpus, "hanzi_to_pinyin", recording)
+    monkeypatch.setattr(pinyin, "convert_piece", recording)
     return calls
 
 
@@ -112,11 +112,11 @@ def test_unknown_tones_setting_is_a_user_error():
 
 
 def test_chinese_detection_uses_the_share_of_han_characters():
-    assert corpus.looks_like_chinese("红楼梦 第一回 abc")  # 6 of 9 non-space characters
-    assert corpus.looks_like_chinese("中abc")  # exactly a quarter
-    assert not corpus.looks_like_chinese("中abcd")  # a fifth
-    assert not corpus.looks_like_chinese("ni hao, zhong guo!\n")
-    assert not corpus.looks_like_chinese(" \n\t")
+    assert pinyin.looks_like_chinese("红楼梦 第一回 abc")  # 6 of 9 non-space characters
+    assert pinyin.looks_like_chinese("中abc")  # exactly a quarter
+    assert not pinyin.looks_like_chinese("中abcd")  # a fifth
+    assert not pinyin.looks_like_chinese("ni hao, zhong guo!\n")
+    assert not pinyin.looks_like_chinese(" \n\t")
 
 
 # --------------------------------------------------------------------------- load_corpus
@@ -165,7 +165,7 @@ def test_no_files_with_kind_text_is_an_error():
 
 
 def test_no_files_with_kind_pinyin_is_the_default_corpus():
-    assert corpus.load_corpus([], kind="pinyin", tones="numbers") == corpus.default_pinyin_corpus("numbers")
+    assert corpus.load_corpus([], kind="pinyin", tones="numbers") == pinyin.default_pinyin_corpus("numbers")
 
 
 def test_unknown_kind_is_a_user_error(tmp_path):
@@ -201,7 +201,7 @@ def test_cache_key_covers_tones_text_and_converter_version(tmp_path, monkeypatch
     corpus.load_corpus([path], kind="pinyin", tones="none", cache_dir=cache)
     write(path, SENTENCE + "好")
     corpus.load_corpus([path], kind="pinyin", tones="none", cache_dir=cache)
-    monkeypatch.setattr(corpus, "CONVERTER_VERSION", corpus.CONVERTER_VERSION + 1)
+    monkeypatch.setattr(pinyin, "CONVERTER_VERSION", pinyin.CONVERTER_VERSION + 1)
     corpus.load_corpus([path], kind="pinyin", tones="none", cache_dir=cache)
     assert calls == ["numbers", "none", "none", "none"]
 
@@ -223,8 +223,8 @@ def test_corrupt_cache_entry_is_ignored_and_rebuilt(tmp_path, monkeypatch, damag
 
 
 def test_default_corpus_is_deterministic_and_sizeable():
-    text = corpus.default_pinyin_corpus()
-    assert text == corpus.default_pinyin_corpus()
+    text = pinyin.default_pinyin_corpus()
+    assert text == pinyin.default_pinyin_corpus()
     lines = text.split("\n")
     assert lines[-1] == "" and all(lines[:-1])  # one phrase per line, ends with a newline
     assert len(lines) - 1 > 40_000 and len(text) > 400_000
@@ -234,7 +234,7 @@ def test_default_corpus_is_deterministic_and_sizeable():
 
 
 def test_default_corpus_order_is_shuffled_so_the_tail_is_representative():
-    lines = corpus.default_pinyin_corpus().split("\n")[:-1]
+    lines = pinyin.default_pinyin_corpus().split("\n")[:-1]
     tail = lines[-len(lines) // 20:]
     assert lines != sorted(lines)
     assert len({line[0] for line in tail}) >= 20  # sorted order would give one or two initials
@@ -242,10 +242,10 @@ def test_default_corpus_order_is_shuffled_so_the_tail_is_representative():
 
 
 def test_default_corpus_with_tone_numbers_matches_the_toneless_one():
-    toned = corpus.default_pinyin_corpus("numbers")
+    toned = pinyin.default_pinyin_corpus("numbers")
     assert set(toned) <= set("abcdefghijklmnopqrstuvwxyz12345 \n")
     assert all(re.fullmatch(r"[a-z]+[1-5]", syllable) for syllable in toned.split())
-    assert re.sub("[1-5]", "", toned) == corpus.default_pinyin_corpus("none")
+    assert re.sub("[1-5]", "", toned) == pinyin.default_pinyin_corpus("none")
 
 
 # --------------------------------------------------------------------------- real corpus

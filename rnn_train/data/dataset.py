@@ -1,4 +1,7 @@
-"""Corpus -> vocab -> encoded train / val / test arrays, as the trainer needs them.
+"""Prepared corpus -> vocab and train / val / test ids, as the trainer needs them.
+
+The ids are a read-only memory map of the prepared token file (rnn_train.data.prepare), and the
+splits are slices of it: no copy of the corpus is ever made, whatever its size.
 
 The split is contiguous (train | test | val, in corpus order) rather than shuffled characters:
 a character-level model's validation text must be text it has never read, and neighbouring
@@ -15,28 +18,29 @@ from pathlib import Path
 
 import numpy as np
 
-from rnn_train.data.batching import min_corpus_length
 from rnn_train.config import DataConfig
-from rnn_train.data.corpus import load_corpus
-from rnn_train.errors import UserError
+from rnn_train.data.batching import min_corpus_length
+from rnn_train.data.prepare import prepare_corpus
 from rnn_train.data.vocab import Vocab
+from rnn_train.errors import UserError
 
 _NON_LETTERS = re.compile(r"[^A-Za-z]+")
 
 
 def letters_only(text: str) -> str:
-    """Lowercase; every run of non-letters (newlines included) becomes one space. The d2l recipe."""
+    """Lowercase; every run of non-letters (newlines included) becomes one space. The d2l recipe, on a
+    whole string; the prepare step streams the same rule (rnn_train.data.stream.LettersOnly)."""
     return _NON_LETTERS.sub(" ", text).lower().strip()
 
 
 @dataclass
 class Dataset:
     vocab: Vocab
-    train: np.ndarray  # [N_train] ids, smallest dtype
+    train: np.ndarray  # [N_train] ids, smallest dtype: a slice of the token file's memory map
     val: np.ndarray  # [N_val]
     test: np.ndarray  # [N_test]
     text_chars: int  # characters in the corpus after preprocessing
-    unk_fraction: float  # share of corpus characters that encode to <unk>
+    unk_fraction: float  # share of corpus characters that encode to <unk> (counted when prepared)
 
 
 def split(ids: np.ndarray, val_fraction: float, test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,22 +52,12 @@ def split(ids: np.ndarray, val_fraction: float, test_fraction: float) -> tuple[n
     return ids[:n_train], ids[n_train + n_test:], ids[n_train:n_train + n_test]
 
 
-def read_corpus_text(cfg: DataConfig, cache_dir: Path | None) -> str:
-    text = load_corpus(list(cfg.paths), cfg.kind, encoding=cfg.encoding, tones=cfg.tones, cache_dir=cache_dir)
-    if cfg.letters_only:
-        text = letters_only(text)
-        if not text:
-            raise UserError(f"data.letters_only left nothing of {', '.join(cfg.paths)}: it has no ASCII letters")
-    return text
-
-
 def prepare_data(cfg: DataConfig, cache_dir: Path | None = None, vocab: Vocab | None = None) -> Dataset:
-    """Read, build the vocab (unless given, e.g. from a checkpoint being resumed), encode, split, and
-    check the training split is long enough for one batch of batch_size × num_steps."""
-    text = read_corpus_text(cfg, cache_dir)
-    if vocab is None:
-        vocab = Vocab.build(text, cfg.min_freq, cfg.max_size)
-    ids = vocab.encode(text)
+    """The prepared corpus (from the cache under `cache_dir`, or prepared now), encoded with its own
+    vocab or with `vocab` when given (resume, fine-tuning: characters outside it become <unk>),
+    split, and checked to hold one batch of batch_size × num_steps in the training split."""
+    prepared = prepare_corpus(cfg, cache_dir, vocab)
+    ids = prepared.tokens
     train, val, test = split(ids, cfg.val_fraction, cfg.test_fraction)
     need = min_corpus_length(cfg.batch_size, cfg.num_steps)
     if len(train) < need:
@@ -72,4 +66,4 @@ def prepare_data(cfg: DataConfig, cache_dir: Path | None = None, vocab: Vocab | 
             f"corpus too short: the training split of {where} has {len(train)} characters, but "
             f"data.batch_size × data.num_steps + data.num_steps = {need} are needed for one batch; "
             f"lower data.batch_size or data.num_steps, or use a longer corpus")
-    return Dataset(vocab, train, val, test, len(ids), float(np.mean(ids == 0)) if len(ids) else 0.0)
+    return Dataset(prepared.vocab, train, val, test, len(ids), float(prepared.meta["unk_fraction"]))

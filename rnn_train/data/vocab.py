@@ -51,16 +51,27 @@ class Vocab:
         # Lookup table code point -> id; code points beyond it (or absent) map to 0 = <unk>.
         self._table = np.zeros(int(cps.max()) + 1 if len(cps) else 1, dtype=self.dtype)
         self._table[cps] = np.arange(1, len(itos), dtype=self.dtype)
+        # For uint8 ids: the same table over the 256 byte values, as `bytes.translate` takes it.
+        self._byte_table = b""
+        if self.dtype == np.uint8:
+            by_byte = np.zeros(256, dtype=np.uint8)
+            by_byte[:min(256, len(self._table))] = self._table[:256]
+            self._byte_table = by_byte.tobytes()
 
     @classmethod
     def build(cls, text: str, min_freq: int = 1, max_size: int = 0) -> "Vocab":
         """Characters of `text` by descending count, ties by code point; rare ones (< min_freq) and
         those beyond `max_size` (excluding <unk>) are left out and will encode as <unk>."""
-        cps, counts = np.unique(_code_points(text), return_counts=True)  # sorted by code point
-        order = np.lexsort((cps, -counts))  # primary: -count, secondary: code point
-        cps, counts = cps[order], counts[order]
-        keep = counts >= min_freq
-        cps = cps[keep]
+        return cls.from_counts(np.bincount(_code_points(text)), min_freq, max_size)
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray, min_freq: int = 1, max_size: int = 0) -> "Vocab":
+        """The vocab of a corpus given how often each code point occurs in it (`counts[cp]`), so that
+        a corpus counted chunk by chunk gets the same vocab as :meth:`build` on the whole text."""
+        cps = np.flatnonzero(counts)  # sorted by code point
+        order = np.lexsort((cps, -counts[cps]))  # primary: -count, secondary: code point
+        cps = cps[order]
+        cps = cps[counts[cps] >= min_freq]
         if max_size:
             cps = cps[:max_size]
         return cls([UNK] + [chr(c) for c in cps.tolist()])
@@ -73,8 +84,18 @@ class Vocab:
 
     def encode(self, text: str) -> np.ndarray:
         """text -> ids [len(text)] in `self.dtype`; unknown characters become 0 (<unk>)."""
-        cps = _code_points(text)
+        return self.encode_code_points(_code_points(text))
+
+    def encode_code_points(self, cps: np.ndarray) -> np.ndarray:
+        """Code points [n] (any unsigned dtype) -> ids [n] in `self.dtype`; unknown ones become 0.
+
+        ASCII code points (uint8) into a vocab of at most 256 ids take `bytes.translate`, one C
+        pass without the int64 index copy that NumPy's fancy indexing makes."""
+        if cps.dtype == np.uint8 and self.dtype == np.uint8:
+            return np.frombuffer(cps.tobytes().translate(self._byte_table), dtype=np.uint8)
         inside = cps < len(self._table)
+        if inside.all():
+            return self._table[cps]
         ids = np.zeros(len(cps), dtype=self.dtype)
         ids[inside] = self._table[cps[inside]]
         return ids

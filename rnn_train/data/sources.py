@@ -1,0 +1,117 @@
+"""`data.paths` -> the list of corpus files, and how each file is identified for the cache.
+
+What an entry of `data.paths` may be
+    * a file: used as it is;
+    * a directory: every regular file under it, recursively, in sorted order of the path below
+      the directory; names starting with "." (``.git``, ``.DS_Store``) are skipped, and symbolic
+      links to files are followed but links to directories are not (no loops);
+    * a glob (an entry containing ``*``, ``?`` or ``[``; ``**`` spans directories): its matches in
+      sorted order, a matched directory expanded as above.
+    The entries keep their order and nothing is de-duplicated: a file listed twice is read twice,
+    exactly as two copies would be. An empty directory or a glob that matches no file is a
+    one-line error naming it, as is a path that does not exist.
+
+Identity for the cache
+    A file is known by its content (SHA-256). Hashing a large corpus takes a moment, so the
+    prepare step first looks the file up by its path and stat fields: see rnn_train.data.prepare.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from rnn_train.errors import UserError
+
+_GLOB_CHARS = frozenset("*?[")
+_HASH_BYTES = 1 << 22
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A corpus file as found: its path (as data.paths spelt it, for messages) and its stat fields
+    that change when its content may have (ctime also when mtime is set back, e.g. `cp -p`)."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> "SourceFile":
+        st = path.stat()
+        return cls(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def resolve_paths(entries: list[str]) -> list[SourceFile]:
+    """Expand `data.paths` (files, directories, globs) into files, in order; see the module docstring."""
+    files: list[SourceFile] = []
+    for entry in entries:
+        found = _expand(str(entry))
+        files.extend(_stat(path, entry) for path in found)
+    return files
+
+
+def _expand(entry: str) -> list[Path]:
+    if _GLOB_CHARS & set(entry):
+        matches = sorted(glob.glob(os.path.expanduser(entry), recursive=True))
+        files = [f for m in matches for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
+        if not files:
+            raise UserError(f"data.paths: {entry} matches no file")
+        return files
+    path = Path(os.path.expanduser(entry))
+    if path.is_dir():
+        files = _walk(path)
+        if not files:
+            raise UserError(f"data.paths: directory {entry} holds no corpus file (hidden files are skipped)")
+        return files
+    if not path.exists():
+        raise UserError(f"corpus file not found: {entry}")
+    return [path]
+
+
+def _walk(root: Path) -> list[Path]:
+    """Regular files under `root`, recursively, sorted by their path below it; hidden names skipped."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            path = Path(dirpath, name)
+            if not name.startswith(".") and path.is_file():
+                found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(root).parts)
+
+
+def _stat(path: Path, entry: str) -> SourceFile:
+    try:
+        if not path.is_file():
+            raise UserError(f"data.paths: {path} is not a regular file")
+        return SourceFile.of(path)
+    except PermissionError:
+        raise UserError(f"cannot read corpus file {path}: permission denied") from None
+    except OSError as exc:
+        raise UserError(f"cannot read corpus file {path} (from data.paths entry {entry}): "
+                        f"{exc.strerror or exc}") from None
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks (never the whole file at once)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(_HASH_BYTES):
+                digest.update(block)
+    except OSError as exc:
+        raise UserError(f"cannot read corpus file {path}: {exc.strerror or exc}") from None
+    return digest.hexdigest()
+
+
+def unchanged(source: SourceFile) -> bool:
+    """True when the file still has the size and modification time it had when found."""
+    try:
+        return SourceFile.of(source.path) == source
+    except OSError:
+        return False
