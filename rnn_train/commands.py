@@ -26,6 +26,7 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "train": Command("rnn_train.training.cli", "train a model from a recipe, or --resume a run"),
     "predict": Command("rnn_train.prediction.cli", "next character and a K-character continuation of a prefix"),
+    "score": Command("rnn_train.prediction.score", "cross-entropy, perplexity and bits per character of a text under a model"),
     "sweep": Command("rnn_train.experiments.sweep.cli", "a grid of runs with the same budget; tables and plots"),
     "bench": Command("rnn_train.experiments.bench", "training speed against the textbook loop, as ratios"),
     "gradflow": Command("rnn_train.teaching.gradflow", "||dL/dh_t|| over time: vanishing and exploding gradients"),
