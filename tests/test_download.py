@@ -18,7 +18,7 @@ import pytest
 from rnn_train.config import load_config
 from rnn_train.data.download import CORPORA, download, hint_for
 from rnn_train.errors import UserError
-from tests.conftest import shared_corpus
+from tests.conftest import SHARED as SHARED_ROOT, shared_corpus
 from tests.helpers import ROOT
 
 SHARED = {"timemachine": "timemachine/timemachine.txt", "tinyshakespeare": "tinyshakespeare/input.txt"}
@@ -38,12 +38,16 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """Serve good and corrupted copies of both corpora from 127.0.0.1; yields the base URL."""
+    """Serve from 127.0.0.1 good and corrupted copies of the corpora in ../shared (where present) and two
+    files that are no corpus (`wrong.txt` the Time Machine's size, `big.txt` three times it); yields the base URL."""
     root = tmp_path_factory.mktemp("www")
     for name, rel in SHARED.items():
-        data = shared_corpus(rel).read_bytes()
-        (root / f"{name}.txt").write_bytes(data)
-        (root / f"{name}.corrupt.txt").write_bytes(data[:1000] + b"X" + data[1001:])  # same size, one byte off
+        if (SHARED_ROOT / rel).exists():
+            data = (SHARED_ROOT / rel).read_bytes()
+            (root / f"{name}.txt").write_bytes(data)
+            (root / f"{name}.corrupt.txt").write_bytes(data[:1000] + b"X" + data[1001:])  # same size, one byte off
+    (root / "wrong.txt").write_bytes(b"not the book\n" * (CORPORA["timemachine"].size // 13))
+    (root / "big.txt").write_bytes(b"x" * (3 * CORPORA["timemachine"].size))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
                                             functools.partial(_Quiet, directory=str(root)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -66,21 +70,25 @@ def cli(*args, cwd):
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def test_registry_pins_the_shared_corpora_and_covers_every_file_a_recipe_names():
-    for name, rel in SHARED.items():
-        data = shared_corpus(rel).read_bytes()
-        assert (hashlib.sha256(data).hexdigest(), len(data)) == (CORPORA[name].sha256, CORPORA[name].size)
-        assert CORPORA[name].url.startswith("https://")
+def test_the_registry_covers_every_file_a_recipe_names():
     named = {p for path in sorted((ROOT / "configs").glob("*.yaml")) for p in load_config(path).data.paths}
     assert named == {c.target for c in CORPORA.values()}  # data/timemachine.txt, data/tinyshakespeare/input.txt
+    assert all(c.url.startswith("https://") for c in CORPORA.values())
+
+
+@pytest.mark.parametrize("name", list(SHARED))
+def test_the_registry_pins_the_shared_corpora(name):
+    data = shared_corpus(SHARED[name]).read_bytes()
+    assert (hashlib.sha256(data).hexdigest(), len(data)) == (CORPORA[name].sha256, CORPORA[name].size)
 
 
 @pytest.mark.parametrize("name", list(SHARED))
 def test_download_from_a_server_writes_the_checked_text_where_the_recipe_reads_it(name, server, tmp_path):
+    original = shared_corpus(SHARED[name]).read_bytes()
     out = cli(name, "--url", f"{server}/{name}.txt", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     target = tmp_path / CORPORA[name].target
-    assert target.read_bytes() == shared_corpus(SHARED[name]).read_bytes()
+    assert target.read_bytes() == original
     assert out.stdout.splitlines() == [f"{CORPORA[name].target}: {CORPORA[name].size:,} bytes from "
                                        f"{server}/{name}.txt, SHA-256 ok"]
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no temp file left
@@ -88,8 +96,11 @@ def test_download_from_a_server_writes_the_checked_text_where_the_recipe_reads_i
     assert again.returncode == 0 and "already there (SHA-256 ok)" in again.stdout
 
 
-def test_a_corrupted_download_is_one_checksum_error_and_nothing_is_kept(server, tmp_path):
-    out = cli("timemachine", "--url", f"{server}/timemachine.corrupt.txt", cwd=tmp_path)
+@pytest.mark.parametrize("served", ["timemachine.corrupt.txt", "wrong.txt"])
+def test_a_corrupted_download_is_one_checksum_error_and_nothing_is_kept(served, server, tmp_path):
+    if served.endswith(".corrupt.txt"):
+        shared_corpus(SHARED["timemachine"])  # skips without ../shared
+    out = cli("timemachine", "--url", f"{server}/{served}", cwd=tmp_path)
     assert out.returncode == 2
     [line] = out.stderr.splitlines()
     assert line.startswith("error: ") and "SHA-256" in line and "nothing saved" in line
@@ -119,7 +130,7 @@ def test_http_error_and_bad_url_and_unknown_name_are_user_errors(server, tmp_pat
     with pytest.raises(UserError, match=r"unknown corpus 'shakespeare' \(did you mean tinyshakespeare\?\)"):
         download("shakespeare", root=tmp_path)
     with pytest.raises(UserError, match=r"more than 357,958 bytes"):  # a wrong URL serving something big
-        download("timemachine", url=f"{server}/tinyshakespeare.txt", root=tmp_path)
+        download("timemachine", url=f"{server}/big.txt", root=tmp_path)
     assert not (tmp_path / "data").exists()
 
 
