@@ -57,19 +57,22 @@ def find_recipe(name: str) -> Path:
 
 
 def resolve_recipe(name_or_path: str | Path) -> Path:
-    """A path that exists wins; else a bare name (`debug`, `debug.yaml`) is a packaged recipe.
+    """A file that exists wins; else a bare name (`debug`, `debug.yaml`) is a packaged recipe.
 
     Anything else is a UserError: an unknown name suggests the closest recipe; a missing path says
     so, and when its file name is a recipe's, how to take the packaged one instead (a README command
-    `--config configs/debug.yaml` run outside the checkout).
+    `--config configs/debug.yaml` run outside the checkout). A directory that happens to bear a
+    recipe's name (a run called debug/) does not hide the recipe.
     """
     path = Path(name_or_path)
-    if path.exists():
+    if path.is_file():
         return path
     text = str(name_or_path)
     packaged = recipe_dir() / f"{path.stem}.yaml"
-    if _looks_like_a_name(text) and (path.suffix not in _SUFFIXES or packaged.is_file()):
+    if _looks_like_a_name(text) and (packaged.is_file() or (path.suffix not in _SUFFIXES and not path.exists())):
         return find_recipe(text)
+    if path.exists():
+        return path  # not a file: load_config says what it is
     also = f" (the packaged recipe of that name is --config {path.stem})" if packaged.is_file() else ""
     raise UserError(f"config file {text} does not exist{also}")
 

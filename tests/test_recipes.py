@@ -36,6 +36,8 @@ def test_resolution_prefers_an_existing_path_then_a_recipe_name(tmp_path, monkey
     mine = tmp_path / "mine.yaml"
     mine.write_text("train:\n  max_steps: 1\n")
     assert resolve_recipe("mine.yaml") == mine.relative_to(tmp_path) and resolve_recipe(mine) == mine
+    (tmp_path / "debug").mkdir()  # a directory named like a recipe does not hide it
+    assert resolve_recipe("debug") == recipe_dir() / "debug.yaml"
     (tmp_path / "debug.yaml").write_text("")
     assert resolve_recipe("debug.yaml").resolve() == (tmp_path / "debug.yaml").resolve()
     assert find_recipe("debug.yaml") == recipe_dir() / "debug.yaml"  # `recipes NAME` never reads the cwd
