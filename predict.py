@@ -4,6 +4,7 @@
 
     python predict.py --checkpoint runs/pinyin_gru/best.pt --prefix "zhong guo" -k 50
     python predict.py --checkpoint runs/pinyin_gru --prefix "ni hao" --temperature 0.8 --top-k 5 --seed 1
+    python predict.py --checkpoint runs/pinyin_gru --line-starts 春,风,十,里 --temperature 0.8 --num-samples 3
 """
 import sys
 

@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,16 +32,31 @@ def test_single_step_gives_sorted_probabilities_of_real_characters(trained):
     assert sum(p for _, p in full) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_k_steps_carry_the_state_and_cost_k_cell_steps(trained):
-    _, model, vocab = trained
+def _module_calls(model, fn):
+    """Time steps of every call of the recurrent module while `fn` runs."""
     seen = []
     handle = model.rnn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[1]))
     try:
-        text = generate(model, vocab, "zhong guo", k=30)
+        result = fn()
     finally:
         handle.remove()
+    return seen, result
+
+
+def test_k_steps_carry_the_state_with_one_module_call_for_the_prefix(trained):
+    _, model, vocab = trained
+    seen, text = _module_calls(model, lambda: generate(model, vocab, "zhong guo", k=30))
     assert len(text) == 30
-    assert seen == [len("zhong guo")] + [1] * 30  # one pass over the prefix, then one step per character
+    assert seen == [len("zhong guo")]  # one pass over the prefix; the 30 steps run in NumPy, not the module
+
+
+def test_predict_warms_the_state_up_once(trained):
+    _, model, vocab = trained
+    seen, p = _module_calls(model, lambda: predict(model, vocab, "zhong guo", k=20, top_n=3))
+    assert seen == [len("zhong guo")]  # the top-n list and the continuation share one warm-up
+    assert len(p.continuation) == 20 and len(p.next_chars) == 3
+    assert p.next_chars == next_char_distribution(model, vocab, "zhong guo", top_n=3)
+    assert p.continuation == generate(model, vocab, "zhong guo", k=20)
 
 
 def test_greedy_continuation_equals_rereading_the_whole_text_each_time(trained):
@@ -60,9 +76,10 @@ def test_sampling_is_reproducible_with_a_seed_and_varies_without(trained):
     b = generate(model, vocab, "zhong", k=40, temperature=1.0, seed=3)
     c = generate(model, vocab, "zhong", k=40, temperature=1.0, seed=4)
     assert a == b and a != c
-    state = torch.get_rng_state()
+    state, np_state = torch.get_rng_state(), np.random.get_state()[1].copy()
     generate(model, vocab, "zhong", k=10, temperature=1.0)
-    assert torch.equal(state, torch.get_rng_state())  # the global RNG is untouched
+    assert torch.equal(state, torch.get_rng_state())  # the global RNGs are untouched
+    assert (np_state == np.random.get_state()[1]).all()
     top1 = generate(model, vocab, "zhong", k=20, temperature=1.0, top_k=1, seed=9)
     assert top1 == generate(model, vocab, "zhong", k=20)  # top-k 1 is greedy
 
@@ -88,6 +105,12 @@ def test_predict_cli_prints_both_predictions(trained):
 @pytest.mark.parametrize("args,needle", [
     (["--prefix", "zhong\u00e9"], "'é'"),
     (["--prefix", "a", "-k", "-3"], "must be >= 0"),
+    (["--prefix", "a", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--prefix", "a", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--prefix", "a", "--num-samples", "0"], "--num-samples must be >= 1"),
+    (["--line-starts", "zhong,Xyz"], "'Xyz' cannot be spelled with the model's vocab (no 'X')"),
+    (["--prefix", "a", "--stop-at", "\u00e9"], "--stop-at"),
+    (["--prefix", "a", "--seed", "-1", "--temperature", "1"], "--seed must be >= 0"),
 ])
 def test_predict_cli_errors_are_one_line_with_status_2(trained, args, needle):
     run_dir, _, _ = trained

@@ -2,10 +2,16 @@
 
     python predict.py --checkpoint runs/pinyin_gru/best.pt --prefix "zhong guo" -k 50
     python predict.py --checkpoint runs/pinyin_gru --prefix "ni hao" --temperature 0.8 --top-k 5 --seed 1
+    python predict.py --checkpoint runs/pinyin_gru --line-starts 春,风,十,里 --temperature 0.8 --seed 1
 """
 from __future__ import annotations
 
+import sys
+
 from rnn_train.cli import ArgumentParser
+from rnn_train.errors import UserError
+
+LONG_K = 2000  # -k when a stopping rule is given and -k is not: the rule decides, this only bounds it
 
 
 def pinyin_prefix(prefix: str, cfg) -> str:
@@ -19,41 +25,127 @@ def pinyin_prefix(prefix: str, cfg) -> str:
     return converted + " " if prefix[-1:] == " " or contains_han(prefix[-1]) else converted
 
 
-def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
+def line_starts(spec: str, cfg) -> tuple[str, ...]:
+    """'春,风,十,里' -> the text forced at each line start. For a pinyin model Chinese characters
+    become syllables like its corpus ('chun', or 'chun1' with tone numbers); anything else is kept."""
+    from rnn_train.data.corpus import contains_han, hanzi_to_pinyin
+
+    items = tuple(s.strip() for s in spec.split(","))
+    if cfg.data.kind != "pinyin":
+        return items
+    out = []
+    for item in items:
+        converted = hanzi_to_pinyin(item, cfg.data.tones).strip() if contains_han(item) else item
+        if not converted:
+            raise UserError(f"--line-starts entry {item!r} has no pinyin reading")
+        out.append(converted)
+    return tuple(out)
+
+
+def _parser(prog: str) -> ArgumentParser:
     ap = ArgumentParser(prog=prog, description=__doc__.split("\n")[0].split(": ", 1)[1])
     ap.add_argument("--checkpoint", required=True, help="a .pt file or a run directory (uses its best.pt)")
-    ap.add_argument("--prefix", required=True,
-                    help="text to warm the state up on; for a pinyin model, Chinese characters are converted "
-                         "to pinyin like its corpus (followed by a space: the next syllable starts)")
-    ap.add_argument("-k", type=int, default=50, help="characters to generate (default 50)")
+    ap.add_argument("--prefix", default="",
+                    help="text to warm the state up on (default: none, i.e. the start of a line); for a pinyin "
+                         "model, Chinese characters are converted to pinyin like its corpus (followed by a "
+                         "space: the next syllable starts)")
+    ap.add_argument("-k", type=int, default=None,
+                    help=f"characters to generate per sample (default 50; {LONG_K} with --stop-at, --max-lines or "
+                         "--line-starts, which end a sample earlier)")
     ap.add_argument("--top-n", type=int, default=5, help="next-character candidates to list (default 5)")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     ap.add_argument("--top-k", type=int, default=0, help="sample among the k most likely only (0 = all)")
-    ap.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible output)")
+    ap.add_argument("--top-p", type=float, default=1.0,
+                    help="sample among the most likely characters whose probabilities add up to p (nucleus; "
+                         "default 1 = all)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="seed for sampling: the same seed gives the same output (sample i of --num-samples "
+                         "is the same whatever N)")
+    ap.add_argument("--num-samples", type=int, default=1, help="samples generated together as one batch (default 1)")
+    ap.add_argument("--stop-at", default="", help="end a sample right after it generates this string")
+    ap.add_argument("--max-lines", type=int, default=0, help="end a sample after its N-th newline (0 = off)")
+    ap.add_argument("--line-starts", default="",
+                    help="comma-separated: each generated line begins with the next one, then the model "
+                         "continues the line; the sample ends after the last. Characters or syllables; for a "
+                         "pinyin model Chinese characters are converted like its corpus (e.g. 春,风,十,里)")
     ap.add_argument("--unk", choices=["error", "replace"], default="error",
                     help="a prefix character missing from the vocab: error (default) or replace with <unk>")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="default cpu")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                    help="where the prefix is read (default cpu); generation steps run on the CPU")
+    return ap
+
+
+def _describe(args, k: int, n: int) -> str:
+    """The line above the continuation: how it was made."""
+    how = "greedy" if args.temperature == 0 else f"sampled, temperature {args.temperature}" + \
+        (f", top-k {args.top_k}" if args.top_k else "") + (f", top-p {args.top_p}" if args.top_p < 1 else "") + \
+        (f", seed {args.seed}" if args.seed is not None else "")
+    limits = [f"stop at {args.stop_at!r}"] if args.stop_at else []
+    limits += [f"{args.max_lines} lines"] if args.max_lines else []
+    limits += [f"line starts {args.line_starts}"] if args.line_starts else []
+    size = f"up to {k} chars, {', '.join(limits)}" if limits else f"{k} chars"
+    return f"continuation ({how}, {size})" + (f", {n} samples:" if n > 1 else ":")
+
+
+def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
+    ap = _parser(prog)
     args = ap.parse_args(argv)
-    if args.k < 0 or args.top_n < 1 or args.top_k < 0 or not 0 <= args.temperature < float("inf"):
+    rules_given = bool(args.stop_at or args.max_lines or args.line_starts)
+    k = args.k if args.k is not None else (LONG_K if rules_given else 50)
+    if k < 0 or args.top_n < 1 or args.top_k < 0 or not 0 <= args.temperature < float("inf"):
         ap.error("-k, --top-k and --temperature must be >= 0 (temperature finite) and --top-n >= 1")
+    if args.num_samples < 1:
+        ap.error(f"--num-samples must be >= 1, got {args.num_samples}")
 
     from rnn_train.model.checkpoint import load_model
-    from rnn_train.prediction.generate import predict
+    from rnn_train.prediction.choose import SamplingOptions
+    from rnn_train.prediction.generate import top_chars, encode_prefix, stream_after, warm_up
+    from rnn_train.prediction.sampler import StopRules
     from rnn_train.runtime import resolve_device
 
+    options = SamplingOptions(args.temperature, args.top_k, args.top_p, args.seed)  # bad values: one line
     model, vocab, cfg, _ = load_model(args.checkpoint, resolve_device(args.device, "--device"))
+    rules = StopRules(args.stop_at, max(args.max_lines, 0),
+                      line_starts(args.line_starts, cfg) if args.line_starts else ())
     prefix = pinyin_prefix(args.prefix, cfg)
     if prefix != args.prefix:
         print(f"prefix in Chinese characters converted to pinyin like the corpus ({cfg.data.tones} tones)")
-    args.prefix = prefix
-    p = predict(model, vocab, args.prefix, args.k, args.top_n, args.temperature, args.top_k, args.seed, args.unk)
-    print(f"prefix: {p.prefix!r}")
-    print(f"next character (top {len(p.next_chars)}):")
-    for ch, prob in p.next_chars:
+    logits, state = warm_up(model, encode_prefix(vocab, prefix, args.unk))
+    chunks = stream_after(model, vocab, logits, state, k, options, rules, args.num_samples,
+                          at_line_start=prefix[-1:] in ("", "\n"))
+    next_chars = top_chars(vocab, logits, args.top_n)
+    first = next(chunks, None)  # errors in the rules (e.g. a character the vocab lacks) come before any output
+    print(f"prefix: {prefix!r}")
+    print(f"next character (top {len(next_chars)}):")
+    for ch, prob in next_chars:
         print(f"  {ch!r:>8}  {prob:.4f}")
-    how = "greedy" if args.temperature == 0 else f"sampled, temperature {args.temperature}" + \
-        (f", top-k {args.top_k}" if args.top_k else "") + (f", seed {args.seed}" if args.seed is not None else "")
-    print(f"continuation ({how}, {args.k} chars):")
-    print(p.prefix + p.continuation)
+    print(_describe(args, k, args.num_samples))
+    _write_samples(prefix, first, chunks, args.num_samples, sys.stdout)
     return 0
 
+
+def _write_samples(prefix: str, first, chunks, n: int, out) -> None:
+    """One sample: written chunk by chunk as it is generated (flushed, so a terminal shows it
+    growing; piped output is the same text). Several: generated together, then printed in turn."""
+    rest = [first] if first is not None else []
+    if n == 1:
+        last = prefix
+        out.write(prefix)
+        for chunk in _chain(rest, chunks):
+            out.write(chunk[0])
+            out.flush()
+            last = chunk[0] or last
+        out.write("" if last.endswith("\n") else "\n")
+        return
+    texts: list[list[str]] = [[] for _ in range(n)]
+    for chunk in _chain(rest, chunks):
+        for pieces, text in zip(texts, chunk):
+            pieces.append(text)
+    for i, pieces in enumerate(texts):
+        text = prefix + "".join(pieces)
+        out.write(f"--- sample {i + 1}\n{text}" + ("" if text.endswith("\n") else "\n"))
+
+
+def _chain(first: list, rest):
+    yield from first
+    yield from rest

@@ -4,22 +4,31 @@ Why carry the state: after the prefix has been read, the hidden state summarises
 character costs one cell step on that state; re-running the whole prefix for every generated
 character (the naive loop) costs O(K·(P+K)) steps instead of O(P+K).
 
-    prefix "zhong g"  ──one forward over P chars──>  state_P, logits_P  ──sample──> c1
-    c1 ──one step──> state_{P+1}, logits ──sample──> c2 ──one step──> ...
+    prefix "zhong g"  ──one module call over P chars──>  state_P, logits_P  ──choose──> c1
+    c1 ──one NumPy step──> state_{P+1}, logits ──choose──> c2 ──one NumPy step──> ...
+
+The prefix is read by the torch module (one call, whatever its length); the K steps after it run
+in NumPy (`stepper`), because calling a module per character costs far more than the step's
+arithmetic. `predict` warms up once and uses the same logits for the top-n list and the first
+generated character.
 
 Everything here takes a model, a vocab and plain values; nothing is read from files or globals.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
+from typing import Iterator
 
+import numpy as np
 import torch
 
+from rnn_train.data.vocab import UNK, Vocab
 from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN, State
-from rnn_train.data.vocab import UNK, Vocab
+from rnn_train.prediction.choose import Chooser, SamplingOptions
+from rnn_train.prediction.sampler import RuleState, StopRules, sample_chunks
+from rnn_train.prediction.stepper import UNK_LOGIT, make_stepper
 
 
 def encode_prefix(vocab: Vocab, prefix: str, unk: str = "error") -> torch.Tensor:
@@ -41,7 +50,8 @@ def encode_prefix(vocab: Vocab, prefix: str, unk: str = "error") -> torch.Tensor
 def warm_up(model: CharRNN, ids: torch.Tensor) -> tuple[torch.Tensor, State]:
     """Run the prefix ids [1, P] once -> (logits of the next character [V], state after the prefix)."""
     device = model.decoder.weight.device
-    logits, state = model(ids.to(device))
+    with eval_mode(model):
+        logits, state = model(ids.to(device))
     return logits[0, -1], state
 
 
@@ -54,21 +64,8 @@ def _real_char_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def _choose(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None) -> int:
-    """Greedy when temperature == 0, else sample from softmax(logits / T) restricted to the top k."""
-    logits = _real_char_logits(logits)
-    if temperature <= 0:
-        return int(torch.argmax(logits))
-    logits = logits.float() / temperature
-    if 0 < top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
-        logits[logits < kth] = float("-inf")
-    probs = torch.softmax(logits, dim=-1).cpu()
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
 @contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module):
+def eval_mode(model: torch.nn.Module):
     """Evaluation mode for the block, then the mode the caller had (the trainer's model stays in train)."""
     was_training = model.training
     model.eval()
@@ -85,48 +82,71 @@ class Prediction:
     continuation: str  # the K generated characters
 
 
-@torch.no_grad()
-def next_char_distribution(model: CharRNN, vocab: Vocab, prefix: str, top_n: int = 5,
-                           unk: str = "error") -> list[tuple[str, float]]:
-    """Single step: the top_n most likely next characters and their probabilities (<unk> excluded,
-    so these are exactly the probabilities sampling at temperature 1 draws from)."""
-    with _eval_mode(model):
-        logits, _ = warm_up(model, encode_prefix(vocab, prefix, unk))
+def top_chars(vocab: Vocab, logits: torch.Tensor, top_n: int) -> list[tuple[str, float]]:
+    """The top_n most likely next characters and their probabilities (<unk> excluded, so these are
+    exactly the probabilities sampling at temperature 1 draws from)."""
     probs = torch.softmax(_real_char_logits(logits).float(), dim=-1)
     values, idx = torch.topk(probs, min(top_n, len(vocab) - 1))
     return [(vocab.itos[int(i)], float(v)) for v, i in zip(values, idx)]
 
 
-@torch.no_grad()
+def next_char_distribution(model: CharRNN, vocab: Vocab, prefix: str, top_n: int = 5,
+                           unk: str = "error") -> list[tuple[str, float]]:
+    """Single step: the top_n most likely next characters after `prefix`, with probabilities."""
+    logits, _ = warm_up(model, encode_prefix(vocab, prefix, unk))
+    return top_chars(vocab, logits, top_n)
+
+
+def stream_after(model: CharRNN, vocab: Vocab, logits: torch.Tensor, state: State, k: int,
+                 options: SamplingOptions = SamplingOptions(), rules: StopRules = StopRules(),
+                 num_samples: int = 1, at_line_start: bool = False) -> Iterator[list[str]]:
+    """Continue from a warmed-up (logits [V], state): yield, chunk by chunk, the new text of each of
+    `num_samples` samples (a list of num_samples strings per chunk). Up to k characters each."""
+    if k < 0:
+        raise UserError(f"-k must be >= 0, got {k}")
+    if num_samples < 1:
+        raise UserError(f"--num-samples must be >= 1, got {num_samples}")
+    first = _real_char_logits(logits).cpu().numpy()  # [V]
+    stepper = make_stepper(model, num_samples, options.temperature)
+    first = np.where(np.isfinite(first), first / (options.temperature or 1.0), UNK_LOGIT).astype(stepper.dtype)
+    stepper.load_state(state)
+    chooser = Chooser(options, num_samples, len(vocab), stepper.dtype)
+    rule_state = RuleState(rules, vocab, num_samples, k, at_line_start) if rules.used else None
+    for chunk in sample_chunks(stepper, chooser, np.broadcast_to(first, (num_samples, len(first))), k, rule_state):
+        yield [vocab.decode(ids) for ids in chunk]
+
+
+def stream(model: CharRNN, vocab: Vocab, prefix: str, k: int, options: SamplingOptions = SamplingOptions(),
+           rules: StopRules = StopRules(), num_samples: int = 1, unk: str = "error") -> Iterator[list[str]]:
+    """Warm up on `prefix`, then `stream_after`: the text of every sample, chunk by chunk."""
+    logits, state = warm_up(model, encode_prefix(vocab, prefix, unk))
+    return stream_after(model, vocab, logits, state, k, options, rules, num_samples,
+                        at_line_start=prefix[-1:] in ("", "\n"))
+
+
+def samples(model: CharRNN, vocab: Vocab, prefix: str, k: int, options: SamplingOptions = SamplingOptions(),
+            rules: StopRules = StopRules(), num_samples: int = 1, unk: str = "error") -> list[str]:
+    """`num_samples` continuations of `prefix`, generated as one batch."""
+    pieces: list[list[str]] = [[] for _ in range(num_samples)]
+    for chunk in stream(model, vocab, prefix, k, options, rules, num_samples, unk):
+        for sample, text in zip(pieces, chunk):
+            sample.append(text)
+    return ["".join(p) for p in pieces]
+
+
 def generate(model: CharRNN, vocab: Vocab, prefix: str, k: int, temperature: float = 0.0, top_k: int = 0,
-             seed: int | None = None, unk: str = "error") -> str:
+             seed: int | None = None, unk: str = "error", top_p: float = 1.0) -> str:
     """K steps: return the k characters that follow `prefix` (greedy by default).
 
     Sampling uses its own generator (seeded by `seed`), so calling this never disturbs the global
-    torch RNG: a sample logged during training leaves the training run's randomness unchanged."""
-    if k < 0:
-        raise UserError(f"-k must be >= 0, got {k}")
-    if not (0 <= temperature < float("inf")):
-        raise UserError(f"--temperature must be a finite number >= 0, got {temperature}")
-    generator = None
-    if temperature > 0:
-        generator = torch.Generator()
-        # os.urandom when unseeded: torch.seed() would reseed (and so disturb) the global RNG.
-        generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(7), "little"))
-    device = model.decoder.weight.device
-    out: list[int] = []
-    with _eval_mode(model):  # no dropout while generating, even when called mid-training
-        logits, state = warm_up(model, encode_prefix(vocab, prefix, unk))
-        for _ in range(k):
-            idx = _choose(logits, temperature, top_k, generator)
-            out.append(idx)
-            step_logits, state = model(torch.tensor([[idx]], device=device), state)  # one cell step
-            logits = step_logits[0, -1]
-    return vocab.decode(out)
+    torch or NumPy RNG: a sample logged during training leaves the training run's randomness unchanged."""
+    return samples(model, vocab, prefix, k, SamplingOptions(temperature, top_k, top_p, seed), unk=unk)[0]
 
 
 def predict(model: CharRNN, vocab: Vocab, prefix: str, k: int = 50, top_n: int = 5, temperature: float = 0.0,
-            top_k: int = 0, seed: int | None = None, unk: str = "error") -> Prediction:
-    """Both predictions for one prefix: the Python API behind predict.py."""
-    return Prediction(prefix, next_char_distribution(model, vocab, prefix, top_n, unk),
-                      generate(model, vocab, prefix, k, temperature, top_k, seed, unk))
+            top_k: int = 0, seed: int | None = None, unk: str = "error", top_p: float = 1.0) -> Prediction:
+    """Both predictions for one prefix from one warm-up: the Python API behind predict.py."""
+    options = SamplingOptions(temperature, top_k, top_p, seed)  # checked before any work
+    logits, state = warm_up(model, encode_prefix(vocab, prefix, unk))
+    text = "".join(c[0] for c in stream_after(model, vocab, logits, state, k, options))
+    return Prediction(prefix, top_chars(vocab, logits, top_n), text)

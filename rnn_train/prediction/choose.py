@@ -1,0 +1,101 @@
+"""Picking the next character of every row of a batch from its logits: greedy, or sampled with
+temperature, top-k and top-p (nucleus), each row from its own random stream.
+
+Sampling is the Gumbel-max trick: argmax(logits + G) with G = -log(E), E ~ Exp(1) independent per
+row and character, is a draw from softmax(logits) exactly. It needs no softmax, no cumulative sum
+and no search per step, only an add and an argmax, and the noise for many steps is drawn in one
+call per row. Filters set the logits they remove to -inf first, so the draw is from the softmax
+renormalised over what is left, as with torch.multinomial on the filtered probabilities.
+
+Why one stream per row: row i draws from `default_rng([seed, i])`, so with a given seed sample i
+is the same whatever the batch size (sample 0 of `--num-samples 8` is the `--num-samples 1`
+sample), and no row's randomness depends on what another row did.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+
+from rnn_train.errors import UserError
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    temperature: float = 0.0  # 0 = greedy; > 0 samples from softmax(logits / temperature)
+    top_k: int = 0  # sample among the k most likely characters only (0 = all)
+    top_p: float = 1.0  # sample among the fewest most likely characters whose probabilities reach p
+    seed: int | None = None  # None: fresh entropy from the OS
+
+    def __post_init__(self):
+        if not 0 <= self.temperature < float("inf"):
+            raise UserError(f"--temperature must be a finite number >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise UserError(f"--top-k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and self.seed < 0:
+            raise UserError(f"--seed must be >= 0, got {self.seed}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class Chooser:
+    """`choose(logits [B, V], out [B])` for one step; `refill(n)` before every n steps."""
+
+    def __init__(self, options: SamplingOptions, batch: int, vocab_size: int, dtype: np.dtype):
+        self.options, self.batch, self.vocab_size, self.dtype = options, batch, vocab_size, dtype
+        base = options.seed if options.seed is not None else secrets.randbits(63)
+        self.streams = [np.random.default_rng([base, i]) for i in range(batch)]
+        self.noise = np.empty((batch, 0, vocab_size), dtype)  # [B, steps, V] Gumbel noise, rows contiguous
+        self.top_k = options.top_k if 0 < options.top_k < vocab_size else 0
+
+    def refill(self, steps: int) -> None:
+        """Draw the noise of the next `steps` steps for every row (nothing for greedy)."""
+        if self.options.greedy:
+            return
+        if self.noise.shape[1] != steps:
+            self.noise = np.empty((self.batch, steps, self.vocab_size), self.dtype)
+        for i, rng in enumerate(self.streams):
+            rng.standard_exponential(dtype=self.dtype, out=self.noise[i])  # one call per row for all steps
+        # E can be exactly 0 (float32 often enough to matter): its -log would be +inf and win over
+        # -inf (filtered) logits. The smallest positive float keeps the race's winner and stays finite.
+        np.maximum(self.noise, np.finfo(self.dtype).tiny, out=self.noise)
+        np.log(self.noise, out=self.noise)
+        np.negative(self.noise, out=self.noise)  # Gumbel(0, 1) = -log(Exp(1))
+
+    def choose(self, logits: np.ndarray, step: int, out: np.ndarray) -> None:
+        """Write each row's character into out [B]; `step` indexes the noise drawn by `refill`.
+        `logits` may be changed in place (filters, noise)."""
+        if self.options.greedy:
+            np.argmax(logits, axis=1, out=out)
+            return
+        if self.top_k:
+            kth = np.partition(logits, -self.top_k, axis=1)[:, -self.top_k, None]  # [B, 1]
+            logits[logits < kth] = -np.inf  # ties with the k-th are kept, as in torch's top-k filter
+        if self.options.top_p < 1:
+            nucleus_filter(logits, self.options.top_p)
+        logits += self.noise[:, step]
+        np.argmax(logits, axis=1, out=out)
+
+
+def nucleus_filter(logits: np.ndarray, top_p: float) -> None:
+    """Keep, per row, the most likely characters until their probability reaches `top_p` (the one
+    that crosses it included, so at least one stays); set the rest to -inf in place. [B, V]"""
+    order = np.argsort(-logits, axis=1, kind="stable")  # most likely first
+    ranked = np.take_along_axis(logits, order, axis=1)
+    probs = np.exp(ranked - ranked[:, :1])
+    probs /= probs.sum(axis=1, keepdims=True)
+    before = np.cumsum(probs, axis=1) - probs  # probability mass ranked above each character
+    drop = np.zeros(logits.shape, bool)
+    np.put_along_axis(drop, order, before >= top_p, axis=1)
+    logits[drop] = -np.inf
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities [B, V] of logits [B, V] (what `choose` samples from when unfiltered)."""
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)

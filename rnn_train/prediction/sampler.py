@@ -1,0 +1,132 @@
+"""The generation loop: choose a character for every row, feed it back, repeat; stopping rules and
+forced line starts; results handed out in chunks so a terminal can show text as it is made.
+
+    state after prefix, logits ──choose──> ids[t] ──(force / stop rules)──> step(ids[t]) ──> logits ...
+
+The model is stepped by `stepper.Stepper` (NumPy, no module call per character) and characters are
+picked by `choose.Chooser`. Rules cost nothing when unused: the plain loop is choose + step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from rnn_train.data.vocab import Vocab
+from rnn_train.errors import UserError
+from rnn_train.prediction.choose import Chooser
+from rnn_train.prediction.stepper import Stepper
+
+CHUNK = 64  # steps between hand-outs (and noise refills): ~ms of latency on a terminal
+
+
+@dataclass(frozen=True)
+class StopRules:
+    """When a sample ends before -k characters. Empty/0 = unused."""
+
+    stop_at: str = ""  # end a sample right after this string appears in what it generated
+    max_lines: int = 0  # end a sample right after its N-th newline
+    line_starts: tuple[str, ...] = ()  # each new line begins with the next of these; end after the last line
+
+    def __post_init__(self):
+        if self.max_lines < 0:
+            raise UserError(f"--max-lines must be >= 0, got {self.max_lines}")
+        if any(not s for s in self.line_starts):
+            raise UserError("--line-starts has an empty entry (give them as a,b,c)")
+
+    @property
+    def used(self) -> bool:
+        return bool(self.stop_at or self.max_lines or self.line_starts)
+
+
+def _spell(vocab: Vocab, text: str, what: str) -> np.ndarray:
+    """text -> ids, or a UserError naming the characters the vocab lacks."""
+    missing = vocab.unknown_chars(text)
+    if missing:
+        shown = ", ".join(repr(c) for c in missing)
+        raise UserError(f"{what} {text!r} cannot be spelled with the model's vocab (no {shown})")
+    return vocab.encode(text).astype(np.int64)
+
+
+class RuleState:
+    """Per-row bookkeeping of StopRules over a batch: forced characters, newline counts, where each
+    row ended. `apply(ids, t)` runs after each choice; it returns True once every row has ended."""
+
+    def __init__(self, rules: StopRules, vocab: Vocab, batch: int, k: int, at_line_start: bool):
+        self.rules, self.batch = rules, batch
+        self.newline = vocab.stoi.get("\n", -1)
+        if (rules.max_lines or rules.line_starts) and self.newline < 0:
+            raise UserError("--max-lines and --line-starts need a model whose vocab has a newline")
+        self.stop = _spell(vocab, rules.stop_at, "--stop-at") if rules.stop_at else None
+        self.starts = [_spell(vocab, s, "--line-starts entry") for s in rules.line_starts]
+        self.end = np.full(batch, k)  # [B] index one past each row's last character
+        self.ended = np.zeros(batch, bool)
+        self.lines = np.zeros(batch, np.int64)  # newlines generated so far
+        self.tail = np.full((batch, len(self.stop) if self.stop is not None else 0), -1)  # last |stop| ids
+        self.next_start = [0] * batch  # index into `starts` per row
+        self.forced: list[list[int]] = [[] for _ in range(batch)]  # characters still to force per row
+        self.line_start = np.full(batch, at_line_start)  # the next character begins a line
+
+    def apply(self, ids: np.ndarray, t: int) -> bool:
+        """Force line starts into ids [B] (in place), then mark rows that end at step t."""
+        if self.starts:
+            self._force(ids, t)
+        if self.stop is not None:
+            self.tail[:, :-1] = self.tail[:, 1:]
+            self.tail[:, -1] = ids
+            self._end_rows(np.flatnonzero((self.tail == self.stop).all(axis=1)), t + 1)
+        if self.rules.max_lines or self.starts:
+            newline = ids == self.newline
+            if self.rules.max_lines:
+                self.lines += newline
+                self._end_rows(np.flatnonzero(self.lines >= self.rules.max_lines), t + 1)
+            self.line_start = newline
+        return bool(self.ended.all())
+
+    def _force(self, ids: np.ndarray, t: int) -> None:
+        """A row at the start of a line takes the next line start (or ends if none is left); a row
+        with forced characters pending gets the next one instead of its choice."""
+        for i in np.flatnonzero(self.line_start).tolist():
+            if self.next_start[i] < len(self.starts):
+                self.forced[i] = self.starts[self.next_start[i]].tolist()
+                self.next_start[i] += 1
+            else:
+                self._end_rows([i], t)  # the last line start's line is complete
+        for i, pending in enumerate(self.forced):
+            if pending:
+                ids[i] = pending.pop(0)
+
+    def _end_rows(self, rows, end: int) -> None:
+        for i in rows:
+            if not self.ended[i]:
+                self.ended[i], self.end[i] = True, end
+
+
+def sample_chunks(stepper: Stepper, chooser: Chooser, logits: np.ndarray, k: int,
+                  rules: RuleState | None = None) -> Iterator[list[np.ndarray]]:
+    """Generate up to k characters per row from `logits` [B, V] (the distribution after the prefix,
+    already divided by the temperature) with the stepper's state; yield each chunk as B id arrays
+    (a row that has ended yields nothing more)."""
+    B = stepper.batch
+    current = stepper.logits
+    current[:] = logits
+    ids = np.empty((CHUNK, B), np.int64)  # [t, B]: ids[t] is a contiguous [B]
+    t = 0
+    while t < k:
+        n = min(CHUNK, k - t)
+        chooser.refill(n)
+        done = False
+        for j in range(n):
+            chooser.choose(current, j, ids[j])
+            if rules is not None:
+                done = rules.apply(ids[j], t + j)
+            if done:
+                break
+            if t + j + 1 < k:
+                current = stepper.step(ids[j])  # one cell step per character; the state carries
+        ends = np.minimum(rules.end, t + n) - t if rules is not None else np.full(B, n)
+        yield [ids[:max(int(ends[i]), 0), i].copy() for i in range(B)]
+        t += n
+        if done:
+            return

@@ -1,0 +1,194 @@
+"""A CharRNN's cells copied to NumPy: one generation step for a whole batch, no module call.
+
+Why: a GRU-256 step is about 0.4 MFLOP, microseconds of arithmetic, yet calling the torch module for
+one character costs far more in dispatch than in maths. Generation therefore extracts the weights
+once and steps in NumPy with preallocated buffers and in-place ufuncs: per step one GEMM per
+matrix and about a dozen elementwise calls on [B, H] arrays, nothing allocated.
+
+The equations are torch's (gate layout included); the weights are rearranged once so that each
+step does the least work, every change exact or within float rounding of torch:
+
+- One-hot input: W_ih @ onehot(x) is column x of W_ih, so layer 0's input projection is a row
+  gather from `table = W_ih^T + b_ih` [V, G]. A learned embedding is a lookup followed by a linear
+  map, which is again a lookup: `table = E @ W_ih^T + b_ih`.
+- Biases ride inside the GEMM: every hidden state is stored as [h, 1] ([B, H+1]) and each matrix
+  as [W^T; b] ([H+1, G]).
+- sigmoid(s) = 0.5·tanh(s/2) + 0.5, with the /2 folded into the sigmoid gates' rows (scaling by a
+  power of two is exact), so a cell's sigmoid gates cost one tanh, not exp + add + reciprocal.
+- LSTM gates are reordered i,f,g,o -> i,f,o,g so the three sigmoid gates are contiguous.
+- Decoder: logits = [h, 1] @ [W_d^T; b_d] / T, the temperature folded in once; <unk>'s bias is
+  set to -1e30, so it is never chosen and gets probability exactly 0 (it is a placeholder).
+
+Nothing is checked per step: the weights are checked finite once. With finite weights the states
+stay finite (tanh and sigmoid are bounded), so every logit is finite too.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rnn_train.errors import UserError
+from rnn_train.model.charrnn import CharRNN, State
+
+UNK_LOGIT = -1e30  # <unk>'s logit: exp() of it is 0 in float32 and float64, and it never wins an argmax
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _augmented(w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """W [G, I], b [G] -> [W^T; b] [I+1, G]: multiplying [x, 1] by it adds the bias in the GEMM."""
+    return np.ascontiguousarray(np.concatenate([w.T, b[None, :]], axis=0))
+
+
+class Stepper:
+    """The weights of one CharRNN as NumPy arrays, a batch of B states, and `step(ids) -> logits`.
+
+    Subclasses say how the gate rows are laid out (`_arrange`) and how one layer updates its state
+    from its input projection (`_update`); everything else (extraction, input, decoder) is shared."""
+
+    gates = 1  # G = gates * H rows in W_ih / W_hh
+
+    def __init__(self, model: CharRNN, batch: int, temperature: float = 0.0):
+        rnn, H = model.rnn, model.rnn.hidden_size
+        params = {name: _np(p).copy() for name, p in model.named_parameters()}
+        if not all(np.isfinite(p).all() for p in params.values()):
+            raise UserError("the model's outputs are not finite (a diverged checkpoint?); use an earlier checkpoint")
+        self.dtype, self.batch, self.hidden, self.layers = params["decoder.weight"].dtype, batch, H, rnn.num_layers
+        w_in, w_hh = [], []
+        for layer in range(self.layers):
+            wi = self._arrange(params[f"rnn.weight_ih_l{layer}"], H)
+            bi = self._arrange(params.get(f"rnn.bias_ih_l{layer}", np.zeros(len(wi), self.dtype)), H)
+            bh = self._arrange(params.get(f"rnn.bias_hh_l{layer}", np.zeros(len(wi), self.dtype)), H)
+            w_hh.append(_augmented(self._arrange(params[f"rnn.weight_hh_l{layer}"], H), bh))
+            w_in.append(_augmented(wi, bi))
+        if model.embed is not None:  # lookup then linear map = one lookup table [V, G]
+            self.table = np.ascontiguousarray(params["embed.weight"] @ w_in[0][:-1] + w_in[0][-1])
+        else:
+            self.table = np.ascontiguousarray(w_in[0][:-1] + w_in[0][-1])  # one-hot: rows of W_ih^T [V, G]
+        self.w_in, self.w_hh = w_in, w_hh  # w_in[0] is unused: layer 0 reads `table`
+        scale = 1.0 / temperature if temperature > 0 else 1.0
+        self.w_dec = _augmented(params["decoder.weight"] * scale, params["decoder.bias"] * scale)
+        self.w_dec[-1, 0] = UNK_LOGIT
+        G, V = self.gates * H, self.w_dec.shape[1]
+        self.h = [np.zeros((batch, H + 1), self.dtype) for _ in range(self.layers)]  # [h, 1] per layer
+        for h in self.h:
+            h[:, -1] = 1
+        self.gi = [np.empty((batch, G), self.dtype) for _ in range(self.layers)]  # input projections
+        self.gh = np.empty((batch, G), self.dtype)  # recurrent projection, reused by every layer
+        self.logits = np.empty((batch, V), self.dtype)  # [B, V] of the next character
+        self._views = [self._make_views(layer) for layer in range(self.layers)]
+
+    # -- what a cell defines
+    def _arrange(self, w: np.ndarray, H: int) -> np.ndarray:
+        """torch's gate rows [G, ...] in this class's order and scale (identity for a tanh RNN)."""
+        return w
+
+    def _make_views(self, layer: int) -> tuple:
+        """Slices of the buffers `_update` works on, made once (slicing per step costs time)."""
+        return self.h[layer][:, :-1], self.gi[layer], self.gh
+
+    def _update(self, layer: int) -> None:
+        """h <- tanh(gi + gh): the vanilla RNN."""
+        h, gi, gh = self._views[layer]
+        np.add(gi, gh, out=gh)
+        np.tanh(gh, out=h)
+
+    # -- shared
+    def load_state(self, state: State) -> None:
+        """Set every row's state from a torch state of batch 1 (the prefix warm-up) or of batch B."""
+        h = state[0] if isinstance(state, tuple) else state
+        for layer in range(self.layers):
+            self.h[layer][:, :-1] = _np(h[layer])  # [1 or B, H] broadcast over the batch
+
+    def state(self) -> State:
+        """The current state as torch tensors [L, B, H] (for tests and callers that continue in torch)."""
+        return torch.from_numpy(np.stack([h[:, :-1] for h in self.h]))
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        """ids [B] int64 -> logits [B, V] of the character after them (the returned buffer is reused)."""
+        np.take(self.table, ids, axis=0, out=self.gi[0], mode="clip")  # ids are valid: no check
+        for layer in range(self.layers):
+            if layer:
+                np.matmul(self.h[layer - 1], self.w_in[layer], out=self.gi[layer])
+            np.matmul(self.h[layer], self.w_hh[layer], out=self.gh)
+            self._update(layer)
+        return np.matmul(self.h[-1], self.w_dec, out=self.logits)
+
+
+class GRUStepper(Stepper):
+    """r, z = sigmoid(gi_rz + gh_rz); n = tanh(gi_n + r * gh_n); h = n + z * (h - n)  (torch's GRU)."""
+
+    gates = 3
+
+    def _arrange(self, w, H):
+        w = w.copy()
+        w[:2 * H] *= 0.5  # sigmoid via tanh of half the pre-activation
+        return w
+
+    def _make_views(self, layer):
+        H, gi, gh = self.hidden, self.gi[layer], self.gh
+        rz = np.empty((self.batch, 2 * H), self.dtype)
+        n, d = np.empty((self.batch, H), self.dtype), np.empty((self.batch, H), self.dtype)
+        return (self.h[layer][:, :-1], gi[:, :2 * H], gi[:, 2 * H:], gh[:, :2 * H], gh[:, 2 * H:],
+                rz, rz[:, :H], rz[:, H:], n, d)
+
+    def _update(self, layer):
+        h, gi_rz, gi_n, gh_rz, gh_n, rz, r, z, n, d = self._views[layer]
+        np.add(gi_rz, gh_rz, out=rz)
+        np.tanh(rz, out=rz)
+        rz *= 0.5
+        rz += 0.5  # rz = sigmoid(pre-activation)
+        np.multiply(r, gh_n, out=n)
+        n += gi_n
+        np.tanh(n, out=n)
+        np.subtract(h, n, out=d)
+        d *= z
+        np.add(n, d, out=h)
+
+
+class LSTMStepper(Stepper):
+    """i, f, o = sigmoid(.); g = tanh(.); c = f * c + i * g; h = o * tanh(c)  (torch's LSTM)."""
+
+    gates = 4
+
+    def _arrange(self, w, H):
+        i, f, g, o = w[:H], w[H:2 * H], w[2 * H:3 * H], w[3 * H:]
+        return np.concatenate([0.5 * i, 0.5 * f, 0.5 * o, g])  # sigmoid gates first, halved
+
+    def _make_views(self, layer):
+        H, gh = self.hidden, self.gh
+        c, t = np.zeros((self.batch, H), self.dtype), np.empty((self.batch, H), self.dtype)
+        return (self.h[layer][:, :-1], self.gi[layer], gh, gh[:, :3 * H], gh[:, :H], gh[:, H:2 * H],
+                gh[:, 2 * H:3 * H], gh[:, 3 * H:], c, t)
+
+    def _update(self, layer):
+        h, gi, gh, sig, i, f, o, g, c, t = self._views[layer]
+        gh += gi
+        np.tanh(gh, out=gh)
+        sig *= 0.5
+        sig += 0.5  # i, f, o = sigmoid(.), g = tanh(.)
+        c *= f
+        np.multiply(i, g, out=t)
+        c += t
+        np.tanh(c, out=t)
+        np.multiply(o, t, out=h)
+
+    def load_state(self, state):
+        super().load_state(state[0])
+        for layer in range(self.layers):
+            self._views[layer][-2][:] = _np(state[1][layer])
+
+    def state(self):
+        return super().state(), torch.from_numpy(np.stack([v[-2] for v in self._views]))
+
+
+STEPPERS = {"rnn": Stepper, "gru": GRUStepper, "lstm": LSTMStepper}
+
+
+def make_stepper(model: CharRNN, batch: int, temperature: float = 0.0) -> Stepper:
+    """The NumPy twin of `model` for `batch` rows; logits come out divided by `temperature` (> 0)."""
+    if model.cell == "rnn" and getattr(model.rnn, "nonlinearity", "tanh") != "tanh":
+        raise ValueError("only tanh RNNs are supported")  # CharRNN builds only these
+    return STEPPERS[model.cell](model, batch, temperature)

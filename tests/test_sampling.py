@@ -1,0 +1,233 @@
+"""The NumPy sampler: equal to the torch model (greedy text, probabilities), exact sampling, seeds,
+batches, stopping rules and forced line starts, and the CLI streaming its output."""
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rnn_train.data.vocab import Vocab
+from rnn_train.errors import UserError
+from rnn_train.model.charrnn import CharRNN
+from rnn_train.model.checkpoint import load_model
+from rnn_train.prediction import cli
+from rnn_train.prediction.choose import Chooser, SamplingOptions, nucleus_filter, softmax
+from rnn_train.prediction.generate import encode_prefix, generate, samples
+from rnn_train.prediction.sampler import CHUNK, StopRules
+from rnn_train.prediction.stepper import make_stepper
+from rnn_train.training.trainer import train
+from tests.helpers import ROOT, tiny_config
+
+STARTS = ("chun", "feng", "shi", "li")  # the syllables of 春,风,十,里
+MODELS = {  # trained briefly on the built-in pinyin corpus: real weights, every cell and input kind
+    "gru": ["model.hidden_size=24"],
+    "lstm2_learned": ["model.cell=lstm", "model.num_layers=2", "model.embedding=learned", "model.embed_dim=8"],
+    "rnn2": ["model.cell=rnn", "model.num_layers=2"],
+    "gru_float64": ["model.dtype=float64", "model.num_layers=2"],
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sampling")
+    for name, overrides in MODELS.items():
+        train(tiny_config(tmp, "train.max_steps=60", *overrides, name=name), tmp / name, quiet=True,
+              cache_dir=tmp / "cache")
+    return tmp
+
+
+def _load(runs, name):
+    model, vocab, cfg, _ = load_model(runs / name / "best.pt")
+    return model, vocab, cfg
+
+
+@torch.no_grad()
+def _torch_greedy(model, vocab, prefix, k):
+    """The reference: the torch module called once per character, <unk> masked, argmax."""
+    logits, state = model(encode_prefix(vocab, prefix))
+    out = []
+    for _ in range(k):
+        step = logits[0, -1].clone()
+        step[0] = float("-inf")
+        out.append(int(step.argmax()))
+        logits, state = model(torch.tensor([[out[-1]]]), state)
+    return vocab.decode(out)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_greedy_text_equals_the_torch_module_step_by_step(runs, name):
+    model, vocab, _ = _load(runs, name)
+    for prefix in ("zhong guo", "ni hao ", ""):
+        assert generate(model, vocab, prefix, 300) == _torch_greedy(model, vocab, prefix, 300)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_next_character_probabilities_equal_torch_softmax(runs, name, temperature):
+    model, vocab, _ = _load(runs, name)
+    ids = encode_prefix(vocab, "ni hao\nzhong guo ren min\nshi jie he ping\n" * 4)  # [1, P], teacher-forced
+    with torch.no_grad():
+        logits, _ = model(ids)  # [1, P, V]
+    logits[..., 0] = float("-inf")
+    expected = torch.softmax(logits[0].double() / (temperature or 1.0), dim=-1).numpy()  # [P, V]
+    stepper = make_stepper(model, batch=3, temperature=temperature)  # 3 identical rows: batching changes nothing
+    got = np.stack([softmax(stepper.step(np.repeat(i, 3)).astype(np.float64)) for i in ids[0].tolist()])  # [P, 3, V]
+    for row in range(3):
+        np.testing.assert_allclose(got[:, row], expected, rtol=0, atol=1e-5)
+    assert (got[..., 0] == 0).all()  # <unk> has probability 0
+
+
+def test_gumbel_choice_samples_the_softmax_and_the_filters_keep_the_right_characters():
+    logits = np.log(np.array([[1e-9, 0.05, 0.1, 0.15, 0.3, 0.4]], np.float32))  # [1, V]
+    probs = softmax(logits.astype(np.float64))[0]
+    n = 40000
+
+    def frequencies(**opts):
+        chooser = Chooser(SamplingOptions(temperature=1.0, seed=5, **opts), 1, 6, np.dtype(np.float32))
+        chooser.refill(n)
+        out, counts = np.empty(1, np.int64), np.zeros(6)
+        for step in range(n):
+            chooser.choose(logits.copy(), step, out)
+            counts[out[0]] += 1
+        return counts / n
+
+    np.testing.assert_allclose(frequencies(), probs, atol=0.01)
+    top2 = frequencies(top_k=2)
+    assert top2[:4].sum() == 0 and top2[4] == pytest.approx(0.3 / 0.7, abs=0.01)
+    nucleus = frequencies(top_p=0.6)  # 0.4 + 0.3 reach 0.6: the two most likely only
+    assert nucleus[:4].sum() == 0 and nucleus[5] == pytest.approx(0.4 / 0.7, abs=0.01)
+
+
+def test_nucleus_keeps_the_fewest_most_likely_characters_that_reach_p():
+    logits = np.log(np.array([[0.1, 0.5, 0.15, 0.25], [0.97, 0.01, 0.01, 0.01]]))
+    kept = lambda p: np.isfinite(_filtered(logits, p))  # noqa: E731
+    assert kept(0.5).tolist() == [[False, True, False, False], [True, False, False, False]]
+    assert kept(0.6).tolist() == [[False, True, False, True], [True, False, False, False]]
+    assert kept(0.85).tolist() == [[False, True, True, True], [True, False, False, False]]
+    assert kept(1.0).all()
+
+
+def _filtered(logits, p):
+    out = logits.copy()
+    nucleus_filter(out, p)
+    return out
+
+
+def test_seeded_samples_are_reproducible_independent_of_the_batch_and_of_k(runs):
+    model, vocab, _ = _load(runs, "gru")
+    opts = SamplingOptions(temperature=1.0, top_k=10, seed=11)
+    one = samples(model, vocab, "ni", 200, opts, num_samples=1)
+    four = samples(model, vocab, "ni", 200, opts, num_samples=4)
+    assert four[0] == one[0]  # sample i draws from its own stream (seed, i)
+    assert len(set(four)) == 4  # and the streams differ
+    assert samples(model, vocab, "ni", 200, opts, num_samples=3) == four[:3]
+    assert samples(model, vocab, "ni", 90, opts, num_samples=4) == [s[:90] for s in four]  # prefix of a longer run
+    other = samples(model, vocab, "ni", 200, SamplingOptions(temperature=1.0, top_k=10, seed=12))
+    assert other[0] != one[0]
+
+
+def test_unk_is_never_generated_even_when_the_model_prefers_it():
+    torch.manual_seed(0)
+    vocab = Vocab.build("abc d\n")
+    model = CharRNN(len(vocab), "gru", 8).eval()
+    with torch.no_grad():
+        model.decoder.bias[0] = 50.0  # <unk> would win every step
+    for opts in (SamplingOptions(), SamplingOptions(temperature=2.0, seed=1),
+                 SamplingOptions(temperature=1.0, top_k=1, seed=1), SamplingOptions(temperature=1.0, top_p=0.1, seed=1)):
+        texts = samples(model, vocab, "ab", 300, opts, num_samples=3)
+        assert all(len(t) == 300 and "<unk>" not in t for t in texts)
+
+
+def test_stop_at_and_max_lines_end_each_sample_where_asked(runs):
+    model, vocab, _ = _load(runs, "gru")
+    opts = SamplingOptions(temperature=1.0, seed=3)
+    for text in samples(model, vocab, "ni", 2000, opts, StopRules(stop_at="an"), num_samples=5):
+        assert text.endswith("an") and text.find("an") == len(text) - 2
+    texts = samples(model, vocab, "ni", 2000, opts, StopRules(max_lines=3), num_samples=5)
+    assert all(t.count("\n") == 3 and t.endswith("\n") for t in texts)
+    assert len(set(map(len, texts))) > 1  # each sample stopped on its own
+    capped = samples(model, vocab, "ni", 10, opts, StopRules(max_lines=1000), num_samples=2)
+    assert [len(t) for t in capped] == [10, 10]  # -k still bounds
+
+
+def test_line_starts_force_the_start_of_every_line_and_carry_the_state(runs):
+    model, vocab, _ = _load(runs, "gru")
+    starts = STARTS
+    opts = SamplingOptions(temperature=0.8, seed=1)
+    for text in samples(model, vocab, "", 2000, opts, StopRules(line_starts=starts), num_samples=4):
+        lines = text.split("\n")
+        assert lines[-1] == "" and len(lines) == 5  # four lines, each ended by its newline
+        assert all(line.startswith(s) for line, s in zip(lines, starts))
+    # the forced characters are fed to the model: the greedy text after them is the model's own continuation
+    forced = samples(model, vocab, "", 2000, SamplingOptions(), StopRules(line_starts=("chun",)))[0]
+    assert forced == "chun" + generate(model, vocab, "\nchun", len(forced) - 4)
+    # a prefix in the middle of a line: the line is finished first, then the starts apply
+    mid = samples(model, vocab, "ni h", 2000, opts, StopRules(line_starts=("feng",)))[0]
+    assert mid.count("\n") == 2 and mid.split("\n")[1].startswith("feng")
+
+
+def test_line_starts_the_vocab_cannot_spell_are_named(runs):
+    model, vocab, _ = _load(runs, "gru")
+    with pytest.raises(UserError, match=r"'zh\u00fcng' cannot be spelled .*\(no '\u00fc'\)"):
+        samples(model, vocab, "", 100, rules=StopRules(line_starts=("chun", "zh\u00fcng")))
+
+
+def test_cli_line_starts_take_chinese_characters_for_a_pinyin_model(runs):
+    out = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(runs / "gru"), "--line-starts",
+                          "春,风,十,里", "--temperature", "0.8", "--seed", "1", "--num-samples", "2"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    body = out.stdout.split("2 samples:\n", 1)[1]
+    parts = body.split("--- sample ")[1:]
+    assert [p.split("\n", 1)[0] for p in parts] == ["1", "2"]
+    for part in parts:
+        lines = part.split("\n")[1:-1]  # after the header line, before the final newline
+        assert len(lines) == 4 and [line[:len(s)] for line, s in zip(lines, STARTS)] == list(STARTS)
+
+
+def test_one_sample_is_written_chunk_by_chunk(runs, monkeypatch):
+    model, vocab, _ = _load(runs, "gru")
+
+    class Recorder(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.flushed = []
+
+        def flush(self):
+            self.flushed.append(self.getvalue())
+
+    out = Recorder()
+    from rnn_train.prediction.generate import stream
+
+    chunks = stream(model, vocab, "ni", 5 * CHUNK + 3, SamplingOptions(temperature=1.0, seed=2))
+    cli._write_samples("ni", next(chunks), chunks, 1, out)
+    assert len(out.flushed) == 6  # text reached the stream every CHUNK characters, not only at the end
+    assert [len(s) for s in out.flushed] == [2 + CHUNK * i for i in range(1, 6)] + [2 + 5 * CHUNK + 3]
+    assert out.getvalue().rstrip("\n") == "ni" + generate(model, vocab, "ni", 5 * CHUNK + 3, temperature=1.0, seed=2)
+
+
+def test_cli_output_on_a_terminal_is_the_piped_text(runs):
+    import pty
+
+    args = [sys.executable, "predict.py", "--checkpoint", str(runs / "gru"), "--prefix", "ni", "-k", "300",
+            "--temperature", "0.9", "--seed", "4"]
+    piped = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    assert piped.returncode == 0, piped.stderr
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=follower, stderr=subprocess.PIPE)
+    os.close(follower)
+    received = b""
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the program has exited
+            break
+        if not data:
+            break
+        received += data
+    os.close(leader)
+    assert proc.wait() == 0
+    assert received.decode().replace("\r\n", "\n") == piped.stdout  # the terminal shows LF as CRLF
