@@ -1,0 +1,145 @@
+"""`rnn-train score`: the loss of a text under a model, streamed with the state carried."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from rnn_train.config import build_config
+from rnn_train.data.dataset import prepare_data
+from rnn_train.data.pinyin import hanzi_to_pinyin
+from rnn_train.model.checkpoint import load_model
+from rnn_train.prediction import score as score_mod
+from rnn_train.prediction.score import score_file, score_pieces
+from rnn_train.prediction.textstream import model_text
+from rnn_train.training.trainer import train
+from tests.conftest import shared_corpus
+from tests.helpers import ROOT, tiny_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run whose validation reads the split as one stream (batch 1), as score reads a file."""
+    tmp = tmp_path_factory.mktemp("score")
+    cfg = tiny_config(tmp, "data.batch_size=1", "train.max_steps=60", "train.eval_every=30", "data.val_fraction=0.005")
+    train(cfg, tmp / "run", quiet=True, cache_dir=tmp / "cache")
+    data = prepare_data(cfg.data, tmp / "cache")
+    val_text = tmp / "val.txt"
+    val_text.write_text(data.vocab.decode(data.val), encoding="utf-8")
+    return tmp, cfg, val_text
+
+
+def _score_cli(*args):
+    return subprocess.run([sys.executable, "-m", "rnn_train", "score", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True)
+
+
+def test_the_validation_text_scores_the_validation_loss(run):
+    tmp, _, val_text = run
+    best = json.loads((tmp / "run" / "metrics.json").read_text())["best_val_loss"]
+    model, vocab, cfg, _ = load_model(tmp / "run" / "best.pt")
+    result = score_file(model, vocab, cfg.data, val_text)
+    assert result.loss == pytest.approx(best, rel=1e-6)
+    assert result.scored == result.chars - 1 and result.unk == 0
+    out = _score_cli("--checkpoint", tmp / "run", val_text)
+    assert out.returncode == 0, out.stderr
+    assert f"loss {best:.4f} | ppl {math.exp(best):.3f} | {best / math.log(2):.3f} bits/char" in out.stdout
+
+
+def test_streaming_in_small_pieces_and_windows_changes_nothing(run, monkeypatch):
+    tmp, _, val_text = run
+    model, vocab, cfg, _ = load_model(tmp / "run" / "best.pt")
+    whole = score_pieces(model, vocab, [val_text.read_text()])
+    monkeypatch.setattr(score_mod, "WINDOW", 7)
+    rows = []
+    pieces = score_pieces(model, vocab, model_text(val_text, cfg.data, chunk_bytes=13),
+                          lambda chars, bits: rows.extend(zip(chars, bits.tolist())))
+    assert (pieces.chars, pieces.scored) == (whole.chars, whole.scored)
+    assert pieces.loss == pytest.approx(whole.loss, rel=1e-6)
+    assert "".join(c for c, _ in rows) == val_text.read_text()  # every character, in order
+    assert math.isnan(rows[0][1])  # the first is context only
+    assert sum(b for _, b in rows[1:]) == pytest.approx(whole.nats / math.log(2), rel=1e-6)
+
+
+def test_per_char_file_lists_every_character_with_its_surprisal(run, tmp_path):
+    tmp, _, _ = run
+    text = tmp_path / "t.txt"
+    text.write_text("ni hao\nzhong guo\tQ\n", encoding="utf-8")
+    out = _score_cli("--checkpoint", tmp / "run", text, "--per-char", tmp_path / "bits.tsv")
+    assert out.returncode == 0, out.stderr
+    lines = (tmp_path / "bits.tsv").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "file\tindex\tchar\tbits"
+    rows = [line.split("\t") for line in lines[1:]]
+    assert [r[2] for r in rows] == list("ni hao") + ["\\n"] + list("zhong guo") + ["\\t", "Q", "\\n"]
+    assert rows[0][3] == "" and all(float(r[3]) >= 0 for r in rows[1:])
+    # 'Q' and the tab are outside this model's vocab: scored as <unk>, and counted
+    assert "19 chars (18 scored, 10.53% <unk>)" in out.stdout  # 2 of 19
+    loss = float(out.stdout.split("| loss ")[1].split(" ")[0])
+    assert sum(float(r[3]) for r in rows[1:]) / 18 == pytest.approx(loss / math.log(2), abs=1e-3)
+
+
+def test_crlf_text_scores_as_its_lf_text_wherever_the_chunks_are_cut(run, tmp_path):
+    tmp, _, _ = run
+    model, vocab, cfg, _ = load_model(tmp / "run" / "best.pt")
+    lf, crlf = tmp_path / "lf.txt", tmp_path / "crlf.txt"
+    lf.write_bytes(b"ni hao\nzhong guo\nshi jie\n")
+    crlf.write_bytes(b"\xef\xbb\xbfni hao\r\nzhong guo\r\nshi jie\r\n")  # with a BOM
+    expected = score_file(model, vocab, cfg.data, lf)
+    for size in (1, 2, 3, 7, 8):  # cuts between \r and \n among them
+        got = score_pieces(model, vocab, model_text(crlf, cfg.data, chunk_bytes=size))
+        assert (got.chars, got.nats) == (expected.chars, pytest.approx(expected.nats, rel=1e-6))
+
+
+def test_a_chinese_file_scores_as_its_pinyin_for_a_pinyin_model(run, tmp_path):
+    tmp, _, _ = run
+    source = shared_corpus("hongloumeng/hongloumeng.zh.txt")
+    model, vocab, cfg, _ = load_model(tmp / "run" / "best.pt")
+    zh = tmp_path / "zh.txt"
+    zh.write_text(source.read_text(encoding="utf-8")[:4000], encoding="utf-8")
+    converted = tmp_path / "py.txt"
+    converted.write_text(hanzi_to_pinyin(zh.read_text(encoding="utf-8")), encoding="utf-8")
+    a = score_pieces(model, vocab, model_text(zh, cfg.data, chunk_bytes=300))  # conversion in pieces
+    b = score_file(model, vocab, cfg.data, converted)
+    assert a.chars == b.chars > 3000 and a.loss == pytest.approx(b.loss, rel=1e-6)
+
+
+def test_letters_only_models_score_the_letters_only_text(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("The Time--Machine,\n by H. G. Wells!! 1895 ", encoding="utf-8")
+    cfg = build_config({"data": {"kind": "text", "letters_only": True, "paths": [str(text)]}, "train": {"max_steps": 1}})
+    assert "".join(model_text(text, cfg.data, chunk_bytes=3)) == "the time machine by h g wells"
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"", "is empty: nothing to score"),
+    (b"n", "single character"),
+    (b"ni \xff hao", "byte 0xff at offset 3 is not valid utf-8"),
+])
+def test_bad_files_are_one_line_errors_and_leave_the_output_alone(run, tmp_path, content, needle):
+    tmp, _, _ = run
+    bad, tsv = tmp_path / "bad.txt", tmp_path / "bits.tsv"
+    bad.write_bytes(content)
+    tsv.write_text("earlier\n")
+    out = _score_cli("--checkpoint", tmp / "run", bad, "--per-char", tsv)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr
+    assert tsv.read_text() == "earlier\n"
+    missing = _score_cli("--checkpoint", tmp / "run", tmp_path / "nope.txt")
+    assert missing.returncode == 2 and "nope.txt" in missing.stderr
+
+
+def test_several_files_and_a_total(run, tmp_path):
+    tmp, _, _ = run
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("ni hao\n")
+    b.write_text("zhong guo ren\n")
+    out = _score_cli("--checkpoint", tmp / "run", a, b)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(a), str(b), "total"]
+    assert "total: 21 chars (19 scored" in lines[2]  # 7 + 14 characters, the first of each is context
+    model, vocab, cfg, _ = load_model(tmp / "run" / "best.pt")
+    ra, rb = score_file(model, vocab, cfg.data, a), score_file(model, vocab, cfg.data, b)
+    total = float(lines[2].split("| loss ")[1].split(" ")[0])
+    assert total == pytest.approx((ra.nats + rb.nats) / 19, abs=1e-4)
