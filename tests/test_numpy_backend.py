@@ -26,7 +26,8 @@ from rnn_train.data.dataset import prepare_data
 from rnn_train.prediction.generate import generate, next_char_distribution
 from rnn_train.teaching.numpy_backend import NumpyLearner, clip_coefficient, global_norm
 from rnn_train.runtime import set_seed
-from rnn_train.training.trainer import TorchLearner, train
+from rnn_train.training.learner import TorchLearner
+from rnn_train.training.trainer import train
 from tests.conftest import ROOT, shared_corpus
 
 CPU = torch.device("cpu")

@@ -268,3 +268,17 @@ def test_plots_without_num_steps_use_the_first_grid_key(tmp_path):
     assert [f.name for f in files] == ["val_ppl.png", "tokens_per_s.png"]  # no events: no val curves
     assert all(f.read_bytes().startswith(PNG_MAGIC) for f in files)
     assert sweep.markdown_table([], ["cell"]).count("\n") == 2
+
+
+def test_every_json_file_of_a_sweep_is_strict_json(finished):
+    """NaN (here: each run's test_loss, without a test split) is written as null, never as NaN."""
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    files = sorted(finished.rglob("*.json"))
+    names = {f.name for f in files}
+    assert {"sweep.json", "results.json", "metrics.json", "sweep_run.json"} <= names
+    for f in files:
+        json.loads(f.read_text(), parse_constant=refuse)
+    metrics = json.loads((finished / NAMES[0] / "metrics.json").read_text())
+    assert metrics["test_loss"] is None and math.isfinite(metrics["val_loss"])

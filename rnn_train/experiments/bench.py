@@ -8,8 +8,10 @@ runs; A B A B ... with the median of per-round ratios cancels most of that drift
         --corpus ../shared/corpora/tinyshakespeare/input.txt --seconds 30 --rounds 3
 
 The pipeline side runs `train.py` with the reference's settings (SGD, lr, clip, sequential
-partitioning, one-hot input, val split) forced by overrides, so only the implementation differs.
-Prints one JSON line per run and a summary line with the median ratios.
+partitioning, one-hot input, val split) forced by overrides, so only the implementation differs;
+its only limit is the time budget (`training.rules.budget_overrides`), as for the reference.
+Prints one JSON line per run and a summary line with the median ratios (strict JSON: a diverged
+run's perplexity is null).
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ from pathlib import Path
 from rnn_train.cli import ArgumentParser
 from rnn_train.config import load_config
 from rnn_train.errors import UserError
+from rnn_train.files import strict_json
+from rnn_train.training.rules import budget_overrides
+from rnn_train.training.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REFERENCE = ROOT.parent / "shared" / "bench" / "reference_loop.py"
@@ -61,11 +66,12 @@ def run_reference(reference: Path, corpus: Path, cfg, seconds: float, threads: i
 def run_pipeline(config: Path, corpus: Path, overrides: list[str], seconds: float, threads: int, workdir: Path) -> dict:
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(config), "--quiet", "--force",
            "--cache-dir", str(workdir / "cache"), f"data.paths={corpus}", "data.kind=text", "data.letters_only=false",
-           "train.epochs=0", "train.max_steps=0", "train.max_tokens=0", f"train.max_time={seconds}",
-           "train.eval_every=0", f"train.threads={threads}", f"log.dir={workdir}", "log.name=bench",
-           "log.sample_length=0", *overrides]
+           *budget_overrides(max_time=seconds), "train.eval_every=0", f"train.threads={threads}",
+           f"log.dir={workdir}", "log.name=bench", "log.sample_length=0", *overrides]
     _run(cmd, "rnn-train run", cwd=ROOT)
-    metrics = json.loads((workdir / "bench" / "metrics.json").read_text())
+    metrics = RunDir(workdir / "bench").read_metrics()
+    if metrics is None:
+        raise UserError(f"the rnn-train run wrote no {workdir / 'bench' / 'metrics.json'}")
     return {"impl": "rnn-train", "tokens": metrics["tokens"], "train_seconds": metrics["train_seconds"],
             "tokens_per_s": round(metrics["tokens_per_s"], 1), "val_ppl": round(metrics["val_ppl"], 4),
             "steps": metrics["step"]}
@@ -105,8 +111,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train bench")
             ref = run_reference(reference, corpus, cfg, args.seconds, args.threads)
             ours = run_pipeline(Path(args.config), corpus, overrides, args.seconds, args.threads, Path(tmp))
             ref["round"] = ours["round"] = r
-            print(json.dumps(ref), flush=True)
-            print(json.dumps(ours), flush=True)
+            print(strict_json(ref), flush=True)
+            print(strict_json(ours), flush=True)
             ratios.append(ours["tokens_per_s"] / ref["tokens_per_s"])
             val_ratios.append(ours["val_ppl"] / ref["val_ppl"])
     summary = {"config": args.config, "cell": cfg.model.cell, "hidden": cfg.model.hidden_size,
@@ -115,6 +121,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train bench")
                "tokens_per_s_ratio_median": round(statistics.median(ratios), 3),
                "tokens_per_s_ratios": [round(x, 3) for x in ratios],
                "val_ppl_ratio_median": round(statistics.median(val_ratios), 3)}
-    print(json.dumps(summary))
+    print(strict_json(summary))
     return 0
 

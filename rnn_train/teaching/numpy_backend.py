@@ -12,9 +12,9 @@ plain NumPy where you can read it, with no autograd anywhere:
 
 Everything around the step is the ordinary pipeline: `trainer.train` builds the config, corpus,
 batches, schedule, logging and checkpoints exactly as for the torch backend and only asks this
-`NumpyLearner` (same interface as `trainer.TorchLearner`) to do the step. So a numpy run and a
-torch run of the same config and seed start from the same weights, see the same batches and, in
-float64, log the same losses (tests/test_numpy_backend.py holds them to 1e-6 over 50 steps).
+`NumpyLearner` (a `training.learner.Learner`, like `TorchLearner`) to do the step. So a numpy
+run and a torch run of the same config and seed start from the same weights, see the same batches
+and, in float64, log the same losses (tests/test_numpy_backend.py holds them to 1e-6 over 50 steps).
 
 How the weights are held: the learner owns a `CharRNN` built exactly as the torch backend builds
 it (same draws from torch's RNG, hence the same initial weights), and its NumPy arrays are *views*
@@ -36,6 +36,7 @@ from rnn_train.teaching import bptt
 from rnn_train.data.batching import eval_batches
 from rnn_train.config import Config
 from rnn_train.model.charrnn import CharRNN
+from rnn_train.training.learner import Learner
 from rnn_train.training.schedule import clip_coefficient
 
 # our maths name -> CharRNN state_dict key; the order is CharRNN.parameters()' order, which the
@@ -56,12 +57,11 @@ def global_norm(grads: list[np.ndarray]) -> float:
     return float(np.linalg.norm([np.linalg.norm(g.ravel()) for g in grads]))
 
 
-class NumpyLearner:
+class NumpyLearner(Learner):
     """A one-layer tanh RNN + linear decoder trained by NumPy BPTT and plain SGD.
 
-    Same interface as `trainer.TorchLearner`: set_lr, begin_state, train_step, evaluate,
-    torch_model, state_dict, load_state_dict. `config.py` guarantees cell=rnn, one layer, one-hot
-    input and no dropout; `trainer.train` guarantees plain SGD (no momentum, no weight decay).
+    The `Learner` protocol (training/learner.py). `config.py` guarantees cell=rnn, one layer,
+    one-hot input, no dropout and plain SGD (no momentum, no weight decay).
     """
 
     def __init__(self, cfg: Config, vocab_size: int, device: torch.device):
@@ -78,9 +78,6 @@ class NumpyLearner:
     # -- the interface the trainer uses --------------------------------------------------------
     def set_lr(self, lr: float) -> None:
         self.lr = lr
-
-    def begin_state(self, batch_size: int) -> torch.Tensor:
-        return self.model.begin_state(batch_size)  # zeros [1, B, H]
 
     def train_step(self, x: np.ndarray, y: np.ndarray, state: torch.Tensor | None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -122,7 +119,9 @@ class NumpyLearner:
             h = fwd.h_T
         return total / max(count, 1)
 
-    kernel = "numpy"  # the training path, as logged in the run
+    @property
+    def kernel(self) -> str:
+        return "numpy"  # the training path, as logged in the run
 
     def torch_model(self) -> CharRNN:
         """The CharRNN whose parameters share memory with `self.params`: always current."""

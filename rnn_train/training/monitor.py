@@ -1,8 +1,8 @@
 """Everything a run prints or logs goes through one `Monitor`: console lines, the tqdm bar and
 TensorBoard event files.
 
-Why one place: with several processes (torchrun + DDP) only rank 0 may write; constructing the
-Monitor with `enabled=False` on the other ranks silences all of it at once.
+Why one place: with several processes (torchrun + DDP) only rank 0 may write; the other ranks get a
+Monitor without a run directory and with `quiet`, which silences all of it at once.
 
 Console behaviour: on a terminal, a tqdm bar shows loss, ppl and tokens/s; in a non-TTY log (CI,
 `nohup`, a pipe) the bar would be a wall of carriage returns, so a plain line is printed at every
@@ -28,11 +28,11 @@ def _flat_hparams(cfg_dict: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 class Monitor:
     def __init__(self, run_dir: Path | None, tensorboard: bool = True, quiet: bool = False, total_steps: int = 0,
-                 start_step: int = 0, enabled: bool = True, stream=None):
-        self.enabled, self.quiet, self.total_steps = enabled, quiet, total_steps
+                 start_step: int = 0, stream=None):
+        self.quiet, self.total_steps = quiet, total_steps
         self.stream = stream or sys.stderr
         self.writer = None
-        if enabled and tensorboard and run_dir is not None:
+        if tensorboard and run_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events a crashed run logged after its last checkpoint, so a resumed
@@ -40,27 +40,23 @@ class Monitor:
             self.writer = SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else None)
         tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.bar = None
-        if enabled and not quiet and tty:
+        if not quiet and tty:
             self.bar = tqdm(total=total_steps or None, initial=start_step, unit="step", dynamic_ncols=True,
                             file=self.stream, leave=True)
 
     # -- console ---------------------------------------------------------------------------
     def info(self, message: str) -> None:
         """A line for the user (hidden by --quiet)."""
-        if self.enabled and not self.quiet:
+        if not self.quiet:
             (self.bar.write if self.bar else lambda m: print(m, file=self.stream, flush=True))(message)
 
-    def summary(self, message: str) -> None:
-        """The final line: printed even with --quiet (to stdout, so it can be captured)."""
-        if self.enabled:
-            if self.bar:
-                self.bar.close()
-                self.bar = None
-            print(message, flush=True)
+    def note(self, message: str) -> None:
+        """A line the user must see even with --quiet (on stderr, with the other diagnostics)."""
+        (self.bar.write if self.bar else lambda m: print(m, file=self.stream, flush=True))(f"note: {message}")
 
     def progress(self, step: int, loss: float, ppl: float, tokens_per_s: float, lr: float) -> None:
         """Called at every logging step."""
-        if not self.enabled or self.quiet:
+        if self.quiet:
             return
         if self.bar is not None:
             self.bar.n = step
@@ -96,10 +92,6 @@ class Monitor:
             fw.add_summary(summary)
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, 0)
-
-    def flush(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
 
     def close(self) -> None:
         if self.bar is not None:

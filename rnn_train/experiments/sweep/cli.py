@@ -7,7 +7,7 @@ from pathlib import Path
 from rnn_train.cli import ArgumentParser
 from rnn_train.experiments.sweep.plan import DEFAULT_EVALS, parse_budget, parse_grid, plan_sweep, prepare_corpora
 from rnn_train.experiments.sweep.run import run_sweep
-from rnn_train.experiments.sweep.status import run_status
+from rnn_train.training.rundir import RunDir
 
 
 EPILOG = """\
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train sweep")
         prepare_corpora(plan, cache_dir)
         for r in plan.runs:
             t = r.cfg.train
-            print(f"{run_status(r):>8}  {r.name}  (eval_every {t.eval_every})")
+            print(f"{RunDir(r.run_dir).status(r.cfg):>8}  {r.name}  (eval_every {t.eval_every})")
         print(f"{len(plan.runs)} runs, {budget.describe()} each, into {plan.out}")
         return 0
     outcome = run_sweep(plan, cache_dir=cache_dir, force=args.force, verbose=args.verbose)

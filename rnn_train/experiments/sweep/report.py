@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from rnn_train.experiments.sweep.plan import PlannedRun, SweepPlan
-from rnn_train.files import atomic_write_text
+from rnn_train.files import atomic_write_json, atomic_write_text
 
 
 METRIC_COLUMNS = ("val_loss", "val_ppl", "val_bpc", "best_val_loss", "tokens_per_s", "train_s", "wall_s",
@@ -27,10 +26,6 @@ def result_row(plan: SweepPlan, r: PlannedRun, metrics: dict[str, Any], wall_s: 
                 "tokens": metrics["tokens"], "epochs": metrics["epoch"], "grad_norm": metrics["grad_norm"],
                 "clipped_fraction": metrics["clipped_fraction"], "stopped_by": metrics["stopped_by"]})
     return row
-
-
-def _json_safe(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _fmt(value: Any, column: str) -> str:
@@ -81,8 +76,7 @@ def write_results(plan: SweepPlan, rows: list[dict[str, Any]]) -> list[Path]:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(lines)
     atomic_write_text(out / "results.csv", buf.getvalue())
-    payload = {"sweep": plan.describe(), "runs": [{k: _json_safe(v) for k, v in r.items()} for r in rows]}
-    atomic_write_text(out / "results.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_json(out / "results.json", {"sweep": plan.describe(), "runs": rows})  # NaN -> null
     title = f"Sweep {out}: {plan.budget.describe()} per run"
     atomic_write_text(out / "results.md", f"{title}\n\n" + markdown_table(rows, grid_columns))
     return [out / "results.csv", out / "results.json", out / "results.md"]

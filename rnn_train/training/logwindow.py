@@ -1,0 +1,75 @@
+"""The training scalars between two logging steps, summed on the device.
+
+Why on the device: `float(loss)` after every update would make the host wait for the accelerator
+at every step. The sums stay tensors and are read once per logging interval (`flush`), the one
+host sync the loop needs. With several processes the sums are where the ranks' numbers would be
+added up before anyone reads them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LogMeans:
+    """Means over one logging interval."""
+    loss: float
+    grad_norm: float
+    clipped_fraction: float
+    tokens_per_s: float
+
+
+class LogWindow:
+    def __init__(self, device: torch.device, clip_norm: float):
+        self.clip_norm = clip_norm
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.norm = torch.zeros((), dtype=torch.float64, device=device)
+        self.clipped = torch.zeros((), dtype=torch.float64, device=device)
+        self.steps, self.tokens, self.seconds = 0, 0, 0.0
+        # over the whole run (this process's part of it): what TrainResult reports
+        self.last: LogMeans | None = None
+        self.clipped_total, self.steps_total = 0.0, 0
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """One update's mean loss and pre-clip gradient norm (0-dim tensors; no host sync)."""
+        self.loss += loss
+        self.norm += grad_norm
+        if self.clip_norm > 0:
+            self.clipped += (grad_norm > self.clip_norm)
+        self.steps += 1
+
+    def timed(self, tokens: int, seconds: float) -> None:
+        """The update's tokens and its wall time (for tokens/s)."""
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def flush(self) -> LogMeans | None:
+        """The interval's means (reading the device sums: a host sync), then start a new interval;
+        None for an empty interval."""
+        if not self.steps:
+            return None
+        clipped = float(self.clipped)
+        means = LogMeans(float(self.loss) / self.steps, float(self.norm) / self.steps, clipped / self.steps,
+                         self.tokens / max(self.seconds, 1e-9))
+        self.clipped_total += clipped
+        self.steps_total += self.steps
+        self.last = means
+        self.loss.zero_(), self.norm.zero_(), self.clipped.zero_()
+        self.steps, self.tokens, self.seconds = 0, 0, 0.0
+        return means
+
+    @property
+    def last_loss(self) -> float:
+        return self.last.loss if self.last else math.nan
+
+    @property
+    def last_grad_norm(self) -> float:
+        return self.last.grad_norm if self.last else math.nan
+
+    @property
+    def run_clipped_fraction(self) -> float:
+        """Share of the logged updates whose gradient was clipped."""
+        return self.clipped_total / self.steps_total if self.steps_total else 0.0

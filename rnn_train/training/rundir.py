@@ -1,0 +1,162 @@
+"""RunDir: the files of one run directory, and how a stored config compares with a new one.
+
+    runs/<log.name>/
+        config.yaml               the resolved config (written first, before training starts)
+        best.pt  last.pt          checkpoints (see training.state for what they hold)
+        metrics.json              the TrainResult of a run that ended (not of an interrupted one)
+        events.out.tfevents.*     TensorBoard
+        (sweep_run.json           added by a sweep: the run's wall time)
+
+Why one object: train.py (--force, "already holds a run"), the trainer (writing), the sweep
+(finished / resumable / another config) and the benchmark (reading metrics) all need the same
+names and the same idea of "the same config"; spelled out in each, they drift apart.
+
+Only rank 0 of a multi-process run writes here; the other ranks never construct the writers' side.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rnn_train.config import Config, build_config, config_to_yaml
+from rnn_train.errors import UserError
+from rnn_train.files import atomic_write_json, atomic_write_text
+
+CONFIG, BEST, LAST, METRICS = "config.yaml", "best.pt", "last.pt", "metrics.json"
+EVENTS = "events.out.tfevents.*"
+RUN_FILES = (BEST, LAST, METRICS, CONFIG, EVENTS)
+"""What a training run writes (glob patterns): what starting afresh in its directory removes."""
+
+IGNORED_IN_MATCH = {("train", "threads"), ("train", "device")}
+"""Config keys that do not change what a run computes (nor does the `log` section)."""
+
+
+def comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without the keys that do not change what a run computes."""
+    out = {}
+    for section, body in cfg_dict.items():
+        if section == "log" or not isinstance(body, dict):
+            continue
+        out[section] = {k: v for k, v in body.items() if (section, k) not in IGNORED_IN_MATCH}
+    return out
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], keys: tuple[str, ...] | None = None) -> list[str]:
+    """'section.key: old -> new' for each key whose value differs between two config dicts (both
+    normalised through build_config, so a key an older version did not write has its default).
+    `keys` limits the comparison to those sections ("model") or dotted keys ("model.cell")."""
+    changes = []
+    for section, body in new.items():
+        for key, value in body.items():
+            dotted = f"{section}.{key}"
+            if keys is not None and section not in keys and dotted not in keys:
+                continue
+            before = old.get(section, {}).get(key)
+            if before != value:
+                changes.append(f"{dotted}: {before!r} -> {value!r}")
+    return changes
+
+
+def normalised(cfg_dict: dict[str, Any], source: str) -> dict[str, Any]:
+    """A stored config dict as this version would write it (defaults for keys added since)."""
+    return build_config(cfg_dict, source=source).to_dict()
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
+
+    @property
+    def last(self) -> Path:
+        return self.path / LAST
+
+    # -- what is there -------------------------------------------------------------------------------
+    def existing(self) -> list[str]:
+        """The run files present (config.yaml, checkpoints, metrics.json), in that order."""
+        return [name for name in (BEST, LAST, METRICS, CONFIG) if (self.path / name).exists()]
+
+    def holds_run(self) -> bool:
+        """A checkpoint is there: starting a new run here would destroy a run."""
+        return self.best.exists() or self.last.exists()
+
+    def stored_config(self) -> dict[str, Any] | None:
+        """The config.yaml of this run as a normalised dict; None if absent or unreadable."""
+        path = self.path / CONFIG
+        try:
+            return normalised(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
+        except (OSError, yaml.YAMLError, UserError):
+            return None
+
+    def read_metrics(self) -> dict[str, Any] | None:
+        """metrics.json, with the nulls that stand for NaN turned back into NaN; None if absent."""
+        metrics = self.read_json(METRICS)
+        if metrics is None:
+            return None
+        return {k: (math.nan if v is None else v) for k, v in metrics.items()}
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        return _read_json(self.path / name)
+
+    def status(self, cfg: Config) -> str:
+        """What is here relative to a planned run of `cfg`: 'done' (finished with this config),
+        'resume' (last.pt to continue), 'new', or 'mismatch' (a run of another config)."""
+        stored = self.stored_config()
+        metrics = self.read_json(METRICS)
+        if stored is not None and comparable(stored) != comparable(cfg.to_dict()) and \
+                (metrics is not None or self.last.exists()):
+            return "mismatch"
+        if metrics is not None and stored is not None and not metrics.get("interrupted", False):
+            return "done"
+        return "resume" if self.last.exists() else "new"
+
+    def config_diff(self, cfg: Config, limit: int = 4) -> str:
+        """How `cfg` differs from the stored config, for an error message."""
+        diffs = config_changes(comparable(self.stored_config() or {}), comparable(cfg.to_dict()))
+        return ", ".join(diffs[:limit]) + (" ..." if len(diffs) > limit else "")
+
+    # -- writing -------------------------------------------------------------------------------------
+    def clear(self, extra: tuple[str, ...] = ()) -> None:
+        """Delete what an earlier run wrote here (RUN_FILES and `extra` patterns), nothing else."""
+        if not self.path.is_dir():
+            return
+        for pattern in RUN_FILES + extra:
+            for f in self.path.glob(pattern):
+                if f.is_file():
+                    f.unlink()
+
+    def create(self, cfg: Config) -> None:
+        """Make the directory and write the resolved config.yaml: the first write of a run."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path / CONFIG, config_to_yaml(cfg))
+        except OSError as e:
+            raise UserError(f"cannot write the run directory {self.path} ({e.strerror or e}); set log.dir") from None
+
+    def write_json(self, name: str, value: dict[str, Any]) -> None:
+        """A strict-JSON file (NaN written as null) in the run directory, atomically."""
+        atomic_write_json(self.path / name, value)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        self.write_json(METRICS, metrics)

@@ -1,0 +1,75 @@
+"""How a run starts from a checkpoint: `--resume` continues it, `--init-from` fine-tunes its weights.
+
+    --resume RUN      the same run, continued: its stored config (overrides may extend limits), its
+                      weights, optimiser, schedule, counters, carried state and RNG. The data keys
+                      are fixed (they define the batches) and so is the model. Ends exactly where an
+                      uninterrupted run would.
+    --init-from CK    a new run (step 0, fresh optimiser and schedule, its own config and corpus) whose
+                      weights and vocab come from CK. The model's shape keys must match CK's; a
+                      character of the new corpus outside CK's vocab becomes <unk>.
+
+The checks here are pure comparisons of configs, so the command line can make them before
+`--force` deletes anything.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rnn_train.config import Config
+from rnn_train.errors import UserError
+from rnn_train.model.charrnn import DTYPES
+from rnn_train.training.learner import Learner
+from rnn_train.training.rundir import config_changes, normalised
+from rnn_train.training.state import RunState, restore_rng, state_to
+
+SHAPE_KEYS = ("model.cell", "model.hidden_size", "model.num_layers", "model.embedding", "model.embed_dim")
+"""Model keys that change the weights' shapes: a checkpoint's weights fit only the same values."""
+
+
+def _saved(ckpt: dict[str, Any]) -> dict[str, Any]:
+    return normalised(ckpt["config"], "the checkpoint's config")
+
+
+def check_resume_config(ckpt: dict[str, Any], cfg: Config) -> None:
+    """Overrides on --resume may change anything but the data keys (they define the run's batches)."""
+    changed = [c.split(":")[0] for c in config_changes(_saved(ckpt), cfg.to_dict(), keys=("data",))]
+    if changed:
+        raise UserError(f"{', '.join(changed)} cannot change on --resume: the run's batches are defined by "
+                        f"them; start a new run (log.name=...) instead")
+
+
+def check_init_config(ckpt: dict[str, Any], cfg: Config, source: str) -> None:
+    """--init-from: the config's model must have the checkpoint's shape (one line naming the keys)."""
+    changed = config_changes(_saved(ckpt), cfg.to_dict(), keys=SHAPE_KEYS)
+    if changed:
+        raise UserError(f"--init-from {source}: the config's model does not fit the checkpoint's weights "
+                        f"({'; '.join(changed)}); set them as the checkpoint has them")
+
+
+def _weights_do_not_fit(ckpt: dict[str, Any], cfg: Config) -> UserError:
+    changed = [c.split(":")[0] for c in config_changes(_saved(ckpt), cfg.to_dict(), keys=("model",))]
+    return UserError("the checkpoint's weights do not fit this config's model"
+                     + (f" ({', '.join(changed)} changed; keep them as saved)" if changed else ""))
+
+
+def resume_state(learner: Learner, ckpt: dict[str, Any], cfg: Config, device: torch.device) -> RunState:
+    """Load weights and optimiser into `learner`, restore the RNG; the RunState to continue from."""
+    try:
+        learner.load_state_dict({"model": ckpt["model"], "optimizer": ckpt["optimizer"]})
+    except (KeyError, RuntimeError, ValueError):
+        raise _weights_do_not_fit(ckpt, cfg) from None
+    state = RunState.from_checkpoint(ckpt)
+    state.hidden = state_to(state.hidden, device, DTYPES[cfg.model.dtype])
+    restore_rng(state.rng, device)
+    return state
+
+
+def init_weights(learner: Learner, ckpt: dict[str, Any], cfg: Config, source: str) -> None:
+    """Copy a checkpoint's weights into a freshly built learner (its optimiser stays fresh)."""
+    check_init_config(ckpt, cfg, source)
+    try:
+        learner.torch_model().load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError, ValueError):
+        raise _weights_do_not_fit(ckpt, cfg) from None

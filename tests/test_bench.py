@@ -1,0 +1,30 @@
+"""The speed benchmark end to end, briefly: both sides run on the same corpus for the same time
+budget, and every line it prints is strict JSON."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+REFERENCE = ROOT.parent / "shared" / "bench" / "reference_loop.py"
+
+
+def refuse(name):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def test_bench_prints_strict_json_lines_and_runs_the_time_budget(tmp_path):
+    if not REFERENCE.exists():
+        pytest.skip(f"{REFERENCE} is absent (../shared is only beside the project's own checkout)")
+    out = subprocess.run([sys.executable, "-m", "rnn_train", "bench", "--config", "configs/debug.yaml",
+                          "--corpus", "tests/fixtures/v1/corpus.txt", "--seconds", "1", "--rounds", "1",
+                          "--threads", "1", "model.hidden_size=8", "data.batch_size=4", "data.num_steps=10"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line, parse_constant=refuse) for line in out.stdout.strip().splitlines()]
+    ref, ours, summary = lines
+    assert ref["impl"] != "rnn-train" and ours["impl"] == "rnn-train"
+    assert ours["train_seconds"] >= 1.0 and ours["steps"] > 0  # the 1 s budget ended the run
+    assert summary["rounds"] == 1 and summary["tokens_per_s_ratio_median"] > 0
