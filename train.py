@@ -3,6 +3,7 @@
 
     python train.py --config configs/pinyin_gru.yaml [section.key=value ...]
     python train.py --resume runs/pinyin_gru [train.max_steps=4000]
+    python train.py --config configs/shakespeare_gru.yaml --init-from runs/pinyin_gru/best.pt  (fine-tune)
 """
 import sys
 

@@ -1,5 +1,11 @@
 """Checkpoints: one dict of plain data and tensors, written atomically, read with weights_only=True.
 
+What the dict holds is defined in one place, `training.state.RunState.to_checkpoint` (and read back
+by `RunState.from_checkpoint`); this module only stamps, writes, finds and checks the file. The
+layout is still version 1: files written by every earlier rnn-train load and resume exactly
+(tests/test_checkpoint_compat.py). A future layout change bumps VERSION and adds a converter from
+the older versions in `load_checkpoint`, so that old files keep loading.
+
 Why plain data: `torch.load(weights_only=True)` refuses pickled objects, so a checkpoint from an
 untrusted source cannot run code; and a checkpoint keeps working when classes are renamed. The vocab
 is a list of characters, the config a dict of sections, RNG states are tensors.

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 from rnn_train.config import Config
@@ -127,11 +128,10 @@ class Trainer:
             reason = should_stop(self.state, self.cfg)
             while not reason:
                 reason = self.run_epoch(interrupt)
-            if reason == "interrupt":
-                self.save(LAST)
-                self.monitor.close()
-                return self.result(reason, interrupted=True)
             reason = self.end_of_run(reason)
+        if reason == "interrupt":
+            self.monitor.close()
+            return self.result(reason, interrupted=True)
         return self.report(reason)
 
     def epoch_batches(self) -> Iterator[Batch]:
@@ -167,7 +167,7 @@ class Trainer:
             return "diverged"
         return should_stop(s, cfg)
 
-    def train_step(self, x, y) -> torch.Tensor:
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
         """One update on the global batch X, Y [B, T]; returns its mean loss (a tensor: no host sync)."""
         t0 = time.perf_counter()
         cfg, s, t = self.cfg, self.state, self.cfg.train
@@ -240,9 +240,13 @@ class Trainer:
 
     # -- the end -------------------------------------------------------------------------------------
     def end_of_run(self, reason: str) -> str:
-        """Validate the final weights (unless just done) and save them; the stop reason, 'diverged' if
-        that validation was not finite (then nothing is saved: the last good checkpoints stay)."""
+        """The last checkpoints. Interrupted: last.pt as it is. Diverged: nothing (the last good
+        checkpoints stay). Otherwise the final weights are validated (unless just done) and saved;
+        returns the stop reason, 'diverged' if that validation was not finite."""
         s = self.state
+        if reason == "interrupt":
+            self.save(LAST)
+            return reason
         if reason != "diverged" and self.validated_at != s.step:
             val = self.validate()
             if val is not None and not math.isfinite(val):
