@@ -124,6 +124,7 @@ def test_seeded_samples_are_reproducible_independent_of_the_batch_and_of_k(runs)
     assert four[0] == one[0]  # sample i draws from its own stream (seed, i)
     assert len(set(four)) == 4  # and the streams differ
     assert samples(model, vocab, "ni", 200, opts, num_samples=3) == four[:3]
+    assert samples(model, vocab, "ni", 200, opts, num_samples=6)[:4] == four  # GEMMs in blocks of rows too
     assert samples(model, vocab, "ni", 90, opts, num_samples=4) == [s[:90] for s in four]  # prefix of a longer run
     other = samples(model, vocab, "ni", 200, SamplingOptions(temperature=1.0, top_k=10, seed=12))
     assert other[0] != one[0]

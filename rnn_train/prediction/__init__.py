@@ -1,1 +1,2 @@
-"""Using a trained model: prefix warm-up, next-character distributions and K-step generation."""
+"""Using a trained model: prefix warm-up, next-character distributions, K-step generation
+(NumPy steps, batched samples, stopping rules) and scoring a text."""
