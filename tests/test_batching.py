@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnn_train.data.batching import (batches_per_epoch, epoch_rng, eval_batches, min_corpus_length, random_batches,
-                                sequential_batches)
+from rnn_train.data.batching import (_streams, batches, batches_per_epoch, epoch_rng, eval_batches, min_corpus_length,
+                                     random_batches, sequential_batches, window_order)
 from rnn_train.model.charrnn import CharRNN, detach_state
 
 
@@ -21,6 +21,9 @@ class FixedOffset:
 
     def permutation(self, n):
         return np.arange(n)
+
+    def shuffle(self, x):
+        pass  # identity
 
 
 def test_sequential_rows_continue_across_batches_exactly():
@@ -96,3 +99,26 @@ def test_sequential_mode_lets_no_gradient_flow_into_the_previous_batch():
     logits, _ = model(x1, state)
     F.cross_entropy(logits.reshape(-1, 7), x1.reshape(-1)).backward()
     assert state.grad is not None and state.grad.abs().sum() > 0
+
+
+def test_window_order_is_the_permutation_of_the_same_draws():
+    for seed in range(4):
+        for n in (0, 1, 2, 9, 10_007):
+            a, b = epoch_rng(seed, 1), epoch_rng(seed, 1)
+            assert window_order(n, a).tolist() == b.permutation(n).tolist()
+            assert a.integers(0, 10**9) == b.integers(0, 10**9)  # and leaves the generator in the same state
+
+
+@pytest.mark.parametrize("partition", ["random", "sequential"])
+def test_batches_from_a_memory_map_equal_those_from_an_array_and_streams_are_views(tmp_path, partition):
+    ids = np.random.default_rng(0).integers(0, 60, 5_000).astype(np.uint8)
+    ids.tofile(tmp_path / "tokens.bin")
+    mapped = np.memmap(tmp_path / "tokens.bin", dtype=np.uint8, mode="r", shape=(len(ids),))[100:4_900]
+    for epoch in range(3):
+        got = list(batches(partition, mapped, 4, 7, epoch_rng(0, epoch)))
+        want = list(batches(partition, ids[100:4_900], 4, 7, epoch_rng(0, epoch)))
+        assert len(got) == len(want) > 0
+        assert all(np.array_equal(x, y) and x.dtype == np.int64 for (x, _), (y, _) in zip(got, want))
+    xs, ys = _streams(mapped, 4, 3)
+    assert np.shares_memory(xs, mapped) and np.shares_memory(ys, mapped)  # reshaped views, no copy
+    assert sum(x.size for x, _ in eval_batches(mapped, 4, 7)) == (len(mapped) - 1) // 4 * 4

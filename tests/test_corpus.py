@@ -276,3 +276,67 @@ def test_hongloumeng_gbk_original_decodes_to_the_utf8_copy():
     original = corpus.read_text(shared_corpus("hongloumeng/hongloumeng.orig_gbk.txt"), encoding="gbk")
     assert original == corpus.read_text(shared_corpus("hongloumeng/hongloumeng.zh.txt"))
     assert len(original) == 882_440
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2, 3, 4, 5, 1 << 22])
+@pytest.mark.parametrize("encoding, good, bad_at", [("utf-8", "abc中文\r\n" * 3, 5), ("gbk", "abc中文，好\r\n" * 3, 9)])
+def test_undecodable_byte_is_named_with_its_file_offset_wherever_chunks_are_cut(tmp_path, chunk_bytes, encoding,
+                                                                                 good, bad_at):
+    data = bytearray(good.encode(encoding))
+    data[bad_at] = 0xFF  # inside a multi-byte character (utf-8) / a lead byte no GBK character has
+    path = tmp_path / "bad.txt"
+    path.write_bytes(bytes(data))
+    with pytest.raises(UnicodeDecodeError) as whole:
+        bytes(data).decode(encoding)
+    with pytest.raises(UserError) as info:
+        list(corpus.file_chunks(path, encoding, chunk_bytes))
+    assert str(info.value).startswith(
+        f"{path}: byte 0x{data[whole.value.start]:02x} at offset {whole.value.start} is not valid {encoding}")
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3, 1 << 22])
+def test_normalised_chunks_join_to_the_whole_file_decoded(tmp_path, chunk_bytes):
+    raw = "\ufeffa\r\nb\rc\r\r\n中\r".encode("utf-8") * 5
+    path = write(tmp_path / "x.txt", raw.decode("utf-8"))
+    chunks = list(corpus.file_chunks(path, "utf-8", chunk_bytes))
+    assert "".join(chunks) == raw.decode("utf-8")[1:].replace("\r\n", "\n").replace("\r", "\n")
+    assert all(chunks) and max(len(c.encode("utf-8")) for c in chunks) <= max(chunk_bytes, 4) + 1
+
+
+def test_binary_file_is_a_one_line_error_naming_it(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"PK\x03\x04\x00\x00" + bytes(range(256)))
+    for kind in ("text", "pinyin"):
+        with pytest.raises(UserError, match=f"{re.escape(str(path))} looks like a binary file, not text: NUL "
+                                            f"character at character 4"):
+            corpus.load_corpus([path], kind=kind)
+
+
+def test_directories_are_read_recursively_in_sorted_order_skipping_hidden_files(tmp_path):
+    root = tmp_path / "books"
+    (root / "b" / ".git").mkdir(parents=True)
+    write(root / "b" / "2.txt", "two")
+    write(root / "b" / ".git" / "HEAD", "hidden")
+    write(root / "a.txt", "one")
+    write(root / "c.txt", "three")
+    write(root / ".DS_Store", "hidden")
+    write(root / "b" / "10.txt", "ten")
+    assert corpus.load_corpus([root], kind="text") == "one\nten\ntwo\nthree"
+
+
+def test_globs_expand_in_sorted_order_and_entries_keep_their_order(tmp_path):
+    for name, text in [("x1.txt", "a"), ("x2.txt", "b"), ("y.md", "c")]:
+        write(tmp_path / name, text)
+    assert corpus.load_corpus([str(tmp_path / "y.md"), str(tmp_path / "x*.txt")], kind="text") == "c\na\nb"
+    assert corpus.load_corpus([str(tmp_path / "**" / "*.md")], kind="text") == "c"
+
+
+def test_empty_directory_and_unmatched_glob_are_one_line_errors(tmp_path):
+    (tmp_path / "empty" / ".hidden").mkdir(parents=True)
+    with pytest.raises(UserError, match=f"directory {re.escape(str(tmp_path / 'empty'))} holds no corpus file"):
+        corpus.load_corpus([tmp_path / "empty"], kind="text")
+    with pytest.raises(UserError, match=r"data.paths: .*nothing\*.txt matches no file"):
+        corpus.load_corpus([str(tmp_path / "nothing*.txt")], kind="text")

@@ -55,3 +55,21 @@ def test_malformed_vocab_lists_are_rejected():
     for bad in ([], ["a", UNK], [UNK, "ab"], [UNK, "a", "a"]):
         with pytest.raises(UserError):
             Vocab(bad)
+
+
+def test_encoding_code_point_arrays_agrees_with_a_naive_lookup_on_both_paths():
+    v = Vocab.build("hello world")  # uint8 ids: ASCII input takes bytes.translate
+    ascii_text = "hello, big wide world!\n\x7f"
+    cps8 = np.frombuffer(ascii_text.encode("ascii"), np.uint8)
+    cps32 = np.frombuffer((ascii_text + "é中😀").encode("utf-32-le"), np.uint32)
+    assert v.encode_code_points(cps8).tolist() == [v.stoi.get(c, 0) for c in ascii_text]
+    assert v.encode_code_points(cps32).tolist() == [v.stoi.get(c, 0) for c in ascii_text + "é中😀"]
+    assert v.encode_code_points(cps8).dtype == v.encode_code_points(cps32).dtype == np.uint8
+
+
+def test_vocab_from_counts_orders_by_count_then_code_point_and_applies_the_limits():
+    counts = np.zeros(200, np.int64)
+    counts[[ord("b"), ord("a"), ord("c"), ord("d")]] = [5, 5, 9, 1]
+    assert Vocab.from_counts(counts).itos == [UNK, "c", "a", "b", "d"]
+    assert Vocab.from_counts(counts, min_freq=2, max_size=2).itos == [UNK, "c", "a"]
+    assert Vocab.from_counts(np.zeros(0, np.int64)).itos == [UNK]

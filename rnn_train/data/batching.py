@@ -26,6 +26,9 @@ and batch i+1 row b continues exactly where batch i row b stopped.
 
 `eval_batches` is the sequential layout with offset 0 and the short last chunk kept, so that a
 validation pass covers the split (all but fewer than B trailing characters) with state carried.
+
+`data` may be a read-only memory map of a prepared corpus (rnn_train.data.prepare): the streams are
+reshaped views of it and each batch copies only its own [B, T] ids, so no pass holds the corpus.
 """
 from __future__ import annotations
 
@@ -42,20 +45,28 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
-def _windows_start(n: int, num_steps: int, offset: int) -> np.ndarray:
-    """Start indices of the complete windows (each needs T inputs plus one target) after `offset`."""
-    count = (n - offset - 1) // num_steps
-    return offset + num_steps * np.arange(max(count, 0))
+def _window_count(n: int, num_steps: int, offset: int) -> int:
+    """Complete windows (each needs T inputs plus one target) after `offset`; window k starts at
+    offset + k·T."""
+    return max((n - offset - 1) // num_steps, 0)
+
+
+def window_order(count: int, rng: np.random.Generator) -> np.ndarray:
+    """`rng.permutation(count)` (the same numbers from the same draws) in int32 when it fits: one
+    entry per window of the corpus, so half the memory on a corpus of gigabytes."""
+    order = np.arange(count, dtype=np.int32 if count < 2**31 else np.int64)
+    rng.shuffle(order)
+    return order
 
 
 def random_batches(data: np.ndarray, batch_size: int, num_steps: int, rng: np.random.Generator) -> Iterator[Batch]:
-    """Shuffled non-overlapping windows; the last incomplete batch is dropped."""
+    """Shuffled non-overlapping windows; the last incomplete batch is dropped. Only the shuffled
+    window numbers are held; each batch reads its [B, T] ids from `data` (which may be a memory map)."""
     offset = int(rng.integers(0, num_steps))
-    starts = _windows_start(len(data), num_steps, offset)
-    starts = starts[rng.permutation(len(starts))]
+    order = window_order(_window_count(len(data), num_steps, offset), rng)
     steps = np.arange(num_steps)
-    for i in range(0, len(starts) // batch_size * batch_size, batch_size):
-        idx = starts[i:i + batch_size, None] + steps  # [B, T]
+    for i in range(0, len(order) // batch_size * batch_size, batch_size):
+        idx = offset + num_steps * order[i:i + batch_size, None].astype(np.int64) + steps  # [B, T]
         yield data[idx].astype(np.int64), data[idx + 1].astype(np.int64)
 
 
@@ -96,7 +107,7 @@ def batches_per_epoch(n: int, batch_size: int, num_steps: int, partition: str) -
     progress bars): computed for the largest offset, T - 1."""
     worst = num_steps - 1
     if partition == "random":
-        return len(_windows_start(n, num_steps, worst)) // batch_size
+        return _window_count(n, num_steps, worst) // batch_size
     return max((n - worst - 1) // batch_size, 0) // num_steps
 
 

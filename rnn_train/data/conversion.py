@@ -18,8 +18,7 @@ Parallel conversion
     lines (blank-line collapsing, none at the start or end). At most two pieces per worker are in
     flight, so memory stays bounded whatever the file size. The output is byte-identical to one
     :func:`~rnn_train.data.pinyin.hanzi_to_pinyin` call on the whole text (tested on Hongloumeng).
-    Workers start with ``spawn``: the parent may already run torch's thread pools, which ``fork``
-    does not copy safely.
+    Workers start the platform's default way (`START_METHOD`).
 """
 from __future__ import annotations
 
@@ -41,6 +40,11 @@ from rnn_train.files import atomic_write_bytes
 PIECE_CHARS = 1 << 17
 # Files smaller than this convert in this process: starting workers would cost more than it saves.
 PARALLEL_MIN_CHARS = 1 << 19
+
+# None: the platform's default (fork on Linux up to Python 3.13). The workers only run pypinyin,
+# never torch, so torch's thread pools in a forked parent do not matter; spawn and forkserver
+# re-import the main script, which then needs the `if __name__ == "__main__":` guard.
+START_METHOD = None
 
 _MAGIC = b"rnn-train pinyin cache sha256="
 HEADER_BYTES = len(_MAGIC) + 64 + 1  # magic, hex digest, "\n"
@@ -125,15 +129,15 @@ def workers_available() -> int:
         return os.cpu_count() or 1
 
 
-def converted_pieces(chunks: Iterable[str], tones: str, workers: int) -> Iterator[str]:
+def converted_pieces(chunks: Iterable[str], tones: str, workers: int, piece_chars: int = PIECE_CHARS) -> Iterator[str]:
     """The pinyin of a normalised text stream, as consecutive pieces of output text (in order)."""
     joiner = pinyin.PieceJoiner()
-    pieces = line_aligned(chunks)
+    pieces = line_aligned(chunks, piece_chars)
     if workers <= 1:
         for piece in pieces:
             yield joiner.add(pinyin.convert_piece(piece, tones))
     else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with multiprocessing.get_context(START_METHOD).Pool(workers) as pool:
             in_flight: collections.deque = collections.deque()
             for piece in pieces:
                 in_flight.append(pool.apply_async(pinyin.convert_piece, (piece, tones)))
