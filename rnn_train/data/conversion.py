@@ -29,8 +29,6 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import pypinyin
-
 from rnn_train.data import pinyin
 from rnn_train.errors import UserError
 from rnn_train.files import atomic_write_bytes
@@ -58,7 +56,7 @@ def entry_name(key_hex: str, tones: str) -> str:
 def key_hasher(tones: str) -> "hashlib._Hash":
     """The hash that, fed the normalised text as UTF-8, names the cache entry of its conversion."""
     key = hashlib.sha256()
-    key.update(f"converter {pinyin.CONVERTER_VERSION}\0pypinyin {pypinyin.__version__}\0tones {tones}\0".encode())
+    key.update(f"converter {pinyin.CONVERTER_VERSION}\0pypinyin {pinyin.pypinyin_version()}\0tones {tones}\0".encode())
     return key
 
 

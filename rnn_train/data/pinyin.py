@@ -68,9 +68,6 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-import pypinyin
-from pypinyin import Style
-
 from rnn_train.errors import UserError
 
 TONES = ("none", "numbers")
@@ -172,10 +169,12 @@ def convert_piece(text: str, tones: str = "none") -> Piece:
     """Convert the lines of `text` (split at "\n") on their own; the blank-line rules between pieces
     are :class:`PieceJoiner`'s. A top-level function, so worker processes can run it."""
     check_tones(tones)
+    import pypinyin  # here, not at the top: importing its dictionaries costs tens of MB and ~0.3 s
+
     if tones == "none":
-        options = {"style": Style.NORMAL}
+        options = {"style": pypinyin.Style.NORMAL}
     else:
-        options = {"style": Style.TONE3, "neutral_tone_with_five": True}
+        options = {"style": pypinyin.Style.TONE3, "neutral_tone_with_five": True}
     converted_runs: dict = {}
 
     def syllables(run: str) -> str:
@@ -298,6 +297,13 @@ def default_pinyin_corpus(tones: str = "none") -> str:
 def _shuffle_key(phrase: str) -> tuple:
     """Sort key giving a fixed pseudo-random order, independent of Python's `random` module."""
     return hashlib.sha256(DEFAULT_CORPUS_SALT + phrase.encode("utf-8")).digest(), phrase
+
+
+def pypinyin_version() -> str:
+    """The installed pypinyin's version: part of every cache key of converted text."""
+    import pypinyin
+
+    return pypinyin.__version__
 
 
 def check_tones(tones: str) -> None:

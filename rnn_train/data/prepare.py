@@ -45,8 +45,6 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
-import pypinyin
-
 from rnn_train.config import DataConfig
 from rnn_train.data import corpus, pinyin
 from rnn_train.data.corpus import CHUNK_BYTES
@@ -91,7 +89,7 @@ def settings_of(cfg: DataConfig, vocab: Optional[Vocab]) -> dict:
     """Every setting that changes the prepared ids, as plain data (part of the cache key)."""
     settings = {"format": FORMAT_VERSION, "kind": cfg.kind, "encoding": cfg.encoding, "letters_only": cfg.letters_only}
     if cfg.kind == "pinyin":
-        settings.update(tones=cfg.tones, converter=pinyin.CONVERTER_VERSION, pypinyin=pypinyin.__version__)
+        settings.update(tones=cfg.tones, converter=pinyin.CONVERTER_VERSION, pypinyin=pinyin.pypinyin_version())
     if vocab is None:
         settings.update(min_freq=cfg.min_freq, max_size=cfg.max_size)
     else:
