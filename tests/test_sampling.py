@@ -204,7 +204,7 @@ def test_one_sample_is_written_chunk_by_chunk(runs, monkeypatch):
     from rnn_train.prediction.generate import stream
 
     chunks = stream(model, vocab, "ni", 5 * CHUNK + 3, SamplingOptions(temperature=1.0, seed=2))
-    cli._write_samples("ni", next(chunks), chunks, 1, out)
+    cli._write_samples("ni", chunks, 1, out)
     assert len(out.flushed) == 6  # text reached the stream every CHUNK characters, not only at the end
     assert [len(s) for s in out.flushed] == [2 + CHUNK * i for i in range(1, 6)] + [2 + 5 * CHUNK + 3]
     assert out.getvalue().rstrip("\n") == "ni" + generate(model, vocab, "ni", 5 * CHUNK + 3, temperature=1.0, seed=2)

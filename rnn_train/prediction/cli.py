@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import itertools
 import sys
 
 from rnn_train.cli import ArgumentParser
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
 
     options = SamplingOptions(args.temperature, args.top_k, args.top_p, args.seed)  # bad values: one line
     model, vocab, cfg, _ = load_model(args.checkpoint, resolve_device(args.device, "--device"))
-    rules = StopRules(args.stop_at, max(args.max_lines, 0),
+    rules = StopRules(args.stop_at, args.max_lines,
                       line_starts(args.line_starts, cfg) if args.line_starts else ())
     prefix = pinyin_prefix(args.prefix, cfg)
     if prefix != args.prefix:
@@ -120,32 +121,27 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
     for ch, prob in next_chars:
         print(f"  {ch!r:>8}  {prob:.4f}")
     print(_describe(args, k, args.num_samples))
-    _write_samples(prefix, first, chunks, args.num_samples, sys.stdout)
+    _write_samples(prefix, itertools.chain([first] if first is not None else [], chunks), args.num_samples,
+                   sys.stdout)
     return 0
 
 
-def _write_samples(prefix: str, first, chunks, n: int, out) -> None:
+def _write_samples(prefix: str, chunks, n: int, out) -> None:
     """One sample: written chunk by chunk as it is generated (flushed, so a terminal shows it
     growing; piped output is the same text). Several: generated together, then printed in turn."""
-    rest = [first] if first is not None else []
     if n == 1:
         last = prefix
         out.write(prefix)
-        for chunk in _chain(rest, chunks):
+        for chunk in chunks:
             out.write(chunk[0])
             out.flush()
             last = chunk[0] or last
         out.write("" if last.endswith("\n") else "\n")
         return
     texts: list[list[str]] = [[] for _ in range(n)]
-    for chunk in _chain(rest, chunks):
+    for chunk in chunks:
         for pieces, text in zip(texts, chunk):
             pieces.append(text)
     for i, pieces in enumerate(texts):
         text = prefix + "".join(pieces)
         out.write(f"--- sample {i + 1}\n{text}" + ("" if text.endswith("\n") else "\n"))
-
-
-def _chain(first: list, rest):
-    yield from first
-    yield from rest
