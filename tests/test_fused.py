@@ -1,33 +1,70 @@
-"""The fused CPU RNN/GRU layer (rnn_train/fused.py) is nn.RNN / nn.GRU, gradient for gradient.
+"""The fused CPU layers (rnn_train/kernels/fused.py) are nn.RNN / nn.GRU / nn.LSTM, gradient for gradient,
+whichever path runs them: the Python loop (any GEMM backend) or the C++ loop (each GEMM path,
+row blocks on threads or not).
 
 Specification:
-1. float64: outputs and every gradient (dx or, for one-hot ids, dW_ih; dW_hh, db_ih, db_hh, dh0)
-   equal torch.autograd on nn.GRU / nn.RNN with the same weights to 1e-10, on random shapes
+1. float64: outputs and every gradient (dx or, for one-hot ids, dW_ih; dW_hh, db_ih, db_hh, dh0,
+   dc0) equal torch.autograd on the nn module with the same weights to 1e-10, on random shapes
    (T=1, T=50, B=1, odd H), both layouts, with a random upstream gradient on every output step
-   and on h_T; gradcheck agrees on tiny cases.
+   and on the final state; gradcheck agrees on tiny cases.
 2. The one-hot ids path equals feeding F.one_hot(ids).to(dtype) to the nn module.
-3. float32 agrees with nn.GRU to ~1e-5 with either GEMM backend.
+3. float32 agrees with the nn module to ~1e-5 with every GEMM choice; a path is deterministic.
 4. fused_rnn is a drop-in for module(inp, hx): several layers, dropout between them, eval.
 5. Only what requires grad gets a gradient; no-grad calls build no graph; misuse is refused.
 
-The reference is always the nn module through autograd; nothing here reuses fused.py's code.
+The reference is always the nn module through autograd; nothing here reuses the kernels' code.
+The C++ paths need the built extension; where it cannot be built they skip, saying why.
 """
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnn_train.kernels import fused
-from rnn_train.kernels.fused import can_fuse, fused_rnn, fused_rnn_layer
+from rnn_train.kernels.build import extension
+from rnn_train.kernels.fused import LOOP_CELLS, FusedPath, can_fuse, fused_rnn, fused_rnn_layer
+from rnn_train.kernels.gemm import onednn_available
 
-MODULES = {"gru": nn.GRU, "rnn": nn.RNN}
+MODULES = {"gru": nn.GRU, "rnn": nn.RNN, "lstm": nn.LSTM}
 PARAM_NAMES = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
-GEMMS = ["blas", "auto"] + (["onednn"] if fused.onednn_available() else [])
+PYTHON = FusedPath("python", "blas")
+CPP = FusedPath("cpp", "blas", "blas", parallel=True)  # row blocks on threads
+PATHS = {
+    "python": PYTHON,
+    "cpp-rows": CPP,
+    "cpp-serial": FusedPath("cpp", "blas", "blas", parallel=False),
+    "cpp-aten": FusedPath("cpp", "blas", "aten", parallel=True),
+    "cpp-packed": FusedPath("cpp", "blas", "packed", parallel=True),
+}
+F32_GEMMS = ["blas", "auto"] + (["onednn"] if onednn_available() else [])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread (the machine is shared), two where a test runs row blocks on threads (`usable`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def usable(path: FusedPath) -> FusedPath:
+    """`path`, or a skip saying why the C++ loop cannot run here; two threads for row blocks, so
+    that the blocks really are split (B >= 8 in the tests that exercise them)."""
+    if path.loop == "cpp" and extension() is None:
+        pytest.skip("the C++ kernels could not be built on this machine (see the note on stderr)")
+    if path.parallel:
+        torch.set_num_threads(2)
+    return path
+
+
+def path_cells(paths, cells=("gru", "rnn", "lstm")):
+    """(path name, cell) pairs that exist: the Python loop has no LSTM."""
+    return [(p, c) for p in paths for c in cells if c in LOOP_CELLS[PATHS[p].loop]]
 
 
 def make_case(cell, B, T, I, H, *, seed, dtype=torch.float64, batch_first=True, one_hot=False, bias=True,
               nonlinearity="tanh", scale=1.0):
-    """An nn module with random weights, an input, h0 and upstream gradients for out and h_T.
+    """An nn module with random weights, an input, h0 (c0) and upstream gradients for out and the final state.
 
     Weights ~ U(-scale, scale): the float64 tests use 1, wider than PyTorch's 1/sqrt(H), so every
     gate saturates somewhere; float32 uses PyTorch's, where rounding does not grow chaotically."""
@@ -40,7 +77,8 @@ def make_case(cell, B, T, I, H, *, seed, dtype=torch.float64, batch_first=True, 
     lead = (B, T) if batch_first else (T, B)
     ids = torch.randint(0, I, lead, generator=g)
     x = torch.randn(*lead, I, generator=g, dtype=dtype)
-    return {
+    case = {
+        "cell": cell,
         "module": module,
         "ids": ids,
         "x": F.one_hot(ids, I).to(dtype) if one_hot else x,
@@ -48,36 +86,67 @@ def make_case(cell, B, T, I, H, *, seed, dtype=torch.float64, batch_first=True, 
         "d_out": torch.randn(*lead, H, generator=g, dtype=dtype),
         "d_hT": torch.randn(B, H, generator=g, dtype=dtype),
     }
+    if cell == "lstm":
+        case["c0"] = torch.randn(B, H, generator=g, dtype=dtype)
+        case["d_cT"] = torch.randn(B, H, generator=g, dtype=dtype)
+    return case
+
+
+def _states(case):
+    h0 = case["h0"].clone().requires_grad_()
+    c0 = case["c0"].clone().requires_grad_() if "c0" in case else None
+    return h0, c0
+
+
+def _loss(case, out, h_T, c_T):
+    loss = (out * case["d_out"]).sum() + (h_T * case["d_hT"]).sum()
+    return loss + (c_T * case["d_cT"]).sum() if c_T is not None else loss
 
 
 def reference(case):
     """nn module + autograd: {name: tensor} for outputs and every gradient."""
     m = case["module"]
     x = case["x"].clone().requires_grad_()
-    h0 = case["h0"].clone().requires_grad_()
-    out, h_n = m(x, h0[None])
+    h0, c0 = _states(case)
+    if c0 is None:
+        out, h_n = m(x, h0[None])
+        c_T = None
+    else:
+        out, (h_n, c_n) = m(x, (h0[None], c0[None]))
+        c_T = c_n[0]
     params = [getattr(m, n) for n in PARAM_NAMES if getattr(m, n, None) is not None]
-    loss = (out * case["d_out"]).sum() + (h_n[0] * case["d_hT"]).sum()
-    grads = torch.autograd.grad(loss, [x, h0, *params])
-    names = ["dx", "dh0"] + ["d" + n for n in PARAM_NAMES[: len(params)]]
-    return {"out": out.detach(), "h_T": h_n[0].detach(), **dict(zip(names, grads))}
+    wrt = [x, h0] + ([c0] if c0 is not None else []) + params
+    grads = torch.autograd.grad(_loss(case, out, h_n[0], c_T), wrt)
+    names = ["dx", "dh0"] + (["dc0"] if c0 is not None else []) + ["d" + n for n in PARAM_NAMES[: len(params)]]
+    result = {"out": out.detach(), "h_T": h_n[0].detach(), **dict(zip(names, grads))}
+    if c_T is not None:
+        result["c_T"] = c_T.detach()
+    return result
 
 
-def fused_run(case, *, one_hot_ids=False, gemm="auto"):
+def fused_run(case, *, one_hot_ids=False, path=PYTHON):
     """The fused layer on the same weights; same keys as `reference` (no dx for ids)."""
-    m = case["module"]
-    cell = "gru" if isinstance(m, nn.GRU) else "rnn"
+    m, cell = case["module"], case["cell"]
     params = [getattr(m, n, None) for n in PARAM_NAMES]
     inp = case["ids"] if one_hot_ids else case["x"].clone().requires_grad_()
-    h0 = case["h0"].clone().requires_grad_()
-    out, h_T = fused_rnn_layer(cell, inp, h0, *params, one_hot_ids=one_hot_ids, batch_first=m.batch_first,
-                               nonlinearity=getattr(m, "nonlinearity", "tanh"), gemm=gemm)
+    h0, c0 = _states(case)
+    out, h_T, *c = fused_rnn_layer(cell, inp, h0, *params, c0=c0, one_hot_ids=one_hot_ids, batch_first=m.batch_first,
+                                   nonlinearity=getattr(m, "nonlinearity", "tanh"), path=path)
+    c_T = c[0] if c else None
     live = [p for p in params if p is not None]
-    loss = (out * case["d_out"]).sum() + (h_T * case["d_hT"]).sum()
-    wrt = ([] if one_hot_ids else [inp]) + [h0, *live]
-    grads = torch.autograd.grad(loss, wrt)
-    names = ([] if one_hot_ids else ["dx"]) + ["dh0"] + ["d" + n for n in PARAM_NAMES[: len(live)]]
-    return {"out": out.detach(), "h_T": h_T.detach(), **dict(zip(names, grads))}
+    wrt = ([] if one_hot_ids else [inp]) + [h0] + ([c0] if c0 is not None else []) + live
+    grads = torch.autograd.grad(_loss(case, out, h_T, c_T), wrt)
+    names = (([] if one_hot_ids else ["dx"]) + ["dh0"] + (["dc0"] if c0 is not None else [])
+             + ["d" + n for n in PARAM_NAMES[: len(live)]])
+    result = {"out": out.detach(), "h_T": h_T.detach(), **dict(zip(names, grads))}
+    if c_T is not None:
+        result["c_T"] = c_T.detach()
+    return result
+
+
+def flat(state):
+    """The final state as a tuple: (h_n,) or (h_n, c_n)."""
+    return state if isinstance(state, tuple) else (state,)
 
 
 def maxdiff(a, b):
@@ -98,7 +167,7 @@ def assert_same(ours, theirs, tol, rel=False):
 SHAPES = [  # (B, T, I, H)
     (3, 1, 5, 4),  # one step
     (1, 50, 7, 9),  # one sequence, long: gradients cross 50 steps
-    (4, 13, 6, 17),  # odd H
+    (11, 13, 6, 17),  # odd H, B not a multiple of the row blocks
     (5, 50, 3, 1),  # H = 1
 ]
 
@@ -106,56 +175,76 @@ SHAPES = [  # (B, T, I, H)
 # ----------------------------------------------------------------------------- 1. float64 equality
 
 
-@pytest.mark.parametrize("cell", ["gru", "rnn"])
+@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows", "cpp-serial"]))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_T{}_I{}_H{}".format(*s))
 @pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "time_major"])
-def test_float64_outputs_and_every_gradient_equal_nn(cell, shape, batch_first):
+def test_float64_outputs_and_every_gradient_equal_nn(path, cell, shape, batch_first):
+    path = usable(PATHS[path])
     case = make_case(cell, *shape, seed=sum(shape), batch_first=batch_first)
     ref = reference(case)
-    ours = fused_run(case)
-    assert set(ours) == {"out", "h_T", "dx", "dh0", "dweight_ih_l0", "dweight_hh_l0", "dbias_ih_l0", "dbias_hh_l0"}
+    ours = fused_run(case, path=path)
+    want = {"out", "h_T", "dx", "dh0", "dweight_ih_l0", "dweight_hh_l0", "dbias_ih_l0", "dbias_hh_l0"}
+    assert set(ours) == (want | {"c_T", "dc0"} if cell == "lstm" else want)
     assert_same(ours, ref, 1e-10)
 
 
-def test_relu_rnn_and_bias_free_layers_equal_nn():
-    assert_same(fused_run(make_case("rnn", 3, 20, 4, 6, seed=1, nonlinearity="relu")),
-                reference(make_case("rnn", 3, 20, 4, 6, seed=1, nonlinearity="relu")), 1e-10)
-    for cell in ("gru", "rnn"):
+@pytest.mark.parametrize("path,cell", path_cells(["cpp-aten", "cpp-packed"]))
+@pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "time_major"])
+def test_float64_equality_holds_for_the_other_step_gemms(path, cell, batch_first):
+    path = usable(PATHS[path])
+    case = make_case(cell, *SHAPES[2], seed=2, batch_first=batch_first)
+    assert_same(fused_run(case, path=path), reference(case), 1e-10)
+
+
+@pytest.mark.parametrize("path", ["python", "cpp-rows"])
+def test_relu_rnn_and_bias_free_layers_equal_nn(path):
+    path = usable(PATHS[path])
+    relu = make_case("rnn", 3, 20, 4, 6, seed=1, nonlinearity="relu")
+    assert_same(fused_run(relu, path=path), reference(relu), 1e-10)
+    for cell in ("gru", "rnn", "lstm"):
+        if cell not in LOOP_CELLS[path.loop]:
+            continue
         case = make_case(cell, 3, 20, 4, 6, seed=2, bias=False)
-        ours = fused_run(case)
+        ours = fused_run(case, path=path)
         assert "dbias_ih_l0" not in ours
         assert_same(ours, reference(case), 1e-10)
 
 
-@pytest.mark.parametrize("cell", ["gru", "rnn"])
-def test_gradcheck_on_a_tiny_case(cell):
+@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-serial"]))
+def test_gradcheck_on_a_tiny_case(path, cell):
+    path = usable(PATHS[path])
     case = make_case(cell, 2, 4, 3, 3, seed=3)
     m = case["module"]
     params = [getattr(m, n).detach().clone().requires_grad_() for n in PARAM_NAMES]
-    x, h0 = case["x"].clone().requires_grad_(), case["h0"].clone().requires_grad_()
+    x, (h0, c0) = case["x"].clone().requires_grad_(), _states(case)
+    states = (h0,) if c0 is None else (h0, c0)
 
-    def f(x, h0, *params):
-        return fused_rnn_layer(cell, x, h0, *params)
+    def f(x, *rest):
+        st, p = rest[: len(states)], rest[len(states):]
+        return fused_rnn_layer(cell, x, st[0], *p, c0=st[1] if len(st) > 1 else None, path=path)
 
-    assert torch.autograd.gradcheck(f, (x, h0, *params))
+    assert torch.autograd.gradcheck(f, (x, *states, *params))
 
-    def f_ids(h0, *params):  # the ids path: gradients w.r.t. h0 and the weights
-        return fused_rnn_layer(cell, case["ids"], h0, *params, one_hot_ids=True)
+    def f_ids(*rest):  # the ids path: gradients w.r.t. the states and the weights
+        st, p = rest[: len(states)], rest[len(states):]
+        return fused_rnn_layer(cell, case["ids"], st[0], *p, c0=st[1] if len(st) > 1 else None, one_hot_ids=True,
+                               path=path)
 
-    assert torch.autograd.gradcheck(f_ids, (h0, *params))
+    assert torch.autograd.gradcheck(f_ids, (*states, *params))
 
 
 # ----------------------------------------------------------------------------- 2. one-hot ids
 
 
-@pytest.mark.parametrize("cell", ["gru", "rnn"])
-@pytest.mark.parametrize("shape", [(4, 13, 6, 17), (1, 50, 66, 8), (6, 1, 2, 5)],
+@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows"]))
+@pytest.mark.parametrize("shape", [(9, 13, 6, 17), (1, 50, 66, 8), (6, 1, 2, 5)],
                          ids=lambda s: "B{}_T{}_V{}_H{}".format(*s))
 @pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "time_major"])
-def test_one_hot_ids_equal_nn_on_one_hot_input(cell, shape, batch_first):
+def test_one_hot_ids_equal_nn_on_one_hot_input(path, cell, shape, batch_first):
+    path = usable(PATHS[path])
     case = make_case(cell, *shape, seed=7 + sum(shape), batch_first=batch_first, one_hot=True)
     ref = reference(case)  # nn module fed F.one_hot(ids).double()
-    ours = fused_run(case, one_hot_ids=True)
+    ours = fused_run(case, one_hot_ids=True, path=path)
     assert "dx" not in ours and "dweight_ih_l0" in ours
     assert_same(ours, ref, 1e-10)
 
@@ -180,105 +269,144 @@ def test_ids_beyond_the_vocabulary_are_refused():
 # ----------------------------------------------------------------------------- 3. float32
 
 
-@pytest.mark.parametrize("cell", ["gru", "rnn"])
-@pytest.mark.parametrize("gemm", GEMMS)
+def float32_case(cell, one_hot_ids):
+    return make_case(cell, 8, 35, 30, 64, seed=11, dtype=torch.float32, one_hot=one_hot_ids, scale=64**-0.5)
+
+
+@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows", "cpp-serial", "cpp-packed"]))
 @pytest.mark.parametrize("one_hot_ids", [False, True], ids=["dense", "ids"])
-def test_float32_agrees_with_nn(cell, gemm, one_hot_ids):
-    # "onednn" forces oneDNN for every GEMM (too small for "auto" to pick it), "blas" forces torch.mm
-    case = make_case(cell, 8, 35, 30, 64, seed=11, dtype=torch.float32, one_hot=one_hot_ids, scale=64**-0.5)
-    ref = reference(case)
-    ours = fused_run(case, one_hot_ids=one_hot_ids, gemm=gemm)
+def test_float32_agrees_with_nn(path, cell, one_hot_ids):
+    path = usable(PATHS[path])
+    case = float32_case(cell, one_hot_ids)
+    ours = fused_run(case, one_hot_ids=one_hot_ids, path=path)
     assert ours["out"].dtype == torch.float32 and ours["dweight_hh_l0"].dtype == torch.float32
-    assert_same(ours, ref, 1e-5, rel=True)
+    assert_same(ours, reference(case), 1e-5, rel=True)
+
+
+@pytest.mark.parametrize("loop", ["python", "cpp-serial"])
+@pytest.mark.parametrize("gemm", F32_GEMMS)
+@pytest.mark.parametrize("one_hot_ids", [False, True], ids=["dense", "ids"])
+def test_float32_agrees_with_nn_with_every_gemm_backend(loop, gemm, one_hot_ids):
+    # "onednn" forces oneDNN for every GEMM (too small for "auto" to pick it), "blas" forces torch.mm
+    base = usable(PATHS[loop])
+    case = float32_case("gru", one_hot_ids)
+    ours = fused_run(case, one_hot_ids=one_hot_ids, path=FusedPath(base.loop, gemm, base.step, base.parallel))
+    assert_same(ours, reference(case), 1e-5, rel=True)
+
+
+@pytest.mark.parametrize("path", list(PATHS), ids=str)
+def test_a_path_gives_bit_identical_results_every_time(path):
+    """Same config + seed, same losses: each path is deterministic for a given shape and thread count."""
+    path = usable(PATHS[path])
+    case = make_case("gru", 16, 20, 9, 24, seed=5, dtype=torch.float32, scale=24**-0.5)
+    first, second = fused_run(case, path=path), fused_run(case, path=path)
+    for name, value in first.items():
+        assert torch.equal(value, second[name]), name
 
 
 def test_onednn_gemm_is_refused_where_it_cannot_run():
     case = make_case("gru", 2, 3, 4, 5, seed=0)  # float64
     m = case["module"]
     with pytest.raises(ValueError, match="onednn"):
-        fused_rnn_layer("gru", case["x"], case["h0"], *(getattr(m, n) for n in PARAM_NAMES), gemm="onednn")
-    with pytest.raises(ValueError, match="gemm"):
-        fused_rnn_layer("gru", case["x"], case["h0"], *(getattr(m, n) for n in PARAM_NAMES), gemm="mkl")
+        fused_rnn_layer("gru", case["x"], case["h0"], *(getattr(m, n) for n in PARAM_NAMES),
+                        path=FusedPath("python", "onednn"))
+    with pytest.raises(ValueError, match="not a fused path"):
+        FusedPath("python", "mkl")
+    with pytest.raises(ValueError, match="not a fused path"):
+        FusedPath("fortran")
 
 
 # ----------------------------------------------------------------------------- 4. the module drop-in
 
 
-@pytest.mark.parametrize("cell", ["gru", "rnn"])
+@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows"]))
 @pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "time_major"])
-def test_fused_rnn_is_a_drop_in_for_a_stacked_module(cell, batch_first):
+def test_fused_rnn_is_a_drop_in_for_a_stacked_module(path, cell, batch_first):
+    path = usable(PATHS[path])
     torch.manual_seed(0)
     m = MODULES[cell](5, 7, num_layers=3, batch_first=batch_first).double()
-    lead = (4, 9) if batch_first else (9, 4)
+    lead = (10, 9) if batch_first else (9, 10)
     ids = torch.randint(0, 5, lead)
-    hx = torch.randn(3, 4, 7, dtype=torch.float64)
+    hx = torch.randn(3, 10, 7, dtype=torch.float64)
+    cx = torch.randn(3, 10, 7, dtype=torch.float64)
     d_out = torch.randn(*lead, 7, dtype=torch.float64)
 
     def run(fn):
         m.zero_grad()
-        h = hx.clone().requires_grad_()
-        out, h_n = fn(h)
-        ((out * d_out).sum() + h_n.sum()).backward()
-        return [out.detach(), h_n.detach(), h.grad] + [p.grad.clone() for p in m.parameters()]
+        h, c = hx.clone().requires_grad_(), cx.clone().requires_grad_()
+        out, state = fn((h, c) if cell == "lstm" else h)
+        final = state if cell == "lstm" else (state,)
+        ((out * d_out).sum() + sum(s.sum() for s in final)).backward()
+        grads = [h.grad] + ([c.grad] if cell == "lstm" else [])
+        return [out.detach(), *(s.detach() for s in final), *grads] + [p.grad.clone() for p in m.parameters()]
 
-    ref = run(lambda h: m(F.one_hot(ids, 5).double(), h))
-    ours = run(lambda h: fused_rnn(m, ids, h, one_hot_ids=True))
+    ref = run(lambda st: m(F.one_hot(ids, 5).double(), st))
+    ours = run(lambda st: fused_rnn(m, ids, st, one_hot_ids=True, path=path))
     for a, b in zip(ours, ref, strict=True):
         assert a.shape == b.shape and maxdiff(a, b) <= 1e-10
 
 
-def test_dropout_between_layers_draws_the_same_masks_as_the_module():
+@pytest.mark.parametrize("path", ["python", "cpp-rows"])
+def test_dropout_between_layers_draws_the_same_masks_as_the_module(path):
+    path = usable(PATHS[path])
     m = nn.GRU(5, 6, num_layers=2, dropout=0.5, batch_first=True).double().train().requires_grad_(False)
     x = torch.randn(3, 8, 5, dtype=torch.float64)
     torch.manual_seed(123)
     ref, _ = m(x)
     torch.manual_seed(123)
-    ours, _ = fused_rnn(m, x)
+    ours, _ = fused_rnn(m, x, path=path)
     assert maxdiff(ours, ref) <= 1e-10
     torch.manual_seed(124)
-    other, _ = fused_rnn(m, x)
+    other, _ = fused_rnn(m, x, path=path)
     assert maxdiff(other, ref) > 1e-3  # the masks really are random
     m.eval()  # no dropout: no randomness
-    assert maxdiff(fused_rnn(m, x)[0], m(x)[0]) <= 1e-10
+    assert maxdiff(fused_rnn(m, x, path=path)[0], m(x)[0]) <= 1e-10
 
 
-def test_state_defaults_to_zeros_and_no_grad_builds_no_graph():
-    m = nn.GRU(4, 6, batch_first=True).double()
+@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows"]))
+def test_state_defaults_to_zeros_and_no_grad_builds_no_graph(path, cell):
+    path = usable(PATHS[path])
+    m = MODULES[cell](4, 6, batch_first=True).double()
     x = torch.randn(2, 5, 4, dtype=torch.float64)
-    ref_out, ref_h = m(x)
-    out, h_n = fused_rnn(m, x)
-    assert maxdiff(out, ref_out) <= 1e-10 and maxdiff(h_n, ref_h) <= 1e-10
+    ref_out, ref_state = m(x)
+    out, state = fused_rnn(m, x, path=path)
+    assert maxdiff(out, ref_out) <= 1e-10
+    for a, b in zip(flat(state), flat(ref_state)):
+        assert maxdiff(a, b) <= 1e-10
     with torch.no_grad():
-        out2, h2 = fused_rnn(m, x)
-    assert out2.grad_fn is None and h2.grad_fn is None
-    assert torch.equal(out2, out.detach()) and torch.equal(h2, h_n.detach())
+        out2, state2 = fused_rnn(m, x, path=path)
+    assert out2.grad_fn is None and all(s.grad_fn is None for s in flat(state2))
+    assert torch.equal(out2, out.detach()) and all(torch.equal(a, b.detach()) for a, b in zip(flat(state2), flat(state)))
     # generation: one step at a time, carrying the state, gives the same states as one call
-    h, steps = None, []
+    st, steps = None, []
     with torch.no_grad():
         for t in range(5):
-            o, h = fused_rnn(m, x[:, t : t + 1], h)
+            o, st = fused_rnn(m, x[:, t : t + 1], st, path=path)
             steps.append(o)
     assert maxdiff(torch.cat(steps, 1), out) <= 1e-12
 
 
-def test_can_fuse_says_where_the_fused_path_applies():
+def test_can_fuse_says_where_each_loop_applies():
     assert can_fuse(nn.GRU(3, 4)) and can_fuse(nn.RNN(3, 4, nonlinearity="relu", num_layers=2))
-    assert not can_fuse(nn.LSTM(3, 4))
-    assert not can_fuse(nn.GRU(3, 4, bidirectional=True))
-    assert not can_fuse(nn.GRU(3, 4).half())
-    with pytest.raises(ValueError, match="nn.RNN / nn.GRU"):
+    assert not can_fuse(nn.LSTM(3, 4)) and can_fuse(nn.LSTM(3, 4), loop="cpp")
+    assert not can_fuse(nn.LSTM(3, 4, proj_size=2), loop="cpp")
+    assert not can_fuse(nn.GRU(3, 4, bidirectional=True), loop="cpp")
+    assert not can_fuse(nn.GRU(3, 4).half(), loop="cpp")
+    with pytest.raises(ValueError, match="rnn/gru"):
         fused_rnn(nn.LSTM(3, 4), torch.randn(2, 3, 3))
 
 
 # ----------------------------------------------------------------------------- 5. grads, graph, misuse
 
 
-def test_only_what_requires_grad_gets_a_gradient():
+@pytest.mark.parametrize("path", ["python", "cpp-rows"])
+def test_only_what_requires_grad_gets_a_gradient(path):
+    path = usable(PATHS[path])
     case = make_case("gru", 3, 6, 4, 5, seed=4)
     m = case["module"]
     m.weight_ih_l0.requires_grad_(False)
     m.bias_hh_l0.requires_grad_(False)
-    out, h_T = fused_rnn_layer("gru", case["x"], case["h0"], *(getattr(m, n) for n in PARAM_NAMES))
+    out, h_T = fused_rnn_layer("gru", case["x"], case["h0"], *(getattr(m, n) for n in PARAM_NAMES), path=path)
     (out.sum() + h_T.sum()).backward()
     assert m.weight_ih_l0.grad is None and m.bias_hh_l0.grad is None
     assert m.weight_hh_l0.grad is not None and m.bias_ih_l0.grad is not None
@@ -289,11 +417,13 @@ def test_only_what_requires_grad_gets_a_gradient():
     assert maxdiff(m.bias_ih_l0.grad, ref_case["module"].bias_ih_l0.grad) <= 1e-10
 
 
-def test_modifying_the_output_in_place_is_refused():
+@pytest.mark.parametrize("path", ["python", "cpp-rows"])
+def test_modifying_the_output_in_place_is_refused(path):
     """out views the states saved for backward: changing it in place would corrupt the gradients."""
+    path = usable(PATHS[path])
     case = make_case("gru", 2, 4, 3, 5, seed=6)
     m = case["module"]
-    out, _ = fused_rnn_layer("gru", case["x"], case["h0"], *(getattr(m, n) for n in PARAM_NAMES))
+    out, _ = fused_rnn_layer("gru", case["x"], case["h0"], *(getattr(m, n) for n in PARAM_NAMES), path=path)
     with pytest.raises(RuntimeError, match="inplace"):
         out.mul_(2)
     out.detach().mul(2)  # out-of-place use is fine
@@ -304,7 +434,9 @@ def test_misuse_is_refused_with_a_message():
     m = case["module"]
     p = [getattr(m, n) for n in PARAM_NAMES]
     with pytest.raises(ValueError, match="cell"):
-        fused_rnn_layer("lstm", case["x"], case["h0"], *p)
+        fused_rnn_layer("lstm", case["x"], case["h0"], *p)  # the Python loop has no LSTM
+    with pytest.raises(ValueError, match="cell"):
+        fused_rnn_layer("elman", case["x"], case["h0"], *p, path=FusedPath("cpp"))
     with pytest.raises(ValueError, match="h0 must have shape"):
         fused_rnn_layer("gru", case["x"], case["h0"][:1], *p)
     with pytest.raises(ValueError, match="features"):
@@ -319,3 +451,5 @@ def test_misuse_is_refused_with_a_message():
         fused_rnn_layer("gru", case["x"], case["h0"], *p, nonlinearity="relu")
     with pytest.raises(ValueError, match="both"):
         fused_rnn_layer("gru", case["x"], case["h0"], p[0], p[1], p[2], None)
+    with pytest.raises(ValueError, match="c0"):
+        fused_rnn_layer("gru", case["x"], case["h0"], *p, c0=case["h0"])

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from rnn_train.config import ModelConfig
+from rnn_train.kernels.build import extension
+from rnn_train.kernels.fused import LOOP_CELLS, FusedPath
 from rnn_train.model.charrnn import CharRNN
 
 
@@ -66,25 +68,43 @@ def test_from_config_applies_dtype():
     assert m.begin_state(1)[0].dtype == torch.float64
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru"])
+TRAINING_PATHS = [FusedPath("python", "blas"), FusedPath("cpp", "blas", "blas", parallel=True),
+                  FusedPath("cpp", "auto", "packed", parallel=False)]
+
+
+@pytest.mark.parametrize("path,cell", [(p, c) for p in TRAINING_PATHS for c in LOOP_CELLS[p.loop]],
+                         ids=lambda v: v.label() if isinstance(v, FusedPath) else v)
 @pytest.mark.parametrize("embedding", ["one_hot", "learned"])
-def test_cpu_training_path_gives_the_module_path_gradients(cell, embedding):
-    """Training on the CPU runs rnn_train.fused; it must equal nn.RNN/nn.GRU to float64 precision."""
+def test_cpu_training_path_gives_the_module_path_gradients(path, cell, embedding):
+    """Training on the CPU runs a fused path; whichever it is, it must equal the nn module to float64 precision."""
+    if path.loop == "cpp" and extension() is None:
+        pytest.skip("the C++ kernels could not be built on this machine (see the note on stderr)")
     torch.manual_seed(0)
     model = CharRNN(vocab_size=9, cell=cell, hidden_size=6, num_layers=2, embedding=embedding, embed_dim=4).double()
-    x, y = torch.randint(0, 9, (3, 7)), torch.randint(0, 9, (3, 7))
-    h0 = torch.randn(2, 3, 6, dtype=torch.float64)
+    model.set_training_path(path)
+    assert model.training_kernel() == path.label()
+    x, y = torch.randint(0, 9, (10, 7)), torch.randint(0, 9, (10, 7))
+    h0 = torch.randn(2, 10, 6, dtype=torch.float64)
+    state0 = (h0, torch.randn_like(h0)) if cell == "lstm" else h0
     results = []
     for fused in (True, False):
         model.zero_grad()
         if fused:
-            logits, h = model(x, h0)
+            logits, state = model(x, state0)
         else:  # the module path, as evaluation runs it, but with autograd on
-            out, h = model.rnn(model.encode_input(x), h0)
+            out, state = model.rnn(model.encode_input(x), state0)
             logits = model.decoder(out)
-        (F.cross_entropy(logits.reshape(-1, 9), y.reshape(-1)) + h.sum()).backward()
-        results.append((logits.detach(), h.detach(), [p.grad.clone() for p in model.parameters()]))
-    (l1, h1, g1), (l2, h2, g2) = results
-    assert torch.allclose(l1, l2, atol=1e-10) and torch.allclose(h1, h2, atol=1e-10)
-    for a, b in zip(g1, g2):
+        final = state if isinstance(state, tuple) else (state,)
+        (F.cross_entropy(logits.reshape(-1, 9), y.reshape(-1)) + sum(s.sum() for s in final)).backward()
+        results.append((logits.detach(), [s.detach() for s in final], [p.grad.clone() for p in model.parameters()]))
+    (l1, s1, g1), (l2, s2, g2) = results
+    assert torch.allclose(l1, l2, atol=1e-10)
+    for a, b in zip(s1 + g1, s2 + g2, strict=True):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_native_kernel_trains_through_the_module_and_says_so():
+    model = CharRNN(vocab_size=5, cell="gru", hidden_size=4, kernel="native")
+    assert model.training_kernel() == "native" and model.training_path() is None
+    logits, _ = model(torch.randint(0, 5, (2, 3)))
+    assert logits.grad_fn is not None and "Fused" not in type(logits.grad_fn).__name__

@@ -1,10 +1,13 @@
-"""Speed kernels: hand-written forward + BPTT for the CPU, chosen explicitly by `model.kernel`.
+"""Speed kernels: hand-written forward + BPTT for the CPU, chosen by `model.kernel`.
 
     native   torch's own nn.RNN / nn.GRU / nn.LSTM (autograd step by step; oneDNN for LSTM on the CPU)
-    fused    rnn_train.kernels.fused: the same equations as one autograd Function per layer (RNN, GRU; CPU)
-    auto     fused where it applies, else native
+    fused    rnn_train.kernels.fused: the same equations as one autograd Function per layer, its
+             time loop in C++ (RNN, GRU, LSTM; built once per machine) or in Python (RNN, GRU)
+    auto     whichever of these is fastest for the model on this machine
 
-`resolve_kernel` is the one place that decides; the trainer logs its answer in the run.
+`fused` and `auto` measure their candidates on first use and remember the answer per machine
+(rnn_train.kernels.autotune); `resolve_kernel` is the one place that decides, and the trainer
+logs its answer in the run. Timings: docs/kernels.md.
 """
 from __future__ import annotations
 
@@ -15,18 +18,21 @@ from rnn_train.errors import UserError
 KERNELS = ("auto", "native", "fused")
 
 
-def resolve_kernel(requested: str, rnn: nn.Module) -> str:
-    """'fused' or 'native' for the recurrent module `rnn` where it lives now (device, dtype, cell)."""
+def resolve_kernel(requested: str, rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool):
+    """The training path of the recurrent module `rnn` where it lives now (device, dtype, cell):
+    a rnn_train.kernels.fused.FusedPath, or None for the module itself."""
+    from rnn_train.kernels import autotune
     from rnn_train.kernels.fused import can_fuse
 
     if requested not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {requested!r}")
     if requested == "native":
-        return "native"
-    if can_fuse(rnn):
-        return "fused"
-    if requested == "fused":
-        w = next(rnn.parameters())
-        raise UserError(f"model.kernel=fused runs RNN/GRU layers on the CPU only, not {type(rnn).__name__} on "
-                        f"{w.device.type}; use model.kernel=auto or native")
-    return "native"
+        return None
+    fusable = can_fuse(rnn, loop="python") or (can_fuse(rnn, loop="cpp") and autotune.loop_candidates(rnn, "blas"))
+    if not fusable:
+        if requested == "fused":
+            w = next(rnn.parameters())
+            raise UserError(f"model.kernel=fused cannot run {type(rnn).__name__} on {w.device.type} here "
+                            f"(the fused layers are CPU-only; LSTM needs the C++ kernels); use model.kernel=auto or native")
+        return None
+    return autotune.choose(rnn, batch_size, num_steps, one_hot, with_native=requested == "auto")

@@ -1,9 +1,9 @@
 """CharRNN: character ids -> (one-hot | learned embedding) -> RNN/GRU/LSTM -> Linear on every step.
 
 The recurrent core is PyTorch's own `nn.RNN` / `nn.GRU` / `nn.LSTM` (cuDNN on a GPU, oneDNN for
-the LSTM on a CPU). With `model.kernel` fused (or auto, where it applies) training runs the same
-module's weights through `rnn_train.kernels.fused_rnn` instead: a hand-written BPTT with the same
-gradients, faster on the CPU; evaluation and generation always use the module. This module only
+the LSTM on a CPU). With `model.kernel` fused (or auto, where measurement says so) training runs
+the same module's weights through `rnn_train.kernels.fused.fused_rnn` instead: a hand-written BPTT
+with the same gradients, faster on the CPU; evaluation and generation always use the module. This module only
 adds the input encoding and the per-step decoder, and hides the one place where cells differ
 (LSTM's state is a pair) behind `begin_state` and `detach_state`.
 The loss lives in the trainer: `forward` returns logits for every time step.
@@ -18,7 +18,7 @@ from torch import nn
 
 from rnn_train.config import ModelConfig
 from rnn_train.kernels import resolve_kernel
-from rnn_train.kernels.fused import fused_rnn
+from rnn_train.kernels.fused import FusedPath, fused_rnn
 
 State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]  # h [L, B, H], or (h, c) for LSTM
 
@@ -42,6 +42,7 @@ class CharRNN(nn.Module):
                                dropout=dropout if num_layers > 1 else 0.0)
         self.drop = nn.Dropout(dropout)
         self.decoder = nn.Linear(hidden_size, vocab_size)
+        self._path: tuple[tuple, FusedPath | None] | None = None  # (where it was resolved, the training path)
 
     @classmethod
     def from_config(cls, vocab_size: int, cfg: ModelConfig) -> "CharRNN":
@@ -55,9 +56,28 @@ class CharRNN(nn.Module):
         h = torch.zeros(self.rnn.num_layers, batch_size, self.rnn.hidden_size, device=p.device, dtype=p.dtype)
         return (h, torch.zeros_like(h)) if self.cell == "lstm" else h
 
-    def training_kernel(self) -> str:
-        """The kernel a training forward takes where the model is now: 'fused' or 'native'."""
-        return resolve_kernel(self.kernel, self.rnn)
+    def training_kernel(self, batch_size: int = 32, num_steps: int = 35) -> str:
+        """The path a training forward takes where the model is now, as the run logs it: "native" or
+        a fused path's label, e.g. "fused-cpp(step=blas, threads=rows, gemm=blas)".
+
+        Resolved once per device and dtype (by the first call of this or of a training forward):
+        `auto` and `fused` measure their candidates at [batch_size, num_steps] the first time a
+        machine sees this model's shapes, then reuse that answer (rnn_train.kernels.autotune)."""
+        path = self.training_path(batch_size, num_steps)
+        return "native" if path is None else path.label()
+
+    def training_path(self, batch_size: int = 32, num_steps: int = 35) -> FusedPath | None:
+        """The fused path training takes where the model is now, or None for the nn module."""
+        p = self.decoder.weight
+        where = (self.kernel, p.device, p.dtype)
+        if self._path is None or self._path[0] != where:
+            self._path = (where, resolve_kernel(self.kernel, self.rnn, batch_size, num_steps, self.embed is None))
+        return self._path[1]
+
+    def set_training_path(self, path: FusedPath | None) -> None:
+        """Pin the training path (None: the nn module) instead of resolving `kernel`; for tests and benchmarks."""
+        p = self.decoder.weight
+        self._path = ((self.kernel, p.device, p.dtype), path)
 
     def encode_input(self, x: torch.Tensor) -> torch.Tensor:
         """ids [B, T] -> inputs [B, T, input_size]."""
@@ -69,10 +89,11 @@ class CharRNN(nn.Module):
         """x [B, T] int64 -> logits [B, T, V], final state. `state=None` means zeros."""
         if state is None:
             state = self.begin_state(x.shape[0])
-        if torch.is_grad_enabled() and x.device.type == "cpu" and self.training_kernel() == "fused":
+        path = self.training_path(*x.shape) if torch.is_grad_enabled() and x.device.type == "cpu" else None
+        if path is not None:
             # the hand-written BPTT (same weights, same gradients); one-hot input stays as ids
             inp = x if self.embed is None else self.encode_input(x)
-            out, state = fused_rnn(self.rnn, inp, state, one_hot_ids=self.embed is None)
+            out, state = fused_rnn(self.rnn, inp, state, one_hot_ids=self.embed is None, path=path)
         else:
             out, state = self.rnn(self.encode_input(x), state)  # out [B, T, H]
         return self.decoder(self.drop(out)), state  # [B, T, V]

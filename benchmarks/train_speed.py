@@ -1,0 +1,164 @@
+"""Training-step speed of every kernel path against the textbook loop, interleaved in one process.
+
+One step of each variant per round, in a rotating order, on the same random batches (sequential
+partitioning: the state is carried and detached, as both pipelines do); the median step time of
+each variant is reported with its speed-up over the reference. In-process interleaving is what
+makes ratios usable on a shared, noisy machine; the end-to-end figure with data loading and
+logging is `python -m rnn_train bench` (docs/kernels.md).
+
+    python benchmarks/train_speed.py                                   # GRU-256, B=32, T=35, all paths
+    python benchmarks/train_speed.py --cell lstm --threads 1
+    python benchmarks/train_speed.py --cell gru --hidden 512 --layers 2 --variants reference,native,cpp-rows
+
+Variants:
+    reference    ../shared/bench/reference_loop.py's model and step (nn module, one-hot input,
+                 SGD, clipping by hand), imported from that file
+    native       rnn-train's TorchLearner step with model.kernel=native
+    python       ... with the fused layer's Python loop
+    cpp-rows     ... with the C++ loop, batch rows on threads
+    cpp-blas     ... with the C++ loop, BLAS threading each GEMM
+    auto         ... with whatever model.kernel=auto picks here (measured on first use; printed)
+The fused variants use gemm="blas" unless --gemm says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from rnn_train.config import load_config  # noqa: E402
+from rnn_train.kernels.fused import FusedPath  # noqa: E402
+from rnn_train.training.learner import TorchLearner  # noqa: E402
+
+PATHS = {"native": None, "python": ("python", False), "cpp-rows": ("cpp", True), "cpp-blas": ("cpp", False)}
+
+
+def reference_step(module_path: Path, cell: str, V: int, H: int, layers: int, lr: float):
+    """The reference loop's own model and update, one batch at a time (its sequential mode)."""
+    spec = importlib.util.spec_from_file_location("reference_loop", module_path)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    torch.manual_seed(0)
+    net = ref.RNNModel(cell, V, H, layers)
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    params = [p for p in net.parameters() if p.requires_grad]
+    carry = {"state": None}
+
+    def step(x: np.ndarray, y: np.ndarray):
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        state = carry["state"]
+        if state is None:
+            state = net.begin_state(x.shape[0])
+        else:
+            for s in state if isinstance(state, tuple) else (state,):
+                s.detach_()
+        out, state = net(x, state)
+        loss = F.cross_entropy(out, y.T.reshape(-1).long()).mean()
+        opt.zero_grad()
+        loss.backward()
+        ref.clip(params, 1.0)
+        opt.step()
+        carry["state"] = state
+        return loss.item()
+
+    return step
+
+
+def pipeline_step(variant: str, config: str, overrides: list[str], V: int, gemm: str):
+    """rnn-train's TorchLearner.train_step with the variant's training path pinned."""
+    cfg = load_config(config, overrides)
+    torch.manual_seed(0)
+    learner = TorchLearner(cfg, V, torch.device("cpu"))
+    model = learner.torch_model()
+    if variant != "auto":
+        loop = PATHS[variant]
+        model.set_training_path(None if loop is None else FusedPath(loop[0], gemm, "blas", loop[1]))
+    label = model.training_kernel(cfg.data.batch_size, cfg.data.num_steps)
+    carry = {"state": None}
+
+    def step(x: np.ndarray, y: np.ndarray):
+        state = carry["state"]
+        if isinstance(state, tuple):
+            state = tuple(s.detach() for s in state)
+        elif state is not None:
+            state = state.detach()
+        loss, _, carry["state"] = learner.train_step(x, y, state)
+        return loss.item()
+
+    return step, label
+
+
+def run(a) -> dict:
+    torch.set_num_threads(a.threads)
+    overrides = [f"model.cell={a.cell}", f"model.hidden_size={a.hidden}", f"model.num_layers={a.layers}",
+                 f"data.batch_size={a.batch}", f"data.num_steps={a.steps}", "model.embedding=one_hot",
+                 "model.dropout=0", "train.optimizer=sgd", "train.lr=1.0", "train.momentum=0", "train.clip_norm=1.0",
+                 f"model.dtype={a.dtype}"]
+    variants = a.variants.split(",")
+    steps, labels = {}, {}
+    for v in variants:
+        if v == "reference":
+            steps[v], labels[v] = reference_step(Path(a.reference), a.cell, a.vocab, a.hidden, a.layers, 1.0), "reference"
+        else:
+            steps[v], labels[v] = pipeline_step(v, a.config, overrides, a.vocab, a.gemm)
+    rng = np.random.default_rng(0)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(a.warmup + a.rounds):
+        x = rng.integers(0, a.vocab, (a.batch, a.steps), dtype=np.int64)
+        y = rng.integers(0, a.vocab, (a.batch, a.steps), dtype=np.int64)
+        for v in variants[r % len(variants):] + variants[: r % len(variants)]:
+            t0 = time.perf_counter()
+            steps[v](x, y)
+            if r >= a.warmup:
+                times[v].append(time.perf_counter() - t0)
+    base = statistics.median(times[variants[0]])
+    rows = {}
+    for v in variants:
+        med = statistics.median(times[v])
+        rows[v] = {"path": labels[v], "ms": round(med * 1e3, 2), "tokens_per_s": round(a.batch * a.steps / med),
+                   "vs_first": round(base / med, 3)}
+    return {"cell": a.cell, "hidden": a.hidden, "layers": a.layers, "batch": a.batch, "steps": a.steps,
+            "threads": a.threads, "dtype": a.dtype, "rounds": a.rounds, "variants": rows}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cell", default="gru", choices=("rnn", "gru", "lstm"))
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=35)
+    p.add_argument("--vocab", type=int, default=65, help="65: tinyshakespeare's characters")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--gemm", choices=("blas", "auto"), default="blas", help="the fused paths' all-steps GEMMs")
+    p.add_argument("--variants", default="reference,native,python,cpp-rows,cpp-blas")
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--config", default=str(ROOT / "configs" / "shakespeare_gru.yaml"))
+    p.add_argument("--reference", default=str(ROOT.parent / "shared" / "bench" / "reference_loop.py"))
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    res = run(a)
+    if a.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{a.cell.upper()}-{a.hidden} x{a.layers} B={a.batch} T={a.steps} V={a.vocab} {a.dtype}, {a.threads} thread(s), "
+          f"median of {a.rounds} interleaved steps; speed-up over {a.variants.split(',')[0]}:")
+    for v, row in res["variants"].items():
+        print(f"  {v:<10} {row['ms']:>8.2f} ms  {row['tokens_per_s']:>8,} tokens/s  x{row['vs_first']:.2f}  {row['path']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Choosing a recurrent module's training path by measuring the candidates, once per machine.
+
+Why measure: which path is fastest depends on the CPU (AVX-512 or AVX2 only, so which of MKL and
+oneDNN runs the better GEMM), on the thread count and on the layer's shapes; a choice fixed from
+one machine's timings was wrong on the next (docs/kernels.md). So on first use for a given
+module shape the candidates run a few interleaved forward+backward passes and the fastest wins:
+
+    1. the all-steps GEMMs: torch.mm ("blas") against oneDNN for the big ones ("auto"), float32 only;
+    2. the time loop, with that GEMM choice: C++ with row blocks on threads, C++ with BLAS-threaded
+       GEMMs, the Python loop, and (for model.kernel=auto) torch's own module.
+
+The decision is stored in ``<cache>/autotune.json`` (rnn_train.kernels.build.cache_root), keyed
+by the machine (CPU model and flags, torch version, the ISA caps torch honours, threads, the
+C++ build) and the shapes, so every later run on the machine takes the same path: the same config
+and seed give the same losses. Deleting that file re-measures (and may pick another path, whose
+rounding differs). The measurement runs on a copy of the module with its own random generator:
+it never touches the model's gradients or the global RNG.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from rnn_train.files import atomic_write_text
+from rnn_train.kernels import build
+from rnn_train.kernels.fused import FusedPath, can_fuse, fused_rnn, module_cell
+from rnn_train.kernels.gemm import onednn_available
+
+NATIVE = "native"
+_ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+_WARMUP, _ROUNDS, _PRUNE_AFTER, _PRUNE_RATIO = 2, 7, 3, 1.5
+
+
+def loop_candidates(rnn: nn.Module, gemm: str) -> list[FusedPath]:
+    """The fused paths that can train `rnn` here, with `gemm` for the all-steps GEMMs."""
+    out = []
+    if can_fuse(rnn, loop="cpp") and build.extension() is not None:
+        step = "blas" if build.extension().blas_available() else "aten"
+        rows = [True, False] if torch.get_num_threads() > 1 else [False]
+        out += [FusedPath("cpp", gemm, step, parallel) for parallel in rows]
+    if can_fuse(rnn, loop="python"):
+        out.append(FusedPath("python", gemm))
+    return out
+
+
+def machine_key() -> str:
+    """What a timing depends on besides the shapes."""
+    cpp = build.build_key() if build.extension() is not None else "no-cpp"
+    parts = [build.cpu_signature(), torch.__version__, str(torch.get_num_threads()), cpp,
+             *(f"{k}={os.environ.get(k, '')}" for k in _ISA_ENV)]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def shape_key(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with_native: bool) -> str:
+    w = rnn.weight_hh_l0
+    parts = [module_cell(rnn), f"L{rnn.num_layers}", f"I{rnn.input_size}", f"H{rnn.hidden_size}", f"B{batch_size}",
+             f"T{num_steps}", str(w.dtype).split(".")[-1], "ids" if one_hot else "dense",
+             "bias" if rnn.bias else "nobias", getattr(rnn, "nonlinearity", "tanh"), "native" if with_native else "fused"]
+    return "-".join(parts)
+
+
+def _path_to_json(path: FusedPath | None) -> dict:
+    return {"native": True} if path is None else {"loop": path.loop, "gemm": path.gemm, "step": path.step,
+                                                   "parallel": path.parallel}
+
+
+def _path_from_json(d: dict) -> FusedPath | None:
+    return None if d.get("native") else FusedPath(d["loop"], d["gemm"], d["step"], bool(d["parallel"]))
+
+
+def _cache_file():
+    return build.cache_root() / "autotune.json"
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(_cache_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(key: str, entry: dict) -> None:
+    try:
+        table = _read_cache()
+        table[key] = entry
+        _cache_file().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(_cache_file(), json.dumps(table, indent=1, sort_keys=True) + "\n")
+    except OSError:
+        pass  # an unwritable cache only means measuring again next time
+
+
+def _pass(rnn: nn.Module, path: FusedPath | None, inp: torch.Tensor, one_hot: bool) -> Callable[[], None]:
+    """One forward+backward of `rnn` on `inp` by `path` (None: the module itself), gradients discarded."""
+    params = [p for p in rnn.parameters() if p.requires_grad]
+
+    def run():
+        if path is None:
+            x = nn.functional.one_hot(inp, rnn.input_size).to(rnn.weight_hh_l0.dtype) if one_hot else inp
+            out, _ = rnn(x)
+        else:
+            out, _ = fused_rnn(rnn, inp, one_hot_ids=one_hot, path=path)
+        torch.autograd.grad(out.sum(), params)
+
+    return run
+
+
+def race(runs: dict[str, Callable[[], None]]) -> dict[str, float]:
+    """Median seconds of each callable over interleaved rounds; clear losers stop early."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    alive = list(runs)
+    for r in range(_WARMUP + _ROUNDS):
+        for name in alive[r % len(alive):] + alive[: r % len(alive)]:  # rotate: no fixed neighbour
+            t0 = time.perf_counter()
+            runs[name]()
+            if r >= _WARMUP:
+                times[name].append(time.perf_counter() - t0)
+        if r == _WARMUP + _PRUNE_AFTER - 1 and len(alive) > 2:
+            best = min(statistics.median(times[n]) for n in alive)
+            alive = [n for n in alive if statistics.median(times[n]) <= _PRUNE_RATIO * best]
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def measure(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with_native: bool) -> dict:
+    """Time the candidates for `rnn` at [batch_size, num_steps]: {"choice": path json, "ms": {label: ms}}."""
+    module = copy.deepcopy(rnn).eval()  # no dropout: no RNG; the model's own .grad stays untouched
+    g = torch.Generator().manual_seed(0)
+    shape = (batch_size, num_steps) if module.batch_first else (num_steps, batch_size)
+    if one_hot:
+        inp = torch.randint(0, module.input_size, shape, generator=g)
+    else:
+        inp = torch.randn(*shape, module.input_size, generator=g, dtype=module.weight_hh_l0.dtype)
+    gemm = "blas"
+    if module.weight_hh_l0.dtype == torch.float32 and onednn_available():
+        first = loop_candidates(module, "blas")[0]
+        gemms = {g_: _pass(module, FusedPath(first.loop, g_, first.step, first.parallel), inp, one_hot)
+                 for g_ in ("blas", "auto")}
+        timed = race(gemms)
+        gemm = min(timed, key=timed.get)
+    runs = {p.label(): (p, _pass(module, p, inp, one_hot)) for p in loop_candidates(module, gemm)}
+    if with_native:
+        runs[NATIVE] = (None, _pass(module, None, inp, one_hot))
+    timed = race({name: run for name, (_, run) in runs.items()})
+    best = min(timed, key=timed.get)
+    return {"choice": _path_to_json(runs[best][0]), "ms": {k: round(v * 1e3, 3) for k, v in timed.items()}}
+
+
+def choose(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with_native: bool) -> FusedPath | None:
+    """The training path for `rnn` on this machine: the stored decision, else measured now and stored.
+    None means the module itself (only when with_native)."""
+    key = f"{machine_key()}/{shape_key(rnn, batch_size, num_steps, one_hot, with_native)}"
+    entry = _MEMORY.get(key)
+    if entry is None:
+        with _cache_lock():  # processes starting together measure once and agree
+            entry = _read_cache().get(key)
+            if entry is None:
+                with torch.enable_grad():
+                    entry = measure(rnn, batch_size, num_steps, one_hot, with_native)
+                _write_cache(key, entry)
+        _MEMORY[key] = entry
+    return _path_from_json(entry["choice"])
+
+
+@contextlib.contextmanager
+def _cache_lock():
+    """An exclusive lock on the decisions file where the OS has flock; else nothing."""
+    try:
+        import fcntl
+
+        _cache_file().parent.mkdir(parents=True, exist_ok=True)
+        f = open(_cache_file().with_suffix(".lock"), "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_MEMORY: dict[str, dict] = {}
+"""Decisions already made in this process: one file read per shape, and one answer per process."""

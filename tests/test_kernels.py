@@ -1,0 +1,188 @@
+"""Choosing and building the training kernels: the C++ build cache, the fallback when it cannot be
+built, and the autotuner's stored decisions.
+
+Specification:
+1. The build is keyed on everything the binary depends on: source, flags (torch's ISA cap
+   ATEN_CPU_CAPABILITY changes them), CPU, torch and Python versions.
+2. Where the build fails (no compiler, no ninja, ...) training still works on the Python loop and
+   says so in ONE stderr line; the failure is remembered, so later processes do not retry.
+   RNN_TRAIN_NO_CPP=1 turns the C++ path off without a note.
+3. The autotuner stores one decision per machine and shapes and reuses it (same config + seed,
+   same path, same losses); measuring leaves the global RNG and the model's gradients alone.
+4. model.kernel=fused refuses what no fused loop can run; auto falls back to the module.
+
+These tests point the cache at a temporary directory where they write, and never depend on
+which path the autotuner picks.
+"""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from rnn_train.errors import UserError
+from rnn_train.kernels import autotune, build, resolve_kernel
+from rnn_train.kernels.fused import FusedPath
+from rnn_train.model.charrnn import CharRNN
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """A fresh cache directory; the process's memory of builds and decisions is reset around the test."""
+    monkeypatch.setenv(build.CACHE_ENV, str(tmp_path / "cache"))
+    build.extension.cache_clear()
+    saved = dict(autotune._MEMORY)
+    autotune._MEMORY.clear()
+    yield tmp_path / "cache"
+    build.extension.cache_clear()
+    autotune._MEMORY.clear()
+    autotune._MEMORY.update(saved)
+
+
+@pytest.fixture
+def decisions(tmp_path, monkeypatch):
+    """The autotuner's decisions file in a temporary directory (the C++ build stays where it is)."""
+    path = tmp_path / "autotune.json"
+    monkeypatch.setattr(autotune, "_cache_file", lambda: path)
+    saved = dict(autotune._MEMORY)
+    autotune._MEMORY.clear()
+    yield path
+    autotune._MEMORY.clear()
+    autotune._MEMORY.update(saved)
+
+
+@pytest.fixture
+def no_compiler(tmp_cache, monkeypatch):
+    """A machine without a C++ compiler (torch.utils.cpp_extension compiles with $CXX)."""
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    monkeypatch.setattr(build, "_compile", lambda *a: pytest.fail("no build without a compiler"))
+
+
+@pytest.fixture
+def failing_build(tmp_cache, monkeypatch):
+    """A machine where the compiler exists but the build fails; counts the attempts."""
+    calls = []
+
+    def fail(directory, name):
+        calls.append(name)
+        raise RuntimeError("Error building extension 'rnn_train_kernels':\nrecurrence.cpp:1: error: something broke")
+
+    monkeypatch.setattr(build, "missing_tool", lambda: None)
+    monkeypatch.setattr(build, "_compile", fail)
+    return calls
+
+
+# ----------------------------------------------------------------------------- 1. the build key
+
+
+def test_the_build_is_keyed_on_flags_cpu_source_and_versions(monkeypatch, tmp_path):
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    native = build.compile_flags()
+    assert "-march=native" in native and "-O3" in native
+    key = build.build_key()
+    assert build.build_key() == key  # stable
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    capped = build.compile_flags()
+    assert "-march=native" not in capped and "-mavx2" in capped and "-mfma" in capped
+    assert build.build_key() != key
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    monkeypatch.setattr(build, "cpu_signature", lambda: "model name: another CPU\nflags: sse2")
+    assert build.build_key() != key
+    monkeypatch.undo()
+    edited = tmp_path / "recurrence.cpp"
+    edited.write_text(build.SOURCE.read_text() + "\n// an edit\n")
+    monkeypatch.setattr(build, "SOURCE", edited)
+    assert build.build_key() != key
+    monkeypatch.setattr(torch, "__version__", "0.0.0")
+    assert build.build_key() != key
+    monkeypatch.undo()
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert build.build_key() == key
+
+
+def test_the_cpu_signature_names_the_model_and_its_features():
+    sig = build.cpu_signature()
+    assert sig.strip()
+    if "flags" in sig:  # Linux x86: the features decide what -march=native emits
+        assert len(sig.splitlines()) <= 3
+
+
+# ----------------------------------------------------------------------------- 2. fallback
+
+
+def test_without_a_compiler_training_uses_the_python_loop_and_says_so_once(no_compiler, capsys):
+    assert build.extension() is None
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("note: C++ kernels unavailable (") and "no-such-compiler-here" in line and "Python" in line
+    model = CharRNN(vocab_size=7, cell="gru", hidden_size=8, kernel="auto")
+    assert model.training_kernel(4, 5) in ("native", "fused-python(gemm=blas)", "fused-python(gemm=auto)")
+    model.set_training_path(FusedPath("python", "blas"))
+    logits, _ = model(torch.randint(0, 7, (4, 5)))
+    logits.sum().backward()
+    assert model.rnn.weight_hh_l0.grad is not None
+    assert capsys.readouterr().err == ""  # said once per process: extension() remembers its answer
+
+
+def test_a_failed_build_says_why_and_is_not_retried(failing_build, capsys):
+    assert build.extension() is None
+    building, failed = capsys.readouterr().err.strip().splitlines()
+    assert building.startswith("note: building the C++ kernels")
+    assert failed.startswith("note: C++ kernels unavailable (recurrence.cpp:1: error: something broke)")
+    [marker] = build.cache_root().glob("kernels-*/build.failed")
+    assert "something broke" in marker.read_text()
+    build.extension.cache_clear()  # a new process: the failure is remembered, nothing is rebuilt
+    assert build.extension() is None and len(failing_build) == 1
+    [again] = capsys.readouterr().err.strip().splitlines()
+    assert "something broke" in again and f"Delete {marker.parent} to retry" in again
+
+
+def test_the_c_plus_plus_path_can_be_turned_off(tmp_cache, monkeypatch, capsys):
+    monkeypatch.setenv(build.OFF_ENV, "1")
+    monkeypatch.setattr(build, "_compile", lambda *a: pytest.fail("no build when turned off"))
+    assert build.extension() is None
+    assert capsys.readouterr().err == ""
+    rnn = nn.LSTM(3, 4, batch_first=True)
+    assert resolve_kernel("auto", rnn, 2, 3, False) is None  # LSTM has only the C++ fused loop
+    with pytest.raises(UserError, match="model.kernel=fused"):
+        resolve_kernel("fused", rnn, 2, 3, False)
+
+
+# ----------------------------------------------------------------------------- 3. the autotuner
+
+
+def test_a_decision_is_stored_per_machine_and_shape_and_reused(decisions, monkeypatch):
+    rnn = nn.GRU(6, 8, batch_first=True)
+    first = autotune.choose(rnn, 4, 5, True, with_native=False)
+    assert isinstance(first, FusedPath)  # without native, always a fused path
+    [(key, entry)] = json.loads(decisions.read_text()).items()
+    assert key.startswith(autotune.machine_key() + "/") and "gru-L1-I6-H8-B4-T5" in key
+    assert first.label() in entry["ms"]
+    autotune._MEMORY.clear()  # a new process: the file answers, nothing is measured
+    with monkeypatch.context() as m:
+        m.setattr(autotune, "measure", lambda *a: pytest.fail("measured again"))
+        assert autotune.choose(rnn, 4, 5, True, with_native=False) == first
+    other = autotune.choose(rnn, 8, 5, True, with_native=False)  # another batch size: its own entry
+    assert isinstance(other, FusedPath)
+    assert len(json.loads(decisions.read_text())) == 2
+
+
+def test_measuring_leaves_the_global_rng_and_the_gradients_alone(decisions):
+    rnn = nn.GRU(5, 6, num_layers=2, dropout=0.5, batch_first=True)
+    before = torch.random.get_rng_state()
+    autotune.choose(rnn, 3, 4, True, with_native=True)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(p.grad is None for p in rnn.parameters())
+    assert rnn.training  # the model itself is not switched to eval
+
+
+def test_a_stored_decision_decides_the_models_training_path(decisions):
+    model = CharRNN(vocab_size=6, cell="rnn", hidden_size=5, kernel="fused")
+    label = model.training_kernel(3, 4)
+    assert label.startswith("fused-")
+    again = CharRNN(vocab_size=6, cell="rnn", hidden_size=5, kernel="fused")
+    assert again.training_kernel(3, 4) == label
+
+
+def test_unknown_kernels_are_refused():
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        resolve_kernel("fastest", nn.GRU(2, 3), 1, 1, False)
