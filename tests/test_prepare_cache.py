@@ -46,9 +46,9 @@ def count_hashes(monkeypatch) -> list:
     calls = []
     real = prepare.content_hash
 
-    def recording(path):
+    def recording(path, on_bytes=None):
         calls.append(Path(path).name)
-        return real(path)
+        return real(path, on_bytes)
 
     monkeypatch.setattr(prepare, "content_hash", recording)
     return calls

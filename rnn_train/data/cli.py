@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train prepare") -> int:
     sources = meta["sources"]
     what = f"{len(sources)} file{'s' if len(sources) != 1 else ''}, {sum(s['size'] for s in sources) / 1e6:,.1f} MB" \
         if isinstance(sources, list) else sources
-    how = "already prepared" if prepared.reused else f"prepared in {seconds:.1f}s"
+    how = "already prepared" if prepared.reused else f"prepared in {seconds:.2f}s"
     unk = f", {meta['unk_fraction']:.2%} <unk>" if meta["unk_fraction"] else ""
     print(f"{how}: {what} -> {n:,} tokens ({meta['dtype']}), vocab {len(prepared.vocab)}{unk}; "
           f"train {train:,}, val {val:,}" + (f", test {test:,}" if test else ""))

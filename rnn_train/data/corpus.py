@@ -22,11 +22,12 @@ The corpus
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import Callable, ContextManager, Iterable, Iterator, Optional, Union
 
 from rnn_train.data import conversion, pinyin
 from rnn_train.data.pinyin import check_tones
@@ -36,6 +37,7 @@ from rnn_train.errors import UserError
 
 PathLike = Union[str, "os.PathLike[str]"]
 OnBytes = Optional[Callable[[int], object]]
+Stage = Callable[[str, int], ContextManager[OnBytes]]
 
 KINDS = ("text", "pinyin")
 
@@ -153,10 +155,15 @@ class TextPart:
     text: Optional[str] = None  # the built-in corpus, held in memory (it is small)
 
 
+def _no_progress(name: str, total: int):
+    return contextlib.nullcontext(None)
+
+
 def plan_parts(files: list[SourceFile], kind: str, encoding: str, tones: str, work_dir: Path,
-               chunk_bytes: int = CHUNK_BYTES, on_bytes: OnBytes = None) -> list[TextPart]:
+               chunk_bytes: int = CHUNK_BYTES, stage: Stage = _no_progress) -> list[TextPart]:
     """What to read for each file, in order. For ``kind: pinyin`` each file is read once here to
-    tell Chinese from pinyin, and a Chinese file is converted into `work_dir` (or found there)."""
+    tell Chinese from pinyin, and a Chinese file is converted into `work_dir` (or found there).
+    `stage(name, total_bytes)` gives a context whose value is called with the bytes read."""
     if kind not in KINDS:
         raise UserError(f"unknown corpus kind {kind!r}: expected one of {', '.join(KINDS)}")
     check_tones(tones)
@@ -167,25 +174,29 @@ def plan_parts(files: list[SourceFile], kind: str, encoding: str, tones: str, wo
                         "(only kind 'pinyin' has a built-in default corpus)")
     if kind == "text":
         return [TextPart(str(f.path), f.path, encoding) for f in files]
-    return [_pinyin_part(f.path, encoding, tones, work_dir, chunk_bytes, on_bytes) for f in files]
+    return [_pinyin_part(f, encoding, tones, work_dir, chunk_bytes, stage) for f in files]
 
 
-def _pinyin_part(path: Path, encoding: str, tones: str, work_dir: Path, chunk_bytes: int,
-                 on_bytes: OnBytes) -> TextPart:
+def _pinyin_part(source: SourceFile, encoding: str, tones: str, work_dir: Path, chunk_bytes: int,
+                 stage: Stage) -> TextPart:
     """A pinyin file as it is, or a Chinese file's cached conversion."""
+    path = source.path
     key = conversion.key_hasher(tones)
     han = non_space = chars = 0
-    for chunk in file_chunks(path, encoding, chunk_bytes, on_bytes=on_bytes):
-        h, n = pinyin.han_counts(chunk)
-        han, non_space, chars = han + h, non_space + n, chars + len(chunk)
-        key.update(chunk.encode("utf-8"))
+    with stage("read", source.size) as on_bytes:
+        for chunk in file_chunks(path, encoding, chunk_bytes, on_bytes=on_bytes):
+            h, n = pinyin.han_counts(chunk)
+            han, non_space, chars = han + h, non_space + n, chars + len(chunk)
+            key.update(chunk.encode("utf-8"))
     if not non_space:
         raise UserError(f"corpus file {path} is empty (or only whitespace)")
     if not pinyin.is_chinese(han, non_space):
         return TextPart(str(path), path, encoding)
     entry = Path(work_dir) / conversion.entry_name(key.hexdigest(), tones)
     if not conversion.entry_is_valid(entry):
-        conversion.convert_to_entry(entry, lambda: file_chunks(path, encoding, chunk_bytes), tones, chars)
+        with stage("pinyin", source.size) as on_bytes:
+            conversion.convert_to_entry(entry, lambda: file_chunks(path, encoding, chunk_bytes, on_bytes=on_bytes),
+                                        tones, chars)
     if not conversion.entry_has_text(entry):
         raise UserError(f"corpus file {path}: no Han character in it has a known pinyin reading")
     return TextPart(str(path), entry, "utf-8", conversion.HEADER_BYTES)

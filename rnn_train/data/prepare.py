@@ -100,8 +100,9 @@ def settings_of(cfg: DataConfig, vocab: Optional[Vocab]) -> dict:
 class Sources:
     """The corpus files with the two keys an entry is found by; content hashes computed once, lazily."""
 
-    def __init__(self, files: list[SourceFile]):
+    def __init__(self, files: list[SourceFile], bars: "_Bars"):
         self.files = files
+        self.bars = bars
 
     def stat_key(self, settings: dict) -> str:
         stats = [[str(f.path.absolute()), f.size, f.mtime_ns, f.ctime_ns, f.inode] for f in self.files]
@@ -109,7 +110,8 @@ class Sources:
 
     @cached_property
     def hashes(self) -> list[str]:
-        return [content_hash(f.path) for f in self.files]
+        with self.bars.stage("hash", sum(f.size for f in self.files)) as on_bytes:
+            return [content_hash(f.path, on_bytes) for f in self.files]
 
     def content_key(self, settings: dict) -> str:
         return _sha256_json([settings, self.hashes])
@@ -171,7 +173,7 @@ def _code_point_chunks(parts: list[corpus.TextPart], letters_only: bool, chunk_b
 
 def _count(parts, cfg: DataConfig, chunk_bytes: int, bars: "_Bars") -> CodePointCounts:
     counts = CodePointCounts()
-    with bars.stage("count", parts) as on_bytes:
+    with bars.stage("count", _part_bytes(parts)) as on_bytes:
         for cps in _code_point_chunks(parts, cfg.letters_only, chunk_bytes, on_bytes):
             counts.add(cps)
     return counts
@@ -180,7 +182,7 @@ def _count(parts, cfg: DataConfig, chunk_bytes: int, bars: "_Bars") -> CodePoint
 def _encode(parts, cfg: DataConfig, vocab: Vocab, path: Path, chunk_bytes: int, bars: "_Bars") -> tuple[int, int]:
     """Write the ids of the corpus to `path`; returns (ids written, of which <unk>)."""
     n = unk = 0
-    with open(path, "wb") as f, bars.stage("encode", parts) as on_bytes:
+    with open(path, "wb") as f, bars.stage("encode", _part_bytes(parts)) as on_bytes:
         for cps in _code_point_chunks(parts, cfg.letters_only, chunk_bytes, on_bytes):
             ids = vocab.encode_code_points(cps)
             f.write(ids)
@@ -194,8 +196,7 @@ def _encode(parts, cfg: DataConfig, vocab: Vocab, path: Path, chunk_bytes: int, 
 def _build(cfg: DataConfig, sources: Sources, vocab: Optional[Vocab], out: Path, work_dir: Path,
            chunk_bytes: int, bars: "_Bars") -> None:
     """Prepare the corpus into the (empty) directory `out`: tokens, vocab and, last, metadata."""
-    parts = corpus.plan_parts(sources.files, cfg.kind, cfg.encoding, cfg.tones, work_dir, chunk_bytes,
-                              bars.survey(sources.files) if cfg.kind == "pinyin" else None)
+    parts = corpus.plan_parts(sources.files, cfg.kind, cfg.encoding, cfg.tones, work_dir, chunk_bytes, bars.stage)
     counted = None
     if vocab is None:
         counted = _count(parts, cfg, chunk_bytes, bars)
@@ -212,7 +213,9 @@ def _build(cfg: DataConfig, sources: Sources, vocab: Optional[Vocab], out: Path,
         "format": FORMAT_VERSION,
         "sources": [{"path": str(f.path.absolute()), "size": f.size, "sha256": h}
                     for f, h in zip(sources.files, sources.hashes)] or corpus.BUILT_IN,
-        "settings": settings_of(cfg, vocab if counted is None else None),
+        "settings": {"kind": cfg.kind, "encoding": cfg.encoding, "tones": cfg.tones, "letters_only": cfg.letters_only,
+                     "min_freq": cfg.min_freq, "max_size": cfg.max_size, "converter_version": pinyin.CONVERTER_VERSION},
+        "key": settings_of(cfg, vocab if counted is None else None),
         "vocab_given": counted is None, "vocab_size": len(vocab), "vocab_sha256": vocab_digest(vocab),
         "dtype": vocab.dtype.name, "n_tokens": n, "text_chars": n,
         "unk_count": unk, "unk_fraction": unk / n if n else 0.0,
@@ -305,8 +308,9 @@ def prepare_corpus(cfg: DataConfig, cache_dir: Optional[Path], vocab: Optional[V
     `cache_dir` or prepared now. Without a cache dir it is prepared into a temporary directory that
     is deleted at once (the memory map keeps the token file alive until the arrays are gone).
     `progress`: tqdm bars on stderr (None: when stderr is a terminal and the corpus is large)."""
-    sources = Sources(resolve_paths(list(cfg.paths)))
-    bars = _Bars(progress, sources.files)
+    files = resolve_paths(list(cfg.paths))
+    bars = _Bars(progress, files)
+    sources = Sources(files, bars)
     if cache_dir is None:
         with tempfile.TemporaryDirectory(prefix="rnn-train-prepare-") as scratch:
             prepared = _prepare_into(cfg, sources, vocab, Path(scratch), "entry", Path(scratch), chunk_bytes, bars)
@@ -329,6 +333,10 @@ def prepare_corpus(cfg: DataConfig, cache_dir: Optional[Path], vocab: Optional[V
 # --------------------------------------------------------------------------- progress
 
 
+def _part_bytes(parts: list[corpus.TextPart]) -> int:
+    return sum(p.path.stat().st_size - p.offset for p in parts if p.path is not None)
+
+
 class _Bars:
     """tqdm bars in bytes read, one per stage, when wanted; otherwise callbacks that do nothing."""
 
@@ -338,19 +346,14 @@ class _Bars:
         total = sum(f.size for f in files)
         self.enabled = progress if progress is not None else (sys.stderr.isatty() and total >= self.AUTO_BYTES)
 
-    def survey(self, files: list[SourceFile]):
-        return self._bar("read", sum(f.size for f in files)).update if self.enabled else None
-
-    def stage(self, name: str, parts: list[corpus.TextPart]) -> "_Stage":
-        total = sum(p.path.stat().st_size - p.offset for p in parts if p.path is not None)
-        return _Stage(self._bar(name, total) if self.enabled and total else None)
-
-    @staticmethod
-    def _bar(name: str, total: int):
+    def stage(self, name: str, total: int) -> "_Stage":
+        """A bar for `name` (none for an empty name or nothing to read); `with` gives its update callback."""
+        if not (self.enabled and name and total):
+            return _Stage(None)
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=f"prepare: {name}", unit="B", unit_scale=True, unit_divisor=1024,
-                    file=sys.stderr, dynamic_ncols=True, leave=False)
+        return _Stage(tqdm(total=total, desc=f"prepare: {name}", unit="B", unit_scale=True, unit_divisor=1024,
+                           file=sys.stderr, dynamic_ncols=True, leave=False))
 
 
 class _Stage:

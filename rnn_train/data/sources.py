@@ -22,6 +22,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 from rnn_train.errors import UserError
 
@@ -97,13 +98,15 @@ def _stat(path: Path, entry: str) -> SourceFile:
                         f"{exc.strerror or exc}") from None
 
 
-def content_hash(path: Path) -> str:
+def content_hash(path: Path, on_bytes: Optional[Callable[[int], object]] = None) -> str:
     """SHA-256 of a file's bytes, read in blocks (never the whole file at once)."""
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as f:
             while block := f.read(_HASH_BYTES):
                 digest.update(block)
+                if on_bytes is not None:
+                    on_bytes(len(block))
     except OSError as exc:
         raise UserError(f"cannot read corpus file {path}: {exc.strerror or exc}") from None
     return digest.hexdigest()
