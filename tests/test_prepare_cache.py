@@ -223,3 +223,23 @@ def test_prepare_command_prepares_then_reuses_and_reports(tmp_path, capsys):
     assert Path(first[1].split(": ", 1)[1], "tokens.bin").stat().st_size == 9_500
     assert run_command("prepare", args[:4] + [f"data.paths={tmp_path / 'none*.txt'}", "data.kind=text"]) == 2
     assert capsys.readouterr().err == f"error: data.paths: {tmp_path / 'none*.txt'} matches no file\n"
+
+
+def test_a_chinese_file_changed_between_its_two_reads_publishes_no_conversion(tmp_path, monkeypatch):
+    from rnn_train.data import corpus
+
+    path = tmp_path / "zh.txt"
+    path.write_text("中国\n人民\n" * 20, encoding="utf-8")
+    real = corpus.file_chunks
+    reads = []
+
+    def changing(*args, **kwargs):
+        reads.append(1)
+        if len(reads) == 2:  # the conversion's read sees other text than the survey hashed
+            path.write_text("日本\n人民\n" * 20, encoding="utf-8")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(corpus, "file_chunks", changing)
+    with pytest.raises(UserError, match=f"{path} changed while it was being prepared"):
+        prepare_corpus(DataConfig(paths=[str(path)], kind="pinyin"), tmp_path / "cache", progress=False)
+    assert not list((tmp_path / "cache").glob("pinyin-*")) and entries(tmp_path / "cache") == []

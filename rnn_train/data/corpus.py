@@ -195,11 +195,22 @@ def _pinyin_part(source: SourceFile, encoding: str, tones: str, work_dir: Path, 
     entry = Path(work_dir) / conversion.entry_name(key.hexdigest(), tones)
     if not conversion.entry_is_valid(entry):
         with stage("pinyin", source.size) as on_bytes:
-            conversion.convert_to_entry(entry, lambda: file_chunks(path, encoding, chunk_bytes, on_bytes=on_bytes),
-                                        tones, chars)
+            reread = _same_text(file_chunks(path, encoding, chunk_bytes, on_bytes=on_bytes), key.hexdigest(), tones, path)
+            conversion.convert_to_entry(entry, lambda: reread, tones, chars)
     if not conversion.entry_has_text(entry):
         raise UserError(f"corpus file {path}: no Han character in it has a known pinyin reading")
     return TextPart(str(path), entry, "utf-8", conversion.HEADER_BYTES)
+
+
+def _same_text(chunks: Iterator[str], key_hex: str, tones: str, path: Path) -> Iterator[str]:
+    """`chunks`, checked at their end to be the text the entry's key was computed from: a file
+    changed between the two reads fails the conversion before its entry is published."""
+    key = conversion.key_hasher(tones)
+    for chunk in chunks:
+        key.update(chunk.encode("utf-8"))
+        yield chunk
+    if key.hexdigest() != key_hex:
+        raise UserError(f"{path} changed while it was being prepared; run again")
 
 
 def part_chunks(part: TextPart, chunk_bytes: int = CHUNK_BYTES, on_bytes: OnBytes = None) -> Iterator[str]:
