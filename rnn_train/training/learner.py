@@ -25,7 +25,8 @@ class Learner(Protocol):
 
     @property
     def kernel(self) -> str:
-        """The training path of the recurrent layers, as logged in the run: fused | native | numpy."""
+        """The training path of the recurrent layers, as logged in the run: "native", a fused path's
+        label ("fused-cpp(...)", "fused-python(...)") or "numpy"."""
         ...
 
     def set_lr(self, lr: float) -> None:
@@ -74,7 +75,8 @@ class TorchLearner:
 
     @property
     def kernel(self) -> str:
-        return self.model.training_kernel()
+        # resolved (and on a new machine measured) at the batch shape this run trains with
+        return self.model.training_kernel(self.cfg.data.batch_size, self.cfg.data.num_steps)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:

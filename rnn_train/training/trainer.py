@@ -68,7 +68,7 @@ class TrainResult:
     clipped_fraction: float
     stopped_by: str
     interrupted: bool
-    kernel: str = ""  # the training path taken: fused | native | numpy
+    kernel: str = ""  # the training path taken: native, a fused path's label, or numpy
     test_loss: float = math.nan  # only with data.test_fraction > 0: best.pt on the test split
     test_ppl: float = math.nan
     init_from: str = ""  # the checkpoint whose weights a fine-tuning run started from
