@@ -100,7 +100,7 @@ class ModelConfig:
     dtype: Literal["float32", "float64"] = "float32"
     """Parameter dtype; float64 for gradient comparisons."""
     kernel: Literal["auto", "native", "fused"] = "auto"
-    """Training kernel of the recurrent layers. `native`: torch's nn.RNN/GRU/LSTM. `fused`: the hand-written CPU BPTT of rnn_train.kernels (RNN/GRU on the CPU; same gradients, faster). `auto`: fused where it applies, else native. The path taken is logged in the run."""
+    """Training kernel of the recurrent layers. `native`: torch's nn.RNN/GRU/LSTM. `fused`: the hand-written CPU BPTT of rnn_train.kernels (same gradients, faster; its time loop in C++, built once per machine, or in Python where no compiler is found; LSTM needs the C++ loop). `auto`: the fastest of these for the model, measured on first use and remembered per machine (~/.cache/rnn-train). The path taken is logged in the run."""
 
     def __post_init__(self) -> None:
         p: list[str] = []
