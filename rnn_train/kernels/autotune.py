@@ -11,9 +11,10 @@ module shape the candidates run a few interleaved forward+backward passes and th
 
 The decision is stored in ``<cache>/autotune.json`` (rnn_train.kernels.build.cache_root), keyed
 by the machine (CPU model and flags, torch version, the ISA caps torch honours, threads, the
-C++ build) and the shapes, so every later run on the machine takes the same path: the same config
-and seed give the same losses. Deleting that file re-measures (and may pick another path, whose
-rounding differs). The measurement runs on a copy of the module with its own random generator:
+C++ build) and the shapes, with the timings, the time and the load average they were taken at,
+so every later run on the machine takes the same path: the same config and seed give the same
+losses. Deleting that file re-measures (and may pick another path, whose rounding differs): do
+that after a decision was taken while the machine was busy. The measurement runs on a copy of the module with its own random generator:
 it never touches the model's gradients or the global RNG.
 """
 from __future__ import annotations
@@ -150,7 +151,9 @@ def measure(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with
         runs[NATIVE] = (None, _pass(module, None, inp, one_hot))
     timed = race({name: run for name, (_, run) in runs.items()})
     best = min(timed, key=timed.get)
-    return {"choice": _path_to_json(runs[best][0]), "ms": {k: round(v * 1e3, 3) for k, v in timed.items()}}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # a busy machine makes timings noisy
+    return {"choice": _path_to_json(runs[best][0]), "ms": {k: round(v * 1e3, 3) for k, v in timed.items()},
+            "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "load": load}
 
 
 def choose(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with_native: bool) -> FusedPath | None:
