@@ -7,7 +7,7 @@ makes ratios usable on a shared, noisy machine; the end-to-end figure with data 
 logging is `python -m rnn_train bench` (docs/kernels.md).
 
     python benchmarks/train_speed.py                                   # GRU-256, B=32, T=35, all paths
-    python benchmarks/train_speed.py --cell lstm --threads 1
+    python benchmarks/train_speed.py --cell lstm --threads 1 --clock cpu      # CPU time: for a busy machine
     python benchmarks/train_speed.py --cell gru --hidden 512 --layers 2 --variants reference,native,cpp-rows
 
 Variants:
@@ -112,15 +112,16 @@ def run(a) -> dict:
         else:
             steps[v], labels[v] = pipeline_step(v, a.config, overrides, a.vocab, a.gemm)
     rng = np.random.default_rng(0)
+    clock = time.process_time if a.clock == "cpu" else time.perf_counter
     times: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(a.warmup + a.rounds):
         x = rng.integers(0, a.vocab, (a.batch, a.steps), dtype=np.int64)
         y = rng.integers(0, a.vocab, (a.batch, a.steps), dtype=np.int64)
         for v in variants[r % len(variants):] + variants[: r % len(variants)]:
-            t0 = time.perf_counter()
+            t0 = clock()
             steps[v](x, y)
             if r >= a.warmup:
-                times[v].append(time.perf_counter() - t0)
+                times[v].append(clock() - t0)
     base = statistics.median(times[variants[0]])
     rows = {}
     for v in variants:
@@ -128,7 +129,7 @@ def run(a) -> dict:
         rows[v] = {"path": labels[v], "ms": round(med * 1e3, 2), "tokens_per_s": round(a.batch * a.steps / med),
                    "vs_first": round(base / med, 3)}
     return {"cell": a.cell, "hidden": a.hidden, "layers": a.layers, "batch": a.batch, "steps": a.steps,
-            "threads": a.threads, "dtype": a.dtype, "rounds": a.rounds, "variants": rows}
+            "threads": a.threads, "dtype": a.dtype, "rounds": a.rounds, "clock": a.clock, "variants": rows}
 
 
 def main(argv=None) -> int:
@@ -147,14 +148,19 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--config", default=str(ROOT / "configs" / "shakespeare_gru.yaml"))
     p.add_argument("--reference", default=str(ROOT.parent / "shared" / "bench" / "reference_loop.py"))
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: process CPU time, which other processes on a busy machine do not inflate; "
+                        "meaningful with --threads 1 only (it adds up the threads' time)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
+    if a.clock == "cpu" and a.threads != 1:
+        p.error("--clock cpu needs --threads 1")
     res = run(a)
     if a.json:
         print(json.dumps(res))
         return 0
     print(f"{a.cell.upper()}-{a.hidden} x{a.layers} B={a.batch} T={a.steps} V={a.vocab} {a.dtype}, {a.threads} thread(s), "
-          f"median of {a.rounds} interleaved steps; speed-up over {a.variants.split(',')[0]}:")
+          f"median {a.clock} time of {a.rounds} interleaved steps; speed-up over {a.variants.split(',')[0]}:")
     for v, row in res["variants"].items():
         print(f"  {v:<10} {row['ms']:>8.2f} ms  {row['tokens_per_s']:>8,} tokens/s  x{row['vs_first']:.2f}  {row['path']}")
     return 0
