@@ -7,12 +7,12 @@ rotating order) and the median is reported, because the machine is shared and no
 
     python benchmarks/fused_bench.py                          # GRU, RNN, LSTM; H=256, B=32, T=35, V=65; 2 and 1 threads
     python benchmarks/fused_bench.py --cells gru --threads 2 --hidden 512 --layers 2
-    python benchmarks/fused_bench.py --variants native,cpp-rows,cpp-packed
+    python benchmarks/fused_bench.py --variants native,cpp-rows --threads 1 --clock cpu
 
 Variants: ``native`` (the nn module on one-hot vectors: autograd per step, oneDNN's fused LSTM),
 ``python`` / ``python-auto`` (the fused layer's Python loop with torch.mm / with oneDNN for the
 big GEMMs), ``cpp-rows`` (C++ loop, batch rows on threads), ``cpp-blas`` (C++ loop, BLAS threads
-each GEMM), ``cpp-packed`` (C++ rows with MKL's packed weights). ``speedup`` is over the first variant.
+each GEMM). ``speedup`` is over the first variant.
 """
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ VARIANTS = {
     "python-auto": FusedPath("python", "auto"),
     "cpp-rows": FusedPath("cpp", "blas", "blas", True),
     "cpp-blas": FusedPath("cpp", "blas", "blas", False),
-    "cpp-packed": FusedPath("cpp", "blas", "packed", True),
 }
 
 

@@ -33,7 +33,6 @@ PATHS = {
     "cpp-rows": CPP,
     "cpp-serial": FusedPath("cpp", "blas", "blas", parallel=False),
     "cpp-aten": FusedPath("cpp", "blas", "aten", parallel=True),
-    "cpp-packed": FusedPath("cpp", "blas", "packed", parallel=True),
 }
 F32_GEMMS = ["blas", "auto"] + (["onednn"] if onednn_available() else [])
 
@@ -188,9 +187,9 @@ def test_float64_outputs_and_every_gradient_equal_nn(path, cell, shape, batch_fi
     assert_same(ours, ref, 1e-10)
 
 
-@pytest.mark.parametrize("path,cell", path_cells(["cpp-aten", "cpp-packed"]))
+@pytest.mark.parametrize("path,cell", path_cells(["cpp-aten"]))
 @pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "time_major"])
-def test_float64_equality_holds_for_the_other_step_gemms(path, cell, batch_first):
+def test_float64_equality_holds_for_the_aten_step_gemm(path, cell, batch_first):
     path = usable(PATHS[path])
     case = make_case(cell, *SHAPES[2], seed=2, batch_first=batch_first)
     assert_same(fused_run(case, path=path), reference(case), 1e-10)
@@ -273,7 +272,7 @@ def float32_case(cell, one_hot_ids):
     return make_case(cell, 8, 35, 30, 64, seed=11, dtype=torch.float32, one_hot=one_hot_ids, scale=64**-0.5)
 
 
-@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows", "cpp-serial", "cpp-packed"]))
+@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows", "cpp-serial", "cpp-aten"]))
 @pytest.mark.parametrize("one_hot_ids", [False, True], ids=["dense", "ids"])
 def test_float32_agrees_with_nn(path, cell, one_hot_ids):
     path = usable(PATHS[path])

@@ -69,7 +69,7 @@ def test_from_config_applies_dtype():
 
 
 TRAINING_PATHS = [FusedPath("python", "blas"), FusedPath("cpp", "blas", "blas", parallel=True),
-                  FusedPath("cpp", "auto", "packed", parallel=False)]
+                  FusedPath("cpp", "auto", "aten", parallel=False)]
 
 
 @pytest.mark.parametrize("path,cell", [(p, c) for p in TRAINING_PATHS for c in LOOP_CELLS[p.loop]],

@@ -26,7 +26,7 @@ from rnn_train.kernels.build import extension
 from rnn_train.kernels.gemm import weight_grad
 from rnn_train.kernels.layer_io import input_grads, out_view, project, time_major_rows
 
-STEP_GEMMS = {"blas": 0, "aten": 1, "packed": 2}
+STEP_GEMMS = {"blas": 0, "aten": 1}
 
 
 def _ops():

@@ -90,7 +90,7 @@ class FusedPath:
     parallel: bool = False
 
     def __post_init__(self):
-        if self.loop not in LOOP_CELLS or self.gemm not in GEMMS or self.step not in ("blas", "aten", "packed"):
+        if self.loop not in LOOP_CELLS or self.gemm not in GEMMS or self.step not in ("blas", "aten"):
             raise ValueError(f"not a fused path: {self}")
 
     def label(self) -> str:

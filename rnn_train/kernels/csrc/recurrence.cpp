@@ -19,7 +19,6 @@
 #include <cstdint>
 #include <cstring>
 #include <tuple>
-#include <type_traits>
 #include <vector>
 
 // The Fortran BLAS that torch links (MKL in the x86 wheels), if the loaded torch exports it; weak,
@@ -37,26 +36,12 @@ using at::Tensor;
 
 // ------------------------------------------------------------------------------------------ GEMM
 
-// Per-step GEMM paths: kBlas calls the Fortran BLAS directly; kPacked (float32 with MKL) packs W
-// once per call and reuses it for every step, which saves re-packing a weight that does not
-// change (a large share of a GEMM with only B rows); kAten goes through torch.mm.
-enum GemmPath : int64_t { kBlas = 0, kAten = 1, kPacked = 2 };
-
-// MKL's packed-GEMM API (float32 only in MKL), when the loaded torch exports it.
-extern "C" {
-size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
-void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha, const float* src, int ld,
-                      float* dest) __attribute__((weak));
-void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
-                         const float* b, int ldb, float beta, float* c, int ldc) __attribute__((weak));
-}
-constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kBMatrix = 162, kPackedOperand = 151;
+// Per-step GEMM paths: kBlas calls the Fortran BLAS directly; kAten goes through torch.mm (for a
+// torch whose BLAS is not exported). (MKL's packed-weight API, packing W once per call, measured
+// no faster in docs/kernels.md, so it is not here.)
+enum GemmPath : int64_t { kBlas = 0, kAten = 1 };
 
 bool blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr; }
-
-bool packed_available() {
-  return cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr && cblas_sgemm_compute != nullptr;
-}
 
 inline void fortran_gemm(char ta, char tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
                          float beta, float* c, int ldc) {
@@ -78,27 +63,10 @@ template <typename T>
 class StepGemm {
  public:
   StepGemm(int64_t path, bool w_is_nk, int64_t M, int64_t N, int64_t K, const T* W)
-      : path_(path), w_is_nk_(w_is_nk), M_(M), N_(N), K_(K), W_(W) {
-    if constexpr (std::is_same_v<T, float>) {
-      if (path_ == kPacked && packed_available()) {
-        packed_.resize(cblas_sgemm_pack_get_size(kBMatrix, (int)M, (int)N, (int)K) / sizeof(float) + 1);
-        cblas_sgemm_pack(kRowMajor, kBMatrix, w_is_nk ? kTrans : kNoTrans, (int)M, (int)N, (int)K, 1.0f, W,
-                         w_is_nk ? (int)K : (int)N, packed_.data());
-        return;
-      }
-    }
-    if (path_ == kPacked) path_ = kBlas;  // float64, or no packed API: plain BLAS
-  }
+      : path_(path), w_is_nk_(w_is_nk), M_(M), N_(N), K_(K), W_(W) {}
 
   void operator()(const T* A, T* C, bool accumulate) const {
     const T beta = accumulate ? T(1) : T(0);
-    if constexpr (std::is_same_v<T, float>) {
-      if (path_ == kPacked) {
-        cblas_sgemm_compute(kRowMajor, kNoTrans, kPackedOperand, (int)M_, (int)N_, (int)K_, A, (int)K_, packed_.data(),
-                            (int)N_, beta, C, (int)N_);
-        return;
-      }
-    }
     if (path_ == kBlas) {
       fortran_gemm(w_is_nk_ ? 'T' : 'N', 'N', (int)N_, (int)M_, (int)K_, W_, w_is_nk_ ? (int)K_ : (int)N_, A, (int)K_,
                    beta, C, (int)N_);
@@ -121,7 +89,6 @@ class StepGemm {
   bool w_is_nk_;
   int64_t M_, N_, K_;
   const T* W_;
-  std::vector<float> packed_;
 };
 
 // ------------------------------------------------------------------------------------------ math
@@ -292,8 +259,7 @@ void lstm_cell_backward(int64_t H, const T* __restrict g, const T* __restrict c_
 void check_common(const Tensor& gx, int64_t gates, const Tensor& w_hh, const Tensor& h0, int64_t path) {
   TORCH_CHECK(gx.device().is_cpu() && (gx.scalar_type() == at::kFloat || gx.scalar_type() == at::kDouble),
               "float32 / float64 CPU tensors only");
-  TORCH_CHECK(path == kAten || ((path == kBlas || path == kPacked) && blas_available()), "GEMM path ", path,
-              " is not available");
+  TORCH_CHECK(path == kAten || (path == kBlas && blas_available()), "GEMM path ", path, " is not available");
   const int64_t H = w_hh.size(1);
   TORCH_CHECK(gx.dim() == 3 && gx.is_contiguous() && gx.size(2) == gates * H, "gx must be contiguous [T, B, G*H]");
   TORCH_CHECK(w_hh.is_contiguous() && w_hh.size(0) == gates * H, "w_hh must be contiguous [G*H, H]");
@@ -583,7 +549,6 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward(const Tensor& d_out, const Tens
 
 TORCH_LIBRARY(rnn_train_kernels, m) {
   m.def("blas_available() -> bool", [] { return blas_available(); });
-  m.def("packed_available() -> bool", [] { return packed_available(); });
   m.def("rnn_forward(Tensor gx, Tensor h0, Tensor w_hh, bool relu, int path, bool parallel) -> Tensor", &rnn_forward);
   m.def("rnn_backward(Tensor d_out, Tensor d_hT, Tensor w_hh, Tensor hs, bool relu, int path, bool parallel) "
         "-> (Tensor, Tensor)",
