@@ -156,3 +156,13 @@ def test_listing_shows_each_corpus_and_whether_it_is_present(tmp_path):
     assert out.returncode == 0
     rows = {line.split()[0]: line.split()[1:3] for line in out.stdout.splitlines()}
     assert rows == {name: [c.target, "missing"] for name, c in CORPORA.items()}
+
+
+def test_a_recipe_whose_text_is_missing_names_the_download_command(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "rnn_train", "train", "--config", "timemachine_gru",
+                          f"log.dir={tmp_path / 'runs'}"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == ("error: corpus file not found: data/timemachine.txt; "
+                                  "run `python -m rnn_train download timemachine` to fetch it")
+    assert not (tmp_path / "runs").exists()

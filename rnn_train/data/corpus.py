@@ -33,6 +33,7 @@ from rnn_train.data import conversion, pinyin
 from rnn_train.data.pinyin import check_tones
 from rnn_train.data.pinyin import contains_han, hanzi_to_pinyin  # noqa: F401 (prediction imports them from here)
 from rnn_train.data.sources import SourceFile, resolve_paths
+from rnn_train.data.download import missing_corpus_error
 from rnn_train.errors import UserError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -70,7 +71,7 @@ def _open(path: PathLike):
     try:
         return open(path, "rb")
     except FileNotFoundError:
-        raise UserError(f"corpus file not found: {path}") from None
+        raise missing_corpus_error(path) from None
     except IsADirectoryError:
         raise UserError(f"{path} is a directory, not a corpus file") from None
     except PermissionError:

@@ -74,6 +74,12 @@ def hint_for(path: str | Path) -> str:
     return ""
 
 
+def missing_corpus_error(path: str | Path) -> UserError:
+    """The one message for a corpus file that is not there, naming the download command when one fetches it."""
+    hint = hint_for(path)
+    return UserError(f"corpus file not found: {path}" + (f"; {hint}" if hint else ""))
+
+
 def corpus_named(name: str) -> Corpus:
     if name in CORPORA:
         return CORPORA[name]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from rnn_train.data.download import missing_corpus_error
 from rnn_train.errors import UserError
 
 _GLOB_CHARS = frozenset("*?[")
@@ -70,7 +71,7 @@ def _expand(entry: str) -> list[Path]:
             raise UserError(f"data.paths: directory {entry} holds no corpus file (hidden files are skipped)")
         return files
     if not path.exists():
-        raise UserError(f"corpus file not found: {entry}")
+        raise missing_corpus_error(entry)
     return [path]
 
 
