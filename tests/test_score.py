@@ -114,7 +114,7 @@ def test_letters_only_models_score_the_letters_only_text(tmp_path):
 @pytest.mark.parametrize("content,needle", [
     (b"", "is empty: nothing to score"),
     (b"n", "single character"),
-    (b"ni \xff hao", "byte 0xff at offset 3 is not valid utf-8"),
+    (b"ni \xff hao", "byte 0xff at offset 3 is not valid utf-8 (set --encoding, e.g. gbk)"),
     (None, "bad.txt"),  # no such file
 ])
 def test_bad_files_are_one_line_errors_and_leave_the_output_alone(run, tmp_path, content, needle):

@@ -81,12 +81,13 @@ def _open(path: PathLike):
 
 
 def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUNK_BYTES, *,
-                offset: int = 0, on_bytes: OnBytes = None) -> Iterator[str]:
+                offset: int = 0, on_bytes: OnBytes = None, encoding_key: str = "data.encoding") -> Iterator[str]:
     """Decode and normalise a file (from byte `offset`) in chunks of at most `chunk_bytes` bytes.
 
     Every failure a user can fix is a one-line `UserError` naming the file: missing, a directory,
     unreadable, an unknown encoding, a byte that is not valid in `encoding` (with its offset in
-    the file, wherever the chunks were cut), or a NUL character (a binary file)."""
+    the file, wherever the chunks were cut; the message says to set `encoding_key`), or a NUL
+    character (a binary file)."""
     decoder = _decoder(encoding, path)
     with _open(path) as f:
         f.seek(offset)
@@ -103,7 +104,7 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
                 # a binary file fails to decode too, but is better named as what it is
                 valid = exc.object[:exc.start].decode(encoding, errors="replace")
                 raise _binary(path, chars + valid.index("\0")) if "\0" in valid else \
-                    _undecodable(path, encoding, exc, consumed - buffered) from None
+                    _undecodable(path, encoding, exc, consumed - buffered, encoding_key) from None
             consumed += len(block)
             if on_bytes is not None and block:
                 on_bytes(len(block))
@@ -130,11 +131,11 @@ def _binary(path: PathLike, at: int) -> UserError:
                      f"(data.paths takes text files)")
 
 
-def _undecodable(path: PathLike, encoding: str, exc: UnicodeDecodeError, base: int) -> UserError:
+def _undecodable(path: PathLike, encoding: str, exc: UnicodeDecodeError, base: int, key: str) -> UserError:
     """The one-line error for a byte `encoding` cannot decode; `base` is the file offset of exc.object."""
     hint = "e.g. gbk" if codecs.lookup(encoding).name == "utf-8" else "e.g. utf-8"
     return UserError(f"{path}: byte 0x{exc.object[exc.start]:02x} at offset {base + exc.start} "
-                     f"is not valid {encoding} (set data.encoding, {hint})")
+                     f"is not valid {encoding} (set {key}, {hint})")
 
 
 def read_text(path: PathLike, encoding: str = "utf-8") -> str:

@@ -19,10 +19,13 @@ from rnn_train.data import conversion, corpus, pinyin
 from rnn_train.data.stream import LettersOnly, code_points
 
 
+ENCODING_KEY = "--encoding"  # what an undecodable byte's message tells the user to set
+
+
 def is_chinese_file(path: str | Path, encoding: str) -> bool:
     """The corpus's rule on the whole file, counted chunk by chunk."""
     han = non_space = 0
-    for chunk in corpus.file_chunks(path, encoding):
+    for chunk in corpus.file_chunks(path, encoding, encoding_key=ENCODING_KEY):
         h, n = pinyin.han_counts(chunk)
         han, non_space = han + h, non_space + n
     return pinyin.is_chinese(han, non_space)
@@ -33,7 +36,7 @@ def model_text(path: str | Path, data_cfg, encoding: str | None = None,
     """The text of `path` as the model's corpus would hold it, in pieces of bounded size.
     `encoding` overrides the model's data.encoding."""
     encoding = encoding or data_cfg.encoding
-    chunks = corpus.file_chunks(path, encoding, chunk_bytes)
+    chunks = corpus.file_chunks(path, encoding, chunk_bytes, encoding_key=ENCODING_KEY)
     if data_cfg.kind == "pinyin" and is_chinese_file(path, encoding):
         chunks = conversion.converted_pieces(chunks, data_cfg.tones, workers=1)
     if not data_cfg.letters_only:
