@@ -9,7 +9,9 @@ import sys
 import pytest
 import torch
 
+from rnn_train.cli import run as cli_run
 from rnn_train.model.checkpoint import load_checkpoint
+from rnn_train.training.cli import main as train_main
 from rnn_train.training.trainer import train
 from tests.helpers import ROOT, scalar_series, tiny_config
 
@@ -69,12 +71,6 @@ def run(*args):
     return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def one_line_error(out, needle):
-    assert out.returncode == 2, (out.returncode, out.stderr)
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], out.stderr
-
-
 def test_cli_fine_tunes_and_reports_the_unknown_characters_even_when_quiet(source, tmp_path):
     out = run("--config", "configs/debug.yaml", "--init-from", str(source / "src"), "--quiet",
               "--cache-dir", str(tmp_path / "c"), f"log.dir={tmp_path}", "log.name=ft", "data.kind=text",
@@ -87,23 +83,32 @@ def test_cli_fine_tunes_and_reports_the_unknown_characters_even_when_quiet(sourc
     assert load_checkpoint(tmp_path / "ft" / "last.pt")["vocab"] == vocab
 
 
-def test_cli_mistakes_with_init_from_are_one_line_and_damage_nothing(source, tmp_path):
+def test_cli_mistakes_with_init_from_are_one_line_and_damage_nothing(source, tmp_path, capsys):
+    """In-process through the entry point's error handling (rnn_train.cli.run): one `error:` line, status 2."""
+    def fails(*argv, needle):
+        try:
+            status = cli_run(train_main, list(argv))
+        except SystemExit as e:  # argparse-level mistakes exit from the parser
+            status = e.code
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    base = ["--config", "configs/debug.yaml", "--cache-dir", str(tmp_path / "c"), f"log.dir={tmp_path}",
+    base = ["--config", str(ROOT / "configs" / "debug.yaml"), "--quiet", "--cache-dir", str(tmp_path / "c"), f"log.dir={tmp_path}",
             "model.cell=gru", "model.hidden_size=16", "data.batch_size=4", "data.num_steps=12", "train.threads=1"]
-    one_line_error(run(*base, "--init-from", str(junk)), "not an rnn-train checkpoint")
-    one_line_error(run(*base, "--init-from", str(tmp_path / "none.pt")), "does not exist")
-    one_line_error(run(*base, "--init-from", str(source / "src" / "best.pt"), "model.hidden_size=17",
-                       "model.num_layers=2"), "model.hidden_size: 16 -> 17; model.num_layers: 1 -> 2")
-    one_line_error(run("--init-from", str(source / "src" / "best.pt")), "--init-from starts a new run")
-    one_line_error(run("--resume", str(source / "src"), "--init-from", str(source / "src" / "best.pt")),
-                   "--init-from starts a new run")
+    fails(*base, "--init-from", str(junk), needle="not an rnn-train checkpoint")
+    fails(*base, "--init-from", str(tmp_path / "none.pt"), needle="does not exist")
+    fails(*base, "--init-from", str(source / "src" / "best.pt"), "model.hidden_size=17", "model.num_layers=2",
+          needle="model.hidden_size: 16 -> 17; model.num_layers: 1 -> 2")
+    fails("--init-from", str(source / "src" / "best.pt"), needle="--init-from starts a new run")
+    fails("--resume", str(source / "src"), "--init-from", str(source / "src" / "best.pt"),
+          needle="--init-from starts a new run")
     assert not (tmp_path / "debug").exists()
 
     # --force with a checkpoint that does not fit: the run already there is left as it was
     existing = source / "src"
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in existing.iterdir() if p.is_file()}
-    one_line_error(run(*base, f"log.dir={source}", "log.name=src", "--force", "--init-from",
-                       str(existing / "best.pt"), "model.embedding=learned"), "model.embedding: 'one_hot' -> 'learned'")
+    fails(*base, f"log.dir={source}", "log.name=src", "--force", "--init-from", str(existing / "best.pt"),
+          "model.embedding=learned", needle="model.embedding: 'one_hot' -> 'learned'")
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in existing.iterdir() if p.is_file()} == before
