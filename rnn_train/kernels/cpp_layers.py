@@ -10,7 +10,10 @@ the backward needs. Tensors between the two (T steps, B sequences, H units, G ga
     hs     [T+1, B, H]  h_0 .. h_T;  LSTM also cs [T+1, B, H] (c_0 .. c_T), tc [T, B, H] = tanh(c_t)
     n      [T, B, H]    GRU candidate states
     deltas [T, B, G*H]  dL/d(pre-activations) per step, hidden side (GRU: and input side, which
-                        differs from it in the n block only); RNN / LSTM: one for both sides
+                        differs from it in the n block only); RNN / LSTM: one for both sides.
+                        They live in per-thread scratch buffers (rnn_train.kernels.gemm.scratch),
+                        reused by every backward: fresh multi-MB buffers cost ~800 page faults per
+                        GRU-256 step on the machine measured (docs/kernels.md)
 
 ``step`` picks the per-step GEMM: 0 calls the BLAS torch links (MKL) directly, 1 goes through
 ATen (torch.mm); ``parallel`` runs blocks of batch rows on separate threads (the sequences are
@@ -23,7 +26,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from rnn_train.kernels.build import extension
-from rnn_train.kernels.gemm import weight_grad
+from rnn_train.kernels.gemm import scratch, weight_grad
 from rnn_train.kernels.layer_io import input_grads, out_view, project, time_major_rows
 
 STEP_GEMMS = {"blas": 0, "aten": 1}
@@ -95,7 +98,8 @@ class CppRNN(torch.autograd.Function):
         x2, w_ih, w_hh, hs = ctx.saved_tensors
         T, B = hs.shape[0] - 1, hs.shape[1]
         d_out = d_out.transpose(0, 1) if ctx.batch_first else d_out  # [T, B, H] (a view)
-        da, dh0 = _ops().rnn_backward(d_out, d_hT, w_hh.contiguous(), hs, ctx.relu, ctx.step, ctx.parallel)
+        da = scratch("cpp_deltas_hidden", (T, B, hs.shape[2]), hs)
+        dh0 = _ops().rnn_backward(d_out, d_hT, w_hh.contiguous(), hs, da, ctx.relu, ctx.step, ctx.parallel)
         da2 = da.view(T * B, -1)
         need = ctx.needs_input_grad
         dw_hh, _ = _hidden_grads(ctx, da2, hs, T, B, need[3], False)
@@ -123,7 +127,8 @@ class CppGRU(torch.autograd.Function):
         x2, w_ih, w_hh, hs, gates, n = ctx.saved_tensors
         T, B = n.shape[0], n.shape[1]
         d_out = d_out.transpose(0, 1) if ctx.batch_first else d_out
-        dgh, dgi, dh0 = _ops().gru_backward(d_out, d_hT, w_hh.contiguous(), hs, gates, n, ctx.step, ctx.parallel)
+        dgh, dgi = scratch("cpp_deltas_hidden", gates.shape, gates), scratch("cpp_deltas_input", gates.shape, gates)
+        dh0 = _ops().gru_backward(d_out, d_hT, w_hh.contiguous(), hs, gates, n, dgh, dgi, ctx.step, ctx.parallel)
         need = ctx.needs_input_grad
         dw_hh, db_hh = _hidden_grads(ctx, dgh.view(T * B, -1), hs, T, B, need[3], need[5])
         dx, dw_ih, db_ih = input_grads(ctx, dgi.view(T * B, -1), x2, w_ih, T, B, (need[0], need[2], need[4]))
@@ -147,7 +152,8 @@ class CppLSTM(torch.autograd.Function):
         x2, w_ih, w_hh, hs, cs, gates, tc = ctx.saved_tensors
         T, B = tc.shape[0], tc.shape[1]
         d_out = d_out.transpose(0, 1) if ctx.batch_first else d_out
-        dg, dh0, dc0 = _ops().lstm_backward(d_out, d_hT, d_cT, w_hh.contiguous(), cs, gates, tc, ctx.step, ctx.parallel)
+        dg = scratch("cpp_deltas_hidden", gates.shape, gates)
+        dh0, dc0 = _ops().lstm_backward(d_out, d_hT, d_cT, w_hh.contiguous(), cs, gates, tc, dg, ctx.step, ctx.parallel)
         dg2 = dg.view(T * B, -1)
         need = ctx.needs_input_grad
         dw_hh, _ = _hidden_grads(ctx, dg2, hs, T, B, need[4], False)

@@ -55,27 +55,25 @@ inline void fortran_gemm(char ta, char tb, int m, int n, int k, const double* a,
   dgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
 }
 
-// The step GEMM of one time loop: row-major C[M, N] = A[M, K] @ op(W) (+ C when accumulating),
-// all contiguous, the same W and shapes at every step. op(W) = W^T for W stored [N, K]
-// (w_is_nk), else W itself stored [K, N]. Fortran BLAS is column-major, so it is asked for
-// C^T = op(W)^T A^T on the same memory.
+// The step GEMM of one time loop: row-major C[M, N] = A[M, K] @ W (+ C when accumulating), all
+// contiguous, W stored [K, N], the same W and shapes at every step. Fortran BLAS is
+// column-major, so it is asked for C^T = W^T A^T on the same memory ("N", "N"). The forward
+// passes W_hh^T, transposed once per call: the step GEMMs were ~5-8% faster that way than
+// with BLAS transposing W_hh itself (docs/kernels.md).
 template <typename T>
 class StepGemm {
  public:
-  StepGemm(int64_t path, bool w_is_nk, int64_t M, int64_t N, int64_t K, const T* W)
-      : path_(path), w_is_nk_(w_is_nk), M_(M), N_(N), K_(K), W_(W) {}
+  StepGemm(int64_t path, int64_t M, int64_t N, int64_t K, const T* W) : path_(path), M_(M), N_(N), K_(K), W_(W) {}
 
   void operator()(const T* A, T* C, bool accumulate) const {
     const T beta = accumulate ? T(1) : T(0);
     if (path_ == kBlas) {
-      fortran_gemm(w_is_nk_ ? 'T' : 'N', 'N', (int)N_, (int)M_, (int)K_, W_, w_is_nk_ ? (int)K_ : (int)N_, A, (int)K_,
-                   beta, C, (int)N_);
+      fortran_gemm('N', 'N', (int)N_, (int)M_, (int)K_, W_, (int)N_, A, (int)K_, beta, C, (int)N_);
       return;
     }
     auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
     Tensor a = at::from_blob(const_cast<T*>(A), {M_, K_}, opts);
-    Tensor w = w_is_nk_ ? at::from_blob(const_cast<T*>(W_), {N_, K_}, opts).t()
-                        : at::from_blob(const_cast<T*>(W_), {K_, N_}, opts);
+    Tensor w = at::from_blob(const_cast<T*>(W_), {K_, N_}, opts);
     Tensor c = at::from_blob(C, {M_, N_}, opts);
     if (accumulate) {
       c.addmm_(a, w);
@@ -86,7 +84,6 @@ class StepGemm {
 
  private:
   int64_t path_;
-  bool w_is_nk_;
   int64_t M_, N_, K_;
   const T* W_;
 };
@@ -323,13 +320,13 @@ void over_rows(int64_t B, bool parallel, const F& f) {
 // ------------------------------------------------------------------------------------------ RNN
 
 template <typename T>
-void rnn_forward_rows(int64_t b0, int64_t b1, const Tensor& gx, const Tensor& w_hh, bool relu, Tensor& hs,
+void rnn_forward_rows(int64_t b0, int64_t b1, const Tensor& gx, const Tensor& w_t, bool relu, Tensor& hs,
                       int64_t path) {
   const int64_t steps = gx.size(0), B = gx.size(1), H = hs.size(2), M = b1 - b0;
-  const T* w = w_hh.data_ptr<T>();
+  const T* w = w_t.data_ptr<T>();
   T* h = hs.data_ptr<T>();
   const T* g = gx.data_ptr<T>();
-  const StepGemm<T> gemm(path, true, M, H, H, w);  // h_{t-1} W_hh^T
+  const StepGemm<T> gemm(path, M, H, H, w);  // h_{t-1} W_hh^T
   for (int64_t t = 0; t < steps; ++t) {
     T* h_new = h + ((t + 1) * B + b0) * H;
     gemm(h + (t * B + b0) * H, h_new, false);
@@ -341,8 +338,9 @@ Tensor rnn_forward(const Tensor& gx, const Tensor& h0, const Tensor& w_hh, bool 
   check_common(gx, 1, w_hh, h0, path);
   Tensor hs = at::empty({gx.size(0) + 1, gx.size(1), w_hh.size(1)}, gx.options());
   hs[0].copy_(h0);
+  const Tensor w_t = w_hh.t().contiguous();  // [H, H]
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rnn_forward", [&] {
-    over_rows(gx.size(1), parallel, [&](int64_t b0, int64_t b1) { rnn_forward_rows<scalar_t>(b0, b1, gx, w_hh, relu, hs, path); });
+    over_rows(gx.size(1), parallel, [&](int64_t b0, int64_t b1) { rnn_forward_rows<scalar_t>(b0, b1, gx, w_t, relu, hs, path); });
   });
   return hs;
 }
@@ -358,7 +356,7 @@ void rnn_backward_rows(int64_t b0, int64_t b1, const Tensor& d_out, const Tensor
   const T* w = w_hh.data_ptr<T>();
   const T* h = hs.data_ptr<T>();
   T* d = da.data_ptr<T>();
-  const StepGemm<T> gemm(path, false, M, H, H, w);  // da_t W_hh
+  const StepGemm<T> gemm(path, M, H, H, w);  // da_t W_hh
   for (int64_t t = steps - 1; t >= 0; --t) {
     for (int64_t b = b0; b < b1; ++b) {
       const T* o = t > 0 ? out_row<T>(d_out, t - 1, b) : zeros.data();
@@ -371,31 +369,39 @@ void rnn_backward_rows(int64_t b0, int64_t b1, const Tensor& d_out, const Tensor
   std::memcpy(dh0.data_ptr<T>() + b0 * H, dh, sizeof(T) * M * H);
 }
 
-std::tuple<Tensor, Tensor> rnn_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh, const Tensor& hs,
-                                        bool relu, int64_t path, bool parallel) {
-  const int64_t steps = hs.size(0) - 1, B = hs.size(1), H = hs.size(2);
+// The deltas go into buffers the caller owns (`da` here, `dgh`/`dgi`, `dg` below): it reuses them
+// across calls, so that the backward does not touch fresh pages (see rnn_train/kernels/gemm.py).
+void check_deltas(const Tensor& deltas, at::IntArrayRef sizes, const Tensor& like) {
+  TORCH_CHECK(deltas.is_contiguous() && deltas.sizes() == sizes && deltas.scalar_type() == like.scalar_type(),
+              "delta buffers must be contiguous [T, B, G*H] of the gates' dtype");
+}
+
+Tensor rnn_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh, const Tensor& hs, Tensor da, bool relu,
+                    int64_t path, bool parallel) {
+  const int64_t B = hs.size(1), H = hs.size(2);
   Tensor d = rows_contiguous(d_out), e = d_hT.contiguous();
-  Tensor da = at::empty({steps, B, H}, hs.options()), dh0 = at::empty({B, H}, hs.options());
+  check_deltas(da, {hs.size(0) - 1, B, H}, hs);
+  Tensor dh0 = at::empty({B, H}, hs.options());
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_backward", [&] {
     over_rows(B, parallel, [&](int64_t b0, int64_t b1) { rnn_backward_rows<scalar_t>(b0, b1, d, e, w_hh, hs, relu, da, dh0, path); });
   });
-  return {da, dh0};
+  return dh0;
 }
 
 // ------------------------------------------------------------------------------------------ GRU
 
 template <typename T>
-void gru_forward_rows(int64_t b0, int64_t b1, Tensor& gx, const Tensor& w_hh, const Tensor& b_hn, Tensor& hs, Tensor& n,
+void gru_forward_rows(int64_t b0, int64_t b1, Tensor& gx, const Tensor& w_t, const Tensor& b_hn, Tensor& hs, Tensor& n,
                       int64_t path) {
   const int64_t steps = gx.size(0), B = gx.size(1), H = hs.size(2), G = 3 * H, M = b1 - b0;
   std::vector<T> q_buf(M * G);
   T* q = q_buf.data();
-  const T* w = w_hh.data_ptr<T>();
+  const T* w = w_t.data_ptr<T>();
   const T* bn = b_hn.data_ptr<T>();
   T* g = gx.data_ptr<T>();
   T* h = hs.data_ptr<T>();
   T* nn = n.data_ptr<T>();
-  const StepGemm<T> gemm(path, true, M, G, H, w);
+  const StepGemm<T> gemm(path, M, G, H, w);
   for (int64_t t = 0; t < steps; ++t) {
     gemm(h + (t * B + b0) * H, q, false);  // [M, 3H] = h_{t-1} W_hh^T
     for (int64_t b = b0; b < b1; ++b) {
@@ -414,8 +420,9 @@ std::tuple<Tensor, Tensor> gru_forward(Tensor gx, const Tensor& h0, const Tensor
   Tensor hs = at::empty({steps + 1, B, H}, gx.options());
   Tensor n = at::empty({steps, B, H}, gx.options());
   hs[0].copy_(h0);
+  const Tensor w_t = w_hh.t().contiguous();  // [H, 3H]
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_forward", [&] {
-    over_rows(B, parallel, [&](int64_t b0, int64_t b1) { gru_forward_rows<scalar_t>(b0, b1, gx, w_hh, b_hn, hs, n, path); });
+    over_rows(B, parallel, [&](int64_t b0, int64_t b1) { gru_forward_rows<scalar_t>(b0, b1, gx, w_t, b_hn, hs, n, path); });
   });
   return {hs, n};
 }
@@ -435,7 +442,7 @@ void gru_backward_rows(int64_t b0, int64_t b1, const Tensor& d_out, const Tensor
   const T* h = hs.data_ptr<T>();
   T* hid = dgh.data_ptr<T>();
   T* inp = dgi.data_ptr<T>();
-  const StepGemm<T> gemm(path, false, M, H, G, w);
+  const StepGemm<T> gemm(path, M, H, G, w);
   for (int64_t t = steps - 1; t >= 0; --t) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t row = t * B + b;
@@ -449,33 +456,34 @@ void gru_backward_rows(int64_t b0, int64_t b1, const Tensor& d_out, const Tensor
   std::memcpy(dh0.data_ptr<T>() + b0 * H, dh, sizeof(T) * M * H);
 }
 
-std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
-                                                const Tensor& hs, const Tensor& gates, const Tensor& n, int64_t path,
-                                                bool parallel) {
+Tensor gru_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh, const Tensor& hs, const Tensor& gates,
+                    const Tensor& n, Tensor dgh, Tensor dgi, int64_t path, bool parallel) {
   Tensor d = rows_contiguous(d_out), e = d_hT.contiguous();
-  Tensor dgh = at::empty_like(gates), dgi = at::empty_like(gates), dh0 = at::empty_like(e);
+  check_deltas(dgh, gates.sizes(), gates);
+  check_deltas(dgi, gates.sizes(), gates);
+  Tensor dh0 = at::empty_like(e);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_backward", [&] {
     over_rows(gates.size(1), parallel, [&](int64_t b0, int64_t b1) {
       gru_backward_rows<scalar_t>(b0, b1, d, e, w_hh, hs, gates, n, dgh, dgi, dh0, path);
     });
   });
-  return {dgh, dgi, dh0};
+  return dh0;
 }
 
 // ------------------------------------------------------------------------------------------ LSTM
 
 template <typename T>
-void lstm_forward_rows(int64_t b0, int64_t b1, Tensor& gx, const Tensor& w_hh, Tensor& hs, Tensor& cs, Tensor& tc,
+void lstm_forward_rows(int64_t b0, int64_t b1, Tensor& gx, const Tensor& w_t, Tensor& hs, Tensor& cs, Tensor& tc,
                        int64_t path) {
   const int64_t steps = gx.size(0), B = gx.size(1), H = hs.size(2), G = 4 * H, M = b1 - b0;
   std::vector<T> q_buf(M * G);
   T* q = q_buf.data();
-  const T* w = w_hh.data_ptr<T>();
+  const T* w = w_t.data_ptr<T>();
   T* g = gx.data_ptr<T>();
   T* h = hs.data_ptr<T>();
   T* c = cs.data_ptr<T>();
   T* th = tc.data_ptr<T>();
-  const StepGemm<T> gemm(path, true, M, G, H, w);
+  const StepGemm<T> gemm(path, M, G, H, w);
   for (int64_t t = 0; t < steps; ++t) {
     gemm(h + (t * B + b0) * H, q, false);  // [M, 4H] = h_{t-1} W_hh^T
     for (int64_t b = b0; b < b1; ++b) {
@@ -496,8 +504,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm_forward(Tensor gx, const Tensor& h0, con
   Tensor tc = at::empty({steps, B, H}, gx.options());
   hs[0].copy_(h0);
   cs[0].copy_(c0);
+  const Tensor w_t = w_hh.t().contiguous();  // [H, 4H]
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_forward", [&] {
-    over_rows(B, parallel, [&](int64_t b0, int64_t b1) { lstm_forward_rows<scalar_t>(b0, b1, gx, w_hh, hs, cs, tc, path); });
+    over_rows(B, parallel, [&](int64_t b0, int64_t b1) { lstm_forward_rows<scalar_t>(b0, b1, gx, w_t, hs, cs, tc, path); });
   });
   return {hs, cs, tc};
 }
@@ -518,7 +527,7 @@ void lstm_backward_rows(int64_t b0, int64_t b1, const Tensor& d_out, const Tenso
   const T* c = cs.data_ptr<T>();
   const T* th = tc.data_ptr<T>();
   T* da = dg.data_ptr<T>();
-  const StepGemm<T> gemm(path, false, M, H, G, w);
+  const StepGemm<T> gemm(path, M, H, G, w);
   for (int64_t t = steps - 1; t >= 0; --t) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t row = t * B + b;
@@ -532,17 +541,18 @@ void lstm_backward_rows(int64_t b0, int64_t b1, const Tensor& d_out, const Tenso
   std::memcpy(dh0.data_ptr<T>() + b0 * H, dh, sizeof(T) * M * H);
 }
 
-std::tuple<Tensor, Tensor, Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& d_cT,
-                                                 const Tensor& w_hh, const Tensor& cs, const Tensor& gates,
-                                                 const Tensor& tc, int64_t path, bool parallel) {
+std::tuple<Tensor, Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& d_cT, const Tensor& w_hh,
+                                         const Tensor& cs, const Tensor& gates, const Tensor& tc, Tensor dg, int64_t path,
+                                         bool parallel) {
   Tensor d = rows_contiguous(d_out), e = d_hT.contiguous(), ec = d_cT.contiguous();
-  Tensor dg = at::empty_like(gates), dh0 = at::empty_like(e), dc0 = at::empty_like(ec);
+  check_deltas(dg, gates.sizes(), gates);
+  Tensor dh0 = at::empty_like(e), dc0 = at::empty_like(ec);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
     over_rows(gates.size(1), parallel, [&](int64_t b0, int64_t b1) {
       lstm_backward_rows<scalar_t>(b0, b1, d, e, ec, w_hh, cs, gates, tc, dg, dh0, dc0, path);
     });
   });
-  return {dg, dh0, dc0};
+  return {dh0, dc0};
 }
 
 }  // namespace
@@ -550,18 +560,18 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward(const Tensor& d_out, const Tens
 TORCH_LIBRARY(rnn_train_kernels, m) {
   m.def("blas_available() -> bool", [] { return blas_available(); });
   m.def("rnn_forward(Tensor gx, Tensor h0, Tensor w_hh, bool relu, int path, bool parallel) -> Tensor", &rnn_forward);
-  m.def("rnn_backward(Tensor d_out, Tensor d_hT, Tensor w_hh, Tensor hs, bool relu, int path, bool parallel) "
-        "-> (Tensor, Tensor)",
+  m.def("rnn_backward(Tensor d_out, Tensor d_hT, Tensor w_hh, Tensor hs, Tensor(a!) da, bool relu, int path, "
+        "bool parallel) -> Tensor",
         &rnn_backward);
   m.def("gru_forward(Tensor(a!) gx, Tensor h0, Tensor w_hh, Tensor b_hn, int path, bool parallel) -> (Tensor, Tensor)",
         &gru_forward);
-  m.def("gru_backward(Tensor d_out, Tensor d_hT, Tensor w_hh, Tensor hs, Tensor gates, Tensor n, int path, "
-        "bool parallel) -> (Tensor, Tensor, Tensor)",
+  m.def("gru_backward(Tensor d_out, Tensor d_hT, Tensor w_hh, Tensor hs, Tensor gates, Tensor n, Tensor(a!) dgh, "
+        "Tensor(b!) dgi, int path, bool parallel) -> Tensor",
         &gru_backward);
   m.def("lstm_forward(Tensor(a!) gx, Tensor h0, Tensor c0, Tensor w_hh, int path, bool parallel) "
         "-> (Tensor, Tensor, Tensor)",
         &lstm_forward);
   m.def("lstm_backward(Tensor d_out, Tensor d_hT, Tensor d_cT, Tensor w_hh, Tensor cs, Tensor gates, Tensor tc, "
-        "int path, bool parallel) -> (Tensor, Tensor, Tensor)",
+        "Tensor(a!) dg, int path, bool parallel) -> (Tensor, Tensor)",
         &lstm_backward);
 }
