@@ -39,11 +39,14 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(Path(path), lambda f: torch.save(payload, f))
 
 
-def resolve_checkpoint(path: str | Path, prefer: str = "best.pt") -> Path:
-    """A file is itself; a run directory means its `prefer` checkpoint, else whichever exists."""
+def resolve_checkpoint(path: str | Path, prefer: str | None = None) -> Path:
+    """A file is itself; a run directory means its `prefer` checkpoint (default best.pt), else
+    whichever exists."""
+    from rnn_train.training.rundir import BEST, LAST  # the run directory's file names have one owner
+
     path = Path(path)
     if path.is_dir():
-        names = list(dict.fromkeys((prefer, "best.pt", "last.pt")))
+        names = list(dict.fromkeys((prefer or BEST, BEST, LAST)))
         for name in names:
             if (path / name).is_file():
                 return path / name

@@ -53,15 +53,15 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
     args = _parse(argv, prog)
     # after argument checks: importing torch takes a second
     from rnn_train.errors import UserError
-    from rnn_train.training.rundir import RunDir
+    from rnn_train.training.rundir import LAST, RunDir
     from rnn_train.training.start import check_resume_config
     from rnn_train.training.trainer import train
 
     resume = None
     if args.resume:
-        ckpt_path = resolve_checkpoint(args.resume, prefer="last.pt")
+        ckpt_path = resolve_checkpoint(args.resume, prefer=LAST)
         resume = load_checkpoint(ckpt_path)
-        if Path(args.resume).is_dir() and ckpt_path.name != "last.pt":
+        if Path(args.resume).is_dir() and ckpt_path.name != LAST:
             print(f"note: {args.resume} has no last.pt; resuming from {ckpt_path.name} at step {resume['step']}",
                   file=sys.stderr)
         cfg = build_config(resume["config"], args.overrides, source=f"{ckpt_path} + overrides")
