@@ -11,8 +11,8 @@ rotating order) and the median is reported, because the machine is shared and no
 
 Variants: ``native`` (the nn module on one-hot vectors: autograd per step, oneDNN's fused LSTM),
 ``python`` / ``python-auto`` (the fused layer's Python loop with torch.mm / with oneDNN for the
-big GEMMs), ``cpp-rows`` (C++ loop, batch rows on threads), ``cpp-blas`` (C++ loop, BLAS threads
-each GEMM). ``speedup`` is over the first variant.
+big GEMMs), ``cpp-rows`` / ``cpp-units`` (C++ loop, batch rows / hidden units split over the
+threads), ``cpp-blas`` (C++ loop, BLAS threads each GEMM). ``speedup`` is over the first variant.
 """
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ VARIANTS = {
     "native": None,
     "python": FusedPath("python", "blas"),
     "python-auto": FusedPath("python", "auto"),
-    "cpp-rows": FusedPath("cpp", "blas", "blas", True),
-    "cpp-blas": FusedPath("cpp", "blas", "blas", False),
+    "cpp-rows": FusedPath("cpp", "blas", "blas", "rows"),
+    "cpp-units": FusedPath("cpp", "blas", "blas", "units"),
+    "cpp-blas": FusedPath("cpp", "blas", "blas", "blas"),
 }
 
 

@@ -15,7 +15,8 @@ Variants:
                  SGD, clipping by hand), imported from that file
     native       rnn-train's TorchLearner step with model.kernel=native
     python       ... with the fused layer's Python loop
-    cpp-rows     ... with the C++ loop, batch rows on threads
+    cpp-rows     ... with the C++ loop, batch rows split over the threads
+    cpp-units    ... with the C++ loop, hidden units split over the threads
     cpp-blas     ... with the C++ loop, BLAS threading each GEMM
     auto         ... with whatever model.kernel=auto picks here (measured on first use; printed)
 The fused variants use gemm="blas" unless --gemm says otherwise.
@@ -40,7 +41,8 @@ from rnn_train.config import load_config  # noqa: E402
 from rnn_train.kernels.fused import FusedPath  # noqa: E402
 from rnn_train.training.learner import TorchLearner  # noqa: E402
 
-PATHS = {"native": None, "python": ("python", False), "cpp-rows": ("cpp", True), "cpp-blas": ("cpp", False)}
+PATHS = {"native": None, "python": ("python", "blas"), "cpp-rows": ("cpp", "rows"), "cpp-units": ("cpp", "units"),
+         "cpp-blas": ("cpp", "blas")}
 
 
 def reference_step(module_path: Path, cell: str, V: int, H: int, layers: int, lr: float):
@@ -143,7 +145,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--gemm", choices=("blas", "auto"), default="blas", help="the fused paths' all-steps GEMMs")
-    p.add_argument("--variants", default="reference,native,python,cpp-rows,cpp-blas")
+    p.add_argument("--variants", default="reference,native,python,cpp-rows,cpp-units,cpp-blas")
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--config", default=str(ROOT / "configs" / "shakespeare_gru.yaml"))

@@ -27,12 +27,12 @@ from rnn_train.kernels.gemm import onednn_available
 MODULES = {"gru": nn.GRU, "rnn": nn.RNN, "lstm": nn.LSTM}
 PARAM_NAMES = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 PYTHON = FusedPath("python", "blas")
-CPP = FusedPath("cpp", "blas", "blas", parallel=True)  # row blocks on threads
 PATHS = {
     "python": PYTHON,
-    "cpp-rows": CPP,
-    "cpp-serial": FusedPath("cpp", "blas", "blas", parallel=False),
-    "cpp-aten": FusedPath("cpp", "blas", "aten", parallel=True),
+    "cpp-rows": FusedPath("cpp", "blas", "blas", threads="rows"),  # a block of batch rows per thread
+    "cpp-units": FusedPath("cpp", "blas", "blas", threads="units"),  # a block of hidden units per thread
+    "cpp-serial": FusedPath("cpp", "blas", "blas", threads="blas"),
+    "cpp-aten": FusedPath("cpp", "blas", "aten", threads="rows"),
 }
 F32_GEMMS = ["blas", "auto"] + (["onednn"] if onednn_available() else [])
 
@@ -47,11 +47,12 @@ def one_thread():
 
 
 def usable(path: FusedPath) -> FusedPath:
-    """`path`, or a skip saying why the C++ loop cannot run here; two threads for row blocks, so
-    that the blocks really are split (B >= 8 in the tests that exercise them)."""
+    """`path`, or a skip saying why the C++ loop cannot run here; two threads where blocks run on
+    threads, so that they really are split (B >= 8 rows or H >= 32 units in the tests that
+    exercise them)."""
     if path.loop == "cpp" and extension() is None:
         pytest.skip("the C++ kernels could not be built on this machine (see the note on stderr)")
-    if path.parallel:
+    if path.threads != "blas":
         torch.set_num_threads(2)
     return path
 
@@ -167,6 +168,7 @@ SHAPES = [  # (B, T, I, H)
     (3, 1, 5, 4),  # one step
     (1, 50, 7, 9),  # one sequence, long: gradients cross 50 steps
     (11, 13, 6, 17),  # odd H, B not a multiple of the row blocks
+    (9, 7, 5, 40),  # two unit blocks of unequal size (32 + 8)
     (5, 50, 3, 1),  # H = 1
 ]
 
@@ -174,7 +176,7 @@ SHAPES = [  # (B, T, I, H)
 # ----------------------------------------------------------------------------- 1. float64 equality
 
 
-@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows", "cpp-serial"]))
+@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows", "cpp-units", "cpp-serial"]))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_T{}_I{}_H{}".format(*s))
 @pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "time_major"])
 def test_float64_outputs_and_every_gradient_equal_nn(path, cell, shape, batch_first):
@@ -191,7 +193,7 @@ def test_float64_outputs_and_every_gradient_equal_nn(path, cell, shape, batch_fi
 @pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "time_major"])
 def test_float64_equality_holds_for_the_aten_step_gemm(path, cell, batch_first):
     path = usable(PATHS[path])
-    case = make_case(cell, *SHAPES[2], seed=2, batch_first=batch_first)
+    case = make_case(cell, *SHAPES[2], seed=2, batch_first=batch_first)  # rows split, the ATen GEMM
     assert_same(fused_run(case, path=path), reference(case), 1e-10)
 
 
@@ -272,7 +274,7 @@ def float32_case(cell, one_hot_ids):
     return make_case(cell, 8, 35, 30, 64, seed=11, dtype=torch.float32, one_hot=one_hot_ids, scale=64**-0.5)
 
 
-@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows", "cpp-serial", "cpp-aten"]))
+@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows", "cpp-units", "cpp-serial", "cpp-aten"]))
 @pytest.mark.parametrize("one_hot_ids", [False, True], ids=["dense", "ids"])
 def test_float32_agrees_with_nn(path, cell, one_hot_ids):
     path = usable(PATHS[path])
@@ -289,7 +291,7 @@ def test_float32_agrees_with_nn_with_every_gemm_backend(loop, gemm, one_hot_ids)
     # "onednn" forces oneDNN for every GEMM (too small for "auto" to pick it), "blas" forces torch.mm
     base = usable(PATHS[loop])
     case = float32_case("gru", one_hot_ids)
-    ours = fused_run(case, one_hot_ids=one_hot_ids, path=FusedPath(base.loop, gemm, base.step, base.parallel))
+    ours = fused_run(case, one_hot_ids=one_hot_ids, path=FusedPath(base.loop, gemm, base.step, base.threads))
     assert_same(ours, reference(case), 1e-5, rel=True)
 
 

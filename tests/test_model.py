@@ -68,8 +68,8 @@ def test_from_config_applies_dtype():
     assert m.begin_state(1)[0].dtype == torch.float64
 
 
-TRAINING_PATHS = [FusedPath("python", "blas"), FusedPath("cpp", "blas", "blas", parallel=True),
-                  FusedPath("cpp", "auto", "aten", parallel=False)]
+TRAINING_PATHS = [FusedPath("python", "blas"), FusedPath("cpp", "blas", "blas", threads="rows"),
+                  FusedPath("cpp", "blas", "blas", threads="units"), FusedPath("cpp", "auto", "aten", threads="blas")]
 
 
 @pytest.mark.parametrize("path,cell", [(p, c) for p in TRAINING_PATHS for c in LOOP_CELLS[p.loop]],
@@ -80,11 +80,11 @@ def test_cpu_training_path_gives_the_module_path_gradients(path, cell, embedding
     if path.loop == "cpp" and extension() is None:
         pytest.skip("the C++ kernels could not be built on this machine (see the note on stderr)")
     torch.manual_seed(0)
-    model = CharRNN(vocab_size=9, cell=cell, hidden_size=6, num_layers=2, embedding=embedding, embed_dim=4).double()
+    model = CharRNN(vocab_size=9, cell=cell, hidden_size=40, num_layers=2, embedding=embedding, embed_dim=4).double()
     model.set_training_path(path)
     assert model.training_kernel() == path.label()
     x, y = torch.randint(0, 9, (10, 7)), torch.randint(0, 9, (10, 7))
-    h0 = torch.randn(2, 10, 6, dtype=torch.float64)
+    h0 = torch.randn(2, 10, 40, dtype=torch.float64)
     state0 = (h0, torch.randn_like(h0)) if cell == "lstm" else h0
     results = []
     for fused in (True, False):

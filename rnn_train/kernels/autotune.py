@@ -6,8 +6,9 @@ one machine's timings was wrong on the next (docs/kernels.md). So on first use f
 module shape the candidates run a few interleaved forward+backward passes and the fastest wins:
 
     1. the all-steps GEMMs: torch.mm ("blas") against oneDNN for the big ones ("auto"), float32 only;
-    2. the time loop, with that GEMM choice: C++ with row blocks on threads, C++ with BLAS-threaded
-       GEMMs, the Python loop, and (for model.kernel=auto) torch's own module.
+    2. the time loop, with that GEMM choice: C++ with BLAS-threaded GEMMs, with batch rows or
+       hidden units split over the threads, the Python loop, and (for model.kernel=auto) torch's
+       own module.
 
 The decision is stored in ``<cache>/autotune.json`` (rnn_train.kernels.build.cache_root), keyed
 by the machine (CPU model and flags, torch version, the ISA caps torch honours, threads, the
@@ -46,8 +47,10 @@ def loop_candidates(rnn: nn.Module, gemm: str) -> list[FusedPath]:
     out = []
     if can_fuse(rnn, loop="cpp") and build.extension() is not None:
         step = "blas" if build.extension().blas_available() else "aten"
-        rows = [True, False] if torch.get_num_threads() > 1 else [False]
-        out += [FusedPath("cpp", gemm, step, parallel) for parallel in rows]
+        threads = ["blas"]
+        if torch.get_num_threads() > 1:
+            threads += ["rows", "units"] if step == "blas" else ["rows"]
+        out += [FusedPath("cpp", gemm, step, t) for t in threads]
     if can_fuse(rnn, loop="python"):
         out.append(FusedPath("python", gemm))
     return out
@@ -71,11 +74,11 @@ def shape_key(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, wi
 
 def _path_to_json(path: FusedPath | None) -> dict:
     return {"native": True} if path is None else {"loop": path.loop, "gemm": path.gemm, "step": path.step,
-                                                   "parallel": path.parallel}
+                                                   "threads": path.threads}
 
 
 def _path_from_json(d: dict) -> FusedPath | None:
-    return None if d.get("native") else FusedPath(d["loop"], d["gemm"], d["step"], bool(d["parallel"]))
+    return None if d.get("native") else FusedPath(d["loop"], d["gemm"], d["step"], d["threads"])
 
 
 def _cache_file():
@@ -142,7 +145,7 @@ def measure(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with
     gemm = "blas"
     if module.weight_hh_l0.dtype == torch.float32 and onednn_available():
         first = loop_candidates(module, "blas")[0]
-        gemms = {g_: _pass(module, FusedPath(first.loop, g_, first.step, first.parallel), inp, one_hot)
+        gemms = {g_: _pass(module, FusedPath(first.loop, g_, first.step, first.threads), inp, one_hot)
                  for g_ in ("blas", "auto")}
         timed = race(gemms)
         gemm = min(timed, key=timed.get)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("csrc") / "recurrence.cpp"
+SOURCE = Path(__file__).with_name("csrc") / "recurrence.cpp"  # includes the headers beside it
 CACHE_ENV = "RNN_TRAIN_CACHE"
 OFF_ENV = "RNN_TRAIN_NO_CPP"
 _OK, _FAILED = "built.ok", "build.failed"
@@ -63,7 +63,8 @@ def cpu_signature() -> str:
 
 
 def build_key() -> str:
-    parts = [SOURCE.read_bytes().decode(), " ".join(compile_flags()), torch.__version__,
+    sources = [SOURCE, *sorted(SOURCE.parent.glob("*.h"))]
+    parts = [*(f.read_bytes().decode() for f in sources), " ".join(compile_flags()), torch.__version__,
              f"{sys.version_info[0]}.{sys.version_info[1]}", cpu_signature()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 

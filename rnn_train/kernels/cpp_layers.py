@@ -15,10 +15,10 @@ the backward needs. Tensors between the two (T steps, B sequences, H units, G ga
                         reused by every backward: fresh multi-MB buffers cost ~800 page faults per
                         GRU-256 step on the machine measured (docs/kernels.md)
 
-``step`` picks the per-step GEMM: 0 calls the BLAS torch links (MKL) directly, 1 goes through
-ATen (torch.mm); ``parallel`` runs blocks of batch rows on separate threads (the sequences are
-independent, so the steps need no synchronisation) instead of letting BLAS thread each GEMM.
-Which is faster depends on the machine and the shapes: the autotuner decides.
+``step`` picks the per-step GEMM (STEP_GEMMS: the BLAS torch links, called directly, or
+torch.mm) and ``threads`` how the loop uses torch's threads (THREADS: BLAS threads each GEMM,
+a block of batch rows per thread, or a block of hidden units per thread; csrc/common.h says
+why each can win). Which is faster depends on the machine and the shapes: the autotuner decides.
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ from rnn_train.kernels.build import extension
 from rnn_train.kernels.gemm import scratch, weight_grad
 from rnn_train.kernels.layer_io import input_grads, out_view, project, time_major_rows
 
-STEP_GEMMS = {"blas": 0, "aten": 1}
+STEP_GEMMS = {"blas": 0, "aten": 1}  # csrc/common.h GemmPath
+THREADS = {"blas": 0, "rows": 1, "units": 2}  # csrc/common.h Threads
 
 
 def _ops():
@@ -52,25 +53,25 @@ def _gates_input(cell: str, x2, one_hot_ids: bool, w_ih, b_ih, b_hh, gemm: int, 
 
 
 def cpp_states(cell: str, x2, one_hot_ids: bool, h0, c0, w_ih, w_hh, b_ih, b_hh, T: int, B: int, relu: bool,
-               gemm: int, step: int, parallel: bool) -> dict[str, torch.Tensor]:
+               gemm: int, step: int, threads: int) -> dict[str, torch.Tensor]:
     """The forward recurrence without autograd: {"hs", "gates", and "n" (GRU) or "cs", "tc" (LSTM)}."""
     ops, w = _ops(), w_hh.contiguous()
     gx = _gates_input(cell, x2, one_hot_ids, w_ih, b_ih, b_hh, gemm, T, B)
     h0 = h0.contiguous()
     if cell == "rnn":
-        return {"hs": ops.rnn_forward(gx, h0, w, relu, step, parallel), "gates": gx}
+        return {"hs": ops.rnn_forward(gx, h0, w, relu, step, threads), "gates": gx}
     if cell == "gru":
         H = w.shape[1]
         b_hn = b_hh[2 * H:].contiguous() if b_hh is not None else torch.zeros(H, dtype=w.dtype, device=w.device)
-        hs, n = ops.gru_forward(gx, h0, w, b_hn, step, parallel)
+        hs, n = ops.gru_forward(gx, h0, w, b_hn, step, threads)
         return {"hs": hs, "gates": gx, "n": n}
-    hs, cs, tc = ops.lstm_forward(gx, h0, c0.contiguous(), w, step, parallel)
+    hs, cs, tc = ops.lstm_forward(gx, h0, c0.contiguous(), w, step, threads)
     return {"hs": hs, "gates": gx, "cs": cs, "tc": tc}
 
 
-def _set_ctx(ctx, one_hot_ids, batch_first, has_bias, relu, gemm, step, parallel):
+def _set_ctx(ctx, one_hot_ids, batch_first, has_bias, relu, gemm, step, threads):
     ctx.one_hot_ids, ctx.batch_first, ctx.has_bias = one_hot_ids, batch_first, has_bias
-    ctx.relu, ctx.gemm, ctx.step, ctx.parallel = relu, gemm, step, parallel
+    ctx.relu, ctx.gemm, ctx.step, ctx.threads = relu, gemm, step, threads
 
 
 def _hidden_grads(ctx, deltas2, hs, T: int, B: int, need_w: bool, need_b: bool):
@@ -83,13 +84,13 @@ def _hidden_grads(ctx, deltas2, hs, T: int, B: int, need_w: bool, need_b: bool):
 
 class CppRNN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, relu, gemm, step, parallel):
+    def forward(ctx, inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, relu, gemm, step, threads):
         T, B = (inp.shape[1], inp.shape[0]) if batch_first else (inp.shape[0], inp.shape[1])
         x2 = time_major_rows(inp, batch_first, T, B)
-        s = cpp_states("rnn", x2, one_hot_ids, h0, None, w_ih, w_hh, b_ih, b_hh, T, B, relu, gemm, step, parallel)
+        s = cpp_states("rnn", x2, one_hot_ids, h0, None, w_ih, w_hh, b_ih, b_hh, T, B, relu, gemm, step, threads)
         hs = s["hs"]
         ctx.save_for_backward(x2, w_ih, w_hh, hs)
-        _set_ctx(ctx, one_hot_ids, batch_first, b_ih is not None, relu, gemm, step, parallel)
+        _set_ctx(ctx, one_hot_ids, batch_first, b_ih is not None, relu, gemm, step, threads)
         return out_view(hs[1:], batch_first), hs[T].clone()
 
     @staticmethod
@@ -99,7 +100,7 @@ class CppRNN(torch.autograd.Function):
         T, B = hs.shape[0] - 1, hs.shape[1]
         d_out = d_out.transpose(0, 1) if ctx.batch_first else d_out  # [T, B, H] (a view)
         da = scratch("cpp_deltas_hidden", (T, B, hs.shape[2]), hs)
-        dh0 = _ops().rnn_backward(d_out, d_hT, w_hh.contiguous(), hs, da, ctx.relu, ctx.step, ctx.parallel)
+        dh0 = _ops().rnn_backward(d_out, d_hT, w_hh.contiguous(), hs, da, ctx.relu, ctx.step, ctx.threads)
         da2 = da.view(T * B, -1)
         need = ctx.needs_input_grad
         dw_hh, _ = _hidden_grads(ctx, da2, hs, T, B, need[3], False)
@@ -112,13 +113,13 @@ class CppRNN(torch.autograd.Function):
 
 class CppGRU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, gemm, step, parallel):
+    def forward(ctx, inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, gemm, step, threads):
         T, B = (inp.shape[1], inp.shape[0]) if batch_first else (inp.shape[0], inp.shape[1])
         x2 = time_major_rows(inp, batch_first, T, B)
-        s = cpp_states("gru", x2, one_hot_ids, h0, None, w_ih, w_hh, b_ih, b_hh, T, B, False, gemm, step, parallel)
+        s = cpp_states("gru", x2, one_hot_ids, h0, None, w_ih, w_hh, b_ih, b_hh, T, B, False, gemm, step, threads)
         hs = s["hs"]
         ctx.save_for_backward(x2, w_ih, w_hh, hs, s["gates"], s["n"])
-        _set_ctx(ctx, one_hot_ids, batch_first, b_ih is not None, False, gemm, step, parallel)
+        _set_ctx(ctx, one_hot_ids, batch_first, b_ih is not None, False, gemm, step, threads)
         return out_view(hs[1:], batch_first), hs[T].clone()
 
     @staticmethod
@@ -128,7 +129,7 @@ class CppGRU(torch.autograd.Function):
         T, B = n.shape[0], n.shape[1]
         d_out = d_out.transpose(0, 1) if ctx.batch_first else d_out
         dgh, dgi = scratch("cpp_deltas_hidden", gates.shape, gates), scratch("cpp_deltas_input", gates.shape, gates)
-        dh0 = _ops().gru_backward(d_out, d_hT, w_hh.contiguous(), hs, gates, n, dgh, dgi, ctx.step, ctx.parallel)
+        dh0 = _ops().gru_backward(d_out, d_hT, w_hh.contiguous(), hs, gates, n, dgh, dgi, ctx.step, ctx.threads)
         need = ctx.needs_input_grad
         dw_hh, db_hh = _hidden_grads(ctx, dgh.view(T * B, -1), hs, T, B, need[3], need[5])
         dx, dw_ih, db_ih = input_grads(ctx, dgi.view(T * B, -1), x2, w_ih, T, B, (need[0], need[2], need[4]))
@@ -137,13 +138,13 @@ class CppGRU(torch.autograd.Function):
 
 class CppLSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, inp, h0, c0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, gemm, step, parallel):
+    def forward(ctx, inp, h0, c0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, gemm, step, threads):
         T, B = (inp.shape[1], inp.shape[0]) if batch_first else (inp.shape[0], inp.shape[1])
         x2 = time_major_rows(inp, batch_first, T, B)
-        s = cpp_states("lstm", x2, one_hot_ids, h0, c0, w_ih, w_hh, b_ih, b_hh, T, B, False, gemm, step, parallel)
+        s = cpp_states("lstm", x2, one_hot_ids, h0, c0, w_ih, w_hh, b_ih, b_hh, T, B, False, gemm, step, threads)
         hs, cs = s["hs"], s["cs"]
         ctx.save_for_backward(x2, w_ih, w_hh, hs, cs, s["gates"], s["tc"])
-        _set_ctx(ctx, one_hot_ids, batch_first, b_ih is not None, False, gemm, step, parallel)
+        _set_ctx(ctx, one_hot_ids, batch_first, b_ih is not None, False, gemm, step, threads)
         return out_view(hs[1:], batch_first), hs[T].clone(), cs[T].clone()
 
     @staticmethod
@@ -153,7 +154,7 @@ class CppLSTM(torch.autograd.Function):
         T, B = tc.shape[0], tc.shape[1]
         d_out = d_out.transpose(0, 1) if ctx.batch_first else d_out
         dg = scratch("cpp_deltas_hidden", gates.shape, gates)
-        dh0, dc0 = _ops().lstm_backward(d_out, d_hT, d_cT, w_hh.contiguous(), cs, gates, tc, dg, ctx.step, ctx.parallel)
+        dh0, dc0 = _ops().lstm_backward(d_out, d_hT, d_cT, w_hh.contiguous(), cs, gates, tc, dg, ctx.step, ctx.threads)
         dg2 = dg.view(T * B, -1)
         need = ctx.needs_input_grad
         dw_hh, _ = _hidden_grads(ctx, dg2, hs, T, B, need[4], False)

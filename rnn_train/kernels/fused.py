@@ -80,25 +80,27 @@ class FusedPath:
     gemm      the all-steps GEMMs (and the Python loop's per-step ones): rnn_train.kernels.gemm.GEMMS
     step      the C++ loop's per-step GEMM: "blas" (the BLAS torch links, called directly) or
               "aten" (torch.mm; for torch builds whose BLAS is not exported)
-    parallel  C++ loop: blocks of batch rows on separate threads, each GEMM single-threaded;
-              else one block and BLAS threads each GEMM
+    threads   how the C++ loop uses torch's threads (csrc/common.h): "blas" (BLAS threads each
+              step's GEMM), "rows" (a block of batch rows per thread, no waiting between steps),
+              "units" (a block of hidden units per thread, full-height GEMMs, a barrier per
+              step; needs step="blas")
     """
 
     loop: str = "python"
     gemm: str = "auto"
     step: str = "blas"
-    parallel: bool = False
+    threads: str = "blas"
 
     def __post_init__(self):
-        if self.loop not in LOOP_CELLS or self.gemm not in GEMMS or self.step not in ("blas", "aten"):
+        if (self.loop not in LOOP_CELLS or self.gemm not in GEMMS or self.step not in ("blas", "aten")
+                or self.threads not in ("blas", "rows", "units") or (self.threads == "units" and self.step != "blas")):
             raise ValueError(f"not a fused path: {self}")
 
     def label(self) -> str:
         """How the run log names this path."""
         if self.loop == "python":
             return f"fused-python(gemm={self.gemm})"
-        threads = "rows" if self.parallel else "blas"
-        return f"fused-cpp(step={self.step}, threads={threads}, gemm={self.gemm})"
+        return f"fused-cpp(step={self.step}, threads={self.threads}, gemm={self.gemm})"
 
 
 def fused_rnn_layer(cell: str, inp: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
@@ -135,14 +137,14 @@ def fused_rnn_layer(cell: str, inp: torch.Tensor, h0: torch.Tensor, w_ih: torch.
         if cell == "gru":
             return PythonGRU.apply(inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, gemm)
         return PythonRNN.apply(inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, relu, gemm)
-    from rnn_train.kernels.cpp_layers import STEP_GEMMS, CppGRU, CppLSTM, CppRNN
+    from rnn_train.kernels.cpp_layers import STEP_GEMMS, THREADS, CppGRU, CppLSTM, CppRNN
 
-    step = STEP_GEMMS[path.step]
+    step, threads = STEP_GEMMS[path.step], THREADS[path.threads]
     if cell == "gru":
-        return CppGRU.apply(inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, gemm, step, path.parallel)
+        return CppGRU.apply(inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, gemm, step, threads)
     if cell == "rnn":
-        return CppRNN.apply(inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, relu, gemm, step, path.parallel)
-    return CppLSTM.apply(inp, h0, c0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, gemm, step, path.parallel)
+        return CppRNN.apply(inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, relu, gemm, step, threads)
+    return CppLSTM.apply(inp, h0, c0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, gemm, step, threads)
 
 
 def _states_no_grad(cell, inp, h0, c0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, relu, gemm, path, T, B, H):
@@ -155,10 +157,10 @@ def _states_no_grad(cell, inp, h0, c0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batc
         else:
             hs = rnn_states(x2, one_hot_ids, h0, w_ih, w_hh, b_ih, b_hh, T, B, H, relu, gemm)
         return out_view(hs[1:], batch_first), hs[T].clone()
-    from rnn_train.kernels.cpp_layers import STEP_GEMMS, cpp_states
+    from rnn_train.kernels.cpp_layers import STEP_GEMMS, THREADS, cpp_states
 
     s = cpp_states(cell, x2, one_hot_ids, h0, c0, w_ih, w_hh, b_ih, b_hh, T, B, relu, gemm, STEP_GEMMS[path.step],
-                   path.parallel)
+                   THREADS[path.threads])
     hs = s["hs"]
     result = (out_view(hs[1:], batch_first), hs[T].clone())
     return result + (s["cs"][T].clone(),) if cell == "lstm" else result
