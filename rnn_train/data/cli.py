@@ -14,8 +14,7 @@ from pathlib import Path
 
 from rnn_train.cli import ArgumentParser
 from rnn_train.config import load_config
-from rnn_train.data.batching import min_corpus_length
-from rnn_train.data.dataset import split
+from rnn_train.data.dataset import check_one_batch, split
 from rnn_train.data.prepare import prepare_corpus
 from rnn_train.errors import UserError
 
@@ -43,8 +42,5 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train prepare") -> int:
     print(f"{how}: {what} -> {n:,} tokens ({meta['dtype']}), vocab {len(prepared.vocab)}{unk}; "
           f"train {train:,}, val {val:,}" + (f", test {test:,}" if test else ""))
     print(f"cache entry: {prepared.directory}")
-    need = min_corpus_length(d.batch_size, d.num_steps)
-    if train < need:
-        raise UserError(f"corpus too short: the training split has {train} characters, but "
-                        f"data.batch_size × data.num_steps + data.num_steps = {need} are needed for one batch")
+    check_one_batch(train, d)
     return 0

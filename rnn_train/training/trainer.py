@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from rnn_train.config import Config
-from rnn_train.data.batching import Batch, batches, batches_per_epoch, epoch_rng, min_corpus_length
-from rnn_train.data.dataset import Dataset, prepare_data
+from rnn_train.data.batching import Batch, batches, batches_per_epoch, epoch_rng
+from rnn_train.data.dataset import Dataset, check_one_batch, prepare_data
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
 from rnn_train.model import checkpoint as ckpt_io
@@ -310,10 +310,7 @@ def _describe(cfg: Config, data: Dataset, learner: Learner, device: torch.device
 
 def _check_batches(cfg: Config, data: Dataset) -> None:
     """A training split handed in (`data=`) must give one batch (prepare_data checks its own)."""
-    d = cfg.data
-    if len(data.train) < min_corpus_length(d.batch_size, d.num_steps):
-        raise UserError(f"the training split ({len(data.train)} characters) yields no batch of "
-                        f"data.batch_size × data.num_steps; lower them or use a longer corpus")
+    check_one_batch(len(data.train), cfg.data)
 
 
 def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: str | Path | None = None,

@@ -14,8 +14,9 @@ from typing import Any
 
 from rnn_train.config import SECTIONS, Config, DataConfig, load_config
 from rnn_train.errors import UserError
+from rnn_train.training.rules import LIMIT_KEYS, budget_overrides
 
-BUDGET_KEYS = ("train.epochs", "train.max_steps", "train.max_tokens", "train.max_time", "train.patience")
+BUDGET_KEYS = LIMIT_KEYS
 """Limits the budget owns: set by --budget, never by the grid or an override."""
 OWNED_KEYS = BUDGET_KEYS + ("log.dir", "log.name")
 """Keys the sweep sets itself (log.dir / log.name: each run's directory is named after its grid point)."""
@@ -32,10 +33,9 @@ class Budget:
 
     def overrides(self) -> list[str]:
         """The dotted overrides that make this budget the only limit of a run."""
-        tokens = int(self.amount) if self.kind == "tokens" else 0
-        seconds = f"{self.amount:g}" if self.kind == "time" else "0"
-        return ["train.epochs=0", "train.max_steps=0", f"train.max_tokens={tokens}",
-                f"train.max_time={seconds}", "train.patience=0"]
+        if self.kind == "tokens":
+            return budget_overrides(max_tokens=int(self.amount))
+        return budget_overrides(max_time=self.amount)
 
     def describe(self) -> str:
         return f"{int(self.amount):,} training tokens" if self.kind == "tokens" else f"{self.amount:g} s of training"
@@ -213,8 +213,7 @@ def _hashable(d: DataConfig) -> str:
 def prepare_corpora(plan: SweepPlan, cache_dir: Path | None) -> dict[str, Any]:
     """Read, encode and split each distinct corpus once; check every run gets at least one batch.
     Returns {`_hashable(corpus_key(run.cfg.data))`: Dataset}."""
-    from rnn_train.data.batching import min_corpus_length
-    from rnn_train.data.dataset import prepare_data
+    from rnn_train.data.dataset import prepare_data, too_short
 
     datasets: dict[str, Any] = {}
     problems: list[str] = []
@@ -222,11 +221,9 @@ def prepare_corpora(plan: SweepPlan, cache_dir: Path | None) -> dict[str, Any]:
         key = corpus_key(r.cfg.data)
         if _hashable(key) not in datasets:
             datasets[_hashable(key)] = prepare_data(key, cache_dir)
-        d, n = r.cfg.data, len(datasets[_hashable(key)].train)
-        need = min_corpus_length(d.batch_size, d.num_steps)
-        if n < need:
-            problems.append(f"run {r.name}: the training split has {n} characters, but data.batch_size × "
-                            f"data.num_steps + data.num_steps = {need} are needed for one batch")
+        problem = too_short(len(datasets[_hashable(key)].train), r.cfg.data)
+        if problem:
+            problems.append(f"run {r.name}: the training split {problem}")
     if problems:
         raise UserError("corpus too short: " + "; ".join(problems))
     return datasets
