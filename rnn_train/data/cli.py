@@ -16,7 +16,6 @@ from rnn_train.cli import ArgumentParser
 from rnn_train.config import load_config
 from rnn_train.data.dataset import check_one_batch, split
 from rnn_train.data.prepare import prepare_corpus
-from rnn_train.errors import UserError
 
 
 def main(argv: list[str] | None = None, prog: str = "rnn-train prepare") -> int:

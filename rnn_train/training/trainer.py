@@ -35,7 +35,6 @@ from rnn_train.config import Config
 from rnn_train.data.batching import Batch, batches, batches_per_epoch, epoch_rng
 from rnn_train.data.dataset import Dataset, check_one_batch, prepare_data
 from rnn_train.data.vocab import Vocab
-from rnn_train.errors import UserError
 from rnn_train.model import checkpoint as ckpt_io
 from rnn_train.model.charrnn import count_parameters, detach_state
 from rnn_train.prediction.generate import generate
