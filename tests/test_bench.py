@@ -1,6 +1,7 @@
 """The speed benchmark end to end, briefly: both sides run on the same corpus for the same time
 budget, and every line it prints is strict JSON."""
 import json
+import os
 import subprocess
 import sys
 
@@ -18,10 +19,12 @@ def refuse(name):
 def test_bench_prints_strict_json_lines_and_runs_the_time_budget(tmp_path):
     if not REFERENCE.exists():
         pytest.skip(f"{REFERENCE} is absent (../shared is only beside the project's own checkout)")
-    out = subprocess.run([sys.executable, "-m", "rnn_train", "bench", "--config", "configs/debug.yaml",
-                          "--corpus", "tests/fixtures/v1/corpus.txt", "--seconds", "1", "--rounds", "1",
+    # from a directory other than the checkout, a recipe by name: as an installed rnn-train runs it
+    out = subprocess.run([sys.executable, "-m", "rnn_train", "bench", "--config", "debug", "--reference", str(REFERENCE),
+                          "--corpus", str(ROOT / "tests/fixtures/v1/corpus.txt"), "--seconds", "1", "--rounds", "1",
                           "--threads", "1", "model.hidden_size=8", "data.batch_size=4", "data.num_steps=10"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line, parse_constant=refuse) for line in out.stdout.strip().splitlines()]
     ref, ours, summary = lines

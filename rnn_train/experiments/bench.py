@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,12 +27,13 @@ from pathlib import Path
 from rnn_train.cli import ArgumentParser
 from rnn_train.config import load_config
 from rnn_train.errors import UserError
+from rnn_train.recipes import resolve_recipe
 from rnn_train.files import strict_json
 from rnn_train.training.rules import budget_overrides
 from rnn_train.training.rundir import RunDir
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_REFERENCE = ROOT.parent / "shared" / "bench" / "reference_loop.py"
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the directory holding rnn_train/
+DEFAULT_REFERENCE = PACKAGE_PARENT.parent / "shared" / "bench" / "reference_loop.py"  # beside a checkout
 
 
 def _run(cmd: list[str], what: str, **kwargs) -> str:
@@ -64,11 +66,13 @@ def run_reference(reference: Path, corpus: Path, cfg, seconds: float, threads: i
 
 
 def run_pipeline(config: Path, corpus: Path, overrides: list[str], seconds: float, threads: int, workdir: Path) -> dict:
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(config), "--quiet", "--force",
+    cmd = [sys.executable, "-m", "rnn_train", "train", "--config", str(config), "--quiet", "--force",
            "--cache-dir", str(workdir / "cache"), f"data.paths={corpus}", "data.kind=text", "data.letters_only=false",
            *budget_overrides(max_time=seconds), "train.eval_every=0", f"train.threads={threads}",
            f"log.dir={workdir}", "log.name=bench", "log.sample_length=0", *overrides]
-    _run(cmd, "rnn-train run", cwd=ROOT)
+    # the package this bench runs from, whether installed or a checkout, and from any directory
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))}
+    _run(cmd, "rnn-train run", env=env)
     metrics = RunDir(workdir / "bench").read_metrics()
     if metrics is None:
         raise UserError(f"the rnn-train run wrote no {workdir / 'bench' / 'metrics.json'}")
@@ -91,11 +95,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train bench")
     args = ap.parse_intermixed_args(argv)
     if args.rounds < 1 or args.seconds <= 0:
         ap.error("--rounds must be >= 1 and --seconds > 0")
-    reference, corpus = Path(args.reference), Path(args.corpus)
-    for p, what in ((reference, "reference loop"), (corpus, "corpus"), (Path(args.config), "config")):
+    reference, corpus, config = Path(args.reference), Path(args.corpus), resolve_recipe(args.config)
+    for p, what in ((reference, "reference loop (--reference)"), (corpus, "corpus")):
         if not p.is_file():
             raise UserError(f"{what} {p} does not exist")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(config, args.overrides)
     if cfg.model.embedding != "one_hot":
         raise UserError("the reference loop feeds one-hot vectors: use a recipe with model.embedding=one_hot")
     overrides = list(args.overrides)
@@ -104,12 +108,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train bench")
                      "train.warmup_steps=0", *overrides]
         if cfg.train.optimizer != "sgd":  # the recipe's lr was tuned for another optimiser: use the book's
             overrides = ["train.lr=1.0", *overrides]
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(config, overrides)
     ratios, val_ratios = [], []
     with tempfile.TemporaryDirectory(prefix="rnn-bench-") as tmp:
         for r in range(args.rounds):
             ref = run_reference(reference, corpus, cfg, args.seconds, args.threads)
-            ours = run_pipeline(Path(args.config), corpus, overrides, args.seconds, args.threads, Path(tmp))
+            ours = run_pipeline(config, corpus, overrides, args.seconds, args.threads, Path(tmp))
             ref["round"] = ours["round"] = r
             print(strict_json(ref), flush=True)
             print(strict_json(ours), flush=True)
