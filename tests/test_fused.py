@@ -260,11 +260,15 @@ def test_ids_of_any_integer_type_give_the_same_result():
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), dtype
 
 
-def test_ids_beyond_the_vocabulary_are_refused():
-    case = make_case("gru", 2, 3, 4, 5, seed=0)
+@pytest.mark.parametrize("path", ["python", "cpp-rows", "cpp-units"])
+def test_ids_beyond_the_vocabulary_are_refused(path):
+    path = usable(PATHS[path])
+    case = make_case("gru", 9, 3, 4, 40, seed=0)
     m = case["module"]
-    with pytest.raises((IndexError, RuntimeError)):
-        fused_rnn_layer("gru", case["ids"] + 4, case["h0"], *(getattr(m, n) for n in PARAM_NAMES), one_hot_ids=True)
+    p = [getattr(m, n) for n in PARAM_NAMES]
+    for bad in (case["ids"] + 4, case["ids"] - 5):
+        with pytest.raises((IndexError, RuntimeError)):
+            fused_rnn_layer("gru", bad, case["h0"], *p, one_hot_ids=True, path=path)
 
 
 # ----------------------------------------------------------------------------- 3. float32

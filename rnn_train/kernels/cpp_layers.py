@@ -40,8 +40,10 @@ def _ops():
     return ops
 
 
-def _gates_input(cell: str, x2, one_hot_ids: bool, w_ih, b_ih, b_hh, gemm: int, T: int, B: int) -> torch.Tensor:
-    """gx [T, B, G*H]: the input projection of all steps plus the biases the loop does not add itself."""
+def _gates_input(cell: str, x2, one_hot_ids: bool, w_ih, b_ih, b_hh, gemm: int, T: int, B: int):
+    """(gx [T, B, G*H], ids, table): the input projection of all steps plus the biases the loop
+    does not add itself. For one-hot ids, gx is left empty and the loop gathers its rows from
+    table = W_ih^T + biases [V, G*H] as it goes (one pass fewer over gx); else ids = table = None."""
     H = w_ih.shape[0] // {"rnn": 1, "gru": 3, "lstm": 4}[cell]
     if b_ih is None:
         bias = None
@@ -49,23 +51,27 @@ def _gates_input(cell: str, x2, one_hot_ids: bool, w_ih, b_ih, b_hh, gemm: int, 
         bias = torch.cat([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H:]])
     else:
         bias = b_ih + b_hh
-    return project(x2, one_hot_ids, w_ih, bias, gemm).view(T, B, -1)
+    if not one_hot_ids:
+        return project(x2, False, w_ih, bias, gemm).view(T, B, -1), None, None
+    table = w_ih.t().contiguous() if bias is None else torch.add(w_ih.t(), bias).contiguous()  # [V, G*H]
+    gx = torch.empty(T, B, w_ih.shape[0], dtype=w_ih.dtype, device=w_ih.device)
+    return gx, x2.long().contiguous(), table
 
 
 def cpp_states(cell: str, x2, one_hot_ids: bool, h0, c0, w_ih, w_hh, b_ih, b_hh, T: int, B: int, relu: bool,
                gemm: int, step: int, threads: int) -> dict[str, torch.Tensor]:
     """The forward recurrence without autograd: {"hs", "gates", and "n" (GRU) or "cs", "tc" (LSTM)}."""
     ops, w = _ops(), w_hh.contiguous()
-    gx = _gates_input(cell, x2, one_hot_ids, w_ih, b_ih, b_hh, gemm, T, B)
+    gx, ids, table = _gates_input(cell, x2, one_hot_ids, w_ih, b_ih, b_hh, gemm, T, B)
     h0 = h0.contiguous()
     if cell == "rnn":
-        return {"hs": ops.rnn_forward(gx, h0, w, relu, step, threads), "gates": gx}
+        return {"hs": ops.rnn_forward(gx, ids, table, h0, w, relu, step, threads), "gates": gx}
     if cell == "gru":
         H = w.shape[1]
         b_hn = b_hh[2 * H:].contiguous() if b_hh is not None else torch.zeros(H, dtype=w.dtype, device=w.device)
-        hs, n = ops.gru_forward(gx, h0, w, b_hn, step, threads)
+        hs, n = ops.gru_forward(gx, ids, table, h0, w, b_hn, step, threads)
         return {"hs": hs, "gates": gx, "n": n}
-    hs, cs, tc = ops.lstm_forward(gx, h0, c0.contiguous(), w, step, threads)
+    hs, cs, tc = ops.lstm_forward(gx, ids, table, h0, c0.contiguous(), w, step, threads)
     return {"hs": hs, "gates": gx, "cs": cs, "tc": tc}
 
 
@@ -100,15 +106,15 @@ class CppRNN(torch.autograd.Function):
         T, B = hs.shape[0] - 1, hs.shape[1]
         d_out = d_out.transpose(0, 1) if ctx.batch_first else d_out  # [T, B, H] (a view)
         da = scratch("cpp_deltas_hidden", (T, B, hs.shape[2]), hs)
-        dh0 = _ops().rnn_backward(d_out, d_hT, w_hh.contiguous(), hs, da, ctx.relu, ctx.step, ctx.threads)
-        da2 = da.view(T * B, -1)
         need = ctx.needs_input_grad
+        dh0 = _ops().rnn_backward(d_out, d_hT, w_hh.contiguous(), hs, da, ctx.relu, need[1], ctx.step, ctx.threads)
+        da2 = da.view(T * B, -1)
         dw_hh, _ = _hidden_grads(ctx, da2, hs, T, B, need[3], False)
         dx, dw_ih, db_ih = input_grads(ctx, da2, x2, w_ih, T, B, (need[0], need[2], need[4]))
         db_hh = None
         if ctx.has_bias and need[5]:  # b_ih and b_hh get the same sum
             db_hh = da2.sum(0) if db_ih is None else db_ih  # (autograd copies a tensor handed to two params)
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None, None, None
+        return dx, dh0 if need[1] else None, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None, None, None
 
 
 class CppGRU(torch.autograd.Function):
@@ -129,11 +135,11 @@ class CppGRU(torch.autograd.Function):
         T, B = n.shape[0], n.shape[1]
         d_out = d_out.transpose(0, 1) if ctx.batch_first else d_out
         dgh, dgi = scratch("cpp_deltas_hidden", gates.shape, gates), scratch("cpp_deltas_input", gates.shape, gates)
-        dh0 = _ops().gru_backward(d_out, d_hT, w_hh.contiguous(), hs, gates, n, dgh, dgi, ctx.step, ctx.threads)
         need = ctx.needs_input_grad
+        dh0 = _ops().gru_backward(d_out, d_hT, w_hh.contiguous(), hs, gates, n, dgh, dgi, need[1], ctx.step, ctx.threads)
         dw_hh, db_hh = _hidden_grads(ctx, dgh.view(T * B, -1), hs, T, B, need[3], need[5])
         dx, dw_ih, db_ih = input_grads(ctx, dgi.view(T * B, -1), x2, w_ih, T, B, (need[0], need[2], need[4]))
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None, None
+        return dx, dh0 if need[1] else None, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None, None
 
 
 class CppLSTM(torch.autograd.Function):
@@ -154,12 +160,13 @@ class CppLSTM(torch.autograd.Function):
         T, B = tc.shape[0], tc.shape[1]
         d_out = d_out.transpose(0, 1) if ctx.batch_first else d_out
         dg = scratch("cpp_deltas_hidden", gates.shape, gates)
-        dh0, dc0 = _ops().lstm_backward(d_out, d_hT, d_cT, w_hh.contiguous(), cs, gates, tc, dg, ctx.step, ctx.threads)
-        dg2 = dg.view(T * B, -1)
         need = ctx.needs_input_grad
+        dh0, dc0 = _ops().lstm_backward(d_out, d_hT, d_cT, w_hh.contiguous(), cs, gates, tc, dg, need[1], ctx.step,
+                                        ctx.threads)
+        dg2 = dg.view(T * B, -1)
         dw_hh, _ = _hidden_grads(ctx, dg2, hs, T, B, need[4], False)
         dx, dw_ih, db_ih = input_grads(ctx, dg2, x2, w_ih, T, B, (need[0], need[3], need[5]))
         db_hh = None
         if ctx.has_bias and need[6]:
             db_hh = dg2.sum(0) if db_ih is None else db_ih
-        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None, None
+        return dx, dh0 if need[1] else None, dc0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None, None

@@ -12,6 +12,7 @@
 // threads is common.h's `Threads`.
 #include <torch/library.h>
 
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -23,11 +24,27 @@ namespace {
 
 // ------------------------------------------------------------------------------------------ loops
 
+// The input projection of one-hot input, gathered inside the loop: row r of gx is row ids[r] of
+// `table` (W_ih^T + biases, [V, G*H]). Each block copies its rows and units just before using
+// them, so there is no separate pass over a [T*B, G*H] tensor. Both null: gx is already filled.
+template <typename T>
+struct Gather {
+  const int64_t* ids;
+  const T* table;
+  T* gx;
+
+  void row(int64_t r, int64_t G, int64_t H, int64_t u0, int64_t n) const {
+    if (ids == nullptr) return;
+    for (int64_t g = 0; g < G; ++g)
+      std::memcpy(gx + r * G * H + g * H + u0, table + ids[r] * G * H + g * H + u0, sizeof(T) * n);
+  }
+};
+
 // The forward loop of one block: per step, q = h_{t-1}[rows] W_hh^T[:, the block's units of every
 // gate] (one GEMM), then cell(t, b, u0, n, q_row, qs) for each row.
 template <typename T, typename Cell>
 void forward_block(const Block& blk, int64_t path, int64_t steps, int64_t B, int64_t H, int64_t G, const T* w_hh,
-                   const T* hs, const Cell& cell) {
+                   const T* hs, const Gather<T>& gather, const Cell& cell) {
   const int64_t U = blk.u1 - blk.u0, M = blk.b1 - blk.b0, N = G * U;
   std::vector<T> w(H * N), q(M * N);  // W_hh^T restricted to the block's units, gate by gate: [H, G*U]
   for (int64_t g = 0; g < G; ++g)
@@ -37,7 +54,10 @@ void forward_block(const Block& blk, int64_t path, int64_t steps, int64_t B, int
   for (int64_t t = 0; t < steps; ++t) {
     if (M > 0 && U > 0) {
       gemm(hs + (t * B + blk.b0) * H, H, q.data(), N, false);
-      for (int64_t b = blk.b0; b < blk.b1; ++b) cell(t, b, blk.u0, U, q.data() + (b - blk.b0) * N, U);
+      for (int64_t b = blk.b0; b < blk.b1; ++b) {
+        gather.row(t * B + b, G, H, blk.u0, U);
+        cell(t, b, blk.u0, U, q.data() + (b - blk.b0) * N, U);
+      }
     }
     step_barrier(blk);  // the next GEMM reads every unit of h_t
   }
@@ -48,6 +68,7 @@ void forward_block(const Block& blk, int64_t path, int64_t steps, int64_t B, int
 // recurrent term into nx; then nx += deltas_t W_hh[:, the block's units] (one GEMM).
 // d_out rows are `so` (step) and `sb` (row) apart; dh / next are [B, H] buffers shared by the
 // blocks (each touches its own rows and units).
+// dh0 (null when h0 needs no gradient, which also spares the step-0 GEMM) receives dL/dh_0.
 template <typename T, typename Cell>
 void backward_block(const Block& blk, int64_t path, int64_t steps, int64_t B, int64_t H, int64_t G, const T* d_out,
                     int64_t so, int64_t sb, const T* d_hT, const T* w_hh, const T* deltas, T* dh, T* next, T* dh0,
@@ -67,9 +88,11 @@ void backward_block(const Block& blk, int64_t path, int64_t steps, int64_t B, in
       }
     }
     step_barrier(blk);  // the GEMM reads every unit of the step's deltas
-    if (M > 0 && U > 0) gemm(deltas + (t * B + blk.b0) * G * H, G * H, next + blk.b0 * H + blk.u0, H, true);
+    if (M > 0 && U > 0 && (t > 0 || dh0 != nullptr))
+      gemm(deltas + (t * B + blk.b0) * G * H, G * H, next + blk.b0 * H + blk.u0, H, true);
     std::swap(dh, next);
   }
+  if (dh0 == nullptr) return;
   for (int64_t b = blk.b0; b < blk.b1; ++b) std::memcpy(dh0 + b * H + blk.u0, dh + b * H + blk.u0, sizeof(T) * U);
 }
 
@@ -108,6 +131,22 @@ void check_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
               "delta buffers must be contiguous [T, B, G*H] of the gates' dtype");
 }
 
+// ids [T*B] int64 and table [V, G*H] for one-hot input gathered in the loop, or both absent.
+template <typename T>
+Gather<T> make_gather(const std::optional<Tensor>& ids, const std::optional<Tensor>& table, Tensor& gx) {
+  if (!ids.has_value() && !table.has_value()) return {nullptr, nullptr, gx.data_ptr<T>()};
+  TORCH_CHECK(ids.has_value() && table.has_value(), "pass both ids and table or neither");
+  TORCH_CHECK(ids->dim() == 1 && ids->scalar_type() == at::kLong && ids->is_contiguous() &&
+                  ids->numel() == gx.size(0) * gx.size(1),
+              "ids must be contiguous int64 [T*B]");
+  TORCH_CHECK(table->dim() == 2 && table->is_contiguous() && table->size(1) == gx.size(2) &&
+                  table->scalar_type() == gx.scalar_type(),
+              "table must be contiguous [V, G*H]");
+  TORCH_CHECK(ids->numel() == 0 || (ids->min().item<int64_t>() >= 0 && ids->max().item<int64_t>() < table->size(0)),
+              "ids out of range for a table of ", table->size(0), " rows");
+  return {ids->data_ptr<int64_t>(), table->data_ptr<T>(), gx.data_ptr<T>()};
+}
+
 Tensor rows_contiguous(const Tensor& d_out) { return d_out.stride(2) == 1 ? d_out : d_out.contiguous(); }
 
 Tensor first_state(const Tensor& h0, int64_t steps) {  // [T+1, B, H] with [0] = h0
@@ -118,17 +157,19 @@ Tensor first_state(const Tensor& h0, int64_t steps) {  // [T+1, B, H] with [0] =
 
 // ------------------------------------------------------------------------------------------ RNN
 
-Tensor rnn_forward(const Tensor& gx, const Tensor& h0, const Tensor& w_hh, bool relu, int64_t path, int64_t threads) {
+Tensor rnn_forward(Tensor gx, const std::optional<Tensor>& ids, const std::optional<Tensor>& table, const Tensor& h0,
+                   const Tensor& w_hh, bool relu, int64_t path, int64_t threads) {
   check_forward(gx, 1, w_hh, h0, path, threads);
   const int64_t steps = gx.size(0), B = gx.size(1), H = w_hh.size(1);
   Tensor hs = first_state(h0, steps);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rnn_forward", [&] {
     using T = scalar_t;
+    const Gather<T> gather = make_gather<T>(ids, table, gx);
     const T* g = gx.data_ptr<T>();
     T* h = hs.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
     run_blocks(threads, B, H, [&](const Block& blk) {
-      forward_block<T>(blk, path, steps, B, H, 1, w, h,
+      forward_block<T>(blk, path, steps, B, H, 1, w, h, gather,
                        [&](int64_t t, int64_t b, int64_t u0, int64_t n, const T* q, int64_t) {
                          const int64_t row = t * B + b;
                          rnn_cell_forward<T>(n, relu, g + row * H + u0, q, h + (row + B) * H + u0);
@@ -139,7 +180,7 @@ Tensor rnn_forward(const Tensor& gx, const Tensor& h0, const Tensor& w_hh, bool 
 }
 
 Tensor rnn_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh, const Tensor& hs, Tensor da, bool relu,
-                    int64_t path, int64_t threads) {
+                    bool need_dh0, int64_t path, int64_t threads) {
   const Tensor d = rows_contiguous(d_out), e = d_hT.contiguous();
   check_backward(d, e, w_hh, da, hs, 1, path, threads);
   const int64_t B = hs.size(1), H = hs.size(2);
@@ -152,7 +193,7 @@ Tensor rnn_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
     const T* dp = d.data_ptr<T>();  // every pointer is taken before the threads start: nothing there may throw
     const T* ep = e.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
-    T* d0 = dh0.data_ptr<T>();
+    T* d0 = need_dh0 ? dh0.data_ptr<T>() : nullptr;
     run_blocks(threads, B, H, [&](const Block& blk) {
       backward_block<T>(blk, path, d.size(0), B, H, 1, dp, d.stride(0), d.stride(1), ep, w, a, dh.data(),
                         next.data(), d0,
@@ -168,7 +209,8 @@ Tensor rnn_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
 // ------------------------------------------------------------------------------------------ GRU
 
 // gx [T, B, 3H]: x W_ih^T + b_ih (+ b_hh on the r, z blocks); overwritten with (r, z, W_hn h + b_hn).
-std::tuple<Tensor, Tensor> gru_forward(Tensor gx, const Tensor& h0, const Tensor& w_hh, const Tensor& b_hn, int64_t path,
+std::tuple<Tensor, Tensor> gru_forward(Tensor gx, const std::optional<Tensor>& ids, const std::optional<Tensor>& table,
+                                       const Tensor& h0, const Tensor& w_hh, const Tensor& b_hn, int64_t path,
                                        int64_t threads) {
   check_forward(gx, 3, w_hh, h0, path, threads);
   TORCH_CHECK(b_hn.is_contiguous() && b_hn.numel() == w_hh.size(1) && b_hn.scalar_type() == gx.scalar_type(),
@@ -177,13 +219,14 @@ std::tuple<Tensor, Tensor> gru_forward(Tensor gx, const Tensor& h0, const Tensor
   Tensor hs = first_state(h0, steps), n = at::empty({steps, B, H}, gx.options());
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_forward", [&] {
     using T = scalar_t;
+    const Gather<T> gather = make_gather<T>(ids, table, gx);
     T* g = gx.data_ptr<T>();
     T* h = hs.data_ptr<T>();
     T* nn = n.data_ptr<T>();
     const T* bn = b_hn.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
     run_blocks(threads, B, H, [&](const Block& blk) {
-      forward_block<T>(blk, path, steps, B, H, 3, w, h,
+      forward_block<T>(blk, path, steps, B, H, 3, w, h, gather,
                        [&](int64_t t, int64_t b, int64_t u0, int64_t cnt, const T* q, int64_t qs) {
                          const int64_t row = t * B + b;
                          gru_cell_forward<T>(cnt, H, qs, g + row * 3 * H + u0, q, bn + u0, h + row * H + u0,
@@ -195,7 +238,7 @@ std::tuple<Tensor, Tensor> gru_forward(Tensor gx, const Tensor& h0, const Tensor
 }
 
 Tensor gru_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh, const Tensor& hs, const Tensor& gates,
-                    const Tensor& n, Tensor dgh, Tensor dgi, int64_t path, int64_t threads) {
+                    const Tensor& n, Tensor dgh, Tensor dgi, bool need_dh0, int64_t path, int64_t threads) {
   const Tensor d = rows_contiguous(d_out), e = d_hT.contiguous();
   check_backward(d, e, w_hh, dgh, gates, 3, path, threads);
   check_backward(d, e, w_hh, dgi, gates, 3, path, threads);
@@ -212,7 +255,7 @@ Tensor gru_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
     const T* dp = d.data_ptr<T>();  // every pointer is taken before the threads start: nothing there may throw
     const T* ep = e.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
-    T* d0 = dh0.data_ptr<T>();
+    T* d0 = need_dh0 ? dh0.data_ptr<T>() : nullptr;
     run_blocks(threads, B, H, [&](const Block& blk) {
       backward_block<T>(blk, path, d.size(0), B, H, 3, dp, d.stride(0), d.stride(1), ep, w, hid, dh.data(),
                         next.data(), d0,
@@ -229,8 +272,9 @@ Tensor gru_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
 // ------------------------------------------------------------------------------------------ LSTM
 
 // gx [T, B, 4H]: x W_ih^T + b_ih + b_hh; overwritten with the activated gates (i, f, g, o).
-std::tuple<Tensor, Tensor, Tensor> lstm_forward(Tensor gx, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-                                                int64_t path, int64_t threads) {
+std::tuple<Tensor, Tensor, Tensor> lstm_forward(Tensor gx, const std::optional<Tensor>& ids,
+                                                const std::optional<Tensor>& table, const Tensor& h0, const Tensor& c0,
+                                                const Tensor& w_hh, int64_t path, int64_t threads) {
   check_forward(gx, 4, w_hh, h0, path, threads);
   TORCH_CHECK(c0.sizes() == h0.sizes() && c0.scalar_type() == h0.scalar_type(), "c0 must be like h0");
   const int64_t steps = gx.size(0), B = gx.size(1), H = w_hh.size(1);
@@ -238,13 +282,14 @@ std::tuple<Tensor, Tensor, Tensor> lstm_forward(Tensor gx, const Tensor& h0, con
   Tensor tc = at::empty({steps, B, H}, gx.options());
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_forward", [&] {
     using T = scalar_t;
+    const Gather<T> gather = make_gather<T>(ids, table, gx);
     T* g = gx.data_ptr<T>();
     T* h = hs.data_ptr<T>();
     T* c = cs.data_ptr<T>();
     T* th = tc.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
     run_blocks(threads, B, H, [&](const Block& blk) {
-      forward_block<T>(blk, path, steps, B, H, 4, w, h,
+      forward_block<T>(blk, path, steps, B, H, 4, w, h, gather,
                        [&](int64_t t, int64_t b, int64_t u0, int64_t cnt, const T* q, int64_t qs) {
                          const int64_t row = t * B + b;
                          lstm_cell_forward<T>(cnt, H, qs, g + row * 4 * H + u0, q, c + row * H + u0,
@@ -256,8 +301,8 @@ std::tuple<Tensor, Tensor, Tensor> lstm_forward(Tensor gx, const Tensor& h0, con
 }
 
 std::tuple<Tensor, Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& d_cT, const Tensor& w_hh,
-                                         const Tensor& cs, const Tensor& gates, const Tensor& tc, Tensor dg, int64_t path,
-                                         int64_t threads) {
+                                         const Tensor& cs, const Tensor& gates, const Tensor& tc, Tensor dg, bool need_dh0,
+                                         int64_t path, int64_t threads) {
   const Tensor d = rows_contiguous(d_out), e = d_hT.contiguous();
   check_backward(d, e, w_hh, dg, gates, 4, path, threads);
   const int64_t B = cs.size(1), H = cs.size(2);
@@ -274,7 +319,7 @@ std::tuple<Tensor, Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hT
     const T* dp = d.data_ptr<T>();  // every pointer is taken before the threads start: nothing there may throw
     const T* ep = e.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
-    T* d0 = dh0.data_ptr<T>();
+    T* d0 = need_dh0 ? dh0.data_ptr<T>() : nullptr;
     run_blocks(threads, B, H, [&](const Block& blk) {
       backward_block<T>(blk, path, d.size(0), B, H, 4, dp, d.stride(0), d.stride(1), ep, w, a, dh.data(),
                         next.data(), d0,
@@ -294,19 +339,22 @@ std::tuple<Tensor, Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hT
 TORCH_LIBRARY(rnn_train_kernels, m) {
   using namespace rnn_kernels;
   m.def("blas_available() -> bool", [] { return blas_available(); });
-  m.def("rnn_forward(Tensor gx, Tensor h0, Tensor w_hh, bool relu, int path, int threads) -> Tensor", &rnn_forward);
-  m.def("rnn_backward(Tensor d_out, Tensor d_hT, Tensor w_hh, Tensor hs, Tensor(a!) da, bool relu, int path, "
+  m.def("rnn_forward(Tensor(a!) gx, Tensor? ids, Tensor? table, Tensor h0, Tensor w_hh, bool relu, int path, "
         "int threads) -> Tensor",
+        &rnn_forward);
+  m.def("rnn_backward(Tensor d_out, Tensor d_hT, Tensor w_hh, Tensor hs, Tensor(a!) da, bool relu, bool need_dh0, "
+        "int path, int threads) -> Tensor",
         &rnn_backward);
-  m.def("gru_forward(Tensor(a!) gx, Tensor h0, Tensor w_hh, Tensor b_hn, int path, int threads) -> (Tensor, Tensor)",
+  m.def("gru_forward(Tensor(a!) gx, Tensor? ids, Tensor? table, Tensor h0, Tensor w_hh, Tensor b_hn, int path, "
+        "int threads) -> (Tensor, Tensor)",
         &gru_forward);
   m.def("gru_backward(Tensor d_out, Tensor d_hT, Tensor w_hh, Tensor hs, Tensor gates, Tensor n, Tensor(a!) dgh, "
-        "Tensor(b!) dgi, int path, int threads) -> Tensor",
+        "Tensor(b!) dgi, bool need_dh0, int path, int threads) -> Tensor",
         &gru_backward);
-  m.def("lstm_forward(Tensor(a!) gx, Tensor h0, Tensor c0, Tensor w_hh, int path, int threads) "
-        "-> (Tensor, Tensor, Tensor)",
+  m.def("lstm_forward(Tensor(a!) gx, Tensor? ids, Tensor? table, Tensor h0, Tensor c0, Tensor w_hh, int path, "
+        "int threads) -> (Tensor, Tensor, Tensor)",
         &lstm_forward);
   m.def("lstm_backward(Tensor d_out, Tensor d_hT, Tensor d_cT, Tensor w_hh, Tensor cs, Tensor gates, Tensor tc, "
-        "Tensor(a!) dg, int path, int threads) -> (Tensor, Tensor)",
+        "Tensor(a!) dg, bool need_dh0, int path, int threads) -> (Tensor, Tensor)",
         &lstm_backward);
 }
