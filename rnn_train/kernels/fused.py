@@ -51,7 +51,7 @@ raises); out-of-place use is unrestricted.
 When it applies: CPU, one-direction modules without projections, float32 or float64, any B,
 T >= 1, H, I (``can_fuse``). Not CUDA (cuDNN is faster there). The backward is
 ``once_differentiable``: no double backward. Every path's gradients equal the nn module's
-autograd to rounding (tests/test_fused.py, tests/test_kernels_cpp.py). Memory per layer: about
+autograd to rounding (tests/test_fused.py, tests/test_model.py). Memory per layer: about
 what the nn module's graph keeps ([T, B, G*H] gates + [T+1, B, H] states, + [T, B, H] n for the
 GRU, + c and tanh(c) for the LSTM).
 """
