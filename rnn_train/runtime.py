@@ -1,6 +1,7 @@
 """Where a run computes: the device, the seeds and the CPU threads, each set in one place."""
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -16,10 +17,46 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str, key: str = "train.device") -> torch.device:
-    """auto | cpu | cuda -> a device; `key` is how the user set it, for the error message."""
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from several numbers (seed, rank[, step]): neighbouring inputs give
+    unrelated streams, unlike seed + rank, which would make rank 1 of seed s replay rank 0 of s + 1."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def resolve_device(name: str, key: str = "train.device", local_rank: int = 0, local_size: int = 1) -> torch.device:
+    """auto | cpu | cuda -> a device; `key` is how the user set it, for the error message.
+
+    With several processes on a machine (torchrun --nproc_per_node), CUDA means one GPU per process:
+    process `local_rank` takes cuda:`local_rank`, and a machine with fewer GPUs than processes is an
+    error (two processes sharing a GPU would run at half speed each and could run out of memory)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
         raise UserError(f"{key} is cuda but no CUDA device is available (use auto or cpu)")
-    return torch.device(name)
+    if local_size == 1:
+        return torch.device("cuda")
+    gpus = torch.cuda.device_count()
+    if gpus < local_size:
+        raise UserError(f"{key} is cuda with {local_size} processes on this machine, but it has {gpus} GPU"
+                        f"{'s' if gpus != 1 else ''}: start at most {gpus} (torchrun --nproc_per_node={gpus})")
+    return torch.device("cuda", local_rank)
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's or taskset's limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int, local_size: int = 1) -> None:
+    """torch's CPU threads: `threads` when set (train.threads); else, with several processes on the
+    machine, each takes its share of the cores (torchrun itself sets OMP_NUM_THREADS=1, which would
+    leave all but N cores idle); a single process keeps torch's default."""
+    if threads:
+        torch.set_num_threads(threads)
+    elif local_size > 1:
+        torch.set_num_threads(max(1, available_cores() // local_size))

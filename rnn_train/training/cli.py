@@ -7,7 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -50,12 +53,49 @@ def _parse(argv: list[str] | None, prog: str):
 
 
 def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
-    args = _parse(argv, prog)
+    from rnn_train.training.distributed import world_from_env
+
+    world = world_from_env()  # rank 0 of 1 without torchrun
+    with _quiet_unless(world.is_writer):  # a usage error is printed once, by rank 0
+        args = _parse(argv, prog)
     # after argument checks: importing torch takes a second
+    from rnn_train.errors import UserError
+    from rnn_train.training.distributed import process_group
+    from rnn_train.training.trainer import train
+
+    try:
+        with process_group(world):
+            cfg, run_dir, resume = world.from_writer(lambda: _setup(args))
+            # --force deletes the earlier run inside `train`, after every check of the corpus, device and checkpoint
+            result = train(cfg, run_dir.path, resume=resume, init_from=args.init_from, clear=args.force and not resume,
+                           quiet=args.quiet, cache_dir=Path(args.cache_dir), world=world)
+            status = _summary(result, run_dir, args.quiet, world) if world.is_writer else _status(result)
+            world.barrier()  # no rank exits (torchrun then stops the others) before rank 0 has saved and printed
+            if world.distributed:  # done: the status is the run's, not that of torchrun stopping a finished rank
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return status
+    except UserError:
+        if world.is_writer:
+            raise  # printed as one line `error: ...`
+        return 2  # the same error, already printed by rank 0
+
+
+@contextlib.contextmanager
+def _quiet_unless(speak: bool):
+    if speak:
+        yield
+    else:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            yield
+
+
+def _setup(args):
+    """(config, run directory, checkpoint to resume or None) from the command line; on rank 0 only,
+    with several processes (the others receive it), so only rank 0 needs the config file, the run
+    directory and its checkpoints."""
     from rnn_train.errors import UserError
     from rnn_train.training.rundir import LAST, RunDir
     from rnn_train.training.start import check_resume_config
-    from rnn_train.training.trainer import train
 
     resume = None
     if args.resume:
@@ -73,23 +113,27 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
         if run_dir.holds_run() and not args.force:
             raise UserError(f"{run_dir} already holds a run ({', '.join(run_dir.existing())}); continue it with "
                             f"--resume {run_dir}, pick another log.name=..., or overwrite with --force")
-
-    # --force deletes the earlier run inside `train`, after every check of the corpus, device and checkpoint
-    result = train(cfg, run_dir.path, resume=resume, init_from=args.init_from, clear=args.force and not resume,
-                   quiet=args.quiet, cache_dir=Path(args.cache_dir))
-    return _summary(result, run_dir, args.quiet)
+    return cfg, run_dir, resume
 
 
-def _summary(result, run_dir, quiet: bool) -> int:
-    """The last line(s) of a run, and the exit status: 0 done, 1 diverged, 130 interrupted."""
+def _status(result) -> int:
+    """The exit status: 0 done, 1 diverged, 130 interrupted."""
     if result.interrupted:
-        print(f"interrupted at step {result.step}: checkpoint saved to {run_dir.last}; "
-              f"continue with: python train.py --resume {run_dir}", flush=True)
         return 130
+    return 1 if result.stopped_by == "diverged" else 0
+
+
+def _summary(result, run_dir, quiet: bool, world) -> int:
+    """The last line(s) of a run, and the exit status (`_status`)."""
+    if result.interrupted:
+        again = f"torchrun --nproc_per_node={world.local_size} train.py" if world.distributed else "python train.py"
+        print(f"interrupted at step {result.step}: checkpoint saved to {run_dir.last}; "
+              f"continue with: {again} --resume {run_dir}", flush=True)
+        return _status(result)
     if result.stopped_by == "diverged":
         kept = f"; the checkpoints of step <= {result.step} before it are kept" if run_dir.best.exists() else ""
         print(f"diverged at step {result.step}: the loss is not finite (lower train.lr, set train.clip_norm){kept}")
-        return 1
+        return _status(result)
     val = f"val loss {result.val_loss:.4f} (ppl {result.val_ppl:.3f}, {result.val_bpc:.3f} bpc)" \
         if math.isfinite(result.val_loss) else "no validation split"
     if math.isfinite(result.test_loss):

@@ -12,11 +12,13 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from rnn_train.config import Config
 from rnn_train.data.batching import eval_batches
 from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN, State
+from rnn_train.training.world import World
 
 
 @runtime_checkable
@@ -65,18 +67,38 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: Config) -> torch.optim
 
 
 class TorchLearner:
-    """A CharRNN and its optimiser; the ordinary backend."""
+    """A CharRNN and its optimiser; the ordinary backend.
 
-    def __init__(self, cfg: Config, vocab_size: int, device: torch.device):
-        self.cfg, self.device, self.vocab_size = cfg, device, vocab_size
+    With several processes (`world.size` > 1) the CharRNN trains wrapped in DistributedDataParallel:
+    each rank runs forward and backward on its rows of the global batch, DDP averages the gradients
+    during the backward pass (equal rows per rank: the average of the ranks' mean losses is the
+    global batch's mean), and every rank then clips the same averaged gradients and takes the same
+    optimiser step, so the weights stay identical without being sent. DDP needs nothing but
+    gradients arriving on the parameters through autograd, which the fused kernels' autograd
+    Functions deliver like torch's own modules."""
+
+    def __init__(self, cfg: Config, vocab_size: int, device: torch.device, world: World = World()):
+        self.cfg, self.device, self.vocab_size, self.world = cfg, device, vocab_size, world
         self.model = CharRNN.from_config(vocab_size, cfg.model).to(device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, cfg)
+        self.net: torch.nn.Module = self.model  # what a training forward goes through
+        if world.distributed:
+            # built on every rank at once (it broadcasts rank 0's weights: the same, seeded alike)
+            self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self._kernel: str | None = None
 
     @property
     def kernel(self) -> str:
-        # resolved (and on a new machine measured) at the batch shape this run trains with
-        return self.model.training_kernel(self.cfg.data.batch_size, self.cfg.data.num_steps)
+        """Resolved once (and on a new machine measured) at the batch shape each rank trains with.
+        With several ranks, rank 0 decides and the others take its path: every rank computes alike."""
+        if self._kernel is None:
+            rows, steps = self.cfg.data.batch_size // self.world.size, self.cfg.data.num_steps
+            path = self.world.from_writer(lambda: self.model.training_path(rows, steps))
+            if not self.world.is_writer:
+                self.model.set_training_path(path)
+            self._kernel = self.model.training_kernel(rows, steps)
+        return self._kernel
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -87,10 +109,10 @@ class TorchLearner:
 
     def train_step(self, x: np.ndarray, y: np.ndarray, state: State | None) -> tuple[torch.Tensor, torch.Tensor, State]:
         self.model.train()
-        logits, state = self.model(self._tensor(x), state)  # [B, T, V]
+        logits, state = self.net(self._tensor(x), state)  # [B, T, V] (this rank's rows)
         loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), self._tensor(y).reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # with DDP: the gradients are the ranks' average when this returns
         clip = self.cfg.train.clip_norm
         if clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
@@ -101,15 +123,23 @@ class TorchLearner:
 
     @torch.no_grad()
     def evaluate(self, data: np.ndarray, batch_size: int, num_steps: int) -> float:
+        """With several ranks each reads its block of the streams (state carried per row, so any
+        split of the rows gives the same per-row losses); the CE sums and counts are added up."""
         self.model.eval()
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        count, state = 0, None
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # [CE sum, targets]
+        state = None
         for x, y in eval_batches(data, batch_size, num_steps):
+            mine = self.world.share(x.shape[0])
+            x, y = x[mine], y[mine]
+            if not len(x):
+                continue  # a split so short that its batch has fewer rows than there are ranks
             logits, state = self.model(self._tensor(x), state)
-            total += F.cross_entropy(logits.reshape(-1, self.vocab_size), self._tensor(y).reshape(-1), reduction="sum")
-            count += y.size
+            total[0] += F.cross_entropy(logits.reshape(-1, self.vocab_size), self._tensor(y).reshape(-1),
+                                        reduction="sum")
+            total[1] += y.size
         self.model.train()
-        return float(total) / max(count, 1)
+        ce, count = self.world.sum_(total).tolist()
+        return ce / max(count, 1)
 
     def torch_model(self) -> CharRNN:
         return self.model
@@ -122,14 +152,14 @@ class TorchLearner:
         self.optimizer.load_state_dict(d["optimizer"])
 
 
-def make_learner(cfg: Config, vocab_size: int, device: torch.device) -> Learner:
+def make_learner(cfg: Config, vocab_size: int, device: torch.device, world: World = World()) -> Learner:
     """The backend `model.backend` names; a model too large for memory is a UserError naming its size."""
     try:
         if cfg.model.backend == "numpy":
             from rnn_train.teaching.numpy_backend import NumpyLearner
 
             return NumpyLearner(cfg, vocab_size, device)
-        return TorchLearner(cfg, vocab_size, device)
+        return TorchLearner(cfg, vocab_size, device, world)
     except (MemoryError, RuntimeError) as e:
         if not isinstance(e, MemoryError) and "alloc" not in str(e).lower() and "memory" not in str(e).lower():
             raise

@@ -2,8 +2,9 @@
 
 Why on the device: `float(loss)` after every update would make the host wait for the accelerator
 at every step. The sums stay tensors and are read once per logging interval (`flush`), the one
-host sync the loop needs. With several processes the sums are where the ranks' numbers would be
-added up before anyone reads them.
+host sync the loop needs. With several processes (DDP) that is also where the ranks' mean losses,
+each over its own rows, are averaged into the global batch's (equal rows per rank); the gradient
+norm needs no exchange, every rank clips the same averaged gradients.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from rnn_train.training.world import World
 
 
 @dataclass
@@ -23,8 +26,8 @@ class LogMeans:
 
 
 class LogWindow:
-    def __init__(self, device: torch.device, clip_norm: float):
-        self.clip_norm = clip_norm
+    def __init__(self, device: torch.device, clip_norm: float, world: World = World()):
+        self.clip_norm, self.world = clip_norm, world
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
         self.norm = torch.zeros((), dtype=torch.float64, device=device)
         self.clipped = torch.zeros((), dtype=torch.float64, device=device)
@@ -47,12 +50,13 @@ class LogWindow:
         self.seconds += seconds
 
     def flush(self) -> LogMeans | None:
-        """The interval's means (reading the device sums: a host sync), then start a new interval;
-        None for an empty interval."""
+        """The interval's means (reading the device sums: a host sync; with several ranks, the one
+        exchange of losses), then start a new interval; None for an empty interval. Every rank calls
+        it at the same steps."""
         if not self.steps:
             return None
         clipped = float(self.clipped)
-        means = LogMeans(float(self.loss) / self.steps, float(self.norm) / self.steps, clipped / self.steps,
+        means = LogMeans(float(self.world.mean(self.loss)) / self.steps, float(self.norm) / self.steps, clipped / self.steps,
                          self.tokens / max(self.seconds, 1e-9))
         self.clipped_total += clipped
         self.steps_total += self.steps

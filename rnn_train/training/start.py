@@ -22,7 +22,9 @@ from rnn_train.errors import UserError
 from rnn_train.model.charrnn import DTYPES
 from rnn_train.training.learner import Learner
 from rnn_train.training.rundir import config_changes, normalised
+from rnn_train.runtime import derived_seed
 from rnn_train.training.state import RunState, restore_rng, state_to
+from rnn_train.training.world import World
 
 SHAPE_KEYS = ("model.cell", "model.hidden_size", "model.num_layers", "model.embedding", "model.embed_dim")
 """Model keys that change the weights' shapes: a checkpoint's weights fit only the same values."""
@@ -54,15 +56,17 @@ def _weights_do_not_fit(ckpt: dict[str, Any], cfg: Config) -> UserError:
                      + (f" ({', '.join(changed)} changed; keep them as saved)" if changed else ""))
 
 
-def resume_state(learner: Learner, ckpt: dict[str, Any], cfg: Config, device: torch.device) -> RunState:
-    """Load weights and optimiser into `learner`, restore the RNG; the RunState to continue from."""
+def resume_state(learner: Learner, ckpt: dict[str, Any], cfg: Config, device: torch.device,
+                 world: World = World()) -> RunState:
+    """Load weights and optimiser into `learner`, restore the RNG; the RunState to continue from,
+    holding this rank's rows of the saved (global) hidden state."""
     try:
         learner.load_state_dict({"model": ckpt["model"], "optimizer": ckpt["optimizer"]})
     except (KeyError, RuntimeError, ValueError):
         raise _weights_do_not_fit(ckpt, cfg) from None
     state = RunState.from_checkpoint(ckpt)
-    state.hidden = state_to(state.hidden, device, DTYPES[cfg.model.dtype])
-    restore_rng(state.rng, device)
+    state.hidden = world.state_rows(state_to(state.hidden, device, DTYPES[cfg.model.dtype]))
+    restore_rng(state.rng, device, world.rank, world.size, derived_seed(cfg.train.seed, world.rank, state.step))
     return state
 
 

@@ -17,13 +17,17 @@ A checkpoint is one dict of plain data and tensors (loadable with `torch.load(we
     val_loss         the latest validation loss (NaN before the first)
     plateau          reduce-on-plateau state: {best, bad_evals, scale}
     hidden           the carried hidden state of sequential partitioning (None otherwise): h [L, B, H]
-                     or (h, c) for an LSTM, detached
-    rng              the torch (and CUDA) generator states and Python's `random` state
+                     or (h, c) for an LSTM, detached; all B rows of the global batch however many
+                     processes trained (each rank carries its block of rows; the trainer gathers
+                     them to save and hands each rank its block on resume)
+    rng              the torch (and CUDA) generator states and Python's `random` state (rank 0's;
+                     with several ranks also each rank's under "ranks": see `restore_rng`)
     format, version  added by `model.checkpoint.save_checkpoint`
 
 The batch order needs no state: epoch e's batches come from `epoch_rng(seed, e)`, so a resumed run
 rebuilds that epoch and skips `batch_in_epoch` batches. The layout is version 1, unchanged since
 the first release; `model.checkpoint` checks the version and is where a converter would go.
+Nothing in it depends on how many processes trained: a run saved by N ranks resumes on M.
 """
 from __future__ import annotations
 
@@ -104,11 +108,33 @@ def capture_rng(device: torch.device) -> dict[str, Any]:
     return state
 
 
-def restore_rng(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"].cpu())
+def combine_rng(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """A checkpoint's generator states from every rank's `capture_rng`: rank 0's in the one-process
+    layout, plus, with several ranks, each rank's torch (and CUDA) state under "ranks" (dropout
+    draws per rank)."""
+    rng = dict(per_rank[0])
+    if len(per_rank) > 1:
+        rng["ranks"] = [{k: v for k, v in r.items() if k != "python"} for r in per_rank]
+    return rng
+
+
+def restore_rng(state: dict[str, Any], device: torch.device, rank: int = 0, size: int = 1,
+                reseed: int | None = None) -> None:
+    """Restore the generators of rank `rank` of `size` from a checkpoint's states.
+
+    Resumed on as many ranks as saved it, each rank continues its own streams. On another number
+    of ranks, rank 0 continues the saved rank 0's, and every other rank draws from `reseed` (the
+    caller derives it from the seed, the rank and the step): a run without dropout computes the
+    same either way; one with dropout gets other, equally random masks on those rows."""
+    saved = state.get("ranks", [state])
+    mine = saved[rank] if len(saved) == size else (state if rank == 0 else None)
     random.setstate((3, tuple(state["python"]), None))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+    if mine is None:
+        torch.manual_seed(reseed if reseed is not None else 0)
+        return
+    torch.set_rng_state(mine["torch"].cpu())
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"].cpu(), device)
 
 
 def state_to(hidden: State | None, device: torch.device, dtype: torch.dtype) -> State | None:

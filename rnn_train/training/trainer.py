@@ -14,8 +14,15 @@ Exact resume: everything that decides what happens next is in `RunState` (traini
 which is also the definition of what a checkpoint holds. A run interrupted and resumed ends with
 the same weights as one that never stopped (tests/test_resume.py).
 
-Ctrl-C sets a flag; the step in flight finishes, `last.pt` is written and the run returns with
-`interrupted` set. A second Ctrl-C stops at once.
+Ctrl-C (SIGINT) or SIGTERM sets a flag; the step in flight finishes, `last.pt` is written and the
+run returns with `interrupted` set. A second signal stops at once.
+
+Data-parallel (torchrun, `world.size` > 1; training/distributed.py): every rank runs this same loop
+on its rows of each global batch, and the loop's decisions stay identical on all ranks because
+everything they read is: the batches (a function of seed and epoch), the averaged gradients, the
+reduced validation loss, and one exchange per update (`World.agree_step`: a stop flag and the
+clock). Only rank 0 writes; a checkpoint holds the global hidden state, so it resumes on any
+number of ranks.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ import math
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -38,7 +45,8 @@ from rnn_train.data.vocab import Vocab
 from rnn_train.model import checkpoint as ckpt_io
 from rnn_train.model.charrnn import count_parameters, detach_state
 from rnn_train.prediction.generate import generate
-from rnn_train.runtime import resolve_device, set_seed
+from rnn_train.runtime import derived_seed, resolve_device, set_seed, set_threads
+from rnn_train.training.distributed import check_world
 from rnn_train.training.learner import Learner, make_learner
 from rnn_train.training.logwindow import LogWindow
 from rnn_train.training.monitor import Monitor
@@ -46,7 +54,7 @@ from rnn_train.training.rules import planned_steps, should_log, should_stop, sho
 from rnn_train.training.rundir import BEST, LAST, RunDir
 from rnn_train.training.schedule import bits_per_char, lr_at, perplexity
 from rnn_train.training.start import init_weights, resume_state
-from rnn_train.training.state import RunState, capture_rng
+from rnn_train.training.state import RunState, capture_rng, combine_rng
 from rnn_train.training.world import World
 
 
@@ -74,15 +82,20 @@ class TrainResult:
 
 
 class _Interrupt:
-    """SIGINT -> a flag checked between steps; a second SIGINT raises KeyboardInterrupt at once."""
+    """SIGINT / SIGTERM -> a flag checked between steps; a second signal raises KeyboardInterrupt at once.
+
+    SIGTERM too: it is what a job scheduler and torchrun send to stop a process (torchrun forwards
+    the Ctrl-C it gets to each rank as SIGINT)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous: dict[int, object] = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
@@ -91,8 +104,8 @@ class _Interrupt:
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
         return False
 
 
@@ -116,7 +129,7 @@ class Trainer:
         d = cfg.data
         self.total = planned_steps(cfg, len(data.train))
         self.per_epoch = batches_per_epoch(len(data.train), d.batch_size, d.num_steps, d.partition)
-        self.window = LogWindow(device, cfg.train.clip_norm)
+        self.window = LogWindow(device, cfg.train.clip_norm, world)
         self.sample_prefix = _sample_prefix(cfg, data)
         self.validated_at = -1  # the step of the latest validation (the end validates unless it is this one)
         self.lr = cfg.train.lr  # of the latest step, for logging
@@ -152,11 +165,12 @@ class Trainer:
             validate = should_validate(s.step, cfg)
             # A NaN/inf loss never recovers. Checked where the loop syncs anyway (logging) and
             # before anything is validated or saved, so the last good checkpoints stay in place.
-            if (validate or logged) and not math.isfinite(float(loss)):
+            if (validate or logged) and not math.isfinite(float(self.world.mean(loss))):
                 return "diverged"
             if validate and not self.validate_and_save():
                 return "diverged"
-            if interrupt.requested:
+            stop, s.train_seconds = self.world.agree_step(interrupt.requested, s.train_seconds)
+            if stop:
                 return "interrupt"
             reason = should_stop(s, cfg)
             if reason:
@@ -167,13 +181,15 @@ class Trainer:
         return should_stop(s, cfg)
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
-        """One update on the global batch X, Y [B, T]; returns its mean loss (a tensor: no host sync)."""
+        """One update on the global batch X, Y [B, T] (this rank's rows of it); returns the mean loss of
+        those rows (a tensor: no host sync). The state counts the global batch's tokens."""
         t0 = time.perf_counter()
         cfg, s, t = self.cfg, self.state, self.cfg.train
         sequential = cfg.data.partition == "sequential"
         self.lr = lr_at(s.step, t.lr, t.schedule, t.warmup_steps, self.total, t.min_lr, s.plateau.scale)
         self.learner.set_lr(self.lr)
-        # random: a fresh zero state per batch; sequential: the carried state, its graph cut (truncated BPTT)
+        # random: a fresh zero state per batch; sequential: the carried state (of this rank's rows),
+        # its graph cut (truncated BPTT)
         hidden = s.hidden if sequential else None
         loss, grad_norm, hidden = self.learner.train_step(self.world.rows(x), self.world.rows(y), hidden)
         s.hidden = detach_state(hidden) if sequential else None
@@ -211,7 +227,7 @@ class Trainer:
             return val
         improved = s.record_validation(val, t.plateau_factor, t.plateau_patience)
         self.monitor.scalars({"val/loss": val, "val/ppl": perplexity(val), "val/bpc": bits_per_char(val)}, s.step)
-        if self.cfg.log.sample_length:
+        if self.cfg.log.sample_length and self.world.is_writer:
             sample = generate(self.learner.torch_model(), self.data.vocab, self.sample_prefix,
                               self.cfg.log.sample_length, temperature=0.8, seed=t.seed, unk="replace")
             self.monitor.text("sample", self.sample_prefix + sample, s.step)
@@ -230,11 +246,16 @@ class Trainer:
         return True
 
     def save(self, name: str) -> None:
-        """Write checkpoint `name` of the current state (the writing process only)."""
-        if not self.world.is_writer:
+        """Write checkpoint `name` of the current state. Every rank calls it at the same point: the
+        ranks' rows of the hidden state and their generators are gathered, and rank 0 writes."""
+        w = self.world
+        rng = combine_rng(w.gather_objects(capture_rng(self.device)))
+        hidden = w.gather_state(self.state.hidden)
+        if not w.is_writer:
             return
-        self.state.rng = capture_rng(self.device)
-        payload = self.state.to_checkpoint(self.learner.state_dict(), self.cfg.to_dict(), self.data.vocab.to_list())
+        self.state.rng = rng
+        whole = replace(self.state, hidden=hidden)  # world-size independent: all B rows
+        payload = whole.to_checkpoint(self.learner.state_dict(), self.cfg.to_dict(), self.data.vocab.to_list())
         ckpt_io.save_checkpoint(self.run_dir / name, payload)
 
     # -- the end -------------------------------------------------------------------------------------
@@ -271,7 +292,7 @@ class Trainer:
         """The result of a run that ended (not interrupted): test split, hparams, metrics.json."""
         self.window.flush()  # the unfinished logging interval counts in the result (it is not logged)
         result = self.result(reason)
-        if len(self.data.test) and self.run_dir.best.exists():
+        if len(self.data.test) and self.world.from_writer(self.run_dir.best.exists):
             self.score_test(result)
         self.monitor.hparams(self.cfg.to_dict(), {
             "hparam/val_loss": result.val_loss, "hparam/val_ppl": result.val_ppl,
@@ -282,10 +303,12 @@ class Trainer:
         return result
 
     def score_test(self, result: TrainResult) -> None:
-        """The held-out test split, scored once with the weights best.pt keeps (chosen on val)."""
-        d = self.cfg.data
-        best = ckpt_io.load_checkpoint(self.run_dir.best, map_location=self.device)
-        self.learner.torch_model().load_state_dict(best["model"])
+        """The held-out test split, scored once with the weights best.pt keeps (chosen on val): rank 0
+        reads them, the other ranks (perhaps on machines without the run directory) receive them."""
+        d, model = self.cfg.data, self.learner.torch_model()
+        if self.world.is_writer:
+            model.load_state_dict(ckpt_io.load_checkpoint(self.run_dir.best, map_location=self.device)["model"])
+        self.world.broadcast_(list(model.state_dict().values()))
         result.test_loss = self.learner.evaluate(self.data.test, d.batch_size, d.num_steps)
         result.test_ppl = perplexity(result.test_loss)
         self.monitor.scalars({"test/loss": result.test_loss, "test/ppl": result.test_ppl}, self.state.step)
@@ -312,6 +335,28 @@ def _check_batches(cfg: Config, data: Dataset) -> None:
     check_one_batch(len(data.train), cfg.data)
 
 
+def _device(cfg: Config, world: World) -> torch.device:
+    """The device of this process: the CPU, or with CUDA the GPU of its local rank."""
+    if cfg.model.backend == "numpy":
+        return torch.device("cpu")
+    device = resolve_device(cfg.train.device, local_rank=world.local_rank, local_size=world.local_size)
+    if device.type == "cuda" and world.distributed:
+        torch.cuda.set_device(device)  # NCCL's communicator and the default CUDA stream of this rank
+    return device
+
+
+def _open_run_dir(cfg: Config, run_dir: Path, clear: bool, world: World) -> RunDir:
+    """Rank 0 clears (--force) and creates the run directory; a failure stops every rank."""
+    rd = RunDir(run_dir)
+
+    def create() -> None:
+        if clear:
+            rd.clear()
+        rd.create(cfg)
+    world.from_writer(create)
+    return rd
+
+
 def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: str | Path | None = None,
           clear: bool = False, quiet: bool = False, cache_dir: Path | None = Path("data/cache"),
           data: Dataset | None = None, on_step: Callable[[int], None] | None = None, stream=None,
@@ -321,36 +366,43 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
     `resume`: a loaded checkpoint to continue (see training/start.py); `init_from`: a checkpoint file
     whose weights and vocab start a new run; `clear`: delete an earlier run's files first (--force).
     Everything that can fail because of the user's input (corpus, device, checkpoint) fails before
-    anything in `run_dir` is deleted or written."""
+    anything in `run_dir` is deleted or written.
+
+    `world`: this process's place in a data-parallel run (training/distributed.py; its process group
+    joined by the caller). Every rank calls `train` with the same arguments; rank 0 reads `init_from`
+    and writes `run_dir`, each machine's first rank prepares the corpus cache before the others
+    open it, and every rank is seeded alike (identical initial weights) before the ranks other
+    than 0 move on to their own dropout streams."""
     if resume is not None and init_from is not None:
         raise ValueError("resume and init_from exclude each other")  # a bug in the caller
-    device = torch.device("cpu") if cfg.model.backend == "numpy" else resolve_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    check_world(cfg, world)
+    device = _device(cfg, world)
+    set_threads(cfg.train.threads, world.local_size)
     set_seed(cfg.train.seed)
+    init = None
     if init_from is not None:
-        init_from = ckpt_io.resolve_checkpoint(init_from)  # a run directory means its best.pt
-    init = ckpt_io.load_checkpoint(init_from) if init_from is not None else None
+        init_from, init = world.from_writer(lambda: _load_init(init_from))
     source = resume if resume is not None else init
     if data is None:
-        data = prepare_data(cfg.data, cache_dir, Vocab.from_list(source["vocab"]) if source else None)
+        vocab = Vocab.from_list(source["vocab"]) if source else None
+        data = world.node_first(lambda: prepare_data(cfg.data, cache_dir, vocab))
     _check_batches(cfg, data)
-    learner = make_learner(cfg, len(data.vocab), device)
+    learner = make_learner(cfg, len(data.vocab), device, world)
     kernel = learner.kernel  # a kernel the device cannot run is a UserError here, before anything is written
+    if world.rank:
+        torch.manual_seed(derived_seed(cfg.train.seed, world.rank))  # dropout draws per rank
     state, start = RunState(), ""
     if resume is not None:
-        state = resume_state(learner, resume, cfg, device)
+        state = resume_state(learner, resume, cfg, device, world)
         start = f", resumed at step {state.step}"
     elif init is not None:
         init_weights(learner, init, cfg, str(init_from))
         start = f", weights and vocab from {init_from} (step {init['step']})"
+    if world.distributed:
+        start += f", {world.size} processes (DDP) × {cfg.data.batch_size // world.size} rows"
 
     # ---- nothing has been deleted or written before this point ----
-    rd = RunDir(run_dir)
-    if world.is_writer:
-        if clear:
-            rd.clear()
-        rd.create(cfg)
+    rd = _open_run_dir(cfg, run_dir, clear, world)
     mon = Monitor(rd.path if world.is_writer else None, cfg.log.tensorboard, quiet or not world.is_writer,
                   planned_steps(cfg, len(data.train)), state.step, stream=stream)
     mon.info(f"run {rd}: " + _describe(cfg, data, learner, device, kernel, start))
@@ -360,3 +412,9 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
                  f"{init_from} and read as <unk>")
     return Trainer(cfg, learner, data, state, rd, mon, device, world=world, on_step=on_step,
                    init_from=str(init_from or "")).run()
+
+
+def _load_init(init_from: str | Path) -> tuple[Path, dict]:
+    """--init-from's checkpoint: a run directory means its best.pt."""
+    path = ckpt_io.resolve_checkpoint(init_from)
+    return path, ckpt_io.load_checkpoint(path)

@@ -1,0 +1,76 @@
+"""Data-parallel training under torchrun: the process group's life, and what a config must allow.
+
+    torchrun --standalone --nproc_per_node=N train.py --config ...          one machine, N processes
+    torchrun --nnodes=M --nproc_per_node=N --rdzv_backend=c10d \\
+             --rdzv_endpoint=HOST:PORT --rdzv_id=JOB train.py --config ...   M machines
+
+torchrun starts the processes and tells each who it is through the environment (RANK, WORLD_SIZE,
+LOCAL_RANK, LOCAL_WORLD_SIZE); `world_from_env` reads it, and `process_group` joins the ranks:
+gloo for CPU tensors and, on a machine with CUDA, NCCL for CUDA tensors (one group serving both, so
+the small CPU-side agreements never wait for the GPU). The model is wrapped in
+DistributedDataParallel (training/learner.py), which averages the gradients in the backward pass.
+Everything else the ranks do together is in training/world.py. Without torchrun (or with one
+process) nothing here does anything: a plain `python train.py` is unchanged.
+
+Why one process per rank and not threads or a pool: DDP is PyTorch's own engine for this, works
+the same on CPUs, one GPU per process and several machines, and torchrun restarts nothing and hangs
+on nothing: when a rank exits with an error it stops the others (see docs/distributed.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+import torch
+
+from rnn_train.config import Config
+from rnn_train.errors import UserError
+from rnn_train.training.world import World
+
+
+def world_from_env(env: dict[str, str] | None = None) -> World:
+    """The World torchrun describes in the environment; rank 0 of 1 without torchrun."""
+    env = os.environ if env is None else env
+    size = int(env.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    local_size = int(env.get("LOCAL_WORLD_SIZE", str(size)))
+    return World(int(env["RANK"]), size, int(env.get("LOCAL_RANK", "0")), local_size)
+
+
+def backend() -> str:
+    """gloo on CPU; with CUDA also NCCL for CUDA tensors (gradients), gloo staying for CPU tensors."""
+    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+
+
+@contextlib.contextmanager
+def process_group(world: World) -> Iterator[None]:
+    """Join the ranks for the duration (nothing with one process). torchrun's environment gives the
+    rendezvous (MASTER_ADDR, MASTER_PORT). torch's default timeouts apply (30 minutes for gloo,
+    10 for NCCL): a rank that waits for a peer doing a long first-time job (preparing a large
+    corpus, measuring kernels) waits within them; a rank that dies ends the run at once (torchrun
+    stops the others; a peer's closed socket fails a pending gloo call)."""
+    if not world.distributed:
+        yield
+        return
+    torch.distributed.init_process_group(backend(), rank=world.rank, world_size=world.size)
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def check_world(cfg: Config, world: World) -> None:
+    """What a config must allow to run on `world.size` processes (one line naming the key)."""
+    if not world.distributed:
+        return
+    if cfg.model.backend == "numpy":
+        raise UserError(f"model.backend=numpy cannot train on {world.size} processes (the NumPy backend is "
+                        f"single-process teaching code): use model.backend=torch, or run train.py without torchrun")
+    b = cfg.data.batch_size
+    if b % world.size:
+        lower, higher = b - b % world.size, b + world.size - b % world.size
+        raise UserError(f"data.batch_size={b} does not split over {world.size} processes: each takes "
+                        f"batch_size / {world.size} rows; use a multiple of {world.size} "
+                        f"(e.g. {lower or higher} or {higher})")

@@ -1,0 +1,44 @@
+"""A torchrun entry for tests/test_distributed.py: train.py's main, with a fault on one rank.
+
+    DDP_FAULT=sigint:R:K    rank R sends itself SIGINT (what Ctrl-C sends) after update K
+    DDP_FAULT=sigterm:R:K   rank R sends itself SIGTERM after update K
+    DDP_FAULT=raise:R:K     rank R raises RuntimeError after update K (a crash)
+
+The fault rides on the trainer's own per-update hook (`on_step`), so it strikes at a known step.
+"""
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rnn_train.commands import run_command  # noqa: E402
+from rnn_train.training import trainer  # noqa: E402
+
+
+def _fault_hook(kind: str, rank: int, step: int):
+    def hook(done: int) -> None:
+        if done != step or int(os.environ["RANK"]) != rank:
+            return
+        if kind == "raise":
+            raise RuntimeError(f"injected failure on rank {rank} at step {step}")
+        os.kill(os.getpid(), {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM}[kind])
+    return hook
+
+
+def _install(spec: str) -> None:
+    kind, rank, step = spec.split(":")
+    hook = _fault_hook(kind, int(rank), int(step))
+    original = trainer.Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.on_step = hook
+    trainer.Trainer.__init__ = init
+
+
+if __name__ == "__main__":
+    if os.environ.get("DDP_FAULT"):
+        _install(os.environ["DDP_FAULT"])
+    sys.exit(run_command("train", sys.argv[1:], prog="train.py"))
