@@ -166,6 +166,15 @@ def test_a_decision_is_stored_per_machine_and_shape_and_reused(decisions, monkey
     assert len(json.loads(decisions.read_text())) == 2
 
 
+def test_an_entry_from_another_version_is_measured_again(decisions):
+    rnn = nn.RNN(3, 5, batch_first=True)
+    key = f"{autotune.machine_key()}/{autotune.shape_key(rnn, 2, 3, True, False)}"
+    decisions.write_text(json.dumps({key: {"choice": {"loop": "cpp", "parallel": True}}}))
+    path = autotune.choose(rnn, 2, 3, True, with_native=False)
+    assert isinstance(path, FusedPath)
+    assert json.loads(decisions.read_text())[key]["choice"]["loop"] == path.loop
+
+
 def test_measuring_leaves_the_global_rng_and_the_gradients_alone(decisions):
     rnn = nn.GRU(5, 6, num_layers=2, dropout=0.5, batch_first=True)
     before = torch.random.get_rng_state()

@@ -15,8 +15,8 @@ by the machine (CPU model and flags, torch version, the ISA caps torch honours, 
 C++ build) and the shapes, with the timings, the time and the load average they were taken at,
 so every later run on the machine takes the same path: the same config and seed give the same
 losses. Deleting that file re-measures (and may pick another path, whose rounding differs): do
-that after a decision was taken while the machine was busy. The measurement runs on a copy of the module with its own random generator:
-it never touches the model's gradients or the global RNG.
+that after a decision was taken while the machine was busy. The measurement runs on a copy of
+the module with its own random generator: it never touches the model's gradients or the global RNG.
 """
 from __future__ import annotations
 
@@ -173,12 +173,23 @@ def choose(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with_
     if entry is None:
         with _cache_lock():  # processes starting together measure once and agree
             entry = _read_cache().get(key)
-            if entry is None:
+            if _decision(entry) is _UNREADABLE:
                 with torch.enable_grad():
                     entry = measure(rnn, batch_size, num_steps, one_hot, with_native)
                 _write_cache(key, entry)
         _MEMORY[key] = entry
-    return _path_from_json(entry["choice"])
+    return _decision(entry)
+
+
+_UNREADABLE = object()
+
+
+def _decision(entry) -> FusedPath | None | object:
+    """The path an entry of the decisions file names, or _UNREADABLE (missing, or written by another version)."""
+    try:
+        return _path_from_json(entry["choice"])
+    except (KeyError, TypeError, ValueError):
+        return _UNREADABLE
 
 
 @contextlib.contextmanager
