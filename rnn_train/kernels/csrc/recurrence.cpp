@@ -42,15 +42,20 @@ struct Gather {
 
 // The forward loop of one block: per step, q = h_{t-1}[rows] W_hh^T[:, the block's units of every
 // gate] (one GEMM), then cell(t, b, u0, n, q_row, qs) for each row.
+// w_t: W_hh^T [H, G*H] for blocks of all units (null in units mode, where each block packs its own).
 template <typename T, typename Cell>
 void forward_block(const Block& blk, int64_t path, int64_t steps, int64_t B, int64_t H, int64_t G, const T* w_hh,
-                   const T* hs, const Gather<T>& gather, const Cell& cell) {
+                   const T* w_t, const T* hs, const Gather<T>& gather, const Cell& cell) {
   const int64_t U = blk.u1 - blk.u0, M = blk.b1 - blk.b0, N = G * U;
-  std::vector<T> w(H * N), q(M * N);  // W_hh^T restricted to the block's units, gate by gate: [H, G*U]
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t j = 0; j < U; ++j)
-      for (int64_t i = 0; i < H; ++i) w[i * N + g * U + j] = w_hh[(g * H + blk.u0 + j) * H + i];
-  const StepGemm<T> gemm(path, M, N, H, w.data(), N);
+  std::vector<T> w, q(M * N);  // w: W_hh^T restricted to the block's units, gate by gate: [H, G*U]
+  if (w_t == nullptr || U != H) {
+    w.resize(H * N);
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t j = 0; j < U; ++j)
+        for (int64_t i = 0; i < H; ++i) w[i * N + g * U + j] = w_hh[(g * H + blk.u0 + j) * H + i];
+    w_t = w.data();
+  }
+  const StepGemm<T> gemm(path, M, N, H, w_t, N);
   for (int64_t t = 0; t < steps; ++t) {
     if (M > 0 && U > 0) {
       gemm(hs + (t * B + blk.b0) * H, H, q.data(), N, false);
@@ -149,6 +154,11 @@ Gather<T> make_gather(const std::optional<Tensor>& ids, const std::optional<Tens
 
 Tensor rows_contiguous(const Tensor& d_out) { return d_out.stride(2) == 1 ? d_out : d_out.contiguous(); }
 
+// W_hh^T [H, G*H] once per call where blocks span all units (one copy shared by the row blocks).
+Tensor transposed_weight(const Tensor& w_hh, int64_t threads) {
+  return threads == kUnits ? Tensor() : w_hh.t().contiguous();
+}
+
 Tensor first_state(const Tensor& h0, int64_t steps) {  // [T+1, B, H] with [0] = h0
   Tensor hs = at::empty({steps + 1, h0.size(0), h0.size(1)}, h0.options());
   hs[0].copy_(h0);
@@ -161,15 +171,16 @@ Tensor rnn_forward(Tensor gx, const std::optional<Tensor>& ids, const std::optio
                    const Tensor& w_hh, bool relu, int64_t path, int64_t threads) {
   check_forward(gx, 1, w_hh, h0, path, threads);
   const int64_t steps = gx.size(0), B = gx.size(1), H = w_hh.size(1);
-  Tensor hs = first_state(h0, steps);
+  Tensor hs = first_state(h0, steps), w_t = transposed_weight(w_hh, threads);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rnn_forward", [&] {
     using T = scalar_t;
     const Gather<T> gather = make_gather<T>(ids, table, gx);
     const T* g = gx.data_ptr<T>();
     T* h = hs.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
+    const T* wt = w_t.defined() ? w_t.data_ptr<T>() : nullptr;
     run_blocks(threads, B, H, [&](const Block& blk) {
-      forward_block<T>(blk, path, steps, B, H, 1, w, h, gather,
+      forward_block<T>(blk, path, steps, B, H, 1, w, wt, h, gather,
                        [&](int64_t t, int64_t b, int64_t u0, int64_t n, const T* q, int64_t) {
                          const int64_t row = t * B + b;
                          rnn_cell_forward<T>(n, relu, g + row * H + u0, q, h + (row + B) * H + u0);
@@ -217,6 +228,7 @@ std::tuple<Tensor, Tensor> gru_forward(Tensor gx, const std::optional<Tensor>& i
               "b_hn must be [H]");
   const int64_t steps = gx.size(0), B = gx.size(1), H = w_hh.size(1);
   Tensor hs = first_state(h0, steps), n = at::empty({steps, B, H}, gx.options());
+  Tensor w_t = transposed_weight(w_hh, threads);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_forward", [&] {
     using T = scalar_t;
     const Gather<T> gather = make_gather<T>(ids, table, gx);
@@ -225,8 +237,9 @@ std::tuple<Tensor, Tensor> gru_forward(Tensor gx, const std::optional<Tensor>& i
     T* nn = n.data_ptr<T>();
     const T* bn = b_hn.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
+    const T* wt = w_t.defined() ? w_t.data_ptr<T>() : nullptr;
     run_blocks(threads, B, H, [&](const Block& blk) {
-      forward_block<T>(blk, path, steps, B, H, 3, w, h, gather,
+      forward_block<T>(blk, path, steps, B, H, 3, w, wt, h, gather,
                        [&](int64_t t, int64_t b, int64_t u0, int64_t cnt, const T* q, int64_t qs) {
                          const int64_t row = t * B + b;
                          gru_cell_forward<T>(cnt, H, qs, g + row * 3 * H + u0, q, bn + u0, h + row * H + u0,
@@ -279,7 +292,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_forward(Tensor gx, const std::optional<T
   TORCH_CHECK(c0.sizes() == h0.sizes() && c0.scalar_type() == h0.scalar_type(), "c0 must be like h0");
   const int64_t steps = gx.size(0), B = gx.size(1), H = w_hh.size(1);
   Tensor hs = first_state(h0, steps), cs = first_state(c0.contiguous(), steps);
-  Tensor tc = at::empty({steps, B, H}, gx.options());
+  Tensor tc = at::empty({steps, B, H}, gx.options()), w_t = transposed_weight(w_hh, threads);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_forward", [&] {
     using T = scalar_t;
     const Gather<T> gather = make_gather<T>(ids, table, gx);
@@ -288,8 +301,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm_forward(Tensor gx, const std::optional<T
     T* c = cs.data_ptr<T>();
     T* th = tc.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
+    const T* wt = w_t.defined() ? w_t.data_ptr<T>() : nullptr;
     run_blocks(threads, B, H, [&](const Block& blk) {
-      forward_block<T>(blk, path, steps, B, H, 4, w, h, gather,
+      forward_block<T>(blk, path, steps, B, H, 4, w, wt, h, gather,
                        [&](int64_t t, int64_t b, int64_t u0, int64_t cnt, const T* q, int64_t qs) {
                          const int64_t row = t * B + b;
                          lstm_cell_forward<T>(cnt, H, qs, g + row * 4 * H + u0, q, c + row * H + u0,
