@@ -26,6 +26,15 @@ from rnn_train.kernels.fused import FusedPath
 from rnn_train.model.charrnn import CharRNN
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread (the machine is shared): the tests here are about what is stored, not threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tmp_cache(tmp_path, monkeypatch):
     """A fresh cache directory; the process's memory of builds and decisions is reset around the test."""
@@ -151,45 +160,58 @@ def test_the_c_plus_plus_path_can_be_turned_off(tmp_cache, monkeypatch, capsys):
 
 
 def test_a_decision_is_stored_per_machine_and_shape_and_reused(decisions, monkeypatch):
-    rnn = nn.GRU(6, 8, batch_first=True)
-    first = autotune.choose(rnn, 4, 5, True, with_native=False)
+    rnn = nn.GRU(6, 192, batch_first=True)  # big enough to be measured (SMALL_STEP_WORK)
+    first = autotune.choose(rnn, 16, 5, True, with_native=False)
     assert isinstance(first, FusedPath)  # without native, always a fused path
     [(key, entry)] = json.loads(decisions.read_text()).items()
-    assert key.startswith(autotune.machine_key() + "/") and "gru-L1-I6-H8-B4-T5" in key
+    assert key.startswith(autotune.machine_key() + "/") and "gru-L1-I6-H192-B16-T5" in key
     assert first.label() in entry["ms"]
     autotune._MEMORY.clear()  # a new process: the file answers, nothing is measured
     with monkeypatch.context() as m:
         m.setattr(autotune, "measure", lambda *a: pytest.fail("measured again"))
-        assert autotune.choose(rnn, 4, 5, True, with_native=False) == first
-    other = autotune.choose(rnn, 8, 5, True, with_native=False)  # another batch size: its own entry
+        assert autotune.choose(rnn, 16, 5, True, with_native=False) == first
+    other = autotune.choose(rnn, 24, 5, True, with_native=False)  # another batch size: its own entry
     assert isinstance(other, FusedPath)
     assert len(json.loads(decisions.read_text())) == 2
 
 
 def test_an_entry_from_another_version_is_measured_again(decisions):
-    rnn = nn.RNN(3, 5, batch_first=True)
-    key = f"{autotune.machine_key()}/{autotune.shape_key(rnn, 2, 3, True, False)}"
+    rnn = nn.RNN(3, 320, batch_first=True)
+    key = f"{autotune.machine_key()}/{autotune.shape_key(rnn, 16, 3, True, False)}"
     decisions.write_text(json.dumps({key: {"choice": {"loop": "cpp", "parallel": True}}}))
-    path = autotune.choose(rnn, 2, 3, True, with_native=False)
+    path = autotune.choose(rnn, 16, 3, True, with_native=False)
     assert isinstance(path, FusedPath)
     assert json.loads(decisions.read_text())[key]["choice"]["loop"] == path.loop
 
 
 def test_measuring_leaves_the_global_rng_and_the_gradients_alone(decisions):
-    rnn = nn.GRU(5, 6, num_layers=2, dropout=0.5, batch_first=True)
+    rnn = nn.GRU(5, 160, num_layers=2, dropout=0.5, batch_first=True)
     before = torch.random.get_rng_state()
-    autotune.choose(rnn, 3, 4, True, with_native=True)
+    autotune.choose(rnn, 16, 4, True, with_native=True)
+    assert len(json.loads(decisions.read_text())) == 1  # it was measured
     assert torch.equal(torch.random.get_rng_state(), before)
     assert all(p.grad is None for p in rnn.parameters())
     assert rnn.training  # the model itself is not switched to eval
 
 
 def test_a_stored_decision_decides_the_models_training_path(decisions):
-    model = CharRNN(vocab_size=6, cell="rnn", hidden_size=5, kernel="fused")
-    label = model.training_kernel(3, 4)
+    model = CharRNN(vocab_size=6, cell="rnn", hidden_size=320, kernel="fused")
+    label = model.training_kernel(16, 4)
     assert label.startswith("fused-")
-    again = CharRNN(vocab_size=6, cell="rnn", hidden_size=5, kernel="fused")
-    assert again.training_kernel(3, 4) == label
+    [entry] = json.loads(decisions.read_text()).values()
+    assert label in entry["ms"]
+    autotune._MEMORY.clear()
+    again = CharRNN(vocab_size=6, cell="rnn", hidden_size=320, kernel="fused")
+    assert again.training_kernel(16, 4) == label
+
+
+def test_a_small_model_takes_one_block_of_the_fused_loop_without_measuring(decisions, monkeypatch):
+    monkeypatch.setattr(autotune, "measure", lambda *a: pytest.fail("a small model is not measured"))
+    rnn = nn.GRU(7, 32, batch_first=True)  # 8 x 3 x 32^2 multiply-adds per step
+    path = autotune.choose(rnn, 8, 16, True, with_native=True)
+    want = "cpp" if build.extension() is not None else "python"
+    assert isinstance(path, FusedPath) and path.loop == want and path.threads == "blas"
+    assert autotune.choose(rnn, 8, 16, True, with_native=True) == path and not decisions.exists()
 
 
 def test_unknown_kernels_are_refused():

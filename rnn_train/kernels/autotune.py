@@ -3,7 +3,8 @@
 Why measure: which path is fastest depends on the CPU (AVX-512 or AVX2 only, so which of MKL and
 oneDNN runs the better GEMM), on the thread count and on the layer's shapes; a choice fixed from
 one machine's timings was wrong on the next (docs/kernels.md). So on first use for a given
-module shape the candidates run a few interleaved forward+backward passes and the fastest wins:
+module shape the candidates run a few interleaved forward+backward passes and the fastest wins
+(a model too small for the choice to matter takes the C++ loop on one block without measuring):
 
     1. the all-steps GEMMs: torch.mm ("blas") against oneDNN for the big ones ("auto"), float32 only;
     2. the time loop, with that GEMM choice: C++ with BLAS-threaded GEMMs, with batch rows or
@@ -165,9 +166,29 @@ def measure(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with
             "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "load": load}
 
 
+SMALL_STEP_WORK = 1 << 20
+"""Multiply-adds per time step (all layers' h W_hh^T) below which nothing is measured: the
+fused loop on one block wins by its lower overhead alone, and threads or GEMM backends cannot
+make a difference worth the measurement (which, on a busy machine, takes longer than training
+such a model)."""
+
+
+def small_model_path(rnn: nn.Module, batch_size: int) -> FusedPath | None:
+    """The path for a model too small to measure (SMALL_STEP_WORK), or None if it is not that small."""
+    G = {"rnn": 1, "gru": 3, "lstm": 4}[module_cell(rnn)]
+    if batch_size * G * rnn.hidden_size ** 2 * rnn.num_layers >= SMALL_STEP_WORK:
+        return None
+    candidates = loop_candidates(rnn, "blas")
+    serial = [p for p in candidates if p.threads == "blas"]
+    return (serial or candidates or [None])[0]
+
+
 def choose(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with_native: bool) -> FusedPath | None:
     """The training path for `rnn` on this machine: the stored decision, else measured now and stored.
-    None means the module itself (only when with_native)."""
+    None means the module itself (only when with_native; a small model has a fixed answer)."""
+    small = small_model_path(rnn, batch_size)
+    if small is not None:
+        return small
     key = f"{machine_key()}/{shape_key(rnn, batch_size, num_steps, one_hot, with_native)}"
     entry = _MEMORY.get(key)
     if entry is None:
