@@ -39,7 +39,7 @@ from rnn_train.kernels.gemm import onednn_available
 
 NATIVE = "native"
 _ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
-_WARMUP, _ROUNDS, _PRUNE_AFTER, _PRUNE_RATIO = 2, 9, 4, 1.5
+_WARMUP, _ROUNDS, _PRUNE_AFTER, _PRUNE_RATIO = 1, 6, 3, 1.5
 
 
 def loop_candidates(rnn: nn.Module, gemm: str) -> list[FusedPath]:
