@@ -149,9 +149,9 @@ def measure(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with
         inp = torch.randint(0, module.input_size, shape, generator=g)
     else:
         inp = torch.randn(*shape, module.input_size, generator=g, dtype=module.weight_hh_l0.dtype)
-    gemm = "blas"
-    if module.weight_hh_l0.dtype == torch.float32 and onednn_available():
-        first = loop_candidates(module, "blas")[0]
+    gemm, loops = "blas", loop_candidates(module, "blas")
+    if loops and module.weight_hh_l0.dtype == torch.float32 and onednn_available():
+        first = loops[0]
         gemms = {g_: _pass(module, FusedPath(first.loop, g_, first.step, first.threads), inp, one_hot)
                  for g_ in ("blas", "auto")}
         timed = race(gemms)
