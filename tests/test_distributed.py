@@ -19,7 +19,7 @@ import torch
 from rnn_train.config import build_config, config_to_yaml
 from rnn_train.errors import UserError
 from rnn_train.model.checkpoint import load_checkpoint
-from rnn_train.runtime import derived_seed, resolve_device
+from rnn_train.runtime import available_cores, derived_seed, resolve_device, set_threads
 from rnn_train.training.distributed import check_world, world_from_env
 from rnn_train.training.state import capture_rng, combine_rng, restore_rng
 from rnn_train.training.trainer import train
@@ -245,3 +245,17 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
     result = train(cfg, tmp_path / "run", quiet=True, cache_dir=tmp_path / "cache", on_step=hook)
     assert result.interrupted and result.step == 9
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 9
+
+
+def test_each_rank_takes_its_share_of_the_cores_unless_threads_is_set():
+    before = torch.get_num_threads()
+    try:
+        set_threads(0, local_size=2)
+        assert torch.get_num_threads() == max(1, available_cores() // 2)
+        set_threads(3, local_size=2)
+        assert torch.get_num_threads() == 3  # train.threads wins
+        torch.set_num_threads(before)
+        set_threads(0, local_size=1)
+        assert torch.get_num_threads() == before  # one process: torch's default, untouched
+    finally:
+        torch.set_num_threads(before)
