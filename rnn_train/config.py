@@ -113,9 +113,6 @@ class ModelConfig:
             _check(p, self.num_layers == 1, "model.num_layers", "must be 1 with backend=numpy")
             _check(p, self.embedding == "one_hot", "model.embedding", "must be one_hot with backend=numpy")
             _check(p, self.dropout == 0.0, "model.dropout", "must be 0 with backend=numpy")
-        if self.kernel == "fused":
-            _check(p, self.cell in ("rnn", "gru"), "model.kernel",
-                   f"fused runs RNN and GRU cells only, not {self.cell} (use auto or native)")
         if p:
             raise _Problems(p)
 
