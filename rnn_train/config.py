@@ -40,7 +40,7 @@ def _check(problems: list[str], ok: bool, key: str, message: str) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     paths: list[str] = field(default_factory=list)
-    """Corpus files, joined with a newline. Empty with kind=pinyin: the built-in pypinyin phrase corpus."""
+    """Corpus files, directories (their files, recursively) and globs, joined with a newline. Empty with kind=pinyin: the built-in pypinyin phrase corpus."""
     kind: Literal["text", "pinyin"] = "pinyin"
     """`text`: characters as they are. `pinyin`: Chinese-character files are converted to pinyin; pinyin files kept."""
     encoding: str = "utf-8"

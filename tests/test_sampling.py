@@ -186,7 +186,8 @@ def test_cli_line_starts_take_chinese_characters_for_a_pinyin_model(runs):
     assert [p.split("\n", 1)[0] for p in parts] == ["1", "2"]
     for part in parts:
         lines = part.split("\n")[1:-1]  # after the header line, before the final newline
-        assert len(lines) == 4 and [line[:len(s)] for line, s in zip(lines, STARTS)] == list(STARTS)
+        # each line starts with the whole syllable: the space after it is forced too (li cannot become liu)
+        assert len(lines) == 4 and [line[:len(s) + 1] for line, s in zip(lines, STARTS)] == [s + " " for s in STARTS]
 
 
 def test_one_sample_is_written_chunk_by_chunk(runs, monkeypatch):

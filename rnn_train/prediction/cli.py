@@ -27,8 +27,10 @@ def pinyin_prefix(prefix: str, cfg) -> str:
 
 
 def line_starts(spec: str, cfg) -> tuple[str, ...]:
-    """'春,风,十,里' -> the text forced at each line start. For a pinyin model Chinese characters
-    become syllables like its corpus ('chun', or 'chun1' with tone numbers); anything else is kept."""
+    """'春,风,十,里' -> the text forced at each line start. For a pinyin model each entry is a whole
+    syllable: Chinese characters become syllables like its corpus ('chun', or 'chun1' with tone
+    numbers), and the space after the syllable is forced too, so that 'li' (里) cannot grow into
+    'liu'. For any other model the entries are kept as they are."""
     from rnn_train.data.corpus import contains_han, hanzi_to_pinyin
 
     items = tuple(s.strip() for s in spec.split(","))
@@ -39,7 +41,7 @@ def line_starts(spec: str, cfg) -> tuple[str, ...]:
         converted = hanzi_to_pinyin(item, cfg.data.tones).strip() if contains_han(item) else item
         if not converted:
             raise UserError(f"--line-starts entry {item!r} has no pinyin reading")
-        out.append(converted)
+        out.append(converted if converted.endswith(" ") else converted + " ")
     return tuple(out)
 
 

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
             # --force deletes the earlier run inside `train`, after every check of the corpus, device and checkpoint
             result = train(cfg, run_dir.path, resume=resume, init_from=args.init_from, clear=args.force and not resume,
                            quiet=args.quiet, cache_dir=Path(args.cache_dir), world=world)
-            status = _summary(result, run_dir, args.quiet, world) if world.is_writer else _status(result)
+            status = _summary(result, run_dir, args.quiet, world, prog) if world.is_writer else _status(result)
             world.barrier()  # no rank exits (torchrun then stops the others) before rank 0 has saved and printed
             if world.distributed:  # done: the status is the run's, not that of torchrun stopping a finished rank
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -123,10 +123,14 @@ def _status(result) -> int:
     return 1 if result.stopped_by == "diverged" else 0
 
 
-def _summary(result, run_dir, quiet: bool, world) -> int:
-    """The last line(s) of a run, and the exit status (`_status`)."""
+def _summary(result, run_dir, quiet: bool, world, prog: str) -> int:
+    """The last line(s) of a run, and the exit status (`_status`); `prog` is how the user called us."""
     if result.interrupted:
-        again = f"torchrun --nproc_per_node={world.local_size} train.py" if world.distributed else "python train.py"
+        script = prog.endswith(".py")  # train.py, else `rnn-train train` / `python -m rnn_train train`
+        if world.distributed:
+            again = f"torchrun --nproc_per_node={world.local_size} {prog if script else '-m rnn_train train'}"
+        else:
+            again = f"python {prog}" if script else prog
         print(f"interrupted at step {result.step}: checkpoint saved to {run_dir.last}; "
               f"continue with: {again} --resume {run_dir}", flush=True)
         return _status(result)
@@ -141,5 +145,6 @@ def _summary(result, run_dir, quiet: bool, world) -> int:
     print(f"done: {result.step} steps, {result.tokens:,} tokens in {result.train_seconds:.1f}s "
           f"({result.tokens_per_s:,.0f} tok/s), stopped by {result.stopped_by}; {val}; best checkpoint {run_dir.best}")
     if not quiet:
-        print(f"predict with: python predict.py --checkpoint {run_dir.best} --prefix \"...\" -k 50")
+        predict = "python predict.py" if prog.endswith(".py") else prog.rsplit(" ", 1)[0] + " predict"
+        print(f"predict with: {predict} --checkpoint {run_dir.best} --prefix \"...\" -k 50")
     return 0
