@@ -40,12 +40,14 @@ class StopRules:
         return bool(self.stop_at or self.max_lines or self.line_starts)
 
 
-def _spell(vocab: Vocab, text: str, what: str) -> np.ndarray:
-    """text -> ids, or a UserError naming the characters the vocab lacks."""
+def _spell(vocab: Vocab, text: str, what: str, given: str | None = None) -> np.ndarray:
+    """text -> ids, or a UserError naming the characters the vocab lacks (and `given`, what the
+    user typed, when it differs from text, e.g. a syllable without the space added after it)."""
     missing = vocab.unknown_chars(text)
     if missing:
         shown = ", ".join(repr(c) for c in missing)
-        raise UserError(f"{what} {text!r} cannot be spelled with the model's vocab (no {shown})")
+        raise UserError(f"{what} {(given if given is not None else text)!r} cannot be spelled with the model's vocab "
+                        f"(no {shown})")
     return vocab.encode(text).astype(np.int64)
 
 
@@ -59,7 +61,8 @@ class RuleState:
         if (rules.max_lines or rules.line_starts) and self.newline < 0:
             raise UserError("--max-lines and --line-starts need a model whose vocab has a newline")
         self.stop = _spell(vocab, rules.stop_at, "--stop-at") if rules.stop_at else None
-        self.starts = [_spell(vocab, s, "--line-starts entry") for s in rules.line_starts]
+        self.starts = [_spell(vocab, s, "--line-starts entry", s.rstrip(" ") if s.strip() else None)
+                       for s in rules.line_starts]
         self.end = np.full(batch, k)  # [B] index one past each row's last character
         self.ended = np.zeros(batch, bool)
         self.lines = np.zeros(batch, np.int64)  # newlines generated so far
