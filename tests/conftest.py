@@ -1,7 +1,8 @@
-"""Shared fixtures: where the real corpora live and a skip marker for when they are absent."""
+"""Shared fixtures: where the real corpora live, a skip for when they are absent, one torch thread."""
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "corpora"
@@ -13,3 +14,14 @@ def shared_corpus(relpath: str) -> Path:
     if not path.exists():
         pytest.skip(f"real corpus {path} is absent (../shared is only beside the project's own checkout)")
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch intra-op thread for the test, restored afterwards (other modules keep torch's default).
+    For tiny models on a shared 2-core machine, where a second thread only spins; modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -37,13 +37,7 @@ PATHS = {
 F32_GEMMS = ["blas", "auto"] + (["onednn"] if onednn_available() else [])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread (the machine is shared), two where a test runs row blocks on threads (`usable`)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one torch thread per test (conftest)
 
 
 def usable(path: FusedPath) -> FusedPath:

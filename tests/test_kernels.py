@@ -26,13 +26,7 @@ from rnn_train.kernels.fused import FusedPath
 from rnn_train.model.charrnn import CharRNN
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread (the machine is shared): the tests here are about what is stored, not threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one torch thread per test (conftest)
 
 
 @pytest.fixture

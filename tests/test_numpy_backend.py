@@ -33,14 +33,7 @@ from tests.conftest import ROOT, shared_corpus
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: a second intra-op thread only spins (10x slower here).
-    Restored afterwards, so other test modules keep torch's default."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one torch thread per test (conftest)
 
 CLIP = 0.5  # below the typical pre-clip norm at lr 1 on these corpora, so clipping is active
 
