@@ -33,6 +33,8 @@ PATHS = {
     "cpp-units": FusedPath("cpp", "blas", "blas", threads="units"),  # a block of hidden units per thread
     "cpp-serial": FusedPath("cpp", "blas", "blas", threads="blas"),
     "cpp-aten": FusedPath("cpp", "blas", "aten", threads="rows"),
+    "cpp-tiled-rows": FusedPath("cpp", "blas", "tiled", threads="rows"),  # csrc/tiled.h, rows per thread
+    "cpp-tiled-serial": FusedPath("cpp", "blas", "tiled", threads="blas"),
 }
 F32_GEMMS = ["blas", "auto"] + (["onednn"] if onednn_available() else [])
 
@@ -170,7 +172,8 @@ SHAPES = [  # (B, T, I, H)
 # ----------------------------------------------------------------------------- 1. float64 equality
 
 
-@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows", "cpp-units", "cpp-serial"]))
+@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows", "cpp-units", "cpp-serial", "cpp-tiled-rows",
+                                                 "cpp-tiled-serial"]))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_T{}_I{}_H{}".format(*s))
 @pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "time_major"])
 def test_float64_outputs_and_every_gradient_equal_nn(path, cell, shape, batch_first):
@@ -191,7 +194,7 @@ def test_float64_equality_holds_for_the_aten_step_gemm(path, cell, batch_first):
     assert_same(fused_run(case, path=path), reference(case), 1e-10)
 
 
-@pytest.mark.parametrize("path", ["python", "cpp-rows"])
+@pytest.mark.parametrize("path", ["python", "cpp-rows", "cpp-tiled-rows"])
 def test_relu_rnn_and_bias_free_layers_equal_nn(path):
     path = usable(PATHS[path])
     relu = make_case("rnn", 3, 20, 4, 6, seed=1, nonlinearity="relu")
@@ -205,7 +208,7 @@ def test_relu_rnn_and_bias_free_layers_equal_nn(path):
         assert_same(ours, reference(case), 1e-10)
 
 
-@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-serial"]))
+@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-serial", "cpp-tiled-serial"]))
 def test_gradcheck_on_a_tiny_case(path, cell):
     path = usable(PATHS[path])
     case = make_case(cell, 2, 4, 3, 3, seed=3)
@@ -231,7 +234,7 @@ def test_gradcheck_on_a_tiny_case(path, cell):
 # ----------------------------------------------------------------------------- 2. one-hot ids
 
 
-@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows"]))
+@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows", "cpp-tiled-rows"]))
 @pytest.mark.parametrize("shape", [(9, 13, 6, 17), (1, 50, 66, 8), (6, 1, 2, 5)],
                          ids=lambda s: "B{}_T{}_V{}_H{}".format(*s))
 @pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "time_major"])
@@ -254,7 +257,7 @@ def test_ids_of_any_integer_type_give_the_same_result():
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), dtype
 
 
-@pytest.mark.parametrize("path", ["python", "cpp-rows", "cpp-units"])
+@pytest.mark.parametrize("path", ["python", "cpp-rows", "cpp-units", "cpp-tiled-rows"])
 def test_ids_beyond_the_vocabulary_are_refused(path):
     path = usable(PATHS[path])
     case = make_case("gru", 9, 3, 4, 40, seed=0)
@@ -272,7 +275,8 @@ def float32_case(cell, one_hot_ids):
     return make_case(cell, 8, 35, 30, 64, seed=11, dtype=torch.float32, one_hot=one_hot_ids, scale=64**-0.5)
 
 
-@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows", "cpp-units", "cpp-serial", "cpp-aten"]))
+@pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows", "cpp-units", "cpp-serial", "cpp-aten",
+                                                 "cpp-tiled-rows"]))
 @pytest.mark.parametrize("one_hot_ids", [False, True], ids=["dense", "ids"])
 def test_float32_agrees_with_nn(path, cell, one_hot_ids):
     path = usable(PATHS[path])

@@ -51,6 +51,7 @@ def loop_candidates(rnn: nn.Module, gemm: str) -> list[FusedPath]:
         if torch.get_num_threads() > 1:
             threads += ["rows", "units"] if step == "blas" else ["rows"]
         out += [FusedPath("cpp", gemm, step, t) for t in threads]
+        out += [FusedPath("cpp", gemm, "tiled", t) for t in threads if t != "units"]
     if can_fuse(rnn, loop="python"):
         out.append(FusedPath("python", gemm))
     return out

@@ -29,7 +29,7 @@ from rnn_train.kernels.build import extension
 from rnn_train.kernels.gemm import scratch, weight_grad
 from rnn_train.kernels.layer_io import input_grads, out_view, project, time_major_rows
 
-STEP_GEMMS = {"blas": 0, "aten": 1}  # csrc/common.h GemmPath
+STEP_GEMMS = {"blas": 0, "aten": 1, "tiled": 2}  # csrc/common.h GemmPath
 THREADS = {"blas": 0, "rows": 1, "units": 2}  # csrc/common.h Threads
 
 

@@ -78,8 +78,9 @@ class FusedPath:
 
     loop      "python" or "cpp" (LOOP_CELLS)
     gemm      the all-steps GEMMs (and the Python loop's per-step ones): rnn_train.kernels.gemm.GEMMS
-    step      the C++ loop's per-step GEMM: "blas" (the BLAS torch links, called directly) or
-              "aten" (torch.mm; for torch builds whose BLAS is not exported)
+    step      the C++ loop's per-step GEMM: "blas" (the BLAS torch links, called directly),
+              "aten" (torch.mm; for torch builds whose BLAS is not exported) or "tiled"
+              (csrc/tiled.h: register tiles over W_hh packed once per call; not with "units")
     threads   how the C++ loop uses torch's threads (csrc/common.h): "blas" (BLAS threads each
               step's GEMM), "rows" (a block of batch rows per thread, no waiting between steps),
               "units" (a block of hidden units per thread, full-height GEMMs, a barrier per
@@ -92,7 +93,7 @@ class FusedPath:
     threads: str = "blas"
 
     def __post_init__(self):
-        if (self.loop not in LOOP_CELLS or self.gemm not in GEMMS or self.step not in ("blas", "aten")
+        if (self.loop not in LOOP_CELLS or self.gemm not in GEMMS or self.step not in ("blas", "aten", "tiled")
                 or self.threads not in ("blas", "rows", "units") or (self.threads == "units" and self.step != "blas")):
             raise ValueError(f"not a fused path: {self}")
 

@@ -1,6 +1,8 @@
 // The gate arithmetic of one step for one batch row and a run of n hidden units: PyTorch's
 // equations (nn.RNN, nn.GRU, nn.LSTM) forward, and their derivatives backward.
 //
+// The count n is an int64_t, or a std::integral_constant where the caller knows it at compile
+// time (the tiled loop's full panels): then the loop compiles to straight-line vector code.
 // Pointers point at the run's first unit. A [G*H] row holds G gate blocks (PyTorch's order)
 // `gs` apart: H for the [T, B, G*H] tensors. `q`, the row of h_{t-1} W_hh^T, has its blocks `qs`
 // apart (the block's own GEMM output). Raw pointers only, no Tensor accessors: anything that may
@@ -11,8 +13,8 @@
 
 namespace rnn_kernels {
 
-template <typename T>
-void rnn_cell_forward(int64_t n, bool relu, const T* __restrict g, const T* __restrict q, T* __restrict h) {
+template <typename T, typename N>
+inline void rnn_cell_forward(N n, bool relu, const T* __restrict g, const T* __restrict q, T* __restrict h) {
   if (relu) {
     for (int64_t j = 0; j < n; ++j) h[j] = std::max(g[j] + q[j], T(0));
   } else {
@@ -31,8 +33,8 @@ void rnn_cell_backward(int64_t n, bool relu, const T* __restrict h, const T* __r
   std::memcpy(nx, d_out_prev, sizeof(T) * n);  // dh_{t-1} before the GEMM adds da W_hh
 }
 
-template <typename T>
-void gru_cell_forward(int64_t n, int64_t gs, int64_t qs, T* __restrict g, const T* __restrict q, const T* __restrict bn,
+template <typename T, typename N>
+inline void gru_cell_forward(N n, int64_t gs, int64_t qs, T* __restrict g, const T* __restrict q, const T* __restrict bn,
                       const T* __restrict h_prev, T* __restrict h, T* __restrict nt) {
   // g: (W_ir x + b_ir + b_hr, W_iz x + b_iz + b_hz, W_in x + b_in) on entry, (r, z, W_hn h + b_hn) on exit
   for (int64_t j = 0; j < n; ++j) {
@@ -67,8 +69,8 @@ void gru_cell_backward(int64_t n, int64_t gs, const T* __restrict g, const T* __
   }
 }
 
-template <typename T>
-void lstm_cell_forward(int64_t n, int64_t gs, int64_t qs, T* __restrict g, const T* __restrict q,
+template <typename T, typename N>
+inline void lstm_cell_forward(N n, int64_t gs, int64_t qs, T* __restrict g, const T* __restrict q,
                        const T* __restrict c_prev, T* __restrict c, T* __restrict tc, T* __restrict h) {
   // g: x W_ih^T + b_ih + b_hh on entry, the activated gates (i, f, g, o) on exit
   for (int64_t j = 0; j < n; ++j) {

@@ -30,9 +30,10 @@ using at::Tensor;
 // ------------------------------------------------------------------------------------------ GEMM
 
 // Per-step GEMM paths: kBlas calls the Fortran BLAS directly; kAten goes through torch.mm (for a
-// torch whose BLAS is not exported). (MKL's packed-weight API, packing W once per call, measured
-// no faster in docs/kernels.md, so it is not here.)
-enum GemmPath : int64_t { kBlas = 0, kAten = 1 };
+// torch whose BLAS is not exported); kTiled is tiled.h's register-tiled loop with W_hh packed
+// once per call (needs no BLAS; batch rows or one block per thread, no units split). (MKL's
+// packed-weight API measured no faster than kBlas in docs/kernels.md, so it is not here.)
+enum GemmPath : int64_t { kBlas = 0, kAten = 1, kTiled = 2 };
 
 inline bool blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 

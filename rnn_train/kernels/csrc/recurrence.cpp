@@ -18,6 +18,7 @@
 
 #include "cells.h"
 #include "common.h"
+#include "tiled.h"
 
 namespace rnn_kernels {
 namespace {
@@ -33,7 +34,8 @@ struct Gather {
   const T* table;
   T* gx;
 
-  void row(int64_t r, int64_t G, int64_t H, int64_t u0, int64_t n) const {
+  template <typename N>
+  void row(int64_t r, int64_t G, int64_t H, int64_t u0, N n) const {
     if (ids == nullptr) return;
     for (int64_t g = 0; g < G; ++g)
       std::memcpy(gx + r * G * H + g * H + u0, table + ids[r] * G * H + g * H + u0, sizeof(T) * n);
@@ -68,16 +70,63 @@ void forward_block(const Block& blk, int64_t path, int64_t steps, int64_t B, int
   }
 }
 
+// The forward loop of one block on the tiled path: per step, for each panel of PL units
+// (tiled.h's pack_forward) and each tile of rows, the tile computes every gate of those units
+// in registers and the cell runs on them at once; the pre-activations never pass through memory.
+template <typename T, int G, typename Cell>
+void forward_block_tiled(const Block& blk, int64_t steps, int64_t B, int64_t H, const T* panels, const T* hs,
+                         const Gather<T>& gather, const Cell& cell) {
+  using F = ForwardTile<G>;
+  using TL = Tile<T, F::MR, F::NV>;
+  const int64_t PL = F::P * TL::L;
+  std::vector<T> out(F::MR * TL::W), pad(F::MR * H, T(0));
+  for (int64_t t = 0; t < steps; ++t) {
+    const T* prev = hs + t * B * H;
+    for (int64_t u0 = blk.u0; u0 < blk.u1; u0 += PL) {
+      const int64_t n = std::min(PL, blk.u1 - u0);
+      const T* panel = panels + (u0 / PL) * H * TL::W;
+      for (int64_t b0 = blk.b0; b0 < blk.b1; b0 += F::MR) {
+        const int64_t rows = std::min<int64_t>(F::MR, blk.b1 - b0);
+        TL::rows(rows, H, prev + b0 * H, H, panel, out.data(), pad.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          if (n == PL) {  // a full panel: the count is a compile-time constant (cells.h)
+            const std::integral_constant<int64_t, F::P * TL::L> full;
+            gather.row(t * B + b0 + r, G, H, u0, full);
+            cell(t, b0 + r, u0, full, out.data() + r * TL::W, PL);
+          } else {
+            gather.row(t * B + b0 + r, G, H, u0, n);
+            cell(t, b0 + r, u0, n, out.data() + r * TL::W, PL);
+          }
+        }
+      }
+    }
+    step_barrier(blk);  // the next step reads every unit of h_t
+  }
+}
+
+// One block's forward on the path asked for: forward_block, or forward_block_tiled with W_hh
+// packed (`panels`, once per call, shared by the blocks).
+template <typename T, int G, typename Cell>
+void forward_any(const Block& blk, int64_t path, int64_t steps, int64_t B, int64_t H, const T* w_hh, const T* w_t,
+                 const T* panels, const T* hs, const Gather<T>& gather, const Cell& cell) {
+  if (path == kTiled) {
+    forward_block_tiled<T, G>(blk, steps, B, H, panels, hs, gather, cell);
+  } else {
+    forward_block<T>(blk, path, steps, B, H, G, w_hh, w_t, hs, gather, cell);
+  }
+}
+
 // The backward loop of one block, from dh_T = d_out[T-1] + d_hT: per step, cell(t, b, u0, n,
 // dh_row, nx_row, d_out_prev_row) writes the step's hidden-side deltas and dh_{t-1} without its
-// recurrent term into nx; then nx += deltas_t W_hh[:, the block's units] (one GEMM).
+// recurrent term into nx; then nx += deltas_t W_hh[:, the block's units] (one GEMM, or on the
+// tiled path the product with `panels`, tiled.h's pack_backward of W_hh).
 // d_out rows are `so` (step) and `sb` (row) apart; dh / next are [B, H] buffers shared by the
 // blocks (each touches its own rows and units).
 // dh0 (null when h0 needs no gradient, which also spares the step-0 GEMM) receives dL/dh_0.
 template <typename T, typename Cell>
 void backward_block(const Block& blk, int64_t path, int64_t steps, int64_t B, int64_t H, int64_t G, const T* d_out,
-                    int64_t so, int64_t sb, const T* d_hT, const T* w_hh, const T* deltas, T* dh, T* next, T* dh0,
-                    const Cell& cell) {
+                    int64_t so, int64_t sb, const T* d_hT, const T* w_hh, const T* panels, const T* deltas, T* dh,
+                    T* next, T* dh0, const Cell& cell) {
   const int64_t U = blk.u1 - blk.u0, M = blk.b1 - blk.b0;
   const std::vector<T> zeros(H, T(0));
   for (int64_t b = blk.b0; b < blk.b1; ++b) {
@@ -85,6 +134,8 @@ void backward_block(const Block& blk, int64_t path, int64_t steps, int64_t B, in
     for (int64_t j = blk.u0; j < blk.u1; ++j) dh[b * H + j] = o[j] + d_hT[b * H + j];
   }
   const StepGemm<T> gemm(path, M, U, G * H, w_hh + blk.u0, H);
+  std::optional<TiledProduct<T>> tiled;
+  if (path == kTiled) tiled.emplace(M, U, G * H, panels + blk.u0 * G * H);
   for (int64_t t = steps - 1; t >= 0; --t) {
     if (M > 0 && U > 0) {
       for (int64_t b = blk.b0; b < blk.b1; ++b) {
@@ -93,8 +144,15 @@ void backward_block(const Block& blk, int64_t path, int64_t steps, int64_t B, in
       }
     }
     step_barrier(blk);  // the GEMM reads every unit of the step's deltas
-    if (M > 0 && U > 0 && (t > 0 || dh0 != nullptr))
-      gemm(deltas + (t * B + blk.b0) * G * H, G * H, next + blk.b0 * H + blk.u0, H, true);
+    if (M > 0 && U > 0 && (t > 0 || dh0 != nullptr)) {
+      const T* a = deltas + (t * B + blk.b0) * G * H;
+      T* c = next + blk.b0 * H + blk.u0;
+      if (tiled) {
+        tiled->add(a, G * H, c, H);
+      } else {
+        gemm(a, G * H, c, H, true);
+      }
+    }
     std::swap(dh, next);
   }
   if (dh0 == nullptr) return;
@@ -103,12 +161,17 @@ void backward_block(const Block& blk, int64_t path, int64_t steps, int64_t B, in
 
 // ------------------------------------------------------------------------------------------ checks
 
+void check_path(int64_t path, int64_t threads) {
+  TORCH_CHECK(path == kAten || path == kTiled || (path == kBlas && blas_available()), "GEMM path ", path,
+              " is not available");
+  TORCH_CHECK(threads == kBlasThreads || threads == kRows || (threads == kUnits && path == kBlas),
+              "threads mode ", threads, " is not available with GEMM path ", path);
+}
+
 void check_forward(const Tensor& gx, int64_t gates, const Tensor& w_hh, const Tensor& h0, int64_t path, int64_t threads) {
   TORCH_CHECK(gx.device().is_cpu() && (gx.scalar_type() == at::kFloat || gx.scalar_type() == at::kDouble),
               "float32 / float64 CPU tensors only");
-  TORCH_CHECK(path == kAten || (path == kBlas && blas_available()), "GEMM path ", path, " is not available");
-  TORCH_CHECK(threads == kBlasThreads || threads == kRows || (threads == kUnits && path == kBlas),
-              "threads mode ", threads, " is not available with GEMM path ", path);
+  check_path(path, threads);
   const int64_t H = w_hh.size(1);
   TORCH_CHECK(gx.dim() == 3 && gx.is_contiguous() && gx.size(2) == gates * H, "gx must be contiguous [T, B, G*H]");
   TORCH_CHECK(w_hh.is_contiguous() && w_hh.size(0) == gates * H, "w_hh must be contiguous [G*H, H]");
@@ -124,9 +187,7 @@ void check_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
   TORCH_CHECK(w_hh.is_contiguous() && w_hh.dim() == 2 && w_hh.size(0) == G * H && w_hh.size(1) == H &&
                   w_hh.scalar_type() == like.scalar_type(),
               "w_hh must be contiguous [G*H, H]");
-  TORCH_CHECK(path == kAten || (path == kBlas && blas_available()), "GEMM path ", path, " is not available");
-  TORCH_CHECK(threads == kBlasThreads || threads == kRows || (threads == kUnits && path == kBlas),
-              "threads mode ", threads, " is not available with GEMM path ", path);
+  check_path(path, threads);
   TORCH_CHECK(d_out.dim() == 3 && d_out.size(1) == d_hT.size(0) && d_out.size(2) == H && d_hT.dim() == 2,
               "d_out must be [T, B, H] and d_hT [B, H]");
   TORCH_CHECK(d_out.scalar_type() == like.scalar_type() && d_hT.scalar_type() == like.scalar_type(),
@@ -155,8 +216,19 @@ Gather<T> make_gather(const std::optional<Tensor>& ids, const std::optional<Tens
 Tensor rows_contiguous(const Tensor& d_out) { return d_out.stride(2) == 1 ? d_out : d_out.contiguous(); }
 
 // W_hh^T [H, G*H] once per call where blocks span all units (one copy shared by the row blocks).
-Tensor transposed_weight(const Tensor& w_hh, int64_t threads) {
-  return threads == kUnits ? Tensor() : w_hh.t().contiguous();
+Tensor transposed_weight(const Tensor& w_hh, int64_t threads, int64_t path) {
+  return threads == kUnits || path == kTiled ? Tensor() : w_hh.t().contiguous();
+}
+
+// tiled.h's packed W_hh for the tiled path (undefined on the others), once per call.
+template <typename T, int G>
+Tensor forward_panels(const Tensor& w_hh, int64_t path) {
+  return path == kTiled ? pack_forward(w_hh, G, ForwardTile<G>::P * lanes<T>()) : Tensor();
+}
+
+template <typename T>
+Tensor backward_panels(const Tensor& w_hh, int64_t path) {
+  return path == kTiled ? pack_backward(w_hh, kBackwardNV * lanes<T>()) : Tensor();
 }
 
 Tensor first_state(const Tensor& h0, int64_t steps) {  // [T+1, B, H] with [0] = h0
@@ -171,7 +243,7 @@ Tensor rnn_forward(Tensor gx, const std::optional<Tensor>& ids, const std::optio
                    const Tensor& w_hh, bool relu, int64_t path, int64_t threads) {
   check_forward(gx, 1, w_hh, h0, path, threads);
   const int64_t steps = gx.size(0), B = gx.size(1), H = w_hh.size(1);
-  Tensor hs = first_state(h0, steps), w_t = transposed_weight(w_hh, threads);
+  Tensor hs = first_state(h0, steps), w_t = transposed_weight(w_hh, threads, path);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rnn_forward", [&] {
     using T = scalar_t;
     const Gather<T> gather = make_gather<T>(ids, table, gx);
@@ -179,9 +251,11 @@ Tensor rnn_forward(Tensor gx, const std::optional<Tensor>& ids, const std::optio
     T* h = hs.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
     const T* wt = w_t.defined() ? w_t.data_ptr<T>() : nullptr;
+    const Tensor panels = forward_panels<T, 1>(w_hh, path);
+    const T* pk = panels.defined() ? panels.data_ptr<T>() : nullptr;
     run_blocks(threads, B, H, [&](const Block& blk) {
-      forward_block<T>(blk, path, steps, B, H, 1, w, wt, h, gather,
-                       [&](int64_t t, int64_t b, int64_t u0, int64_t n, const T* q, int64_t) {
+      forward_any<T, 1>(blk, path, steps, B, H, w, wt, pk, h, gather,
+                       [&](int64_t t, int64_t b, int64_t u0, auto n, const T* q, int64_t) {
                          const int64_t row = t * B + b;
                          rnn_cell_forward<T>(n, relu, g + row * H + u0, q, h + (row + B) * H + u0);
                        });
@@ -204,9 +278,11 @@ Tensor rnn_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
     const T* dp = d.data_ptr<T>();  // every pointer is taken before the threads start: nothing there may throw
     const T* ep = e.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
+    const Tensor panels = backward_panels<T>(w_hh, path);
+    const T* pk = panels.defined() ? panels.data_ptr<T>() : nullptr;
     T* d0 = need_dh0 ? dh0.data_ptr<T>() : nullptr;
     run_blocks(threads, B, H, [&](const Block& blk) {
-      backward_block<T>(blk, path, d.size(0), B, H, 1, dp, d.stride(0), d.stride(1), ep, w, a, dh.data(),
+      backward_block<T>(blk, path, d.size(0), B, H, 1, dp, d.stride(0), d.stride(1), ep, w, pk, a, dh.data(),
                         next.data(), d0,
                         [&](int64_t t, int64_t b, int64_t u0, int64_t n, const T* dhr, T* nx, const T* o) {
                           const int64_t row = t * B + b;
@@ -228,7 +304,7 @@ std::tuple<Tensor, Tensor> gru_forward(Tensor gx, const std::optional<Tensor>& i
               "b_hn must be [H]");
   const int64_t steps = gx.size(0), B = gx.size(1), H = w_hh.size(1);
   Tensor hs = first_state(h0, steps), n = at::empty({steps, B, H}, gx.options());
-  Tensor w_t = transposed_weight(w_hh, threads);
+  Tensor w_t = transposed_weight(w_hh, threads, path);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_forward", [&] {
     using T = scalar_t;
     const Gather<T> gather = make_gather<T>(ids, table, gx);
@@ -238,9 +314,11 @@ std::tuple<Tensor, Tensor> gru_forward(Tensor gx, const std::optional<Tensor>& i
     const T* bn = b_hn.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
     const T* wt = w_t.defined() ? w_t.data_ptr<T>() : nullptr;
+    const Tensor panels = forward_panels<T, 3>(w_hh, path);
+    const T* pk = panels.defined() ? panels.data_ptr<T>() : nullptr;
     run_blocks(threads, B, H, [&](const Block& blk) {
-      forward_block<T>(blk, path, steps, B, H, 3, w, wt, h, gather,
-                       [&](int64_t t, int64_t b, int64_t u0, int64_t cnt, const T* q, int64_t qs) {
+      forward_any<T, 3>(blk, path, steps, B, H, w, wt, pk, h, gather,
+                       [&](int64_t t, int64_t b, int64_t u0, auto cnt, const T* q, int64_t qs) {
                          const int64_t row = t * B + b;
                          gru_cell_forward<T>(cnt, H, qs, g + row * 3 * H + u0, q, bn + u0, h + row * H + u0,
                                              h + (row + B) * H + u0, nn + row * H + u0);
@@ -268,9 +346,11 @@ Tensor gru_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
     const T* dp = d.data_ptr<T>();  // every pointer is taken before the threads start: nothing there may throw
     const T* ep = e.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
+    const Tensor panels = backward_panels<T>(w_hh, path);
+    const T* pk = panels.defined() ? panels.data_ptr<T>() : nullptr;
     T* d0 = need_dh0 ? dh0.data_ptr<T>() : nullptr;
     run_blocks(threads, B, H, [&](const Block& blk) {
-      backward_block<T>(blk, path, d.size(0), B, H, 3, dp, d.stride(0), d.stride(1), ep, w, hid, dh.data(),
+      backward_block<T>(blk, path, d.size(0), B, H, 3, dp, d.stride(0), d.stride(1), ep, w, pk, hid, dh.data(),
                         next.data(), d0,
                         [&](int64_t t, int64_t b, int64_t u0, int64_t cnt, const T* dhr, T* nx, const T* o) {
                           const int64_t row = t * B + b;
@@ -292,7 +372,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_forward(Tensor gx, const std::optional<T
   TORCH_CHECK(c0.sizes() == h0.sizes() && c0.scalar_type() == h0.scalar_type(), "c0 must be like h0");
   const int64_t steps = gx.size(0), B = gx.size(1), H = w_hh.size(1);
   Tensor hs = first_state(h0, steps), cs = first_state(c0.contiguous(), steps);
-  Tensor tc = at::empty({steps, B, H}, gx.options()), w_t = transposed_weight(w_hh, threads);
+  Tensor tc = at::empty({steps, B, H}, gx.options()), w_t = transposed_weight(w_hh, threads, path);
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_forward", [&] {
     using T = scalar_t;
     const Gather<T> gather = make_gather<T>(ids, table, gx);
@@ -302,9 +382,11 @@ std::tuple<Tensor, Tensor, Tensor> lstm_forward(Tensor gx, const std::optional<T
     T* th = tc.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
     const T* wt = w_t.defined() ? w_t.data_ptr<T>() : nullptr;
+    const Tensor panels = forward_panels<T, 4>(w_hh, path);
+    const T* pk = panels.defined() ? panels.data_ptr<T>() : nullptr;
     run_blocks(threads, B, H, [&](const Block& blk) {
-      forward_block<T>(blk, path, steps, B, H, 4, w, wt, h, gather,
-                       [&](int64_t t, int64_t b, int64_t u0, int64_t cnt, const T* q, int64_t qs) {
+      forward_any<T, 4>(blk, path, steps, B, H, w, wt, pk, h, gather,
+                       [&](int64_t t, int64_t b, int64_t u0, auto cnt, const T* q, int64_t qs) {
                          const int64_t row = t * B + b;
                          lstm_cell_forward<T>(cnt, H, qs, g + row * 4 * H + u0, q, c + row * H + u0,
                                               c + (row + B) * H + u0, th + row * H + u0, h + (row + B) * H + u0);
@@ -333,9 +415,11 @@ std::tuple<Tensor, Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hT
     const T* dp = d.data_ptr<T>();  // every pointer is taken before the threads start: nothing there may throw
     const T* ep = e.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
+    const Tensor panels = backward_panels<T>(w_hh, path);
+    const T* pk = panels.defined() ? panels.data_ptr<T>() : nullptr;
     T* d0 = need_dh0 ? dh0.data_ptr<T>() : nullptr;
     run_blocks(threads, B, H, [&](const Block& blk) {
-      backward_block<T>(blk, path, d.size(0), B, H, 4, dp, d.stride(0), d.stride(1), ep, w, a, dh.data(),
+      backward_block<T>(blk, path, d.size(0), B, H, 4, dp, d.stride(0), d.stride(1), ep, w, pk, a, dh.data(),
                         next.data(), d0,
                         [&](int64_t t, int64_t b, int64_t u0, int64_t cnt, const T* dhr, T* nx, const T* o) {
                           const int64_t row = t * B + b;

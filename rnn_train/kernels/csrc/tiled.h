@@ -1,0 +1,136 @@
+// The "tiled" per-step GEMM: a register-tiled product written for the shapes of one time step,
+// with the weights packed once per call.
+//
+// Why: a step multiplies a few batch rows (16-32 per thread) by W_hh, 35 times in a row with the
+// same W_hh. A BLAS library tunes for large matrices: on every call it repacks W_hh into its
+// panel layout and its kernels are sized for many rows, so on these shapes MKL ran at ~78-90
+// GFLOP/s per core where this loop runs at ~115 (docs/kernels.md, same core). Here W_hh is
+// packed ONCE per forward or backward call into column panels that a tile reads in order, and a
+// tile keeps MR rows x NV vectors of results in registers for the whole K loop.
+//
+// Portable C++: GCC vector extensions, so the same source is AVX-512 code where the compiler
+// targets AVX-512 (-march=native on such a CPU), AVX2 code on an AVX2 CPU, and plain SIMD or
+// scalar code elsewhere; float and double alike (double gives the float64 gradient checks).
+#pragma once
+
+#include <vector>
+
+#include "common.h"
+
+namespace rnn_kernels {
+
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;  // 32 vector registers: up to 24 accumulators
+constexpr int kAccumulators = 24;
+#else
+constexpr int kVectorBytes = 32;  // AVX2 (and narrower): 16 vector registers, 12 accumulators
+constexpr int kAccumulators = 12;
+#endif
+
+template <typename T>
+constexpr int64_t lanes() {
+  return kVectorBytes / sizeof(T);
+}
+
+// out[MR][NV * L] = A[MR rows, lda apart][0..K) @ panel[K][NV * L]
+template <typename T, int MR, int NV>
+struct Tile {
+  static constexpr int L = kVectorBytes / sizeof(T);
+  static constexpr int W = NV * L;  // columns of a panel
+  typedef T V __attribute__((vector_size(kVectorBytes)));
+
+  static void run(int64_t K, const T* __restrict a, int64_t lda, const T* __restrict panel, T* __restrict out) {
+    V c[MR][NV];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) c[r][v] = V{};
+    for (int64_t k = 0; k < K; ++k) {
+      V x[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) std::memcpy(&x[v], panel + k * W + v * L, sizeof(V));
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) {
+        const T y = a[r * lda + k];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) c[r][v] += x[v] * y;
+      }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) std::memcpy(out + r * W + v * L, &c[r][v], sizeof(V));
+  }
+
+  // The same for `rows` <= MR rows: fewer rows run through `pad` ([MR, K], zero-filled by the
+  // caller) so that the tile never reads past the last row.
+  static void rows(int64_t rows, int64_t K, const T* a, int64_t lda, const T* panel, T* out, T* pad) {
+    if (rows == MR) {
+      run(K, a, lda, panel, out);
+      return;
+    }
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(pad + r * K, a + r * lda, sizeof(T) * K);
+    run(K, pad, K, panel, out);
+  }
+};
+
+// The tile shapes: the forward's panel holds every gate of P*L consecutive units (so a tile
+// row is a whole step of those units' gates, ready for cells.h), NV = G*P vectors; the
+// backward's panel is NV consecutive units of dL/dh_{t-1}.
+template <int G>
+struct ForwardTile {
+  static constexpr int P = G == 1 ? 3 : 1;  // unit vectors per gate
+  static constexpr int NV = G * P;
+  static constexpr int MR = kAccumulators / NV < 8 ? kAccumulators / NV : 8;
+};
+constexpr int kBackwardNV = kVectorBytes == 64 ? 2 : 3;
+constexpr int kBackwardMR = kAccumulators / kBackwardNV < 8 ? kAccumulators / kBackwardNV : 8;
+
+// W_hh [G*H, H] -> forward panels [ceil(H/PL), H, G, PL] (PL = P*L units per panel; units past
+// H are zero): panel p, row k holds W_hh[g*H + p*PL + j, k] for every gate g and j < PL.
+inline at::Tensor pack_forward(const at::Tensor& w_hh, int64_t G, int64_t PL) {
+  const int64_t H = w_hh.size(1), np = (H + PL - 1) / PL;
+  at::Tensor w = at::constant_pad_nd(w_hh.view({G, H, H}), {0, 0, 0, np * PL - H});  // [G, np*PL, H]
+  return w.view({G, np, PL, H}).permute({1, 3, 0, 2}).contiguous();
+}
+
+// W_hh [G*H, H] -> backward panels [ceil(H/WB), G*H, WB]: panel p, row k holds W_hh[k, p*WB + j].
+inline at::Tensor pack_backward(const at::Tensor& w_hh, int64_t WB) {
+  const int64_t GH = w_hh.size(0), H = w_hh.size(1), np = (H + WB - 1) / WB;
+  at::Tensor w = at::constant_pad_nd(w_hh, {0, np * WB - H});  // [G*H, np*WB]
+  return w.view({GH, np, WB}).permute({1, 0, 2}).contiguous();
+}
+
+// The backward's step product of one block: C[M, U] += A[M, K] @ W_hh[:, the block's U units],
+// W_hh given as pack_backward's panels, starting at the block's first unit (a multiple of WB).
+template <typename T>
+class TiledProduct {
+ public:
+  using TL = Tile<T, kBackwardMR, kBackwardNV>;
+
+  TiledProduct(int64_t M, int64_t U, int64_t K, const T* panels)
+      : M_(M), U_(U), K_(K), panels_(panels), out_(kBackwardMR * TL::W), pad_(kBackwardMR * K, T(0)) {}
+
+  void add(const T* A, int64_t lda, T* C, int64_t ldc) {
+    for (int64_t c0 = 0; c0 < U_; c0 += TL::W) {
+      const int64_t n = std::min<int64_t>(TL::W, U_ - c0);
+      const T* panel = panels_ + (c0 / TL::W) * K_ * TL::W;
+      for (int64_t r0 = 0; r0 < M_; r0 += kBackwardMR) {
+        const int64_t rows = std::min<int64_t>(kBackwardMR, M_ - r0);
+        TL::rows(rows, K_, A + r0 * lda, lda, panel, out_.data(), pad_.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          T* c = C + (r0 + r) * ldc + c0;
+          const T* o = out_.data() + r * TL::W;
+          for (int64_t j = 0; j < n; ++j) c[j] += o[j];
+        }
+      }
+    }
+  }
+
+ private:
+  int64_t M_, U_, K_;
+  const T* panels_;
+  std::vector<T> out_, pad_;
+};
+
+}  // namespace rnn_kernels
