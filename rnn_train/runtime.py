@@ -1,6 +1,8 @@
 """Where a run computes: the device, the seeds and the CPU threads, each set in one place."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import random
 
@@ -60,3 +62,21 @@ def set_threads(threads: int, local_size: int = 1) -> None:
         torch.set_num_threads(threads)
     elif local_size > 1:
         torch.set_num_threads(max(1, available_cores() // local_size))
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed blocks for reuse instead of handing them back to the OS.
+
+    Why: by default a block above 128 KiB is its own mmap, returned to the OS when freed, and the
+    heap's free top is trimmed. A training step allocates and frees the same multi-MB tensors
+    (gates, states, deltas) every time, so each step then touches fresh pages: ~150 page faults
+    per GRU-256 B32 T35 step on the machine measured, ~50 with this (docs/kernels.md). The cost
+    is that memory freed during a run is kept by the process until it ends. Does nothing (and
+    returns False) where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    return bool(mallopt(m_mmap_threshold, 64 << 20)) and bool(mallopt(m_trim_threshold, 256 << 20))

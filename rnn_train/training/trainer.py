@@ -45,7 +45,7 @@ from rnn_train.data.vocab import Vocab
 from rnn_train.model import checkpoint as ckpt_io
 from rnn_train.model.charrnn import count_parameters, detach_state
 from rnn_train.prediction.generate import generate
-from rnn_train.runtime import derived_seed, resolve_device, set_seed, set_threads
+from rnn_train.runtime import derived_seed, keep_freed_memory, resolve_device, set_seed, set_threads
 from rnn_train.training.distributed import check_world
 from rnn_train.training.learner import Learner, make_learner
 from rnn_train.training.logwindow import LogWindow
@@ -378,6 +378,7 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
     check_world(cfg, world)
     device = _device(cfg, world)
     set_threads(cfg.train.threads, world.local_size)
+    keep_freed_memory()
     set_seed(cfg.train.seed)
     init = None
     if init_from is not None:
