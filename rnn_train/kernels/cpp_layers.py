@@ -137,8 +137,13 @@ class CppGRU(torch.autograd.Function):
         dgh, dgi = scratch("cpp_deltas_hidden", gates.shape, gates), scratch("cpp_deltas_input", gates.shape, gates)
         need = ctx.needs_input_grad
         dh0 = _ops().gru_backward(d_out, d_hT, w_hh.contiguous(), hs, gates, n, dgh, dgi, need[1], ctx.step, ctx.threads)
-        dw_hh, db_hh = _hidden_grads(ctx, dgh.view(T * B, -1), hs, T, B, need[3], need[5])
         dx, dw_ih, db_ih = input_grads(ctx, dgi.view(T * B, -1), x2, w_ih, T, B, (need[0], need[2], need[4]))
+        # the two sides' deltas differ in the n block only: b_hh's r, z sums are b_ih's
+        own_db_hh = need[5] and db_ih is None
+        dw_hh, db_hh = _hidden_grads(ctx, dgh.view(T * B, -1), hs, T, B, need[3], own_db_hh)
+        if need[5] and db_ih is not None:
+            H = hs.shape[2]
+            db_hh = torch.cat([db_ih[: 2 * H], dgh.view(T * B, -1)[:, 2 * H:].sum(0)])
         return dx, dh0 if need[1] else None, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None, None
 
 
