@@ -111,7 +111,8 @@ class TorchLearner:
         self.model.train()
         logits, state = self.net(self._tensor(x), state)  # [B, T, V] (this rank's rows)
         loss = F.cross_entropy(logits.reshape(-1, self.vocab_size), self._tensor(y).reshape(-1))
-        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.params:  # what optimizer.zero_grad(set_to_none=True) does, without its ~70 us of bookkeeping
+            p.grad = None
         loss.backward()  # with DDP: the gradients are the ranks' average when this returns
         clip = self.cfg.train.clip_norm
         if clip > 0:

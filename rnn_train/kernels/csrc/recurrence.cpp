@@ -223,7 +223,7 @@ Tensor transposed_weight(const Tensor& w_hh, int64_t threads, int64_t path) {
 // tiled.h's packed W_hh for the tiled path (undefined on the others), once per call.
 template <typename T, int G>
 Tensor forward_panels(const Tensor& w_hh, int64_t path) {
-  return path == kTiled ? pack_forward(w_hh, G, ForwardTile<G>::P * lanes<T>()) : Tensor();
+  return path == kTiled ? pack_forward<T>(w_hh, G, ForwardTile<G>::P * lanes<T>()) : Tensor();
 }
 
 template <typename T>

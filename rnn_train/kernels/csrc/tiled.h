@@ -88,10 +88,23 @@ constexpr int kBackwardMR = kAccumulators / kBackwardNV < 8 ? kAccumulators / kB
 
 // W_hh [G*H, H] -> forward panels [ceil(H/PL), H, G, PL] (PL = P*L units per panel; units past
 // H are zero): panel p, row k holds W_hh[g*H + p*PL + j, k] for every gate g and j < PL.
-inline at::Tensor pack_forward(const at::Tensor& w_hh, int64_t G, int64_t PL) {
+// A transpose of PL x H blocks, one (panel, gate) per task over torch's threads.
+template <typename T>
+at::Tensor pack_forward(const at::Tensor& w_hh, int64_t G, int64_t PL) {
   const int64_t H = w_hh.size(1), np = (H + PL - 1) / PL;
-  at::Tensor w = at::constant_pad_nd(w_hh.view({G, H, H}), {0, 0, 0, np * PL - H});  // [G, np*PL, H]
-  return w.view({G, np, PL, H}).permute({1, 3, 0, 2}).contiguous();
+  at::Tensor out = np * PL == H ? at::empty({np, H, G, PL}, w_hh.options()) : at::zeros({np, H, G, PL}, w_hh.options());
+  const T* w = w_hh.data_ptr<T>();
+  T* o = out.data_ptr<T>();
+  at::parallel_for(0, np * G, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t pg = begin; pg < end; ++pg) {
+      const int64_t p = pg / G, g = pg % G, n = std::min(PL, H - p * PL);
+      const T* src = w + (g * H + p * PL) * H;  // the block's first row of W_hh
+      T* dst = o + p * H * G * PL + g * PL;
+      for (int64_t k = 0; k < H; ++k)
+        for (int64_t j = 0; j < n; ++j) dst[k * G * PL + j] = src[j * H + k];
+    }
+  });
+  return out;
 }
 
 // W_hh [G*H, H] -> backward panels [ceil(H/WB), G*H, WB]: panel p, row k holds W_hh[k, p*WB + j].
