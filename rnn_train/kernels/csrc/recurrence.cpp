@@ -431,12 +431,32 @@ std::tuple<Tensor, Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hT
   return {dh0, dc0};
 }
 
+// ------------------------------------------------------------------------------------------ weights
+
+// dW = Y^T X over all T*B rows (Y [N, O] deltas, X [N, D] a layer's inputs or states): the tiled
+// path's all-steps weight gradient (tiled.h).
+Tensor weight_grad(const Tensor& y, const Tensor& x) {
+  TORCH_CHECK(y.dim() == 2 && x.dim() == 2 && y.size(0) == x.size(0) && y.scalar_type() == x.scalar_type() &&
+                  y.device().is_cpu() && x.device().is_cpu() &&
+                  (y.scalar_type() == at::kFloat || y.scalar_type() == at::kDouble),
+              "weight_grad takes float32 / float64 CPU tensors [N, O] and [N, D]");
+  const Tensor a = y.contiguous(), b = x.contiguous();
+  Tensor c = at::empty({y.size(1), x.size(1)}, y.options());
+  if (y.size(0) == 0) return c.zero_();
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "weight_grad", [&] {
+    weight_grad_tiled<scalar_t>(a.size(0), a.size(1), b.size(1), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
+                                c.data_ptr<scalar_t>());
+  });
+  return c;
+}
+
 }  // namespace
 }  // namespace rnn_kernels
 
 TORCH_LIBRARY(rnn_train_kernels, m) {
   using namespace rnn_kernels;
   m.def("blas_available() -> bool", [] { return blas_available(); });
+  m.def("weight_grad(Tensor y, Tensor x) -> Tensor", &weight_grad);
   m.def("rnn_forward(Tensor(a!) gx, Tensor? ids, Tensor? table, Tensor h0, Tensor w_hh, bool relu, int path, "
         "int threads) -> Tensor",
         &rnn_forward);
