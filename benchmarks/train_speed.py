@@ -18,6 +18,8 @@ Variants:
     cpp-rows     ... with the C++ loop, batch rows split over the threads
     cpp-units    ... with the C++ loop, hidden units split over the threads
     cpp-blas     ... with the C++ loop, BLAS threading each GEMM
+    cpp-tiled-rows  ... with the C++ loop's tiled GEMMs (csrc/tiled.h), batch rows split over the threads
+    cpp-tiled    ... the same on one thread block
     auto         ... with whatever model.kernel=auto picks here (measured on first use; printed)
 The fused variants use gemm="blas" unless --gemm says otherwise.
 """
@@ -41,8 +43,9 @@ from rnn_train.config import load_config  # noqa: E402
 from rnn_train.kernels.fused import FusedPath  # noqa: E402
 from rnn_train.training.learner import TorchLearner  # noqa: E402
 
-PATHS = {"native": None, "python": ("python", "blas"), "cpp-rows": ("cpp", "rows"), "cpp-units": ("cpp", "units"),
-         "cpp-blas": ("cpp", "blas")}
+PATHS = {"native": None, "python": ("python", "blas", "blas"), "cpp-rows": ("cpp", "blas", "rows"),
+         "cpp-units": ("cpp", "blas", "units"), "cpp-blas": ("cpp", "blas", "blas"),
+         "cpp-tiled-rows": ("cpp", "tiled", "rows"), "cpp-tiled": ("cpp", "tiled", "blas")}
 
 
 def reference_step(module_path: Path, cell: str, V: int, H: int, layers: int, lr: float):
@@ -84,7 +87,7 @@ def pipeline_step(variant: str, config: str, overrides: list[str], V: int, gemm:
     model = learner.torch_model()
     if variant != "auto":
         loop = PATHS[variant]
-        model.set_training_path(None if loop is None else FusedPath(loop[0], gemm, "blas", loop[1]))
+        model.set_training_path(None if loop is None else FusedPath(loop[0], gemm, loop[1], loop[2]))
     label = model.training_kernel(cfg.data.batch_size, cfg.data.num_steps)
     carry = {"state": None}
 
@@ -145,7 +148,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--gemm", choices=("blas", "auto"), default="blas", help="the fused paths' all-steps GEMMs")
-    p.add_argument("--variants", default="reference,native,python,cpp-rows,cpp-units,cpp-blas")
+    p.add_argument("--variants", default="reference,native,python,cpp-rows,cpp-units,cpp-blas,cpp-tiled-rows")
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--config", default=str(ROOT / "configs" / "shakespeare_gru.yaml"))

@@ -33,10 +33,11 @@ PATHS = {
     "cpp-units": FusedPath("cpp", "blas", "blas", threads="units"),  # a block of hidden units per thread
     "cpp-serial": FusedPath("cpp", "blas", "blas", threads="blas"),
     "cpp-aten": FusedPath("cpp", "blas", "aten", threads="rows"),
-    "cpp-tiled-rows": FusedPath("cpp", "blas", "tiled", threads="rows"),  # csrc/tiled.h, rows per thread
+    "cpp-tiled-rows": FusedPath("cpp", "tiled", "tiled", threads="rows"),  # csrc/tiled.h, rows per thread
     "cpp-tiled-serial": FusedPath("cpp", "blas", "tiled", threads="blas"),
+    "python-tiled": FusedPath("python", "tiled"),  # the Python loop with the tiled weight gradients
 }
-F32_GEMMS = ["blas", "auto"] + (["onednn"] if onednn_available() else [])
+F32_GEMMS = ["blas", "auto", "tiled"] + (["onednn"] if onednn_available() else [])
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one torch thread per test (conftest)
@@ -173,7 +174,7 @@ SHAPES = [  # (B, T, I, H)
 
 
 @pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows", "cpp-units", "cpp-serial", "cpp-tiled-rows",
-                                                 "cpp-tiled-serial"]))
+                                                 "cpp-tiled-serial", "python-tiled"]))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_T{}_I{}_H{}".format(*s))
 @pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "time_major"])
 def test_float64_outputs_and_every_gradient_equal_nn(path, cell, shape, batch_first):

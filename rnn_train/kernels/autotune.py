@@ -6,9 +6,11 @@ one machine's timings was wrong on the next (docs/kernels.md). So on first use f
 module shape the candidates run a few interleaved forward+backward passes and the fastest wins
 (a model too small for the choice to matter takes the C++ loop on one block without measuring):
 
-    1. the all-steps GEMMs: torch.mm ("blas") against oneDNN for the big ones ("auto"), float32 only;
+    1. the all-steps GEMMs: torch.mm ("blas") against oneDNN for the big ones ("auto") and the C++
+       kernels' tiled weight gradients ("tiled"), float32 only;
     2. the time loop, with that GEMM choice: C++ with BLAS-threaded GEMMs, with batch rows or
-       hidden units split over the threads, the Python loop, and (for model.kernel=auto) torch's
+       hidden units split over the threads, C++ with its own tiled GEMMs (csrc/tiled.h) on one
+       block or batch rows per thread, the Python loop, and (for model.kernel=auto) torch's
        own module.
 
 The decision is stored in ``<cache>/autotune.json`` (rnn_train.kernels.build.cache_root), keyed
@@ -151,10 +153,11 @@ def measure(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with
     else:
         inp = torch.randn(*shape, module.input_size, generator=g, dtype=module.weight_hh_l0.dtype)
     gemm, loops = "blas", loop_candidates(module, "blas")
-    if loops and module.weight_hh_l0.dtype == torch.float32 and onednn_available():
+    options = ["blas"] + ["auto"] * onednn_available() + ["tiled"] * (build.extension() is not None)
+    if loops and module.weight_hh_l0.dtype == torch.float32 and len(options) > 1:
         first = loops[0]
         gemms = {g_: _pass(module, FusedPath(first.loop, g_, first.step, first.threads), inp, one_hot)
-                 for g_ in ("blas", "auto")}
+                 for g_ in options}
         timed = race(gemms)
         gemm = min(timed, key=timed.get)
     runs = {p.label(): (p, _pass(module, p, inp, one_hot)) for p in loop_candidates(module, gemm)}

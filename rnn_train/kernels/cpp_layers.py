@@ -15,10 +15,11 @@ the backward needs. Tensors between the two (T steps, B sequences, H units, G ga
                         reused by every backward: fresh multi-MB buffers cost ~800 page faults per
                         GRU-256 step on the machine measured (docs/kernels.md)
 
-``step`` picks the per-step GEMM (STEP_GEMMS: the BLAS torch links, called directly, or
-torch.mm) and ``threads`` how the loop uses torch's threads (THREADS: BLAS threads each GEMM,
-a block of batch rows per thread, or a block of hidden units per thread; csrc/common.h says
-why each can win). Which is faster depends on the machine and the shapes: the autotuner decides.
+``step`` picks the per-step GEMM (STEP_GEMMS: the BLAS torch links, called directly, torch.mm,
+or csrc/tiled.h's register tiles over W_hh packed once per call) and ``threads`` how the loop uses torch's threads (THREADS:
+BLAS threads each GEMM, a block of batch rows per thread, or a block of hidden units per
+thread; csrc/common.h says why each can win). Which is faster depends on the machine and the
+shapes: the autotuner decides.
 """
 from __future__ import annotations
 
@@ -80,17 +81,10 @@ def _set_ctx(ctx, one_hot_ids, batch_first, has_bias, relu, gemm, step, threads)
     ctx.relu, ctx.gemm, ctx.step, ctx.threads = relu, gemm, step, threads
 
 
-def _wgrad(ctx):
-    """How this layer computes its all-steps weight gradients d2^T x2: the tiled path has its own
-    (csrc/tiled.h weight_grad); None means rnn_train.kernels.gemm.weight_grad with ctx.gemm."""
-    return _ops().weight_grad if ctx.step == STEP_GEMMS["tiled"] else None
-
-
 def _hidden_grads(ctx, deltas2, hs, T: int, B: int, need_w: bool, need_b: bool):
     """(dW_hh, db_hh) from the hidden-side deltas [T*B, G*H]: one GEMM and one reduction."""
     H = hs.shape[2]
-    wgrad = _wgrad(ctx) or (lambda d2, x2: weight_grad(d2, x2, ctx.gemm))
-    dw_hh = wgrad(deltas2, hs[:T].reshape(T * B, H)) if need_w else None
+    dw_hh = weight_grad(deltas2, hs[:T].reshape(T * B, H), ctx.gemm) if need_w else None
     db_hh = deltas2.sum(0) if ctx.has_bias and need_b else None
     return dw_hh, db_hh
 
@@ -117,8 +111,7 @@ class CppRNN(torch.autograd.Function):
         dh0 = _ops().rnn_backward(d_out, d_hT, w_hh.contiguous(), hs, da, ctx.relu, need[1], ctx.step, ctx.threads)
         da2 = da.view(T * B, -1)
         dw_hh, _ = _hidden_grads(ctx, da2, hs, T, B, need[3], False)
-        dx, dw_ih, db_ih = input_grads(ctx, da2, x2, w_ih, T, B, (need[0], need[2], need[4]),
-                                       _wgrad(ctx))
+        dx, dw_ih, db_ih = input_grads(ctx, da2, x2, w_ih, T, B, (need[0], need[2], need[4]))
         db_hh = None
         if ctx.has_bias and need[5]:  # b_ih and b_hh get the same sum
             db_hh = da2.sum(0) if db_ih is None else db_ih  # (autograd copies a tensor handed to two params)
@@ -145,8 +138,7 @@ class CppGRU(torch.autograd.Function):
         dgh, dgi = scratch("cpp_deltas_hidden", gates.shape, gates), scratch("cpp_deltas_input", gates.shape, gates)
         need = ctx.needs_input_grad
         dh0 = _ops().gru_backward(d_out, d_hT, w_hh.contiguous(), hs, gates, n, dgh, dgi, need[1], ctx.step, ctx.threads)
-        dx, dw_ih, db_ih = input_grads(ctx, dgi.view(T * B, -1), x2, w_ih, T, B, (need[0], need[2], need[4]),
-                                       _wgrad(ctx))
+        dx, dw_ih, db_ih = input_grads(ctx, dgi.view(T * B, -1), x2, w_ih, T, B, (need[0], need[2], need[4]))
         # the two sides' deltas differ in the n block only: b_hh's r, z sums are b_ih's
         own_db_hh = need[5] and db_ih is None
         dw_hh, db_hh = _hidden_grads(ctx, dgh.view(T * B, -1), hs, T, B, need[3], own_db_hh)
@@ -179,8 +171,7 @@ class CppLSTM(torch.autograd.Function):
                                         ctx.threads)
         dg2 = dg.view(T * B, -1)
         dw_hh, _ = _hidden_grads(ctx, dg2, hs, T, B, need[4], False)
-        dx, dw_ih, db_ih = input_grads(ctx, dg2, x2, w_ih, T, B, (need[0], need[3], need[5]),
-                                       _wgrad(ctx))
+        dx, dw_ih, db_ih = input_grads(ctx, dg2, x2, w_ih, T, B, (need[0], need[3], need[5]))
         db_hh = None
         if ctx.has_bias and need[6]:
             db_hh = dg2.sum(0) if db_ih is None else db_ih

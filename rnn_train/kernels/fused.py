@@ -15,8 +15,9 @@ the same equations (rnn_train/teaching/bptt's derivation, PyTorch's gate layout)
 
 Two implementations of the time loop, chosen by ``FusedPath.loop``:
 
-    "cpp"     C++ (rnn_train/kernels/cpp_layers.py): per step one BLAS call and one fused loop
-              over the gates; RNN, GRU and LSTM. Built on first use (rnn_train/kernels/build.py).
+    "cpp"     C++ (rnn_train/kernels/cpp_layers.py): per step one GEMM (BLAS, or csrc/tiled.h's
+              tiles with the gates computed in registers) and one fused loop over the gates;
+              RNN, GRU and LSTM. Built on first use (rnn_train/kernels/build.py).
     "python"  torch ops (rnn_train/kernels/python_layers.py): RNN and GRU; needs no compiler.
 
 ``rnn_train.kernels.resolve_kernel`` picks the path per machine by measurement; this module
@@ -78,6 +79,7 @@ class FusedPath:
 
     loop      "python" or "cpp" (LOOP_CELLS)
     gemm      the all-steps GEMMs (and the Python loop's per-step ones): rnn_train.kernels.gemm.GEMMS
+              ("tiled": the weight gradients by the C++ kernels' tiles)
     step      the C++ loop's per-step GEMM: "blas" (the BLAS torch links, called directly),
               "aten" (torch.mm; for torch builds whose BLAS is not exported) or "tiled"
               (csrc/tiled.h: register tiles over W_hh packed once per call; not with "units")

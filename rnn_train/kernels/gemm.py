@@ -10,6 +10,9 @@ by measurement:
               through oneDNN, smaller ones, float64 and non-CPU tensors through torch.mm:
               oneDNN pays a fixed cost per call that loses on small GEMMs
     "onednn"  every GEMM through oneDNN (float32 CPU only; for tests)
+    "tiled"   the weight gradients through the C++ kernels' tiles (csrc/tiled.h: weight_grad),
+              everything else through torch.mm; float32 / float64 on the CPU where the C++
+              kernels are built, else the same as "blas"
 
 oneDNN is reached through ``torch.ops.mkldnn._linear_pointwise``, a private op of torch's oneDNN
 integration (torch.compile's CPU backend calls it). It is probed on first use with a generator
@@ -25,8 +28,8 @@ import threading
 
 import torch
 
-GEMMS = ("auto", "onednn", "blas")
-BLAS, ONEDNN, AUTO = 0, 1, 2  # a resolved choice, carried into the autograd Functions
+GEMMS = ("auto", "onednn", "blas", "tiled")
+BLAS, ONEDNN, AUTO, TILED = 0, 1, 2, 3  # a resolved choice, carried into the autograd Functions
 ONEDNN_MIN_WORK_PER_THREAD = 1_250_000
 """Below this many multiply-adds per thread, "auto" keeps a GEMM on torch.mm (crossover measured
 on the AVX-512 machine of docs/kernels.md; the autotuner decides whether "auto" is used at all)."""
@@ -64,7 +67,17 @@ def resolve_gemm(gemm: str, w: torch.Tensor) -> int:
         if not (fits and _onednn_linear() is not None):
             raise ValueError("gemm='onednn' needs float32 CPU tensors and a torch build with oneDNN")
         return ONEDNN
+    if gemm == "tiled":
+        return TILED if w.device.type == "cpu" and w.dtype in (torch.float32, torch.float64) and tiled_available() \
+            else BLAS
     return AUTO if gemm == "auto" and fits and onednn_available() else BLAS
+
+
+def tiled_available() -> bool:
+    """True when the C++ kernels (and with them the tiled weight gradient) are built here."""
+    from rnn_train.kernels.build import extension  # the build module imports torch only: no cycle
+
+    return extension() is not None
 
 
 def _uses_onednn(gemm: int, m: int, n: int, k: int) -> bool:
@@ -87,9 +100,15 @@ def linear(x: torch.Tensor, w: torch.Tensor, gemm: int, *, bias=None, add=None) 
 def weight_grad(d2: torch.Tensor, x2: torch.Tensor, gemm: int) -> torch.Tensor:
     """d2^T @ x2 ([T*B, O]^T [T*B, D] -> [O, D]): a weight gradient summed over all steps in ONE GEMM.
 
+    TILED: csrc/tiled.h's weight_grad, which reads both operands in place.
+
     oneDNN wants its left operand row-major and both operands here are [T*B, .]: x2 (the
     narrower one for a GRU's deltas) is transposed into a reused scratch buffer and the product
     computed as (x2^T d2)^T."""
+    if gemm == TILED:
+        from rnn_train.kernels.build import extension
+
+        return extension().weight_grad(d2, x2)
     if not _uses_onednn(gemm, d2.shape[1], x2.shape[1], d2.shape[0]):
         return d2.t() @ x2
     x_t = scratch("weight_grad_lhs", (x2.shape[1], x2.shape[0]), x2).copy_(x2.t())  # [D, T*B]

@@ -78,13 +78,11 @@ def project(x2: torch.Tensor, one_hot_ids: bool, w: torch.Tensor, bias, gemm: in
 
 
 def input_grads(ctx, dgi2: torch.Tensor, x2: torch.Tensor, w_ih: torch.Tensor, T: int, B: int,
-                need: tuple[bool, bool, bool], wgrad=None):
+                need: tuple[bool, bool, bool]):
     """(dx, dW_ih, db_ih) from the input-side deltas dgi2 [T*B, G*H]: each one GEMM / reduction.
 
     need: whether inp, w_ih and b_ih want a gradient. Reads ctx.one_hot_ids, ctx.batch_first,
-    ctx.has_bias and ctx.gemm, which every fused Function sets the same way. `wgrad(d2, x2)`
-    computes a weight gradient d2^T x2 where the caller has its own (the C++ tiled path);
-    else rnn_train.kernels.gemm.weight_grad with ctx.gemm."""
+    ctx.has_bias and ctx.gemm, which every fused Function sets the same way."""
     need_x, need_w, need_b = need
     dx = dw = db = None
     if need_x and not ctx.one_hot_ids:  # ids have no gradient
@@ -98,7 +96,7 @@ def input_grads(ctx, dgi2: torch.Tensor, x2: torch.Tensor, w_ih: torch.Tensor, T
             dw_t = torch.zeros(w_ih.shape[1], w_ih.shape[0], dtype=dgi2.dtype, device=dgi2.device)
             dw = dw_t.index_add_(0, x2, dgi2).t().contiguous()  # [G*H, I]
         else:
-            dw = wgrad(dgi2, x2) if wgrad else weight_grad(dgi2, x2, ctx.gemm)  # [G*H, T*B] @ [T*B, I]
+            dw = weight_grad(dgi2, x2, ctx.gemm)  # [G*H, T*B] @ [T*B, I]
     if need_b and ctx.has_bias:
         # with one-hot ids every delta row went into exactly one row of dW_ih^T: summing its I rows
         # is the same sum (in another order) as summing the T*B delta rows

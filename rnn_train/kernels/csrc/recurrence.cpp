@@ -1,11 +1,14 @@
 // The time loops of one RNN / GRU / LSTM layer on the CPU, forward and backward (BPTT).
 //
 // Why C++: in Python every time step costs a GEMM plus ~10 element-wise torch ops, each a
-// dispatcher call and a pass over memory. Here a step is one BLAS call and ONE loop over the
-// step's gates (cells.h) that applies all the gate arithmetic at once, so what is left per step
-// is the GEMM itself. The all-steps work (input projection, weight gradients) stays in Python,
-// where each is one large GEMM. Equations and gate layouts are PyTorch's (nn.RNN, nn.GRU,
-// nn.LSTM); rnn_train/kernels/cpp_layers.py documents the tensors each op takes and returns.
+// dispatcher call and a pass over memory. Here a step is one GEMM and ONE loop over the step's
+// gates (cells.h) that applies all the gate arithmetic at once, so what is left per step is the
+// GEMM itself. The GEMM is a BLAS call, or on the tiled path tiled.h's register tiles, whose
+// forward applies the cell to each tile while its gates are still in registers. The all-steps
+// work (input projection, weight gradients) is one large GEMM each, run from Python (on the
+// tiled path the weight gradients by tiled.h's weight_grad, an op below). Equations and gate
+// layouts are PyTorch's (nn.RNN, nn.GRU, nn.LSTM); rnn_train/kernels/cpp_layers.py documents
+// the tensors each op takes and returns.
 //
 // One generic loop per direction (forward_block, backward_block) runs every cell; a cell enters
 // as a lambda that applies cells.h to one row and a run of units. How the loop is split over

@@ -4,9 +4,9 @@
 // Why: a step multiplies a few batch rows (16-32 per thread) by W_hh, 35 times in a row with the
 // same W_hh. A BLAS library tunes for large matrices: on every call it repacks W_hh into its
 // panel layout and its kernels are sized for many rows, so on these shapes MKL ran at ~78-90
-// GFLOP/s per core where this loop runs at ~115 (docs/kernels.md, same core). Here W_hh is
-// packed ONCE per forward or backward call into column panels that a tile reads in order, and a
-// tile keeps MR rows x NV vectors of results in registers for the whole K loop.
+// GFLOP/s per core where this loop runs at ~115 (benchmarks/tile_bench.py; docs/kernels.md).
+// Here W_hh is packed ONCE per forward or backward call into column panels that a tile reads in
+// order, and a tile keeps MR rows x NV vectors of results in registers for the whole K loop.
 //
 // Portable C++: GCC vector extensions, so the same source is AVX-512 code where the compiler
 // targets AVX-512 (-march=native on such a CPU), AVX2 code on an AVX2 CPU, and plain SIMD or
@@ -121,31 +121,46 @@ void tile_transposed(int64_t K, const T* __restrict a, int64_t lda, const T* __r
 
 // A weight gradient summed over all steps: C[O, D] = Y^T X for row-major Y [N, O] (deltas) and
 // X [N, D] (inputs or states), N = T*B. Why not one BLAS call: on these shapes (O, D ~ 10^2-10^3,
-// N ~ 10^3) MKL ran at ~180 GFLOP/s on two cores where these tiles run at ~220 (docs/kernels.md).
+// N ~ 10^3) MKL ran at ~180 GFLOP/s on two cores where these tiles run at ~210 (docs/kernels.md).
 // Tiles of C rows are split over torch's threads; the N rows are taken in chunks small enough
-// for a thread's share of Y, X and C to stay in its L2 cache. Edges of C that do not fill a
-// tile are summed plainly.
+// for a thread's share of Y, X and C to stay in its L2 cache. The edges of C that do not fill a
+// tile run through zero-padded copies of Y's last columns and X's last columns, so that every
+// product is a tile (a plain loop there cost 4x the whole GEMM where W does not divide D).
 template <typename T>
 void weight_grad_tiled(int64_t N, int64_t O, int64_t D, const T* Y, const T* X, T* C) {
   constexpr int MR = kBackwardMR, NV = kBackwardNV;
   constexpr int64_t W = NV * kVectorBytes / sizeof(T), KC = 128;
-  const int64_t tiles = O / MR, full = D / W * W;
-  at::parallel_for(0, tiles + 1, 1, [&](int64_t t0, int64_t t1) {
-    const int64_t r0 = t0 * MR, r1 = std::min(O, t1 * MR);  // this task's rows of C (the last task: the edge rows)
+  const int64_t row_tiles = (O + MR - 1) / MR, full_rows = O / MR * MR, full_cols = D / W * W;
+  std::vector<T> y_edge, x_edge;  // [N, MR] and [N, W]
+  if (full_rows < O) {
+    y_edge.assign(N * MR, T(0));
+    for (int64_t k = 0; k < N; ++k)
+      for (int64_t r = 0; r < O - full_rows; ++r) y_edge[k * MR + r] = Y[k * O + full_rows + r];
+  }
+  if (full_cols < D) {
+    x_edge.assign(N * W, T(0));
+    for (int64_t k = 0; k < N; ++k) std::memcpy(x_edge.data() + k * W, X + k * D + full_cols, sizeof(T) * (D - full_cols));
+  }
+  at::parallel_for(0, row_tiles, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> out(MR * W, T(0));
     for (int64_t k0 = 0; k0 < N; k0 += KC) {
       const int64_t kn = std::min(KC, N - k0);
-      const T* y = Y + k0 * O;
-      const T* x = X + k0 * D;
-      for (int64_t r = r0; r + MR <= r1; r += MR)
-        for (int64_t c0 = 0; c0 < full; c0 += W)
-          tile_transposed<T, MR, NV>(kn, y + r, O, x + c0, D, C + r * D + c0, D, k0 > 0);
-      const int64_t edge = r0 + (r1 - r0) / MR * MR;  // rows past the last whole tile, and columns past `full`
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t c_begin = r < edge ? full : 0;
-        for (int64_t c = c_begin; c < D; ++c) {
-          T sum = k0 > 0 ? C[r * D + c] : T(0);
-          for (int64_t k = 0; k < kn; ++k) sum += y[k * O + r] * x[k * D + c];
-          C[r * D + c] = sum;
+      for (int64_t i = t0; i < t1; ++i) {
+        const int64_t r0 = i * MR, rows = std::min<int64_t>(MR, O - r0);
+        const T* a = rows == MR ? Y + k0 * O + r0 : y_edge.data() + k0 * MR;
+        const int64_t lda = rows == MR ? O : MR;
+        for (int64_t c0 = 0; c0 < D; c0 += W) {
+          const int64_t n = std::min(W, D - c0);
+          const T* b = n == W ? X + k0 * D + c0 : x_edge.data() + k0 * W;
+          const int64_t ldb = n == W ? D : W;
+          if (rows == MR && n == W) {
+            tile_transposed<T, MR, NV>(kn, a, lda, b, ldb, C + r0 * D + c0, D, k0 > 0);
+            continue;
+          }
+          if (k0 > 0)
+            for (int64_t r = 0; r < rows; ++r) std::memcpy(out.data() + r * W, C + (r0 + r) * D + c0, sizeof(T) * n);
+          tile_transposed<T, MR, NV>(kn, a, lda, b, ldb, out.data(), W, k0 > 0);
+          for (int64_t r = 0; r < rows; ++r) std::memcpy(C + (r0 + r) * D + c0, out.data() + r * W, sizeof(T) * n);
         }
       }
     }
