@@ -128,7 +128,7 @@ void tile_transposed(int64_t K, const T* __restrict a, int64_t lda, const T* __r
 // product is a tile (a plain loop there cost 4x the whole GEMM where W does not divide D).
 template <typename T>
 void weight_grad_tiled(int64_t N, int64_t O, int64_t D, const T* Y, const T* X, T* C) {
-  constexpr int MR = kBackwardMR, NV = kBackwardNV;
+  constexpr int NV = 2, MR = kAccumulators / NV < 8 ? kAccumulators / NV : 8;  // W = 2 vectors: divides 2^k widths
   constexpr int64_t W = NV * kVectorBytes / sizeof(T), KC = 128;
   const int64_t row_tiles = (O + MR - 1) / MR, full_rows = O / MR * MR, full_cols = D / W * W;
   std::vector<T> y_edge, x_edge;  // [N, MR] and [N, W]
