@@ -117,7 +117,7 @@ def main(argv=None) -> int:
             print(f"{cell.upper()}-{a.hidden} x{a.layers} B={a.batch} T={a.steps} V={a.vocab} {a.dtype}, "
                   f"{threads} thread(s), forward+backward, median {a.clock} time of {a.rounds} interleaved passes:")
             for v, row in res["variants"].items():
-                print(f"  {v:<12} {row['ms']:>8.2f} ms  x{row['speedup']:.2f}  {row['path']}")
+                print(f"  {v:<15} {row['ms']:>8.2f} ms  x{row['speedup']:.2f}  {row['path']}")
             sys.stdout.flush()
     return 0
 

@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     print(f"{a.cell.upper()}-{a.hidden} x{a.layers} B={a.batch} T={a.steps} V={a.vocab} {a.dtype}, {a.threads} thread(s), "
           f"median {a.clock} time of {a.rounds} interleaved steps; speed-up over {a.variants.split(',')[0]}:")
     for v, row in res["variants"].items():
-        print(f"  {v:<10} {row['ms']:>8.2f} ms  {row['tokens_per_s']:>8,} tokens/s  x{row['vs_first']:.2f}  {row['path']}")
+        print(f"  {v:<15} {row['ms']:>8.2f} ms  {row['tokens_per_s']:>8,} tokens/s  x{row['vs_first']:.2f}  {row['path']}")
     return 0
 
 
