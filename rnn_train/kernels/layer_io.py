@@ -89,7 +89,6 @@ def input_grads(ctx, dgi2: torch.Tensor, x2: torch.Tensor, w_ih: torch.Tensor, T
         dx = linear(dgi2, w_ih.t(), ctx.gemm).view(T, B, -1)  # [T, B, I] = dgi W_ih
         if ctx.batch_first:
             dx = dx.transpose(0, 1)
-    dw_t = None
     if need_w:
         if ctx.one_hot_ids:
             # row v of dW_ih^T sums the deltas of every (t, b) whose id is v: a scatter-add, no GEMM
@@ -98,9 +97,7 @@ def input_grads(ctx, dgi2: torch.Tensor, x2: torch.Tensor, w_ih: torch.Tensor, T
         else:
             dw = weight_grad(dgi2, x2, ctx.gemm)  # [G*H, T*B] @ [T*B, I]
     if need_b and ctx.has_bias:
-        # with one-hot ids every delta row went into exactly one row of dW_ih^T: summing its I rows
-        # is the same sum (in another order) as summing the T*B delta rows
-        db = dgi2.sum(0) if dw_t is None else dw_t.sum(0)
+        db = dgi2.sum(0)
     return dx, dw, db
 
 
