@@ -32,34 +32,46 @@ constexpr int64_t lanes() {
   return kVectorBytes / sizeof(T);
 }
 
-// out[MR][NV * L] = A[MR rows, lda apart][0..K) @ panel[K][NV * L]
+// c[MR rows, ldc apart][NV * L] (+)= A[MR, K] @ B[K, NV * L], where A's element (r, k) is
+// a[r * ar + k * ak] and B's row k starts at b + k * bk: MR x NV vectors of C stay in registers
+// for the whole K loop. The step product reads A by rows (ak = 1) and B as a packed panel; the
+// weight gradient reads both operands in place (A = Y^T: ar = 1, ak = O).
 template <typename T, int MR, int NV>
 struct Tile {
   static constexpr int L = kVectorBytes / sizeof(T);
   static constexpr int W = NV * L;  // columns of a panel
   typedef T V __attribute__((vector_size(kVectorBytes)));
 
-  static void run(int64_t K, const T* __restrict a, int64_t lda, const T* __restrict panel, T* __restrict out) {
-    V c[MR][NV];
+  static void product(int64_t K, const T* __restrict a, int64_t ar, int64_t ak, const T* __restrict b, int64_t bk,
+                      T* __restrict c, int64_t ldc, bool accumulate) {
+    V acc[MR][NV];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) c[r][v] = V{};
+      for (int v = 0; v < NV; ++v) {
+        acc[r][v] = V{};
+        if (accumulate) std::memcpy(&acc[r][v], c + r * ldc + v * L, sizeof(V));
+      }
     for (int64_t k = 0; k < K; ++k) {
       V x[NV];
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) std::memcpy(&x[v], panel + k * W + v * L, sizeof(V));
+      for (int v = 0; v < NV; ++v) std::memcpy(&x[v], b + k * bk + v * L, sizeof(V));
 #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) {
-        const T y = a[r * lda + k];
+        const T y = a[r * ar + k * ak];
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) c[r][v] += x[v] * y;
+        for (int v = 0; v < NV; ++v) acc[r][v] += x[v] * y;
       }
     }
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) std::memcpy(out + r * W + v * L, &c[r][v], sizeof(V));
+      for (int v = 0; v < NV; ++v) std::memcpy(c + r * ldc + v * L, &acc[r][v], sizeof(V));
+  }
+
+  // out[MR][W] = A[MR rows, lda apart][0..K) @ panel[K][W]
+  static void run(int64_t K, const T* a, int64_t lda, const T* panel, T* out) {
+    product(K, a, lda, 1, panel, W, out, W, false);
   }
 
   // The same for `rows` <= MR rows: fewer rows run through `pad` ([MR, K], zero-filled by the
@@ -86,39 +98,6 @@ struct ForwardTile {
 constexpr int kBackwardNV = kVectorBytes == 64 ? 2 : 3;
 constexpr int kBackwardMR = kAccumulators / kBackwardNV < 8 ? kAccumulators / kBackwardNV : 8;
 
-// c[MR rows, ldc apart][W] (+)= sum over k < K of a_k^T b_k, where a_k = a + k * lda holds MR
-// values and b_k = b + k * ldb holds W: a block of Y^T X for row-major Y and X, read in place.
-template <typename T, int MR, int NV>
-void tile_transposed(int64_t K, const T* __restrict a, int64_t lda, const T* __restrict b, int64_t ldb,
-                     T* __restrict c, int64_t ldc, bool accumulate) {
-  using TL = Tile<T, MR, NV>;
-  using V = typename TL::V;
-  constexpr int L = TL::L;
-  V acc[MR][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      acc[r][v] = V{};
-      if (accumulate) std::memcpy(&acc[r][v], c + r * ldc + v * L, sizeof(V));
-    }
-  for (int64_t k = 0; k < K; ++k) {
-    V x[NV];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) std::memcpy(&x[v], b + k * ldb + v * L, sizeof(V));
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const T y = a[k * lda + r];
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[r][v] += x[v] * y;
-    }
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) std::memcpy(c + r * ldc + v * L, &acc[r][v], sizeof(V));
-}
-
 // A weight gradient summed over all steps: C[O, D] = Y^T X for row-major Y [N, O] (deltas) and
 // X [N, D] (inputs or states), N = T*B. Why not one BLAS call: on these shapes (O, D ~ 10^2-10^3,
 // N ~ 10^3) MKL ran at ~180 GFLOP/s on two cores where these tiles run at ~210 (docs/kernels.md).
@@ -129,7 +108,8 @@ void tile_transposed(int64_t K, const T* __restrict a, int64_t lda, const T* __r
 template <typename T>
 void weight_grad_tiled(int64_t N, int64_t O, int64_t D, const T* Y, const T* X, T* C) {
   constexpr int NV = 2, MR = kAccumulators / NV < 8 ? kAccumulators / NV : 8;  // W = 2 vectors: divides 2^k widths
-  constexpr int64_t W = NV * kVectorBytes / sizeof(T), KC = 128;
+  using TL = Tile<T, MR, NV>;
+  constexpr int64_t W = TL::W, KC = 128;
   const int64_t row_tiles = (O + MR - 1) / MR, full_rows = O / MR * MR, full_cols = D / W * W;
   std::vector<T> y_edge, x_edge;  // [N, MR] and [N, W]
   if (full_rows < O) {
@@ -148,18 +128,18 @@ void weight_grad_tiled(int64_t N, int64_t O, int64_t D, const T* Y, const T* X, 
       for (int64_t i = t0; i < t1; ++i) {
         const int64_t r0 = i * MR, rows = std::min<int64_t>(MR, O - r0);
         const T* a = rows == MR ? Y + k0 * O + r0 : y_edge.data() + k0 * MR;
-        const int64_t lda = rows == MR ? O : MR;
+        const int64_t ak = rows == MR ? O : MR;  // A = Y^T: its row r is a column of Y
         for (int64_t c0 = 0; c0 < D; c0 += W) {
           const int64_t n = std::min(W, D - c0);
           const T* b = n == W ? X + k0 * D + c0 : x_edge.data() + k0 * W;
           const int64_t ldb = n == W ? D : W;
           if (rows == MR && n == W) {
-            tile_transposed<T, MR, NV>(kn, a, lda, b, ldb, C + r0 * D + c0, D, k0 > 0);
+            TL::product(kn, a, 1, ak, b, ldb, C + r0 * D + c0, D, k0 > 0);
             continue;
           }
           if (k0 > 0)
             for (int64_t r = 0; r < rows; ++r) std::memcpy(out.data() + r * W, C + (r0 + r) * D + c0, sizeof(T) * n);
-          tile_transposed<T, MR, NV>(kn, a, lda, b, ldb, out.data(), W, k0 > 0);
+          TL::product(kn, a, 1, ak, b, ldb, out.data(), W, k0 > 0);
           for (int64_t r = 0; r < rows; ++r) std::memcpy(C + (r0 + r) * D + c0, out.data() + r * W, sizeof(T) * n);
         }
       }
