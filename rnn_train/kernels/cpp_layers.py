@@ -16,10 +16,10 @@ the backward needs. Tensors between the two (T steps, B sequences, H units, G ga
                         GRU-256 step on the machine measured (docs/kernels.md)
 
 ``step`` picks the per-step GEMM (STEP_GEMMS: the BLAS torch links, called directly, torch.mm,
-or csrc/tiled.h's register tiles over W_hh packed once per call) and ``threads`` how the loop uses torch's threads (THREADS:
-BLAS threads each GEMM, a block of batch rows per thread, or a block of hidden units per
-thread; csrc/common.h says why each can win). Which is faster depends on the machine and the
-shapes: the autotuner decides.
+or csrc/tiled.h's register tiles over W_hh packed once per call) and ``threads`` how the loop
+uses torch's threads (THREADS: BLAS threads each GEMM, a block of batch rows per thread, or a
+block of hidden units per thread; csrc/common.h says why each can win). Which is faster depends
+on the machine and the shapes: the autotuner decides.
 """
 from __future__ import annotations
 

@@ -28,6 +28,8 @@ import threading
 
 import torch
 
+from rnn_train.kernels.build import extension
+
 GEMMS = ("auto", "onednn", "blas", "tiled")
 BLAS, ONEDNN, AUTO, TILED = 0, 1, 2, 3  # a resolved choice, carried into the autograd Functions
 ONEDNN_MIN_WORK_PER_THREAD = 1_250_000
@@ -75,8 +77,6 @@ def resolve_gemm(gemm: str, w: torch.Tensor) -> int:
 
 def tiled_available() -> bool:
     """True when the C++ kernels (and with them the tiled weight gradient) are built here."""
-    from rnn_train.kernels.build import extension  # the build module imports torch only: no cycle
-
     return extension() is not None
 
 
@@ -106,8 +106,6 @@ def weight_grad(d2: torch.Tensor, x2: torch.Tensor, gemm: int) -> torch.Tensor:
     narrower one for a GRU's deltas) is transposed into a reused scratch buffer and the product
     computed as (x2^T d2)^T."""
     if gemm == TILED:
-        from rnn_train.kernels.build import extension
-
         return extension().weight_grad(d2, x2)
     if not _uses_onednn(gemm, d2.shape[1], x2.shape[1], d2.shape[0]):
         return d2.t() @ x2
