@@ -71,9 +71,9 @@ def keep_freed_memory() -> bool:
     heap's free top is trimmed. A training step allocates and frees the same multi-MB tensors
     (gates, states, deltas) every time, so each step then touches fresh pages: a median of 90.5
     page faults per GRU-256 B32 T35 step on the machine measured, 4.5 with this
-    (benchmarks/page_faults.py, docs/kernels.md). The cost
-    is that memory freed during a run is kept by the process until it ends. Does nothing (and
-    returns False) where the C library is not glibc."""
+    (benchmarks/page_faults.py, docs/kernels.md). The cost is that memory freed during a run is
+    kept by the process until it ends. Does nothing (and returns False) where the C library is
+    not glibc."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt

@@ -223,6 +223,12 @@ Tensor transposed_weight(const Tensor& w_hh, int64_t threads, int64_t path) {
   return threads == kUnits || path == kTiled ? Tensor() : w_hh.t().contiguous();
 }
 
+// A tensor's data, or null for an undefined tensor (a buffer the path asked for does not use).
+template <typename T>
+const T* data_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
 // tiled.h's packed W_hh for the tiled path (undefined on the others), once per call.
 template <typename T, int G>
 Tensor forward_panels(const Tensor& w_hh, int64_t path) {
@@ -253,9 +259,9 @@ Tensor rnn_forward(Tensor gx, const std::optional<Tensor>& ids, const std::optio
     const T* g = gx.data_ptr<T>();
     T* h = hs.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
-    const T* wt = w_t.defined() ? w_t.data_ptr<T>() : nullptr;
+    const T* wt = data_or_null<T>(w_t);
     const Tensor panels = forward_panels<T, 1>(w_hh, path);
-    const T* pk = panels.defined() ? panels.data_ptr<T>() : nullptr;
+    const T* pk = data_or_null<T>(panels);
     run_blocks(threads, B, H, [&](const Block& blk) {
       forward_any<T, 1>(blk, path, steps, B, H, w, wt, pk, h, gather,
                        [&](int64_t t, int64_t b, int64_t u0, auto n, const T* q, int64_t) {
@@ -282,7 +288,7 @@ Tensor rnn_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
     const T* ep = e.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
     const Tensor panels = backward_panels<T>(w_hh, path);
-    const T* pk = panels.defined() ? panels.data_ptr<T>() : nullptr;
+    const T* pk = data_or_null<T>(panels);
     T* d0 = need_dh0 ? dh0.data_ptr<T>() : nullptr;
     run_blocks(threads, B, H, [&](const Block& blk) {
       backward_block<T>(blk, path, d.size(0), B, H, 1, dp, d.stride(0), d.stride(1), ep, w, pk, a, dh.data(),
@@ -316,9 +322,9 @@ std::tuple<Tensor, Tensor> gru_forward(Tensor gx, const std::optional<Tensor>& i
     T* nn = n.data_ptr<T>();
     const T* bn = b_hn.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
-    const T* wt = w_t.defined() ? w_t.data_ptr<T>() : nullptr;
+    const T* wt = data_or_null<T>(w_t);
     const Tensor panels = forward_panels<T, 3>(w_hh, path);
-    const T* pk = panels.defined() ? panels.data_ptr<T>() : nullptr;
+    const T* pk = data_or_null<T>(panels);
     run_blocks(threads, B, H, [&](const Block& blk) {
       forward_any<T, 3>(blk, path, steps, B, H, w, wt, pk, h, gather,
                        [&](int64_t t, int64_t b, int64_t u0, auto cnt, const T* q, int64_t qs) {
@@ -350,7 +356,7 @@ Tensor gru_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
     const T* ep = e.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
     const Tensor panels = backward_panels<T>(w_hh, path);
-    const T* pk = panels.defined() ? panels.data_ptr<T>() : nullptr;
+    const T* pk = data_or_null<T>(panels);
     T* d0 = need_dh0 ? dh0.data_ptr<T>() : nullptr;
     run_blocks(threads, B, H, [&](const Block& blk) {
       backward_block<T>(blk, path, d.size(0), B, H, 3, dp, d.stride(0), d.stride(1), ep, w, pk, hid, dh.data(),
@@ -384,9 +390,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm_forward(Tensor gx, const std::optional<T
     T* c = cs.data_ptr<T>();
     T* th = tc.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
-    const T* wt = w_t.defined() ? w_t.data_ptr<T>() : nullptr;
+    const T* wt = data_or_null<T>(w_t);
     const Tensor panels = forward_panels<T, 4>(w_hh, path);
-    const T* pk = panels.defined() ? panels.data_ptr<T>() : nullptr;
+    const T* pk = data_or_null<T>(panels);
     run_blocks(threads, B, H, [&](const Block& blk) {
       forward_any<T, 4>(blk, path, steps, B, H, w, wt, pk, h, gather,
                        [&](int64_t t, int64_t b, int64_t u0, auto cnt, const T* q, int64_t qs) {
@@ -419,7 +425,7 @@ std::tuple<Tensor, Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hT
     const T* ep = e.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
     const Tensor panels = backward_panels<T>(w_hh, path);
-    const T* pk = panels.defined() ? panels.data_ptr<T>() : nullptr;
+    const T* pk = data_or_null<T>(panels);
     T* d0 = need_dh0 ? dh0.data_ptr<T>() : nullptr;
     run_blocks(threads, B, H, [&](const Block& blk) {
       backward_block<T>(blk, path, d.size(0), B, H, 4, dp, d.stride(0), d.stride(1), ep, w, pk, a, dh.data(),

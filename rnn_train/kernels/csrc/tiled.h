@@ -32,13 +32,16 @@ constexpr int64_t lanes() {
   return kVectorBytes / sizeof(T);
 }
 
+// Rows of a tile whose panel is NV vectors wide: as many as the accumulator registers allow, at most 8.
+constexpr int tile_rows(int NV) { return kAccumulators / NV < 8 ? kAccumulators / NV : 8; }
+
 // c[MR rows, ldc apart][NV * L] (+)= A[MR, K] @ B[K, NV * L], where A's element (r, k) is
 // a[r * ar + k * ak] and B's row k starts at b + k * bk: MR x NV vectors of C stay in registers
 // for the whole K loop. The step product reads A by rows (ak = 1) and B as a packed panel; the
 // weight gradient reads both operands in place (A = Y^T: ar = 1, ak = O).
 template <typename T, int MR, int NV>
 struct Tile {
-  static constexpr int L = kVectorBytes / sizeof(T);
+  static constexpr int L = lanes<T>();
   static constexpr int W = NV * L;  // columns of a panel
   typedef T V __attribute__((vector_size(kVectorBytes)));
 
@@ -93,10 +96,10 @@ template <int G>
 struct ForwardTile {
   static constexpr int P = G == 1 ? 3 : 1;  // unit vectors per gate
   static constexpr int NV = G * P;
-  static constexpr int MR = kAccumulators / NV < 8 ? kAccumulators / NV : 8;
+  static constexpr int MR = tile_rows(NV);
 };
 constexpr int kBackwardNV = kVectorBytes == 64 ? 2 : 3;
-constexpr int kBackwardMR = kAccumulators / kBackwardNV < 8 ? kAccumulators / kBackwardNV : 8;
+constexpr int kBackwardMR = tile_rows(kBackwardNV);
 
 // A weight gradient summed over all steps: C[O, D] = Y^T X for row-major Y [N, O] (deltas) and
 // X [N, D] (inputs or states), N = T*B. Why not one BLAS call: on these shapes (O, D ~ 10^2-10^3,
@@ -107,7 +110,7 @@ constexpr int kBackwardMR = kAccumulators / kBackwardNV < 8 ? kAccumulators / kB
 // product is a tile (a plain loop there cost 4x the whole GEMM where W does not divide D).
 template <typename T>
 void weight_grad_tiled(int64_t N, int64_t O, int64_t D, const T* Y, const T* X, T* C) {
-  constexpr int NV = 2, MR = kAccumulators / NV < 8 ? kAccumulators / NV : 8;  // W = 2 vectors: divides 2^k widths
+  constexpr int NV = 2, MR = tile_rows(NV);  // W = 2 vectors: divides widths of 2^k
   using TL = Tile<T, MR, NV>;
   constexpr int64_t W = TL::W, KC = 128;
   const int64_t row_tiles = (O + MR - 1) / MR, full_rows = O / MR * MR, full_cols = D / W * W;
