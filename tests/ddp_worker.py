@@ -3,9 +3,11 @@
     DDP_FAULT=sigint:R:K    rank R sends itself SIGINT (what Ctrl-C sends) after update K
     DDP_FAULT=sigterm:R:K   rank R sends itself SIGTERM after update K
     DDP_FAULT=raise:R:K     rank R raises RuntimeError after update K (a crash)
+    DDP_SHUTDOWN_MARK=DIR   a rank that runs Python's shutdown (atexit handlers) leaves DIR/rankR
 
 The fault rides on the trainer's own per-update hook (`on_step`), so it strikes at a known step.
 """
+import atexit
 import os
 import signal
 import sys
@@ -39,6 +41,8 @@ def _install(spec: str) -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get("DDP_SHUTDOWN_MARK"):
+        atexit.register((Path(os.environ["DDP_SHUTDOWN_MARK"]) / f"rank{os.environ['RANK']}").touch)
     if os.environ.get("DDP_FAULT"):
         _install(os.environ["DDP_FAULT"])
     sys.exit(run_command("train", sys.argv[1:], prog="train.py"))

@@ -33,15 +33,20 @@ RANDOM = ["data.partition=random", "model.cell=lstm", "model.kernel=native", "da
 
 
 def torchrun(tmp_path, args, fault=None):
-    """A 2-rank job of train.py (or of tests/ddp_worker.py with a fault) -> CompletedProcess."""
-    script = "tests/ddp_worker.py" if fault else "train.py"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    """A 2-rank job of train.py's main (tests/ddp_worker.py, with a fault if given) -> CompletedProcess,
+    plus `.shutdowns`: the ranks that ran Python's interpreter shutdown (a finished rank must not:
+    see rnn_train.training.distributed.leave)."""
+    marks = tmp_path / f"shutdown-{len(list(tmp_path.glob('shutdown-*')))}"
+    marks.mkdir()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "DDP_SHUTDOWN_MARK": str(marks)}
     env.pop("DDP_FAULT", None)
     if fault:
         env["DDP_FAULT"] = fault
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, *args,
-           "--cache-dir", str(tmp_path.parent / "cache")]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tests/ddp_worker.py",
+           *args, "--cache-dir", str(tmp_path.parent / "cache")]
+    job = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    job.shutdowns = sorted(int(p.name[4:]) for p in marks.iterdir())
+    return job
 
 
 def write_config(tmp_path, cfg, name="cfg.yaml"):
@@ -94,6 +99,7 @@ def sequential_runs(tmp_path_factory):
     cfg = tiny_config(tmp, *SEQUENTIAL, name="two")
     job = torchrun(tmp, ["--config", str(write_config(tmp, cfg))])
     assert job.returncode == 0, job.stderr[-3000:]
+    assert job.shutdowns == []
     one_process(tmp, cfg, "one")
     one_process(tmp, tiny_config(tmp, *SEQUENTIAL, "train.max_steps=80"), "one80")
     return tmp, job
@@ -122,6 +128,7 @@ def test_a_run_of_one_process_resumes_on_two_ranks(sequential_runs):
     shutil.copytree(tmp / "one", tmp / "one_then_two")
     job = torchrun(tmp, ["--resume", str(tmp / "one_then_two"), "train.max_steps=80"])
     assert job.returncode == 0, job.stderr[-3000:]
+    assert job.shutdowns == []
     assert "resumed at step 40" in job.stderr
     assert_close_runs(tmp / "one_then_two", tmp / "one80")
 
@@ -151,6 +158,7 @@ def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert job.returncode != 0  # torchrun: a worker ended with 130
     assert job.stdout.count("interrupted at step 7:") == 1 and "--resume" in job.stdout
     assert "exitcode  : 130" in job.stderr and "[rank" not in job.stderr  # no traceback from a worker
+    assert job.shutdowns == []  # an interrupted rank leaves like a finished one
     ckpt = load_checkpoint(runs / "stop" / "last.pt")
     # both ranks stopped after update 7: their rows were gathered into one global state
     assert ckpt["step"] == 7 and ckpt["hidden"].shape == (1, 4, 16)
@@ -164,6 +172,7 @@ def test_a_rank_that_fails_brings_the_job_down_with_its_error(tmp_path):
     job = torchrun(runs, ["--config", str(write_config(runs, cfg))], fault="raise:1:7")  # TIMEOUT: no hang
     assert job.returncode != 0
     assert "RuntimeError: injected failure on rank 1 at step 7" in job.stderr
+    assert 1 in job.shutdowns  # a crash is not a finished run: Python's own exit prints the traceback
 
 
 def test_batch_size_that_does_not_split_is_one_line_from_rank_0(tmp_path):
@@ -176,6 +185,7 @@ def test_batch_size_that_does_not_split_is_one_line_from_rank_0(tmp_path):
     assert errors == ["error: data.batch_size=5 does not split over 2 processes: each takes batch_size / 2 rows; "
                       "use a multiple of 2 (e.g. 4 or 6)"]
     assert "[rank" not in job.stderr and not (runs / "odd").exists()
+    assert job.shutdowns == []  # and so does a rank that stops on a user error
 
 
 def test_numpy_backend_and_too_few_gpus_are_user_errors(monkeypatch, tmp_path):
@@ -235,6 +245,21 @@ def test_generator_states_resume_per_rank_and_reseed_on_another_world_size():
     torch.manual_seed(derived_seed(7, 2, 40))
     assert torch.equal(draw, torch.rand(3))  # a rank that did not exist draws from (seed, rank, step)
     assert len({derived_seed(7, r) for r in range(4)} | {7, 8}) == 6
+
+
+def test_leave_flushes_and_exits_with_the_status_without_python_shutdown(tmp_path):
+    mark = tmp_path / "shutdown-ran"
+    code = ("import atexit, pathlib, sys\n"
+            f"atexit.register(pathlib.Path({str(mark)!r}).touch)\n"
+            "from rnn_train.training.distributed import leave\n"
+            "print('done: no newline yet', end='')\n"
+            "print('note: on stderr', end='', file=sys.stderr)\n"
+            "leave(3)\n"
+            "print('not reached')\n")
+    job = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert job.returncode == 3
+    assert job.stdout == "done: no newline yet" and job.stderr == "note: on stderr"  # flushed from the pipes' buffers
+    assert not mark.exists()
 
 
 def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
         args = _parse(argv, prog)
     # after argument checks: importing torch takes a second
     from rnn_train.errors import UserError
-    from rnn_train.training.distributed import process_group
+    from rnn_train.training.distributed import leave, process_group
     from rnn_train.training.trainer import train
 
     try:
@@ -73,11 +73,15 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
             world.barrier()  # no rank exits (torchrun then stops the others) before rank 0 has saved and printed
             if world.distributed:  # done: the status is the run's, not that of torchrun stopping a finished rank
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        return status
-    except UserError:
+    except UserError as e:
+        if not world.distributed:
+            raise  # printed as one line `error: ...` by rnn_train.cli.run
         if world.is_writer:
-            raise  # printed as one line `error: ...`
-        return 2  # the same error, already printed by rank 0
+            print(f"error: {e}", file=sys.stderr)
+        status = 2  # on the other ranks: the same error, printed by rank 0
+    if world.distributed:
+        leave(status)  # without the interpreter's shutdown, where torch's gloo threads can abort a finished rank
+    return status
 
 
 @contextlib.contextmanager
