@@ -15,6 +15,8 @@ These tests point the cache at a temporary directory where they write, and never
 which path the autotuner picks.
 """
 import json
+import os
+import time
 
 import pytest
 import torch
@@ -108,6 +110,38 @@ def test_the_cpu_signature_names_the_model_and_its_features():
     assert sig.strip()
     if "flags" in sig:  # Linux x86: the features decide what -march=native emits
         assert len(sig.splitlines()) <= 3
+
+
+def test_a_build_removes_the_builds_left_unused_for_a_month(tmp_path):
+    day = 86400
+    def build_dir(name, mark, age_days):
+        d = tmp_path / name
+        d.mkdir()
+        if mark:
+            (d / mark).write_text("x")
+            os.utime(d / mark, (time.time() - age_days * day,) * 2)
+        os.utime(d, (time.time() - age_days * day,) * 2)
+        return d
+    current = build_dir("kernels-current", build._OK, 0)
+    old = build_dir("kernels-old", build._OK, 40)
+    old_failure = build_dir("kernels-oldfail", build._FAILED, 40)
+    died_midway = build_dir("kernels-midway", None, 40)  # a build killed before it wrote either mark
+    recent = build_dir("kernels-recent", build._OK, 5)
+    (tmp_path / "autotune.json").write_text("{}")
+    os.utime(tmp_path / "autotune.json", (time.time() - 400 * day,) * 2)
+    assert sorted(build.prune_stale_builds(current, days=30)) == sorted([old, old_failure, died_midway])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["autotune.json", "kernels-current", "kernels-recent"]
+    old_but_loaded = build_dir("kernels-loaded", build._OK, 40)
+    build._mark_used(old_but_loaded)  # what loading a build does
+    assert build.prune_stale_builds(current, days=30) == [] and old_but_loaded.exists() and recent.exists()
+
+
+def test_loading_the_build_marks_it_used():
+    build.extension.cache_clear()
+    before = time.time() - 1
+    assert build.extension() is not None  # built by now, or built here
+    build.extension.cache_clear()
+    assert (build.build_dir() / build._OK).stat().st_mtime >= before
 
 
 # ----------------------------------------------------------------------------- 2. fallback

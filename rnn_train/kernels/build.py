@@ -12,6 +12,11 @@ on: the source, the compiler flags, the torch and Python versions and the CPU (m
 feature flags). The flags are ``-march=native``, so a binary is only ever reused on the CPU it
 was built for; with torch's own ISA cap ``ATEN_CPU_CAPABILITY=avx2`` (or ``default``) the code
 is built for that ISA instead. ``RNN_TRAIN_NO_CPP=1`` turns the C++ path off.
+
+Each new version of the sources (or of torch, Python, the flags) gets a new ``kernels-<key>/``
+(~1 MB), so a build also removes the builds that no process has loaded for ``STALE_DAYS`` days
+(loading one marks it used); a build still in use somewhere, by another environment or under an
+ISA cap, is kept.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -29,6 +35,7 @@ SOURCE = Path(__file__).with_name("csrc") / "recurrence.cpp"  # includes the hea
 CACHE_ENV = "RNN_TRAIN_CACHE"
 OFF_ENV = "RNN_TRAIN_NO_CPP"
 _OK, _FAILED = "built.ok", "build.failed"
+STALE_DAYS = 30
 
 
 def cache_root() -> Path:
@@ -97,6 +104,34 @@ def missing_tool() -> str | None:
     return None
 
 
+def _mark_used(directory: Path) -> None:
+    """Record that this build was loaded now (the mtime of its built.ok), for `prune_stale_builds`."""
+    try:
+        os.utime(directory / _OK)
+    except OSError:  # a read-only cache still loads
+        pass
+
+
+def prune_stale_builds(keep: Path, days: float = STALE_DAYS) -> list[Path]:
+    """Remove the kernels-* directories beside `keep` that were last used (built, loaded or failed)
+    more than `days` ago; -> the removed ones. Errors leave a directory where it is."""
+    removed = []
+    cutoff = time.time() - days * 86400
+    for directory in keep.parent.glob("kernels-*"):
+        if directory == keep or not directory.is_dir():
+            continue
+        marks = [directory / _OK, directory / _FAILED, directory]
+        try:
+            last = max(m.stat().st_mtime for m in marks if m.exists())
+        except OSError:
+            continue
+        if last < cutoff:
+            shutil.rmtree(directory, ignore_errors=True)
+            if not directory.exists():
+                removed.append(directory)
+    return removed
+
+
 def _compile(directory: Path, name: str) -> None:
     from torch.utils import cpp_extension
 
@@ -119,6 +154,7 @@ def extension():
             return None
         if (directory / _OK).is_file():
             torch.ops.load_library(str(directory / f"{name}.so"))
+            _mark_used(directory)
         else:
             missing = missing_tool()
             if missing is not None:  # nothing to remember: installing the tool is enough to build next time
@@ -134,6 +170,7 @@ def extension():
                 _note(f"C++ kernels unavailable ({reason}); using the Python loops. Delete {directory} to retry.")
                 return None
             (directory / _OK).write_text("ok\n", encoding="utf-8")
+            prune_stale_builds(directory)
         ops = torch.ops.rnn_train_kernels
         ops.blas_available()  # fails here, not mid-training, if the library did not register its ops
         return ops
