@@ -18,13 +18,18 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def report(error: UserError) -> int:
+    """Print a user's mistake as the one line `error: <message>` on stderr -> exit status 2."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Call main; a UserError becomes `error: <message>` on stderr and exit status 2."""
     try:
         return main(argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     except BrokenPipeError:  # `predict.py ... | head`
         return 0
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves a checkpoint itself)

@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-from rnn_train.cli import ArgumentParser
+from rnn_train.cli import ArgumentParser, report
 from rnn_train.config import build_config, load_config
 from rnn_train.model.checkpoint import load_checkpoint, resolve_checkpoint
 
@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
     except UserError as e:
         if not world.distributed:
             raise  # printed as one line `error: ...` by rnn_train.cli.run
-        if world.is_writer:
-            print(f"error: {e}", file=sys.stderr)
-        status = 2  # on the other ranks: the same error, printed by rank 0
+        status = report(e) if world.is_writer else 2  # the other ranks: the same error, printed by rank 0
     if world.distributed:
         leave(status)  # without the interpreter's shutdown, where torch's gloo threads can abort a finished rank
     return status
