@@ -63,7 +63,7 @@ def _parser(prog: str) -> ArgumentParser:
                          "default 1 = all)")
     ap.add_argument("--seed", type=int, default=None,
                     help="seed for sampling: the same seed gives the same output (sample i of --num-samples "
-                         "is the same whatever N)")
+                         "draws the same random numbers whatever N)")
     ap.add_argument("--num-samples", type=int, default=1, help="samples generated together as one batch (default 1)")
     ap.add_argument("--stop-at", default="", help="end a sample right after it generates this string")
     ap.add_argument("--max-lines", type=int, default=0, help="end a sample after its N-th newline (0 = off)")

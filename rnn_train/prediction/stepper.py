@@ -20,6 +20,13 @@ step does the least work, every change exact or within float rounding of torch:
   set to -1e30, so it is never chosen and gets probability exactly 0 (it is a placeholder).
 - A batch's GEMMs run in blocks of `GEMM_ROWS` rows: OpenBLAS multiplies up to 4 rows by a matrix
   much faster per row than 8 or more (measured on this project's Zen 4 CPU; benchmarks/sample_bench.py).
+  OpenBLAS rounds a row's products differently with the rows in the call (1 vs 4, and 2 vs 4 for a
+  narrow decoder), so a row's logits depend on the batch size in the last bits. Padding every
+  batch to blocks of exactly 4 rows made them equal, but batch 1 fell from 42.9k to 26.4k chars/s
+  for a GRU-256 and from 34.3k to 9.0k for an LSTM-256, whose [4 x 257] x [257 x 1024] leaves
+  OpenBLAS's small-matrix path (65 us, against 16 for 768 columns; `python
+  benchmarks/sample_bench.py --cells lstm,gru --batches 1`), so it was not kept;
+  benchmarks/sample_drift.py measures what the rounding does to samples.
 
 Nothing is checked per step: the weights are checked finite once. With finite weights the states
 stay finite (tanh and sigmoid are bounded), so every logit is finite too.
