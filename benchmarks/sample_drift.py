@@ -2,9 +2,9 @@
 
 Every row draws from its own random stream (seed, i), so the random numbers of sample 0 are the
 same whatever N; its text is the same as long as its logits are. They are equal only to float
-rounding: the NumPy stepper multiplies the rows in blocks of 4 (rnn_train/prediction/stepper.py),
-a batch of 1 as one row, and OpenBLAS rounds a row's products differently with the rows in the
-call. A difference in the last bit changes a draw only at a near tie, and from then on the two
+rounding: the NumPy stepper multiplies the rows in blocks (of a size measured per machine and
+batch, rnn_train/prediction/stepper.py), a batch of 1 as one row, and OpenBLAS rounds a row's
+products differently with the rows in the call. A difference in the last bit changes a draw only at a near tie, and from then on the two
 samples go separate ways. This script reports, per seed, the first character where sample 0 of
 a batch of N differs from the batch-1 sample (none: identical over the length).
 

@@ -1,6 +1,7 @@
 """The NumPy sampler: equal to the torch model (greedy text, probabilities), exact sampling, seeds,
 batches, stopping rules and forced line starts, and the CLI streaming its output."""
 import io
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from rnn_train.prediction import cli
 from rnn_train.prediction.choose import Chooser, SamplingOptions, nucleus_filter, softmax
 from rnn_train.prediction.generate import encode_prefix, generate, samples
 from rnn_train.prediction.sampler import CHUNK, StopRules
-from rnn_train.prediction.stepper import make_stepper
+from rnn_train.kernels import autotune
+from rnn_train.prediction import stepper as stepper_module
+from rnn_train.prediction.stepper import gemm_rows, make_stepper, sampling_key
 from rnn_train.training.trainer import train
 from tests.helpers import ROOT, tiny_config
 
@@ -66,18 +69,46 @@ def test_greedy_text_equals_the_torch_module_step_by_step(runs, name):
 
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
-def test_next_character_probabilities_equal_torch_softmax(runs, name, temperature):
+@pytest.mark.parametrize("rows", [1, 2, 5])  # GEMMs in blocks of 1, of 2 (and a block of 1), in one call
+def test_next_character_probabilities_equal_torch_softmax(runs, name, temperature, rows):
     model, vocab, _ = _load(runs, name)
     ids = encode_prefix(vocab, "ni hao\nzhong guo ren min\nshi jie he ping\n" * 4)  # [1, P], teacher-forced
     with torch.no_grad():
         logits, _ = model(ids)  # [1, P, V]
     logits[..., 0] = float("-inf")
     expected = torch.softmax(logits[0].double() / (temperature or 1.0), dim=-1).numpy()  # [P, V]
-    stepper = make_stepper(model, batch=3, temperature=temperature)  # 3 identical rows: batching changes nothing
-    got = np.stack([softmax(stepper.step(np.repeat(i, 3)).astype(np.float64)) for i in ids[0].tolist()])  # [P, 3, V]
-    for row in range(3):
+    stepper = make_stepper(model, batch=5, temperature=temperature, rows=rows)  # 5 identical rows
+    got = np.stack([softmax(stepper.step(np.repeat(i, 5)).astype(np.float64)) for i in ids[0].tolist()])  # [P, 5, V]
+    for row in range(5):
         np.testing.assert_allclose(got[:, row], expected, rtol=0, atol=1e-5)
     assert (got[..., 0] == 0).all()  # <unk> has probability 0
+
+
+@pytest.fixture
+def decisions(tmp_path, monkeypatch):
+    """The decisions file in a temporary cache, and the process's memory of decisions reset around the test."""
+    monkeypatch.setenv("RNN_TRAIN_CACHE", str(tmp_path / "cache"))
+    saved = dict(autotune._MEMORY)
+    autotune._MEMORY.clear()
+    yield tmp_path / "cache" / "autotune.json"
+    autotune._MEMORY.clear()
+    autotune._MEMORY.update(saved)
+
+
+def test_the_block_size_is_measured_once_per_shape_and_batch_and_then_read(runs, decisions, monkeypatch):
+    model, _, _ = _load(runs, "lstm2_learned")
+    rows = gemm_rows(model, 6)
+    [(key, entry)] = json.loads(decisions.read_text()).items()
+    assert key == sampling_key(model, 6) and key.endswith("-B6") and entry["rows"] == rows
+    assert set(entry["us_per_step"]) == {"2", "4", "6"}  # the candidates below the batch, and the batch
+    assert min(entry["us_per_step"], key=entry["us_per_step"].get) == str(rows)
+    autotune._MEMORY.clear()  # a new process: the file answers
+    monkeypatch.setattr(stepper_module, "measure_gemm_rows", lambda *a: pytest.fail("measured again"))
+    assert gemm_rows(model, 6) == rows and make_stepper(model, 6).gemm_rows == rows
+    assert gemm_rows(model, 1) == gemm_rows(model, 2) == stepper_module.GEMM_ROWS  # one call: nothing to measure
+    decisions.write_text(json.dumps({key: {"rows": 3}}))  # a stored decision is what the stepper takes
+    autotune._MEMORY.clear()
+    assert make_stepper(model, 6).gemm_rows == 3
 
 
 def test_gumbel_choice_samples_the_softmax_and_the_filters_keep_the_right_characters():

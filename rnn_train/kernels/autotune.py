@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 from torch import nn
@@ -193,28 +193,36 @@ def choose(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with_
     small = small_model_path(rnn, batch_size)
     if small is not None:
         return small
+    def measured() -> dict:
+        with torch.enable_grad():
+            return measure(rnn, batch_size, num_steps, one_hot, with_native)
+
     key = f"{machine_key()}/{shape_key(rnn, batch_size, num_steps, one_hot, with_native)}"
+    return stored_decision(key, measured, lambda entry: _path_from_json(entry["choice"]))
+
+
+T = TypeVar("T")
+
+
+def stored_decision(key: str, measure_now: Callable[[], dict], read: Callable[[dict], T]) -> T:
+    """`read(entry)` of the decision stored under `key` in the decisions file; where there is none
+    that `read` can take (missing, or written by another version: KeyError, TypeError, ValueError),
+    `measure_now()` makes the entry, once for processes that start together, and it is stored."""
+    def readable(entry):
+        try:
+            return True, read(entry)
+        except (KeyError, TypeError, ValueError):
+            return False, None
+
     entry = _MEMORY.get(key)
     if entry is None:
         with _cache_lock():  # processes starting together measure once and agree
             entry = _read_cache().get(key)
-            if _decision(entry) is _UNREADABLE:
-                with torch.enable_grad():
-                    entry = measure(rnn, batch_size, num_steps, one_hot, with_native)
+            if not readable(entry)[0]:
+                entry = measure_now()
                 _write_cache(key, entry)
         _MEMORY[key] = entry
-    return _decision(entry)
-
-
-_UNREADABLE = object()
-
-
-def _decision(entry) -> FusedPath | None | object:
-    """The path an entry of the decisions file names, or _UNREADABLE (missing, or written by another version)."""
-    try:
-        return _path_from_json(entry["choice"])
-    except (KeyError, TypeError, ValueError):
-        return _UNREADABLE
+    return readable(entry)[1]
 
 
 @contextlib.contextmanager

@@ -18,20 +18,28 @@ step does the least work, every change exact or within float rounding of torch:
 - LSTM gates are reordered i,f,g,o -> i,f,o,g so the three sigmoid gates are contiguous.
 - Decoder: logits = [h, 1] @ [W_d^T; b_d] / T, the temperature folded in once; <unk>'s bias is
   set to -1e30, so it is never chosen and gets probability exactly 0 (it is a placeholder).
-- A batch's GEMMs run in blocks of `GEMM_ROWS` rows: OpenBLAS multiplies up to 4 rows by a matrix
-  much faster per row than 8 or more (measured on this project's Zen 4 CPU; benchmarks/sample_bench.py).
-  OpenBLAS rounds a row's products differently with the rows in the call (1 vs 4, and 2 vs 4 for a
+- A batch's GEMMs run in blocks of rows whose size is measured once per machine, model shape and
+  batch (`gemm_rows`, stored with the training kernels' decisions); a batch of 1 or 2 is one call.
+  Which size is fastest depends on the shapes and on OpenBLAS's own paths and threads: blocks of 4
+  rows, the fixed choice before, suit a GRU-256 up to 8 rows, but a [4 x 257] x [257 x 1024]
+  product (LSTM-256) leaves OpenBLAS's small-matrix path (65 us, against 16 for 768 columns), and
+  sampling an LSTM-256 at 32 rows ran 3.1x faster in one call (`python benchmarks/sample_bench.py
+  --cells lstm --batch-cell lstm`, which also times blocks of 4; docs in the README).
+- OpenBLAS rounds a row's products differently with the rows in the call (1 vs 4, and 2 vs 4 for a
   narrow decoder), so a row's logits depend on the batch size in the last bits. Padding every
   batch to blocks of exactly 4 rows made them equal, but batch 1 fell from 42.9k to 26.4k chars/s
-  for a GRU-256 and from 34.3k to 9.0k for an LSTM-256, whose [4 x 257] x [257 x 1024] leaves
-  OpenBLAS's small-matrix path (65 us, against 16 for 768 columns; `python
-  benchmarks/sample_bench.py --cells lstm,gru --batches 1`), so it was not kept;
-  benchmarks/sample_drift.py measures what the rounding does to samples.
+  for a GRU-256 and from 34.3k to 9.0k for an LSTM-256 (`python benchmarks/sample_bench.py
+  --cells lstm,gru --batches 1`), so it was not kept; benchmarks/sample_drift.py measures what the
+  rounding does to samples. The stored block size keeps a seed's samples the same from run to run.
 
 Nothing is checked per step: the weights are checked finite once. With finite weights the states
 stay finite (tanh and sigmoid are bounded), so every logit is finite too.
 """
 from __future__ import annotations
+
+import hashlib
+import os
+import time
 
 import numpy as np
 import torch
@@ -39,7 +47,9 @@ import torch
 from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN, State
 
-GEMM_ROWS = 4  # rows per GEMM call (see the module doc)
+GEMM_ROWS = 4  # rows per GEMM call where nothing was measured (see the module doc)
+ROW_CANDIDATES = (2, 4, 8, 16, 32)  # block sizes `gemm_rows` measures, besides the whole batch
+_STEPS_PER_RUN = 20  # steps per timed run of a candidate
 UNK_LOGIT = -1e30  # <unk>'s logit: exp() of it is 0 in float32 and float64, and it never wins an argmax
 
 
@@ -47,9 +57,9 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def _blocks(a: np.ndarray, w: np.ndarray, out: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(a rows, w, out rows) for `a @ w -> out` in blocks of GEMM_ROWS rows, made once."""
-    return [(a[i:i + GEMM_ROWS], w, out[i:i + GEMM_ROWS]) for i in range(0, len(a), GEMM_ROWS)]
+def _blocks(a: np.ndarray, w: np.ndarray, out: np.ndarray, rows: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(a rows, w, out rows) for `a @ w -> out` in blocks of `rows` rows, made once."""
+    return [(a[i:i + rows], w, out[i:i + rows]) for i in range(0, len(a), rows)]
 
 
 def _gemm(blocks) -> None:
@@ -70,7 +80,7 @@ class Stepper:
 
     gates = 1  # G = gates * H rows in W_ih / W_hh
 
-    def __init__(self, model: CharRNN, batch: int, temperature: float = 0.0):
+    def __init__(self, model: CharRNN, batch: int, temperature: float = 0.0, gemm_rows: int = GEMM_ROWS):
         rnn, H = model.rnn, model.rnn.hidden_size
         params = {name: _np(p).copy() for name, p in model.named_parameters()}
         if not all(np.isfinite(p).all() for p in params.values()):
@@ -99,10 +109,11 @@ class Stepper:
         self.gh = np.empty((batch, G), self.dtype)  # recurrent projection, reused by every layer
         self.logits = np.empty((batch, V), self.dtype)  # [B, V] of the next character
         self._views = [self._make_views(layer) for layer in range(self.layers)]
-        self._input = [_blocks(self.h[layer - 1], w_in[layer], self.gi[layer]) if layer else []
+        self.gemm_rows = gemm_rows
+        self._input = [_blocks(self.h[layer - 1], w_in[layer], self.gi[layer], gemm_rows) if layer else []
                        for layer in range(self.layers)]
-        self._recurrent = [_blocks(self.h[layer], w_hh[layer], self.gh) for layer in range(self.layers)]
-        self._decoder = _blocks(self.h[-1], self.w_dec, self.logits)
+        self._recurrent = [_blocks(self.h[layer], w_hh[layer], self.gh, gemm_rows) for layer in range(self.layers)]
+        self._decoder = _blocks(self.h[-1], self.w_dec, self.logits, gemm_rows)
 
     # -- what a cell defines
     def _arrange(self, w: np.ndarray, H: int) -> np.ndarray:
@@ -212,8 +223,62 @@ class LSTMStepper(Stepper):
 STEPPERS = {"rnn": Stepper, "gru": GRUStepper, "lstm": LSTMStepper}
 
 
-def make_stepper(model: CharRNN, batch: int, temperature: float = 0.0) -> Stepper:
-    """The NumPy twin of `model` for `batch` rows; logits come out divided by `temperature` (> 0)."""
+def make_stepper(model: CharRNN, batch: int, temperature: float = 0.0, rows: int | None = None) -> Stepper:
+    """The NumPy twin of `model` for `batch` rows; logits come out divided by `temperature` (> 0).
+    Its GEMMs run in blocks of `rows` rows, by default the measured `gemm_rows(model, batch)`."""
     if model.cell == "rnn" and getattr(model.rnn, "nonlinearity", "tanh") != "tanh":
         raise ValueError("only tanh RNNs are supported")  # CharRNN builds only these
-    return STEPPERS[model.cell](model, batch, temperature)
+    return STEPPERS[model.cell](model, batch, temperature, rows or gemm_rows(model, batch))
+
+
+def sampling_key(model: CharRNN, batch: int) -> str:
+    """What the best block size depends on: the CPU, NumPy's BLAS and its threads, the shapes."""
+    from rnn_train.kernels.build import cpu_signature
+
+    machine = [cpu_signature(), np.__version__, str(os.cpu_count()),
+               *(f"{k}={os.environ.get(k, '')}" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"))]
+    p = model.decoder.weight
+    shape = [model.cell, f"L{model.rnn.num_layers}", f"H{model.rnn.hidden_size}", f"V{p.shape[0]}",
+             f"I{model.rnn.input_size}", "embed" if model.embed is not None else "onehot", str(p.dtype).split(".")[-1],
+             f"B{batch}"]
+    return f"sampling/{hashlib.sha256(chr(0).join(machine).encode()).hexdigest()[:16]}/{'-'.join(shape)}"
+
+
+def measure_gemm_rows(model: CharRNN, batch: int) -> dict:
+    """Time a stepper of each candidate block size (interleaved runs of a few steps, the lower
+    quartile of each: autotune.race) -> the decision entry {"rows", "us_per_step", ...}."""
+    from rnn_train.kernels import autotune
+
+    candidates = sorted({r for r in ROW_CANDIDATES if r < batch} | {batch})
+    steppers = {r: STEPPERS[model.cell](model, batch, 1.0, r) for r in candidates}
+
+    def sampling(s: Stepper) -> None:
+        """Steps as sampling makes them: each step's input is chosen from the last logits. (Steps
+        back to back, with nothing between them, timed an LSTM-256 at 4 rows alike in one call and
+        in two, 70 us; with the choice between them, two calls took 72 us and one 99.)"""
+        ids = np.zeros(batch, np.int64)
+        for _ in range(_STEPS_PER_RUN):
+            np.argmax(s.step(ids), axis=1, out=ids)
+
+    runs = {str(r): (lambda s=s: sampling(s)) for r, s in steppers.items()}
+    seconds = autotune.race(runs)
+    best = min(seconds, key=seconds.get)
+    return {"rows": int(best), "us_per_step": {r: round(t / _STEPS_PER_RUN * 1e6, 1) for r, t in seconds.items()},
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "load": round(os.getloadavg()[0], 2)}
+
+
+def gemm_rows(model: CharRNN, batch: int) -> int:
+    """Rows per GEMM call for sampling `batch` rows: measured once per machine, shape and batch, and
+    stored (rnn_train.kernels.autotune's decisions file), so that a seed gives the same samples on
+    every later run (the block size changes a row's rounding). A batch of 1 or 2 is one call."""
+    if batch <= 2:
+        return GEMM_ROWS
+    from rnn_train.kernels import autotune
+
+    def read(entry: dict) -> int:
+        rows = int(entry["rows"])
+        if rows < 1:
+            raise ValueError(rows)
+        return rows
+
+    return autotune.stored_decision(sampling_key(model, batch), lambda: measure_gemm_rows(model, batch), read)
