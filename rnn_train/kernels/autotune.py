@@ -208,21 +208,15 @@ def stored_decision(key: str, measure_now: Callable[[], dict], read: Callable[[d
     """`read(entry)` of the decision stored under `key` in the decisions file; where there is none
     that `read` can take (missing, or written by another version: KeyError, TypeError, ValueError),
     `measure_now()` makes the entry, once for processes that start together, and it is stored."""
-    def readable(entry):
-        try:
-            return True, read(entry)
-        except (KeyError, TypeError, ValueError):
-            return False, None
-
-    entry = _MEMORY.get(key)
-    if entry is None:
+    if key not in _MEMORY:
         with _cache_lock():  # processes starting together measure once and agree
-            entry = _read_cache().get(key)
-            if not readable(entry)[0]:
+            try:
+                _MEMORY[key] = read(_read_cache().get(key))
+            except (KeyError, TypeError, ValueError):
                 entry = measure_now()
                 _write_cache(key, entry)
-        _MEMORY[key] = entry
-    return readable(entry)[1]
+                _MEMORY[key] = read(entry)
+    return _MEMORY[key]
 
 
 @contextlib.contextmanager
@@ -244,5 +238,6 @@ def _cache_lock():
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-_MEMORY: dict[str, dict] = {}
-"""Decisions already made in this process: one file read per shape, and one answer per process."""
+_MEMORY: dict[str, object] = {}
+"""Decisions already made in this process (what `read` made of them): one file read per shape, and
+one answer per process."""
