@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rnn_train.kernels.fused import LOOP_CELLS, FusedPath, fused_rnn  # noqa: E402
+from rnn_train.kernels.fused import FusedPath, fused_rnn, loop_cells  # noqa: E402
 
 MODULES = {"gru": nn.GRU, "rnn": nn.RNN, "lstm": nn.LSTM}
 VARIANTS = {
@@ -64,7 +64,7 @@ def make_pass(variant: str, cell: str, V: int, H: int, layers: int, dtype):
 def bench(cell: str, variants: list[str], threads: int, B: int, T: int, V: int, H: int, layers: int, rounds: int,
           warmup: int, dtype, clock=time.perf_counter) -> dict:
     torch.set_num_threads(threads)
-    variants = [v for v in variants if VARIANTS[v] is None or cell in LOOP_CELLS[VARIANTS[v].loop]]
+    variants = [v for v in variants if VARIANTS[v] is None or cell in loop_cells(VARIANTS[v].loop)]
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, V, (B, T), generator=gen)
     d_out = torch.randn(B, T, H, generator=gen, dtype=dtype)

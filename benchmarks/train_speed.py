@@ -87,8 +87,8 @@ def pipeline_step(variant: str, config: str, overrides: list[str], V: int, gemm:
     model = learner.torch_model()
     if variant != "auto":
         loop = PATHS[variant]
-        model.set_training_path(None if loop is None else FusedPath(loop[0], gemm, loop[1], loop[2]))
-    label = model.training_kernel(cfg.data.batch_size, cfg.data.num_steps)
+        model.use_training_path(None if loop is None else FusedPath(loop[0], gemm, loop[1], loop[2]))
+    label = model.training_kernel
     carry = {"state": None}
 
     def step(x: np.ndarray, y: np.ndarray):

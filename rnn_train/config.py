@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from rnn_train.errors import UserError
+from rnn_train.model import cells
 
 
 class _Problems(Exception):
@@ -83,8 +84,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    cell: Literal["rnn", "gru", "lstm"] = "gru"
-    """Recurrent cell: torch.nn.RNN (tanh), GRU or LSTM."""
+    cell: str = field(default="gru", metadata={"choices": cells.names})
+    """Recurrent cell, one of the registered cells (rnn_train/model/cells.py): rnn (tanh Elman RNN), gru, lstm."""
     hidden_size: int = 256
     """Units per layer."""
     num_layers: int = 1
@@ -96,7 +97,7 @@ class ModelConfig:
     embed_dim: int = 64
     """Size of the learned embedding (ignored for one_hot)."""
     backend: Literal["torch", "numpy"] = "torch"
-    """`numpy`: the hand-written BPTT of rnn_train.bptt with SGD (cell=rnn, one layer; for learning, not speed)."""
+    """`numpy`: the hand-written BPTT of rnn_train.teaching.bptt with SGD (a cell that has one: rnn, gru, lstm; one layer, one-hot input; for learning, not speed)."""
     dtype: Literal["float32", "float64"] = "float32"
     """Parameter dtype; float64 for gradient comparisons."""
     kernel: Literal["auto", "native", "fused"] = "auto"
@@ -108,8 +109,11 @@ class ModelConfig:
         _check(p, self.num_layers >= 1, "model.num_layers", f"must be >= 1, got {self.num_layers}")
         _check(p, 0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         _check(p, self.embed_dim >= 1, "model.embed_dim", f"must be >= 1, got {self.embed_dim}")
-        if self.backend == "numpy":
-            _check(p, self.cell == "rnn", "model.cell", f"must be rnn with backend=numpy, got {self.cell}")
+        _check(p, self.cell in cells.names(), "model.cell", cells.unknown_cell_message(self.cell))
+        if self.backend == "numpy" and self.cell in cells.names():
+            with_bptt = [name for name in cells.names() if "bptt" in cells.get(name).hooks]
+            _check(p, self.cell in with_bptt, "model.cell",
+                   f"must be a cell with a hand-written BPTT ({' | '.join(with_bptt)}) with backend=numpy, got {self.cell}")
             _check(p, self.num_layers == 1, "model.num_layers", "must be 1 with backend=numpy")
             _check(p, self.embedding == "one_hot", "model.embedding", "must be one_hot with backend=numpy")
             _check(p, self.dropout == 0.0, "model.dropout", "must be 0 with backend=numpy")
@@ -241,7 +245,8 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ValueError(f"{key} must be one of {' | '.join(choices)}, got {value!r}")
+            raise ValueError(f"{key} must be one of {' | '.join(choices)}, got {value!r}"
+                             f"{_did_you_mean(str(value), list(choices))}")
         return value
     if origin is list:
         if from_string and isinstance(value, str):
@@ -430,7 +435,8 @@ def describe_fields() -> list[tuple[str, str, str, str]]:
                 docs[node.target.id] = " ".join(str(nxt.value.value).split())
         for f in dataclasses.fields(cls):
             tp = _field_types(cls)[f.name]
-            tname = " \\| ".join(typing.get_args(tp)) if typing.get_origin(tp) is Literal else getattr(tp, "__name__", str(tp))
+            choices = typing.get_args(tp) if typing.get_origin(tp) is Literal else f.metadata.get("choices", tuple)()
+            tname = " \\| ".join(choices) if choices else getattr(tp, "__name__", str(tp))
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append((f"{section}.{f.name}", tname, repr(default), docs.get(f.name, "")))
     return rows

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from rnn_train.teaching import bptt
+from rnn_train.teaching.bptt.compare import main as compare_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_MODULES = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
@@ -493,7 +494,7 @@ def table_results(stdout):
 
 @pytest.mark.parametrize("cell", bptt.CELLS)
 def test_cli_prints_every_quantity_side_by_side_and_exits_0_when_all_match(cell, capsys):
-    status = bptt.main(["--cell", cell, "--steps", "6", "--batch", "2", "--input", "3", "--hidden", "4", "--seed", "5"])
+    status = compare_main(["--cell", cell, "--steps", "6", "--batch", "2", "--input", "3", "--hidden", "4", "--seed", "5"])
     out = capsys.readouterr().out
     assert status == 0
     assert "numpy mean" in out and "torch mean" in out and "max|diff|" in out
@@ -502,15 +503,17 @@ def test_cli_prints_every_quantity_side_by_side_and_exits_0_when_all_match(cell,
 
 
 def test_cli_flags_a_wrong_gradient_and_exits_1(monkeypatch, capsys):
-    real = bptt._BACKWARD["gru"]
+    import rnn_train.teaching.bptt.gru as gru_module
 
-    def broken(dhs, cache, dh_T=None):  # a BPTT that forgets one step's contribution to dW_hh
-        grads = real(dhs, cache, dh_T)
+    real = gru_module.BPTT
+
+    def broken(dhs, cache, dh_T=None, dc_T=None):  # a BPTT that forgets one step's contribution to dW_hh
+        grads = real.backward(dhs, cache, dh_T, dc_T)
         grads.params["W_hh"] *= 0.999
         return grads
 
-    monkeypatch.setitem(bptt._BACKWARD, "gru", broken)
-    status = bptt.main(["--cell", "gru", "--steps", "4"])
+    monkeypatch.setattr(gru_module, "BPTT", bptt.BpttCell(real.forward, broken))  # the GRU's CellSpec hook
+    status = compare_main(["--cell", "gru", "--steps", "4"])
     results = table_results(capsys.readouterr().out)
     assert status == 1
     assert results["dW_hh"] == "FAIL"
@@ -518,14 +521,14 @@ def test_cli_flags_a_wrong_gradient_and_exits_1(monkeypatch, capsys):
 
 
 def test_cli_float32_passes_at_its_looser_default_tolerance(capsys):
-    assert bptt.main(["--cell", "lstm", "--dtype", "float32", "--steps", "30", "--hidden", "16"]) == 0
+    assert compare_main(["--cell", "lstm", "--dtype", "float32", "--steps", "30", "--hidden", "16"]) == 0
     assert "dtype=float32" in capsys.readouterr().out
 
 
 def test_cli_rejects_nonsense_arguments_with_usage_error(capsys):
     for argv in (["--steps", "0"], ["--cell", "gru", "--activation", "relu"], ["--tol", "-1"]):
         with pytest.raises(SystemExit) as exc:
-            bptt.main(argv)
+            compare_main(argv)
         assert exc.value.code == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
 

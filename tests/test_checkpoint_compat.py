@@ -36,9 +36,9 @@ def fixture_training_path(monkeypatch):
     BLAS GEMMs. `model.kernel: auto` picks the fastest path of the machine, and other paths round
     differently in the last bits, so an uninterrupted run through them would not pass through the
     fixture's step-12 weights exactly, and the bit-for-bit comparison would compare two trajectories."""
-    import rnn_train.model.charrnn as charrnn
+    import rnn_train.kernels as kernels
 
-    monkeypatch.setattr(charrnn, "resolve_kernel", lambda *args: FusedPath("python", "blas"))
+    monkeypatch.setattr(kernels, "resolve_kernel", lambda *args: FusedPath("python", "blas"))
 
 
 def _weights(path):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnn_train.kernels.build import extension
-from rnn_train.kernels.fused import LOOP_CELLS, FusedPath, can_fuse, fused_rnn, fused_rnn_layer
+from rnn_train.kernels.fused import FusedPath, can_fuse, fused_rnn, fused_rnn_layer, loop_cells
 from rnn_train.kernels.gemm import onednn_available
 
 MODULES = {"gru": nn.GRU, "rnn": nn.RNN, "lstm": nn.LSTM}
@@ -56,7 +56,7 @@ def usable(path: FusedPath) -> FusedPath:
 
 def path_cells(paths, cells=("gru", "rnn", "lstm")):
     """(path name, cell) pairs that exist: the Python loop has no LSTM."""
-    return [(p, c) for p in paths for c in cells if c in LOOP_CELLS[PATHS[p].loop]]
+    return [(p, c) for p in paths for c in cells if c in loop_cells(PATHS[p].loop)]
 
 
 def make_case(cell, B, T, I, H, *, seed, dtype=torch.float64, batch_first=True, one_hot=False, bias=True,
@@ -201,7 +201,7 @@ def test_relu_rnn_and_bias_free_layers_equal_nn(path):
     relu = make_case("rnn", 3, 20, 4, 6, seed=1, nonlinearity="relu")
     assert_same(fused_run(relu, path=path), reference(relu), 1e-10)
     for cell in ("gru", "rnn", "lstm"):
-        if cell not in LOOP_CELLS[path.loop]:
+        if cell not in loop_cells(path.loop):
             continue
         case = make_case(cell, 3, 20, 4, 6, seed=2, bias=False)
         ours = fused_run(case, path=path)

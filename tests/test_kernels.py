@@ -151,9 +151,10 @@ def test_without_a_compiler_training_uses_the_python_loop_and_says_so_once(no_co
     assert build.extension() is None
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("note: C++ kernels unavailable (") and "no-such-compiler-here" in line and "Python" in line
-    model = CharRNN(vocab_size=7, cell="gru", hidden_size=8, kernel="auto")
-    assert model.training_kernel(4, 5) in ("native", "fused-python(gemm=blas)", "fused-python(gemm=auto)")
-    model.set_training_path(FusedPath("python", "blas"))
+    model = CharRNN(vocab_size=7, cell="gru", hidden_size=8)
+    path = resolve_kernel("auto", model.rnn, 4, 5, True)
+    assert path is None or path.label() in ("fused-python(gemm=blas)", "fused-python(gemm=auto)")
+    model.use_training_path(FusedPath("python", "blas"))
     logits, _ = model(torch.randint(0, 7, (4, 5)))
     logits.sum().backward()
     assert model.rnn.weight_hh_l0.grad is not None
@@ -223,14 +224,14 @@ def test_measuring_leaves_the_global_rng_and_the_gradients_alone(decisions):
 
 
 def test_a_stored_decision_decides_the_models_training_path(decisions):
-    model = CharRNN(vocab_size=6, cell="rnn", hidden_size=320, kernel="fused")
-    label = model.training_kernel(16, 4)
+    model = CharRNN(vocab_size=6, cell="rnn", hidden_size=320)
+    label = resolve_kernel("fused", model.rnn, 16, 4, True).label()
     assert label.startswith("fused-")
     [entry] = json.loads(decisions.read_text()).values()
     assert label in entry["ms"]
     autotune._MEMORY.clear()
-    again = CharRNN(vocab_size=6, cell="rnn", hidden_size=320, kernel="fused")
-    assert again.training_kernel(16, 4) == label
+    again = CharRNN(vocab_size=6, cell="rnn", hidden_size=320)
+    assert resolve_kernel("fused", again.rnn, 16, 4, True).label() == label
 
 
 def test_a_small_model_takes_one_block_of_the_fused_loop_without_measuring(decisions, monkeypatch):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from rnn_train.config import ModelConfig
 from rnn_train.kernels.build import extension
-from rnn_train.kernels.fused import LOOP_CELLS, FusedPath
+from rnn_train.kernels.fused import FusedPath, loop_cells
 from rnn_train.model.charrnn import CharRNN
 
 
@@ -72,7 +72,7 @@ TRAINING_PATHS = [FusedPath("python", "blas"), FusedPath("cpp", "blas", "blas", 
                   FusedPath("cpp", "blas", "blas", threads="units"), FusedPath("cpp", "auto", "aten", threads="blas")]
 
 
-@pytest.mark.parametrize("path,cell", [(p, c) for p in TRAINING_PATHS for c in LOOP_CELLS[p.loop]],
+@pytest.mark.parametrize("path,cell", [(p, c) for p in TRAINING_PATHS for c in loop_cells(p.loop)],
                          ids=lambda v: v.label() if isinstance(v, FusedPath) else v)
 @pytest.mark.parametrize("embedding", ["one_hot", "learned"])
 def test_cpu_training_path_gives_the_module_path_gradients(path, cell, embedding):
@@ -81,8 +81,8 @@ def test_cpu_training_path_gives_the_module_path_gradients(path, cell, embedding
         pytest.skip("the C++ kernels could not be built on this machine (see the note on stderr)")
     torch.manual_seed(0)
     model = CharRNN(vocab_size=9, cell=cell, hidden_size=40, num_layers=2, embedding=embedding, embed_dim=4).double()
-    model.set_training_path(path)
-    assert model.training_kernel() == path.label()
+    model.use_training_path(path)
+    assert model.training_kernel == path.label()
     x, y = torch.randint(0, 9, (10, 7)), torch.randint(0, 9, (10, 7))
     h0 = torch.randn(2, 10, 40, dtype=torch.float64)
     state0 = (h0, torch.randn_like(h0)) if cell == "lstm" else h0
@@ -103,8 +103,10 @@ def test_cpu_training_path_gives_the_module_path_gradients(path, cell, embedding
         assert torch.allclose(a, b, atol=1e-10)
 
 
-def test_native_kernel_trains_through_the_module_and_says_so():
-    model = CharRNN(vocab_size=5, cell="gru", hidden_size=4, kernel="native")
-    assert model.training_kernel() == "native" and model.training_path() is None
+def test_a_model_trains_through_its_module_until_a_training_path_is_chosen_for_it():
+    """Choosing a kernel is explicit (rnn_train.kernels.resolve_kernel, called by whoever builds the
+    model for training): a forward never resolves, measures or builds anything itself."""
+    model = CharRNN(vocab_size=5, cell="gru", hidden_size=4)
+    assert model.training_kernel == "native" and model.path is None
     logits, _ = model(torch.randint(0, 5, (2, 3)))
     assert logits.grad_fn is not None and "Fused" not in type(logits.grad_fn).__name__

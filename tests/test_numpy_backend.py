@@ -123,6 +123,25 @@ def test_losses_and_weights_track_torch_backend(tmp_path, corpus, partition):
             assert (wn[key] - wt[key]).abs().max().item() <= 1e-8 * scale, key
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_gated_cells_train_by_their_hand_written_bptt_as_torch_does(tmp_path, cell):
+    """Every cell whose CellSpec has a "bptt" hook trains on the numpy backend: the GRU and the LSTM
+    (its state a pair, carried between sequential batches) log torch's losses and norms to float64
+    precision and end at torch's weights."""
+    runs = {}
+    for backend in ("torch", "numpy"):
+        cfg = build_config(_raw(_pinyin("sequential"), max_steps=12, eval_every=6),
+                           [f"model.backend={backend}", f"model.cell={cell}", "model.hidden_size=16"])
+        runs[backend] = train(cfg, tmp_path / backend, cache_dir=tmp_path / "cache", quiet=True)
+    loss = {b: _scalars(tmp_path / b, "train/loss") for b in runs}
+    steps = list(range(1, 13))
+    assert _max_rel([loss["numpy"][s] for s in steps], [loss["torch"][s] for s in steps]) < 1e-6
+    assert runs["numpy"].val_loss == pytest.approx(runs["torch"].val_loss, rel=1e-9)
+    wt, wn = _weights(tmp_path / "torch" / "last.pt"), _weights(tmp_path / "numpy" / "last.pt")
+    for key in wt:
+        assert (wn[key] - wt[key]).abs().max().item() <= 1e-8 * wt[key].abs().max().item(), key
+
+
 def test_learner_steps_equal_torch_learner_in_float64(tmp_path):
     """The same comparison without TensorBoard's float32 scalars in between: 50 steps on real
     sequential batches, state carried, lr changing, every loss and norm to float64 precision."""
@@ -264,7 +283,7 @@ def test_cli_trains_with_numpy_backend_and_predicts(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,mentions", [
-    (("model.cell=gru", "train.optimizer=sgd"), "model.cell"),
+    (("model.cell=gru", "model.num_layers=2", "train.optimizer=sgd"), "model.num_layers"),
     (("model.cell=rnn",), "train.optimizer=sgd"),  # debug.yaml says adam; numpy updates with SGD only
 ])
 def test_cli_rejects_what_numpy_backend_cannot_do(tmp_path, overrides, mentions):

@@ -22,7 +22,8 @@ def resolve_kernel(requested: str, rnn: nn.Module, batch_size: int, num_steps: i
     """The training path of the recurrent module `rnn` where it lives now (device, dtype, cell):
     a rnn_train.kernels.fused.FusedPath, or None for the module itself."""
     from rnn_train.kernels import autotune
-    from rnn_train.kernels.fused import can_fuse
+    from rnn_train.kernels.fused import LOOPS, can_fuse
+    from rnn_train.model import cells
 
     if requested not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {requested!r}")
@@ -31,8 +32,11 @@ def resolve_kernel(requested: str, rnn: nn.Module, batch_size: int, num_steps: i
     fusable = can_fuse(rnn, loop="python") or (can_fuse(rnn, loop="cpp") and autotune.loop_candidates(rnn, "blas"))
     if not fusable:
         if requested == "fused":
-            w = next(rnn.parameters())
-            raise UserError(f"model.kernel=fused cannot run {type(rnn).__name__} on {w.device.type} here "
-                            f"(the fused layers are CPU-only; LSTM needs the C++ kernels); use model.kernel=auto or native")
+            w, spec = next(rnn.parameters()), cells.of_module(rnn)
+            loops = [loop for loop in LOOPS if spec is not None and f"{loop}_loop" in spec.hooks]
+            has = f"it has the {' and '.join(loops)} loop" if loops else "it has no fused loop"
+            raise UserError(f"model.kernel=fused cannot train the {spec.name if spec else type(rnn).__name__} cell on "
+                            f"{w.device.type} here (the fused layers are CPU-only; {has}, and the C++ loop needs "
+                            f"the C++ kernels built); use model.kernel=auto or native")
         return None
     return autotune.choose(rnn, batch_size, num_steps, one_hot, with_native=requested == "auto")

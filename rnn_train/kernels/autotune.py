@@ -36,7 +36,8 @@ from torch import nn
 
 from rnn_train.files import atomic_write_text
 from rnn_train.kernels import build
-from rnn_train.kernels.fused import FusedPath, can_fuse, fused_rnn, module_cell
+from rnn_train.kernels.fused import FusedPath, can_fuse, fused_rnn
+from rnn_train.model import cells
 from rnn_train.kernels.gemm import onednn_available
 
 NATIVE = "native"
@@ -69,7 +70,7 @@ def machine_key() -> str:
 
 def shape_key(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with_native: bool) -> str:
     w = rnn.weight_hh_l0
-    parts = [module_cell(rnn), f"L{rnn.num_layers}", f"I{rnn.input_size}", f"H{rnn.hidden_size}", f"B{batch_size}",
+    parts = [cells.of_module(rnn).name, f"L{rnn.num_layers}", f"I{rnn.input_size}", f"H{rnn.hidden_size}", f"B{batch_size}",
              f"T{num_steps}", str(w.dtype).split(".")[-1], "ids" if one_hot else "dense",
              "bias" if rnn.bias else "nobias", getattr(rnn, "nonlinearity", "tanh"), "native" if with_native else "fused"]
     return "-".join(parts)
@@ -179,7 +180,7 @@ such a model)."""
 
 def small_model_path(rnn: nn.Module, batch_size: int) -> FusedPath | None:
     """The path for a model too small to measure (SMALL_STEP_WORK), or None if it is not that small."""
-    G = {"rnn": 1, "gru": 3, "lstm": 4}[module_cell(rnn)]
+    G = cells.of_module(rnn).num_blocks
     if batch_size * G * rnn.hidden_size ** 2 * rnn.num_layers >= SMALL_STEP_WORK:
         return None
     candidates = loop_candidates(rnn, "blas")

@@ -13,7 +13,8 @@ the same equations (rnn_train/teaching/bptt's derivation, PyTorch's gate layout)
 * after the reverse walk, dW_hh, dW_ih, db_* and dx are each ONE GEMM / reduction over all
   T*B rows instead of T small ones.
 
-Two implementations of the time loop, chosen by ``FusedPath.loop``:
+Two implementations of the time loop, chosen by ``FusedPath.loop``; a cell has the loops its
+CellSpec names as hooks ("cpp_loop", "python_loop"; rnn_train/model/cells.py):
 
     "cpp"     C++ (rnn_train/kernels/cpp_layers.py): per step one GEMM (BLAS, or csrc/tiled.h's
               tiles with the gates computed in registers) and one fused loop over the gates;
@@ -65,19 +66,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnn_train.kernels.gemm import GEMMS, resolve_gemm
-from rnn_train.kernels.layer_io import FLOATS, check_layer, out_view, time_major_rows
+from rnn_train.kernels.layer_io import (FLOATS, STEP_GEMMS, THREADS, LayerOptions, LayerTensors, check_layer, out_view,
+                                        time_major_rows)
+from rnn_train.model import cells
+from rnn_train.model.cells import CellSpec
 
-__all__ = ["FusedPath", "fused_rnn_layer", "fused_rnn", "can_fuse", "LOOP_CELLS"]
+__all__ = ["FusedPath", "fused_rnn_layer", "fused_rnn", "can_fuse", "LOOPS"]
 
-LOOP_CELLS = {"python": ("rnn", "gru"), "cpp": ("rnn", "gru", "lstm")}
-"""The cells each loop implements."""
+LOOPS = ("python", "cpp")
+"""The time loops; a cell has one where its CellSpec names a hook "<loop>_loop"."""
 
 
 @dataclass(frozen=True)
 class FusedPath:
     """How a fused layer computes: which time loop, which GEMMs, how it uses threads.
 
-    loop      "python" or "cpp" (LOOP_CELLS)
+    loop      "python" or "cpp" (LOOPS; the cells that have each: `loop_cells`)
     gemm      the all-steps GEMMs (and the Python loop's per-step ones): rnn_train.kernels.gemm.GEMMS
               ("tiled": the weight gradients by the C++ kernels' tiles)
     step      the C++ loop's per-step GEMM: "blas" (the BLAS torch links, called directly),
@@ -95,8 +99,8 @@ class FusedPath:
     threads: str = "blas"
 
     def __post_init__(self):
-        if (self.loop not in LOOP_CELLS or self.gemm not in GEMMS or self.step not in ("blas", "aten", "tiled")
-                or self.threads not in ("blas", "rows", "units") or (self.threads == "units" and self.step != "blas")):
+        if (self.loop not in LOOPS or self.gemm not in GEMMS or self.step not in STEP_GEMMS
+                or self.threads not in THREADS or (self.threads == "units" and self.step != "blas")):
             raise ValueError(f"not a fused path: {self}")
 
     def label(self) -> str:
@@ -106,82 +110,60 @@ class FusedPath:
         return f"fused-cpp(step={self.step}, threads={self.threads}, gemm={self.gemm})"
 
 
-def fused_rnn_layer(cell: str, inp: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
-                    b_ih: torch.Tensor | None = None, b_hh: torch.Tensor | None = None, *,
+def loop_cells(loop: str) -> tuple[str, ...]:
+    """The registered cells that `loop` implements."""
+    return tuple(name for name in cells.names() if f"{loop}_loop" in cells.get(name).hooks)
+
+
+def _spec(cell: str | CellSpec) -> CellSpec:
+    if isinstance(cell, CellSpec):
+        return cell
+    if cell not in cells.names():
+        raise ValueError(f"fused cell must be one of {cells.names()}, got {cell!r}")
+    return cells.get(cell)
+
+
+def fused_rnn_layer(cell: str | CellSpec, inp: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor,
+                    w_hh: torch.Tensor, b_ih: torch.Tensor | None = None, b_hh: torch.Tensor | None = None, *,
                     c0: torch.Tensor | None = None, one_hot_ids: bool = False, batch_first: bool = True,
                     nonlinearity: str = "tanh", path: FusedPath = FusedPath()):
-    """One layer of ``nn.GRU`` / ``nn.RNN`` / ``nn.LSTM`` (cell "gru" / "rnn" / "lstm") with the fused forward/BPTT.
+    """One layer of ``nn.GRU`` / ``nn.RNN`` / ``nn.LSTM`` (a registered cell, by name or CellSpec)
+    with the fused forward/BPTT.
 
     inp [B, T, I] (batch_first) or [T, B, I], or integer ids [B, T] / [T, B] with
     ``one_hot_ids=True`` (equal to feeding ``F.one_hot(ids, I).to(dtype)``); h0 [B, H] (and
-    c0 [B, H] for the LSTM); the parameters are the nn layer's own tensors. Returns
+    c0 [B, H] for a cell with a cell state); the parameters are the nn layer's own tensors. Returns
     (out [B, T, H] or [T, B, H], h_T [B, H]), and c_T [B, H] third for the LSTM.
-    ``nonlinearity`` ("tanh" or "relu") applies to cell="rnn" only, as in nn.RNN.
+    ``nonlinearity`` ("tanh" or "relu") applies to the Elman cell only, as in nn.RNN.
     Differentiable w.r.t. inp (float), h0, c0 and all parameters; only what requires grad is computed.
     """
-    if cell not in LOOP_CELLS[path.loop]:
-        raise ValueError(f"the {path.loop} loop runs cells {LOOP_CELLS[path.loop]}, not cell {cell!r}")
-    T, B, H = check_layer(cell, inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first)
-    if (c0 is not None) != (cell == "lstm") or (c0 is not None and (c0.shape != h0.shape or c0.dtype != h0.dtype)):
-        raise ValueError("c0 [B, H] is required for the lstm cell and only there")
+    spec = _spec(cell)
+    loop = spec.hook(f"{path.loop}_loop")
+    if loop is None:
+        raise ValueError(f"the {path.loop} loop runs cells {loop_cells(path.loop)}, not cell {spec.name!r}")
+    if nonlinearity not in ("tanh", "relu") or (not spec.elman and nonlinearity != "tanh"):
+        raise ValueError(f"nonlinearity {nonlinearity!r} does not apply to fused {spec.name}")
+    tensors = LayerTensors(inp, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    opts = LayerOptions(one_hot_ids, batch_first, nonlinearity == "relu", resolve_gemm(path.gemm, w_hh),
+                        STEP_GEMMS[path.step], THREADS[path.threads])
+    T, B, _ = check_layer(spec, tensors, opts)
     if one_hot_ids and inp.dtype not in (torch.int32, torch.int64):
         inp = inp.long()  # uint8 / int16 ids: the gather and the scatter-add index with int32/int64
-    if nonlinearity not in ("tanh", "relu") or (cell != "rnn" and nonlinearity != "tanh"):
-        raise ValueError(f"nonlinearity {nonlinearity!r} does not apply to fused {cell}")
-    gemm, relu = resolve_gemm(path.gemm, w_hh), nonlinearity == "relu"
-    tensors = (inp, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
-        with torch.no_grad():  # evaluation / generation: the same recurrence without an autograd node
-            return _states_no_grad(cell, inp, h0, c0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, relu, gemm,
-                                   path, T, B, H)
-    if path.loop == "python":
-        from rnn_train.kernels.python_layers import PythonGRU, PythonRNN
-
-        if cell == "gru":
-            return PythonGRU.apply(inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, gemm)
-        return PythonRNN.apply(inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, relu, gemm)
-    from rnn_train.kernels.cpp_layers import STEP_GEMMS, THREADS, CppGRU, CppLSTM, CppRNN
-
-    step, threads = STEP_GEMMS[path.step], THREADS[path.threads]
-    if cell == "gru":
-        return CppGRU.apply(inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, gemm, step, threads)
-    if cell == "rnn":
-        return CppRNN.apply(inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, relu, gemm, step, threads)
-    return CppLSTM.apply(inp, h0, c0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, gemm, step, threads)
-
-
-def _states_no_grad(cell, inp, h0, c0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, relu, gemm, path, T, B, H):
-    x2 = time_major_rows(inp, batch_first, T, B)
-    if path.loop == "python":
-        from rnn_train.kernels.python_layers import gru_states, rnn_states
-
-        if cell == "gru":
-            hs = gru_states(x2, one_hot_ids, h0, w_ih, w_hh, b_ih, b_hh, T, B, H, gemm)[0]
-        else:
-            hs = rnn_states(x2, one_hot_ids, h0, w_ih, w_hh, b_ih, b_hh, T, B, H, relu, gemm)
-        return out_view(hs[1:], batch_first), hs[T].clone()
-    from rnn_train.kernels.cpp_layers import STEP_GEMMS, THREADS, cpp_states
-
-    s = cpp_states(cell, x2, one_hot_ids, h0, c0, w_ih, w_hh, b_ih, b_hh, T, B, relu, gemm, STEP_GEMMS[path.step],
-                   THREADS[path.threads])
-    hs = s["hs"]
-    result = (out_view(hs[1:], batch_first), hs[T].clone())
-    return result + (s["cs"][T].clone(),) if cell == "lstm" else result
-
-
-def module_cell(module: nn.Module) -> str | None:
-    """"rnn" / "gru" / "lstm" for the nn module, or None."""
-    for cls, cell in ((nn.GRU, "gru"), (nn.LSTM, "lstm"), (nn.RNN, "rnn")):
-        if isinstance(module, cls):
-            return cell
-    return None
+        tensors = tensors._replace(inp=inp)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return loop.function.apply(opts, *tensors)
+    with torch.no_grad():  # evaluation / generation: the same recurrence without an autograd node
+        hs, finals = loop.states(opts, time_major_rows(inp, batch_first, T, B), tensors, T, B)
+    return (out_view(hs[1:], batch_first), hs[T].clone(), *finals)
 
 
 def can_fuse(module: nn.Module, inp: torch.Tensor | None = None, loop: str = "python") -> bool:
     """True when ``fused_rnn(module, ...)`` applies with that loop: a cell the loop implements, one
     direction, no projection, float32/float64 weights on the CPU (and ``inp``, if given, on the CPU too)."""
-    cell = module_cell(module)
-    if cell not in LOOP_CELLS[loop] or module.bidirectional or getattr(module, "proj_size", 0):
+    spec = cells.of_module(module)
+    if spec is None or f"{loop}_loop" not in spec.hooks or len(spec.state) > 2:
+        return False
+    if getattr(module, "bidirectional", False) or getattr(module, "proj_size", 0):
         return False
     w = module.weight_hh_l0
     if w.device.type != "cpu" or w.dtype not in FLOATS:
@@ -191,9 +173,9 @@ def can_fuse(module: nn.Module, inp: torch.Tensor | None = None, loop: str = "py
 
 def fused_rnn(module: nn.Module, inp: torch.Tensor, hx=None, *, one_hot_ids: bool = False,
               path: FusedPath = FusedPath()):
-    """Drop-in for ``module(inp, hx)`` on an ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM``: every layer through
-    ``fused_rnn_layer``, the module's batch_first, nonlinearity and (in training mode) its dropout
-    between layers.
+    """Drop-in for ``module(inp, hx)`` on an ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` (or the
+    CellLayers of another registered cell): every layer through ``fused_rnn_layer``, the module's
+    batch_first, nonlinearity and (in training mode) its dropout between layers.
 
     ``one_hot_ids=True``: ``inp`` is integer ids standing for ``F.one_hot(ids, input_size)``.
     hx [num_layers, B, H] (LSTM: a pair of them) or None (zeros). Returns (out, h_n) -- (out,
@@ -202,22 +184,22 @@ def fused_rnn(module: nn.Module, inp: torch.Tensor, hx=None, *, one_hot_ids: boo
     """
     if not can_fuse(module, inp, path.loop):
         raise ValueError(f"fused_rnn with the {path.loop} loop needs a one-direction "
-                         f"{'/'.join(LOOP_CELLS[path.loop])} module with float32/float64 weights on the CPU")
-    cell = module_cell(module)
+                         f"{'/'.join(loop_cells(path.loop))} module with float32/float64 weights on the CPU")
+    spec = cells.of_module(module)
     B = inp.shape[0] if module.batch_first else inp.shape[1]
     if hx is None:
         w = module.weight_hh_l0
         zeros = torch.zeros(module.num_layers, B, module.hidden_size, dtype=w.dtype, device=w.device)
-        hx = (zeros, zeros) if cell == "lstm" else zeros
-    h_in, c_in = hx if cell == "lstm" else (hx, None)
-    x, h_n, c_n = inp, [], []
+        hx = spec.pack(tuple(zeros for _ in spec.state))
+    parts_in = spec.unpack(hx)
+    x, parts_out = inp, []
     for k in range(module.num_layers):
         params = [getattr(module, f"{kind}_l{k}", None) for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-        x, h_k, *c_k = fused_rnn_layer(cell, x, h_in[k], *params, c0=None if c_in is None else c_in[k],
-                                       one_hot_ids=one_hot_ids and k == 0, batch_first=module.batch_first,
-                                       nonlinearity=getattr(module, "nonlinearity", "tanh"), path=path)
-        h_n.append(h_k)
-        c_n.extend(c_k)
+        x, *finals = fused_rnn_layer(spec, x, parts_in[0][k], *params,
+                                     c0=parts_in[1][k] if len(parts_in) > 1 else None,
+                                     one_hot_ids=one_hot_ids and k == 0, batch_first=module.batch_first,
+                                     nonlinearity=getattr(module, "nonlinearity", "tanh"), path=path)
+        parts_out.append(finals)
         if module.dropout and module.training and k < module.num_layers - 1:
             x = F.dropout(x, module.dropout, training=True)  # as the nn modules: between layers, not after the last
-    return (x, (torch.stack(h_n), torch.stack(c_n))) if cell == "lstm" else (x, torch.stack(h_n))
+    return x, spec.pack(tuple(torch.stack(part) for part in zip(*parts_out)))

@@ -9,45 +9,97 @@ time-major buffer (see rnn_train/kernels/fused.py for what that means to a calle
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
 import torch
 
-from rnn_train.kernels.gemm import linear, weight_grad
+from rnn_train.kernels.gemm import BLAS, linear, weight_grad
+from rnn_train.model.cells import CellSpec
 
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-"""Gate blocks per cell: the rows of W_ih / W_hh are [G*H, .] in PyTorch's gate order."""
 FLOATS = (torch.float32, torch.float64)
+STEP_GEMMS = {"blas": 0, "aten": 1, "tiled": 2}  # the C++ loop's per-step GEMM: csrc/common.h GemmPath
+THREADS = {"blas": 0, "rows": 1, "units": 2}  # how the C++ loop uses threads: csrc/common.h Threads
 
 
-def check_layer(cell: str, inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids: bool, batch_first: bool) -> tuple[int, int, int]:
+class LayerTensors(NamedTuple):
+    """The tensors of one layer call, in the order every fused autograd Function takes them after
+    its options: `Function.apply(opts, *tensors)`. c0 is None for a cell whose state is h alone;
+    the biases are both None for a bias-free layer."""
+
+    inp: torch.Tensor  # [B, T, I] / [T, B, I] float, or ids [B, T] / [T, B] with one_hot_ids
+    h0: torch.Tensor  # [B, H]
+    c0: torch.Tensor | None  # [B, H]
+    w_ih: torch.Tensor  # [G*H, I]
+    w_hh: torch.Tensor  # [G*H, H]
+    b_ih: torch.Tensor | None  # [G*H]
+    b_hh: torch.Tensor | None  # [G*H]
+
+
+# Where each tensor sits in `Function.apply(opts, *tensors)` (ctx.needs_input_grad[...]).
+INP, H0, C0, W_IH, W_HH, B_IH, B_HH = range(1, 8)
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """Everything besides tensors that one fused layer call needs, resolved once per call."""
+
+    one_hot_ids: bool  # inp holds ids standing for F.one_hot(ids, I)
+    batch_first: bool  # inp and out are [B, T, ...] (else [T, B, ...])
+    relu: bool = False  # an Elman cell with ReLU instead of tanh (nn.RNN(nonlinearity="relu"))
+    gemm: int = BLAS  # the all-steps GEMMs: rnn_train.kernels.gemm's resolved choice
+    step: int = 0  # the C++ loop's per-step GEMM (STEP_GEMMS)
+    threads: int = 0  # the C++ loop's threading (THREADS)
+
+    def dims(self, inp: torch.Tensor) -> tuple[int, int]:
+        """(T, B) of an input laid out as these options say."""
+        return (inp.shape[1], inp.shape[0]) if self.batch_first else (inp.shape[0], inp.shape[1])
+
+
+@dataclass(frozen=True)
+class LayerLoop:
+    """One cell's fused time loop (a CellSpec hook "python_loop" / "cpp_loop"):
+
+    function  a torch.autograd.Function: apply(opts, *LayerTensors) -> (out, h_T[, c_T])
+    states    the same forward without autograd: states(opts, x2, tensors, T, B)
+              -> (hs [T+1, B, H] with hs[0] = h0, the further final state parts (c_T,) or ())
+    """
+
+    function: type
+    states: Callable[..., tuple[torch.Tensor, tuple]]
+
+
+def check_layer(spec: CellSpec, t: LayerTensors, opts: LayerOptions) -> tuple[int, int, int]:
     """Validate once, so the Functions can be bare equations. Returns (T, B, H)."""
-    if cell not in GATES:
-        raise ValueError(f"fused cell must be one of {tuple(GATES)}, got {cell!r}")
-    G, H = GATES[cell], w_hh.shape[-1]
-    dtype = w_hh.dtype
+    cell, inp, G, H = spec.name, t.inp, spec.num_blocks, t.w_hh.shape[-1]
+    dtype = t.w_hh.dtype
     if dtype not in FLOATS:
         raise TypeError(f"fused {cell} computes in float32 or float64, got {dtype}")
-    if one_hot_ids:
+    if opts.one_hot_ids:
         if inp.dim() != 2 or inp.dtype.is_floating_point or inp.dtype.is_complex or inp.dtype == torch.bool:
             raise ValueError(f"one_hot_ids expects integer ids [B, T] / [T, B], got {inp.dtype} {tuple(inp.shape)}")
     elif inp.dim() != 3 or inp.dtype != dtype:
         raise ValueError(f"inp must be {dtype} [B, T, I] / [T, B, I], got {inp.dtype} {tuple(inp.shape)}")
-    T, B = (inp.shape[1], inp.shape[0]) if batch_first else (inp.shape[0], inp.shape[1])
+    T, B = opts.dims(inp)
     if T < 1:
         raise ValueError("the sequence must have at least one step (T >= 1)")
-    I = w_ih.shape[-1]
-    if not one_hot_ids and inp.shape[-1] != I:
+    I = t.w_ih.shape[-1]
+    if not opts.one_hot_ids and inp.shape[-1] != I:
         raise ValueError(f"inp has {inp.shape[-1]} features but w_ih expects {I}")
-    expected = {"w_ih": (G * H, I), "w_hh": (G * H, H), "b_ih": (G * H,), "b_hh": (G * H,), "h0": (B, H)}
-    for name, value in (("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh), ("h0", h0)):
+    if (t.c0 is not None) != (len(spec.state) == 2):
+        raise ValueError(f"c0 [B, H] is required for a cell with a cell state (({', '.join(spec.state)})) and only there")
+    expected = {"w_ih": (G * H, I), "w_hh": (G * H, H), "b_ih": (G * H,), "b_hh": (G * H,), "h0": (B, H), "c0": (B, H)}
+    for name in ("w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0"):
+        value = getattr(t, name)
         if value is None:
-            if name in ("b_ih", "b_hh"):
+            if name in ("b_ih", "b_hh", "c0"):
                 continue
             raise ValueError(f"fused {cell}: {name} is required")
         if tuple(value.shape) != expected[name]:
             raise ValueError(f"fused {cell}: {name} must have shape {expected[name]}, got {tuple(value.shape)}")
         if value.dtype != dtype:
             raise ValueError(f"fused {cell}: {name} is {value.dtype} but w_hh is {dtype}; use one dtype")
-    if (b_ih is None) != (b_hh is None):
+    if (t.b_ih is None) != (t.b_hh is None):
         raise ValueError("pass both b_ih and b_hh or neither")
     return T, B, H
 
@@ -77,26 +129,24 @@ def project(x2: torch.Tensor, one_hot_ids: bool, w: torch.Tensor, bias, gemm: in
     return linear(x2, w, gemm, bias=bias)
 
 
-def input_grads(ctx, dgi2: torch.Tensor, x2: torch.Tensor, w_ih: torch.Tensor, T: int, B: int,
-                need: tuple[bool, bool, bool]):
-    """(dx, dW_ih, db_ih) from the input-side deltas dgi2 [T*B, G*H]: each one GEMM / reduction.
-
-    need: whether inp, w_ih and b_ih want a gradient. Reads ctx.one_hot_ids, ctx.batch_first,
-    ctx.has_bias and ctx.gemm, which every fused Function sets the same way."""
-    need_x, need_w, need_b = need
+def input_grads(ctx, dgi2: torch.Tensor, x2: torch.Tensor, w_ih: torch.Tensor, T: int, B: int):
+    """(dx, dW_ih, db_ih) from the input-side deltas dgi2 [T*B, G*H]: each one GEMM / reduction,
+    each only where inp, w_ih, b_ih want a gradient. Reads ctx.opts (LayerOptions) and
+    ctx.has_bias, which every fused Function sets the same way."""
+    opts, need = ctx.opts, ctx.needs_input_grad
     dx = dw = db = None
-    if need_x and not ctx.one_hot_ids:  # ids have no gradient
-        dx = linear(dgi2, w_ih.t(), ctx.gemm).view(T, B, -1)  # [T, B, I] = dgi W_ih
-        if ctx.batch_first:
+    if need[INP] and not opts.one_hot_ids:  # ids have no gradient
+        dx = linear(dgi2, w_ih.t(), opts.gemm).view(T, B, -1)  # [T, B, I] = dgi W_ih
+        if opts.batch_first:
             dx = dx.transpose(0, 1)
-    if need_w:
-        if ctx.one_hot_ids:
+    if need[W_IH]:
+        if opts.one_hot_ids:
             # row v of dW_ih^T sums the deltas of every (t, b) whose id is v: a scatter-add, no GEMM
             dw_t = torch.zeros(w_ih.shape[1], w_ih.shape[0], dtype=dgi2.dtype, device=dgi2.device)
             dw = dw_t.index_add_(0, x2, dgi2).t().contiguous()  # [G*H, I]
         else:
-            dw = weight_grad(dgi2, x2, ctx.gemm)  # [G*H, T*B] @ [T*B, I]
-    if need_b and ctx.has_bias:
+            dw = weight_grad(dgi2, x2, opts.gemm)  # [G*H, T*B] @ [T*B, I]
+    if need[B_IH] and ctx.has_bias:
         db = dgi2.sum(0)
     return dx, dw, db
 
@@ -104,3 +154,16 @@ def input_grads(ctx, dgi2: torch.Tensor, x2: torch.Tensor, w_ih: torch.Tensor, T
 def out_view(hs: torch.Tensor, batch_first: bool) -> torch.Tensor:
     """Every step's state [T, B, H] in the caller's layout (a view, never a copy)."""
     return hs.transpose(0, 1) if batch_first else hs
+
+
+def begin(ctx, opts: LayerOptions, inp: torch.Tensor, b_ih) -> tuple[torch.Tensor, int, int]:
+    """What every fused Function's forward starts with: ctx.opts and ctx.has_bias set, and
+    (x2: the input as time-major rows [T*B, ...], T, B)."""
+    ctx.opts, ctx.has_bias = opts, b_ih is not None
+    T, B = opts.dims(inp)
+    return time_major_rows(inp, opts.batch_first, T, B), T, B
+
+
+def time_major_grad(ctx, d_out: torch.Tensor) -> torch.Tensor:
+    """The gradient of `out` as a time-major [T, B, H] view."""
+    return d_out.transpose(0, 1) if ctx.opts.batch_first else d_out

@@ -26,11 +26,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from rnn_train.kernels.gemm import linear, scratch, weight_grad
-from rnn_train.kernels.layer_io import input_grads, out_view, project, time_major_rows
-
-
-def _input_needs(ctx) -> tuple[bool, bool, bool]:  # inp, w_ih, b_ih: arguments 0, 2, 4 of both Functions
-    return ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[4]
+from rnn_train.kernels.layer_io import (B_HH, H0, W_HH, LayerLoop, LayerOptions, LayerTensors, begin, input_grads,
+                                        out_view, project, time_major_grad)
 
 
 def _one_minus(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -46,14 +43,16 @@ def _two_sigmoid_minus_one_(s: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- GRU
 
 
-def gru_states(x2, one_hot_ids, h0, w_ih, w_hh, b_ih, b_hh, T, B, H, gemm):
+def gru_states(opts: LayerOptions, x2, lt: LayerTensors, T: int, B: int):
     """The GRU recurrence without autograd. Returns (hs [T+1, B, H] with hs[0] = h0,
     gates [T, B, 3H] holding (r, z, W_hn h + b_hn) per step, n [T, B, H])."""
+    h0, w_ih, w_hh, b_ih, b_hh, gemm = lt.h0, lt.w_ih, lt.w_hh, lt.b_ih, lt.b_hh, opts.gemm
+    H = w_hh.shape[1]
     H2 = 2 * H
     bias = None if b_ih is None else torch.cat([b_ih[:H2] + b_hh[:H2], b_ih[H2:]])
     # gates[t] starts as (W_ir x + b_ir + b_hr, W_iz x + b_iz + b_hz, b_hn); adding h W_hh^T in the
     # step's GEMM then yields both gates' pre-activations and the reset-scaled term W_hn h + b_hn.
-    gates = project(x2, one_hot_ids, w_ih, bias, gemm).view(T, B, 3 * H)
+    gates = project(x2, opts.one_hot_ids, w_ih, bias, gemm).view(T, B, 3 * H)
     gin2 = torch.mul(gates[..., H2:], 2, out=scratch("gru_gin2", (T, B, H), w_hh))  # 2 (W_in x + b_in)
     if b_hh is None:
         gates[..., H2:].zero_()
@@ -76,13 +75,11 @@ def gru_states(x2, one_hot_ids, h0, w_ih, w_hh, b_ih, b_hh, T, B, H, gemm):
 
 class PythonGRU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, gemm):
-        T, B = (inp.shape[1], inp.shape[0]) if batch_first else (inp.shape[0], inp.shape[1])
-        x2 = time_major_rows(inp, batch_first, T, B)  # [T*B, I] or ids [T*B]
-        hs, gates, n = gru_states(x2, one_hot_ids, h0, w_ih, w_hh, b_ih, b_hh, T, B, w_hh.shape[1], gemm)
+    def forward(ctx, opts: LayerOptions, inp, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        x2, T, B = begin(ctx, opts, inp, b_ih)  # [T*B, I] or ids [T*B]
+        hs, gates, n = gru_states(opts, x2, LayerTensors(inp, h0, c0, w_ih, w_hh, b_ih, b_hh), T, B)
         ctx.save_for_backward(x2, w_ih, w_hh, hs, gates, n)
-        ctx.one_hot_ids, ctx.batch_first, ctx.has_bias, ctx.gemm = one_hot_ids, batch_first, b_ih is not None, gemm
-        return out_view(hs[1:], batch_first), hs[T].clone()
+        return out_view(hs[1:], opts.batch_first), hs[T].clone()
 
     @staticmethod
     @once_differentiable
@@ -90,7 +87,8 @@ class PythonGRU(torch.autograd.Function):
         x2, w_ih, w_hh, hs, gates, n = ctx.saved_tensors
         T, B, H = n.shape
         H2 = 2 * H
-        d_out = d_out.transpose(0, 1) if ctx.batch_first else d_out  # [T, B, H] (a view)
+        gemm = ctx.opts.gemm
+        d_out = time_major_grad(ctx, d_out)  # [T, B, H] (a view)
         r, z, ghn = gates[..., :H], gates[..., H:H2], gates[..., H2:]
 
         # The factors of the gate deltas that do not depend on dh, for all steps at once:
@@ -116,27 +114,29 @@ class PythonGRU(torch.autograd.Function):
             dhs[t] = dh
             torch.mul(dh.unsqueeze(1), coef[t], out=dgh[t].view(B, 3, H))
             if t > 0:  # dh_{t-1} = dout_{t-1} + dh_t z_t + dgh_t W_hh
-                dh = linear(dgh[t], w_hh_t, ctx.gemm, add=torch.addcmul(d_out[t - 1], dh, z[t]))
-            elif ctx.needs_input_grad[1]:
-                dh0 = linear(dgh[0], w_hh_t, ctx.gemm, add=dh * z[0])
+                dh = linear(dgh[t], w_hh_t, gemm, add=torch.addcmul(d_out[t - 1], dh, z[t]))
+            elif ctx.needs_input_grad[H0]:
+                dh0 = linear(dgh[0], w_hh_t, gemm, add=dh * z[0])
 
         dgh2 = dgh.view(T * B, 3 * H)
-        dw_hh = weight_grad(dgh2, hs[:T].view(T * B, H), ctx.gemm) if ctx.needs_input_grad[3] else None
-        db_hh = dgh2.sum(0) if ctx.has_bias and ctx.needs_input_grad[5] else None
+        dw_hh = weight_grad(dgh2, hs[:T].view(T * B, H), gemm) if ctx.needs_input_grad[W_HH] else None
+        db_hh = dgh2.sum(0) if ctx.has_bias and ctx.needs_input_grad[B_HH] else None
         # The input-side deltas differ from dgh only in the n block (da_n, not da_n * r): reuse the buffer.
         dh_all = torch.stack(dhs, out=scratch("gru_dh", (T, B, H), n))
         torch.mul(dh_all, a, out=dgh[..., H2:])
-        dx, dw_ih, db_ih = input_grads(ctx, dgh2, x2, w_ih, T, B, _input_needs(ctx))
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None
+        dx, dw_ih, db_ih = input_grads(ctx, dgh2, x2, w_ih, T, B)
+        return None, dx, dh0, None, dw_ih, dw_hh, db_ih, db_hh
 
 
 # ----------------------------------------------------------------------------- RNN
 
 
-def rnn_states(x2, one_hot_ids, h0, w_ih, w_hh, b_ih, b_hh, T, B, H, relu: bool, gemm):
+def rnn_states(opts: LayerOptions, x2, lt: LayerTensors, T: int, B: int):
     """The Elman recurrence without autograd. Returns hs [T+1, B, H] with hs[0] = h0."""
+    h0, w_ih, w_hh, b_ih, b_hh, gemm, relu = lt.h0, lt.w_ih, lt.w_hh, lt.b_ih, lt.b_hh, opts.gemm, opts.relu
+    H = w_hh.shape[1]
     bias = None if b_ih is None else b_ih + b_hh
-    pre = project(x2, one_hot_ids, w_ih, bias, gemm).view(T, B, H)  # x W_ih^T + b_ih + b_hh
+    pre = project(x2, opts.one_hot_ids, w_ih, bias, gemm).view(T, B, H)  # x W_ih^T + b_ih + b_hh
     w = w_hh
     if not relu:  # tanh(a) = 2 sigmoid(2a) - 1: let the GEMM produce 2a directly
         pre.mul_(2)
@@ -154,25 +154,23 @@ def rnn_states(x2, one_hot_ids, h0, w_ih, w_hh, b_ih, b_hh, T, B, H, relu: bool,
 
 class PythonRNN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, inp, h0, w_ih, w_hh, b_ih, b_hh, one_hot_ids, batch_first, relu, gemm):
-        T, B = (inp.shape[1], inp.shape[0]) if batch_first else (inp.shape[0], inp.shape[1])
-        x2 = time_major_rows(inp, batch_first, T, B)
-        hs = rnn_states(x2, one_hot_ids, h0, w_ih, w_hh, b_ih, b_hh, T, B, w_hh.shape[1], relu, gemm)
+    def forward(ctx, opts: LayerOptions, inp, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        x2, T, B = begin(ctx, opts, inp, b_ih)
+        hs = rnn_states(opts, x2, LayerTensors(inp, h0, c0, w_ih, w_hh, b_ih, b_hh), T, B)
         ctx.save_for_backward(x2, w_ih, w_hh, hs)
-        ctx.one_hot_ids, ctx.batch_first, ctx.has_bias = one_hot_ids, batch_first, b_ih is not None
-        ctx.relu, ctx.gemm = relu, gemm
-        return out_view(hs[1:], batch_first), hs[T].clone()
+        return out_view(hs[1:], opts.batch_first), hs[T].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_hT):
         x2, w_ih, w_hh, hs = ctx.saved_tensors
         T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-        d_out = d_out.transpose(0, 1) if ctx.batch_first else d_out
+        gemm = ctx.opts.gemm
+        d_out = time_major_grad(ctx, d_out)
         # da[t] = dL/d(pre-activation_t) = dh_t * phi'(a_t), phi' read off the outputs:
         # tanh: 1 - h^2; relu: [h > 0] = sign(h), since h >= 0
         da = scratch("rnn_da", (T, B, H), hs)
-        if ctx.relu:
+        if ctx.opts.relu:
             torch.sign(hs[1:], out=da)
         else:
             torch.mul(hs[1:], hs[1:], out=da).neg_().add_(1)
@@ -182,15 +180,20 @@ class PythonRNN(torch.autograd.Function):
         for t in range(T - 1, -1, -1):
             da[t].mul_(dh)
             if t > 0:  # dh_{t-1} = dout_{t-1} + da_t W_hh
-                dh = linear(da[t], w_hh_t, ctx.gemm, add=d_out[t - 1])
-            elif ctx.needs_input_grad[1]:
-                dh0 = linear(da[0], w_hh_t, ctx.gemm)
+                dh = linear(da[t], w_hh_t, gemm, add=d_out[t - 1])
+            elif ctx.needs_input_grad[H0]:
+                dh0 = linear(da[0], w_hh_t, gemm)
         da2 = da.view(T * B, H)
-        dw_hh = weight_grad(da2, hs[:T].view(T * B, H), ctx.gemm) if ctx.needs_input_grad[3] else None
-        dx, dw_ih, db_ih = input_grads(ctx, da2, x2, w_ih, T, B, _input_needs(ctx))
+        dw_hh = weight_grad(da2, hs[:T].view(T * B, H), gemm) if ctx.needs_input_grad[W_HH] else None
+        dx, dw_ih, db_ih = input_grads(ctx, da2, x2, w_ih, T, B)
         db_hh = None
-        if ctx.has_bias and ctx.needs_input_grad[5]:  # b_ih and b_hh get the same sum
+        if ctx.has_bias and ctx.needs_input_grad[B_HH]:  # b_ih and b_hh get the same sum
             db_hh = da2.sum(0) if db_ih is None else db_ih  # (autograd copies a tensor handed to two params)
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
+        return None, dx, dh0, None, dw_ih, dw_hh, db_ih, db_hh
+
+
+# The CellSpec hooks "python_loop" (rnn_train/model/cells.py)
+GRU_LOOP = LayerLoop(PythonGRU, lambda opts, x2, lt, T, B: (gru_states(opts, x2, lt, T, B)[0], ()))
+RNN_LOOP = LayerLoop(PythonRNN, lambda opts, x2, lt, T, B: (rnn_states(opts, x2, lt, T, B), ()))
 
 

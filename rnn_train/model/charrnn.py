@@ -1,12 +1,13 @@
-"""CharRNN: character ids -> (one-hot | learned embedding) -> RNN/GRU/LSTM -> Linear on every step.
+"""CharRNN: character ids -> (one-hot | learned embedding) -> recurrent core -> Linear on every step.
 
-The recurrent core is PyTorch's own `nn.RNN` / `nn.GRU` / `nn.LSTM` (cuDNN on a GPU, oneDNN for
-the LSTM on a CPU). With `model.kernel` fused (or auto, where measurement says so) training runs
-the same module's weights through `rnn_train.kernels.fused.fused_rnn` instead: a hand-written BPTT
-with the same gradients, faster on the CPU; evaluation and generation always use the module. This module only
-adds the input encoding and the per-step decoder, and hides the one place where cells differ
-(LSTM's state is a pair) behind `begin_state` and `detach_state`.
-The loss lives in the trainer: `forward` returns logits for every time step.
+The recurrent core is built from the cell's CellSpec (rnn_train/model/cells.py): PyTorch's own
+`nn.RNN` / `nn.GRU` / `nn.LSTM` where the cell has one (cuDNN on a GPU, oneDNN for the LSTM on a
+CPU), else `recurrent.CellLayers`. Training may run the same module's weights through a fused
+kernel instead (`rnn_train.kernels.fused.fused_rnn`: a hand-written BPTT with the same
+gradients, faster on the CPU); which one is decided once, by whoever builds the model for
+training (`use_training_path`, see `rnn_train.kernels.resolve_kernel`), never inside `forward`.
+Evaluation and generation always use the module. The loss lives in the trainer: `forward`
+returns logits for every time step.
 """
 from __future__ import annotations
 
@@ -17,20 +18,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnn_train.config import ModelConfig
-from rnn_train.kernels import resolve_kernel
 from rnn_train.kernels.fused import FusedPath, fused_rnn
+from rnn_train.model import cells
+from rnn_train.model.recurrent import build_core
 
-State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]  # h [L, B, H], or (h, c) for LSTM
+State = Union[torch.Tensor, tuple[torch.Tensor, ...]]  # h [L, B, H], or a tuple (h, c, ...) per CellSpec.state
 
-CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class CharRNN(nn.Module):
     def __init__(self, vocab_size: int, cell: str = "gru", hidden_size: int = 256, num_layers: int = 1,
-                 dropout: float = 0.0, embedding: str = "one_hot", embed_dim: int = 64, kernel: str = "auto"):
+                 dropout: float = 0.0, embedding: str = "one_hot", embed_dim: int = 64):
         super().__init__()
-        self.vocab_size, self.cell, self.embedding_kind, self.kernel = vocab_size, cell, embedding, kernel
+        self.vocab_size, self.cell, self.embedding_kind = vocab_size, cell, embedding
+        self.spec = cells.get(cell)
         if embedding == "learned":
             self.embed = nn.Embedding(vocab_size, embed_dim)
             input_size = embed_dim
@@ -38,46 +40,32 @@ class CharRNN(nn.Module):
             self.embed = None
             input_size = vocab_size
         # batch_first: every tensor this project passes around is [B, T, ...].
-        self.rnn = CELLS[cell](input_size, hidden_size, num_layers, batch_first=True,
-                               dropout=dropout if num_layers > 1 else 0.0)
+        self.rnn = build_core(self.spec, input_size, hidden_size, num_layers, dropout)
         self.drop = nn.Dropout(dropout)
         self.decoder = nn.Linear(hidden_size, vocab_size)
-        self._path: tuple[tuple, FusedPath | None] | None = None  # (where it was resolved, the training path)
+        self.path: FusedPath | None = None  # the training path: a fused kernel, or None for the module
 
     @classmethod
     def from_config(cls, vocab_size: int, cfg: ModelConfig) -> "CharRNN":
-        model = cls(vocab_size, cfg.cell, cfg.hidden_size, cfg.num_layers, cfg.dropout, cfg.embedding, cfg.embed_dim,
-                    cfg.kernel)
+        model = cls(vocab_size, cfg.cell, cfg.hidden_size, cfg.num_layers, cfg.dropout, cfg.embedding, cfg.embed_dim)
         return model.to(DTYPES[cfg.dtype])
 
     def begin_state(self, batch_size: int) -> State:
         """The zero initial state, on the model's device and dtype."""
         p = self.decoder.weight
-        h = torch.zeros(self.rnn.num_layers, batch_size, self.rnn.hidden_size, device=p.device, dtype=p.dtype)
-        return (h, torch.zeros_like(h)) if self.cell == "lstm" else h
+        shape = (self.rnn.num_layers, batch_size, self.rnn.hidden_size)
+        return self.spec.pack(tuple(torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in self.spec.state))
 
-    def training_kernel(self, batch_size: int = 32, num_steps: int = 35) -> str:
-        """The path a training forward takes where the model is now, as the run logs it: "native" or
-        a fused path's label, e.g. "fused-cpp(step=blas, threads=rows, gemm=blas)".
+    def use_training_path(self, path: FusedPath | None) -> None:
+        """How training forwards run from now on: `path` (a fused kernel for the CPU, chosen by
+        rnn_train.kernels.resolve_kernel where the model lives), or None for the module itself."""
+        self.path = path
 
-        Resolved once per device and dtype (by the first call of this or of a training forward):
-        `auto` and `fused` measure their candidates at [batch_size, num_steps] the first time a
-        machine sees this model's shapes, then reuse that answer (rnn_train.kernels.autotune)."""
-        path = self.training_path(batch_size, num_steps)
-        return "native" if path is None else path.label()
-
-    def training_path(self, batch_size: int = 32, num_steps: int = 35) -> FusedPath | None:
-        """The fused path training takes where the model is now, or None for the nn module."""
-        p = self.decoder.weight
-        where = (self.kernel, p.device, p.dtype)
-        if self._path is None or self._path[0] != where:
-            self._path = (where, resolve_kernel(self.kernel, self.rnn, batch_size, num_steps, self.embed is None))
-        return self._path[1]
-
-    def set_training_path(self, path: FusedPath | None) -> None:
-        """Pin the training path (None: the nn module) instead of resolving `kernel`; for tests and benchmarks."""
-        p = self.decoder.weight
-        self._path = ((self.kernel, p.device, p.dtype), path)
+    @property
+    def training_kernel(self) -> str:
+        """The training path as the run logs it: "native" (the module) or a fused path's label,
+        e.g. "fused-cpp(step=blas, threads=rows, gemm=blas)"."""
+        return "native" if self.path is None else self.path.label()
 
     def encode_input(self, x: torch.Tensor) -> torch.Tensor:
         """ids [B, T] -> inputs [B, T, input_size]."""
@@ -89,11 +77,10 @@ class CharRNN(nn.Module):
         """x [B, T] int64 -> logits [B, T, V], final state. `state=None` means zeros."""
         if state is None:
             state = self.begin_state(x.shape[0])
-        path = self.training_path(*x.shape) if torch.is_grad_enabled() and x.device.type == "cpu" else None
-        if path is not None:
+        if self.path is not None and torch.is_grad_enabled():
             # the hand-written BPTT (same weights, same gradients); one-hot input stays as ids
             inp = x if self.embed is None else self.encode_input(x)
-            out, state = fused_rnn(self.rnn, inp, state, one_hot_ids=self.embed is None, path=path)
+            out, state = fused_rnn(self.rnn, inp, state, one_hot_ids=self.embed is None, path=self.path)
         else:
             out, state = self.rnn(self.encode_input(x), state)  # out [B, T, H]
         return self.decoder(self.drop(out)), state  # [B, T, V]

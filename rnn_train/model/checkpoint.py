@@ -24,6 +24,7 @@ import torch
 
 from rnn_train.errors import UserError
 from rnn_train.files import atomic_write_bytes
+from rnn_train.runfiles import BEST, LAST
 
 FORMAT = "rnn-train-checkpoint"
 VERSION = 1
@@ -42,8 +43,6 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 def resolve_checkpoint(path: str | Path, prefer: str | None = None) -> Path:
     """A file is itself; a run directory means its `prefer` checkpoint (default best.pt), else
     whichever exists."""
-    from rnn_train.training.rundir import BEST, LAST  # the run directory's file names have one owner
-
     path = Path(path)
     if path.is_dir():
         names = list(dict.fromkeys((prefer or BEST, BEST, LAST)))

@@ -1,5 +1,10 @@
 """A CharRNN's cells copied to NumPy: one generation step for a whole batch, no module call.
 
+Each cell's step comes from its CellSpec (rnn_train/model/cells.py): a cell whose spec names a
+"stepper" hook gets that class, tuned below for its equations; any other cell gets
+`GenericStepper`, which runs the spec's reference `step` on the same buffers (slower, same
+numbers to rounding). tests/test_cells.py holds every stepper to the reference.
+
 Why: a GRU-256 step is about 0.4 MFLOP, microseconds of arithmetic, yet calling the torch module for
 one character costs far more in dispatch than in maths. Generation therefore extracts the weights
 once and steps in NumPy with preallocated buffers and in-place ufuncs: per step one GEMM per
@@ -45,6 +50,7 @@ import numpy as np
 import torch
 
 from rnn_train.errors import UserError
+from rnn_train.model.cells import NUMPY_OPS
 from rnn_train.model.charrnn import CharRNN, State
 
 GEMM_ROWS = 4  # rows per GEMM call where nothing was measured (see the module doc)
@@ -76,12 +82,12 @@ class Stepper:
     """The weights of one CharRNN as NumPy arrays, a batch of B states, and `step(ids) -> logits`.
 
     Subclasses say how the gate rows are laid out (`_arrange`) and how one layer updates its state
-    from its input projection (`_update`); everything else (extraction, input, decoder) is shared."""
-
-    gates = 1  # G = gates * H rows in W_ih / W_hh
+    from its input projection (`_update`); everything else (extraction, input, decoder, the state's
+    parts) is shared. h lives in `h[layer]` as [h, 1]; the further parts of the cell's state (an
+    LSTM's c) in `extra[layer]`."""
 
     def __init__(self, model: CharRNN, batch: int, temperature: float = 0.0, gemm_rows: int = GEMM_ROWS):
-        rnn, H = model.rnn, model.rnn.hidden_size
+        rnn, H, self.spec = model.rnn, model.rnn.hidden_size, model.spec
         params = {name: _np(p).copy() for name, p in model.named_parameters()}
         if not all(np.isfinite(p).all() for p in params.values()):
             raise UserError("the model's outputs are not finite (a diverged checkpoint?); use an earlier checkpoint")
@@ -101,10 +107,11 @@ class Stepper:
         scale = 1.0 / temperature if temperature > 0 else 1.0
         self.w_dec = _augmented(params["decoder.weight"] * scale, params["decoder.bias"] * scale)
         self.w_dec[-1, 0] = UNK_LOGIT
-        G, V = self.gates * H, self.w_dec.shape[1]
+        G, V = self.spec.num_blocks * H, self.w_dec.shape[1]
         self.h = [np.zeros((batch, H + 1), self.dtype) for _ in range(self.layers)]  # [h, 1] per layer
         for h in self.h:
             h[:, -1] = 1
+        self.extra = [[np.zeros((batch, H), self.dtype) for _ in self.spec.state[1:]] for _ in range(self.layers)]
         self.gi = [np.empty((batch, G), self.dtype) for _ in range(self.layers)]  # input projections
         self.gh = np.empty((batch, G), self.dtype)  # recurrent projection, reused by every layer
         self.logits = np.empty((batch, V), self.dtype)  # [B, V] of the next character
@@ -117,7 +124,7 @@ class Stepper:
 
     # -- what a cell defines
     def _arrange(self, w: np.ndarray, H: int) -> np.ndarray:
-        """torch's gate rows [G, ...] in this class's order and scale (identity for a tanh RNN)."""
+        """torch's gate rows [G, ...] in this class's order and scale (identity: as torch has them)."""
         return w
 
     def _make_views(self, layer: int) -> tuple:
@@ -125,21 +132,23 @@ class Stepper:
         return self.h[layer][:, :-1], self.gi[layer], self.gh
 
     def _update(self, layer: int) -> None:
-        """h <- tanh(gi + gh): the vanilla RNN."""
-        h, gi, gh = self._views[layer]
-        np.add(gi, gh, out=gh)
-        np.tanh(gh, out=h)
+        """The layer's state from its input projection gi and recurrent projection gh."""
+        raise NotImplementedError
 
     # -- shared
     def load_state(self, state: State) -> None:
         """Set every row's state from a torch state of batch 1 (the prefix warm-up) or of batch B."""
-        h = state[0] if isinstance(state, tuple) else state
+        h, *extra = self.spec.unpack(state)
         for layer in range(self.layers):
             self.h[layer][:, :-1] = _np(h[layer])  # [1 or B, H] broadcast over the batch
+            for mine, given in zip(self.extra[layer], extra):
+                mine[:] = _np(given[layer])
 
     def state(self) -> State:
         """The current state as torch tensors [L, B, H] (for tests and callers that continue in torch)."""
-        return torch.from_numpy(np.stack([h[:, :-1] for h in self.h]))
+        h = torch.from_numpy(np.stack([h[:, :-1] for h in self.h]))
+        extra = [torch.from_numpy(np.stack([e[j] for e in self.extra])) for j in range(len(self.spec.state) - 1)]
+        return self.spec.pack((h, *extra))
 
     def step(self, ids: np.ndarray) -> np.ndarray:
         """ids [B] int64 -> logits [B, V] of the character after them (the returned buffer is reused)."""
@@ -153,10 +162,28 @@ class Stepper:
         return self.logits
 
 
+class RNNStepper(Stepper):
+    """h <- tanh(gi + gh): the Elman RNN."""
+
+    def _update(self, layer):
+        h, gi, gh = self._views[layer]
+        np.add(gi, gh, out=gh)
+        np.tanh(gh, out=h)
+
+
+class GenericStepper(Stepper):
+    """Any registered cell: its CellSpec's reference `step` in NumPy on the shared buffers."""
+
+    def _update(self, layer):
+        h, gi, gh = self._views[layer]
+        state = (h, *self.extra[layer])
+        new_state, _ = self.spec.step(NUMPY_OPS, gi, gh, state)
+        for mine, value in zip(state, new_state):
+            mine[...] = value
+
+
 class GRUStepper(Stepper):
     """r, z = sigmoid(gi_rz + gh_rz); n = tanh(gi_n + r * gh_n); h = n + z * (h - n)  (torch's GRU)."""
-
-    gates = 3
 
     def _arrange(self, w, H):
         w = w.copy()
@@ -187,15 +214,13 @@ class GRUStepper(Stepper):
 class LSTMStepper(Stepper):
     """i, f, o = sigmoid(.); g = tanh(.); c = f * c + i * g; h = o * tanh(c)  (torch's LSTM)."""
 
-    gates = 4
-
     def _arrange(self, w, H):
         i, f, g, o = w[:H], w[H:2 * H], w[2 * H:3 * H], w[3 * H:]
         return np.concatenate([0.5 * i, 0.5 * f, 0.5 * o, g])  # sigmoid gates first, halved
 
     def _make_views(self, layer):
         H, gh = self.hidden, self.gh
-        c, t = np.zeros((self.batch, H), self.dtype), np.empty((self.batch, H), self.dtype)
+        c, t = self.extra[layer][0], np.empty((self.batch, H), self.dtype)
         return (self.h[layer][:, :-1], self.gi[layer], gh, gh[:, :3 * H], gh[:, :H], gh[:, H:2 * H],
                 gh[:, 2 * H:3 * H], gh[:, 3 * H:], c, t)
 
@@ -211,24 +236,18 @@ class LSTMStepper(Stepper):
         np.tanh(c, out=t)
         np.multiply(o, t, out=h)
 
-    def load_state(self, state):
-        super().load_state(state[0])
-        for layer in range(self.layers):
-            self._views[layer][-2][:] = _np(state[1][layer])
 
-    def state(self):
-        return super().state(), torch.from_numpy(np.stack([v[-2] for v in self._views]))
-
-
-STEPPERS = {"rnn": Stepper, "gru": GRUStepper, "lstm": LSTMStepper}
+def stepper_class(model: CharRNN) -> type[Stepper]:
+    """The cell's own stepper (its CellSpec hook "stepper"), else the generic one."""
+    if getattr(model.rnn, "nonlinearity", "tanh") != "tanh":
+        raise ValueError("only tanh RNNs are supported")  # CharRNN builds only these
+    return model.spec.hook("stepper") or GenericStepper
 
 
 def make_stepper(model: CharRNN, batch: int, temperature: float = 0.0, rows: int | None = None) -> Stepper:
     """The NumPy twin of `model` for `batch` rows; logits come out divided by `temperature` (> 0).
     Its GEMMs run in blocks of `rows` rows, by default the measured `gemm_rows(model, batch)`."""
-    if model.cell == "rnn" and getattr(model.rnn, "nonlinearity", "tanh") != "tanh":
-        raise ValueError("only tanh RNNs are supported")  # CharRNN builds only these
-    return STEPPERS[model.cell](model, batch, temperature, rows or gemm_rows(model, batch))
+    return stepper_class(model)(model, batch, temperature, rows or gemm_rows(model, batch))
 
 
 def sampling_key(model: CharRNN, batch: int) -> str:
@@ -250,7 +269,7 @@ def measure_gemm_rows(model: CharRNN, batch: int) -> dict:
     from rnn_train.kernels import autotune
 
     candidates = sorted({r for r in ROW_CANDIDATES if r < batch} | {batch})
-    steppers = {r: STEPPERS[model.cell](model, batch, 1.0, r) for r in candidates}
+    steppers = {r: stepper_class(model)(model, batch, 1.0, r) for r in candidates}
 
     def sampling(s: Stepper) -> None:
         """Steps as sampling makes them: each step's input is chosen from the last logits. (Steps

@@ -47,6 +47,7 @@ from torch import nn
 
 from rnn_train.cli import ArgumentParser
 from rnn_train.errors import UserError
+from rnn_train.model import cells
 from rnn_train.training.schedule import clip_coefficient
 
 THRESHOLDS = (1e-1, 1e-2, 1e-3)  # "steps back until ||dL_T/dh_t|| falls below this share of its t=T value"
@@ -114,12 +115,12 @@ def steps_back_below(ratio: Sequence[float], threshold: float) -> int | None:
 def _top_replaced(state: Any, h_top: torch.Tensor) -> Any:
     """`state` with its top layer's h replaced by `h_top` [B, H] (c of an LSTM is kept)."""
     if isinstance(state, tuple):
-        h, c = state
-        return torch.cat([h[:-1], h_top.unsqueeze(0)]), c
+        h, *rest = state
+        return (torch.cat([h[:-1], h_top.unsqueeze(0)]), *rest)
     return torch.cat([state[:-1], h_top.unsqueeze(0)])
 
 
-def unrolled_outputs(core: nn.RNNBase, inputs: torch.Tensor, state: Any) -> list[torch.Tensor]:
+def unrolled_outputs(core: nn.Module, inputs: torch.Tensor, state: Any) -> list[torch.Tensor]:
     """Run `core` one step at a time on inputs [B, T, I]; returns [h_1 .. h_T], each [B, H].
 
     Each returned h_t is both the decoder's input at t and (as the top layer of the state) the
@@ -134,7 +135,7 @@ def unrolled_outputs(core: nn.RNNBase, inputs: torch.Tensor, state: Any) -> list
     return hs
 
 
-def measure(core: nn.RNNBase, decoder: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
+def measure(core: nn.Module, decoder: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
             targets: torch.Tensor, state: Any, params: Sequence[torch.Tensor], clip: float = 0.0) -> FlowResult:
     """Gradient norms for inputs [B, T, I] (already encoded), targets [B, T] class ids, initial state.
 
@@ -200,30 +201,34 @@ class Probe:
     keep_bias: float = 0.0  # add this to the bias of the gate that keeps the past (LSTM f, GRU z); what-if knob
 
 
-def add_keep_gate_bias(core: nn.RNNBase, value: float) -> None:
-    """Push the gate that carries the old state forward towards 1: LSTM's forget gate f (second of
-    i, f, g, o) or GRU's update gate z (second of r, z, n; h' = (1 - z) n + z h). In place, every layer."""
-    if core.mode not in ("LSTM", "GRU"):
-        raise UserError(f"--keep-bias needs a gated cell (gru or lstm); this checkpoint's cell is {core.mode.lower()}")
-    H = core.hidden_size
+def add_keep_gate_bias(core: nn.Module, value: float) -> None:
+    """Push the gate that carries the old state forward towards 1, in place, every layer: the
+    cell's CellSpec.keep_gate, e.g. LSTM's forget gate f (c' = f c + i g) or GRU's update gate z
+    (h' = (1 - z) n + z h)."""
+    spec = cells.of_module(core)
+    if spec.keep_gate is None:
+        gated = [name for name in cells.names() if cells.get(name).keep_gate]
+        raise UserError(f"--keep-bias needs a cell with a gate that keeps the past ({' or '.join(gated)}); "
+                        f"this checkpoint's cell is {spec.name}")
+    H, k = core.hidden_size, spec.blocks.index(spec.keep_gate)
     with torch.no_grad():
         for layer in range(core.num_layers):
-            getattr(core, f"bias_ih_l{layer}")[H:2 * H] += value
+            getattr(core, f"bias_ih_l{layer}")[k * H:(k + 1) * H] += value
 
 
-def recurrent_singular_value(core: nn.RNNBase) -> float | None:
+def recurrent_singular_value(core: nn.Module) -> float | None:
     """Largest singular value of a vanilla RNN's top-layer W_hh (||W_hh||_2); None for gated cells.
     Below 1 it guarantees vanishing for tanh (|tanh'| <= 1); above 1 is needed, not enough, to explode."""
-    if core.mode not in ("RNN_TANH", "RNN_RELU"):
+    if not cells.of_module(core).elman:
         return None
     w = getattr(core, f"weight_hh_l{core.num_layers - 1}").detach().double().cpu()
     return float(torch.linalg.matrix_norm(w, ord=2))
 
 
-def recurrent_spectral_radius(core: nn.RNNBase) -> float | None:
+def recurrent_spectral_radius(core: nn.Module) -> float | None:
     """max |eigenvalue| of the top layer's W_hh for a vanilla RNN; None for gated cells (their W_hh
     stacks several gates' blocks and is not the step Jacobian's matrix)."""
-    if core.mode not in ("RNN_TANH", "RNN_RELU"):
+    if not cells.of_module(core).elman:
         return None
     w = getattr(core, f"weight_hh_l{core.num_layers - 1}").detach().double().cpu()
     return float(torch.linalg.eigvals(w).abs().max())

@@ -1,18 +1,19 @@
-"""`model.backend: numpy`: train a one-layer tanh RNN with the hand-written BPTT of `rnn_train.bptt`.
+"""`model.backend: numpy`: train a one-layer RNN, GRU or LSTM with the hand-written BPTT of
+`rnn_train.teaching.bptt` (any registered cell whose CellSpec has the hook "bptt").
 
 Why this backend exists: it is for learning, not speed. Every number of an update is computed in
 plain NumPy where you can read it, with no autograd anywhere:
 
     ids X [B, T] ──transpose──> [T, B] ──one-hot──> x [T, B, V]
-    x ──bptt.rnn_forward (tanh, biases)──> hs [T, B, H] ──decoder, every step──> logits [T, B, V]
+    x ──bptt.forward (the cell, biases)──> hs [T, B, H] ──decoder, every step──> logits [T, B, V]
     logits, Y ──bptt.softmax_cross_entropy (mean over all B·T)──> loss, dlogits = (p - y) / (B·T)
     dlogits ──bptt.linear_backward──> dhs [T, B, H], dW_hy, db_y
-    dhs ──bptt.rnn_backward (walks t = T..1)──> dW_ih, dW_hh, db_ih, db_hh
+    dhs ──bptt.backward (walks t = T..1)──> dW_ih, dW_hh, db_ih, db_hh
     global L2 norm of all six gradients ──clip like clip_grad_norm_──> p -= lr * g
 
 Everything around the step is the ordinary pipeline: `trainer.train` builds the config, corpus,
 batches, schedule, logging and checkpoints exactly as for the torch backend and only asks this
-`NumpyLearner` (a `training.learner.Learner`, like `TorchLearner`) to do the step. So a numpy
+`NumpyLearner` (a `training.protocol.Learner`, like `TorchLearner`) to do the step. So a numpy
 run and a torch run of the same config and seed start from the same weights, see the same batches
 and, in float64, log the same losses (tests/test_numpy_backend.py holds them to 1e-6 over 50 steps).
 
@@ -23,7 +24,8 @@ model too: `torch_model()` (text samples, parameter count) and `state_dict()` (c
 predict.py loads and --resume continues) are always current without copying anything.
 
 The arithmetic runs on the CPU whatever `train.device` says; the hidden state travels between
-steps as a torch tensor [1, B, H] so the trainer can detach it and store it in checkpoints.
+steps as a torch tensor [1, B, H] (a pair of them for an LSTM) so the trainer can detach it and
+store it in checkpoints.
 """
 from __future__ import annotations
 
@@ -32,20 +34,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnn_train.teaching import bptt
-from rnn_train.data.batching import eval_batches
 from rnn_train.config import Config
-from rnn_train.model.charrnn import CharRNN
-from rnn_train.training.learner import Learner
+from rnn_train.data.batching import eval_batches
+from rnn_train.model.charrnn import CharRNN, State
+from rnn_train.teaching import bptt
+from rnn_train.training.protocol import Learner
 from rnn_train.training.schedule import clip_coefficient
 
 # our maths name -> CharRNN state_dict key; the order is CharRNN.parameters()' order, which the
 # global gradient norm follows so that it is summed like torch's clip_grad_norm_ sums it.
 TORCH_KEYS = {
-    "W_ih": "rnn.weight_ih_l0",  # [H, V]  input -> hidden (one-hot input: column v is char v's vector)
-    "W_hh": "rnn.weight_hh_l0",  # [H, H]  hidden -> hidden
-    "b_ih": "rnn.bias_ih_l0",  # [H]
-    "b_hh": "rnn.bias_hh_l0",  # [H]
+    "W_ih": "rnn.weight_ih_l0",  # [G*H, V]  input -> hidden (one-hot input: column v is char v's vector)
+    "W_hh": "rnn.weight_hh_l0",  # [G*H, H]  hidden -> hidden
+    "b_ih": "rnn.bias_ih_l0",  # [G*H]
+    "b_hh": "rnn.bias_hh_l0",  # [G*H]
     "W_hy": "decoder.weight",  # [V, H]  hidden -> logits
     "b_y": "decoder.bias",  # [V]
 }
@@ -58,10 +60,10 @@ def global_norm(grads: list[np.ndarray]) -> float:
 
 
 class NumpyLearner(Learner):
-    """A one-layer tanh RNN + linear decoder trained by NumPy BPTT and plain SGD.
+    """A one-layer cell + linear decoder trained by NumPy BPTT and plain SGD.
 
-    The `Learner` protocol (training/learner.py). `config.py` guarantees cell=rnn, one layer,
-    one-hot input, no dropout and plain SGD (no momentum, no weight decay).
+    The `Learner` protocol (training/protocol.py). `config.py` guarantees a cell with a hand-written
+    BPTT, one layer, one-hot input, no dropout and plain SGD (no momentum, no weight decay).
     """
 
     def __init__(self, cfg: Config, vocab_size: int, device: torch.device):
@@ -79,11 +81,11 @@ class NumpyLearner(Learner):
     def set_lr(self, lr: float) -> None:
         self.lr = lr
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, state: torch.Tensor | None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def train_step(self, x: np.ndarray, y: np.ndarray, state: State | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, State]:
         """One SGD update on X, Y [B, T] -> (mean CE, pre-clip global grad norm, final state [1, B, H])."""
         p = self.params
-        fwd, logits = self._forward(x, self._h0(state, x.shape[0]))  # logits [T, B, V]
+        fwd, logits = self._forward(x, state)  # logits [T, B, V]
         T, B, V = logits.shape
         # Targets time-major like the logits: row t*B + b of both is (step t, stream b). The mean
         # over all B·T rows is the same number F.cross_entropy takes over torch's batch-first rows.
@@ -92,8 +94,8 @@ class NumpyLearner(Learner):
         # ---- backward: decoder on every step, then through time ----
         dhs, dW_hy, db_y = bptt.linear_backward(dlogits.reshape(T, B, V), fwd.hs, p["W_hy"])  # dhs [T, B, H]
         # The final state goes on to the next batch only as a detached value (truncated BPTT), so
-        # no gradient arrives on h_T: dh_T = None.
-        grads = {**bptt.rnn_backward(dhs, fwd.cache).params, "W_hy": dW_hy, "b_y": db_y}
+        # no gradient arrives on h_T (or c_T): dh_T = dc_T = None.
+        grads = {**bptt.backward(dhs, fwd.cache).params, "W_hy": dW_hy, "b_y": db_y}
 
         # ---- clip the global norm, then SGD ----
         norm = global_norm([grads[name] for name in TORCH_KEYS])
@@ -105,18 +107,17 @@ class NumpyLearner(Learner):
         for name, g in grads.items():
             p[name] -= self.lr * g  # in place: the CharRNN's parameters move with it
 
-        h_T = torch.from_numpy(fwd.h_T[None])  # [1, B, H]
-        return torch.tensor(loss, dtype=torch.float64), torch.tensor(norm, dtype=torch.float64), h_T
+        return torch.tensor(loss, dtype=torch.float64), torch.tensor(norm, dtype=torch.float64), self._final(fwd)
 
     def evaluate(self, data: np.ndarray, batch_size: int, num_steps: int) -> float:
         """Mean CE over the whole split, streams read in order with the state carried from zero."""
-        total, count, h = 0.0, 0, None
+        total, count, state = 0.0, 0, None
         for x, y in eval_batches(data, batch_size, num_steps):
-            fwd, logits = self._forward(x, h)
+            fwd, logits = self._forward(x, state)
             mean, _ = bptt.softmax_cross_entropy(logits.reshape(-1, self.vocab_size), y.T.reshape(-1))
             total += mean * y.size
             count += y.size
-            h = fwd.h_T
+            state = self._final(fwd)
         return total / max(count, 1)
 
     @property
@@ -137,15 +138,23 @@ class NumpyLearner(Learner):
         self.model.load_state_dict(d["model"])
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _h0(self, state: torch.Tensor | None, batch_size: int) -> np.ndarray | None:
-        """The trainer's state [1, B, H] (maybe on another device) -> h0 [B, H]; None stays None (zeros)."""
-        if state is None:
-            return None
-        return state.detach().cpu().numpy()[0].astype(self.dtype, copy=False)
+    def _part(self, part: torch.Tensor) -> np.ndarray:
+        """One part [1, B, H] of the trainer's state (maybe on another device) -> [B, H]."""
+        return part.detach().cpu().numpy()[0].astype(self.dtype, copy=False)
 
-    def _forward(self, x: np.ndarray, h0: np.ndarray | None) -> tuple[bptt.ForwardResult, np.ndarray]:
-        """ids X [B, T] -> (the RNN's ForwardResult, logits [T, B, V]), time-major as bptt.py is."""
+    def _final(self, fwd: bptt.ForwardResult) -> State:
+        """The forward's final state as the trainer carries it: [1, B, H] per part."""
+        parts = (fwd.h_T,) if fwd.c_T is None else (fwd.h_T, fwd.c_T)
+        return self.model.spec.pack(tuple(torch.from_numpy(part[None]) for part in parts))
+
+    def _forward(self, x: np.ndarray, state: State | None) -> tuple[bptt.ForwardResult, np.ndarray]:
+        """ids X [B, T] -> (the cell's ForwardResult, logits [T, B, V]), time-major as the BPTT is.
+        `state` None means zeros."""
         p = self.params
         inputs = self._one_hot[x.T]  # [T, B, V]
-        fwd = bptt.rnn_forward(inputs, h0, {name: p[name] for name in RNN_NAMES}, activation="tanh")
+        h0 = c0 = None
+        if state is not None:
+            h0, *rest = (self._part(part) for part in self.model.spec.unpack(state))
+            c0 = rest[0] if rest else None
+        fwd = bptt.forward(self.model.cell, inputs, h0, {name: p[name] for name in RNN_NAMES}, c0=c0)
         return fwd, bptt.linear_forward(fwd.hs, p["W_hy"], p["b_y"])

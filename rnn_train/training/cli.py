@@ -96,7 +96,8 @@ def _setup(args):
     with several processes (the others receive it), so only rank 0 needs the config file, the run
     directory and its checkpoints."""
     from rnn_train.errors import UserError
-    from rnn_train.training.rundir import LAST, RunDir
+    from rnn_train.runfiles import LAST
+    from rnn_train.training.rundir import RunDir
     from rnn_train.training.start import check_resume_config
 
     resume = None

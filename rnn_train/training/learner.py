@@ -1,13 +1,13 @@
 """The part of a training step that depends on the backend, behind one typed interface.
 
-The trainer drives a `Learner`; it never asks which one. `TorchLearner` is the ordinary backend (a
+The trainer drives a `Learner` (training/protocol.py); it never asks which one. `TorchLearner` is the ordinary backend (a
 CharRNN, autograd, a torch optimiser); `teaching.numpy_backend.NumpyLearner` does the same update
 with the hand-written NumPy BPTT. Both keep a CharRNN whose state_dict is what checkpoints hold,
 so a run of either backend is predicted from, resumed and fine-tuned the same way.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,43 +18,8 @@ from rnn_train.config import Config
 from rnn_train.data.batching import eval_batches
 from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN, State
+from rnn_train.training.protocol import Learner
 from rnn_train.training.world import World
-
-
-@runtime_checkable
-class Learner(Protocol):
-    """What the trainer needs from a backend."""
-
-    @property
-    def kernel(self) -> str:
-        """The training path of the recurrent layers, as logged in the run: "native", a fused path's
-        label ("fused-cpp(...)", "fused-python(...)") or "numpy"."""
-        ...
-
-    def set_lr(self, lr: float) -> None:
-        """The learning rate of the next `train_step`."""
-        ...
-
-    def train_step(self, x: np.ndarray, y: np.ndarray, state: State | None) -> tuple[torch.Tensor, torch.Tensor, State]:
-        """One update on ids X, targets Y [B, T] from `state` (None: zeros) -> (mean CE, global gradient
-        norm before clipping, final state), as 0-dim tensors left on the device: no host sync."""
-        ...
-
-    def evaluate(self, data: np.ndarray, batch_size: int, num_steps: int) -> float:
-        """Mean CE over a whole split, its streams read in order with the state carried from zero."""
-        ...
-
-    def torch_model(self) -> CharRNN:
-        """The CharRNN holding the current weights (text samples, parameter count, loading weights)."""
-        ...
-
-    def state_dict(self) -> dict[str, Any]:
-        """{"model": CharRNN state_dict, "optimizer": optimiser state_dict} as a checkpoint stores them."""
-        ...
-
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        """Restore what `state_dict` gave (raises RuntimeError / KeyError / ValueError if it does not fit)."""
-        ...
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: Config) -> torch.optim.Optimizer:
@@ -86,19 +51,19 @@ class TorchLearner:
         if world.distributed:
             # built on every rank at once (it broadcasts rank 0's weights: the same, seeded alike)
             self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        self._kernel: str | None = None
+        self.kernel = self._resolve_kernel()
 
-    @property
-    def kernel(self) -> str:
-        """Resolved once (and on a new machine measured) at the batch shape each rank trains with.
-        With several ranks, rank 0 decides and the others take its path: every rank computes alike."""
-        if self._kernel is None:
-            rows, steps = self.cfg.data.batch_size // self.world.size, self.cfg.data.num_steps
-            path = self.world.from_writer(lambda: self.model.training_path(rows, steps))
-            if not self.world.is_writer:
-                self.model.set_training_path(path)
-            self._kernel = self.model.training_kernel(rows, steps)
-        return self._kernel
+    def _resolve_kernel(self) -> str:
+        """Chooses the training path once, here (and on a new machine measures it) at the batch
+        shape each rank trains with; -> its label. With several ranks, rank 0 decides and the
+        others take its path: every rank computes alike."""
+        from rnn_train.kernels import resolve_kernel
+
+        rows, steps, m = self.cfg.data.batch_size // self.world.size, self.cfg.data.num_steps, self.model
+        path = self.world.from_writer(
+            lambda: resolve_kernel(self.cfg.model.kernel, m.rnn, rows, steps, m.embed is None))
+        m.use_training_path(path)
+        return m.training_kernel
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:

@@ -6,6 +6,7 @@
         metrics.json              the TrainResult of a run that ended (not of an interrupted one)
         events.out.tfevents.*     TensorBoard
         (sweep_run.json           added by a sweep: the run's wall time)
+(the names: rnn_train/runfiles.py)
 
 Why one object: train.py (--force, "already holds a run"), the trainer (writing), the sweep
 (finished / resumable / another config) and the benchmark (reading metrics) all need the same
@@ -25,11 +26,8 @@ import yaml
 from rnn_train.config import Config, build_config, config_to_yaml
 from rnn_train.errors import UserError
 from rnn_train.files import atomic_write_json, atomic_write_text
+from rnn_train.runfiles import BEST, CONFIG, LAST, METRICS, RUN_FILES
 
-CONFIG, BEST, LAST, METRICS = "config.yaml", "best.pt", "last.pt", "metrics.json"
-EVENTS = "events.out.tfevents.*"
-RUN_FILES = (BEST, LAST, METRICS, CONFIG, EVENTS)
-"""What a training run writes (glob patterns): what starting afresh in its directory removes."""
 
 IGNORED_IN_MATCH = {("train", "threads"), ("train", "device")}
 """Config keys that do not change what a run computes (nor does the `log` section)."""

@@ -20,7 +20,7 @@ import torch
 from rnn_train.config import Config
 from rnn_train.errors import UserError
 from rnn_train.model.charrnn import DTYPES
-from rnn_train.training.learner import Learner
+from rnn_train.training.protocol import Learner
 from rnn_train.training.rundir import config_changes, normalised
 from rnn_train.runtime import derived_seed
 from rnn_train.training.state import RunState, restore_rng, state_to

@@ -47,11 +47,13 @@ from rnn_train.model.charrnn import count_parameters, detach_state
 from rnn_train.prediction.generate import generate
 from rnn_train.runtime import derived_seed, keep_freed_memory, resolve_device, set_seed, set_threads
 from rnn_train.training.distributed import check_world
-from rnn_train.training.learner import Learner, make_learner
+from rnn_train.training.learner import make_learner
+from rnn_train.training.protocol import Learner
 from rnn_train.training.logwindow import LogWindow
 from rnn_train.training.monitor import Monitor
 from rnn_train.training.rules import planned_steps, should_log, should_stop, should_validate, validates_each_epoch
-from rnn_train.training.rundir import BEST, LAST, RunDir
+from rnn_train.runfiles import BEST, LAST
+from rnn_train.training.rundir import RunDir
 from rnn_train.training.schedule import bits_per_char, lr_at, perplexity
 from rnn_train.training.start import init_weights, resume_state
 from rnn_train.training.state import RunState, capture_rng, combine_rng
@@ -282,10 +284,12 @@ class Trainer:
     def result(self, reason: str, interrupted: bool = False) -> TrainResult:
         s, w = self.state, self.window
         val = s.val_loss
-        return TrainResult(str(self.run_dir), s.step, s.epoch, s.tokens, round(s.train_seconds, 3),
-                           s.tokens / s.train_seconds if s.train_seconds else 0.0, w.last_loss, val,
-                           perplexity(val) if math.isfinite(val) else math.nan, bits_per_char(val),
-                           s.best_val_loss, w.last_grad_norm, w.run_clipped_fraction, reason, interrupted,
+        return TrainResult(run_dir=str(self.run_dir), step=s.step, epoch=s.epoch, tokens=s.tokens,
+                           train_seconds=round(s.train_seconds, 3),
+                           tokens_per_s=s.tokens / s.train_seconds if s.train_seconds else 0.0,
+                           train_loss=w.last_loss, val_loss=val, val_ppl=perplexity(val) if math.isfinite(val) else math.nan,
+                           val_bpc=bits_per_char(val), best_val_loss=s.best_val_loss, grad_norm=w.last_grad_norm,
+                           clipped_fraction=w.run_clipped_fraction, stopped_by=reason, interrupted=interrupted,
                            kernel=self.kernel, init_from=self.init_from)
 
     def report(self, reason: str) -> TrainResult:

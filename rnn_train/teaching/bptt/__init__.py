@@ -7,12 +7,14 @@ step's own output to the one carried back from the future (``dh_next``), push it
 cell's local derivatives, accumulate the parameter gradients, and hand ``dh_next`` (and
 ``dc_next`` for the LSTM) to the previous step. ``tests/test_bptt.py`` proves every number
 equal to ``torch.autograd`` on ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM``; ``docs/bptt.md`` has the
-derivation. This module imports NumPy only (the CLI at the bottom imports torch inside
-``main`` to compare against it).
+derivation. This package imports NumPy only (`rnn-train bptt`, in compare.py, imports torch to
+compare against it).
 
 Public API
 ----------
-Cells (single layer, time-major; G = 1, 3, 4 gates for "rnn", "gru", "lstm")::
+Cells (single layer, time-major; G = 1, 3, 4 gate blocks for "rnn", "gru", "lstm"; each cell's
+step is its CellSpec's in rnn_train/model/cells.py, and the registry points back here with the
+hook "bptt")::
 
     rnn_forward(x, h0, params, activation="tanh")  -> ForwardResult(hs, h_T, None, cache)
     gru_forward(x, h0, params)                     -> ForwardResult(hs, h_T, None, cache)
@@ -50,17 +52,17 @@ Conventions
   when both ``output`` and ``h_n`` of a PyTorch RNN feed the loss.
 """
 
-from rnn_train.teaching.bptt.common import (ACTIVATIONS, CELLS, GATES, Cache, ForwardResult, Gradients, _check_cell,
-                                            init_params, linear_backward, linear_forward, params_from_torch,
-                                            params_to_torch, sigmoid, softmax_cross_entropy)
+from rnn_train.teaching.bptt.common import (ACTIVATIONS, BpttCell, Cache, ForwardResult, Gradients, bptt_cells,
+                                            cell_spec, has_cell_state, init_params, linear_backward, linear_forward,
+                                            params_from_torch, params_to_torch, sigmoid, softmax_cross_entropy)
 from rnn_train.teaching.bptt.gru import gru_backward, gru_forward
 from rnn_train.teaching.bptt.lstm import lstm_backward, lstm_forward
 from rnn_train.teaching.bptt.rnn import rnn_backward, rnn_forward
 
 __all__ = [
     "ACTIVATIONS",
+    "BpttCell",
     "CELLS",
-    "GATES",
     "ForwardResult",
     "Gradients",
     "Cache",
@@ -72,6 +74,7 @@ __all__ = [
     "lstm_backward",
     "forward",
     "backward",
+    "bptt_cells",
     "init_params",
     "params_from_torch",
     "params_to_torch",
@@ -79,41 +82,29 @@ __all__ = [
     "linear_backward",
     "softmax_cross_entropy",
     "sigmoid",
-    "main",
 ]
+
+CELLS = bptt_cells()
+"""The cells registered with a hand-written BPTT when this package was imported."""
 
 
 def forward(cell: str, x, h0, params: dict, c0=None, activation: str = "tanh") -> ForwardResult:
-    """Run ``cell`` ("rnn", "gru" or "lstm") over ``x`` [T, B, I]; see the cell functions for equations.
+    """Run ``cell`` (a registered cell with a BPTT: "rnn", "gru", "lstm") over ``x`` [T, B, I];
+    see the cell functions for equations.
 
-    ``h0``/``c0`` may be None (zeros); ``c0`` is only accepted for the LSTM and ``activation``
-    only changes the vanilla RNN.
+    ``h0``/``c0`` may be None (zeros); ``c0`` is only accepted for a cell with a cell state (the
+    LSTM) and ``activation`` only changes the Elman RNN.
     """
-    _check_cell(cell)
-    if cell == "lstm":
-        return _FORWARD["lstm"](x, h0, c0, params)
-    if c0 is not None:
-        raise ValueError(f"c0 is only meaningful for an LSTM, not for cell {cell!r}")
-    if cell == "rnn":
-        return _FORWARD["rnn"](x, h0, params, activation)
-    return _FORWARD[cell](x, h0, params)
+    spec = cell_spec(cell)
+    if c0 is not None and not has_cell_state(cell):
+        raise ValueError(f"c0 is only meaningful for a cell with a cell state (LSTM), not for cell {cell!r}")
+    if activation != "tanh" and not spec.elman:
+        raise ValueError(f"activation {activation!r} applies to the Elman RNN only, not to cell {cell!r}")
+    return spec.hook("bptt").forward(x, h0, c0, params, activation)
 
 
 def backward(dhs, cache: Cache, dh_T=None, dc_T=None) -> Gradients:
     """BPTT for whichever cell produced ``cache``; see the cell functions for the derivations."""
-    if cache.cell == "lstm":
-        return _BACKWARD["lstm"](dhs, cache, dh_T, dc_T)
-    if dc_T is not None:
-        raise ValueError(f"dc_T is only meaningful for an LSTM, not for cell {cache.cell!r}")
-    return _BACKWARD[cache.cell](dhs, cache, dh_T)
-
-
-_FORWARD = {"rnn": rnn_forward, "gru": gru_forward, "lstm": lstm_forward}
-_BACKWARD = {"rnn": rnn_backward, "gru": gru_backward, "lstm": lstm_backward}
-
-
-def main(argv=None, prog: str = "python -m rnn_train bptt") -> int:
-    """The comparison CLI (rnn_train.teaching.bptt.compare)."""
-    from rnn_train.teaching.bptt.compare import main as compare_main
-
-    return compare_main(argv, prog)
+    if dc_T is not None and not has_cell_state(cache.cell):
+        raise ValueError(f"dc_T is only meaningful for a cell with a cell state (LSTM), not for cell {cache.cell!r}")
+    return cell_spec(cache.cell).hook("bptt").backward(dhs, cache, dh_T, dc_T)

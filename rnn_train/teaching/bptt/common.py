@@ -3,13 +3,42 @@ softmax cross-entropy, parameter initialisation and PyTorch name conversion, inp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
-CELLS = ("rnn", "gru", "lstm")
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # G: how many [H]-blocks W_ih / W_hh stack
+from rnn_train.model import cells
+from rnn_train.model.cells import CellSpec
+
 ACTIVATIONS = ("tanh", "relu", "identity")  # vanilla RNN only; "identity" = linear toy networks
+
+
+class BpttCell(NamedTuple):
+    """A cell's hand-written BPTT (its CellSpec hook "bptt"), in one calling convention:
+
+    forward(x, h0, c0, params, activation) -> ForwardResult
+    backward(dhs, cache, dh_T, dc_T) -> Gradients
+    """
+
+    forward: Callable[..., "ForwardResult"]
+    backward: Callable[..., "Gradients"]
+
+
+def bptt_cells() -> tuple[str, ...]:
+    """The registered cells that have a hand-written BPTT."""
+    return tuple(name for name in cells.names() if "bptt" in cells.get(name).hooks)
+
+
+def cell_spec(cell: str) -> CellSpec:
+    """The CellSpec of a cell with a hand-written BPTT; ValueError for any other name."""
+    if cell not in bptt_cells():
+        raise ValueError(f"unknown cell {cell!r}; expected one of {bptt_cells()}")
+    return cells.get(cell)
+
+
+def has_cell_state(cell: str) -> bool:
+    """Whether the cell carries c besides h (its forward takes c0, its backward dc_T)."""
+    return len(cells.get(cell).state) == 2
 
 # PyTorch single-layer state_dict key -> our maths name
 _TORCH_NAMES = {"weight_ih_l0": "W_ih", "weight_hh_l0": "W_hh", "bias_ih_l0": "b_ih", "bias_hh_l0": "b_hh"}
@@ -53,11 +82,7 @@ class Cache:
 # ----------------------------------------------------------------------------- small pure helpers
 
 
-def sigmoid(a: np.ndarray) -> np.ndarray:
-    """Logistic function 1 / (1 + e^-a), computed without overflow for large |a|."""
-    e = np.exp(-np.abs(a))  # in (0, 1]: never overflows
-    return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(a.dtype, copy=False)
-
+sigmoid = cells.NUMPY_OPS.sigmoid  # 1 / (1 + e^-a) without overflow: the registry's, which the cells' steps use
 
 def linear_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """Affine map y = x W^T + b with ``nn.Linear``'s layout.
@@ -121,8 +146,7 @@ def init_params(
     dtype=np.float64,
 ) -> dict:
     """Fresh parameters drawn like PyTorch's default: every entry ~ U(-1/sqrt(H), 1/sqrt(H))."""
-    _check_cell(cell)
-    rows, k = GATES[cell] * hidden_size, 1.0 / np.sqrt(hidden_size)
+    rows, k = cell_spec(cell).num_blocks * hidden_size, 1.0 / np.sqrt(hidden_size)
     shapes = {"W_ih": (rows, input_size), "W_hh": (rows, hidden_size)}
     if bias:
         shapes.update(b_ih=(rows,), b_hh=(rows,))
@@ -159,18 +183,13 @@ def params_to_torch(params: dict, prefix: str = "") -> dict:
     return {prefix + torch_names[name]: value for name, value in params.items()}
 
 
-def _check_cell(cell: str) -> None:
-    if cell not in GATES:
-        raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
-
-
-def _prepare(cell: str, x, h0, c0, params: dict):
+def prepare(cell: str, x, h0, c0, params: dict):
     """Validate shapes and cast everything to the compute dtype.
 
     Returns (x [T, B, I], h0 [B, H], c0 [B, H] or None, params, H). Doing every check here
     keeps the cell functions as bare equations.
     """
-    _check_cell(cell)
+    G = cell_spec(cell).num_blocks
     x = np.asarray(x)
     if x.ndim != 3 or x.shape[0] < 1:
         raise ValueError(f"x must be [T, B, I] with T >= 1 (time-major), got shape {x.shape}")
@@ -186,7 +205,7 @@ def _prepare(cell: str, x, h0, c0, params: dict):
     dtype = x.dtype if x.dtype.kind == "f" else W_hh.dtype
     if dtype.kind != "f":
         raise ValueError(f"cannot compute in dtype {dtype}; use float32 or float64")
-    G, H = GATES[cell], W_hh.shape[-1]
+    H = W_hh.shape[-1]
     expected = {"W_ih": (G * H, I), "W_hh": (G * H, H), "b_ih": (G * H,), "b_hh": (G * H,)}
     params = {k: np.asarray(v).astype(dtype, copy=False) for k, v in params.items()}
     for name, value in params.items():
@@ -204,10 +223,10 @@ def _prepare(cell: str, x, h0, c0, params: dict):
         return s
 
     x = x.astype(dtype, copy=False)
-    return x, state(h0, "h0"), (state(c0, "c0") if cell == "lstm" else None), params, H
+    return x, state(h0, "h0"), (state(c0, "c0") if has_cell_state(cell) else None), params, H
 
 
-def _upstream(dhs, dh_T, dc_T, cache: Cache):
+def upstream_grads(dhs, dh_T, dc_T, cache: Cache):
     """Check and cast the upstream gradients; ``None`` final-state gradients become zeros."""
     hs = cache.saved["hs"]
     dtype = hs.dtype
@@ -223,16 +242,16 @@ def _upstream(dhs, dh_T, dc_T, cache: Cache):
             raise ValueError(f"{name} must be [B, H] = {hs.shape[1:]}, got {g.shape}")
         return g
 
-    if dc_T is not None and cache.cell != "lstm":
-        raise ValueError(f"dc_T is only meaningful for an LSTM, not for cell {cache.cell!r}")
-    return dhs, final(dh_T, "dh_T"), (final(dc_T, "dc_T") if cache.cell == "lstm" else None)
+    if dc_T is not None and not has_cell_state(cache.cell):
+        raise ValueError(f"dc_T is only meaningful for a cell with a cell state (LSTM), not for cell {cache.cell!r}")
+    return dhs, final(dh_T, "dh_T"), (final(dc_T, "dc_T") if has_cell_state(cache.cell) else None)
 
 
-def _zero_grads(params: dict) -> dict:
+def zero_grads(params: dict) -> dict:
     return {name: np.zeros_like(value) for name, value in params.items()}
 
 
-def _affine_backward(grads: dict, params: dict, dgi: np.ndarray, dgh: np.ndarray, x_t, h_prev):
+def affine_backward(grads: dict, params: dict, dgi: np.ndarray, dgh: np.ndarray, x_t, h_prev):
     """Backward through both affine maps of one step, gi = x_t W_ih^T + b_ih, gh = h_prev W_hh^T + b_hh.
 
     Adds this step's share to the parameter gradients (sums over time: the same weights are
@@ -248,7 +267,7 @@ def _affine_backward(grads: dict, params: dict, dgi: np.ndarray, dgh: np.ndarray
     return dx_t, dh_prev
 
 
-def _affine(params: dict, x_t, h_prev):
+def affine(params: dict, x_t, h_prev):
     """The two affine maps every cell starts from: (x_t W_ih^T + b_ih, h_prev W_hh^T + b_hh), each [B, G*H]."""
     gi = linear_forward(x_t, params["W_ih"], params.get("b_ih"))
     gh = linear_forward(h_prev, params["W_hh"], params.get("b_hh"))

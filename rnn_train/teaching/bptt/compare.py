@@ -5,8 +5,10 @@ import argparse
 
 import numpy as np
 
+from rnn_train.model import cells
 from rnn_train.teaching import bptt
-from rnn_train.teaching.bptt.common import CELLS, init_params, params_from_torch, params_to_torch
+from rnn_train.teaching.bptt.common import (bptt_cells, has_cell_state, init_params, params_from_torch,
+                                            params_to_torch)
 
 _DEFAULT_TOL = {"float64": 1e-10, "float32": 1e-5}
 
@@ -17,7 +19,7 @@ def _parse_args(argv, prog):
         description="Run the NumPy BPTT and torch.autograd on the same random weights, inputs and "
         "upstream gradients, and print every output and gradient side by side.",
     )
-    parser.add_argument("--cell", choices=CELLS, default="gru", help="which recurrent cell (default gru)")
+    parser.add_argument("--cell", choices=bptt_cells(), default="gru", help="which recurrent cell (default gru)")
     parser.add_argument("--steps", type=int, default=10, help="sequence length T (default 10)")
     parser.add_argument("--batch", type=int, default=3, help="batch size B (default 3)")
     parser.add_argument("--input", type=int, default=4, help="input size I (default 4)")
@@ -41,7 +43,7 @@ def _parse_args(argv, prog):
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.tol is not None and args.tol < 0:
         parser.error(f"--tol must be >= 0, got {args.tol}")
-    if args.activation != "tanh" and args.cell != "rnn":
+    if args.activation != "tanh" and not cells.get(args.cell).elman:
         parser.error("--activation applies to --cell rnn only")
     return args
 
@@ -50,27 +52,28 @@ def _compare_with_torch(args) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Same problem through this module and through torch.autograd: [(name, numpy, torch), ...]."""
     import torch  # the comparison needs torch; the reference itself never does
 
+    spec, with_c = cells.get(args.cell), has_cell_state(args.cell)
     dtype = np.dtype(args.dtype)
     rng = np.random.default_rng(args.seed)
     T, B, I, H = args.steps, args.batch, args.input, args.hidden
     params = init_params(args.cell, I, H, rng, bias=not args.no_bias, dtype=dtype)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = rng.standard_normal((B, H)).astype(dtype)
-    c0 = rng.standard_normal((B, H)).astype(dtype) if args.cell == "lstm" else None
+    c0 = rng.standard_normal((B, H)).astype(dtype) if with_c else None
     dhs = rng.standard_normal((T, B, H)).astype(dtype)  # upstream gradient on every step's output
     dh_T = rng.standard_normal((B, H)).astype(dtype)  # ... and on the final state
-    dc_T = rng.standard_normal((B, H)).astype(dtype) if args.cell == "lstm" else None
+    dc_T = rng.standard_normal((B, H)).astype(dtype) if with_c else None
 
     hs, h_T, c_T, cache = bptt.forward(args.cell, x, h0, params, c0=c0, activation=args.activation)
     dx, dh0, dc0, dparams = bptt.backward(dhs, cache, dh_T, dc_T)
 
-    modules = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
-    kwargs = {"nonlinearity": args.activation} if args.cell == "rnn" else {}
-    module = modules[args.cell](I, H, bias=not args.no_bias, **kwargs).to(getattr(torch, args.dtype))
+    kwargs = {"nonlinearity": args.activation} if spec.elman else {}
+    module = getattr(torch.nn, spec.hooks["native"])(I, H, bias=not args.no_bias, **kwargs)
+    module = module.to(getattr(torch, args.dtype))
     module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in params_to_torch(params).items()})
     x_t = torch.tensor(x, requires_grad=True)
     h0_t = torch.tensor(h0[None], requires_grad=True)  # torch wants [layers, B, H]
-    if args.cell == "lstm":
+    if with_c:
         c0_t = torch.tensor(c0[None], requires_grad=True)
         out, (hn, cn) = module(x_t, (h0_t, c0_t))
         loss = (out * torch.from_numpy(dhs)).sum() + (hn[0] * torch.from_numpy(dh_T)).sum()
@@ -82,10 +85,10 @@ def _compare_with_torch(args) -> list[tuple[str, np.ndarray, np.ndarray]]:
 
     torch_grads = params_from_torch({k: p.grad.numpy() for k, p in module.named_parameters()})
     rows = [("hs", hs, out.detach().numpy()), ("h_T", h_T, hn[0].detach().numpy())]
-    if args.cell == "lstm":
+    if with_c:
         rows.append(("c_T", c_T, cn[0].detach().numpy()))
     rows += [("dx", dx, x_t.grad.numpy()), ("dh0", dh0, h0_t.grad[0].numpy())]
-    if args.cell == "lstm":
+    if with_c:
         rows.append(("dc0", dc0, c0_t.grad[0].numpy()))
     rows += [("d" + name, dparams[name], torch_grads[name]) for name in dparams]
     return rows
@@ -99,7 +102,7 @@ def main(argv=None, prog: str = "python -m rnn_train bptt") -> int:
 
     cfg = f"cell={args.cell} steps={args.steps} batch={args.batch} input={args.input} hidden={args.hidden}"
     cfg += f" seed={args.seed} dtype={args.dtype} bias={not args.no_bias}"
-    if args.cell == "rnn":
+    if cells.get(args.cell).elman:
         cfg += f" activation={args.activation}"
     print(f"NumPy BPTT vs torch.autograd: {cfg}")
     print("upstream gradient: random on every step's output and on the final state")

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnn_train.teaching.bptt.common import (Cache, ForwardResult, Gradients, _affine, _affine_backward,
-                                            _prepare, _upstream, _zero_grads, sigmoid)
+from rnn_train.model import cells
+from rnn_train.teaching.bptt.common import (BpttCell, Cache, ForwardResult, Gradients, affine, affine_backward,
+                                            prepare, upstream_grads, zero_grads)
+
 
 def gru_forward(x, h0, params: dict) -> ForwardResult:
     """Gated recurrent unit, ``torch.nn.GRU`` with one layer; gate blocks (r, z, n).
@@ -16,19 +18,19 @@ def gru_forward(x, h0, params: dict) -> ForwardResult:
         n_t = tanh(gi_n + r_t * gh_n)                        candidate; r scales W_hn h + b_hn
         h_t = (1 - z_t) * n_t + z_t * h_{t-1}
 
-    Saves hs, r, z, n and gh_n (the reset gate's derivative needs W_hn h + b_hn).
+    The step itself is the registry's (rnn_train/model/cells.py, `gru_step`), the one place the
+    equations are written; this loop keeps what the backward pass needs. Saves hs, r, z, n and
+    gh_n (the reset gate's derivative needs W_hn h + b_hn).
     """
-    x, h0, _, params, H = _prepare("gru", x, h0, None, params)
+    x, h0, _, params, H = prepare("gru", x, h0, None, params)
     T, B, _ = x.shape
     hs, r, z, n, gh_n = (np.empty((T, B, H), dtype=x.dtype) for _ in range(5))
-    h = h0
+    h, step = h0, cells.get("gru").step
     for t in range(T):
-        gi, gh = _affine(params, x[t], h)  # [B, 3H] each
-        r[t] = sigmoid(gi[:, :H] + gh[:, :H])
-        z[t] = sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H])
+        gi, gh = affine(params, x[t], h)  # [B, 3H] each
+        (h,), gates = step(cells.NUMPY_OPS, gi, gh, (h,))
+        r[t], z[t], n[t] = gates["r"], gates["z"], gates["n"]
         gh_n[t] = gh[:, 2 * H :]
-        n[t] = np.tanh(gi[:, 2 * H :] + r[t] * gh_n[t])
-        h = (1 - z[t]) * n[t] + z[t] * h
         hs[t] = h
     cache = Cache("gru", params, x, h0, None, saved={"hs": hs, "r": r, "z": z, "n": n, "gh_n": gh_n})
     return ForwardResult(hs, hs[-1].copy(), None, cache)
@@ -47,10 +49,10 @@ def gru_backward(dhs, cache: Cache, dh_T=None) -> Gradients:
         dx_t    = dgi W_ih
         dh_next = dh * z + dgh W_hh    direct path through z, plus through all three gates
     """
-    dhs, dh_next, _ = _upstream(dhs, dh_T, None, cache)
+    dhs, dh_next, _ = upstream_grads(dhs, dh_T, None, cache)
     params, x, s = cache.params, cache.x, cache.saved
     hs, r, z, n, gh_n = s["hs"], s["r"], s["z"], s["n"], s["gh_n"]
-    grads = _zero_grads(params)
+    grads = zero_grads(params)
     dx = np.empty_like(x)
     for t in reversed(range(x.shape[0])):
         h_prev = hs[t - 1] if t > 0 else cache.h0
@@ -62,6 +64,11 @@ def gru_backward(dhs, cache: Cache, dh_T=None) -> Gradients:
         da_z = dz * z[t] * (1 - z[t])
         dgi = np.concatenate([da_r, da_z, da_n], axis=1)  # [B, 3H]
         dgh = np.concatenate([da_r, da_z, da_n * r[t]], axis=1)  # [B, 3H]
-        dx[t], dh_via_W = _affine_backward(grads, params, dgi, dgh, x[t], h_prev)
+        dx[t], dh_via_W = affine_backward(grads, params, dgi, dgh, x[t], h_prev)
         dh_next = dh * z[t] + dh_via_W
     return Gradients(dx, dh_next, None, grads)
+
+
+BPTT = BpttCell(forward=lambda x, h0, c0, params, activation: gru_forward(x, h0, params),
+                backward=lambda dhs, cache, dh_T, dc_T: gru_backward(dhs, cache, dh_T))
+"""The CellSpec hook "bptt" of the GRU (rnn_train/model/cells.py)."""

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnn_train.teaching.bptt.common import (Cache, ForwardResult, Gradients, _affine, _affine_backward,
-                                            _prepare, _upstream, _zero_grads, sigmoid)
+from rnn_train.model import cells
+from rnn_train.teaching.bptt.common import (BpttCell, Cache, ForwardResult, Gradients, affine, affine_backward,
+                                            prepare, upstream_grads, zero_grads)
+
 
 def lstm_forward(x, h0, c0, params: dict) -> ForwardResult:
     """Long short-term memory, ``torch.nn.LSTM`` with one layer; gate blocks (i, f, g, o).
@@ -14,22 +16,19 @@ def lstm_forward(x, h0, c0, params: dict) -> ForwardResult:
         c_t = f * c_{t-1} + i * g
         h_t = o * tanh(c_t)
 
-    Saves hs, cs, the four gates and tanh(c_t).
+    The step itself is the registry's (rnn_train/model/cells.py, `lstm_step`), the one place the
+    equations are written; this loop keeps what the backward pass needs. Saves hs, cs, the four
+    gates and tanh(c_t).
     """
-    x, h0, c0, params, H = _prepare("lstm", x, h0, c0, params)
+    x, h0, c0, params, H = prepare("lstm", x, h0, c0, params)
     T, B, _ = x.shape
     hs, cs, i, f, g, o, tanh_c = (np.empty((T, B, H), dtype=x.dtype) for _ in range(7))
-    h, c = h0, c0
+    h, c, step = h0, c0, cells.get("lstm").step
     for t in range(T):
-        gi, gh = _affine(params, x[t], h)
-        a = gi + gh  # [B, 4H]
-        i[t] = sigmoid(a[:, :H])
-        f[t] = sigmoid(a[:, H : 2 * H])
-        g[t] = np.tanh(a[:, 2 * H : 3 * H])
-        o[t] = sigmoid(a[:, 3 * H :])
-        c = f[t] * c + i[t] * g[t]
+        gi, gh = affine(params, x[t], h)  # [B, 4H] each
+        (h, c), gates = step(cells.NUMPY_OPS, gi, gh, (h, c))
+        i[t], f[t], g[t], o[t] = gates["i"], gates["f"], gates["g"], gates["o"]
         tanh_c[t] = np.tanh(c)
-        h = o[t] * tanh_c[t]
         hs[t], cs[t] = h, c
     saved = {"hs": hs, "cs": cs, "i": i, "f": f, "g": g, "o": o, "tanh_c": tanh_c}
     cache = Cache("lstm", params, x, h0, c0, saved=saved)
@@ -49,10 +48,10 @@ def lstm_backward(dhs, cache: Cache, dh_T=None, dc_T=None) -> Gradients:
         dh_next = da W_hh
         dc_next = dc * f                                  only multiplied by the forget gate
     """
-    dhs, dh_next, dc_next = _upstream(dhs, dh_T, dc_T, cache)
+    dhs, dh_next, dc_next = upstream_grads(dhs, dh_T, dc_T, cache)
     params, x, s = cache.params, cache.x, cache.saved
     hs, cs, i, f, g, o, tanh_c = (s[k] for k in ("hs", "cs", "i", "f", "g", "o", "tanh_c"))
-    grads = _zero_grads(params)
+    grads = zero_grads(params)
     dx = np.empty_like(x)
     for t in reversed(range(x.shape[0])):
         h_prev = hs[t - 1] if t > 0 else cache.h0
@@ -65,6 +64,11 @@ def lstm_backward(dhs, cache: Cache, dh_T=None, dc_T=None) -> Gradients:
             [di * i[t] * (1 - i[t]), df * f[t] * (1 - f[t]), dg * (1 - g[t] ** 2), do * o[t] * (1 - o[t])],
             axis=1,
         )  # [B, 4H]
-        dx[t], dh_next = _affine_backward(grads, params, da, da, x[t], h_prev)
+        dx[t], dh_next = affine_backward(grads, params, da, da, x[t], h_prev)
         dc_next = dc * f[t]
     return Gradients(dx, dh_next, dc_next, grads)
+
+
+BPTT = BpttCell(forward=lambda x, h0, c0, params, activation: lstm_forward(x, h0, c0, params),
+                backward=lambda dhs, cache, dh_T, dc_T: lstm_backward(dhs, cache, dh_T, dc_T))
+"""The CellSpec hook "bptt" of the LSTM (rnn_train/model/cells.py)."""

@@ -1,0 +1,15 @@
+"""The names of the files in a run directory: a leaf, so that both the run directory's owner
+(training/rundir.py: RunDir) and the checkpoint loader (model/checkpoint.py, which takes a run
+directory for its best checkpoint) read them from one place without importing each other.
+
+    runs/<log.name>/
+        config.yaml               the resolved config (written first, before training starts)
+        best.pt  last.pt          checkpoints (see training.state for what they hold)
+        metrics.json              the TrainResult of a run that ended (not of an interrupted one)
+        events.out.tfevents.*     TensorBoard
+"""
+
+CONFIG, BEST, LAST, METRICS = "config.yaml", "best.pt", "last.pt", "metrics.json"
+EVENTS = "events.out.tfevents.*"
+RUN_FILES = (BEST, LAST, METRICS, CONFIG, EVENTS)
+"""What a training run writes (glob patterns): what starting afresh in its directory removes."""

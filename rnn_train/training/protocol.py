@@ -1,0 +1,49 @@
+"""The Learner protocol: what the trainer needs from a backend, and nothing else.
+
+A leaf of the package: the backends (training/learner.py's TorchLearner, teaching/numpy_backend.py's
+NumpyLearner) implement it and the trainer reads it, without either importing the other.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from rnn_train.model.charrnn import CharRNN, State
+
+
+@runtime_checkable
+class Learner(Protocol):
+    """What the trainer needs from a backend."""
+
+    @property
+    def kernel(self) -> str:
+        """The training path of the recurrent layers, as logged in the run: "native", a fused path's
+        label ("fused-cpp(...)", "fused-python(...)") or "numpy"."""
+        ...
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next `train_step`."""
+        ...
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, state: State | None) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """One update on ids X, targets Y [B, T] from `state` (None: zeros) -> (mean CE, global gradient
+        norm before clipping, final state), as 0-dim tensors left on the device: no host sync."""
+        ...
+
+    def evaluate(self, data: np.ndarray, batch_size: int, num_steps: int) -> float:
+        """Mean CE over a whole split, its streams read in order with the state carried from zero."""
+        ...
+
+    def torch_model(self) -> CharRNN:
+        """The CharRNN holding the current weights (text samples, parameter count, loading weights)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"model": CharRNN state_dict, "optimizer": optimiser state_dict} as a checkpoint stores them."""
+        ...
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        """Restore what `state_dict` gave (raises RuntimeError / KeyError / ValueError if it does not fit)."""
+        ...
