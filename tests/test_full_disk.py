@@ -155,6 +155,50 @@ def test_tensorboard_fails_late_in_its_thread_and_is_raised_as_one_error_without
 
 
 # ---------------------------------------------------------------------------------------------
+# training
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_training_with_one_line(trained, tmp_path):
+    """The fault probe of issue 17: the disk fills while a checkpoint is written."""
+    run_dir = copy_run(trained, tmp_path)
+    before = sha(run_dir / "last.pt")
+    job = limited_cli(CHECKPOINT_LIMIT, tmp_path, "train", "--resume", str(run_dir), "--cache-dir",
+                      str(tmp_path / "cache"), "train.max_steps=80", "--quiet")
+    assert job.returncode == 2 and job.stdout == ""
+    assert re.fullmatch(rf"error: cannot write {re.escape(str(run_dir))}/(best|last)\.pt \(File too large\)\n",
+                        job.stderr), job.stderr
+    assert sha(run_dir / "last.pt") == before and load_checkpoint(run_dir / "last.pt")["step"] == 40
+    assert temp_files(tmp_path) == []
+
+
+def test_an_event_file_that_cannot_be_written_stops_training_with_one_line(trained, tmp_path):
+    """TensorBoard's writer fails in its thread; the run stops at the step after, saves last.pt (it
+    fits) and ends with the event file's error, without metrics.json (the run is not done)."""
+    job = limited_cli(EVENTS_LIMIT, tmp_path, "train", "--config", "debug", "--cache-dir", str(trained / "cache"),
+                      f"log.dir={tmp_path}", "log.name=tb", NATIVE, "model.hidden_size=16", "train.threads=1",
+                      "train.max_steps=300", "train.eval_every=100", "log.log_every=1", "--quiet")
+    run_dir = tmp_path / "tb"
+    assert job.returncode == 2 and job.stdout == ""
+    assert re.fullmatch(rf"error: cannot write {re.escape(str(run_dir))}/events\.out\.tfevents\.\S+ "
+                        rf"\(File too large\)\n", job.stderr), job.stderr
+    step = load_checkpoint(run_dir / "last.pt")["step"]
+    assert 100 < step < 300  # stopped soon after the events outgrew the limit, not at the end
+    assert not (run_dir / "metrics.json").exists() and temp_files(tmp_path) == []
+
+
+def test_metrics_that_cannot_be_written_are_one_line_after_the_checkpoints(trained, tmp_path, capsys):
+    from rnn_train.training.cli import main
+
+    cfg = tiny_config(tmp_path, NATIVE, name="m")
+    (tmp_path / "m" / "metrics.json").mkdir(parents=True)  # the rename onto it fails
+    (tmp_path / "cfg.yaml").write_text(config_to_yaml(cfg))
+    assert run(main, ["--config", str(tmp_path / "cfg.yaml"), "--cache-dir", str(trained / "cache"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write {tmp_path / 'm' / 'metrics.json'} (Is a directory)\n"
+    assert load_checkpoint(tmp_path / "m" / "last.pt")["step"] == 40 and temp_files(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
 # the other commands
 
 
@@ -215,3 +259,31 @@ def test_standard_output_on_a_full_disk_is_one_line():
                              stderr=subprocess.PIPE, text=True, timeout=60)
     assert job.returncode == 2
     assert job.stderr == "error: cannot write the standard output (No space left on device)\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# torchrun: rank 0 writes, every rank stops
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "events"])
+def test_under_torchrun_a_failed_write_on_rank_0_stops_every_rank_with_one_line(tmp_path, monkeypatch, what):
+    from tests.test_distributed import torchrun, write_config
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    extra = ["train.max_steps=300", "train.eval_every=100", "log.log_every=1"] if what == "events" else []
+    cfg = tiny_config(runs, NATIVE, *extra, name="full")
+    prepare_corpus(cfg.data, tmp_path / "cache", progress=False)  # the ranks' cache (too big for the limit)
+    monkeypatch.setenv("DDP_FILE_LIMIT", str(CHECKPOINT_LIMIT if what == "checkpoint" else EVENTS_LIMIT))
+    monkeypatch.setenv("RNN_TRAIN_NO_CPP", "1")
+    job = torchrun(runs, ["--config", str(write_config(runs, cfg)), "--quiet"])
+    assert job.returncode != 0 and job.stderr.count("exitcode  : 2") == 2  # rank 1 stopped too, as from a user error
+    # no traceback from a rank (torchrun's own, for a failed job, is torchrun's business)
+    assert "[rank" not in job.stderr and f'File "{ROOT}' not in job.stderr, job.stderr[-3000:]
+    errors = [line for line in job.stderr.splitlines() if line.startswith("error:")]
+    run_dir = re.escape(str(runs / "full"))
+    failed = r"best\.pt" if what == "checkpoint" else r"events\.out\.tfevents\.\S+"
+    assert len(errors) == 1 and re.fullmatch(rf"error: cannot write {run_dir}/{failed} \(File too large\)",
+                                             errors[0]), errors
+    assert job.shutdowns == []  # both ranks left as from a user error
+    assert temp_files(runs) == [] and not (runs / "full" / "metrics.json").exists()
