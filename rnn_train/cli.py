@@ -2,14 +2,25 @@
 
 argparse's own errors print a usage block plus a message; ours print just `error: ...` so that
 every user mistake, from a bad flag to a bad config value, looks the same and is easy to grep.
+
+A full disk is one line too. Files are written through rnn_train.files, whose WriteError is a
+UserError naming the file; what is left is the standard output (`predict ... > out.txt` on a full
+disk) and any write not routed through rnn_train.files: an OSError that only a write can raise
+(ENOSPC, EDQUOT, EFBIG, EROFS) is caught here as the last resort.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import os
 import sys
 from typing import Callable
 
 from rnn_train.errors import UserError
+
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+"""Errors only a write raises: a full disk, a quota, a file size limit, a read-only file system."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -24,14 +35,34 @@ def report(error: UserError) -> int:
     return 2
 
 
+def _failed_write(error: OSError) -> int:
+    """A write that failed outside rnn_train.files, as one line. Every file the project writes goes
+    through rnn_train.files (whose errors name the file), so an error naming no file is the standard
+    output's; it is pointed at /dev/null, or Python's own flush at exit may fail again, printing a
+    traceback and changing the exit status to 120."""
+    from rnn_train.files import WriteError
+
+    if error.filename:
+        return report(WriteError(error.filename, error))
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return report(WriteError("the standard output", error))
+
+
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Call main; a UserError becomes `error: <message>` on stderr and exit status 2."""
     try:
-        return main(argv)
+        status = main(argv)
+        sys.stdout.flush()  # here, not at exit: a full disk under `> out.txt` is one line too
+        return status
     except UserError as e:
         return report(e)
     except BrokenPipeError:  # `predict.py ... | head`
         return 0
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        return _failed_write(e)
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves a checkpoint itself)
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -1,10 +1,40 @@
-"""Atomic file writes, and the one way this project writes JSON.
+"""Writing files: atomic writes, one error for a failed write, and the one way this project writes JSON.
 
-Atomic: checkpoints, run files, sweep results and the pinyin cache are all written to a temporary
-file in the target's directory, flushed to disk, then renamed over the target with `os.replace`:
-the old file stays intact until the new one is complete, so a reader (or a crash) never sees half a
-file. `tempfile.mkstemp` creates owner-only files, so the mode is set to what a plain `open()`
-would give (0o666 less the umask).
+A failed write is one line. A full disk (ENOSPC), a file size limit (EFBIG under RLIMIT_FSIZE), a
+quota (EDQUOT), a read-only file system (EROFS) or a missing permission (EACCES) is no bug of the
+program: the command ends with `error: cannot write <path> (<reason>)`, exit status 2, naming the
+file that could not be written, the file it was replacing intact. Every place that writes goes
+through one of these doors, and a new command (an HTML page, an ONNX export, a study directory)
+should too:
+
+    atomic_write_bytes / _text / _json   a whole file, atomically (below)
+    save_figure(fig, path)               a matplotlib figure, atomically
+    with writing(path): ...              anything else that writes `path` (mkdir, unlink, a stream
+                                         written in place): an OSError inside names `path`
+    summary_writer(logdir)               TensorBoard's writer, which fails late, in a thread (see
+                                         its docstring); wrap its add_* / flush / close in `writing`
+
+Each raises `WriteError`, both a `UserError` (the CLI prints it as one line) and an `OSError`, so
+code that shrugs off a failed write of something optional (the kernels' measurement cache, the
+prepared corpora's shortcut files) by catching OSError keeps doing so. Every OSError inside
+`atomic_write_bytes` is blamed on its target, the callback's included: a callback that also reads
+(score reading its input) reports its read errors itself, as UserErrors. Under torchrun only rank 0
+writes; put the write inside `World.from_writer` so that its failure stops every rank (see
+training/trainer.py). Prepared corpora keep a message of their own (data/prepare.py), and
+`cli.run` catches a write-only errno that escaped all this as a last resort (the standard output
+of `predict ... > out.txt` on a full disk).
+
+torch.save reports a failed write of its file object as a RuntimeError ("[enforce fail at
+inline_container.cc] unexpected pos ..."), which no longer says why; the file object that
+`atomic_write_bytes` hands to `write` remembers the OSError of its failed write, and that is the
+error reported.
+
+Atomic: checkpoints, run files, sweep results and plots, downloads, `score --per-char` and the
+pinyin cache are all written to a temporary file in the target's directory, flushed to disk, then
+renamed over the target with `os.replace`: the old file stays intact until the new one is
+complete, so a reader (or a crash, or a full disk) never sees half a file, and the temporary file
+is removed when anything fails. `tempfile.mkstemp` creates owner-only files, so the mode is set to
+what a plain `open()` would give (0o666 less the umask).
 
 Strict JSON: Python's `json` writes `NaN` and `Infinity`, which are not JSON; `jq`, JavaScript and
 most other readers reject the whole file. A diverged run's loss or a run without a validation split
@@ -13,37 +43,120 @@ is a real non-finite number, so every JSON file and line the project writes goes
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
+
+from rnn_train.errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call `write(file_object)` on a temp file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+class WriteError(UserError, OSError):
+    """`path` could not be written; `reason` is the system's word for why ("No space left on device")."""
+
+    def __init__(self, path: str | Path, error: OSError):
+        reason = error.strerror or str(error) or error.__class__.__name__
+        OSError.__init__(self, error.errno, reason, str(path))
+        self.path, self.reason = path, reason
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path} ({self.reason})"
+
+    def __reduce__(self):
+        return WriteError, (self.path, OSError(self.errno, self.reason))
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Inside, an OSError becomes a WriteError naming `path` (a WriteError passes as it is)."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        yield
+    except WriteError:
         raise
+    except OSError as error:
+        raise WriteError(path, error) from None
+
+
+class _RecordingFile:
+    """A binary file that remembers the OSError of its first failed write or flush, and closes
+    itself on leaving a `with`. torch.save reports such a failure as a RuntimeError that no longer
+    says why; on leaving, that error is replaced by the remembered OSError."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)  # seek, tell, fileno, ...
+
+    def __enter__(self) -> "_RecordingFile":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self._f.close()  # flushes what is buffered: may fail too
+        except OSError:
+            if exc is None:
+                raise
+            # else the error in flight is the first failure (closing re-fails on the same bytes)
+        if isinstance(exc, Exception) and not isinstance(exc, OSError) and self.error is not None:
+            raise self.error
+        return False
+
+
+def atomic_write_bytes(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call `write(file_object)` on a temp file beside `path`, then rename it over `path`. Any
+    OSError on the way (from mkdir, the file object, fsync, the rename; or from `write` itself: a
+    callback that also reads must report its own read errors) is a WriteError naming `path`; the
+    temp file is removed and an earlier `path` stays as it was."""
+    path = Path(path)
+    tmp = None
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            with _RecordingFile(os.fdopen(fd, "wb")) as f:
+                write(f)  # type: ignore[arg-type]
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.replace(tmp, path)
+            tmp = None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """A matplotlib figure saved as `path` (the format its suffix names), atomically."""
+    path = Path(path)
+    atomic_write_bytes(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or None))
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -65,3 +178,45 @@ def strict_json(value: Any, indent: int | None = None) -> str:
 def atomic_write_json(path: str | Path, value: Any) -> None:
     """`value` as strict, indented JSON (plus a final newline), written atomically."""
     atomic_write_text(path, strict_json(value, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- TensorBoard
+
+
+def summary_writer(logdir: str | Path, **kwargs):
+    """torch's SummaryWriter for `logdir` (created inside `writing(logdir)`).
+
+    Why it needs care: the writer hands events to a background thread that writes them. An OSError
+    there ends the thread, which prints its traceback, and the writer raises the same error again
+    at the caller's next add_*, flush or close: the failure arrives late, in the caller's code.
+    So wrap those calls in `writing(event_file(writer))`; the thread's own print is silenced here
+    (`_quiet_event_threads`), since its error is not lost but raised again."""
+    _quiet_event_threads()
+    from torch.utils.tensorboard import SummaryWriter
+
+    with writing(logdir):
+        return SummaryWriter(str(logdir), **kwargs)
+
+
+def event_file(writer) -> Path:
+    """The event file an open SummaryWriter writes (its directory, should torch's layout change)."""
+    try:
+        return Path(writer.file_writer.event_writer._file_name)
+    except AttributeError:
+        return Path(writer.get_logdir())
+
+
+def _quiet_event_threads() -> None:
+    """A threading.excepthook (installed once) that drops the OSError ending a TensorBoard writer
+    thread, and passes everything else to the hook it replaced."""
+    if getattr(threading.excepthook, "quiet_event_threads", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+            return  # raised again by the writer's next call (see summary_writer)
+        previous(args)
+
+    hook.quiet_event_threads = True  # type: ignore[attr-defined]
+    threading.excepthook = hook

@@ -4,11 +4,15 @@
     DDP_FAULT=sigterm:R:K   rank R sends itself SIGTERM after update K
     DDP_FAULT=raise:R:K     rank R raises RuntimeError after update K (a crash)
     DDP_SHUTDOWN_MARK=DIR   a rank that runs Python's shutdown (atexit handlers) leaves DIR/rankR
+    DDP_FILE_LIMIT=BYTES    no file may grow past BYTES (RLIMIT_FSIZE; SIGXFSZ ignored, so that a write
+                            fails with EFBIG as on a full disk: torchrun starts each rank with SIGXFSZ
+                            at its default, which kills)
 
 The fault rides on the trainer's own per-update hook (`on_step`), so it strikes at a known step.
 """
 import atexit
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -45,4 +49,8 @@ if __name__ == "__main__":
         atexit.register((Path(os.environ["DDP_SHUTDOWN_MARK"]) / f"rank{os.environ['RANK']}").touch)
     if os.environ.get("DDP_FAULT"):
         _install(os.environ["DDP_FAULT"])
+    if os.environ.get("DDP_FILE_LIMIT"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        limit = int(os.environ["DDP_FILE_LIMIT"])
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     sys.exit(run_command("train", sys.argv[1:], prog="train.py"))

@@ -390,20 +390,23 @@ def format_compare(results: Sequence[FlowResult], all_rows: bool = False) -> str
 
 
 def write_tensorboard(r: FlowResult, logdir: Path) -> Path:
-    """Scalars with the TensorBoard step axis = t; replaces events of an earlier identical measurement."""
-    from torch.utils.tensorboard import SummaryWriter
+    """Scalars with the TensorBoard step axis = t; replaces events of an earlier identical measurement.
+    A failed write (a full disk) is a one-line WriteError naming the event file."""
+    from rnn_train.files import event_file, summary_writer, writing
 
-    logdir.mkdir(parents=True, exist_ok=True)
-    for old in logdir.glob("events.out.tfevents.*"):
-        old.unlink()  # this folder is written only by gradflow: a rerun replaces, not doubles, the curves
-    writer = SummaryWriter(str(logdir))
+    with writing(logdir):
+        logdir.mkdir(parents=True, exist_ok=True)
+        for old in logdir.glob("events.out.tfevents.*"):
+            old.unlink()  # this folder is written only by gradflow: a rerun replaces, not doubles, the curves
+    writer = summary_writer(logdir)
     columns = {"dL_dh": r.dL_dh, "dL_dh_clipped": r.dL_dh_clipped, "dLT_dh": r.dLT_dh,
                "dLT_dh_clipped": r.dLT_dh_clipped, "dLT_dh_ratio": r.ratio}
-    for i in range(r.steps):
-        for tag, values in columns.items():
-            writer.add_scalar(f"gradflow/{tag}", values[i], i + 1)
-    writer.add_text("gradflow/summary", "```\n" + format_report(r) + "\n```", 0)
-    writer.close()
+    with writing(event_file(writer)):
+        for i in range(r.steps):
+            for tag, values in columns.items():
+                writer.add_scalar(f"gradflow/{tag}", values[i], i + 1)
+        writer.add_text("gradflow/summary", "```\n" + format_report(r) + "\n```", 0)
+        writer.close()
     return logdir
 
 

@@ -7,6 +7,12 @@ Monitor without a run directory and with `quiet`, which silences all of it at on
 Console behaviour: on a terminal, a tqdm bar shows loss, ppl and tokens/s; in a non-TTY log (CI,
 `nohup`, a pipe) the bar would be a wall of carriage returns, so a plain line is printed at every
 logging step instead. `quiet` keeps only the final summary and errors.
+
+A failed write of the event file (a full disk) never raises here: TensorBoard's writer reports it
+late (files.summary_writer), at whichever call comes next, and on rank 0 only, where raising
+would leave the other ranks waiting. It is kept in `failure` (TensorBoard stops); the trainer
+asks `failed` at the step every rank agrees on, stops the run there, and `check` raises it as the
+one-line WriteError.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from rnn_train.files import WriteError, event_file, summary_writer, writing
 
 
 def _flat_hparams(cfg_dict: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -32,12 +40,13 @@ class Monitor:
         self.quiet, self.total_steps = quiet, total_steps
         self.stream = stream or sys.stderr
         self.writer = None
+        self.events: Path | None = None  # the event file (its directory until it exists)
+        self.failure: WriteError | None = None
         if tensorboard and run_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
+            self.events = Path(run_dir)
             # purge_step drops events a crashed run logged after its last checkpoint, so a resumed
             # run's curves do not show the same steps twice.
-            self.writer = SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else None)
+            self._tensorboard(lambda: self._open(run_dir, start_step + 1 if start_step else None))
         tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.bar = None
         if not quiet and tty:
@@ -67,15 +76,39 @@ class Monitor:
                   file=self.stream, flush=True)
 
     # -- TensorBoard ------------------------------------------------------------------------
+    def _open(self, run_dir: Path, purge_step: int | None) -> None:
+        self.writer = summary_writer(run_dir, purge_step=purge_step)
+        self.events = event_file(self.writer)
+
+    def _tensorboard(self, write) -> None:
+        """Run `write()` (TensorBoard calls); a failed write is kept in `failure` and ends TensorBoard."""
+        try:
+            with writing(self.events):
+                write()
+        except WriteError as error:
+            self.failure = self.failure or error
+            self.writer = None  # its thread is gone; closing it would only fail again
+
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None
+
+    def check(self) -> None:
+        """Raise the failed write of the event file, if any (one line: `cannot write <file> (<why>)`)."""
+        if self.failure is not None:
+            raise self.failure
+
     def scalars(self, values: dict[str, float], step: int) -> None:
-        if self.writer is not None:
+        def write() -> None:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)  # stored as float32 (classic scalar summaries)
+        if self.writer is not None:
+            self._tensorboard(write)
 
     def text(self, tag: str, text: str, step: int) -> None:
         if self.writer is not None:
             # Markdown renders runs of spaces and newlines away; a code block keeps the sample as it is.
-            self.writer.add_text(tag, "```\n" + text + "\n```", step)
+            self._tensorboard(lambda: self.writer.add_text(tag, "```\n" + text + "\n```", step))
 
     def hparams(self, cfg_dict: dict[str, dict[str, Any]], metrics: dict[str, float]) -> None:
         """The hparams plugin's record, in this run's own event file (not a timestamped subfolder)."""
@@ -87,16 +120,20 @@ class Monitor:
         # between runs) from all sessions under a logdir; an experiment record per run would pin
         # the first one it finds and mark every hparam as "differs: false" across a sweep.
         _, ssi, sei = hparams(_flat_hparams(cfg_dict), metrics)
-        fw = self.writer._get_file_writer()
-        for summary in (ssi, sei):
-            fw.add_summary(summary)
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, 0)
+
+        def write() -> None:
+            fw = self.writer._get_file_writer()
+            for summary in (ssi, sei):
+                fw.add_summary(summary)
+            for tag, value in metrics.items():
+                self.writer.add_scalar(tag, value, 0)
+        self._tensorboard(write)
 
     def close(self) -> None:
+        """Close the bar and the event file (a failure to write its last events is kept, see `check`)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
         if self.writer is not None:
-            self.writer.close()
+            self._tensorboard(self.writer.close)
             self.writer = None

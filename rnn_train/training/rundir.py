@@ -25,7 +25,7 @@ import yaml
 
 from rnn_train.config import Config, build_config, config_to_yaml
 from rnn_train.errors import UserError
-from rnn_train.files import atomic_write_json, atomic_write_text
+from rnn_train.files import atomic_write_json, atomic_write_text, writing
 from rnn_train.runfiles import BEST, CONFIG, LAST, METRICS, RUN_FILES
 
 
@@ -139,10 +139,11 @@ class RunDir:
         """Delete what an earlier run wrote here (RUN_FILES and `extra` patterns), nothing else."""
         if not self.path.is_dir():
             return
-        for pattern in RUN_FILES + extra:
-            for f in self.path.glob(pattern):
-                if f.is_file():
-                    f.unlink()
+        with writing(self.path):  # a read-only directory is one line, like a full one
+            for pattern in RUN_FILES + extra:
+                for f in self.path.glob(pattern):
+                    if f.is_file():
+                        f.unlink()
 
     def create(self, cfg: Config) -> None:
         """Make the directory and write the resolved config.yaml: the first write of a run."""

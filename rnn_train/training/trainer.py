@@ -17,6 +17,13 @@ the same weights as one that never stopped (tests/test_resume.py).
 Ctrl-C (SIGINT) or SIGTERM sets a flag; the step in flight finishes, `last.pt` is written and the
 run returns with `interrupted` set. A second signal stops at once.
 
+A failed write (a full disk; files.WriteError) ends the run with that one-line error, on every
+rank: a checkpoint or metrics.json is written inside `World.from_writer`, so rank 0's failure is
+raised on all ranks at once, and the file it was replacing stays as it was (atomic writes). The
+event file fails late and is only noted by the Monitor; the run then stops as if interrupted
+(the step's agreement carries the flag to every rank), last.pt is written if it can be, and the
+error is raised.
+
 Data-parallel (torchrun, `world.size` > 1; training/distributed.py): every rank runs this same loop
 on its rows of each global batch, and the loop's decisions stay identical on all ranks because
 everything they read is: the batches (a function of seed and epoch), the averaged gradients, the
@@ -138,15 +145,19 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        with _Interrupt() as interrupt:
-            reason = should_stop(self.state, self.cfg)
-            while not reason:
-                reason = self.run_epoch(interrupt)
-            reason = self.end_of_run(reason)
-        if reason == "interrupt":
-            self.monitor.close()
-            return self.result(reason, interrupted=True)
-        return self.report(reason)
+        try:
+            with _Interrupt() as interrupt:
+                reason = should_stop(self.state, self.cfg)
+                while not reason:
+                    reason = self.run_epoch(interrupt)
+                reason = self.end_of_run(reason)
+            if reason == "interrupt":
+                self.monitor.close()
+                self.world.from_writer(self.monitor.check)  # stopped by a failed event file: its error
+                return self.result(reason, interrupted=True)
+            return self.report(reason)
+        finally:
+            self.monitor.close()  # also when a write failed: the events logged so far reach the disk
 
     def epoch_batches(self) -> Iterator[Batch]:
         """The current epoch's batches not trained on yet (all of them, unless resumed mid-epoch)."""
@@ -171,7 +182,8 @@ class Trainer:
                 return "diverged"
             if validate and not self.validate_and_save():
                 return "diverged"
-            stop, s.train_seconds = self.world.agree_step(interrupt.requested, s.train_seconds)
+            # a failed event file (rank 0) stops the run like Ctrl-C; `run` then raises its error
+            stop, s.train_seconds = self.world.agree_step(interrupt.requested or self.monitor.failed, s.train_seconds)
             if stop:
                 return "interrupt"
             reason = should_stop(s, cfg)
@@ -253,12 +265,13 @@ class Trainer:
         w = self.world
         rng = combine_rng(w.gather_objects(capture_rng(self.device)))
         hidden = w.gather_state(self.state.hidden)
-        if not w.is_writer:
-            return
-        self.state.rng = rng
-        whole = replace(self.state, hidden=hidden)  # world-size independent: all B rows
-        payload = whole.to_checkpoint(self.learner.state_dict(), self.cfg.to_dict(), self.data.vocab.to_list())
-        ckpt_io.save_checkpoint(self.run_dir / name, payload)
+
+        def write() -> None:
+            self.state.rng = rng
+            whole = replace(self.state, hidden=hidden)  # world-size independent: all B rows
+            payload = whole.to_checkpoint(self.learner.state_dict(), self.cfg.to_dict(), self.data.vocab.to_list())
+            ckpt_io.save_checkpoint(self.run_dir / name, payload)
+        w.from_writer(write)  # a failed write (a full disk) is raised on every rank, not only on rank 0
 
     # -- the end -------------------------------------------------------------------------------------
     def end_of_run(self, reason: str) -> str:
@@ -301,9 +314,12 @@ class Trainer:
         self.monitor.hparams(self.cfg.to_dict(), {
             "hparam/val_loss": result.val_loss, "hparam/val_ppl": result.val_ppl,
             "hparam/best_val_loss": result.best_val_loss, "hparam/tokens_per_s": result.tokens_per_s})
-        if self.world.is_writer:
-            self.run_dir.write_metrics(asdict(result))
         self.monitor.close()
+
+        def write_metrics() -> None:
+            self.monitor.check()  # events not all written: the run is not reported as done
+            self.run_dir.write_metrics(asdict(result))
+        self.world.from_writer(write_metrics)
         return result
 
     def score_test(self, result: TrainResult) -> None:
@@ -410,6 +426,7 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
     rd = _open_run_dir(cfg, run_dir, clear, world)
     mon = Monitor(rd.path if world.is_writer else None, cfg.log.tensorboard, quiet or not world.is_writer,
                   planned_steps(cfg, len(data.train)), state.step, stream=stream)
+    world.from_writer(mon.check)  # an event file that cannot be created stops every rank now
     mon.info(f"run {rd}: " + _describe(cfg, data, learner, device, kernel, start))
     if init is not None and data.unk_fraction and world.is_writer:
         unknown = round(data.unk_fraction * data.text_chars)

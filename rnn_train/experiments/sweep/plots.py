@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rnn_train.experiments.sweep.plan import NUM_STEPS_KEY, SweepPlan
+from rnn_train.files import save_figure
 
 
 
@@ -83,7 +84,7 @@ def plot_results(plan: SweepPlan, rows: list[dict[str, Any]]) -> list[Path]:
         if len(plan.grid) > 1:  # lines are labelled by the other grid keys' values
             ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(plan.out / fname)
+        save_figure(fig, plan.out / fname)
         plt.close(fig)
         written.append(plan.out / fname)
     curves = _plot_val_curves(plan, rows, x_key, plt)
@@ -141,6 +142,6 @@ def _plot_val_curves(plan: SweepPlan, rows: list[dict[str, Any]], x_key: str, pl
         ax.axis("off")
     fig.tight_layout()
     path = plan.out / "val_curves.png"
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
