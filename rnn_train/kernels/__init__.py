@@ -86,9 +86,9 @@ def resolve_training_path(kernel: str, precision: str, rnn: nn.Module, batch_siz
         return TrainingPath(path, "fp32")
     w = rnn.weight_hh_l0
     why = f"the model computes in {str(w.dtype).split('.')[-1]}" if w.dtype != torch.float32 else bf16_hardware(w.device)
-    candidates = [] if why else bf16_candidates(kernel, rnn)
+    candidates = [] if why else [p for p in bf16_candidates(kernel, rnn) if autotune.runs_here(rnn, p, one_hot, "bf16")]
     if why is None and not candidates:
-        why = f"model.kernel={kernel} has no bf16 path for this model here (it needs the C++ kernels built with AMX)"
+        why = f"model.kernel={kernel} has no bf16 path that runs this model here"
     if why is not None:
         note = f"train.precision=bf16: {why}; training in float32" if precision == "bf16" else ""
         return TrainingPath(path, "fp32", note)

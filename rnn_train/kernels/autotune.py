@@ -223,6 +223,18 @@ def choose(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with_
     return stored_decision(key, measured, lambda entry: _path_from_json(entry["choice"]))
 
 
+def runs_here(rnn: nn.Module, path: FusedPath | None, one_hot: bool, precision: str) -> bool:
+    """Whether `path` trains `rnn` in `precision` on this machine at all: one tiny forward+backward on
+    a copy. (oneDNN refuses a bf16 LSTM where its ISA is capped below bf16, for one.)"""
+    module, inp = _measured_copy(rnn, 2, 2, one_hot)
+    try:
+        with torch.enable_grad():
+            _pass(module, path, inp, one_hot, precision)()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _label(path: FusedPath | None, precision: str) -> str:
     return f"{NATIVE if path is None else path.label()} {precision}"
 

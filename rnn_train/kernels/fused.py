@@ -65,6 +65,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from rnn_train.kernels.gemm import BF16, GEMMS, resolve_gemm
 from rnn_train.kernels.layer_io import (FLOATS, STEP_BF16, STEP_GEMMS, THREADS, LayerOptions, LayerTensors, check_layer,
@@ -72,7 +73,7 @@ from rnn_train.kernels.layer_io import (FLOATS, STEP_BF16, STEP_GEMMS, THREADS, 
 from rnn_train.model import cells
 from rnn_train.model.cells import CellSpec
 
-__all__ = ["FusedPath", "fused_rnn_layer", "fused_rnn", "can_fuse", "LOOPS"]
+__all__ = ["FusedPath", "fused_rnn_layer", "fused_rnn", "bf16_linear", "can_fuse", "LOOPS"]
 
 LOOPS = ("python", "cpp")
 """The time loops; a cell has one where its CellSpec names a hook "<loop>_loop"."""
@@ -179,6 +180,43 @@ def _check_precision(precision: str, path: FusedPath, w: torch.Tensor) -> bool:
         raise ValueError(f"{path.label()} cannot compute in bf16 here: that needs the C++ loop's tiled step, float32 "
                          "CPU weights and C++ kernels built with AMX-BF16")
     return True
+
+
+class _Bf16Linear(torch.autograd.Function):
+    """y = x W^T + b with the three products (y, dx, dW) in bf16 with float32 sums and results
+    (csrc/bf16.h's bf16_matmul); x [..., K] of any layout, W [N, K], b [N] or None."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        from rnn_train.kernels.build import extension
+
+        x2 = x.reshape(-1, x.shape[-1])
+        ctx.save_for_backward(x2, w)
+        ctx.has_bias, ctx.shape = b is not None, x.shape
+        y = extension().bf16_matmul(x2, w)
+        if b is not None:
+            y.add_(b)
+        return y.view(*x.shape[:-1], w.shape[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        from rnn_train.kernels.build import extension
+
+        x2, w = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        ops, need = extension(), ctx.needs_input_grad
+        dx = ops.bf16_matmul(dy2, w.t()).view(ctx.shape) if need[0] else None
+        dw = ops.bf16_matmul(dy2.t(), x2.t()) if need[1] else None
+        db = dy2.sum(0) if ctx.has_bias and need[2] else None
+        return dx, dw, db
+
+
+def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` with its products in bf16 and float32 sums and results, for a
+    model training in bf16 on the fused path (its decoder): float32 CPU tensors where the C++
+    kernels have their bf16 products (rnn_train.kernels.precision.fused_bf16_available)."""
+    return _Bf16Linear.apply(x, weight, bias)
 
 
 def can_fuse(module: nn.Module, inp: torch.Tensor | None = None, loop: str = "python") -> bool:

@@ -12,7 +12,6 @@ trainer: `forward` returns logits for every time step, float32 whatever the prec
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Union
 
 import torch
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnn_train.config import ModelConfig
-from rnn_train.kernels.fused import FusedPath, fused_rnn
+from rnn_train.kernels.fused import FusedPath, bf16_linear, fused_rnn
 from rnn_train.model import cells
 from rnn_train.model.recurrent import build_core
 
@@ -86,23 +85,23 @@ class CharRNN(nn.Module):
             state = self.begin_state(x.shape[0])
         training = torch.is_grad_enabled()
         bf16 = training and self.precision == "bf16"
-        with self._autocast() if bf16 else contextlib.nullcontext():
-            if self.path is not None and training:
-                # the hand-written BPTT (same weights, same gradients); one-hot input stays as ids
-                inp = x if self.embed is None else self.encode_input(x)
-                out, state = fused_rnn(self.rnn, inp, state, one_hot_ids=self.embed is None, path=self.path,
-                                       precision=self.precision)
-            else:
-                out, state = self.rnn(self.encode_input(x), state)  # out [B, T, H]
-            logits = self.decoder(self.drop(out))  # [B, T, V]
-        if bf16:  # the softmax, the loss and the carried state in float32
+        if self.path is not None and training:
+            # the hand-written BPTT (same weights, same gradients); one-hot input stays as ids; in
+            # bf16 its products and the decoder's are the kernels' own (float32 sums and results)
+            inp = x if self.embed is None else self.encode_input(x)
+            out, state = fused_rnn(self.rnn, inp, state, one_hot_ids=self.embed is None, path=self.path,
+                                   precision=self.precision)
+            if bf16:
+                return bf16_linear(self.drop(out), self.decoder.weight, self.decoder.bias), state
+            return self.decoder(self.drop(out)), state
+        if bf16:  # the module and the decoder under autocast; the loss, softmax and carried state float32
+            with torch.autocast(self.decoder.weight.device.type, dtype=torch.bfloat16):
+                out, state = self.rnn(self.encode_input(x), state)
+                logits = self.decoder(self.drop(out))
             dtype = self.decoder.weight.dtype
             return logits.to(dtype), self.spec.pack(tuple(s.to(dtype) for s in self.spec.unpack(state)))
-        return logits, state
-
-    def _autocast(self):
-        """bf16 autocast on the model's device: the matrix products of the nn module and the decoder."""
-        return torch.autocast(self.decoder.weight.device.type, dtype=torch.bfloat16)
+        out, state = self.rnn(self.encode_input(x), state)  # out [B, T, H]
+        return self.decoder(self.drop(out)), state  # [B, T, V]
 
 
 def detach_state(state: State | None) -> State | None:
