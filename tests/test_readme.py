@@ -15,7 +15,7 @@ def test_config_reference_matches_the_code():
 def test_readme_gives_the_main_command_and_ci_runs_its_test_command():
     assert "python train.py --config configs/pinyin_gru.yaml" in README
     assert "python predict.py --checkpoint runs/pinyin_gru/best.pt" in README
-    test_command = "python -m pytest -q"
+    test_command = "bash tests/install-system-packages.sh && pip install -r requirements.txt && python -m pytest -q"
     assert test_command in README
     assert test_command in (ROOT / ".ci" / "run").read_text()
 
