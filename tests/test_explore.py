@@ -78,7 +78,7 @@ def pages(runs):
 
 def opened(browser, path):
     o = open_page(browser, path.as_uri())
-    o.page.wait_for_function("document.body.dataset.ready === '1'", timeout=120_000)
+    o.page.wait_for_selector("body[data-ready='1']", state="attached", timeout=120_000)
     return o
 
 

@@ -84,13 +84,14 @@
     return m + Math.log(s);
   }
   function best(lg, n) {  // the n most likely real characters (<unk> excluded), most likely first
-    const ids = [];
+    const ids = [];  // kept sorted, at most n long
     for (let i = 1; i < V; i++) {
-      if (ids.length === n && lg[i] <= lg[ids[n - 1]]) continue;
-      let j = Math.min(ids.length, n - 1);
-      while (j > 0 && lg[ids[j - 1]] < lg[i]) j--;
-      ids.splice(j, 0, i);
-      if (ids.length > n) ids.pop();
+      const x = lg[i];
+      if (ids.length === n && x <= lg[ids[n - 1]]) continue;
+      let j = ids.length < n ? ids.length : n - 1;
+      if (ids.length < n) ids.push(i);
+      while (j > 0 && lg[ids[j - 1]] < x) { ids[j] = ids[j - 1]; j--; }
+      ids[j] = i;
     }
     return ids;
   }
@@ -317,11 +318,11 @@
     }
     return S;
   }
-  function correlations() {  // every (layer, value, unit) against every signal: Pearson's r
+  function correlations() {  // every unit (each layer's state parts: h, and c for an LSTM) against every signal: Pearson's r
     const S = signals(), stats = S.map((s) => { let m = 0, q = 0; for (const x of s) { m += x; q += x * x; } m /= T; return [m, Math.sqrt(Math.max(q / T - m * m, 0))]; });
     const rows = [];
     for (let l = 0; l < L; l++) {
-      for (const p of PARTS) {
+      for (const p of M.state) {
         const v = A.vals[l][p], sx = new Float64Array(H), sxx = new Float64Array(H), sxs = S.map(() => new Float64Array(H));
         for (let t = 0; t < T; t++) {
           const o = t * H;
@@ -358,7 +359,9 @@
     const out = {};
     for (const g of CELL.saturating) {
       const v = A.vals[layer][g], left = new Float64Array(H), right = new Float64Array(H);
-      for (let t = 0; t < T; t++) for (let u = 0; u < H; u++) { const x = v[t * H + u]; if (x < 0.1) left[u]++; else if (x > 0.9) right[u]++; }
+      for (let t = 0, o = 0; t < T; t++, o += H) {
+        for (let u = 0; u < H; u++) { const x = v[o + u]; left[u] += x < 0.1 ? 1 : 0; right[u] += x > 0.9 ? 1 : 0; }
+      }
       out[g] = { left: Array.from(left, (x) => x / T), right: Array.from(right, (x) => x / T) };
     }
     return out;
@@ -386,18 +389,18 @@
     for (const k of kids) e.append(k);
     return e;
   }
-  function textPanel(box) {  // one span per character, a heading per text when there are several
-    const frag = document.createDocumentFragment(), spans = new Array(T);
+  const escapeHtml = (c) => (c === "<" ? "&lt;" : c === "&" ? "&amp;" : c === ">" ? "&gt;" : c);
+  function textPanel(box, colour = () => "") {  // one span per character (coloured), a heading per text when there are several
+    const parts = [];
     let d = 0;
     for (let t = 0; t < T; t++) {
-      if (A.start[t] && DATA.docs.length > 1) frag.append(el("div", { class: "doc", text: "— " + A.names[d++][1] }));
-      const s = document.createElement("span");
-      s.textContent = A.chars[t] === "\n" ? "↵\n" : A.chars[t];
-      s._i = t;
-      spans[t] = s;
-      frag.append(s);
+      if (A.start[t] && DATA.docs.length > 1) parts.push(`<div class="doc">— ${A.names[d++][1].replace(/[<&>]/g, escapeHtml)}</div>`);
+      const bg = colour(t);
+      parts.push(bg ? `<span style="background:${bg}">` : "<span>", A.chars[t] === "\n" ? "↵\n" : escapeHtml(A.chars[t]), "</span>");
     }
-    box.append(frag);
+    box.innerHTML = parts.join("");
+    const spans = Array.from(box.getElementsByTagName("span"));
+    spans.forEach((sp, t) => { sp._i = t; });
     return spans;
   }
   const tip = $("tip");
@@ -475,8 +478,7 @@
     $("surprisal-summary").textContent = `${fmt(bpc, 4)} bits per character (loss ${fmt(A.nats / A.scored, 4)} nats) over ` +
       `${A.scored.toLocaleString("en")} predicted characters of ${T.toLocaleString("en")}; each text from a zero state, its first character only context, as rnn-train score counts.`;
     gradientLegend($("surprisal-legend"), "0 bits", `${BITS_MAX}+ bits`, "rgba(214,39,40,0), rgba(214,39,40,1)");
-    const spans = textPanel($("surprisal-text"));
-    spans.forEach((s, t) => { s.style.background = bitsColour(A.bits[t]); });
+    textPanel($("surprisal-text"), (t) => bitsColour(A.bits[t]));
     hover($("surprisal-text"), (t) => {
       if (Number.isNaN(A.bits[t])) return `${JSON.stringify(A.chars[t])}: the first character of a text, only context`;
       const lines = [`${JSON.stringify(A.chars[t])}: ${A.bits[t].toFixed(2)} bits (p = ${Math.pow(2, -A.bits[t]).toFixed(4)})`, "the model's top 5 guesses:"];
@@ -645,18 +647,31 @@
   }
 
   async function start() {
+    const timings = { load: t0 / 1000, setup: (performance.now() - t0) / 1000 }, lap = (name, since) => { timings[name] = (performance.now() - since) / 1000; return performance.now(); };
+    let t = performance.now();
     drawHeader();
     tabs();
     drawTypeahead();
+    t = lap("typeahead", t);
     const status = $("status");
     await analyse((f) => { status.textContent = `analysing the text… ${(100 * f).toFixed(0)}%`; });
+    t = lap("analyse", t);
     A.ranked = correlations();
+    t = lap("correlate", t);
     drawSurprisal();
+    t = lap("surprisal", t);
     drawUnits(A.ranked);
+    t = lap("units", t);
     drawSaturation();
+    t = lap("saturation", t);
     drawMatch();
+    t = lap("match", t);
     drawGradflow();
-    api.openSeconds = (performance.now() - t0) / 1000;
+    t = lap("gradflow", t);
+    await new Promise((r) => requestAnimationFrame(() => setTimeout(r, 0)));  // laid out and painted once
+    lap("paint", t);
+    api.openSeconds = performance.now() / 1000;  // from navigation start: loading, setup, analysis, drawing
+    api.timings = timings;
     status.textContent = `${T.toLocaleString("en")} characters analysed; ready in ${api.openSeconds.toFixed(2)} s`;
     document.body.dataset.ready = "1";
     resolveReady(api);
