@@ -92,10 +92,12 @@ def unknown_chars(docs, vocab) -> dict:
 
 
 def tensorboard_command(checkpoint: Path) -> str | None:
-    run_dir = checkpoint.parent
-    if any(run_dir.glob("**/events.out.tfevents.*")):
-        return f"tensorboard --logdir {shlex.quote(str(run_dir))}"
-    return None
+    """`tensorboard --logdir` the directory above the run (its HPARAMS view finds a run's metrics in
+    its train/ and val/ subdirectories only from there), when the run wrote events."""
+    run_dir = checkpoint.resolve().parent
+    if not any(run_dir.glob("**/events.out.tfevents.*")):
+        return None
+    return f"tensorboard --logdir {shlex.quote(str(run_dir.parent))}   (this run: {run_dir.name})"
 
 
 def main(argv: list[str] | None = None, prog: str = "rnn-train explore") -> int:
