@@ -94,7 +94,7 @@ def unknown_chars(docs, vocab) -> dict:
 def tensorboard_command(checkpoint: Path) -> str | None:
     """`tensorboard --logdir` the directory above the run (its HPARAMS view finds a run's metrics in
     its train/ and val/ subdirectories only from there), when the run wrote events."""
-    run_dir = checkpoint.resolve().parent
+    run_dir = checkpoint.parent if checkpoint.parent.name else checkpoint.resolve().parent
     if not any(run_dir.glob("**/events.out.tfevents.*")):
         return None
     return f"tensorboard --logdir {shlex.quote(str(run_dir.parent))}   (this run: {run_dir.name})"
