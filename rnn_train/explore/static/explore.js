@@ -74,7 +74,8 @@
       return this.logits;
     }
   }
-  const net = new Net();
+  const net = new Net();  // for the type-ahead and rnnExplore's calls
+  const tracer = new Net();  // for the analysis, which yields to the page between chunks: typing must not touch its state
 
   function logSumExp(lg, from) {
     let m = -Infinity;
@@ -281,12 +282,12 @@
     A.nats = 0; A.scored = 0;
     let shown = performance.now();
     for (let t = 0; t < T; t++) {
-      if (A.start[t]) net.reset();
-      const lg = net.step(A.ids[t]);
+      if (A.start[t]) tracer.reset();
+      const lg = tracer.step(A.ids[t]);
       for (let l = 0; l < L; l++) {
         const v = A.vals[l];
-        M.state.forEach((p, j) => v[p].set(net.state[l][j], t * H));
-        for (const g of M.gates) v[g].set(net.acts[l][g], t * H);
+        M.state.forEach((p, j) => v[p].set(tracer.state[l][j], t * H));
+        for (const g of M.gates) v[g].set(tracer.acts[l][g], t * H);
       }
       if (t + 1 < T && !A.start[t + 1]) {
         const nll = logSumExp(lg, 0) - lg[A.ids[t + 1]], lse = logSumExp(lg, 1);
