@@ -331,3 +331,17 @@ def test_every_built_in_cell_has_a_javascript_step_with_its_specs_names():
         assert source is not None, name
         assert f"// {name}:" in source  # the file says which cell it is
     assert explore_cli.MAX_CHARS == 20_000
+
+
+def test_without_a_text_file_a_corpus_that_is_gone_is_one_line(runs, tmp_path):
+    tmp, text = runs
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text.read_text(encoding="utf-8") * 4, encoding="utf-8")
+    cfg = build_config(_text_config(tmp_path, "gone", "gru", 1, "one_hot", corpus).to_dict(),
+                       ["train.max_steps=4", "train.eval_every=4", "data.batch_size=4"])
+    train(cfg, tmp_path / "gone", quiet=True, cache_dir=tmp_path / "cache")
+    corpus.unlink()
+    job = explore("--checkpoint", tmp_path / "gone", "--cache-dir", tmp_path / "nocache")
+    assert job.returncode == 2 and job.stderr.count("\n") == 1, job.stderr
+    assert "no TEXT_FILE given, and the validation text of" in job.stderr and "give a text file" in job.stderr
+    assert not (tmp_path / "gone" / "explore.html").exists()
