@@ -162,7 +162,15 @@ def test_each_view_renders_and_its_numbers_hold(browser, runs, pages, tmp_path):
         assert page.is_visible(f"#view-{view}"), view
         page.screenshot(path=str(tmp_path / f"{view}.png"))
         assert (tmp_path / f"{view}.png").stat().st_size > 10_000  # something drawn (looked at by hand too)
+    # sampling: the page's own seeded generator; a nucleus of one character is greedy
+    sample = "(a) => rnnExplore.sample(...a)"
+    one = page.evaluate(sample, ["The ", 120, {"temperature": 0.8, "topP": 0.9, "seed": 3}])
+    assert len(one) == 120 and set(one) <= set(vocab.itos[1:])
+    assert one == page.evaluate(sample, ["The ", 120, {"temperature": 0.8, "topP": 0.9, "seed": 3}])
+    assert one != page.evaluate(sample, ["The ", 120, {"temperature": 0.8, "topP": 0.9, "seed": 4}])
+    assert page.evaluate(sample, ["The ", 60, {"topP": 0.01, "seed": 5}]) == page.evaluate("rnnExplore.greedy('The ', 60)")
     page.click("#tabs button[data-view=typeahead]")
+    page.click("input[name=mode][value=sample]")
     page.fill("#prefix", "The Time Tra")
     assert page.locator("#bars .bar").count() == 10
     assert len(page.inner_text("#continuation")) > 200
