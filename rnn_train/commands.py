@@ -31,6 +31,7 @@ COMMANDS: dict[str, Command] = {
     "bench": Command("rnn_train.experiments.bench", "training speed against the textbook loop, as ratios"),
     "gradflow": Command("rnn_train.teaching.gradflow", "||dL/dh_t|| over time: vanishing and exploding gradients"),
     "bptt": Command("rnn_train.teaching.bptt.compare", "the NumPy BPTT against torch.autograd, side by side"),
+    "explore": Command("rnn_train.explore.cli", "one offline HTML page that runs a model in the browser: type-ahead, units, gates"),
     "config": Command("rnn_train.config", "every config key with its type, default and meaning"),
     "recipes": Command("rnn_train.recipes", "the packaged recipes --config takes by name, or one recipe's YAML"),
     "download": Command("rnn_train.data.download", "fetch a public corpus a recipe reads into data/, SHA-256 checked"),

@@ -240,7 +240,8 @@ class Trainer:
         if not math.isfinite(val):
             return val
         improved = s.record_validation(val, t.plateau_factor, t.plateau_patience)
-        self.monitor.scalars({"val/loss": val, "val/ppl": perplexity(val), "val/bpc": bits_per_char(val)}, s.step)
+        self.monitor.scalars({"val/loss": val, "val/ppl": perplexity(val), "val/bpc": bits_per_char(val),
+                              "val/best_loss": s.best_val_loss}, s.step)
         if self.cfg.log.sample_length and self.world.is_writer:
             sample = generate(self.learner.torch_model(), self.data.vocab, self.sample_prefix,
                               self.cfg.log.sample_length, temperature=0.8, seed=t.seed, unk="replace")
@@ -311,9 +312,7 @@ class Trainer:
         result = self.result(reason)
         if len(self.data.test) and self.world.from_writer(self.run_dir.best.exists):
             self.score_test(result)
-        self.monitor.hparams(self.cfg.to_dict(), {
-            "hparam/val_loss": result.val_loss, "hparam/val_ppl": result.val_ppl,
-            "hparam/best_val_loss": result.best_val_loss, "hparam/tokens_per_s": result.tokens_per_s})
+        self.monitor.hparams(self.cfg.to_dict())  # its metrics: the last points of the series (training/events.py)
         self.monitor.close()
 
         def write_metrics() -> None:
