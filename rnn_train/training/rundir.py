@@ -5,7 +5,6 @@
         best.pt  last.pt          checkpoints (see training.state for what they hold)
         metrics.json              the TrainResult of a run that ended (not of an interrupted one)
         events.out.tfevents.*     TensorBoard
-        (sweep_run.json           added by a sweep: the run's wall time)
 
 Why one object: train.py (--force, "already holds a run"), the trainer (writing), the sweep
 (finished / resumable / another config) and the benchmark (reading metrics) all need the same
