@@ -36,10 +36,22 @@ def write_marker(out: Path, name: str, url: str, what: dict[str, Any]) -> None:
     atomic_write_json(out / MARKER, {"study": name, "storage": shown(url), "dashboard": dashboard_command(url), **what})
 
 
-def open_study(url: str, name: str, *, sampler, pruner) -> StudyHandle:
+def make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot use {out} as the output directory ({e.strerror or e})") from None
+
+
+def open_study(url: str, name: str, *, sampler, pruner, create: Path, storage_in_out: bool) -> StudyHandle:
     """Create the study in the storage, or load it if it is there (the same command run again, or by
-    another worker or machine)."""
+    another worker or machine); make the output directory `create`, after opening a storage of
+    its own (so a bad --storage URL leaves nothing behind), before one that lives in it."""
+    if storage_in_out:
+        make_out(create)
     storage = open_storage(url, retry=queue_again)
+    if not storage_in_out:
+        make_out(create)
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction="minimize", sampler=sampler,
                                     pruner=pruner, load_if_exists=True)

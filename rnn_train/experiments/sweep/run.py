@@ -78,13 +78,10 @@ def run_sweep(plan: SweepPlan, *, cache_dir: Path | None = Path("data/cache"), f
         _refuse_mismatches(plan)
     datasets = Datasets(cache_dir)
     datasets.check([(f"run {r.name}", r.cfg.data) for r in plan.runs])  # may raise: still nothing written
-    try:
-        plan.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot use {plan.out} as the sweep directory ({e.strerror or e})") from None
     url = storage or default_url(plan.out)
     name = study or study_name("sweep", plan.config_path, plan.identity())
-    h = session.open_study(url, name, sampler=Grid(plan.search_space(), seed=0), pruner=optuna.pruners.NopPruner())
+    h = session.open_study(url, name, sampler=Grid(plan.search_space(), seed=0), pruner=optuna.pruners.NopPruner(),
+                           create=plan.out, storage_in_out=storage is None)
     n = len(plan.runs)
     if worker is None:
         atomic_write_json(plan.out / "sweep.json", {**plan.describe(), "study": name, "storage": shown(url),

@@ -83,11 +83,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train tune") 
 
     datasets = Datasets(Path(args.cache_dir))
     datasets.check([(f"with {label}", cfg.data) for label, cfg in plan.corner_configs()])
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot use {out} as the output directory ({e.strerror or e})") from None
-    h = session.open_study(url, name, sampler=None, pruner=_pruner(args.pruner, args.evals))
+    # a given --storage is opened before anything is written; the default one lives in --out
+    h = session.open_study(url, name, sampler=None, pruner=_pruner(args.pruner, args.evals), create=out,
+                           storage_in_out=args.storage is None)
     h.study.sampler = _sampler(args, len(h.trials()))
     if args.worker is None:
         session.write_marker(out, name, url, {"kind": "tune", "recipe": args.config, "overrides": list(args.overrides),

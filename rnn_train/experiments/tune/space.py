@@ -148,7 +148,7 @@ def parse_space(specs: dict[str, Any], source: str, overrides: list[str]) -> Spa
             elif isinstance(spec, dict):
                 space[key] = _range(key, spec, tp)
             else:
-                raise UserError(f"{key}: {spec!r} is one value (an override); give a list of values or a range "
+                raise UserError(f"{key}: {spec!r} is one value, an override: give a list of values or a range "
                                 f"{{int|float: [low, high]}}")
         except UserError as e:
             problems.append(str(e))
