@@ -436,6 +436,19 @@ def test_a_trial_of_another_machine_is_queued_again_when_its_heartbeat_stops(tmp
     assert h.frozen(1).params == h.frozen(0).params and h.frozen(1).system_attrs["retry_history"] == [0]
 
 
+def test_a_trial_asked_for_but_never_claimed_is_queued_again_after_the_grace_period(tmp_path):
+    """The process died between asking and claiming (milliseconds): no record, no heartbeat."""
+    h = _handle(tmp_path, heartbeat_s=1, grace_s=1)
+    h.study.ask().suggest_int("n", 1, 9)
+    seen: dict[int, float] = {}
+    engine.reap(h, log=lambda m: None, unclaimed=seen)
+    assert [t.state for t in h.trials()] == [TrialState.RUNNING] and list(seen) == [0]
+    time.sleep(1.5)
+    engine.reap(h, log=lambda m: None, unclaimed=seen)
+    assert [t.state for t in h.trials()] == [TrialState.FAIL, TrialState.WAITING] and seen == {}
+    assert "no process claimed it" in h.frozen(0).user_attrs["failure"]
+
+
 def test_no_trial_beyond_the_requested_number(tmp_path):
     """Two workers asking for the last trial at once: the later one is failed unrun, never counted."""
     h = _handle(tmp_path)

@@ -121,16 +121,32 @@ def fail(h: StudyHandle, number: int, why: str, *, again: bool) -> bool:
     return True
 
 
-def reap(h: StudyHandle, log: Callable[[str], None]) -> None:
+def reap(h: StudyHandle, log: Callable[[str], None], unclaimed: dict[int, float] | None = None) -> None:
     """Fail and queue again every RUNNING trial whose process is gone: at once for a process of this
-    machine, after the grace period of its heartbeat for one of another machine."""
+    machine, after the grace period of its heartbeat for one of another machine.
+
+    A process killed between asking for a trial and claiming it (a few milliseconds) leaves a RUNNING
+    trial with neither a claim nor a heartbeat; `unclaimed` (number -> when this process first saw it
+    so, by its own clock) fails such a trial once it has stayed unclaimed for the grace period."""
     optuna.storages.fail_stale_trials(h.study)
-    for t in h.trials(TrialState.RUNNING):
+    grace = h.storage.grace_period or 2 * (h.storage.get_heartbeat_interval() or 30)
+    running = h.trials(TrialState.RUNNING)
+    for t in running:
         who = t.system_attrs.get(WORKER)
         if alive(who) is False:
             why = f"its process (pid {who['pid']} on {who['host']}) ended without finishing it"
             if fail(h, t.number, why, again=True):
                 log(f"trial {t.number}: {why}; queued again")
+        elif who is None and unclaimed is not None:
+            first = unclaimed.setdefault(t.number, time.monotonic())
+            if time.monotonic() - first > grace:
+                del unclaimed[t.number]
+                why = "no process claimed it (the one that asked for it must have died at once)"
+                if fail(h, t.number, why, again=True):
+                    log(f"trial {t.number}: {why}; queued again")
+    if unclaimed is not None:
+        for number in set(unclaimed) - {t.number for t in running if WORKER not in t.system_attrs}:
+            del unclaimed[number]
 
 
 # ---- heartbeats and signals
@@ -216,12 +232,13 @@ def work(h: StudyHandle, n_trials: int, run: Callable[[optuna.Trial], Outcome], 
     does the same and is raised again."""
     out = WorkResult()
     me = whoami()
+    unclaimed: dict[int, float] = {}
     bad_configs = 0
     waiting_for: list[int] | None = None
     with _TermIsInterrupt():
         try:
             while True:
-                reap(h, log)
+                reap(h, log, unclaimed)
                 c = census(h)
                 if not c.waiting and c.live >= n_trials:
                     if not c.running or not wait:
@@ -235,6 +252,7 @@ def work(h: StudyHandle, n_trials: int, run: Callable[[optuna.Trial], Outcome], 
                     continue
                 waiting_for = None
                 trial = h.study.ask()
+                h.storage.record_heartbeat(h.trial_id(trial.number))  # claimed, as soon as can be
                 h.set_system(trial.number, WORKER, me)
                 if _surplus(h, trial.number, n_trials):
                     fail(h, trial.number, f"surplus: the study had its {n_trials} trials when this one was asked",

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import sqlite3
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -93,19 +95,31 @@ def open_storage(url: str, *, retry: Callable | None = None, heartbeat_s: int = 
             # isolation_level=None: sqlite3 opens no transactions itself; the "begin" hook below does
             return sqlite3.connect(path, timeout=SQLITE_TIMEOUT, isolation_level=None, check_same_thread=False)
         kwargs["creator"] = connect
-    try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s,
-                                             grace_period=grace_s, heartbeat_stale_trial_callback=retry)
-    except (ImportError, ModuleNotFoundError) as e:
-        raise UserError(f"--storage {shown(url)}: its database driver is not installed ({e})") from None
-    except (sqlalchemy.exc.SQLAlchemyError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise UserError(f"cannot open the study storage {shown(url)}: {first}") from None
+    for attempt in range(6):
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s,
+                                                 grace_period=grace_s, heartbeat_stale_trial_callback=retry)
+            break
+        except (ImportError, ModuleNotFoundError) as e:
+            raise UserError(f"--storage {shown(url)}: its database driver is not installed ({e})") from None
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+            # Two processes creating the tables of an empty database at once (the same command
+            # started on two machines): one of them loses; the tables are there when it tries again.
+            if attempt == 5:
+                raise UserError(f"cannot open the study storage {shown(url)}: {_first_line(e)}") from None
+            time.sleep(0.2 + random.random())
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError, OSError) as e:
+            raise UserError(f"cannot open the study storage {shown(url)}: {_first_line(e)}") from None
     if path is not None:
         @event.listens_for(storage.engine, "begin")
         def _immediate(conn) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
     return storage
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else e.__class__.__name__
 
 
 def study_name(kind: str, recipe: str | None, what: dict[str, Any]) -> str:
