@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 
 
 import optuna
@@ -93,15 +94,34 @@ def overlapping(trials) -> bool:
                for (b0, b1, pb) in spans[i + 1:])
 
 
-def test_two_workers_share_a_sqlite_study_at_the_same_time(tmp_path, cache, space):
+def test_two_workers_share_a_sqlite_study_and_stop_cleanly_on_sigterm(tmp_path, cache, space):
+    """SIGTERM to the command reaches both workers once: each finishes its update, saves last.pt and
+    queues its trial again (exit status 130, nothing left RUNNING); the same command resumes them."""
     out = tmp_path / "out"
-    printed = finish(command(out, cache, space, "--workers", "2"))
+    cmd = command(out, cache, space, "--workers", "2", trials=4, budget="tokens:8000")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while not list(out.glob("trial-*/last.pt")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    printed = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, printed[-3000:]
+    trials = study_of(out).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING], printed[-3000:]
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert stopped and all(t.user_attrs["failure"].startswith("interrupted") for t in stopped)
+    assert len([t for t in trials if t.state == TrialState.WAITING]) == len(stopped)
+
+    printed = finish(cmd)
     assert "started 2 workers" in printed and "[worker 1] trial" in printed and "[worker 2] trial" in printed
     finished = assert_complete(study_of(out), 4)
+    for t in stopped:
+        if "last.pt saved" in t.user_attrs["failure"]:
+            assert f"resuming {out / t.user_attrs['run_dir']} from last.pt" in printed
     assert len({t.system_attrs["rnn_train:worker"]["pid"] for t in finished}) == 2
     assert overlapping(finished)
-    assert (out / "results.csv").read_text().count("\nCOMPLETE") == 0  # rows start with the trial number
-    assert sum(line.split(",")[1] == "COMPLETE" for line in (out / "results.csv").read_text().splitlines()[1:]) == 4
+    rows = (out / "results.csv").read_text().splitlines()[1:]
+    assert sum(r.split(",")[1] == "COMPLETE" for r in rows) == 4
 
 
 def test_postgresql_study_shared_by_two_commands_one_with_two_workers(tmp_path, cache, space, postgres):

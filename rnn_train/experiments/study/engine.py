@@ -225,11 +225,13 @@ def _surplus(h: StudyHandle, number: int, n_trials: int) -> bool:
 
 
 def work(h: StudyHandle, n_trials: int, run: Callable[[optuna.Trial], Outcome], *,
-         log: Callable[[str], None] = print, wait: bool = True, poll_s: float = 2.0) -> WorkResult:
+         log: Callable[[str], None] = print, wait: bool = True, poll_s: float = 2.0,
+         after_trial: Callable[[], None] | None = None) -> WorkResult:
     """Run trials of the study until it has `n_trials` finished ones (see the module docstring).
     `run(trial)` trains one trial and says how it ended; BadTrialConfig fails it for good; an
     interruption (Ctrl-C, SIGTERM) fails it, queues it again and ends the loop; any other exception
-    does the same and is raised again."""
+    does the same and is raised again. `after_trial()` is called after each trial this process
+    finishes (the commands rewrite their tables there, so a long study shows its progress)."""
     out = WorkResult()
     me = whoami()
     unclaimed: dict[int, float] = {}
@@ -272,6 +274,8 @@ def work(h: StudyHandle, n_trials: int, run: Callable[[optuna.Trial], Outcome], 
                     return out
                 if _tell(h, trial, outcome, log):
                     out.ran.append(trial.number)
+                    if after_trial is not None:
+                        after_trial()
         except KeyboardInterrupt:
             out.interrupted = True
             log("interrupted; rerun the same command to continue")

@@ -65,12 +65,13 @@ def open_study(url: str, name: str, *, sampler, pruner, create: Path, storage_in
 
 
 def run_trials(h: StudyHandle, n_trials: int, runner: Callable, *, workers: int, is_worker: bool,
-               child_argv: Callable[[int], list[str]], log: Callable[[str], None]) -> int:
+               child_argv: Callable[[int], list[str]], log: Callable[[str], None],
+               after_trial: Callable[[], None] | None = None) -> int:
     """Run the study's trials here (one worker) or in `workers` child processes; the exit status:
     0 when this process is done, 130 interrupted, a worker's status if one failed."""
     if workers > 1 and not is_worker:
         return spawn(child_argv, workers, log)
-    result: WorkResult = work(h, n_trials, runner, log=log)
+    result: WorkResult = work(h, n_trials, runner, log=log, after_trial=after_trial)
     return 130 if result.interrupted else 0
 
 

@@ -89,7 +89,8 @@ def run_sweep(plan: SweepPlan, *, cache_dir: Path | None = Path("data/cache"), f
         log(f"sweep {plan.out}: {n} runs, {plan.budget.describe()} per run; study {name} in {shown(url)}")
     runner = TrialRunner(h, plan, datasets, cache_dir, verbose=verbose, log=log, on_step=on_step)
     status = session.run_trials(h, n, runner, workers=workers, is_worker=worker is not None,
-                                child_argv=child_argv or (lambda i: []), log=log)
+                                child_argv=child_argv or (lambda i: []), log=log,
+                                after_trial=lambda: write_results(plan, sweep_rows(h, plan), name))
     rows, files = [], []
     if worker is None:
         rows = sweep_rows(h, plan)

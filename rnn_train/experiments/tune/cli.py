@@ -94,11 +94,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train tune") 
         log(f"study {name}: {args.trials} trials of {budget.describe()}, pruner {args.pruner}, in {shown(url)}")
     started = time.perf_counter()
     runner = TrialRunner(h, plan, datasets, Path(args.cache_dir), verbose=args.verbose, log=log)
+    keys = list(plan.space)
     status = session.run_trials(h, args.trials, runner, workers=args.workers, is_worker=args.worker is not None,
-                                child_argv=session.child_argv("tune", argv), log=log)
+                                child_argv=session.child_argv("tune", argv), log=log,
+                                after_trial=lambda: _tables(h, out, name, keys))
     if args.worker is not None:
         return status
-    files = _report(h, out, name, list(plan.space), args.evals, log)
+    files = _report(h, out, name, keys, args.evals, log)
     log(f"{session.summary(h, args.trials)}; {time.perf_counter() - started:.1f} s in this invocation")
     if files:
         log("wrote " + ", ".join(str(f) for f in files))
@@ -129,7 +131,8 @@ def _pruner(kind: str, evals: int):
     return optuna.pruners.NopPruner()
 
 
-def _report(h, out: Path, name: str, keys: list[str], evals: int, log) -> list[Path]:
+def _tables(h, out: Path, name: str, keys: list[str]) -> list[Path]:
+    """results.csv and best.yaml as the study stands (after each trial, and at the end)."""
     from rnn_train.experiments.study.engine import FINISHED
     from rnn_train.experiments.tune import report
 
@@ -138,7 +141,15 @@ def _report(h, out: Path, name: str, keys: list[str], evals: int, log) -> list[P
     best = report.best_trial(trials)
     if best is not None:
         files.append(report.write_best(out, best, name, sum(t.state in FINISHED for t in trials)))
+    return files
+
+
+def _report(h, out: Path, name: str, keys: list[str], evals: int, log) -> list[Path]:
+    from rnn_train.experiments.tune import report
+
+    files = _tables(h, out, name, keys)
+    best = report.best_trial(h.trials())
+    if best is not None:
         log(f"best: trial {best.number}, val loss {best.value:.4f} ("
             + ", ".join(f"{k}={report._short(v)}" for k, v in best.params.items()) + ")")
-    files += report.write_plots(out, h.study, evals, log)
-    return files
+    return files + report.write_plots(out, h.study, evals, log)
