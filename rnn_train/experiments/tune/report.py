@@ -124,6 +124,8 @@ def write_plots(out: Path, study, evals: int, log: Callable[[str], None] = print
             log(f"{name}: skipped ({e})")
             continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        if name == "history.png":
+            ax.set_ylabel("best validation loss of the trial")
         if name == "curves.png":
             ax.set_title("Validation loss of each trial")
             ax.set_xlabel(f"trial budget used (in {evals}ths)" if evals > 3 else f"trial budget used (1/{evals} steps)")
