@@ -254,9 +254,14 @@ def work(h: StudyHandle, n_trials: int, run: Callable[[optuna.Trial], Outcome], 
                     continue
                 waiting_for = None
                 trial = h.study.ask()
-                h.storage.record_heartbeat(h.trial_id(trial.number))  # claimed, as soon as can be
-                h.set_system(trial.number, WORKER, me)
-                if _surplus(h, trial.number, n_trials):
+                try:
+                    h.storage.record_heartbeat(h.trial_id(trial.number))  # claimed, as soon as can be
+                    h.set_system(trial.number, WORKER, me)
+                    surplus = _surplus(h, trial.number, n_trials)
+                except KeyboardInterrupt:
+                    fail(h, trial.number, "interrupted before it started", again=True)
+                    raise
+                if surplus:
                     fail(h, trial.number, f"surplus: the study had its {n_trials} trials when this one was asked",
                          again=False)
                     continue
@@ -291,8 +296,9 @@ def _run_one(h: StudyHandle, trial: optuna.Trial, run: Callable[[optuna.Trial], 
     except BadTrialConfig as e:
         fail(h, trial.number, f"config: {e}", again=False)
         return None
-    except KeyboardInterrupt:
-        fail(h, trial.number, "interrupted before its run had saved anything", again=True)
+    except KeyboardInterrupt:  # outside the trainer's own handling, or a second Ctrl-C
+        fail(h, trial.number, "interrupted (its run goes on from the last.pt of its last validation, if any)",
+             again=True)
         raise
     except BaseException as e:
         fail(h, trial.number, f"error: {e.__class__.__name__}: {e}", again=True)
