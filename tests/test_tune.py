@@ -296,6 +296,16 @@ def test_best_yaml_is_a_recipe_that_trains_the_best_trial(study_dir, tmp_path, c
     assert RunDir(tmp_path / "best").read_metrics()["best_val_loss"] == pytest.approx(best.value, rel=1e-6)
 
 
+def test_the_first_trial_is_the_recipe_itself_when_the_space_holds_it(tmp_path, cache):
+    """debug.yaml's lr 0.01 and cell gru lie in this space: trial 0 trains them, the point to beat."""
+    space = tmp_path / "space.yaml"
+    space.write_text("train.lr: {float: [3.0e-3, 3.0e-2], log: true}\nmodel.cell: [rnn, gru]\n")
+    assert run(tune_cli.main, tune_argv(tmp_path / "out", cache, space, trials=1)) == 0
+    (trial,) = load(tmp_path / "out").trials
+    assert trial.params == {"train.lr": 0.01, "model.cell": "gru"} and trial.state == TrialState.COMPLETE
+    assert "the recipe's own values" in (tmp_path / "out" / "results.csv").read_text()
+
+
 def test_rerunning_a_finished_study_trains_nothing(study_dir, cache, space_file, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in study_dir.glob("trial-*/metrics.json")}
     assert run(tune_cli.main, tune_argv(study_dir, cache, space_file)) == 0

@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train tune") 
     h = session.open_study(url, name, sampler=None, pruner=_pruner(args.pruner, args.evals), create=out,
                            storage_in_out=args.storage is None)
     h.study.sampler = _sampler(args, len(h.trials()))
+    if args.worker is None and not h.trials():
+        start = plan.recipe_values()
+        if start is not None:  # trial 0: the recipe as it is, the point to beat
+            h.study.enqueue_trial(start, user_attrs={"note": "the recipe's own values"}, skip_if_exists=True)
     if args.worker is None:
         session.write_marker(out, name, url, {"kind": "tune", "recipe": args.config, "overrides": list(args.overrides),
                                               "space": plan.space_source, "budget": budget.spec(),

@@ -2,6 +2,7 @@
 config built from them, and all of it checked before any trial runs."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,24 @@ class TunePlan:
         do not change what a run computes: threads, device, logging)."""
         return {"base": comparable(self.base.to_dict()), "space": describe(self.space),
                 "budget": self.budget.spec(), "evals": self.evals}
+
+    def recipe_values(self) -> dict[str, Any] | None:
+        """The recipe's own values of the searched keys, if every one lies in the space (then the study
+        starts with the recipe as it is: its best can only be better than the recipe's, at this budget)."""
+        from optuna.distributions import CategoricalDistribution
+
+        values = {}
+        for key, d in self.space.items():
+            section, name = key.split(".", 1)
+            v = getattr(getattr(self.base, section), name)
+            if isinstance(d, CategoricalDistribution):
+                if v not in d.choices:
+                    return None
+            elif not d.low <= v <= d.high or (d.step and not math.isclose((v - d.low) / d.step,
+                                                                          round((v - d.low) / d.step))):
+                return None
+            values[key] = v
+        return values
 
     def corner_configs(self) -> list[tuple[str, Config]]:
         """The configs at the ends of the space (space.corners), labelled by their values."""

@@ -33,7 +33,7 @@ def _notes(trials: list[FrozenTrial]) -> dict[int, str]:
     successor = {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
     notes = {}
     for t in trials:
-        parts = []
+        parts = [t.user_attrs["note"]] if t.user_attrs.get("note") else []
         if t.state == TrialState.FAIL:
             parts.append(t.user_attrs.get("failure", "failed"))
             if t.number in successor:
