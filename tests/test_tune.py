@@ -189,7 +189,7 @@ def test_default_space_follows_the_recipes_cell_and_sizes():
 def test_default_space_is_valid_for_every_recipe(tmp_path, recipe):
     plan = plan_tune(str(ROOT / "configs" / recipe), [], None, parse_budget("tokens:1M"), 8, tmp_path)
     assert plan.space_source == "the default space" and len(plan.space) >= 6
-    assert not tmp_path.joinpath("x").exists()
+    assert plan.recipe_values() is not None  # the recipe lies in its default space: trial 0 trains it
 
 
 # ---------------------------------------------------------------------------------------------

@@ -243,10 +243,9 @@ def default_specs(cfg: Config, budget: Budget) -> dict[str, Any]:
     RNNs also search the clipping norm, which they depend on most)."""
     m, d, t = cfg.model, cfg.data, cfg.train
     h = m.hidden_size
-    step = max(1, h // 16)
-    low = max(step, (h // 2) // step * step)
+    step = max(1, h // 16)  # the recipe's size is on the grid: it can be trial 0 (tune.plan.recipe_values)
     specs: dict[str, Any] = {
-        "model.hidden_size": {"int": [low, low + step * ((2 * h - low) // step)], "step": step},
+        "model.hidden_size": {"int": [max(1, h - step * ((h - h // 2) // step)), h + step * (h // step)], "step": step},
         "model.num_layers": {"int": [1, max(2, m.num_layers + 1)]},
         "model.dropout": {"float": [0.0, 0.5]},
         "train.lr": {"float": [_round(max(t.lr / 10, t.min_lr)), _round(t.lr * 10)], "log": True},
