@@ -28,6 +28,7 @@ COMMANDS: dict[str, Command] = {
     "predict": Command("rnn_train.prediction.cli", "next character and a K-character continuation of a prefix"),
     "score": Command("rnn_train.prediction.score", "cross-entropy, perplexity and bits per character of a text under a model"),
     "sweep": Command("rnn_train.experiments.sweep.cli", "a grid of runs with the same budget; tables and plots"),
+    "tune": Command("rnn_train.experiments.tune.cli", "search hyperparameters (Optuna): pruning, resumable, many workers"),
     "bench": Command("rnn_train.experiments.bench", "training speed against the textbook loop, as ratios"),
     "gradflow": Command("rnn_train.teaching.gradflow", "||dL/dh_t|| over time: vanishing and exploding gradients"),
     "bptt": Command("rnn_train.teaching.bptt.compare", "the NumPy BPTT against torch.autograd, side by side"),

@@ -316,6 +316,31 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def field_type(dotted: str) -> Any:
+    """The declared type of a config key (`model.hidden_size` -> int); a UserError with the closest
+    key for one that does not exist. For callers that name keys outside a config (search spaces)."""
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS or not key:
+        raise UserError(f"unknown key {dotted}{_did_you_mean(dotted, _all_keys())}")
+    types = _field_types(SECTIONS[section])
+    if key not in types:
+        raise UserError(f"unknown key {dotted}{_did_you_mean(dotted, _all_keys())}")
+    return types[key]
+
+
+def convert_value(dotted: str, value: Any) -> Any:
+    """`value` (from YAML, or a string as typed) converted to the key's type, exactly as a config
+    file's or an override's value is; a UserError naming the key if it cannot be."""
+    try:
+        return _convert(value, field_type(dotted), dotted, from_string=isinstance(value, str))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _all_keys() -> list[str]:
+    return [f"{s}.{k}" for s, c in SECTIONS.items() for k in _field_types(c)]
+
+
 def parse_override(text: str) -> tuple[str, str]:
     """`train.lr=3e-3` -> ("train.lr", "3e-3")."""
     key, sep, value = text.partition("=")
@@ -358,8 +383,7 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
         for key, (value, from_string) in values[section].items():
             dotted = f"{section}.{key}"
             if key not in types:
-                all_keys = [f"{s}.{k}" for s, c in SECTIONS.items() for k in _field_types(c)]
-                problems.append(f"unknown key {dotted}{_did_you_mean(dotted, all_keys)}")
+                problems.append(f"unknown key {dotted}{_did_you_mean(dotted, _all_keys())}")
                 continue
             try:
                 kwargs[key] = _convert(value, types[key], dotted, from_string)

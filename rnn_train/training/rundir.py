@@ -6,7 +6,6 @@
         metrics.json              the TrainResult of a run that ended (not of an interrupted one)
         events.out.tfevents.*     TensorBoard: the hparams record and text samples
         train/ val/ test/         TensorBoard: each split's series (training/events.py)
-        (sweep_run.json           added by a sweep: the run's wall time)
 (the names: rnn_train/runfiles.py)
 
 Why one object: train.py (--force, "already holds a run"), the trainer (writing), the sweep
