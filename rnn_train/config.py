@@ -239,6 +239,17 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def _convert_field(value: Any, cls: type, name: str, key: str, from_string: bool) -> Any:
+    """`value` converted to field `name` of section `cls` (its type, then its registered choices:
+    a field whose values come from a registry, like model.cell, names them in its metadata)."""
+    value = _convert(value, _field_types(cls)[name], key, from_string)
+    choices = {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("choices")
+    if choices is not None and value not in choices():
+        options = list(choices())
+        raise ValueError(f"{key} must be one of {' | '.join(options)}, got {value!r}{_did_you_mean(str(value), options)}")
+    return value
+
+
 def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
     """Convert `value` to the field type `tp`, or raise ValueError with a message naming `key`."""
     origin = typing.get_origin(tp)
@@ -331,8 +342,10 @@ def field_type(dotted: str) -> Any:
 def convert_value(dotted: str, value: Any) -> Any:
     """`value` (from YAML, or a string as typed) converted to the key's type, exactly as a config
     file's or an override's value is; a UserError naming the key if it cannot be."""
+    field_type(dotted)  # an unknown key: its own error
+    section, _, key = dotted.partition(".")
     try:
-        return _convert(value, field_type(dotted), dotted, from_string=isinstance(value, str))
+        return _convert_field(value, SECTIONS[section], key, dotted, from_string=isinstance(value, str))
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -386,7 +399,7 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
                 problems.append(f"unknown key {dotted}{_did_you_mean(dotted, _all_keys())}")
                 continue
             try:
-                kwargs[key] = _convert(value, types[key], dotted, from_string)
+                kwargs[key] = _convert_field(value, cls, key, dotted, from_string)
             except ValueError as e:
                 problems.append(str(e))
         try:
