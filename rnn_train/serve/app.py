@@ -40,6 +40,7 @@ from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
 from rnn_train.files import strict_json
 from rnn_train.model.charrnn import CharRNN
+from rnn_train.model.checkpoint import describe
 from rnn_train.prediction.choose import SamplingOptions
 from rnn_train.prediction.cli import LONG_K, pinyin_prefix
 from rnn_train.prediction.generate import encode_prefix, sampler_logits, top_chars, warm_up
@@ -115,25 +116,6 @@ class BodyLimit:
 
 def _error(status: int, field: str | None, message: str) -> JSONResponse:
     return StrictJSONResponse({"error": f"{field}: {message}" if field else message, "field": field}, status)
-
-
-def describe(model: CharRNN, vocab: Vocab, cfg, ckpt: dict) -> dict:
-    """The model as plain data: what GET /v1/model answers and the ONNX export's metadata carries."""
-    m = cfg.model
-    return {"cell": m.cell, "num_layers": m.num_layers, "hidden_size": m.hidden_size, "embedding": m.embedding,
-            "embed_dim": m.embed_dim if m.embedding == "learned" else None, "dtype": m.dtype,
-            "state": list(model.spec.state), "parameters": sum(p.numel() for p in model.parameters()),
-            "vocab_size": len(vocab), "vocab": list(vocab.itos),
-            "corpus": {"kind": cfg.data.kind, "tones": cfg.data.tones, "letters_only": cfg.data.letters_only},
-            "steps": int(ckpt.get("step", 0)), "val_loss": _number(ckpt.get("val_loss")),
-            "best_val_loss": _number(ckpt.get("best_val_loss"))}
-
-
-def _number(value) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def request_models(limits: Limits, vocab_size: int):
