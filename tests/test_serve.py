@@ -270,7 +270,7 @@ def test_a_bad_request_is_a_4xx_naming_the_field_and_the_server_goes_on(server, 
     assert server.post("/v1/next", {"prefix": "ni"}).status_code == 200
 
 
-def test_a_body_past_the_limit_without_a_length_is_refused_too(server):
+def test_a_body_past_the_limit_without_a_length_or_not_labelled_json_is_refused_too(server):
     def chunks():
         yield b'{"text": "'
         for _ in range(30):
@@ -279,6 +279,8 @@ def test_a_body_past_the_limit_without_a_length_is_refused_too(server):
 
     r = httpx.post(server.url + "/v1/score", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
     assert r.status_code == 413 and r.json()["field"] == "body"
+    r = httpx.post(server.url + "/v1/next", content=b'{"prefix": "ni"}', timeout=60)  # no Content-Type
+    assert r.status_code == 422 and r.json()["field"] == "body" and "Content-Type: application/json" in r.json()["error"]
     assert httpx.get(server.url + "/v1/nowhere", timeout=60).json() == {"error": "Not Found", "field": None}
 
 

@@ -248,6 +248,19 @@ def _stop_rules(body, vocab: Vocab) -> StopRules:
     return StopRules(body.stop_at, body.max_lines)
 
 
+def _to_loop(loop: asyncio.AbstractEventLoop, fn):
+    """`fn(value)` called from the batcher's thread, run in the event loop's; dropped once the loop
+    has closed (a client that left while the server stopped: nobody is waiting)."""
+
+    def call(value) -> None:
+        try:
+            loop.call_soon_threadsafe(fn, value)
+        except RuntimeError:
+            pass
+
+    return call
+
+
 async def _run(batcher: Batcher, job: Job) -> None:
     """Submit `job` and wait for its end (an engine failure is raised here: a 500)."""
     loop = asyncio.get_running_loop()
@@ -257,7 +270,7 @@ async def _run(batcher: Batcher, job: Job) -> None:
         if not done.done():
             done.set_exception(error) if error is not None else done.set_result(None)
 
-    job.on_end = lambda error: loop.call_soon_threadsafe(settle, error)
+    job.on_end = _to_loop(loop, settle)
     batcher.submit(job)
     try:
         await done
@@ -273,8 +286,8 @@ async def _events(batcher: Batcher, job: Job, prefix: str):
     """Server-Sent Events of a job: 'data' with each sample's new text, then 'done' or 'error'."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    job.on_text = lambda texts: loop.call_soon_threadsafe(queue.put_nowait, texts)
-    job.on_end = lambda error: loop.call_soon_threadsafe(queue.put_nowait, (_END, error))
+    job.on_text = _to_loop(loop, queue.put_nowait)
+    job.on_end = _to_loop(loop, lambda error: queue.put_nowait((_END, error)))
     if job.k:
         batcher.submit(job)
     else:
@@ -313,6 +326,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "extra_forbidden":
             return _error(422, field, "unknown field")
         if field == "body":
+            kind = request.headers.get("content-type", "")
+            if "json" not in kind:  # FastAPI reads the body as JSON only when it is labelled so
+                return _error(422, field, f"send a JSON object as Content-Type: application/json (got "
+                                          f"{kind or 'no Content-Type'}; curl --json '{{...}}' does both)")
             return _error(422, field, "must be a JSON object" if first.get("type") != "missing"
                           else "a JSON object is required")
         return _error(422, field, first.get("msg", "invalid"))
