@@ -95,10 +95,10 @@ def quiet_threads() -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "rnn-train serve") -> int:
+    quiet_threads()  # first: the parser's defaults come from serve.app, which imports NumPy and torch
     args = _parser(prog).parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
-    quiet_threads()
 
     import uvicorn
 

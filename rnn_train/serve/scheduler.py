@@ -95,8 +95,8 @@ class Batcher:
         self.dtype = self.base.dtype
         V = len(vocab)
         self.chars = np.array(vocab.itos, dtype=object)  # id -> character, for "".join(chars[ids])
-        # every PERIOD steps of its own, a job hands out its text and draws its next noise: 64 steps
-        # (predict's refill) where the buffer of [PERIOD, rows, V] noise fits NOISE_BYTES, fewer for a
+        # every `period` steps of its own, a job hands out its text and draws its next noise: 64 steps
+        # (predict's refill) where the buffer of [period, rows, V] noise fits NOISE_BYTES, fewer for a
         # large vocab (a Chinese-character model)
         fit = NOISE_BYTES // (capacity * V * self.base.logits.itemsize)
         self.period = int(max(4, min(64, 1 << max(fit, 1).bit_length() - 1)))
