@@ -82,10 +82,14 @@ def quiet_threads() -> None:
     """Thread settings for a server, unless the environment sets them; before NumPy and torch load.
 
     Why: the batcher's thread steps the model while the event loop parses requests and torch warms
-    prefixes up, and idle threads that spin waiting for work take the cores from them.
-    - NumPy's OpenBLAS on one thread (OPENBLAS_NUM_THREADS=1): on a busy 2-core machine a 64-row
-      GRU-256 step took 25-32 ms with 2 BLAS threads and 1.4 ms with one. Block sizes are measured
-      per setting (stepper.gemm_rows keys them by this variable).
+    prefixes up, and threads that spin waiting for work take the cores from them.
+    - NumPy's OpenBLAS on one thread (OPENBLAS_NUM_THREADS=1): the batcher is one thread of work,
+      and the other core is the event loop's. Two BLAS threads buy the batcher little: on a busy
+      2-core machine OpenBLAS's threaded path for one 64-row GRU-256 call was far slower, so the
+      measured block size (stepper.gemm_rows, stored per setting of this variable) fell back to
+      blocks of 4 rows: `python benchmarks/sample_bench.py --cells gru --batches 1,64
+      --compare-rows 0 --blas-threads 2` gave 38.7k chars/s at N=64 in blocks of 4, and with
+      `--blas-threads 1` 34.5k in one call of 64, on that machine at load 7.
     - torch's OpenMP threads sleep when idle (OMP_WAIT_POLICY=PASSIVE) instead of spinning after
       every warm-up; their number, and so a warm-up's rounding, stays predict's."""
     if "numpy" in sys.modules or "torch" in sys.modules:
