@@ -37,6 +37,8 @@ COMMANDS: dict[str, Command] = {
     "recipes": Command("rnn_train.recipes", "the packaged recipes --config takes by name, or one recipe's YAML"),
     "download": Command("rnn_train.data.download", "fetch a public corpus a recipe reads into data/, SHA-256 checked"),
     "prepare": Command("rnn_train.data.cli", "turn a recipe's corpus into its cached token file (memory-mapped) now"),
+    "serve": Command("rnn_train.serve.cli", "a model behind an HTTP API (FastAPI): next, generate, score; requests batched"),
+    "export": Command("rnn_train.export", "a model's one-character step as an ONNX graph, checked with onnxruntime"),
 }
 
 
