@@ -96,7 +96,7 @@ class ModelConfig:
     embed_dim: int = 64
     """Size of the learned embedding (ignored for one_hot)."""
     backend: Literal["torch", "numpy"] = "torch"
-    """`numpy`: the hand-written BPTT of rnn_train.bptt with SGD (cell=rnn, one layer; for learning, not speed)."""
+    """`numpy`: the hand-written BPTT of rnn_train.teaching.bptt with SGD (cell=rnn, one layer; for learning, not speed)."""
     dtype: Literal["float32", "float64"] = "float32"
     """Parameter dtype; float64 for gradient comparisons."""
     kernel: Literal["auto", "native", "fused"] = "auto"

@@ -1,4 +1,4 @@
-"""Specification of rnn_train.sweep: grid/budget parsing, up-front validation, results, plots, resume."""
+"""Specification of `rnn-train sweep` (rnn_train/experiments/sweep/): grid/budget parsing, up-front validation, results, plots, resume."""
 import csv
 import json
 import math
@@ -127,7 +127,7 @@ def test_plan_rejects_bad_grids(tmp_path, grid, fixed, message):
 def test_bad_grid_key_fails_at_once_with_nothing_written(tmp_path):
     """The real entry point: one `error: ...` line, exit status 2, no sweep directory."""
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "rnn_train.sweep", "--config", "configs/debug.yaml",
+    proc = subprocess.run([sys.executable, "-m", "rnn_train", "sweep", "--config", "configs/debug.yaml",
                            "--grid", "data.num_steps=5,10", "model.cel=rnn,gru", "--budget", "tokens:1k",
                            "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
