@@ -18,6 +18,8 @@ The convention (docs/architecture.md, "Documentation that runs", says the same f
                                       reader's: a corpus in ../shared/corpora, an installed package
     <!-- test: exact -->              (console) the output shown is compared line for line
     <!-- test: file NAME -->          not run: saved as NAME for a later block to run
+    <!-- test: same as PAGE -->       not run here: each of its commands is a command of a block of
+                                      PAGE, which runs it (a README example of a docs/ page's run)
     <!-- test: skip REASON -->        not run, for the reason given (GPUs, several machines, a server
                                       that never returns, this test suite itself)
 - Each page runs top to bottom in a directory of its own that looks like a checkout: train.py,
@@ -50,7 +52,7 @@ PAGES = ["README.md", "data/README.md"] + sorted(p.relative_to(ROOT).as_posix() 
 RUN = {"sh", "console", "python"}
 LANGUAGES = RUN | {"text"}
 LINKED = ("train.py", "predict.py", "rnn_train", "configs", "benchmarks", "requirements.txt", "pyproject.toml")
-TIMEOUT_S = 300
+TIMEOUT_S = 600
 
 _FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([^`\s]*)\s*$")
 _DIRECTIVE = re.compile(r"^\s*<!--\s*test:\s*(\w+)\s*(.*?)\s*-->\s*$")
@@ -165,7 +167,7 @@ def _check_block(block: Block) -> list[str]:
         return [f"{where}: unknown block language {block.lang!r}: one of {', '.join(sorted(LANGUAGES))} "
                 f"(tests/test_docs.py says how each is run)"]
     problems = []
-    kinds = {"small", "with", "exact", "file", "skip"}
+    kinds = {"small", "with", "exact", "file", "skip", "same"}
     for kind, arg in block.directives:
         if kind not in kinds:
             problems.append(f"{where}: unknown directive `test: {kind}`: one of {', '.join(sorted(kinds))}")
@@ -178,9 +180,36 @@ def _check_block(block: Block) -> list[str]:
                 problems.append(f"{where}: `test: {kind}`: {e}")
         elif kind in ("skip", "file") and not arg:
             problems.append(f"{where}: `test: {kind}` needs " + ("a reason" if kind == "skip" else "a file name"))
+        elif kind == "same":
+            problems.extend(_check_same(block, arg))
         elif kind == "exact" and block.lang != "console":
             problems.append(f"{where}: `test: exact` is for console blocks")
     return problems
+
+
+def _normal(command: str) -> str:
+    """A command without its trailing comment, whitespace collapsed."""
+    return " ".join(re.sub(r"\s+#[^'\"]*$", "", command).split())
+
+
+def commands_of(block: Block) -> list[str]:
+    """The commands a run block gives to the shell, as written (before substitutions)."""
+    if block.lang == "sh":
+        return [_normal(c) for _, c in _commands(block.text)]
+    if block.lang == "console":
+        return [_normal(c) for _, c, _ in _console(block.text)]
+    return []
+
+
+def _check_same(block: Block, arg: str) -> list[str]:
+    """`same as PAGE`: every command of the block is run by a block of PAGE."""
+    page = arg.removeprefix("as").strip()
+    if block.lang not in ("sh", "console") or not (ROOT / page).is_file():
+        return [f"{block.where}: `test: same as PAGE` needs an sh or console block and an existing page, got {page!r}"]
+    there = {c for b in parse(page, (ROOT / page).read_text(encoding="utf-8"))[0]
+             if b.lang in RUN and not b.has("skip") and not b.has("same") for c in commands_of(b)}
+    return [f"{block.where}: `test: same as {page}`: {page} runs no block with the command {c!r}"
+            for c in commands_of(block) if c not in there]
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -257,7 +286,7 @@ def _failure(block: Block, offset: int, command: str, proc: subprocess.Completed
 
 def run_block(session: Session, block: Block) -> str | None:
     """Run one block; None when it did what the page says, else the failure, naming its file and line."""
-    if block.lang == "text" or block.has("skip"):
+    if block.lang == "text" or block.has("skip") or block.has("same"):
         return None
     try:
         text = block.runnable_text()
@@ -397,6 +426,8 @@ def test_the_pages_are_every_markdown_file_of_readme_and_docs():
     ("<!-- test: skip why -->\n\n```sh\nls\n```\n", "is not right above a fenced block"),
     ("<!-- test: skip why -->\nprose\n", "is not right above a fenced block"),
     ("<!-- test: exact -->\n```text\nout\n```\n", "a `text` block is not run"),
+    ("<!-- test: same as docs/bptt.md -->\n```sh\npython -m rnn_train bptt --cell xyz\n```\n",
+     "docs/bptt.md runs no block with the command 'python -m rnn_train bptt --cell xyz'"),
 ])
 def test_a_block_the_test_cannot_run_is_named_with_its_line(snippet, problem):
     _, problems = parse("page.md", "# Title\n\n" + snippet)
@@ -425,3 +456,63 @@ def test_a_failing_command_is_named_by_its_own_line(tmp_path):
     assert failure is not None and failure.startswith("page.md:4: command exited 1") and "false && true" in failure
     failure = run_block(session, second)
     assert failure is not None and failure.startswith("page.md:8: expected exit status 2 and exactly the error shown")
+
+
+# --- what the pages name exists -----------------------------------------------------------------
+
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+_PATH = re.compile(r"(?<![\w./-])((?:rnn_train|tests|benchmarks|configs|docs)/[\w./-]*\w/?)")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    text = page.read_text(encoding="utf-8")
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return {_slug(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.*)$", text, re.M)}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_link_and_path_the_page_names_exists(page):
+    text = (ROOT / page).read_text(encoding="utf-8")
+    where = (ROOT / page).parent
+    missing = []
+    for target in _LINK.findall(text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        file = (where / path).resolve() if path else ROOT / page
+        if not file.exists():
+            missing.append(f"link {target}: no file {path}")
+        elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
+            missing.append(f"link {target}: {path or page} has no heading #{anchor}")
+    for path in _PATH.findall(text):
+        if not (ROOT / path.split("::")[0]).exists():
+            missing.append(f"path {path} does not exist")
+    assert not missing, f"{page}: " + "; ".join(missing)
+
+
+def test_every_name_in_the_architecture_data_flow_exists():
+    """`module.name`, `Class.name`, CamelCase classes and `function(` calls of the data-flow diagram
+    are defined in rnn_train (a renamed function makes the page wrong: it once cited RunState.fresh)."""
+    sources = {p: p.read_text(encoding="utf-8") for p in (ROOT / "rnn_train").rglob("*.py")}
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    flow = page.split("## Data flow")[1].split("```text\n")[1].split("```")[0]
+
+    def defines(name: str, files) -> bool:
+        pattern = re.compile(rf"^\s*(?:def|class)\s+{name}\b|^\s*{name}\s*[:=(]", re.M)
+        return any(pattern.search(sources[f]) for f in files)
+
+    missing = []
+    for owner, name in re.findall(r"\b([A-Za-z_]\w*)\.([A-Za-z_]\w*)\b", flow):
+        files = ([p for p in sources if p.stem == owner] + [p for p in sources if p.parent.name == owner]
+                 + [p for p in sources if re.search(rf"^class {owner}\b", sources[p], re.M)])
+        if files and name not in ("json", "bin", "pt", "yaml", "py") and not defines(name, files):
+            missing.append(f"{owner}.{name}")
+    for name in re.findall(r"\b([A-Z][a-z]+[A-Z]\w*)\b", flow) + re.findall(r"\b([a-z_]+[a-z])\(", flow):
+        if name not in ("NumPy", "PyTorch") and not defines(name, sources):
+            missing.append(name)
+    assert not missing, f"docs/architecture.md names what rnn_train does not define: {sorted(set(missing))}"
