@@ -362,7 +362,9 @@ def page_environment(base: Path, home: Path) -> dict[str, str]:
                 shutil.copy(item, cache / item.name)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME",)}
     env.update(PATH=os.pathsep.join([str(base / "bin"), str(Path(sys.executable).parent), env.get("PATH", "")]),
-               PYTHONPATH=str(ROOT), RNN_TRAIN_CACHE=str(cache), COLUMNS="120")
+               PYTHONPATH=str(ROOT), RNN_TRAIN_CACHE=str(cache), COLUMNS="120",
+               # two pages run at once on the suite's two cores: one thread each, not two that wait on each other
+               OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return env
 
 
