@@ -1,6 +1,6 @@
 """Docs that run: every code block of README.md and docs/*.md is run here, or marked as output.
 
-The convention (docs/architecture.md, "Documentation that runs", says the same for writers):
+The convention (docs/architecture.md, "Where to add: a documentation example", for writers):
 
 - Code is in fenced blocks, each with a language; an indented code block or a fence without a
   language fails this test, naming its file and line, until it is given one:
@@ -23,12 +23,16 @@ The convention (docs/architecture.md, "Documentation that runs", says the same f
     <!-- test: skip REASON -->        not run, for the reason given (GPUs, several machines, a server
                                       that never returns, this test suite itself)
 - Each page runs top to bottom in a directory of its own that looks like a checkout: train.py,
-  predict.py, rnn_train/, configs/, benchmarks/ link to this checkout, `../shared` is the team's shared
-  material, `rnn-train` is on PATH as `pip install .` puts it. Later blocks of a page use what
-  earlier ones wrote (one tiny training run serves the predict, score and gradflow blocks after it).
-  The prepared-corpus cache (data/cache) and the kernels' cache are shared by all pages.
+  predict.py, rnn_train/, configs/, benchmarks/ link to this checkout, `../shared` is the team's
+  shared material, `rnn-train` is on PATH as `pip install .` puts it. Later blocks of a page use
+  what earlier ones wrote (one tiny training run serves the predict, score and gradflow blocks
+  after it). The prepared-corpus cache (data/cache) is shared by all pages; each page has a kernel
+  cache of its own, seeded from this machine's (the C++ build linked, the stored choices copied).
 
-Pages run two at a time (the suite's machines have two cores); each command has its own timeout.
+Pages run two at a time, each process on one thread (the suite's machines have two cores); a block
+has a timeout. Besides running the blocks, the tests below check that every link, anchor and
+repository path a page names exists, and that the architecture page's data flow names functions
+and classes that rnn_train defines.
 """
 from __future__ import annotations
 
