@@ -405,7 +405,7 @@ def pages_run(request, tmp_path_factory):
     base = tmp_path_factory.mktemp("docs")
     prepare_base(base)
     selected = [item.callspec.params["page"] for item in request.session.items
-                if item.module is request.module and hasattr(item, "callspec") and "page" in item.callspec.params]
+                if getattr(item, "originalname", "") == test_every_block_of_the_page_runs_or_is_marked.__name__]
     pool = ThreadPoolExecutor(max_workers=2)
     futures: dict[str, Future] = {page: pool.submit(run_page, page, base) for page in selected}
     yield futures
