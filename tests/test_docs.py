@@ -394,6 +394,13 @@ def run_page(page: str, base: Path) -> tuple[list[str], list[str]]:
     return [], session.ran
 
 
+def _work(page: str) -> int:
+    """How many commands a page runs: the order in which pages are started."""
+    blocks, _ = parse(page, (ROOT / page).read_text(encoding="utf-8"))
+    return sum(len(commands_of(b)) or 1 for b in blocks if b.lang in RUN
+               and not (b.has("skip") or b.has("same") or b.has("file")))
+
+
 # --- the tests ----------------------------------------------------------------------------------
 
 
@@ -407,7 +414,9 @@ def pages_run(request, tmp_path_factory):
     selected = [item.callspec.params["page"] for item in request.session.items
                 if getattr(item, "originalname", "") == test_every_block_of_the_page_runs_or_is_marked.__name__]
     pool = ThreadPoolExecutor(max_workers=2)
-    futures: dict[str, Future] = {page: pool.submit(run_page, page, base) for page in selected}
+    # the longest pages first (by their number of commands), so that the two workers end together
+    futures: dict[str, Future] = {page: pool.submit(run_page, page, base)
+                                  for page in sorted(selected, key=_work, reverse=True)}
     yield futures
     pool.shutdown(wait=True, cancel_futures=True)
 
