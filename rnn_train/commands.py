@@ -14,7 +14,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 
-from rnn_train.cli import ArgumentParser, run
+from rnn_train.cli import ArgumentParser, program, run
 
 
 @dataclass(frozen=True)
@@ -45,25 +45,20 @@ COMMANDS: dict[str, Command] = {
 def run_command(name: str, argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run one command as its own entry point would: one-line errors, exit status as an int."""
     module = importlib.import_module(COMMANDS[name].module)
-    prog = prog or f"{_program()} {name}"
+    prog = prog or f"{program()} {name}"
     return run(lambda args: module.main(args, prog=prog), argv)
-
-
-def _program() -> str:
-    """How the user called us, for usage lines: `rnn-train` when installed, else `python -m rnn_train`."""
-    return "rnn-train" if sys.argv and sys.argv[0].endswith("rnn-train") else "python -m rnn_train"
 
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {c.help}" for name, c in COMMANDS.items())
-    return f"commands:\n{rows}\n\n'{_program()} COMMAND --help' describes one command."
+    return f"commands:\n{rows}\n\n'{program()} COMMAND --help' describes one command."
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: {_program()} COMMAND [ARGS ...]\n\n{_usage()}")
+        print(f"usage: {program()} COMMAND [ARGS ...]\n\n{_usage()}")
         return 0 if argv else 2
     if argv[0] == "--version":
         from rnn_train import __version__
@@ -71,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rnn-train {__version__}")
         return 0
     if argv[0] not in COMMANDS:
-        ap = ArgumentParser(prog=_program())
+        ap = ArgumentParser(prog=program())
         from difflib import get_close_matches
 
         close = get_close_matches(argv[0], list(COMMANDS), n=1)

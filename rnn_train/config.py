@@ -459,7 +459,7 @@ def config_to_yaml(cfg: Config) -> str:
 
 
 def describe_fields() -> list[tuple[str, str, str, str]]:
-    """(dotted key, type, default, doc) for every field: the source of the README's config reference."""
+    """(dotted key, type, default, doc) for every field: the source of the config reference (docs/config.md)."""
     import ast
     import inspect
 
@@ -480,7 +480,7 @@ def describe_fields() -> list[tuple[str, str, str, str]]:
 
 
 REFERENCE_BEGIN, REFERENCE_END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
-"""Where the README holds `config_reference()` (a test keeps it current)."""
+"""Where docs/config.md holds `config_reference()` (tests/test_readme.py keeps it current)."""
 
 
 def config_reference() -> str:
@@ -492,7 +492,7 @@ def config_reference() -> str:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m rnn_train config") -> int:
-    """`rnn-train config`: print the reference table (what the README's config section holds)."""
+    """`rnn-train config`: print the reference table (what docs/config.md holds)."""
     from rnn_train.cli import ArgumentParser
 
     ArgumentParser(prog=prog, description="Print every config key with its type, default and meaning "
