@@ -28,15 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from rnn_train.config import load_config  # noqa: E402
+from rnn_train.training.events import read_series  # noqa: E402
 from rnn_train.training.trainer import train  # noqa: E402
-
-
-def val_curve(run_dir: Path) -> list[tuple[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars("val/loss")]
 
 
 def main(argv=None) -> int:
@@ -53,7 +46,7 @@ def main(argv=None) -> int:
         cfg = load_config(a.config, [f"data.paths={a.corpus}", *a.overrides, f"train.precision={precision}",
                                      "train.max_time=0", f"log.dir={out}", f"log.name={precision}", "log.sample_length=0"])
         result = train(cfg, out / precision, clear=True, cache_dir=out / "cache")
-        curves[precision] = val_curve(out / precision)
+        curves[precision] = read_series(out / precision, "val/loss")
         results[precision] = {"precision_taken": result.precision, "kernel": result.kernel, "steps": result.step,
                               "train_seconds": result.train_seconds, "tokens_per_s": round(result.tokens_per_s),
                               "val_loss": result.val_loss, "best_val_loss": result.best_val_loss}

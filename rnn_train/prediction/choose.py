@@ -7,6 +7,13 @@ and no search per step, only an add and an argmax, and the noise for many steps 
 call per row. Filters set the logits they remove to -inf first, so the draw is from the softmax
 renormalised over what is left, as with torch.multinomial on the filtered probabilities.
 
+The temperature scales the noise, not the logits: argmax(logits / T + G) = argmax(logits + T·G)
+for T > 0, so the choice is the same draw from softmax(logits / T), and the logits are the model's
+own. Rows with different temperatures can then share one decoder GEMM (the server batches requests
+with different options: rnn_train/serve/scheduler.py), and T = 0 is greedy with zero noise. The
+noise is scaled once per refill, nothing per step; top-k needs no temperature (it keeps the same
+characters either way) and top-p computes its probabilities at the temperature.
+
 Why one stream per row: row i draws from `default_rng([seed, i])`, so with a given seed sample i
 draws the same random numbers whatever the batch size, and no row's randomness depends on what
 another row did. Its text is then the same whatever the batch size (sample 0 of `--num-samples 8`
@@ -52,10 +59,9 @@ class Chooser:
 
     def __init__(self, options: SamplingOptions, batch: int, vocab_size: int, dtype: np.dtype):
         self.options, self.batch, self.vocab_size, self.dtype = options, batch, vocab_size, dtype
-        base = options.seed if options.seed is not None else secrets.randbits(63)
-        self.streams = [np.random.default_rng([base, i]) for i in range(batch)]
+        self.streams = row_streams(options.seed, batch)
         self.noise = np.empty((batch, 0, vocab_size), dtype)  # [B, steps, V] Gumbel noise, rows contiguous
-        self.top_k = options.top_k if 0 < options.top_k < vocab_size else 0
+        self.top_k = effective_top_k(options.top_k, vocab_size)
 
     def refill(self, steps: int) -> None:
         """Draw the noise of the next `steps` steps for every row (nothing for greedy)."""
@@ -64,34 +70,57 @@ class Chooser:
         if self.noise.shape[1] != steps:
             self.noise = np.empty((self.batch, steps, self.vocab_size), self.dtype)
         for i, rng in enumerate(self.streams):
-            rng.standard_exponential(dtype=self.dtype, out=self.noise[i])  # one call per row for all steps
-        # E can be exactly 0 (float32 often enough to matter): its -log would be +inf and win over
-        # -inf (filtered) logits. The smallest positive float keeps the race's winner and stays finite.
-        np.maximum(self.noise, np.finfo(self.dtype).tiny, out=self.noise)
-        np.log(self.noise, out=self.noise)
-        np.negative(self.noise, out=self.noise)  # Gumbel(0, 1) = -log(Exp(1))
+            gumbel_noise(rng, self.noise[i], self.options.temperature)  # one draw per row for all steps
 
     def choose(self, logits: np.ndarray, step: int, out: np.ndarray) -> None:
         """Write each row's character into out [B]; `step` indexes the noise drawn by `refill`.
-        `logits` may be changed in place (filters, noise)."""
+        `logits` (the model's, no temperature) may be changed in place (filters, noise)."""
         if self.options.greedy:
             np.argmax(logits, axis=1, out=out)
             return
-        if self.top_k:
-            kth = np.partition(logits, -self.top_k, axis=1)[:, -self.top_k, None]  # [B, 1]
-            logits[logits < kth] = -np.inf  # ties with the k-th are kept, as in torch's top-k filter
-        if self.options.top_p < 1:
-            nucleus_filter(logits, self.options.top_p)
+        filter_logits(logits, self.top_k, self.options.top_p, self.options.temperature)
         logits += self.noise[:, step]
         np.argmax(logits, axis=1, out=out)
 
 
-def nucleus_filter(logits: np.ndarray, top_p: float) -> None:
-    """Keep, per row, the most likely characters until their probability reaches `top_p` (the one
-    that crosses it included, so at least one stays); set the rest to -inf in place. [B, V]"""
+def row_streams(seed: int | None, rows: int) -> list[np.random.Generator]:
+    """Row i's random stream: `default_rng([seed, i])` (a fresh seed from the OS when None)."""
+    base = seed if seed is not None else secrets.randbits(63)
+    return [np.random.default_rng([base, i]) for i in range(rows)]
+
+
+def effective_top_k(top_k: int, vocab_size: int) -> int:
+    """The k the filter uses: 0 (no filter) when top_k keeps every character anyway."""
+    return top_k if 0 < top_k < vocab_size else 0
+
+
+def gumbel_noise(rng: np.random.Generator, out: np.ndarray, temperature: float) -> None:
+    """out [steps, V] <- temperature * Gumbel(0, 1): one row's noise for its next `steps` steps,
+    drawn from its stream in order (so drawing 16 steps twice gives what drawing 32 once does)."""
+    rng.standard_exponential(dtype=out.dtype, out=out)
+    # E can be exactly 0 (float32 often enough to matter): its -log would be +inf and win over
+    # -inf (filtered) logits. The smallest positive float keeps the race's winner and stays finite.
+    np.maximum(out, np.finfo(out.dtype).tiny, out=out)
+    np.log(out, out=out)
+    out *= -temperature  # Gumbel(0, 1) = -log(Exp(1)), scaled by T
+
+
+def filter_logits(logits: np.ndarray, top_k: int, top_p: float, temperature: float) -> None:
+    """top-k (an `effective_top_k`) then top-p on logits [B, V] in place: what is removed is -inf."""
+    if top_k:
+        kth = np.partition(logits, -top_k, axis=1)[:, -top_k, None]  # [B, 1]
+        logits[logits < kth] = -np.inf  # ties with the k-th are kept, as in torch's top-k filter
+    if top_p < 1:
+        nucleus_filter(logits, top_p, temperature)
+
+
+def nucleus_filter(logits: np.ndarray, top_p: float, temperature: float = 1.0) -> None:
+    """Keep, per row, the most likely characters until their probability at `temperature` reaches
+    `top_p` (the one that crosses it included, so at least one stays); set the rest to -inf in
+    place. [B, V]"""
     order = np.argsort(-logits, axis=1, kind="stable")  # most likely first
     ranked = np.take_along_axis(logits, order, axis=1)
-    probs = np.exp(ranked - ranked[:, :1])
+    probs = np.exp((ranked - ranked[:, :1]) / temperature)
     probs /= probs.sum(axis=1, keepdims=True)
     before = np.cumsum(probs, axis=1) - probs  # probability mass ranked above each character
     drop = np.zeros(logits.shape, bool)

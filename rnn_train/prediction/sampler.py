@@ -108,9 +108,9 @@ class RuleState:
 
 def sample_chunks(stepper: Stepper, chooser: Chooser, logits: np.ndarray, k: int,
                   rules: RuleState | None = None) -> Iterator[list[np.ndarray]]:
-    """Generate up to k characters per row from `logits` [B, V] (the distribution after the prefix,
-    already divided by the temperature) with the stepper's state; yield each chunk as B id arrays
-    (a row that has ended yields nothing more)."""
+    """Generate up to k characters per row from `logits` [B, V] (the model's logits after the
+    prefix; the chooser applies the temperature) with the stepper's state; yield each chunk as B id
+    arrays (a row that has ended yields nothing more)."""
     B = stepper.batch
     current = stepper.logits
     current[:] = logits
