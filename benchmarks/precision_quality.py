@@ -46,6 +46,8 @@ def main(argv=None) -> int:
         cfg = load_config(a.config, [f"data.paths={a.corpus}", *a.overrides, f"train.precision={precision}",
                                      "train.max_time=0", f"log.dir={out}", f"log.name={precision}", "log.sample_length=0"])
         result = train(cfg, out / precision, clear=True, cache_dir=out / "cache")
+        if result.interrupted:  # Ctrl-C / SIGTERM: no comparison at equal updates
+            return 130
         curves[precision] = read_series(out / precision, "val/loss")
         results[precision] = {"precision_taken": result.precision, "kernel": result.kernel, "steps": result.step,
                               "train_seconds": result.train_seconds, "tokens_per_s": round(result.tokens_per_s),

@@ -47,7 +47,8 @@ def bf16(t: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture
 def decisions(tmp_path, monkeypatch):
-    """The autotuner's decisions in a temporary file; the process's memory of them reset around the test."""
+    """The autotuner's decisions in a temporary file (its lock too: a run measuring elsewhere on the
+    machine cannot hold a test up); the process's memory of them reset around the test."""
     path = tmp_path / "autotune.json"
     monkeypatch.setattr(autotune, "_cache_file", lambda: path)
     saved = dict(autotune._MEMORY)
@@ -134,6 +135,17 @@ def test_bf16_without_hardware_is_one_note_and_float32(decisions, monkeypatch):
     assert note == "train.precision=bf16: this CPU has no bf16 instructions (...); training in float32"
     assert "\n" not in note
     assert resolve_training_path("native", "auto", rnn, 32, 5, True) == (None, "fp32", "")  # auto: no note
+
+
+def test_an_isa_cap_stands_in_for_a_cpu_without_bf16(decisions, monkeypatch):
+    """The real probe under the cap the AVX2 runs use: on any CPU, bf16 is one note and float32."""
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    rnn = big_gru()
+    assert resolve_training_path("native", "bf16", rnn, 32, 5, True) == (
+        None, "fp32", "train.precision=bf16: ATEN_CPU_CAPABILITY=avx2 caps torch below bf16 instructions; "
+                      "training in float32")
+    assert resolve_training_path("native", "auto", rnn, 32, 5, True) == (None, "fp32", "")
+    assert not decisions.exists()  # nothing raced: bf16 was never a candidate
 
 
 def test_auto_takes_bf16_only_where_it_wins_by_the_margin_and_remembers(decisions, bf16_hardware, monkeypatch):
@@ -339,7 +351,7 @@ def test_a_bf16_model_returns_float32_and_evaluates_as_float32(cell, fused):
         assert torch.equal(model(x)[0], want)
 
 
-def test_a_bf16_run_logs_its_precision_and_keeps_float32_weights(tmp_path, bf16_hardware, capsys):
+def test_a_bf16_run_logs_its_precision_and_keeps_float32_weights(tmp_path, decisions, bf16_hardware, capsys):
     cfg = tiny_config(tmp_path, "train.precision=bf16", "train.max_steps=20")
     result = train(cfg, tmp_path / "run", cache_dir=tmp_path / "cache")
     first = capsys.readouterr().err.splitlines()[0]
@@ -352,7 +364,7 @@ def test_a_bf16_run_logs_its_precision_and_keeps_float32_weights(tmp_path, bf16_
     assert all(t.dtype == torch.float32 for t in ckpt["model"].values())
 
 
-def test_bf16_asked_for_without_hardware_notes_it_and_trains_float32(tmp_path, monkeypatch, capsys):
+def test_bf16_asked_for_without_hardware_notes_it_and_trains_float32(tmp_path, decisions, monkeypatch, capsys):
     monkeypatch.setattr(precision, "bf16_hardware", lambda device: "this CPU has no bf16 instructions (test)")
     cfg = tiny_config(tmp_path, "train.precision=bf16", "train.max_steps=5", "train.eval_every=5")
     result = train(cfg, tmp_path / "run", cache_dir=tmp_path / "cache")
@@ -361,7 +373,7 @@ def test_bf16_asked_for_without_hardware_notes_it_and_trains_float32(tmp_path, m
     assert result.precision == "fp32"
 
 
-def test_auto_on_a_model_too_small_to_measure_is_float32_bit_for_bit(tmp_path):
+def test_auto_on_a_model_too_small_to_measure_is_float32_bit_for_bit(tmp_path, decisions):
     runs = {p: train(tiny_config(tmp_path, f"train.precision={p}", "train.max_steps=10", name=p), tmp_path / p,
                      quiet=True, cache_dir=tmp_path / "cache") for p in ("fp32", "auto")}
     assert runs["auto"].precision == "fp32"
@@ -369,7 +381,7 @@ def test_auto_on_a_model_too_small_to_measure_is_float32_bit_for_bit(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_resumed_bf16_run_equals_an_uninterrupted_one(tmp_path, bf16_hardware):
+def test_a_resumed_bf16_run_equals_an_uninterrupted_one(tmp_path, decisions, bf16_hardware):
     import os
     import signal
 
