@@ -159,16 +159,17 @@ def check(model: CharRNN, graph: bytes, steps: int = CHECK_STEPS) -> float:
 
 
 def export_onnx(model: CharRNN, info: dict, out: Path) -> float:
-    """Write `out` (the graph with its metadata) and `out`.json (the metadata), both atomically, after
-    the onnxruntime check; -> the check's largest logit difference."""
-    from rnn_train.files import atomic_write_bytes, atomic_write_json
+    """Write `out` (the graph with its metadata) and `out`.json (the metadata) after the onnxruntime
+    check, atomically and together (on a full disk the old pair stays); -> the check's largest logit
+    difference."""
+    from rnn_train.files import atomic_write_files, strict_json
 
     graph = with_metadata(to_onnx(model.eval()), info)
     worst = check(model, graph)
     inputs, outputs = names(model)
-    atomic_write_bytes(out, lambda f: f.write(graph))
-    atomic_write_json(out.with_suffix(".json"), {"onnx": out.name, "inputs": inputs, "outputs": outputs,
-                                                 "unk_id": 0, **info})
+    meta = strict_json({"onnx": out.name, "inputs": inputs, "outputs": outputs, "unk_id": 0, **info}, indent=2)
+    atomic_write_files([(out, lambda f: f.write(graph)),
+                        (out.with_suffix(".json"), lambda f: f.write((meta + "\n").encode("utf-8")))])
     return worst
 
 

@@ -8,6 +8,7 @@ through one of these doors, and a new command (an HTML page, an ONNX export, a s
 should too:
 
     atomic_write_bytes / _text / _json   a whole file, atomically (below)
+    atomic_write_files                   files that belong together: all replaced, or none on a full disk
     save_figure(fig, path)               a matplotlib figure, atomically
     with writing(path): ...              anything else that writes `path` (mkdir, unlink, a stream
                                          written in place): an OSError inside names `path`
@@ -130,21 +131,34 @@ def atomic_write_bytes(path: str | Path, write: Callable[[BinaryIO], object]) ->
     OSError on the way (from mkdir, the file object, fsync, the rename; or from `write` itself: a
     callback that also reads must report its own read errors) is a WriteError naming `path`; the
     temp file is removed and an earlier `path` stays as it was."""
-    path = Path(path)
-    tmp = None
+    atomic_write_files([(path, write)])
+
+
+def atomic_write_files(writes: list[tuple[str | Path, Callable[[BinaryIO], object]]]) -> None:
+    """`atomic_write_bytes` for files that belong together (a graph and the metadata beside it):
+    every one is written to its temp file first, and they are renamed over their targets, in order,
+    only when all are complete, so a full disk leaves all the earlier files as they were. (A rename
+    that fails, which takes no space, leaves the files renamed before it new.)"""
+    staged: list[tuple[Path, str]] = []
     try:
-        with writing(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            with _RecordingFile(os.fdopen(fd, "wb")) as f:
-                write(f)  # type: ignore[arg-type]
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_UMASK)
-            os.replace(tmp, path)
-            tmp = None
+        for path, write in writes:
+            path = Path(path)
+            with writing(path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                staged.append((path, tmp))
+                with _RecordingFile(os.fdopen(fd, "wb")) as f:
+                    write(f)  # type: ignore[arg-type]
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o666 & ~_UMASK)
+        while staged:
+            path, tmp = staged[0]
+            with writing(path):
+                os.replace(tmp, path)
+            staged.pop(0)
     finally:
-        if tmp is not None:
+        for _, tmp in staged:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
@@ -153,10 +167,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def save_figure(fig, path: str | Path) -> None:
-    """A matplotlib figure saved as `path` (the format its suffix names), atomically."""
+def save_figure(fig, path: str | Path, **savefig) -> None:
+    """A matplotlib figure saved as `path` (the format its suffix names), atomically; `savefig` are
+    more arguments of `fig.savefig` (dpi=...)."""
     path = Path(path)
-    atomic_write_bytes(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or None))
+    atomic_write_bytes(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or None, **savefig))
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -8,11 +8,13 @@ kill the process, is ignored wherever the limit is set.
 """
 import contextlib
 import hashlib
+import json
 import os
 import re
 import resource
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +26,8 @@ from rnn_train.cli import run
 from rnn_train.config import config_to_yaml
 from rnn_train.data.prepare import prepare_corpus
 from rnn_train.errors import UserError
-from rnn_train.files import WriteError, atomic_write_bytes, atomic_write_text, save_figure, summary_writer, \
-    event_file, writing
+from rnn_train.files import WriteError, atomic_write_bytes, atomic_write_files, atomic_write_text, save_figure, \
+    summary_writer, event_file, writing
 from rnn_train.model.checkpoint import load_checkpoint, save_checkpoint
 from rnn_train.training.trainer import train
 from tests.helpers import ROOT, tiny_config
@@ -94,6 +96,18 @@ def test_a_write_error_is_a_user_error_and_an_os_error_naming_the_path(tmp_path)
     assert str(error) == f"cannot write {tmp_path / 'out.txt'} (File too large)"
     assert error.errno == 27 and error.filename == str(tmp_path / "out.txt")
     assert os.listdir(tmp_path) == []  # no temporary file, no half file
+
+
+def test_files_that_belong_together_are_replaced_together_or_not_at_all(tmp_path):
+    """An export's graph and its metadata: the one written first is not renamed before the other is complete."""
+    meta, graph = tmp_path / "model.json", tmp_path / "model.onnx"
+    meta.write_text("old metadata")
+    graph.write_text("old graph")
+    with pytest.raises(WriteError, match=re.escape(f"cannot write {graph} (File too large)")), file_size_limit(1000):
+        atomic_write_files([(meta, lambda f: f.write(b"new metadata")), (graph, lambda f: f.write(b"w" * 5000))])
+    assert meta.read_text() == "old metadata" and graph.read_text() == "old graph" and temp_files(tmp_path) == []
+    atomic_write_files([(meta, lambda f: f.write(b"new metadata")), (graph, lambda f: f.write(b"new graph"))])
+    assert (meta.read_text(), graph.read_text()) == ("new metadata", "new graph") and temp_files(tmp_path) == []
 
 
 def test_torch_save_failing_names_the_file_and_why_and_keeps_the_old_one(tmp_path):
@@ -250,6 +264,165 @@ def test_gradflow_event_files_that_cannot_be_written_are_one_error(tmp_path):
     with pytest.raises(WriteError, match=rf"cannot write {re.escape(str(tmp_path))}/g/events\.out\.tfevents\.\S+ "
                                          rf"\(File too large\)"), file_size_limit(20_000):
         write_tensorboard(r, tmp_path / "g")
+
+
+def test_an_explore_page_that_cannot_be_written_is_one_line_and_keeps_the_old_page(trained, tmp_path, capsys):
+    from rnn_train.explore.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_text("zhong guo ren min " * 20)
+    page = tmp_path / "page.html"
+    argv = ["--checkpoint", str(trained / "run"), str(text), "--out", str(page)]
+    assert run(main, argv) == 0  # a good page, ~1.5 MB (the weights, the texts, the script)
+    before = sha(page)
+    with file_size_limit(page.stat().st_size // 2):
+        status = run(main, argv)
+    assert status == 2
+    assert capsys.readouterr().err == f"error: cannot write {page} (File too large)\n"
+    assert sha(page) == before and temp_files(tmp_path) == []
+
+
+def test_an_onnx_export_that_cannot_be_written_is_one_line_and_keeps_the_old_export(trained, tmp_path, capsys):
+    """The graph (~29 kB) does not fit: neither it nor the JSON beside it is replaced."""
+    from rnn_train.export import main
+
+    onnx, meta = tmp_path / "model.onnx", tmp_path / "model.json"
+    onnx.write_bytes(b"an older export")
+    meta.write_text('{"older": true}\n')
+    with file_size_limit(10_000):
+        status = run(main, ["--checkpoint", str(trained / "run"), "--format", "onnx", "--out", str(onnx)])
+    assert status == 2
+    assert capsys.readouterr().err == f"error: cannot write {onnx} (File too large)\n"
+    assert onnx.read_bytes() == b"an older export" and meta.read_text() == '{"older": true}\n'
+    assert temp_files(tmp_path) == []
+
+
+# tune: a study of one trial, then the same command again under a limit
+
+TUNE_SPACE = "train.lr: {float: [3.0e-3, 3.0e-2], log: true}\n"
+TUNE_FIXED = ["data.batch_size=4", "data.num_steps=10", "data.val_fraction=0.002", "train.threads=1", NATIVE,
+              "log.sample_length=0", "model.hidden_size=96"]  # a checkpoint of ~0.9 MB, more than the study.db
+
+
+def tune_argv(out: Path, cache: Path, trials: int) -> list[str]:
+    return ["--config", str(ROOT / "configs" / "debug.yaml"), "--space", str(out.parent / "space.yaml"),
+            "--trials", str(trials), "--trial-budget", "tokens:240", "--evals", "2", "--out", str(out),
+            "--cache-dir", str(cache), "--seed", "0", *TUNE_FIXED]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, trained):
+    """A finished study of one trial (the recipe's own lr) in tmp/out: study.db, study.json,
+    results.csv, best.yaml, history.png, curves.png, trial-0000/."""
+    from rnn_train.experiments.tune.cli import main
+
+    tmp = tmp_path_factory.mktemp("tuned")
+    (tmp / "space.yaml").write_text(TUNE_SPACE)
+    assert run(main, tune_argv(tmp / "out", trained / "cache", trials=1)) == 0
+    return tmp
+
+
+def copy_study(tuned: Path, tmp_path: Path) -> Path:
+    shutil.copytree(tuned, tmp_path, dirs_exist_ok=True)
+    return tmp_path / "out"
+
+
+def database_error(path: Path) -> str:
+    """SQLite's words for EFBIG ("disk I/O error") or ENOSPC ("database or disk is full")."""
+    return rf"error: cannot write {re.escape(str(path))} \((disk I/O error|database or disk is full)\)\n"
+
+
+def study_trials(out: Path):
+    import optuna
+
+    from rnn_train.experiments.study.storage import default_url
+
+    name = json.loads((out / "study.json").read_text())["study"]
+    return optuna.load_study(study_name=name, storage=default_url(out)).trials
+
+
+# written in this order when a finished study is run again (nothing trained): each limit lets the
+# files before the one named through and stops that one
+@pytest.mark.parametrize("name", ["study.json", "best.yaml", "history.png"])
+def test_tune_outputs_that_cannot_be_written_are_one_line_and_keep_the_old_ones(trained, tuned, tmp_path, capsys,
+                                                                               name):
+    from rnn_train.experiments.tune.cli import main
+
+    out = copy_study(tuned, tmp_path)
+    order = ["study.json", "results.csv", "best.yaml", "history.png"]
+    sizes = {n: (out / n).stat().st_size for n in order}
+    earlier = max([sizes[n] for n in order[:order.index(name)]], default=0)
+    assert earlier < sizes[name]
+    before = {n: sha(out / n) for n in order}
+    with file_size_limit((earlier + sizes[name]) // 2):
+        status = run(main, tune_argv(out, trained / "cache", trials=1))
+    assert status == 2
+    assert capsys.readouterr().err == f"error: cannot write {out / name} (File too large)\n"
+    assert sha(out / name) == before[name] and temp_files(tmp_path) == []
+
+
+def test_tune_results_that_cannot_be_written_are_one_line(trained, tuned, tmp_path, capsys):
+    """results.csv is smaller than study.json, written before it: a directory in its place stops it."""
+    from rnn_train.experiments.tune.cli import main
+
+    out = copy_study(tuned, tmp_path)
+    (out / "results.csv").unlink()
+    (out / "results.csv").mkdir()
+    assert run(main, tune_argv(out, trained / "cache", trials=1)) == 2
+    assert capsys.readouterr().err == f"error: cannot write {out / 'results.csv'} (Is a directory)\n"
+    assert (out / "results.csv").is_dir() and temp_files(tmp_path) == []
+
+
+def test_a_study_database_that_cannot_grow_is_one_line_and_keeps_its_trials(trained, tuned, tmp_path, capsys):
+    """SQLite's error comes wrapped by SQLAlchemy and Optuna (which would retry it); it is the
+    database's WriteError. Asking for trial 1 writes the journal, which the limit stops."""
+    from rnn_train.experiments.tune.cli import main
+
+    out = copy_study(tuned, tmp_path)
+    with file_size_limit(8192):
+        status = run(main, tune_argv(out, trained / "cache", trials=2))
+    assert status == 2
+    assert re.fullmatch(database_error(out / "study.db"), capsys.readouterr().err)
+    with contextlib.closing(sqlite3.connect(out / "study.db")) as db:
+        assert db.execute("pragma integrity_check").fetchall() == [("ok",)]
+    (trial,) = study_trials(out)  # SQLite rolled the failed transaction back
+    assert trial.state.name == "COMPLETE" and trial.value == study_trials(tuned / "out")[0].value
+    assert temp_files(tmp_path) == [] and not (out / "study.db-journal").exists() and not (out / "trial-0001").exists()
+
+
+def test_a_trial_checkpoint_that_cannot_be_written_is_one_line_and_the_trial_is_queued_again(trained, tuned,
+                                                                                          tmp_path, capsys):
+    """Trial 1 trains under a limit above the study.db and below a checkpoint: its run stops at the
+    first checkpoint, the trial is failed and queued again (the next run of the command retries it)."""
+    from rnn_train.experiments.tune.cli import main
+
+    out = copy_study(tuned, tmp_path)
+    old = sha(out / "trial-0000" / "best.pt")
+    assert (out / "study.db").stat().st_size < 300_000 < (out / "trial-0000" / "best.pt").stat().st_size
+    with file_size_limit(300_000):
+        status = run(main, tune_argv(out, trained / "cache", trials=2))
+    assert status == 2
+    assert re.fullmatch(rf"error: cannot write {re.escape(str(out / 'trial-0001'))}/(best|last)\.pt "
+                        rf"\(File too large\)\n", capsys.readouterr().err)
+    assert sha(out / "trial-0000" / "best.pt") == old and temp_files(tmp_path) == []
+    assert [t.state.name for t in study_trials(out)] == ["COMPLETE", "FAIL", "WAITING"]
+
+
+def test_a_sweep_study_database_that_cannot_be_created_is_one_line(trained, tmp_path, capsys):
+    """The tables of a new study.db do not fit: the sweep stops before writing anything else."""
+    from rnn_train.experiments.sweep.cli import main
+
+    out = tmp_path / "sweep"
+    argv = ["--config", str(ROOT / "configs" / "debug.yaml"), "--grid", "model.cell=rnn", "--budget", "tokens:240",
+            "--out", str(out), "--cache-dir", str(trained / "cache"), "model.hidden_size=8", "data.batch_size=4",
+            "train.threads=1", "log.sample_length=0", NATIVE]
+    with file_size_limit(8192):
+        status = run(main, argv)
+    assert status == 2
+    assert re.fullmatch(database_error(out / "study.db"), capsys.readouterr().err)
+    assert sorted(os.listdir(out)) == ["study.db"]  # no sweep.json, no run, no journal left
+    with contextlib.closing(sqlite3.connect(out / "study.db")) as db:
+        assert db.execute("pragma integrity_check").fetchall() == [("ok",)]  # usable once there is room
 
 
 def test_standard_output_on_a_full_disk_is_one_line():

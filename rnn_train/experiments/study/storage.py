@@ -12,9 +12,17 @@ Heartbeats. A process that runs a trial records a heartbeat every HEARTBEAT_S se
 heartbeat is older than GRACE_S is failed and queued again by whoever notices first (Optuna's
 `fail_stale_trials`). That is how a trial of a machine that died is recovered; a dead process on
 *this* machine is noticed at once (study/liveness.py).
+
+A full disk. SQLite refuses a write it cannot make (its journal or the database cannot grow, the
+file is read-only) with its own error, which SQLAlchemy wraps and Optuna wraps again (and retries):
+for a SQLite storage, such an error is the WriteError of its file (rnn_train.files), one line naming
+the database, wherever Optuna meets it. SQLite's atomic commit leaves the database as it was before
+the transaction that failed.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import random
@@ -22,14 +30,22 @@ import sqlite3
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from rnn_train.errors import UserError
+from rnn_train.files import WriteError
 
 HEARTBEAT_S = 20
 GRACE_S = 90
 SQLITE_TIMEOUT = 120.0
 DEFAULT_DB = "study.db"
+_REFUSED_WRITES = {"SQLITE_FULL": errno.ENOSPC, "SQLITE_READONLY": errno.EROFS, "SQLITE_IOERR_WRITE": errno.EIO,
+                   "SQLITE_IOERR_FSYNC": errno.EIO, "SQLITE_IOERR_DIR_FSYNC": errno.EIO,
+                   "SQLITE_IOERR_TRUNCATE": errno.EIO, "SQLITE_IOERR_DELETE": errno.EIO}
+"""SQLite's errors for a write that the file system refused (the extended names from Python 3.11 on)."""
+_REFUSED_MESSAGES = {"database or disk is full": errno.ENOSPC, "attempt to write a readonly database": errno.EROFS,
+                     "disk I/O error": errno.EIO}
+"""The same, by SQLite's message (Python 3.10 has no error names; an I/O error may be a read's there)."""
 
 
 def quiet_optuna() -> None:
@@ -97,9 +113,12 @@ def open_storage(url: str, *, retry: Callable | None = None, heartbeat_s: int = 
         kwargs["creator"] = connect
     for attempt in range(6):
         try:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s,
-                                                 grace_period=grace_s, heartbeat_stale_trial_callback=retry)
+            with _refusals(path):  # a new database's tables, on a full disk
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s,
+                                                     grace_period=grace_s, heartbeat_stale_trial_callback=retry)
             break
+        except WriteError:
+            raise
         except (ImportError, ModuleNotFoundError) as e:
             raise UserError(f"--storage {shown(url)}: its database driver is not installed ({e})") from None
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
@@ -114,7 +133,41 @@ def open_storage(url: str, *, retry: Callable | None = None, heartbeat_s: int = 
         @event.listens_for(storage.engine, "begin")
         def _immediate(conn) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        @event.listens_for(storage.engine, "handle_error")
+        def _refused(context) -> None:
+            error = refused_write(path, context.original_exception)
+            if error:
+                raise error  # after SQLAlchemy's clean-up, in place of its error: Optuna neither wraps nor retries it
     return storage
+
+
+@contextlib.contextmanager
+def _refusals(database: str | None) -> Iterator[None]:
+    """Inside, an error that `refused_write` recognises becomes that WriteError."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - whatever wraps SQLite's error
+        refused = database is not None and refused_write(database, e)
+        if not refused:
+            raise
+        raise refused from None
+
+
+def refused_write(database: str, error: BaseException) -> WriteError | None:
+    """The WriteError of the SQLite file `database` if `error`, or an error it was raised from
+    (SQLAlchemy's and Optuna's wrap SQLite's), says the file system refused a write; else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, sqlite3.Error):
+            name, message = getattr(error, "sqlite_errorname", None), str(error)
+            if name and name.startswith("SQLITE_READONLY"):
+                name = "SQLITE_READONLY"  # _DBMOVED, _DIRECTORY, ...
+            code = _REFUSED_WRITES.get(name) if name else _REFUSED_MESSAGES.get(message)
+            return WriteError(database, OSError(code, message)) if code else None
+        error = getattr(error, "orig", None) or error.__cause__ or error.__context__
+    return None
 
 
 def _first_line(e: Exception) -> str:

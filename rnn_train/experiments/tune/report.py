@@ -23,7 +23,7 @@ from typing import Any, Callable
 from optuna.trial import FrozenTrial, TrialState
 
 from rnn_train.config import build_config, config_to_yaml
-from rnn_train.files import atomic_write_text
+from rnn_train.files import atomic_write_text, save_figure
 
 COLUMNS = ("best_val_loss", "final_val_loss", "tokens", "train_s", "wall_s", "stopped_by", "run_dir", "host")
 
@@ -134,7 +134,7 @@ def write_plots(out: Path, study, evals: int, log: Callable[[str], None] = print
                 ax.get_legend().remove()
         fig.set_size_inches(7.5, 4.8)
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        save_figure(fig, out / name, dpi=110)
         plt.close(fig)
         written.append(out / name)
     return written
