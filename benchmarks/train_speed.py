@@ -20,8 +20,14 @@ Variants:
     cpp-blas     ... with the C++ loop, BLAS threading each GEMM
     cpp-tiled-rows  ... with the C++ loop's tiled GEMMs (csrc/tiled.h), batch rows split over the threads
     cpp-tiled    ... the same on one thread block
-    auto         ... with whatever model.kernel=auto picks here (measured on first use; printed)
+    auto         ... with whatever model.kernel=auto and train.precision=--precision pick here
+                 (measured on first use; printed)
+A variant with ":bf16" appended computes its matrix products in bf16 (train.precision=bf16): the
+fused C++ loop's bf16 products ("cpp-tiled:bf16", "cpp-tiled-rows:bf16"), or torch.autocast
+around the nn module ("native:bf16"). The reference stays float32.
 The fused variants use gemm="blas" unless --gemm says otherwise.
+
+    python benchmarks/train_speed.py --cell lstm --hidden 512 --variants cpp-tiled-rows,cpp-tiled-rows:bf16,auto
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from rnn_train.config import load_config  # noqa: E402
 from rnn_train.kernels.fused import FusedPath  # noqa: E402
+from rnn_train.runtime import keep_freed_memory  # noqa: E402
 from rnn_train.training.learner import TorchLearner  # noqa: E402
 
 PATHS = {"native": None, "python": ("python", "blas", "blas"), "cpp-rows": ("cpp", "blas", "rows"),
@@ -85,10 +92,12 @@ def pipeline_step(variant: str, config: str, overrides: list[str], V: int, gemm:
     torch.manual_seed(0)
     learner = TorchLearner(cfg, V, torch.device("cpu"))
     model = learner.torch_model()
-    if variant != "auto":
-        loop = PATHS[variant]
-        model.use_training_path(None if loop is None else FusedPath(loop[0], gemm, loop[1], loop[2]))
-    label = model.training_kernel
+    name, _, precision = variant.partition(":")
+    if name != "auto":
+        loop = PATHS[name]
+        model.use_training_path(None if loop is None else FusedPath(loop[0], gemm, loop[1], loop[2]),
+                                precision or "fp32")
+    label = f"{model.training_kernel} {learner.precision}"
     carry = {"state": None}
 
     def step(x: np.ndarray, y: np.ndarray):
@@ -105,11 +114,12 @@ def pipeline_step(variant: str, config: str, overrides: list[str], V: int, gemm:
 
 def run(a) -> dict:
     torch.set_num_threads(a.threads)
+    keep_freed_memory()  # as a training run does (rnn_train.training.trainer.train); the reference step shares it
     overrides = [f"model.cell={a.cell}", f"model.hidden_size={a.hidden}", f"model.num_layers={a.layers}",
                  f"data.batch_size={a.batch}", f"data.num_steps={a.steps}", "model.embedding=one_hot",
                  "model.dropout=0", "train.optimizer=sgd", "train.lr=1.0", "train.momentum=0", "train.clip_norm=1.0",
-                 f"model.dtype={a.dtype}"]
-    variants = [v for v in a.variants.split(",") if v != "python" or a.cell != "lstm"]  # no Python-loop LSTM
+                 f"model.dtype={a.dtype}", f"train.precision={a.precision}"]
+    variants = [v for v in a.variants.split(",") if not v.startswith("python") or a.cell != "lstm"]  # no Python LSTM
     steps, labels = {}, {}
     for v in variants:
         if v == "reference":
@@ -148,6 +158,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--gemm", choices=("blas", "auto"), default="blas", help="the fused paths' all-steps GEMMs")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="train.precision of the 'auto' variant (default auto)")
     p.add_argument("--variants", default="reference,native,python,cpp-rows,cpp-units,cpp-blas,cpp-tiled-rows")
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
@@ -167,7 +179,7 @@ def main(argv=None) -> int:
     print(f"{a.cell.upper()}-{a.hidden} x{a.layers} B={a.batch} T={a.steps} V={a.vocab} {a.dtype}, {a.threads} thread(s), "
           f"median {a.clock} time of {a.rounds} interleaved steps; speed-up over {a.variants.split(',')[0]}:")
     for v, row in res["variants"].items():
-        print(f"  {v:<15} {row['ms']:>8.2f} ms  {row['tokens_per_s']:>8,} tokens/s  x{row['vs_first']:.2f}  {row['path']}")
+        print(f"  {v:<20} {row['ms']:>8.2f} ms  {row['tokens_per_s']:>8,} tokens/s  x{row['vs_first']:.2f}  {row['path']}")
     return 0
 
 

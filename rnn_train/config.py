@@ -161,6 +161,8 @@ class TrainConfig:
     """`auto` takes CUDA when present."""
     threads: int = 0
     """torch CPU threads (0 = torch's default)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Arithmetic of the training step's matrix products. `fp32`: float32 throughout. `bf16`: the products in bfloat16 with float32 sums; weights, optimiser state, loss and softmax stay float32 (CPUs with AVX512-BF16 or AMX, CUDA GPUs with bf16; elsewhere a note and float32). `auto`: bf16 where the hardware has it and it measured faster for the model on first use (remembered per machine, like model.kernel), else fp32. Evaluation, sampling and checkpoints are always float32. The precision taken is logged in the run."""
 
     def __post_init__(self) -> None:
         p: list[str] = []
@@ -420,6 +422,9 @@ def _cross_section_problems(s: dict[str, Any]) -> list[str]:
     if model.backend == "numpy":
         _check(p, train.optimizer == "sgd" and not train.momentum and not train.weight_decay, "model.backend=numpy",
                "updates with plain SGD: set train.optimizer=sgd, train.momentum=0, train.weight_decay=0")
+    if train.precision == "bf16":
+        _check(p, model.backend == "torch", "train.precision=bf16", "needs model.backend=torch")
+        _check(p, model.dtype == "float32", "train.precision=bf16", "needs model.dtype=float32")
     return p
 
 

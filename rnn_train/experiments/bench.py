@@ -78,7 +78,7 @@ def run_pipeline(config: Path, corpus: Path, overrides: list[str], seconds: floa
         raise UserError(f"the rnn-train run wrote no {workdir / 'bench' / 'metrics.json'}")
     return {"impl": "rnn-train", "tokens": metrics["tokens"], "train_seconds": metrics["train_seconds"],
             "tokens_per_s": round(metrics["tokens_per_s"], 1), "val_ppl": round(metrics["val_ppl"], 4),
-            "steps": metrics["step"]}
+            "steps": metrics["step"], "kernel": metrics.get("kernel", ""), "precision": metrics.get("precision", "")}
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m rnn_train bench") -> int:

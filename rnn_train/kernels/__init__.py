@@ -6,11 +6,15 @@
     auto     whichever of these is fastest for the model on this machine
 
 `fused` and `auto` measure their candidates on first use and remember the answer per machine
-(rnn_train.kernels.autotune); `resolve_kernel` is the one place that decides, and the trainer
-logs its answer in the run. Timings: docs/kernels.md.
+(rnn_train.kernels.autotune); `resolve_kernel` is the one place that decides the float32 path,
+`resolve_training_path` adds the precision (train.precision: rnn_train.kernels.precision), and
+the trainer logs both in the run. Timings: docs/kernels.md.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import torch
 from torch import nn
 
 from rnn_train.errors import UserError
@@ -40,3 +44,53 @@ def resolve_kernel(requested: str, rnn: nn.Module, batch_size: int, num_steps: i
                             f"the C++ kernels built); use model.kernel=auto or native")
         return None
     return autotune.choose(rnn, batch_size, num_steps, one_hot, with_native=requested == "auto")
+
+
+class TrainingPath(NamedTuple):
+    """How a model trains: `path` (a FusedPath, or None for the module itself) computing its matrix
+    products in `precision` ("fp32" or "bf16"), and `note`, one line for the user where the
+    requested precision could not be had (else "")."""
+
+    path: object
+    precision: str
+    note: str = ""
+
+
+def bf16_candidates(kernel: str, rnn: nn.Module) -> list:
+    """The paths that can train `rnn` in bf16 here under model.kernel=`kernel`: the fused C++ loop's
+    tiled step with its bf16 products (CPU, where built with AMX), and the module under autocast."""
+    from rnn_train.kernels.fused import FusedPath, can_fuse
+    from rnn_train.kernels.precision import fused_bf16_available
+
+    out: list = []
+    if kernel in ("auto", "fused") and can_fuse(rnn, loop="cpp") and fused_bf16_available():
+        threads = ["blas"] + ["rows"] * (torch.get_num_threads() > 1)
+        out += [FusedPath("cpp", "blas", "tiled", t) for t in threads]
+    if kernel in ("auto", "native"):
+        out.append(None)
+    return out
+
+
+def resolve_training_path(kernel: str, precision: str, rnn: nn.Module, batch_size: int, num_steps: int,
+                          one_hot: bool) -> TrainingPath:
+    """The training path and precision of `rnn` where it lives now, for model.kernel=`kernel` and
+    train.precision=`precision`. The float32 path is `resolve_kernel`'s, so an "fp32" run, and an
+    "auto" run that keeps float32, trains exactly as before precision existed."""
+    from rnn_train.kernels import autotune
+    from rnn_train.kernels.precision import PRECISIONS, bf16_hardware
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    path = resolve_kernel(kernel, rnn, batch_size, num_steps, one_hot)
+    if precision == "fp32":
+        return TrainingPath(path, "fp32")
+    w = rnn.weight_hh_l0
+    why = f"the model computes in {str(w.dtype).split('.')[-1]}" if w.dtype != torch.float32 else bf16_hardware(w.device)
+    candidates = [] if why else [p for p in bf16_candidates(kernel, rnn) if autotune.runs_here(rnn, p, one_hot, "bf16")]
+    if why is None and not candidates:
+        why = f"model.kernel={kernel} has no bf16 path that runs this model here"
+    if why is not None:
+        note = f"train.precision=bf16: {why}; training in float32" if precision == "bf16" else ""
+        return TrainingPath(path, "fp32", note)
+    chosen, taken = autotune.choose_precision(rnn, batch_size, num_steps, one_hot, kernel, path, candidates, precision)
+    return TrainingPath(chosen, taken)

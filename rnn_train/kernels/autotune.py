@@ -106,17 +106,24 @@ def _write_cache(key: str, entry: dict) -> None:
         pass  # an unwritable cache only means measuring again next time
 
 
-def _pass(rnn: nn.Module, path: FusedPath | None, inp: torch.Tensor, one_hot: bool) -> Callable[[], None]:
-    """One forward+backward of `rnn` on `inp` by `path` (None: the module itself), gradients discarded."""
+def _pass(rnn: nn.Module, path: FusedPath | None, inp: torch.Tensor, one_hot: bool,
+          precision: str = "fp32") -> Callable[[], None]:
+    """One forward+backward of `rnn` on `inp` by `path` (None: the module itself, under bf16
+    autocast for precision "bf16"), gradients discarded; on a GPU it waits for the GPU's work."""
     params = [p for p in rnn.parameters() if p.requires_grad]
+    w = rnn.weight_hh_l0
+    autocast = torch.autocast(w.device.type, dtype=torch.bfloat16, enabled=path is None and precision == "bf16")
 
     def run():
         if path is None:
-            x = nn.functional.one_hot(inp, rnn.input_size).to(rnn.weight_hh_l0.dtype) if one_hot else inp
-            out, _ = rnn(x)
+            x = nn.functional.one_hot(inp, rnn.input_size).to(w.dtype) if one_hot else inp
+            with autocast:
+                out, _ = rnn(x)
         else:
-            out, _ = fused_rnn(rnn, inp, one_hot_ids=one_hot, path=path)
-        torch.autograd.grad(out.sum(), params)
+            out, _ = fused_rnn(rnn, inp, one_hot_ids=one_hot, path=path, precision=precision)
+        torch.autograd.grad(out.float().sum(), params)
+        if w.is_cuda:
+            torch.cuda.synchronize(w.device)
 
     return run
 
@@ -144,15 +151,26 @@ def race(runs: dict[str, Callable[[], None]]) -> dict[str, float]:
     return {name: _typical(t) for name, t in times.items()}
 
 
-def measure(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with_native: bool) -> dict:
-    """Time the candidates for `rnn` at [batch_size, num_steps]: {"choice": path json, "ms": {label: ms}}."""
-    module = copy.deepcopy(rnn).eval()  # no dropout: no RNG; the model's own .grad stays untouched
+def _measured_copy(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool) -> tuple[nn.Module, torch.Tensor]:
+    """(a copy of `rnn` to time, an input of the run's shape): the model's own .grad stays untouched,
+    no dropout (no RNG), and the input drawn from a generator of its own."""
+    module = copy.deepcopy(rnn).eval()
     g = torch.Generator().manual_seed(0)
     shape = (batch_size, num_steps) if module.batch_first else (num_steps, batch_size)
     if one_hot:
         inp = torch.randint(0, module.input_size, shape, generator=g)
     else:
         inp = torch.randn(*shape, module.input_size, generator=g, dtype=module.weight_hh_l0.dtype)
+    return module, inp.to(module.weight_hh_l0.device)
+
+
+def _load() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # a busy machine makes timings noisy
+
+
+def measure(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with_native: bool) -> dict:
+    """Time the candidates for `rnn` at [batch_size, num_steps]: {"choice": path json, "ms": {label: ms}}."""
+    module, inp = _measured_copy(rnn, batch_size, num_steps, one_hot)
     gemm, loops = "blas", loop_candidates(module, "blas")
     options = ["blas"] + ["auto"] * onednn_available() + ["tiled"] * (build.extension() is not None)
     if loops and module.weight_hh_l0.dtype == torch.float32 and len(options) > 1:
@@ -166,9 +184,8 @@ def measure(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with
         runs[NATIVE] = (None, _pass(module, None, inp, one_hot))
     timed = race({name: run for name, (_, run) in runs.items()})
     best = min(timed, key=timed.get)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # a busy machine makes timings noisy
     return {"choice": _path_to_json(runs[best][0]), "ms": {k: round(v * 1e3, 3) for k, v in timed.items()},
-            "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "load": load}
+            "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "load": _load()}
 
 
 SMALL_STEP_WORK = 1 << 20
@@ -178,10 +195,14 @@ make a difference worth the measurement (which, on a busy machine, takes longer 
 such a model)."""
 
 
+def is_small(rnn: nn.Module, batch_size: int) -> bool:
+    """Whether `rnn` at `batch_size` is below SMALL_STEP_WORK: too small to be worth measuring."""
+    return batch_size * cells.of_module(rnn).num_blocks * rnn.hidden_size ** 2 * rnn.num_layers < SMALL_STEP_WORK
+
+
 def small_model_path(rnn: nn.Module, batch_size: int) -> FusedPath | None:
     """The path for a model too small to measure (SMALL_STEP_WORK), or None if it is not that small."""
-    G = cells.of_module(rnn).num_blocks
-    if batch_size * G * rnn.hidden_size ** 2 * rnn.num_layers >= SMALL_STEP_WORK:
+    if not is_small(rnn, batch_size):
         return None
     candidates = loop_candidates(rnn, "blas")
     serial = [p for p in candidates if p.threads == "blas"]
@@ -200,6 +221,63 @@ def choose(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with_
 
     key = f"{machine_key()}/{shape_key(rnn, batch_size, num_steps, one_hot, with_native)}"
     return stored_decision(key, measured, lambda entry: _path_from_json(entry["choice"]))
+
+
+def runs_here(rnn: nn.Module, path: FusedPath | None, one_hot: bool, precision: str) -> bool:
+    """Whether `path` trains `rnn` in `precision` on this machine at all: one tiny forward+backward on
+    a copy. (oneDNN refuses a bf16 LSTM where its ISA is capped below bf16, for one.)"""
+    module, inp = _measured_copy(rnn, 2, 2, one_hot)
+    try:
+        with torch.enable_grad():
+            _pass(module, path, inp, one_hot, precision)()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _label(path: FusedPath | None, precision: str) -> str:
+    return f"{NATIVE if path is None else path.label()} {precision}"
+
+
+def choose_precision(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, kernel: str,
+                     fp32_path: FusedPath | None, candidates: list[FusedPath | None],
+                     requested: str) -> tuple[FusedPath | None, str]:
+    """(path, precision) for `requested` "bf16" or "auto" on this machine: the fastest of the bf16
+    `candidates` (paths that compute in bf16; None is the module under autocast); with "auto", that
+    one only where it beat `fp32_path` (the float32 decision) by precision.BF16_MARGIN, else
+    (fp32_path, "fp32"). Measured once per machine and shape like the float32 path, and stored
+    with it; a model too small to measure takes float32 for "auto" and the first candidate for "bf16"."""
+    from rnn_train.kernels.precision import BF16_MARGIN
+
+    if is_small(rnn, batch_size):
+        return (fp32_path, "fp32") if requested == "auto" else (candidates[0], "bf16")
+    fp32_json = _path_to_json(fp32_path)
+
+    def measured() -> dict:
+        module, inp = _measured_copy(rnn, batch_size, num_steps, one_hot)
+        runs = {_label(p, "bf16"): _pass(module, p, inp, one_hot, "bf16") for p in candidates}
+        if requested == "auto":
+            runs[_label(fp32_path, "fp32")] = _pass(module, fp32_path, inp, one_hot)
+        with torch.enable_grad():
+            timed = race(runs)
+        bf16 = {label: t for label, t in timed.items() if label.endswith(" bf16")}
+        best = min(bf16, key=bf16.get)
+        path = candidates[list(runs).index(best)]
+        take = requested == "bf16" or bf16[best] * BF16_MARGIN <= timed[_label(fp32_path, "fp32")]
+        return {"choice": _path_to_json(path if take else fp32_path), "precision": "bf16" if take else "fp32",
+                "fp32": fp32_json, "ms": {k: round(v * 1e3, 3) for k, v in timed.items()},
+                "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "load": _load()}
+
+    def read(entry: dict) -> tuple[FusedPath | None, str]:
+        if entry["fp32"] != fp32_json:  # the float32 decision was measured again since: so is this one
+            raise KeyError("fp32")
+        return _path_from_json(entry["choice"]), entry["precision"]
+
+    w = rnn.weight_hh_l0
+    device = torch.cuda.get_device_name(w.device).replace(" ", "_") if w.is_cuda else w.device.type
+    key = (f"{machine_key()}/{shape_key(rnn, batch_size, num_steps, one_hot, kernel != 'fused')}"
+           f"/precision-{requested}-{kernel}-{device}")
+    return stored_decision(key, measured, read)
 
 
 T = TypeVar("T")

@@ -29,8 +29,9 @@ Public API
 ::
 
     fused_rnn_layer(cell, inp, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, c0=None, one_hot_ids=False,
-                    batch_first=True, nonlinearity="tanh", path=FusedPath()) -> (out, h_T[, c_T])
-    fused_rnn(module, inp, hx=None, *, one_hot_ids=False, path=FusedPath()) -> (out, h_n or (h_n, c_n))
+                    batch_first=True, nonlinearity="tanh", path=FusedPath(), precision="fp32") -> (out, h_T[, c_T])
+    fused_rnn(module, inp, hx=None, *, one_hot_ids=False, path=FusedPath(), precision="fp32")
+        -> (out, h_n or (h_n, c_n))
         drop-in for ``module(inp, hx)`` on an nn.RNN / nn.GRU / nn.LSTM (all layers, dropout between them)
     can_fuse(module, inp=None, loop="python") -> bool     whether that loop applies to the module
 
@@ -64,14 +65,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-from rnn_train.kernels.gemm import GEMMS, resolve_gemm
-from rnn_train.kernels.layer_io import (FLOATS, STEP_GEMMS, THREADS, LayerOptions, LayerTensors, check_layer, out_view,
-                                        time_major_rows)
+from rnn_train.kernels.gemm import BF16, GEMMS, resolve_gemm
+from rnn_train.kernels.layer_io import (FLOATS, STEP_BF16, STEP_GEMMS, THREADS, LayerOptions, LayerTensors, check_layer,
+                                        out_view, time_major_rows)
 from rnn_train.model import cells
 from rnn_train.model.cells import CellSpec
 
-__all__ = ["FusedPath", "fused_rnn_layer", "fused_rnn", "can_fuse", "LOOPS"]
+__all__ = ["FusedPath", "fused_rnn_layer", "fused_rnn", "bf16_linear", "can_fuse", "LOOPS"]
 
 LOOPS = ("python", "cpp")
 """The time loops; a cell has one where its CellSpec names a hook "<loop>_loop"."""
@@ -109,6 +111,11 @@ class FusedPath:
             return f"fused-python(gemm={self.gemm})"
         return f"fused-cpp(step={self.step}, threads={self.threads}, gemm={self.gemm})"
 
+    def computes_bf16(self) -> bool:
+        """Whether this path can compute in bf16 (train.precision): the C++ loop's tiled step,
+        whose products then run on csrc/bf16.h's AMX tiles, and its all-steps GEMMs in bf16 too."""
+        return self.loop == "cpp" and self.step == "tiled" and self.threads != "units"
+
 
 def loop_cells(loop: str) -> tuple[str, ...]:
     """The registered cells that `loop` implements."""
@@ -126,7 +133,7 @@ def _spec(cell: str | CellSpec) -> CellSpec:
 def fused_rnn_layer(cell: str | CellSpec, inp: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor,
                     w_hh: torch.Tensor, b_ih: torch.Tensor | None = None, b_hh: torch.Tensor | None = None, *,
                     c0: torch.Tensor | None = None, one_hot_ids: bool = False, batch_first: bool = True,
-                    nonlinearity: str = "tanh", path: FusedPath = FusedPath()):
+                    nonlinearity: str = "tanh", path: FusedPath = FusedPath(), precision: str = "fp32"):
     """One layer of ``nn.GRU`` / ``nn.RNN`` / ``nn.LSTM`` (a registered cell, by name or CellSpec)
     with the fused forward/BPTT.
 
@@ -136,16 +143,20 @@ def fused_rnn_layer(cell: str | CellSpec, inp: torch.Tensor, h0: torch.Tensor, w
     (out [B, T, H] or [T, B, H], h_T [B, H]), and c_T [B, H] third for the LSTM.
     ``nonlinearity`` ("tanh" or "relu") applies to the Elman cell only, as in nn.RNN.
     Differentiable w.r.t. inp (float), h0, c0 and all parameters; only what requires grad is computed.
+    ``precision="bf16"``: every matrix product in bf16 with float32 sums (rnn_train.kernels.precision),
+    on a path that `computes_bf16` where the C++ kernels have their bf16 products; the tensors, the
+    states and the cell's arithmetic stay float32.
     """
     spec = _spec(cell)
+    bf16 = _check_precision(precision, path, w_hh)
     loop = spec.hook(f"{path.loop}_loop")
     if loop is None:
         raise ValueError(f"the {path.loop} loop runs cells {loop_cells(path.loop)}, not cell {spec.name!r}")
     if nonlinearity not in ("tanh", "relu") or (not spec.elman and nonlinearity != "tanh"):
         raise ValueError(f"nonlinearity {nonlinearity!r} does not apply to fused {spec.name}")
     tensors = LayerTensors(inp, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    opts = LayerOptions(one_hot_ids, batch_first, nonlinearity == "relu", resolve_gemm(path.gemm, w_hh),
-                        STEP_GEMMS[path.step], THREADS[path.threads])
+    opts = LayerOptions(one_hot_ids, batch_first, nonlinearity == "relu", BF16 if bf16 else resolve_gemm(path.gemm, w_hh),
+                        STEP_BF16 if bf16 else STEP_GEMMS[path.step], THREADS[path.threads])
     T, B, _ = check_layer(spec, tensors, opts)
     if one_hot_ids and inp.dtype not in (torch.int32, torch.int64):
         inp = inp.long()  # uint8 / int16 ids: the gather and the scatter-add index with int32/int64
@@ -155,6 +166,57 @@ def fused_rnn_layer(cell: str | CellSpec, inp: torch.Tensor, h0: torch.Tensor, w
     with torch.no_grad():  # evaluation / generation: the same recurrence without an autograd node
         hs, finals = loop.states(opts, time_major_rows(inp, batch_first, T, B), tensors, T, B)
     return (out_view(hs[1:], batch_first), hs[T].clone(), *finals)
+
+
+def _check_precision(precision: str, path: FusedPath, w: torch.Tensor) -> bool:
+    """True for bf16, False for fp32; a ValueError where this path cannot compute in `precision`."""
+    if precision == "fp32":
+        return False
+    if precision != "bf16":
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    from rnn_train.kernels.precision import fused_bf16_available
+
+    if not (path.computes_bf16() and w.dtype == torch.float32 and w.device.type == "cpu" and fused_bf16_available()):
+        raise ValueError(f"{path.label()} cannot compute in bf16 here: that needs the C++ loop's tiled step, float32 "
+                         "CPU weights and C++ kernels built with AMX-BF16")
+    return True
+
+
+class _Bf16Linear(torch.autograd.Function):
+    """y = x W^T + b with the three products (y, dx, dW) in bf16 with float32 sums and results
+    (csrc/bf16.h's bf16_matmul); x [..., K] of any layout, W [N, K], b [N] or None."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        from rnn_train.kernels.build import extension
+
+        x2 = x.reshape(-1, x.shape[-1])
+        ctx.save_for_backward(x2, w)
+        ctx.has_bias, ctx.shape = b is not None, x.shape
+        y = extension().bf16_matmul(x2, w)
+        if b is not None:
+            y.add_(b)
+        return y.view(*x.shape[:-1], w.shape[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        from rnn_train.kernels.build import extension
+
+        x2, w = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        ops, need = extension(), ctx.needs_input_grad
+        dx = ops.bf16_matmul(dy2, w.t()).view(ctx.shape) if need[0] else None
+        dw = ops.bf16_matmul(dy2.t(), x2.t()) if need[1] else None
+        db = dy2.sum(0) if ctx.has_bias and need[2] else None
+        return dx, dw, db
+
+
+def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` with its products in bf16 and float32 sums and results, for a
+    model training in bf16 on the fused path (its decoder): float32 CPU tensors where the C++
+    kernels have their bf16 products (rnn_train.kernels.precision.fused_bf16_available)."""
+    return _Bf16Linear.apply(x, weight, bias)
 
 
 def can_fuse(module: nn.Module, inp: torch.Tensor | None = None, loop: str = "python") -> bool:
@@ -172,7 +234,7 @@ def can_fuse(module: nn.Module, inp: torch.Tensor | None = None, loop: str = "py
 
 
 def fused_rnn(module: nn.Module, inp: torch.Tensor, hx=None, *, one_hot_ids: bool = False,
-              path: FusedPath = FusedPath()):
+              path: FusedPath = FusedPath(), precision: str = "fp32"):
     """Drop-in for ``module(inp, hx)`` on an ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` (or the
     CellLayers of another registered cell): every layer through ``fused_rnn_layer``, the module's
     batch_first, nonlinearity and (in training mode) its dropout between layers.
@@ -198,7 +260,8 @@ def fused_rnn(module: nn.Module, inp: torch.Tensor, hx=None, *, one_hot_ids: boo
         x, *finals = fused_rnn_layer(spec, x, parts_in[0][k], *params,
                                      c0=parts_in[1][k] if len(parts_in) > 1 else None,
                                      one_hot_ids=one_hot_ids and k == 0, batch_first=module.batch_first,
-                                     nonlinearity=getattr(module, "nonlinearity", "tanh"), path=path)
+                                     nonlinearity=getattr(module, "nonlinearity", "tanh"), path=path,
+                                     precision=precision)
         parts_out.append(finals)
         if module.dropout and module.training and k < module.num_layers - 1:
             x = F.dropout(x, module.dropout, training=True)  # as the nn modules: between layers, not after the last

@@ -14,6 +14,10 @@ by measurement:
               everything else through torch.mm; float32 / float64 on the CPU where the C++
               kernels are built, else the same as "blas"
 
+and, not a choice of its own but what a layer computing in bf16 (train.precision) uses, BF16:
+every GEMM in bf16 products with float32 sums and a float32 result (csrc/bf16.h's bf16_matmul,
+AMX), the operands rounded to bf16 as they are read.
+
 oneDNN is reached through ``torch.ops.mkldnn._linear_pointwise``, a private op of torch's oneDNN
 integration (torch.compile's CPU backend calls it). It is probed on first use with a generator
 of its own, so probing never moves the global RNG a run's dropout draws from; if it is missing
@@ -31,7 +35,7 @@ import torch
 from rnn_train.kernels.build import extension
 
 GEMMS = ("auto", "onednn", "blas", "tiled")
-BLAS, ONEDNN, AUTO, TILED = 0, 1, 2, 3  # a resolved choice, carried into the autograd Functions
+BLAS, ONEDNN, AUTO, TILED, BF16 = 0, 1, 2, 3, 4  # a resolved choice, carried into the autograd Functions
 ONEDNN_MIN_WORK_PER_THREAD = 1_250_000
 """Below this many multiply-adds per thread, "auto" keeps a GEMM on torch.mm (crossover measured
 on the AVX-512 machine of docs/kernels.md; the autotuner decides whether "auto" is used at all)."""
@@ -86,6 +90,11 @@ def _uses_onednn(gemm: int, m: int, n: int, k: int) -> bool:
 
 def linear(x: torch.Tensor, w: torch.Tensor, gemm: int, *, bias=None, add=None) -> torch.Tensor:
     """x [M, K] @ w[N, K]^T (+ bias [N]) (+ add [M, N]) as a new [M, N] tensor; any strides."""
+    if gemm == BF16:
+        out = extension().bf16_matmul(x, w)
+        if add is not None:
+            out.add_(add)
+        return out if bias is None else out.add_(bias)
     if _uses_onednn(gemm, x.shape[0], w.shape[0], x.shape[1]):
         if add is None:
             return _onednn_linear()(x, w, bias, "none", [], "")
@@ -107,6 +116,8 @@ def weight_grad(d2: torch.Tensor, x2: torch.Tensor, gemm: int) -> torch.Tensor:
     computed as (x2^T d2)^T."""
     if gemm == TILED:
         return extension().weight_grad(d2, x2)
+    if gemm == BF16:
+        return extension().bf16_matmul(d2.t(), x2.t())
     if not _uses_onednn(gemm, d2.shape[1], x2.shape[1], d2.shape[0]):
         return d2.t() @ x2
     x_t = scratch("weight_grad_lhs", (x2.shape[1], x2.shape[0]), x2).copy_(x2.t())  # [D, T*B]

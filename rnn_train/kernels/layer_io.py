@@ -19,6 +19,7 @@ from rnn_train.model.cells import CellSpec
 
 FLOATS = (torch.float32, torch.float64)
 STEP_GEMMS = {"blas": 0, "aten": 1, "tiled": 2}  # the C++ loop's per-step GEMM: csrc/common.h GemmPath
+STEP_BF16 = 3  # the tiled loop with bf16 products (csrc/common.h kBf16): what step "tiled" becomes in bf16
 THREADS = {"blas": 0, "rows": 1, "units": 2}  # how the C++ loop uses threads: csrc/common.h Threads
 
 
@@ -47,8 +48,8 @@ class LayerOptions:
     one_hot_ids: bool  # inp holds ids standing for F.one_hot(ids, I)
     batch_first: bool  # inp and out are [B, T, ...] (else [T, B, ...])
     relu: bool = False  # an Elman cell with ReLU instead of tanh (nn.RNN(nonlinearity="relu"))
-    gemm: int = BLAS  # the all-steps GEMMs: rnn_train.kernels.gemm's resolved choice
-    step: int = 0  # the C++ loop's per-step GEMM (STEP_GEMMS)
+    gemm: int = BLAS  # the all-steps GEMMs: rnn_train.kernels.gemm's resolved choice (BF16 in bf16)
+    step: int = 0  # the C++ loop's per-step GEMM (STEP_GEMMS, or STEP_BF16)
     threads: int = 0  # the C++ loop's threading (THREADS)
 
     def dims(self, inp: torch.Tensor) -> tuple[int, int]:

@@ -4,10 +4,11 @@ The recurrent core is built from the cell's CellSpec (rnn_train/model/cells.py):
 `nn.RNN` / `nn.GRU` / `nn.LSTM` where the cell has one (cuDNN on a GPU, oneDNN for the LSTM on a
 CPU), else `recurrent.CellLayers`. Training may run the same module's weights through a fused
 kernel instead (`rnn_train.kernels.fused.fused_rnn`: a hand-written BPTT with the same
-gradients, faster on the CPU); which one is decided once, by whoever builds the model for
-training (`use_training_path`, see `rnn_train.kernels.resolve_kernel`), never inside `forward`.
-Evaluation and generation always use the module. The loss lives in the trainer: `forward`
-returns logits for every time step.
+gradients, faster on the CPU), and may compute its matrix products in bf16 (train.precision;
+rnn_train.kernels.precision); both are decided once, by whoever builds the model for training
+(`use_training_path`, see `rnn_train.kernels.resolve_training_path`), never inside `forward`.
+Evaluation and generation always use the module in the weights' own dtype. The loss lives in the
+trainer: `forward` returns logits for every time step, float32 whatever the precision.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnn_train.config import ModelConfig
-from rnn_train.kernels.fused import FusedPath, fused_rnn
+from rnn_train.kernels.fused import FusedPath, bf16_linear, fused_rnn
 from rnn_train.model import cells
 from rnn_train.model.recurrent import build_core
 
@@ -44,6 +45,7 @@ class CharRNN(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.decoder = nn.Linear(hidden_size, vocab_size)
         self.path: FusedPath | None = None  # the training path: a fused kernel, or None for the module
+        self.precision = "fp32"  # of the training path's matrix products: "fp32" or "bf16"
 
     @classmethod
     def from_config(cls, vocab_size: int, cfg: ModelConfig) -> "CharRNN":
@@ -56,10 +58,14 @@ class CharRNN(nn.Module):
         shape = (self.rnn.num_layers, batch_size, self.rnn.hidden_size)
         return self.spec.pack(tuple(torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in self.spec.state))
 
-    def use_training_path(self, path: FusedPath | None) -> None:
+    def use_training_path(self, path: FusedPath | None, precision: str = "fp32") -> None:
         """How training forwards run from now on: `path` (a fused kernel for the CPU, chosen by
-        rnn_train.kernels.resolve_kernel where the model lives), or None for the module itself."""
-        self.path = path
+        rnn_train.kernels.resolve_kernel where the model lives), or None for the module itself;
+        `precision` "bf16" computes their matrix products in bf16 (the fused path's own bf16
+        products, or torch.autocast around the module and the decoder), "fp32" in the weights' dtype."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        self.path, self.precision = path, precision
 
     @property
     def training_kernel(self) -> str:
@@ -77,12 +83,24 @@ class CharRNN(nn.Module):
         """x [B, T] int64 -> logits [B, T, V], final state. `state=None` means zeros."""
         if state is None:
             state = self.begin_state(x.shape[0])
-        if self.path is not None and torch.is_grad_enabled():
-            # the hand-written BPTT (same weights, same gradients); one-hot input stays as ids
+        training = torch.is_grad_enabled()
+        bf16 = training and self.precision == "bf16"
+        if self.path is not None and training:
+            # the hand-written BPTT (same weights, same gradients); one-hot input stays as ids; in
+            # bf16 its products and the decoder's are the kernels' own (float32 sums and results)
             inp = x if self.embed is None else self.encode_input(x)
-            out, state = fused_rnn(self.rnn, inp, state, one_hot_ids=self.embed is None, path=self.path)
-        else:
-            out, state = self.rnn(self.encode_input(x), state)  # out [B, T, H]
+            out, state = fused_rnn(self.rnn, inp, state, one_hot_ids=self.embed is None, path=self.path,
+                                   precision=self.precision)
+            if bf16:
+                return bf16_linear(self.drop(out), self.decoder.weight, self.decoder.bias), state
+            return self.decoder(self.drop(out)), state
+        if bf16:  # the module and the decoder under autocast; the loss, softmax and carried state float32
+            with torch.autocast(self.decoder.weight.device.type, dtype=torch.bfloat16):
+                out, state = self.rnn(self.encode_input(x), state)
+                logits = self.decoder(self.drop(out))
+            dtype = self.decoder.weight.dtype
+            return logits.to(dtype), self.spec.pack(tuple(s.to(dtype) for s in self.spec.unpack(state)))
+        out, state = self.rnn(self.encode_input(x), state)  # out [B, T, H]
         return self.decoder(self.drop(out)), state  # [B, T, V]
 
 

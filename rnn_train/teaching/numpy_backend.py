@@ -124,6 +124,14 @@ class NumpyLearner(Learner):
     def kernel(self) -> str:
         return "numpy"  # the training path, as logged in the run
 
+    @property
+    def precision(self) -> str:
+        from rnn_train.kernels.precision import taken_label
+
+        return taken_label("fp32", self.model.decoder.weight.dtype)  # NumPy in the model's dtype, never bf16
+
+    precision_note = ""
+
     def torch_model(self) -> CharRNN:
         """The CharRNN whose parameters share memory with `self.params`: always current."""
         return self.model

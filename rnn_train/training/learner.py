@@ -51,19 +51,29 @@ class TorchLearner:
         if world.distributed:
             # built on every rank at once (it broadcasts rank 0's weights: the same, seeded alike)
             self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.precision_note = ""  # why train.precision=bf16 could not be had here, or ""
         self.kernel = self._resolve_kernel()
 
     def _resolve_kernel(self) -> str:
-        """Chooses the training path once, here (and on a new machine measures it) at the batch
-        shape each rank trains with; -> its label. With several ranks, rank 0 decides and the
-        others take its path: every rank computes alike."""
-        from rnn_train.kernels import resolve_kernel
+        """Chooses the training path and its precision once, here (and on a new machine measures
+        them) at the batch shape each rank trains with; -> the path's label. With several ranks,
+        rank 0 decides and the others take its path: every rank computes alike."""
+        from rnn_train.kernels import resolve_training_path
 
         rows, steps, m = self.cfg.data.batch_size // self.world.size, self.cfg.data.num_steps, self.model
-        path = self.world.from_writer(
-            lambda: resolve_kernel(self.cfg.model.kernel, m.rnn, rows, steps, m.embed is None))
-        m.use_training_path(path)
+        chosen = self.world.from_writer(lambda: resolve_training_path(
+            self.cfg.model.kernel, self.cfg.train.precision, m.rnn, rows, steps, m.embed is None))
+        m.use_training_path(chosen.path, chosen.precision)
+        self.precision_note = chosen.note
         return m.training_kernel
+
+    @property
+    def precision(self) -> str:
+        """The precision the training step's matrix products take: "fp32" ("fp64" for a float64
+        model) or "bf16" (rnn_train.kernels.precision)."""
+        from rnn_train.kernels.precision import taken_label
+
+        return taken_label(self.model.precision, self.model.decoder.weight.dtype)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:

@@ -23,6 +23,15 @@ class Learner(Protocol):
         label ("fused-cpp(...)", "fused-python(...)") or "numpy"."""
         ...
 
+    @property
+    def precision(self) -> str:
+        """The arithmetic of the training step's matrix products, as logged in the run: "fp32",
+        "bf16" or "fp64" (rnn_train.kernels.precision)."""
+        ...
+
+    precision_note: str
+    """One line for the user where the requested train.precision could not be had here, else ""."""
+
     def set_lr(self, lr: float) -> None:
         """The learning rate of the next `train_step`."""
         ...

@@ -100,6 +100,7 @@ class TrainResult:
     stopped_by: str
     interrupted: bool
     kernel: str = ""  # the training path taken: native, a fused path's label, or numpy
+    precision: str = ""  # the arithmetic of its matrix products: fp32, bf16 (or fp64 for a float64 model)
     test_loss: float = math.nan  # only with data.test_fraction > 0: best.pt on the test split
     test_ppl: float = math.nan
     init_from: str = ""  # the checkpoint whose weights a fine-tuning run started from
@@ -151,7 +152,7 @@ class Trainer:
         self.cfg, self.learner, self.data, self.state = cfg, learner, data, state
         self.run_dir, self.monitor, self.device, self.world = run_dir, monitor, device, world
         self.on_step, self.on_validation = on_step, on_validation
-        self.init_from, self.kernel = init_from, learner.kernel
+        self.init_from, self.kernel, self.precision = init_from, learner.kernel, learner.precision
         d = cfg.data
         self.total = planned_steps(cfg, len(data.train))
         self.per_epoch = batches_per_epoch(len(data.train), d.batch_size, d.num_steps, d.partition)
@@ -337,7 +338,7 @@ class Trainer:
                            train_loss=w.last_loss, val_loss=val, val_ppl=perplexity(val) if math.isfinite(val) else math.nan,
                            val_bpc=bits_per_char(val), best_val_loss=s.best_val_loss, grad_norm=w.last_grad_norm,
                            clipped_fraction=w.run_clipped_fraction, stopped_by=reason, interrupted=interrupted,
-                           kernel=self.kernel, init_from=self.init_from)
+                           kernel=self.kernel, precision=self.precision, init_from=self.init_from)
 
     def report(self, reason: str) -> TrainResult:
         """The result of a run that ended (not interrupted): test split, hparams, metrics.json."""
@@ -345,7 +346,9 @@ class Trainer:
         result = self.result(reason)
         if len(self.data.test) and self.world.from_writer(self.run_dir.best.exists):
             self.score_test(result)
-        self.monitor.hparams(self.cfg.to_dict())  # its metrics: the last points of the series (training/events.py)
+        taken = {"run": {"kernel": result.kernel, "precision": result.precision}}  # what the config's "auto"s became
+        # its metrics: the last points of the series (training/events.py)
+        self.monitor.hparams({**self.cfg.to_dict(), **taken})
         self.monitor.close()
 
         def write_metrics() -> None:
@@ -379,7 +382,7 @@ def _describe(cfg: Config, data: Dataset, learner: Learner, device: torch.device
     return (f"corpus {data.text_chars:,} chars (train {len(data.train):,}, val {len(data.val):,}{test}), "
             f"vocab {len(v)}{unk}, {m.cell.upper()} {m.hidden_size}x{m.num_layers} {m.embedding}, "
             f"{count_parameters(learner.torch_model()):,} params, {cfg.data.partition} partition, "
-            f"device {device}, kernel {kernel}" + start)
+            f"device {device}, kernel {kernel}, precision {learner.precision}" + start)
 
 
 def _check_batches(cfg: Config, data: Dataset) -> None:
@@ -461,6 +464,8 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
                   planned_steps(cfg, len(data.train)), state.step, stream=stream)
     world.from_writer(mon.check)  # an event file that cannot be created stops every rank now
     mon.info(f"run {rd}: " + _describe(cfg, data, learner, device, kernel, start))
+    if learner.precision_note and world.is_writer:
+        mon.note(learner.precision_note)
     if init is not None and data.unk_fraction and world.is_writer:
         unknown = round(data.unk_fraction * data.text_chars)
         mon.note(f"{unknown:,} characters of the corpus ({data.unk_fraction:.2%}) are not in the vocab of "

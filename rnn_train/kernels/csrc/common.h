@@ -31,9 +31,10 @@ using at::Tensor;
 
 // Per-step GEMM paths: kBlas calls the Fortran BLAS directly; kAten goes through torch.mm (for a
 // torch whose BLAS is not exported); kTiled is tiled.h's register-tiled loop with W_hh packed
-// once per call (needs no BLAS; batch rows or one block per thread, no units split). (MKL's
+// once per call (needs no BLAS; batch rows or one block per thread, no units split); kBf16 is
+// the same loop with bf16.h's bf16 products (AMX; float32 only, where built). (MKL's
 // packed-weight API measured no faster than kBlas in docs/kernels.md, so it is not here.)
-enum GemmPath : int64_t { kBlas = 0, kAten = 1, kTiled = 2 };
+enum GemmPath : int64_t { kBlas = 0, kAten = 1, kTiled = 2, kBf16 = 3 };
 
 inline bool blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 

@@ -1,0 +1,195 @@
+"""How close a training step comes to the machine's GEMM-bound ceiling (float32 or bf16).
+
+The ceiling of one update is the time its matrix products alone take, each at the best rate this
+machine reaches *at that product's shape*: the update's multiply-adds, shape by shape, divided by
+the GEMM rate measured at that shape. Everything else a step does (the gates, the loss, the
+optimiser, Python) is over the ceiling. The products of one update of a one-hot-input CharRNN
+(B rows, T steps, H units, G gate blocks, V symbols, L layers), as the fused path computes them:
+
+    per layer, forward     T  x  [B, H] @ [H, G*H]          the step products
+    per layer, backward  T-1  x  [B, G*H] @ [G*H, H]        dL/dh_{t-1} (none for t = 0: the carried state is detached)
+    per layer            1    x  [G*H, T*B] @ [T*B, H]      dW_hh
+    layers above the first: [T*B, H] @ [H, G*H] (input projection), [G*H, T*B] @ [T*B, H] (dW_ih),
+                            [T*B, G*H] @ [G*H, H] (dx); the first layer's one-hot input is a gather
+    decoder                [T*B, H] @ [H, V], [V, T*B] @ [T*B, H], [T*B, V] @ [V, H]
+
+Rates are measured on ONE thread in CPU time (other processes on a shared machine do not inflate
+it), as the best of torch.mm (MKL), oneDNN and the C++ kernels' float32 tiles (the step tiles of
+benchmarks/tile_bench.py, the tiled weight gradient) -- or, with --precision bf16, of oneDNN's bf16
+GEMM (torch.mm on bf16 copies, casts not counted) and the kernels' bf16_matmul / step products.
+The step it is compared with is rnn-train's TorchLearner step on the path `auto` picks (or
+--variant), also 1 thread and CPU time, timed in turns with the products (medians of --rounds). With two threads the
+ceiling is this one halved (perfect scaling), which no path reaches; the 1-thread ratio is the
+one to read.
+
+    python benchmarks/ceiling.py --cell lstm --hidden 256
+    python benchmarks/ceiling.py --cell lstm --hidden 512
+    python benchmarks/ceiling.py --cell gru --hidden 512 --layers 2
+    python benchmarks/ceiling.py --cell lstm --hidden 512 --precision bf16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from rnn_train.kernels import gemm  # noqa: E402
+from rnn_train.kernels.build import extension  # noqa: E402
+from rnn_train.model import cells  # noqa: E402
+
+
+def update_products(cell: str, H: int, L: int, B: int, T: int, V: int) -> list[tuple[str, int, int, int, int]]:
+    """(what, count, M, K, N) of every matrix product of one update (the module docstring's table)."""
+    G = cells.get(cell).num_blocks
+    out = []
+    for k in range(L):
+        out += [(f"layer {k} step forward", T, B, H, G * H), (f"layer {k} step backward", T - 1, B, G * H, H),
+                (f"layer {k} dW_hh", 1, G * H, T * B, H)]
+        if k > 0:
+            out += [(f"layer {k} input projection", 1, T * B, H, G * H), (f"layer {k} dW_ih", 1, G * H, T * B, H),
+                    (f"layer {k} dx", 1, T * B, G * H, H)]
+    out += [("decoder", 1, T * B, H, V), ("decoder dW", 1, V, T * B, H), ("decoder dx", 1, T * B, V, H)]
+    return out
+
+
+def _cpu_seconds(fn, min_seconds: float = 0.05) -> float:
+    """CPU seconds of one call of fn: the lower quartile of 5 timings of enough calls to take min_seconds."""
+    fn()
+    t0 = time.process_time()
+    fn()
+    reps = max(1, int(min_seconds / max(time.process_time() - t0, 1e-6)))
+    times = []
+    for _ in range(5):
+        t0 = time.process_time()
+        for _ in range(reps):
+            fn()
+        times.append((time.process_time() - t0) / reps)
+    return sorted(times)[1]
+
+
+def candidates(M: int, K: int, N: int, precision: str, tiles) -> dict:
+    """name -> callable computing [M, K] @ [K, N] by each backend available here."""
+    g = torch.Generator().manual_seed(0)
+    a, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)  # a @ w^T
+    out = {}
+    if precision == "fp32":
+        out["torch.mm"] = lambda: torch.mm(a, w.t())
+        if gemm.onednn_available():
+            out["onednn"] = lambda: gemm.linear(a, w, gemm.ONEDNN)
+        ops = extension()
+        if ops is not None:
+            at, wt = a.t().contiguous(), w.t().contiguous()  # weight_grad(y, x) = y^T x
+            out["tiled weight_grad"] = lambda: ops.weight_grad(at, wt)
+        if tiles is not None:
+            for kind in ("forward", "backward"):
+                width = getattr(tiles, f"{kind}_width")()
+                if N % width == 0:
+                    panels = w.t().contiguous().view(K, N // width, width).permute(1, 0, 2).contiguous()
+                    c = torch.empty(M, N)
+                    out[f"tiles ({kind})"] = (lambda fn, p, c: lambda: fn(a, p, c, 1))(getattr(tiles, kind), panels, c)
+    else:
+        ab, wb = a.bfloat16(), w.bfloat16()
+        out["torch.mm bf16"] = lambda: torch.mm(ab, wb.t())
+        ops = extension()
+        if ops is not None and hasattr(ops, "bf16_available") and ops.bf16_available():
+            out["bf16_matmul"] = lambda: ops.bf16_matmul(a, w)
+    return out
+
+
+def step_runner(args, variant: str):
+    """(one training step as a callable, its path's label)."""
+    import train_speed
+
+    overrides = [f"model.cell={args.cell}", f"model.hidden_size={args.hidden}", f"model.num_layers={args.layers}",
+                 f"data.batch_size={args.batch}", f"data.num_steps={args.steps}", "model.embedding=one_hot",
+                 "model.dropout=0", "train.optimizer=sgd", "train.lr=1.0", "train.clip_norm=1.0",
+                 f"train.precision={args.precision if variant == 'auto' else 'fp32'}"]
+    step, label = train_speed.pipeline_step(variant, str(ROOT / "configs" / "shakespeare_gru.yaml"), overrides,
+                                            args.vocab, "blas")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, args.vocab, (args.batch, args.steps))
+    y = rng.integers(0, args.vocab, (args.batch, args.steps))
+    return (lambda: step(x, y)), label
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cell", default="lstm", choices=cells.names())
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=35)
+    p.add_argument("--vocab", type=int, default=65)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="the products' arithmetic for the ceiling, and train.precision of the step")
+    p.add_argument("--variant", default="auto", help="train_speed.py variant for the step (default: what auto picks)")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    tiles = None
+    if a.precision == "fp32":
+        from torch.utils import cpp_extension
+
+        import tile_bench
+        from rnn_train.kernels.build import compile_flags
+
+        tiles = cpp_extension.load_inline("rnn_train_tile_bench", tile_bench.SOURCE,
+                                          extra_cflags=[*compile_flags(), f"-I{tile_bench.CSRC}"],
+                                          extra_ldflags=["-fopenmp"])
+    products = [p for p in update_products(a.cell, a.hidden, a.layers, a.batch, a.steps, a.vocab) if p[1] > 0]
+    best = {}  # (M, K, N) -> (backend, callable): the fastest backend at that shape, chosen first
+    for _, _, M, K, N in products:
+        if (M, K, N) not in best:
+            fns = candidates(M, K, N, a.precision, tiles)
+            timed = {name: _cpu_seconds(fn, 0.02) for name, fn in fns.items()}
+            name = min(timed, key=timed.get)
+            best[(M, K, N)] = (name, fns[name])
+    step, label = step_runner(a, a.variant)
+    step()
+    # then the step and the chosen products in turns, so that both see the same load
+    seconds: dict = {key: [] for key in best}
+    steps = []
+    for _ in range(a.rounds):
+        t0 = time.process_time()
+        step()
+        steps.append(time.process_time() - t0)
+        for key, (_, fn) in best.items():
+            seconds[key].append(_cpu_seconds(fn, 0.01))
+    rows, total_ms, total_macs = [], 0.0, 0
+    for what, count, M, K, N in products:
+        name = best[(M, K, N)][0]
+        rate = M * K * N / statistics.median(seconds[(M, K, N)])
+        ms = count * M * K * N / rate * 1e3
+        total_ms += ms
+        total_macs += count * M * K * N
+        rows.append({"product": what, "count": count, "shape": f"[{M}x{K}]@[{K}x{N}]", "best": name,
+                     "G_macs_per_s": round(rate / 1e9, 1), "ms": round(ms, 3)})
+    step = statistics.median(steps)
+    result = {"model": f"{a.cell.upper()}-{a.hidden} x{a.layers} B{a.batch} T{a.steps} V{a.vocab}",
+              "precision": a.precision, "products": rows, "G_macs": round(total_macs / 1e9, 3),
+              "ceiling_ms": round(total_ms, 2), "step_ms": round(step * 1e3, 2), "path": label,
+              "fraction_of_ceiling": round(total_ms / (step * 1e3), 3)}
+    if a.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['model']}, {a.precision}, 1 thread, CPU time")
+    for r in rows:
+        print(f"  {r['product']:<28} {r['count']:>3} x {r['shape']:<24} {r['best']:<20} "
+              f"{r['G_macs_per_s']:>7.1f} G mult-adds/s  {r['ms']:>8.3f} ms")
+    print(f"  ceiling: {result['G_macs']} G multiply-adds in {result['ceiling_ms']} ms; the step: {result['step_ms']} ms "
+          f"({label}) = {result['fraction_of_ceiling']:.0%} of the ceiling")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
