@@ -15,7 +15,7 @@ from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN
 from rnn_train.model.checkpoint import load_model
 from rnn_train.prediction import cli
-from rnn_train.prediction.choose import Chooser, SamplingOptions, nucleus_filter, softmax
+from rnn_train.prediction.choose import Chooser, SamplingOptions, draw, nucleus_filter, row_keys, softmax, uniforms
 from rnn_train.prediction.generate import encode_prefix, generate, samples
 from rnn_train.prediction.sampler import CHUNK, StopRules
 from rnn_train.kernels import autotune
@@ -69,15 +69,16 @@ def test_greedy_text_equals_the_torch_module_step_by_step(runs, name):
 
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
-@pytest.mark.parametrize("rows", [1, 2, 5])  # GEMMs in blocks of 1, of 2 (and a block of 1), in one call
-def test_next_character_probabilities_equal_torch_softmax(runs, name, temperature, rows):
+@pytest.mark.parametrize("kernel,rows", [("cpp", None), ("numpy", 1), ("numpy", 2), ("numpy", 5)])  # NumPy GEMMs in
+def test_next_character_probabilities_equal_torch_softmax(runs, name, temperature, kernel, rows):  # blocks of 1, 2, 5
     model, vocab, _ = _load(runs, name)
     ids = encode_prefix(vocab, "ni hao\nzhong guo ren min\nshi jie he ping\n" * 4)  # [1, P], teacher-forced
     with torch.no_grad():
         logits, _ = model(ids)  # [1, P, V]
     logits[..., 0] = float("-inf")
     expected = torch.softmax(logits[0].double() / (temperature or 1.0), dim=-1).numpy()  # [P, V]
-    stepper = make_stepper(model, batch=5, temperature=temperature, rows=rows)  # 5 identical rows
+    stepper = make_stepper(model, batch=5, temperature=temperature, rows=rows, kernel=kernel)  # 5 identical rows
+    assert stepper.kernel == kernel
     got = np.stack([softmax(stepper.step(np.repeat(i, 5)).astype(np.float64)) for i in ids[0].tolist()])  # [P, 5, V]
     for row in range(5):
         np.testing.assert_allclose(got[:, row], expected, rtol=0, atol=1e-5)
@@ -104,21 +105,20 @@ def test_the_block_size_is_measured_once_per_shape_and_batch_and_then_read(runs,
     assert min(entry["us_per_step"], key=entry["us_per_step"].get) == str(rows)
     autotune._MEMORY.clear()  # a new process: the file answers
     monkeypatch.setattr(stepper_module, "measure_gemm_rows", lambda *a: pytest.fail("measured again"))
-    assert gemm_rows(model, 6) == rows and make_stepper(model, 6).gemm_rows == rows
+    assert gemm_rows(model, 6) == rows and make_stepper(model, 6, kernel="numpy").gemm_rows == rows
     assert gemm_rows(model, 1) == gemm_rows(model, 2) == stepper_module.GEMM_ROWS  # one call: nothing to measure
     decisions.write_text(json.dumps({key: {"rows": 3}}))  # a stored decision is what the stepper takes
     autotune._MEMORY.clear()
-    assert make_stepper(model, 6).gemm_rows == 3
+    assert make_stepper(model, 6, kernel="numpy").gemm_rows == 3
 
 
-def test_gumbel_choice_samples_the_softmax_and_the_filters_keep_the_right_characters():
+def test_draws_sample_the_softmax_and_the_filters_keep_the_right_characters():
     logits = np.log(np.array([[1e-9, 0.05, 0.1, 0.15, 0.3, 0.4]], np.float32))  # [1, V]
     probs = softmax(logits.astype(np.float64))[0]
     n = 40000
 
     def frequencies(**opts):
         chooser = Chooser(SamplingOptions(temperature=1.0, seed=5, **opts), 1, 6, np.dtype(np.float32))
-        chooser.refill(n)
         out, counts = np.empty(1, np.int64), np.zeros(6)
         for step in range(n):
             chooser.choose(logits.copy(), step, out)
@@ -130,6 +130,20 @@ def test_gumbel_choice_samples_the_softmax_and_the_filters_keep_the_right_charac
     assert top2[:4].sum() == 0 and top2[4] == pytest.approx(0.3 / 0.7, abs=0.01)
     nucleus = frequencies(top_p=0.6)  # 0.4 + 0.3 reach 0.6: the two most likely only
     assert nucleus[:4].sum() == 0 and nucleus[5] == pytest.approx(0.4 / 0.7, abs=0.01)
+
+
+def test_a_draw_inverts_the_cumulative_distribution_at_the_rows_uniform():
+    logits = np.log(np.array([[0.25, 0.5, 0.25]] * 4, np.float32))
+    logits[3, 1:] = -np.inf  # filtered out
+    out = np.empty(4, np.int64)
+    draw(logits, np.array([0.2, 0.3, 0.8, 0.999]), out)  # cumulative 0.25, 0.75, 1
+    assert out.tolist() == [0, 1, 2, 0]  # a character of probability 0 is never drawn, even at u ~ 1
+    u = uniforms(row_keys(7, 3), 0)
+    assert ((0 < u) & (u < 1)).all() and len(set(u.tolist())) == 3  # each row its own number
+    assert uniforms(row_keys(7, 5), 0)[:3].tolist() == u.tolist()  # row i's key does not depend on the batch
+    assert uniforms(row_keys(7, 3), 1).tolist() != u.tolist()  # the next position, new numbers
+    many = uniforms(np.repeat(row_keys(3, 1), 100000), np.arange(100000))
+    assert abs(many.mean() - 0.5) < 0.005 and abs((many < 0.1).mean() - 0.1) < 0.005
 
 
 def test_nucleus_keeps_the_fewest_most_likely_characters_that_reach_p():

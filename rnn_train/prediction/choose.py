@@ -1,19 +1,26 @@
 """Picking the next character of every row of a batch from its logits: greedy, or sampled with
 temperature, top-k and top-p (nucleus), each row from its own random stream.
 
-Sampling is the Gumbel-max trick: argmax(logits + G) with G = -log(E), E ~ Exp(1) independent per
-row and character, is a draw from softmax(logits) exactly. It needs no softmax, no cumulative sum
-and no search per step, only an add and an argmax, and the noise for many steps is drawn in one
-call per row. Filters set the logits they remove to -inf first, so the draw is from the softmax
+A draw inverts the softmax's cumulative distribution with one uniform number u per row and step:
+with e = exp(logits - max) (0 for a logit more than 87 below the max, and for filtered ones),
+the character is the first i whose cumulative sum e_0 + ... + e_i, in float64, exceeds u * sum(e).
+One uniform per character, where drawing Gumbel noise for every character of the vocab (the
+previous way) cost more than the model's step once the step ran in C++ (NumPy's exponentials
+took ~1 us per sampled character of a 66-symbol vocab on the machine measured, the step itself
+~4 us). Filters set the logits they remove to -inf first, so the draw is from the softmax
 renormalised over what is left, as with torch.multinomial on the filtered probabilities.
 
-Why one stream per row: row i draws from `default_rng([seed, i])`, so with a given seed sample i
-draws the same random numbers whatever the batch size, and no row's randomness depends on what
-another row did. Its text is then the same whatever the batch size (sample 0 of `--num-samples 8`
-is the `--num-samples 1` sample) as long as its logits are, and they are equal to float rounding
-only: the stepper's GEMMs round a row differently with the number of rows per call, and a last-bit
-difference changes a draw at a near tie, after which the samples part. Measured: 1 of 6 samples of
-30,000 characters parted, at character 20,993 (benchmarks/sample_drift.py).
+Where the numbers come from: row i's uniform at position t (the t-th character it generates) is
+
+    u = (splitmix64(key_i + (t + 1) * GAMMA) >> 11 + 0.5) / 2^53,   key_i from (seed, i)
+
+a counter-based stream: the same 53 random bits in NumPy (here) and in C++ (csrc/decode.cpp,
+which draws whole chunks without returning to Python), on every machine. So with a given seed
+sample i draws the same numbers whatever the batch size, no row's randomness depends on what
+another row did, and a row that starts later (a server's new request) needs only its key and
+its position. The text of sample i is then the same whatever N wherever its logits are: always
+on the C++ kernels (a row's arithmetic does not depend on the other rows), and to float rounding
+on the NumPy stepper (benchmarks/sample_drift.py).
 """
 from __future__ import annotations
 
@@ -47,33 +54,67 @@ class SamplingOptions:
         return self.temperature == 0
 
 
+GAMMA = 0x9E3779B97F4A7C15  # 2^64 / golden ratio, odd: splitmix64's counter increment
+_U64 = (1 << 64) - 1
+
+
+def splitmix64(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 output function of uint64 values (wrapping arithmetic), elementwise."""
+    z = np.asarray(z, np.uint64)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def row_keys(seed: int, batch: int) -> np.ndarray:
+    """Row i's key for `seed`: [batch] uint64, the same for row i whatever the batch."""
+    base = int(splitmix64(np.array([seed & _U64], np.uint64))[0])
+    counters = (np.arange(1, batch + 1, dtype=np.uint64) * np.uint64(GAMMA)) if batch else np.empty(0, np.uint64)
+    with np.errstate(over="ignore"):
+        return splitmix64(counters + np.uint64(base))
+
+
+def uniforms(keys: np.ndarray, position: int | np.ndarray) -> np.ndarray:
+    """The rows' uniform numbers in (0, 1) at `position` (per row or for all): [B] float64."""
+    t = np.asarray(position, np.uint64) + np.uint64(1)
+    with np.errstate(over="ignore"):
+        z = splitmix64(keys + t * np.uint64(GAMMA))
+    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+
+
+def draw(logits: np.ndarray, u: np.ndarray, out: np.ndarray) -> None:
+    """out[b] = the character of logits [B, V] that the uniform u[b] picks from its softmax (see the
+    module docstring; the same rule as csrc/decode.cpp's draw)."""
+    x = logits - logits.max(axis=1, keepdims=True)
+    with np.errstate(under="ignore"):
+        e = np.exp(x)
+    e[x < -87] = 0
+    cum = np.cumsum(e, axis=1, dtype=np.float64)  # [B, V]
+    hit = cum > (u * cum[:, -1])[:, None]
+    np.argmax(hit, axis=1, out=out)  # the first True
+    missed = ~hit[:, -1]  # u * total rounded up to the total: the last character with e > 0
+    if missed.any():
+        out[missed] = e.shape[1] - 1 - np.argmax(e[missed, ::-1] > 0, axis=1)
+
+
 class Chooser:
-    """`choose(logits [B, V], out [B])` for one step; `refill(n)` before every n steps."""
+    """`choose(logits [B, V], position, out [B])` picks every row's character at `position` (the
+    index of that character in the generated text); rows draw from their own streams (`keys`)."""
 
     def __init__(self, options: SamplingOptions, batch: int, vocab_size: int, dtype: np.dtype):
         self.options, self.batch, self.vocab_size, self.dtype = options, batch, vocab_size, dtype
-        base = options.seed if options.seed is not None else secrets.randbits(63)
-        self.streams = [np.random.default_rng([base, i]) for i in range(batch)]
-        self.noise = np.empty((batch, 0, vocab_size), dtype)  # [B, steps, V] Gumbel noise, rows contiguous
+        seed = options.seed if options.seed is not None else secrets.randbits(63)
+        self.keys = row_keys(seed, batch)  # [B] uint64
         self.top_k = options.top_k if 0 < options.top_k < vocab_size else 0
 
-    def refill(self, steps: int) -> None:
-        """Draw the noise of the next `steps` steps for every row (nothing for greedy)."""
-        if self.options.greedy:
-            return
-        if self.noise.shape[1] != steps:
-            self.noise = np.empty((self.batch, steps, self.vocab_size), self.dtype)
-        for i, rng in enumerate(self.streams):
-            rng.standard_exponential(dtype=self.dtype, out=self.noise[i])  # one call per row for all steps
-        # E can be exactly 0 (float32 often enough to matter): its -log would be +inf and win over
-        # -inf (filtered) logits. The smallest positive float keeps the race's winner and stays finite.
-        np.maximum(self.noise, np.finfo(self.dtype).tiny, out=self.noise)
-        np.log(self.noise, out=self.noise)
-        np.negative(self.noise, out=self.noise)  # Gumbel(0, 1) = -log(Exp(1))
+    @property
+    def plain(self) -> bool:
+        """No filter: what the C++ sampling chunk (KernelStepper.sample) does by itself."""
+        return not self.top_k and self.options.top_p >= 1
 
-    def choose(self, logits: np.ndarray, step: int, out: np.ndarray) -> None:
-        """Write each row's character into out [B]; `step` indexes the noise drawn by `refill`.
-        `logits` may be changed in place (filters, noise)."""
+    def choose(self, logits: np.ndarray, position: int, out: np.ndarray) -> None:
+        """Write each row's character into out [B]. `logits` may be changed in place (filters)."""
         if self.options.greedy:
             np.argmax(logits, axis=1, out=out)
             return
@@ -82,8 +123,7 @@ class Chooser:
             logits[logits < kth] = -np.inf  # ties with the k-th are kept, as in torch's top-k filter
         if self.options.top_p < 1:
             nucleus_filter(logits, self.options.top_p)
-        logits += self.noise[:, step]
-        np.argmax(logits, axis=1, out=out)
+        draw(logits, uniforms(self.keys, position), out)
 
 
 def nucleus_filter(logits: np.ndarray, top_p: float) -> None:

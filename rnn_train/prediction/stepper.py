@@ -1,5 +1,11 @@
 """A CharRNN's cells copied to NumPy: one generation step for a whole batch, no module call.
 
+`make_stepper` gives the C++ stepper (kernel_stepper.KernelStepper: faster, and a row's numbers
+do not depend on the batch) wherever the C++ kernels are built and the cell has a "decode" hook,
+else a stepper from this module; both have the same public methods (step, load_state, state,
+set_temperature). This module is what runs where there is no compiler, and the reference the
+tests hold the C++ steps to.
+
 Each cell's step comes from its CellSpec (rnn_train/model/cells.py): a cell whose spec names a
 "stepper" hook gets that class, tuned below for its equations; any other cell gets
 `GenericStepper`, which runs the spec's reference `step` on the same buffers (slower, same
@@ -21,8 +27,9 @@ step does the least work, every change exact or within float rounding of torch:
 - sigmoid(s) = 0.5·tanh(s/2) + 0.5, with the /2 folded into the sigmoid gates' rows (scaling by a
   power of two is exact), so a cell's sigmoid gates cost one tanh, not exp + add + reciprocal.
 - LSTM gates are reordered i,f,g,o -> i,f,o,g so the three sigmoid gates are contiguous.
-- Decoder: logits = [h, 1] @ [W_d^T; b_d] / T, the temperature folded in once; <unk>'s bias is
-  set to -1e30, so it is never chosen and gets probability exactly 0 (it is a placeholder).
+- Decoder: logits = [h, 1] @ [W_d^T; b_d], then times 1/T per row (skipped where every row's
+  factor is 1); <unk>'s bias is set to -1e30, so it is never chosen and gets probability exactly 0
+  (it is a placeholder).
 - A batch's GEMMs run in blocks of rows whose size is measured once per machine, model shape and
   batch (`gemm_rows`, stored with the training kernels' decisions); a batch of 1 or 2 is one call.
   Which size is fastest depends on the shapes and on OpenBLAS's own paths and threads: blocks of 4
@@ -104,8 +111,7 @@ class Stepper:
         else:
             self.table = np.ascontiguousarray(w_in[0][:-1] + w_in[0][-1])  # one-hot: rows of W_ih^T [V, G]
         self.w_in, self.w_hh = w_in, w_hh  # w_in[0] is unused: layer 0 reads `table`
-        scale = 1.0 / temperature if temperature > 0 else 1.0
-        self.w_dec = _augmented(params["decoder.weight"] * scale, params["decoder.bias"] * scale)
+        self.w_dec = _augmented(params["decoder.weight"], params["decoder.bias"])
         self.w_dec[-1, 0] = UNK_LOGIT
         G, V = self.spec.num_blocks * H, self.w_dec.shape[1]
         self.h = [np.zeros((batch, H + 1), self.dtype) for _ in range(self.layers)]  # [h, 1] per layer
@@ -121,7 +127,9 @@ class Stepper:
                        for layer in range(self.layers)]
         self._recurrent = [_blocks(self.h[layer], w_hh[layer], self.gh, gemm_rows) for layer in range(self.layers)]
         self._decoder = _blocks(self.h[-1], self.w_dec, self.logits, gemm_rows)
-
+        self.temperature = np.zeros(batch)  # [B] per row, 0 = greedy: set_temperature
+        self._scale: np.ndarray | None = None  # [B, 1] 1 / temperature, None where all are 1
+        self.set_temperature(temperature)
     # -- what a cell defines
     def _arrange(self, w: np.ndarray, H: int) -> np.ndarray:
         """torch's gate rows [G, ...] in this class's order and scale (identity: as torch has them)."""
@@ -136,13 +144,24 @@ class Stepper:
         raise NotImplementedError
 
     # -- shared
-    def load_state(self, state: State) -> None:
-        """Set every row's state from a torch state of batch 1 (the prefix warm-up) or of batch B."""
+    kernel = "numpy"
+
+    def set_temperature(self, temperature, rows=None) -> None:
+        """The temperature of every row (or of `rows`, an index array or slice): a number or one per
+        row; 0 = greedy (logits undivided). `step`'s logits are divided by it from the next step."""
+        self.temperature[slice(None) if rows is None else rows] = temperature
+        scale = np.where(self.temperature > 0, 1.0 / np.where(self.temperature > 0, self.temperature, 1.0), 1.0)
+        self._scale = None if (scale == 1).all() else scale.astype(self.dtype)[:, None]
+
+    def load_state(self, state: State, rows=None) -> None:
+        """Set every row's state (or that of `rows`, an index array or slice) from a torch state of
+        batch 1 (the prefix warm-up, broadcast) or of as many rows as are set."""
+        where = slice(None) if rows is None else rows
         h, *extra = self.spec.unpack(state)
         for layer in range(self.layers):
-            self.h[layer][:, :-1] = _np(h[layer])  # [1 or B, H] broadcast over the batch
+            self.h[layer][where, :-1] = _np(h[layer])  # [1 or B, H] broadcast over the rows
             for mine, given in zip(self.extra[layer], extra):
-                mine[:] = _np(given[layer])
+                mine[where] = _np(given[layer])
 
     def state(self) -> State:
         """The current state as torch tensors [L, B, H] (for tests and callers that continue in torch)."""
@@ -159,6 +178,8 @@ class Stepper:
             _gemm(self._recurrent[layer])  # gh = [h, 1] @ [W_hh^T; b_hh]
             self._update(layer)
         _gemm(self._decoder)
+        if self._scale is not None:
+            self.logits *= self._scale
         return self.logits
 
 
@@ -244,9 +265,26 @@ def stepper_class(model: CharRNN) -> type[Stepper]:
     return model.spec.hook("stepper") or GenericStepper
 
 
-def make_stepper(model: CharRNN, batch: int, temperature: float = 0.0, rows: int | None = None) -> Stepper:
-    """The NumPy twin of `model` for `batch` rows; logits come out divided by `temperature` (> 0).
-    Its GEMMs run in blocks of `rows` rows, by default the measured `gemm_rows(model, batch)`."""
+KERNELS = ("auto", "cpp", "numpy")
+
+
+def make_stepper(model: CharRNN, batch: int, temperature: float = 0.0, rows: int | None = None,
+                 kernel: str = "auto"):
+    """A stepper of `model` for `batch` rows; logits come out divided by `temperature` (> 0).
+
+    kernel "auto": the C++ one (kernel_stepper.KernelStepper) where it runs this model here, else
+    NumPy; "cpp" or "numpy" to ask for one. The NumPy stepper's GEMMs run in blocks of `rows` rows,
+    by default the measured `gemm_rows(model, batch)`."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel != "numpy":
+        from rnn_train.prediction import kernel_stepper
+
+        if kernel_stepper.supports(model):
+            return kernel_stepper.KernelStepper(model, batch, temperature)
+        if kernel == "cpp":
+            raise RuntimeError("the C++ steps cannot run this model here (no C++ kernels, or a cell without a "
+                               "'decode' hook)")
     return stepper_class(model)(model, batch, temperature, rows or gemm_rows(model, batch))
 
 

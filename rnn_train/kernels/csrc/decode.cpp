@@ -1,0 +1,599 @@
+// Generation and scoring steps: a trained CharRNN run forward one character at a time for a batch
+// of independent rows (samples, or segments of a text being scored), with no autograd and nothing
+// kept for a backward pass.
+//
+// Why its own loop: the training forward (recurrence.cpp) packs W_hh on every call and keeps
+// every step's gates, which is right for 35 steps of 32 rows and wrong for one step: called at
+// T = 1 it cost 145-200 us, against 20 us for the NumPy stepper. Here the weights are packed ONCE
+// per stepper (decode_pack_gates, decode_pack_decoder) and one call runs many steps: a whole chunk
+// of sampling (choosing each character and feeding it back) or a whole scored segment, so the
+// Python overhead is paid once per chunk, not per character.
+//
+// Batch invariance by construction: a tile of MR rows (tiled.h) computes each row with the same
+// instruction sequence whatever the other rows, and a group of rows that does not fill a tile runs
+// on a tile of exactly that many rows (not a zero-padded one), so a row's numbers do not depend on
+// the batch size, on how the rows are split over threads or on which tile holds it: sample i of N
+// is bit for bit sample i of any other N on one machine. Rows never wait for each other, so the
+// threads split the rows and run a whole call without a barrier.
+//
+// Per step and row tile, for each layer: for each panel of PL hidden units, the recurrent product
+// [h, .] @ W_hh^T (and for layers above the first the input product h_below @ W_ih^T) of every gate
+// of those units lands in a small buffer, and the cell's equations (PyTorch's, as in cells.h but
+// without the values a backward needs) run on it at once. Layer 0's input projection of one-hot or
+// embedded input is a row of `table` [V, G*H] (W_ih^T + b_ih, or E W_ih^T + b_ih). Then the decoder
+// panels give the logits, and sampling / scoring reads them.
+//
+// Sampling draws by inverting the softmax's cumulative distribution with one uniform number per
+// row and step: u = splitmix64(key_row + (counter + 1) * gamma), a counter-based stream that
+// rnn_train/prediction/choose.py computes identically in NumPy, so a row's random numbers depend
+// only on its key and its position, never on the batch or the path.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <omp.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#if defined(__AVX512F__)
+// The cells' loops over a panel's units in 512-bit vectors: GCC's tuning for most AVX-512 CPUs
+// prefers 256-bit ones for loops it vectorises itself, and the cells took ~14% of a GRU-256 step
+// in them. Set here, before the project's headers, so their inline functions get it too.
+#pragma GCC target("prefer-vector-width=512")
+#endif
+
+#include "common.h"
+#include "tiled.h"
+
+namespace rnn_kernels {
+namespace decode {
+
+enum Cell : int64_t { kRnn = 0, kGru = 1, kLstm = 2 };  // rnn_train/prediction/kernel_stepper.py
+
+constexpr int64_t gates_of(int64_t cell) { return cell == kRnn ? 1 : (cell == kGru ? 3 : 4); }
+constexpr int kDecoderNV = 3;  // vectors per decoder panel: fits every cell's tile rows (tile_rows(3) >= MR)
+
+// The tile of one cell: P vectors of units per gate (tiled.h's ForwardTile), NV = G * P vectors.
+template <typename T, int G>
+struct Shape {
+  static constexpr int P = ForwardTile<G>::P;
+  static constexpr int NV = ForwardTile<G>::NV;
+  static constexpr int MR = ForwardTile<G>::MR;
+  static constexpr int64_t PL = P * lanes<T>();  // units per panel
+  static constexpr int64_t W = NV * lanes<T>();  // columns of a panel: every gate of PL units
+};
+
+template <typename T>
+constexpr int64_t decoder_width() {
+  return kDecoderNV * lanes<T>();
+}
+
+// out[rows, ldc apart] (+)= a[rows, lda apart][0..K) @ panel[K][NV * L], on a tile of exactly `rows`
+// rows (1 <= rows <= M): the per-row arithmetic is the same for every tile size.
+template <typename T, int NV, int M>
+inline void product_rows(int rows, int64_t K, const T* a, int64_t lda, const T* panel, T* out, int64_t ldc) {
+  if constexpr (M > 1) {
+    if (rows < M) {
+      product_rows<T, NV, M - 1>(rows, K, a, lda, panel, out, ldc);
+      return;
+    }
+  }
+  Tile<T, M, NV>::product(K, a, lda, 1, panel, NV * lanes<T>(), out, ldc, true);
+}
+
+// ------------------------------------------------------------------------------------------ packing
+
+// w [G*H, K] (PyTorch's gate rows), b [G*H] -> panels [np, K, G*PL], bias [np, G*PL]: panel p, row k
+// holds w[g*H + p*PL + j, k] for each gate g and j < PL (zero past H), as tiled.h's pack_forward.
+template <typename T, int G>
+std::tuple<at::Tensor, at::Tensor> pack_gates_t(const at::Tensor& w, const at::Tensor& b) {
+  using S = Shape<T, G>;
+  const int64_t H = w.size(0) / G, K = w.size(1), np = (H + S::PL - 1) / S::PL;
+  at::Tensor panels = at::zeros({np, K, G * S::PL}, w.options()), bias = at::zeros({np, G * S::PL}, w.options());
+  const T* src = w.data_ptr<T>();
+  const T* bs = b.data_ptr<T>();
+  T* dst = panels.data_ptr<T>();
+  T* bd = bias.data_ptr<T>();
+  for (int64_t p = 0; p < np; ++p)
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t j = 0; j < S::PL && p * S::PL + j < H; ++j) {
+        const int64_t row = g * H + p * S::PL + j;
+        bd[p * G * S::PL + g * S::PL + j] = bs[row];
+        for (int64_t k = 0; k < K; ++k) dst[(p * K + k) * G * S::PL + g * S::PL + j] = src[row * K + k];
+      }
+  return {panels, bias};
+}
+
+std::tuple<at::Tensor, at::Tensor> pack_gates(const at::Tensor& w, const at::Tensor& b, int64_t cell) {
+  const int64_t G = gates_of(cell);
+  TORCH_CHECK(cell == kRnn || cell == kGru || cell == kLstm, "unknown cell id ", cell);
+  TORCH_CHECK(w.dim() == 2 && w.size(0) % G == 0 && w.is_contiguous(), "w must be contiguous [G*H, K]");
+  TORCH_CHECK(b.dim() == 1 && b.size(0) == w.size(0) && b.is_contiguous() && b.scalar_type() == w.scalar_type(),
+              "b must be contiguous [G*H] of w's dtype");
+  std::tuple<at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "decode_pack_gates", [&] {
+    if (cell == kRnn) out = pack_gates_t<scalar_t, 1>(w, b);
+    if (cell == kGru) out = pack_gates_t<scalar_t, 3>(w, b);
+    if (cell == kLstm) out = pack_gates_t<scalar_t, 4>(w, b);
+  });
+  return out;
+}
+
+// w [V, H], b [V] -> panels [nd, H, WD], bias [nd * WD] (columns past V are zero; never read back).
+std::tuple<at::Tensor, at::Tensor> pack_decoder(const at::Tensor& w, const at::Tensor& b) {
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "w must be contiguous [V, H]");
+  TORCH_CHECK(b.dim() == 1 && b.size(0) == w.size(0) && b.is_contiguous() && b.scalar_type() == w.scalar_type(),
+              "b must be contiguous [V] of w's dtype");
+  std::tuple<at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "decode_pack_decoder", [&] {
+    using T = scalar_t;
+    const int64_t V = w.size(0), H = w.size(1), WD = decoder_width<T>(), nd = (V + WD - 1) / WD;
+    at::Tensor panels = at::zeros({nd, H, WD}, w.options()), bias = at::zeros({nd * WD}, w.options());
+    const T* src = w.data_ptr<T>();
+    T* dst = panels.data_ptr<T>();
+    for (int64_t v = 0; v < V; ++v)
+      for (int64_t k = 0; k < H; ++k) dst[((v / WD) * H + k) * WD + v % WD] = src[v * H + k];
+    std::memcpy(bias.data_ptr<T>(), b.data_ptr<T>(), sizeof(T) * V);
+    out = {panels, bias};
+  });
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------ cells
+// One row, a run of n units. x: the input projection of unit 0 of gate 0, gates xs apart (with
+// b_ih); q: the recurrent projection (with b_hh), gates qs apart; h_prev: h_{t-1}; h: h_t.
+
+template <typename T, typename N>
+inline void rnn_cell(N n, const T* __restrict x, int64_t, const T* __restrict q, int64_t, const T* __restrict,
+                     T* __restrict, T* __restrict h) {
+  for (int64_t j = 0; j < n; ++j) h[j] = tanh_poly(x[j] + q[j]);
+}
+
+template <typename T, typename N>
+inline void gru_cell(N n, const T* __restrict x, int64_t xs, const T* __restrict q, int64_t qs,
+                     const T* __restrict h_prev, T* __restrict, T* __restrict h) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T r = sigmoid(x[j] + q[j]);
+    const T z = sigmoid(x[xs + j] + q[qs + j]);
+    const T nn = tanh_poly(x[2 * xs + j] + r * q[2 * qs + j]);
+    h[j] = nn + z * (h_prev[j] - nn);
+  }
+}
+
+template <typename T, typename N>
+inline void lstm_cell(N n, const T* __restrict x, int64_t xs, const T* __restrict q, int64_t qs, const T* __restrict,
+                      T* __restrict c, T* __restrict h) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T i = sigmoid(x[j] + q[j]);
+    const T f = sigmoid(x[xs + j] + q[qs + j]);
+    const T g = tanh_poly(x[2 * xs + j] + q[2 * qs + j]);
+    const T o = sigmoid(x[3 * xs + j] + q[3 * qs + j]);
+    const T cv = f * c[j] + i * g;
+    c[j] = cv;
+    h[j] = o * tanh_poly(cv);
+  }
+}
+
+template <typename T, int G, typename N>
+inline void cell_step(N n, const T* x, int64_t xs, const T* q, int64_t qs, const T* h_prev, T* c, T* h) {
+  if constexpr (G == 1) rnn_cell<T>(n, x, xs, q, qs, h_prev, c, h);
+  if constexpr (G == 3) gru_cell<T>(n, x, xs, q, qs, h_prev, c, h);
+  if constexpr (G == 4) lstm_cell<T>(n, x, xs, q, qs, h_prev, c, h);
+}
+
+// ------------------------------------------------------------------------------------------ the network
+
+// The packed weights, read from the op's weight list:
+//   [table [Vin, G*H], dec [nd, H, WD], dec_bias [nd*WD],
+//    then per layer l: w_hh panels [np, H, W], b_hh [np, W], and for l > 0 w_ih panels, b_ih]
+template <typename T>
+struct Net {
+  int64_t G = 0, H = 0, layers = 0, V = 0, Vin = 0, np = 0, nd = 0;
+  const T* table = nullptr;
+  const T* dec = nullptr;
+  const T* dec_bias = nullptr;
+  std::vector<const T*> w_hh, b_hh, w_ih, b_ih;
+};
+
+template <typename T>
+Net<T> read_net(const std::vector<at::Tensor>& w, int64_t cell, int64_t V) {
+  Net<T> net;
+  TORCH_CHECK(cell == kRnn || cell == kGru || cell == kLstm, "unknown cell id ", cell);
+  TORCH_CHECK(w.size() >= 5 && (w.size() - 3) % 2 == 0, "weights: table, decoder, decoder bias, then the layers' panels");
+  for (const auto& t : w)
+    TORCH_CHECK(t.is_contiguous() && t.device().is_cpu() && t.scalar_type() == c10::CppTypeToScalarType<T>::value,
+                "every weight must be a contiguous CPU tensor of the state's dtype");
+  net.G = gates_of(cell);
+  net.layers = ((int64_t)w.size() - 3 + 2) / 4;
+  TORCH_CHECK((int64_t)w.size() == 3 + 2 + 4 * (net.layers - 1), "weights: 2 tensors for layer 0, 4 per later layer");
+  const at::Tensor& table = w[0];
+  TORCH_CHECK(table.dim() == 2 && table.size(1) % net.G == 0, "table must be [V, G*H]");
+  net.H = table.size(1) / net.G;
+  net.Vin = table.size(0);
+  net.V = V;
+  const int64_t WD = decoder_width<T>();
+  net.nd = (V + WD - 1) / WD;
+  TORCH_CHECK(w[1].dim() == 3 && w[1].size(0) == net.nd && w[1].size(1) == net.H && w[1].size(2) == WD,
+              "decoder panels must be [", net.nd, ", ", net.H, ", ", WD, "] (decode_pack_decoder)");
+  TORCH_CHECK(w[2].numel() == net.nd * WD, "decoder bias must hold ", net.nd * WD, " values");
+  net.table = table.data_ptr<T>();
+  net.dec = w[1].data_ptr<T>();
+  net.dec_bias = w[2].data_ptr<T>();
+  const int64_t P = net.G == 1 ? 3 : 1, PL = P * lanes<T>(), Wg = net.G * PL;
+  net.np = (net.H + PL - 1) / PL;
+  size_t i = 3;
+  for (int64_t l = 0; l < net.layers; ++l) {
+    const int pairs = l == 0 ? 1 : 2;
+    for (int k = 0; k < pairs; ++k, i += 2) {
+      TORCH_CHECK(w[i].dim() == 3 && w[i].size(0) == net.np && w[i].size(1) == net.H && w[i].size(2) == Wg,
+                  "gate panels must be [", net.np, ", ", net.H, ", ", Wg, "] (decode_pack_gates)");
+      TORCH_CHECK(w[i + 1].numel() == net.np * Wg, "gate bias panels must hold ", net.np * Wg, " values");
+      (k == 0 ? net.w_hh : net.w_ih).push_back(w[i].data_ptr<T>());
+      (k == 0 ? net.b_hh : net.b_ih).push_back(w[i + 1].data_ptr<T>());
+    }
+    if (l == 0) {
+      net.w_ih.push_back(nullptr);
+      net.b_ih.push_back(nullptr);
+    }
+  }
+  return net;
+}
+
+// The state: h [layers, B, H] and, for an LSTM, c [layers, B, H]; read and written in place.
+template <typename T>
+struct State {
+  T* h;
+  T* c;  // null for cells without one
+  int64_t B;
+};
+
+#ifndef DECODE_KC
+#define DECODE_KC 64
+#endif
+// k rows of a panel per pass over a group's tiles: a pass's part of the panel (KC x W values, 12 KB
+// for a GRU-256 in float) stays in the L1 cache for every tile of the group, where a tile taking
+// the whole panel at once reads W_hh from L2 once per tile. The accumulators go to memory and back
+// between passes, exactly: the sum over k runs in the same order either way.
+constexpr int64_t kChunk = DECODE_KC;
+
+// The rows [b0, b1) of one thread, as tiles of at most MR rows sized as evenly as possible, and
+// the buffers one step of them needs.
+template <typename T>
+struct Group {
+  int64_t b0, m;                            // first row, rows
+  std::vector<std::pair<int64_t, int>> tiles;  // (offset in the group, rows)
+  std::vector<T> gh, gi, hn, logits;         // [m, W], [m, W], [m, H], [m, nd*WD]
+
+  Group(int64_t b0_, int64_t b1, int64_t MR, int64_t W, int64_t H, int64_t nd)
+      : b0(b0_), m(b1 - b0_), gh(m * W), gi(m * W), hn(m * H), logits(m * nd * decoder_width<T>()) {
+    const int64_t count = (m + MR - 1) / MR;
+    for (int64_t t = 0, start = 0; t < count; ++t) {
+      const int rows = (int)(m / count + (t < m % count ? 1 : 0));
+      tiles.emplace_back(start, rows);
+      start += rows;
+    }
+  }
+};
+
+// out[m rows, ldc apart] += a[m rows, lda apart] @ panel [K, NV * L], tile by tile, k in passes of kChunk.
+template <typename T, int NV, int MR>
+void group_product(const Group<T>& grp, int64_t K, const T* a, int64_t lda, const T* panel, T* out, int64_t ldc) {
+  constexpr int64_t W = NV * lanes<T>();
+  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+    const int64_t kn = std::min(kChunk, K - k0);
+    for (const auto& [o, rows] : grp.tiles)
+      product_rows<T, NV, MR>(rows, kn, a + o * lda + k0, lda, panel + k0 * W, out + o * ldc, ldc);
+  }
+}
+
+// One step of the group's rows: ids[r * ids_stride] is row r's input; the new state goes back
+// into `st`; with `decode`, the logits of the new state into grp.logits [m, nd*WD].
+template <typename T, int G>
+void step_group(const Net<T>& net, State<T>& st, Group<T>& grp, const int64_t* ids, int64_t ids_stride, bool decode) {
+  using S = Shape<T, G>;
+  const int64_t H = net.H, B = st.B, m = grp.m;
+  if (m <= 0) return;
+  for (int64_t l = 0; l < net.layers; ++l) {
+    T* h = st.h + (l * B + grp.b0) * H;
+    T* c = st.c != nullptr ? st.c + (l * B + grp.b0) * H : nullptr;
+    const T* below = l > 0 ? st.h + ((l - 1) * B + grp.b0) * H : nullptr;  // already at step t
+    for (int64_t p = 0; p < net.np; ++p) {
+      const int64_t u0 = p * S::PL, n = std::min<int64_t>(S::PL, H - u0);
+      for (int64_t r = 0; r < m; ++r) std::memcpy(grp.gh.data() + r * S::W, net.b_hh[l] + p * S::W, sizeof(T) * S::W);
+      group_product<T, S::NV, S::MR>(grp, H, h, H, net.w_hh[l] + p * H * S::W, grp.gh.data(), S::W);
+      if (l > 0) {
+        for (int64_t r = 0; r < m; ++r) std::memcpy(grp.gi.data() + r * S::W, net.b_ih[l] + p * S::W, sizeof(T) * S::W);
+        group_product<T, S::NV, S::MR>(grp, H, below, H, net.w_ih[l] + p * H * S::W, grp.gi.data(), S::W);
+      }
+      for (int64_t r = 0; r < m; ++r) {
+        const T* x = l > 0 ? grp.gi.data() + r * S::W : net.table + ids[r * ids_stride] * G * H + u0;
+        const int64_t xs = l > 0 ? S::PL : H;
+        T* cr = c != nullptr ? c + r * H + u0 : nullptr;
+        if (n == S::PL) {
+          cell_step<T, G>(std::integral_constant<int64_t, S::PL>{}, x, xs, grp.gh.data() + r * S::W, S::PL,
+                          h + r * H + u0, cr, grp.hn.data() + r * H + u0);
+        } else {
+          cell_step<T, G>(n, x, xs, grp.gh.data() + r * S::W, S::PL, h + r * H + u0, cr, grp.hn.data() + r * H + u0);
+        }
+      }
+    }
+    std::memcpy(h, grp.hn.data(), sizeof(T) * m * H);
+  }
+  if (!decode) return;
+  const int64_t WD = decoder_width<T>(), ld = net.nd * WD;
+  const T* top = st.h + ((net.layers - 1) * B + grp.b0) * H;
+  for (int64_t r = 0; r < m; ++r) std::memcpy(grp.logits.data() + r * ld, net.dec_bias, sizeof(T) * ld);
+  for (int64_t d = 0; d < net.nd; ++d)
+    group_product<T, kDecoderNV, S::MR>(grp, H, top, H, net.dec + d * H * WD, grp.logits.data() + d * WD, ld);
+}
+
+// ------------------------------------------------------------------------------------------ threads
+
+// Run f(b0, b1) over the rows split into one block per thread (no barrier: rows are independent).
+template <typename F>
+void over_row_blocks(int64_t B, const F& f) {
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), B);
+  if (threads <= 1) {
+    f(int64_t(0), B);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t n = omp_get_num_threads(), k = omp_get_thread_num();
+    f(chunk_start(B, n, k, 1), chunk_start(B, n, k + 1, 1));
+  }
+}
+
+// ------------------------------------------------------------------------------------------ choosing
+
+inline uint64_t splitmix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+// Row `key`'s uniform number at position `counter`: 53 random bits, in (0, 1).
+inline double uniform(uint64_t key, uint64_t counter) {
+  const uint64_t z = splitmix64(key + (counter + 1) * 0x9E3779B97F4A7C15ULL);
+  return ((double)(z >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+// The first index of the largest logit (NumPy's argmax).
+template <typename T>
+int64_t argmax(const T* l, int64_t V) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < V; ++i)
+    if (l[i] > l[best]) best = i;
+  return best;
+}
+
+// A draw from softmax(l): the first i whose cumulative e_0 + ... + e_i exceeds u * sum(e), with
+// e = exp(l - max(l)) (0 more than 87 below the max), the sums in double.
+template <typename T>
+int64_t draw(const T* l, int64_t V, double u, T* e) {
+  const T m = l[argmax(l, V)];
+  for (int64_t i = 0; i < V; ++i) {
+    const T x = l[i] - m;
+    e[i] = x < T(-87) ? T(0) : exp_poly(x);
+  }
+  double total = 0;
+  for (int64_t i = 0; i < V; ++i) total += (double)e[i];
+  const double target = u * total;
+  double cum = 0;
+  int64_t last = 0;
+  for (int64_t i = 0; i < V; ++i) {
+    if (e[i] > T(0)) last = i;
+    cum += (double)e[i];
+    if (cum > target) return i;
+  }
+  return last;  // u * total rounded up to the total
+}
+
+// Logits of the tile's row r into out (V values): times the row's scale, <unk> (index 0) set to unk_logit.
+template <typename T>
+inline void emit_logits(const T* src, int64_t V, T scale, std::optional<double> unk, T* out) {
+  for (int64_t v = 0; v < V; ++v) out[v] = src[v] * scale;
+  if (unk.has_value()) out[0] = (T)*unk;
+}
+
+struct RowChoice {  // per row: 1 / temperature (1 for greedy), greedy or not, RNG key and position
+  const double* temperature;
+  const int64_t* keys;
+  const int64_t* counters;
+};
+
+template <typename T>
+T scale_of(double temperature) {
+  return temperature > 0 ? (T)(1.0 / temperature) : T(1);
+}
+
+// ------------------------------------------------------------------------------------------ ops
+
+template <typename T>
+State<T> read_state(const at::Tensor& h, const std::optional<at::Tensor>& c, const Net<T>& net, int64_t cell) {
+  TORCH_CHECK(h.dim() == 3 && h.size(0) == net.layers && h.size(2) == net.H && h.is_contiguous() &&
+                  h.scalar_type() == c10::CppTypeToScalarType<T>::value,
+              "h must be contiguous [layers, B, H] of the weights' dtype");
+  const bool needs_c = cell == kLstm;
+  TORCH_CHECK(c.has_value() == needs_c, needs_c ? "an LSTM needs c" : "only an LSTM takes c");
+  if (needs_c)
+    TORCH_CHECK(c->sizes() == h.sizes() && c->is_contiguous() && c->scalar_type() == h.scalar_type(),
+                "c must be contiguous like h");
+  return {h.data_ptr<T>(), needs_c ? c->data_ptr<T>() : nullptr, h.size(1)};
+}
+
+// ids within [low, high): checked before any thread starts (nothing may throw inside the loops).
+void check_ids(const at::Tensor& ids, int64_t low, int64_t high, const char* what) {
+  TORCH_CHECK(ids.scalar_type() == at::kLong && ids.is_contiguous(), what, " must be contiguous int64");
+  if (ids.numel() > 0)
+    TORCH_CHECK(ids.min().item<int64_t>() >= low && ids.max().item<int64_t>() < high, what, " out of range [", low,
+                ", ", high, ")");
+}
+
+void check_rows(const at::Tensor& t, int64_t B, at::ScalarType type, const char* what) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == B && t.is_contiguous() && t.scalar_type() == type, what,
+              " must be a contiguous [B] tensor of ", type);
+}
+
+// Dispatch on the cell's gate count (a compile-time constant of the loops).
+template <typename F>
+void with_gates(int64_t cell, const F& f) {
+  if (cell == kRnn) f(std::integral_constant<int, 1>{});
+  if (cell == kGru) f(std::integral_constant<int, 3>{});
+  if (cell == kLstm) f(std::integral_constant<int, 4>{});
+}
+
+// One step for every row: logits [B, V] of the next character (times 1/temperature per row).
+void decode_step(const std::vector<at::Tensor>& weights, int64_t cell, at::Tensor h, std::optional<at::Tensor> c,
+                 const at::Tensor& ids, const at::Tensor& temperature, std::optional<double> unk_logit,
+                 at::Tensor logits) {
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "decode_step", [&] {
+    using T = scalar_t;
+    const int64_t V = logits.size(1);
+    const Net<T> net = read_net<T>(weights, cell, V);
+    State<T> st = read_state<T>(h, c, net, cell);
+    const int64_t B = st.B;
+    TORCH_CHECK(logits.dim() == 2 && logits.size(0) == B && logits.is_contiguous() && logits.scalar_type() == h.scalar_type(),
+                "logits must be contiguous [B, V]");
+    check_rows(ids, B, at::kLong, "ids");
+    check_ids(ids, 0, net.Vin, "ids");
+    check_rows(temperature, B, at::kDouble, "temperature");
+    const int64_t* id = ids.data_ptr<int64_t>();
+    const double* temp = temperature.data_ptr<double>();
+    T* out = logits.data_ptr<T>();
+    with_gates(cell, [&](auto g) {
+      constexpr int G = decltype(g)::value;
+      using S = Shape<T, G>;
+      over_row_blocks(B, [&](int64_t b0, int64_t b1) {
+        Group<T> grp(b0, b1, S::MR, S::W, net.H, net.nd);
+        State<T> mine = st;
+        step_group<T, G>(net, mine, grp, id + b0, 1, true);
+        for (int64_t b = b0; b < b1; ++b)
+          emit_logits<T>(grp.logits.data() + (b - b0) * net.nd * decoder_width<T>(), V, scale_of<T>(temp[b]), unk_logit,
+                         out + b * V);
+      });
+    });
+  });
+}
+
+// `n` characters per row: choice j is drawn from the current logits [B, V] (greedy for rows of
+// temperature 0, else with the row's uniform number at position counters[row] + j) into
+// out[j, row]; for j < advance it is then fed to the model, whose new logits (times 1 / temperature,
+// <unk> masked) replace the current ones. The state and the logits are left after the last step.
+void decode_sample(const std::vector<at::Tensor>& weights, int64_t cell, at::Tensor h, std::optional<at::Tensor> c,
+                   at::Tensor logits, const at::Tensor& temperature, const at::Tensor& keys, const at::Tensor& counters,
+                   std::optional<double> unk_logit, int64_t n, int64_t advance, at::Tensor out) {
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "decode_sample", [&] {
+    using T = scalar_t;
+    const int64_t V = logits.size(1);
+    const Net<T> net = read_net<T>(weights, cell, V);
+    State<T> st = read_state<T>(h, c, net, cell);
+    const int64_t B = st.B;
+    TORCH_CHECK(V <= net.Vin, "the decoder has more outputs than the table has inputs");
+    TORCH_CHECK(logits.dim() == 2 && logits.size(0) == B && logits.is_contiguous() && logits.scalar_type() == h.scalar_type(),
+                "logits must be contiguous [B, V]");
+    check_rows(temperature, B, at::kDouble, "temperature");
+    check_rows(keys, B, at::kLong, "keys");
+    check_rows(counters, B, at::kLong, "counters");
+    TORCH_CHECK(n >= 0 && advance >= 0 && advance <= n, "need 0 <= advance <= n");
+    TORCH_CHECK(out.dim() == 2 && out.size(0) >= n && out.size(1) == B && out.is_contiguous() &&
+                    out.scalar_type() == at::kLong,
+                "out must be contiguous int64 [>= n, B]");
+    const RowChoice rc{temperature.data_ptr<double>(), keys.data_ptr<int64_t>(), counters.data_ptr<int64_t>()};
+    T* lg = logits.data_ptr<T>();
+    int64_t* ids = out.data_ptr<int64_t>();
+    with_gates(cell, [&](auto g) {
+      constexpr int G = decltype(g)::value;
+      using S = Shape<T, G>;
+      over_row_blocks(B, [&](int64_t b0, int64_t b1) {
+        Group<T> grp(b0, b1, S::MR, S::W, net.H, net.nd);
+        std::vector<T> e(V);
+        State<T> mine = st;
+        for (int64_t j = 0; j < n; ++j) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const T* row = lg + b * V;
+            ids[j * B + b] = rc.temperature[b] > 0
+                                 ? draw<T>(row, V, uniform((uint64_t)rc.keys[b], (uint64_t)(rc.counters[b] + j)), e.data())
+                                 : argmax<T>(row, V);
+          }
+          if (j >= advance) continue;
+          step_group<T, G>(net, mine, grp, ids + j * B + b0, 1, true);
+          for (int64_t b = b0; b < b1; ++b)
+            emit_logits<T>(grp.logits.data() + (b - b0) * net.nd * decoder_width<T>(), V, scale_of<T>(rc.temperature[b]),
+                           unk_logit, lg + b * V);
+        }
+      });
+    });
+  });
+}
+
+// Teacher-forced scoring: row b reads ids[b, t] at step t; where targets[b, t] >= 0, nll[b, t] =
+// logsumexp(logits) - logits[target] (nats, in double), elsewhere NaN (warm-up and padding; a
+// step whose whole tile has no target skips the decoder).
+void decode_score(const std::vector<at::Tensor>& weights, int64_t cell, at::Tensor h, std::optional<at::Tensor> c,
+                  int64_t vocab, const at::Tensor& ids, const at::Tensor& targets, at::Tensor nll) {
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "decode_score", [&] {
+    using T = scalar_t;
+    TORCH_CHECK(ids.dim() == 2 && targets.sizes() == ids.sizes() && nll.sizes() == ids.sizes(),
+                "ids, targets and nll must be [B, T] alike");
+    TORCH_CHECK(nll.is_contiguous() && nll.scalar_type() == at::kDouble, "nll must be contiguous float64");
+    const Net<T> net = read_net<T>(weights, cell, vocab);
+    State<T> st = read_state<T>(h, c, net, cell);
+    const int64_t B = st.B, steps = ids.size(1), Vr = net.V;
+    TORCH_CHECK(ids.size(0) == B, "ids must have a row per state row");
+    check_ids(ids, 0, net.Vin, "ids");
+    check_ids(targets, -1, Vr, "targets");
+    const int64_t* id = ids.data_ptr<int64_t>();
+    const int64_t* tg = targets.data_ptr<int64_t>();
+    double* out = nll.data_ptr<double>();
+    with_gates(cell, [&](auto g) {
+      constexpr int G = decltype(g)::value;
+      using S = Shape<T, G>;
+      over_row_blocks(B, [&](int64_t b0, int64_t b1) {
+        Group<T> grp(b0, b1, S::MR, S::W, net.H, net.nd);
+        std::vector<T> e(Vr);
+        State<T> mine = st;
+        const int64_t ld = net.nd * decoder_width<T>();
+        for (int64_t t = 0; t < steps; ++t) {
+          bool any = false;
+          for (int64_t b = b0; b < b1; ++b) any = any || tg[b * steps + t] >= 0;
+          step_group<T, G>(net, mine, grp, id + b0 * steps + t, steps, any);
+          for (int64_t b = b0; b < b1; ++b) {
+            const int64_t target = tg[b * steps + t];
+            double& o = out[b * steps + t];
+            if (target < 0) {
+              o = std::numeric_limits<double>::quiet_NaN();
+              continue;
+            }
+            const T* l = grp.logits.data() + (b - b0) * ld;
+            const T m = l[argmax(l, Vr)];
+            for (int64_t v = 0; v < Vr; ++v) e[v] = exp_poly(l[v] - m);
+            double total = 0;
+            for (int64_t v = 0; v < Vr; ++v) total += (double)e[v];
+            o = (double)m + std::log(total) - (double)l[target];
+          }
+        }
+      });
+    });
+  });
+}
+
+}  // namespace decode
+}  // namespace rnn_kernels
+
+TORCH_LIBRARY_FRAGMENT(rnn_train_kernels, m) {
+  using namespace rnn_kernels::decode;
+  m.def("decode_pack_gates(Tensor w, Tensor b, int cell) -> (Tensor, Tensor)", &pack_gates);
+  m.def("decode_pack_decoder(Tensor w, Tensor b) -> (Tensor, Tensor)", &pack_decoder);
+  m.def("decode_step(Tensor[] weights, int cell, Tensor(a!) h, Tensor(b!)? c, Tensor ids, Tensor temperature, "
+        "float? unk_logit, Tensor(c!) logits) -> ()",
+        &decode_step);
+  m.def("decode_sample(Tensor[] weights, int cell, Tensor(a!) h, Tensor(b!)? c, Tensor(c!) logits, Tensor temperature, "
+        "Tensor keys, Tensor counters, float? unk_logit, int n, int advance, Tensor(d!) out) -> ()",
+        &decode_sample);
+  m.def("decode_score(Tensor[] weights, int cell, Tensor(a!) h, Tensor(b!)? c, int vocab, Tensor ids, "
+        "Tensor targets, Tensor(c!) nll) -> ()",
+        &decode_score);
+}
