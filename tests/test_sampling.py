@@ -15,10 +15,13 @@ from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN
 from rnn_train.model.checkpoint import load_model
 from rnn_train.prediction import cli
-from rnn_train.prediction.choose import Chooser, SamplingOptions, draw, nucleus_filter, row_keys, softmax, uniforms
+from rnn_train.prediction.choose import (Chooser, SamplingOptions, gumbel_noise, nucleus_filter, row_keys, softmax,
+                                         uniforms)
 from rnn_train.prediction.generate import encode_prefix, generate, samples
 from rnn_train.prediction.sampler import CHUNK, StopRules
 from rnn_train.kernels import autotune
+from rnn_train.kernels.build import extension
+from rnn_train.prediction import kernel_stepper
 from rnn_train.prediction import stepper as stepper_module
 from rnn_train.prediction.stepper import gemm_rows, make_stepper, sampling_key
 from rnn_train.training.trainer import train
@@ -60,8 +63,18 @@ def _torch_greedy(model, vocab, prefix, k):
     return vocab.decode(out)
 
 
+@pytest.fixture(params=["cpp", "numpy"])
+def kernel(request, monkeypatch):
+    """Generation on the C++ steps, or on the NumPy stepper (where the C++ kernels cannot be built)."""
+    if request.param == "cpp" and extension() is None:
+        pytest.fail("the C++ kernels did not build here (see the note on stderr)")
+    if request.param == "numpy":
+        monkeypatch.setattr(kernel_stepper, "supports", lambda model: False)
+    return request.param
+
+
 @pytest.mark.parametrize("name", list(MODELS))
-def test_greedy_text_equals_the_torch_module_step_by_step(runs, name):
+def test_greedy_text_equals_the_torch_module_step_by_step(runs, name, kernel):
     model, vocab, _ = _load(runs, name)
     for prefix in ("zhong guo", "ni hao ", ""):
         assert generate(model, vocab, prefix, 300) == _torch_greedy(model, vocab, prefix, 300)
@@ -112,13 +125,14 @@ def test_the_block_size_is_measured_once_per_shape_and_batch_and_then_read(runs,
     assert make_stepper(model, 6, kernel="numpy").gemm_rows == 3
 
 
-def test_draws_sample_the_softmax_and_the_filters_keep_the_right_characters():
+def test_gumbel_choice_samples_the_softmax_and_the_filters_keep_the_right_characters():
     logits = np.log(np.array([[1e-9, 0.05, 0.1, 0.15, 0.3, 0.4]], np.float32))  # [1, V]
     probs = softmax(logits.astype(np.float64))[0]
     n = 40000
 
     def frequencies(**opts):
         chooser = Chooser(SamplingOptions(temperature=1.0, seed=5, **opts), 1, 6, np.dtype(np.float32))
+        chooser.refill(0, n)
         out, counts = np.empty(1, np.int64), np.zeros(6)
         for step in range(n):
             chooser.choose(logits.copy(), step, out)
@@ -132,18 +146,16 @@ def test_draws_sample_the_softmax_and_the_filters_keep_the_right_characters():
     assert nucleus[:4].sum() == 0 and nucleus[5] == pytest.approx(0.4 / 0.7, abs=0.01)
 
 
-def test_a_draw_inverts_the_cumulative_distribution_at_the_rows_uniform():
-    logits = np.log(np.array([[0.25, 0.5, 0.25]] * 4, np.float32))
-    logits[3, 1:] = -np.inf  # filtered out
-    out = np.empty(4, np.int64)
-    draw(logits, np.array([0.2, 0.3, 0.8, 0.999]), out)  # cumulative 0.25, 0.75, 1
-    assert out.tolist() == [0, 1, 2, 0]  # a character of probability 0 is never drawn, even at u ~ 1
-    u = uniforms(row_keys(7, 3), 0)
-    assert ((0 < u) & (u < 1)).all() and len(set(u.tolist())) == 3  # each row its own number
-    assert uniforms(row_keys(7, 5), 0)[:3].tolist() == u.tolist()  # row i's key does not depend on the batch
-    assert uniforms(row_keys(7, 3), 1).tolist() != u.tolist()  # the next position, new numbers
-    many = uniforms(np.repeat(row_keys(3, 1), 100000), np.arange(100000))
-    assert abs(many.mean() - 0.5) < 0.005 and abs((many < 0.1).mean() - 0.1) < 0.005
+def test_each_row_has_its_own_counter_based_stream():
+    keys = row_keys(7, 3)
+    u = uniforms(keys, 0, 4, 5)  # [B, steps, V]
+    assert u.shape == (3, 4, 5) and ((0 < u) & (u < 1)).all() and len(np.unique(u)) == u.size
+    assert np.array_equal(uniforms(row_keys(7, 6)[:3], 0, 4, 5), u)  # row i's key does not depend on the batch
+    assert np.array_equal(uniforms(keys, 2, 2, 5), u[:, 2:])  # a position's numbers: wherever the chunk starts
+    assert np.array_equal(uniforms(keys, np.array([0, 2, 1]), 1, 5)[:, 0], u[[0, 1, 2], [0, 2, 1]])  # per row
+    assert not np.array_equal(uniforms(row_keys(8, 3), 0, 4, 5), u)  # another seed, other numbers
+    g = gumbel_noise(row_keys(3, 1), 0, 20000, 10, np.float32)
+    assert abs(g.mean() - 0.5772) < 0.01 and abs(g.var() - np.pi ** 2 / 6) < 0.05  # Gumbel(0, 1)
 
 
 def test_nucleus_keeps_the_fewest_most_likely_characters_that_reach_p():
@@ -161,7 +173,7 @@ def _filtered(logits, p):
     return out
 
 
-def test_seeded_samples_are_reproducible_independent_of_the_batch_and_of_k(runs):
+def test_seeded_samples_are_reproducible_independent_of_the_batch_and_of_k(runs, kernel):
     model, vocab, _ = _load(runs, "gru")
     opts = SamplingOptions(temperature=1.0, top_k=10, seed=11)
     one = samples(model, vocab, "ni", 200, opts, num_samples=1)
@@ -173,6 +185,49 @@ def test_seeded_samples_are_reproducible_independent_of_the_batch_and_of_k(runs)
     assert samples(model, vocab, "ni", 90, opts, num_samples=4) == [s[:90] for s in four]  # prefix of a longer run
     other = samples(model, vocab, "ni", 200, SamplingOptions(temperature=1.0, top_k=10, seed=12))
     assert other[0] != one[0]
+
+
+def test_on_the_cpp_steps_sample_i_is_the_same_whatever_the_batch_bit_for_bit(runs, kernel):
+    if kernel != "cpp":
+        return  # the NumPy stepper's rows round with the rows per GEMM call (see test above)
+    model, vocab, _ = _load(runs, "lstm2_learned")
+    opts = SamplingOptions(temperature=1.0, seed=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # rows split over threads, tiles of every size
+    try:
+        alone = samples(model, vocab, "ni", 3000, opts, num_samples=1)[0]
+        for n in (3, 11, 19):
+            assert samples(model, vocab, "ni", 3000, opts, num_samples=n)[0] == alone
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_chunk_sampled_in_cpp_is_what_the_python_loop_draws_step_by_step(runs, monkeypatch):
+    if extension() is None:
+        pytest.fail("the C++ kernels did not build here (see the note on stderr)")
+    model, vocab, _ = _load(runs, "gru")
+    opts = SamplingOptions(temperature=0.9, seed=4)
+    in_cpp = samples(model, vocab, "ni", 1000, opts, num_samples=3)
+    monkeypatch.setattr(Chooser, "plain", property(lambda self: False))  # choose + step in Python
+    assert samples(model, vocab, "ni", 1000, opts, num_samples=3) == in_cpp
+
+
+def test_rows_take_their_own_temperature_and_state(runs, kernel):
+    model, vocab, _ = _load(runs, "lstm2_learned")
+    with torch.no_grad():
+        _, state = model(encode_prefix(vocab, "zhong guo"))
+    s = make_stepper(model, 3, 0.5)
+    ids = np.array([5, 5, 5])
+    base = s.step(ids).copy()  # every row at temperature 0.5, from a zero state
+    s.load_state(model.begin_state(3))
+    s.set_temperature([0.0, 2.0], rows=[0, 2])
+    got = s.step(ids)
+    assert s.temperature.tolist() == [0.0, 0.5, 2.0]
+    np.testing.assert_allclose(got[:, 1:], base[:, 1:] * np.array([[0.5], [1.0], [0.25]]), rtol=1e-5)
+    s.load_state(state, rows=[1])  # one row from a warmed-up state, the others go on
+    want = make_stepper(model, 1, 0.5)
+    want.load_state(state)
+    np.testing.assert_allclose(s.step(ids)[1], want.step(ids[:1])[0], rtol=1e-5)
 
 
 def test_unk_is_never_generated_even_when_the_model_prefers_it():

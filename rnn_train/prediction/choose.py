@@ -1,26 +1,30 @@
 """Picking the next character of every row of a batch from its logits: greedy, or sampled with
 temperature, top-k and top-p (nucleus), each row from its own random stream.
 
-A draw inverts the softmax's cumulative distribution with one uniform number u per row and step:
-with e = exp(logits - max) (0 for a logit more than 87 below the max, and for filtered ones),
-the character is the first i whose cumulative sum e_0 + ... + e_i, in float64, exceeds u * sum(e).
-One uniform per character, where drawing Gumbel noise for every character of the vocab (the
-previous way) cost more than the model's step once the step ran in C++ (NumPy's exponentials
-took ~1 us per sampled character of a 66-symbol vocab on the machine measured, the step itself
-~4 us). Filters set the logits they remove to -inf first, so the draw is from the softmax
+Sampling is the Gumbel-max trick: argmax(logits + G) with G = -log(-log(U)), U ~ Uniform(0, 1)
+independent per row and character, is a draw from softmax(logits) exactly. It needs no softmax, no
+cumulative sum and no search per step, only an add and an argmax, and the noise for many steps is
+made in one call. Filters set the logits they remove to -inf first, so the draw is from the softmax
 renormalised over what is left, as with torch.multinomial on the filtered probabilities.
 
-Where the numbers come from: row i's uniform at position t (the t-th character it generates) is
+Where the numbers come from: U for row i, its t-th generated character and vocab entry v is
 
-    u = (splitmix64(key_i + (t + 1) * GAMMA) >> 11 + 0.5) / 2^53,   key_i from (seed, i)
+    U = (splitmix64(key_i + (t * V + v + 1) * GAMMA) >> 41 + 0.5) / 2^23     (exact in float32)
 
-a counter-based stream: the same 53 random bits in NumPy (here) and in C++ (csrc/decode.cpp,
-which draws whole chunks without returning to Python), on every machine. So with a given seed
-sample i draws the same numbers whatever the batch size, no row's randomness depends on what
-another row did, and a row that starts later (a server's new request) needs only its key and
-its position. The text of sample i is then the same whatever N wherever its logits are: always
-on the C++ kernels (a row's arithmetic does not depend on the other rows), and to float rounding
-on the NumPy stepper (benchmarks/sample_drift.py).
+with key_i made from (seed, i): a counter-based stream, whose numbers depend only on the row's key
+and the position, and which NumPy (here) and C++ (csrc/decode.cpp, which samples whole chunks
+without returning to Python, the noise made in the threads that own the rows) compute alike. So
+with a given seed sample i draws the same random numbers whatever the batch size, no row's
+randomness depends on what another row did, and a row that starts later (a server's new request)
+needs only its key and its position. (The noise is then computed in float32 by each side's own
+log; the two may differ in the last bit.) Before, each row drew from NumPy's `default_rng([seed,
+i])`: the same guarantees, but its exponentials cost ~1 us per character of a 66-symbol vocab on
+the machine measured, more than the C++ step itself, and only one Python thread could make them.
+
+The text of sample i is then the same whatever N wherever its logits are: always on the C++
+steps (a row's arithmetic does not depend on the other rows; tests/test_sampling.py), and to float
+rounding on the NumPy stepper, whose GEMMs round a row differently with the number of rows per
+call (benchmarks/sample_drift.py).
 """
 from __future__ import annotations
 
@@ -69,43 +73,41 @@ def splitmix64(z: np.ndarray) -> np.ndarray:
 
 def row_keys(seed: int, batch: int) -> np.ndarray:
     """Row i's key for `seed`: [batch] uint64, the same for row i whatever the batch."""
-    base = int(splitmix64(np.array([seed & _U64], np.uint64))[0])
-    counters = (np.arange(1, batch + 1, dtype=np.uint64) * np.uint64(GAMMA)) if batch else np.empty(0, np.uint64)
+    base = np.uint64(int(splitmix64(np.array([seed & _U64], np.uint64))[0]))
     with np.errstate(over="ignore"):
-        return splitmix64(counters + np.uint64(base))
+        return splitmix64(np.arange(1, batch + 1, dtype=np.uint64) * np.uint64(GAMMA) + base)
 
 
-def uniforms(keys: np.ndarray, position: int | np.ndarray) -> np.ndarray:
-    """The rows' uniform numbers in (0, 1) at `position` (per row or for all): [B] float64."""
-    t = np.asarray(position, np.uint64) + np.uint64(1)
+def uniforms(keys: np.ndarray, position, steps: int, vocab_size: int) -> np.ndarray:
+    """U of every row for `steps` characters from `position` (one per row, or one for all) and
+    every vocab entry: [B, steps, V] float32 in (0, 1), 23 random bits each."""
+    start = np.asarray(position, np.uint64).reshape(-1, 1) * np.uint64(vocab_size)  # [B or 1, 1]
+    counters = start + np.arange(1, steps * vocab_size + 1, dtype=np.uint64)  # [B or 1, steps * V]
     with np.errstate(over="ignore"):
-        z = splitmix64(keys + t * np.uint64(GAMMA))
-    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+        z = splitmix64(keys[:, None] + counters * np.uint64(GAMMA))
+    u = ((z >> np.uint64(41)).astype(np.float32) + 0.5) * 2.0 ** -23
+    return u.reshape(len(keys), steps, vocab_size)
 
 
-def draw(logits: np.ndarray, u: np.ndarray, out: np.ndarray) -> None:
-    """out[b] = the character of logits [B, V] that the uniform u[b] picks from its softmax (see the
-    module docstring; the same rule as csrc/decode.cpp's draw)."""
-    x = logits - logits.max(axis=1, keepdims=True)
-    with np.errstate(under="ignore"):
-        e = np.exp(x)
-    e[x < -87] = 0
-    cum = np.cumsum(e, axis=1, dtype=np.float64)  # [B, V]
-    hit = cum > (u * cum[:, -1])[:, None]
-    np.argmax(hit, axis=1, out=out)  # the first True
-    missed = ~hit[:, -1]  # u * total rounded up to the total: the last character with e > 0
-    if missed.any():
-        out[missed] = e.shape[1] - 1 - np.argmax(e[missed, ::-1] > 0, axis=1)
+def gumbel_noise(keys: np.ndarray, position, steps: int, vocab_size: int, dtype) -> np.ndarray:
+    """-log(-log(U)): the noise `choose` adds, [B, steps, V] of `dtype` (computed in float32)."""
+    u = uniforms(keys, position, steps, vocab_size)
+    np.log(u, out=u)
+    np.negative(u, out=u)
+    np.log(u, out=u)
+    np.negative(u, out=u)
+    return u.astype(dtype, copy=False)
 
 
 class Chooser:
-    """`choose(logits [B, V], position, out [B])` picks every row's character at `position` (the
-    index of that character in the generated text); rows draw from their own streams (`keys`)."""
+    """`refill(position, n)` before every n steps from `position` (the index of the next character
+    in the generated text); `choose(logits [B, V], j, out [B])` for the j-th of them."""
 
     def __init__(self, options: SamplingOptions, batch: int, vocab_size: int, dtype: np.dtype):
         self.options, self.batch, self.vocab_size, self.dtype = options, batch, vocab_size, dtype
         seed = options.seed if options.seed is not None else secrets.randbits(63)
         self.keys = row_keys(seed, batch)  # [B] uint64
+        self.noise = np.empty((batch, 0, vocab_size), dtype)  # [B, steps, V] Gumbel noise, rows contiguous
         self.top_k = options.top_k if 0 < options.top_k < vocab_size else 0
 
     @property
@@ -113,8 +115,14 @@ class Chooser:
         """No filter: what the C++ sampling chunk (KernelStepper.sample) does by itself."""
         return not self.top_k and self.options.top_p >= 1
 
-    def choose(self, logits: np.ndarray, position: int, out: np.ndarray) -> None:
-        """Write each row's character into out [B]. `logits` may be changed in place (filters)."""
+    def refill(self, position: int, steps: int) -> None:
+        """Make the noise of the `steps` steps from `position` for every row (nothing for greedy)."""
+        if not self.options.greedy:
+            self.noise = gumbel_noise(self.keys, position, steps, self.vocab_size, self.dtype)
+
+    def choose(self, logits: np.ndarray, step: int, out: np.ndarray) -> None:
+        """Write each row's character into out [B]; `step` indexes the noise made by `refill`.
+        `logits` may be changed in place (filters, noise)."""
         if self.options.greedy:
             np.argmax(logits, axis=1, out=out)
             return
@@ -123,7 +131,8 @@ class Chooser:
             logits[logits < kth] = -np.inf  # ties with the k-th are kept, as in torch's top-k filter
         if self.options.top_p < 1:
             nucleus_filter(logits, self.options.top_p)
-        draw(logits, uniforms(self.keys, position), out)
+        logits += self.noise[:, step]
+        np.argmax(logits, axis=1, out=out)
 
 
 def nucleus_filter(logits: np.ndarray, top_p: float) -> None:

@@ -136,8 +136,9 @@ class KernelStepper:
 
     def sample(self, n: int, advance: int, keys: np.ndarray, position: int | np.ndarray, out: np.ndarray) -> None:
         """Choose n characters per row into out[:n] ([>= n, B] int64), each drawn from the current
-        `logits` (greedy where the row's temperature is 0) with the row's uniform number at
-        `position` + j (choose.uniforms), and feed the first `advance` of them to the model."""
+        `logits` (greedy where the row's temperature is 0) with the row's Gumbel noise for position
+        `position` + j (choose.gumbel_noise: the same random numbers), and feed the first
+        `advance` of them to the model. `position`: one for all rows or one per row."""
         counters = np.broadcast_to(np.asarray(position, np.int64), (self.batch,)).copy()
         self._ops.decode_sample(self._weights, self._cell, self._h, self._c, self._logits, self._temperature,
                                 torch.from_numpy(keys.view(np.int64)), torch.from_numpy(counters), self._unk, n,

@@ -6,7 +6,8 @@ forced line starts; results handed out in chunks so a terminal can show text as 
 The model is stepped by a stepper (`stepper.make_stepper`: the C++ kernels, else NumPy; no module
 call per character) and characters are picked by `choose.Chooser`. Where nothing forces a
 character (no --line-starts) and no filter is set (no --top-k, --top-p), a whole chunk is chosen and
-fed back inside the C++ stepper (`KernelStepper.sample`, the same draws as `Chooser.choose`), and
+fed back inside the C++ stepper (`KernelStepper.sample`, the same draws as `Chooser.choose`, noise
+made from the same random numbers), and
 the stopping rules are read off the chunk afterwards: they only end a row, never change its
 characters, so the text is the one the step-by-step loop gives. Otherwise each step is choose +
 (rules) + step in Python.
@@ -136,8 +137,9 @@ def sample_chunks(stepper, chooser: Chooser, logits: np.ndarray, k: int,
                     done = True
                     break
         else:
+            chooser.refill(t, n)
             for j in range(n):
-                chooser.choose(current, t + j, ids[j])
+                chooser.choose(current, j, ids[j])
                 if rules is not None:
                     done = rules.apply(ids[j], t + j)
                 if done:

@@ -23,10 +23,9 @@
 // embedded input is a row of `table` [V, G*H] (W_ih^T + b_ih, or E W_ih^T + b_ih). Then the decoder
 // panels give the logits, and sampling / scoring reads them.
 //
-// Sampling draws by inverting the softmax's cumulative distribution with one uniform number per
-// row and step: u = splitmix64(key_row + (counter + 1) * gamma), a counter-based stream that
-// rnn_train/prediction/choose.py computes identically in NumPy, so a row's random numbers depend
-// only on its key and its position, never on the batch or the path.
+// Sampling is choose.py's Gumbel-max draw, its noise made here from the row's counter-based random
+// stream (splitmix64 of the row's key and the position), which choose.py computes alike in NumPy:
+// a row's random numbers depend only on its key and its position, never on the batch or the path.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
@@ -354,10 +353,44 @@ inline uint64_t splitmix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// Row `key`'s uniform number at position `counter`: 53 random bits, in (0, 1).
-inline double uniform(uint64_t key, uint64_t counter) {
-  const uint64_t z = splitmix64(key + (counter + 1) * 0x9E3779B97F4A7C15ULL);
-  return ((double)(z >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ULL;  // splitmix64's counter increment
+
+// log x for a positive normal float, branch-free so that a loop calling it vectorises: x = m 2^e
+// with m in [sqrt(1/2), sqrt(2)), log x = e ln2 + log1p(f), f = m - 1, and log1p(f) = f - f^2/2 +
+// f^3 q(f), q a degree-8 polynomial fitted to it on that interval (<= 1.5 ulp against log).
+inline float log_poly(float x) {
+  int32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  int32_t e = ((bits >> 23) & 0xff) - 127;
+  bits = (bits & 0x007fffff) | 0x3f800000;
+  float m;
+  std::memcpy(&m, &bits, sizeof m);  // [1, 2)
+  const bool big = m > 1.41421356f;
+  m = big ? m * 0.5f : m;
+  e = big ? e + 1 : e;
+  const float f = m - 1.0f, z = f * f;
+  float q = 0.07055386900901794f;
+  q = q * f - 0.11419478803873062f;
+  q = q * f + 0.11628054827451706f;
+  q = q * f - 0.12429936975240707f;
+  q = q * f + 0.14254947006702423f;
+  q = q * f - 0.16667811572551727f;
+  q = q * f + 0.20000553131103516f;
+  q = q * f - 0.24999995529651642f;
+  q = q * f + 0.3333333134651184f;
+  const float ef = (float)e;
+  return ef * 0.693359375f + (ef * -2.12194440e-4f + (f + (-0.5f * z + z * f * q)));  // ln2 in two parts
+}
+
+// The Gumbel noise of one row for its character at `position`: g[v] = -log(-log(U_v)) with U_v from
+// the row's counter-based stream (rnn_train/prediction/choose.py spells out the same numbers).
+inline void gumbel_noise(uint64_t key, uint64_t position, int64_t V, float* __restrict g) {
+  const uint64_t first = position * (uint64_t)V + 1;
+  for (int64_t v = 0; v < V; ++v) {
+    const uint64_t z = splitmix64(key + (first + (uint64_t)v) * kGamma);
+    const float u = ((float)(int32_t)(z >> 41) + 0.5f) * (1.0f / 8388608.0f);  // (k + 1/2) / 2^23, exact
+    g[v] = -log_poly(-log_poly(u));
+  }
 }
 
 // The first index of the largest logit (NumPy's argmax).
@@ -369,26 +402,19 @@ int64_t argmax(const T* l, int64_t V) {
   return best;
 }
 
-// A draw from softmax(l): the first i whose cumulative e_0 + ... + e_i exceeds u * sum(e), with
-// e = exp(l - max(l)) (0 more than 87 below the max), the sums in double.
+// A draw from softmax(l) (the Gumbel-max trick): the first index of the largest l[v] + g[v].
 template <typename T>
-int64_t draw(const T* l, int64_t V, double u, T* e) {
-  const T m = l[argmax(l, V)];
-  for (int64_t i = 0; i < V; ++i) {
-    const T x = l[i] - m;
-    e[i] = x < T(-87) ? T(0) : exp_poly(x);
+int64_t draw(const T* l, int64_t V, const float* g) {
+  int64_t best = 0;
+  T top = l[0] + (T)g[0];
+  for (int64_t v = 1; v < V; ++v) {
+    const T x = l[v] + (T)g[v];
+    if (x > top) {
+      top = x;
+      best = v;
+    }
   }
-  double total = 0;
-  for (int64_t i = 0; i < V; ++i) total += (double)e[i];
-  const double target = u * total;
-  double cum = 0;
-  int64_t last = 0;
-  for (int64_t i = 0; i < V; ++i) {
-    if (e[i] > T(0)) last = i;
-    cum += (double)e[i];
-    if (cum > target) return i;
-  }
-  return last;  // u * total rounded up to the total
+  return best;
 }
 
 // Logits of the tile's row r into out (V values): times the row's scale, <unk> (index 0) set to unk_logit.
@@ -479,7 +505,7 @@ void decode_step(const std::vector<at::Tensor>& weights, int64_t cell, at::Tenso
 }
 
 // `n` characters per row: choice j is drawn from the current logits [B, V] (greedy for rows of
-// temperature 0, else with the row's uniform number at position counters[row] + j) into
+// temperature 0, else with the row's Gumbel noise for position counters[row] + j) into
 // out[j, row]; for j < advance it is then fed to the model, whose new logits (times 1 / temperature,
 // <unk> masked) replace the current ones. The state and the logits are left after the last step.
 void decode_sample(const std::vector<at::Tensor>& weights, int64_t cell, at::Tensor h, std::optional<at::Tensor> c,
@@ -509,14 +535,17 @@ void decode_sample(const std::vector<at::Tensor>& weights, int64_t cell, at::Ten
       using S = Shape<T, G>;
       over_row_blocks(B, [&](int64_t b0, int64_t b1) {
         Group<T> grp(b0, b1, S::MR, S::W, net.H, net.nd);
-        std::vector<T> e(V);
+        std::vector<float> g(V);
         State<T> mine = st;
         for (int64_t j = 0; j < n; ++j) {
           for (int64_t b = b0; b < b1; ++b) {
             const T* row = lg + b * V;
-            ids[j * B + b] = rc.temperature[b] > 0
-                                 ? draw<T>(row, V, uniform((uint64_t)rc.keys[b], (uint64_t)(rc.counters[b] + j)), e.data())
-                                 : argmax<T>(row, V);
+            if (rc.temperature[b] > 0) {
+              gumbel_noise((uint64_t)rc.keys[b], (uint64_t)(rc.counters[b] + j), V, g.data());
+              ids[j * B + b] = draw<T>(row, V, g.data());
+            } else {
+              ids[j * B + b] = argmax<T>(row, V);
+            }
           }
           if (j >= advance) continue;
           step_group<T, G>(net, mine, grp, ids + j * B + b0, 1, true);
