@@ -230,6 +230,42 @@ def test_rows_take_their_own_temperature_and_state(runs, kernel):
     np.testing.assert_allclose(s.step(ids)[1], want.step(ids[:1])[0], rtol=1e-5)
 
 
+def test_bf16_steps_stay_close_to_the_module_and_batch_invariant_where_amx_runs(runs, capsys, monkeypatch):
+    monkeypatch.setattr(stepper_module, "_NOTES", set())
+    model, vocab, _ = _load(runs, "lstm2_learned")
+    stepper = make_stepper(model, 5, 1.0, precision="bf16")
+    if not kernel_stepper.bf16_available():  # an AVX2 or AVX-512 machine without AMX: said once, float32 used
+        assert stepper.precision == "fp32" and "sampling in float32" in capsys.readouterr().err
+        return
+    assert stepper.precision == "bf16"
+    ids = encode_prefix(vocab, "ni hao\nzhong guo ren min\nshi jie he ping\n" * 4)
+    with torch.no_grad():
+        logits, _ = model(ids)
+    logits[..., 0] = float("-inf")
+    expected = torch.softmax(logits[0].double(), dim=-1).numpy()  # [P, V]
+    alone = make_stepper(model, 1, 1.0, precision="bf16")
+    for t, i in enumerate(ids[0].tolist()):
+        got = stepper.step(np.repeat(i, 5))
+        assert all(np.array_equal(got[r], got[0]) for r in range(5))  # rows alike, bit for bit
+        assert np.array_equal(alone.step(np.array([i]))[0], got[0])  # and as at batch 1
+        probs = softmax(got[:1].astype(np.float64))[0]
+        assert np.abs(probs - expected[t]).max() < 0.03  # bf16 products: ~1e-3 typical (docs/sampling.md)
+    float64 = CharRNN(len(vocab), "gru", 8).double()
+    assert make_stepper(float64, 2, 1.0, precision="bf16").precision == "fp32"
+    assert "sampling in float32" in capsys.readouterr().err
+
+
+def test_cli_precision_bf16_says_what_ran(runs):
+    out = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(runs / "gru"), "--prefix", "ni", "-k", "80",
+                          "--temperature", "0.8", "--seed", "1", "--precision", "bf16"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    if kernel_stepper.bf16_available():
+        assert "bf16 steps" in out.stdout and out.stderr == ""
+    else:
+        assert "sampling in float32" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
 def test_unk_is_never_generated_even_when_the_model_prefers_it():
     torch.manual_seed(0)
     vocab = Vocab.build("abc d\n")

@@ -42,8 +42,11 @@ class SamplingOptions:
     top_k: int = 0  # sample among the k most likely characters only (0 = all)
     top_p: float = 1.0  # sample among the fewest most likely characters whose probabilities reach p
     seed: int | None = None  # None: fresh entropy from the OS
+    precision: str = "fp32"  # the steps' products: fp32, or bf16 on AMX tiles (stepper.make_stepper)
 
     def __post_init__(self):
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"--precision must be fp32 or bf16, got {self.precision!r}")
         if not 0 <= self.temperature < float("inf"):
             raise UserError(f"--temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:

@@ -107,7 +107,7 @@ def stream_after(model: CharRNN, vocab: Vocab, logits: torch.Tensor, state: Stat
     if num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {num_samples}")
     first = _real_char_logits(logits).cpu().numpy()  # [V]
-    stepper = make_stepper(model, num_samples, options.temperature)
+    stepper = make_stepper(model, num_samples, options.temperature, precision=options.precision)
     first = np.where(np.isfinite(first), first / (options.temperature or 1.0), UNK_LOGIT).astype(stepper.dtype)
     stepper.load_state(state)
     chooser = Chooser(options, num_samples, len(vocab), stepper.dtype)

@@ -55,6 +55,16 @@ def decode_ops():
     return ops if ops is not None and hasattr(ops, "decode_step") else None
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def bf16_available() -> bool:
+    """Whether the bf16 steps run here: the C++ kernels built for a CPU with AMX tiles (and the
+    kernel's permission to use them)."""
+    ops = decode_ops()
+    return ops is not None and bool(ops.decode_amx_available())
+
+
 def supports(model: CharRNN) -> bool:
     """Whether this stepper can run `model` here: its cell has a "decode" hook, its weights are
     float32 or float64, and the C++ kernels are built."""
@@ -68,10 +78,17 @@ class KernelStepper:
 
     kernel = "cpp"
 
-    def __init__(self, model: CharRNN, batch: int, temperature: float = 0.0, mask_unk: bool = True):
+    def __init__(self, model: CharRNN, batch: int, temperature: float = 0.0, mask_unk: bool = True,
+                 precision: str = "fp32"):
         ops = decode_ops()
         if ops is None:
             raise RuntimeError("the C++ kernels are not available on this machine")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        bf16 = precision == "bf16"
+        if bf16 and (model.decoder.weight.dtype != torch.float32 or not ops.decode_amx_available()):
+            raise RuntimeError("bf16 steps need a float32 model and a CPU with AMX tiles (kernel_stepper.bf16_available)")
+        self.precision = precision
         self._ops, self.spec, self.batch = ops, model.spec, batch
         self._cell = model.spec.hook("decode").id
         params = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters()}
@@ -88,12 +105,13 @@ class KernelStepper:
             table = torch.addmm(b_ih0, params["embed.weight"], w_ih0.t())
         else:  # one-hot: row x of W_ih^T, plus the bias
             table = w_ih0.t() + b_ih0
-        dec, dec_bias = ops.decode_pack_decoder(w_dec, params["decoder.bias"])
+        dec, dec_bias = ops.decode_pack_decoder(w_dec, params["decoder.bias"], bf16)
         weights = [table.contiguous(), dec, dec_bias]
         for layer in range(self.layers):
-            weights += ops.decode_pack_gates(params[f"rnn.weight_hh_l{layer}"], bias("bias_hh", layer), self._cell)
+            weights += ops.decode_pack_gates(params[f"rnn.weight_hh_l{layer}"], bias("bias_hh", layer), self._cell, bf16)
             if layer:
-                weights += ops.decode_pack_gates(params[f"rnn.weight_ih_l{layer}"], bias("bias_ih", layer), self._cell)
+                weights += ops.decode_pack_gates(params[f"rnn.weight_ih_l{layer}"], bias("bias_ih", layer), self._cell,
+                                                 bf16)
         self._weights = weights
         self.vocab_size = w_dec.shape[0]
         shape = (self.layers, batch, self.hidden)

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 
 import numpy as np
@@ -144,7 +145,7 @@ class Stepper:
         raise NotImplementedError
 
     # -- shared
-    kernel = "numpy"
+    kernel, precision = "numpy", "fp32"
 
     def set_temperature(self, temperature, rows=None) -> None:
         """The temperature of every row (or of `rows`, an index array or slice): a number or one per
@@ -269,23 +270,39 @@ KERNELS = ("auto", "cpp", "numpy")
 
 
 def make_stepper(model: CharRNN, batch: int, temperature: float = 0.0, rows: int | None = None,
-                 kernel: str = "auto"):
+                 kernel: str = "auto", precision: str = "fp32"):
     """A stepper of `model` for `batch` rows; logits come out divided by `temperature` (> 0).
 
     kernel "auto": the C++ one (kernel_stepper.KernelStepper) where it runs this model here, else
     NumPy; "cpp" or "numpy" to ask for one. The NumPy stepper's GEMMs run in blocks of `rows` rows,
-    by default the measured `gemm_rows(model, batch)`."""
+    by default the measured `gemm_rows(model, batch)`. precision "bf16" runs the C++ steps' products
+    on AMX tiles in bfloat16 (probabilities to ~1e-3 instead of 1e-5, docs/sampling.md); where that
+    cannot run (no AMX, no C++ kernels, a float64 model) one note says so and float32 is used."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel != "numpy":
-        from rnn_train.prediction import kernel_stepper
+    from rnn_train.prediction import kernel_stepper
 
-        if kernel_stepper.supports(model):
-            return kernel_stepper.KernelStepper(model, batch, temperature)
-        if kernel == "cpp":
-            raise RuntimeError("the C++ steps cannot run this model here (no C++ kernels, or a cell without a "
-                               "'decode' hook)")
+    cpp = kernel != "numpy" and kernel_stepper.supports(model)
+    if kernel == "cpp" and not cpp:
+        raise RuntimeError("the C++ steps cannot run this model here (no C++ kernels, or a cell without a "
+                           "'decode' hook)")
+    if precision == "bf16" and not (cpp and kernel_stepper.bf16_available() and model.decoder.weight.dtype == torch.float32):
+        _note_once("--precision bf16 needs the C++ kernels, a CPU with AMX tiles and a float32 model; "
+                   "sampling in float32")
+        precision = "fp32"
+    if cpp:
+        return kernel_stepper.KernelStepper(model, batch, temperature, precision=precision)
     return stepper_class(model)(model, batch, temperature, rows or gemm_rows(model, batch))
+
+
+_NOTES: set[str] = set()
+
+
+def _note_once(message: str) -> None:
+    """One stderr line per process and message (a server makes many steppers)."""
+    if message not in _NOTES:
+        _NOTES.add(message)
+        print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def sampling_key(model: CharRNN, batch: int) -> str:
