@@ -14,6 +14,7 @@ the same prefix (`stream_after`, what predict.py runs); the prefix warm-up is ou
   cannot be built), with today's chooser.
 - ``cpp``: the C++ generation steps (rnn_train/prediction/kernel_stepper.py), what predict.py
   takes wherever the kernels are built.
+- ``cpp-bf16``: the same with `--precision bf16` (products on AMX tiles), where the CPU has them.
 
 Runs are interleaved (every variant once per round, rounds repeated) and the median is reported,
 with the CPU time per character beside it: the machine is shared and noisy, and a variant's
@@ -102,7 +103,7 @@ def numpy_before(model: CharRNN, vocab: Vocab, k: int, n: int) -> None:
             current = s.step(ids)
 
 
-def today(kernel: str):
+def today(kernel: str, precision: str = "fp32"):
     def run(model: CharRNN, vocab: Vocab, k: int, n: int) -> None:
         logits, state = warm_up(model, encode_prefix(vocab, PREFIX))
         saved = stepper.make_stepper
@@ -110,8 +111,9 @@ def today(kernel: str):
         import rnn_train.prediction.generate as generate
 
         generate.make_stepper = stepper_for
+        options = SamplingOptions(TEMPERATURE, seed=1, precision=precision)
         try:
-            for _ in stream_after(model, vocab, logits, state, k, SamplingOptions(TEMPERATURE, seed=1), num_samples=n):
+            for _ in stream_after(model, vocab, logits, state, k, options, num_samples=n):
                 pass
         finally:
             generate.make_stepper = saved
@@ -147,6 +149,8 @@ def main() -> None:
     paths = {"module": module_loop, "numpy-before": numpy_before, "numpy": today("numpy")}
     if cpp:
         paths["cpp"] = today("cpp")
+    if cpp and kernel_stepper.bf16_available():
+        paths["cpp-bf16"] = today("cpp", "bf16")
     print(f"H={args.hidden}, V={len(vocab)}, temperature {TEMPERATURE}, torch threads {torch.get_num_threads()}, "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, {args.rounds} rounds (medians); "
           f"C++ steps {'built' if cpp else 'NOT available'}; load average {os.getloadavg()[0]:.1f}")
@@ -169,6 +173,7 @@ def main() -> None:
         return f"{statistics.median(wall[key]):>10,.0f} {statistics.median(cpu[key]):>6.1f}"
 
     head = "".join(f"{p:>18}" for p in paths)
+    print("(each path: chars/s wall clock, then CPU microseconds per char)")
     print(f"\nbatch 1, chars/s and CPU us/char{' ' * 4}{head}     cpp / numpy-before")
     for c in cells:
         line = f"{c.upper()}-{args.hidden:<31}" + "".join(f" {cell_text(('1', c, p))}" for p in paths)

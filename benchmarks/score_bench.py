@@ -92,7 +92,8 @@ def difference(args) -> None:
         model, vocab, cfg, _ = load_model(checkpoint)
         pieces = list(model_text(path, cfg.data))
         exact = score.score_pieces(model, vocab, pieces, exact=True)
-        line = f"{Path(checkpoint).name[:33]:34}{exact.chars:>11,}{exact.loss / math.log(2):>11.5f}"
+        name = Path(checkpoint).parent.name if Path(checkpoint).suffix == ".pt" else Path(checkpoint).name
+        line = f"{name[:33]:34}{exact.chars:>11,}{exact.loss / math.log(2):>11.5f}"
         for s, w in settings:
             got = score.score_pieces(model, vocab, pieces, segment=s, warm_up=w)
             line += f"{(got.loss - exact.loss) / math.log(2):>+22.2e}"

@@ -14,7 +14,7 @@
 // on a tile of exactly that many rows (not a zero-padded one), so a row's numbers do not depend on
 // the batch size, on how the rows are split over threads or on which tile holds it: sample i of N
 // is bit for bit sample i of any other N on one machine. Rows never wait for each other, so the
-// threads split the rows and run a whole call without a barrier.
+// threads take blocks of rows and run each for the whole call, with no barrier between steps.
 //
 // Per step and row tile, for each layer: for each panel of PL hidden units, the recurrent product
 // [h, .] @ W_hh^T (and for layers above the first the input product h_below @ W_ih^T) of every gate
@@ -596,6 +596,7 @@ struct FloatEngine {
   const Net<T>& net;
   using Grp = Group<T>;
   using Scalar = T;
+  static constexpr int64_t block = Shape<T, G>::MR;  // rows per block of work: one tile
   Grp group(int64_t b0, int64_t b1) const { return Grp(b0, b1, Shape<T, G>::MR, Shape<T, G>::W, net.H, net.nd); }
   void begin(const Grp&) const {}
   void end() const {}
@@ -609,6 +610,7 @@ struct AmxEngine {
   const AmxNet& net;
   using Grp = AmxGroup;
   using Scalar = float;
+  static constexpr int64_t block = 16;  // one tile
   Grp group(int64_t b0, int64_t b1) const { return Grp(b0, b1, AmxShape<G>::WA, net.H, net.nd); }
   void begin(const Grp& grp) const {
 #if DECODE_AMX
@@ -627,19 +629,22 @@ struct AmxEngine {
 
 // ------------------------------------------------------------------------------------------ threads
 
-// Run f(b0, b1) over the rows split into one block per thread (no barrier: rows are independent).
+// Run f(b0, b1) over the rows in blocks of at most `block` rows (sizes as even as possible; at least
+// one block per thread where there are rows enough), handed to the threads one at a time as they
+// come free. Rows are independent, so nothing waits between blocks; and where the machine is
+// busy and one thread gets little CPU time, the other takes more blocks instead of waiting for
+// it at the end of the call (a fixed half per thread made two threads slower than one there).
 template <typename F>
-void over_row_blocks(int64_t B, const F& f) {
+void over_row_blocks(int64_t B, int64_t block, const F& f) {
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), B);
+  const int64_t blocks = std::max((B + block - 1) / block, threads);
+  auto bounds = [&](int64_t i) { return i * (B / blocks) + std::min(i, B % blocks); };
   if (threads <= 1) {
-    f(int64_t(0), B);
+    for (int64_t i = 0; i < blocks; ++i) f(bounds(i), bounds(i + 1));
     return;
   }
-#pragma omp parallel num_threads(threads)
-  {
-    const int64_t n = omp_get_num_threads(), k = omp_get_thread_num();
-    f(chunk_start(B, n, k, 1), chunk_start(B, n, k + 1, 1));
-  }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int64_t i = 0; i < blocks; ++i) f(bounds(i), bounds(i + 1));
 }
 
 // ------------------------------------------------------------------------------------------ choosing
@@ -827,10 +832,10 @@ void with_engine(const std::vector<at::Tensor>& weights, int64_t cell, int64_t V
   });
 }
 
-// One thread's share of the rows: its group, the tile config around the work.
+// A block of rows: its group (buffers), the tile config around the work.
 template <typename E, typename F>
 void on_row_blocks(const E& engine, int64_t B, const F& f) {
-  over_row_blocks(B, [&](int64_t b0, int64_t b1) {
+  over_row_blocks(B, E::block, [&](int64_t b0, int64_t b1) {
     auto grp = engine.group(b0, b1);
     if (grp.m <= 0) return;
     engine.begin(grp);
