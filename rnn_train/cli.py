@@ -29,6 +29,14 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def program() -> str:
+    """How the user called us, for usage lines and hints: `rnn-train` when installed, else `python -m rnn_train`.
+
+    `python -m rnn_train` is the spelling that also works in a bare checkout, so it is the default.
+    """
+    return "rnn-train" if sys.argv and sys.argv[0].endswith("rnn-train") else "python -m rnn_train"
+
+
 def report(error: UserError) -> int:
     """Print a user's mistake as the one line `error: <message>` on stderr -> exit status 2."""
     print(f"error: {error}", file=sys.stderr)

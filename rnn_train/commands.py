@@ -14,7 +14,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 
-from rnn_train.cli import ArgumentParser, run
+from rnn_train.cli import ArgumentParser, program, run
 
 
 @dataclass(frozen=True)
@@ -28,38 +28,37 @@ COMMANDS: dict[str, Command] = {
     "predict": Command("rnn_train.prediction.cli", "next character and a K-character continuation of a prefix"),
     "score": Command("rnn_train.prediction.score", "cross-entropy, perplexity and bits per character of a text under a model"),
     "sweep": Command("rnn_train.experiments.sweep.cli", "a grid of runs with the same budget; tables and plots"),
+    "tune": Command("rnn_train.experiments.tune.cli", "search hyperparameters (Optuna): pruning, resumable, many workers"),
     "bench": Command("rnn_train.experiments.bench", "training speed against the textbook loop, as ratios"),
     "gradflow": Command("rnn_train.teaching.gradflow", "||dL/dh_t|| over time: vanishing and exploding gradients"),
     "bptt": Command("rnn_train.teaching.bptt.compare", "the NumPy BPTT against torch.autograd, side by side"),
+    "explore": Command("rnn_train.explore.cli", "one offline HTML page that runs a model in the browser: type-ahead, units, gates"),
     "config": Command("rnn_train.config", "every config key with its type, default and meaning"),
     "recipes": Command("rnn_train.recipes", "the packaged recipes --config takes by name, or one recipe's YAML"),
     "download": Command("rnn_train.data.download", "fetch a public corpus a recipe reads into data/, SHA-256 checked"),
     "prepare": Command("rnn_train.data.cli", "turn a recipe's corpus into its cached token file (memory-mapped) now"),
+    "serve": Command("rnn_train.serve.cli", "a model behind an HTTP API (FastAPI): next, generate, score; requests batched"),
+    "export": Command("rnn_train.export", "a model's one-character step as an ONNX graph, checked with onnxruntime"),
 }
 
 
 def run_command(name: str, argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run one command as its own entry point would: one-line errors, exit status as an int."""
     module = importlib.import_module(COMMANDS[name].module)
-    prog = prog or f"{_program()} {name}"
+    prog = prog or f"{program()} {name}"
     return run(lambda args: module.main(args, prog=prog), argv)
-
-
-def _program() -> str:
-    """How the user called us, for usage lines: `rnn-train` when installed, else `python -m rnn_train`."""
-    return "rnn-train" if sys.argv and sys.argv[0].endswith("rnn-train") else "python -m rnn_train"
 
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {c.help}" for name, c in COMMANDS.items())
-    return f"commands:\n{rows}\n\n'{_program()} COMMAND --help' describes one command."
+    return f"commands:\n{rows}\n\n'{program()} COMMAND --help' describes one command."
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: {_program()} COMMAND [ARGS ...]\n\n{_usage()}")
+        print(f"usage: {program()} COMMAND [ARGS ...]\n\n{_usage()}")
         return 0 if argv else 2
     if argv[0] == "--version":
         from rnn_train import __version__
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rnn-train {__version__}")
         return 0
     if argv[0] not in COMMANDS:
-        ap = ArgumentParser(prog=_program())
+        ap = ArgumentParser(prog=program())
         from difflib import get_close_matches
 
         close = get_close_matches(argv[0], list(COMMANDS), n=1)

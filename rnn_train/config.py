@@ -239,6 +239,17 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def _convert_field(value: Any, cls: type, name: str, key: str, from_string: bool) -> Any:
+    """`value` converted to field `name` of section `cls` (its type, then its registered choices:
+    a field whose values come from a registry, like model.cell, names them in its metadata)."""
+    value = _convert(value, _field_types(cls)[name], key, from_string)
+    choices = {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("choices")
+    if choices is not None and value not in choices():
+        options = list(choices())
+        raise ValueError(f"{key} must be one of {' | '.join(options)}, got {value!r}{_did_you_mean(str(value), options)}")
+    return value
+
+
 def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
     """Convert `value` to the field type `tp`, or raise ValueError with a message naming `key`."""
     origin = typing.get_origin(tp)
@@ -316,6 +327,33 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def field_type(dotted: str) -> Any:
+    """The declared type of a config key (`model.hidden_size` -> int); a UserError with the closest
+    key for one that does not exist. For callers that name keys outside a config (search spaces)."""
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS or not key:
+        raise UserError(f"unknown key {dotted}{_did_you_mean(dotted, _all_keys())}")
+    types = _field_types(SECTIONS[section])
+    if key not in types:
+        raise UserError(f"unknown key {dotted}{_did_you_mean(dotted, _all_keys())}")
+    return types[key]
+
+
+def convert_value(dotted: str, value: Any) -> Any:
+    """`value` (from YAML, or a string as typed) converted to the key's type, exactly as a config
+    file's or an override's value is; a UserError naming the key if it cannot be."""
+    field_type(dotted)  # an unknown key: its own error
+    section, _, key = dotted.partition(".")
+    try:
+        return _convert_field(value, SECTIONS[section], key, dotted, from_string=isinstance(value, str))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _all_keys() -> list[str]:
+    return [f"{s}.{k}" for s, c in SECTIONS.items() for k in _field_types(c)]
+
+
 def parse_override(text: str) -> tuple[str, str]:
     """`train.lr=3e-3` -> ("train.lr", "3e-3")."""
     key, sep, value = text.partition("=")
@@ -358,11 +396,10 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
         for key, (value, from_string) in values[section].items():
             dotted = f"{section}.{key}"
             if key not in types:
-                all_keys = [f"{s}.{k}" for s, c in SECTIONS.items() for k in _field_types(c)]
-                problems.append(f"unknown key {dotted}{_did_you_mean(dotted, all_keys)}")
+                problems.append(f"unknown key {dotted}{_did_you_mean(dotted, _all_keys())}")
                 continue
             try:
-                kwargs[key] = _convert(value, types[key], dotted, from_string)
+                kwargs[key] = _convert_field(value, cls, key, dotted, from_string)
             except ValueError as e:
                 problems.append(str(e))
         try:
@@ -422,7 +459,7 @@ def config_to_yaml(cfg: Config) -> str:
 
 
 def describe_fields() -> list[tuple[str, str, str, str]]:
-    """(dotted key, type, default, doc) for every field: the source of the README's config reference."""
+    """(dotted key, type, default, doc) for every field: the source of the config reference (docs/config.md)."""
     import ast
     import inspect
 
@@ -443,7 +480,7 @@ def describe_fields() -> list[tuple[str, str, str, str]]:
 
 
 REFERENCE_BEGIN, REFERENCE_END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
-"""Where the README holds `config_reference()` (a test keeps it current)."""
+"""Where docs/config.md holds `config_reference()` (tests/test_readme.py keeps it current)."""
 
 
 def config_reference() -> str:
@@ -455,7 +492,7 @@ def config_reference() -> str:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m rnn_train config") -> int:
-    """`rnn-train config`: print the reference table (what the README's config section holds)."""
+    """`rnn-train config`: print the reference table (what docs/config.md holds)."""
     from rnn_train.cli import ArgumentParser
 
     ArgumentParser(prog=prog, description="Print every config key with its type, default and meaning "

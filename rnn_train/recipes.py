@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+from rnn_train.cli import program
 from rnn_train.errors import UserError
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -51,9 +52,7 @@ def find_recipe(name: str) -> Path:
         return path
     close = difflib.get_close_matches(stem, recipe_names(), n=1, cutoff=0.5)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    from rnn_train.commands import _program
-
-    raise UserError(f"unknown recipe {name!r}{hint}; `{_program()} recipes` lists them, or give a path to a YAML file")
+    raise UserError(f"unknown recipe {name!r}{hint}; `{program()} recipes` lists them, or give a path to a YAML file")
 
 
 def resolve_recipe(name_or_path: str | Path) -> Path:

@@ -6,10 +6,13 @@ directory for its best checkpoint) read them from one place without importing ea
         config.yaml               the resolved config (written first, before training starts)
         best.pt  last.pt          checkpoints (see training.state for what they hold)
         metrics.json              the TrainResult of a run that ended (not of an interrupted one)
-        events.out.tfevents.*     TensorBoard
+        events.out.tfevents.*     TensorBoard: the hparams record and text samples
+        train/ val/ test/         TensorBoard: each split's series (rnn_train/training/events.py)
 """
 
 CONFIG, BEST, LAST, METRICS = "config.yaml", "best.pt", "last.pt", "metrics.json"
 EVENTS = "events.out.tfevents.*"
-RUN_FILES = (BEST, LAST, METRICS, CONFIG, EVENTS)
+SPLITS = ("train", "val", "test")
+"""The subdirectories holding each split's TensorBoard series."""
+RUN_FILES = (BEST, LAST, METRICS, CONFIG, EVENTS, *(f"{split}/{EVENTS}" for split in SPLITS))
 """What a training run writes (glob patterns): what starting afresh in its directory removes."""

@@ -25,3 +25,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the whole session (tests/browser.py); a missing one fails the test."""
+    from tests.browser import chromium
+
+    with chromium() as b:
+        yield b

@@ -4,6 +4,7 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rnn_train.config import build_config
+from rnn_train.training.events import read_series
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,10 +19,12 @@ def tiny_config(tmp_path, *overrides, name="run"):
 
 
 def read_events(run_dir):
+    """The run directory's own event file: the hparams record and the text samples."""
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     return acc
 
 
-def scalar_series(run_dir, tag):
-    return [(e.step, e.value) for e in read_events(run_dir).Scalars(tag)]
+def scalar_series(run_dir, name):
+    """(step, value) of a series named SPLIT/NAME, e.g. "val/loss" (rnn_train/training/events.py)."""
+    return read_series(run_dir, name)

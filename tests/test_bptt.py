@@ -1,4 +1,4 @@
-"""The NumPy BPTT reference (rnn_train/bptt.py) is PyTorch's RNN/GRU/LSTM, gradient for gradient.
+"""The NumPy BPTT reference (rnn_train/teaching/bptt/) is PyTorch's RNN/GRU/LSTM, gradient for gradient.
 
 Specification in four parts:
 1. On random shapes, the forward outputs and every gradient equal torch.autograd on
@@ -6,7 +6,7 @@ Specification in four parts:
    differences; float32 runs in float32 and matches too.
 2. Three published worked examples reproduce exactly.
 3. The small helpers (linear, softmax cross-entropy, torch name conversion) and input checks.
-4. `python -m rnn_train.bptt` prints the comparison table and exits 0 only when all match.
+4. `python -m rnn_train bptt` prints the comparison table and exits 0 only when all match.
 
 The torch reference below is written independently of the CLI's, so the tests do not trust
 the code they check.
@@ -535,7 +535,7 @@ def test_cli_rejects_nonsense_arguments_with_usage_error(capsys):
 
 def test_python_dash_m_entry_point_runs_the_comparison():
     done = subprocess.run(
-        [sys.executable, "-m", "rnn_train.bptt", "--cell", "rnn", "--steps", "3", "--activation", "relu", "--no-bias"],
+        [sys.executable, "-m", "rnn_train", "bptt", "--cell", "rnn", "--steps", "3", "--activation", "relu", "--no-bias"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr

@@ -1,4 +1,4 @@
-"""Gradient-flow report (rnn_train/gradflow.py): per-step norms ||dL/dh_t|| and ||dL_T/dh_t||.
+"""Gradient-flow report (rnn_train/teaching/gradflow.py): per-step norms ||dL/dh_t|| and ||dL_T/dh_t||.
 
 Specification:
 1. On hand-set RNNs the norms equal values worked out by hand: W_hh = a·I with a ReLU kept in
@@ -292,7 +292,7 @@ def test_cli_user_errors_are_one_line_with_status_2(run_dir, tmp_path, capsys):
     from rnn_train.cli import run
 
     # the real entry point once, in a subprocess
-    p = subprocess.run([sys.executable, "-m", "rnn_train.gradflow", "--checkpoint", str(tmp_path / "missing.pt")],
+    p = subprocess.run([sys.executable, "-m", "rnn_train", "gradflow", "--checkpoint", str(tmp_path / "missing.pt")],
                        cwd=ROOT, capture_output=True, text=True)
     assert (p.returncode, p.stdout) == (2, "")
     assert p.stderr.startswith("error: ") and "missing.pt" in p.stderr and len(p.stderr.splitlines()) == 1

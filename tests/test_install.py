@@ -90,8 +90,11 @@ def test_the_installed_package_comes_from_the_venv_with_every_recipe(installed):
     assert ROOT not in where.parents and "site-packages" in where.parts
     recipes = {p.name: p.read_bytes() for p in (site / "configs").glob("*.yaml")}
     assert recipes == {p.name: p.read_bytes() for p in (ROOT / "configs").glob("*.yaml")}
-    for sub in ("data", "model", "training", "prediction", "kernels", "teaching/bptt", "experiments/sweep"):
+    for sub in ("data", "model", "training", "prediction", "kernels", "teaching/bptt", "experiments/sweep", "explore"):
         assert (site / sub / "__init__.py").is_file(), sub
+    # the explorer's page and every cell's JavaScript step travel as package data
+    for name in ("explore.html", "explore.css", "explore.js", "cells/gru.js", "cells/lstm.js", "cells/rnn.js"):
+        assert (site / "explore" / "static" / name).read_bytes() == (ROOT / "rnn_train/explore/static" / name).read_bytes()
 
 
 def test_rnn_train_help_lists_the_commands_and_recipes_one_line_each(installed):

@@ -58,12 +58,10 @@ def _pinyin(partition: str) -> dict:
     return {"kind": "pinyin", "val_fraction": 0.02, "partition": partition}
 
 
-def _scalars(run_dir: Path, tag: str) -> dict[int, float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+def _scalars(run_dir: Path, name: str) -> dict[int, float]:
+    from rnn_train.training.events import read_series
 
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {e.step: e.value for e in acc.Scalars(tag)}
+    return dict(read_series(run_dir, name))
 
 
 def _max_rel(a, b) -> float:

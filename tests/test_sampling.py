@@ -14,6 +14,7 @@ from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN
 from rnn_train.model.checkpoint import load_model
+from rnn_train.prediction import choose as choose_module
 from rnn_train.prediction import cli
 from rnn_train.prediction.choose import (Chooser, SamplingOptions, gumbel_noise, nucleus_filter, row_keys, softmax,
                                          uniforms)
@@ -154,8 +155,18 @@ def test_each_row_has_its_own_counter_based_stream():
     assert np.array_equal(uniforms(keys, 2, 2, 5), u[:, 2:])  # a position's numbers: wherever the chunk starts
     assert np.array_equal(uniforms(keys, np.array([0, 2, 1]), 1, 5)[:, 0], u[[0, 1, 2], [0, 2, 1]])  # per row
     assert not np.array_equal(uniforms(row_keys(8, 3), 0, 4, 5), u)  # another seed, other numbers
-    g = gumbel_noise(row_keys(3, 1), 0, 20000, 10, np.float32)
+    g = gumbel_noise(row_keys(3, 1), 0, 20000, 10)
     assert abs(g.mean() - 0.5772) < 0.01 and abs(g.var() - np.pi ** 2 / 6) < 0.05  # Gumbel(0, 1)
+
+
+def test_the_noise_is_the_formula_and_the_temperature_scales_it(monkeypatch):
+    keys = row_keys(5, 3)
+    g = gumbel_noise(keys, np.array([0, 7, 3]), 6, 11, np.array([1.0, 0.5, 2.0]))  # the C++ function, if built
+    u = np.stack([uniforms(keys[i:i + 1], p, 6, 11)[0] for i, p in enumerate([0, 7, 3])]).astype(np.float64)
+    plain = -np.log(-np.log(u))
+    np.testing.assert_allclose(g, plain * np.array([1.0, 0.5, 2.0])[:, None, None], rtol=2e-6, atol=2e-6)
+    monkeypatch.setattr(choose_module, "_noise_op", lambda: None)  # NumPy's own
+    assert np.array_equal(gumbel_noise(keys, 0, 6, 11, 0.5), np.float32(0.5) * gumbel_noise(keys, 0, 6, 11))
 
 
 def test_nucleus_keeps_the_fewest_most_likely_characters_that_reach_p():
@@ -249,7 +260,7 @@ def test_bf16_steps_stay_close_to_the_module_and_batch_invariant_where_amx_runs(
         assert all(np.array_equal(got[r], got[0]) for r in range(5))  # rows alike, bit for bit
         assert np.array_equal(alone.step(np.array([i]))[0], got[0])  # and as at batch 1
         probs = softmax(got[:1].astype(np.float64))[0]
-        assert np.abs(probs - expected[t]).max() < 0.03  # bf16 products: ~1e-3 typical (docs/sampling.md)
+        assert np.abs(probs - expected[t]).max() < 0.03  # bf16 products: ~1e-3 typical (docs/prediction.md)
     float64 = CharRNN(len(vocab), "gru", 8).double()
     assert make_stepper(float64, 2, 1.0, precision="bf16").precision == "fp32"
     assert "sampling in float32" in capsys.readouterr().err

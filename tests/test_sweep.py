@@ -1,7 +1,9 @@
-"""Specification of rnn_train.sweep: grid/budget parsing, up-front validation, results, plots, resume."""
+"""Specification of `rnn-train sweep`: grid/budget parsing, up-front validation, results, plots, resume
+(the sweep is an Optuna study with a grid sampler: tests/test_tune.py specifies the engine itself)."""
 import csv
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,7 +129,7 @@ def test_plan_rejects_bad_grids(tmp_path, grid, fixed, message):
 def test_bad_grid_key_fails_at_once_with_nothing_written(tmp_path):
     """The real entry point: one `error: ...` line, exit status 2, no sweep directory."""
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "rnn_train.sweep", "--config", "configs/debug.yaml",
+    proc = subprocess.run([sys.executable, "-m", "rnn_train", "sweep", "--config", "configs/debug.yaml",
                            "--grid", "data.num_steps=5,10", "model.cel=rnn,gru", "--budget", "tokens:1k",
                            "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -178,8 +180,10 @@ def test_sweep_writes_one_row_per_run(finished):
         data = (finished / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
     for name in NAMES:
-        for f in ("config.yaml", "best.pt", "last.pt", "metrics.json", "sweep_run.json"):
+        for f in ("config.yaml", "best.pt", "last.pt", "metrics.json"):
             assert (finished / name / f).is_file(), (name, f)
+    assert (finished / "study.db").is_file()  # the study: Optuna's SQLite storage in the sweep directory
+    assert payload["sweep"]["study"].startswith("sweep-debug-")
 
 
 def test_every_run_has_its_hparams_record(finished):
@@ -198,8 +202,10 @@ def test_every_run_has_its_hparams_record(finished):
                       int(hp["train.max_tokens"].number_value))
         assert "_hparams_/session_end_info" in content
         metrics = json.loads((finished / name / "metrics.json").read_text())
-        (logged,) = ea.Scalars("hparam/val_ppl")
-        assert logged.value == pytest.approx(metrics["val_ppl"], rel=1e-5)
+        from rnn_train.training.events import read_series
+
+        # the HPARAMS metrics are the series' last points (rnn_train/training/events.py)
+        assert read_series(finished / name, "val/ppl")[-1][1] == pytest.approx(metrics["val_ppl"], rel=1e-5)
     assert seen == {"num_steps=5,cell=rnn": (5, "rnn", 240), "num_steps=5,cell=gru": (5, "gru", 240),
                     "num_steps=20,cell=rnn": (20, "rnn", 240), "num_steps=20,cell=gru": (20, "gru", 240)}
 
@@ -208,7 +214,7 @@ def test_rerun_skips_everything_and_a_changed_budget_is_refused(finished, cache,
     mtimes = {n: (finished / n / "metrics.json").stat().st_mtime_ns for n in NAMES}
     assert run(sweep.main, sweep_argv(finished, cache)) == 0
     out = capsys.readouterr().out
-    assert out.count(": finished already (val ppl") == 4 and "0 trained (0 resumed), 4 skipped as finished" in out
+    assert ": training " not in out and "4 of 4 trials finished; 4 of 4 runs in the tables" in out
     assert {n: (finished / n / "metrics.json").stat().st_mtime_ns for n in NAMES} == mtimes
 
     argv = sweep_argv(finished, cache)
@@ -220,35 +226,49 @@ def test_rerun_skips_everything_and_a_changed_budget_is_refused(finished, cache,
     assert {n: (finished / n / "metrics.json").stat().st_mtime_ns for n in NAMES} == mtimes
 
 
-@pytest.mark.parametrize("where", ["between_runs", "during_run"])
-def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path, finished, cache, capsys, where):
+def test_adding_a_grid_value_trains_only_the_new_runs(tmp_path, finished, cache, capsys):
+    """A wider grid is another study, but its old grid points find their finished run directories."""
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    argv = sweep_argv(out, cache)
+    argv[argv.index("model.cell=rnn,gru")] = "model.cell=rnn,gru,lstm"
+    assert run(sweep.main, argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished; taken as it is") == 4
+    assert printed.count(": training ") == 2 and "6 of 6 trials finished" in printed
+    rows = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["run"] for r in rows] == ["num_steps=5,cell=rnn", "num_steps=5,cell=gru", "num_steps=5,cell=lstm",
+                                        "num_steps=20,cell=rnn", "num_steps=20,cell=gru", "num_steps=20,cell=lstm"]
+
+
+@pytest.mark.parametrize("how", ["signal", "exception"])
+def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path, finished, cache, capsys, how):
+    """Ctrl-C in a run (the trainer finishes the update and saves last.pt at step 7), or an interruption the
+    trainer does not catch (last.pt of the validation at step 6 stays): the rerun resumes that run and
+    keeps the finished ones; the results equal the uninterrupted sweep's (the trainer's exact resume)."""
     out = tmp_path / "out"
     plan = plan_for(out)
-    first, second = NAMES[0], NAMES[1]
+    victim = "num_steps=5,cell=gru"  # 12 updates, validated every 3
 
-    def after_run(name):  # Ctrl-C right after the first run finished
-        if where == "between_runs" and name == first:
-            raise KeyboardInterrupt
+    def on_step(name, step):
+        if name == victim and step == 7:
+            if how == "signal":
+                signal.raise_signal(signal.SIGINT)
+            else:
+                raise KeyboardInterrupt
 
-    def on_step(name, step):  # Ctrl-C in the middle of the second run: the trainer saves last.pt
-        if where == "during_run" and name == second and step == 7:
-            signal.raise_signal(signal.SIGINT)
-
-    outcome = sweep.run_sweep(plan, cache_dir=cache, log=lambda m: None, after_run=after_run, on_step=on_step)
-    assert outcome.interrupted and outcome.ran == [first] and len(outcome.rows) == 1
-    assert (out / "results.csv").read_text().count("\n") == 2  # header + the finished run
-    stamp = {f: (out / first / f).stat().st_mtime_ns for f in ("metrics.json", "best.pt", "last.pt")}
-    assert not (out / second / "metrics.json").exists()
-    assert (out / second / "last.pt").exists() == (where == "during_run")
+    outcome = sweep.run_sweep(plan, cache_dir=cache, log=lambda m: None, on_step=on_step)
+    assert outcome.interrupted and "1 failed" in outcome.summary
+    before = {r["run"] for r in outcome.rows}
+    assert victim not in before and (out / victim / "last.pt").exists() and not (out / victim / "metrics.json").exists()
+    stamp = {n: (out / n / "metrics.json").stat().st_mtime_ns for n in before}
 
     assert run(sweep.main, sweep_argv(out, cache)) == 0
     printed = capsys.readouterr().out
-    assert f"[1/4] {first}: finished already" in printed
-    assert ("resuming from last.pt at step 7" in printed) == (where == "during_run")
-    assert f"3 trained ({int(where == 'during_run')} resumed), 1 skipped as finished, 0 to go" in printed
-    assert {f: (out / first / f).stat().st_mtime_ns for f in ("metrics.json", "best.pt", "last.pt")} == stamp
+    assert f"({victim}): resuming {out / victim} from last.pt at step {7 if how == 'signal' else 6}" in printed
+    assert printed.count(": training ") == 4 - len(before) - 1
+    assert {n: (out / n / "metrics.json").stat().st_mtime_ns for n in before} == stamp
 
-    # the interrupted-and-resumed sweep ends where the uninterrupted one did (the trainer's exact resume)
     mine = json.loads((out / "results.json").read_text())["runs"]
     ref = json.loads((finished / "results.json").read_text())["runs"]
     assert [r["run"] for r in mine] == NAMES
@@ -277,7 +297,7 @@ def test_every_json_file_of_a_sweep_is_strict_json(finished):
 
     files = sorted(finished.rglob("*.json"))
     names = {f.name for f in files}
-    assert {"sweep.json", "results.json", "metrics.json", "sweep_run.json"} <= names
+    assert {"sweep.json", "results.json", "metrics.json"} <= names
     for f in files:
         json.loads(f.read_text(), parse_constant=refuse)
     metrics = json.loads((finished / NAMES[0] / "metrics.json").read_text())

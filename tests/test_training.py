@@ -8,6 +8,7 @@ import torch
 from rnn_train.model.checkpoint import load_checkpoint, load_model
 from rnn_train.config import build_config
 from rnn_train.data.dataset import prepare_data
+from rnn_train.training.events import series_names
 from rnn_train.training.trainer import train
 
 from tests.conftest import shared_corpus
@@ -34,10 +35,10 @@ def test_loss_falls_from_about_ln_v(tiny_run):
 def test_tensorboard_events_hold_every_promised_series(tiny_run):
     _, run_dir, result = tiny_run
     acc = read_events(run_dir)
-    tags = set(acc.Tags()["scalars"])
-    for tag in ("train/loss", "train/ppl", "train/bpc", "train/grad_norm", "train/clipped_fraction", "train/lr",
-                "train/tokens_per_s", "val/loss", "val/ppl", "val/bpc"):
-        assert tag in tags, tag
+    names = series_names(run_dir)
+    for name in ("train/loss", "train/ppl", "train/bpc", "train/grad_norm", "train/clipped_fraction", "train/lr",
+                 "train/tokens_per_s", "val/loss", "val/ppl", "val/bpc", "val/best_loss"):
+        assert name in names, name
     assert [s for s, _ in scalar_series(run_dir, "train/loss")] == list(range(5, 61, 5))
     assert [s for s, _ in scalar_series(run_dir, "val/loss")] == [20, 40, 60]
     for (_, loss), (_, ppl) in zip(scalar_series(run_dir, "val/loss"), scalar_series(run_dir, "val/ppl")):
@@ -45,10 +46,24 @@ def test_tensorboard_events_hold_every_promised_series(tiny_run):
     samples = acc.Tensors("sample/text_summary")
     assert [s.step for s in samples] == [20, 40, 60]
     assert len(samples[-1].tensor_proto.string_val[0].decode()) > 20
-    # hparams record with the final validation perplexity
+    # the hparams record, and no one-point scalar charts: its metrics are the series' last points
     plugin = acc.PluginTagToContent("hparams")
-    assert "_hparams_/session_start_info" in plugin
-    assert scalar_series(run_dir, "hparam/val_ppl")[0][1] == pytest.approx(result.val_ppl, rel=1e-5)
+    assert "_hparams_/session_start_info" in plugin and "_hparams_/session_end_info" in plugin
+    assert acc.Tags()["scalars"] == []  # the run directory itself holds no chart
+    assert scalar_series(run_dir, "val/ppl")[-1][1] == pytest.approx(result.val_ppl, rel=1e-5)
+    assert scalar_series(run_dir, "val/best_loss")[-1][1] == pytest.approx(result.best_val_loss, rel=1e-6)
+
+
+def test_training_and_validation_loss_share_a_chart(tiny_run):
+    """One tag per quantity, one directory per split: TensorBoard overlays train/ and val/ on one chart."""
+    _, run_dir, _ = tiny_run
+    from rnn_train.training.events import location
+
+    for metric in ("loss", "bpc", "ppl"):
+        (train_dir, train_tag), (val_dir, val_tag) = location(f"train/{metric}"), location(f"val/{metric}")
+        assert train_tag == val_tag and train_tag.startswith("loss/") and (train_dir, val_dir) == ("train", "val")
+        assert train_tag in read_events(run_dir / "train").Tags()["scalars"]
+        assert val_tag in read_events(run_dir / "val").Tags()["scalars"]
 
 
 def test_run_dir_holds_resolved_config_and_metrics(tiny_run):

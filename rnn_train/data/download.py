@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from rnn_train.cli import program
 from rnn_train.errors import UserError
 from rnn_train.files import atomic_write_bytes
 
@@ -58,19 +59,12 @@ _CHUNK = 1 << 16
 _TIMEOUT_S = 30
 
 
-def _program() -> str:
-    """`rnn-train` when called through it, else `python -m rnn_train` (which works in a bare checkout too)."""
-    from rnn_train.commands import _program
-
-    return _program()
-
-
 def hint_for(path: str | Path) -> str:
     """For a missing corpus file: the command that fetches it there, or "" if no corpus lives there."""
     wanted = Path(path).resolve()
     for name, corpus in CORPORA.items():
         if Path(corpus.target).resolve() == wanted:
-            return f"run `{_program()} download {name}` to fetch it"
+            return f"run `{program()} download {name}` to fetch it"
     return ""
 
 

@@ -38,6 +38,7 @@ one place which backend implements which cell:
     decode        rnn_train.prediction.kernel_stepper: the cell's id in the C++ generation and
                   scoring steps (csrc/decode.cpp)
     bptt          rnn_train.teaching.bptt: the backward pass written as the derivation
+    js            rnn_train.explore.cells_js: the step in JavaScript, for `rnn-train explore`'s page
 """
 from __future__ import annotations
 
@@ -218,17 +219,18 @@ register(CellSpec(
     hooks={"native": "RNN", "python_loop": "rnn_train.kernels.python_layers:RNN_LOOP",
            "cpp_loop": "rnn_train.kernels.cpp_layers:RNN_LOOP", "stepper": "rnn_train.prediction.stepper:RNNStepper",
            "decode": "rnn_train.prediction.kernel_stepper:RNN",
-           "bptt": "rnn_train.teaching.bptt.rnn:BPTT"}))
+           "bptt": "rnn_train.teaching.bptt.rnn:BPTT", "js": "rnn_train.explore.cells_js:RNN"}))
 register(CellSpec(
     name="gru", summary="gated recurrent unit (reset r, update z, candidate n)", blocks=("r", "z", "n"), step=gru_step,
     keep_gate="z",
     hooks={"native": "GRU", "python_loop": "rnn_train.kernels.python_layers:GRU_LOOP",
            "cpp_loop": "rnn_train.kernels.cpp_layers:GRU_LOOP", "stepper": "rnn_train.prediction.stepper:GRUStepper",
            "decode": "rnn_train.prediction.kernel_stepper:GRU",
-           "bptt": "rnn_train.teaching.bptt.gru:BPTT"}))
+           "bptt": "rnn_train.teaching.bptt.gru:BPTT", "js": "rnn_train.explore.cells_js:GRU"}))
 register(CellSpec(
     name="lstm", summary="long short-term memory (input i, forget f, cell g, output o; cell state c)",
     blocks=("i", "f", "g", "o"), step=lstm_step, state=("h", "c"), keep_gate="f",
     hooks={"native": "LSTM", "cpp_loop": "rnn_train.kernels.cpp_layers:LSTM_LOOP",
            "stepper": "rnn_train.prediction.stepper:LSTMStepper",
-           "decode": "rnn_train.prediction.kernel_stepper:LSTM", "bptt": "rnn_train.teaching.bptt.lstm:BPTT"}))
+           "decode": "rnn_train.prediction.kernel_stepper:LSTM", "bptt": "rnn_train.teaching.bptt.lstm:BPTT",
+           "js": "rnn_train.explore.cells_js:LSTM"}))

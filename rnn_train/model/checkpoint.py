@@ -15,6 +15,7 @@ Why atomic: a crash or Ctrl-C in the middle of `torch.save` must never leave a h
 """
 from __future__ import annotations
 
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -101,3 +102,23 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
                         f"({str(e).splitlines()[0][:120]})") from None
     model.to(device).eval()
     return model, vocab, cfg, ckpt
+
+
+def describe(model, vocab, cfg, ckpt: dict) -> dict:
+    """A loaded model (`load_model`'s four values) as plain data: what `rnn-train serve` answers at
+    GET /v1/model and `rnn-train export` writes beside the graph."""
+    m = cfg.model
+    return {"cell": m.cell, "num_layers": m.num_layers, "hidden_size": m.hidden_size, "embedding": m.embedding,
+            "embed_dim": m.embed_dim if m.embedding == "learned" else None, "dtype": m.dtype,
+            "state": list(model.spec.state), "parameters": sum(p.numel() for p in model.parameters()),
+            "vocab_size": len(vocab), "vocab": list(vocab.itos),
+            "corpus": {"kind": cfg.data.kind, "tones": cfg.data.tones, "letters_only": cfg.data.letters_only},
+            "steps": int(ckpt.get("step", 0)), "val_loss": _number(ckpt.get("val_loss")),
+            "best_val_loss": _number(ckpt.get("best_val_loss"))}
+
+
+def _number(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None

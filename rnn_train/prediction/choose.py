@@ -7,19 +7,28 @@ cumulative sum and no search per step, only an add and an argmax, and the noise 
 made in one call. Filters set the logits they remove to -inf first, so the draw is from the softmax
 renormalised over what is left, as with torch.multinomial on the filtered probabilities.
 
+The temperature scales the noise, not the logits: argmax(logits / T + G) = argmax(logits + T·G)
+for T > 0, so the choice is the same draw from softmax(logits / T), and the logits are the model's
+own. Rows with different temperatures can then share one decoder product (the server batches
+requests with different options: rnn_train/serve/scheduler.py), and T = 0 is greedy with zero
+noise. Top-k needs no temperature (it keeps the same characters either way) and top-p computes its
+probabilities at the temperature.
+
 Where the numbers come from: U for row i, its t-th generated character and vocab entry v is
 
     U = (splitmix64(key_i + (t * V + v + 1) * GAMMA) >> 41 + 0.5) / 2^23     (exact in float32)
 
 with key_i made from (seed, i): a counter-based stream, whose numbers depend only on the row's key
-and the position, and which NumPy (here) and C++ (csrc/decode.cpp, which samples whole chunks
-without returning to Python, the noise made in the threads that own the rows) compute alike. So
-with a given seed sample i draws the same random numbers whatever the batch size, no row's
-randomness depends on what another row did, and a row that starts later (a server's new request)
-needs only its key and its position. (The noise is then computed in float32 by each side's own
-log; the two may differ in the last bit.) Before, each row drew from NumPy's `default_rng([seed,
-i])`: the same guarantees, but its exponentials cost ~1 us per character of a 66-symbol vocab on
-the machine measured, more than the C++ step itself, and only one Python thread could make them.
+and the position. So with a given seed sample i draws the same random numbers whatever the batch
+size, no row's randomness depends on what another row did, and a row that starts later (a server's
+new request) needs only its key and its position. T·G is made by ONE function wherever the C++
+kernels are built (csrc/decode.cpp's `gumbel_noise`, which the C++ sampling chunk calls in the
+threads that own the rows, and which `gumbel_noise` here calls through the op decode_gumbel_noise),
+so the chunk, predict's Python loop (filters, forced line starts) and the server draw the same
+noise to the bit; without the kernels NumPy computes the same formula (np.log: it may differ from
+the C++ log in the last bit). Before, each row drew from NumPy's `default_rng([seed, i])`: the same
+guarantees, but its exponentials cost ~1 us per character of a 66-symbol vocab on the machine
+measured, more than the C++ step itself, and only one Python thread could make them.
 
 The text of sample i is then the same whatever N wherever its logits are: always on the C++
 steps (a row's arithmetic does not depend on the other rows; tests/test_sampling.py), and to float
@@ -32,6 +41,7 @@ import secrets
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from rnn_train.errors import UserError
 
@@ -74,8 +84,10 @@ def splitmix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def row_keys(seed: int, batch: int) -> np.ndarray:
-    """Row i's key for `seed`: [batch] uint64, the same for row i whatever the batch."""
+def row_keys(seed: int | None, batch: int) -> np.ndarray:
+    """Row i's key for `seed` (None: fresh entropy from the OS): [batch] uint64, the same for row i
+    whatever the batch."""
+    seed = seed if seed is not None else secrets.randbits(63)
     base = np.uint64(int(splitmix64(np.array([seed & _U64], np.uint64))[0]))
     with np.errstate(over="ignore"):
         return splitmix64(np.arange(1, batch + 1, dtype=np.uint64) * np.uint64(GAMMA) + base)
@@ -92,14 +104,35 @@ def uniforms(keys: np.ndarray, position, steps: int, vocab_size: int) -> np.ndar
     return u.reshape(len(keys), steps, vocab_size)
 
 
-def gumbel_noise(keys: np.ndarray, position, steps: int, vocab_size: int, dtype) -> np.ndarray:
-    """-log(-log(U)): the noise `choose` adds, [B, steps, V] of `dtype` (computed in float32)."""
+def gumbel_noise(keys: np.ndarray, position, steps: int, vocab_size: int, temperature=1.0,
+                 dtype=np.float32) -> np.ndarray:
+    """T·(-log(-log(U))): the noise `choose` adds, [B, steps, V] of `dtype`, computed in float32 (T:
+    one for all rows or one per row, as float32). On the C++ kernels' function where they are built
+    (what the C++ sampling chunk adds), else in NumPy."""
+    B = len(keys)
+    ops = _noise_op()
+    if ops is not None:
+        positions = np.broadcast_to(np.asarray(position, np.int64), (B,)).copy()
+        scales = np.broadcast_to(np.asarray(temperature, np.float64), (B,)).copy()
+        out = torch.empty((B, steps, vocab_size), dtype=torch.float32)
+        ops.decode_gumbel_noise(torch.from_numpy(np.ascontiguousarray(keys).view(np.int64)),
+                                torch.from_numpy(positions), torch.from_numpy(scales), out)
+        return out.numpy().astype(dtype, copy=False)
     u = uniforms(keys, position, steps, vocab_size)
     np.log(u, out=u)
     np.negative(u, out=u)
     np.log(u, out=u)
     np.negative(u, out=u)
+    u *= np.asarray(temperature, np.float32).reshape(-1, 1, 1)
     return u.astype(dtype, copy=False)
+
+
+def _noise_op():
+    """The C++ ops when they are built and have the noise op, else None."""
+    from rnn_train.kernels.build import extension
+
+    ops = extension()
+    return ops if ops is not None and hasattr(ops, "decode_gumbel_noise") else None
 
 
 class Chooser:
@@ -108,10 +141,9 @@ class Chooser:
 
     def __init__(self, options: SamplingOptions, batch: int, vocab_size: int, dtype: np.dtype):
         self.options, self.batch, self.vocab_size, self.dtype = options, batch, vocab_size, dtype
-        seed = options.seed if options.seed is not None else secrets.randbits(63)
-        self.keys = row_keys(seed, batch)  # [B] uint64
+        self.keys = row_keys(options.seed, batch)  # [B] uint64
         self.noise = np.empty((batch, 0, vocab_size), dtype)  # [B, steps, V] Gumbel noise, rows contiguous
-        self.top_k = options.top_k if 0 < options.top_k < vocab_size else 0
+        self.top_k = effective_top_k(options.top_k, vocab_size)
 
     @property
     def plain(self) -> bool:
@@ -119,31 +151,43 @@ class Chooser:
         return not self.top_k and self.options.top_p >= 1
 
     def refill(self, position: int, steps: int) -> None:
-        """Make the noise of the `steps` steps from `position` for every row (nothing for greedy)."""
+        """Make the noise (T·G) of the `steps` steps from `position` for every row (nothing for greedy)."""
         if not self.options.greedy:
-            self.noise = gumbel_noise(self.keys, position, steps, self.vocab_size, self.dtype)
+            self.noise = gumbel_noise(self.keys, position, steps, self.vocab_size, self.options.temperature,
+                                      self.dtype)
 
     def choose(self, logits: np.ndarray, step: int, out: np.ndarray) -> None:
         """Write each row's character into out [B]; `step` indexes the noise made by `refill`.
-        `logits` may be changed in place (filters, noise)."""
+        `logits` (the model's, no temperature) may be changed in place (filters, noise)."""
         if self.options.greedy:
             np.argmax(logits, axis=1, out=out)
             return
-        if self.top_k:
-            kth = np.partition(logits, -self.top_k, axis=1)[:, -self.top_k, None]  # [B, 1]
-            logits[logits < kth] = -np.inf  # ties with the k-th are kept, as in torch's top-k filter
-        if self.options.top_p < 1:
-            nucleus_filter(logits, self.options.top_p)
+        filter_logits(logits, self.top_k, self.options.top_p, self.options.temperature)
         logits += self.noise[:, step]
         np.argmax(logits, axis=1, out=out)
 
 
-def nucleus_filter(logits: np.ndarray, top_p: float) -> None:
-    """Keep, per row, the most likely characters until their probability reaches `top_p` (the one
-    that crosses it included, so at least one stays); set the rest to -inf in place. [B, V]"""
+def effective_top_k(top_k: int, vocab_size: int) -> int:
+    """The k the filter uses: 0 (no filter) when top_k keeps every character anyway."""
+    return top_k if 0 < top_k < vocab_size else 0
+
+
+def filter_logits(logits: np.ndarray, top_k: int, top_p: float, temperature: float) -> None:
+    """top-k (an `effective_top_k`) then top-p on logits [B, V] in place: what is removed is -inf."""
+    if top_k:
+        kth = np.partition(logits, -top_k, axis=1)[:, -top_k, None]  # [B, 1]
+        logits[logits < kth] = -np.inf  # ties with the k-th are kept, as in torch's top-k filter
+    if top_p < 1:
+        nucleus_filter(logits, top_p, temperature)
+
+
+def nucleus_filter(logits: np.ndarray, top_p: float, temperature: float = 1.0) -> None:
+    """Keep, per row, the most likely characters until their probability at `temperature` reaches
+    `top_p` (the one that crosses it included, so at least one stays); set the rest to -inf in
+    place. [B, V]"""
     order = np.argsort(-logits, axis=1, kind="stable")  # most likely first
     ranked = np.take_along_axis(logits, order, axis=1)
-    probs = np.exp(ranked - ranked[:, :1])
+    probs = np.exp((ranked - ranked[:, :1]) / temperature)
     probs /= probs.sum(axis=1, keepdims=True)
     before = np.cumsum(probs, axis=1) - probs  # probability mass ranked above each character
     drop = np.zeros(logits.shape, bool)

@@ -97,6 +97,13 @@ def next_char_distribution(model: CharRNN, vocab: Vocab, prefix: str, top_n: int
     return top_chars(vocab, logits, top_n)
 
 
+def sampler_logits(logits: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """The warm-up's logits [V] as the sampler takes them: NumPy, <unk> at UNK_LOGIT like the
+    stepper's (never chosen), a diverged model refused."""
+    first = _real_char_logits(logits).cpu().numpy()
+    return np.where(np.isfinite(first), first, UNK_LOGIT).astype(dtype)
+
+
 def stream_after(model: CharRNN, vocab: Vocab, logits: torch.Tensor, state: State, k: int,
                  options: SamplingOptions = SamplingOptions(), rules: StopRules = StopRules(),
                  num_samples: int = 1, at_line_start: bool = False) -> Iterator[list[str]]:
@@ -106,9 +113,9 @@ def stream_after(model: CharRNN, vocab: Vocab, logits: torch.Tensor, state: Stat
         raise UserError(f"-k must be >= 0, got {k}")
     if num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {num_samples}")
-    first = _real_char_logits(logits).cpu().numpy()  # [V]
-    stepper = make_stepper(model, num_samples, options.temperature, precision=options.precision)
-    first = np.where(np.isfinite(first), first / (options.temperature or 1.0), UNK_LOGIT).astype(stepper.dtype)
+    # the model's logits (no temperature): the chooser scales its noise by the temperature instead
+    stepper = make_stepper(model, num_samples, precision=options.precision)
+    first = sampler_logits(logits, stepper.dtype)
     stepper.load_state(state)
     chooser = Chooser(options, num_samples, len(vocab), stepper.dtype)
     rule_state = RuleState(rules, vocab, num_samples, k, at_line_start) if rules.used else None

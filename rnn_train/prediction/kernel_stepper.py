@@ -12,20 +12,28 @@ character chosen in C++ and fed back) or a whole scored segment. What that buys:
   (csrc/decode.cpp), so on one machine sample i of N is bit for bit sample i of any other N, and
   a segment scores the same in any batch.
 
-Public surface, shared with stepper.Stepper (the serving work batches requests on it):
+Public surface, shared with stepper.Stepper (rnn_train/serve/scheduler.py batches requests on it):
 
     step(ids [B]) -> logits [B, V]     one step for every row, logits divided by each row's temperature
     load_state(state, rows=None)       every row's state (or the given rows') from a torch state
+    copy_rows(src, dst)                rows' state copied onto other rows (they may overlap)
+    rows(n, gemm_rows=None)            a view of the first n rows: the same weights and state buffers
     state()                            the current state as torch tensors [L, B, H]
     set_temperature(t, rows=None)      per-row temperature (0 = greedy); `temperature` [B] reads it
-    sample(n, advance, keys, position, out)   n characters per row chosen and fed back in C++
+and its own:
+    sample(n, advance, keys, position, out, temperature)   n characters per row chosen and fed back in C++
     score(ids [B, T], targets [B, T]) -> nats [B, T]   teacher-forced surprisal
+
+A view (`rows(n)`) steps its n rows exactly as a stepper made for n rows would, and, the rows being
+independent, exactly as they step inside the whole batch: a server's request gets the numbers
+predict gets, whatever else is in the batch (tests/test_serve.py).
 
 The cell's C++ id comes from its CellSpec hook "decode" (rnn_train/model/cells.py); a cell without
 one samples on the NumPy stepper.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,6 +137,25 @@ class KernelStepper:
         self.temperature[slice(None) if rows is None else rows] = temperature
 
     # -- the state
+    def rows(self, n: int, gemm_rows: int | None = None) -> "KernelStepper":
+        """A stepper over the first `n` rows: the same packed weights, state, logits and temperature
+        buffers (views, nothing copied). `gemm_rows` is the NumPy stepper's and means nothing here."""
+        if not 0 < n <= self.batch:
+            raise ValueError(f"rows({n}) of a stepper of {self.batch} rows")
+        view = copy.copy(self)
+        view.batch = n
+        view._h = self._h[:, :n]  # rows contiguous within a layer: the ops take it as it is
+        view._c = self._c[:, :n] if self._c is not None else None
+        view.logits, view._logits = self.logits[:n], self._logits[:n]
+        view.temperature, view._temperature = self.temperature[:n], self._temperature[:n]
+        return view
+
+    def copy_rows(self, src: slice, dst: slice) -> None:
+        """Copy the state of rows `src` into rows `dst` (as many; they may overlap)."""
+        self._h[:, dst] = self._h[:, src].clone()
+        if self._c is not None:
+            self._c[:, dst] = self._c[:, src].clone()
+
     def load_state(self, state: State, rows=None) -> None:
         """Set the state of every row (or of `rows`, an index array or slice) from a torch state of
         batch 1 (broadcast) or of as many rows as are set."""
@@ -152,15 +179,19 @@ class KernelStepper:
                               self._logits)
         return self.logits
 
-    def sample(self, n: int, advance: int, keys: np.ndarray, position: int | np.ndarray, out: np.ndarray) -> None:
-        """Choose n characters per row into out[:n] ([>= n, B] int64), each drawn from the current
-        `logits` (greedy where the row's temperature is 0) with the row's Gumbel noise for position
-        `position` + j (choose.gumbel_noise: the same random numbers), and feed the first
-        `advance` of them to the model. `position`: one for all rows or one per row."""
+    def sample(self, n: int, advance: int, keys: np.ndarray, position: int | np.ndarray, out: np.ndarray,
+               temperature: float | np.ndarray) -> None:
+        """Choose n characters per row into out[:n] ([>= n, B] int64), each the argmax of the current
+        `logits` plus the row's noise T * G for position `position` + j (choose.gumbel_noise: the
+        same numbers, from the same function), greedy where the row's sampling `temperature` T is 0;
+        feed the first `advance` of them to the model, whose logits (the model's own, whatever the
+        stepper's temperature) replace `logits`. `position`, `temperature`: one for all rows or one
+        per row."""
         counters = np.broadcast_to(np.asarray(position, np.int64), (self.batch,)).copy()
-        self._ops.decode_sample(self._weights, self._cell, self._h, self._c, self._logits, self._temperature,
-                                torch.from_numpy(keys.view(np.int64)), torch.from_numpy(counters), self._unk, n,
-                                advance, torch.from_numpy(out))
+        temperatures = np.broadcast_to(np.asarray(temperature, np.float64), (self.batch,)).copy()
+        self._ops.decode_sample(self._weights, self._cell, self._h, self._c, self._logits,
+                                torch.from_numpy(temperatures), torch.from_numpy(np.ascontiguousarray(keys).view(np.int64)),
+                                torch.from_numpy(counters), self._unk, n, advance, torch.from_numpy(out))
 
     def score(self, ids: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """Teacher-forced: row b reads ids[b, t] at step t -> surprisal in nats [B, T] of

@@ -118,9 +118,9 @@ class RuleState:
 
 def sample_chunks(stepper, chooser: Chooser, logits: np.ndarray, k: int,
                   rules: RuleState | None = None) -> Iterator[list[np.ndarray]]:
-    """Generate up to k characters per row from `logits` [B, V] (the distribution after the prefix,
-    already divided by the temperature) with the stepper's state; yield each chunk as B id arrays
-    (a row that has ended yields nothing more)."""
+    """Generate up to k characters per row from `logits` [B, V] (the model's logits after the
+    prefix; the chooser applies the temperature) with the stepper's state; yield each chunk as B id
+    arrays (a row that has ended yields nothing more)."""
     B = stepper.batch
     current = stepper.logits
     current[:] = logits
@@ -131,7 +131,7 @@ def sample_chunks(stepper, chooser: Chooser, logits: np.ndarray, k: int,
         n = min(CHUNK, k - t)
         done = False
         if in_kernel:  # choose and step n times in C++; the last character of all is not fed back
-            stepper.sample(n, min(n, k - t - 1), chooser.keys, t, ids)
+            stepper.sample(n, min(n, k - t - 1), chooser.keys, t, ids, chooser.options.temperature)
             for j in range(n if rules is not None else 0):
                 if rules.apply(ids[j], t + j):
                     done = True

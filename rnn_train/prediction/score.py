@@ -21,7 +21,7 @@ once as one batch, each row starting from a zero state WARM_UP characters before
 (read, not scored; the file's first segment starts at the file's start, as --exact does). A
 character is then scored given at least WARM_UP and up to SEGMENT + WARM_UP characters before
 it. A character-level RNN's state forgets faster than that: the difference from --exact, measured
-on three corpora by benchmarks/score_bench.py, is in docs/sampling.md (well below the 0.001 bits
+on three corpora by benchmarks/score_bench.py, is in docs/prediction.md (well below the 0.001 bits
 per character the issue allows). The batch runs on the C++ generation steps where they are built
 (prediction/kernel_stepper.py), else on the torch module; a segment's result does not depend on
 the other rows of its batch on the C++ path.

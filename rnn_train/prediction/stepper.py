@@ -27,9 +27,10 @@ step does the least work, every change exact or within float rounding of torch:
 - sigmoid(s) = 0.5·tanh(s/2) + 0.5, with the /2 folded into the sigmoid gates' rows (scaling by a
   power of two is exact), so a cell's sigmoid gates cost one tanh, not exp + add + reciprocal.
 - LSTM gates are reordered i,f,g,o -> i,f,o,g so the three sigmoid gates are contiguous.
-- Decoder: logits = [h, 1] @ [W_d^T; b_d], then times 1/T per row (skipped where every row's
-  factor is 1); <unk>'s bias is set to -1e30, so it is never chosen and gets probability exactly 0
-  (it is a placeholder).
+- Decoder: logits = [h, 1] @ [W_d^T; b_d]; <unk>'s bias is set to -1e30, so it is never chosen
+  and gets probability exactly 0 (it is a placeholder). A `temperature` given to the stepper divides
+  the logits per row after the GEMM (skipped where every row's factor is 1); sampling gives none and
+  scales its noise instead (choose.py), so that rows with different temperatures share the GEMM.
 - A batch's GEMMs run in blocks of rows whose size is measured once per machine, model shape and
   batch (`gemm_rows`, stored with the training kernels' decisions); a batch of 1 or 2 is one call.
   Which size is fastest depends on the shapes and on OpenBLAS's own paths and threads: blocks of 4
@@ -49,6 +50,7 @@ stay finite (tanh and sigmoid are bounded), so every logit is finite too.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import sys
@@ -122,15 +124,21 @@ class Stepper:
         self.gi = [np.empty((batch, G), self.dtype) for _ in range(self.layers)]  # input projections
         self.gh = np.empty((batch, G), self.dtype)  # recurrent projection, reused by every layer
         self.logits = np.empty((batch, V), self.dtype)  # [B, V] of the next character
-        self._views = [self._make_views(layer) for layer in range(self.layers)]
-        self.gemm_rows = gemm_rows
-        self._input = [_blocks(self.h[layer - 1], w_in[layer], self.gi[layer], gemm_rows) if layer else []
-                       for layer in range(self.layers)]
-        self._recurrent = [_blocks(self.h[layer], w_hh[layer], self.gh, gemm_rows) for layer in range(self.layers)]
-        self._decoder = _blocks(self.h[-1], self.w_dec, self.logits, gemm_rows)
         self.temperature = np.zeros(batch)  # [B] per row, 0 = greedy: set_temperature
         self._scale: np.ndarray | None = None  # [B, 1] 1 / temperature, None where all are 1
         self.set_temperature(temperature)
+        self._bind(gemm_rows)
+
+    def _bind(self, gemm_rows: int) -> None:
+        """The views and GEMM blocks `step` works on, made once over the current buffers."""
+        self.gemm_rows = gemm_rows
+        self._views = [self._make_views(layer) for layer in range(self.layers)]
+        self._input = [_blocks(self.h[layer - 1], self.w_in[layer], self.gi[layer], gemm_rows) if layer else []
+                       for layer in range(self.layers)]
+        self._recurrent = [_blocks(self.h[layer], self.w_hh[layer], self.gh, gemm_rows)
+                           for layer in range(self.layers)]
+        self._decoder = _blocks(self.h[-1], self.w_dec, self.logits, gemm_rows)
+
     # -- what a cell defines
     def _arrange(self, w: np.ndarray, H: int) -> np.ndarray:
         """torch's gate rows [G, ...] in this class's order and scale (identity: as torch has them)."""
@@ -163,6 +171,32 @@ class Stepper:
             self.h[layer][where, :-1] = _np(h[layer])  # [1 or B, H] broadcast over the rows
             for mine, given in zip(self.extra[layer], extra):
                 mine[where] = _np(given[layer])
+
+    def copy_rows(self, src: slice, dst: slice) -> None:
+        """Copy the state of rows `src` into rows `dst` (as many; they may overlap): a batch whose
+        rows come and go keeps its live rows first (rnn_train/serve/scheduler.py)."""
+        for layer in range(self.layers):
+            self.h[layer][dst] = self.h[layer][src]
+            for part in self.extra[layer]:
+                part[dst] = part[src]
+
+    def rows(self, n: int, gemm_rows: int | None = None) -> "Stepper":
+        """A stepper over the first `n` rows of this one: the same weights and the same state buffers
+        (views: nothing is copied, a row's state is shared), its GEMMs in blocks of `gemm_rows` rows
+        (default GEMM_ROWS). Stepping it computes what a stepper made for `n` rows with those blocks
+        computes, to the bit (tests/test_serve.py): a batch that grows and shrinks keeps its live rows
+        first and steps the view of their number. The view's temperatures are the first n rows'."""
+        if not 0 < n <= self.batch:
+            raise ValueError(f"rows({n}) of a stepper of {self.batch} rows")
+        view = copy.copy(self)
+        view.batch = n
+        view.h = [h[:n] for h in self.h]
+        view.extra = [[part[:n] for part in parts] for parts in self.extra]
+        view.gi, view.gh, view.logits = [g[:n] for g in self.gi], self.gh[:n], self.logits[:n]
+        view.temperature = self.temperature[:n]
+        view._scale = None if self._scale is None else self._scale[:n]
+        view._bind(gemm_rows or GEMM_ROWS)
+        return view
 
     def state(self) -> State:
         """The current state as torch tensors [L, B, H] (for tests and callers that continue in torch)."""
@@ -276,7 +310,7 @@ def make_stepper(model: CharRNN, batch: int, temperature: float = 0.0, rows: int
     kernel "auto": the C++ one (kernel_stepper.KernelStepper) where it runs this model here, else
     NumPy; "cpp" or "numpy" to ask for one. The NumPy stepper's GEMMs run in blocks of `rows` rows,
     by default the measured `gemm_rows(model, batch)`. precision "bf16" runs the C++ steps' products
-    on AMX tiles in bfloat16 (probabilities to ~1e-3 instead of 1e-5, docs/sampling.md); where that
+    on AMX tiles in bfloat16 (probabilities to ~1e-3 instead of 1e-5, docs/prediction.md); where that
     cannot run (no AMX, no C++ kernels, a float64 model) one note says so and float32 is used."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")

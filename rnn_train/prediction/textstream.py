@@ -13,10 +13,11 @@ as a corpus file of the model's run:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from rnn_train.data import conversion, corpus, pinyin
 from rnn_train.data.stream import LettersOnly, code_points
+from rnn_train.errors import UserError
 
 
 ENCODING_KEY = "--encoding"  # what an undecodable byte's message tells the user to set
@@ -37,7 +38,26 @@ def model_text(path: str | Path, data_cfg, encoding: str | None = None,
     `encoding` overrides the model's data.encoding."""
     encoding = encoding or data_cfg.encoding
     chunks = corpus.file_chunks(path, encoding, chunk_bytes, encoding_key=ENCODING_KEY)
-    if data_cfg.kind == "pinyin" and is_chinese_file(path, encoding):
+    chinese = data_cfg.kind == "pinyin" and is_chinese_file(path, encoding)
+    yield from _as_corpus(chunks, data_cfg, chinese)
+
+
+def text_pieces(text: str, data_cfg) -> Iterator[str]:
+    """A text given as a string (the server's /v1/score) as `model_text` makes a UTF-8 file holding
+    it: one leading BOM removed, CRLF and lone CR -> LF, NUL refused, then the same steps."""
+    nul = text.find("\0")
+    if nul >= 0:
+        raise UserError(f"the text has a NUL character at character {nul} (text only)")
+    text = text[1:] if text[:1] == "\ufeff" else text
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    chinese = data_cfg.kind == "pinyin" and pinyin.is_chinese(*pinyin.han_counts(text))
+    yield from _as_corpus([text] if text else [], data_cfg, chinese)
+
+
+def _as_corpus(chunks: Iterable[str], data_cfg, chinese: bool) -> Iterator[str]:
+    """Normalised text -> the model's corpus text: pinyin conversion (a Chinese text for a pinyin
+    model), then letters-only."""
+    if chinese:
         chunks = conversion.converted_pieces(chunks, data_cfg.tones, workers=1)
     if not data_cfg.letters_only:
         yield from (c for c in chunks if c)

@@ -17,7 +17,7 @@ dh_{s}/dh_{s-1}, and for a vanilla RNN each of those is diag(1 - h_s²) · W_hh.
 
 Why the recurrence is stepped by hand: nn.RNN runs all T steps in one fused op, and the gradient
 autograd reports for its `output` tensor is only the part that reaches the loss through the
-decoder at that step (`dhs[t]` in rnn_train/bptt.py). The route through h_{t+1}, h_{t+2}, ... is
+decoder at that step (`dhs[t]` in rnn_train/teaching/bptt/). The route through h_{t+1}, h_{t+2}, ... is
 inside the op, so `output.retain_grad()` would show dL_T/dh_t = 0 for every t < T. Here the core
 is called one step at a time and the very tensor that goes to the decoder is also the next step's
 state, so autograd returns the total derivative through both routes.

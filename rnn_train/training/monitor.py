@@ -4,6 +4,10 @@ TensorBoard event files.
 Why one place: with several processes (torchrun + DDP) only rank 0 may write; the other ranks get a
 Monitor without a run directory and with `quiet`, which silences all of it at once.
 
+TensorBoard layout (rnn_train/training/events.py): the run directory holds the hparams record and
+the text samples; each split's series go to its own subdirectory (train/, val/, test/) under
+shared tags, so that TensorBoard draws training and validation loss on one chart.
+
 Console behaviour: on a terminal, a tqdm bar shows loss, ppl and tokens/s; in a non-TTY log (CI,
 `nohup`, a pipe) the bar would be a wall of carriage returns, so a plain line is printed at every
 logging step instead. `quiet` keeps only the final summary and errors.
@@ -23,6 +27,7 @@ from typing import Any
 from tqdm import tqdm
 
 from rnn_train.files import WriteError, event_file, summary_writer, writing
+from rnn_train.training.events import location
 
 
 def _flat_hparams(cfg_dict: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -39,14 +44,14 @@ class Monitor:
                  start_step: int = 0, stream=None):
         self.quiet, self.total_steps = quiet, total_steps
         self.stream = stream or sys.stderr
-        self.writer = None
-        self.events: Path | None = None  # the event file (its directory until it exists)
+        self.run_dir = Path(run_dir) if tensorboard and run_dir is not None else None
+        # purge_step drops events a crashed run logged after its last checkpoint, so a resumed
+        # run's curves do not show the same steps twice (in every directory it writes).
+        self.purge_step = start_step + 1 if start_step else None
+        self.writers: dict[str, Any] = {}  # "" (the run directory), "train", "val", "test" -> SummaryWriter
         self.failure: WriteError | None = None
-        if tensorboard and run_dir is not None:
-            self.events = Path(run_dir)
-            # purge_step drops events a crashed run logged after its last checkpoint, so a resumed
-            # run's curves do not show the same steps twice.
-            self._tensorboard(lambda: self._open(run_dir, start_step + 1 if start_step else None))
+        if self.run_dir is not None:
+            self._writer("")  # now: a directory that cannot be written fails the run before it starts
         tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.bar = None
         if not quiet and tty:
@@ -76,18 +81,27 @@ class Monitor:
                   file=self.stream, flush=True)
 
     # -- TensorBoard ------------------------------------------------------------------------
-    def _open(self, run_dir: Path, purge_step: int | None) -> None:
-        self.writer = summary_writer(run_dir, purge_step=purge_step)
-        self.events = event_file(self.writer)
+    def _writer(self, split: str):
+        """The writer of `split`'s directory ("" = the run directory), opened on first use; None
+        once TensorBoard has stopped (a failed write)."""
+        if self.run_dir is None or self.failure is not None:
+            return None
+        if split not in self.writers:
+            directory = self.run_dir / split if split else self.run_dir
+            self._tensorboard(directory, lambda: self.writers.__setitem__(
+                split, summary_writer(directory, purge_step=self.purge_step)))
+        return self.writers.get(split)
 
-    def _tensorboard(self, write) -> None:
-        """Run `write()` (TensorBoard calls); a failed write is kept in `failure` and ends TensorBoard."""
+    def _tensorboard(self, path: Path, write) -> None:
+        """Run `write()` (TensorBoard calls on `path`, an event file or its directory); a failed
+        write is kept in `failure` and ends TensorBoard."""
         try:
-            with writing(self.events):
+            with writing(path):
                 write()
         except WriteError as error:
             self.failure = self.failure or error
-            self.writer = None  # its thread is gone; closing it would only fail again
+            self.writers = {}  # their threads are gone; closing them would only fail again
+            self.run_dir = None
 
     @property
     def failed(self) -> bool:
@@ -99,41 +113,44 @@ class Monitor:
             raise self.failure
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        def write() -> None:
-            for tag, value in values.items():
-                self.writer.add_scalar(tag, value, step)  # stored as float32 (classic scalar summaries)
-        if self.writer is not None:
-            self._tensorboard(write)
+        """Series named SPLIT/NAME ("val/loss"), each written to its split's directory."""
+        for name, value in values.items():
+            split, tag = location(name)
+            writer = self._writer(split)
+            if writer is not None:  # stored as float32 (classic scalar summaries)
+                self._tensorboard(event_file(writer), lambda: writer.add_scalar(tag, value, step))
 
     def text(self, tag: str, text: str, step: int) -> None:
-        if self.writer is not None:
+        writer = self._writer("")
+        if writer is not None:
             # Markdown renders runs of spaces and newlines away; a code block keeps the sample as it is.
-            self._tensorboard(lambda: self.writer.add_text(tag, "```\n" + text + "\n```", step))
+            self._tensorboard(event_file(writer), lambda: writer.add_text(tag, "```\n" + text + "\n```", step))
 
-    def hparams(self, cfg_dict: dict[str, dict[str, Any]], metrics: dict[str, float]) -> None:
-        """The hparams plugin's record, in this run's own event file (not a timestamped subfolder)."""
-        if self.writer is None:
+    def hparams(self, cfg_dict: dict[str, dict[str, Any]]) -> None:
+        """The hparams plugin's record, in the run directory's own event file (not a timestamped
+        subfolder). Its metrics are the series below it, which TensorBoard finds by itself: the
+        HPARAMS view shows the last value of each (events.py), and no scalar is written here."""
+        writer = self._writer("")
+        if writer is None:
             return
         from torch.utils.tensorboard.summary import hparams
 
         # Only the session records: TensorBoard infers the experiment (and which hparams differ
         # between runs) from all sessions under a logdir; an experiment record per run would pin
         # the first one it finds and mark every hparam as "differs: false" across a sweep.
-        _, ssi, sei = hparams(_flat_hparams(cfg_dict), metrics)
+        _, ssi, sei = hparams(_flat_hparams(cfg_dict), {})
 
         def write() -> None:
-            fw = self.writer._get_file_writer()
+            fw = writer._get_file_writer()
             for summary in (ssi, sei):
                 fw.add_summary(summary)
-            for tag, value in metrics.items():
-                self.writer.add_scalar(tag, value, 0)
-        self._tensorboard(write)
+        self._tensorboard(event_file(writer), write)
 
     def close(self) -> None:
-        """Close the bar and the event file (a failure to write its last events is kept, see `check`)."""
+        """Close the bar and the event files (a failure to write their last events is kept, see `check`)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        if self.writer is not None:
-            self._tensorboard(self.writer.close)
-            self.writer = None
+        for writer in list(self.writers.values()):
+            self._tensorboard(event_file(writer), writer.close)
+        self.writers = {}

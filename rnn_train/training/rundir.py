@@ -4,8 +4,8 @@
         config.yaml               the resolved config (written first, before training starts)
         best.pt  last.pt          checkpoints (see training.state for what they hold)
         metrics.json              the TrainResult of a run that ended (not of an interrupted one)
-        events.out.tfevents.*     TensorBoard
-        (sweep_run.json           added by a sweep: the run's wall time)
+        events.out.tfevents.*     TensorBoard: the hparams record and text samples
+        train/ val/ test/         TensorBoard: each split's series (training/events.py)
 (the names: rnn_train/runfiles.py)
 
 Why one object: train.py (--force, "already holds a run"), the trainer (writing), the sweep

@@ -24,6 +24,12 @@ event file fails late and is only noted by the Monitor; the run then stops as if
 (the step's agreement carries the flag to every rank), last.pt is written if it can be, and the
 error is raised.
 
+Hooks for a caller that watches the run (a sweep, a study): `on_step(step)` after every update, and
+`on_validation(Validation)` after every finite validation. The latter may end the run by returning
+a reason (the study's pruner returns "pruned"): the run then ends like one that reached a limit,
+with last.pt saved and metrics.json saying `stopped_by: <reason>`, so its directory is as complete
+as any other finished run's.
+
 Data-parallel (torchrun, `world.size` > 1; training/distributed.py): every rank runs this same loop
 on its rows of each global batch, and the loop's decisions stay identical on all ranks because
 everything they read is: the batches (a function of seed and epoch), the averaged gradients, the
@@ -65,6 +71,15 @@ from rnn_train.training.schedule import bits_per_char, lr_at, perplexity
 from rnn_train.training.start import init_weights, resume_state
 from rnn_train.training.state import RunState, capture_rng, combine_rng
 from rnn_train.training.world import World
+
+
+@dataclass(frozen=True)
+class Validation:
+    """What `on_validation` is told after a validation: where the run is and the loss it measured."""
+    step: int  # updates done
+    tokens: int  # training tokens read
+    train_seconds: float  # seconds of training (validation excluded)
+    loss: float  # the validation loss (finite)
 
 
 @dataclass
@@ -131,10 +146,12 @@ class Trainer:
 
     def __init__(self, cfg: Config, learner: Learner, data: Dataset, state: RunState, run_dir: RunDir,
                  monitor: Monitor, device: torch.device, *, world: World = World(),
-                 on_step: Callable[[int], None] | None = None, init_from: str = ""):
+                 on_step: Callable[[int], None] | None = None,
+                 on_validation: Callable[[Validation], str] | None = None, init_from: str = ""):
         self.cfg, self.learner, self.data, self.state = cfg, learner, data, state
         self.run_dir, self.monitor, self.device, self.world = run_dir, monitor, device, world
-        self.on_step, self.init_from, self.kernel = on_step, init_from, learner.kernel
+        self.on_step, self.on_validation = on_step, on_validation
+        self.init_from, self.kernel = init_from, learner.kernel
         d = cfg.data
         self.total = planned_steps(cfg, len(data.train))
         self.per_epoch = batches_per_epoch(len(data.train), d.batch_size, d.num_steps, d.partition)
@@ -180,8 +197,10 @@ class Trainer:
             # before anything is validated or saved, so the last good checkpoints stay in place.
             if (validate or logged) and not math.isfinite(float(self.world.mean(loss))):
                 return "diverged"
-            if validate and not self.validate_and_save():
-                return "diverged"
+            if validate:
+                stop = self.validate_and_save()
+                if stop:
+                    return stop
             # a failed event file (rank 0) stops the run like Ctrl-C; `run` then raises its error
             stop, s.train_seconds = self.world.agree_step(interrupt.requested or self.monitor.failed, s.train_seconds)
             if stop:
@@ -190,8 +209,10 @@ class Trainer:
             if reason:
                 return reason
         s.end_epoch()
-        if validates_each_epoch(cfg) and not self.validate_and_save():
-            return "diverged"
+        if validates_each_epoch(cfg):
+            stop = self.validate_and_save()
+            if stop:
+                return stop
         return should_stop(s, cfg)
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
@@ -240,7 +261,8 @@ class Trainer:
         if not math.isfinite(val):
             return val
         improved = s.record_validation(val, t.plateau_factor, t.plateau_patience)
-        self.monitor.scalars({"val/loss": val, "val/ppl": perplexity(val), "val/bpc": bits_per_char(val)}, s.step)
+        self.monitor.scalars({"val/loss": val, "val/ppl": perplexity(val), "val/bpc": bits_per_char(val),
+                              "val/best_loss": s.best_val_loss}, s.step)
         if self.cfg.log.sample_length and self.world.is_writer:
             sample = generate(self.learner.torch_model(), self.data.vocab, self.sample_prefix,
                               self.cfg.log.sample_length, temperature=0.8, seed=t.seed, unk="replace")
@@ -251,13 +273,23 @@ class Trainer:
             self.save(BEST)
         return val
 
-    def validate_and_save(self) -> bool:
-        """Validate, then save last.pt; False, with nothing saved, if the validation loss is not finite."""
+    def validate_and_save(self) -> str:
+        """Validate, tell `on_validation`, then save last.pt. Returns '' to go on, 'diverged' (nothing
+        saved) if the validation loss is not finite, or the reason `on_validation` gave to stop."""
         val = self.validate()
         if val is not None and not math.isfinite(val):
-            return False
+            return "diverged"
+        stop = self.after_validation(val)
         self.save(LAST)
-        return True
+        return stop
+
+    def after_validation(self, val: float | None) -> str:
+        """The `on_validation` hook's answer for a finite validation loss ('' = go on). Every rank asks
+        it, so a hook must answer alike on all of them (the loss it is given is the same everywhere)."""
+        if val is None or self.on_validation is None:
+            return ""
+        s = self.state
+        return self.on_validation(Validation(s.step, s.tokens, s.train_seconds, val)) or ""
 
     def save(self, name: str) -> None:
         """Write checkpoint `name` of the current state. Every rank calls it at the same point: the
@@ -286,6 +318,8 @@ class Trainer:
             val = self.validate()
             if val is not None and not math.isfinite(val):
                 reason = "diverged"
+            else:
+                self.after_validation(val)  # the run has ended: the hook is told, its answer changes nothing
         if reason == "diverged":
             self.monitor.info(f"step {s.step}: the loss is not finite; stopping (lower train.lr or set train.clip_norm)")
             return reason
@@ -311,9 +345,7 @@ class Trainer:
         result = self.result(reason)
         if len(self.data.test) and self.world.from_writer(self.run_dir.best.exists):
             self.score_test(result)
-        self.monitor.hparams(self.cfg.to_dict(), {
-            "hparam/val_loss": result.val_loss, "hparam/val_ppl": result.val_ppl,
-            "hparam/best_val_loss": result.best_val_loss, "hparam/tokens_per_s": result.tokens_per_s})
+        self.monitor.hparams(self.cfg.to_dict())  # its metrics: the last points of the series (training/events.py)
         self.monitor.close()
 
         def write_metrics() -> None:
@@ -379,7 +411,8 @@ def _open_run_dir(cfg: Config, run_dir: Path, clear: bool, world: World) -> RunD
 
 def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: str | Path | None = None,
           clear: bool = False, quiet: bool = False, cache_dir: Path | None = Path("data/cache"),
-          data: Dataset | None = None, on_step: Callable[[int], None] | None = None, stream=None,
+          data: Dataset | None = None, on_step: Callable[[int], None] | None = None,
+          on_validation: Callable[[Validation], str] | None = None, stream=None,
           world: World = World()) -> TrainResult:
     """Train per `cfg`, writing config.yaml, checkpoints, events and metrics.json into `run_dir`.
 
@@ -433,7 +466,7 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
         mon.note(f"{unknown:,} characters of the corpus ({data.unk_fraction:.2%}) are not in the vocab of "
                  f"{init_from} and read as <unk>")
     return Trainer(cfg, learner, data, state, rd, mon, device, world=world, on_step=on_step,
-                   init_from=str(init_from or "")).run()
+                   on_validation=on_validation, init_from=str(init_from or "")).run()
 
 
 def _load_init(init_from: str | Path) -> tuple[Path, dict]:

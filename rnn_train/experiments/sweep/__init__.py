@@ -7,9 +7,10 @@
 Layout of the sweep directory (`--out`):
 
     runs/sweep_pinyin/
-        sweep.json                                   what was asked (recipe, grid, budget, overrides)
+        sweep.json                                   what was asked (recipe, grid, budget, overrides, study)
+        study.db                                     the Optuna study (SQLite; or --storage URL)
         num_steps=5,cell=rnn,partition=random/       one ordinary run directory per grid point:
-            config.yaml best.pt last.pt metrics.json events.out.tfevents.*  sweep_run.json
+            config.yaml best.pt last.pt metrics.json events.out.tfevents.*
         ...
         results.csv results.json results.md         one row per finished run
         val_ppl.png tokens_per_s.png val_curves.png  plots (matplotlib, Agg)
@@ -47,30 +48,35 @@ and checked exactly like `train.py` overrides) and every distinct corpus is prep
 first run starts, so a typo in the grid fails at once with one `error: ...` line and exit status 2,
 and nothing is written.
 
+The engine. A sweep is an Optuna study whose sampler is Optuna's GridSampler over the grid: the
+study (in `study.db`, or `--storage URL`) knows which grid points are finished, running or left, and
+each trial trains its grid point's run directory with the project's trainer (study/trials.py). The
+runs are drawn in the grid sampler's order; the tables list them in grid order. `--workers K` trains
+K grid points at once, and the same command on several machines sharing a `--storage` splits the
+grid between them (rnn_train.experiments.study, docs/tune.md).
+
 Resuming. Rerun the same command after an interruption (Ctrl-C finishes the step in flight and
-saves `last.pt`, as in train.py). For each run, in grid order:
+saves `last.pt`, as in train.py; so does SIGTERM, and after SIGKILL the dead process's trial is
+found at once): finished grid points are kept, and the interrupted one is queued again and resumes
+from its `last.pt` (the trainer's exact resume: the same result as an uninterrupted run).
 
-* `metrics.json` present and `config.yaml` equal to the planned config -> finished: skipped, its
-  metrics go into the results;
-* otherwise `last.pt` present with the planned config -> resumed from it (the trainer's exact
-  resume: same result as an uninterrupted run);
-* otherwise -> started afresh (partial files of that run are deleted first).
-
-"Equal" ignores `train.threads`, `train.device` and the `log` section, which do not change what a
-run computes. A run directory holding a *different* config (the recipe or budget changed since)
-is an error unless `--force` is given, which retrains it. Adding a value to the grid and rerunning
-only trains the new runs.
+A run directory that already holds a finished run of the planned config is taken as it is, even
+from another study: adding a value to the grid makes a new study (its name comes from the recipe,
+overrides, grid and budget), whose old grid points are found finished and only the new ones train.
+A run directory holding a *different* config (the recipe or budget changed since) is an error unless
+`--force` is given, which retrains it. "Equal" ignores `train.threads`, `train.device` and the `log`
+section, which do not change what a run computes.
 
 The corpus is read, encoded and split once per distinct corpus (data settings other than
 batch_size, num_steps and partition, which only cut it into batches) and handed to every run.
 """
-from rnn_train.experiments.sweep.plan import (DEFAULT_EVALS, Budget, PlannedRun, SweepPlan, parse_budget, parse_grid,
-                                              plan_sweep, prepare_corpora, run_name, short_labels)
+from rnn_train.experiments.study.budget import DEFAULT_EVALS, Budget, parse_budget
+from rnn_train.experiments.sweep.plan import PlannedRun, SweepPlan, parse_grid, plan_sweep, run_name, short_labels
 from rnn_train.experiments.sweep.plots import plot_results, read_val_curve
 from rnn_train.experiments.sweep.report import markdown_table, write_results
 from rnn_train.experiments.sweep.run import SweepOutcome, run_sweep
 from rnn_train.experiments.sweep.cli import main
 
 __all__ = ["DEFAULT_EVALS", "Budget", "PlannedRun", "SweepPlan", "SweepOutcome", "parse_budget", "parse_grid",
-           "plan_sweep", "prepare_corpora", "run_name", "short_labels", "plot_results", "read_val_curve",
-           "markdown_table", "write_results", "run_sweep", "main"]
+           "plan_sweep", "run_name", "short_labels", "plot_results", "read_val_curve", "markdown_table",
+           "write_results", "run_sweep", "main"]

@@ -5,8 +5,9 @@ import argparse
 from pathlib import Path
 
 from rnn_train.cli import ArgumentParser
-from rnn_train.experiments.sweep.plan import DEFAULT_EVALS, parse_budget, parse_grid, plan_sweep, prepare_corpora
-from rnn_train.experiments.sweep.run import run_sweep
+from rnn_train.errors import UserError
+from rnn_train.experiments.study.budget import DEFAULT_EVALS, parse_budget
+from rnn_train.experiments.sweep.plan import parse_grid, plan_sweep
 from rnn_train.training.rundir import RunDir
 
 
@@ -16,7 +17,9 @@ grid: --grid KEY=V1,V2,... [KEY=V1,V2,... ...]; the runs are the cross product, 
 budget: tokens:N (N training tokens per run, e.g. tokens:2M) or time:S (S seconds of training per run,
   e.g. time:90 or time:5m). It is the only limit: train.epochs, max_steps, max_tokens, max_time and
   patience are set by it. With a token budget each run validates --evals times.
-resume: rerun the same command; finished runs are skipped, an interrupted run resumes from last.pt.
+engine: the sweep is an Optuna study with a grid sampler, stored in OUT/study.db (or --storage URL);
+  --workers K runs K grid points at once; the same command on several machines shares the study.
+resume: rerun the same command; finished runs are kept, an interrupted run resumes from last.pt.
 results: OUT/results.{csv,json,md}, OUT/val_ppl.png, OUT/tokens_per_s.png, OUT/val_curves.png;
   tensorboard --logdir OUT compares the runs (HPARAMS tab).
 
@@ -41,27 +44,47 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train sweep")
                          "per run unless you give train.eval_every; 0 keeps the recipe's)")
     ap.add_argument("--cache-dir", default="data/cache", help="where converted corpora are cached (default data/cache)")
     ap.add_argument("--force", action="store_true", help="retrain runs whose directory holds another config")
+    ap.add_argument("--workers", type=int, default=1, help="processes training grid points at once on this machine")
+    ap.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
+    ap.add_argument("--study", help="the study's name (default: made from the recipe, overrides, grid and budget)")
     ap.add_argument("--dry-run", action="store_true", help="validate and list the runs and their state; train nothing")
     ap.add_argument("--verbose", action="store_true", help="show each run's training log")
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # a child of --workers K: its index
+    ap.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)  # ... and its parent's pid
     ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="fixed overrides for every run")
     args = ap.parse_intermixed_args(argv)
 
+    from rnn_train.experiments.study import session
+
+    if args.worker is not None:
+        from rnn_train.experiments.study.workers import become_worker
+
+        become_worker(args.worker_of)
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    log = session.worker_log(args.worker)
     budget = parse_budget(args.budget)
     grid = parse_grid(args.grid)
     plan = plan_sweep(args.config, grid, budget, list(args.overrides), Path(args.out), args.evals)
     cache_dir = Path(args.cache_dir)
     if args.dry_run:
-        prepare_corpora(plan, cache_dir)
+        from rnn_train.experiments.study.trials import Datasets
+
+        Datasets(cache_dir).check([(f"run {r.name}", r.cfg.data) for r in plan.runs])
         for r in plan.runs:
             t = r.cfg.train
             print(f"{RunDir(r.run_dir).status(r.cfg):>8}  {r.name}  (eval_every {t.eval_every})")
         print(f"{len(plan.runs)} runs, {budget.describe()} each, into {plan.out}")
         return 0
-    outcome = run_sweep(plan, cache_dir=cache_dir, force=args.force, verbose=args.verbose)
-    print(f"{len(outcome.ran)} trained ({len(outcome.resumed)} resumed), {len(outcome.skipped)} skipped as finished, "
-          f"{len(plan.runs) - len(outcome.rows)} to go")
-    if outcome.files:
-        print("wrote " + ", ".join(str(f) for f in outcome.files))
-    print(f"compare in TensorBoard: tensorboard --logdir {plan.out}  (HPARAMS tab)")
-    return 130 if outcome.interrupted else 0
+    from rnn_train.experiments.sweep.run import run_sweep
 
+    outcome = run_sweep(plan, cache_dir=cache_dir, force=args.force, verbose=args.verbose, log=log,
+                        storage=args.storage, study=args.study, workers=args.workers, worker=args.worker,
+                        child_argv=session.child_argv("sweep", argv))
+    if args.worker is not None:
+        return outcome.status
+    log(f"{outcome.summary}; {len(outcome.rows)} of {len(plan.runs)} runs in the tables")
+    if outcome.files:
+        log("wrote " + ", ".join(str(f) for f in outcome.files))
+    log(f"compare in TensorBoard: tensorboard --logdir {plan.out}  (HPARAMS tab)")
+    return outcome.status

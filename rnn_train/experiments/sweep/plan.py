@@ -1,67 +1,30 @@
-"""Planning a sweep: the budget and grid from the command line, every run's config built and checked,
-and each distinct corpus prepared once, all before anything runs (see the package docstring)."""
+"""Planning a sweep: the grid from the command line, every run's config built and checked before
+anything runs (see the package docstring), and what the study needs of it: the grid as Optuna's
+search space, and the config of the grid point a trial draws."""
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import json
-import math
 import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rnn_train.config import SECTIONS, Config, DataConfig, load_config
+from rnn_train.config import SECTIONS, Config, load_config
 from rnn_train.errors import UserError
-from rnn_train.training.rules import LIMIT_KEYS, budget_overrides
+from rnn_train.experiments.study.budget import DEFAULT_EVALS, Budget, parse_budget, spread_evals
+from rnn_train.training.rules import LIMIT_KEYS
+from rnn_train.training.rundir import comparable
 
 BUDGET_KEYS = LIMIT_KEYS
 """Limits the budget owns: set by --budget, never by the grid or an override."""
 OWNED_KEYS = BUDGET_KEYS + ("log.dir", "log.name")
 """Keys the sweep sets itself (log.dir / log.name: each run's directory is named after its grid point)."""
-DEFAULT_EVALS = 4
 NUM_STEPS_KEY = "data.num_steps"
+__all__ = ["DEFAULT_EVALS", "Budget", "parse_budget", "parse_grid", "short_labels", "run_name", "PlannedRun",
+           "SweepPlan", "plan_sweep"]
 
-# ---- the command line's grid and budget
-
-
-@dataclass(frozen=True)
-class Budget:
-    kind: str  # "tokens" | "time"
-    amount: float  # tokens, or seconds
-
-    def overrides(self) -> list[str]:
-        """The dotted overrides that make this budget the only limit of a run."""
-        if self.kind == "tokens":
-            return budget_overrides(max_tokens=int(self.amount))
-        return budget_overrides(max_time=self.amount)
-
-    def describe(self) -> str:
-        return f"{int(self.amount):,} training tokens" if self.kind == "tokens" else f"{self.amount:g} s of training"
-
-
-_SUFFIX = {"tokens": {"": 1, "k": 10**3, "m": 10**6, "g": 10**9},
-           "time": {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}}
-
-
-def parse_budget(text: str) -> Budget:
-    """`tokens:2000000`, `tokens:2M`, `tokens:500k`, `time:600`, `time:10m`, `time:1.5h` -> Budget."""
-    kind, sep, amount = text.partition(":")
-    kind = kind.strip().lower()
-    if not sep or kind not in _SUFFIX:
-        raise UserError(f"--budget {text!r} must be tokens:N or time:SECONDS (e.g. tokens:2M, time:10m)")
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", amount.lower())
-    if not m or m.group(2) not in _SUFFIX[kind]:
-        units = ", ".join(s for s in _SUFFIX[kind] if s)
-        raise UserError(f"--budget {text!r}: the amount must be a number with an optional unit ({units})")
-    value = float(m.group(1)) * _SUFFIX[kind][m.group(2)]
-    if kind == "tokens":
-        if value < 1 or value != int(value):
-            raise UserError(f"--budget {text!r}: the number of tokens must be a whole number >= 1")
-    elif value <= 0:
-        raise UserError(f"--budget {text!r}: the time must be > 0")
-    return Budget(kind, value)
+# ---- the command line's grid
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -136,8 +99,31 @@ class SweepPlan:
         return short_labels(list(self.grid))
 
     def describe(self) -> dict[str, Any]:
-        return {"config": self.config_path, "grid": self.grid, "budget": f"{self.budget.kind}:{self.budget.amount:g}",
+        return {"config": self.config_path, "grid": self.grid, "budget": self.budget.spec(),
                 "fixed_overrides": self.fixed, "evals": self.evals, "runs": [r.name for r in self.runs]}
+
+    # -- what the study needs (study/trials.py's Experiment)
+    def search_space(self) -> dict[str, list[Any]]:
+        """The grid as Optuna's GridSampler takes it: key -> the typed values, in the order given."""
+        space: dict[str, list[Any]] = {key: [] for key in self.grid}
+        for r in self.runs:
+            for key, value in r.grid_values().items():
+                if value not in space[key]:
+                    space[key].append(value)
+        return space
+
+    def configure(self, trial) -> tuple[str, Config]:
+        """The grid point the trial draws (the sampler picks it): its run directory name and config."""
+        values = {key: trial.suggest_categorical(key, choices) for key, choices in self.search_space().items()}
+        for r in self.runs:
+            if r.grid_values() == values:
+                return r.name, r.cfg
+        raise AssertionError(f"no planned run has the grid values {values}")  # the grid sampler draws only these
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the runs (every run's config, budget and validations included), and so names
+        the study; never the output directory, nor threads, device or logging."""
+        return {"runs": {r.name: comparable(r.cfg.to_dict()) for r in self.runs}}
 
 
 def _keys_of(overrides: list[str]) -> set[str]:
@@ -190,40 +176,9 @@ def plan_sweep(config_path: str | None, grid: dict[str, list[str]], budget: Budg
             problems.append(f"grid points {seen_names[name]!r} and {assignment!r} get the same directory name {name!r}")
             continue
         seen_names[name] = str(assignment)
-        if budget.kind == "tokens" and evals and not user_sets_eval:
-            updates = math.ceil(budget.amount / (cfg.data.batch_size * cfg.data.num_steps))
-            cfg = cfg.replace(train=dataclasses.replace(cfg.train, eval_every=max(1, math.ceil(updates / evals))))
+        if not user_sets_eval:
+            cfg = spread_evals(cfg, budget, evals)
         plan.runs.append(PlannedRun(name, assignment, cfg, plan.out / name))
     if problems:
         raise UserError("; ".join(problems))
     return plan
-
-
-def corpus_key(d: DataConfig) -> DataConfig:
-    """The data settings that decide the encoded corpus, with the ones that only cut it into batches
-    (batch_size, num_steps, partition) set to 1, 1, random. Preparing the key itself checks only that
-    one 1×1 batch fits; `prepare_corpora` checks each run's own batch shape."""
-    return dataclasses.replace(d, batch_size=1, num_steps=1, partition="random")
-
-
-def _hashable(d: DataConfig) -> str:
-    return json.dumps(dataclasses.asdict(d), sort_keys=True)
-
-
-def prepare_corpora(plan: SweepPlan, cache_dir: Path | None) -> dict[str, Any]:
-    """Read, encode and split each distinct corpus once; check every run gets at least one batch.
-    Returns {`_hashable(corpus_key(run.cfg.data))`: Dataset}."""
-    from rnn_train.data.dataset import prepare_data, too_short
-
-    datasets: dict[str, Any] = {}
-    problems: list[str] = []
-    for r in plan.runs:
-        key = corpus_key(r.cfg.data)
-        if _hashable(key) not in datasets:
-            datasets[_hashable(key)] = prepare_data(key, cache_dir)
-        problem = too_short(len(datasets[_hashable(key)].train), r.cfg.data)
-        if problem:
-            problems.append(f"run {r.name}: the training split {problem}")
-    if problems:
-        raise UserError("corpus too short: " + "; ".join(problems))
-    return datasets

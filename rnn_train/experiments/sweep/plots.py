@@ -95,17 +95,9 @@ def plot_results(plan: SweepPlan, rows: list[dict[str, Any]]) -> list[Path]:
 
 def read_val_curve(run_dir: Path) -> list[tuple[int, float]]:
     """(step, val/ppl) pairs from a run's TensorBoard events; [] when there are none."""
-    try:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    except ImportError:
-        return []
-    if not any(run_dir.glob("events.out.tfevents.*")):
-        return []
-    ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    ea.Reload()
-    if "val/ppl" not in ea.Tags().get("scalars", []):
-        return []
-    return [(e.step, e.value) for e in ea.Scalars("val/ppl")]
+    from rnn_train.training.events import read_series
+
+    return read_series(run_dir, "val/ppl")
 
 
 def _plot_val_curves(plan: SweepPlan, rows: list[dict[str, Any]], x_key: str, plt) -> Path | None:

@@ -64,8 +64,9 @@ def markdown_table(rows: list[dict[str, Any]], grid_columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(plan: SweepPlan, rows: list[dict[str, Any]]) -> list[Path]:
-    """results.csv, results.json and results.md in the sweep directory (rows in grid order)."""
+def write_results(plan: SweepPlan, rows: list[dict[str, Any]], study: str = "") -> list[Path]:
+    """results.csv, results.json and results.md in the sweep directory (rows in grid order); `study`
+    names the Optuna study in results.json."""
 
     out = plan.out
     grid_columns = [plan.labels[k] for k in plan.grid]
@@ -76,7 +77,7 @@ def write_results(plan: SweepPlan, rows: list[dict[str, Any]]) -> list[Path]:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(lines)
     atomic_write_text(out / "results.csv", buf.getvalue())
-    atomic_write_json(out / "results.json", {"sweep": plan.describe(), "runs": rows})  # NaN -> null
+    atomic_write_json(out / "results.json", {"sweep": {**plan.describe(), "study": study}, "runs": rows})  # NaN -> null
     title = f"Sweep {out}: {plan.budget.describe()} per run"
     atomic_write_text(out / "results.md", f"{title}\n\n" + markdown_table(rows, grid_columns))
     return [out / "results.csv", out / "results.json", out / "results.md"]

@@ -259,12 +259,15 @@ Net<T> read_net(const std::vector<at::Tensor>& w, int64_t cell, int64_t V) {
   return net;
 }
 
-// The state: h [layers, B, H] and, for an LSTM, c [layers, B, H]; read and written in place.
+// The state: h [layers, B, H] and, for an LSTM, c [layers, B, H]; read and written in place. Layer
+// l's rows start `ls` values after layer l - 1's (B * H for a whole buffer, more for a view of its
+// first B rows: KernelStepper.rows, which the server steps).
 template <typename T>
 struct State {
   T* h;
   T* c;  // null for cells without one
-  int64_t B;
+  int64_t B, ls;
+  int64_t at(int64_t l, int64_t b, int64_t H) const { return l * ls + b * H; }  // offset of row b of layer l
 };
 
 // The rows [b0, b1) of one thread, as tiles of at most MR rows sized as evenly as possible, and
@@ -300,12 +303,12 @@ void group_product(const Group<T>& grp, int64_t K, const T* a, int64_t lda, cons
 template <typename T, int G>
 void step_group(const Net<T>& net, State<T>& st, Group<T>& grp, const int64_t* ids, int64_t ids_stride, bool decode) {
   using S = Shape<T, G>;
-  const int64_t H = net.H, B = st.B, m = grp.m;
+  const int64_t H = net.H, m = grp.m;
   if (m <= 0) return;
   for (int64_t l = 0; l < net.layers; ++l) {
-    T* h = st.h + (l * B + grp.b0) * H;
-    T* c = st.c != nullptr ? st.c + (l * B + grp.b0) * H : nullptr;
-    const T* below = l > 0 ? st.h + ((l - 1) * B + grp.b0) * H : nullptr;  // already at step t
+    T* h = st.h + st.at(l, grp.b0, H);
+    T* c = st.c != nullptr ? st.c + st.at(l, grp.b0, H) : nullptr;
+    const T* below = l > 0 ? st.h + st.at(l - 1, grp.b0, H) : nullptr;  // already at step t
     for (int64_t p = 0; p < net.np; ++p) {
       const int64_t u0 = p * S::PL, n = std::min<int64_t>(S::PL, H - u0);
       for (int64_t r = 0; r < m; ++r) std::memcpy(grp.gh.data() + r * S::W, net.b_hh[l] + p * S::W, sizeof(T) * S::W);
@@ -330,7 +333,7 @@ void step_group(const Net<T>& net, State<T>& st, Group<T>& grp, const int64_t* i
   }
   if (!decode) return;
   const int64_t WD = decoder_width<T>(), ld = net.nd * WD;
-  const T* top = st.h + ((net.layers - 1) * B + grp.b0) * H;
+  const T* top = st.h + st.at(net.layers - 1, grp.b0, H);
   for (int64_t r = 0; r < m; ++r) std::memcpy(grp.logits.data() + r * ld, net.dec_bias, sizeof(T) * ld);
   for (int64_t d = 0; d < net.nd; ++d)
     group_product<T, kDecoderNV, S::MR>(grp, H, top, H, net.dec + d * H * WD, grp.logits.data() + d * WD, ld);
@@ -530,13 +533,13 @@ void step_group_amx(const AmxNet& net, State<float>& st, AmxGroup& grp, const in
                     bool decode) {
 #if DECODE_AMX
   using A = AmxShape<G>;
-  const int64_t H = net.H, B = st.B, m = grp.m, kp = grp.kp;
+  const int64_t H = net.H, m = grp.m, kp = grp.kp;
   if (m <= 0) return;
   for (int64_t l = 0; l < net.layers; ++l) {
-    float* h = st.h + (l * B + grp.b0) * H;
-    float* c = st.c != nullptr ? st.c + (l * B + grp.b0) * H : nullptr;
+    float* h = st.h + st.at(l, grp.b0, H);
+    float* c = st.c != nullptr ? st.c + st.at(l, grp.b0, H) : nullptr;
     to_bf16_rows(h, m, H, grp.a_rec.data(), kp);
-    if (l > 0) to_bf16_rows(st.h + ((l - 1) * B + grp.b0) * H, m, H, grp.a_in.data(), kp);
+    if (l > 0) to_bf16_rows(st.h + st.at(l - 1, grp.b0, H), m, H, grp.a_in.data(), kp);
     for (int64_t p = 0; p < net.np; ++p) {
       const int64_t u0 = p * A::UA, n = std::min<int64_t>(A::UA, H - u0);
       for (int64_t t0 = 0; t0 < m; t0 += 16) {
@@ -574,7 +577,7 @@ void step_group_amx(const AmxNet& net, State<float>& st, AmxGroup& grp, const in
     std::memcpy(h, grp.hn.data(), sizeof(float) * m * H);
   }
   if (!decode) return;
-  to_bf16_rows(st.h + ((net.layers - 1) * B + grp.b0) * H, m, H, grp.a_rec.data(), kp);
+  to_bf16_rows(st.h + st.at(net.layers - 1, grp.b0, H), m, H, grp.a_rec.data(), kp);
   for (int64_t d = 0; d < net.nd; ++d) {
     const int tiles = (int)std::min<int64_t>(kDecoderTiles, (net.V - d * 64 + 15) / 16);
     for (int64_t t0 = 0; t0 < m; t0 += 16)
@@ -684,14 +687,18 @@ inline float log_poly(float x) {
   return ef * 0.693359375f + (ef * -2.12194440e-4f + (f + (-0.5f * z + z * f * q)));  // ln2 in two parts
 }
 
-// The Gumbel noise of one row for its character at `position`: g[v] = -log(-log(U_v)) with U_v from
-// the row's counter-based stream (rnn_train/prediction/choose.py spells out the same numbers).
-inline void gumbel_noise(uint64_t key, uint64_t position, int64_t V, float* __restrict g) {
+// The Gumbel noise of one row for its character at `position`, times the row's temperature:
+// g[v] = T * -log(-log(U_v)) with U_v from the row's counter-based stream
+// (rnn_train/prediction/choose.py spells out the same numbers). Not inlined: the sampling chunk and
+// the op decode_gumbel_noise (what Python adds where it chooses: filters, forced characters, the
+// server) run this one compiled function, so their noise is the same to the bit.
+__attribute__((noinline)) void gumbel_noise(uint64_t key, uint64_t position, int64_t V, float T,
+                                            float* __restrict g) {
   const uint64_t first = position * (uint64_t)V + 1;
   for (int64_t v = 0; v < V; ++v) {
     const uint64_t z = splitmix64(key + (first + (uint64_t)v) * kGamma);
     const float u = ((float)(int32_t)(z >> 41) + 0.5f) * (1.0f / 8388608.0f);  // (k + 1/2) / 2^23, exact
-    g[v] = -log_poly(-log_poly(u));
+    g[v] = T * -log_poly(-log_poly(u));
   }
 }
 
@@ -726,7 +733,7 @@ inline void emit_logits(const T* src, int64_t V, T scale, std::optional<double> 
   if (unk.has_value()) out[0] = (T)*unk;
 }
 
-struct RowChoice {  // per row: 1 / temperature (1 for greedy), greedy or not, RNG key and position
+struct RowChoice {  // per row: the temperature (0 = greedy), RNG key and position
   const double* temperature;
   const int64_t* keys;
   const int64_t* counters;
@@ -741,15 +748,19 @@ T scale_of(double temperature) {
 
 template <typename T>
 State<T> read_state(const at::Tensor& h, const std::optional<at::Tensor>& c, int64_t layers, int64_t H, int64_t cell) {
-  TORCH_CHECK(h.dim() == 3 && h.size(0) == layers && h.size(2) == H && h.is_contiguous() &&
+  // [layers, B, H] with rows contiguous within a layer: a whole buffer, or the first B rows of one
+  auto rows_packed = [&](const at::Tensor& t) {
+    return t.stride(2) == 1 && t.stride(1) == H && t.stride(0) >= t.size(1) * H;
+  };
+  TORCH_CHECK(h.dim() == 3 && h.size(0) == layers && h.size(2) == H && rows_packed(h) &&
                   h.scalar_type() == c10::CppTypeToScalarType<T>::value,
-              "h must be contiguous [layers, B, H] of the table's dtype");
+              "h must be [layers, B, H] of the table's dtype, rows contiguous (a buffer or its first B rows)");
   const bool needs_c = cell == kLstm;
   TORCH_CHECK(c.has_value() == needs_c, needs_c ? "an LSTM needs c" : "only an LSTM takes c");
   if (needs_c)
-    TORCH_CHECK(c->sizes() == h.sizes() && c->is_contiguous() && c->scalar_type() == h.scalar_type(),
-                "c must be contiguous like h");
-  return {h.data_ptr<T>(), needs_c ? c->data_ptr<T>() : nullptr, h.size(1)};
+    TORCH_CHECK(c->sizes() == h.sizes() && c->strides() == h.strides() && c->scalar_type() == h.scalar_type(),
+                "c must be laid out like h");
+  return {h.data_ptr<T>(), needs_c ? c->data_ptr<T>() : nullptr, h.size(1), h.stride(0)};
 }
 
 // ids within [low, high): checked before any thread starts (nothing may throw inside the loops).
@@ -873,9 +884,10 @@ void decode_step(const std::vector<at::Tensor>& weights, int64_t cell, at::Tenso
 }
 
 // `n` characters per row: choice j is drawn from the current logits [B, V] (greedy for rows of
-// temperature 0, else with the row's Gumbel noise for position counters[row] + j) into
-// out[j, row]; for j < advance it is then fed to the model, whose new logits (times 1 / temperature,
-// <unk> masked) replace the current ones. The state and the logits are left after the last step.
+// temperature 0, else argmax(logits + T * G) with the row's Gumbel noise G for position
+// counters[row] + j: a draw from softmax(logits / T)) into out[j, row]; for j < advance it is then
+// fed to the model, whose new logits (the model's own, <unk> masked) replace the current ones. The
+// state and the logits are left after the last step.
 void decode_sample(const std::vector<at::Tensor>& weights, int64_t cell, at::Tensor h, std::optional<at::Tensor> c,
                    at::Tensor logits, const at::Tensor& temperature, const at::Tensor& keys, const at::Tensor& counters,
                    std::optional<double> unk_logit, int64_t n, int64_t advance, at::Tensor out) {
@@ -906,7 +918,7 @@ void decode_sample(const std::vector<at::Tensor>& weights, int64_t cell, at::Ten
         for (int64_t b = b0; b < b1; ++b) {
           const T* row = lg + b * V;
           if (rc.temperature[b] > 0) {
-            gumbel_noise((uint64_t)rc.keys[b], (uint64_t)(rc.counters[b] + j), V, g.data());
+            gumbel_noise((uint64_t)rc.keys[b], (uint64_t)(rc.counters[b] + j), V, (float)rc.temperature[b], g.data());
             ids[j * B + b] = draw<T>(row, V, g.data());
           } else {
             ids[j * B + b] = argmax<T>(row, V);
@@ -915,8 +927,7 @@ void decode_sample(const std::vector<at::Tensor>& weights, int64_t cell, at::Ten
         if (j >= advance) continue;
         engine.step(mine, grp, ids + j * B + b0, 1, true);
         for (int64_t b = b0; b < b1; ++b)
-          emit_logits<T>(grp.logits.data() + (b - b0) * grp.ld, V, scale_of<T>(rc.temperature[b]), unk_logit,
-                         lg + b * V);
+          emit_logits<T>(grp.logits.data() + (b - b0) * grp.ld, V, T(1), unk_logit, lg + b * V);
       }
     });
   });
@@ -967,6 +978,26 @@ void decode_score(const std::vector<at::Tensor>& weights, int64_t cell, at::Tens
   });
 }
 
+// out [B, steps, V] float32: row b's noise (times scales[b]) for positions positions[b] .. + steps - 1.
+void gumbel_noise_op(const at::Tensor& keys, const at::Tensor& positions, const at::Tensor& scales, at::Tensor out) {
+  TORCH_CHECK(out.dim() == 3 && out.is_contiguous() && out.scalar_type() == at::kFloat,
+              "out must be contiguous float32 [B, steps, V]");
+  const int64_t B = out.size(0), steps = out.size(1), V = out.size(2);
+  check_rows(keys, B, at::kLong, "keys");
+  check_rows(positions, B, at::kLong, "positions");
+  check_rows(scales, B, at::kDouble, "scales");
+  const int64_t* key = keys.data_ptr<int64_t>();
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  const double* scale = scales.data_ptr<double>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, B * steps, 64, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / steps, j = i % steps;
+      gumbel_noise((uint64_t)key[b], (uint64_t)(pos[b] + j), V, (float)scale[b], o + i * V);
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> pack_gates_any(const at::Tensor& w, const at::Tensor& b, int64_t cell, bool bf16) {
   if (!bf16) return pack_gates(w, b, cell);
   TORCH_CHECK(amx_available(), "bf16 steps need AMX tiles, which this build or CPU does not have");
@@ -995,6 +1026,7 @@ std::tuple<at::Tensor, at::Tensor> pack_decoder_any(const at::Tensor& w, const a
 TORCH_LIBRARY_FRAGMENT(rnn_train_kernels, m) {
   using namespace rnn_kernels::decode;
   m.def("decode_amx_available() -> bool", [] { return amx_available(); });
+  m.def("decode_gumbel_noise(Tensor keys, Tensor positions, Tensor scales, Tensor(a!) out) -> ()", &gumbel_noise_op);
   m.def("decode_pack_gates(Tensor w, Tensor b, int cell, bool bf16=False) -> (Tensor, Tensor)", &pack_gates_any);
   m.def("decode_pack_decoder(Tensor w, Tensor b, bool bf16=False) -> (Tensor, Tensor)", &pack_decoder_any);
   m.def("decode_step(Tensor[] weights, int cell, Tensor(a!) h, Tensor(b!)? c, Tensor ids, Tensor temperature, "

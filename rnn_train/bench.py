@@ -1,7 +1,0 @@
-"""`python -m rnn_train.bench`: the older spelling of `python -m rnn_train bench` (rnn_train.commands)."""
-import sys
-
-from rnn_train.commands import run_command
-
-if __name__ == "__main__":
-    sys.exit(run_command("bench", sys.argv[1:], prog="python -m rnn_train.bench"))

@@ -1,0 +1,102 @@
+"""What `tune` and `sweep` do alike once their trials are planned: open the study, run its trials in
+this process or in K workers, and say where it stands."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from rnn_train.errors import UserError
+from rnn_train.experiments.study.engine import FINISHED, StudyHandle, WorkResult, queue_again, work
+from rnn_train.experiments.study.storage import dashboard_command, open_storage, shown
+from rnn_train.experiments.study.workers import spawn
+from rnn_train.files import atomic_write_json
+
+MARKER = "study.json"
+"""The file in --out that names the study whose trials its run directories hold."""
+
+
+def check_marker(out: Path, name: str, kind: str) -> None:
+    """One --out holds the run directories of one study: refuse another (nothing is written)."""
+    try:
+        held = json.loads((out / MARKER).read_text(encoding="utf-8")).get("study")
+    except (OSError, ValueError, AttributeError):
+        return
+    if held and held != name:
+        raise UserError(f"{out} holds the trials of the study {held}; this command's study is {name} (its recipe, "
+                        f"overrides, {'grid' if kind == 'sweep' else 'search space'} or budget differ): use another "
+                        f"--out, or --study {held} to go on with that one")
+
+
+def write_marker(out: Path, name: str, url: str, what: dict[str, Any]) -> None:
+    atomic_write_json(out / MARKER, {"study": name, "storage": shown(url), "dashboard": dashboard_command(url), **what})
+
+
+def make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot use {out} as the output directory ({e.strerror or e})") from None
+
+
+def open_study(url: str, name: str, *, sampler, pruner, create: Path, storage_in_out: bool) -> StudyHandle:
+    """Create the study in the storage, or load it if it is there (the same command run again, or by
+    another worker or machine); make the output directory `create`, after opening a storage of
+    its own (so a bad --storage URL leaves nothing behind), before one that lives in it."""
+    if storage_in_out:
+        make_out(create)
+    storage = open_storage(url, retry=queue_again)
+    if not storage_in_out:
+        make_out(create)
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction="minimize", sampler=sampler,
+                                    pruner=pruner, load_if_exists=True)
+    except Exception as e:  # noqa: BLE001 - a database that refuses us is the user's to fix
+        import sqlalchemy
+
+        if not isinstance(e, sqlalchemy.exc.SQLAlchemyError):
+            raise
+        raise UserError(f"the study storage {shown(url)} refused the study: {str(e).splitlines()[0]}") from None
+    return StudyHandle.of(study, storage)
+
+
+def run_trials(h: StudyHandle, n_trials: int, runner: Callable, *, workers: int, is_worker: bool,
+               child_argv: Callable[[int], list[str]], log: Callable[[str], None],
+               after_trial: Callable[[], None] | None = None) -> int:
+    """Run the study's trials here (one worker) or in `workers` child processes; the exit status:
+    0 when this process is done, 130 interrupted, a worker's status if one failed."""
+    if workers > 1 and not is_worker:
+        return spawn(child_argv, workers, log)
+    result: WorkResult = work(h, n_trials, runner, log=log, after_trial=after_trial)
+    return 130 if result.interrupted else 0
+
+
+def summary(h: StudyHandle, n_trials: int) -> str:
+    """'12 of 12 trials finished (3 pruned); 1 failed (continued by another)' and the like."""
+    trials = h.trials()
+    by = {s: sum(t.state == s for t in trials) for s in TrialState}
+    finished = sum(by[s] for s in FINISHED)
+    text = f"{finished} of {n_trials} trials finished"
+    if by[TrialState.PRUNED]:
+        text += f" ({by[TrialState.PRUNED]} pruned)"
+    extra = [f"{by[s]} {s.name.lower()}" for s in (TrialState.RUNNING, TrialState.WAITING) if by[s]]
+    if by[TrialState.FAIL]:
+        extra.append(f"{by[TrialState.FAIL]} failed (results.csv says why, and which trial continues each)")
+    return text + (f"; {', '.join(extra)}" if extra else "")
+
+
+def worker_log(index: int | None) -> Callable[[str], None]:
+    """print, with `[worker I]` in front of each line in a worker process."""
+    if index is None:
+        return lambda m: print(m, flush=True)
+    return lambda m: print(f"[worker {index}] {m}", flush=True)
+
+
+def child_argv(command: str, argv: list[str] | None) -> Callable[[int], list[str]]:
+    """A worker's command line: the parent's own arguments (the worker adds --worker I)."""
+    args = list(sys.argv[2:] if argv is None else argv)
+    return lambda i: [command, *args]

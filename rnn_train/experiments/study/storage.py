@@ -1,0 +1,131 @@
+"""Where a study lives: Optuna's RDB storage, a SQLite file in the output directory by default, or
+any database URL Optuna accepts (PostgreSQL to share one study between machines).
+
+SQLite with several processes. Optuna claims a queued trial, and fails a dead one, by reading its
+state and writing a new one. Python's sqlite3 runs the read outside any transaction, so two
+processes can both read WAITING and both claim the same trial (Optuna's issue #4002). Here every
+transaction on a SQLite storage starts with `BEGIN IMMEDIATE`: it takes the database's write lock
+first, so read-then-write is atomic and the other processes wait (up to SQLITE_TIMEOUT s) instead of
+failing. PostgreSQL needs nothing of the kind: Optuna reads the row `FOR UPDATE`.
+
+Heartbeats. A process that runs a trial records a heartbeat every HEARTBEAT_S seconds; a trial whose
+heartbeat is older than GRACE_S is failed and queued again by whoever notices first (Optuna's
+`fail_stale_trials`). That is how a trial of a machine that died is recovered; a dead process on
+*this* machine is noticed at once (study/liveness.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sqlite3
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from rnn_train.errors import UserError
+
+HEARTBEAT_S = 20
+GRACE_S = 90
+SQLITE_TIMEOUT = 120.0
+DEFAULT_DB = "study.db"
+
+
+def quiet_optuna() -> None:
+    """Optuna's INFO lines ('Trial 3 finished ...') repeat what our log says; its experimental-API
+    warnings (heartbeats, matplotlib plots) are not the user's business."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # we run the heartbeat ourselves (study/engine.py), with ask and tell rather than Study.optimize
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def default_url(out: Path) -> str:
+    return f"sqlite:///{(out / DEFAULT_DB).resolve()}"
+
+
+def shown(url: str) -> str:
+    """The URL with its password hidden, for messages and files."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as the user typed it
+        return url
+
+
+def dashboard_command(url: str) -> str:
+    return f"optuna-dashboard {shown(url)}"
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file of a sqlite:/// URL (None for other databases and for in-memory SQLite)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite":
+        return None
+    if not u.database or u.database == ":memory:":
+        return None
+    return u.database
+
+
+def open_storage(url: str, *, retry: Callable | None = None, heartbeat_s: int = HEARTBEAT_S,
+                 grace_s: int = GRACE_S):
+    """An RDBStorage for `url` with heartbeats; `retry(study, frozen_trial)` queues a stale trial again.
+    Any failure to open it (bad URL, missing driver, unreachable server) is one UserError."""
+    import optuna
+    import sqlalchemy
+    from sqlalchemy import event
+
+    quiet_optuna()
+    kwargs: dict[str, Any] = {}
+    try:
+        path = _sqlite_path(url)
+    except Exception as e:  # noqa: BLE001 - sqlalchemy's ArgumentError and friends
+        raise UserError(f"--storage {url!r} is not a database URL ({e})") from None
+    if path is not None:
+        if not Path(path).parent.is_dir():
+            raise UserError(f"--storage {shown(url)}: the directory {Path(path).parent} does not exist")
+
+        def connect() -> sqlite3.Connection:
+            # isolation_level=None: sqlite3 opens no transactions itself; the "begin" hook below does
+            return sqlite3.connect(path, timeout=SQLITE_TIMEOUT, isolation_level=None, check_same_thread=False)
+        kwargs["creator"] = connect
+    for attempt in range(6):
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s,
+                                                 grace_period=grace_s, heartbeat_stale_trial_callback=retry)
+            break
+        except (ImportError, ModuleNotFoundError) as e:
+            raise UserError(f"--storage {shown(url)}: its database driver is not installed ({e})") from None
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+            # Two processes creating the tables of an empty database at once (the same command
+            # started on two machines): one of them loses; the tables are there when it tries again.
+            if attempt == 5:
+                raise UserError(f"cannot open the study storage {shown(url)}: {_first_line(e)}") from None
+            time.sleep(0.2 + random.random())
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError, OSError) as e:
+            raise UserError(f"cannot open the study storage {shown(url)}: {_first_line(e)}") from None
+    if path is not None:
+        @event.listens_for(storage.engine, "begin")
+        def _immediate(conn) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    return storage
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else e.__class__.__name__
+
+
+def study_name(kind: str, recipe: str | None, what: dict[str, Any]) -> str:
+    """`<kind>-<recipe stem>-<10 hex digits>`: a digest of what decides the trials (the resolved
+    recipe and overrides, the space or grid, the budget), never of where the results go, so the same
+    command on several machines, each with its own --out, joins one study."""
+    stem = Path(recipe).stem if recipe else "defaults"
+    digest = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{kind}-{stem}-{digest}"

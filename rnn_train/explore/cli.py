@@ -1,0 +1,142 @@
+"""`rnn-train explore`: one offline HTML page that runs a trained model in the browser.
+
+    rnn-train explore --checkpoint runs/shakespeare_gru mytext.txt --out gru.html
+    rnn-train explore --checkpoint runs/pinyin_gru                     (a slice of its validation text)
+
+The page (rnn_train/explore/page.py) holds the weights, the texts and its script: it opens from
+file:// with no network, types ahead, colours the texts by surprisal and by any unit, plots gate
+saturation and gradient flow, and matches selected patterns. Texts are read as `rnn-train score`
+reads them (the model's encoding; Chinese converted to pinyin for a pinyin model), each from a zero
+state; together they are cut to --max-chars, and the page says so. Without a text file the page
+analyses the start of the checkpoint's validation split, when its corpus can be found.
+"""
+from __future__ import annotations
+
+import collections
+import shlex
+import sys
+from pathlib import Path
+
+from rnn_train.cli import ArgumentParser
+from rnn_train.errors import UserError
+
+MAX_CHARS = 20_000
+
+
+def _parser(prog: str) -> ArgumentParser:
+    ap = ArgumentParser(prog=prog, description="One self-contained HTML page that runs a trained model in the browser: "
+                                               "type-ahead, surprisal, units, gate saturation, select and match, "
+                                               "gradient flow. Works offline from file://.")
+    ap.add_argument("files", nargs="*", metavar="TEXT_FILE",
+                    help="texts to analyse, read as `rnn-train score` reads them (default: the start of the "
+                         "checkpoint's validation text)")
+    ap.add_argument("--checkpoint", required=True, help="a .pt file or a run directory (uses its best.pt)")
+    ap.add_argument("--out", default=None, help="the page to write (default: explore.html beside the checkpoint)")
+    ap.add_argument("--max-chars", type=int, default=MAX_CHARS,
+                    help=f"analyse at most this many characters of the texts together (default {MAX_CHARS:,}); "
+                         f"the page says when it cut")
+    ap.add_argument("--encoding", default=None, help="encoding of the text files (default: the model's data.encoding)")
+    ap.add_argument("--cache-dir", default="data/cache",
+                    help="where the prepared corpus is looked for, without a text file (default data/cache)")
+    return ap
+
+
+def file_documents(paths: list[str], data_cfg, encoding: str | None):
+    from rnn_train.explore.page import Document
+    from rnn_train.prediction.textstream import model_text
+
+    docs = []
+    for path in paths:
+        text = "".join(model_text(path, data_cfg, encoding))
+        if not text:
+            raise UserError(f"{path} is empty: nothing to explore")
+        docs.append(Document(path, text))
+    return docs
+
+
+def validation_document(cfg, vocab, checkpoint: Path, cache_dir: str | None, max_chars: int):
+    """The start of the validation split of the checkpoint's corpus (as ids -> characters; an id
+    of <unk> becomes U+FFFD, which the vocab cannot spell either), and the split's length."""
+    from rnn_train.data.dataset import prepare_data
+    from rnn_train.explore.page import Document
+
+    try:
+        val = prepare_data(cfg.data, Path(cache_dir) if cache_dir else None, vocab).val
+    except UserError as e:
+        raise UserError(f"no TEXT_FILE given, and the validation text of {checkpoint} cannot be read ({e}); "
+                        f"give a text file") from None
+    if len(val) < 2:
+        raise UserError(f"no TEXT_FILE given, and {checkpoint}'s run has no validation text (data.val_fraction "
+                        f"{cfg.data.val_fraction}); give a text file")
+    itos = ["\ufffd", *vocab.itos[1:]]
+    text = "".join(itos[i] for i in val[:max_chars].tolist())
+    where = ", ".join(cfg.data.paths) or "the built-in pinyin corpus"
+    return Document(f"validation text of {where}", text), len(val)
+
+
+def cut(docs, max_chars: int):
+    """Keep the first max_chars characters of the texts together -> (docs, total before the cut)."""
+    total, kept, out = sum(len(d.text) for d in docs), 0, []
+    for d in docs:
+        if kept >= max_chars:
+            break
+        d.text = d.text[:max_chars - kept]
+        kept += len(d.text)
+        out.append(d)
+    return out, total
+
+
+def unknown_chars(docs, vocab) -> dict:
+    counts = collections.Counter(c for d in docs for c in d.text if c not in vocab.stoi)
+    return {"count": sum(counts.values()), "chars": [[c, n] for c, n in counts.most_common(12)]}
+
+
+def tensorboard_command(checkpoint: Path) -> str | None:
+    """`tensorboard --logdir` the directory above the run (its HPARAMS view finds a run's metrics in
+    its train/ and val/ subdirectories only from there), when the run wrote events."""
+    run_dir = checkpoint.parent if checkpoint.parent.name else checkpoint.resolve().parent
+    if not any(run_dir.glob("**/events.out.tfevents.*")):
+        return None
+    return f"tensorboard --logdir {shlex.quote(str(run_dir.parent))}   (this run: {run_dir.name})"
+
+
+def main(argv: list[str] | None = None, prog: str = "rnn-train explore") -> int:
+    ap = _parser(prog)
+    args = ap.parse_args(argv)
+    if args.max_chars < 2:
+        ap.error(f"--max-chars must be >= 2, got {args.max_chars}")
+
+    import numpy as np
+
+    from rnn_train.explore import page, pinyin_table
+    from rnn_train.files import atomic_write_text
+    from rnn_train.model.checkpoint import load_model, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    model, vocab, cfg, ckpt = load_model(checkpoint)
+    if model.spec.hook("js") is None:
+        raise UserError(f"{checkpoint}: cell {model.spec.name!r} has no JavaScript step (CellSpec hook \"js\"), so "
+                        f"the page cannot run it; register one (see rnn_train/explore/cells_js.py)")
+    if args.files:
+        docs, total = cut(file_documents(args.files, cfg.data, args.encoding), args.max_chars)
+    else:
+        doc, total = validation_document(cfg, vocab, checkpoint, args.cache_dir, args.max_chars)
+        docs = [doc]
+    kept = sum(len(d.text) for d in docs)
+    ids = np.concatenate([vocab.encode(d.text).astype(np.int64) for d in docs])
+    run = {"checkpoint": str(checkpoint), "step": int(ckpt["step"]),
+           "best_val_loss": float(ckpt["best_val_loss"]) if np.isfinite(ckpt.get("best_val_loss", np.inf)) else None,
+           "tensorboard": tensorboard_command(checkpoint),
+           "command": " ".join(["rnn-train explore", *map(shlex.quote, sys.argv[2:] if argv is None else argv)]),
+           "cut": {"kept": kept, "total": total} if kept < total else None,
+           "unknown": unknown_chars(docs, vocab)}
+    table = pinyin_table.cached_table(cfg.data.tones) if cfg.data.kind == "pinyin" else None
+    html = page.build_page(model, vocab, cfg, run, docs, table, page.gradient_flow(model, ids))
+    out = Path(args.out) if args.out else checkpoint.parent / "explore.html"
+    atomic_write_text(out, html)
+    size = len(html.encode("utf-8"))
+    cut_note = f" (cut from {total:,} by --max-chars)" if kept < total else ""
+    unk = run["unknown"]["count"]
+    print(f"wrote {out} ({size / 1e6:.2f} MB): {kept:,} characters analysed{cut_note}"
+          + (f", {unk:,} of them not in the vocab (read as <unk>)" if unk else ""))
+    return 0

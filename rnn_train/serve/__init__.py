@@ -1,0 +1,1 @@
+"""`rnn-train serve`: a model behind an HTTP API, its requests batched (docs/serve.md)."""

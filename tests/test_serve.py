@@ -1,0 +1,431 @@
+"""`rnn-train serve`: the real server, started on a free loopback port in a subprocess and spoken to
+over HTTP. It answers what the CLI prints (next characters, greedy and seeded continuations, scores),
+steps concurrent requests together, answers every bad request with a 4xx naming the field and keeps
+serving, refuses a broken checkpoint in one line before listening, and ends in-flight requests
+before exiting 0 on SIGTERM or Ctrl-C. The batcher and the stepper views it steps are checked
+in-process against predict's own code."""
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from rnn_train.commands import run_command
+from rnn_train.kernels.build import build_dir, extension
+from rnn_train.model import cells
+from rnn_train.model.charrnn import CharRNN
+from rnn_train.model.checkpoint import load_model
+from rnn_train.prediction.choose import SamplingOptions
+from rnn_train.prediction.generate import encode_prefix, predict, sampler_logits, samples, warm_up
+from rnn_train.prediction.sampler import RuleState, StopRules
+from rnn_train.prediction.score import score_file
+from rnn_train.prediction.stepper import make_stepper
+from rnn_train.serve.cli import exposure_warning
+from rnn_train.serve.scheduler import Batcher, Job
+from rnn_train.training.trainer import train
+from tests.helpers import ROOT, tiny_config
+from tests.test_cells import NEW_CELLS
+
+LIMITS = ["--max-k", "1200", "--max-samples", "4", "--max-prefix", "64", "--max-body", "2048", "--max-batch", "32"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A GRU trained for seconds on the built-in pinyin corpus (pinyin: Chinese prefixes convert)."""
+    tmp = tmp_path_factory.mktemp("serve")
+    train(tiny_config(tmp, "train.max_steps=80", "model.hidden_size=24"), tmp / "run", quiet=True, cache_dir=tmp / "c")
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """The server's and the CLI's environment: one decisions cache, and the server's BLAS setting
+    (one OpenBLAS thread), under which a request alone is predict --seed to the bit. The cache is
+    seeded with this machine's C++ build (linked), so that the processes do not build it again."""
+    cache = tmp_path_factory.mktemp("cache")
+    if extension() is not None:
+        (cache / build_dir().name).symlink_to(build_dir())
+    return {**os.environ, "RNN_TRAIN_CACHE": str(cache), "OPENBLAS_NUM_THREADS": "1"}
+
+
+class Server:
+    """`python -m rnn_train serve --port 0 ...` in a subprocess; its URL read from its first line."""
+
+    def __init__(self, checkpoint, env, *args):
+        self.proc = subprocess.Popen([sys.executable, "-m", "rnn_train", "serve", "--checkpoint", str(checkpoint),
+                                      "--port", "0", *args], cwd=ROOT, env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        line = self.proc.stdout.readline()
+        if "http://127.0.0.1:" not in line:
+            self.proc.kill()
+            pytest.fail(f"the server did not start: {line!r} {self.proc.stderr.read()}")
+        self.url = "http://" + line.split("http://")[1].split()[0]
+
+    def post(self, path, body, **kwargs):
+        return httpx.post(self.url + path, json=body, timeout=60, **kwargs)
+
+    def get(self, path):
+        return httpx.get(self.url + path, timeout=60)
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def server(run, env):
+    s = Server(run, env, *LIMITS)
+    yield s
+    assert s.stop() == 0
+
+
+def cli_predict(run, env, *args) -> str:
+    out = subprocess.run([sys.executable, "-m", "rnn_train", "predict", "--checkpoint", str(run), *args],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def as_cli_prints(prefix: str, next_chars, samples_: list[str]) -> tuple[str, str]:
+    """The server's answers in predict's format: (the top-n block, the text after 'continuation ...:')."""
+    top = "".join(f"  {c!r:>8}  {p:.4f}\n" for c, p in next_chars)
+    if len(samples_) == 1:
+        text = prefix + samples_[0]
+        return top, text + ("" if text.endswith("\n") else "\n")
+    texts = [prefix + s for s in samples_]
+    return top, "".join(f"--- sample {i + 1}\n{t}" + ("" if t.endswith("\n") else "\n") for i, t in enumerate(texts))
+
+
+def cli_parts(stdout: str) -> tuple[str, str]:
+    head, tail = stdout.split("\ncontinuation (", 1)
+    return head.split("):\n", 1)[1] + "\n", tail.split(":\n", 1)[1]
+
+
+# ------------------------------------------------------------------------------ the same as the CLI
+
+
+def test_a_chinese_prefix_gives_predicts_next_characters_and_greedy_text(server, run, env):
+    top = server.post("/v1/next", {"prefix": "中国", "top_n": 5}).json()
+    gen = server.post("/v1/generate", {"prefix": "中国", "k": 300}).json()
+    assert top["prefix"] == gen["prefix"] == "zhong guo "  # converted as predict converts it
+    cli_top, cli_text = cli_parts(cli_predict(run, env, "--prefix", "中国", "-k", "300"))
+    assert as_cli_prints(gen["prefix"], top["next"], gen["samples"]) == (cli_top, cli_text)
+    model, vocab, _, _ = load_model(run)
+    expected = predict(model, vocab, "zhong guo ", k=0, top_n=5).next_chars
+    assert [c for c, _ in top["next"]] == [c for c, _ in expected]
+    np.testing.assert_allclose([p for _, p in top["next"]], [p for _, p in expected], rtol=0, atol=1e-5)
+
+
+def test_a_seeded_request_alone_is_predict_seed_to_the_bit(server, run, env):
+    options = {"temperature": 0.9, "top_k": 8, "top_p": 0.95, "seed": 7, "num_samples": 3, "stop_at": "ma",
+               "max_lines": 3}
+    got = server.post("/v1/generate", {"prefix": "ni hao", "k": 400, **options}).json()
+    stdout = cli_predict(run, env, "--prefix", "ni hao", "-k", "400", "--temperature", "0.9", "--top-k", "8",
+                         "--top-p", "0.95", "--seed", "7", "--num-samples", "3", "--stop-at", "ma", "--max-lines", "3")
+    assert as_cli_prints("ni hao", [], got["samples"])[1] == cli_parts(stdout)[1]
+    assert len(set(got["samples"])) == 3  # three streams, not one
+    again = server.post("/v1/generate", {"prefix": "ni hao", "k": 400, **options}).json()
+    assert again == got
+
+
+def test_unseeded_requests_differ_and_k_0_is_empty(server):
+    a, b = (server.post("/v1/generate", {"prefix": "ni", "k": 60, "temperature": 1.0}).json()["samples"]
+            for _ in range(2))
+    assert a != b
+    assert server.post("/v1/generate", {"prefix": "ni", "k": 0, "num_samples": 2}).json()["samples"] == ["", ""]
+
+
+def test_scores_equal_rnn_train_score(server, run, env, tmp_path):
+    texts = {"plain": "ni hao\nzhong guo ren min\n" * 5, "crlf": "ni hao\r\nzhong guo\r\n" * 4,
+             "chinese": "中国人民\n你好世界\n" * 3}
+    paths = [tmp_path / f"{name}.txt" for name in texts]
+    for path, text in zip(paths, texts.values()):
+        path.write_bytes(text.encode("utf-8"))
+    out = subprocess.run([sys.executable, "-m", "rnn_train", "score", "--checkpoint", str(run), *map(str, paths)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    model, vocab, cfg, _ = load_model(run)
+    for path, text, line in zip(paths, texts.values(), out.stdout.strip().splitlines()):
+        got = server.post("/v1/score", {"text": text}).json()
+        assert line.startswith(f"{path}: ")
+        assert f"loss {got['loss']:.4f} | ppl {got['perplexity']:.3f} | {got['bits_per_char']:.3f} bits/char" in line
+        assert f"{got['chars']:,} chars ({got['scored']:,} scored, {got['unk'] / got['chars']:.2%} <unk>)" in line
+        expected = score_file(model, vocab, cfg.data, str(path))
+        assert (got["chars"], got["scored"], got["unk"]) == (expected.chars, expected.scored, expected.unk)
+        assert got["loss"] == pytest.approx(expected.loss, rel=1e-6)
+        assert got["bits_per_char"] == pytest.approx(expected.loss / math.log(2), rel=1e-6)
+
+
+def test_the_model_the_schema_and_the_docs_are_served(server, run):
+    info = server.get("/v1/model").json()
+    _, vocab, cfg, ckpt = load_model(run)
+    assert info["cell"] == "gru" and info["hidden_size"] == 24 and info["vocab"] == list(vocab.itos)
+    assert info["corpus"]["kind"] == "pinyin" and info["steps"] == ckpt["step"] == 80
+    assert info["val_loss"] == pytest.approx(float(ckpt["val_loss"]))
+    assert info["limits"]["max_k"] == 1200
+    schema = server.get("/openapi.json").json()
+    assert {"/v1/next", "/v1/generate", "/v1/score", "/v1/model", "/healthz"} <= set(schema["paths"])
+    generate = schema["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert generate["num_samples"]["maximum"] == 4 and generate["top_p"]["exclusiveMinimum"] == 0
+    assert "swagger" in server.get("/docs").text.lower()
+    assert server.get("/healthz").json()["status"] == "ok"
+
+
+def test_streaming_sends_the_text_as_it_is_made_then_the_samples(server):
+    body = {"prefix": "zhong", "k": 500, "temperature": 0.8, "seed": 3, "num_samples": 2}
+    with httpx.stream("POST", server.url + "/v1/generate", json={**body, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [e for e in r.read().decode().split("\n\n") if e]
+    pieces = [json.loads(e.removeprefix("data: "))["text"] for e in events[:-1]]
+    assert events[-1].startswith("event: done\n") and len(pieces) >= 500 // 64
+    done = json.loads(events[-1].split("data: ", 1)[1])
+    assert ["".join(p[i] for p in pieces) for i in range(2)] == done["samples"]
+    assert done["samples"] == server.post("/v1/generate", body).json()["samples"]
+
+
+# ------------------------------------------------------------------------------ batching
+
+
+def test_concurrent_requests_are_stepped_together_and_each_gets_its_own_text(server):
+    bodies = [{"prefix": p, "k": 1000} for p in ("zhong", "ni hao", "shi ", "ren min", "a", "")] + \
+             [{"prefix": "zhong guo", "k": 1000, "temperature": t, "seed": s, "num_samples": n, "top_k": tk}
+              for s, (t, n, tk) in enumerate([(0.7, 1, 0), (1.0, 2, 5), (1.3, 1, 0), (0.5, 3, 0), (0.9, 1, 3),
+                                              (1.1, 2, 0), (0.8, 1, 0), (1.2, 4, 0), (0.6, 1, 10), (1.0, 1, 0)])]
+    before = server.get("/healthz").json()["batching"]
+    answers: list = [None] * len(bodies)
+    start = threading.Barrier(len(bodies))
+
+    def client(i):
+        start.wait()
+        answers[i] = server.post("/v1/generate", bodies[i])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = server.get("/healthz").json()["batching"]
+    assert [a.status_code for a in answers] == [200] * len(bodies)
+    steps = after["steps"] - before["steps"]
+    assert after["largest_batch"] >= 8 and steps < 0.5 * sum(b["k"] for b in bodies)  # shared steps
+    # every row was stepped once per character but its last: none skipped, none twice
+    assert after["rows_stepped"] - before["rows_stepped"] == sum((b["k"] - 1) * b.get("num_samples", 1) for b in bodies)
+    for body, answer in zip(bodies, answers):
+        alone = server.post("/v1/generate", body).json()["samples"]
+        got = answer.json()["samples"]
+        assert [len(s) for s in got] == [body["k"]] * body.get("num_samples", 1)
+        if "seed" not in body or after["stepper"] == "cpp":
+            assert got == alone  # greedy, or any on the C++ steps (a row's numbers do not depend on the batch)
+        else:  # NumPy stepper: the text can part at a near tie (OpenBLAS rounds with the rows per call)
+            assert [s[0] for s in got] == [s[0] for s in alone]  # the same random streams, row by row
+
+
+# ------------------------------------------------------------------------------ bad requests
+
+
+BAD = [  # (path, body as JSON text, status, field)
+    ("/v1/generate", '{"prefix": "ni",', 400, "body"),
+    ("/v1/generate", '[1, 2]', 422, "body"),
+    ("/v1/generate", '', 422, "body"),
+    ("/v1/generate", '{"k": 5}', 422, "prefix"),
+    ("/v1/generate", '{"prefix": 3}', 422, "prefix"),
+    ("/v1/generate", '{"prefix": "ni", "k": "5"}', 422, "k"),
+    ("/v1/generate", '{"prefix": "ni", "k": 5.0}', 422, "k"),
+    ("/v1/generate", '{"prefix": "ni", "stream": "yes"}', 422, "stream"),
+    ("/v1/generate", '{"prefix": "ni", "kk": 5}', 422, "kk"),
+    ("/v1/generate", '{"prefix": "ni", "k": -1}', 422, "k"),
+    ("/v1/generate", '{"prefix": "ni", "k": 1201}', 422, "k"),
+    ("/v1/generate", '{"prefix": "ni", "temperature": -0.5}', 422, "temperature"),
+    ("/v1/generate", '{"prefix": "ni", "temperature": NaN}', 422, "temperature"),
+    ("/v1/generate", '{"prefix": "ni", "temperature": Infinity}', 422, "temperature"),
+    ("/v1/generate", '{"prefix": "ni", "top_p": 0}', 422, "top_p"),
+    ("/v1/generate", '{"prefix": "ni", "top_p": 1.5}', 422, "top_p"),
+    ("/v1/generate", '{"prefix": "ni", "top_k": -2}', 422, "top_k"),
+    ("/v1/generate", '{"prefix": "ni", "num_samples": 0}', 422, "num_samples"),
+    ("/v1/generate", '{"prefix": "ni", "num_samples": 5}', 422, "num_samples"),
+    ("/v1/generate", '{"prefix": "ni", "seed": -1}', 422, "seed"),
+    ("/v1/generate", '{"prefix": "NI HAO"}', 422, "prefix"),
+    ("/v1/generate", '{"prefix": "ni", "stop_at": "!"}', 422, "stop_at"),
+    ("/v1/generate", json.dumps({"prefix": "ni " * 22}), 422, "prefix"),  # 66 characters > --max-prefix 64
+    ("/v1/next", '{"prefix": "ni", "top_n": 0}', 422, "top_n"),
+    ("/v1/next", '{"prefix": "ni", "top_n": 1000}', 422, "top_n"),  # more than the vocab's characters
+    ("/v1/next", '{"prefix": "ni", "top_n": true}', 422, "top_n"),
+    ("/v1/score", '{"text": "a"}', 422, "text"),
+    ("/v1/score", '{"text": "ni\\u0000hao"}', 422, "text"),
+    ("/v1/score", json.dumps({"text": "ni hao " * 400}), 413, "body"),  # 2,815 bytes > --max-body 2048
+]
+
+
+@pytest.mark.parametrize("path,raw,status,field", BAD, ids=[f"{p}:{r[:30]}" for p, r, _, _ in BAD])
+def test_a_bad_request_is_a_4xx_naming_the_field_and_the_server_goes_on(server, path, raw, status, field):
+    r = httpx.post(server.url + path, content=raw.encode(), headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["field"] == field and body["error"].startswith(f"{field}: ")
+    assert server.post("/v1/next", {"prefix": "ni"}).status_code == 200
+
+
+def test_a_body_past_the_limit_without_a_length_or_not_labelled_json_is_refused_too(server):
+    def chunks():
+        yield b'{"text": "'
+        for _ in range(30):
+            yield b"ni hao " * 20
+        yield b'"}'
+
+    r = httpx.post(server.url + "/v1/score", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and r.json()["field"] == "body"
+    r = httpx.post(server.url + "/v1/next", content=b'{"prefix": "ni"}', timeout=60)  # no Content-Type
+    assert r.status_code == 422 and r.json()["field"] == "body" and "Content-Type: application/json" in r.json()["error"]
+    assert httpx.get(server.url + "/v1/nowhere", timeout=60).json() == {"error": "Not Found", "field": None}
+
+
+# ------------------------------------------------------------------------------ the process
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signal_finishes_the_requests_in_flight_and_exits_0(run, env, sig):
+    s = Server(run, env, *LIMITS)
+    body = {"prefix": "zhong", "k": 1200, "num_samples": 4, "temperature": 1.0, "seed": 1, "stream": True}
+    with httpx.stream("POST", s.url + "/v1/generate", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")  # the request is in flight
+        s.proc.send_signal(sig)
+        time.sleep(0.5)  # a slow reader: the server must wait for it
+        rest = list(lines)
+    started = time.monotonic()
+    assert s.proc.wait(15) == 0 and time.monotonic() - started < 10
+    done = json.loads(rest[rest.index("event: done") + 1].removeprefix("data: "))
+    assert [len(t) for t in done["samples"]] == [1200] * 4
+    out = s.proc.stdout.read()
+    assert f"stopped (signal {sig.name}" in out, out
+    assert s.proc.stderr.read() == ""
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(s.url + "/healthz", timeout=5)
+
+
+def test_a_missing_or_broken_checkpoint_or_a_taken_port_is_one_line_before_listening(run, tmp_path, capsys):
+    garbage = tmp_path / "broken.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    cases = {"missing": (["--checkpoint", str(tmp_path / "nope")], "does not exist"),
+             "broken": (["--checkpoint", str(garbage)], "is not an rnn-train checkpoint"),
+             "port": (["--checkpoint", str(run), "--port", str(taken.getsockname()[1])], "cannot listen on 127.0.0.1:"),
+             "limits": (["--checkpoint", str(run), "--max-samples", "9", "--max-batch", "8"], "--max-samples (9)")}
+    try:
+        for name, (args, needle) in cases.items():
+            assert run_command("serve", args) == 2, name
+            out, err = capsys.readouterr()
+            assert out == "" and err.count("\n") == 1 and err.startswith("error: ") and needle in err, (name, err)
+    finally:
+        taken.close()
+
+
+def test_only_a_loopback_bind_is_silent():
+    for host in ("127.0.0.1", "127.0.0.5", "::1", "localhost"):
+        assert exposure_warning(host, 8000) is None
+    for host in ("0.0.0.0", "::", "192.168.1.7", "example.org"):
+        warning = exposure_warning(host, 8000)
+        assert warning.startswith("warning: ") and f"{host}:8000" in warning and "\n" not in warning
+
+
+# ------------------------------------------------------------------------------ in-process: the batcher
+
+
+@pytest.mark.parametrize("kernel", ["numpy", "cpp"])
+def test_a_stepper_view_of_n_rows_steps_as_a_stepper_made_for_n_rows(run, kernel):
+    model, vocab, _, _ = load_model(run)
+    _, state = warm_up(model, encode_prefix(vocab, "zhong guo"))
+    big = make_stepper(model, 9, rows=4, kernel=kernel)
+    for n, rows in ((1, 4), (3, 2), (5, 5), (9, 4)):
+        view, own = big.rows(n, rows), make_stepper(model, n, rows=rows, kernel=kernel)
+        view.load_state(state, slice(0, n))
+        own.load_state(state)
+        ids = np.arange(n, dtype=np.int64) % (len(vocab) - 1) + 1
+        for _ in range(20):
+            a, b = view.step(ids), own.step(ids)
+            assert np.array_equal(a, b) and a.shape == (n, len(vocab))
+            ids = a.argmax(axis=1)
+    big.load_state(big.spec.pack(tuple(torch.full_like(p, 0.5) for p in big.spec.unpack(state))), slice(3, 6))
+    big.load_state(state, slice(0, 3))
+    big.copy_rows(slice(3, 6), slice(1, 4))  # overlapping: rows 3..5 move up to 1..3
+    h = big.spec.unpack(big.state())[0]  # [L, B, H]
+    assert (h[:, 1:4] == 0.5).all() and not (h[:, 0] == 0.5).all()
+
+
+def _job(model, vocab, batcher, prefix, k, options, rows=1, rules=StopRules()):
+    logits, state = warm_up(model, encode_prefix(vocab, prefix))
+    done = threading.Event()
+    rule_state = RuleState(rules, vocab, rows, k, prefix[-1:] in ("", "\n")) if rules.used else None
+    job = Job(sampler_logits(logits, batcher.dtype), state, k, options, rule_state, rows, on_end=lambda e: done.set())
+    batcher.submit(job)
+    return job, done
+
+
+@pytest.fixture(params=["gru2_learned", "lstm", *(c.name for c in NEW_CELLS)])
+def model_and_vocab(request, run):
+    """Models of every cell kind (random weights scaled up, so that their text is not all one letter)."""
+    _, vocab, _, _ = load_model(run)
+    spec = next((c for c in NEW_CELLS if c.name == request.param), None)
+    if spec is not None:
+        cells.register(spec)
+    torch.manual_seed(0)
+    cell, layers, embedding = {"gru2_learned": ("gru", 2, "learned"), "lstm": ("lstm", 1, "one_hot")}.get(
+        request.param, (request.param, 2, "one_hot"))
+    model = CharRNN(len(vocab), cell, 16, layers, embedding=embedding, embed_dim=8).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4)
+    yield model, vocab
+    if spec is not None:
+        cells.unregister(spec.name)
+
+
+def test_the_batcher_gives_each_job_alone_what_predict_gives(model_and_vocab):
+    model, vocab = model_and_vocab
+    batcher = Batcher(model, vocab, capacity=12, exact=4)
+    batcher.start()
+    try:
+        cases = [("ni", 150, SamplingOptions(), 1, StopRules()),
+                 ("zhong ", 150, SamplingOptions(0.8, seed=5), 4, StopRules()),
+                 ("hao", 120, SamplingOptions(1.4, top_k=5, top_p=0.9, seed=2), 3, StopRules()),
+                 ("", 300, SamplingOptions(1.0, seed=9), 3, StopRules(stop_at="ng", max_lines=2))]
+        for prefix, k, options, rows, rules in cases:
+            job, done = _job(model, vocab, batcher, prefix, k, options, rows, rules)
+            assert done.wait(60)
+            assert job.samples() == samples(model, vocab, prefix, k, options, rules, rows), (prefix, options)
+        counts = batcher.stats()
+        assert counts["largest_batch"] == 4 and counts["jobs_done"] == len(cases)
+    finally:
+        batcher.close()
+
+
+def test_jobs_join_and_leave_a_running_batch(run):
+    model, vocab, _, _ = load_model(run)
+    batcher = Batcher(model, vocab, capacity=6, exact=3)
+    batcher.start()
+    try:
+        specs = [(1 + i % 3, 40 + 37 * i, SamplingOptions() if i % 2 else
+                  SamplingOptions(0.9, top_k=5 if i % 4 else 0, seed=i)) for i in range(12)]  # 24 rows, 6 at a time
+        jobs = [_job(model, vocab, batcher, "zhong", k, options, rows) for rows, k, options in specs]
+        for job, done in jobs:
+            assert done.wait(60)
+        for (rows, k, options), (job, _) in zip(specs, jobs):
+            if options.greedy or batcher.kernel == "cpp":  # on the C++ steps sharing the batch changes nothing
+                assert job.samples() == samples(model, vocab, "zhong", k, options, num_samples=rows)
+        counts = batcher.stats()
+        assert counts["largest_batch"] <= 6 and counts["live_rows"] == 0 and counts["waiting_jobs"] == 0
+        assert counts["steps"] < sum(k for _, k, _ in specs)  # jobs shared steps
+    finally:
+        batcher.close()

@@ -1,0 +1,490 @@
+"""Specification of `rnn-train tune` and the study engine it shares with the sweep: the search space
+and its checks, the budget's steps, pruning through the trainer, the study's outputs, and what
+happens to a trial that does not finish. Studies here are a few trials of about a second each, in
+this process; tests/test_tune_workers.py runs them in several processes, killed at random moments,
+against SQLite and PostgreSQL."""
+import csv
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from rnn_train.cli import run
+from rnn_train.config import load_config
+from rnn_train.errors import UserError
+from rnn_train.experiments.study import engine, liveness, session
+from rnn_train.experiments.study.budget import Budget, budget_step, parse_budget, spread_evals
+from rnn_train.experiments.study.storage import default_url, open_storage, study_name
+from rnn_train.experiments.study.trials import Datasets, Reporter, TrialRunner
+from rnn_train.experiments.tune import cli as tune_cli
+from rnn_train.experiments.tune.plan import plan_tune
+from rnn_train.experiments.tune.space import default_specs, parse_space, read_space_file, to_yaml
+from rnn_train.training.rundir import RunDir
+from tests.conftest import ROOT
+from tests.helpers import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DEBUG = str(ROOT / "configs" / "debug.yaml")
+SPACE = """\
+# a small space over the built-in pinyin corpus: trials of about a second
+model.hidden_size: {int: [8, 16], step: 8}
+train.lr: {float: [3.0e-3, 3.0e-2], log: true}
+model:
+  cell: [rnn, gru]
+"""
+# 30 updates of 4 x 10 tokens per trial, validated at updates 8, 16, 24 and 30
+FIXED = ["data.batch_size=4", "data.num_steps=10", "data.val_fraction=0.002", "train.threads=1",
+         "model.kernel=native", "log.sample_length=0", "log.log_every=5"]  # validation: 1,174 characters
+BUDGET = "tokens:1200"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("space") / "space.yaml"
+    path.write_text(SPACE)
+    return path
+
+
+def tune_argv(out, cache, space_file, *extra, trials=3):
+    return ["--config", DEBUG, "--space", str(space_file), "--trials", str(trials), "--trial-budget", BUDGET,
+            "--evals", "4", "--out", str(out), "--cache-dir", str(cache), "--seed", "0", *FIXED, *extra]
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory, cache, space_file):
+    """One finished study of three trials, through the command's entry point in this process."""
+    out = tmp_path_factory.mktemp("tune") / "out"
+    assert run(tune_cli.main, tune_argv(out, cache, space_file)) == 0
+    return out
+
+
+def load(out):
+    """The study of a --out, as a user would open it (the name is in study.json)."""
+    marker = json.loads((out / "study.json").read_text())
+    return optuna.load_study(study_name=marker["study"], storage=default_url(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# the search space
+
+
+def test_space_file_forms_and_types(space_file):
+    space = parse_space(read_space_file(space_file), "space", [])
+    assert list(space) == ["model.hidden_size", "train.lr", "model.cell"]  # nested sections read as dotted keys
+    h, lr, cell = space.values()
+    assert (h.low, h.high, h.step, h.log) == (8, 16, 8, False)
+    assert (lr.low, lr.high, lr.log) == (3e-3, 3e-2, True)  # `3.0e-3` read as a number
+    assert cell.choices == ("rnn", "gru")
+    # a string that YAML 1.1 does not read as a number is converted like an override
+    assert parse_space({"train.lr": {"float": ["1e-4", "1e-2"]}}, "s", [])["train.lr"].low == 1e-4
+    assert to_yaml(space) == ("model.hidden_size: {int: [8, 16], step: 8}\n"
+                              "train.lr: {float: [0.003, 0.03], log: true}\nmodel.cell: [rnn, gru]\n")
+    assert parse_space(yaml.safe_load(to_yaml(space)), "s", []) == space  # what --dry-run prints reads back
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"model.hidden_sise": {"int": [8, 16]}}, "unknown key model.hidden_sise (did you mean model.hidden_size?)"),
+    ({"model.cell": ["rnn", "grux"]}, "model.cell must be one of rnn | gru | lstm, got 'grux'"),
+    ({"model.num_layers": {"int": [3, 1]}}, "model.num_layers: the range [3, 1] needs low < high"),
+    ({"model.hidden_size": {"float": [8, 16]}}, "model.hidden_size takes whole numbers: give {int: [low, high]}"),
+    ({"model.cell": {"int": [1, 2]}}, "model.cell is not a number: give its values as a list"),
+    ({"train.lr": {"float": [0, 1], "log": True}}, "train.lr: a log range needs low > 0"),
+    ({"train.lr": {"float": [1e-3, 1e-2], "stp": 2}}, "(unknown stp)"),
+    ({"train.max_tokens": [100, 200]}, "train.max_tokens is set by --trial-budget"),
+    ({"log.log_every": [1, 2]}, "log.log_every is the run's logging"),
+    ({"data.paths": [["a"], ["b"]]}, "data.paths is a list-valued key"),
+    ({"train.lr": 0.01}, "train.lr: 0.01 is one value, an override"),
+    ({"model.cell": ["rnn", "rnn"]}, "model.cell: lists rnn more than once"),
+    ({"data.batch_size": [4, 8]}, "data.batch_size is both in the search space and an override"),
+])
+def test_space_problems_are_named(spec, message):
+    with pytest.raises(UserError) as e:
+        parse_space(spec, "--space s.yaml", ["data.batch_size=4"])
+    assert str(e.value).startswith("--space s.yaml: ") and message in str(e.value)
+
+
+def test_every_problem_of_a_space_is_reported_at_once():
+    with pytest.raises(UserError) as e:
+        parse_space({"model.hidden_sise": [8], "model.cell": ["grux"], "train.lr": 0.1}, "--space s.yaml", [])
+    assert str(e.value).count("; ") == 2
+
+
+def test_values_are_checked_in_a_config_at_each_end_of_every_range(tmp_path):
+    """dropout 1.5 is a valid float but not a valid dropout: caught before any trial, with the value."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model.dropout: {float: [0.0, 1.5]}\ntrain.lr: [0.01, 0.02]\n")
+    with pytest.raises(UserError) as e:
+        plan_tune(DEBUG, [], str(bad), parse_budget("tokens:1k"), 4, tmp_path / "out")
+    assert str(e.value) == (f"--space {bad}: with model.dropout=1.5: model.dropout must be in [0, 1), got 1.5")
+    # the recipe's min_lr above the lowest lr: the two keys clash only at that end of the range
+    with pytest.raises(UserError, match=r"with train.lr=0.001: train.min_lr must be in \[0, train.lr\]"):
+        bad.write_text("train.lr: {float: [1.0e-3, 1.0e-2]}\n")
+        plan_tune(DEBUG, ["train.min_lr=0.005"], str(bad), parse_budget("tokens:1k"), 4, tmp_path / "out")
+
+
+def test_bad_space_fails_at_once_with_nothing_written(tmp_path, space_file):
+    """The real entry point: one `error: ...` line, exit status 2, no output directory, no corpus cache."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(space_file.read_text() + "model.hidden_sise: {int: [8, 16]}\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "rnn_train", "tune", "--config", DEBUG, "--space", str(bad),
+                           "--trials", "2", "--trial-budget", "tokens:1k", "--out", str(out),
+                           "--cache-dir", str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert "unknown key model.hidden_sise (did you mean model.hidden_size?)" in proc.stderr
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--trial-budget", "steps:10"], "--trial-budget 'steps:10' must be tokens:N or time:SECONDS"),
+    (["--trials", "0"], "--trials must be >= 1"),
+    (["--evals", "0"], "--evals must be >= 1"),
+    (["train.max_steps=10"], "override train.max_steps: the tuner sets it itself"),
+    (["data.val_fraction=0"], "data.val_fraction is 0: a study compares validation losses"),
+    (["--storage", "nosuchdb://x"], "cannot open the study storage nosuchdb://x"),
+])
+def test_bad_command_lines_are_one_error_line(tmp_path, cache, space_file, capsys, argv, message):
+    base = tune_argv(tmp_path / "out", cache, space_file)
+    for i, arg in enumerate(base):  # an option given again replaces the default
+        if arg in argv[:1] and arg.startswith("--"):
+            base[i + 1] = argv[1]
+            argv = []
+    assert run(tune_cli.main, base + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_default_space_follows_the_recipes_cell_and_sizes():
+    gru = load_config(str(ROOT / "configs" / "shakespeare_best.yaml"))  # GRU 384 x 2, learned embedding
+    specs = default_specs(gru, parse_budget("tokens:2M"))
+    assert specs["model.hidden_size"] == {"int": [192, 768], "step": 24}
+    assert specs["model.num_layers"] == {"int": [1, 3]}
+    assert specs["train.lr"] == {"float": [0.0003, 0.03], "log": True}
+    assert specs["data.batch_size"] == [32, 64, 128] and specs["model.embed_dim"] == [32, 64, 128]
+    assert specs["train.schedule"] == ["constant", "cosine"] and "train.clip_norm" not in specs
+    rnn = load_config(DEBUG, ["model.cell=rnn"])  # one-hot input: no embedding size to search
+    timed = default_specs(rnn, parse_budget("time:60"))
+    assert "train.clip_norm" in timed and "model.embed_dim" not in timed
+    assert timed["train.schedule"] == ["constant", "plateau"]  # cosine needs a length a time budget lacks
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_default_space_is_valid_for_every_recipe(tmp_path, recipe):
+    plan = plan_tune(str(ROOT / "configs" / recipe), [], None, parse_budget("tokens:1M"), 8, tmp_path)
+    assert plan.space_source == "the default space" and len(plan.space) >= 6
+    assert plan.recipe_values() is not None  # the recipe lies in its default space: trial 0 trains it
+
+
+# ---------------------------------------------------------------------------------------------
+# budget steps and validations
+
+
+def test_validations_spread_over_the_budget_land_on_budget_steps():
+    b = Budget("tokens", 12_000)
+    for batch, steps in ((4, 10), (8, 5), (3, 7), (16, 30)):
+        cfg = spread_evals(load_config(DEBUG, [f"data.batch_size={batch}", f"data.num_steps={steps}"]), b, 4)
+        per = batch * steps
+        updates = math.ceil(b.amount / per)
+        at = [u for u in range(1, updates + 1) if u % cfg.train.eval_every == 0 or u == updates]
+        reported = [budget_step(b, 4, u * per, 0.0) for u in at]
+        assert reported[-1] == 4, (batch, steps)  # the end of the budget is the last step
+        assert reported == sorted(set(reported)), (batch, steps)  # one validation per step
+    t = Budget("time", 60.0)
+    assert [budget_step(t, 8, 0, s) for s in (7.4, 7.5, 30.0, 59.9, 61.0)] == [0, 1, 4, 7, 8]
+
+
+def test_a_pruned_run_ends_like_any_other_run(tmp_path, cache):
+    """The trainer's on_validation hook stops the run with its reason: last.pt, metrics.json, status done."""
+    from rnn_train.training.trainer import train
+
+    cfg = tiny_config(tmp_path, "train.eval_every=10", "log.sample_length=0", "model.kernel=native",
+                      "data.val_fraction=0.002")
+    seen = []
+
+    def hook(v):
+        seen.append((v.step, v.tokens))
+        return "pruned" if v.step == 20 else ""
+
+    result = train(cfg, tmp_path / "run", quiet=True, cache_dir=cache, on_validation=hook)
+    assert (result.stopped_by, result.step, result.interrupted) == ("pruned", 20, False)
+    assert seen == [(10, 480), (20, 960)]
+    rd = RunDir(tmp_path / "run")
+    assert rd.read_metrics()["stopped_by"] == "pruned" and rd.status(cfg) == "done"
+    from rnn_train.model.checkpoint import load_checkpoint
+
+    assert load_checkpoint(rd.last)["step"] == 20 and rd.best.exists()
+
+
+def test_reporter_reports_each_budget_step_once_and_asks_the_pruner():
+    class FakeTrial:
+        def __init__(self):
+            self.reports = []
+
+        def report(self, value, step):
+            self.reports.append((step, value))
+
+        def should_prune(self):
+            return self.reports[-1][1] > 2.0
+
+    class V:
+        def __init__(self, tokens, loss):
+            self.tokens, self.train_seconds, self.loss = tokens, 0.0, loss
+
+    trial = FakeTrial()
+    r = Reporter(trial, Budget("tokens", 1000), 4, reported={1})  # step 1 inherited from the trial it continues
+    assert r(V(260, 1.5)) == ""  # step 1: reported before
+    assert r(V(510, 1.4)) == "" and r(V(520, 1.3)) == ""  # step 2, then step 2 again
+    assert r(V(760, 2.5)) == "pruned" and r.pruned_at == 3
+    assert r(V(1000, 2.6)) == ""  # the end: reported, never pruned
+    assert trial.reports == [(2, 1.4), (3, 2.5), (4, 2.6)]
+
+
+# ---------------------------------------------------------------------------------------------
+# a whole study
+
+
+def test_study_writes_results_best_recipe_and_plots(study_dir):
+    with open(study_dir / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["trial"] for r in rows] == ["0", "1", "2"] and {r["state"] for r in rows} == {"COMPLETE"}
+    assert list(rows[0])[:5] == ["trial", "state", "model.hidden_size", "train.lr", "model.cell"]
+    for r in rows:
+        assert int(r["tokens"]) == 1200 and r["stopped_by"] == "max_tokens" and r["run_dir"] == f"trial-000{r['trial']}"
+        assert float(r["value"]) == float(r["best_val_loss"]) <= float(r["final_val_loss"]) + 1e-12
+        assert float(r["wall_s"]) >= float(r["train_s"]) > 0
+        assert r["model.cell"] in ("rnn", "gru") and r["model.hidden_size"] in ("8", "16")
+        run_dir = RunDir(study_dir / r["run_dir"])
+        assert run_dir.best.exists() and run_dir.last.exists()
+        assert run_dir.read_metrics()["best_val_loss"] == pytest.approx(float(r["best_val_loss"]))
+    for name in ("history.png", "importances.png", "curves.png"):
+        data = (study_dir / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+    marker = json.loads((study_dir / "study.json").read_text())
+    assert marker["study"].startswith("tune-debug-") and marker["dashboard"].startswith("optuna-dashboard sqlite:///")
+
+
+def test_best_yaml_is_a_recipe_that_trains_the_best_trial(study_dir, tmp_path, cache):
+    study = load(study_dir)
+    best = study.best_trial
+    text = (study_dir / "best.yaml").read_text()
+    assert text.startswith(f"# The best of 3 finished trials of the study {study.study_name}") and \
+        f"trial {best.number}" in text
+    cfg = load_config(str(study_dir / "best.yaml"))
+    trial_cfg = load_config(str(study_dir / f"trial-000{best.number}" / "config.yaml"))
+    assert cfg.replace(log=trial_cfg.log) == trial_cfg  # the same run; only where it logs differs
+    assert (cfg.log.dir, cfg.log.name) == ("runs", "best")
+    from rnn_train.training.cli import main as train_main
+
+    argv = ["--config", str(study_dir / "best.yaml"), "--quiet", f"log.dir={tmp_path}", "--cache-dir", str(cache)]
+    assert run(lambda a: train_main(a, prog="train.py"), argv) == 0
+    assert RunDir(tmp_path / "best").read_metrics()["best_val_loss"] == pytest.approx(best.value, rel=1e-6)
+
+
+def test_the_first_trial_is_the_recipe_itself_when_the_space_holds_it(tmp_path, cache):
+    """debug.yaml's lr 0.01 and cell gru lie in this space: trial 0 trains them, the point to beat."""
+    space = tmp_path / "space.yaml"
+    space.write_text("train.lr: {float: [3.0e-3, 3.0e-2], log: true}\nmodel.cell: [rnn, gru]\n")
+    assert run(tune_cli.main, tune_argv(tmp_path / "out", cache, space, trials=1)) == 0
+    (trial,) = load(tmp_path / "out").trials
+    assert trial.params == {"train.lr": 0.01, "model.cell": "gru"} and trial.state == TrialState.COMPLETE
+    assert "the recipe's own values" in (tmp_path / "out" / "results.csv").read_text()
+
+
+def test_rerunning_a_finished_study_trains_nothing(study_dir, cache, space_file, capsys):
+    stamps = {p: p.stat().st_mtime_ns for p in study_dir.glob("trial-*/metrics.json")}
+    assert run(tune_cli.main, tune_argv(study_dir, cache, space_file)) == 0
+    out = capsys.readouterr().out
+    assert ": training " not in out and "3 of 3 trials finished;" in out
+    assert {p: p.stat().st_mtime_ns for p in study_dir.glob("trial-*/metrics.json")} == stamps
+    assert len(load(study_dir).trials) == 3
+
+
+def test_study_name_comes_from_what_is_trained_never_from_where(tmp_path, cache, space_file, capsys):
+    """Another --out, other threads: the same study (machines share it); another budget: another one,
+    which an --out holding the first refuses (its run directories are named by trial number)."""
+    def name_of(argv):
+        assert run(tune_cli.main, argv + ["--dry-run"]) == 0
+        return capsys.readouterr().out.split()[1]
+
+    first = name_of(tune_argv(tmp_path / "a", cache, space_file))
+    assert name_of(tune_argv(tmp_path / "b", cache, space_file, "train.threads=2")) == first
+    other = name_of(tune_argv(tmp_path / "a", cache, space_file)[:-len(FIXED)] + FIXED[1:] + ["data.batch_size=8"])
+    assert other != first and name_of(tune_argv(tmp_path / "a", cache, space_file, "--study", "mine")) == "mine"
+    assert not (tmp_path / "a").exists()  # --dry-run writes nothing
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "study.json").write_text(json.dumps({"study": first}))
+    argv = tune_argv(tmp_path / "a", cache, space_file)
+    argv[argv.index(BUDGET)] = "tokens:2400"
+    assert run(tune_cli.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'a'} holds the trials of the study {first}") and "--study" in err
+
+
+def test_dry_run_prints_the_default_space(tmp_path, capsys):
+    argv = ["--config", str(ROOT / "configs" / "shakespeare_best.yaml"), "--trials", "20", "--trial-budget",
+            "tokens:2M", "--out", str(tmp_path / "out"), "--dry-run"]
+    assert run(tune_cli.main, argv) == 0
+    out = capsys.readouterr().out
+    assert "# search space (the default space)" in out and "model.hidden_size: {int: [192, 768], step: 24}" in out
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine: pruning, interruptions, dead processes, the exact count
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+        return True
+
+
+def _handle(tmp_path, name="s", pruner=None, **storage):
+    storage_ = open_storage(f"sqlite:///{tmp_path / 'study.db'}", retry=engine.queue_again, **storage)
+    study = optuna.create_study(storage=storage_, study_name=name, direction="minimize", load_if_exists=True,
+                                sampler=optuna.samplers.RandomSampler(seed=0), pruner=pruner)
+    return engine.StudyHandle.of(study, storage_)
+
+
+def _plan(tmp_path, space_file, *extra):
+    return plan_tune(DEBUG, [*FIXED, *extra], str(space_file), parse_budget(BUDGET), 4, tmp_path / "out")
+
+
+def test_a_pruned_trial_keeps_its_run_directory_and_says_so(tmp_path, cache, space_file):
+    h = _handle(tmp_path, pruner=AlwaysPrune())
+    plan = _plan(tmp_path, space_file)
+    lines = []
+    result = engine.work(h, 2, TrialRunner(h, plan, Datasets(cache), cache, log=lines.append), log=lines.append)
+    assert result.complete and result.ran == [0, 1]
+    for t in h.trials():
+        assert t.state == TrialState.PRUNED and list(t.intermediate_values) == [1]  # stopped at its first validation
+        rd = RunDir(plan.out / t.user_attrs["run_dir"])
+        assert rd.last.exists() and rd.read_metrics()["stopped_by"] == "pruned"
+        assert t.user_attrs["result"]["step"] == 8 and t.value == t.intermediate_values[1]
+    assert sum("pruned at 1/4 of its budget" in line for line in lines) == 2
+
+
+def test_an_interrupted_trial_is_queued_again_and_resumed_from_its_last_pt(tmp_path, cache, space_file):
+    """Ctrl-C at update 12 of trial 1: the trainer saves last.pt; the trial is FAIL, a copy is queued;
+    the next run resumes the copy in the same directory, and the study ends with exactly 3 finished."""
+    h = _handle(tmp_path)
+    plan = _plan(tmp_path, space_file)
+    lines = []
+
+    def ctrl_c(name, step):
+        if name == "trial-0001" and step == 12:
+            signal.raise_signal(signal.SIGINT)
+
+    runner = TrialRunner(h, plan, Datasets(cache), cache, log=lines.append, on_step=ctrl_c)
+    first = engine.work(h, 3, runner, log=lines.append)
+    assert first.interrupted and first.ran == [0]
+    states = {t.number: t.state for t in h.trials()}
+    assert states == {0: TrialState.COMPLETE, 1: TrialState.FAIL, 2: TrialState.WAITING}
+    copy = h.frozen(2)
+    assert copy.params == h.frozen(1).params and copy.system_attrs["retry_history"] == [1]
+    assert h.frozen(1).user_attrs["failure"] == "interrupted at step 12 (last.pt saved)"
+
+    runner.on_step = None
+    second = engine.work(h, 3, runner, log=lines.append)
+    assert second.complete and second.ran == [2, 3]
+    assert "trial 2: resuming " + str(plan.out / "trial-0001") + " from last.pt at step 12" in lines
+    trials = h.trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3 and not any(t.state == TrialState.RUNNING
+                                                                                 for t in trials)
+    assert h.frozen(2).user_attrs["run_dir"] == "trial-0001" and not (plan.out / "trial-0002").exists()
+    # the resumed run ends where an uninterrupted run of the same config does
+    from rnn_train.training.trainer import train
+
+    cfg = load_config(str(plan.out / "trial-0001" / "config.yaml"), [f"log.dir={tmp_path}", "log.name=ref"])
+    ref = train(cfg, tmp_path / "ref", quiet=True, cache_dir=cache)
+    assert h.frozen(2).value == pytest.approx(ref.best_val_loss, rel=1e-6)
+
+
+def test_a_trial_whose_process_died_on_this_machine_is_queued_again_at_once(tmp_path):
+    h = _handle(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    record = dict(liveness.whoami(), pid=dead.pid, started=liveness._start_ticks(dead.pid))
+    dead.wait()
+    trial = h.study.ask()
+    trial.suggest_float("x", 0, 1)
+    h.set_system(trial.number, engine.WORKER, record)
+    alive_trial = h.study.ask()  # this process: alive
+    h.set_system(alive_trial.number, engine.WORKER, liveness.whoami())
+    engine.reap(h, log=lambda m: None)
+    assert [t.state for t in h.trials()] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    assert "ended without finishing it" in h.frozen(0).user_attrs["failure"]
+    assert h.frozen(2).params == h.frozen(0).params and engine.WORKER not in h.frozen(2).system_attrs
+
+
+def test_a_trial_of_another_machine_is_queued_again_when_its_heartbeat_stops(tmp_path):
+    h = _handle(tmp_path, heartbeat_s=1, grace_s=1)
+    trial = h.study.ask()
+    trial.suggest_int("n", 1, 9)
+    h.set_system(trial.number, engine.WORKER, dict(liveness.whoami(), machine="another-machine/1"))
+    h.storage.record_heartbeat(h.trial_id(trial.number))
+    engine.reap(h, log=lambda m: None)
+    assert [t.state for t in h.trials()] == [TrialState.RUNNING]  # alive as far as we know
+    time.sleep(2.5)
+    engine.reap(h, log=lambda m: None)
+    assert [t.state for t in h.trials()] == [TrialState.FAIL, TrialState.WAITING]
+    assert h.frozen(1).params == h.frozen(0).params and h.frozen(1).system_attrs["retry_history"] == [0]
+
+
+def test_a_trial_asked_for_but_never_claimed_is_queued_again_after_the_grace_period(tmp_path):
+    """The process died between asking and claiming (milliseconds): no record, no heartbeat."""
+    h = _handle(tmp_path, heartbeat_s=1, grace_s=1)
+    h.study.ask().suggest_int("n", 1, 9)
+    seen: dict[int, float] = {}
+    engine.reap(h, log=lambda m: None, unclaimed=seen)
+    assert [t.state for t in h.trials()] == [TrialState.RUNNING] and list(seen) == [0]
+    time.sleep(1.5)
+    engine.reap(h, log=lambda m: None, unclaimed=seen)
+    assert [t.state for t in h.trials()] == [TrialState.FAIL, TrialState.WAITING] and seen == {}
+    assert "no process claimed it" in h.frozen(0).user_attrs["failure"]
+
+
+def test_no_trial_beyond_the_requested_number(tmp_path):
+    """Two workers asking for the last trial at once: the later one is failed unrun, never counted."""
+    h = _handle(tmp_path)
+    for _ in range(2):
+        h.study.tell(h.study.ask(), 1.0)
+    late = [h.study.ask(), h.study.ask()]  # both asked when the study had 2 of 3
+    assert not engine._surplus(h, late[0].number, 3) and engine._surplus(h, late[1].number, 3)
+    h.study.tell(late[0], 0.5)
+    engine.fail(h, late[1].number, "surplus", again=False)
+    result = engine.work(h, 3, lambda trial: pytest.fail("nothing is left to run"), log=lambda m: None)
+    assert result.complete and result.ran == []
+    assert [t.state for t in h.trials()] == [TrialState.COMPLETE] * 3 + [TrialState.FAIL]
+
+
+def test_summary_names_failed_trials(tmp_path):
+    h = _handle(tmp_path)
+    h.study.tell(h.study.ask(), 1.0)
+    h.study.tell(h.study.ask(), state=TrialState.PRUNED)
+    engine.fail(h, h.study.ask().number, "x", again=True)
+    assert session.summary(h, 3) == ("2 of 3 trials finished (1 pruned); 1 waiting, 1 failed (results.csv says "
+                                     "why, and which trial continues each)")
+
+
+def test_study_name_is_a_digest_of_what_decides_the_trials():
+    a = study_name("tune", "configs/x.yaml", {"space": {"a": "[1, 2]"}, "budget": "tokens:1"})
+    assert a.startswith("tune-x-") and len(a) == len("tune-x-") + 10
+    assert a == study_name("tune", "/elsewhere/configs/x.yaml", {"budget": "tokens:1", "space": {"a": "[1, 2]"}})
+    assert a != study_name("tune", "configs/x.yaml", {"space": {"a": "[1, 3]"}, "budget": "tokens:1"})
