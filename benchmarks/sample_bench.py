@@ -1,21 +1,29 @@
-"""Sampling speed: characters per second of the NumPy sampler against the per-character module loop.
+"""Sampling speed: characters per second of each generation path, interleaved in one process.
 
 Models are CharRNNs with torch's default random initialisation, in the shape of a trained one
 (hidden 256, one layer, one-hot input, V = 65 as Tiny Shakespeare plus <unk>): a step costs the same
 whatever the values, and no training is needed. Every measurement samples at temperature 0.8 from
-the same prefix; the prefix warm-up is outside the timed part.
+the same prefix (`stream_after`, what predict.py runs); the prefix warm-up is outside the timed part.
 
-- ``module loop``: the previous generation path (one module call per character, an isfinite
-  check, a softmax and a torch.multinomial), reproduced here as the baseline.
-- ``numpy``: rnn_train.prediction (`stream_after`), batch 1, and batches of N samples.
+- ``module``: one module call per character, a softmax and a torch.multinomial (the first
+  generation path), batch 1 only.
+- ``numpy-before``: the NumPy stepper with Gumbel-max noise drawn by NumPy per row, the sampling
+  path before the C++ steps (reproduced here: the temperature folded into the decoder, noise for
+  64 steps drawn per row and chunk, then argmax(logits + noise) per step).
+- ``numpy``: today's NumPy stepper (make_stepper(kernel="numpy"), the path where the C++ kernels
+  cannot be built), with today's chooser.
+- ``cpp``: the C++ generation steps (rnn_train/prediction/kernel_stepper.py), what predict.py
+  takes wherever the kernels are built.
+- ``cpp-bf16``: the same with `--precision bf16` (products on AMX tiles), where the CPU has them.
 
-Runs are interleaved (every variant once per round, rounds repeated) in one process and the median
-is reported, because the machine is shared and noisy.
+Runs are interleaved (every variant once per round, rounds repeated) and the median is reported,
+with the CPU time per character beside it: the machine is shared and noisy, and a variant's
+ratio to another in the same run is what to read, not its absolute rate.
 
-    python benchmarks/sample_bench.py                        # GRU, RNN, LSTM at batch 1; GRU for N = 1..32
-    python benchmarks/sample_bench.py --cells lstm --batch-cell lstm          # LSTM at batch 1 and N = 1..32
-    python benchmarks/sample_bench.py --cells gru --rounds 7 --chars 40000
-    python benchmarks/sample_bench.py --blas-threads 1       # OpenBLAS on one thread (set before numpy loads)
+    python benchmarks/sample_bench.py                      # GRU, RNN, LSTM at batch 1; GRU for N = 1..32
+    python benchmarks/sample_bench.py --cells lstm --batch-cell lstm
+    python benchmarks/sample_bench.py --cells gru --batches 1,32 --rounds 9 --chars 60000
+    python benchmarks/sample_bench.py --threads 1          # torch (and the C++ steps) on one thread
 """
 from __future__ import annotations
 
@@ -27,123 +35,160 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rnn_train.data.vocab import Vocab  # noqa: E402
+from rnn_train.model.charrnn import CharRNN  # noqa: E402
+from rnn_train.prediction import kernel_stepper, stepper  # noqa: E402
+from rnn_train.prediction.choose import SamplingOptions  # noqa: E402
+from rnn_train.prediction.generate import encode_prefix, stream_after, warm_up  # noqa: E402
+
+PREFIX = "the"
+TEMPERATURE = 0.8
+CHUNK = 64
+
 
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cells", default="gru,rnn,lstm", help="cells timed at batch 1 (default gru,rnn,lstm)")
     ap.add_argument("--batches", default="1,2,4,8,16,32", help="numbers of samples for the batch table")
     ap.add_argument("--batch-cell", default="gru", choices=("rnn", "gru", "lstm"), help="the batch table's cell")
-    ap.add_argument("--compare-rows", type=int, default=4,
-                    help="also time each batch with its GEMMs in fixed blocks of this many rows (the sampler's "
-                         "choice before it was measured per machine: 4; 0 = off)")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--vocab", type=int, default=65, help="characters besides <unk> (default 65)")
-    ap.add_argument("--chars", type=int, default=20000, help="characters per sample per timing (numpy path)")
-    ap.add_argument("--reference-chars", type=int, default=2000, help="characters per timing of the module loop")
+    ap.add_argument("--chars", type=int, default=20000, help="characters per timing (all samples together)")
+    ap.add_argument("--module-chars", type=int, default=2000, help="characters per timing of the module loop")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    ap.add_argument("--blas-threads", type=int, default=0,
-                    help="OpenBLAS/OpenMP threads for NumPy (0 = leave the environment as it is)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's, one per core)")
     return ap.parse_args()
 
 
-ARGS = parse()
-if ARGS.blas_threads:  # read by OpenBLAS when NumPy loads: must precede the imports below
-    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(ARGS.blas_threads)
-
-import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rnn_train.data.vocab import Vocab  # noqa: E402
-from rnn_train.model.charrnn import CharRNN  # noqa: E402
-from rnn_train.prediction.choose import SamplingOptions  # noqa: E402
-from rnn_train.prediction import stepper  # noqa: E402
-from rnn_train.prediction.generate import encode_prefix, stream_after, warm_up  # noqa: E402
-
-PREFIX = "the"
-TEMPERATURE = 0.8
-
-
 @torch.no_grad()
-def module_loop(model: CharRNN, vocab: Vocab, k: int) -> float:
-    """The previous path: seconds for k characters, one module call per character."""
+def module_loop(model: CharRNN, vocab: Vocab, k: int, n: int) -> None:
+    """The first path: one module call per character (batch 1)."""
     gen = torch.Generator().manual_seed(1)
     logits, state = warm_up(model, encode_prefix(vocab, PREFIX))
-    start = time.perf_counter()
     for _ in range(k):
-        if not torch.isfinite(logits[1:]).all():
-            raise RuntimeError("not finite")
         masked = logits.clone()
         masked[0] = float("-inf")
         probs = torch.softmax(masked.float() / TEMPERATURE, dim=-1)
         idx = int(torch.multinomial(probs, 1, generator=gen))
         step, state = model(torch.tensor([[idx]]), state)
         logits = step[0, -1]
-    return time.perf_counter() - start
 
 
-def numpy_path(model: CharRNN, vocab: Vocab, k: int, n: int, rows: int = 0) -> float:
-    """Seconds for n samples of k characters each, generated as one batch (GEMMs in blocks of
-    `rows` rows, or 0: of the size measured for this machine, stepper.gemm_rows)."""
+def numpy_before(model: CharRNN, vocab: Vocab, k: int, n: int) -> None:
+    """The NumPy stepper with per-row Gumbel noise from NumPy, as sampling ran before the C++ steps."""
     logits, state = warm_up(model, encode_prefix(vocab, PREFIX))
-    measured = stepper.gemm_rows
-    if rows:
-        stepper.gemm_rows = lambda model, batch: rows
-    try:
-        start = time.perf_counter()
-        for _ in stream_after(model, vocab, logits, state, k, SamplingOptions(TEMPERATURE, seed=1), num_samples=n):
-            pass
-        return time.perf_counter() - start
-    finally:
-        stepper.gemm_rows = measured
+    folded = _folded[id(model)]  # the temperature folded into the decoder, as that stepper did
+    s = stepper.make_stepper(folded, n, 1.0, kernel="numpy")
+    s.load_state(state)
+    first = logits.numpy().copy() / TEMPERATURE
+    first[0] = stepper.UNK_LOGIT
+    current = s.logits
+    current[:] = first
+    streams = [np.random.default_rng([1, i]) for i in range(n)]
+    noise = np.empty((n, CHUNK, len(vocab)), np.float32)
+    ids = np.empty(n, np.int64)
+    for t in range(0, k, CHUNK):
+        for i, rng in enumerate(streams):
+            rng.standard_exponential(dtype=np.float32, out=noise[i])
+        np.maximum(noise, np.finfo(np.float32).tiny, out=noise)
+        np.log(noise, out=noise)
+        np.negative(noise, out=noise)
+        for j in range(min(CHUNK, k - t)):
+            current += noise[:, j]
+            np.argmax(current, axis=1, out=ids)
+            current = s.step(ids)
 
 
-def median_rate(times: list[float], chars: int) -> float:
-    return chars / statistics.median(times)
+def today(kernel: str, precision: str = "fp32"):
+    def run(model: CharRNN, vocab: Vocab, k: int, n: int) -> None:
+        logits, state = warm_up(model, encode_prefix(vocab, PREFIX))
+        saved = stepper.make_stepper
+        stepper_for = lambda *a, **kw: saved(*a, **kw, kernel=kernel)  # noqa: E731
+        import rnn_train.prediction.generate as generate
+
+        generate.make_stepper = stepper_for
+        options = SamplingOptions(TEMPERATURE, seed=1, precision=precision)
+        try:
+            for _ in stream_after(model, vocab, logits, state, k, options, num_samples=n):
+                pass
+        finally:
+            generate.make_stepper = saved
+    return run
+
+
+_folded: dict[int, CharRNN] = {}
+
+
+def timed(f, *args) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    f(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:
-    torch.set_num_threads(ARGS.threads)
-    vocab = Vocab.build(string.printable[:ARGS.vocab])  # digits, letters, punctuation; <unk> added
+    args = parse()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    vocab = Vocab.build(string.printable[:args.vocab])  # digits, letters, punctuation; <unk> added
     torch.manual_seed(0)
-    models = {c: CharRNN(len(vocab), c, ARGS.hidden).eval() for c in ARGS.cells.split(",")}
-    batches = [int(b) for b in ARGS.batches.split(",")]
-    print(f"H={ARGS.hidden}, V={len(vocab)}, temperature {TEMPERATURE}, torch threads {ARGS.threads}, "
-          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, {ARGS.rounds} rounds (medians)")
-    for model in models.values():  # warm caches and lazy initialisation
-        numpy_path(model, vocab, 500, 1)
-        module_loop(model, vocab, 100)
-    many = models.get(ARGS.batch_cell) or CharRNN(len(vocab), ARGS.batch_cell, ARGS.hidden).eval()
-    for n in batches:  # and each batch's block size, measured on first use per machine (stepper.gemm_rows)
-        numpy_path(many, vocab, 100, n)
+    cells = args.cells.split(",")
+    models = {c: CharRNN(len(vocab), c, args.hidden).eval() for c in dict.fromkeys([*cells, args.batch_cell])}
+    for model in models.values():
+        folded = CharRNN(len(vocab), model.cell, args.hidden).eval()
+        folded.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            folded.decoder.weight /= TEMPERATURE
+            folded.decoder.bias /= TEMPERATURE
+        _folded[id(model)] = folded
+    batches = [int(b) for b in args.batches.split(",")]
+    cpp = kernel_stepper.supports(models[cells[0]])
+    paths = {"module": module_loop, "numpy-before": numpy_before, "numpy": today("numpy")}
+    if cpp:
+        paths["cpp"] = today("cpp")
+    if cpp and kernel_stepper.bf16_available():
+        paths["cpp-bf16"] = today("cpp", "bf16")
+    print(f"H={args.hidden}, V={len(vocab)}, temperature {TEMPERATURE}, torch threads {torch.get_num_threads()}, "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, {args.rounds} rounds (medians); "
+          f"C++ steps {'built' if cpp else 'NOT available'}; load average {os.getloadavg()[0]:.1f}")
 
-    ref: dict[str, list[float]] = {c: [] for c in models}
-    new: dict[str, list[float]] = {c: [] for c in models}
-    batch: dict[int, list[float]] = {n: [] for n in batches}
-    fixed: dict[int, list[float]] = {n: [] for n in batches}
-    for _ in range(ARGS.rounds):
-        for cell, model in models.items():
-            ref[cell].append(module_loop(model, vocab, ARGS.reference_chars))
-            new[cell].append(numpy_path(model, vocab, ARGS.chars, 1))
-        for n in batches:
-            batch[n].append(numpy_path(many, vocab, max(ARGS.chars // n, 500), n))
-            if ARGS.compare_rows:
-                fixed[n].append(numpy_path(many, vocab, max(ARGS.chars // n, 500), n, ARGS.compare_rows))
+    jobs = [(("1", c, p), paths[p], models[c], args.module_chars if p == "module" else args.chars, 1)
+            for c in cells for p in paths]
+    jobs += [(("N", n, p), paths[p], models[args.batch_cell], max(args.chars // n, 500), n)
+             for n in batches for p in paths if p != "module"]
+    for _, f, model, _, n in jobs:  # warm caches, lazy initialisation and the NumPy block sizes (stored once)
+        f(model, vocab, 200, n)
+    wall: dict = {key: [] for key, *_ in jobs}
+    cpu: dict = {key: [] for key, *_ in jobs}
+    for _ in range(args.rounds):
+        for key, f, model, k, n in jobs:
+            w, c = timed(f, model, vocab, k, n)
+            wall[key].append(k * n / w)
+            cpu[key].append(c / (k * n) * 1e6)
 
-    print("\nbatch 1            module loop chars/s   numpy chars/s   us/char   speed-up")
-    for cell in models:
-        a, b = median_rate(ref[cell], ARGS.reference_chars), median_rate(new[cell], ARGS.chars)
-        print(f"{cell.upper()}-{ARGS.hidden:<12} {a:>20,.0f} {b:>15,.0f} {1e6 / b:>9.1f} {b / a:>9.1f}x")
-    print(f"\n{ARGS.batch_cell.upper()}, N samples as one batch   chars/s   us/step   vs N=1   target 0.8*N   rows"
-          + (f"   blocks of {ARGS.compare_rows}: chars/s" if ARGS.compare_rows else ""))
-    one = median_rate(batch[batches[0]], max(ARGS.chars // batches[0], 500) * batches[0])
+    def cell_text(key) -> str:
+        return f"{statistics.median(wall[key]):>10,.0f} {statistics.median(cpu[key]):>6.1f}"
+
+    head = "".join(f"{p:>18}" for p in paths)
+    print("(each path: chars/s wall clock, then CPU microseconds per char)")
+    print(f"\nbatch 1, chars/s and CPU us/char{' ' * 4}{head}     cpp / numpy-before")
+    for c in cells:
+        line = f"{c.upper()}-{args.hidden:<31}" + "".join(f" {cell_text(('1', c, p))}" for p in paths)
+        if cpp:
+            line += f" {statistics.median(wall[('1', c, 'cpp')]) / statistics.median(wall[('1', c, 'numpy-before')]):>9.2f}x"
+        print(line)
+    batch_paths = [p for p in paths if p != "module"]
+    print(f"\n{args.batch_cell.upper()}, N samples as one batch   " + "".join(f"{p:>18}" for p in batch_paths)
+          + "     cpp / numpy-before   cpp vs N=1")
     for n in batches:
-        chars = max(ARGS.chars // n, 500) * n
-        rate = median_rate(batch[n], chars)
-        line = (f"N={n:<28} {rate:>9,.0f} {1e6 * n / rate:>9.1f} {rate / one:>8.2f}x {0.8 * n:>10.1f}x "
-                f"{min(stepper.gemm_rows(many, n), n):>6}")
-        if ARGS.compare_rows:
-            line += f" {median_rate(fixed[n], chars):>20,.0f}"
+        line = f"N={n:<35}" + "".join(f" {cell_text(('N', n, p))}" for p in batch_paths)
+        if cpp:
+            rate = statistics.median(wall[("N", n, "cpp")])
+            line += (f" {rate / statistics.median(wall[('N', n, 'numpy-before')]):>9.2f}x"
+                     f" {rate / statistics.median(wall[('N', batches[0], 'cpp')]):>13.2f}x")
         print(line)
 
 

@@ -1,15 +1,19 @@
 """How far sample i of `--num-samples N` follows the `--num-samples 1` sample of the same seed.
 
 Every row draws from its own random stream (seed, i), so the random numbers of sample 0 are the
-same whatever N; its text is the same as long as its logits are. They are equal only to float
-rounding: the NumPy stepper multiplies the rows in blocks (of a size measured per machine and
-batch, rnn_train/prediction/stepper.py), a batch of 1 as one row, and OpenBLAS rounds a row's
-products differently with the rows in the call. A difference in the last bit changes a draw only at a near tie, and from then on the two
-samples go separate ways. This script reports, per seed, the first character where sample 0 of
-a batch of N differs from the batch-1 sample (none: identical over the length).
+same whatever N; its text is the same as long as its logits are. On the C++ generation steps
+they are equal bit for bit (a row's arithmetic does not depend on the other rows), and this
+script should print "identical" for every seed. On the NumPy stepper (RNN_TRAIN_NO_CPP=1, or a
+machine without a compiler) they are equal only to float rounding: it multiplies the rows in
+blocks (of a size measured per machine and batch, rnn_train/prediction/stepper.py), a batch of 1
+as one row, and OpenBLAS rounds a row's products differently with the rows in the call. A
+difference in the last bit changes a draw only at a near tie, and from then on the two samples go
+separate ways. This script reports, per seed, the first character where sample 0 of a batch of N
+differs from the batch-1 sample (none: identical over the length).
 
     python train.py --config configs/pinyin_gru.yaml          # the README's model, if not there yet
     python benchmarks/sample_drift.py --checkpoint runs/pinyin_gru/best.pt --prefix "zhong guo"
+    RNN_TRAIN_NO_CPP=1 python benchmarks/sample_drift.py --checkpoint runs/pinyin_gru/best.pt
     python benchmarks/sample_drift.py --checkpoint RUN --seeds 12 --length 4000 --batch 8
 """
 from __future__ import annotations

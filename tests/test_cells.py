@@ -1,7 +1,8 @@
 """The cell registry (rnn_train/model/cells.py): one CellSpec per cell, read by every backend.
 
 1. Every hook a registered cell declares computes its CellSpec's reference `step`: torch's own
-   module, the fused Python and C++ loops, the NumPy stepper and the hand-written BPTT.
+   module, the fused Python and C++ loops, the NumPy stepper, the C++ generation step and the
+   hand-written BPTT.
 2. The registry is open: two cells defined in this file alone (a minimal gated unit, and an LSTM
    whose input gate is 1 - f, so its state is a pair) train, resume exactly, validate, predict,
    sample and score through the generic paths, without a line of package code knowing them.
@@ -100,7 +101,7 @@ def _model_pair(name_or_spec, layers=2, embedding="one_hot"):
 @pytest.mark.parametrize("embedding", ["one_hot", "learned"])
 def test_each_cells_tuned_stepper_steps_as_the_reference_step_does(name, embedding):
     model = _model_pair(name, embedding=embedding)
-    tuned, generic = make_stepper(model, 3, 1.0, rows=3), GenericStepper(model, 3, 1.0, 3)
+    tuned, generic = make_stepper(model, 3, 1.0, rows=3, kernel="numpy"), GenericStepper(model, 3, 1.0, 3)
     assert type(tuned) is model.spec.hook("stepper") and type(tuned) is not GenericStepper
     ids = np.array([1, 4, 7])
     for _ in range(12):
@@ -108,6 +109,22 @@ def test_each_cells_tuned_stepper_steps_as_the_reference_step_does(name, embeddi
         assert np.allclose(a, b, atol=1e-10)
         ids = np.argmax(a, axis=1)
     for x, y in zip(model.spec.unpack(tuned.state()), model.spec.unpack(generic.state()), strict=True):
+        assert torch.allclose(x, y, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", [n for n in BUILT_IN if "decode" in cells.get(n).hooks])
+@pytest.mark.parametrize("embedding", ["one_hot", "learned"])
+def test_each_cells_cpp_generation_step_steps_as_the_reference_step_does(name, embedding):
+    if extension() is None:
+        pytest.fail("the C++ kernels did not build here (see the note on stderr)")
+    model = _model_pair(name, embedding=embedding)
+    fast, generic = make_stepper(model, 3, 1.0, kernel="cpp"), GenericStepper(model, 3, 1.0, 3)
+    ids = np.array([1, 4, 7])
+    for _ in range(12):
+        a, b = fast.step(ids).copy(), generic.step(ids).copy()
+        assert np.allclose(a, b, atol=1e-10)
+        ids = np.argmax(a, axis=1)
+    for x, y in zip(model.spec.unpack(fast.state()), model.spec.unpack(generic.state()), strict=True):
         assert torch.allclose(x, y, atol=1e-10)
 
 

@@ -14,11 +14,15 @@ from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN
 from rnn_train.model.checkpoint import load_model
+from rnn_train.prediction import choose as choose_module
 from rnn_train.prediction import cli
-from rnn_train.prediction.choose import Chooser, SamplingOptions, nucleus_filter, softmax
+from rnn_train.prediction.choose import (Chooser, SamplingOptions, gumbel_noise, nucleus_filter, row_keys, softmax,
+                                         uniforms)
 from rnn_train.prediction.generate import encode_prefix, generate, samples
 from rnn_train.prediction.sampler import CHUNK, StopRules
 from rnn_train.kernels import autotune
+from rnn_train.kernels.build import extension
+from rnn_train.prediction import kernel_stepper
 from rnn_train.prediction import stepper as stepper_module
 from rnn_train.prediction.stepper import gemm_rows, make_stepper, sampling_key
 from rnn_train.training.trainer import train
@@ -60,8 +64,18 @@ def _torch_greedy(model, vocab, prefix, k):
     return vocab.decode(out)
 
 
+@pytest.fixture(params=["cpp", "numpy"])
+def kernel(request, monkeypatch):
+    """Generation on the C++ steps, or on the NumPy stepper (where the C++ kernels cannot be built)."""
+    if request.param == "cpp" and extension() is None:
+        pytest.fail("the C++ kernels did not build here (see the note on stderr)")
+    if request.param == "numpy":
+        monkeypatch.setattr(kernel_stepper, "supports", lambda model: False)
+    return request.param
+
+
 @pytest.mark.parametrize("name", list(MODELS))
-def test_greedy_text_equals_the_torch_module_step_by_step(runs, name):
+def test_greedy_text_equals_the_torch_module_step_by_step(runs, name, kernel):
     model, vocab, _ = _load(runs, name)
     for prefix in ("zhong guo", "ni hao ", ""):
         assert generate(model, vocab, prefix, 300) == _torch_greedy(model, vocab, prefix, 300)
@@ -69,15 +83,16 @@ def test_greedy_text_equals_the_torch_module_step_by_step(runs, name):
 
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
-@pytest.mark.parametrize("rows", [1, 2, 5])  # GEMMs in blocks of 1, of 2 (and a block of 1), in one call
-def test_next_character_probabilities_equal_torch_softmax(runs, name, temperature, rows):
+@pytest.mark.parametrize("kernel,rows", [("cpp", None), ("numpy", 1), ("numpy", 2), ("numpy", 5)])  # NumPy GEMMs in
+def test_next_character_probabilities_equal_torch_softmax(runs, name, temperature, kernel, rows):  # blocks of 1, 2, 5
     model, vocab, _ = _load(runs, name)
     ids = encode_prefix(vocab, "ni hao\nzhong guo ren min\nshi jie he ping\n" * 4)  # [1, P], teacher-forced
     with torch.no_grad():
         logits, _ = model(ids)  # [1, P, V]
     logits[..., 0] = float("-inf")
     expected = torch.softmax(logits[0].double() / (temperature or 1.0), dim=-1).numpy()  # [P, V]
-    stepper = make_stepper(model, batch=5, temperature=temperature, rows=rows)  # 5 identical rows
+    stepper = make_stepper(model, batch=5, temperature=temperature, rows=rows, kernel=kernel)  # 5 identical rows
+    assert stepper.kernel == kernel
     got = np.stack([softmax(stepper.step(np.repeat(i, 5)).astype(np.float64)) for i in ids[0].tolist()])  # [P, 5, V]
     for row in range(5):
         np.testing.assert_allclose(got[:, row], expected, rtol=0, atol=1e-5)
@@ -104,11 +119,11 @@ def test_the_block_size_is_measured_once_per_shape_and_batch_and_then_read(runs,
     assert min(entry["us_per_step"], key=entry["us_per_step"].get) == str(rows)
     autotune._MEMORY.clear()  # a new process: the file answers
     monkeypatch.setattr(stepper_module, "measure_gemm_rows", lambda *a: pytest.fail("measured again"))
-    assert gemm_rows(model, 6) == rows and make_stepper(model, 6).gemm_rows == rows
+    assert gemm_rows(model, 6) == rows and make_stepper(model, 6, kernel="numpy").gemm_rows == rows
     assert gemm_rows(model, 1) == gemm_rows(model, 2) == stepper_module.GEMM_ROWS  # one call: nothing to measure
     decisions.write_text(json.dumps({key: {"rows": 3}}))  # a stored decision is what the stepper takes
     autotune._MEMORY.clear()
-    assert make_stepper(model, 6).gemm_rows == 3
+    assert make_stepper(model, 6, kernel="numpy").gemm_rows == 3
 
 
 def test_gumbel_choice_samples_the_softmax_and_the_filters_keep_the_right_characters():
@@ -118,7 +133,7 @@ def test_gumbel_choice_samples_the_softmax_and_the_filters_keep_the_right_charac
 
     def frequencies(**opts):
         chooser = Chooser(SamplingOptions(temperature=1.0, seed=5, **opts), 1, 6, np.dtype(np.float32))
-        chooser.refill(n)
+        chooser.refill(0, n)
         out, counts = np.empty(1, np.int64), np.zeros(6)
         for step in range(n):
             chooser.choose(logits.copy(), step, out)
@@ -130,6 +145,28 @@ def test_gumbel_choice_samples_the_softmax_and_the_filters_keep_the_right_charac
     assert top2[:4].sum() == 0 and top2[4] == pytest.approx(0.3 / 0.7, abs=0.01)
     nucleus = frequencies(top_p=0.6)  # 0.4 + 0.3 reach 0.6: the two most likely only
     assert nucleus[:4].sum() == 0 and nucleus[5] == pytest.approx(0.4 / 0.7, abs=0.01)
+
+
+def test_each_row_has_its_own_counter_based_stream():
+    keys = row_keys(7, 3)
+    u = uniforms(keys, 0, 4, 5)  # [B, steps, V]
+    assert u.shape == (3, 4, 5) and ((0 < u) & (u < 1)).all() and len(np.unique(u)) == u.size
+    assert np.array_equal(uniforms(row_keys(7, 6)[:3], 0, 4, 5), u)  # row i's key does not depend on the batch
+    assert np.array_equal(uniforms(keys, 2, 2, 5), u[:, 2:])  # a position's numbers: wherever the chunk starts
+    assert np.array_equal(uniforms(keys, np.array([0, 2, 1]), 1, 5)[:, 0], u[[0, 1, 2], [0, 2, 1]])  # per row
+    assert not np.array_equal(uniforms(row_keys(8, 3), 0, 4, 5), u)  # another seed, other numbers
+    g = gumbel_noise(row_keys(3, 1), 0, 20000, 10)
+    assert abs(g.mean() - 0.5772) < 0.01 and abs(g.var() - np.pi ** 2 / 6) < 0.05  # Gumbel(0, 1)
+
+
+def test_the_noise_is_the_formula_and_the_temperature_scales_it(monkeypatch):
+    keys = row_keys(5, 3)
+    g = gumbel_noise(keys, np.array([0, 7, 3]), 6, 11, np.array([1.0, 0.5, 2.0]))  # the C++ function, if built
+    u = np.stack([uniforms(keys[i:i + 1], p, 6, 11)[0] for i, p in enumerate([0, 7, 3])]).astype(np.float64)
+    plain = -np.log(-np.log(u))
+    np.testing.assert_allclose(g, plain * np.array([1.0, 0.5, 2.0])[:, None, None], rtol=2e-6, atol=2e-6)
+    monkeypatch.setattr(choose_module, "_noise_op", lambda: None)  # NumPy's own
+    assert np.array_equal(gumbel_noise(keys, 0, 6, 11, 0.5), np.float32(0.5) * gumbel_noise(keys, 0, 6, 11))
 
 
 def test_nucleus_keeps_the_fewest_most_likely_characters_that_reach_p():
@@ -147,7 +184,7 @@ def _filtered(logits, p):
     return out
 
 
-def test_seeded_samples_are_reproducible_independent_of_the_batch_and_of_k(runs):
+def test_seeded_samples_are_reproducible_independent_of_the_batch_and_of_k(runs, kernel):
     model, vocab, _ = _load(runs, "gru")
     opts = SamplingOptions(temperature=1.0, top_k=10, seed=11)
     one = samples(model, vocab, "ni", 200, opts, num_samples=1)
@@ -159,6 +196,85 @@ def test_seeded_samples_are_reproducible_independent_of_the_batch_and_of_k(runs)
     assert samples(model, vocab, "ni", 90, opts, num_samples=4) == [s[:90] for s in four]  # prefix of a longer run
     other = samples(model, vocab, "ni", 200, SamplingOptions(temperature=1.0, top_k=10, seed=12))
     assert other[0] != one[0]
+
+
+def test_on_the_cpp_steps_sample_i_is_the_same_whatever_the_batch_bit_for_bit(runs, kernel):
+    if kernel != "cpp":
+        return  # the NumPy stepper's rows round with the rows per GEMM call (see test above)
+    model, vocab, _ = _load(runs, "lstm2_learned")
+    opts = SamplingOptions(temperature=1.0, seed=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # rows split over threads, tiles of every size
+    try:
+        alone = samples(model, vocab, "ni", 3000, opts, num_samples=1)[0]
+        for n in (3, 11, 19):
+            assert samples(model, vocab, "ni", 3000, opts, num_samples=n)[0] == alone
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_chunk_sampled_in_cpp_is_what_the_python_loop_draws_step_by_step(runs, monkeypatch):
+    if extension() is None:
+        pytest.fail("the C++ kernels did not build here (see the note on stderr)")
+    model, vocab, _ = _load(runs, "gru")
+    opts = SamplingOptions(temperature=0.9, seed=4)
+    in_cpp = samples(model, vocab, "ni", 1000, opts, num_samples=3)
+    monkeypatch.setattr(Chooser, "plain", property(lambda self: False))  # choose + step in Python
+    assert samples(model, vocab, "ni", 1000, opts, num_samples=3) == in_cpp
+
+
+def test_rows_take_their_own_temperature_and_state(runs, kernel):
+    model, vocab, _ = _load(runs, "lstm2_learned")
+    with torch.no_grad():
+        _, state = model(encode_prefix(vocab, "zhong guo"))
+    s = make_stepper(model, 3, 0.5)
+    ids = np.array([5, 5, 5])
+    base = s.step(ids).copy()  # every row at temperature 0.5, from a zero state
+    s.load_state(model.begin_state(3))
+    s.set_temperature([0.0, 2.0], rows=[0, 2])
+    got = s.step(ids)
+    assert s.temperature.tolist() == [0.0, 0.5, 2.0]
+    np.testing.assert_allclose(got[:, 1:], base[:, 1:] * np.array([[0.5], [1.0], [0.25]]), rtol=1e-5)
+    s.load_state(state, rows=[1])  # one row from a warmed-up state, the others go on
+    want = make_stepper(model, 1, 0.5)
+    want.load_state(state)
+    np.testing.assert_allclose(s.step(ids)[1], want.step(ids[:1])[0], rtol=1e-5)
+
+
+def test_bf16_steps_stay_close_to_the_module_and_batch_invariant_where_amx_runs(runs, capsys, monkeypatch):
+    monkeypatch.setattr(stepper_module, "_NOTES", set())
+    model, vocab, _ = _load(runs, "lstm2_learned")
+    stepper = make_stepper(model, 5, 1.0, precision="bf16")
+    if not kernel_stepper.bf16_available():  # an AVX2 or AVX-512 machine without AMX: said once, float32 used
+        assert stepper.precision == "fp32" and "sampling in float32" in capsys.readouterr().err
+        return
+    assert stepper.precision == "bf16"
+    ids = encode_prefix(vocab, "ni hao\nzhong guo ren min\nshi jie he ping\n" * 4)
+    with torch.no_grad():
+        logits, _ = model(ids)
+    logits[..., 0] = float("-inf")
+    expected = torch.softmax(logits[0].double(), dim=-1).numpy()  # [P, V]
+    alone = make_stepper(model, 1, 1.0, precision="bf16")
+    for t, i in enumerate(ids[0].tolist()):
+        got = stepper.step(np.repeat(i, 5))
+        assert all(np.array_equal(got[r], got[0]) for r in range(5))  # rows alike, bit for bit
+        assert np.array_equal(alone.step(np.array([i]))[0], got[0])  # and as at batch 1
+        probs = softmax(got[:1].astype(np.float64))[0]
+        assert np.abs(probs - expected[t]).max() < 0.03  # bf16 products: ~1e-3 typical (docs/prediction.md)
+    float64 = CharRNN(len(vocab), "gru", 8).double()
+    assert make_stepper(float64, 2, 1.0, precision="bf16").precision == "fp32"
+    assert "sampling in float32" in capsys.readouterr().err
+
+
+def test_cli_precision_bf16_says_what_ran(runs):
+    out = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(runs / "gru"), "--prefix", "ni", "-k", "80",
+                          "--temperature", "0.8", "--seed", "1", "--precision", "bf16"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    if kernel_stepper.bf16_available():
+        assert "bf16 steps" in out.stdout and out.stderr == ""
+    else:
+        assert "sampling in float32" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
 def test_unk_is_never_generated_even_when_the_model_prefers_it():

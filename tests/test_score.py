@@ -1,15 +1,21 @@
-"""`rnn-train score`: the loss of a text under a model, streamed with the state carried."""
+"""`rnn-train score`: the loss of a text under a model, streamed: one stream with --exact, else
+segments scored as one batch, each after a warm-up."""
 import json
 import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from rnn_train.config import build_config
 from rnn_train.data.dataset import prepare_data
 from rnn_train.data.pinyin import hanzi_to_pinyin
 from rnn_train.model.checkpoint import load_model
+from rnn_train.kernels.build import extension
+from rnn_train.prediction import kernel_stepper
 from rnn_train.prediction import score as score_mod
 from rnn_train.prediction.score import score_file, score_pieces
 from rnn_train.prediction.textstream import model_text
@@ -39,12 +45,80 @@ def test_the_validation_text_scores_the_validation_loss(run):
     tmp, _, val_text = run
     best = json.loads((tmp / "run" / "metrics.json").read_text())["best_val_loss"]
     model, vocab, cfg, _ = load_model(tmp / "run" / "best.pt")
-    result = score_file(model, vocab, cfg.data, val_text)
+    result = score_file(model, vocab, cfg.data, val_text, exact=True)
     assert result.loss == pytest.approx(best, rel=1e-6)
     assert result.scored == result.chars - 1 and result.unk == 0
-    out = _score_cli("--checkpoint", tmp / "run", val_text)
-    assert out.returncode == 0, out.stderr
-    assert f"loss {best:.4f} | ppl {math.exp(best):.3f} | {best / math.log(2):.3f} bits/char" in out.stdout
+    # shorter than a segment: the default scores it as one row from its start, to rounding the same
+    assert score_file(model, vocab, cfg.data, val_text).loss == pytest.approx(best, rel=1e-6)
+    for flags in (["--exact"], []):
+        out = _score_cli("--checkpoint", tmp / "run", val_text, *flags)
+        assert out.returncode == 0, out.stderr
+        assert f"loss {best:.4f} | ppl {math.exp(best):.3f} | {best / math.log(2):.3f} bits/char" in out.stdout
+
+
+def test_exact_is_the_modules_one_stream_bit_for_bit(run):
+    tmp, _, val_text = run
+    model, vocab, _, _ = load_model(tmp / "run" / "best.pt")
+    text = val_text.read_text()[:3000]  # one module call (score.WINDOW characters)
+    x = torch.as_tensor(vocab.encode(text).astype("int64"))[None]
+    with torch.no_grad():
+        logits, _ = model(x[:, :-1])
+    nats = float(F.cross_entropy(logits[0], x[0, 1:], reduction="none").double().sum())
+    assert score_pieces(model, vocab, [text], exact=True).nats == nats
+
+
+@pytest.fixture(params=["cpp", "torch"])
+def segment_runner(request, monkeypatch):
+    """Batched scoring on the C++ generation steps, or on the torch module where those are missing."""
+    if request.param == "cpp" and extension() is None:
+        pytest.fail("the C++ kernels did not build here (see the note on stderr)")
+    if request.param == "torch":
+        monkeypatch.setattr(kernel_stepper, "supports", lambda model: False)
+    return request.param
+
+
+def test_segments_whose_warm_up_reaches_the_start_score_as_the_one_stream(run, segment_runner):
+    tmp, _, val_text = run
+    model, vocab, _, _ = load_model(tmp / "run" / "best.pt")
+    text = val_text.read_text()
+    exact = score_pieces(model, vocab, [text], exact=True)
+    rows = []
+    got = score_pieces(model, vocab, [text[:777], text[777:]], lambda c, b: rows.extend(zip(c, b.tolist())),
+                       segment=100, warm_up=10 ** 9, batch=3)  # every row reads the text from its start
+    assert (got.chars, got.scored, got.unk) == (exact.chars, exact.scored, exact.unk)
+    assert got.nats == pytest.approx(exact.nats, rel=1e-6)
+    assert "".join(c for c, _ in rows) == text and math.isnan(rows[0][1])  # every character, in order
+    assert sum(b for _, b in rows[1:]) == pytest.approx(got.nats / math.log(2), rel=1e-9)
+
+
+def test_a_short_warm_up_changes_the_loss_a_little_and_only_at_segment_starts(run, segment_runner):
+    tmp, _, val_text = run
+    model, vocab, _, _ = load_model(tmp / "run" / "best.pt")
+    text = val_text.read_text()
+
+    def bits(**kw):
+        rows = []
+        score_pieces(model, vocab, [text], lambda c, b: rows.extend(b.tolist()), **kw)
+        return np.array(rows[1:])
+
+    exact, cut = bits(exact=True), bits(segment=200, warm_up=2, batch=4)  # (this tiny model forgets fast)
+    differs = np.flatnonzero(np.abs(cut - exact) > 1e-4) + 1  # text positions
+    assert len(differs) and (differs > 200).all() and ((differs - 1) % 200 < 40).all()  # segment starts but the first
+    assert abs(cut.mean() - exact.mean()) < 0.01
+
+
+def test_a_segments_surprisal_does_not_depend_on_the_batch_on_the_cpp_steps(run):
+    if extension() is None:
+        pytest.fail("the C++ kernels did not build here (see the note on stderr)")
+    tmp, _, val_text = run
+    model, vocab, _, _ = load_model(tmp / "run" / "best.pt")
+    text = val_text.read_text()
+    runs = []
+    for batch in (1, 3, 8):
+        rows = []
+        score_pieces(model, vocab, [text], lambda c, b: rows.extend(b.tolist()), segment=150, warm_up=40, batch=batch)
+        runs.append(np.array(rows))
+    assert np.array_equal(runs[0], runs[1], equal_nan=True) and np.array_equal(runs[0], runs[2], equal_nan=True)
 
 
 def test_streaming_in_small_pieces_and_windows_changes_nothing(run, monkeypatch):

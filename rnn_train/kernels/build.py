@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "recurrence.cpp"  # includes the headers beside it
+# built with it into one library: the generation and scoring steps (rnn_train/prediction/kernel_stepper.py)
+SOURCES = (SOURCE, SOURCE.with_name("decode.cpp"))
 CACHE_ENV = "RNN_TRAIN_CACHE"
 OFF_ENV = "RNN_TRAIN_NO_CPP"
 _OK, _FAILED = "built.ok", "build.failed"
@@ -73,7 +75,7 @@ def cpu_signature() -> str:
 
 
 def build_key() -> str:
-    sources = [SOURCE, *sorted(SOURCE.parent.glob("*.h"))]
+    sources = [*SOURCES, *sorted(SOURCE.parent.glob("*.h"))]
     parts = [*(f.read_bytes().decode() for f in sources), " ".join(compile_flags()), torch.__version__,
              f"{sys.version_info[0]}.{sys.version_info[1]}", cpu_signature()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
@@ -139,7 +141,7 @@ def _compile(directory: Path, name: str) -> None:
     from torch.utils import cpp_extension
 
     flags = compile_flags()
-    cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+    cpp_extension.load(name=name, sources=[str(s) for s in SOURCES], extra_cflags=flags, extra_ldflags=["-fopenmp"],
                        build_directory=str(directory), is_python_module=False, verbose=False)
 
 

@@ -35,6 +35,8 @@ one place which backend implements which cell:
     python_loop   rnn_train.kernels: the fused layer whose time loop is torch ops
     cpp_loop      rnn_train.kernels: the fused layer whose time loop is C++ (csrc/cells.h)
     stepper       rnn_train.prediction.stepper: the NumPy step tuned for sampling
+    decode        rnn_train.prediction.kernel_stepper: the cell's id in the C++ generation and
+                  scoring steps (csrc/decode.cpp)
     bptt          rnn_train.teaching.bptt: the backward pass written as the derivation
     js            rnn_train.explore.cells_js: the step in JavaScript, for `rnn-train explore`'s page
 """
@@ -216,16 +218,19 @@ register(CellSpec(
     elman=True,
     hooks={"native": "RNN", "python_loop": "rnn_train.kernels.python_layers:RNN_LOOP",
            "cpp_loop": "rnn_train.kernels.cpp_layers:RNN_LOOP", "stepper": "rnn_train.prediction.stepper:RNNStepper",
+           "decode": "rnn_train.prediction.kernel_stepper:RNN",
            "bptt": "rnn_train.teaching.bptt.rnn:BPTT", "js": "rnn_train.explore.cells_js:RNN"}))
 register(CellSpec(
     name="gru", summary="gated recurrent unit (reset r, update z, candidate n)", blocks=("r", "z", "n"), step=gru_step,
     keep_gate="z",
     hooks={"native": "GRU", "python_loop": "rnn_train.kernels.python_layers:GRU_LOOP",
            "cpp_loop": "rnn_train.kernels.cpp_layers:GRU_LOOP", "stepper": "rnn_train.prediction.stepper:GRUStepper",
+           "decode": "rnn_train.prediction.kernel_stepper:GRU",
            "bptt": "rnn_train.teaching.bptt.gru:BPTT", "js": "rnn_train.explore.cells_js:GRU"}))
 register(CellSpec(
     name="lstm", summary="long short-term memory (input i, forget f, cell g, output o; cell state c)",
     blocks=("i", "f", "g", "o"), step=lstm_step, state=("h", "c"), keep_gate="f",
     hooks={"native": "LSTM", "cpp_loop": "rnn_train.kernels.cpp_layers:LSTM_LOOP",
-           "stepper": "rnn_train.prediction.stepper:LSTMStepper", "bptt": "rnn_train.teaching.bptt.lstm:BPTT",
+           "stepper": "rnn_train.prediction.stepper:LSTMStepper",
+           "decode": "rnn_train.prediction.kernel_stepper:LSTM", "bptt": "rnn_train.teaching.bptt.lstm:BPTT",
            "js": "rnn_train.explore.cells_js:LSTM"}))

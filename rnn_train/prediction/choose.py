@@ -1,26 +1,39 @@
 """Picking the next character of every row of a batch from its logits: greedy, or sampled with
 temperature, top-k and top-p (nucleus), each row from its own random stream.
 
-Sampling is the Gumbel-max trick: argmax(logits + G) with G = -log(E), E ~ Exp(1) independent per
-row and character, is a draw from softmax(logits) exactly. It needs no softmax, no cumulative sum
-and no search per step, only an add and an argmax, and the noise for many steps is drawn in one
-call per row. Filters set the logits they remove to -inf first, so the draw is from the softmax
+Sampling is the Gumbel-max trick: argmax(logits + G) with G = -log(-log(U)), U ~ Uniform(0, 1)
+independent per row and character, is a draw from softmax(logits) exactly. It needs no softmax, no
+cumulative sum and no search per step, only an add and an argmax, and the noise for many steps is
+made in one call. Filters set the logits they remove to -inf first, so the draw is from the softmax
 renormalised over what is left, as with torch.multinomial on the filtered probabilities.
 
 The temperature scales the noise, not the logits: argmax(logits / T + G) = argmax(logits + T·G)
 for T > 0, so the choice is the same draw from softmax(logits / T), and the logits are the model's
-own. Rows with different temperatures can then share one decoder GEMM (the server batches requests
-with different options: rnn_train/serve/scheduler.py), and T = 0 is greedy with zero noise. The
-noise is scaled once per refill, nothing per step; top-k needs no temperature (it keeps the same
-characters either way) and top-p computes its probabilities at the temperature.
+own. Rows with different temperatures can then share one decoder product (the server batches
+requests with different options: rnn_train/serve/scheduler.py), and T = 0 is greedy with zero
+noise. Top-k needs no temperature (it keeps the same characters either way) and top-p computes its
+probabilities at the temperature.
 
-Why one stream per row: row i draws from `default_rng([seed, i])`, so with a given seed sample i
-draws the same random numbers whatever the batch size, and no row's randomness depends on what
-another row did. Its text is then the same whatever the batch size (sample 0 of `--num-samples 8`
-is the `--num-samples 1` sample) as long as its logits are, and they are equal to float rounding
-only: the stepper's GEMMs round a row differently with the number of rows per call, and a last-bit
-difference changes a draw at a near tie, after which the samples part. Measured: 1 of 6 samples of
-30,000 characters parted, at character 20,993 (benchmarks/sample_drift.py).
+Where the numbers come from: U for row i, its t-th generated character and vocab entry v is
+
+    U = (splitmix64(key_i + (t * V + v + 1) * GAMMA) >> 41 + 0.5) / 2^23     (exact in float32)
+
+with key_i made from (seed, i): a counter-based stream, whose numbers depend only on the row's key
+and the position. So with a given seed sample i draws the same random numbers whatever the batch
+size, no row's randomness depends on what another row did, and a row that starts later (a server's
+new request) needs only its key and its position. T·G is made by ONE function wherever the C++
+kernels are built (csrc/decode.cpp's `gumbel_noise`, which the C++ sampling chunk calls in the
+threads that own the rows, and which `gumbel_noise` here calls through the op decode_gumbel_noise),
+so the chunk, predict's Python loop (filters, forced line starts) and the server draw the same
+noise to the bit; without the kernels NumPy computes the same formula (np.log: it may differ from
+the C++ log in the last bit). Before, each row drew from NumPy's `default_rng([seed, i])`: the same
+guarantees, but its exponentials cost ~1 us per character of a 66-symbol vocab on the machine
+measured, more than the C++ step itself, and only one Python thread could make them.
+
+The text of sample i is then the same whatever N wherever its logits are: always on the C++
+steps (a row's arithmetic does not depend on the other rows; tests/test_sampling.py), and to float
+rounding on the NumPy stepper, whose GEMMs round a row differently with the number of rows per
+call (benchmarks/sample_drift.py).
 """
 from __future__ import annotations
 
@@ -28,6 +41,7 @@ import secrets
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from rnn_train.errors import UserError
 
@@ -38,8 +52,11 @@ class SamplingOptions:
     top_k: int = 0  # sample among the k most likely characters only (0 = all)
     top_p: float = 1.0  # sample among the fewest most likely characters whose probabilities reach p
     seed: int | None = None  # None: fresh entropy from the OS
+    precision: str = "fp32"  # the steps' products: fp32, or bf16 on AMX tiles (stepper.make_stepper)
 
     def __post_init__(self):
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"--precision must be fp32 or bf16, got {self.precision!r}")
         if not 0 <= self.temperature < float("inf"):
             raise UserError(f"--temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
@@ -54,26 +71,93 @@ class SamplingOptions:
         return self.temperature == 0
 
 
+GAMMA = 0x9E3779B97F4A7C15  # 2^64 / golden ratio, odd: splitmix64's counter increment
+_U64 = (1 << 64) - 1
+
+
+def splitmix64(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 output function of uint64 values (wrapping arithmetic), elementwise."""
+    z = np.asarray(z, np.uint64)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def row_keys(seed: int | None, batch: int) -> np.ndarray:
+    """Row i's key for `seed` (None: fresh entropy from the OS): [batch] uint64, the same for row i
+    whatever the batch."""
+    seed = seed if seed is not None else secrets.randbits(63)
+    base = np.uint64(int(splitmix64(np.array([seed & _U64], np.uint64))[0]))
+    with np.errstate(over="ignore"):
+        return splitmix64(np.arange(1, batch + 1, dtype=np.uint64) * np.uint64(GAMMA) + base)
+
+
+def uniforms(keys: np.ndarray, position, steps: int, vocab_size: int) -> np.ndarray:
+    """U of every row for `steps` characters from `position` (one per row, or one for all) and
+    every vocab entry: [B, steps, V] float32 in (0, 1), 23 random bits each."""
+    start = np.asarray(position, np.uint64).reshape(-1, 1) * np.uint64(vocab_size)  # [B or 1, 1]
+    counters = start + np.arange(1, steps * vocab_size + 1, dtype=np.uint64)  # [B or 1, steps * V]
+    with np.errstate(over="ignore"):
+        z = splitmix64(keys[:, None] + counters * np.uint64(GAMMA))
+    u = ((z >> np.uint64(41)).astype(np.float32) + 0.5) * 2.0 ** -23
+    return u.reshape(len(keys), steps, vocab_size)
+
+
+def gumbel_noise(keys: np.ndarray, position, steps: int, vocab_size: int, temperature=1.0,
+                 dtype=np.float32) -> np.ndarray:
+    """T·(-log(-log(U))): the noise `choose` adds, [B, steps, V] of `dtype`, computed in float32 (T:
+    one for all rows or one per row, as float32). On the C++ kernels' function where they are built
+    (what the C++ sampling chunk adds), else in NumPy."""
+    B = len(keys)
+    ops = _noise_op()
+    if ops is not None:
+        positions = np.broadcast_to(np.asarray(position, np.int64), (B,)).copy()
+        scales = np.broadcast_to(np.asarray(temperature, np.float64), (B,)).copy()
+        out = torch.empty((B, steps, vocab_size), dtype=torch.float32)
+        ops.decode_gumbel_noise(torch.from_numpy(np.ascontiguousarray(keys).view(np.int64)),
+                                torch.from_numpy(positions), torch.from_numpy(scales), out)
+        return out.numpy().astype(dtype, copy=False)
+    u = uniforms(keys, position, steps, vocab_size)
+    np.log(u, out=u)
+    np.negative(u, out=u)
+    np.log(u, out=u)
+    np.negative(u, out=u)
+    u *= np.asarray(temperature, np.float32).reshape(-1, 1, 1)
+    return u.astype(dtype, copy=False)
+
+
+def _noise_op():
+    """The C++ ops when they are built and have the noise op, else None."""
+    from rnn_train.kernels.build import extension
+
+    ops = extension()
+    return ops if ops is not None and hasattr(ops, "decode_gumbel_noise") else None
+
+
 class Chooser:
-    """`choose(logits [B, V], out [B])` for one step; `refill(n)` before every n steps."""
+    """`refill(position, n)` before every n steps from `position` (the index of the next character
+    in the generated text); `choose(logits [B, V], j, out [B])` for the j-th of them."""
 
     def __init__(self, options: SamplingOptions, batch: int, vocab_size: int, dtype: np.dtype):
         self.options, self.batch, self.vocab_size, self.dtype = options, batch, vocab_size, dtype
-        self.streams = row_streams(options.seed, batch)
+        self.keys = row_keys(options.seed, batch)  # [B] uint64
         self.noise = np.empty((batch, 0, vocab_size), dtype)  # [B, steps, V] Gumbel noise, rows contiguous
         self.top_k = effective_top_k(options.top_k, vocab_size)
 
-    def refill(self, steps: int) -> None:
-        """Draw the noise of the next `steps` steps for every row (nothing for greedy)."""
-        if self.options.greedy:
-            return
-        if self.noise.shape[1] != steps:
-            self.noise = np.empty((self.batch, steps, self.vocab_size), self.dtype)
-        for i, rng in enumerate(self.streams):
-            gumbel_noise(rng, self.noise[i], self.options.temperature)  # one draw per row for all steps
+    @property
+    def plain(self) -> bool:
+        """No filter: what the C++ sampling chunk (KernelStepper.sample) does by itself."""
+        return not self.top_k and self.options.top_p >= 1
+
+    def refill(self, position: int, steps: int) -> None:
+        """Make the noise (T·G) of the `steps` steps from `position` for every row (nothing for greedy)."""
+        if not self.options.greedy:
+            self.noise = gumbel_noise(self.keys, position, steps, self.vocab_size, self.options.temperature,
+                                      self.dtype)
 
     def choose(self, logits: np.ndarray, step: int, out: np.ndarray) -> None:
-        """Write each row's character into out [B]; `step` indexes the noise drawn by `refill`.
+        """Write each row's character into out [B]; `step` indexes the noise made by `refill`.
         `logits` (the model's, no temperature) may be changed in place (filters, noise)."""
         if self.options.greedy:
             np.argmax(logits, axis=1, out=out)
@@ -83,26 +167,9 @@ class Chooser:
         np.argmax(logits, axis=1, out=out)
 
 
-def row_streams(seed: int | None, rows: int) -> list[np.random.Generator]:
-    """Row i's random stream: `default_rng([seed, i])` (a fresh seed from the OS when None)."""
-    base = seed if seed is not None else secrets.randbits(63)
-    return [np.random.default_rng([base, i]) for i in range(rows)]
-
-
 def effective_top_k(top_k: int, vocab_size: int) -> int:
     """The k the filter uses: 0 (no filter) when top_k keeps every character anyway."""
     return top_k if 0 < top_k < vocab_size else 0
-
-
-def gumbel_noise(rng: np.random.Generator, out: np.ndarray, temperature: float) -> None:
-    """out [steps, V] <- temperature * Gumbel(0, 1): one row's noise for its next `steps` steps,
-    drawn from its stream in order (so drawing 16 steps twice gives what drawing 32 once does)."""
-    rng.standard_exponential(dtype=out.dtype, out=out)
-    # E can be exactly 0 (float32 often enough to matter): its -log would be +inf and win over
-    # -inf (filtered) logits. The smallest positive float keeps the race's winner and stays finite.
-    np.maximum(out, np.finfo(out.dtype).tiny, out=out)
-    np.log(out, out=out)
-    out *= -temperature  # Gumbel(0, 1) = -log(Exp(1)), scaled by T
 
 
 def filter_logits(logits: np.ndarray, top_k: int, top_p: float, temperature: float) -> None:

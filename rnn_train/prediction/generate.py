@@ -113,7 +113,8 @@ def stream_after(model: CharRNN, vocab: Vocab, logits: torch.Tensor, state: Stat
         raise UserError(f"-k must be >= 0, got {k}")
     if num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {num_samples}")
-    stepper = make_stepper(model, num_samples)  # the model's logits: the chooser applies the temperature
+    # the model's logits (no temperature): the chooser scales its noise by the temperature instead
+    stepper = make_stepper(model, num_samples, precision=options.precision)
     first = sampler_logits(logits, stepper.dtype)
     stepper.load_state(state)
     chooser = Chooser(options, num_samples, len(vocab), stepper.dtype)

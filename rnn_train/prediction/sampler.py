@@ -3,8 +3,14 @@ forced line starts; results handed out in chunks so a terminal can show text as 
 
     state after prefix, logits ──choose──> ids[t] ──(force / stop rules)──> step(ids[t]) ──> logits ...
 
-The model is stepped by `stepper.Stepper` (NumPy, no module call per character) and characters are
-picked by `choose.Chooser`. Rules cost nothing when unused: the plain loop is choose + step.
+The model is stepped by a stepper (`stepper.make_stepper`: the C++ kernels, else NumPy; no module
+call per character) and characters are picked by `choose.Chooser`. Where nothing forces a
+character (no --line-starts) and no filter is set (no --top-k, --top-p), a whole chunk is chosen and
+fed back inside the C++ stepper (`KernelStepper.sample`, the same draws as `Chooser.choose`, noise
+made from the same random numbers), and
+the stopping rules are read off the chunk afterwards: they only end a row, never change its
+characters, so the text is the one the step-by-step loop gives. Otherwise each step is choose +
+(rules) + step in Python.
 """
 from __future__ import annotations
 
@@ -16,9 +22,8 @@ import numpy as np
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
 from rnn_train.prediction.choose import Chooser
-from rnn_train.prediction.stepper import Stepper
 
-CHUNK = 64  # steps between hand-outs (and noise refills): ~ms of latency on a terminal
+CHUNK = 64  # steps between hand-outs: ~ms of latency on a terminal
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,11 @@ class RuleState:
         self.forced: list[list[int]] = [[] for _ in range(batch)]  # characters still to force per row
         self.line_start = np.full(batch, at_line_start)  # the next character begins a line
 
+    @property
+    def forces(self) -> bool:
+        """Whether the rules put characters in (line starts); else they only end rows."""
+        return bool(self.starts)
+
     def apply(self, ids: np.ndarray, t: int) -> bool:
         """Force line starts into ids [B] (in place), then mark rows that end at step t."""
         if self.starts:
@@ -106,7 +116,7 @@ class RuleState:
                 self.ended[i], self.end[i] = True, end
 
 
-def sample_chunks(stepper: Stepper, chooser: Chooser, logits: np.ndarray, k: int,
+def sample_chunks(stepper, chooser: Chooser, logits: np.ndarray, k: int,
                   rules: RuleState | None = None) -> Iterator[list[np.ndarray]]:
     """Generate up to k characters per row from `logits` [B, V] (the model's logits after the
     prefix; the chooser applies the temperature) with the stepper's state; yield each chunk as B id
@@ -115,19 +125,27 @@ def sample_chunks(stepper: Stepper, chooser: Chooser, logits: np.ndarray, k: int
     current = stepper.logits
     current[:] = logits
     ids = np.empty((CHUNK, B), np.int64)  # [t, B]: ids[t] is a contiguous [B]
+    in_kernel = chooser.plain and hasattr(stepper, "sample") and (rules is None or not rules.forces)
     t = 0
     while t < k:
         n = min(CHUNK, k - t)
-        chooser.refill(n)
         done = False
-        for j in range(n):
-            chooser.choose(current, j, ids[j])
-            if rules is not None:
-                done = rules.apply(ids[j], t + j)
-            if done:
-                break
-            if t + j + 1 < k:
-                current = stepper.step(ids[j])  # one cell step per character; the state carries
+        if in_kernel:  # choose and step n times in C++; the last character of all is not fed back
+            stepper.sample(n, min(n, k - t - 1), chooser.keys, t, ids, chooser.options.temperature)
+            for j in range(n if rules is not None else 0):
+                if rules.apply(ids[j], t + j):
+                    done = True
+                    break
+        else:
+            chooser.refill(t, n)
+            for j in range(n):
+                chooser.choose(current, j, ids[j])
+                if rules is not None:
+                    done = rules.apply(ids[j], t + j)
+                if done:
+                    break
+                if t + j + 1 < k:
+                    current = stepper.step(ids[j])  # one cell step per character; the state carries
         ends = np.minimum(rules.end, t + n) - t if rules is not None else np.full(B, n)
         yield [ids[:max(int(ends[i]), 0), i].copy() for i in range(B)]
         t += n

@@ -2,14 +2,29 @@
 
     rnn-train score --checkpoint runs/pinyin_gru mytext.txt other.txt
     rnn-train score --checkpoint runs/pinyin_gru mytext.txt --per-char surprisal.tsv
+    rnn-train score --checkpoint runs/pinyin_gru mytext.txt --exact
 
 Each file is read in bounded pieces as the model's corpus was prepared (`textstream.model_text`),
-then run through the model with the state carried from a zero state at the file's start, so a
-text of any length is scored with constant memory. The first character is context only; every
-later character is scored given all before it, which is what the validation loss measures: given
-the validation text of a run whose validation reads one stream (data.batch_size 1), the loss here
-equals the run's validation loss (tests/test_score.py). Characters outside the model's vocab are
-scored as `<unk>`, as in training, and their share is reported.
+so a text of any length is scored with constant memory. The first character is context only;
+every later character is scored given what came before it. Characters outside the model's vocab
+are scored as `<unk>`, as in training, and their share is reported.
+
+`--exact` runs the whole file as one stream, the state carried from a zero state at its start:
+every character is scored given ALL before it, which is what the validation loss measures (given
+the validation text of a run whose validation reads one stream, data.batch_size 1, the loss
+equals the run's validation loss; tests/test_score.py). One stream is one sequential chain of
+steps, and a step of one row uses a core poorly (33.8k chars/s for a GRU-256 on the machine of
+issue 21).
+
+The default cuts the file into segments of SEGMENT scored characters and scores ROWS of them at
+once as one batch, each row starting from a zero state WARM_UP characters before its segment
+(read, not scored; the file's first segment starts at the file's start, as --exact does). A
+character is then scored given at least WARM_UP and up to SEGMENT + WARM_UP characters before
+it. A character-level RNN's state forgets faster than that: the difference from --exact, measured
+on three corpora by benchmarks/score_bench.py, is in docs/prediction.md (well below the 0.001 bits
+per character the issue allows). The batch runs on the C++ generation steps where they are built
+(prediction/kernel_stepper.py), else on the torch module; a segment's result does not depend on
+the other rows of its batch on the C++ path.
 """
 from __future__ import annotations
 
@@ -28,6 +43,10 @@ from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN
 
 WINDOW = 4096  # characters per module call: bounds memory ([1, WINDOW, V] logits), not the result
+SEGMENT = 4096  # characters scored per row of a batch (the default, not --exact)
+WARM_UP = 256  # characters each row reads before its segment, unscored
+ROWS = 64  # segments scored together
+TORCH_STEPS = 256  # time steps per module call where the batch runs on the torch module
 
 RowWriter = Callable[[str, np.ndarray], None]  # (characters, surprisal in bits) of a window
 
@@ -50,13 +69,19 @@ class Score:
 
 
 @torch.no_grad()
-def score_pieces(model: CharRNN, vocab: Vocab, pieces: Iterable[str], rows: RowWriter | None = None) -> Score:
-    """Score a text given as pieces, the state carried across them. `rows(chars, bits)` receives
-    every character with its surprisal in bits (NaN for the first, which is only context)."""
+def score_pieces(model: CharRNN, vocab: Vocab, pieces: Iterable[str], rows: RowWriter | None = None,
+                 exact: bool = False, segment: int = SEGMENT, warm_up: int = WARM_UP, batch: int = ROWS) -> Score:
+    """Score a text given as pieces: as one stream with `exact`, else in segments scored `batch` at
+    a time (see the module docstring). `rows(chars, bits)` receives every character with its
+    surprisal in bits (NaN for the first, which is only context), in the text's order."""
     from rnn_train.prediction.generate import eval_mode
 
+    if segment < 1 or warm_up < 0 or batch < 1:
+        raise ValueError("segment and batch must be >= 1 and warm_up >= 0")
     with eval_mode(model):
-        return _score(model, vocab, pieces, rows)
+        if exact:
+            return _score(model, vocab, pieces, rows)
+        return _score_segments(model, vocab, pieces, rows, segment, warm_up, batch)
 
 
 def _score(model: CharRNN, vocab: Vocab, pieces: Iterable[str], rows: RowWriter | None) -> Score:
@@ -85,6 +110,90 @@ def _score(model: CharRNN, vocab: Vocab, pieces: Iterable[str], rows: RowWriter 
     return score
 
 
+def _score_segments(model: CharRNN, vocab: Vocab, pieces: Iterable[str], rows: RowWriter | None, segment: int,
+                    warm_up: int, batch: int) -> Score:
+    """The batched default. Positions are the text's: the segment that scores positions [a, b) reads
+    positions from max(0, a - 1 - warm_up) to b - 2, with a zero state at its first."""
+    run = _segment_runner(model)
+    score, a = Score(), 1  # a: the first position not scored yet
+    ids_parts: list[np.ndarray] = []
+    char_parts: list[str] = []
+    start, held = 0, 0  # the held text (ids_parts / char_parts) covers positions [start, start + held)
+
+    def cut(count: int) -> None:
+        """Score `count` segments from position a (all full ones, but the last of the text)."""
+        nonlocal a, start, held
+        ids, chars = np.concatenate(ids_parts), "".join(char_parts)
+        end = start + held
+        spans = [(s, min(s + segment, end)) for s in range(a, min(a + count * segment, end), segment)]
+        first = [max(0, s - 1 - warm_up) for s, _ in spans]  # each row's first input position
+        T = max(b - 1 - f for (_, b), f in zip(spans, first))
+        inputs = np.zeros((len(spans), T), np.int64)
+        targets = np.full((len(spans), T), -1, np.int64)
+        for r, ((s, b), f) in enumerate(zip(spans, first)):
+            inputs[r, :b - 1 - f] = ids[f - start:b - 1 - start]
+            targets[r, s - 1 - f:b - 1 - f] = ids[s - start:b - start]
+        nll = run(inputs, targets)  # [R, T] nats, NaN where no target
+        for r, ((s, b), f) in enumerate(zip(spans, first)):
+            nats = nll[r, s - 1 - f:b - 1 - f]
+            score.nats += float(nats.sum())
+            score.scored += b - s
+            if rows is not None:
+                rows(chars[s - start:b - start], nats / math.log(2))
+        a = spans[-1][1]
+        keep = max(0, a - 1 - warm_up) - start  # drop what no later segment reads
+        ids_parts[:] = [ids[keep:]]
+        char_parts[:] = [chars[keep:]]
+        start, held = start + keep, held - keep
+
+    for ids, chars in _windows(vocab, pieces):
+        if score.chars == 0 and rows is not None:
+            rows(chars[:1], np.array([math.nan]))
+        score.chars += len(ids)
+        score.unk += int(np.count_nonzero(ids == 0))
+        ids_parts.append(ids)
+        char_parts.append(chars)
+        held += len(ids)
+        while start + held >= a + batch * segment:  # a full batch of full segments
+            cut(batch)
+    if start + held > a:
+        cut(batch)
+    return score
+
+
+def _segment_runner(model: CharRNN) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """(inputs [R, T], targets [R, T] with -1 = none) -> nats [R, T] (NaN where no target), every
+    row from a zero state: on the C++ generation steps where they run this model, else the module."""
+    from rnn_train.prediction import kernel_stepper
+
+    if model.decoder.weight.device.type == "cpu" and kernel_stepper.supports(model):
+        steppers: dict[int, kernel_stepper.KernelStepper] = {}
+
+        def run_cpp(inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+            R = len(inputs)
+            if R not in steppers:  # ROWS, and the size of the last batch
+                steppers[R] = kernel_stepper.KernelStepper(model, R, mask_unk=False)
+            stepper = steppers[R]
+            stepper.load_state(model.begin_state(1))
+            return stepper.score(inputs, targets)
+
+        return run_cpp
+
+    def run_torch(inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        device = model.decoder.weight.device
+        x = torch.as_tensor(inputs, device=device)
+        y = torch.as_tensor(targets, device=device)
+        out, state = [], None
+        for t in range(0, x.shape[1], TORCH_STEPS):
+            logits, state = model(x[:, t:t + TORCH_STEPS], state)  # [R, t, V]
+            part = y[:, t:t + TORCH_STEPS]
+            nll = F.cross_entropy(logits.flatten(0, 1), part.flatten().clamp(min=0), reduction="none")
+            out.append(nll.view(part.shape).double().masked_fill(part < 0, math.nan))
+        return torch.cat(out, dim=1).cpu().numpy()
+
+    return run_torch
+
+
 def _windows(vocab: Vocab, pieces: Iterable[str]) -> Iterator[tuple[np.ndarray, str]]:
     """Pieces of text -> (ids int64, characters) windows of at most WINDOW characters."""
     for piece in pieces:
@@ -99,7 +208,7 @@ def _escape(c: str) -> str:
 
 
 def score_file(model: CharRNN, vocab: Vocab, data_cfg, path: str, encoding: str | None = None,
-               out=None) -> Score:
+               out=None, exact: bool = False) -> Score:
     """Score one file; with `out` (a binary file) write `file<TAB>index<TAB>char<TAB>bits` rows."""
     from rnn_train.prediction.textstream import model_text
 
@@ -111,7 +220,7 @@ def score_file(model: CharRNN, vocab: Vocab, data_cfg, path: str, encoding: str 
         out.write("".join(lines).encode("utf-8"))
         index[0] += len(chars)
 
-    result = score_pieces(model, vocab, model_text(path, data_cfg, encoding), rows if out is not None else None)
+    result = score_pieces(model, vocab, model_text(path, data_cfg, encoding), rows if out is not None else None, exact)
     if result.chars == 0:
         raise UserError(f"{path} is empty: nothing to score")
     if result.scored == 0:
@@ -128,6 +237,10 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train score") -> int:
                     help="write every character with its surprisal in bits (file, index, char, bits; the "
                          "first character of a file has none)")
     ap.add_argument("--encoding", default=None, help="encoding of the files (default: the model's data.encoding)")
+    ap.add_argument("--exact", action="store_true",
+                    help="score each file as one stream, every character given all before it (the validation "
+                         "loss's way; slower: one row at a time). Default: segments of "
+                         f"{SEGMENT} characters scored {ROWS} at a time, each after {WARM_UP} characters of context")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="default cpu")
     args = ap.parse_args(argv)
 
@@ -138,7 +251,7 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train score") -> int:
     model, vocab, cfg, _ = load_model(args.checkpoint, resolve_device(args.device, "--device"))
 
     def run(out=None) -> list[Score]:
-        return [score_file(model, vocab, cfg.data, f, args.encoding, out) for f in args.files]
+        return [score_file(model, vocab, cfg.data, f, args.encoding, out, args.exact) for f in args.files]
 
     if args.per_char:
         results: list[Score] = []

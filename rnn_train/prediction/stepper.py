@@ -1,5 +1,11 @@
 """A CharRNN's cells copied to NumPy: one generation step for a whole batch, no module call.
 
+`make_stepper` gives the C++ stepper (kernel_stepper.KernelStepper: faster, and a row's numbers
+do not depend on the batch) wherever the C++ kernels are built and the cell has a "decode" hook,
+else a stepper from this module; both have the same public methods (step, load_state, state,
+set_temperature). This module is what runs where there is no compiler, and the reference the
+tests hold the C++ steps to.
+
 Each cell's step comes from its CellSpec (rnn_train/model/cells.py): a cell whose spec names a
 "stepper" hook gets that class, tuned below for its equations; any other cell gets
 `GenericStepper`, which runs the spec's reference `step` on the same buffers (slower, same
@@ -22,9 +28,9 @@ step does the least work, every change exact or within float rounding of torch:
   power of two is exact), so a cell's sigmoid gates cost one tanh, not exp + add + reciprocal.
 - LSTM gates are reordered i,f,g,o -> i,f,o,g so the three sigmoid gates are contiguous.
 - Decoder: logits = [h, 1] @ [W_d^T; b_d]; <unk>'s bias is set to -1e30, so it is never chosen
-  and gets probability exactly 0 (it is a placeholder). A `temperature` given to the stepper is
-  folded in as / T; sampling gives none and scales its noise instead (choose.py), so that rows
-  with different temperatures share the GEMM.
+  and gets probability exactly 0 (it is a placeholder). A `temperature` given to the stepper divides
+  the logits per row after the GEMM (skipped where every row's factor is 1); sampling gives none and
+  scales its noise instead (choose.py), so that rows with different temperatures share the GEMM.
 - A batch's GEMMs run in blocks of rows whose size is measured once per machine, model shape and
   batch (`gemm_rows`, stored with the training kernels' decisions); a batch of 1 or 2 is one call.
   Which size is fastest depends on the shapes and on OpenBLAS's own paths and threads: blocks of 4
@@ -47,6 +53,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import sys
 import time
 
 import numpy as np
@@ -107,8 +114,7 @@ class Stepper:
         else:
             self.table = np.ascontiguousarray(w_in[0][:-1] + w_in[0][-1])  # one-hot: rows of W_ih^T [V, G]
         self.w_in, self.w_hh = w_in, w_hh  # w_in[0] is unused: layer 0 reads `table`
-        scale = 1.0 / temperature if temperature > 0 else 1.0
-        self.w_dec = _augmented(params["decoder.weight"] * scale, params["decoder.bias"] * scale)
+        self.w_dec = _augmented(params["decoder.weight"], params["decoder.bias"])
         self.w_dec[-1, 0] = UNK_LOGIT
         G, V = self.spec.num_blocks * H, self.w_dec.shape[1]
         self.h = [np.zeros((batch, H + 1), self.dtype) for _ in range(self.layers)]  # [h, 1] per layer
@@ -118,6 +124,9 @@ class Stepper:
         self.gi = [np.empty((batch, G), self.dtype) for _ in range(self.layers)]  # input projections
         self.gh = np.empty((batch, G), self.dtype)  # recurrent projection, reused by every layer
         self.logits = np.empty((batch, V), self.dtype)  # [B, V] of the next character
+        self.temperature = np.zeros(batch)  # [B] per row, 0 = greedy: set_temperature
+        self._scale: np.ndarray | None = None  # [B, 1] 1 / temperature, None where all are 1
+        self.set_temperature(temperature)
         self._bind(gemm_rows)
 
     def _bind(self, gemm_rows: int) -> None:
@@ -144,14 +153,24 @@ class Stepper:
         raise NotImplementedError
 
     # -- shared
-    def load_state(self, state: State, rows: slice = slice(None)) -> None:
-        """Set the state of `rows` (default: every row) from a torch state of batch 1 (the prefix
-        warm-up, broadcast) or of as many rows."""
+    kernel, precision = "numpy", "fp32"
+
+    def set_temperature(self, temperature, rows=None) -> None:
+        """The temperature of every row (or of `rows`, an index array or slice): a number or one per
+        row; 0 = greedy (logits undivided). `step`'s logits are divided by it from the next step."""
+        self.temperature[slice(None) if rows is None else rows] = temperature
+        scale = np.where(self.temperature > 0, 1.0 / np.where(self.temperature > 0, self.temperature, 1.0), 1.0)
+        self._scale = None if (scale == 1).all() else scale.astype(self.dtype)[:, None]
+
+    def load_state(self, state: State, rows=None) -> None:
+        """Set every row's state (or that of `rows`, an index array or slice) from a torch state of
+        batch 1 (the prefix warm-up, broadcast) or of as many rows as are set."""
+        where = slice(None) if rows is None else rows
         h, *extra = self.spec.unpack(state)
         for layer in range(self.layers):
-            self.h[layer][rows, :-1] = _np(h[layer])  # [1 or B, H] broadcast over the rows
+            self.h[layer][where, :-1] = _np(h[layer])  # [1 or B, H] broadcast over the rows
             for mine, given in zip(self.extra[layer], extra):
-                mine[rows] = _np(given[layer])
+                mine[where] = _np(given[layer])
 
     def copy_rows(self, src: slice, dst: slice) -> None:
         """Copy the state of rows `src` into rows `dst` (as many; they may overlap): a batch whose
@@ -161,12 +180,12 @@ class Stepper:
             for part in self.extra[layer]:
                 part[dst] = part[src]
 
-    def rows(self, n: int, gemm_rows: int = GEMM_ROWS) -> "Stepper":
+    def rows(self, n: int, gemm_rows: int | None = None) -> "Stepper":
         """A stepper over the first `n` rows of this one: the same weights and the same state buffers
-        (views: nothing is copied, a row's state is shared), its GEMMs in blocks of `gemm_rows` rows.
-        Stepping it computes what a stepper made for `n` rows with those blocks computes, to the bit
-        (tests/test_serve.py): a batch that grows and shrinks keeps its live rows first and steps the
-        view of their number."""
+        (views: nothing is copied, a row's state is shared), its GEMMs in blocks of `gemm_rows` rows
+        (default GEMM_ROWS). Stepping it computes what a stepper made for `n` rows with those blocks
+        computes, to the bit (tests/test_serve.py): a batch that grows and shrinks keeps its live rows
+        first and steps the view of their number. The view's temperatures are the first n rows'."""
         if not 0 < n <= self.batch:
             raise ValueError(f"rows({n}) of a stepper of {self.batch} rows")
         view = copy.copy(self)
@@ -174,7 +193,9 @@ class Stepper:
         view.h = [h[:n] for h in self.h]
         view.extra = [[part[:n] for part in parts] for parts in self.extra]
         view.gi, view.gh, view.logits = [g[:n] for g in self.gi], self.gh[:n], self.logits[:n]
-        view._bind(gemm_rows)
+        view.temperature = self.temperature[:n]
+        view._scale = None if self._scale is None else self._scale[:n]
+        view._bind(gemm_rows or GEMM_ROWS)
         return view
 
     def state(self) -> State:
@@ -192,6 +213,8 @@ class Stepper:
             _gemm(self._recurrent[layer])  # gh = [h, 1] @ [W_hh^T; b_hh]
             self._update(layer)
         _gemm(self._decoder)
+        if self._scale is not None:
+            self.logits *= self._scale
         return self.logits
 
 
@@ -277,10 +300,43 @@ def stepper_class(model: CharRNN) -> type[Stepper]:
     return model.spec.hook("stepper") or GenericStepper
 
 
-def make_stepper(model: CharRNN, batch: int, temperature: float = 0.0, rows: int | None = None) -> Stepper:
-    """The NumPy twin of `model` for `batch` rows; logits come out divided by `temperature` (> 0).
-    Its GEMMs run in blocks of `rows` rows, by default the measured `gemm_rows(model, batch)`."""
+KERNELS = ("auto", "cpp", "numpy")
+
+
+def make_stepper(model: CharRNN, batch: int, temperature: float = 0.0, rows: int | None = None,
+                 kernel: str = "auto", precision: str = "fp32"):
+    """A stepper of `model` for `batch` rows; logits come out divided by `temperature` (> 0).
+
+    kernel "auto": the C++ one (kernel_stepper.KernelStepper) where it runs this model here, else
+    NumPy; "cpp" or "numpy" to ask for one. The NumPy stepper's GEMMs run in blocks of `rows` rows,
+    by default the measured `gemm_rows(model, batch)`. precision "bf16" runs the C++ steps' products
+    on AMX tiles in bfloat16 (probabilities to ~1e-3 instead of 1e-5, docs/prediction.md); where that
+    cannot run (no AMX, no C++ kernels, a float64 model) one note says so and float32 is used."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    from rnn_train.prediction import kernel_stepper
+
+    cpp = kernel != "numpy" and kernel_stepper.supports(model)
+    if kernel == "cpp" and not cpp:
+        raise RuntimeError("the C++ steps cannot run this model here (no C++ kernels, or a cell without a "
+                           "'decode' hook)")
+    if precision == "bf16" and not (cpp and kernel_stepper.bf16_available() and model.decoder.weight.dtype == torch.float32):
+        _note_once("--precision bf16 needs the C++ kernels, a CPU with AMX tiles and a float32 model; "
+                   "sampling in float32")
+        precision = "fp32"
+    if cpp:
+        return kernel_stepper.KernelStepper(model, batch, temperature, precision=precision)
     return stepper_class(model)(model, batch, temperature, rows or gemm_rows(model, batch))
+
+
+_NOTES: set[str] = set()
+
+
+def _note_once(message: str) -> None:
+    """One stderr line per process and message (a server makes many steppers)."""
+    if message not in _NOTES:
+        _NOTES.add(message)
+        print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def sampling_key(model: CharRNN, batch: int) -> str:

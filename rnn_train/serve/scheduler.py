@@ -1,4 +1,4 @@
-"""Continuous batching: every generate request in flight is stepped in one batched NumPy step per
+"""Continuous batching: every generate request in flight is stepped in one batched step per
 character, whatever its options; requests join and leave the running batch between steps.
 
     request ──warm-up (one module call on its prefix)──> Job(logits, state, options, rules, k)
@@ -9,28 +9,35 @@ character, whatever its options; requests join and leave the running batch betwe
         ─> stop rules ─> record ─> finished jobs leave, the rows after them move up
         ─> ONE step of the live rows (the stepper's view of n rows) ─> ...
 
-Why: a step's cost is mostly reading the weights, which one GEMM does once for all its rows, so 64
-rows cost a few times one row, not 64 times (docs/serve.md has the figures). A job of N samples
-holds N consecutive rows; live rows are rows 0..n-1 (a job that leaves is closed up behind it), so
-each step is `Stepper.rows(n)`: for n up to the largest job (max_samples) with the block size
-predict uses for n rows (`gemm_rows`), above with the one measured for the whole capacity; all are
-measured before the server listens (`prepare`).
+Why: a step's cost is mostly reading the weights, which one product does once for all its rows,
+so 64 rows cost a few times one row, not 64 times (docs/serve.md has the figures). A job of N
+samples holds N consecutive rows; live rows are rows 0..n-1 (a job that leaves is closed up behind
+it), so each step is the stepper's view of its first n rows, `rows(n)`.
 
-What each row keeps of its own: its state; its random stream (row i of a job draws from
-`default_rng([seed, i])`, as predict's sample i); its temperature, inside its noise (choose.py:
-argmax(l + T*G)), so rows of any temperatures share the decoder GEMM; its job's filters (top-k,
-top-p, applied on the job's rows), stop rules (sampler.RuleState) and k. The choice is made by the
-same functions as predict's Chooser, so a row's character is predict's whenever its logits are.
+The stepper is predict's (stepper.make_stepper): the C++ generation steps (kernel_stepper.py)
+wherever they are built and the cell has them, else the NumPy stepper. On the NumPy one a view of
+n rows runs its GEMMs in the blocks predict uses for n rows (`gemm_rows`) for n up to the largest
+job (max_samples), above in the blocks measured for the whole capacity; all are measured before
+the server listens (`prepare`). The C++ steps have no blocks to measure.
 
-What a seeded request can be promised (tests/test_serve.py checks the first two):
+What each row keeps of its own: its state; its random numbers (row i of a job has the key predict's
+sample i has, and its t-th character the noise of position t: choose.py's counter-based stream);
+its temperature, inside its noise (choose.py: argmax(l + T*G)), so rows of any temperatures share
+the decoder product; its job's filters (top-k, top-p, applied on the job's rows), stop rules
+(sampler.RuleState) and k. The choice is made by the same functions as predict's Chooser, so a
+row's character is predict's whenever its logits are.
+
+What a seeded request can be promised (tests/test_serve.py checks them):
 - its random numbers are predict --seed's, always;
-- stepped alone (no other job in the batch during its life), its samples are predict --seed's to
-  the bit: the same warm-up, a stepper of N rows with the same blocks, the same choice code;
-- sharing the batch, its rows are multiplied in GEMM calls with other rows, and OpenBLAS rounds a
-  row's products differently with the rows in the call (the stepper's docstring): its logits can
-  differ from predict's in the last bits, and where two characters' (noisy) logits are that close,
-  the choice and the rest of the sample differ. Greedy text parts only at such exact near-ties of
-  the model's own logits. benchmarks/serve_bench.py measures how often under load.
+- on the C++ steps, its samples are predict --seed's to the bit, alone or sharing the batch: a
+  row's arithmetic there does not depend on the other rows (csrc/decode.cpp), the noise comes from
+  the one C++ function predict's sampling chunk uses, and the choice code is predict's;
+- on the NumPy stepper, stepped alone (no other job in the batch during its life), its samples are
+  predict --seed's to the bit (a stepper of N rows with the same blocks); sharing the batch, its
+  rows are multiplied in GEMM calls with other rows, and OpenBLAS rounds a row's products
+  differently with the rows in the call: its logits can differ from predict's in the last bits,
+  and where two characters' (noisy) logits are that close, the choice and the rest of the sample
+  differ. benchmarks/serve_bench.py measures how often under load.
 """
 from __future__ import annotations
 
@@ -45,9 +52,9 @@ import numpy as np
 
 from rnn_train.data.vocab import Vocab
 from rnn_train.model.charrnn import CharRNN, State
-from rnn_train.prediction.choose import SamplingOptions, effective_top_k, filter_logits, gumbel_noise, row_streams
+from rnn_train.prediction.choose import SamplingOptions, effective_top_k, filter_logits, gumbel_noise, row_keys
 from rnn_train.prediction.sampler import RuleState
-from rnn_train.prediction.stepper import GEMM_ROWS, Stepper, gemm_rows, make_stepper
+from rnn_train.prediction.stepper import GEMM_ROWS, gemm_rows, make_stepper
 
 NOISE_BYTES = 8 << 20  # the noise buffer's budget: [period, rows, V]
 
@@ -71,7 +78,7 @@ class Job:
     start: int = 0  # its first row
     born: int = 0  # the engine step of its first character
     handed: int = 0  # characters per row handed out so far
-    streams: list = field(default_factory=list)
+    keys: np.ndarray | None = None  # [rows] uint64: its rows' random streams (choose.row_keys)
 
     @property
     def stop(self) -> int:
@@ -87,11 +94,12 @@ class Batcher:
     `submit(job)` from any thread; `start()`, `close()`; `stats()` for /healthz."""
 
     def __init__(self, model: CharRNN, vocab: Vocab, capacity: int, exact: int):
-        """`capacity` rows in all; a job of up to `exact` rows stepped alone is stepped as predict
-        steps it (the block size measured for its number of rows; larger batches, which no job
-        fills alone, use the block size measured for `capacity`)."""
+        """`capacity` rows in all. On the NumPy stepper, a job of up to `exact` rows stepped alone is
+        stepped as predict steps it (the block size measured for its number of rows; larger
+        batches, which no job fills alone, use the block size measured for `capacity`)."""
         self.model, self.vocab, self.capacity, self.exact = model, vocab, capacity, min(exact, capacity)
         self.base = make_stepper(model, capacity, rows=GEMM_ROWS)  # owns the state buffers; steps through views
+        self.kernel = self.base.kernel  # "cpp" or "numpy"
         self.dtype = self.base.dtype
         V = len(vocab)
         self.chars = np.array(vocab.itos, dtype=object)  # id -> character, for "".join(chars[ids])
@@ -103,8 +111,7 @@ class Batcher:
         self.ids = np.zeros(capacity, np.int64)  # [rows] this step's characters
         self.noise = np.zeros((self.period, capacity, V), self.dtype)  # [slot, row, V], slot = step % period
         self.history = np.zeros((self.period, capacity), np.int64)  # [slot, row] characters not yet handed out
-        self.draw = np.empty((self.period, V), self.dtype)
-        self.views: dict[int, Stepper] = {}
+        self.views: dict = {}  # n -> the stepper's view of its first n rows
         self.jobs: list[Job] = []  # in row order
         self.buckets: list[list[Job]] = [[] for _ in range(self.period)]  # jobs by born % period
         self.filtered: list[Job] = []  # jobs with top-k or top-p
@@ -141,7 +148,7 @@ class Batcher:
 
     def stats(self) -> dict:
         return {**self.counts, "live_rows": self.n, "live_jobs": len(self.jobs), "waiting_jobs": len(self.pending),
-                "capacity": self.capacity}
+                "capacity": self.capacity, "stepper": self.kernel}
 
     # -- the engine thread
     def _run(self) -> None:
@@ -214,7 +221,7 @@ class Batcher:
         if job.options.greedy:
             self.noise[:, rows] = 0
         else:
-            job.streams = row_streams(job.options.seed, job.rows)
+            job.keys = row_keys(job.options.seed, job.rows)
             self._refill(job, s)
             if job.options.top_k or job.options.top_p < 1:
                 self.filtered.append(job)
@@ -223,13 +230,14 @@ class Batcher:
         self.ending[s + job.k - 1].append(job)
 
     def _refill(self, job: Job, s: int) -> None:
-        """The noise of the job's rows for steps s .. s + period - 1, from each row's own stream."""
+        """The noise of the job's rows for steps s .. s + period - 1 (its characters s - born ..),
+        from each row's own stream."""
         if job.options.greedy:
             return
         slots = (s + np.arange(self.period)) % self.period
-        for i, rng in enumerate(job.streams):
-            gumbel_noise(rng, self.draw, job.options.temperature)
-            self.noise[slots, job.start + i] = self.draw
+        noise = gumbel_noise(job.keys, s - job.born, self.period, len(self.vocab), job.options.temperature,
+                             self.dtype)  # [rows, period, V]
+        self.noise[slots, job.start:job.stop] = noise.transpose(1, 0, 2)
 
     def _hand_out(self, job: Job, upto: int) -> None:
         """The job's characters chosen before engine step `upto` and not yet handed out, decoded per
@@ -273,18 +281,23 @@ class Batcher:
                 ends.remove(job)
 
     def prepare(self) -> None:
-        """Measure now the block sizes `_view` will read (once per machine, model shape and batch
-        size, then stored: stepper.gemm_rows), so that no request waits for a measurement."""
+        """Measure now the block sizes `_view` will read on the NumPy stepper (once per machine,
+        model shape and batch size, then stored: stepper.gemm_rows), so that no request waits for
+        a measurement. The C++ steps have nothing to measure."""
+        if self.kernel != "numpy":
+            return
         for n in range(1, self.exact + 1):
             self._view(n)
         self._view(self.capacity)
 
-    def _view(self, n: int) -> Stepper:
-        """The stepper of the first n rows: the blocks predict uses for n rows up to `exact`, the
-        blocks measured for the whole capacity above."""
+    def _view(self, n: int):
+        """The stepper of the first n rows: on the NumPy stepper, the blocks predict uses for n rows
+        up to `exact`, the blocks measured for the whole capacity above."""
         view = self.views.get(n)
         if view is None:
-            rows = gemm_rows(self.model, n if n <= self.exact else self.capacity)
+            rows = None
+            if self.kernel == "numpy":
+                rows = gemm_rows(self.model, n if n <= self.exact else self.capacity)
             view = self.views[n] = self.base.rows(n, rows)
         return view
 
