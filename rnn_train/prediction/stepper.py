@@ -37,7 +37,7 @@ step does the least work, every change exact or within float rounding of torch:
   rows, the fixed choice before, suit a GRU-256 up to 8 rows, but a [4 x 257] x [257 x 1024]
   product (LSTM-256) leaves OpenBLAS's small-matrix path (65 us, against 16 for 768 columns), and
   sampling an LSTM-256 at 32 rows ran 3.1x faster in one call (`python benchmarks/sample_bench.py
-  --cells lstm --batch-cell lstm`, which also times blocks of 4; docs in the README).
+  --cells lstm --batch-cell lstm`, which also times blocks of 4; figures in docs/prediction.md#speed).
 - OpenBLAS rounds a row's products differently with the rows in the call (1 vs 4, and 2 vs 4 for a
   narrow decoder), so a row's logits depend on the batch size in the last bits. Padding every
   batch to blocks of exactly 4 rows made them equal, but batch 1 fell from 42.9k to 26.4k chars/s
