@@ -460,3 +460,17 @@ def test_under_torchrun_a_failed_write_on_rank_0_stops_every_rank_with_one_line(
                                              errors[0]), errors
     assert job.shutdowns == []  # both ranks left as from a user error
     assert temp_files(runs) == [] and not (runs / "full" / "metrics.json").exists()
+
+
+def test_a_full_disk_met_by_every_worker_is_one_line(trained, tuned, tmp_path, capsys):
+    """`--workers 2`: both workers fail on the same database; the parent says it once and writes
+    no tables after it."""
+    from rnn_train.experiments.tune.cli import main
+
+    out = copy_study(tuned, tmp_path)
+    before = sha(out / "results.csv")
+    with file_size_limit(8192):
+        status = run(main, tune_argv(out, trained / "cache", trials=3) + ["--workers", "2"])
+    assert status == 2
+    assert re.fullmatch(database_error(out / "study.db"), capsys.readouterr().err)
+    assert sha(out / "results.csv") == before and temp_files(tmp_path) == []

@@ -5,6 +5,11 @@ I`), so it validates, opens the storage and runs the worker loop exactly as a pr
 machine would; the storage is all they share. The parent only starts them, passes Ctrl-C / SIGTERM
 on, waits, and writes the study's tables and plots once they are done.
 
+A user error is one line however many workers meet it: the workers' standard error passes through
+the parent, which holds back their `error: ...` lines and, when a worker ended with one, raises the
+first as its own (K workers on a full disk each fail on the same file: one line, exit status 2,
+and no tables written after it).
+
 Signals: the children run in their own session, so the terminal's Ctrl-C reaches the parent alone,
 which sends it on to each child once (a trainer stops at the end of its update on the first signal,
 at once on the second: a double delivery would lose the update). A child asks the kernel for SIGTERM
@@ -18,25 +23,31 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
+
+from rnn_train.errors import UserError
 
 PR_SET_PDEATHSIG = 1
 
 
 def spawn(child_argv: Callable[[int], list[str]], k: int, log: Callable[[str], None] = print) -> int:
     """Start K workers, forward SIGINT / SIGTERM to them, wait for all; 130 if interrupted, else the
-    first non-zero exit status of a worker, else 0."""
+    first non-zero exit status of a worker, else 0. A worker that ended on a user error (status 2)
+    raises it here as a UserError, once."""
     import rnn_train
 
     env = dict(os.environ)  # the workers import this same package, wherever the parent was started
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(rnn_train.__file__).resolve().parents[1]),
                                                       env.get("PYTHONPATH")]))
-    procs = []
+    procs, relays, errors = [], [], []
     for i in range(1, k + 1):
         procs.append(subprocess.Popen([sys.executable, "-m", "rnn_train", *child_argv(i),
                                        "--worker", str(i), "--worker-of", str(os.getpid())],
-                                      start_new_session=True, env=env))
+                                      start_new_session=True, env=env, stderr=subprocess.PIPE, text=True))
+        relays.append(threading.Thread(target=_relay, args=(procs[-1].stderr, errors), daemon=True))
+        relays[-1].start()
     log(f"started {k} workers (pids {', '.join(str(p.pid) for p in procs)})")
     interrupted = False
 
@@ -50,12 +61,27 @@ def spawn(child_argv: Callable[[int], list[str]], k: int, log: Callable[[str], N
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         codes = [p.wait() for p in procs]
+        for relay in relays:
+            relay.join()
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
     if interrupted or 130 in codes:
         return 130
+    if 2 in codes and errors:
+        raise UserError(errors[0][len("error: "):])
     return next((c if c > 0 else 1 for c in codes if c), 0)  # killed by a signal: < 0
+
+
+def _relay(stream: IO[str], errors: list[str]) -> None:
+    """A worker's standard error, line by line, to ours as it comes; its `error: ...` lines kept
+    in `errors` instead (spawn says the first)."""
+    for line in stream:
+        if line.startswith("error: "):
+            errors.append(line.rstrip("\n"))
+        else:
+            sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def become_worker(parent: int) -> None:
