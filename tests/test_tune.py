@@ -488,3 +488,18 @@ def test_study_name_is_a_digest_of_what_decides_the_trials():
     assert a.startswith("tune-x-") and len(a) == len("tune-x-") + 10
     assert a == study_name("tune", "/elsewhere/configs/x.yaml", {"budget": "tokens:1", "space": {"a": "[1, 2]"}})
     assert a != study_name("tune", "configs/x.yaml", {"space": {"a": "[1, 3]"}, "budget": "tokens:1"})
+
+
+def test_a_surplus_trial_failed_unrun_is_not_a_trial_of_the_study(tmp_path):
+    """Two workers asking for the last trial at once: the later one fails its trial unrun as
+    surplus. It is left out of what the commands read (results.csv, the failed count); a trial that
+    failed while running is not."""
+    storage = optuna.storages.RDBStorage(default_url(tmp_path))
+    study = optuna.create_study(storage=storage, study_name="s")
+    h = engine.StudyHandle.of(study, storage)
+    done, crashed, surplus = study.ask(), study.ask(), study.ask()
+    study.tell(done, 1.0)
+    assert engine.fail(h, crashed.number, "error: RuntimeError: boom", again=False)
+    assert engine.fail(h, surplus.number, f"{engine.SURPLUS} the study had its 2 trials", again=False)
+    assert [(t.number, t.state) for t in h.trials()] == [(0, TrialState.COMPLETE), (1, TrialState.FAIL)]
+    assert "1 failed" in session.summary(h, 2)

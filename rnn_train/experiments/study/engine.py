@@ -41,6 +41,8 @@ WORKER = "rnn_train:worker"
 """The trial's system attribute naming the process that runs it (study/liveness.py)."""
 FAILURE = "failure"
 """The user attribute that says why a trial was set to FAIL."""
+SURPLUS = "surplus:"
+"""How the reason of a trial failed unrun because the study already had its trials begins."""
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -68,7 +70,11 @@ class StudyHandle:
         return self.storage.get_trial(self.trial_id(number))
 
     def trials(self, *states: TrialState) -> list[optuna.trial.FrozenTrial]:
-        return self.study.get_trials(deepcopy=False, states=states or None)
+        """The study's trials (of these states), less the surplus ones: a trial a worker asked for
+        when the others already held the last ones is failed unrun, a trace of the race between
+        workers rather than a trial of the study (no row in results.csv, not counted as failed)."""
+        return [t for t in self.study.get_trials(deepcopy=False, states=states or None)
+                if not (t.state == TrialState.FAIL and t.user_attrs.get(FAILURE, "").startswith(SURPLUS))]
 
     def set_system(self, number: int, key: str, value: Any) -> None:
         self.storage.set_trial_system_attr(self.trial_id(number), key, value)
@@ -262,7 +268,7 @@ def work(h: StudyHandle, n_trials: int, run: Callable[[optuna.Trial], Outcome], 
                     fail(h, trial.number, "interrupted before it started", again=True)
                     raise
                 if surplus:
-                    fail(h, trial.number, f"surplus: the study had its {n_trials} trials when this one was asked",
+                    fail(h, trial.number, f"{SURPLUS} the study had its {n_trials} trials when this one was asked",
                          again=False)
                     continue
                 outcome = _run_one(h, trial, run)
