@@ -27,6 +27,22 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def decisions(tmp_path, monkeypatch):
+    """The autotuner's decisions (and its lock) in a temporary file, so that a run measuring elsewhere
+    on the machine cannot hold a test up; the process's memory of them reset around the test. The
+    C++ build stays where it is."""
+    from rnn_train.kernels import autotune
+
+    path = tmp_path / "autotune.json"
+    monkeypatch.setattr(autotune, "_cache_file", lambda: path)
+    saved = dict(autotune._MEMORY)
+    autotune._MEMORY.clear()
+    yield path
+    autotune._MEMORY.clear()
+    autotune._MEMORY.update(saved)
+
+
 @pytest.fixture(scope="session")
 def browser():
     """One headless Chromium for the whole session (tests/browser.py); a missing one fails the test."""

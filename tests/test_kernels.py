@@ -45,18 +45,6 @@ def tmp_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def decisions(tmp_path, monkeypatch):
-    """The autotuner's decisions file in a temporary directory (the C++ build stays where it is)."""
-    path = tmp_path / "autotune.json"
-    monkeypatch.setattr(autotune, "_cache_file", lambda: path)
-    saved = dict(autotune._MEMORY)
-    autotune._MEMORY.clear()
-    yield path
-    autotune._MEMORY.clear()
-    autotune._MEMORY.update(saved)
-
-
-@pytest.fixture
 def no_compiler(tmp_cache, monkeypatch):
     """A machine without a C++ compiler (torch.utils.cpp_extension compiles with $CXX)."""
     monkeypatch.setenv("CXX", "no-such-compiler-here")

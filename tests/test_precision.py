@@ -46,19 +46,6 @@ def bf16(t: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.fixture
-def decisions(tmp_path, monkeypatch):
-    """The autotuner's decisions in a temporary file (its lock too: a run measuring elsewhere on the
-    machine cannot hold a test up); the process's memory of them reset around the test."""
-    path = tmp_path / "autotune.json"
-    monkeypatch.setattr(autotune, "_cache_file", lambda: path)
-    saved = dict(autotune._MEMORY)
-    autotune._MEMORY.clear()
-    yield path
-    autotune._MEMORY.clear()
-    autotune._MEMORY.update(saved)
-
-
-@pytest.fixture
 def bf16_hardware(monkeypatch):
     """Pretend the CPU multiplies bf16 in hardware (autocast emulates it where it does not)."""
     monkeypatch.setattr(precision, "bf16_hardware", lambda device: None)
