@@ -366,6 +366,26 @@ def test_a_stepper_view_of_n_rows_steps_as_a_stepper_made_for_n_rows(run, kernel
     assert (h[:, 1:4] == 0.5).all() and not (h[:, 0] == 0.5).all()
 
 
+def test_the_batcher_leaves_a_core_to_the_event_loop_and_the_threads_change_no_bit(run):
+    if extension() is None:
+        pytest.fail("the C++ kernels did not build here (see the note on stderr)")
+    model, vocab, _, _ = load_model(run)
+    batcher = Batcher(model, vocab, capacity=8, exact=4)
+    assert batcher.kernel == "cpp" and batcher.base.threads == max(1, len(os.sched_getaffinity(0)) - 1)
+    assert batcher._view(5).threads == batcher.base.threads
+    _, state = warm_up(model, encode_prefix(vocab, "zhong guo"))
+    logits = []
+    for threads in (1, 2, 3):
+        stepper = make_stepper(model, 8, rows=4, kernel="cpp")
+        stepper.threads = threads
+        stepper.load_state(state)
+        ids = np.arange(8, dtype=np.int64) % (len(vocab) - 1) + 1
+        for _ in range(10):
+            ids = stepper.step(ids).argmax(axis=1)
+        logits.append(stepper.logits.copy())
+    assert np.array_equal(logits[0], logits[1]) and np.array_equal(logits[0], logits[2])
+
+
 def _job(model, vocab, batcher, prefix, k, options, rows=1, rules=StopRules()):
     logits, state = warm_up(model, encode_prefix(vocab, prefix))
     done = threading.Event()

@@ -21,6 +21,7 @@ Public surface, shared with stepper.Stepper (rnn_train/serve/scheduler.py batche
     state()                            the current state as torch tensors [L, B, H]
     set_temperature(t, rows=None)      per-row temperature (0 = greedy); `temperature` [B] reads it
 and its own:
+    threads                            threads `step` splits the rows over (0, the default: torch's)
     sample(n, advance, keys, position, out, temperature)   n characters per row chosen and fed back in C++
     score(ids [B, T], targets [B, T]) -> nats [B, T]   teacher-forced surprisal
 
@@ -130,6 +131,7 @@ class KernelStepper:
         self.temperature = np.full(batch, float(temperature))  # [B] per row; 0 = greedy (logits undivided)
         self._temperature = torch.from_numpy(self.temperature)  # the same memory, read by every op
         self._unk = UNK_LOGIT if mask_unk else None
+        self.threads = 0  # threads `step` splits the rows over; 0 = torch's number
 
     def set_temperature(self, temperature, rows=None) -> None:
         """The temperature of every row (or of `rows`, an index array or slice): a number or one per
@@ -176,7 +178,7 @@ class KernelStepper:
         temperature, <unk> masked (the returned buffer is reused)."""
         ids_t = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
         self._ops.decode_step(self._weights, self._cell, self._h, self._c, ids_t, self._temperature, self._unk,
-                              self._logits)
+                              self._logits, self.threads)
         return self.logits
 
     def sample(self, n: int, advance: int, keys: np.ndarray, position: int | np.ndarray, out: np.ndarray,

@@ -91,7 +91,7 @@ def quiet_threads() -> None:
       --compare-rows 0 --blas-threads 2` gave 38.7k chars/s at N=64 in blocks of 4, and with
       `--blas-threads 1` 34.5k in one call of 64, on that machine at load 7.
       (That is the NumPy stepper's setting; the C++ generation steps, where they are built, split
-      the rows over torch's threads and do not use OpenBLAS.)
+      the rows over all cores but one, scheduler.engine_threads, and do not use OpenBLAS.)
     - torch's OpenMP threads sleep when idle (OMP_WAIT_POLICY=PASSIVE) instead of spinning after
       every warm-up; their number, and so a warm-up's rounding, stays predict's."""
     if "numpy" in sys.modules or "torch" in sys.modules:

@@ -42,6 +42,7 @@ What a seeded request can be promised (tests/test_serve.py checks them):
 from __future__ import annotations
 
 import collections
+import os
 import sys
 import threading
 import traceback
@@ -57,6 +58,15 @@ from rnn_train.prediction.sampler import RuleState
 from rnn_train.prediction.stepper import GEMM_ROWS, gemm_rows, make_stepper
 
 NOISE_BYTES = 8 << 20  # the noise buffer's budget: [period, rows, V]
+
+
+def engine_threads() -> int:
+    """Threads a step's rows are split over on the C++ steps: the cores this process may use, less
+    one for the event loop (HTTP, warm-ups). Why not torch's number: a step's threads meet at its
+    end, and one whose core the event loop holds keeps the others waiting. On the 2-vCPU Xeon of
+    docs/serve.md, one thread instead of two took 8 clients from ~45k to ~90k characters/s and
+    64 clients from ~122k to ~123k (`python benchmarks/serve_bench.py`)."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 @dataclass(eq=False)
@@ -100,6 +110,8 @@ class Batcher:
         self.model, self.vocab, self.capacity, self.exact = model, vocab, capacity, min(exact, capacity)
         self.base = make_stepper(model, capacity, rows=GEMM_ROWS)  # owns the state buffers; steps through views
         self.kernel = self.base.kernel  # "cpp" or "numpy"
+        if self.kernel == "cpp":
+            self.base.threads = engine_threads()  # the views made later inherit it
         self.dtype = self.base.dtype
         V = len(vocab)
         self.chars = np.array(vocab.itos, dtype=object)  # id -> character, for "".join(chars[ids])

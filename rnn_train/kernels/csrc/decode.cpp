@@ -637,9 +637,10 @@ struct AmxEngine {
 // come free. Rows are independent, so nothing waits between blocks; and where the machine is
 // busy and one thread gets little CPU time, the other takes more blocks instead of waiting for
 // it at the end of the call (a fixed half per thread made two threads slower than one there).
+// `threads` 0 = torch's number of threads.
 template <typename F>
-void over_row_blocks(int64_t B, int64_t block, const F& f) {
-  const int64_t threads = std::min<int64_t>(at::get_num_threads(), B);
+void over_row_blocks(int64_t B, int64_t block, const F& f, int64_t threads = 0) {
+  threads = std::min<int64_t>(threads > 0 ? threads : at::get_num_threads(), B);
   const int64_t blocks = std::max((B + block - 1) / block, threads);
   auto bounds = [&](int64_t i) { return i * (B / blocks) + std::min(i, B % blocks); };
   if (threads <= 1) {
@@ -845,20 +846,21 @@ void with_engine(const std::vector<at::Tensor>& weights, int64_t cell, int64_t V
 
 // A block of rows: its group (buffers), the tile config around the work.
 template <typename E, typename F>
-void on_row_blocks(const E& engine, int64_t B, const F& f) {
+void on_row_blocks(const E& engine, int64_t B, const F& f, int64_t threads = 0) {
   over_row_blocks(B, E::block, [&](int64_t b0, int64_t b1) {
     auto grp = engine.group(b0, b1);
     if (grp.m <= 0) return;
     engine.begin(grp);
     f(grp);
     engine.end();
-  });
+  }, threads);
 }
 
-// One step for every row: logits [B, V] of the next character (times 1/temperature per row).
+// One step for every row: logits [B, V] of the next character (times 1/temperature per row), the
+// rows split over `threads` threads (0 = torch's: a server passes fewer, see serve/scheduler.py).
 void decode_step(const std::vector<at::Tensor>& weights, int64_t cell, at::Tensor h, std::optional<at::Tensor> c,
                  const at::Tensor& ids, const at::Tensor& temperature, std::optional<double> unk_logit,
-                 at::Tensor logits) {
+                 at::Tensor logits, int64_t threads) {
   TORCH_CHECK(logits.dim() == 2 && logits.is_contiguous() && logits.scalar_type() == h.scalar_type(),
               "logits must be contiguous [B, V] of the state's dtype");
   const int64_t V = logits.size(1);
@@ -879,7 +881,7 @@ void decode_step(const std::vector<at::Tensor>& weights, int64_t cell, at::Tenso
       for (int64_t r = 0; r < grp.m; ++r)
         emit_logits<T>(grp.logits.data() + r * grp.ld, V, scale_of<T>(temp[grp.b0 + r]), unk_logit,
                        out + (grp.b0 + r) * V);
-    });
+    }, threads);
   });
 }
 
@@ -1030,7 +1032,7 @@ TORCH_LIBRARY_FRAGMENT(rnn_train_kernels, m) {
   m.def("decode_pack_gates(Tensor w, Tensor b, int cell, bool bf16=False) -> (Tensor, Tensor)", &pack_gates_any);
   m.def("decode_pack_decoder(Tensor w, Tensor b, bool bf16=False) -> (Tensor, Tensor)", &pack_decoder_any);
   m.def("decode_step(Tensor[] weights, int cell, Tensor(a!) h, Tensor(b!)? c, Tensor ids, Tensor temperature, "
-        "float? unk_logit, Tensor(c!) logits) -> ()",
+        "float? unk_logit, Tensor(c!) logits, int threads=0) -> ()",
         &decode_step);
   m.def("decode_sample(Tensor[] weights, int cell, Tensor(a!) h, Tensor(b!)? c, Tensor(c!) logits, Tensor temperature, "
         "Tensor keys, Tensor counters, float? unk_logit, int n, int advance, Tensor(d!) out) -> ()",
