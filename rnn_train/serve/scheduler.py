@@ -114,7 +114,6 @@ class Batcher:
             self.base.threads = engine_threads()  # the views made later inherit it
         self.dtype = self.base.dtype
         V = len(vocab)
-        self.chars = np.array(vocab.itos, dtype=object)  # id -> character, for "".join(chars[ids])
         # every `period` steps of its own, a job hands out its text and draws its next noise: 64 steps
         # (predict's refill) where the buffer of [period, rows, V] noise fits NOISE_BYTES, fewer for a
         # large vocab (a Chinese-character model)
@@ -210,7 +209,7 @@ class Batcher:
         if leaving:
             for job in leaving:
                 self._hand_out(job, s + 1)
-                job.result = ["".join(self.chars[np.concatenate(p)]) if p else "" for p in job.pieces]
+                job.result = [self.vocab.decode(np.concatenate(p)) if p else "" for p in job.pieces]
             self._leave(leaving)
             for job in leaving:
                 self.counts["jobs_done"] += 1
@@ -264,7 +263,7 @@ class Batcher:
         for pieces, ids in zip(job.pieces, rows):
             pieces.append(ids)
         if job.on_text is not None:
-            job.on_text(["".join(self.chars[ids]) for ids in rows])
+            job.on_text([self.vocab.decode(ids) for ids in rows])
 
     def _leave(self, leaving: list[Job]) -> None:
         """Take jobs out of the batch and move the rows after each one up (their state, noise and
