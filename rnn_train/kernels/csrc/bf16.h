@@ -259,6 +259,9 @@ class AmxScope {
       cfg.rows[t] = kAmxRows;
       cfg.colsb[t] = 64;
     }
+    // as in decode.cpp's configure_tiles: GCC 12 does not know that ldtilecfg reads all 64 bytes and
+    // may drop the stores above without this (seen there; here they happened to survive)
+    asm volatile("" : : "r"(&cfg) : "memory");
     _tile_loadconfig(&cfg);
   }
   ~AmxScope() { _tile_release(); }
