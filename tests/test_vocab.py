@@ -31,6 +31,14 @@ def test_encode_matches_a_naive_lookup_including_unknown_and_astral_characters()
     assert v.decode(v.encode("zhong")) == "zhong"
 
 
+def test_decode_takes_arrays_of_any_integer_dtype_lists_and_iterators():
+    v = Vocab.build("中文 pinyin 😀")
+    ids = v.encode("pin 😀中?")
+    want = "pin 😀中" + UNK
+    assert v.decode(ids) == v.decode(ids.astype(np.int64)) == v.decode(ids.tolist()) == want
+    assert v.decode(iter(ids.tolist())) == want and v.decode([]) == v.decode(np.array([], np.uint8)) == ""
+
+
 def test_encoded_array_uses_the_smallest_integer_dtype():
     assert Vocab.build("abc").encode("abc").dtype == np.uint8
     big = "".join(chr(0x4E00 + i) for i in range(300))
