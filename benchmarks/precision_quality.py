@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,23 +64,39 @@ def main(argv=None) -> int:
     print(f"largest |bf16 - fp32| validation loss {abs(worst[1]):.4f} nats at update {worst[0]} "
           f"(issue 21's bound: 0.02); final {summary['final_difference']:+.4f}")
     if a.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for precision, curve in curves.items():
-            ax.plot([s for s, _ in curve], [v for _, v in curve], marker=".",
-                    label=f"{precision} ({results[precision]['kernel']}, {results[precision]['precision_taken']})")
-        ax.set_xlabel("updates")
-        ax.set_ylabel("validation loss (nats)")
-        ax.set_title(f"{Path(a.corpus).name}: {a.config} {' '.join(a.overrides)}", fontsize=8)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(a.plot, dpi=110)
+        plot(summary, Path(a.plot))
     return 0
+
+
+def plot(summary: dict, path: Path) -> None:
+    """The two validation curves (top) and their difference with issue 21's bound (bottom): at this
+    scale the curves lie on each other, so the difference gets its own axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves, runs = summary["curves"], summary["runs"]
+    fig, (top, low) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    for precision, curve in curves.items():
+        top.plot([s for s, _ in curve], [v for _, v in curve], marker=".",
+                 label=f"{precision} ({runs[precision]['kernel']}, {runs[precision]['precision_taken']})")
+    fp32, bf16 = dict(curves["fp32"]), dict(curves["bf16"])
+    steps = sorted(set(fp32) & set(bf16))
+    low.plot(steps, [bf16[s] - fp32[s] for s in steps], marker=".", color="tab:orange")
+    low.axhspan(-0.02, 0.02, color="tab:green", alpha=0.1, label="±0.02 nats")
+    low.axhline(0, color="grey", lw=0.8)
+    top.set_ylabel("validation loss (nats)")
+    low.set_ylabel("bf16 − fp32")
+    low.set_xlabel("updates")
+    overrides = textwrap.fill(" ".join(summary["overrides"]), 90)
+    top.set_title(f"{summary['config']} on {Path(summary['corpus']).name}\n{overrides}", fontsize=8)
+    top.legend(fontsize=7)
+    low.legend(fontsize=7, loc="upper right")
+    for ax in (top, low):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
