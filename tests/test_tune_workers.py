@@ -23,6 +23,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from rnn_train.experiments.study import engine
 from rnn_train.experiments.study.storage import default_url
 from tests.conftest import ROOT
 from tests.pgserver import postgres_server
@@ -85,7 +86,7 @@ def assert_complete(study, n):
     # surplus one (asked for by a worker while the others already held the last trials), failed unrun
     continued = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
     failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in continued]
-    assert all(t.user_attrs.get("failure", "").startswith("surplus:") and not t.intermediate_values
+    assert all(t.user_attrs.get(engine.FAILURE, "").startswith(engine.SURPLUS) and not t.intermediate_values
                for t in failed), [(t.number, t.user_attrs, t.system_attrs) for t in failed]
     return finished
 
