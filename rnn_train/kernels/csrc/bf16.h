@@ -1,5 +1,6 @@
 // Matrix products in bfloat16 with float32 sums, on Intel's AMX tiles: the C++ loop's step GEMM
-// path kBf16 and the all-steps GEMMs of a layer training in bf16 (train.precision=bf16).
+// path kBf16 and the all-steps GEMMs of a layer training in bf16 (train.precision=bf16); the
+// generation steps' bf16 path (decode.cpp) uses the tile set-up and the product below too.
 //
 // Why: a time step multiplies a few batch rows by W_hh (16 per thread at B=32 on two threads).
 // In float32 tiled.h's register tiles reach ~115 GFLOP/s per core on those shapes; one AMX
@@ -249,31 +250,40 @@ struct TileConfig {
   uint8_t rows[16] = {};
 };
 
-// Configures this thread's tile registers (all 16 rows x 64 bytes) for a scope and releases them
-// at its end, so that the OS does not save 8 KiB of tile state at every context switch after.
+// Configures this thread's tile registers: tmm0-4 (the C tiles and A) `rows` rows of 64 bytes,
+// tmm5-7 (B) 16 rows. A tile of fewer rows reads and computes only those (the generation steps of
+// decode.cpp run a group of fewer than 16 rows so).
+inline void configure_amx(int rows) {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = uint8_t(t < 5 ? rows : kAmxRows);
+    cfg.colsb[t] = 64;
+  }
+  // GCC 12 does not know that ldtilecfg reads all 64 bytes and dropped the stores above without this
+  // (seen in the generation steps)
+  asm volatile("" : : "r"(&cfg) : "memory");
+  _tile_loadconfig(&cfg);
+}
+
+// Releases the tile registers, so that the OS does not save 8 KiB of tile state at every context
+// switch after.
+inline void release_amx() { _tile_release(); }
+
+// configure_amx(16) for a scope, release_amx() at its end.
 class AmxScope {
  public:
-  AmxScope() {
-    TileConfig cfg;
-    for (int t = 0; t < 8; ++t) {
-      cfg.rows[t] = kAmxRows;
-      cfg.colsb[t] = 64;
-    }
-    // as in decode.cpp's configure_tiles: GCC 12 does not know that ldtilecfg reads all 64 bytes and
-    // may drop the stores above without this (seen there; here they happened to survive)
-    asm volatile("" : : "r"(&cfg) : "memory");
-    _tile_loadconfig(&cfg);
-  }
-  ~AmxScope() { _tile_release(); }
+  AmxScope() { configure_amx(kAmxRows); }
+  ~AmxScope() { release_amx(); }
 };
 
-// out[16][NT * 16] (float32, row stride ldo) = A[16][Kp] (bf16, row stride lda) @ the NT column
-// blocks of B starting at `b` (blocks `bs` apart, each kb = Kp/32 K-blocks long). NT <= 4: C in
-// tmm0-3, A in tmm4, B through tmm5-7 in turn (a load into the register the previous product still
-// reads would wait for it).
+// out[16][NT * 16] (float32, row stride ldo) = A[16][Kp] (bf16, row stride lda) @ NT column blocks
+// of B: block n's K-block k at b + k * ks + n * ns (the training products store a column block's
+// K-blocks together, ks = kAmxBlock, ns = its length; the generation steps a K-block's column
+// blocks together, ns = kAmxBlock). NT <= 4: C in tmm0-3, A in tmm4, B through tmm5-7 in turn (a
+// load into the register the previous product still reads would wait for it).
 template <int NT>
-inline void amx_product(int64_t kb, const uint16_t* a, int64_t lda, const uint16_t* b, int64_t bs, float* out,
-                        int64_t ldo) {
+inline void amx_product(int64_t kb, const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ks, int64_t ns,
+                        float* out, int64_t ldo) {
   static_assert(NT >= 1 && NT <= kAmxTiles, "1 to 4 C tiles");
   _tile_zero(0);
   if constexpr (NT > 1) _tile_zero(1);
@@ -281,19 +291,19 @@ inline void amx_product(int64_t kb, const uint16_t* a, int64_t lda, const uint16
   if constexpr (NT > 3) _tile_zero(3);
   for (int64_t k = 0; k < kb; ++k) {
     _tile_loadd(4, a + k * kAmxK, lda * 2);
-    const uint16_t* bk = b + k * kAmxBlock;
+    const uint16_t* bk = b + k * ks;
     _tile_loadd(5, bk, 64);
     _tile_dpbf16ps(0, 4, 5);
     if constexpr (NT > 1) {
-      _tile_loadd(6, bk + bs, 64);
+      _tile_loadd(6, bk + ns, 64);
       _tile_dpbf16ps(1, 4, 6);
     }
     if constexpr (NT > 2) {
-      _tile_loadd(7, bk + 2 * bs, 64);
+      _tile_loadd(7, bk + 2 * ns, 64);
       _tile_dpbf16ps(2, 4, 7);
     }
     if constexpr (NT > 3) {
-      _tile_loadd(5, bk + 3 * bs, 64);
+      _tile_loadd(5, bk + 3 * ns, 64);
       _tile_dpbf16ps(3, 4, 5);
     }
   }
@@ -334,7 +344,7 @@ inline bool bf16_available() { return false; }
 class AmxScope {};
 
 template <int NT>
-inline void amx_product(int64_t, const uint16_t*, int64_t, const uint16_t*, int64_t, float*, int64_t) {
+inline void amx_product(int64_t, const uint16_t*, int64_t, const uint16_t*, int64_t, int64_t, float*, int64_t) {
   TORCH_CHECK(false, "bf16 products are not built here");
 }
 
@@ -428,7 +438,8 @@ class Bf16Product {
     for (int64_t c0 = 0; c0 < U_; c0 += W) {
       const int64_t n = std::min(W, U_ - c0);
       for (int64_t r0 = 0; r0 < M_; r0 += kAmxRows) {
-        amx_product<kAmxTiles>(kb, a_.row(r0), a_.stride(), packed_ + (c0 / kAmxCols) * bs, bs, out_.data(), W);
+        amx_product<kAmxTiles>(kb, a_.row(r0), a_.stride(), packed_ + (c0 / kAmxCols) * bs, kAmxBlock, bs,
+                               out_.data(), W);
         const int64_t rows = std::min(kAmxRows, M_ - r0);
         for (int64_t r = 0; r < rows; ++r) {
           float* c = C + (r0 + r) * ldc + c0;

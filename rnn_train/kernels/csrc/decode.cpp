@@ -50,20 +50,12 @@
 #pragma GCC target("prefer-vector-width=512")
 #endif
 
-#include "common.h"
-#include "tiled.h"
-
 // The bf16 path needs AMX tiles and AVX512-BF16 where the build targets them (-march=native on such
 // a CPU; not under the ATEN_CPU_CAPABILITY=avx2 cap) and, at run time, the kernel's permission to
-// use the tile registers (decode_amx_available).
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__linux__)
-#define DECODE_AMX 1
-#include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#else
-#define DECODE_AMX 0
-#endif
+// use the tile registers (decode_amx_available): bf16.h's, as the training products'.
+#include "bf16.h"
+#include "common.h"
+#include "tiled.h"
 
 namespace rnn_kernels {
 namespace decode {
@@ -354,18 +346,9 @@ struct AmxShape {
   static constexpr int NT = G * PA;          // C tiles per panel (<= 4)
   static constexpr int64_t WA = NT * 16;     // columns per panel
 };
-constexpr int64_t kTileBf16 = 16 * 32;  // bf16 values in one B tile
 constexpr int64_t kDecoderTiles = 4;    // C tiles per decoder panel (64 columns)
 
 inline int64_t k_blocks(int64_t K) { return (K + 31) / 32; }
-
-// float -> bf16, round to nearest even (as torch's .to(torch.bfloat16))
-inline uint16_t to_bf16(float x) {
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  bits += 0x7fff + ((bits >> 16) & 1);
-  return (uint16_t)(bits >> 16);
-}
 
 // Columns [n0, n0 + 16 * tiles) of the product's B (column c holds the weights that give output c)
 // as B tiles for every 32-block of k: [nkb, tiles, 16, 32] bf16 at dst.
@@ -395,7 +378,7 @@ std::tuple<at::Tensor, at::Tensor> pack_gates_bf16_t(const at::Tensor& w, const 
       const int64_t g = c / A::UA, unit = p * A::UA + c % A::UA;
       return unit < H ? src[(g * H + unit) * K + k] : 0.0f;
     };
-    pack_b_tiles(K, A::NT, weight, reinterpret_cast<uint16_t*>(panels.data_ptr()) + p * nkb * A::NT * kTileBf16);
+    pack_b_tiles(K, A::NT, weight, reinterpret_cast<uint16_t*>(panels.data_ptr()) + p * nkb * A::NT * kAmxBlock);
     for (int64_t c = 0; c < A::WA; ++c) {
       const int64_t g = c / A::UA, unit = p * A::UA + c % A::UA;
       bias.data_ptr<float>()[p * A::WA + c] = unit < H ? bs[g * H + unit] : 0.0f;
@@ -412,7 +395,7 @@ std::tuple<at::Tensor, at::Tensor> pack_decoder_bf16(const at::Tensor& w, const 
   for (int64_t d = 0; d < nd; ++d) {
     auto weight = [&](int64_t c, int64_t k) { return d * 64 + c < V ? src[(d * 64 + c) * H + k] : 0.0f; };
     pack_b_tiles(H, kDecoderTiles, weight,
-                 reinterpret_cast<uint16_t*>(panels.data_ptr()) + d * nkb * kDecoderTiles * kTileBf16);
+                 reinterpret_cast<uint16_t*>(panels.data_ptr()) + d * nkb * kDecoderTiles * kAmxBlock);
   }
   std::memcpy(bias.data_ptr<float>(), b.data_ptr<float>(), sizeof(float) * V);
   return {panels, bias};
@@ -428,75 +411,7 @@ struct AmxNet {
   std::vector<const float*> b_hh, b_ih;
 };
 
-bool amx_available() {
-#if DECODE_AMX
-  // Linux hands out the tile registers' state only to a process that asks (ARCH_REQ_XCOMP_PERM for
-  // XFEATURE_XTILEDATA); asking again is harmless.
-  static const bool ok = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-  return ok;
-#else
-  return false;
-#endif
-}
-
-#if DECODE_AMX
-struct TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-// Tiles 0-3: C (rows x 16 float32), 4: A (rows x 32 bf16), 5-7: B (16 x 32 bf16).
-inline void configure_tiles(int rows) {
-  TileConfig cfg;
-  for (int t = 0; t < 5; ++t) {
-    cfg.rows[t] = (uint8_t)rows;
-    cfg.colsb[t] = 64;
-  }
-  for (int t = 5; t < 8; ++t) {
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = 64;
-  }
-  // GCC 12 does not know that ldtilecfg reads all 64 bytes and dropped the stores above without this
-  asm volatile("" : : "r"(&cfg) : "memory");
-  _tile_loadconfig(&cfg);
-}
-
-// out[rows, ldo floats apart][NT * 16] = a[rows, lda bf16 apart][nkb * 32] @ the first NT tiles of a
-// panel that stores `slots` tiles per k-block.
-template <int NT>
-inline void amx_product(int64_t nkb, const uint16_t* a, int64_t lda, const uint16_t* panel, int64_t slots, float* out,
-                        int64_t ldo) {
-  if constexpr (NT > 0) _tile_zero(0);
-  if constexpr (NT > 1) _tile_zero(1);
-  if constexpr (NT > 2) _tile_zero(2);
-  if constexpr (NT > 3) _tile_zero(3);
-  for (int64_t kb = 0; kb < nkb; ++kb) {
-    _tile_loadd(4, a + kb * 32, lda * 2);
-    const uint16_t* b = panel + kb * slots * kTileBf16;
-    if constexpr (NT > 0) {
-      _tile_loadd(5, b, 64);
-      _tile_dpbf16ps(0, 4, 5);
-    }
-    if constexpr (NT > 1) {
-      _tile_loadd(6, b + kTileBf16, 64);
-      _tile_dpbf16ps(1, 4, 6);
-    }
-    if constexpr (NT > 2) {
-      _tile_loadd(7, b + 2 * kTileBf16, 64);
-      _tile_dpbf16ps(2, 4, 7);
-    }
-    if constexpr (NT > 3) {
-      _tile_loadd(5, b + 3 * kTileBf16, 64);
-      _tile_dpbf16ps(3, 4, 5);
-    }
-  }
-  if constexpr (NT > 0) _tile_stored(0, out, ldo * 4);
-  if constexpr (NT > 1) _tile_stored(1, out + 16, ldo * 4);
-  if constexpr (NT > 2) _tile_stored(2, out + 32, ldo * 4);
-  if constexpr (NT > 3) _tile_stored(3, out + 48, ldo * 4);
-}
-
+#if RNN_KERNELS_AMX
 template <int NT>
 inline void amx_product_upto(int tiles, int64_t nkb, const uint16_t* a, int64_t lda, const uint16_t* panel,
                              int64_t slots, float* out, int64_t ldo) {
@@ -506,7 +421,7 @@ inline void amx_product_upto(int tiles, int64_t nkb, const uint16_t* a, int64_t 
       return;
     }
   }
-  amx_product<NT>(nkb, a, lda, panel, slots, out, ldo);
+  amx_product<NT>(nkb, a, lda, panel, slots * kAmxBlock, kAmxBlock, out, ldo);
 }
 #endif
 
@@ -531,7 +446,7 @@ inline void to_bf16_rows(const float* h, int64_t m, int64_t H, uint16_t* a, int6
 template <int G>
 void step_group_amx(const AmxNet& net, State<float>& st, AmxGroup& grp, const int64_t* ids, int64_t ids_stride,
                     bool decode) {
-#if DECODE_AMX
+#if RNN_KERNELS_AMX
   using A = AmxShape<G>;
   const int64_t H = net.H, m = grp.m, kp = grp.kp;
   if (m <= 0) return;
@@ -543,11 +458,11 @@ void step_group_amx(const AmxNet& net, State<float>& st, AmxGroup& grp, const in
     for (int64_t p = 0; p < net.np; ++p) {
       const int64_t u0 = p * A::UA, n = std::min<int64_t>(A::UA, H - u0);
       for (int64_t t0 = 0; t0 < m; t0 += 16) {
-        amx_product<A::NT>(net.nkb, grp.a_rec.data() + t0 * kp, kp, net.w_hh[l] + p * net.nkb * A::NT * kTileBf16,
-                           A::NT, grp.gh.data() + t0 * A::WA, A::WA);
+        amx_product<A::NT>(net.nkb, grp.a_rec.data() + t0 * kp, kp, net.w_hh[l] + p * net.nkb * A::NT * kAmxBlock,
+                           A::NT * kAmxBlock, kAmxBlock, grp.gh.data() + t0 * A::WA, A::WA);
         if (l > 0)
-          amx_product<A::NT>(net.nkb, grp.a_in.data() + t0 * kp, kp, net.w_ih[l] + p * net.nkb * A::NT * kTileBf16,
-                             A::NT, grp.gi.data() + t0 * A::WA, A::WA);
+          amx_product<A::NT>(net.nkb, grp.a_in.data() + t0 * kp, kp, net.w_ih[l] + p * net.nkb * A::NT * kAmxBlock,
+                             A::NT * kAmxBlock, kAmxBlock, grp.gi.data() + t0 * A::WA, A::WA);
       }
       const float* bh = net.b_hh[l] + p * A::WA;
       const float* bi = l > 0 ? net.b_ih[l] + p * A::WA : nullptr;
@@ -582,7 +497,7 @@ void step_group_amx(const AmxNet& net, State<float>& st, AmxGroup& grp, const in
     const int tiles = (int)std::min<int64_t>(kDecoderTiles, (net.V - d * 64 + 15) / 16);
     for (int64_t t0 = 0; t0 < m; t0 += 16)
       amx_product_upto<kDecoderTiles>(tiles, net.nkb, grp.a_rec.data() + t0 * kp, kp,
-                                      net.dec + d * net.nkb * kDecoderTiles * kTileBf16, kDecoderTiles,
+                                      net.dec + d * net.nkb * kDecoderTiles * kAmxBlock, kDecoderTiles,
                                       grp.logits.data() + t0 * grp.ld + d * 64, grp.ld);
   }
   for (int64_t r = 0; r < m; ++r)
@@ -616,13 +531,13 @@ struct AmxEngine {
   static constexpr int64_t block = 16;  // one tile
   Grp group(int64_t b0, int64_t b1) const { return Grp(b0, b1, AmxShape<G>::WA, net.H, net.nd); }
   void begin(const Grp& grp) const {
-#if DECODE_AMX
-    configure_tiles((int)grp.rows);
+#if RNN_KERNELS_AMX
+    configure_amx((int)grp.rows);
 #endif
   }
   void end() const {
-#if DECODE_AMX
-    _tile_release();
+#if RNN_KERNELS_AMX
+    release_amx();
 #endif
   }
   void step(State<float>& st, Grp& grp, const int64_t* ids, int64_t stride, bool decode) const {
@@ -778,7 +693,7 @@ void check_rows(const at::Tensor& t, int64_t B, at::ScalarType type, const char*
 }
 
 AmxNet read_amx_net(const std::vector<at::Tensor>& w, int64_t cell, int64_t V) {
-  TORCH_CHECK(amx_available(), "bf16 steps need AMX tiles, which this build or CPU does not have");
+  TORCH_CHECK(bf16_available(), "bf16 steps need AMX tiles, which this build or CPU does not have");
   AmxNet net;
   TORCH_CHECK(cell == kRnn || cell == kGru || cell == kLstm, "unknown cell id ", cell);
   net.G = gates_of(cell);
@@ -1002,7 +917,7 @@ void gumbel_noise_op(const at::Tensor& keys, const at::Tensor& positions, const 
 
 std::tuple<at::Tensor, at::Tensor> pack_gates_any(const at::Tensor& w, const at::Tensor& b, int64_t cell, bool bf16) {
   if (!bf16) return pack_gates(w, b, cell);
-  TORCH_CHECK(amx_available(), "bf16 steps need AMX tiles, which this build or CPU does not have");
+  TORCH_CHECK(bf16_available(), "bf16 steps need AMX tiles, which this build or CPU does not have");
   TORCH_CHECK(w.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && w.dim() == 2 && w.is_contiguous() &&
                   b.is_contiguous() && b.numel() == w.size(0),
               "bf16 packing takes contiguous float32 w [G*H, K] and b [G*H]");
@@ -1015,7 +930,7 @@ std::tuple<at::Tensor, at::Tensor> pack_gates_any(const at::Tensor& w, const at:
 
 std::tuple<at::Tensor, at::Tensor> pack_decoder_any(const at::Tensor& w, const at::Tensor& b, bool bf16) {
   if (!bf16) return pack_decoder(w, b);
-  TORCH_CHECK(amx_available(), "bf16 steps need AMX tiles, which this build or CPU does not have");
+  TORCH_CHECK(bf16_available(), "bf16 steps need AMX tiles, which this build or CPU does not have");
   TORCH_CHECK(w.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && w.dim() == 2 && w.is_contiguous() &&
                   b.is_contiguous() && b.numel() == w.size(0),
               "bf16 packing takes contiguous float32 w [V, H] and b [V]");
@@ -1027,7 +942,7 @@ std::tuple<at::Tensor, at::Tensor> pack_decoder_any(const at::Tensor& w, const a
 
 TORCH_LIBRARY_FRAGMENT(rnn_train_kernels, m) {
   using namespace rnn_kernels::decode;
-  m.def("decode_amx_available() -> bool", [] { return amx_available(); });
+  m.def("decode_amx_available() -> bool", [] { return rnn_kernels::bf16_available(); });
   m.def("decode_gumbel_noise(Tensor keys, Tensor positions, Tensor scales, Tensor(a!) out) -> ()", &gumbel_noise_op);
   m.def("decode_pack_gates(Tensor w, Tensor b, int cell, bool bf16=False) -> (Tensor, Tensor)", &pack_gates_any);
   m.def("decode_pack_decoder(Tensor w, Tensor b, bool bf16=False) -> (Tensor, Tensor)", &pack_decoder_any);

@@ -169,7 +169,7 @@ void forward_block_bf16(const Block& blk, int64_t steps, int64_t B, int64_t H, c
         const uint16_t* panel = packed + (u0 / F::PL) * (F::W / kAmxCols) * bs;
         for (int64_t r0 = 0; r0 < M; r0 += kAmxRows, ++issued) {
           float* q = out.data() + (issued % 2) * kAmxRows * F::W;
-          amx_product<G * F::P>(a.kblocks(), a.row(r0), a.stride(), panel, bs, q, F::W);
+          amx_product<G * F::P>(a.kblocks(), a.row(r0), a.stride(), panel, kAmxBlock, bs, q, F::W);
           if (issued > 0) cells(t, last, out.data() + ((issued - 1) % 2) * kAmxRows * F::W);
           last = Job{u0, r0};
         }
