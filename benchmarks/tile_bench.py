@@ -33,7 +33,7 @@ template <int MR, int NV>
 double run(const torch::Tensor& a, const torch::Tensor& panels, torch::Tensor& c, int64_t reps) {
   using TL = Tile<float, MR, NV>;
   const int64_t M = a.size(0), K = a.size(1), N = c.size(1);
-  std::vector<float> out(MR * TL::W), pad(MR * K, 0.0f);
+  std::vector<float> out(MR * TL::W);
   const float* A = a.data_ptr<float>();
   const float* P = panels.data_ptr<float>();
   float* C = c.data_ptr<float>();
@@ -42,7 +42,7 @@ double run(const torch::Tensor& a, const torch::Tensor& panels, torch::Tensor& c
     for (int64_t c0 = 0; c0 < N; c0 += TL::W)
       for (int64_t r0 = 0; r0 < M; r0 += MR) {
         const int64_t rows = std::min<int64_t>(MR, M - r0);
-        TL::rows(rows, K, A + r0 * K, K, P + (c0 / TL::W) * K * TL::W, out.data(), pad.data());
+        product_rows<float, NV, MR>(rows, K, A + r0 * K, K, P + (c0 / TL::W) * K * TL::W, out.data(), TL::W, false);
         for (int64_t r = 0; r < rows; ++r) std::memcpy(C + (r0 + r) * N + c0, out.data() + r * TL::W, sizeof(float) * TL::W);
       }
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;

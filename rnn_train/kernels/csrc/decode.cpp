@@ -80,18 +80,6 @@ constexpr int64_t decoder_width() {
   return kDecoderNV * lanes<T>();
 }
 
-// out[rows, ldc apart] (+)= a[rows, lda apart][0..K) @ panel[K][NV * L], on a tile of exactly `rows`
-// rows (1 <= rows <= M): the per-row arithmetic is the same for every tile size.
-template <typename T, int NV, int M>
-inline void product_rows(int rows, int64_t K, const T* a, int64_t lda, const T* panel, T* out, int64_t ldc) {
-  if constexpr (M > 1) {
-    if (rows < M) {
-      product_rows<T, NV, M - 1>(rows, K, a, lda, panel, out, ldc);
-      return;
-    }
-  }
-  Tile<T, M, NV>::product(K, a, lda, 1, panel, NV * lanes<T>(), out, ldc, true);
-}
 
 // ------------------------------------------------------------------------------------------ packing
 
@@ -287,7 +275,7 @@ struct Group {
 // stays in L1 for every tile, measured no faster: 1.02-1.05x, within noise, for a GRU-256.)
 template <typename T, int NV, int MR>
 void group_product(const Group<T>& grp, int64_t K, const T* a, int64_t lda, const T* panel, T* out, int64_t ldc) {
-  for (const auto& [o, rows] : grp.tiles) product_rows<T, NV, MR>(rows, K, a + o * lda, lda, panel, out + o * ldc, ldc);
+  for (const auto& [o, rows] : grp.tiles) product_rows<T, NV, MR>(rows, K, a + o * lda, lda, panel, out + o * ldc, ldc, true);
 }
 
 // One step of the group's rows: ids[r * ids_stride] is row r's input; the new state goes back

@@ -104,7 +104,7 @@ void forward_block_tiled(const Block& blk, int64_t steps, int64_t B, int64_t H, 
   using F = ForwardTile<G>;
   using TL = Tile<T, F::MR, F::NV>;
   const int64_t PL = F::P * TL::L;
-  std::vector<T> out(F::MR * TL::W), pad(F::MR * H, T(0));
+  std::vector<T> out(F::MR * TL::W);
   for (int64_t t = 0; t < steps; ++t) {
     const T* prev = hs + t * B * H;
     for (int64_t u0 = blk.u0; u0 < blk.u1; u0 += PL) {
@@ -112,7 +112,7 @@ void forward_block_tiled(const Block& blk, int64_t steps, int64_t B, int64_t H, 
       const T* panel = panels + (u0 / PL) * H * TL::W;
       for (int64_t b0 = blk.b0; b0 < blk.b1; b0 += F::MR) {
         const int64_t rows = std::min<int64_t>(F::MR, blk.b1 - b0);
-        TL::rows(rows, H, prev + b0 * H, H, panel, out.data(), pad.data());
+        product_rows<T, F::NV, F::MR>(rows, H, prev + b0 * H, H, panel, out.data(), TL::W, false);
         for (int64_t r = 0; r < rows; ++r) {
           if (n == PL) {  // a full panel: the count is a compile-time constant (cells.h)
             const std::integral_constant<int64_t, F::P * TL::L> full;

@@ -72,22 +72,25 @@ struct Tile {
       for (int v = 0; v < NV; ++v) std::memcpy(c + r * ldc + v * L, &acc[r][v], sizeof(V));
   }
 
-  // out[MR][W] = A[MR rows, lda apart][0..K) @ panel[K][W]
-  static void run(int64_t K, const T* a, int64_t lda, const T* panel, T* out) {
-    product(K, a, lda, 1, panel, W, out, W, false);
-  }
+};
 
-  // The same for `rows` <= MR rows: fewer rows run through `pad` ([MR, K], zero-filled by the
-  // caller) so that the tile never reads past the last row.
-  static void rows(int64_t rows, int64_t K, const T* a, int64_t lda, const T* panel, T* out, T* pad) {
-    if (rows == MR) {
-      run(K, a, lda, panel, out);
+// c[rows, ldc apart] (+)= A[rows, lda apart][0..K) @ panel[K][NV * L] for 1 <= rows <= MR, on a tile
+// of exactly `rows` rows. A row's arithmetic is the same on a tile of any height, so its numbers do
+// not depend on which tile holds it (the generation steps' batch invariance, decode.cpp), and the
+// rows past a batch's last full tile cost what they compute: zero-padded to a full tile they had
+// cost up to 1.5x the whole product at 16 rows per thread (the backward's 12-row tile on 16 rows:
+// 60 -> 89 G multiply-adds/s on one Xeon core, docs/kernels.md).
+template <typename T, int NV, int MR>
+inline void product_rows(int64_t rows, int64_t K, const T* a, int64_t lda, const T* panel, T* c, int64_t ldc,
+                         bool accumulate) {
+  if constexpr (MR > 1) {
+    if (rows < MR) {
+      product_rows<T, NV, MR - 1>(rows, K, a, lda, panel, c, ldc, accumulate);
       return;
     }
-    for (int64_t r = 0; r < rows; ++r) std::memcpy(pad + r * K, a + r * lda, sizeof(T) * K);
-    run(K, pad, K, panel, out);
   }
-};
+  Tile<T, MR, NV>::product(K, a, lda, 1, panel, NV * lanes<T>(), c, ldc, accumulate);
+}
 
 // The tile shapes: the forward's panel holds every gate of P*L consecutive units (so a tile
 // row is a whole step of those units' gates, ready for cells.h), NV = G*P vectors; the
@@ -186,7 +189,7 @@ class TiledProduct {
   using TL = Tile<T, kBackwardMR, kBackwardNV>;
 
   TiledProduct(int64_t M, int64_t U, int64_t K, const T* panels)
-      : M_(M), U_(U), K_(K), panels_(panels), out_(kBackwardMR * TL::W), pad_(kBackwardMR * K, T(0)) {}
+      : M_(M), U_(U), K_(K), panels_(panels), out_(kBackwardMR * TL::W) {}
 
   void add(const T* A, int64_t lda, T* C, int64_t ldc) {
     for (int64_t c0 = 0; c0 < U_; c0 += TL::W) {
@@ -194,7 +197,7 @@ class TiledProduct {
       const T* panel = panels_ + (c0 / TL::W) * K_ * TL::W;
       for (int64_t r0 = 0; r0 < M_; r0 += kBackwardMR) {
         const int64_t rows = std::min<int64_t>(kBackwardMR, M_ - r0);
-        TL::rows(rows, K_, A + r0 * lda, lda, panel, out_.data(), pad_.data());
+        product_rows<T, kBackwardNV, kBackwardMR>(rows, K_, A + r0 * lda, lda, panel, out_.data(), TL::W, false);
         for (int64_t r = 0; r < rows; ++r) {
           T* c = C + (r0 + r) * ldc + c0;
           const T* o = out_.data() + r * TL::W;
@@ -207,7 +210,7 @@ class TiledProduct {
  private:
   int64_t M_, U_, K_;
   const T* panels_;
-  std::vector<T> out_, pad_;
+  std::vector<T> out_;
 };
 
 }  // namespace rnn_kernels
