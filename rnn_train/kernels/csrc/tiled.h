@@ -77,9 +77,9 @@ struct Tile {
 // c[rows, ldc apart] (+)= A[rows, lda apart][0..K) @ panel[K][NV * L] for 1 <= rows <= MR, on a tile
 // of exactly `rows` rows. A row's arithmetic is the same on a tile of any height, so its numbers do
 // not depend on which tile holds it (the generation steps' batch invariance, decode.cpp), and the
-// rows past a batch's last full tile cost what they compute: zero-padded to a full tile they had
-// cost up to 1.5x the whole product at 16 rows per thread (the backward's 12-row tile on 16 rows:
-// 60 -> 89 G multiply-adds/s on one Xeon core, docs/kernels.md).
+// rows past a batch's last full tile cost what they compute (zero-padded to a full tile, the
+// backward's 12-row tile ran [16x1024]@[1024x256] at 60 G multiply-adds/s on one core of the Xeon
+// of docs/kernels.md; on exact tiles, 89).
 template <typename T, int NV, int MR>
 inline void product_rows(int64_t rows, int64_t K, const T* a, int64_t lda, const T* panel, T* c, int64_t ldc,
                          bool accumulate) {
