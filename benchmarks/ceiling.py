@@ -138,6 +138,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--burst", type=int, default=5, help="consecutive steps per turn of the step (their mean is timed)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also print where the step's time goes: its N costliest torch ops (torch.profiler, self CPU "
+                        "time per step over one burst; the C++ loops are one op each)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     keep_freed_memory()  # as a training run does (rnn_train.training.trainer.train): no fresh pages per step
@@ -159,15 +162,15 @@ def main(argv=None) -> int:
             timed = {name: _cpu_seconds(fn, 0.02) for name, fn in fns.items()}
             name = min(timed, key=timed.get)
             best[(M, K, N)] = (name, fns[name])
-    step, label = step_runner(a, a.variant)
-    step()
+    step_fn, label = step_runner(a, a.variant)
+    step_fn()
     # then the step and the chosen products in turns, so that both see the same load
     seconds: dict = {key: [] for key in best}
     steps = []
     for _ in range(a.rounds):
         t0 = time.process_time()
         for _ in range(a.burst):
-            step()
+            step_fn()
         steps.append((time.process_time() - t0) / a.burst)
         for key, (_, fn) in best.items():
             seconds[key].append(_cpu_seconds(fn, 0.01))
@@ -194,7 +197,24 @@ def main(argv=None) -> int:
               f"{r['G_macs_per_s']:>7.1f} G mult-adds/s  {r['ms']:>8.3f} ms")
     print(f"  ceiling: {result['G_macs']} G multiply-adds in {result['ceiling_ms']} ms; the step: {result['step_ms']} ms "
           f"({label}) = {result['fraction_of_ceiling']:.0%} of the ceiling")
+    if a.profile:
+        print_profile(step_fn, a.burst, a.profile)
     return 0
+
+
+def print_profile(step, burst: int, top: int) -> None:
+    """The `top` torch ops of most self CPU time in `burst` steps, per step, with their input shapes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(burst):
+            step()
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events) / burst / 1e3
+    print(f"  where the step's time goes (torch.profiler, {total:.2f} ms of ops per step, self CPU time):")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
+        shapes = ", ".join(str(list(x)) for x in e.input_shapes if x)
+        print(f"    {e.self_cpu_time_total / burst / 1e3:8.3f} ms  {e.count // burst:>3} x {e.key:<34} {shapes[:70]}")
 
 
 if __name__ == "__main__":
