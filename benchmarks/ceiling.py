@@ -28,6 +28,7 @@ one to read.
     python benchmarks/ceiling.py --cell lstm --hidden 512
     python benchmarks/ceiling.py --cell gru --hidden 512 --layers 2
     python benchmarks/ceiling.py --cell lstm --hidden 512 --precision bf16
+    python benchmarks/ceiling.py --cell lstm --hidden 512 --profile 20   # and where the step's time goes
 """
 from __future__ import annotations
 
