@@ -5,8 +5,8 @@ import argparse
 from pathlib import Path
 
 from rnn_train.cli import ArgumentParser
-from rnn_train.errors import UserError
 from rnn_train.experiments.study.budget import DEFAULT_EVALS, parse_budget
+from rnn_train.experiments.study.options import add_study_arguments, start_command
 from rnn_train.experiments.sweep.plan import parse_grid, plan_sweep
 from rnn_train.training.rundir import RunDir
 
@@ -34,7 +34,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train sweep")
     ap = ArgumentParser(prog=prog, epilog=EPILOG,
                         description="Train one run per grid point with the same budget; tabulate and plot the results.",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="YAML recipe every run starts from (see configs/)")
     ap.add_argument("--grid", nargs="+", action="extend", required=True, metavar="KEY=V1,V2",
                     help="a config key and its values (repeatable)")
     ap.add_argument("--budget", required=True, help="tokens:N or time:SECONDS per run (e.g. tokens:2M, time:5m)")
@@ -42,27 +41,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train sweep")
     ap.add_argument("--evals", type=int, default=DEFAULT_EVALS,
                     help=f"validations per run with a token budget (default {DEFAULT_EVALS}; sets train.eval_every "
                          "per run unless you give train.eval_every; 0 keeps the recipe's)")
-    ap.add_argument("--cache-dir", default="data/cache", help="where converted corpora are cached (default data/cache)")
     ap.add_argument("--force", action="store_true", help="retrain runs whose directory holds another config")
-    ap.add_argument("--workers", type=int, default=1, help="processes training grid points at once on this machine")
-    ap.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
-    ap.add_argument("--study", help="the study's name (default: made from the recipe, overrides, grid and budget)")
     ap.add_argument("--dry-run", action="store_true", help="validate and list the runs and their state; train nothing")
-    ap.add_argument("--verbose", action="store_true", help="show each run's training log")
-    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # a child of --workers K: its index
-    ap.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)  # ... and its parent's pid
-    ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="fixed overrides for every run")
+    add_study_arguments(ap, "run", "grid")
     args = ap.parse_intermixed_args(argv)
 
     from rnn_train.experiments.study import session
 
-    if args.worker is not None:
-        from rnn_train.experiments.study.workers import become_worker
-
-        become_worker(args.worker_of)
-    if args.workers < 1:
-        raise UserError(f"--workers must be >= 1, got {args.workers}")
-    log = session.worker_log(args.worker)
+    log = start_command(args)
     budget = parse_budget(args.budget)
     grid = parse_grid(args.grid)
     plan = plan_sweep(args.config, grid, budget, list(args.overrides), Path(args.out), args.evals)

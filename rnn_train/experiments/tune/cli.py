@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rnn_train.cli import ArgumentParser
 from rnn_train.errors import UserError
+from rnn_train.experiments.study.options import add_study_arguments, start_command
 
 EPILOG = """\
 space: --space FILE maps config keys to values: a list (one of them), {int: [low, high]} or
@@ -32,24 +33,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train tune") 
     ap = ArgumentParser(prog=prog, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                         description="Search hyperparameters of a recipe: trials are ordinary runs, pruned early "
                                     "when poor; the study is resumable and can be shared by many workers.")
-    ap.add_argument("--config", help="YAML recipe every trial starts from (see configs/)")
     ap.add_argument("--space", help="search space file (YAML); default: a space around the recipe")
     ap.add_argument("--trials", type=int, required=True, help="finished trials (complete or pruned) the study needs")
     ap.add_argument("--trial-budget", required=True, help="tokens:N or time:SECONDS per trial (e.g. tokens:2M)")
     ap.add_argument("--out", required=True, help="directory for the trials' run directories and the results")
     ap.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median",
                     help="stop poor trials early (default median)")
-    ap.add_argument("--workers", type=int, default=1, help="processes running trials at once on this machine")
-    ap.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
-    ap.add_argument("--study", help="the study's name (default: made from the recipe, overrides, space and budget)")
     ap.add_argument("--evals", type=int, default=8, help="validations per trial, evenly over its budget (default 8)")
     ap.add_argument("--seed", type=int, help="seed of the sampler (give each process its own; default: random)")
-    ap.add_argument("--cache-dir", default="data/cache", help="where converted corpora are cached (default data/cache)")
     ap.add_argument("--dry-run", action="store_true", help="check everything, print the study and its space; run nothing")
-    ap.add_argument("--verbose", action="store_true", help="show each trial's training log")
-    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # a child of --workers K: its index
-    ap.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)  # ... and its parent's pid
-    ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="fixed overrides for every trial")
+    add_study_arguments(ap, "trial", "space")
     args = ap.parse_intermixed_args(argv)
 
     from rnn_train.experiments.study import session
@@ -58,15 +51,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train tune") 
     from rnn_train.experiments.tune.plan import plan_tune
     from rnn_train.experiments.tune.space import to_yaml
 
-    if args.worker is not None:
-        from rnn_train.experiments.study.workers import become_worker
-
-        become_worker(args.worker_of)
-    log = session.worker_log(args.worker)
+    log = start_command(args)
     if args.trials < 1:
         raise UserError(f"--trials must be >= 1, got {args.trials}")
-    if args.workers < 1:
-        raise UserError(f"--workers must be >= 1, got {args.workers}")
     budget = parse_budget(args.trial_budget, "--trial-budget")
     out = Path(args.out)
     plan = plan_tune(args.config, list(args.overrides), args.space, budget, args.evals, out)

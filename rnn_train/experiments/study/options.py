@@ -1,0 +1,38 @@
+"""The command-line options `tune` and `sweep` share, and what each does first with them.
+
+Light on purpose: the commands add these before parsing, so that --help and a typo answer without
+importing Optuna."""
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+from rnn_train.errors import UserError
+
+
+def add_study_arguments(ap: argparse.ArgumentParser, unit: str, made_from: str) -> None:
+    """The shared options, worded for the command's `unit` ("trial", "run") and what its study's
+    default name is `made_from` besides the recipe, the overrides and the budget ("space", "grid")."""
+    ap.add_argument("--config", help=f"YAML recipe every {unit} starts from (see configs/)")
+    ap.add_argument("--workers", type=int, default=1, help=f"processes training {unit}s at once on this machine")
+    ap.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
+    ap.add_argument("--study", help=f"the study's name (default: made from the recipe, overrides, {made_from} and budget)")
+    ap.add_argument("--cache-dir", default="data/cache", help="where converted corpora are cached (default data/cache)")
+    ap.add_argument("--verbose", action="store_true", help=f"show each {unit}'s training log")
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # a child of --workers K: its index
+    ap.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)  # ... and its parent's pid
+    ap.add_argument("overrides", nargs="*", metavar="section.key=value", help=f"fixed overrides for every {unit}")
+
+
+def start_command(args: argparse.Namespace) -> Callable[[str], None]:
+    """Become a worker where this process is one (--worker I), check --workers; returns the print
+    to log with (`[worker I]` in front of each line in a worker)."""
+    from rnn_train.experiments.study import session
+
+    if args.worker is not None:
+        from rnn_train.experiments.study.workers import become_worker
+
+        become_worker(args.worker_of)
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    return session.worker_log(args.worker)
