@@ -365,8 +365,12 @@ def parse_override(text: str) -> tuple[str, str]:
 
 
 def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "config") -> Config:
-    """Merge `raw` (parsed YAML or a checkpoint's dict) with `overrides`, convert, validate, all problems at once."""
-    problems: list[str] = []
+    """Merge `raw` (parsed YAML or a checkpoint's dict) with `overrides`, convert, validate, all problems at once.
+
+    A key or value that an override brought is blamed on that override, not on `source`: a typo
+    typed on the command line is not in the file the message would otherwise name."""
+    problems: list[str] = []  # about `source` (and the values as merged)
+    from_overrides: list[str] = []  # each about one override, which it names
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -382,36 +386,38 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
             problems.append(f"{section} must be a mapping of keys, got {body!r}")
             continue
         for key, value in body.items():
-            values[section][str(key)] = (value, False)
+            values[section][str(key)] = (value, None)
     for text in overrides:
         dotted, value = parse_override(text)
         section, _, key = dotted.partition(".")
         if section not in SECTIONS:
-            problems.append(f"unknown section {section!r} in override {text!r}{_did_you_mean(section, list(SECTIONS))}")
+            from_overrides.append(f"override {text!r}: unknown section {section!r}{_did_you_mean(section, list(SECTIONS))}")
             continue
-        values[section][key] = (value, True)
+        values[section][key] = (value, text)
 
     sections: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         types = _field_types(cls)
         kwargs: dict[str, Any] = {}
-        for key, (value, from_string) in values[section].items():
+        for key, (value, override) in values[section].items():
             dotted = f"{section}.{key}"
+            blamed = problems if override is None else from_overrides
+            label = "" if override is None else f"override {override!r}: "
             if key not in types:
-                problems.append(f"unknown key {dotted}{_did_you_mean(dotted, _all_keys())}")
+                blamed.append(f"{label}unknown key {dotted}{_did_you_mean(dotted, _all_keys())}")
                 continue
             try:
-                kwargs[key] = _convert_field(value, cls, key, dotted, from_string)
+                kwargs[key] = _convert_field(value, cls, key, dotted, override is not None)
             except ValueError as e:
-                problems.append(str(e))
+                blamed.append(f"{label}{e}")
         try:
             sections[section] = cls(**kwargs)
         except _Problems as e:
             problems.extend(e.problems)
-    if not problems:
+    if not problems and not from_overrides:
         problems.extend(_cross_section_problems(sections))
-    if problems:
-        raise UserError(f"{source}: " + "; ".join(problems))
+    if problems or from_overrides:
+        raise UserError("; ".join(([f"{source}: " + "; ".join(problems)] if problems else []) + from_overrides))
     return Config(**sections)
 
 

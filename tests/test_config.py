@@ -81,6 +81,24 @@ def test_malformed_override_is_a_user_error():
         build_config({"train": {"max_steps": 1}}, ["train.lrate=0.5"])
 
 
+def test_a_problem_an_override_brought_names_the_override_not_the_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  lrr: 0.1\n  max_steps: 5\n")
+    with pytest.raises(UserError) as e:
+        load_config(path, ["train.bogus=1", "model.cell=lsmt", "trian.lr=1"])
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: unknown key train.lrr (did you mean train.lr?)")  # the file's own typo
+    for part in ("override 'train.bogus=1': unknown key train.bogus",
+                 "override 'model.cell=lsmt': model.cell must be one of rnn | gru | lstm, got 'lsmt' (did you mean lstm?)",
+                 "override 'trian.lr=1': unknown section 'trian' (did you mean train?)"):
+        assert part in msg
+    assert msg.count(str(path)) == 1 and "\n" not in msg
+    path.write_text("train:\n  max_steps: 5\n")
+    with pytest.raises(UserError) as e:  # a clean file is not named at all
+        load_config(path, ["train.lr=fast"])
+    assert str(e.value) == "override 'train.lr=fast': train.lr must be a number, got 'fast'"
+
+
 def test_invalid_yaml_names_file_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  lr: 0.1\n   max_steps: [\n")
