@@ -104,7 +104,10 @@ def test_predict_cli_prints_both_predictions(trained):
 
 @pytest.mark.parametrize("args,needle", [
     (["--prefix", "zhong\u00e9"], "'é'"),
-    (["--prefix", "a", "-k", "-3"], "must be >= 0"),
+    (["--prefix", "a", "-k", "-3"], "-k must be >= 0, got -3"),
+    (["--prefix", "a", "--top-n", "0"], "--top-n must be >= 1, got 0"),
+    (["--prefix", "a", "--top-k", "-2"], "--top-k must be >= 0, got -2"),
+    (["--prefix", "a", "--temperature", "nan"], "--temperature must be a finite number >= 0, got nan"),
     (["--prefix", "a", "--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--prefix", "a", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--prefix", "a", "--num-samples", "0"], "--num-samples must be >= 1"),

@@ -100,10 +100,13 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
     args = ap.parse_args(argv)
     rules_given = bool(args.stop_at or args.max_lines or args.line_starts)
     k = args.k if args.k is not None else (LONG_K if rules_given else 50)
-    if k < 0 or args.top_n < 1 or args.top_k < 0 or not 0 <= args.temperature < float("inf"):
-        ap.error("-k, --top-k and --temperature must be >= 0 (temperature finite) and --top-n >= 1")
-    if args.num_samples < 1:
-        ap.error(f"--num-samples must be >= 1, got {args.num_samples}")
+    for flag, ok, rule, value in (("-k", k >= 0, ">= 0", k), ("--top-n", args.top_n >= 1, ">= 1", args.top_n),
+                                  ("--top-k", args.top_k >= 0, ">= 0", args.top_k),
+                                  ("--temperature", 0 <= args.temperature < float("inf"), "a finite number >= 0",
+                                   args.temperature),
+                                  ("--num-samples", args.num_samples >= 1, ">= 1", args.num_samples)):
+        if not ok:
+            ap.error(f"{flag} must be {rule}, got {value}")
 
     from rnn_train.model.checkpoint import load_model
     from rnn_train.prediction.choose import SamplingOptions
