@@ -525,12 +525,15 @@ def test_cli_float32_passes_at_its_looser_default_tolerance(capsys):
     assert "dtype=float32" in capsys.readouterr().out
 
 
-def test_cli_rejects_nonsense_arguments_with_usage_error(capsys):
-    for argv in (["--steps", "0"], ["--cell", "gru", "--activation", "relu"], ["--tol", "-1"]):
+def test_cli_rejects_nonsense_arguments_with_one_error_line(capsys):
+    for argv, needle in ((["--steps", "0"], "--steps must be >= 1, got 0"),
+                         (["--cell", "gru", "--activation", "relu"], "--activation applies to --cell rnn only"),
+                         (["--tol", "-1"], "--tol must be >= 0"), (["--cell", "gruu"], "invalid choice: 'gruu'")):
         with pytest.raises(SystemExit) as exc:
             compare_main(argv)
         assert exc.value.code == 2
-    assert "--steps must be >= 1" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and needle in err, err
 
 
 def test_python_dash_m_entry_point_runs_the_comparison():

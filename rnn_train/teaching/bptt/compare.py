@@ -1,10 +1,9 @@
 """`python -m rnn_train bptt`: the NumPy BPTT and torch.autograd on the same problem, side by side."""
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
+from rnn_train.cli import ArgumentParser
 from rnn_train.model import cells
 from rnn_train.teaching import bptt
 from rnn_train.teaching.bptt.common import (bptt_cells, has_cell_state, init_params, params_from_torch,
@@ -14,7 +13,7 @@ _DEFAULT_TOL = {"float64": 1e-10, "float32": 1e-5}
 
 
 def _parse_args(argv, prog):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description="Run the NumPy BPTT and torch.autograd on the same random weights, inputs and "
         "upstream gradients, and print every output and gradient side by side.",
