@@ -301,7 +301,8 @@ def test_cli_user_errors_are_one_line_with_status_2(run_dir, tmp_path, capsys):
     bad.write_text("hello")
     cases = (["--checkpoint", str(bad)], ["--checkpoint", str(tmp_path)],
              ["--checkpoint", str(run_dir), "--steps", "100000"], ["--checkpoint", str(run_dir), "--steps", "0"],
-             ["--checkpoint", str(run_dir), "--clip", "-1"], ["--steps", "5"])
+             ["--checkpoint", str(run_dir), "--batch", "0"], ["--checkpoint", str(run_dir), "--clip", "-1"],
+             ["--steps", "5"])
     for args in cases:
         try:
             status = run(gradflow.main, [*args, "--no-tensorboard", "--cache-dir", str(run_dir.parent)])
@@ -311,6 +312,9 @@ def test_cli_user_errors_are_one_line_with_status_2(run_dir, tmp_path, capsys):
         assert status == 2, (args, captured.err)
         assert captured.err.startswith("error: ") and len(captured.err.splitlines()) == 1, captured.err
         assert captured.out == ""
+        for flag in ("--steps", "--batch"):  # a bad count is named alone, with its value
+            if args[-2:] == [flag, "0"]:
+                assert f"{flag} must be >= 1, got 0" in captured.err
 
 
 def test_summary_says_vanished_when_the_gradient_underflows():

@@ -454,8 +454,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train gradflo
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--cache-dir", default="data/cache", help="converted-corpus cache (default data/cache)")
     args = ap.parse_args(argv)
-    if args.steps < 1 or args.batch < 1:
-        ap.error("--steps and --batch must be >= 1")
+    for flag, value in (("--steps", args.steps), ("--batch", args.batch)):
+        if value < 1:
+            ap.error(f"{flag} must be >= 1, got {value}")
     if args.clip is not None and not args.clip >= 0:
         ap.error("--clip must be >= 0 (0 = no clipping)")
     if not (math.isfinite(args.whh_scale) and math.isfinite(args.keep_bias)):
