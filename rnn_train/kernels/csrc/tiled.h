@@ -71,14 +71,13 @@ struct Tile {
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) std::memcpy(c + r * ldc + v * L, &acc[r][v], sizeof(V));
   }
-
 };
 
 // c[rows, ldc apart] (+)= A[rows, lda apart][0..K) @ panel[K][NV * L] for 1 <= rows <= MR, on a tile
 // of exactly `rows` rows. A row's arithmetic is the same on a tile of any height, so its numbers do
 // not depend on which tile holds it (the generation steps' batch invariance, decode.cpp), and the
 // rows past a batch's last full tile cost what they compute (zero-padded to a full tile, the
-// backward's 12-row tile ran [16x1024]@[1024x256] at 60 G multiply-adds/s on one core of the Xeon
+// backward's 12-row tile ran [16x256]@[256x1024] at 60 G multiply-adds/s on one core of the Xeon
 // of docs/kernels.md; on exact tiles, 89).
 template <typename T, int NV, int MR>
 inline void product_rows(int64_t rows, int64_t K, const T* a, int64_t lda, const T* panel, T* c, int64_t ldc,
