@@ -413,7 +413,14 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
         try:
             sections[section] = cls(**kwargs)
         except _Problems as e:
-            problems.extend(e.problems)
+            for problem in e.problems:  # each starts with the key it is about; a rule over two keys says "a + b"
+                words = problem.split(" ", 2)
+                one_key = words[0].startswith(f"{section}.") and words[1:2] != ["+"]
+                override = values[section].get(words[0].partition(".")[2], (None, None))[1] if one_key else None
+                if override is None:
+                    problems.append(problem)
+                else:
+                    from_overrides.append(f"override {override!r}: {problem}")
     if not problems and not from_overrides:
         problems.extend(_cross_section_problems(sections))
     if problems or from_overrides:

@@ -97,6 +97,11 @@ def test_a_problem_an_override_brought_names_the_override_not_the_file(tmp_path)
     with pytest.raises(UserError) as e:  # a clean file is not named at all
         load_config(path, ["train.lr=fast"])
     assert str(e.value) == "override 'train.lr=fast': train.lr must be a number, got 'fast'"
+    path.write_text("train:\n  max_steps: 5\ndata:\n  batch_size: 0\n")
+    with pytest.raises(UserError) as e:  # a range problem goes to whoever set the key
+        load_config(path, ["model.hidden_size=0"])
+    assert str(e.value) == (f"{path}: data.batch_size must be >= 1, got 0; "
+                            "override 'model.hidden_size=0': model.hidden_size must be >= 1, got 0")
 
 
 def test_invalid_yaml_names_file_and_line(tmp_path):

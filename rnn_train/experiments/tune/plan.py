@@ -111,6 +111,8 @@ def _check_corners(plan: TunePlan) -> None:
             plan.config_for(point, "check")
         except UserError as e:
             msg = str(e).removeprefix(recipe)
+            for o in as_overrides(point):  # the point's own values are named once, in front
+                msg = msg.replace(f"override {o!r}: ", "")
             text = f"with {', '.join(as_overrides(point))}: {msg}"
             if not any(msg in p for p in problems):
                 problems.append(text)
