@@ -26,16 +26,18 @@ from rnn_train.model import cells
 
 
 class _Problems(Exception):
-    """Raised by a section's `__post_init__` with every range problem it found."""
+    """Raised by a section's `__post_init__` with every range problem it found, as (key, message):
+    the key says whom to blame (build_config: the file, or the override that set it)."""
 
-    def __init__(self, problems: list[str]):
-        super().__init__("; ".join(problems))
+    def __init__(self, problems: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{key} {message}" for key, message in problems))
         self.problems = problems
 
 
-def _check(problems: list[str], ok: bool, key: str, message: str) -> None:
+def _check(problems: list[tuple[str, str]], ok: bool, key: str, message: str) -> None:
+    """Record (key, message) unless ok; `key` is one dotted key, or what a rule over several reads."""
     if not ok:
-        problems.append(f"{key} {message}")
+        problems.append((key, message))
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class DataConfig:
     """`random`: shuffled windows, zero state per batch. `sequential`: B streams, state carried and detached."""
 
     def __post_init__(self) -> None:
-        p: list[str] = []
+        p: list[tuple[str, str]] = []
         _check(p, 0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         _check(p, 0.0 <= self.test_fraction < 1.0, "data.test_fraction", f"must be in [0, 1), got {self.test_fraction}")
         _check(p, self.val_fraction + self.test_fraction < 1.0, "data.val_fraction + data.test_fraction",
@@ -104,7 +106,7 @@ class ModelConfig:
     """Training kernel of the recurrent layers. `native`: torch's nn.RNN/GRU/LSTM. `fused`: the hand-written CPU BPTT of rnn_train.kernels (same gradients, faster; its time loop in C++, built once per machine, or in Python where no compiler is found; LSTM needs the C++ loop). `auto`: the fastest of these for the model, measured on first use and remembered per machine (~/.cache/rnn-train). The path taken is logged in the run."""
 
     def __post_init__(self) -> None:
-        p: list[str] = []
+        p: list[tuple[str, str]] = []
         _check(p, self.hidden_size >= 1, "model.hidden_size", f"must be >= 1, got {self.hidden_size}")
         _check(p, self.num_layers >= 1, "model.num_layers", f"must be >= 1, got {self.num_layers}")
         _check(p, 0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
@@ -165,7 +167,7 @@ class TrainConfig:
     """Arithmetic of the training step's matrix products. `fp32`: float32 throughout. `bf16`: the products in bfloat16 with float32 sums; weights, optimiser state, loss and softmax stay float32 (CPUs with AVX512-BF16 or AMX, CUDA GPUs with bf16; elsewhere a note and float32). `auto`: bf16 where the hardware has it and it measured faster for the model on first use (remembered per machine, like model.kernel), else fp32. Evaluation, sampling and checkpoints are always float32. The precision taken is logged in the run."""
 
     def __post_init__(self) -> None:
-        p: list[str] = []
+        p: list[tuple[str, str]] = []
         _check(p, self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _check(p, self.momentum >= 0, "train.momentum", f"must be >= 0, got {self.momentum}")
         _check(p, self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
@@ -205,7 +207,7 @@ class LogConfig:
     """Write TensorBoard event files into the run directory."""
 
     def __post_init__(self) -> None:
-        p: list[str] = []
+        p: list[tuple[str, str]] = []
         _check(p, self.log_every >= 1, "log.log_every", f"must be >= 1, got {self.log_every}")
         _check(p, self.sample_length >= 0, "log.sample_length", f"must be >= 0, got {self.sample_length}")
         _check(p, "/" not in self.name and self.name not in (".", ".."), "log.name",
@@ -413,14 +415,12 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
         try:
             sections[section] = cls(**kwargs)
         except _Problems as e:
-            for problem in e.problems:  # each starts with the key it is about; a rule over two keys says "a + b"
-                words = problem.split(" ", 2)
-                one_key = words[0].startswith(f"{section}.") and words[1:2] != ["+"]
-                override = values[section].get(words[0].partition(".")[2], (None, None))[1] if one_key else None
+            for key, message in e.problems:  # a rule over several keys ("a + b") matches no override
+                _, override = values[section].get(key.removeprefix(f"{section}."), (None, None))
                 if override is None:
-                    problems.append(problem)
+                    problems.append(f"{key} {message}")
                 else:
-                    from_overrides.append(f"override {override!r}: {problem}")
+                    from_overrides.append(f"override {override!r}: {key} {message}")
     if not problems and not from_overrides:
         problems.extend(_cross_section_problems(sections))
     if problems or from_overrides:
@@ -430,7 +430,7 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
 
 def _cross_section_problems(s: dict[str, Any]) -> list[str]:
     """Rules that involve keys of two sections."""
-    p: list[str] = []
+    p: list[tuple[str, str]] = []
     model, train = s["model"], s["train"]
     if model.backend == "numpy":
         _check(p, train.optimizer == "sgd" and not train.momentum and not train.weight_decay, "model.backend=numpy",
@@ -438,7 +438,7 @@ def _cross_section_problems(s: dict[str, Any]) -> list[str]:
     if train.precision == "bf16":
         _check(p, model.backend == "torch", "train.precision=bf16", "needs model.backend=torch")
         _check(p, model.dtype == "float32", "train.precision=bf16", "needs model.dtype=float32")
-    return p
+    return [f"{key} {message}" for key, message in p]
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
