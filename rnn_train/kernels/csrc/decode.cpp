@@ -80,7 +80,6 @@ constexpr int64_t decoder_width() {
   return kDecoderNV * lanes<T>();
 }
 
-
 // ------------------------------------------------------------------------------------------ packing
 
 // w [G*H, K] (PyTorch's gate rows), b [G*H] -> panels [np, K, G*PL], bias [np, G*PL]: panel p, row k
