@@ -223,6 +223,28 @@ def test_a_chunk_sampled_in_cpp_is_what_the_python_loop_draws_step_by_step(runs,
     assert samples(model, vocab, "ni", 1000, opts, num_samples=3) == in_cpp
 
 
+def test_a_greedy_choice_in_cpp_breaks_ties_as_numpy_argmax_does(runs):
+    if extension() is None:
+        pytest.fail("the C++ kernels did not build here (see the note on stderr)")
+    model, vocab, _ = _load(runs, "gru")
+    s = kernel_stepper.KernelStepper(model, 5)
+    V = s.vocab_size
+    assert V > 20  # past the first vector of logits, so both the vector and the scalar part are read
+    rng = np.random.default_rng(0)
+    s.logits[:] = rng.standard_normal((5, V)).astype(np.float32)
+    s.logits[0, [3, 19]] = 9.0  # a tie in the vector part
+    s.logits[1, [V - 2, V - 1]] = 9.0  # a tie past the last whole vector
+    s.logits[2] = 1.5  # all equal
+    s.logits[3, [17, V - 1]] = 9.0  # a tie across the two parts
+    s.logits[4, 0] = -0.0
+    s.logits[4, 1:] = -1.0
+    s.logits[4, 5] = 0.0  # -0.0 and 0.0 are equal: the first wins
+    want = s.logits.argmax(axis=1)
+    out = np.empty((1, 5), np.int64)
+    s.sample(1, 0, np.arange(5, dtype=np.uint64), 0, out, 0.0)
+    assert out[0].tolist() == want.tolist() == [3, V - 2, 0, 17, 0]
+
+
 def test_rows_take_their_own_temperature_and_state(runs, kernel):
     model, vocab, _ = _load(runs, "lstm2_learned")
     with torch.no_grad():
