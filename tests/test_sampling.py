@@ -245,6 +245,15 @@ def test_a_greedy_choice_in_cpp_breaks_ties_as_numpy_argmax_does(runs):
     assert out[0].tolist() == want.tolist() == [3, V - 2, 0, 17, 0]
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_model_with_a_weight_that_is_not_finite_is_refused_by_name(runs, kernel, bad):
+    model, vocab, _ = _load(runs, "gru")
+    with torch.no_grad():
+        model.rnn.weight_hh_l0[3, 5] = bad
+    with pytest.raises(UserError, match="not finite"):
+        make_stepper(model, 2)
+
+
 def test_rows_take_their_own_temperature_and_state(runs, kernel):
     model, vocab, _ = _load(runs, "lstm2_learned")
     with torch.no_grad():

@@ -48,6 +48,9 @@ class Vocab:
         self.stoi: dict[str, int] = {c: i for i, c in enumerate(itos)}
         self.dtype = smallest_dtype(len(itos))
         self._chars = np.array(itos, dtype=object)  # id -> character, for decode's gather
+        # id -> code point, for decode's fast path; <unk> gets a lone surrogate, which UTF-32 cannot
+        # hold, so ids with <unk> among them take the join
+        self._code_points = np.array([0xD800] + [ord(c) for c in itos[1:]], dtype="<u4")
         cps = _code_points("".join(itos[1:]))
         # Lookup table code point -> id; code points beyond it (or absent) map to 0 = <unk>.
         self._table = np.zeros(int(cps.max()) + 1 if len(cps) else 1, dtype=self.dtype)
@@ -102,10 +105,14 @@ class Vocab:
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        """The text of ids. One NumPy gather and one join, not a Python step per character: the
-        sampler decodes every chunk of every sample (11% of `--num-samples 32`'s time before)."""
+        """The text of ids. One NumPy gather of code points and one UTF-32 decode, not a Python step
+        per character: the sampler decodes every chunk of every sample (11% of `--num-samples 32`'s
+        time with a step per character; a join of the gathered characters takes 2.4x the decode)."""
         ids = ids if isinstance(ids, np.ndarray) else np.fromiter(ids, dtype=np.int64)
-        return "".join(self._chars[ids])
+        try:
+            return self._code_points[ids].tobytes().decode("utf-32-le")
+        except UnicodeDecodeError:  # <unk> among the ids
+            return "".join(self._chars[ids])
 
     def unknown_chars(self, text: str) -> list[str]:
         """Distinct characters of `text` that are not in the vocab, in order of first appearance."""
