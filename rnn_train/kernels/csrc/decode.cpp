@@ -273,8 +273,24 @@ struct Group {
 // (Taking k in passes of 64 or 128 over all the group's tiles, so that a pass's part of the panel
 // stays in L1 for every tile, measured no faster: 1.02-1.05x, within noise, for a GRU-256.)
 template <typename T, int NV, int MR>
-void group_product(const Group<T>& grp, int64_t K, const T* a, int64_t lda, const T* panel, T* out, int64_t ldc) {
-  for (const auto& [o, rows] : grp.tiles) product_rows<T, NV, MR>(rows, K, a + o * lda, lda, panel, out + o * ldc, ldc, true);
+void group_product(const Group<T>& grp, int64_t K, const T* a, int64_t lda, const T* panel, T* out, int64_t ldc,
+                   int64_t ldb = NV * lanes<T>()) {
+  for (const auto& [o, rows] : grp.tiles)
+    product_rows<T, NV, MR>(rows, K, a + o * lda, lda, panel, out + o * ldc, ldc, true, ldb);
+}
+
+// One decoder panel [K, NV * L] of which the first `nv` vectors hold outputs (the last panel's
+// columns past V are zeros): a tile of those vectors only. V = 66 in panels of 48 is 96 columns
+// computed for 66 with full tiles, 80 this way; every logit's sum is the same.
+template <typename T, int NV, int MR>
+void decoder_panel(int64_t nv, const Group<T>& grp, int64_t K, const T* a, const T* panel, T* out, int64_t ldc) {
+  if constexpr (NV > 1) {
+    if (nv < NV) {
+      decoder_panel<T, NV - 1, MR>(nv, grp, K, a, panel, out, ldc);
+      return;
+    }
+  }
+  group_product<T, NV, MR>(grp, K, a, K, panel, out, ldc, kDecoderNV * lanes<T>());
 }
 
 // One step of the group's rows: ids[r * ids_stride] is row r's input; the new state goes back
@@ -315,7 +331,8 @@ void step_group(const Net<T>& net, State<T>& st, Group<T>& grp, const int64_t* i
   const T* top = st.h + st.at(net.layers - 1, grp.b0, H);
   for (int64_t r = 0; r < m; ++r) std::memcpy(grp.logits.data() + r * ld, net.dec_bias, sizeof(T) * ld);
   for (int64_t d = 0; d < net.nd; ++d)
-    group_product<T, kDecoderNV, S::MR>(grp, H, top, H, net.dec + d * H * WD, grp.logits.data() + d * WD, ld);
+    decoder_panel<T, kDecoderNV, S::MR>((net.V - d * WD + lanes<T>() - 1) / lanes<T>(), grp, H, top,
+                                         net.dec + d * H * WD, grp.logits.data() + d * WD, ld);
 }
 
 // ------------------------------------------------------------------------------------------ bf16 on AMX

@@ -78,17 +78,18 @@ struct Tile {
 // not depend on which tile holds it (the generation steps' batch invariance, decode.cpp), and the
 // rows past a batch's last full tile cost what they compute (zero-padded to a full tile, the
 // backward's 12-row tile ran [16x256]@[256x1024] at 60 G multiply-adds/s on one core of the Xeon
-// of docs/kernels.md; on exact tiles, 89).
+// of docs/kernels.md; on exact tiles, 89). The panel's rows are `ldb` apart (default NV * L): a
+// tile may take the first vectors of a wider panel (a column's sum is the same on any width).
 template <typename T, int NV, int MR>
 inline void product_rows(int64_t rows, int64_t K, const T* a, int64_t lda, const T* panel, T* c, int64_t ldc,
-                         bool accumulate) {
+                         bool accumulate, int64_t ldb = NV * lanes<T>()) {
   if constexpr (MR > 1) {
     if (rows < MR) {
-      product_rows<T, NV, MR - 1>(rows, K, a, lda, panel, c, ldc, accumulate);
+      product_rows<T, NV, MR - 1>(rows, K, a, lda, panel, c, ldc, accumulate, ldb);
       return;
     }
   }
-  Tile<T, MR, NV>::product(K, a, lda, 1, panel, NV * lanes<T>(), c, ldc, accumulate);
+  Tile<T, MR, NV>::product(K, a, lda, 1, panel, ldb, c, ldc, accumulate);
 }
 
 // The tile shapes: the forward's panel holds every gate of P*L consecutive units (so a tile
