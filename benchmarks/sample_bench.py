@@ -3,7 +3,8 @@
 Models are CharRNNs with torch's default random initialisation, in the shape of a trained one
 (hidden 256, one layer, one-hot input, V = 65 as Tiny Shakespeare plus <unk>): a step costs the same
 whatever the values, and no training is needed. Every measurement samples at temperature 0.8 from
-the same prefix (`stream_after`, what predict.py runs); the prefix warm-up is outside the timed part.
+the same prefix (`stream_after`, what predict.py runs); a timing includes what a predict.py run does
+before its first character: the prefix warm-up and, on the stepper paths, making the stepper.
 
 - ``module``: one module call per character, a softmax and a torch.multinomial (the first
   generation path), batch 1 only.
