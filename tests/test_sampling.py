@@ -229,13 +229,13 @@ def test_a_greedy_choice_in_cpp_breaks_ties_as_numpy_argmax_does(runs):
     model, vocab, _ = _load(runs, "gru")
     s = kernel_stepper.KernelStepper(model, 5)
     V = s.vocab_size
-    assert V > 20  # past the first vector of logits, so both the vector and the scalar part are read
+    assert V > 20  # more than one vector of logits (8 or 16 wide) and a part past the last whole one
     rng = np.random.default_rng(0)
     s.logits[:] = rng.standard_normal((5, V)).astype(np.float32)
-    s.logits[0, [3, 19]] = 9.0  # a tie in the vector part
-    s.logits[1, [V - 2, V - 1]] = 9.0  # a tie past the last whole vector
+    s.logits[0, [3, 19]] = 9.0  # a tie between two vectors
+    s.logits[1, [V - 2, V - 1]] = 9.0  # a tie at the end
     s.logits[2] = 1.5  # all equal
-    s.logits[3, [17, V - 1]] = 9.0  # a tie across the two parts
+    s.logits[3, [17, V - 1]] = 9.0  # a tie far apart
     s.logits[4, 0] = -0.0
     s.logits[4, 1:] = -1.0
     s.logits[4, 5] = 0.0  # -0.0 and 0.0 are equal: the first wins
@@ -246,7 +246,7 @@ def test_a_greedy_choice_in_cpp_breaks_ties_as_numpy_argmax_does(runs):
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_a_model_with_a_weight_that_is_not_finite_is_refused_by_name(runs, kernel, bad):
+def test_a_model_with_a_weight_that_is_not_finite_is_refused_with_a_user_error(runs, kernel, bad):
     model, vocab, _ = _load(runs, "gru")
     with torch.no_grad():
         model.rnn.weight_hh_l0[3, 5] = bad
