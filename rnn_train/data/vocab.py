@@ -48,10 +48,10 @@ class Vocab:
         self.stoi: dict[str, int] = {c: i for i, c in enumerate(itos)}
         self.dtype = smallest_dtype(len(itos))
         self._chars = np.array(itos, dtype=object)  # id -> character, for decode's gather
+        cps = _code_points("".join(itos[1:]))
         # id -> code point, for decode's fast path; <unk> gets a lone surrogate, which UTF-32 cannot
         # hold, so ids with <unk> among them take the join
-        self._code_points = np.array([0xD800] + [ord(c) for c in itos[1:]], dtype="<u4")
-        cps = _code_points("".join(itos[1:]))
+        self._id_code_points = np.concatenate(([0xD800], cps)).astype("<u4")
         # Lookup table code point -> id; code points beyond it (or absent) map to 0 = <unk>.
         self._table = np.zeros(int(cps.max()) + 1 if len(cps) else 1, dtype=self.dtype)
         self._table[cps] = np.arange(1, len(itos), dtype=self.dtype)
@@ -110,7 +110,7 @@ class Vocab:
         time with a step per character; a join of the gathered characters takes 2.4x the decode)."""
         ids = ids if isinstance(ids, np.ndarray) else np.fromiter(ids, dtype=np.int64)
         try:
-            return self._code_points[ids].tobytes().decode("utf-32-le")
+            return self._id_code_points[ids].tobytes().decode("utf-32-le")
         except UnicodeDecodeError:  # <unk> among the ids
             return "".join(self._chars[ids])
 
