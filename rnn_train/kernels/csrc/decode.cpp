@@ -346,7 +346,7 @@ void decoder_panel(int64_t nv, const Group<T>& grp, int64_t K, const T* a, const
       return;
     }
   }
-  group_product<T, NV, MR>(grp, K, a, K, panel, out, ldc, kDecoderNV * lanes<T>());
+  group_product<T, NV, MR>(grp, K, a, K, panel, out, ldc, decoder_width<T>());
 }
 
 // One step of the group's rows: ids[r * ids_stride] is row r's input; the new state goes back
