@@ -366,6 +366,11 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def blamed_on(override: str) -> str:
+    """The front of a problem that an override brought: the override as typed."""
+    return f"override {override!r}: "
+
+
 def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "config") -> Config:
     """Merge `raw` (parsed YAML or a checkpoint's dict) with `overrides`, convert, validate, all problems at once.
 
@@ -393,7 +398,7 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
         dotted, value = parse_override(text)
         section, _, key = dotted.partition(".")
         if section not in SECTIONS:
-            from_overrides.append(f"override {text!r}: unknown section {section!r}{_did_you_mean(section, list(SECTIONS))}")
+            from_overrides.append(f"{blamed_on(text)}unknown section {section!r}{_did_you_mean(section, list(SECTIONS))}")
             continue
         values[section][key] = (value, text)
 
@@ -404,7 +409,7 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
         for key, (value, override) in values[section].items():
             dotted = f"{section}.{key}"
             blamed = problems if override is None else from_overrides
-            label = "" if override is None else f"override {override!r}: "
+            label = "" if override is None else blamed_on(override)
             if key not in types:
                 blamed.append(f"{label}unknown key {dotted}{_did_you_mean(dotted, _all_keys())}")
                 continue
@@ -420,7 +425,7 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
                 if override is None:
                     problems.append(f"{key} {message}")
                 else:
-                    from_overrides.append(f"override {override!r}: {key} {message}")
+                    from_overrides.append(f"{blamed_on(override)}{key} {message}")
     if not problems and not from_overrides:
         problems.extend(_cross_section_problems(sections))
     if problems or from_overrides:

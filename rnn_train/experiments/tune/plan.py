@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rnn_train.config import Config, load_config
+from rnn_train.config import Config, blamed_on, load_config
 from rnn_train.errors import UserError
 from rnn_train.experiments.study.budget import Budget, spread_evals
 from rnn_train.experiments.tune.space import (Space, as_overrides, corners, default_specs, describe, parse_space,
@@ -112,7 +112,7 @@ def _check_corners(plan: TunePlan) -> None:
         except UserError as e:
             msg = str(e).removeprefix(recipe)
             for o in as_overrides(point):  # the point's own values are named once, in front
-                msg = msg.replace(f"override {o!r}: ", "")
+                msg = msg.replace(blamed_on(o), "")
             text = f"with {', '.join(as_overrides(point))}: {msg}"
             if not any(msg in p for p in problems):
                 problems.append(text)
