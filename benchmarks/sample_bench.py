@@ -25,6 +25,16 @@ a NumPy path's last product (~0.1 s here), and a C++ path timed in that while sh
 them (it measured 134k chars/s at N=32 with 14.8 CPU µs per character, against ~400k and ~5 µs
 with the pause, on the Xeon of docs/prediction.md).
 
+After the rest, and before the timing, the path runs once untimed for a few characters: on the
+virtual machine of docs/prediction.md, memory left untouched for a while costs 1-4 µs per 4 KiB
+page on its next touch (a C loop re-reading an 8 MB buffer after 0.5 s of sleep: 1.1-2.6 µs per
+page against 0.03 with no pause, no page fault counted; a torch add of [32, 256] after 1 s took
+1.6-4 ms instead of 3 µs). That is a cost of the rest, which a predict.py run does not take
+between loading its model and generating, and it weighed most on the fastest path (its run is the
+shortest: `--num-samples 32` on the C++ steps gave 386k-436k chars/s without the short run and
+519k-541k with it, in alternating runs; ~10 ms of a 40 ms run). `--no-retouch` times the path straight
+after the rest, as this benchmark did before.
+
     python benchmarks/sample_bench.py                      # GRU, RNN, LSTM at batch 1; GRU for N = 1..32
     python benchmarks/sample_bench.py --cells lstm --batch-cell lstm
     python benchmarks/sample_bench.py --cells gru --batches 1,32 --rounds 9 --chars 60000
@@ -65,6 +75,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--chars", type=int, default=20000, help="characters per timing (all samples together)")
     ap.add_argument("--settle", type=float, default=0.5,
                     help="seconds of rest before each timing, for the last path's threads to sleep (default 0.5)")
+    ap.add_argument("--no-retouch", dest="retouch", action="store_false",
+                    help="time each path straight after the rest, without its untimed short run (see the docstring)")
     ap.add_argument("--module-chars", type=int, default=2000, help="characters per timing of the module loop")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's, one per core)")
@@ -130,10 +142,16 @@ def today(kernel: str, precision: str = "fp32"):
 _folded: dict[int, CharRNN] = {}
 
 
-def timed(f, *args, settle: float = 0.0) -> tuple[float, float]:
+RETOUCH_CHARS = 20
+
+
+def timed(f, model: CharRNN, vocab: Vocab, k: int, n: int, settle: float = 0.0,
+          retouch: bool = True) -> tuple[float, float]:
     time.sleep(settle)  # the previous path's spinning threads fall asleep (see the docstring)
+    if retouch:
+        f(model, vocab, RETOUCH_CHARS, n)  # the pages the rest left cold, touched again (see the docstring)
     wall, cpu = time.perf_counter(), time.process_time()
-    f(*args)
+    f(model, vocab, k, n)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -160,7 +178,8 @@ def main() -> None:
     if cpp and kernel_stepper.bf16_available():
         paths["cpp-bf16"] = today("cpp", "bf16")
     print(f"H={args.hidden}, V={len(vocab)}, temperature {TEMPERATURE}, torch threads {torch.get_num_threads()}, "
-          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, {args.rounds} rounds (medians); "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, {args.rounds} rounds (medians), "
+          f"{'an untimed short run after each rest' if args.retouch else 'no run between rest and timing'}; "
           f"C++ steps {'built' if cpp else 'NOT available'}; load average {os.getloadavg()[0]:.1f}")
 
     jobs = [(("1", c, p), paths[p], models[c], args.module_chars if p == "module" else args.chars, 1)
@@ -173,7 +192,7 @@ def main() -> None:
     cpu: dict = {key: [] for key, *_ in jobs}
     for _ in range(args.rounds):
         for key, f, model, k, n in jobs:
-            w, c = timed(f, model, vocab, k, n, settle=args.settle)
+            w, c = timed(f, model, vocab, k, n, settle=args.settle, retouch=args.retouch)
             wall[key].append(k * n / w)
             cpu[key].append(c / (k * n) * 1e6)
 
