@@ -26,14 +26,15 @@ them (it measured 134k chars/s at N=32 with 14.8 CPU µs per character, against 
 with the pause, on the Xeon of docs/prediction.md).
 
 After the rest, and before the timing, the path runs once untimed for a few characters: on the
-virtual machine of docs/prediction.md, memory left untouched for a while costs 1-4 µs per 4 KiB
-page on its next touch (a C loop re-reading an 8 MB buffer after 0.5 s of sleep: 1.1-2.6 µs per
-page against 0.03 with no pause, no page fault counted; a torch add of [32, 256] after 1 s took
-1.6-4 ms instead of 3 µs). That is a cost of the rest, which a predict.py run does not take
-between loading its model and generating, and it weighed most on the fastest path (its run is the
-shortest: `--num-samples 32` on the C++ steps gave 386k-436k chars/s without the short run and
-519k-541k with it, in alternating runs; ~10 ms of a 40 ms run). `--no-retouch` times the path straight
-after the rest, as this benchmark did before.
+virtual machine of docs/prediction.md, memory left untouched for a while costs microseconds per
+4 KiB page on its next touch, with no page fault counted (benchmarks/idle_pages.py: 0.01 µs a page
+with no pause, 0.9-1.4 after 0.5 s of sleep; a torch add of [32, 256] after 1 s took
+2.0-3.5 ms instead of ~30 µs). That is a cost of the rest, not of the path, and it weighed most on
+the fastest path, whose run is the shortest: `--num-samples 32` on the C++ steps gave 386k-436k
+chars/s without the short run and 519k-541k with it, in alternating runs (~10 ms of a 40 ms run).
+So a timing is of a warm process, as in a server or a notebook sampling again; a one-shot
+predict.py process pays its own start-up besides. `--no-retouch` times the path straight after the
+rest, as this benchmark did before.
 
     python benchmarks/sample_bench.py                      # GRU, RNN, LSTM at batch 1; GRU for N = 1..32
     python benchmarks/sample_bench.py --cells lstm --batch-cell lstm
