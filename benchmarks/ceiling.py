@@ -18,9 +18,13 @@ it), as the best of torch.mm (MKL), oneDNN and the C++ kernels' float32 tiles (t
 benchmarks/tile_bench.py, the tiled weight gradient) -- or, with --precision bf16, of oneDNN's bf16
 GEMM (torch.mm on bf16 copies, casts not counted) and the kernels' bf16_matmul / step products.
 The step it is compared with is rnn-train's TorchLearner step on the path `auto` picks (or
---variant), also 1 thread and CPU time, timed in turns with the products (medians of --rounds): a turn of the step is
---burst consecutive steps, as a training run takes them back to back (a single step right after the products
-started with caches full of the products' operands: LSTM-256 22.3 ms per step that way, 18.8 in bursts of 5). With two threads the
+--variant), also 1 thread and CPU time, timed in turns with the products (medians of --rounds). A turn
+of the step is one untimed step and then --burst consecutive timed steps, as a training run takes
+them back to back. Why the untimed step: the first step after the products' timings starts with the
+caches full of their operands and with its own pages untouched for that long, which this virtual
+machine charges for (benchmarks/idle_pages.py). LSTM-256 took 22.3 ms for a single step timed that
+way, 17.5-18.6 ms per step in bursts of 5, and 16.9-17.2 in bursts of 5 after an untimed step
+(alternating runs). Each product is timed after two untimed calls alike. With two threads the
 ceiling is this one halved (perfect scaling), which no path reaches; the 1-thread ratio is the
 one to read.
 
@@ -169,6 +173,7 @@ def main(argv=None) -> int:
     seconds: dict = {key: [] for key in best}
     steps = []
     for _ in range(a.rounds):
+        step_fn()  # untimed, as each product's first two calls are (see the docstring)
         t0 = time.process_time()
         for _ in range(a.burst):
             step_fn()
