@@ -7,8 +7,15 @@ This reads one float per 4 KiB page of a buffer, once straight away and once aft
 times a small torch op after the same pauses. On a machine without the effect every row reads
 about the same.
 
+A training run rests nowhere, but each step touches every buffer of the step before, one step's time
+later. `--step` times one training step (benchmarks/ceiling.py's, 1 thread, CPU time) after each
+pause: how much the step's time grows with the time its pages have been left gives a rough idea of
+what the machine charges a step with no pause at all, which a GEMM timed in a tight loop does not pay.
+
     python benchmarks/idle_pages.py
     python benchmarks/idle_pages.py --mb 64 --pauses 0,0.5 --repeats 5
+    python benchmarks/idle_pages.py --step lstm:256 --pauses 0,0.05,0.15,0.4 --repeats 16
+    python benchmarks/idle_pages.py --step gru:512:2 --pauses 0,0.05,0.15,0.4 --repeats 16
 """
 from __future__ import annotations
 
@@ -17,9 +24,14 @@ import resource
 import statistics
 import time
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 PAGE = 4096
 
 
@@ -45,8 +57,13 @@ def main() -> None:
     p.add_argument("--pauses", default="0,0.01,0.05,0.1,0.5,1", help="seconds of rest before each touch")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--busy", action="store_true", help="rest by spinning in Python instead of sleeping")
+    p.add_argument("--step", metavar="CELL:HIDDEN[:LAYERS]",
+                   help="time a training step (B32 T35 V65, float32) after each pause instead")
     a = p.parse_args()
     torch.set_num_threads(1)
+    if a.step:
+        time_steps(a)
+        return
     buf = np.ones(a.mb << 20, np.uint8)
     per_page = buf[::PAGE]  # one byte of every page: a view, so reading it touches each page once
     x = torch.randn(32, 256)
@@ -67,6 +84,32 @@ def main() -> None:
             x + 1
             adds.append((time.perf_counter() - t0) * 1e6)
         print(f"{pause:>9.2f} {statistics.median(pages):>12.3f} {counted:>12} {statistics.median(adds):>24.0f}")
+
+
+def time_steps(a: argparse.Namespace) -> None:
+    """The --step table: a training step's CPU time after each pause, the pauses taken in turns."""
+    import ceiling
+    from rnn_train.runtime import keep_freed_memory
+
+    cell, hidden, *layers = a.step.split(":")
+    keep_freed_memory()  # as a training run does
+    shape = argparse.Namespace(cell=cell, hidden=int(hidden), layers=int(layers[0]) if layers else 1, batch=32,
+                               steps=35, vocab=65, precision="fp32")
+    step, label = ceiling.step_runner(shape, "auto")
+    for _ in range(3):
+        step()
+    pauses = [float(v) for v in a.pauses.split(",")]
+    seconds: dict = {pause: [] for pause in pauses}
+    for _ in range(a.repeats):
+        for pause in pauses:
+            rest(pause, a.busy)
+            t0 = time.process_time()
+            step()
+            seconds[pause].append(time.process_time() - t0)
+    print(f"{cell.upper()}-{hidden} x{shape.layers}, {label}, 1 thread; medians of {a.repeats}")
+    print(f"{'pause, s':>9} {'step, ms CPU':>13}")
+    for pause in pauses:
+        print(f"{pause:>9.2f} {statistics.median(seconds[pause]) * 1e3:>13.2f}")
 
 
 if __name__ == "__main__":
