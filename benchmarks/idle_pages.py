@@ -51,13 +51,50 @@ def faults() -> int:
     return usage.ru_minflt + usage.ru_majflt
 
 
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def pauses(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds separated by commas, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"a pause cannot be negative: {text!r}")
+    return values
+
+
+def step_shape(text: str) -> tuple[str, int, int]:
+    """CELL:HIDDEN[:LAYERS] -> (cell, hidden, layers)."""
+    from rnn_train.model import cells
+
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3) or parts[0] not in cells.names():
+            raise ValueError
+        hidden, layers = int(parts[1]), int(parts[2]) if len(parts) == 3 else 1
+        if hidden < 1 or layers < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CELL:HIDDEN[:LAYERS] with CELL one of {', '.join(cells.names())} "
+                                         f"and positive sizes, got {text!r}") from None
+    return parts[0], hidden, layers
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mb", type=int, default=8, help="buffer size in MiB (default 8)")
-    p.add_argument("--pauses", default="0,0.01,0.05,0.1,0.5,1", help="seconds of rest before each touch")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--mb", type=positive, default=8, help="buffer size in MiB (default 8)")
+    p.add_argument("--pauses", type=pauses, default="0,0.01,0.05,0.1,0.5,1", help="seconds of rest before each touch")
+    p.add_argument("--repeats", type=positive, default=3)
     p.add_argument("--busy", action="store_true", help="rest by spinning in Python instead of sleeping")
-    p.add_argument("--step", metavar="CELL:HIDDEN[:LAYERS]",
+    p.add_argument("--step", type=step_shape, metavar="CELL:HIDDEN[:LAYERS]",
                    help="time a training step (B32 T35 V65, float32) after each pause instead")
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -71,7 +108,7 @@ def main() -> None:
     print(f"{a.mb} MiB = {buf.size // PAGE} pages; rest by {'spinning' if a.busy else 'sleeping'}; "
           f"medians of {a.repeats} (page faults: the total over them)")
     print(f"{'pause, s':>9} {'us per page':>12} {'page faults':>12} {'torch add [32, 256], us':>24}")
-    for pause in (float(v) for v in a.pauses.split(",")):
+    for pause in a.pauses:
         pages, adds, counted = [], [], 0
         for _ in range(a.repeats):
             rest(pause, a.busy)
@@ -91,24 +128,22 @@ def time_steps(a: argparse.Namespace) -> None:
     import ceiling
     from rnn_train.runtime import keep_freed_memory
 
-    cell, hidden, *layers = a.step.split(":")
+    cell, hidden, layers = a.step
     keep_freed_memory()  # as a training run does
-    shape = argparse.Namespace(cell=cell, hidden=int(hidden), layers=int(layers[0]) if layers else 1, batch=32,
-                               steps=35, vocab=65, precision="fp32")
+    shape = argparse.Namespace(cell=cell, hidden=hidden, layers=layers, batch=32, steps=35, vocab=65, precision="fp32")
     step, label = ceiling.step_runner(shape, "auto")
     for _ in range(3):
         step()
-    pauses = [float(v) for v in a.pauses.split(",")]
-    seconds: dict = {pause: [] for pause in pauses}
+    seconds: dict = {pause: [] for pause in a.pauses}
     for _ in range(a.repeats):
-        for pause in pauses:
+        for pause in a.pauses:
             rest(pause, a.busy)
             t0 = time.process_time()
             step()
             seconds[pause].append(time.process_time() - t0)
     print(f"{cell.upper()}-{hidden} x{shape.layers}, {label}, 1 thread; medians of {a.repeats}")
     print(f"{'pause, s':>9} {'step, ms CPU':>13}")
-    for pause in pauses:
+    for pause in a.pauses:
         print(f"{pause:>9.2f} {statistics.median(seconds[pause]) * 1e3:>13.2f}")
 
 
