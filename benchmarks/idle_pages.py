@@ -3,7 +3,7 @@
 On the virtual machine of docs/prediction.md, a page left untouched for a fraction of a second
 costs microseconds on its next touch, with no page fault counted inside the machine; a benchmark
 that rests between timings (sample_bench.py's --settle) charges that to the timing after the rest.
-This reads one float per 4 KiB page of a buffer, once straight away and once after each pause, and
+This reads one byte of each 4 KiB page of a buffer, once straight away and once after each pause, and
 times a small torch op after the same pauses. On a machine without the effect every row reads
 about the same.
 
@@ -22,9 +22,8 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import time
-
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
