@@ -28,7 +28,7 @@ from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN, State
 from rnn_train.prediction.choose import Chooser, SamplingOptions
 from rnn_train.prediction.sampler import RuleState, StopRules, sample_chunks
-from rnn_train.prediction.stepper import UNK_LOGIT, make_stepper
+from rnn_train.prediction.stepper import UNK_LOGIT, make_stepper, refuse_not_finite
 
 
 def encode_prefix(vocab: Vocab, prefix: str, unk: str = "error") -> torch.Tensor:
@@ -57,8 +57,7 @@ def warm_up(model: CharRNN, ids: torch.Tensor) -> tuple[torch.Tensor, State]:
 
 def _real_char_logits(logits: torch.Tensor) -> torch.Tensor:
     """Logits [V] with <unk> masked out: it is a placeholder, never a character to predict or emit."""
-    if not torch.isfinite(logits[1:]).all():
-        raise UserError("the model's outputs are not finite (a diverged checkpoint?); use an earlier checkpoint")
+    refuse_not_finite([logits[1:]])
     logits = logits.clone()
     logits[0] = float("-inf")
     return logits

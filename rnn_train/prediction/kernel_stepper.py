@@ -102,7 +102,7 @@ class KernelStepper:
         self._ops, self.spec, self.batch = ops, model.spec, batch
         self._cell = model.spec.hook("decode").id
         params = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters()}
-        if not all(math.isfinite(p.abs().max()) for p in params.values()):  # NaN propagates; 5x isfinite's speed
+        if not all(math.isfinite(p.abs().max()) for p in params.values()):  # as stepper.refuse_not_finite
             raise UserError("the model's outputs are not finite (a diverged checkpoint?); use an earlier checkpoint")
         rnn = model.rnn
         self.layers, self.hidden = rnn.num_layers, rnn.hidden_size
