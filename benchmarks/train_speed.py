@@ -19,6 +19,7 @@ Variants:
     cpp-units    ... with the C++ loop, hidden units split over the threads
     cpp-blas     ... with the C++ loop, BLAS threading each GEMM
     cpp-tiled-rows  ... with the C++ loop's tiled GEMMs (csrc/tiled.h), batch rows split over the threads
+    cpp-tiled-units ... the same with hidden units (whole panels of W_hh) split over the threads
     cpp-tiled    ... the same on one thread block
     auto         ... with whatever model.kernel=auto and train.precision=--precision pick here
                  (measured on first use; printed)
@@ -52,7 +53,8 @@ from rnn_train.training.learner import TorchLearner  # noqa: E402
 
 PATHS = {"native": None, "python": ("python", "blas", "blas"), "cpp-rows": ("cpp", "blas", "rows"),
          "cpp-units": ("cpp", "blas", "units"), "cpp-blas": ("cpp", "blas", "blas"),
-         "cpp-tiled-rows": ("cpp", "tiled", "rows"), "cpp-tiled": ("cpp", "tiled", "blas")}
+         "cpp-tiled-rows": ("cpp", "tiled", "rows"), "cpp-tiled-units": ("cpp", "tiled", "units"),
+         "cpp-tiled": ("cpp", "tiled", "blas")}
 
 
 def reference_step(module_path: Path, cell: str, V: int, H: int, layers: int, lr: float):
@@ -160,7 +162,8 @@ def main(argv=None) -> int:
     p.add_argument("--gemm", choices=("blas", "auto"), default="blas", help="the fused paths' all-steps GEMMs")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="train.precision of the 'auto' variant (default auto)")
-    p.add_argument("--variants", default="reference,native,python,cpp-rows,cpp-units,cpp-blas,cpp-tiled-rows")
+    p.add_argument("--variants",
+                   default="reference,native,python,cpp-rows,cpp-units,cpp-blas,cpp-tiled-rows,cpp-tiled-units")
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--config", default=str(ROOT / "configs" / "shakespeare_gru.yaml"))

@@ -34,6 +34,7 @@ PATHS = {
     "cpp-serial": FusedPath("cpp", "blas", "blas", threads="blas"),
     "cpp-aten": FusedPath("cpp", "blas", "aten", threads="rows"),
     "cpp-tiled-rows": FusedPath("cpp", "tiled", "tiled", threads="rows"),  # csrc/tiled.h, rows per thread
+    "cpp-tiled-units": FusedPath("cpp", "blas", "tiled", threads="units"),  # csrc/tiled.h, whole panels per thread
     "cpp-tiled-serial": FusedPath("cpp", "blas", "tiled", threads="blas"),
     "python-tiled": FusedPath("python", "tiled"),  # the Python loop with the tiled weight gradients
 }
@@ -174,7 +175,7 @@ SHAPES = [  # (B, T, I, H)
 
 
 @pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows", "cpp-units", "cpp-serial", "cpp-tiled-rows",
-                                                 "cpp-tiled-serial", "python-tiled"]))
+                                                 "cpp-tiled-units", "cpp-tiled-serial", "python-tiled"]))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_T{}_I{}_H{}".format(*s))
 @pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "time_major"])
 def test_float64_outputs_and_every_gradient_equal_nn(path, cell, shape, batch_first):
@@ -277,7 +278,7 @@ def float32_case(cell, one_hot_ids):
 
 
 @pytest.mark.parametrize("path,cell", path_cells(["python", "cpp-rows", "cpp-units", "cpp-serial", "cpp-aten",
-                                                 "cpp-tiled-rows"]))
+                                                 "cpp-tiled-rows", "cpp-tiled-units"]))
 @pytest.mark.parametrize("one_hot_ids", [False, True], ids=["dense", "ids"])
 def test_float32_agrees_with_nn(path, cell, one_hot_ids):
     path = usable(PATHS[path])
@@ -308,6 +309,19 @@ def test_a_path_gives_bit_identical_results_every_time(path):
         assert torch.equal(value, second[name]), name
 
 
+@pytest.mark.parametrize("cell", ["gru", "rnn", "lstm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_the_tiled_loop_splits_units_over_threads_without_changing_a_bit(cell, dtype):
+    """Units mode hands each thread whole panels of the tiles one block would compute, so the
+    split may change the speed, never the rounding (H = 100: unequal blocks, a partial last panel)."""
+    one, units = usable(PATHS["cpp-tiled-serial"]), usable(PATHS["cpp-tiled-units"])
+    case = make_case(cell, 9, 7, 6, 100, seed=3, dtype=dtype, scale=100**-0.5)
+    torch.set_num_threads(2)  # for both: the all-steps GEMMs, threaded alike
+    split, whole = fused_run(case, path=units), fused_run(case, path=one)
+    for name, value in whole.items():
+        assert torch.equal(value, split[name]), name
+
+
 def test_onednn_gemm_is_refused_where_it_cannot_run():
     case = make_case("gru", 2, 3, 4, 5, seed=0)  # float64
     m = case["module"]
@@ -318,6 +332,8 @@ def test_onednn_gemm_is_refused_where_it_cannot_run():
         FusedPath("python", "mkl")
     with pytest.raises(ValueError, match="not a fused path"):
         FusedPath("fortran")
+    with pytest.raises(ValueError, match="not a fused path"):
+        FusedPath("cpp", "blas", "aten", threads="units")  # torch.mm splits its own work: no units blocks
 
 
 # ----------------------------------------------------------------------------- 4. the module drop-in

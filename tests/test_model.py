@@ -69,7 +69,8 @@ def test_from_config_applies_dtype():
 
 
 TRAINING_PATHS = [FusedPath("python", "blas"), FusedPath("cpp", "blas", "blas", threads="rows"),
-                  FusedPath("cpp", "blas", "blas", threads="units"), FusedPath("cpp", "auto", "aten", threads="blas")]
+                  FusedPath("cpp", "blas", "blas", threads="units"), FusedPath("cpp", "auto", "tiled", threads="units"),
+                  FusedPath("cpp", "auto", "aten", threads="blas")]
 
 
 @pytest.mark.parametrize("path,cell", [(p, c) for p in TRAINING_PATHS for c in loop_cells(p.loop)],

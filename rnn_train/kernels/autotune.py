@@ -10,7 +10,7 @@ module shape the candidates run a few interleaved forward+backward passes and th
        kernels' tiled weight gradients ("tiled"), float32 only;
     2. the time loop, with that GEMM choice: C++ with BLAS-threaded GEMMs, with batch rows or
        hidden units split over the threads, C++ with its own tiled GEMMs (csrc/tiled.h) on one
-       block or batch rows per thread, the Python loop, and (for model.kernel=auto) torch's
+       block, batch rows or hidden units per thread, the Python loop, and (for model.kernel=auto) torch's
        own module.
 
 The decision is stored in ``<cache>/autotune.json`` (rnn_train.kernels.build.cache_root), keyed
@@ -54,7 +54,7 @@ def loop_candidates(rnn: nn.Module, gemm: str) -> list[FusedPath]:
         if torch.get_num_threads() > 1:
             threads += ["rows", "units"] if step == "blas" else ["rows"]
         out += [FusedPath("cpp", gemm, step, t) for t in threads]
-        out += [FusedPath("cpp", gemm, "tiled", t) for t in threads if t != "units"]
+        out += [FusedPath("cpp", gemm, "tiled", t) for t in threads]
     if can_fuse(rnn, loop="python"):
         out.append(FusedPath("python", gemm))
     return out

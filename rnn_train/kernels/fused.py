@@ -88,11 +88,11 @@ class FusedPath:
               ("tiled": the weight gradients by the C++ kernels' tiles)
     step      the C++ loop's per-step GEMM: "blas" (the BLAS torch links, called directly),
               "aten" (torch.mm; for torch builds whose BLAS is not exported) or "tiled"
-              (csrc/tiled.h: register tiles over W_hh packed once per call; not with "units")
+              (csrc/tiled.h: register tiles over W_hh packed once per call)
     threads   how the C++ loop uses torch's threads (csrc/common.h): "blas" (BLAS threads each
               step's GEMM), "rows" (a block of batch rows per thread, no waiting between steps),
               "units" (a block of hidden units per thread, full-height GEMMs, a barrier per
-              step; needs step="blas")
+              step; step "blas" or "tiled")
     """
 
     loop: str = "python"
@@ -102,7 +102,7 @@ class FusedPath:
 
     def __post_init__(self):
         if (self.loop not in LOOPS or self.gemm not in GEMMS or self.step not in STEP_GEMMS
-                or self.threads not in THREADS or (self.threads == "units" and self.step != "blas")):
+                or self.threads not in THREADS or (self.threads == "units" and self.step not in ("blas", "tiled"))):
             raise ValueError(f"not a fused path: {self}")
 
     def label(self) -> str:

@@ -31,7 +31,7 @@ using at::Tensor;
 
 // Per-step GEMM paths: kBlas calls the Fortran BLAS directly; kAten goes through torch.mm (for a
 // torch whose BLAS is not exported); kTiled is tiled.h's register-tiled loop with W_hh packed
-// once per call (needs no BLAS; batch rows or one block per thread, no units split); kBf16 is
+// once per call (needs no BLAS; batch rows, whole panels of units or one block per thread); kBf16 is
 // the same loop with bf16.h's bf16 products (AMX; float32 only, where built). (MKL's
 // packed-weight API measured no faster than kBlas in docs/kernels.md, so it is not here.)
 enum GemmPath : int64_t { kBlas = 0, kAten = 1, kTiled = 2, kBf16 = 3 };
@@ -159,7 +159,9 @@ inline T tanh_poly(T x) {  // 1 - 2 / (1 + e^{2x}): saturates to +-1 without ove
 //                 threads never wait for each other, but each GEMM has only B/threads rows
 //   kUnits        a block of hidden units per thread, all rows: full-height GEMMs (faster per
 //                 multiply-add), but every step ends at a barrier, since the next step reads
-//                 all units of h_t (forward) or of the step's deltas (backward)
+//                 all units of h_t (forward) or of the step's deltas (backward); each thread
+//                 reads only its units' share of W_hh, which can then stay in its core's L2
+//                 (LSTM-512: 2 MB per thread of 4 MB, the tiled path's gain in docs/kernels.md)
 // Which is fastest depends on the machine and the shapes: rnn_train/kernels/autotune.py measures.
 enum Threads : int64_t { kBlasThreads = 0, kRows = 1, kUnits = 2 };
 
@@ -194,11 +196,12 @@ inline void step_barrier(const Block& blk) {
 
 // Run f(Block) over the blocks of `mode`, one per thread. f must not throw where blocks
 // synchronise (a thread that leaves early would leave the others at the barrier): the callers
-// check everything first, and units mode runs with the BLAS path only.
+// check everything first, and units mode runs with the BLAS and tiled paths only.
+// In units mode each block but the last holds a multiple of `align` units (the tiled path's panels).
 template <typename F>
-void run_blocks(int64_t mode, int64_t B, int64_t H, const F& f) {
+void run_blocks(int64_t mode, int64_t B, int64_t H, const F& f, int64_t align = kMinUnits) {
   int64_t threads = mode == kBlasThreads ? 1 : at::get_num_threads();
-  threads = std::min(threads, mode == kRows ? B / kMinRows : H / kMinUnits);
+  threads = std::min(threads, mode == kRows ? B / kMinRows : H / std::max(align, kMinUnits));
   if (threads <= 1) {
     f(Block{0, B, 0, H, false});
     return;
@@ -213,8 +216,8 @@ void run_blocks(int64_t mode, int64_t B, int64_t H, const F& f) {
       blk.b0 = chunk_start(B, n, k, 1);
       blk.b1 = chunk_start(B, n, k + 1, 1);
     } else {
-      blk.u0 = chunk_start(H, n, k, kMinUnits);
-      blk.u1 = chunk_start(H, n, k + 1, kMinUnits);
+      blk.u0 = chunk_start(H, n, k, align);
+      blk.u1 = chunk_start(H, n, k + 1, align);
     }
     try {
       f(blk);

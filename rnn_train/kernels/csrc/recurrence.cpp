@@ -15,6 +15,7 @@
 // threads is common.h's `Threads`.
 #include <torch/library.h>
 
+#include <numeric>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -254,7 +255,7 @@ void check_path(int64_t path, int64_t threads, const Tensor& like) {
   TORCH_CHECK(path == kAten || path == kTiled || (path == kBlas && blas_available()) ||
                   (path == kBf16 && bf16_available() && like.scalar_type() == at::kFloat),
               "GEMM path ", path, " is not available", path == kBf16 ? " (bf16: float32 tensors, built with AMX)" : "");
-  TORCH_CHECK(threads == kBlasThreads || threads == kRows || (threads == kUnits && path == kBlas),
+  TORCH_CHECK(threads == kBlasThreads || threads == kRows || (threads == kUnits && (path == kBlas || path == kTiled)),
               "threads mode ", threads, " is not available with GEMM path ", path);
 }
 
@@ -355,6 +356,14 @@ Tensor backward_panels(const Tensor& w_hh, int64_t path) {
 // A packed weight's data (T for the tiled path, bf16 bits for the bf16 path), or null.
 inline const void* panel_data(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
+// How many units a block of units mode holds (but the last): on the tiled path a whole number of
+// the forward's panels and of the backward's, so that each block packs nothing of its own and
+// computes the same tiles as one block would (the same rounding for every split).
+template <typename T, int G>
+int64_t unit_align(int64_t path) {
+  return path == kTiled ? std::lcm<int64_t>(ForwardTile<G>::P * lanes<T>(), kBackwardNV * lanes<T>()) : kMinUnits;
+}
+
 Tensor first_state(const Tensor& h0, int64_t steps) {  // [T+1, B, H] with [0] = h0
   Tensor hs = at::empty({steps + 1, h0.size(0), h0.size(1)}, h0.options());
   hs[0].copy_(h0);
@@ -383,7 +392,7 @@ Tensor rnn_forward(Tensor gx, const std::optional<Tensor>& ids, const std::optio
                          const int64_t row = t * B + b;
                          rnn_cell_forward<T>(n, relu, g + row * H + u0, q, h + (row + B) * H + u0);
                        });
-    });
+    }, unit_align<T, 1>(path));
   });
   return hs;
 }
@@ -412,7 +421,7 @@ Tensor rnn_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
                           const int64_t row = t * B + b;
                           rnn_cell_backward<T>(n, relu, h + (row + B) * H + u0, dhr, o, a + row * H + u0, nx);
                         });
-    });
+    }, unit_align<T, 1>(path));
   });
   return dh0;
 }
@@ -447,7 +456,7 @@ std::tuple<Tensor, Tensor> gru_forward(Tensor gx, const std::optional<Tensor>& i
                          gru_cell_forward<T>(cnt, H, qs, g + row * 3 * H + u0, q, bn + u0, h + row * H + u0,
                                              h + (row + B) * H + u0, nn + row * H + u0);
                        });
-    });
+    }, unit_align<T, 3>(path));
   });
   return {hs, n};
 }
@@ -481,7 +490,7 @@ Tensor gru_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
                           gru_cell_backward<T>(cnt, H, g + row * 3 * H + u0, nn + row * H + u0, h + row * H + u0, dhr,
                                                o, hid + row * 3 * H + u0, inp + row * 3 * H + u0, nx);
                         });
-    });
+    }, unit_align<T, 3>(path));
   });
   return dh0;
 }
@@ -515,7 +524,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_forward(Tensor gx, const std::optional<T
                          lstm_cell_forward<T>(cnt, H, qs, g + row * 4 * H + u0, q, c + row * H + u0,
                                               c + (row + B) * H + u0, th + row * H + u0, h + (row + B) * H + u0);
                        });
-    });
+    }, unit_align<T, 4>(path));
   });
   return {hs, cs, tc};
 }
@@ -550,7 +559,7 @@ std::tuple<Tensor, Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hT
                           lstm_cell_backward<T>(cnt, H, g + row * 4 * H + u0, c + row * H + u0, th + row * H + u0, dhr,
                                                 dc + b * H + u0, o, a + row * 4 * H + u0, nx);
                         });
-    });
+    }, unit_align<T, 4>(path));
   });
   return {dh0, dc0};
 }
