@@ -24,15 +24,21 @@ them back to back. Why the untimed step: the first step after the products' timi
 caches full of their operands and with its own pages untouched for that long, which this virtual
 machine charges for (benchmarks/idle_pages.py). LSTM-256 took 22.3 ms for a single step timed that
 way, 17.5-18.6 ms per step in bursts of 5, and 16.9-17.2 in bursts of 5 after an untimed step
-(alternating runs). Each product is timed after two untimed calls alike. With two threads the
-ceiling is this one halved (perfect scaling), which no path reaches; the 1-thread ratio is the
-one to read.
+(alternating runs). Each product is timed after two untimed calls alike.
+
+With --threads N (N > 1) the step and the products run on N threads in wall time, and each
+product may also be counted as shared perfectly among N cores: its best 1-thread rate on one
+core's share (M/N rows or N/N columns), as if the N shares ran side by side at no cost. That
+ceiling is below the 1-thread one halved where a share fits a core's cache and the whole does not
+(LSTM-512: half of W_hh is 2 MB, one core's L2 here), so it bounds what the machine's cores
+together could reach; no path reaches it.
 
     python benchmarks/ceiling.py --cell lstm --hidden 256
     python benchmarks/ceiling.py --cell lstm --hidden 512
     python benchmarks/ceiling.py --cell gru --hidden 512 --layers 2
     python benchmarks/ceiling.py --cell lstm --hidden 512 --precision bf16
     python benchmarks/ceiling.py --cell lstm --hidden 512 --profile 20   # and where the step's time goes
+    python benchmarks/ceiling.py --cell lstm --hidden 512 --threads 2    # both cores of this machine
 """
 from __future__ import annotations
 
@@ -69,19 +75,31 @@ def update_products(cell: str, H: int, L: int, B: int, T: int, V: int) -> list[t
     return out
 
 
-def _cpu_seconds(fn, min_seconds: float = 0.05) -> float:
-    """CPU seconds of one call of fn: the lower quartile of 5 timings of enough calls to take min_seconds."""
-    fn()
-    t0 = time.process_time()
-    fn()
-    reps = max(1, int(min_seconds / max(time.process_time() - t0, 1e-6)))
-    times = []
-    for _ in range(5):
-        t0 = time.process_time()
-        for _ in range(reps):
-            fn()
-        times.append((time.process_time() - t0) / reps)
-    return sorted(times)[1]
+def clock(threads: int):
+    """CPU time on one thread (other processes on a shared machine do not inflate it); wall time on
+    more (CPU time would add up the threads, spinning included)."""
+    return time.process_time if threads == 1 else time.perf_counter
+
+
+def _seconds(fn, threads: int, min_seconds: float = 0.05) -> float:
+    """Seconds of one call of fn on `threads` intra-op threads (put back after): the lower quartile
+    of 5 timings of enough calls to take min_seconds, by `clock(threads)`."""
+    before, now = torch.get_num_threads(), clock(threads)
+    torch.set_num_threads(threads)
+    try:
+        fn()
+        t0 = now()
+        fn()
+        reps = max(1, int(min_seconds / max(now() - t0, 1e-6)))
+        times = []
+        for _ in range(5):
+            t0 = now()
+            for _ in range(reps):
+                fn()
+            times.append((now() - t0) / reps)
+        return sorted(times)[1]
+    finally:
+        torch.set_num_threads(before)
 
 
 def candidates(M: int, K: int, N: int, precision: str, tiles) -> dict:
@@ -113,6 +131,21 @@ def candidates(M: int, K: int, N: int, precision: str, tiles) -> dict:
     return out
 
 
+def split_candidates(M: int, K: int, N: int, threads: int, precision: str, tiles) -> dict:
+    """name -> (callable, 1) for a product shared perfectly among `threads` cores: one core's share, on one thread.
+
+    The share's time is the whole product's time on `threads` cores that split it with no cost and no
+    contention, so these bound from below what any multi-threaded product at the shape can take.
+    """
+    out = {}
+    if threads > 1:
+        for part, whole, (m, n) in (("rows", M, (M // threads, N)), ("columns", N, (M, N // threads))):
+            if whole % threads == 0:
+                for name, fn in candidates(m, K, n, precision, tiles).items():
+                    out[f"{name}, {part} / {threads}"] = (fn, 1)
+    return out
+
+
 def step_runner(args, variant: str):
     """(one training step as a callable, its path's label)."""
     import train_speed
@@ -140,6 +173,9 @@ def main(argv=None) -> int:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="the products' arithmetic for the ceiling, and train.precision of the step")
     p.add_argument("--variant", default="auto", help="train_speed.py variant for the step (default: what auto picks)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for the step and the products (more than 1: wall time, and the ceiling also "
+                        "counts each product shared perfectly among them, each share timed on one thread)")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--burst", type=int, default=5, help="consecutive steps per turn of the step (their mean is timed)")
     p.add_argument("--json", action="store_true")
@@ -147,7 +183,8 @@ def main(argv=None) -> int:
                    help="also print where the step's time goes: its N costliest torch ops (torch.profiler, self CPU "
                         "time per step over one burst; the C++ loops are one op each)")
     a = p.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
+    now = clock(a.threads)
     keep_freed_memory()  # as a training run does (rnn_train.training.trainer.train): no fresh pages per step
     tiles = None
     if a.precision == "fp32":
@@ -160,13 +197,14 @@ def main(argv=None) -> int:
                                           extra_cflags=[*compile_flags(), f"-I{tile_bench.CSRC}"],
                                           extra_ldflags=["-fopenmp"])
     products = [p for p in update_products(a.cell, a.hidden, a.layers, a.batch, a.steps, a.vocab) if p[1] > 0]
-    best = {}  # (M, K, N) -> (backend, callable): the fastest backend at that shape, chosen first
+    best = {}  # (M, K, N) -> (backend, callable, threads): the fastest way to that shape's product, chosen first
     for _, _, M, K, N in products:
         if (M, K, N) not in best:
-            fns = candidates(M, K, N, a.precision, tiles)
-            timed = {name: _cpu_seconds(fn, 0.02) for name, fn in fns.items()}
+            fns = {name: (fn, a.threads) for name, fn in candidates(M, K, N, a.precision, tiles).items()}
+            fns.update(split_candidates(M, K, N, a.threads, a.precision, tiles))
+            timed = {name: _seconds(fn, threads, 0.02) for name, (fn, threads) in fns.items()}
             name = min(timed, key=timed.get)
-            best[(M, K, N)] = (name, fns[name])
+            best[(M, K, N)] = (name, *fns[name])
     step_fn, label = step_runner(a, a.variant)
     step_fn()
     # then the step and the chosen products in turns, so that both see the same load
@@ -174,12 +212,12 @@ def main(argv=None) -> int:
     steps = []
     for _ in range(a.rounds):
         step_fn()  # untimed, as each product's first two calls are (see the docstring)
-        t0 = time.process_time()
+        t0 = now()
         for _ in range(a.burst):
             step_fn()
-        steps.append((time.process_time() - t0) / a.burst)
-        for key, (_, fn) in best.items():
-            seconds[key].append(_cpu_seconds(fn, 0.01))
+        steps.append((now() - t0) / a.burst)
+        for key, (_, fn, threads) in best.items():
+            seconds[key].append(_seconds(fn, threads, 0.01))
     rows, total_ms, total_macs = [], 0.0, 0
     for what, count, M, K, N in products:
         name = best[(M, K, N)][0]
@@ -191,13 +229,14 @@ def main(argv=None) -> int:
                      "G_macs_per_s": round(rate / 1e9, 1), "ms": round(ms, 3)})
     step = statistics.median(steps)
     result = {"model": f"{a.cell.upper()}-{a.hidden} x{a.layers} B{a.batch} T{a.steps} V{a.vocab}",
-              "precision": a.precision, "products": rows, "G_macs": round(total_macs / 1e9, 3),
+              "precision": a.precision, "threads": a.threads, "products": rows, "G_macs": round(total_macs / 1e9, 3),
               "ceiling_ms": round(total_ms, 2), "step_ms": round(step * 1e3, 2), "path": label,
               "fraction_of_ceiling": round(total_ms / (step * 1e3), 3)}
     if a.json:
         print(json.dumps(result))
         return 0
-    print(f"{result['model']}, {a.precision}, 1 thread, CPU time")
+    print(f"{result['model']}, {a.precision}, "
+          + ("1 thread, CPU time" if a.threads == 1 else f"{a.threads} threads, wall time"))
     for r in rows:
         print(f"  {r['product']:<28} {r['count']:>3} x {r['shape']:<24} {r['best']:<20} "
               f"{r['G_macs_per_s']:>7.1f} G mult-adds/s  {r['ms']:>8.3f} ms")
