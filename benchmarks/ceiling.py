@@ -15,8 +15,9 @@ optimiser, Python) is over the ceiling. The products of one update of a one-hot-
 
 Rates are measured on ONE thread in CPU time (other processes on a shared machine do not inflate
 it), as the best of torch.mm (MKL), oneDNN and the C++ kernels' float32 tiles (the step tiles of
-benchmarks/tile_bench.py, the tiled weight gradient) -- or, with --precision bf16, of oneDNN's bf16
-GEMM (torch.mm on bf16 copies, casts not counted) and the kernels' bf16_matmul / step products.
+benchmarks/tile_bench.py, the backward's and the cell's own forward one; the tiled weight
+gradient) -- or, with --precision bf16, of oneDNN's bf16 GEMM (torch.mm on bf16 copies, casts not
+counted) and the kernels' bf16_matmul / step products.
 The step it is compared with is rnn-train's TorchLearner step on the path `auto` picks (or
 --variant), also 1 thread and CPU time, timed in turns with the products (medians of --rounds). A turn
 of the step is one untimed step and then --burst consecutive timed steps, as a training run takes
@@ -102,7 +103,7 @@ def _seconds(fn, threads: int, min_seconds: float = 0.05) -> float:
         torch.set_num_threads(before)
 
 
-def candidates(M: int, K: int, N: int, precision: str, tiles) -> dict:
+def candidates(M: int, K: int, N: int, precision: str, tiles, gates: int) -> dict:
     """name -> callable computing [M, K] @ [K, N] by each backend available here."""
     g = torch.Generator().manual_seed(0)
     a, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)  # a @ w^T
@@ -117,11 +118,13 @@ def candidates(M: int, K: int, N: int, precision: str, tiles) -> dict:
             out["tiled weight_grad"] = lambda: ops.weight_grad(at, wt)
         if tiles is not None:
             for kind in ("forward", "backward"):
-                width = getattr(tiles, f"{kind}_width")()
+                g = (gates,) if kind == "forward" else ()  # the forward's tile is the cell's (all its gates)
+                width = getattr(tiles, f"{kind}_width")(*g)
                 if N % width == 0:
                     panels = w.t().contiguous().view(K, N // width, width).permute(1, 0, 2).contiguous()
                     c = torch.empty(M, N)
-                    out[f"tiles ({kind})"] = (lambda fn, p, c: lambda: fn(a, p, c, 1))(getattr(tiles, kind), panels, c)
+                    out[f"tiles ({kind})"] = (lambda fn, p, c, g: lambda: fn(a, p, c, 1, *g))(getattr(tiles, kind),
+                                                                                          panels, c, g)
     else:
         ab, wb = a.bfloat16(), w.bfloat16()
         out["torch.mm bf16"] = lambda: torch.mm(ab, wb.t())
@@ -131,7 +134,7 @@ def candidates(M: int, K: int, N: int, precision: str, tiles) -> dict:
     return out
 
 
-def split_candidates(M: int, K: int, N: int, threads: int, precision: str, tiles) -> dict:
+def split_candidates(M: int, K: int, N: int, threads: int, precision: str, tiles, gates: int) -> dict:
     """name -> (callable, 1) for a product shared perfectly among `threads` cores: one core's share, on one thread.
 
     The share's time is the whole product's time on `threads` cores that split it with no cost and no
@@ -141,7 +144,7 @@ def split_candidates(M: int, K: int, N: int, threads: int, precision: str, tiles
     if threads > 1:
         for part, whole, (m, n) in (("rows", M, (M // threads, N)), ("columns", N, (M, N // threads))):
             if whole % threads == 0:
-                for name, fn in candidates(m, K, n, precision, tiles).items():
+                for name, fn in candidates(m, K, n, precision, tiles, gates).items():
                     out[f"{name}, {part} / {threads}"] = (fn, 1)
     return out
 
@@ -196,12 +199,13 @@ def main(argv=None) -> int:
         tiles = cpp_extension.load_inline("rnn_train_tile_bench", tile_bench.SOURCE,
                                           extra_cflags=[*compile_flags(), f"-I{tile_bench.CSRC}"],
                                           extra_ldflags=["-fopenmp"])
+    G = cells.get(a.cell).num_blocks
     products = [p for p in update_products(a.cell, a.hidden, a.layers, a.batch, a.steps, a.vocab) if p[1] > 0]
     best = {}  # (M, K, N) -> (backend, callable, threads): the fastest way to that shape's product, chosen first
     for _, _, M, K, N in products:
         if (M, K, N) not in best:
-            fns = {name: (fn, a.threads) for name, fn in candidates(M, K, N, a.precision, tiles).items()}
-            fns.update(split_candidates(M, K, N, a.threads, a.precision, tiles))
+            fns = {name: (fn, a.threads) for name, fn in candidates(M, K, N, a.precision, tiles, G).items()}
+            fns.update(split_candidates(M, K, N, a.threads, a.precision, tiles, G))
             timed = {name: _seconds(fn, threads, 0.02) for name, (fn, threads) in fns.items()}
             name = min(timed, key=timed.get)
             best[(M, K, N)] = (name, *fns[name])

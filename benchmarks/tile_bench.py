@@ -7,6 +7,7 @@ times C[M, N] = A[M, K] @ W[K, N] with W packed once, and prints GFLOP/s for bot
 
     python benchmarks/tile_bench.py                 # the GRU-256 step shapes, B = 32 on 2 threads
     python benchmarks/tile_bench.py --shapes 16x512x1536,16x1536x512
+    python benchmarks/tile_bench.py --shapes 32x512x2048,32x2048x512 --gates 4   # an LSTM-512's
 """
 from __future__ import annotations
 
@@ -48,13 +49,20 @@ double run(const torch::Tensor& a, const torch::Tensor& panels, torch::Tensor& c
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
 }
 
-double forward(torch::Tensor a, torch::Tensor p, torch::Tensor c, int64_t reps) {
+// The forward's tile of a cell of G gate blocks (1: Elman, 3: GRU, 4: LSTM).
+double forward(torch::Tensor a, torch::Tensor p, torch::Tensor c, int64_t reps, int64_t G) {
+  if (G == 1) return run<ForwardTile<1>::MR, ForwardTile<1>::NV>(a, p, c, reps);
+  if (G == 4) return run<ForwardTile<4>::MR, ForwardTile<4>::NV>(a, p, c, reps);
+  TORCH_CHECK(G == 3, "gate blocks: 1, 3 or 4");
   return run<ForwardTile<3>::MR, ForwardTile<3>::NV>(a, p, c, reps);
 }
 double backward(torch::Tensor a, torch::Tensor p, torch::Tensor c, int64_t reps) {
   return run<kBackwardMR, kBackwardNV>(a, p, c, reps);
 }
-int64_t forward_width() { return Tile<float, ForwardTile<3>::MR, ForwardTile<3>::NV>::W; }
+int64_t forward_width(int64_t G) {
+  if (G == 1) return Tile<float, ForwardTile<1>::MR, ForwardTile<1>::NV>::W;
+  return G == 4 ? Tile<float, ForwardTile<4>::MR, ForwardTile<4>::NV>::W : Tile<float, ForwardTile<3>::MR, ForwardTile<3>::NV>::W;
+}
 int64_t backward_width() { return Tile<float, kBackwardMR, kBackwardNV>::W; }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward); m.def("backward", &backward);
@@ -68,6 +76,8 @@ def main() -> None:
     p.add_argument("--shapes", default="16x256x768,16x768x256,32x256x768,32x768x256",
                    help="MxKxN list: M rows, K inner, N columns (768 = 3 x 256: a GRU-256's gates)")
     p.add_argument("--seconds", type=float, default=0.5, help="per measurement")
+    p.add_argument("--gates", type=int, choices=(1, 3, 4), default=3,
+                   help="the forward tile of which cell: its gate blocks (1 Elman, 3 GRU, 4 LSTM)")
     a = p.parse_args()
     from rnn_train.kernels.build import compile_flags  # noqa: E402 (the flags the training kernels are built with)
     ext = cpp_extension.load_inline("rnn_train_tile_bench", SOURCE, extra_cflags=[*compile_flags(), f"-I{CSRC}"],
@@ -79,12 +89,13 @@ def main() -> None:
         want = x @ w
         row = {"shape": [M, K, N]}
         for kind in ("forward", "backward"):
-            width = getattr(ext, f"{kind}_width")()
+            gates = (a.gates,) if kind == "forward" else ()
+            width = getattr(ext, f"{kind}_width")(*gates)
             if N % width:
                 continue
             panels = w.view(K, N // width, width).permute(1, 0, 2).contiguous()  # [N/width][K][width]
             c = torch.empty(M, N)
-            fn = getattr(ext, kind)
+            fn = (lambda f, g: lambda *args: f(*args, *g))(getattr(ext, kind), gates)
             reps = max(1, int(a.seconds / max(fn(x, panels, c, 3), 1e-6)))
             seconds = min(fn(x, panels, c, reps) for _ in range(3))
             assert torch.allclose(c, want, atol=1e-4), "the tile computed a wrong product"
