@@ -177,7 +177,8 @@ at::Tensor pack_forward(const at::Tensor& w_hh, int64_t G, int64_t PL) {
 // W_hh [G*H, H] -> backward panels [ceil(H/WB), G*H, WB]: panel p, row k holds W_hh[k, p*WB + j].
 inline at::Tensor pack_backward(const at::Tensor& w_hh, int64_t WB) {
   const int64_t GH = w_hh.size(0), H = w_hh.size(1), np = (H + WB - 1) / WB;
-  at::Tensor w = at::constant_pad_nd(w_hh, {0, np * WB - H});  // [G*H, np*WB]
+  // [G*H, np*WB]: zero columns only where H is not a multiple of WB (padding by none still copies)
+  const at::Tensor w = np * WB == H ? w_hh : at::constant_pad_nd(w_hh, {0, np * WB - H});
   return w.view({GH, np, WB}).permute({1, 0, 2}).contiguous();
 }
 
