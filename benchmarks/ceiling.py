@@ -123,8 +123,8 @@ def candidates(M: int, K: int, N: int, precision: str, tiles, gates: int) -> dic
                 if N % width == 0:
                     panels = w.t().contiguous().view(K, N // width, width).permute(1, 0, 2).contiguous()
                     c = torch.empty(M, N)
-                    out[f"tiles ({kind})"] = (lambda fn, p, c, g: lambda: fn(a, p, c, 1, *g))(getattr(tiles, kind),
-                                                                                          panels, c, g)
+                    fn = getattr(tiles, kind)
+                    out[f"tiles ({kind})"] = (lambda fn, p, c, g: lambda: fn(a, p, c, 1, *g))(fn, panels, c, g)
     else:
         ab, wb = a.bfloat16(), w.bfloat16()
         out["torch.mm bf16"] = lambda: torch.mm(ab, wb.t())

@@ -49,20 +49,21 @@ double run(const torch::Tensor& a, const torch::Tensor& panels, torch::Tensor& c
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
 }
 
-// The forward's tile of a cell of G gate blocks (1: Elman, 3: GRU, 4: LSTM).
+// The forward's tile of a cell of G gate blocks (1: Elman, 3: GRU, 4: LSTM), and its panel width.
+template <int G>
+double forward_of(const torch::Tensor& a, const torch::Tensor& p, torch::Tensor& c, int64_t reps) {
+  return run<ForwardTile<G>::MR, ForwardTile<G>::NV>(a, p, c, reps);
+}
+template <int G>
+int64_t width_of() { return Tile<float, ForwardTile<G>::MR, ForwardTile<G>::NV>::W; }
 double forward(torch::Tensor a, torch::Tensor p, torch::Tensor c, int64_t reps, int64_t G) {
-  if (G == 1) return run<ForwardTile<1>::MR, ForwardTile<1>::NV>(a, p, c, reps);
-  if (G == 4) return run<ForwardTile<4>::MR, ForwardTile<4>::NV>(a, p, c, reps);
-  TORCH_CHECK(G == 3, "gate blocks: 1, 3 or 4");
-  return run<ForwardTile<3>::MR, ForwardTile<3>::NV>(a, p, c, reps);
+  TORCH_CHECK(G == 1 || G == 3 || G == 4, "gate blocks: 1, 3 or 4");
+  return G == 1 ? forward_of<1>(a, p, c, reps) : G == 4 ? forward_of<4>(a, p, c, reps) : forward_of<3>(a, p, c, reps);
 }
 double backward(torch::Tensor a, torch::Tensor p, torch::Tensor c, int64_t reps) {
   return run<kBackwardMR, kBackwardNV>(a, p, c, reps);
 }
-int64_t forward_width(int64_t G) {
-  if (G == 1) return Tile<float, ForwardTile<1>::MR, ForwardTile<1>::NV>::W;
-  return G == 4 ? Tile<float, ForwardTile<4>::MR, ForwardTile<4>::NV>::W : Tile<float, ForwardTile<3>::MR, ForwardTile<3>::NV>::W;
-}
+int64_t forward_width(int64_t G) { return G == 1 ? width_of<1>() : G == 4 ? width_of<4>() : width_of<3>(); }
 int64_t backward_width() { return Tile<float, kBackwardMR, kBackwardNV>::W; }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward); m.def("backward", &backward);
