@@ -10,8 +10,8 @@ module shape the candidates run a few interleaved forward+backward passes and th
        kernels' tiled weight gradients ("tiled"), float32 only;
     2. the time loop, with that GEMM choice: C++ with BLAS-threaded GEMMs, with batch rows or
        hidden units split over the threads, C++ with its own tiled GEMMs (csrc/tiled.h) on one
-       block, batch rows or hidden units per thread, the Python loop, and (for model.kernel=auto) torch's
-       own module.
+       block, batch rows or hidden units per thread, the Python loop, and (for
+       model.kernel=auto) torch's own module.
 
 The decision is stored in ``<cache>/autotune.json`` (rnn_train.kernels.build.cache_root), keyed
 by the machine (CPU model and flags, torch version, the ISA caps torch honours, threads, the
