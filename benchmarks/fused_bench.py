@@ -12,8 +12,9 @@ rotating order) and the median is reported, because the machine is shared and no
 Variants: ``native`` (the nn module on one-hot vectors: autograd per step, oneDNN's fused LSTM),
 ``python`` / ``python-auto`` (the fused layer's Python loop with torch.mm / with oneDNN for the
 big GEMMs), ``cpp-rows`` / ``cpp-units`` (C++ loop, batch rows / hidden units split over the
-threads), ``cpp-blas`` (C++ loop, BLAS threads each GEMM), ``cpp-tiled-rows`` / ``cpp-tiled-units`` /
-``cpp-tiled`` (C++ loop with csrc/tiled.h's GEMMs, rows / units per thread, one block). ``speedup`` is over the first variant.
+threads), ``cpp-blas`` (C++ loop, BLAS threads each GEMM), ``cpp-tiled-rows`` /
+``cpp-tiled-units`` / ``cpp-tiled`` (C++ loop with csrc/tiled.h's GEMMs, rows / units per thread,
+one block). ``speedup`` is over the first variant.
 """
 from __future__ import annotations
 

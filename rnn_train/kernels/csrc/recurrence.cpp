@@ -104,7 +104,7 @@ void forward_block_tiled(const Block& blk, int64_t steps, int64_t B, int64_t H, 
                          const Gather<T>& gather, const Cell& cell) {
   using F = ForwardTile<G>;
   using TL = Tile<T, F::MR, F::NV>;
-  const int64_t PL = F::P * TL::L;
+  const int64_t PL = forward_panel_units<T, G>();
   std::vector<T> out(F::MR * TL::W);
   for (int64_t t = 0; t < steps; ++t) {
     const T* prev = hs + t * B * H;
@@ -116,7 +116,7 @@ void forward_block_tiled(const Block& blk, int64_t steps, int64_t B, int64_t H, 
         product_rows<T, F::NV, F::MR>(rows, H, prev + b0 * H, H, panel, out.data(), TL::W, false);
         for (int64_t r = 0; r < rows; ++r) {
           if (n == PL) {  // a full panel: the count is a compile-time constant (cells.h)
-            const std::integral_constant<int64_t, F::P * TL::L> full;
+            const std::integral_constant<int64_t, forward_panel_units<T, G>()> full;
             gather.row(t * B + b0 + r, G, H, u0, full);
             cell(t, b0 + r, u0, full, out.data() + r * TL::W, PL);
           } else {
@@ -344,13 +344,13 @@ const T* data_or_null(const Tensor& t) {
 template <typename T, int G>
 Tensor forward_panels(const Tensor& w_hh, int64_t path) {
   if (path == kBf16) return pack_bf16_forward<G>(w_hh);
-  return path == kTiled ? pack_forward<T>(w_hh, G, ForwardTile<G>::P * lanes<T>()) : Tensor();
+  return path == kTiled ? pack_forward<T>(w_hh, G, forward_panel_units<T, G>()) : Tensor();
 }
 
 template <typename T>
 Tensor backward_panels(const Tensor& w_hh, int64_t path) {
   if (path == kBf16) return pack_bf16_backward(w_hh);
-  return path == kTiled ? pack_backward(w_hh, kBackwardNV * lanes<T>()) : Tensor();
+  return path == kTiled ? pack_backward(w_hh, backward_panel_units<T>()) : Tensor();
 }
 
 // A packed weight's data (T for the tiled path, bf16 bits for the bf16 path), or null.
@@ -361,7 +361,7 @@ inline const void* panel_data(const Tensor& t) { return t.defined() ? t.data_ptr
 // computes the same tiles as one block would (the same rounding for every split).
 template <typename T, int G>
 int64_t unit_align(int64_t path) {
-  return path == kTiled ? std::lcm<int64_t>(ForwardTile<G>::P * lanes<T>(), kBackwardNV * lanes<T>()) : kMinUnits;
+  return path == kTiled ? std::lcm(forward_panel_units<T, G>(), backward_panel_units<T>()) : kMinUnits;
 }
 
 Tensor first_state(const Tensor& h0, int64_t steps) {  // [T+1, B, H] with [0] = h0

@@ -104,6 +104,12 @@ struct ForwardTile {
 constexpr int kBackwardNV = kVectorBytes == 64 ? 2 : 3;
 constexpr int kBackwardMR = tile_rows(kBackwardNV);
 
+// Units per packed panel of W_hh: the forward's (every gate of them in one tile) and the backward's.
+template <typename T, int G>
+constexpr int64_t forward_panel_units() { return ForwardTile<G>::P * lanes<T>(); }
+template <typename T>
+constexpr int64_t backward_panel_units() { return kBackwardNV * lanes<T>(); }
+
 // A weight gradient summed over all steps: C[O, D] = Y^T X for row-major Y [N, O] (deltas) and
 // X [N, D] (inputs or states), N = T*B. Why not one BLAS call: on these shapes (O, D ~ 10^2-10^3,
 // N ~ 10^3) MKL ran at ~180 GFLOP/s on two cores where these tiles run at ~210 (docs/kernels.md).
