@@ -38,8 +38,10 @@ constexpr int tile_rows(int NV) { return kAccumulators / NV < 8 ? kAccumulators 
 // c[MR rows, ldc apart][NV * L] (+)= A[MR, K] @ B[K, NV * L], where A's element (r, k) is
 // a[r * ar + k * ak] and B's row k starts at b + k * bk: MR x NV vectors of C stay in registers
 // for the whole K loop. The step product reads A by rows (ak = 1) and B as a packed panel; the
-// weight gradient reads both operands in place (A = Y^T: ar = 1, ak = O).
-template <typename T, int MR, int NV>
+// weight gradient reads both operands in place (A = Y^T: ar = 1, ak = O), a few KB apart from one
+// k to the next, which the hardware prefetchers do not follow across pages: with PD > 0 the loop
+// asks for row k + PD of both while it multiplies row k (the sums, hence the bits, are the same).
+template <typename T, int MR, int NV, int PD = 0>
 struct Tile {
   static constexpr int L = lanes<T>();
   static constexpr int W = NV * L;  // columns of a panel
@@ -56,6 +58,12 @@ struct Tile {
         if (accumulate) std::memcpy(&acc[r][v], c + r * ldc + v * L, sizeof(V));
       }
     for (int64_t k = 0; k < K; ++k) {
+      if constexpr (PD > 0) {
+        __builtin_prefetch(a + (k + PD) * ak);
+        __builtin_prefetch(a + (MR - 1) * ar + (k + PD) * ak);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) __builtin_prefetch(b + (k + PD) * bk + v * L);
+      }
       V x[NV];
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) std::memcpy(&x[v], b + k * bk + v * L, sizeof(V));
@@ -119,8 +127,10 @@ constexpr int64_t backward_panel_units() { return kBackwardNV * lanes<T>(); }
 // product is a tile (a plain loop there cost 4x the whole GEMM where W does not divide D).
 template <typename T>
 void weight_grad_tiled(int64_t N, int64_t O, int64_t D, const T* Y, const T* X, T* C) {
-  constexpr int NV = 2, MR = tile_rows(NV);  // W = 2 vectors: divides widths of 2^k
-  using TL = Tile<T, MR, NV>;
+  // AVX-512: 6 x 4 vectors (64 floats: divides widths of 2^k from 64); AVX2: 6 x 2. Row k + 6 is
+  // prefetched; the tile, the distance and the chunk KC were measured on the Xeon of docs/kernels.md
+  constexpr int NV = kVectorBytes == 64 ? 4 : 2, MR = tile_rows(NV);
+  using TL = Tile<T, MR, NV, 6>;
   constexpr int64_t W = TL::W, KC = 128;
   const int64_t row_tiles = (O + MR - 1) / MR, full_rows = O / MR * MR, full_cols = D / W * W;
   std::vector<T> y_edge, x_edge;  // [N, MR] and [N, W]
