@@ -17,7 +17,13 @@ Rates are measured on ONE thread in CPU time (other processes on a shared machin
 it), as the best of torch.mm (MKL), oneDNN and the C++ kernels' float32 tiles (the step tiles of
 benchmarks/tile_bench.py, the backward's and the cell's own forward one; the tiled weight
 gradient) -- or, with --precision bf16, of oneDNN's bf16 GEMM (torch.mm on bf16 copies, casts not
-counted) and the kernels' bf16_matmul / step products.
+counted) and the kernels' bf16_matmul / step products. Each candidate starts from the operands
+as the step holds them: a tile packs its right operand with the kernels' own packer, once for the
+products that share it (a loop's T step products share W_hh; a one-off product pays for its own
+packing, as MKL's time includes its own), and a weight gradient starts from the deltas and the
+states as the step leaves them, [T*B, .] each, so its tiled candidate is weight_grad (a tile on
+panels would first need the deltas transposed: the ceiling left both copies out until 2026-12-06,
+which made it stricter than any GEMM the machine has; docs/kernels.md).
 The step it is compared with is rnn-train's TorchLearner step on the path `auto` picks (or
 --variant), also 1 thread and CPU time, timed in turns with the products (medians of --rounds). A turn
 of the step is one untimed step and then --burst consecutive timed steps, as a training run takes
@@ -62,17 +68,24 @@ from rnn_train.model import cells  # noqa: E402
 from rnn_train.runtime import keep_freed_memory  # noqa: E402
 
 
-def update_products(cell: str, H: int, L: int, B: int, T: int, V: int) -> list[tuple[str, int, int, int, int]]:
-    """(what, count, M, K, N) of every matrix product of one update (the module docstring's table)."""
+def update_products(cell: str, H: int, L: int, B: int, T: int, V: int) -> list[tuple]:
+    """(what, count, M, K, N, b, uses) of every matrix product of one update (the module docstring's table).
+
+    b says what the step holds as the right operand: "w^T" (x W^T, W [N, K]), "w" (d W, W [K, N])
+    or "x" (a weight gradient Y^T X: Y [K, M] deltas and X [K, N] as the step made them, T*B rows
+    each); uses: how many products share one operand (the step products share W_hh, packed once
+    per loop), so a candidate may pack it once for all of them."""
     G = cells.get(cell).num_blocks
     out = []
     for k in range(L):
-        out += [(f"layer {k} step forward", T, B, H, G * H), (f"layer {k} step backward", T - 1, B, G * H, H),
-                (f"layer {k} dW_hh", 1, G * H, T * B, H)]
+        out += [(f"layer {k} step forward", T, B, H, G * H, "w^T", T),
+                (f"layer {k} step backward", T - 1, B, G * H, H, "w", T - 1),
+                (f"layer {k} dW_hh", 1, G * H, T * B, H, "x", 1)]
         if k > 0:
-            out += [(f"layer {k} input projection", 1, T * B, H, G * H), (f"layer {k} dW_ih", 1, G * H, T * B, H),
-                    (f"layer {k} dx", 1, T * B, G * H, H)]
-    out += [("decoder", 1, T * B, H, V), ("decoder dW", 1, V, T * B, H), ("decoder dx", 1, T * B, V, H)]
+            out += [(f"layer {k} input projection", 1, T * B, H, G * H, "w^T", 1),
+                    (f"layer {k} dW_ih", 1, G * H, T * B, H, "x", 1), (f"layer {k} dx", 1, T * B, G * H, H, "w", 1)]
+    out += [("decoder", 1, T * B, H, V, "w^T", 1), ("decoder dW", 1, V, T * B, H, "x", 1),
+            ("decoder dx", 1, T * B, V, H, "w", 1)]
     return out
 
 
@@ -103,38 +116,82 @@ def _seconds(fn, threads: int, min_seconds: float = 0.05) -> float:
         torch.set_num_threads(before)
 
 
-def candidates(M: int, K: int, N: int, precision: str, tiles, gates: int) -> dict:
-    """name -> callable computing [M, K] @ [K, N] by each backend available here."""
+def _packer(K: int, N: int, b: str, width: int, tiles):
+    """The kernels' own packing (tiled.h) of a product's right operand into `width`-column tile
+    panels, as a callable of the weight; None where the step has no such packer for it.
+
+    "w^T" (W [N, K]): pack_forward's blocked transpose, which needs W = [G*K, K] (a step's or an
+    input projection's weights; the panels hold the G gate blocks' columns interleaved, the same
+    arithmetic for a tile); "w" (W [K, N]): pack_backward's column panels."""
+    if N % width:
+        return None
+    if b == "w^T" and N % K == 0 and width % (N // K) == 0:
+        return lambda w: tiles.pack_t(w, N // K, width // (N // K))
+    if b == "w":
+        return lambda w: tiles.pack_n(w, width)
+    return None
+
+
+def candidates(M: int, K: int, N: int, b: str, uses: int, precision: str, tiles, gates: int) -> dict:
+    """name -> callable computing `uses` products [M, K] @ [K, N] by each backend available here,
+    from the operands as the step holds them (`b`, update_products). A tile must have its right
+    operand packed into panels: the call packs it once (the kernels' own packer) and then takes the
+    `uses` products, so the packing is part of the rate, shared as the step shares it. For a weight
+    gradient the tiled candidate is weight_grad, which reads the step's layout in place (a tile on
+    panels would need the deltas transposed first)."""
     g = torch.Generator().manual_seed(0)
-    a, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)  # a @ w^T
+    if b == "x":
+        y, x = torch.randn(K, M, generator=g), torch.randn(K, N, generator=g)  # y^T @ x
+    else:
+        a = torch.randn(M, K, generator=g)
+        w = torch.randn(N, K, generator=g) if b == "w^T" else torch.randn(K, N, generator=g)
+        wt = w if b == "w^T" else w.t()  # [N, K] as a view: a @ wt^T is the product
+
+    def times(fn):
+        def run():
+            for _ in range(uses):
+                fn()
+        return run
+
     out = {}
     if precision == "fp32":
-        out["torch.mm"] = lambda: torch.mm(a, w.t())
+        if b == "x":
+            out["torch.mm"] = times(lambda: torch.mm(y.t(), x))
+        else:
+            out["torch.mm"] = times(lambda: torch.mm(a, wt.t()))
         if gemm.onednn_available():
-            out["onednn"] = lambda: gemm.linear(a, w, gemm.ONEDNN)
+            out["onednn"] = times(lambda: gemm.weight_grad(y, x, gemm.ONEDNN)) if b == "x" \
+                else times(lambda: gemm.linear(a, wt, gemm.ONEDNN))
         ops = extension()
-        if ops is not None:
-            at, wt = a.t().contiguous(), w.t().contiguous()  # weight_grad(y, x) = y^T x
-            out["tiled weight_grad"] = lambda: ops.weight_grad(at, wt)
-        if tiles is not None:
+        if ops is not None and b == "x":
+            out["tiled weight_grad"] = times(lambda: ops.weight_grad(y, x))
+        if tiles is not None and b != "x":
             for kind in ("forward", "backward"):
-                g = (gates,) if kind == "forward" else ()  # the forward's tile is the cell's (all its gates)
-                width = getattr(tiles, f"{kind}_width")(*g)
-                if N % width == 0:
-                    panels = w.t().contiguous().view(K, N // width, width).permute(1, 0, 2).contiguous()
-                    c = torch.empty(M, N)
-                    fn = getattr(tiles, kind)
-                    out[f"tiles ({kind})"] = (lambda fn, p, c, g: lambda: fn(a, p, c, 1, *g))(fn, panels, c, g)
+                gs = (gates,) if kind == "forward" else ()  # the forward's tile is the cell's (all its gates)
+                width = getattr(tiles, f"{kind}_width")(*gs)
+                pack = _packer(K, N, b, width, tiles)
+                if pack is not None:
+                    c, fn = torch.empty(M, N), getattr(tiles, kind)
+
+                    def run(fn=fn, pack=pack, c=c, gs=gs):
+                        panels = pack(w)
+                        for _ in range(uses):
+                            fn(a, panels, c, 1, *gs)
+                    out[f"tiles ({kind})"] = run
     else:
-        ab, wb = a.bfloat16(), w.bfloat16()
-        out["torch.mm bf16"] = lambda: torch.mm(ab, wb.t())
+        if b == "x":
+            a, wt = y.t(), x.t()
+        a, wt = a.contiguous(), wt.contiguous()  # the bf16 products take row-major operands
+        ab, wb = a.bfloat16(), wt.bfloat16()
+        out["torch.mm bf16"] = times(lambda: torch.mm(ab, wb.t()))
         ops = extension()
         if ops is not None and hasattr(ops, "bf16_available") and ops.bf16_available():
-            out["bf16_matmul"] = lambda: ops.bf16_matmul(a, w)
+            out["bf16_matmul"] = times(lambda: ops.bf16_matmul(a, wt))
     return out
 
 
-def split_candidates(M: int, K: int, N: int, threads: int, precision: str, tiles, gates: int) -> dict:
+def split_candidates(M: int, K: int, N: int, b: str, uses: int, threads: int, precision: str, tiles,
+                     gates: int) -> dict:
     """name -> (callable, 1) for a product shared perfectly among `threads` cores: one core's share, on one thread.
 
     The share's time is the whole product's time on `threads` cores that split it with no cost and no
@@ -144,7 +201,7 @@ def split_candidates(M: int, K: int, N: int, threads: int, precision: str, tiles
     if threads > 1:
         for part, whole, (m, n) in (("rows", M, (M // threads, N)), ("columns", N, (M, N // threads))):
             if whole % threads == 0:
-                for name, fn in candidates(m, K, n, precision, tiles, gates).items():
+                for name, fn in candidates(m, K, n, b, uses, precision, tiles, gates).items():
                     out[f"{name}, {part} / {threads}"] = (fn, 1)
     return out
 
@@ -201,14 +258,14 @@ def main(argv=None) -> int:
                                           extra_ldflags=["-fopenmp"])
     G = cells.get(a.cell).num_blocks
     products = [p for p in update_products(a.cell, a.hidden, a.layers, a.batch, a.steps, a.vocab) if p[1] > 0]
-    best = {}  # (M, K, N) -> (backend, callable, threads): the fastest way to that shape's product, chosen first
-    for _, _, M, K, N in products:
-        if (M, K, N) not in best:
-            fns = {name: (fn, a.threads) for name, fn in candidates(M, K, N, a.precision, tiles, G).items()}
-            fns.update(split_candidates(M, K, N, a.threads, a.precision, tiles, G))
+    best = {}  # (M, K, N, b, uses) -> (backend, callable, threads): the fastest way to those products, chosen first
+    for _, _, *key in products:
+        if tuple(key) not in best:
+            fns = {name: (fn, a.threads) for name, fn in candidates(*key, a.precision, tiles, G).items()}
+            fns.update(split_candidates(*key, a.threads, a.precision, tiles, G))
             timed = {name: _seconds(fn, threads, 0.02) for name, (fn, threads) in fns.items()}
             name = min(timed, key=timed.get)
-            best[(M, K, N)] = (name, *fns[name])
+            best[tuple(key)] = (name, *fns[name])
     step_fn, label = step_runner(a, a.variant)
     step_fn()
     # then the step and the chosen products in turns, so that both see the same load
@@ -223,9 +280,10 @@ def main(argv=None) -> int:
         for key, (_, fn, threads) in best.items():
             seconds[key].append(_seconds(fn, threads, 0.01))
     rows, total_ms, total_macs = [], 0.0, 0
-    for what, count, M, K, N in products:
-        name = best[(M, K, N)][0]
-        rate = M * K * N / statistics.median(seconds[(M, K, N)])
+    for what, count, M, K, N, b, uses in products:
+        key = (M, K, N, b, uses)
+        name = best[key][0]
+        rate = uses * M * K * N / statistics.median(seconds[key])  # a call takes `uses` products
         ms = count * M * K * N / rate * 1e3
         total_ms += ms
         total_macs += count * M * K * N

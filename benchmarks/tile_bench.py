@@ -65,9 +65,14 @@ double backward(torch::Tensor a, torch::Tensor p, torch::Tensor c, int64_t reps)
 }
 int64_t forward_width(int64_t G) { return G == 1 ? width_of<1>() : G == 4 ? width_of<4>() : width_of<3>(); }
 int64_t backward_width() { return Tile<float, kBackwardMR, kBackwardNV>::W; }
+// The training kernels' own packers, so that benchmarks/ceiling.py can charge a tile the packing of its operand:
+// pack_t: W [G*K, K] -> panels of W^T (tiled.h pack_forward); pack_n: W [K, N] -> panels of W (pack_backward).
+torch::Tensor pack_t(torch::Tensor w, int64_t G, int64_t PL) { return pack_forward<float>(w, G, PL); }
+torch::Tensor pack_n(torch::Tensor w, int64_t width) { return pack_backward(w, width); }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward); m.def("backward", &backward);
   m.def("forward_width", &forward_width); m.def("backward_width", &backward_width);
+  m.def("pack_t", &pack_t); m.def("pack_n", &pack_n);
 }
 """
 
