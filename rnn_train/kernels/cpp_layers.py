@@ -30,7 +30,7 @@ from torch.autograd.function import once_differentiable
 from rnn_train.kernels.build import extension
 from rnn_train.kernels.gemm import scratch, weight_grad
 from rnn_train.kernels.layer_io import (B_HH, C0, H0, INP, W_HH, W_IH, LayerLoop, LayerOptions, LayerTensors, begin,
-                                        input_grads, out_view, project, time_major_grad)
+                                        gather_table, input_grads, out_view, project, time_major_grad)
 
 
 def _ops():
@@ -46,7 +46,7 @@ def _gates_input(opts: LayerOptions, x2, w_ih, bias, T: int, B: int):
     table = W_ih^T + bias [V, G*H] as it goes (one pass fewer over gx); else ids = table = None."""
     if not opts.one_hot_ids:
         return project(x2, False, w_ih, bias, opts.gemm).view(T, B, -1), None, None
-    table = w_ih.t().contiguous() if bias is None else torch.add(w_ih.t(), bias).contiguous()  # [V, G*H]
+    table = gather_table(w_ih, bias)  # [V, G*H]
     gx = torch.empty(T, B, w_ih.shape[0], dtype=w_ih.dtype, device=w_ih.device)
     return gx, x2.long().contiguous(), table
 
