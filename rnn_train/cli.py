@@ -29,6 +29,18 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def seed_arg(text: str) -> int:
+    """argparse `type` of a command's --seed: an integer in [0, 2^32), the range every generator
+    a command seeds (NumPy's, Optuna's samplers') takes."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2^32), got {seed}")
+    return seed
+
+
 def program() -> str:
     """How the user called us, for usage lines and hints: `rnn-train` when installed, else `python -m rnn_train`.
 

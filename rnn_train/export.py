@@ -46,6 +46,7 @@ from torch import nn
 
 from rnn_train.cli import ArgumentParser
 from rnn_train.errors import UserError
+from rnn_train.files import output_arg
 from rnn_train.model.cells import torch_ops
 from rnn_train.model.charrnn import CharRNN
 
@@ -173,20 +174,34 @@ def export_onnx(model: CharRNN, info: dict, out: Path) -> float:
     return worst
 
 
+def is_export_metadata(path: Path) -> bool:
+    """Whether `path` is the metadata file of an earlier export (a JSON object naming its graph)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("onnx"), str) and "inputs" in meta
+
+
 def main(argv: list[str] | None = None, prog: str = "rnn-train export") -> int:
     ap = ArgumentParser(prog=prog, description=__doc__.split("\n")[0].split(": ", 1)[1])
     ap.add_argument("--checkpoint", required=True, help="a .pt file or a run directory (uses its best.pt)")
     ap.add_argument("--format", required=True, choices=["onnx"], help="onnx (the only one)")
-    ap.add_argument("--out", required=True, type=Path,
+    ap.add_argument("--out", required=True, type=lambda text: Path(output_arg(text)),
                     help="the .onnx file to write; the vocab and the model's description also go beside it "
                          "as <out without .onnx>.json")
     args = ap.parse_args(argv)
-    if args.out.suffix == ".json":
-        raise UserError(f"--out {args.out} ends in .json, the name of the metadata file written beside it")
+    if args.out.suffix != ".onnx":
+        raise UserError(f"--out {args.out}: the graph's file name ends in .onnx (its metadata goes beside it as .json)")
 
-    from rnn_train.model.checkpoint import describe, load_model
+    from rnn_train.files import refuse_replacing
+    from rnn_train.model.checkpoint import describe, load_model, resolve_checkpoint
 
-    model, vocab, cfg, ckpt = load_model(args.checkpoint)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    refuse_replacing(args.out, "--out", reads=(checkpoint,))
+    refuse_replacing(args.out.with_suffix(".json"), "--out's metadata file", reads=(checkpoint,),
+                     own=is_export_metadata, kind="an earlier export's metadata")
+    model, vocab, cfg, ckpt = load_model(checkpoint)
     worst = export_onnx(model, describe(model, vocab, cfg, ckpt), args.out)
     inputs, outputs = names(model)
     print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes) and {args.out.with_suffix('.json')}: one step of "

@@ -44,7 +44,9 @@ is a real non-finite number, so every JSON file and line the project writes goes
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import errno
 import json
 import math
 import os
@@ -139,6 +141,9 @@ def atomic_write_files(writes: list[tuple[str | Path, Callable[[BinaryIO], objec
     every one is written to its temp file first, and they are renamed over their targets, in order,
     only when all are complete, so a full disk leaves all the earlier files as they were. (A rename
     that fails, which takes no space, leaves the files renamed before it new.)"""
+    for path, _ in writes:  # a rename over a directory fails: find out before replacing anything
+        if Path(path).is_dir():
+            raise WriteError(path, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)))
     staged: list[tuple[Path, str]] = []
     try:
         for path, write in writes:
@@ -161,6 +166,42 @@ def atomic_write_files(writes: list[tuple[str | Path, Callable[[BinaryIO], objec
         for _, tmp in staged:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def output_arg(text: str) -> str:
+    """argparse `type` of a file or directory a command writes: an empty name would quietly mean
+    the current directory (a sweep's results all over it), so it is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or directory name")
+    return text
+
+
+def refuse_replacing(out: str | Path, flag: str, *, reads: tuple = (), own: Callable[[Path], bool] | None = None,
+                     kind: str = "") -> None:
+    """Stop, before anything is written, a command whose output `out` (given as `flag`) would
+    replace a file it reads (`reads`: the same file by any name) or, with `own`, an existing file
+    that `own` does not recognise as an earlier output of this `kind`: a typo in --out must not
+    turn a checkpoint, a config or a corpus into an HTML page."""
+    out = Path(out)
+    if not out.exists():
+        return
+    for source in reads:
+        with contextlib.suppress(OSError):
+            if Path(source).exists() and out.samefile(source):
+                raise UserError(f"{flag} {out} is a file this command reads; nothing written (choose another name)")
+    if own is not None and out.is_file() and not own(out):
+        raise UserError(f"{flag} {out} exists and is not {kind}; nothing written (remove it or choose another name)")
+
+
+def starts_with(prefix: bytes) -> Callable[[Path], bool]:
+    """An `own` test for refuse_replacing: the file's first bytes are `prefix`."""
+    def test(path: Path) -> bool:
+        try:
+            with open(path, "rb") as f:
+                return f.read(len(prefix)) == prefix
+        except OSError:
+            return False
+    return test
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

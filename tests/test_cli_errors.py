@@ -70,6 +70,18 @@ def test_mistakes_in_predict_py(tmp_path, finished_run):
     assert_user_error(run("predict.py", "--prefix", "a"), "--checkpoint")
 
 
+def test_seeds_outside_what_the_generators_take_and_empty_output_paths(tmp_path, finished_run):
+    rnn = ["-m", "rnn_train"]
+    for seed in ("-1", str(2**32)):
+        assert_user_error(run(*rnn, "bptt", "--seed", seed), f"argument --seed: must be in [0, 2^32), got {seed}")
+        assert_user_error(run(*rnn, "gradflow", "--checkpoint", str(finished_run / "done"), "--seed", seed),
+                          "argument --seed: must be in [0, 2^32)")
+    assert_user_error(run(*rnn, "sweep", "--config", "configs/debug.yaml", "--grid", "model.hidden_size=8,16",
+                          "--out", ""), "argument --out: an empty path")
+    assert_user_error(run(*rnn, "prepare", "--config", "configs/debug.yaml", "--cache-dir", " "),
+                      "argument --cache-dir: an empty path")
+
+
 def test_an_existing_run_is_never_damaged_by_a_failed_start(finished_run):
     run_dir = finished_run / "done"
     before = digest(run_dir)

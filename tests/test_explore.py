@@ -329,6 +329,23 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, problem):
     assert not out.exists()
 
 
+def test_the_page_replaces_only_an_earlier_page(runs, tmp_path):
+    tmp, text = runs
+    mine = tmp_path / "index.html"
+    mine.write_text("<!doctype html><title>my own page</title>\n")
+    copy = tmp_path / "text.txt"
+    copy.write_text(text.read_text())
+    for out, needle in [(copy, "is a file this command reads"), (tmp / "gru" / "best.pt", "is a file this command reads"),
+                        (mine, "exists and is not a page explore wrote"), ("", "an empty path")]:
+        job = explore("--checkpoint", tmp / "gru", copy, "--out", out)
+        assert job.returncode == 2 and job.stderr.startswith("error: ") and job.stderr.count("\n") == 1
+        assert needle in job.stderr, job.stderr
+    assert copy.read_text() == text.read_text() and mine.read_text() == "<!doctype html><title>my own page</title>\n"
+    page = tmp_path / "page.html"
+    for _ in range(2):
+        assert explore("--checkpoint", tmp / "gru", copy, "--out", page, "--max-chars", 200).returncode == 0
+
+
 def test_a_cell_without_a_javascript_step_says_so_in_one_line(tmp_path, capsys):
     spec = cells.register(cells.CellSpec("gru_without_js_test", "a GRU with no hooks (a test's own cell)",
                                          blocks=("r", "z", "n"), step=cells.gru_step))

@@ -197,6 +197,27 @@ def test_a_model_the_exporter_cannot_trace_is_one_line_and_writes_nothing(tmp_pa
         assert "data-dependent" in err and not out.exists() and not out.with_suffix(".json").exists()
         assert run_command("export", ["--checkpoint", str(tmp_path / "m.pt"), "--format", "onnx",
                                       "--out", str(tmp_path / "m.json")]) == 2
-        assert "ends in .json" in capsys.readouterr().err
+        assert "ends in .onnx" in capsys.readouterr().err
     finally:
         cells.unregister(spec.name)
+
+
+def test_export_replaces_only_an_earlier_export(runs, cli_export, tmp_path, capsys):
+    ckpt = tmp_path / "gru.pt"
+    ckpt.write_bytes((runs / "gru.pt").read_bytes())
+    (tmp_path / "metrics.json").write_text('{"loss": 1.5}\n')
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    export = lambda out: run_command("export", ["--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)])  # noqa: E731
+    for out, needle in [(ckpt, "ends in .onnx"), (tmp_path / "notes.txt", "ends in .onnx"),
+                        (tmp_path / "metrics.onnx", "metrics.json exists and is not an earlier export's metadata")]:
+        assert export(out) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    (tmp_path / "m.onnx").write_bytes(b"an older graph")
+    (tmp_path / "m.json").mkdir()  # the pair cannot be written: the graph is not replaced either
+    assert export(tmp_path / "m.onnx") == 2
+    assert capsys.readouterr().err == f"error: cannot write {tmp_path / 'm.json'} (Is a directory)\n"
+    assert (tmp_path / "m.onnx").read_bytes() == b"an older graph"
+    graph, _, _ = cli_export  # and an earlier export is replaced
+    assert run_command("export", ["--checkpoint", str(ckpt), "--format", "onnx", "--out", str(graph)]) == 0

@@ -235,12 +235,13 @@ def test_score_per_char_that_cannot_be_written_is_one_line_and_keeps_the_old_fil
     text = tmp_path / "text.txt"
     text.write_text("zhong guo ren min " * 300)  # ~5,400 rows of about 20 bytes
     out = tmp_path / "chars.tsv"
-    out.write_text("old\n")
+    old = "file\tindex\tchar\tbits\nan earlier table\n"
+    out.write_text(old)
     with file_size_limit(20_000):
         status = run(main, [str(text), "--checkpoint", str(trained / "run"), "--per-char", str(out)])
     assert status == 2
     assert capsys.readouterr().err == f"error: cannot write {out} (File too large)\n"
-    assert out.read_text() == "old\n" and temp_files(tmp_path) == []
+    assert out.read_text() == old and temp_files(tmp_path) == []
 
 
 def test_a_download_that_cannot_be_written_is_one_line(tmp_path):
@@ -288,12 +289,13 @@ def test_an_onnx_export_that_cannot_be_written_is_one_line_and_keeps_the_old_exp
 
     onnx, meta = tmp_path / "model.onnx", tmp_path / "model.json"
     onnx.write_bytes(b"an older export")
-    meta.write_text('{"older": true}\n')
+    older = '{"onnx": "model.onnx", "inputs": ["ids", "h"], "older": true}\n'
+    meta.write_text(older)
     with file_size_limit(10_000):
         status = run(main, ["--checkpoint", str(trained / "run"), "--format", "onnx", "--out", str(onnx)])
     assert status == 2
     assert capsys.readouterr().err == f"error: cannot write {onnx} (File too large)\n"
-    assert onnx.read_bytes() == b"an older export" and meta.read_text() == '{"older": true}\n'
+    assert onnx.read_bytes() == b"an older export" and meta.read_text() == older
     assert temp_files(tmp_path) == []
 
 

@@ -196,11 +196,31 @@ def test_bad_files_are_one_line_errors_and_leave_the_output_alone(run, tmp_path,
     bad, tsv = tmp_path / "bad.txt", tmp_path / "bits.tsv"
     if content is not None:
         bad.write_bytes(content)
-    tsv.write_text("earlier\n")
+    earlier = "file\tindex\tchar\tbits\nan earlier table\n"
+    tsv.write_text(earlier)
     out = _score_cli("--checkpoint", tmp / "run", bad, "--per-char", tsv)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr
-    assert tsv.read_text() == "earlier\n"
+    assert tsv.read_text() == earlier
+
+
+def test_per_char_never_replaces_an_input_or_a_file_that_is_not_a_table(run, tmp_path):
+    tmp, _, val_text = run
+    text, notes = tmp_path / "text.txt", tmp_path / "notes.txt"
+    text.write_text("the time machine")
+    notes.write_text("my notes\n")
+    checkpoint = (tmp / "run" / "best.pt").read_bytes()
+    for target, needle in [(text, "is a file this command reads"), (tmp / "run" / "best.pt", "is a file this command reads"),
+                           (notes, "exists and is not an earlier --per-char table"), ("", "an empty path")]:
+        out = _score_cli("--checkpoint", tmp / "run", text, "--per-char", target)
+        assert out.returncode == 2 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1
+        assert needle in out.stderr, out.stderr
+    assert text.read_text() == "the time machine" and notes.read_text() == "my notes\n"
+    assert (tmp / "run" / "best.pt").read_bytes() == checkpoint
+    table = tmp_path / "bits.tsv"
+    for _ in range(2):  # an earlier table is replaced
+        assert _score_cli("--checkpoint", tmp / "run", text, "--per-char", table).returncode == 0
+    assert table.read_text().startswith("file\tindex\tchar\tbits\n")
 
 
 def test_several_files_and_a_total(run, tmp_path):

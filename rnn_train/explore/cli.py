@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rnn_train.cli import ArgumentParser
 from rnn_train.errors import UserError
+from rnn_train.files import output_arg
 
 MAX_CHARS = 20_000
 
@@ -31,12 +32,12 @@ def _parser(prog: str) -> ArgumentParser:
                     help="texts to analyse, read as `rnn-train score` reads them (default: the start of the "
                          "checkpoint's validation text)")
     ap.add_argument("--checkpoint", required=True, help="a .pt file or a run directory (uses its best.pt)")
-    ap.add_argument("--out", default=None, help="the page to write (default: explore.html beside the checkpoint)")
+    ap.add_argument("--out", default=None, type=output_arg, help="the page to write (default: explore.html beside the checkpoint)")
     ap.add_argument("--max-chars", type=int, default=MAX_CHARS,
                     help=f"analyse at most this many characters of the texts together (default {MAX_CHARS:,}); "
                          f"the page says when it cut")
     ap.add_argument("--encoding", default=None, help="encoding of the text files (default: the model's data.encoding)")
-    ap.add_argument("--cache-dir", default="data/cache",
+    ap.add_argument("--cache-dir", default="data/cache", type=output_arg,
                     help="where the prepared corpus is looked for, without a text file (default data/cache)")
     return ap
 
@@ -109,10 +110,13 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train explore") -> int:
     import numpy as np
 
     from rnn_train.explore import page, pinyin_table
-    from rnn_train.files import atomic_write_text
+    from rnn_train.files import atomic_write_text, refuse_replacing, starts_with
     from rnn_train.model.checkpoint import load_model, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.checkpoint)
+    out = Path(args.out) if args.out is not None else checkpoint.parent / "explore.html"
+    refuse_replacing(out, "--out", reads=(checkpoint, *args.files), own=starts_with(page.page_start()),
+                     kind="a page explore wrote")
     model, vocab, cfg, ckpt = load_model(checkpoint)
     if model.spec.hook("js") is None:
         raise UserError(f"{checkpoint}: cell {model.spec.name!r} has no JavaScript step (CellSpec hook \"js\"), so "
@@ -132,7 +136,6 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train explore") -> int:
            "unknown": unknown_chars(docs, vocab)}
     table = pinyin_table.cached_table(cfg.data.tones) if cfg.data.kind == "pinyin" else None
     html = page.build_page(model, vocab, cfg, run, docs, table, page.gradient_flow(model, ids))
-    out = Path(args.out) if args.out else checkpoint.parent / "explore.html"
     atomic_write_text(out, html)
     size = len(html.encode("utf-8"))
     cut_note = f" (cut from {total:,} by --max-chars)" if kept < total else ""

@@ -111,6 +111,12 @@ def _json_for_script(value) -> str:
     return strict_json(value).replace("<", "\\u003c")
 
 
+def page_start() -> bytes:
+    """The bytes every page this module writes starts with (its head up to the title): how
+    `explore --out` knows an earlier page, which it may replace, from any other file."""
+    return _static("explore.html").split("<title>")[0].encode("utf-8")
+
+
 def build_page(model, vocab, cfg, run: dict, documents: list[Document], pinyin_table: dict | None = None,
                gradflow: dict | None = None) -> str:
     """The HTML page; `run` says where the model came from (checkpoint, step, loss, tensorboard,

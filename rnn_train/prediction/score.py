@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from rnn_train.cli import ArgumentParser
+from rnn_train.files import output_arg
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train score") -> int:
                                                "under a model (state carried, any length).")
     ap.add_argument("files", nargs="+", metavar="FILE", help="text files, each scored from a zero state")
     ap.add_argument("--checkpoint", required=True, help="a .pt file or a run directory (uses its best.pt)")
-    ap.add_argument("--per-char", metavar="OUT.tsv",
+    ap.add_argument("--per-char", metavar="OUT.tsv", type=output_arg,
                     help="write every character with its surprisal in bits (file, index, char, bits; the "
                          "first character of a file has none)")
     ap.add_argument("--encoding", default=None, help="encoding of the files (default: the model's data.encoding)")
@@ -244,10 +245,14 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train score") -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="default cpu")
     args = ap.parse_args(argv)
 
-    from rnn_train.files import atomic_write_bytes
-    from rnn_train.model.checkpoint import load_model
+    from rnn_train.files import atomic_write_bytes, refuse_replacing, starts_with
+    from rnn_train.model.checkpoint import load_model, resolve_checkpoint
     from rnn_train.runtime import resolve_device
 
+    header = "file\tindex\tchar\tbits\n".encode()
+    if args.per_char:
+        refuse_replacing(args.per_char, "--per-char", reads=(resolve_checkpoint(args.checkpoint), *args.files),
+                         own=starts_with(header), kind="an earlier --per-char table")
     model, vocab, cfg, _ = load_model(args.checkpoint, resolve_device(args.device, "--device"))
 
     def run(out=None) -> list[Score]:
@@ -255,7 +260,6 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train score") -> int:
 
     if args.per_char:
         results: list[Score] = []
-        header = "file\tindex\tchar\tbits\n".encode()
         # written beside the target and renamed at the end: an error leaves an earlier file intact
         atomic_write_bytes(Path(args.per_char), lambda f: (f.write(header), results.extend(run(f))))
     else:

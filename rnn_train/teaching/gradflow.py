@@ -45,8 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnn_train.cli import ArgumentParser
+from rnn_train.cli import ArgumentParser, seed_arg
 from rnn_train.errors import UserError
+from rnn_train.files import output_arg
 from rnn_train.model import cells
 from rnn_train.training.schedule import clip_coefficient
 
@@ -433,7 +434,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train gradflo
     which.add_argument("--compare", nargs="+", metavar="CKPT", help="several checkpoints in one table")
     ap.add_argument("--steps", type=int, default=100, help="window length T (default 100)")
     ap.add_argument("--batch", type=int, default=32, help="windows B (default 32)")
-    ap.add_argument("--seed", type=int, default=0, help="picks the windows, and the weights with --untrained")
+    ap.add_argument("--seed", type=seed_arg, default=0, help="picks the windows, and the weights with --untrained")
     ap.add_argument("--untrained", action="store_true", help="fresh weights for the same architecture (seeded)")
     ap.add_argument("--clip", type=float, default=None, help="max global grad norm (default: the checkpoint's "
                                                               "train.clip_norm; 0 = none)")
@@ -445,14 +446,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train gradflo
     ap.add_argument("--split", choices=["val", "train", "test"], default="val", help="corpus split (default val)")
     ap.add_argument("--all", action="store_true", help="print every step t, not a selection")
     ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    ap.add_argument("--logdir", help="TensorBoard folder (default <run_dir>/gradflow); "
+    ap.add_argument("--logdir", type=output_arg, help="TensorBoard folder (default <run_dir>/gradflow); "
                                      "each measurement goes to a subfolder such as best_T100")
     ap.add_argument("--no-tensorboard", action="store_true", help="write no event files")
     ap.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                     help="precision of the measurement (default float64: tiny gradients do not underflow)")
     ap.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="default cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    ap.add_argument("--cache-dir", default="data/cache", help="converted-corpus cache (default data/cache)")
+    ap.add_argument("--cache-dir", default="data/cache", type=output_arg, help="converted-corpus cache (default data/cache)")
     args = ap.parse_args(argv)
     for flag, value in (("--steps", args.steps), ("--batch", args.batch)):
         if value < 1:

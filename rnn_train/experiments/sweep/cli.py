@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from rnn_train.cli import ArgumentParser
+from rnn_train.files import output_arg
 from rnn_train.experiments.study.budget import DEFAULT_EVALS, parse_budget
 from rnn_train.experiments.study.options import add_study_arguments, start_command
 from rnn_train.experiments.sweep.plan import parse_grid, plan_sweep
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train sweep")
     ap.add_argument("--grid", nargs="+", action="extend", required=True, metavar="KEY=V1,V2",
                     help="a config key and its values (repeatable)")
     ap.add_argument("--budget", required=True, help="tokens:N or time:SECONDS per run (e.g. tokens:2M, time:5m)")
-    ap.add_argument("--out", required=True, help="sweep directory (one run directory per grid point inside)")
+    ap.add_argument("--out", required=True, type=output_arg, help="sweep directory (one run directory per grid point inside)")
     ap.add_argument("--evals", type=int, default=DEFAULT_EVALS,
                     help=f"validations per run with a token budget (default {DEFAULT_EVALS}; sets train.eval_every "
                          "per run unless you give train.eval_every; 0 keeps the recipe's)")

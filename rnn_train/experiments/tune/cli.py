@@ -5,8 +5,9 @@ import argparse
 import time
 from pathlib import Path
 
-from rnn_train.cli import ArgumentParser
+from rnn_train.cli import ArgumentParser, seed_arg
 from rnn_train.errors import UserError
+from rnn_train.files import output_arg
 from rnn_train.experiments.study.options import add_study_arguments, start_command
 
 EPILOG = """\
@@ -36,11 +37,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train tune") 
     ap.add_argument("--space", help="search space file (YAML); default: a space around the recipe")
     ap.add_argument("--trials", type=int, required=True, help="finished trials (complete or pruned) the study needs")
     ap.add_argument("--trial-budget", required=True, help="tokens:N or time:SECONDS per trial (e.g. tokens:2M)")
-    ap.add_argument("--out", required=True, help="directory for the trials' run directories and the results")
+    ap.add_argument("--out", required=True, type=output_arg, help="directory for the trials' run directories and the results")
     ap.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median",
                     help="stop poor trials early (default median)")
     ap.add_argument("--evals", type=int, default=8, help="validations per trial, evenly over its budget (default 8)")
-    ap.add_argument("--seed", type=int, help="seed of the sampler (give each process its own; default: random)")
+    ap.add_argument("--seed", type=seed_arg, help="seed of the sampler (give each process its own; default: random)")
     ap.add_argument("--dry-run", action="store_true", help="check everything, print the study and its space; run nothing")
     add_study_arguments(ap, "trial", "space")
     args = ap.parse_intermixed_args(argv)

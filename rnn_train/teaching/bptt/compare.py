@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnn_train.cli import ArgumentParser
+from rnn_train.cli import ArgumentParser, seed_arg
 from rnn_train.model import cells
 from rnn_train.teaching import bptt
 from rnn_train.teaching.bptt.common import (bptt_cells, has_cell_state, init_params, params_from_torch,
@@ -23,7 +23,7 @@ def _parse_args(argv, prog):
     parser.add_argument("--batch", type=int, default=3, help="batch size B (default 3)")
     parser.add_argument("--input", type=int, default=4, help="input size I (default 4)")
     parser.add_argument("--hidden", type=int, default=5, help="hidden size H (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights, inputs and upstream gradients")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="seed for weights, inputs and upstream gradients")
     parser.add_argument("--dtype", choices=tuple(_DEFAULT_TOL), default="float64", help="compute dtype")
     parser.add_argument(
         "--activation", choices=("tanh", "relu"), default="tanh", help="vanilla RNN nonlinearity (--cell rnn)"
