@@ -81,6 +81,13 @@ def test_codec_that_is_not_a_text_encoding_is_rejected(tmp_path):
         corpus.read_text(path, encoding="hex")
 
 
+@pytest.mark.parametrize("encoding,needle", [("utf-16", "does not start with BOM"), ("punycode", "set data.encoding")])
+def test_a_codec_that_refuses_the_bytes_in_its_own_words_is_one_line_naming_the_file(tmp_path, encoding, needle):
+    path = write(tmp_path / "a.txt", "zhong guo")  # no byte-order mark; not punycode either
+    with pytest.raises(UserError, match=rf"{re.escape(str(path))} is not readable as {encoding} \(.*{needle}"):
+        corpus.read_text(path, encoding=encoding)
+
+
 # --------------------------------------------------------------------------- conversion
 
 

@@ -60,8 +60,8 @@ def _decoder(encoding: str, path: PathLike) -> codecs.IncrementalDecoder:
         raise UserError(f"unknown text encoding {encoding!r} for {path} (e.g. utf-8, gbk)") from None
     try:
         b"\n".decode(encoding)  # non-empty: the empty string short-cuts the codec's check
-    except UnicodeDecodeError:
-        pass  # a text encoding that needs more bytes (utf-16)
+    except UnicodeError:
+        pass  # a text encoding that needs more bytes (utf-16) or more than a newline (punycode)
     except LookupError:  # a codec that exists but does not decode bytes to text, e.g. 'hex'
         raise UserError(f"{encoding!r} is not a text encoding (reading {path})") from None
     return codecs.getincrementaldecoder(encoding)(errors="strict")
@@ -105,6 +105,8 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
                 valid = exc.object[:exc.start].decode(encoding, errors="replace")
                 raise _binary(path, chars + valid.index("\0")) if "\0" in valid else \
                     _undecodable(path, encoding, exc, consumed - buffered, encoding_key) from None
+            except UnicodeError as exc:  # a codec's own complaint, e.g. utf-16 without its byte-order mark
+                raise UserError(f"{path} is not readable as {encoding} ({exc}; set {encoding_key})") from None
             consumed += len(block)
             if on_bytes is not None and block:
                 on_bytes(len(block))
