@@ -178,6 +178,13 @@ def test_nucleus_keeps_the_fewest_most_likely_characters_that_reach_p():
     assert kept(1.0).all()
 
 
+def test_nucleus_keeps_the_most_likely_character_however_small_p_is():
+    # float32 logits: a p below float32's smallest number compares as 0, which nothing is below
+    logits = np.log(np.array([[0.1, 0.5, 0.15, 0.25], [0.2, 0.2, 0.3, 0.3]], np.float32))
+    for p in (1e-300, 1e-45, 1e-7):
+        assert np.isfinite(_filtered(logits, p)).tolist() == [[False, True, False, False], [False, False, True, False]]
+
+
 def _filtered(logits, p):
     out = logits.copy()
     nucleus_filter(out, p)

@@ -190,8 +190,10 @@ def nucleus_filter(logits: np.ndarray, top_p: float, temperature: float = 1.0) -
     probs = np.exp((ranked - ranked[:, :1]) / temperature)
     probs /= probs.sum(axis=1, keepdims=True)
     before = np.cumsum(probs, axis=1) - probs  # probability mass ranked above each character
+    ranked_drop = before >= top_p
+    ranked_drop[:, 0] = False  # the most likely always stays: a top_p below float32's smallest number is 0 here
     drop = np.zeros(logits.shape, bool)
-    np.put_along_axis(drop, order, before >= top_p, axis=1)
+    np.put_along_axis(drop, order, ranked_drop, axis=1)
     logits[drop] = -np.inf
 
 
