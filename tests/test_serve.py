@@ -262,13 +262,16 @@ BAD = [  # (path, body as JSON text, status, field)
     ("/v1/next", '{"prefix": "ni", "top_n": true}', 422, "top_n"),
     ("/v1/score", '{"text": "a"}', 422, "text"),
     ("/v1/score", '{"text": "ni\\u0000hao"}', 422, "text"),
+    ("/v1/score", '{"text": "\\udc00\\udc00ni hao"}', 422, "text"),  # lone surrogates: no text holds them
+    ("/v1/score", '{"text": "ni \udcff hao"}', 400, "body"),  # byte 0xff (sent surrogate-escaped): not JSON at all
     ("/v1/score", json.dumps({"text": "ni hao " * 400}), 413, "body"),  # 2,815 bytes > --max-body 2048
 ]
 
 
 @pytest.mark.parametrize("path,raw,status,field", BAD, ids=[f"{p}:{r[:30]}" for p, r, _, _ in BAD])
 def test_a_bad_request_is_a_4xx_naming_the_field_and_the_server_goes_on(server, path, raw, status, field):
-    r = httpx.post(server.url + path, content=raw.encode(), headers={"content-type": "application/json"}, timeout=60)
+    content = raw.encode("utf-8", "surrogateescape")  # "\udcff" in raw: the byte 0xff itself
+    r = httpx.post(server.url + path, content=content, headers={"content-type": "application/json"}, timeout=60)
     assert r.status_code == status, r.text
     body = r.json()
     assert body["field"] == field and body["error"].startswith(f"{field}: ")

@@ -216,6 +216,11 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
     @app.post("/v1/score", summary="Loss, perplexity and bits per character of a text, as `rnn-train score`")
     def score(body: ScoreRequest) -> dict:
         try:
+            body.text.encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON's "\udc00" escapes can say what no text holds
+            raise FieldError("text", f"holds a lone surrogate ({body.text[e.start]!r} at character {e.start}), "
+                                     f"which is not text") from None
+        try:
             result = score_pieces(model, vocab, text_pieces(body.text, cfg.data))
         except UserError as e:
             raise FieldError("text", str(e)) from None
@@ -344,8 +349,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        if exc.status_code == 413:
-            return _error(413, "body", str(exc.detail))
+        if exc.status_code in (400, 413):  # 400: a body that is not JSON at all (FastAPI's own parse)
+            return _error(exc.status_code, "body", str(exc.detail))
         return _error(exc.status_code, None, str(exc.detail))
 
     @app.exception_handler(Exception)
