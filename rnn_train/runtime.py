@@ -54,6 +54,21 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def available_memory() -> int | None:
+    """Bytes the kernel could give this process now without swapping (Linux's MemAvailable), or
+    None where that is unknown. Linux overcommits: an allocation far beyond it does not fail, the
+    process grows until the machine swaps or kills it, so a command that sizes its work from the
+    user's numbers checks them against this first."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def set_threads(threads: int, local_size: int = 1) -> None:
     """torch's CPU threads: `threads` when set (train.threads); else, with several processes on the
     machine, each takes its share of the cores (torchrun itself sets OMP_NUM_THREADS=1, which would

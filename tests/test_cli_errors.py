@@ -80,6 +80,11 @@ def test_seeds_outside_what_the_generators_take_and_empty_output_paths(tmp_path,
                           "--out", ""), "argument --out: an empty path")
     assert_user_error(run(*rnn, "prepare", "--config", "configs/debug.yaml", "--cache-dir", " "),
                       "argument --cache-dir: an empty path")
+    assert_user_error(run(*rnn, "bptt", "--tol", "nan"), "--tol must be a finite number >= 0, got nan")
+    assert_user_error(run(*rnn, "bptt", "--hidden", "1000000"), "not enough memory for --steps 10")
+    # Linux overcommits: without a check this one grows until the machine swaps
+    assert_user_error(run(*rnn, "gradflow", "--checkpoint", str(finished_run / "done"), "--batch", "1000000000",
+                          "--steps", "10"), "--batch 1000000000 x --steps 10 needs about")
 
 
 def test_an_existing_run_is_never_damaged_by_a_failed_start(finished_run):

@@ -235,6 +235,22 @@ def recurrent_spectral_radius(core: nn.Module) -> float | None:
     return float(torch.linalg.eigvals(w).abs().max())
 
 
+def check_memory(model, vocab_size: int, p: Probe) -> None:
+    """A probe too large for this machine is a UserError naming --batch and --steps, before it
+    starts (Linux would let it grow until the machine swaps or kills it). The estimate per
+    character: its one-hot input and its logits with their gradients (4 x V), and per layer the
+    saved gates, states and their gradients (2 x (G + 2) x H), times the dtype's bytes."""
+    from rnn_train.runtime import available_memory
+
+    free = available_memory()
+    rnn = model.rnn
+    per_char = 4 * vocab_size + 2 * rnn.num_layers * (model.spec.num_blocks + 2) * rnn.hidden_size
+    need = p.batch * p.steps * per_char * (8 if p.dtype == "float64" else 4)
+    if free is not None and need > free:
+        raise UserError(f"--batch {p.batch} x --steps {p.steps} needs about {need / 2**30:.1f} GiB, more than the "
+                        f"{free / 2**30:.1f} GiB this machine has free; make them smaller")
+
+
 def run_probe(p: Probe) -> tuple[FlowResult, Path]:
     """Load, pick windows, measure. Returns the result and the checkpoint file it came from."""
     from rnn_train.model.checkpoint import load_model, resolve_checkpoint
@@ -261,6 +277,7 @@ def run_probe(p: Probe) -> tuple[FlowResult, Path]:
     if len(split) < p.steps + 1:
         raise UserError(f"the {p.split} split of {ckpt_path}'s corpus has {len(split)} characters, fewer than "
                         f"--steps + 1 = {p.steps + 1}; lower --steps or use --split train")
+    check_memory(model, len(vocab), p)
     x, y = sample_windows(split, p.batch, p.steps, p.seed)
     clip = cfg.train.clip_norm if p.clip is None else p.clip
     x_t, y_t = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from rnn_train.cli import ArgumentParser, seed_arg
+from rnn_train.errors import UserError
 from rnn_train.model import cells
 from rnn_train.teaching import bptt
 from rnn_train.teaching.bptt.common import (bptt_cells, has_cell_state, init_params, params_from_torch,
@@ -40,8 +41,8 @@ def _parse_args(argv, prog):
     for name in ("steps", "batch", "input", "hidden"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.tol is not None and args.tol < 0:
-        parser.error(f"--tol must be >= 0, got {args.tol}")
+    if args.tol is not None and not 0 <= args.tol < float("inf"):
+        parser.error(f"--tol must be a finite number >= 0, got {args.tol}")
     if args.activation != "tanh" and not cells.get(args.cell).elman:
         parser.error("--activation applies to --cell rnn only")
     return args
@@ -97,7 +98,13 @@ def main(argv=None, prog: str = "python -m rnn_train bptt") -> int:
     """Print NumPy vs PyTorch side by side; exit 0 if all match, else 1."""
     args = _parse_args(argv, prog)
     tol = _DEFAULT_TOL[args.dtype] if args.tol is None else args.tol
-    rows = _compare_with_torch(args)
+    try:
+        rows = _compare_with_torch(args)
+    except (MemoryError, RuntimeError) as e:  # NumPy's MemoryError; torch's allocator fails as a RuntimeError
+        if not isinstance(e, MemoryError) and "alloc" not in str(e).lower():
+            raise
+        raise UserError(f"not enough memory for --steps {args.steps} --batch {args.batch} --input {args.input} "
+                        f"--hidden {args.hidden}; make them smaller") from None
 
     cfg = f"cell={args.cell} steps={args.steps} batch={args.batch} input={args.input} hidden={args.hidden}"
     cfg += f" seed={args.seed} dtype={args.dtype} bias={not args.no_bias}"
