@@ -68,6 +68,11 @@ def test_mistakes_in_predict_py(tmp_path, finished_run):
     assert_user_error(run("predict.py", "--checkpoint", str(tmp_path / "none.pt"), "--prefix", "a"), "does not exist")
     assert_user_error(run("predict.py", "--checkpoint", str(tmp_path), "--prefix", "a"), "without a checkpoint")
     assert_user_error(run("predict.py", "--prefix", "a"), "--checkpoint")
+    damaged = torch.load(finished_run / "done" / "best.pt", weights_only=True)
+    damaged["model"] = None
+    torch.save(damaged, tmp_path / "damaged.pt")
+    assert_user_error(run("predict.py", "--checkpoint", str(tmp_path / "damaged.pt"), "--prefix", "a"),
+                      "damaged rnn-train checkpoint: its 'model' is not a mapping of names to tensors")
 
 
 def test_seeds_outside_what_the_generators_take_and_empty_output_paths(tmp_path, finished_run):

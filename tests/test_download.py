@@ -143,6 +143,14 @@ def test_a_different_file_at_the_target_is_never_overwritten(server, tmp_path):
     assert target.read_text() == "my own edition\n"
 
 
+def test_a_directory_at_the_target_is_one_line(server, tmp_path):
+    target = tmp_path / "data" / "timemachine.txt"
+    target.mkdir(parents=True)
+    with pytest.raises(UserError, match=r"timemachine.txt is a directory, where the timemachine corpus file goes"):
+        download("timemachine", url=f"{server}/timemachine.txt", root=tmp_path)
+    assert target.is_dir() and list(target.iterdir()) == []
+
+
 def test_hint_names_the_command_for_a_registered_target_only(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert hint_for("data/timemachine.txt") == "run `python -m rnn_train download timemachine` to fetch it"

@@ -116,6 +116,8 @@ def download(name: str, url: str | None = None, root: Path = Path("."), progress
     """
     corpus = corpus_named(name)
     target = root / corpus.target
+    if target.is_dir():
+        raise UserError(f"{target} is a directory, where the {name} corpus file goes; nothing downloaded")
     if target.exists():
         if _sha256_file(target) == corpus.sha256:
             return f"{corpus.target}: already there (SHA-256 ok)"

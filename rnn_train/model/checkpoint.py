@@ -81,6 +81,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise UserError(f"{path} is an incomplete rnn-train checkpoint (missing {', '.join(missing)})")
+    if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        raise UserError(f"{path} is a damaged rnn-train checkpoint: its 'model' is not a mapping of names to tensors")
     return ckpt
 
 
