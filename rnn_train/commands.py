@@ -57,9 +57,12 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:  # a mistake, so one error line (the list of commands is --help)
+        print(f"error: no command given; one of {', '.join(COMMANDS)} (see {program()} --help)", file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print(f"usage: {program()} COMMAND [ARGS ...]\n\n{_usage()}")
-        return 0 if argv else 2
+        return 0
     if argv[0] == "--version":
         from rnn_train import __version__
 

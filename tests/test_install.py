@@ -121,6 +121,7 @@ def test_bad_input_from_the_installed_command_is_one_line_with_status_2(installe
     for argv, message in ((["train", "--config", "pinyn_gru"], "unknown recipe 'pinyn_gru' (did you mean pinyin_gru?); "
                                                                "`rnn-train recipes` lists them"),
                           (["trian"], "unknown command 'trian' (did you mean train?)"),
+                          ([], "no command given; one of train, predict, score"),
                           (["download", "shakespeare"], "unknown corpus 'shakespeare' (did you mean tinyshakespeare?)")):
         out = run("rnn-train", *argv, check=False)
         assert out.returncode == 2, argv
