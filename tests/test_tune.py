@@ -347,6 +347,19 @@ def test_dry_run_prints_the_default_space(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_dry_run_finds_what_the_real_run_would_refuse(tmp_path, capsys):
+    blocker = tmp_path / "a file"
+    blocker.write_text("x")
+    base = ["--config", str(ROOT / "configs" / "debug.yaml"), "--trials", "2", "--trial-budget", "tokens:1k", "--dry-run"]
+    for extra, needle in [(["--out", str(blocker)], "as the output directory (Not a directory)"),
+                          (["--out", str(blocker / "sub")], f"({blocker} is not a directory)"),
+                          (["--out", str(tmp_path / "o"), "--storage", "not a url"], "--storage 'not a url' is not a database URL")]:
+        assert run(tune_cli.main, base + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a file"]
+
+
 # ---------------------------------------------------------------------------------------------
 # the engine: pruning, interruptions, dead processes, the exact count
 

@@ -3,6 +3,7 @@ this process or in K workers, and say where it stands."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +42,20 @@ def make_out(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot use {out} as the output directory ({e.strerror or e})") from None
+
+
+def check_out(out: Path) -> None:
+    """What make_out would refuse, found without creating anything (--dry-run): a file where the
+    directory goes, or a directory that cannot be made or written."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"cannot use {out} as the output directory (Not a directory)")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot use {out} as the output directory ({parent} is not a directory)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot use {out} as the output directory ({parent} is not writable)")
 
 
 def open_study(url: str, name: str, *, sampler, pruner, create: Path, storage_in_out: bool) -> StudyHandle:

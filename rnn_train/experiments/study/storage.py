@@ -89,6 +89,18 @@ def _sqlite_path(url: str) -> str | None:
     return u.database
 
 
+def check_url(url: str) -> str | None:
+    """What open_storage refuses before it connects (an unparsable URL, a SQLite file in a directory
+    that is not there), as one UserError; -> the SQLite file, or None. --dry-run calls it alone."""
+    try:
+        path = _sqlite_path(url)
+    except Exception as e:  # noqa: BLE001 - sqlalchemy's ArgumentError and friends
+        raise UserError(f"--storage {url!r} is not a database URL ({e})") from None
+    if path is not None and not Path(path).parent.is_dir():
+        raise UserError(f"--storage {shown(url)}: the directory {Path(path).parent} does not exist")
+    return path
+
+
 def open_storage(url: str, *, retry: Callable | None = None, heartbeat_s: int = HEARTBEAT_S,
                  grace_s: int = GRACE_S):
     """An RDBStorage for `url` with heartbeats; `retry(study, frozen_trial)` queues a stale trial again.
@@ -99,14 +111,8 @@ def open_storage(url: str, *, retry: Callable | None = None, heartbeat_s: int = 
 
     quiet_optuna()
     kwargs: dict[str, Any] = {}
-    try:
-        path = _sqlite_path(url)
-    except Exception as e:  # noqa: BLE001 - sqlalchemy's ArgumentError and friends
-        raise UserError(f"--storage {url!r} is not a database URL ({e})") from None
+    path = check_url(url)
     if path is not None:
-        if not Path(path).parent.is_dir():
-            raise UserError(f"--storage {shown(url)}: the directory {Path(path).parent} does not exist")
-
         def connect() -> sqlite3.Connection:
             # isolation_level=None: sqlite3 opens no transactions itself; the "begin" hook below does
             return sqlite3.connect(path, timeout=SQLITE_TIMEOUT, isolation_level=None, check_same_thread=False)
