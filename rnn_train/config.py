@@ -446,6 +446,27 @@ def _cross_section_problems(s: dict[str, Any]) -> list[str]:
     return [f"{key} {message}" for key, message in p]
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that a key given twice in one mapping is an error: YAML
+    would keep the later value without a word, and in a config that is usually a typo'd copy."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep) if key_node.tag != "tag:yaml.org,2002:merge" else None
+            if key is not None and isinstance(key, typing.Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """A YAML document the user wrote (a config, a search space): yaml.safe_load, with duplicate keys refused."""
+    return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML file (or none: defaults) and apply dotted overrides; `log.name` defaults to the file's stem.
 
@@ -465,7 +486,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
             raise UserError(f"config file {path} cannot be read: {e.__class__.__name__}") from None
         try:
-            raw = yaml.safe_load(text)
+            raw = load_yaml(text)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -111,6 +111,13 @@ def test_invalid_yaml_names_file_and_line(tmp_path):
         load_config(path)
 
 
+def test_a_key_given_twice_is_an_error_not_the_last_one_silently(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("model:\n  hidden_size: 32\n  cell: gru\n  hidden_size: 64\n")
+    with pytest.raises(UserError, match=r"twice\.yaml: invalid YAML at line 4, column 3: the key 'hidden_size' is given twice"):
+        load_config(path)
+
+
 def test_resolved_config_round_trips_through_yaml_and_dict(tmp_path):
     import yaml
 

@@ -86,8 +86,9 @@ def test_unknown_recipe_from_the_train_command_is_one_line_with_status_2(tmp_pat
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-def test_dispatcher_without_a_command_is_usage_and_status_2_and_a_typo_suggests(tmp_path):
+def test_dispatcher_without_a_command_is_one_error_line_naming_them_and_a_typo_suggests(tmp_path):
     out = rnn_train(cwd=tmp_path)
-    assert out.returncode == 2 and "recipes" in out.stdout and "download" in out.stdout
+    assert out.returncode == 2 and out.stdout == "" and len(out.stderr.splitlines()) == 1
+    assert out.stderr.startswith("error: no command given") and "recipes" in out.stderr and "download" in out.stderr
     typo = rnn_train("recipe", cwd=tmp_path)
     assert typo.returncode == 2 and "did you mean recipes?" in typo.stderr and len(typo.stderr.splitlines()) == 1

@@ -123,6 +123,13 @@ def test_every_problem_of_a_space_is_reported_at_once():
     assert str(e.value).count("; ") == 2
 
 
+def test_a_space_key_given_twice_is_named_with_its_line(tmp_path):
+    space = tmp_path / "s.yaml"
+    space.write_text("train.lr: [0.01, 0.02]\nmodel.cell: [rnn, gru]\ntrain.lr: [0.1, 0.2]\n")
+    with pytest.raises(UserError, match=r"s\.yaml: invalid YAML at line 3, column 1: the key 'train.lr' is given twice"):
+        plan_tune(DEBUG, [], str(space), parse_budget("tokens:1k"), 4, tmp_path / "out")
+
+
 def test_values_are_checked_in_a_config_at_each_end_of_every_range(tmp_path):
     """dropout 1.5 is a valid float but not a valid dropout: caught before any trial, with the value."""
     bad = tmp_path / "bad.yaml"

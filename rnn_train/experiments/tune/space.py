@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from rnn_train.config import SECTIONS, Config, convert_value, field_type
+from rnn_train.config import SECTIONS, Config, convert_value, field_type, load_yaml
 from rnn_train.errors import UserError
 from rnn_train.experiments.study.budget import Budget
 from rnn_train.training.rules import LIMIT_KEYS
@@ -47,7 +47,7 @@ def read_space_file(path: str | Path) -> dict[str, Any]:
     """The file's specs, flattened to {dotted key: spec} in file order."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"search space file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
