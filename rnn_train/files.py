@@ -168,6 +168,14 @@ def atomic_write_files(writes: list[tuple[str | Path, Callable[[BinaryIO], objec
                 os.unlink(tmp)
 
 
+def cache_hint(error: OSError) -> str:
+    """What to do about a cache that could not be written: only a full disk (or quota) is cured by
+    space; a file in the way or a missing permission by another --cache-dir."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space or pass --cache-dir"
+    return "pass another --cache-dir"
+
+
 def output_arg(text: str) -> str:
     """argparse `type` of a file or directory a command writes: an empty name would quietly mean
     the current directory (a sweep's results all over it), so it is refused."""

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Iterator
 
 from rnn_train.data import pinyin
 from rnn_train.errors import UserError
-from rnn_train.files import atomic_write_bytes
+from rnn_train.files import atomic_write_bytes, cache_hint
 
 # Line-aligned pieces handed to one worker call: big enough that pickling is negligible next to
 # converting, small enough that two workers share a novel evenly.
@@ -91,7 +91,7 @@ def write_entry(path: Path, pieces: Iterable[str]) -> None:
         atomic_write_bytes(path, write)
     except OSError as exc:
         raise UserError(f"cannot write the pinyin conversion {path} ({exc.strerror or exc}): "
-                        f"free some space or pass --cache-dir") from None
+                        f"{cache_hint(exc)}") from None
 
 
 def entry_has_text(path: Path) -> bool:

@@ -52,6 +52,7 @@ from rnn_train.data.sources import SourceFile, content_hash, resolve_paths, unch
 from rnn_train.data.stream import CodePointCounts, LettersOnly, code_points
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
+from rnn_train.files import cache_hint
 
 # Bump whenever the ids prepared from the same inputs change, so that old entries stop matching.
 FORMAT_VERSION = 1
@@ -246,7 +247,7 @@ def _prepare_into(cfg: DataConfig, sources: Sources, vocab: Optional[Vocab], roo
         _publish(tmp, root / key)
     except OSError as exc:
         raise UserError(f"cannot write the prepared corpus in {root} ({exc.strerror or exc}): "
-                        f"free some space or pass --cache-dir") from None
+                        f"{cache_hint(exc)}") from None
     finally:
         if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

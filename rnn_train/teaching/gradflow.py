@@ -258,7 +258,7 @@ def run_probe(p: Probe) -> tuple[FlowResult, Path]:
     from rnn_train.model.charrnn import CharRNN
     from rnn_train.runtime import resolve_device
 
-    device = resolve_device(p.device)
+    device = resolve_device(p.device, "--device")
     ckpt_path = resolve_checkpoint(p.checkpoint)
     model, vocab, cfg, ckpt = load_model(ckpt_path, device)
     if p.untrained:

@@ -38,6 +38,7 @@ def write_marker(out: Path, name: str, url: str, what: dict[str, Any]) -> None:
 
 
 def make_out(out: Path) -> None:
+    check_out(out)  # a file in the way is named as such (mkdir would say "File exists")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
