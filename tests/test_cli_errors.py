@@ -73,6 +73,11 @@ def test_mistakes_in_predict_py(tmp_path, finished_run):
     torch.save(damaged, tmp_path / "damaged.pt")
     assert_user_error(run("predict.py", "--checkpoint", str(tmp_path / "damaged.pt"), "--prefix", "a"),
                       "damaged rnn-train checkpoint: its 'model' is not a mapping of names to tensors")
+    damaged = torch.load(finished_run / "done" / "best.pt", weights_only=True)
+    damaged["vocab"] = ["a", "a"]
+    torch.save(damaged, tmp_path / "vocab.pt")
+    assert_user_error(run("predict.py", "--checkpoint", str(tmp_path / "vocab.pt"), "--prefix", "a"),
+                      f"{tmp_path / 'vocab.pt'}: vocab must start with '<unk>'")
 
 
 def test_seeds_outside_what_the_generators_take_and_empty_output_paths(tmp_path, finished_run):

@@ -95,7 +95,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path, map_location=device)
     cfg = build_config(ckpt["config"], source=str(ckpt_path))
-    vocab = Vocab.from_list(ckpt["vocab"])
+    try:
+        vocab = Vocab.from_list(ckpt["vocab"])
+    except UserError as e:  # a tampered or damaged vocab: say which file holds it
+        raise UserError(f"{ckpt_path}: {e}") from None
     model = CharRNN.from_config(len(vocab), cfg.model)
     try:
         model.load_state_dict(ckpt["model"])
