@@ -528,7 +528,7 @@ def test_cli_float32_passes_at_its_looser_default_tolerance(capsys):
 def test_cli_rejects_nonsense_arguments_with_one_error_line(capsys):
     for argv, needle in ((["--steps", "0"], "--steps must be >= 1, got 0"),
                          (["--cell", "gru", "--activation", "relu"], "--activation applies to --cell rnn only"),
-                         (["--tol", "-1"], "--tol must be >= 0"), (["--cell", "gruu"], "invalid choice: 'gruu'")):
+                         (["--tol", "-1"], "--tol must be a finite number >= 0"), (["--cell", "gruu"], "invalid choice: 'gruu'")):
         with pytest.raises(SystemExit) as exc:
             compare_main(argv)
         assert exc.value.code == 2
