@@ -172,7 +172,9 @@ class TrainConfig:
         _check(p, self.momentum >= 0, "train.momentum", f"must be >= 0, got {self.momentum}")
         _check(p, self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(p, self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _check(p, 0 <= self.min_lr <= self.lr, "train.min_lr", f"must be in [0, train.lr], got {self.min_lr}")
+        # against train.lr only when train.lr itself is valid: its own error says what is wrong
+        _check(p, self.min_lr >= 0 and (self.min_lr <= self.lr or not self.lr > 0), "train.min_lr",
+               f"must be in [0, train.lr], got {self.min_lr}")
         _check(p, 0 < self.plateau_factor < 1, "train.plateau_factor", f"must be in (0, 1), got {self.plateau_factor}")
         _check(p, self.plateau_patience >= 0, "train.plateau_patience", f"must be >= 0, got {self.plateau_patience}")
         for key in ("epochs", "max_steps", "max_tokens", "eval_every", "patience", "threads"):

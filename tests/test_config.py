@@ -111,6 +111,12 @@ def test_invalid_yaml_names_file_and_line(tmp_path):
         load_config(path)
 
 
+def test_a_bad_value_is_reported_once_not_again_through_a_rule_that_relates_it_to_another_key():
+    with pytest.raises(UserError) as e:
+        load_config(None, ["train.lr=-1", "train.max_steps=5"])
+    assert str(e.value) == "override 'train.lr=-1': train.lr must be > 0, got -1.0"  # min_lr = 0 is not blamed
+
+
 def test_a_key_given_twice_is_an_error_not_the_last_one_silently(tmp_path):
     path = tmp_path / "twice.yaml"
     path.write_text("model:\n  hidden_size: 32\n  cell: gru\n  hidden_size: 64\n")
