@@ -248,11 +248,13 @@ def _field_types(cls: type) -> dict[str, Any]:
 def _convert_field(value: Any, cls: type, name: str, key: str, from_string: bool) -> Any:
     """`value` converted to field `name` of section `cls` (its type, then its registered choices:
     a field whose values come from a registry, like model.cell, names them in its metadata)."""
+    given = value
     value = _convert(value, _field_types(cls)[name], key, from_string)
     choices = {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("choices")
     if choices is not None and value not in choices():
         options = list(choices())
-        raise ValueError(f"{key} must be one of {' | '.join(options)}, got {value!r}{_did_you_mean(str(value), options)}")
+        got = "nothing (null)" if given is None else f"{value!r}{_did_you_mean(str(value), options)}"
+        raise ValueError(f"{key} must be one of {' | '.join(options)}, got {got}")
     return value
 
 

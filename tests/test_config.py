@@ -117,6 +117,13 @@ def test_a_bad_value_is_reported_once_not_again_through_a_rule_that_relates_it_t
     assert str(e.value) == "override 'train.lr=-1': train.lr must be > 0, got -1.0"  # min_lr = 0 is not blamed
 
 
+def test_an_empty_choice_says_null_rather_than_an_empty_string(tmp_path):
+    path = tmp_path / "null.yaml"
+    path.write_text("model:\n  cell: null\ntrain:\n  max_steps: 5\n")
+    with pytest.raises(UserError, match=r"model\.cell must be one of rnn \| gru \| lstm, got nothing \(null\)$"):
+        load_config(path)
+
+
 def test_a_key_given_twice_is_an_error_not_the_last_one_silently(tmp_path):
     path = tmp_path / "twice.yaml"
     path.write_text("model:\n  hidden_size: 32\n  cell: gru\n  hidden_size: 64\n")
