@@ -120,5 +120,9 @@ def test_an_existing_run_is_never_damaged_by_a_failed_start(finished_run):
     assert_user_error(run("train.py", "--resume", str(run_dir), "train.max_stepz=5", *common), "did you mean")
     # resuming with an architecture that does not fit the checkpoint
     assert_user_error(run("train.py", "--resume", str(run_dir), "model.hidden_size=99", *common),
-                      "model.hidden_size changed")
+                      "model.hidden_size cannot change on --resume")
+    # nor the model's other keys, nor where the run lives (they were taken, or stored and ignored)
+    assert_user_error(run("train.py", "--resume", str(run_dir), "model.dtype=float64", "model.dropout=0.5",
+                          "log.name=elsewhere", *common),
+                      "model.dropout, model.dtype, log.name cannot change on --resume")
     assert digest(run_dir) == before

@@ -34,12 +34,20 @@ def _saved(ckpt: dict[str, Any]) -> dict[str, Any]:
     return normalised(ckpt["config"], "the checkpoint's config")
 
 
+RESUME_FIXED = ("data", "model", "log.dir", "log.name")
+"""What --resume's overrides cannot change: the data keys define the run's batches, the model keys
+its weights (model.kernel, the path that computes them, excepted), log.dir and log.name where it
+lives. The limits, the schedule, the optimiser's settings and the logging can change."""
+
+
 def check_resume_config(ckpt: dict[str, Any], cfg: Config) -> None:
-    """Overrides on --resume may change anything but the data keys (they define the run's batches)."""
-    changed = [c.split(":")[0] for c in config_changes(_saved(ckpt), cfg.to_dict(), keys=("data",))]
+    """One line naming every override of a RESUME_FIXED key (nothing is written)."""
+    changed = [c.split(":")[0] for c in config_changes(_saved(ckpt), cfg.to_dict(), keys=RESUME_FIXED)]
+    changed = [key for key in changed if key != "model.kernel"]
     if changed:
-        raise UserError(f"{', '.join(changed)} cannot change on --resume: the run's batches are defined by "
-                        f"them; start a new run (log.name=...) instead")
+        raise UserError(f"{', '.join(changed)} cannot change on --resume (the data keys define the run's batches, "
+                        f"the model keys its weights, log.dir and log.name where it lives); start a new run "
+                        f"instead (--config with --init-from this run starts from its weights)")
 
 
 def check_init_config(ckpt: dict[str, Any], cfg: Config, source: str) -> None:
