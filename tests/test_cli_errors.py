@@ -97,6 +97,21 @@ def test_seeds_outside_what_the_generators_take_and_empty_output_paths(tmp_path,
                           "--steps", "10"), "--batch 1000000000 x --steps 10 needs about")
 
 
+def test_a_training_into_a_run_directory_another_is_writing_stops_with_one_line(tmp_path, finished_run):
+    from rnn_train.training.rundir import claimed
+
+    common = ["train.max_steps=2", "train.eval_every=1", "--cache-dir", str(tmp_path / "c")]
+    with claimed(tmp_path / "busy"):  # as a training running in another process holds it
+        assert_user_error(run("train.py", "--config", "configs/debug.yaml", f"log.dir={tmp_path}", "log.name=busy",
+                              *common), f"{tmp_path / 'busy'} is in use: another training on this machine")
+    assert not (tmp_path / "busy").exists()
+    before = digest(finished_run / "done")
+    with claimed(finished_run / "done"):
+        assert_user_error(run("train.py", "--resume", str(finished_run / "done"), "train.max_steps=20"),
+                          "is in use: another training on this machine")
+    assert digest(finished_run / "done") == before
+
+
 def test_an_existing_run_is_never_damaged_by_a_failed_start(finished_run):
     run_dir = finished_run / "done"
     before = digest(run_dir)

@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
     from rnn_train.training.trainer import train
 
     try:
-        with process_group(world):
-            cfg, run_dir, resume = world.from_writer(lambda: _setup(args))
+        with process_group(world), contextlib.ExitStack() as held:  # held: rank 0's lock on the run directory
+            cfg, run_dir, resume = world.from_writer(lambda: _setup(args, held))
             # --force deletes the earlier run inside `train`, after every check of the corpus, device and checkpoint
             result = train(cfg, run_dir.path, resume=resume, init_from=args.init_from, clear=args.force and not resume,
                            quiet=args.quiet, cache_dir=Path(args.cache_dir), world=world)
@@ -92,13 +92,13 @@ def _quiet_unless(speak: bool):
             yield
 
 
-def _setup(args):
+def _setup(args, held: contextlib.ExitStack):
     """(config, run directory, checkpoint to resume or None) from the command line; on rank 0 only,
     with several processes (the others receive it), so only rank 0 needs the config file, the run
     directory and its checkpoints."""
     from rnn_train.errors import UserError
     from rnn_train.runfiles import LAST
-    from rnn_train.training.rundir import RunDir
+    from rnn_train.training.rundir import RunDir, claimed
     from rnn_train.training.start import check_resume_config
 
     resume = None
@@ -111,9 +111,11 @@ def _setup(args):
         cfg = build_config(resume["config"], args.overrides, source=f"{ckpt_path} + overrides")
         check_resume_config(resume, cfg)
         run_dir = RunDir(ckpt_path.parent)
+        held.enter_context(claimed(run_dir.path))
     else:
         cfg = load_config(args.config, args.overrides)
         run_dir = RunDir(Path(cfg.log.dir) / cfg.log.name)
+        held.enter_context(claimed(run_dir.path))  # before the check: two starts cannot both pass it
         if run_dir.holds_run() and not args.force:
             raise UserError(f"{run_dir} already holds a run ({', '.join(run_dir.existing())}); continue it with "
                             f"--resume {run_dir}, pick another log.name=..., or overwrite with --force")

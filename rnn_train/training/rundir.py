@@ -16,10 +16,13 @@ Only rank 0 of a multi-process run writes here; the other ranks never construct 
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -27,6 +30,37 @@ from rnn_train.config import Config, build_config, config_to_yaml
 from rnn_train.errors import UserError
 from rnn_train.files import atomic_write_json, atomic_write_text, writing
 from rnn_train.runfiles import BEST, CONFIG, LAST, METRICS, RUN_FILES
+
+
+@contextlib.contextmanager
+def claimed(path: Path) -> Iterator[None]:
+    """Hold, inside, this machine's lock on run directory `path`: a second training started into the
+    same directory (two shells, two `train.py` with the same log.name) stops with one line instead of
+    both writing it, one run's files silently replacing the other's. The lock is a file in the
+    per-user cache (rnn_train.kernels.build.cache_root, nothing written beside the runs), keyed by
+    the directory's absolute path, and released by the kernel when the process ends, however it
+    ends. Where no lock can be taken (no fcntl, an unwritable cache) training goes on without one."""
+    try:
+        import fcntl
+
+        from rnn_train.kernels.build import cache_root
+
+        locks = cache_root() / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        key = hashlib.sha256(str(Path(path).absolute()).encode()).hexdigest()[:24]
+        fd = os.open(locks / f"{key}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{path} is in use: another training on this machine is writing it; wait for it to "
+                            f"end, or pick another log.name=...") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 IGNORED_IN_MATCH = {("train", "threads"), ("train", "device")}
