@@ -32,3 +32,18 @@ def test_bench_prints_strict_json_lines_and_runs_the_time_budget(tmp_path):
     assert ours["train_seconds"] >= 1.0 and ours["steps"] > 0  # the 1 s budget ended the run
     assert ours["kernel"] and ours["precision"] == "fp32"  # what its autos took (too small for bf16 to be measured)
     assert summary["rounds"] == 1 and summary["tokens_per_s_ratio_median"] > 0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--seconds", "nan"], "--seconds must be a finite number > 0, got nan"),
+    (["--seconds", "inf"], "--seconds must be a finite number > 0, got inf"),
+    (["--threads", "-1"], "--threads must be >= 0"),
+    (["--rounds", "0"], "--rounds must be >= 1, got 0"),
+    (["--corpus", "docs"], "corpus docs is not a file"),
+])
+def test_bad_bench_arguments_are_one_line_before_anything_runs(args, needle):
+    out = subprocess.run([sys.executable, "-m", "rnn_train", "bench", "--config", "debug", "--corpus", "README.md", *args],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("error: ") and needle in out.stderr
+

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -93,12 +94,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train bench")
                     help="force the reference's optimiser (SGD, its lr) on the pipeline (default on)")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="extra overrides for the pipeline side")
     args = ap.parse_intermixed_args(argv)
-    if args.rounds < 1 or args.seconds <= 0:
-        ap.error("--rounds must be >= 1 and --seconds > 0")
+    if args.rounds < 1:
+        ap.error(f"--rounds must be >= 1, got {args.rounds}")
+    if not 0 < args.seconds < math.inf:
+        ap.error(f"--seconds must be a finite number > 0, got {args.seconds}")
+    if args.threads < 0:
+        ap.error(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
     reference, corpus, config = Path(args.reference), Path(args.corpus), resolve_recipe(args.config)
     for p, what in ((reference, "reference loop (--reference)"), (corpus, "corpus")):
         if not p.is_file():
-            raise UserError(f"{what} {p} does not exist")
+            raise UserError(f"{what} {p} " + ("is not a file" if p.exists() else "does not exist"))
     cfg = load_config(config, args.overrides)
     if cfg.model.embedding != "one_hot":
         raise UserError("the reference loop feeds one-hot vectors: use a recipe with model.embedding=one_hot")
