@@ -44,9 +44,9 @@ COMMANDS: dict[str, Command] = {
 
 def run_command(name: str, argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run one command as its own entry point would: one-line errors, exit status as an int."""
-    module = importlib.import_module(COMMANDS[name].module)
     prog = prog or f"{program()} {name}"
-    return run(lambda args: module.main(args, prog=prog), argv)
+    # imported inside `run`: a Ctrl-C during the command's imports (torch: a second) is one line too
+    return run(lambda args: importlib.import_module(COMMANDS[name].module).main(args, prog=prog), argv)
 
 
 def _usage() -> str:

@@ -112,6 +112,19 @@ def test_a_training_into_a_run_directory_another_is_writing_stops_with_one_line(
     assert digest(finished_run / "done") == before
 
 
+def test_ctrl_c_while_the_command_still_imports_is_one_line(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "train.py", "--config", "configs/debug.yaml", f"log.dir={tmp_path}",
+                             "--cache-dir", str(tmp_path / "c")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(0.3)  # the interpreter is up; torch (a second or more) is still being imported
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "error: interrupted\n", err
+
+
 def test_an_existing_run_is_never_damaged_by_a_failed_start(finished_run):
     run_dir = finished_run / "done"
     before = digest(run_dir)
