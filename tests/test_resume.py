@@ -82,6 +82,29 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert_same_weights(weights(tmp_path / "r" / "last.pt"), weights(tmp_path / "straight" / "last.pt"))
 
 
+def test_resume_refuses_a_corpus_that_changed_since_the_run_began_and_writes_nothing(tmp_path):
+    from rnn_train.errors import UserError
+
+    corpus = small_text(tmp_path)
+    cfg = tiny_config(tmp_path, "train.max_steps=20", "data.kind=text", f"data.paths={corpus}", "data.val_fraction=0.1")
+    train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c")
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["corpus_sha256"]
+    corpus.rename(tmp_path / "moved.txt")  # the same text elsewhere resumes
+    moved = tiny_config(tmp_path, "train.max_steps=25", "data.kind=text", f"data.paths={tmp_path / 'moved.txt'}",
+                        "data.val_fraction=0.1")
+    assert train(moved, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c",
+                 resume=load_checkpoint(tmp_path / "r" / "last.pt")).step == 25
+    with open(tmp_path / "moved.txt", "a") as f:
+        f.write("completely different text\n")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()}
+    longer = tiny_config(tmp_path, "train.max_steps=30", "data.kind=text", f"data.paths={tmp_path / 'moved.txt'}",
+                         "data.val_fraction=0.1")
+    with pytest.raises(UserError, match=r"moved\.txt\) is not the text this run trained on"):
+        train(longer, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c",
+              resume=load_checkpoint(tmp_path / "r" / "last.pt"))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()} == before
+
+
 def test_ctrl_c_saves_a_checkpoint_and_exits_with_a_message_then_resume_continues(tmp_path):
     cmd = [sys.executable, "train.py", "--config", "configs/debug.yaml", f"log.dir={tmp_path}", "log.name=ctrlc",
            "train.max_steps=1000000", "train.eval_every=0", "log.log_every=5", "train.threads=1",

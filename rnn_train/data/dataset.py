@@ -41,6 +41,18 @@ class Dataset:
     test: np.ndarray  # [N_test]
     text_chars: int  # characters in the corpus after preprocessing
     unk_fraction: float  # share of corpus characters that encode to <unk> (counted when prepared)
+    corpus_sha256: str = ""  # what the text is, whatever its paths: corpus_digest of the prepared sources
+
+
+def corpus_digest(sources) -> str:
+    """One SHA-256 for a prepared corpus's sources (meta.json's "sources": each file's content hash,
+    in order; or the built-in corpus's description): the same text gives the same digest wherever
+    its files are, which a checkpoint records so that --resume can tell the text changed."""
+    import hashlib
+    import json
+
+    parts = [s["sha256"] for s in sources] if isinstance(sources, list) else sources
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def split(ids: np.ndarray, val_fraction: float, test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,4 +92,5 @@ def prepare_data(cfg: DataConfig, cache_dir: Path | None = None, vocab: Vocab | 
     ids = prepared.tokens.view(np.ndarray)
     train, val, test = split(ids, cfg.val_fraction, cfg.test_fraction)
     check_one_batch(len(train), cfg, "the training split of " + (", ".join(cfg.paths) or "the built-in pinyin corpus"))
-    return Dataset(prepared.vocab, train, val, test, len(ids), float(prepared.meta["unk_fraction"]))
+    return Dataset(prepared.vocab, train, val, test, len(ids), float(prepared.meta["unk_fraction"]),
+                   corpus_digest(prepared.meta["sources"]))

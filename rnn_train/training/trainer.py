@@ -55,6 +55,7 @@ from rnn_train.config import Config
 from rnn_train.data.batching import Batch, batches, batches_per_epoch, epoch_rng
 from rnn_train.data.dataset import Dataset, check_one_batch, prepare_data
 from rnn_train.data.vocab import Vocab
+from rnn_train.errors import UserError
 from rnn_train.model import checkpoint as ckpt_io
 from rnn_train.model.charrnn import count_parameters, detach_state
 from rnn_train.prediction.generate import generate
@@ -303,6 +304,8 @@ class Trainer:
             self.state.rng = rng
             whole = replace(self.state, hidden=hidden)  # world-size independent: all B rows
             payload = whole.to_checkpoint(self.learner.state_dict(), self.cfg.to_dict(), self.data.vocab.to_list())
+            if self.data.corpus_sha256:
+                payload["corpus_sha256"] = self.data.corpus_sha256  # what --resume checks the text against
             ckpt_io.save_checkpoint(self.run_dir / name, payload)
         w.from_writer(write)  # a failed write (a full disk) is raised on every rank, not only on rank 0
 
@@ -444,6 +447,11 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
         vocab = Vocab.from_list(source["vocab"]) if source else None
         data = world.node_first(lambda: prepare_data(cfg.data, cache_dir, vocab))
     _check_batches(cfg, data)
+    if resume is not None and resume.get("corpus_sha256") and data.corpus_sha256 \
+            and resume["corpus_sha256"] != data.corpus_sha256:
+        raise UserError(f"the corpus ({', '.join(cfg.data.paths) or 'the built-in one'}) is not the text this run "
+                        f"trained on: it changed since; --resume continues on the same text, so restore it, or "
+                        f"start a new run from these weights (--config ... --init-from)")
     learner = make_learner(cfg, len(data.vocab), device, world)
     kernel = learner.kernel  # a kernel the device cannot run is a UserError here, before anything is written
     if world.rank:
