@@ -22,6 +22,8 @@ A checkpoint is one dict of plain data and tensors (loadable with `torch.load(we
                      them to save and hands each rank its block on resume)
     rng              the torch (and CUDA) generator states and Python's `random` state (rank 0's;
                      with several ranks also each rank's under "ranks": see `restore_rng`)
+    corpus_sha256    a digest of the corpus's contents (`data.dataset.corpus_digest`), added by the
+                     trainer: --resume refuses text that changed; optional (older checkpoints lack it)
     format, version  added by `model.checkpoint.save_checkpoint`
 
 The batch order needs no state: epoch e's batches come from `epoch_rng(seed, e)`, so a resumed run
