@@ -148,9 +148,12 @@ def _summary(result, run_dir, quiet: bool, world, prog: str) -> int:
         if math.isfinite(result.val_loss) else "no validation split"
     if math.isfinite(result.test_loss):
         val += f"; test loss {result.test_loss:.4f} (ppl {result.test_ppl:.3f})"
+    # a run resumed from a lone last.pt that never beat its best has no best.pt here: name what exists
+    best = run_dir.best if run_dir.best.exists() else run_dir.last
     print(f"done: {result.step} steps, {result.tokens:,} tokens in {result.train_seconds:.1f}s "
-          f"({result.tokens_per_s:,.0f} tok/s), stopped by {result.stopped_by}; {val}; best checkpoint {run_dir.best}")
+          f"({result.tokens_per_s:,.0f} tok/s), stopped by {result.stopped_by}; {val}; "
+          f"{'best' if best == run_dir.best else 'last'} checkpoint {best}")
     if not quiet:
         predict = "python predict.py" if prog.endswith(".py") else prog.rsplit(" ", 1)[0] + " predict"
-        print(f"predict with: {predict} --checkpoint {run_dir.best} --prefix \"...\" -k 50")
+        print(f"predict with: {predict} --checkpoint {best} --prefix \"...\" -k 50")
     return 0
