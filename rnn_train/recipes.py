@@ -44,15 +44,17 @@ def _looks_like_a_name(text: str) -> bool:
     return "/" not in text and "\\" not in text
 
 
-def find_recipe(name: str) -> Path:
-    """The packaged recipe called `name` (`debug` or `debug.yaml`), or a UserError suggesting the closest."""
+def find_recipe(name: str, paths_too: bool = True) -> Path:
+    """The packaged recipe called `name` (`debug` or `debug.yaml`), or a UserError suggesting the closest
+    (and, where the caller also takes a file, `paths_too`, saying a path works)."""
     stem = name[: -len(Path(name).suffix)] if Path(name).suffix in _SUFFIXES else name
     path = recipe_dir() / f"{stem}.yaml"
     if _looks_like_a_name(name) and path.is_file():
         return path
     close = difflib.get_close_matches(stem, recipe_names(), n=1, cutoff=0.5)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    raise UserError(f"unknown recipe {name!r}{hint}; `{program()} recipes` lists them, or give a path to a YAML file")
+    raise UserError(f"unknown recipe {name!r}{hint}; `{program()} recipes` lists them"
+                    + (", or give a path to a YAML file" if paths_too else ""))
 
 
 def resolve_recipe(name_or_path: str | Path) -> Path:
@@ -101,5 +103,5 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train recipes
     if args.name is None:
         print(recipe_table(indent=""))
         return 0
-    print(find_recipe(args.name).read_text(encoding="utf-8"), end="")
+    print(find_recipe(args.name, paths_too=False).read_text(encoding="utf-8"), end="")
     return 0

@@ -95,4 +95,4 @@ def check_world(cfg: Config, world: World) -> None:
         lower, higher = b - b % world.size, b + world.size - b % world.size
         raise UserError(f"data.batch_size={b} does not split over {world.size} processes: each takes "
                         f"batch_size / {world.size} rows; use a multiple of {world.size} "
-                        f"(e.g. {lower or higher} or {higher})")
+                        f"(e.g. {f'{lower} or {higher}' if lower else higher})")
