@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train export") -> int:
                     help="the .onnx file to write; the vocab and the model's description also go beside it "
                          "as <out without .onnx>.json")
     args = ap.parse_args(argv)
-    if args.out.suffix != ".onnx":
+    if args.out.suffix.lower() != ".onnx":
         raise UserError(f"--out {args.out}: the graph's file name ends in .onnx (its metadata goes beside it as .json)")
 
     from rnn_train.files import refuse_replacing
