@@ -56,6 +56,15 @@ def resolve_checkpoint(path: str | Path, prefer: str | None = None) -> Path:
     return path
 
 
+def refuse_not_finite(values) -> None:
+    """The one-line error of a diverged checkpoint, where any of `values` (NumPy arrays or tensors:
+    weights, or a model's logits) holds a NaN or an inf. max |x| is NaN or inf exactly then (NaN
+    propagates through max), and reads each array once: 5x torch.isfinite(x).all() on a GRU-256's
+    weights. The NumPy and the C++ steppers check the weights with it, generation the warm-up's logits."""
+    if not all(math.isfinite(abs(v).max()) for v in values):
+        raise UserError("the model's outputs are not finite (a diverged checkpoint?); use an earlier checkpoint")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and sanity-check a checkpoint of this project; anything else is a one-line UserError."""
     path = Path(path)

@@ -28,7 +28,8 @@ from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN, State
 from rnn_train.prediction.choose import Chooser, SamplingOptions
 from rnn_train.prediction.sampler import RuleState, StopRules, sample_chunks
-from rnn_train.prediction.stepper import UNK_LOGIT, make_stepper, refuse_not_finite
+from rnn_train.model.checkpoint import refuse_not_finite
+from rnn_train.prediction.stepper import UNK_LOGIT, make_stepper
 
 
 def encode_prefix(vocab: Vocab, prefix: str, unk: str = "error") -> torch.Tensor:

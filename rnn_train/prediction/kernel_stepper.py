@@ -35,14 +35,13 @@ one samples on the NumPy stepper.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN, State
+from rnn_train.model.checkpoint import refuse_not_finite
 
 UNK_LOGIT = -1e30  # as stepper.UNK_LOGIT: <unk>'s logit when sampling (probability exactly 0)
 
@@ -102,8 +101,7 @@ class KernelStepper:
         self._ops, self.spec, self.batch = ops, model.spec, batch
         self._cell = model.spec.hook("decode").id
         params = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters()}
-        if not all(math.isfinite(p.abs().max()) for p in params.values()):  # as stepper.refuse_not_finite
-            raise UserError("the model's outputs are not finite (a diverged checkpoint?); use an earlier checkpoint")
+        refuse_not_finite(params.values())
         rnn = model.rnn
         self.layers, self.hidden = rnn.num_layers, rnn.hidden_size
         w_dec = params["decoder.weight"]

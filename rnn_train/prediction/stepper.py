@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 import os
 import sys
 import time
@@ -60,9 +59,9 @@ import time
 import numpy as np
 import torch
 
-from rnn_train.errors import UserError
 from rnn_train.model.cells import NUMPY_OPS
 from rnn_train.model.charrnn import CharRNN, State
+from rnn_train.model.checkpoint import refuse_not_finite
 
 GEMM_ROWS = 4  # rows per GEMM call where nothing was measured (see the module doc)
 ROW_CANDIDATES = (2, 4, 8, 16, 32)  # block sizes `gemm_rows` measures, besides the whole batch
@@ -87,15 +86,6 @@ def _gemm(blocks) -> None:
 def _augmented(w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """W [G, I], b [G] -> [W^T; b] [I+1, G]: multiplying [x, 1] by it adds the bias in the GEMM."""
     return np.ascontiguousarray(np.concatenate([w.T, b[None, :]], axis=0))
-
-
-def refuse_not_finite(values) -> None:
-    """The one-line error of a diverged checkpoint, where any of `values` (NumPy arrays or tensors:
-    weights, or a model's logits) holds a NaN or an inf. max |x| is NaN or inf exactly then (NaN
-    propagates through max), and reads each array once: 5x torch.isfinite(x).all() on a GRU-256's
-    weights. (kernel_stepper.py, which this module imports, writes the same check again.)"""
-    if not all(math.isfinite(abs(v).max()) for v in values):
-        raise UserError("the model's outputs are not finite (a diverged checkpoint?); use an earlier checkpoint")
 
 
 class Stepper:
