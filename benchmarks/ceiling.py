@@ -95,7 +95,7 @@ def clock(threads: int):
     return time.process_time if threads == 1 else time.perf_counter
 
 
-def _seconds(fn, threads: int, min_seconds: float = 0.05) -> float:
+def seconds_per_call(fn, threads: int, min_seconds: float = 0.05) -> float:
     """Seconds of one call of fn on `threads` intra-op threads (put back after): the lower quartile
     of 5 timings of enough calls to take min_seconds, by `clock(threads)`."""
     before, now = torch.get_num_threads(), clock(threads)
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
         if tuple(key) not in best:
             fns = {name: (fn, a.threads) for name, fn in candidates(*key, a.precision, tiles, G).items()}
             fns.update(split_candidates(*key, a.threads, a.precision, tiles, G))
-            timed = {name: _seconds(fn, threads, 0.02) for name, (fn, threads) in fns.items()}
+            timed = {name: seconds_per_call(fn, threads, 0.02) for name, (fn, threads) in fns.items()}
             name = min(timed, key=timed.get)
             best[tuple(key)] = (name, *fns[name])
     step_fn, label = step_runner(a, a.variant)
@@ -278,7 +278,7 @@ def main(argv=None) -> int:
             step_fn()
         steps.append((now() - t0) / a.burst)
         for key, (_, fn, threads) in best.items():
-            seconds[key].append(_seconds(fn, threads, 0.01))
+            seconds[key].append(seconds_per_call(fn, threads, 0.01))
     rows, total_ms, total_macs = [], 0.0, 0
     for what, count, M, K, N, b, uses in products:
         key = (M, K, N, b, uses)

@@ -3,8 +3,8 @@
 Why: a training step's dW = Y^T X (Y [T*B, O] deltas, X [T*B, D] states or inputs, both as the
 step made them) is one product per weight, and which backend computes it faster is a property of
 the CPU, so the autotuner races `gemm=tiled` against `blas`. This times both on those shapes,
-interleaved, and prints milliseconds and G multiply-adds per second (the lower quartile of 7
-timings; CPU time on one thread, wall time on more).
+interleaved, and prints milliseconds and G multiply-adds per second (ceiling.py's seconds_per_call:
+the lower quartile of 5 timings; CPU time on one thread, wall time on more).
 
     python benchmarks/weight_grad_bench.py                        # dW_hh of GRU-256, LSTM-256, LSTM-512
     python benchmarks/weight_grad_bench.py --shapes 1120x65x512 --threads 1,2
@@ -13,26 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ceiling import seconds_per_call  # noqa: E402
 from rnn_train.kernels.build import extension  # noqa: E402
-
-
-def seconds(fn, threads: int, reps: int = 10) -> float:
-    torch.set_num_threads(threads)
-    clock = time.process_time if threads == 1 else time.perf_counter
-    fn()
-    times = []
-    for _ in range(7):
-        t0 = clock()
-        for _ in range(reps):
-            fn()
-        times.append((clock() - t0) / reps)
-    return sorted(times)[1]
 
 
 def shape(text: str) -> tuple[int, int, int]:
@@ -64,7 +52,7 @@ def main(argv=None) -> int:
             row = {}
             for _ in range(2):  # interleaved: both sides see the same machine
                 for name, fn in (("torch.mm", lambda: torch.mm(y.t(), x)), ("weight_grad", lambda: ops.weight_grad(y, x))):
-                    row.setdefault(name, []).append(seconds(fn, threads))
+                    row.setdefault(name, []).append(seconds_per_call(fn, threads))
             cells = "  ".join(f"{name} {min(t) * 1e3:7.3f} ms ({n * o * d / min(t) / 1e9:5.1f} G)" for name, t in row.items())
             print(f"[{n}x{o}]^T [{n}x{d}]  {threads} thread(s): {cells}")
     return 0
