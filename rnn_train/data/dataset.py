@@ -12,6 +12,8 @@ characters are far from independent.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +50,6 @@ def corpus_digest(sources) -> str:
     """One SHA-256 for a prepared corpus's sources (meta.json's "sources": each file's content hash,
     in order; or the built-in corpus's description): the same text gives the same digest wherever
     its files are, which a checkpoint records so that --resume can tell the text changed."""
-    import hashlib
-    import json
-
     parts = [s["sha256"] for s in sources] if isinstance(sources, list) else sources
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
 

@@ -250,10 +250,11 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train score") -> int:
     from rnn_train.runtime import resolve_device
 
     header = "file\tindex\tchar\tbits\n".encode()
+    checkpoint = resolve_checkpoint(args.checkpoint)
     if args.per_char:
-        refuse_replacing(args.per_char, "--per-char", reads=(resolve_checkpoint(args.checkpoint), *args.files),
+        refuse_replacing(args.per_char, "--per-char", reads=(checkpoint, *args.files),
                          own=starts_with(header), kind="an earlier --per-char table")
-    model, vocab, cfg, _ = load_model(args.checkpoint, resolve_device(args.device, "--device"))
+    model, vocab, cfg, _ = load_model(checkpoint, resolve_device(args.device, "--device"))
 
     def run(out=None) -> list[Score]:
         return [score_file(model, vocab, cfg.data, f, args.encoding, out, args.exact) for f in args.files]

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from rnn_train.errors import UserError
 from rnn_train.experiments.study.engine import FINISHED, StudyHandle, WorkResult, queue_again, work
-from rnn_train.experiments.study.storage import dashboard_command, open_storage, shown
+from rnn_train.experiments.study.storage import check_url, dashboard_command, open_storage, shown
 from rnn_train.experiments.study.workers import spawn
 from rnn_train.files import atomic_write_json
 
@@ -57,6 +57,14 @@ def check_out(out: Path) -> None:
         raise UserError(f"cannot use {out} as the output directory ({parent} is not a directory)")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot use {out} as the output directory ({parent} is not writable)")
+
+
+def check_dry_run(out: Path, storage: str | None) -> None:
+    """--dry-run's share of what open_study would refuse, found without writing or connecting:
+    the output directory, and a --storage URL that does not parse."""
+    check_out(out)
+    if storage:
+        check_url(storage)
 
 
 def open_study(url: str, name: str, *, sampler, pruner, create: Path, storage_in_out: bool) -> StudyHandle:

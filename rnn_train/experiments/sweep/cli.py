@@ -57,11 +57,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train sweep")
     if args.dry_run:
         from rnn_train.experiments.study.trials import Datasets
 
-        from rnn_train.experiments.study.storage import check_url
-
-        session.check_out(plan.out)
-        if args.storage:
-            check_url(args.storage)
+        session.check_dry_run(plan.out, args.storage)
         Datasets(cache_dir).check([(f"run {r.name}", r.cfg.data) for r in plan.runs])
         for r in plan.runs:
             t = r.cfg.train

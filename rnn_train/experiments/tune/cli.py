@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train tune") 
 
     from rnn_train.experiments.study import session
     from rnn_train.experiments.study.budget import parse_budget
-    from rnn_train.experiments.study.storage import check_url, dashboard_command, default_url, shown, study_name
+    from rnn_train.experiments.study.storage import dashboard_command, default_url, shown, study_name
     from rnn_train.experiments.tune.plan import plan_tune
     from rnn_train.experiments.tune.space import to_yaml
 
@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train tune") 
     url = args.storage or default_url(out)
     session.check_marker(out, name, "tune")
     if args.dry_run:
-        session.check_out(out)
-        if args.storage:
-            check_url(args.storage)
+        session.check_dry_run(out, args.storage)
         print(f"study {name} in {shown(url)}: {args.trials} trials, {budget.describe()} each, "
               f"{args.evals} validations, pruner {args.pruner}\n# search space ({plan.space_source})")
         print(to_yaml(plan.space), end="")
