@@ -5,8 +5,9 @@ the input projection before the loop, the weight and input gradients after it. T
 the T sequential steps, each one GEMM with W_hh and one fused element-wise loop, and keep what
 the backward needs. Tensors between the two (T steps, B sequences, H units, G gate blocks):
 
-    gx     [T, B, G*H]  x W_ih^T + biases (GRU: b_hh folded into r, z only); the forward op
-                        overwrites it with the activated gates, saved for backward
+    x      [T, B, G*H]  x W_ih^T + biases (GRU: b_hh folded into r, z only), read by the forward op;
+                        for one-hot ids the gather table [V, G*H] with ids [T, B] instead
+    gates  [T, B, G*H]  GRU / LSTM: the activated gates the forward op writes, saved for backward
     hs     [T+1, B, H]  h_0 .. h_T;  LSTM also cs [T+1, B, H] (c_0 .. c_T), tc [T, B, H] = tanh(c_t)
     n      [T, B, H]    GRU candidate states
     deltas [T, B, G*H]  dL/d(pre-activations) per step, hidden side (GRU: and input side, which
@@ -41,14 +42,13 @@ def _ops():
 
 
 def _gates_input(opts: LayerOptions, x2, w_ih, bias, T: int, B: int):
-    """(gx [T, B, G*H], ids, table): the input projection of all steps plus `bias`, the biases the
-    loop does not add itself. For one-hot ids, gx is left empty and the loop gathers its rows from
-    table = W_ih^T + bias [V, G*H] as it goes (one pass fewer over gx); else ids = table = None."""
+    """(x, ids): where the loop reads each step's input projection x W_ih^T + `bias` (the biases
+    the loop does not add itself). For one-hot ids, x is the gather table W_ih^T + bias [V, G*H]
+    and ids [T, B] say which row each step's row is (no [T, B, G*H] projection is built); else x
+    is the projection of all steps [T, B, G*H] and ids None."""
     if not opts.one_hot_ids:
-        return project(x2, False, w_ih, bias, opts.gemm).view(T, B, -1), None, None
-    table = gather_table(w_ih, bias)  # [V, G*H]
-    gx = torch.empty(T, B, w_ih.shape[0], dtype=w_ih.dtype, device=w_ih.device)
-    return gx, x2.long().contiguous(), table
+        return project(x2, False, w_ih, bias, opts.gemm).view(T, B, -1), None
+    return gather_table(w_ih, bias), x2.long().view(T, B)
 
 
 def _summed_bias(lt: LayerTensors):
@@ -56,12 +56,10 @@ def _summed_bias(lt: LayerTensors):
     return None if lt.b_ih is None else lt.b_ih + lt.b_hh
 
 
-def rnn_states(opts: LayerOptions, x2, lt: LayerTensors, T: int, B: int) -> dict[str, torch.Tensor]:
-    """The Elman forward recurrence without autograd: {"hs", "gates"}."""
-    gx, ids, table = _gates_input(opts, x2, lt.w_ih, _summed_bias(lt), T, B)
-    hs = _ops().rnn_forward(gx, ids, table, lt.h0.contiguous(), lt.w_hh.contiguous(), opts.relu, opts.step,
-                            opts.threads)
-    return {"hs": hs, "gates": gx}
+def rnn_states(opts: LayerOptions, x2, lt: LayerTensors, T: int, B: int) -> torch.Tensor:
+    """The Elman forward recurrence without autograd: hs [T+1, B, H]."""
+    x, ids = _gates_input(opts, x2, lt.w_ih, _summed_bias(lt), T, B)
+    return _ops().rnn_forward(x, ids, lt.h0.contiguous(), lt.w_hh.contiguous(), opts.relu, opts.step, opts.threads)
 
 
 def gru_states(opts: LayerOptions, x2, lt: LayerTensors, T: int, B: int) -> dict[str, torch.Tensor]:
@@ -69,18 +67,18 @@ def gru_states(opts: LayerOptions, x2, lt: LayerTensors, T: int, B: int) -> dict
     w, H = lt.w_hh.contiguous(), lt.w_hh.shape[1]
     # b_hn stays inside r * (W_hn h + b_hn): the loop adds it; b_hr, b_hz join the input side
     bias = None if lt.b_ih is None else torch.cat([lt.b_ih[: 2 * H] + lt.b_hh[: 2 * H], lt.b_ih[2 * H:]])
-    gx, ids, table = _gates_input(opts, x2, lt.w_ih, bias, T, B)
+    x, ids = _gates_input(opts, x2, lt.w_ih, bias, T, B)
     b_hn = lt.b_hh[2 * H:].contiguous() if lt.b_hh is not None else torch.zeros(H, dtype=w.dtype, device=w.device)
-    hs, n = _ops().gru_forward(gx, ids, table, lt.h0.contiguous(), w, b_hn, opts.step, opts.threads)
-    return {"hs": hs, "gates": gx, "n": n}
+    hs, gates, n = _ops().gru_forward(x, ids, lt.h0.contiguous(), w, b_hn, opts.step, opts.threads)
+    return {"hs": hs, "gates": gates, "n": n}
 
 
 def lstm_states(opts: LayerOptions, x2, lt: LayerTensors, T: int, B: int) -> dict[str, torch.Tensor]:
     """The LSTM forward recurrence without autograd: {"hs", "gates", "cs", "tc"}."""
-    gx, ids, table = _gates_input(opts, x2, lt.w_ih, _summed_bias(lt), T, B)
-    hs, cs, tc = _ops().lstm_forward(gx, ids, table, lt.h0.contiguous(), lt.c0.contiguous(), lt.w_hh.contiguous(),
-                                     opts.step, opts.threads)
-    return {"hs": hs, "gates": gx, "cs": cs, "tc": tc}
+    x, ids = _gates_input(opts, x2, lt.w_ih, _summed_bias(lt), T, B)
+    hs, cs, tc, gates = _ops().lstm_forward(x, ids, lt.h0.contiguous(), lt.c0.contiguous(), lt.w_hh.contiguous(),
+                                            opts.step, opts.threads)
+    return {"hs": hs, "gates": gates, "cs": cs, "tc": tc}
 
 
 def _hidden_grads(ctx, deltas2, hs, T: int, B: int, own_bias: bool):
@@ -102,7 +100,7 @@ class CppRNN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, opts: LayerOptions, inp, h0, c0, w_ih, w_hh, b_ih, b_hh):
         x2, T, B = begin(ctx, opts, inp, b_ih)
-        hs = rnn_states(opts, x2, LayerTensors(inp, h0, c0, w_ih, w_hh, b_ih, b_hh), T, B)["hs"]
+        hs = rnn_states(opts, x2, LayerTensors(inp, h0, c0, w_ih, w_hh, b_ih, b_hh), T, B)
         ctx.save_for_backward(x2, w_ih, w_hh, hs)
         return out_view(hs[1:], opts.batch_first), hs[T].clone()
 
@@ -171,7 +169,7 @@ class CppLSTM(torch.autograd.Function):
 
 
 # The CellSpec hooks "cpp_loop" (rnn_train/model/cells.py)
-RNN_LOOP = LayerLoop(CppRNN, lambda opts, x2, lt, T, B: (rnn_states(opts, x2, lt, T, B)["hs"], ()))
+RNN_LOOP = LayerLoop(CppRNN, lambda opts, x2, lt, T, B: (rnn_states(opts, x2, lt, T, B), ()))
 GRU_LOOP = LayerLoop(CppGRU, lambda opts, x2, lt, T, B: (gru_states(opts, x2, lt, T, B)["hs"], ()))
 
 

@@ -4,9 +4,11 @@
 // The count n is an int64_t, or a std::integral_constant where the caller knows it at compile
 // time (the tiled loop's full panels): then the loop compiles to straight-line vector code.
 // Pointers point at the run's first unit. A [G*H] row holds G gate blocks (PyTorch's order)
-// `gs` apart: H for the [T, B, G*H] tensors. `q`, the row of h_{t-1} W_hh^T, has its blocks `qs`
-// apart (the block's own GEMM output). Raw pointers only, no Tensor accessors: anything that may
-// throw inside a loop stops GCC from vectorising it.
+// `gs` apart: H for the [T, B, G*H] tensors and for the one-hot gather table [V, G*H]. `x`, the
+// row of x W_ih^T + biases, is read where it lies (a table row for one-hot input: no copy of it
+// per step); `q`, the row of h_{t-1} W_hh^T, has its blocks `qs` apart (the block's own GEMM
+// output). Raw pointers only, no Tensor accessors: anything that may throw inside a loop stops
+// GCC from vectorising it.
 #pragma once
 
 #include "common.h"
@@ -14,11 +16,11 @@
 namespace rnn_kernels {
 
 template <typename T, typename N>
-inline void rnn_cell_forward(N n, bool relu, const T* __restrict g, const T* __restrict q, T* __restrict h) {
+inline void rnn_cell_forward(N n, bool relu, const T* __restrict x, const T* __restrict q, T* __restrict h) {
   if (relu) {
-    for (int64_t j = 0; j < n; ++j) h[j] = std::max(g[j] + q[j], T(0));
+    for (int64_t j = 0; j < n; ++j) h[j] = std::max(x[j] + q[j], T(0));
   } else {
-    for (int64_t j = 0; j < n; ++j) h[j] = tanh_poly(g[j] + q[j]);
+    for (int64_t j = 0; j < n; ++j) h[j] = tanh_poly(x[j] + q[j]);
   }
 }
 
@@ -34,14 +36,14 @@ void rnn_cell_backward(int64_t n, bool relu, const T* __restrict h, const T* __r
 }
 
 template <typename T, typename N>
-inline void gru_cell_forward(N n, int64_t gs, int64_t qs, T* __restrict g, const T* __restrict q, const T* __restrict bn,
-                      const T* __restrict h_prev, T* __restrict h, T* __restrict nt) {
-  // g: (W_ir x + b_ir + b_hr, W_iz x + b_iz + b_hz, W_in x + b_in) on entry, (r, z, W_hn h + b_hn) on exit
+inline void gru_cell_forward(N n, int64_t gs, int64_t qs, const T* __restrict x, T* __restrict g, const T* __restrict q,
+                             const T* __restrict bn, const T* __restrict h_prev, T* __restrict h, T* __restrict nt) {
+  // x: (W_ir x + b_ir + b_hr, W_iz x + b_iz + b_hz, W_in x + b_in); g receives (r, z, W_hn h + b_hn)
   for (int64_t j = 0; j < n; ++j) {
-    T r = sigmoid(g[j] + q[j]);
-    T z = sigmoid(g[gs + j] + q[qs + j]);
+    T r = sigmoid(x[j] + q[j]);
+    T z = sigmoid(x[gs + j] + q[qs + j]);
     T ghn = q[2 * qs + j] + bn[j];
-    T nn = tanh_poly(g[2 * gs + j] + r * ghn);
+    T nn = tanh_poly(x[2 * gs + j] + r * ghn);
     g[j] = r;
     g[gs + j] = z;
     g[2 * gs + j] = ghn;
@@ -70,14 +72,14 @@ void gru_cell_backward(int64_t n, int64_t gs, const T* __restrict g, const T* __
 }
 
 template <typename T, typename N>
-inline void lstm_cell_forward(N n, int64_t gs, int64_t qs, T* __restrict g, const T* __restrict q,
-                       const T* __restrict c_prev, T* __restrict c, T* __restrict tc, T* __restrict h) {
-  // g: x W_ih^T + b_ih + b_hh on entry, the activated gates (i, f, g, o) on exit
+inline void lstm_cell_forward(N n, int64_t gs, int64_t qs, const T* __restrict x, T* __restrict g, const T* __restrict q,
+                              const T* __restrict c_prev, T* __restrict c, T* __restrict tc, T* __restrict h) {
+  // x: x W_ih^T + b_ih + b_hh; g receives the activated gates (i, f, g, o)
   for (int64_t j = 0; j < n; ++j) {
-    T i = sigmoid(g[j] + q[j]);
-    T f = sigmoid(g[gs + j] + q[qs + j]);
-    T gg = tanh_poly(g[2 * gs + j] + q[2 * qs + j]);
-    T o = sigmoid(g[3 * gs + j] + q[3 * qs + j]);
+    T i = sigmoid(x[j] + q[j]);
+    T f = sigmoid(x[gs + j] + q[qs + j]);
+    T gg = tanh_poly(x[2 * gs + j] + q[2 * qs + j]);
+    T o = sigmoid(x[3 * gs + j] + q[3 * qs + j]);
     T cv = f * c_prev[j] + i * gg;
     T t = tanh_poly(cv);
     g[j] = i;

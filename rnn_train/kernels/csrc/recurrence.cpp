@@ -30,42 +30,18 @@ namespace {
 
 // ------------------------------------------------------------------------------------------ loops
 
-// The input projection of one-hot input, gathered inside the loop: row r of gx is row ids[r] of
-// `table` (W_ih^T + biases, [V, G*H]). Each block copies its rows and units just before using
-// them, so there is no separate pass over a [T*B, G*H] tensor. Both null: gx is already filled.
+// Where row r (step t, batch row b: r = t*B + b) of the input projection x W_ih^T + biases [G*H]
+// lies: row ids[r] of the gather table W_ih^T + biases [V, G*H] for one-hot input, else row r of
+// the all-steps projection [T*B, G*H]. The cells read it there: copying each table row into a
+// [T, B, G*H] buffer first made a one-thread LSTM-256 training step on the tiled path 7% slower
+// (docs/kernels.md).
 template <typename T>
-struct Gather {
-  const int64_t* ids;
-  const T* table;
-  T* gx;
+struct Inputs {
+  const T* rows;
+  const int64_t* ids;  // null: row r is rows' row r
+  int64_t width;       // G*H
 
-  template <typename N>
-  void row(int64_t r, int64_t G, int64_t H, int64_t u0, N n) const {
-    if (ids == nullptr) return;
-    for (int64_t g = 0; g < G; ++g) copy(gx + r * G * H + g * H + u0, table + ids[r] * G * H + g * H + u0, n);
-  }
-
- private:
-  // A run of whole vectors is copied a vector at a time: the cell loads it back at once, and a
-  // load that spans two narrower stores cannot be forwarded from them (it waits for both to reach
-  // the cache: a third of the bf16 forward loop's time for LSTM-256 when memcpy stored 32 bytes at a time).
-  typedef T Vec __attribute__((vector_size(64)));
-  static constexpr int64_t kLanes = 64 / sizeof(T);
-
-  template <typename N>
-  static void copy(T* dst, const T* src, N n) {
-    if constexpr (!std::is_same_v<N, int64_t>) {
-      if constexpr (N::value % kLanes == 0) {
-        for (int64_t j = 0; j < N::value; j += kLanes) {
-          Vec v;
-          std::memcpy(&v, src + j, sizeof v);
-          std::memcpy(dst + j, &v, sizeof v);
-        }
-        return;
-      }
-    }
-    std::memcpy(dst, src, sizeof(T) * n);
-  }
+  const T* row(int64_t r) const { return rows + (ids != nullptr ? ids[r] : r) * width; }
 };
 
 // The forward loop of one block: per step, q = h_{t-1}[rows] W_hh^T[:, the block's units of every
@@ -73,7 +49,7 @@ struct Gather {
 // w_t: W_hh^T [H, G*H] for blocks of all units (null in units mode, where each block packs its own).
 template <typename T, typename Cell>
 void forward_block(const Block& blk, int64_t path, int64_t steps, int64_t B, int64_t H, int64_t G, const T* w_hh,
-                   const T* w_t, const T* hs, const Gather<T>& gather, const Cell& cell) {
+                   const T* w_t, const T* hs, const Cell& cell) {
   const int64_t U = blk.u1 - blk.u0, M = blk.b1 - blk.b0, N = G * U;
   std::vector<T> w, q(M * N);  // w: W_hh^T restricted to the block's units, gate by gate: [H, G*U]
   if (w_t == nullptr || U != H) {
@@ -87,10 +63,7 @@ void forward_block(const Block& blk, int64_t path, int64_t steps, int64_t B, int
   for (int64_t t = 0; t < steps; ++t) {
     if (M > 0 && U > 0) {
       gemm(hs + (t * B + blk.b0) * H, H, q.data(), N, false);
-      for (int64_t b = blk.b0; b < blk.b1; ++b) {
-        gather.row(t * B + b, G, H, blk.u0, U);
-        cell(t, b, blk.u0, U, q.data() + (b - blk.b0) * N, U);
-      }
+      for (int64_t b = blk.b0; b < blk.b1; ++b) cell(t, b, blk.u0, U, q.data() + (b - blk.b0) * N, U);
     }
     step_barrier(blk);  // the next GEMM reads every unit of h_t
   }
@@ -101,7 +74,7 @@ void forward_block(const Block& blk, int64_t path, int64_t steps, int64_t B, int
 // in registers and the cell runs on them at once; the pre-activations never pass through memory.
 template <typename T, int G, typename Cell>
 void forward_block_tiled(const Block& blk, int64_t steps, int64_t B, int64_t H, const T* panels, const T* hs,
-                         const Gather<T>& gather, const Cell& cell) {
+                         const Cell& cell) {
   using F = ForwardTile<G>;
   using TL = Tile<T, F::MR, F::NV>;
   const int64_t PL = forward_panel_units<T, G>();
@@ -117,10 +90,8 @@ void forward_block_tiled(const Block& blk, int64_t steps, int64_t B, int64_t H, 
         for (int64_t r = 0; r < rows; ++r) {
           if (n == PL) {  // a full panel: the count is a compile-time constant (cells.h)
             const std::integral_constant<int64_t, forward_panel_units<T, G>()> full;
-            gather.row(t * B + b0 + r, G, H, u0, full);
             cell(t, b0 + r, u0, full, out.data() + r * TL::W, PL);
           } else {
-            gather.row(t * B + b0 + r, G, H, u0, n);
             cell(t, b0 + r, u0, n, out.data() + r * TL::W, PL);
           }
         }
@@ -137,7 +108,7 @@ void forward_block_tiled(const Block& blk, int64_t steps, int64_t B, int64_t H, 
 // of the loop's time for LSTM-256).
 template <int G, typename Cell>
 void forward_block_bf16(const Block& blk, int64_t steps, int64_t B, int64_t H, const uint16_t* packed,
-                        const float* hs, const Gather<float>& gather, const Cell& cell) {
+                        const float* hs, const Cell& cell) {
   using F = Bf16Forward<G>;
   const int64_t M = blk.b1 - blk.b0;
   const AmxScope amx;
@@ -153,10 +124,8 @@ void forward_block_bf16(const Block& blk, int64_t steps, int64_t B, int64_t H, c
       const int64_t b = blk.b0 + job.r0 + r;
       if (n == F::PL) {
         const std::integral_constant<int64_t, F::PL> full;
-        gather.row(t * B + b, G, H, job.u0, full);
         cell(t, b, job.u0, full, q + r * F::W, F::PL);
       } else {
-        gather.row(t * B + b, G, H, job.u0, n);
         cell(t, b, job.u0, n, q + r * F::W, F::PL);
       }
     }
@@ -185,14 +154,14 @@ void forward_block_bf16(const Block& blk, int64_t steps, int64_t B, int64_t H, c
 // forward_block_bf16 with W_hh packed (`panels`, once per call, shared by the blocks).
 template <typename T, int G, typename Cell>
 void forward_any(const Block& blk, int64_t path, int64_t steps, int64_t B, int64_t H, const T* w_hh, const T* w_t,
-                 const void* panels, const T* hs, const Gather<T>& gather, const Cell& cell) {
+                 const void* panels, const T* hs, const Cell& cell) {
   if (path == kTiled) {
-    forward_block_tiled<T, G>(blk, steps, B, H, static_cast<const T*>(panels), hs, gather, cell);
+    forward_block_tiled<T, G>(blk, steps, B, H, static_cast<const T*>(panels), hs, cell);
   } else if (path == kBf16) {
     if constexpr (std::is_same_v<T, float>)
-      forward_block_bf16<G>(blk, steps, B, H, static_cast<const uint16_t*>(panels), hs, gather, cell);
+      forward_block_bf16<G>(blk, steps, B, H, static_cast<const uint16_t*>(panels), hs, cell);
   } else {
-    forward_block<T>(blk, path, steps, B, H, G, w_hh, w_t, hs, gather, cell);
+    forward_block<T>(blk, path, steps, B, H, G, w_hh, w_t, hs, cell);
   }
 }
 
@@ -259,15 +228,33 @@ void check_path(int64_t path, int64_t threads, const Tensor& like) {
               "threads mode ", threads, " is not available with GEMM path ", path);
 }
 
-void check_forward(const Tensor& gx, int64_t gates, const Tensor& w_hh, const Tensor& h0, int64_t path, int64_t threads) {
-  TORCH_CHECK(gx.device().is_cpu() && (gx.scalar_type() == at::kFloat || gx.scalar_type() == at::kDouble),
+// x: the input projection, either the gather table W_ih^T + biases [V, G*H] with ids [T, B] (one-hot
+// input) or all steps' [T, B, G*H] without ids. Returns T, the steps.
+int64_t check_forward(const Tensor& x, const std::optional<Tensor>& ids, int64_t gates, const Tensor& w_hh,
+                      const Tensor& h0, int64_t path, int64_t threads) {
+  TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
               "float32 / float64 CPU tensors only");
-  check_path(path, threads, gx);
+  check_path(path, threads, x);
   const int64_t H = w_hh.size(1);
-  TORCH_CHECK(gx.dim() == 3 && gx.is_contiguous() && gx.size(2) == gates * H, "gx must be contiguous [T, B, G*H]");
-  TORCH_CHECK(w_hh.is_contiguous() && w_hh.size(0) == gates * H, "w_hh must be contiguous [G*H, H]");
-  TORCH_CHECK(h0.is_contiguous() && h0.dim() == 2 && h0.size(0) == gx.size(1) && h0.size(1) == H, "h0 must be [B, H]");
-  TORCH_CHECK(w_hh.scalar_type() == gx.scalar_type() && h0.scalar_type() == gx.scalar_type(), "one dtype for all tensors");
+  TORCH_CHECK(w_hh.is_contiguous() && w_hh.dim() == 2 && w_hh.size(0) == gates * H, "w_hh must be contiguous [G*H, H]");
+  TORCH_CHECK(h0.is_contiguous() && h0.dim() == 2 && h0.size(1) == H, "h0 must be [B, H]");
+  TORCH_CHECK(w_hh.scalar_type() == x.scalar_type() && h0.scalar_type() == x.scalar_type(), "one dtype for all tensors");
+  TORCH_CHECK(x.is_contiguous() && x.size(-1) == gates * H, "x must be contiguous with rows of G*H");
+  if (!ids.has_value()) {
+    TORCH_CHECK(x.dim() == 3 && x.size(1) == h0.size(0), "x must be [T, B, G*H] where there are no ids");
+    return x.size(0);
+  }
+  TORCH_CHECK(x.dim() == 2, "x must be the table [V, G*H] where there are ids");
+  TORCH_CHECK(ids->dim() == 2 && ids->scalar_type() == at::kLong && ids->is_contiguous() && ids->size(1) == h0.size(0),
+              "ids must be contiguous int64 [T, B]");
+  TORCH_CHECK(ids->numel() == 0 || (ids->min().item<int64_t>() >= 0 && ids->max().item<int64_t>() < x.size(0)),
+              "ids out of range for a table of ", x.size(0), " rows");
+  return ids->size(0);
+}
+
+template <typename T>
+Inputs<T> inputs_of(const Tensor& x, const std::optional<Tensor>& ids) {
+  return {x.data_ptr<T>(), ids.has_value() ? ids->data_ptr<int64_t>() : nullptr, x.size(-1)};
 }
 
 // The deltas go into buffers the caller owns: it reuses them across calls, so that the backward
@@ -286,22 +273,6 @@ void check_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
   TORCH_CHECK(deltas.is_contiguous() && deltas.dim() == 3 && deltas.size(0) == d_out.size(0) &&
                   deltas.size(1) == d_out.size(1) && deltas.size(2) == G * H && deltas.scalar_type() == like.scalar_type(),
               "delta buffers must be contiguous [T, B, G*H] of the gates' dtype");
-}
-
-// ids [T*B] int64 and table [V, G*H] for one-hot input gathered in the loop, or both absent.
-template <typename T>
-Gather<T> make_gather(const std::optional<Tensor>& ids, const std::optional<Tensor>& table, Tensor& gx) {
-  if (!ids.has_value() && !table.has_value()) return {nullptr, nullptr, gx.data_ptr<T>()};
-  TORCH_CHECK(ids.has_value() && table.has_value(), "pass both ids and table or neither");
-  TORCH_CHECK(ids->dim() == 1 && ids->scalar_type() == at::kLong && ids->is_contiguous() &&
-                  ids->numel() == gx.size(0) * gx.size(1),
-              "ids must be contiguous int64 [T*B]");
-  TORCH_CHECK(table->dim() == 2 && table->is_contiguous() && table->size(1) == gx.size(2) &&
-                  table->scalar_type() == gx.scalar_type(),
-              "table must be contiguous [V, G*H]");
-  TORCH_CHECK(ids->numel() == 0 || (ids->min().item<int64_t>() >= 0 && ids->max().item<int64_t>() < table->size(0)),
-              "ids out of range for a table of ", table->size(0), " rows");
-  return {ids->data_ptr<int64_t>(), table->data_ptr<T>(), gx.data_ptr<T>()};
 }
 
 Tensor rows_contiguous(const Tensor& d_out) { return d_out.stride(2) == 1 ? d_out : d_out.contiguous(); }
@@ -372,25 +343,24 @@ Tensor first_state(const Tensor& h0, int64_t steps) {  // [T+1, B, H] with [0] =
 
 // ------------------------------------------------------------------------------------------ RNN
 
-Tensor rnn_forward(Tensor gx, const std::optional<Tensor>& ids, const std::optional<Tensor>& table, const Tensor& h0,
-                   const Tensor& w_hh, bool relu, int64_t path, int64_t threads) {
-  check_forward(gx, 1, w_hh, h0, path, threads);
-  const int64_t steps = gx.size(0), B = gx.size(1), H = w_hh.size(1);
+// x, ids: check_forward's. Returns hs [T+1, B, H] (the Elman backward needs nothing else).
+Tensor rnn_forward(const Tensor& x, const std::optional<Tensor>& ids, const Tensor& h0, const Tensor& w_hh, bool relu,
+                   int64_t path, int64_t threads) {
+  const int64_t steps = check_forward(x, ids, 1, w_hh, h0, path, threads), B = h0.size(0), H = w_hh.size(1);
   Tensor hs = first_state(h0, steps), w_t = transposed_weight(w_hh, threads, path);
-  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "rnn_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_forward", [&] {
     using T = scalar_t;
-    const Gather<T> gather = make_gather<T>(ids, table, gx);
-    const T* g = gx.data_ptr<T>();
+    const Inputs<T> in = inputs_of<T>(x, ids);
     T* h = hs.data_ptr<T>();
     const T* w = w_hh.data_ptr<T>();
     const T* wt = data_or_null<T>(w_t);
     const Tensor panels = forward_panels<T, 1>(w_hh, path);
     const void* pk = panel_data(panels);
     run_blocks(threads, B, H, [&](const Block& blk) {
-      forward_any<T, 1>(blk, path, steps, B, H, w, wt, pk, h, gather,
+      forward_any<T, 1>(blk, path, steps, B, H, w, wt, pk, h,
                        [&](int64_t t, int64_t b, int64_t u0, auto n, const T* q, int64_t) {
                          const int64_t row = t * B + b;
-                         rnn_cell_forward<T>(n, relu, g + row * H + u0, q, h + (row + B) * H + u0);
+                         rnn_cell_forward<T>(n, relu, in.row(row) + u0, q, h + (row + B) * H + u0);
                        });
     }, unit_align<T, 1>(path));
   });
@@ -428,20 +398,18 @@ Tensor rnn_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
 
 // ------------------------------------------------------------------------------------------ GRU
 
-// gx [T, B, 3H]: x W_ih^T + b_ih (+ b_hh on the r, z blocks); overwritten with (r, z, W_hn h + b_hn).
-std::tuple<Tensor, Tensor> gru_forward(Tensor gx, const std::optional<Tensor>& ids, const std::optional<Tensor>& table,
-                                       const Tensor& h0, const Tensor& w_hh, const Tensor& b_hn, int64_t path,
-                                       int64_t threads) {
-  check_forward(gx, 3, w_hh, h0, path, threads);
-  TORCH_CHECK(b_hn.is_contiguous() && b_hn.numel() == w_hh.size(1) && b_hn.scalar_type() == gx.scalar_type(),
-              "b_hn must be [H]");
-  const int64_t steps = gx.size(0), B = gx.size(1), H = w_hh.size(1);
-  Tensor hs = first_state(h0, steps), n = at::empty({steps, B, H}, gx.options());
-  Tensor w_t = transposed_weight(w_hh, threads, path);
-  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_forward", [&] {
+// x, ids: check_forward's; x's rows are x W_ih^T + b_ih (+ b_hh on the r, z blocks). Returns hs
+// [T+1, B, H], the gates [T, B, 3H] as (r, z, W_hn h + b_hn) and the candidates n [T, B, H].
+std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& x, const std::optional<Tensor>& ids, const Tensor& h0,
+                                               const Tensor& w_hh, const Tensor& b_hn, int64_t path, int64_t threads) {
+  const int64_t steps = check_forward(x, ids, 3, w_hh, h0, path, threads), B = h0.size(0), H = w_hh.size(1);
+  TORCH_CHECK(b_hn.is_contiguous() && b_hn.numel() == H && b_hn.scalar_type() == x.scalar_type(), "b_hn must be [H]");
+  Tensor hs = first_state(h0, steps), n = at::empty({steps, B, H}, x.options());
+  Tensor gates = at::empty({steps, B, 3 * H}, x.options()), w_t = transposed_weight(w_hh, threads, path);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gru_forward", [&] {
     using T = scalar_t;
-    const Gather<T> gather = make_gather<T>(ids, table, gx);
-    T* g = gx.data_ptr<T>();
+    const Inputs<T> in = inputs_of<T>(x, ids);
+    T* g = gates.data_ptr<T>();
     T* h = hs.data_ptr<T>();
     T* nn = n.data_ptr<T>();
     const T* bn = b_hn.data_ptr<T>();
@@ -450,15 +418,15 @@ std::tuple<Tensor, Tensor> gru_forward(Tensor gx, const std::optional<Tensor>& i
     const Tensor panels = forward_panels<T, 3>(w_hh, path);
     const void* pk = panel_data(panels);
     run_blocks(threads, B, H, [&](const Block& blk) {
-      forward_any<T, 3>(blk, path, steps, B, H, w, wt, pk, h, gather,
+      forward_any<T, 3>(blk, path, steps, B, H, w, wt, pk, h,
                        [&](int64_t t, int64_t b, int64_t u0, auto cnt, const T* q, int64_t qs) {
                          const int64_t row = t * B + b;
-                         gru_cell_forward<T>(cnt, H, qs, g + row * 3 * H + u0, q, bn + u0, h + row * H + u0,
-                                             h + (row + B) * H + u0, nn + row * H + u0);
+                         gru_cell_forward<T>(cnt, H, qs, in.row(row) + u0, g + row * 3 * H + u0, q, bn + u0,
+                                             h + row * H + u0, h + (row + B) * H + u0, nn + row * H + u0);
                        });
     }, unit_align<T, 3>(path));
   });
-  return {hs, n};
+  return {hs, gates, n};
 }
 
 Tensor gru_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh, const Tensor& hs, const Tensor& gates,
@@ -497,19 +465,20 @@ Tensor gru_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
 
 // ------------------------------------------------------------------------------------------ LSTM
 
-// gx [T, B, 4H]: x W_ih^T + b_ih + b_hh; overwritten with the activated gates (i, f, g, o).
-std::tuple<Tensor, Tensor, Tensor> lstm_forward(Tensor gx, const std::optional<Tensor>& ids,
-                                                const std::optional<Tensor>& table, const Tensor& h0, const Tensor& c0,
-                                                const Tensor& w_hh, int64_t path, int64_t threads) {
-  check_forward(gx, 4, w_hh, h0, path, threads);
+// x, ids: check_forward's; x's rows are x W_ih^T + b_ih + b_hh. Returns hs and cs [T+1, B, H], tc =
+// tanh(c_t) [T, B, H] and the activated gates (i, f, g, o) [T, B, 4H].
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& x, const std::optional<Tensor>& ids,
+                                                        const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                                                        int64_t path, int64_t threads) {
+  const int64_t steps = check_forward(x, ids, 4, w_hh, h0, path, threads), B = h0.size(0), H = w_hh.size(1);
   TORCH_CHECK(c0.sizes() == h0.sizes() && c0.scalar_type() == h0.scalar_type(), "c0 must be like h0");
-  const int64_t steps = gx.size(0), B = gx.size(1), H = w_hh.size(1);
   Tensor hs = first_state(h0, steps), cs = first_state(c0.contiguous(), steps);
-  Tensor tc = at::empty({steps, B, H}, gx.options()), w_t = transposed_weight(w_hh, threads, path);
-  AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "lstm_forward", [&] {
+  Tensor tc = at::empty({steps, B, H}, x.options()), gates = at::empty({steps, B, 4 * H}, x.options());
+  Tensor w_t = transposed_weight(w_hh, threads, path);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward", [&] {
     using T = scalar_t;
-    const Gather<T> gather = make_gather<T>(ids, table, gx);
-    T* g = gx.data_ptr<T>();
+    const Inputs<T> in = inputs_of<T>(x, ids);
+    T* g = gates.data_ptr<T>();
     T* h = hs.data_ptr<T>();
     T* c = cs.data_ptr<T>();
     T* th = tc.data_ptr<T>();
@@ -518,15 +487,15 @@ std::tuple<Tensor, Tensor, Tensor> lstm_forward(Tensor gx, const std::optional<T
     const Tensor panels = forward_panels<T, 4>(w_hh, path);
     const void* pk = panel_data(panels);
     run_blocks(threads, B, H, [&](const Block& blk) {
-      forward_any<T, 4>(blk, path, steps, B, H, w, wt, pk, h, gather,
+      forward_any<T, 4>(blk, path, steps, B, H, w, wt, pk, h,
                        [&](int64_t t, int64_t b, int64_t u0, auto cnt, const T* q, int64_t qs) {
                          const int64_t row = t * B + b;
-                         lstm_cell_forward<T>(cnt, H, qs, g + row * 4 * H + u0, q, c + row * H + u0,
+                         lstm_cell_forward<T>(cnt, H, qs, in.row(row) + u0, g + row * 4 * H + u0, q, c + row * H + u0,
                                               c + (row + B) * H + u0, th + row * H + u0, h + (row + B) * H + u0);
                        });
     }, unit_align<T, 4>(path));
   });
-  return {hs, cs, tc};
+  return {hs, cs, tc, gates};
 }
 
 std::tuple<Tensor, Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& d_cT, const Tensor& w_hh,
@@ -595,20 +564,19 @@ TORCH_LIBRARY(rnn_train_kernels, m) {
     TORCH_CHECK(bf16_available(), "bf16 products are not available here");
     return bf16_matmul(a, bt);
   });
-  m.def("rnn_forward(Tensor(a!) gx, Tensor? ids, Tensor? table, Tensor h0, Tensor w_hh, bool relu, int path, "
-        "int threads) -> Tensor",
+  m.def("rnn_forward(Tensor x, Tensor? ids, Tensor h0, Tensor w_hh, bool relu, int path, int threads) -> Tensor",
         &rnn_forward);
   m.def("rnn_backward(Tensor d_out, Tensor d_hT, Tensor w_hh, Tensor hs, Tensor(a!) da, bool relu, bool need_dh0, "
         "int path, int threads) -> Tensor",
         &rnn_backward);
-  m.def("gru_forward(Tensor(a!) gx, Tensor? ids, Tensor? table, Tensor h0, Tensor w_hh, Tensor b_hn, int path, "
-        "int threads) -> (Tensor, Tensor)",
+  m.def("gru_forward(Tensor x, Tensor? ids, Tensor h0, Tensor w_hh, Tensor b_hn, int path, int threads) -> "
+        "(Tensor, Tensor, Tensor)",
         &gru_forward);
   m.def("gru_backward(Tensor d_out, Tensor d_hT, Tensor w_hh, Tensor hs, Tensor gates, Tensor n, Tensor(a!) dgh, "
         "Tensor(b!) dgi, bool need_dh0, int path, int threads) -> Tensor",
         &gru_backward);
-  m.def("lstm_forward(Tensor(a!) gx, Tensor? ids, Tensor? table, Tensor h0, Tensor c0, Tensor w_hh, int path, "
-        "int threads) -> (Tensor, Tensor, Tensor)",
+  m.def("lstm_forward(Tensor x, Tensor? ids, Tensor h0, Tensor c0, Tensor w_hh, int path, int threads) -> "
+        "(Tensor, Tensor, Tensor, Tensor)",
         &lstm_forward);
   m.def("lstm_backward(Tensor d_out, Tensor d_hT, Tensor d_cT, Tensor w_hh, Tensor cs, Tensor gates, Tensor tc, "
         "Tensor(a!) dg, bool need_dh0, int path, int threads) -> (Tensor, Tensor)",
