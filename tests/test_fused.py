@@ -249,6 +249,24 @@ def test_one_hot_ids_equal_nn_on_one_hot_input(path, cell, shape, batch_first):
     assert_same(ours, ref, 1e-10)
 
 
+@pytest.mark.parametrize("path,cell", path_cells(["cpp-rows", "cpp-units", "cpp-tiled-rows", "cpp-tiled-units"]))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_ids_and_their_one_hot_rows_run_the_same_arithmetic(path, cell, dtype):
+    """The C++ loop reads a step's input projection where it lies: the gather table's row for ids,
+    the all-steps projection for float input. A one-hot row's projection is that same table row
+    (a sum with one nonzero term), so both give the same outputs bit for bit."""
+    path = usable(PATHS[path])
+    case = make_case(cell, 9, 6, 7, 40, seed=12, dtype=dtype, one_hot=True, scale=40**-0.5)
+    params = [getattr(case["module"], n) for n in PARAM_NAMES]
+    c0 = {"c0": case["c0"]} if cell == "lstm" else {}
+    with torch.no_grad():
+        from_ids = fused_rnn_layer(cell, case["ids"], case["h0"], *params, one_hot_ids=True, path=path, **c0)
+        from_rows = fused_rnn_layer(cell, case["x"], case["h0"], *params, path=path, **c0)
+    assert len(from_ids) == len(from_rows) == (3 if cell == "lstm" else 2)
+    for name, a, b in zip(("out", "h_T", "c_T"), from_ids, from_rows):
+        assert torch.equal(a, b), name
+
+
 def test_ids_of_any_integer_type_give_the_same_result():
     case = make_case("gru", 3, 9, 6, 5, seed=8, one_hot=True)
     m = case["module"]
