@@ -144,6 +144,8 @@ def atomic_write_files(writes: list[tuple[str | Path, Callable[[BinaryIO], objec
     for path, _ in writes:  # a rename over a directory fails: find out before replacing anything
         if Path(path).is_dir():
             raise WriteError(path, IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR)))
+        if not_a_plain_file(path):  # a rename would replace the device, pipe or link itself
+            raise WriteError(path, OSError(errno.EEXIST, "it is a device, a pipe or a link, not a regular file"))
     staged: list[tuple[Path, str]] = []
     try:
         for path, write in writes:
@@ -184,6 +186,19 @@ def output_arg(text: str) -> str:
     return text
 
 
+def not_a_plain_file(path: str | Path) -> bool:
+    """`path` exists and is a symbolic link, or neither a regular file nor a directory (a device,
+    a FIFO, a socket): what an atomic write (a rename over the name) would replace instead of writing to."""
+    return os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path) and not os.path.isdir(path))
+
+
+def refuse_special(path: str | Path, what: str) -> None:
+    """Stop with one line where the input `path` (`what` names it: "config file") is a pipe, a
+    device or a socket: reading one blocks until something writes to it, or never ends (/dev/zero)."""
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise UserError(f"{what} {path} is not a regular file (a pipe or a device)")
+
+
 def refuse_replacing(out: str | Path, flag: str, *, reads: tuple = (), own: Callable[[Path], bool] | None = None,
                      kind: str = "") -> None:
     """Stop, before anything is written, a command whose output `out` (given as `flag`) would
@@ -191,6 +206,9 @@ def refuse_replacing(out: str | Path, flag: str, *, reads: tuple = (), own: Call
     that `own` does not recognise as an earlier output of this `kind`: a typo in --out must not
     turn a checkpoint, a config or a corpus into an HTML page."""
     out = Path(out)
+    if not_a_plain_file(out):
+        raise UserError(f"{flag} {out} is a device, a pipe or a link, not a regular file; nothing written "
+                        "(choose another name)")
     if not out.exists():
         return
     for source in reads:

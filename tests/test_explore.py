@@ -10,6 +10,8 @@ rnn_train.prediction.trace (itself held to the torch module).
 import contextlib
 import io
 import math
+import os
+import stat
 import subprocess
 import sys
 
@@ -335,12 +337,16 @@ def test_the_page_replaces_only_an_earlier_page(runs, tmp_path):
     mine.write_text("<!doctype html><title>my own page</title>\n")
     copy = tmp_path / "text.txt"
     copy.write_text(text.read_text())
+    fifo = tmp_path / "pipe.html"
+    os.mkfifo(fifo)
     for out, needle in [(copy, "is a file this command reads"), (tmp / "gru" / "best.pt", "is a file this command reads"),
-                        (mine, "exists and is not a page explore wrote"), ("", "an empty path")]:
+                        (mine, "exists and is not a page explore wrote"), ("", "an empty path"),
+                        (fifo, "is a device, a pipe or a link, not a regular file")]:
         job = explore("--checkpoint", tmp / "gru", copy, "--out", out)
         assert job.returncode == 2 and job.stderr.startswith("error: ") and job.stderr.count("\n") == 1
         assert needle in job.stderr, job.stderr
     assert copy.read_text() == text.read_text() and mine.read_text() == "<!doctype html><title>my own page</title>\n"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
     page = tmp_path / "page.html"
     for _ in range(2):
         assert explore("--checkpoint", tmp / "gru", copy, "--out", page, "--max-chars", 200).returncode == 0

@@ -8,7 +8,9 @@ alone; a model the exporter cannot trace is one line and writes nothing."""
 import contextlib
 import io
 import json
+import os
 import re
+import stat
 import subprocess
 import sys
 
@@ -207,13 +209,18 @@ def test_export_replaces_only_an_earlier_export(runs, cli_export, tmp_path, caps
     ckpt.write_bytes((runs / "gru.pt").read_bytes())
     (tmp_path / "metrics.json").write_text('{"loss": 1.5}\n')
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    plain = lambda: {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and not p.is_symlink()}  # noqa: E731
     export = lambda out: run_command("export", ["--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)])  # noqa: E731
+    os.mkfifo(tmp_path / "pipe.onnx")
+    (tmp_path / "link.onnx").symlink_to(tmp_path / "elsewhere.onnx")
     for out, needle in [(ckpt, "ends in .onnx"), (tmp_path / "notes.txt", "ends in .onnx"),
-                        (tmp_path / "metrics.onnx", "metrics.json exists and is not an earlier export's metadata")]:
+                        (tmp_path / "metrics.onnx", "metrics.json exists and is not an earlier export's metadata"),
+                        (tmp_path / "pipe.onnx", "is a device, a pipe or a link"),
+                        (tmp_path / "link.onnx", "is a device, a pipe or a link")]:
         assert export(out) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert plain() == before and (tmp_path / "link.onnx").is_symlink() and stat.S_ISFIFO((tmp_path / "pipe.onnx").lstat().st_mode)
     (tmp_path / "m.onnx").write_bytes(b"an older graph")
     (tmp_path / "m.json").mkdir()  # the pair cannot be written: the graph is not replaced either
     assert export(tmp_path / "m.onnx") == 2

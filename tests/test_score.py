@@ -2,6 +2,8 @@
 segments scored as one batch, each after a warm-up."""
 import json
 import math
+import os
+import stat
 import subprocess
 import sys
 
@@ -210,13 +212,19 @@ def test_per_char_never_replaces_an_input_or_a_file_that_is_not_a_table(run, tmp
     text.write_text("the time machine")
     notes.write_text("my notes\n")
     checkpoint = (tmp / "run" / "best.pt").read_bytes()
+    fifo, link = tmp_path / "pipe", tmp_path / "link.tsv"
+    os.mkfifo(fifo)  # a rename over it would replace the pipe (a device node: the same)
+    link.symlink_to(tmp_path / "bits-elsewhere.tsv")
+    not_plain = "is a device, a pipe or a link, not a regular file"
     for target, needle in [(text, "is a file this command reads"), (tmp / "run" / "best.pt", "is a file this command reads"),
-                           (notes, "exists and is not an earlier --per-char table"), ("", "an empty path")]:
+                           (notes, "exists and is not an earlier --per-char table"), ("", "an empty path"),
+                           (fifo, not_plain), (link, not_plain)]:
         out = _score_cli("--checkpoint", tmp / "run", text, "--per-char", target)
         assert out.returncode == 2 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1
         assert needle in out.stderr, out.stderr
     assert text.read_text() == "the time machine" and notes.read_text() == "my notes\n"
     assert (tmp / "run" / "best.pt").read_bytes() == checkpoint
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and link.is_symlink() and not link.exists()
     table = tmp_path / "bits.tsv"
     for _ in range(2):  # an earlier table is replaced
         assert _score_cli("--checkpoint", tmp / "run", text, "--per-char", table).returncode == 0
