@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from rnn_train.errors import UserError
+from rnn_train.files import refuse_special
 from rnn_train.model import cells
 
 
@@ -483,6 +484,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
         path = resolve_recipe(path)
         source = str(path)
+        refuse_special(path, "config file")
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:

@@ -1,5 +1,6 @@
 """Every user mistake ends in one line `error: ...`, exit status 2, no traceback, nothing damaged."""
 import hashlib
+import os
 import subprocess
 import sys
 
@@ -95,6 +96,24 @@ def test_seeds_outside_what_the_generators_take_and_empty_output_paths(tmp_path,
     # Linux overcommits: without a check this one grows until the machine swaps
     assert_user_error(run(*rnn, "gradflow", "--checkpoint", str(finished_run / "done"), "--batch", "1000000000",
                           "--steps", "10"), "--batch 1000000000 x --steps 10 needs about")
+
+
+def test_an_input_that_is_a_pipe_or_a_device_is_refused_instead_of_read_forever(tmp_path, finished_run):
+    """Reading a FIFO blocks until someone writes to it, /dev/zero never ends: both are refused up front."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    rnn, done = ["-m", "rnn_train"], str(finished_run / "done")
+    cases = [(["train.py", "--config", str(fifo)], "config file"),
+             (["train.py", "--config", "/dev/zero"], "config file /dev/zero is not a regular file"),
+             (["predict.py", "--checkpoint", str(fifo), "--prefix", "a"], "checkpoint"),
+             ([*rnn, "score", "--checkpoint", done, str(fifo)], "corpus file"),
+             ([*rnn, "tune", "--config", "configs/debug.yaml", "--space", str(fifo), "--trials", "2",
+               "--trial-budget", "tokens:1k", "--out", str(tmp_path / "t"), "--dry-run"], "search space file")]
+    for args, needle in cases:
+        out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert_user_error(out, needle)
+        assert "is not a regular file (a pipe or a device)" in out.stderr
+    assert not (tmp_path / "t").exists()
 
 
 def test_a_training_into_a_run_directory_another_is_writing_stops_with_one_line(tmp_path, finished_run):

@@ -34,6 +34,7 @@ from rnn_train.data.pinyin import check_tones
 from rnn_train.data.pinyin import contains_han, hanzi_to_pinyin  # noqa: F401 (prediction imports them from here)
 from rnn_train.data.sources import SourceFile, resolve_paths
 from rnn_train.data.download import missing_corpus_error
+from rnn_train.files import refuse_special
 from rnn_train.errors import UserError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -68,6 +69,7 @@ def _decoder(encoding: str, path: PathLike) -> codecs.IncrementalDecoder:
 
 
 def _open(path: PathLike):
+    refuse_special(path, "corpus file")
     try:
         return open(path, "rb")
     except FileNotFoundError:

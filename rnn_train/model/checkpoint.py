@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from rnn_train.errors import UserError
-from rnn_train.files import atomic_write_bytes
+from rnn_train.files import atomic_write_bytes, refuse_special
 from rnn_train.runfiles import BEST, LAST
 
 FORMAT = "rnn-train-checkpoint"
@@ -68,6 +68,7 @@ def refuse_not_finite(values) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and sanity-check a checkpoint of this project; anything else is a one-line UserError."""
     path = Path(path)
+    refuse_special(path, "checkpoint")
     if path.is_file() and not zipfile.is_zipfile(path):
         raise UserError(f"{path} is not an rnn-train checkpoint (not a PyTorch checkpoint file at all)")
     try:
