@@ -341,6 +341,24 @@ def test_globs_expand_in_sorted_order_and_entries_keep_their_order(tmp_path):
     assert corpus.load_corpus([str(tmp_path / "**" / "*.md")], kind="text") == "c"
 
 
+def test_a_glob_names_each_file_once_while_entries_may_repeat_one(tmp_path):
+    """"d/**" matches d, d/sub and the files in both: each file is read once. Listing a file in
+    two entries still reads it twice (the documented way to weight a file)."""
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    write(tmp_path / "d" / "a.txt", "one")
+    write(tmp_path / "d" / "sub" / "b.txt", "two")
+    assert corpus.load_corpus([str(tmp_path / "d" / "**")], kind="text") == "one\ntwo"
+    assert corpus.load_corpus([str(tmp_path / "d" / "a.txt")] * 2, kind="text") == "one\none"
+
+
+def test_an_empty_entry_is_an_error_not_the_current_directory(tmp_path, monkeypatch):
+    write(tmp_path / "notes.txt", "not a corpus")
+    monkeypatch.chdir(tmp_path)
+    for entries in ([""], [str(tmp_path / "notes.txt"), "  "]):
+        with pytest.raises(UserError, match=rf"data.paths: entry {len(entries)} of {len(entries)} is empty"):
+            corpus.load_corpus(entries, kind="text")
+
+
 def test_empty_directory_and_unmatched_glob_are_one_line_errors(tmp_path):
     (tmp_path / "empty" / ".hidden").mkdir(parents=True)
     with pytest.raises(UserError, match=f"directory {re.escape(str(tmp_path / 'empty'))} holds no corpus file"):

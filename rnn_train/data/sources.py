@@ -7,8 +7,10 @@ What an entry of `data.paths` may be
       links to files are followed but links to directories are not (no loops);
     * a glob (an entry containing ``*``, ``?`` or ``[``; ``**`` spans directories): its matches in
       sorted order, a matched directory expanded as above.
-    The entries keep their order and nothing is de-duplicated: a file listed twice is read twice,
-    exactly as two copies would be. An empty directory or a glob that matches no file is a
+    The entries keep their order and nothing is de-duplicated across them: a file listed twice is
+    read twice, exactly as two copies would be. Within one glob each file counts once (``d/**``
+    matches ``d``, its subdirectories and the files in them, all of which name the same files).
+    An empty entry is an error (it would otherwise mean the current directory). An empty directory or a glob that matches no file is a
     one-line error naming it, as is a path that does not exist.
 
 Identity for the cache
@@ -51,7 +53,9 @@ class SourceFile:
 def resolve_paths(entries: list[str]) -> list[SourceFile]:
     """Expand `data.paths` (files, directories, globs) into files, in order; see the module docstring."""
     files: list[SourceFile] = []
-    for entry in entries:
+    for i, entry in enumerate(entries):
+        if not str(entry).strip():  # Path("") is ".": the current directory, read recursively
+            raise UserError(f"data.paths: entry {i + 1} of {len(entries)} is empty")
         found = _expand(str(entry))
         files.extend(_stat(path, entry) for path in found)
     return files
@@ -60,7 +64,8 @@ def resolve_paths(entries: list[str]) -> list[SourceFile]:
 def _expand(entry: str) -> list[Path]:
     if _GLOB_CHARS & set(entry):
         matches = sorted(glob.glob(os.path.expanduser(entry), recursive=True))
-        files = [f for m in matches for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
+        expanded = [f for m in matches for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
+        files = list(dict.fromkeys(expanded))  # "d/**" matches d, d/sub and the files in both: each once
         if not files:
             raise UserError(f"data.paths: {entry} matches no file")
         return files
