@@ -92,10 +92,15 @@ def _sqlite_path(url: str) -> str | None:
 def check_url(url: str) -> str | None:
     """What open_storage refuses before it connects (an unparsable URL, a SQLite file in a directory
     that is not there), as one UserError; -> the SQLite file, or None. --dry-run calls it alone."""
+    from sqlalchemy.engine import make_url
+
     try:
-        path = _sqlite_path(url)
+        path, backend = _sqlite_path(url), make_url(url).get_backend_name()
     except Exception as e:  # noqa: BLE001 - sqlalchemy's ArgumentError and friends
         raise UserError(f"--storage {url!r} is not a database URL ({e})") from None
+    if backend == "sqlite" and path is None:  # each process (each --workers worker) would get its own
+        raise UserError(f"--storage {shown(url)} is an in-memory SQLite database, which no other process sees "
+                        f"and which ends with this one: give a file (sqlite:///PATH) or leave --storage out")
     if path is not None and not Path(path).parent.is_dir():
         raise UserError(f"--storage {shown(url)}: the directory {Path(path).parent} does not exist")
     return path
