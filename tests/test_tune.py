@@ -128,6 +128,9 @@ def test_a_space_key_given_twice_is_named_with_its_line(tmp_path):
     space.write_text("train.lr: [0.01, 0.02]\nmodel.cell: [rnn, gru]\ntrain.lr: [0.1, 0.2]\n")
     with pytest.raises(UserError, match=r"s\.yaml: invalid YAML at line 3, column 1: the key 'train.lr' is given twice"):
         plan_tune(DEBUG, [], str(space), parse_budget("tokens:1k"), 4, tmp_path / "out")
+    space.write_text("train.lr: {float: [1.0e-3, 1.0e-2]}\ntrain: {lr: [0.1], momentum: [0.0, 0.9]}\n")
+    with pytest.raises(UserError, match=r"s\.yaml: train\.lr is given twice \(once dotted, once inside its section\)"):
+        plan_tune(DEBUG, [], str(space), parse_budget("tokens:1k"), 4, tmp_path / "out")
 
 
 def test_values_are_checked_in_a_config_at_each_end_of_every_range(tmp_path):

@@ -64,10 +64,11 @@ def read_space_file(path: str | Path) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, spec in raw.items():
         key = str(key)
-        if "." not in key and key in SECTIONS and isinstance(spec, dict):
-            flat.update({f"{key}.{k}": v for k, v in spec.items()})
-        else:
-            flat[key] = spec
+        nested = "." not in key and key in SECTIONS and isinstance(spec, dict)
+        for name, value in ({f"{key}.{k}": v for k, v in spec.items()} if nested else {key: spec}).items():
+            if name in flat:  # train.lr: ... and train: {lr: ...}: the later one would win silently
+                raise UserError(f"{path}: {name} is given twice (once dotted, once inside its section)")
+            flat[name] = value
     return flat
 
 
