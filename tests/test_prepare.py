@@ -145,3 +145,17 @@ def test_prepare_data_keeps_the_too_short_check(tmp_path):
     path.write_text("abc" * 10)
     with pytest.raises(UserError, match="corpus too short: the training split of .*a.txt has 27 characters"):
         prepare_data(DataConfig(paths=[str(path)], kind="text", batch_size=4, num_steps=8), tmp_path / "cache")
+
+
+def test_a_min_freq_that_leaves_no_character_is_refused_before_training(tmp_path):
+    """With every character <unk> there is nothing to predict: the loss reads 0 and sampling breaks."""
+    from rnn_train.errors import UserError
+
+    path = tmp_path / "a.txt"
+    path.write_text("abcab" * 200)
+    cfg = DataConfig(paths=[str(path)], kind="text", min_freq=401, batch_size=4, num_steps=8)
+    with pytest.raises(UserError, match=r"data.min_freq=401 leaves no character in the vocabulary \(the most "
+                                        r"frequent occurs 400 times\)"):
+        prepare_corpus(cfg, tmp_path / "cache")
+    prepared = prepare_corpus(DataConfig(paths=[str(path)], kind="text", min_freq=400), tmp_path / "cache")
+    assert prepared.vocab.itos == ["<unk>", "a", "b"]

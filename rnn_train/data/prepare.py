@@ -202,6 +202,9 @@ def _build(cfg: DataConfig, sources: Sources, vocab: Optional[Vocab], out: Path,
     if vocab is None:
         counted = _count(parts, cfg, chunk_bytes, bars)
         vocab = Vocab.from_counts(counted.counts, cfg.min_freq, cfg.max_size)
+        if len(vocab) == 1 and counted.total:  # every character <unk>: a model with nothing to predict
+            raise UserError(f"data.min_freq={cfg.min_freq} leaves no character in the vocabulary (the most frequent "
+                            f"occurs {int(counted.counts.max())} times)")
     n, unk = _encode(parts, cfg, vocab, out / TOKENS, chunk_bytes, bars)
     if (counted is not None and counted.total != n) or not all(unchanged(f) for f in sources.files):
         changed = [str(f.path) for f in sources.files if not unchanged(f)] or ["a corpus file"]
