@@ -26,6 +26,9 @@ from rnn_train.files import refuse_special
 from rnn_train.model import cells
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
+
+
 class _Problems(Exception):
     """Raised by a section's `__post_init__` with every range problem it found, as (key, message):
     the key says whom to blame (build_config: the file, or the override that set it)."""
@@ -302,6 +305,8 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
                 raise ValueError(f"{key} must be a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{key} must be a finite number, got {value!r}")
+        if abs(value) > FLOAT32_MAX:  # training computes in float32, where it would be inf
+            raise ValueError(f"{key} must be a number of float32's range (|x| <= 3.4e38), got {value!r}")
         return float(value)
     if tp is str:
         if value is None:

@@ -57,6 +57,15 @@ def test_wrong_types_are_rejected_not_coerced():
             build_config(raw)
 
 
+def test_a_number_beyond_float32_is_refused_by_name_not_left_to_overflow_in_training():
+    """Training computes in float32: 1e39 would be inf there (a traceback from torch, before)."""
+    for raw, key in (({"train": {"lr": 1e39, "max_steps": 5}}, "train.lr"),
+                     ({"train": {"weight_decay": -1e300, "max_steps": 5}}, "train.weight_decay")):
+        with pytest.raises(UserError, match=rf"{key} must be a number of float32's range \(\|x\| <= 3.4e38\)"):
+            build_config(raw)
+    assert build_config({"train": {"lr": 3.0e38, "max_steps": 5}}).train.lr == 3.0e38
+
+
 def test_a_training_limit_is_required():
     with pytest.raises(UserError, match="set at least one limit"):
         build_config({})
