@@ -107,13 +107,15 @@ def test_predict_cli_prints_both_predictions(trained):
     (["--prefix", "a", "-k", "-3"], "-k must be >= 0, got -3"),
     (["--prefix", "a", "--top-n", "0"], "--top-n must be >= 1, got 0"),
     (["--prefix", "a", "--top-k", "-2"], "--top-k must be >= 0, got -2"),
-    (["--prefix", "a", "--temperature", "nan"], "--temperature must be a finite number >= 0, got nan"),
+    (["--prefix", "a", "--temperature", "nan"], "--temperature must be in [0, 100], got nan"),
+    (["--prefix", "a", "--temperature", "1e39"], "--temperature must be in [0, 100], got 1e+39"),
     (["--prefix", "a", "--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--prefix", "a", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--prefix", "a", "--num-samples", "0"], "--num-samples must be >= 1"),
     (["--line-starts", "zhong,Xyz"], "'Xyz' cannot be spelled with the model's vocab (no 'X')"),
     (["--prefix", "a", "--stop-at", "\u00e9"], "--stop-at"),
-    (["--prefix", "a", "--seed", "-1", "--temperature", "1"], "--seed must be >= 0"),
+    (["--prefix", "a", "--seed", "-1", "--temperature", "1"], "--seed must be in [0, 2^63), got -1"),
+    (["--prefix", "a", "--seed", str(2**64 + 1), "--temperature", "1"], "--seed must be in [0, 2^63)"),
 ])
 def test_predict_cli_errors_are_one_line_with_status_2(trained, args, needle):
     run_dir, _, _ = trained

@@ -46,6 +46,10 @@ import torch
 from rnn_train.errors import UserError
 
 
+MAX_TEMPERATURE = 100.0  # hotter is uniform noise, and T * Gumbel noise stays far from overflow
+MAX_SEED = 2 ** 63 - 1  # as training's seeds; a larger one was taken modulo 2^64 without a word
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     temperature: float = 0.0  # 0 = greedy; > 0 samples from softmax(logits / temperature)
@@ -57,14 +61,14 @@ class SamplingOptions:
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):
             raise UserError(f"--precision must be fp32 or bf16, got {self.precision!r}")
-        if not 0 <= self.temperature < float("inf"):
-            raise UserError(f"--temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:  # 1e39 made every logit 0 in float32: <unk> was drawn
+            raise UserError(f"--temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
         if self.top_k < 0:
             raise UserError(f"--top-k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.seed is not None and self.seed < 0:
-            raise UserError(f"--seed must be >= 0, got {self.seed}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"--seed must be in [0, 2^63), got {self.seed}")
 
     @property
     def greedy(self) -> bool:

@@ -102,8 +102,6 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
     k = args.k if args.k is not None else (LONG_K if rules_given else 50)
     for flag, ok, rule, value in (("-k", k >= 0, ">= 0", k), ("--top-n", args.top_n >= 1, ">= 1", args.top_n),
                                   ("--top-k", args.top_k >= 0, ">= 0", args.top_k),
-                                  ("--temperature", 0 <= args.temperature < float("inf"), "a finite number >= 0",
-                                   args.temperature),
                                   ("--num-samples", args.num_samples >= 1, ">= 1", args.num_samples)):
         if not ok:
             ap.error(f"{flag} must be {rule}, got {value}")

@@ -41,7 +41,7 @@ from rnn_train.errors import UserError
 from rnn_train.files import strict_json
 from rnn_train.model.charrnn import CharRNN
 from rnn_train.model.checkpoint import describe
-from rnn_train.prediction.choose import SamplingOptions
+from rnn_train.prediction.choose import MAX_SEED, MAX_TEMPERATURE, SamplingOptions
 from rnn_train.prediction.cli import LONG_K, pinyin_prefix
 from rnn_train.prediction.generate import encode_prefix, sampler_logits, top_chars, warm_up
 from rnn_train.prediction.sampler import RuleState, StopRules
@@ -50,8 +50,6 @@ from rnn_train.prediction.textstream import text_pieces
 from rnn_train.serve.scheduler import Batcher, Job
 
 DEFAULT_K = 50  # as predict's -k
-MAX_TEMPERATURE = 100.0  # hotter is uniform noise, and T * Gumbel noise stays far from overflow
-MAX_SEED = 2 ** 63 - 1
 
 
 @dataclass(frozen=True)
