@@ -116,6 +116,26 @@ def test_an_input_that_is_a_pipe_or_a_device_is_refused_instead_of_read_forever(
     assert not (tmp_path / "t").exists()
 
 
+def test_a_checkpoint_damaged_to_hold_a_nan_weight_is_refused_by_every_command_that_loads_one(tmp_path, finished_run):
+    """Training stops at a divergence and never saves such weights; export had checked a graph of NaN
+    outputs as matching (max(0, nan) is 0), explore and gradflow had drawn them."""
+    source = finished_run / "done" / ("best.pt" if (finished_run / "done" / "best.pt").exists() else "last.pt")
+    ckpt = torch.load(source, weights_only=True)
+    name = next(k for k in ckpt["model"] if "weight_hh" in k)
+    ckpt["model"][name][0, 0] = float("nan")
+    damaged = tmp_path / "damaged.pt"
+    torch.save(ckpt, damaged)
+    text = tmp_path / "t.txt"
+    text.write_text("the time machine " * 10)
+    rnn = ["-m", "rnn_train"]
+    for args in (["predict.py", "--checkpoint", str(damaged), "--prefix", "t"],
+                 [*rnn, "export", "--checkpoint", str(damaged), "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
+                 [*rnn, "explore", "--checkpoint", str(damaged), str(text), "--out", str(tmp_path / "p.html")],
+                 [*rnn, "gradflow", "--checkpoint", str(damaged), "--steps", "5", "--batch", "2", "--no-tensorboard"]):
+        assert_user_error(run(*args), f"{damaged}: the model's weights are not all finite (a damaged checkpoint)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.pt", "t.txt"]
+
+
 def test_a_training_into_a_run_directory_another_is_writing_stops_with_one_line(tmp_path, finished_run):
     from rnn_train.training.rundir import claimed
 

@@ -115,6 +115,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     except RuntimeError as e:
         raise UserError(f"{ckpt_path}: weights do not fit the model its config describes "
                         f"({str(e).splitlines()[0][:120]})") from None
+    with torch.no_grad():  # training never saves such weights: the file was damaged after it
+        if not all(math.isfinite(float(p.abs().max())) for p in model.parameters() if p.numel()):
+            raise UserError(f"{ckpt_path}: the model's weights are not all finite (a damaged checkpoint); "
+                            "use an earlier checkpoint")
     model.to(device).eval()
     return model, vocab, cfg, ckpt
 
