@@ -27,6 +27,7 @@ from rnn_train.model import cells
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
+MAX_THREADS = 1024  # torch threads: more fail to start (libgomp) or crash
 
 
 class _Problems(Exception):
@@ -187,7 +188,7 @@ class TrainConfig:
         _check(p, self.max_time >= 0, "train.max_time", f"must be >= 0, got {self.max_time}")
         _check(p, self.clip_norm >= 0, "train.clip_norm", f"must be >= 0 (0 = off), got {self.clip_norm}")
         _check(p, 0 <= self.seed < 2**63, "train.seed", f"must be in [0, 2^63), got {self.seed}")
-        _check(p, self.threads <= 1024, "train.threads", f"must be at most 1024, got {self.threads}")
+        _check(p, self.threads <= MAX_THREADS, "train.threads", f"must be at most {MAX_THREADS}, got {self.threads}")
         _check(p, any((self.epochs, self.max_steps, self.max_tokens, self.max_time)), "train.epochs",
                "and train.max_steps, train.max_tokens, train.max_time are all 0: set at least one limit")
         if self.schedule == "cosine":

@@ -92,6 +92,11 @@ def test_seeds_outside_what_the_generators_take_and_empty_output_paths(tmp_path,
     assert_user_error(run(*rnn, "prepare", "--config", "configs/debug.yaml", "--cache-dir", " "),
                       "argument --cache-dir: an empty path")
     assert_user_error(run(*rnn, "bptt", "--tol", "nan"), "--tol must be a finite number >= 0, got nan")
+    # as train.threads: libgomp fails to start that many, or segfaults
+    assert_user_error(run(*rnn, "gradflow", "--checkpoint", str(finished_run / "done"), "--threads", "100000"),
+                      "--threads must be in [0, 1024] (0 = torch's default), got 100000")
+    assert_user_error(run(*rnn, "bench", "--config", "configs/debug.yaml", "--corpus", "README.md", "--threads", "2000"),
+                      "--threads must be in [0, 1024] (0 = torch's default), got 2000")
     assert_user_error(run(*rnn, "bptt", "--hidden", "1000000"), "not enough memory for --steps 10")
     # Linux overcommits: without a check this one grows until the machine swaps
     assert_user_error(run(*rnn, "gradflow", "--checkpoint", str(finished_run / "done"), "--batch", "1000000000",

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from rnn_train.cli import ArgumentParser
-from rnn_train.config import load_config
+from rnn_train.config import MAX_THREADS, load_config
 from rnn_train.errors import UserError
 from rnn_train.recipes import resolve_recipe
 from rnn_train.files import strict_json
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train bench")
         ap.error(f"--rounds must be >= 1, got {args.rounds}")
     if not 0 < args.seconds < math.inf:
         ap.error(f"--seconds must be a finite number > 0, got {args.seconds}")
-    if args.threads < 0:
-        ap.error(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
+    if not 0 <= args.threads <= MAX_THREADS:
+        ap.error(f"--threads must be in [0, {MAX_THREADS}] (0 = torch's default), got {args.threads}")
     reference, corpus, config = Path(args.reference), Path(args.corpus), resolve_recipe(args.config)
     for p, what in ((reference, "reference loop (--reference)"), (corpus, "corpus")):
         if not p.is_file():

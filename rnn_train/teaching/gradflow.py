@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnn_train.cli import ArgumentParser, seed_arg
+from rnn_train.config import MAX_THREADS
 from rnn_train.errors import UserError
 from rnn_train.files import output_arg
 from rnn_train.model import cells
@@ -479,8 +480,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train gradflo
         ap.error("--clip must be >= 0 (0 = no clipping)")
     if not (math.isfinite(args.whh_scale) and math.isfinite(args.keep_bias)):
         ap.error("--whh-scale and --keep-bias must be finite numbers")
-    if args.threads < 0:
-        ap.error("--threads must be >= 0")
+    if not 0 <= args.threads <= MAX_THREADS:
+        ap.error(f"--threads must be in [0, {MAX_THREADS}] (0 = torch's default), got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
