@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,8 +218,12 @@ class LogConfig:
         p: list[tuple[str, str]] = []
         _check(p, self.log_every >= 1, "log.log_every", f"must be >= 1, got {self.log_every}")
         _check(p, self.sample_length >= 0, "log.sample_length", f"must be >= 0, got {self.sample_length}")
-        _check(p, "/" not in self.name and self.name not in (".", ".."), "log.name",
+        _check(p, "/" not in self.name and "\0" not in self.name and self.name not in (".", ".."), "log.name",
                f"must be a plain directory name, got {self.name!r}")
+        _check(p, len(os.fsencode(self.name)) <= 255, "log.name",  # a file name's limit on Linux and macOS
+               f"must be at most 255 bytes long, got {len(os.fsencode(self.name))}")
+        _check(p, bool(self.dir.strip()) and "\0" not in self.dir, "log.dir",
+               f"must be a directory path (. for the current directory), got {self.dir!r}")
         if p:
             raise _Problems(p)
 

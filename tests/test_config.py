@@ -1,4 +1,5 @@
 """The config is typed, validated once, and a user's typo is never silently accepted."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,16 @@ def test_a_number_beyond_float32_is_refused_by_name_not_left_to_overflow_in_trai
         with pytest.raises(UserError, match=rf"{key} must be a number of float32's range \(\|x\| <= 3.4e38\)"):
             build_config(raw)
     assert build_config({"train": {"lr": 3.0e38, "max_steps": 5}}).train.lr == 3.0e38
+
+
+def test_run_directory_names_the_file_system_cannot_take_are_refused_by_key():
+    for log, key in (({"name": "a\0b"}, "log.name must be a plain directory name"),
+                     ({"name": "x" * 256}, "log.name must be at most 255 bytes long, got 256"),
+                     ({"dir": "runs\0"}, "log.dir must be a directory path"),
+                     ({"dir": " "}, "log.dir must be a directory path (. for the current directory)")):
+        with pytest.raises(UserError, match=re.escape(key)):
+            build_config({"train": {"max_steps": 5}, "log": log})
+    assert build_config({"train": {"max_steps": 5}, "log": {"name": "x" * 255, "dir": "."}}).log.dir == "."
 
 
 def test_a_training_limit_is_required():
