@@ -369,6 +369,9 @@ def test_dry_run_finds_what_the_real_run_would_refuse(tmp_path, capsys):
         assert run(tune_cli.main, base + extra) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    with pytest.raises(SystemExit) as stop:  # an empty URL: argparse's own one line
+        tune_cli.main(base + ["--out", str(tmp_path / "o"), "--storage", ""])
+    assert stop.value.code == 2 and "argument --storage: an empty URL" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a file"]
 
 
