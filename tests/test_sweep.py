@@ -118,6 +118,8 @@ def test_time_budget_and_eval_every_rules(tmp_path):
     (["data.paths=a,b"], [], "list-valued keys cannot be gridded"),
     (["model.cell=rnn,gru"], ["model.cell=lstm"], "both a grid key and a fixed override"),
     (["model.cell=rnn,gru"], ["train.epochs=3"], "override train.epochs: the sweep sets it itself"),
+    (["train.lr=0.1,0.10,1e-1,0.5"], [], "--grid train.lr: 0.1, 0.10, 1e-1 are one value"),  # the same run 3 times
+    (["model.hidden_size=16,16.0"], [], "--grid model.hidden_size: 16, 16.0 are one value"),
 ])
 def test_plan_rejects_bad_grids(tmp_path, grid, fixed, message):
     with pytest.raises(UserError, match=None) as e:

@@ -179,6 +179,13 @@ def plan_sweep(config_path: str | None, grid: dict[str, list[str]], budget: Budg
         if not user_sets_eval:
             cfg = spread_evals(cfg, budget, evals)
         plan.runs.append(PlannedRun(name, assignment, cfg, plan.out / name))
+    for key in grid:  # 0.1 and 1e-1 are two strings but one value: the same run twice
+        typed: dict[Any, list[str]] = {}
+        for r in plan.runs:
+            spelt = typed.setdefault(r.grid_values()[key], [])
+            if r.assignment[key] not in spelt:
+                spelt.append(r.assignment[key])
+        problems += [f"--grid {key}: {', '.join(spelt)} are one value" for spelt in typed.values() if len(spelt) > 1]
     if problems:
         raise UserError("; ".join(problems))
     return plan
