@@ -140,5 +140,6 @@ def make_learner(cfg: Config, vocab_size: int, device: torch.device, world: Worl
         if not isinstance(e, MemoryError) and "alloc" not in str(e).lower() and "memory" not in str(e).lower():
             raise
         m = cfg.model
-        raise UserError(f"not enough memory for the model (model.hidden_size={m.hidden_size}, "
+        embed = f"model.embed_dim={m.embed_dim}, " if m.embedding == "learned" else ""
+        raise UserError(f"not enough memory for the model ({embed}model.hidden_size={m.hidden_size}, "
                         f"model.num_layers={m.num_layers}, vocab {vocab_size}); make it smaller") from None
