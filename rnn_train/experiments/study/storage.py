@@ -77,33 +77,25 @@ def dashboard_command(url: str) -> str:
     return f"optuna-dashboard {shown(url)}"
 
 
-def _sqlite_path(url: str) -> str | None:
-    """The file of a sqlite:/// URL (None for other databases and for in-memory SQLite)."""
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite":
-        return None
-    if not u.database or u.database == ":memory:":
-        return None
-    return u.database
-
-
 def check_url(url: str) -> str | None:
-    """What open_storage refuses before it connects (an unparsable URL, a SQLite file in a directory
-    that is not there), as one UserError; -> the SQLite file, or None. --dry-run calls it alone."""
+    """What open_storage refuses before it connects (an unparsable URL, an in-memory SQLite database,
+    a SQLite file in a directory that is not there), as one UserError; -> the SQLite file, or None
+    for other databases. --dry-run calls it alone."""
     from sqlalchemy.engine import make_url
 
     try:
-        path, backend = _sqlite_path(url), make_url(url).get_backend_name()
+        u = make_url(url)
+        backend = u.get_backend_name()
     except Exception as e:  # noqa: BLE001 - sqlalchemy's ArgumentError and friends
         raise UserError(f"--storage {url!r} is not a database URL ({e})") from None
-    if backend == "sqlite" and path is None:  # each process (each --workers worker) would get its own
+    if backend != "sqlite":
+        return None
+    if not u.database or u.database == ":memory:":  # each process (each --workers worker) would get its own
         raise UserError(f"--storage {shown(url)} is an in-memory SQLite database, which no other process sees "
                         f"and which ends with this one: give a file (sqlite:///PATH) or leave --storage out")
-    if path is not None and not Path(path).parent.is_dir():
-        raise UserError(f"--storage {shown(url)}: the directory {Path(path).parent} does not exist")
-    return path
+    if not Path(u.database).parent.is_dir():
+        raise UserError(f"--storage {shown(url)}: the directory {Path(u.database).parent} does not exist")
+    return u.database
 
 
 def open_storage(url: str, *, retry: Callable | None = None, heartbeat_s: int = HEARTBEAT_S,
