@@ -61,8 +61,13 @@ def refuse_not_finite(values) -> None:
     weights, or a model's logits) holds a NaN or an inf. max |x| is NaN or inf exactly then (NaN
     propagates through max), and reads each array once: 5x torch.isfinite(x).all() on a GRU-256's
     weights. The NumPy and the C++ steppers check the weights with it, generation the warm-up's logits."""
-    if not all(math.isfinite(abs(v).max()) for v in values):
+    if not all_finite(values):
         raise UserError("the model's outputs are not finite (a diverged checkpoint?); use an earlier checkpoint")
+
+
+def all_finite(values) -> bool:
+    """Whether every one of `values` (NumPy arrays or tensors, none empty) holds only finite numbers."""
+    return all(math.isfinite(abs(v).max()) for v in values)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -116,7 +121,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
         raise UserError(f"{ckpt_path}: weights do not fit the model its config describes "
                         f"({str(e).splitlines()[0][:120]})") from None
     with torch.no_grad():  # training never saves such weights: the file was damaged after it
-        if not all(math.isfinite(float(p.abs().max())) for p in model.parameters() if p.numel()):
+        if not all_finite(p for p in model.parameters() if p.numel()):
             raise UserError(f"{ckpt_path}: the model's weights are not all finite (a damaged checkpoint); "
                             "use an earlier checkpoint")
     model.to(device).eval()
