@@ -69,6 +69,13 @@ def available_memory() -> int | None:
     return None
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` says an allocation failed: NumPy's MemoryError, or the RuntimeError torch's
+    allocator raises ("... failed to allocate ...", "not enough memory ...")."""
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and ("alloc" in text or "memory" in text))
+
+
 def set_threads(threads: int, local_size: int = 1) -> None:
     """torch's CPU threads: `threads` when set (train.threads); else, with several processes on the
     machine, each takes its share of the cores (torchrun itself sets OMP_NUM_THREADS=1, which would

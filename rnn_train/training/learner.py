@@ -18,6 +18,7 @@ from rnn_train.config import Config
 from rnn_train.data.batching import eval_batches
 from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN, State
+from rnn_train.runtime import out_of_memory
 from rnn_train.training.protocol import Learner
 from rnn_train.training.world import World
 
@@ -137,7 +138,7 @@ def make_learner(cfg: Config, vocab_size: int, device: torch.device, world: Worl
             return NumpyLearner(cfg, vocab_size, device)
         return TorchLearner(cfg, vocab_size, device, world)
     except (MemoryError, RuntimeError) as e:
-        if not isinstance(e, MemoryError) and "alloc" not in str(e).lower() and "memory" not in str(e).lower():
+        if not out_of_memory(e):
             raise
         m = cfg.model
         embed = f"model.embed_dim={m.embed_dim}, " if m.embedding == "learned" else ""

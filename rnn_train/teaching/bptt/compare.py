@@ -6,6 +6,7 @@ import numpy as np
 from rnn_train.cli import ArgumentParser, seed_arg
 from rnn_train.errors import UserError
 from rnn_train.model import cells
+from rnn_train.runtime import out_of_memory
 from rnn_train.teaching import bptt
 from rnn_train.teaching.bptt.common import (bptt_cells, has_cell_state, init_params, params_from_torch,
                                             params_to_torch)
@@ -100,8 +101,8 @@ def main(argv=None, prog: str = "python -m rnn_train bptt") -> int:
     tol = _DEFAULT_TOL[args.dtype] if args.tol is None else args.tol
     try:
         rows = _compare_with_torch(args)
-    except (MemoryError, RuntimeError) as e:  # NumPy's MemoryError; torch's allocator fails as a RuntimeError
-        if not isinstance(e, MemoryError) and "alloc" not in str(e).lower():
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
             raise
         raise UserError(f"not enough memory for --steps {args.steps} --batch {args.batch} --input {args.input} "
                         f"--hidden {args.hidden}; make them smaller") from None
