@@ -10,8 +10,8 @@ What an entry of `data.paths` may be
     The entries keep their order and nothing is de-duplicated across them: a file listed twice is
     read twice, exactly as two copies would be. Within one glob each file counts once (``d/**``
     matches ``d``, its subdirectories and the files in them, all of which name the same files).
-    An empty entry is an error (it would otherwise mean the current directory). An empty directory or a glob that matches no file is a
-    one-line error naming it, as is a path that does not exist.
+    An empty entry is an error (it would otherwise mean the current directory). An empty directory
+    or a glob that matches no file is a one-line error naming it, as is a path that does not exist.
 
 Identity for the cache
     A file is known by its content (SHA-256). Hashing a large corpus takes a moment, so the
