@@ -1,4 +1,5 @@
 """Training end to end: the loss falls, runs are reproducible, TensorBoard and checkpoints are real."""
+import io
 import json
 import math
 
@@ -216,3 +217,22 @@ def test_each_epoch_is_validated_once_and_a_finished_run_can_be_extended(tmp_pat
     more = train(longer, tmp_path / "ep", quiet=True, cache_dir=tmp_path / "c",
                  resume=load_checkpoint(tmp_path / "ep" / "last.pt"))
     assert more.step > r.step
+
+
+def test_a_sample_prefix_outside_the_vocab_is_reported_once_and_training_goes_on(tmp_path):
+    """The logged samples read unknown prefix characters as <unk>; the run says so on its first lines."""
+    err = io.StringIO()
+    cfg = tiny_config(tmp_path, "train.max_steps=20", "log.sample_prefix=Zh\u00e9ng Zhong ")
+    result = train(cfg, tmp_path / "run", cache_dir=tmp_path / "cache", stream=err)
+    notes = [line for line in err.getvalue().splitlines() if "log.sample_prefix" in line]
+    assert result.step == 20 and len(notes) == 1, err.getvalue()
+    assert "('Z', '\u00e9')" in notes[0] and "<unk>" in notes[0]
+    sample = read_events(tmp_path / "run").Tensors("sample/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "Zh\u00e9ng Zhong " in sample  # the prefix as given, then what the model drew
+
+
+def test_a_sample_prefix_inside_the_vocab_brings_no_note(tmp_path):
+    err = io.StringIO()
+    train(tiny_config(tmp_path, "train.max_steps=20", "log.sample_prefix=zhong "), tmp_path / "run",
+          cache_dir=tmp_path / "cache", stream=err)
+    assert "log.sample_prefix" not in err.getvalue()

@@ -474,6 +474,11 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
     mon.info(f"run {rd}: " + _describe(cfg, data, learner, device, kernel, start))
     if learner.precision_note and world.is_writer:
         mon.note(learner.precision_note)
+    missing = data.vocab.unknown_chars(cfg.log.sample_prefix) if cfg.log.sample_length else []
+    if missing and world.is_writer:
+        shown = ", ".join(repr(c) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        mon.note(f"log.sample_prefix has characters that are not in the vocab ({shown}): the logged samples "
+                 f"read them as <unk>")
     if init is not None and data.unk_fraction and world.is_writer:
         unknown = round(data.unk_fraction * data.text_chars)
         mon.note(f"{unknown:,} characters of the corpus ({data.unk_fraction:.2%}) are not in the vocab of "
