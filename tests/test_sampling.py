@@ -313,6 +313,14 @@ def test_cli_precision_bf16_says_what_ran(runs):
         assert "bf16 steps" in out.stdout and out.stderr == ""
     else:
         assert "sampling in float32" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+        assert "bf16 steps" not in out.stdout
+
+
+def test_cli_precision_bf16_on_a_float64_model_says_float32_ran(runs):
+    out = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(runs / "gru_float64"), "--prefix", "ni",
+                          "-k", "20", "--precision", "bf16"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "sampling in float32" in out.stderr and "continuation (greedy, 20 chars):" in out.stdout
 
 
 def test_unk_is_never_generated_even_when_the_model_prefers_it():

@@ -82,12 +82,12 @@ def _parser(prog: str) -> ArgumentParser:
     return ap
 
 
-def _describe(args, k: int, n: int) -> str:
-    """The line above the continuation: how it was made."""
+def _describe(args, k: int, n: int, bf16: bool) -> str:
+    """The line above the continuation: how it was made (`bf16`: the steps ran in bf16)."""
     how = "greedy" if args.temperature == 0 else f"sampled, temperature {args.temperature}" + \
         (f", top-k {args.top_k}" if args.top_k else "") + (f", top-p {args.top_p}" if args.top_p < 1 else "") + \
         (f", seed {args.seed}" if args.seed is not None else "")
-    how += ", bf16 steps" if args.precision == "bf16" else ""
+    how += ", bf16 steps" if bf16 else ""
     limits = [f"stop at {args.stop_at!r}"] if args.stop_at else []
     limits += [f"{args.max_lines} lines"] if args.max_lines else []
     limits += [f"line starts {args.line_starts}"] if args.line_starts else []
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
     from rnn_train.prediction.choose import SamplingOptions
     from rnn_train.prediction.generate import top_chars, encode_prefix, stream_after, warm_up
     from rnn_train.prediction.sampler import StopRules
+    from rnn_train.prediction.stepper import bf16_steps
     from rnn_train.runtime import resolve_device
 
     options = SamplingOptions(args.temperature, args.top_k, args.top_p, args.seed, args.precision)  # bad values: one line
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
     print(f"next character (top {len(next_chars)}):")
     for ch, prob in next_chars:
         print(f"  {ch!r:>8}  {prob:.4f}")
-    print(_describe(args, k, args.num_samples))
+    print(_describe(args, k, args.num_samples, args.precision == "bf16" and bf16_steps(model)))
     _write_samples(prefix, itertools.chain([first] if first is not None else [], chunks), args.num_samples,
                    sys.stdout)
     return 0

@@ -319,13 +319,23 @@ def make_stepper(model: CharRNN, batch: int, temperature: float = 0.0, rows: int
     if kernel == "cpp" and not cpp:
         raise RuntimeError("the C++ steps cannot run this model here (no C++ kernels, or a cell without a "
                            "'decode' hook)")
-    if precision == "bf16" and not (cpp and kernel_stepper.bf16_available() and model.decoder.weight.dtype == torch.float32):
+    if precision == "bf16" and not bf16_steps(model, kernel):
         _note_once("--precision bf16 needs the C++ kernels, a CPU with AMX tiles and a float32 model; "
                    "sampling in float32")
         precision = "fp32"
     if cpp:
         return kernel_stepper.KernelStepper(model, batch, temperature, precision=precision)
     return stepper_class(model)(model, batch, temperature, rows or gemm_rows(model, batch))
+
+
+def bf16_steps(model: CharRNN, kernel: str = "auto") -> bool:
+    """Whether precision "bf16" runs in bf16 for this model here: the C++ steps, AMX tiles and a
+    float32 model; elsewhere make_stepper notes it and steps in float32 (and predict's header says
+    what ran)."""
+    from rnn_train.prediction import kernel_stepper
+
+    return (kernel != "numpy" and kernel_stepper.supports(model) and kernel_stepper.bf16_available()
+            and model.decoder.weight.dtype == torch.float32)
 
 
 _NOTES: set[str] = set()
