@@ -443,23 +443,31 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
                 else:
                     from_overrides.append(f"{blamed_on(override)}{key} {message}")
     if not problems and not from_overrides:
-        problems.extend(_cross_section_problems(sections))
+        for keys, message in _cross_section_problems(sections):  # blamed on the first of its keys an override set
+            brought = [override for section, _, key in (k.partition(".") for k in keys)
+                       if (override := values[section].get(key, (None, None))[1]) is not None]
+            if brought:
+                from_overrides.append(f"{blamed_on(brought[0])}{message}")
+            else:
+                problems.append(message)
     if problems or from_overrides:
         raise UserError("; ".join(([f"{source}: " + "; ".join(problems)] if problems else []) + from_overrides))
     return Config(**sections)
 
 
-def _cross_section_problems(s: dict[str, Any]) -> list[str]:
-    """Rules that involve keys of two sections."""
-    p: list[tuple[str, str]] = []
+def _cross_section_problems(s: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """Rules that involve keys of two sections: (the keys a broken rule reads, its message)."""
+    p: list[tuple[tuple[str, ...], str]] = []
     model, train = s["model"], s["train"]
-    if model.backend == "numpy":
-        _check(p, train.optimizer == "sgd" and not train.momentum and not train.weight_decay, "model.backend=numpy",
-               "updates with plain SGD: set train.optimizer=sgd, train.momentum=0, train.weight_decay=0")
+    if model.backend == "numpy" and not (train.optimizer == "sgd" and not train.momentum and not train.weight_decay):
+        p.append((("model.backend", "train.optimizer", "train.momentum", "train.weight_decay"),
+                  "model.backend=numpy updates with plain SGD: set train.optimizer=sgd, train.momentum=0, "
+                  "train.weight_decay=0"))
     if train.precision == "bf16":
-        _check(p, model.backend == "torch", "train.precision=bf16", "needs model.backend=torch")
-        _check(p, model.dtype == "float32", "train.precision=bf16", "needs model.dtype=float32")
-    return [f"{key} {message}" for key, message in p]
+        for key, value in (("backend", "torch"), ("dtype", "float32")):
+            if getattr(model, key) != value:
+                p.append((("train.precision", f"model.{key}"), f"train.precision=bf16 needs model.{key}={value}"))
+    return p
 
 
 class _UniqueKeys(yaml.SafeLoader):

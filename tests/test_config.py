@@ -124,6 +124,25 @@ def test_a_problem_an_override_brought_names_the_override_not_the_file(tmp_path)
                             "override 'model.hidden_size=0': model.hidden_size must be >= 1, got 0")
 
 
+def test_a_rule_over_two_sections_is_blamed_on_an_override_that_set_one_of_its_keys(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  max_steps: 5\n")
+    with pytest.raises(UserError) as e:  # the file sets neither key
+        load_config(path, ["train.precision=bf16", "model.dtype=float64"])
+    assert str(e.value) == "override 'train.precision=bf16': train.precision=bf16 needs model.dtype=float32"
+    path.write_text("train:\n  max_steps: 5\n  precision: bf16\n")
+    with pytest.raises(UserError) as e:  # the file set one, the override the other
+        load_config(path, ["model.dtype=float64"])
+    assert str(e.value) == "override 'model.dtype=float64': train.precision=bf16 needs model.dtype=float32"
+    path.write_text("train:\n  max_steps: 5\n  precision: bf16\nmodel:\n  dtype: float64\n")
+    with pytest.raises(UserError) as e:  # the file alone
+        load_config(path, ["model.cell=lstm"])
+    assert str(e.value) == f"{path}: train.precision=bf16 needs model.dtype=float32"
+    with pytest.raises(UserError) as e:
+        load_config(None, ["model.backend=numpy", "train.max_steps=5"])
+    assert str(e.value).startswith("override 'model.backend=numpy': model.backend=numpy updates with plain SGD")
+
+
 def test_invalid_yaml_names_file_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  lr: 0.1\n   max_steps: [\n")
