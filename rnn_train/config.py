@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -422,6 +423,7 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
     for section, cls in SECTIONS.items():
         types = _field_types(cls)
         kwargs: dict[str, Any] = {}
+        unread: list[str] = []  # keys whose value did not convert: the rules below would see the default
         for key, (value, override) in values[section].items():
             dotted = f"{section}.{key}"
             blamed = problems if override is None else from_overrides
@@ -433,10 +435,13 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
                 kwargs[key] = _convert_field(value, cls, key, dotted, override is not None)
             except ValueError as e:
                 blamed.append(f"{label}{e}")
+                unread.append(dotted)
         try:
             sections[section] = cls(**kwargs)
         except _Problems as e:
             for key, message in e.problems:  # a rule over several keys ("a + b") matches no override
+                if any(re.search(rf"\b{re.escape(k)}\b", f"{key} {message}") for k in unread):
+                    continue  # a rule over a key that did not convert: its own error is said above
                 _, override = values[section].get(key.removeprefix(f"{section}."), (None, None))
                 if override is None:
                     problems.append(f"{key} {message}")
@@ -472,7 +477,15 @@ def _cross_section_problems(s: dict[str, Any]) -> list[tuple[tuple[str, ...], st
 
 class _UniqueKeys(yaml.SafeLoader):
     """yaml.safe_load's loader, except that a key given twice in one mapping is an error: YAML
-    would keep the later value without a word, and in a config that is usually a typo'd copy."""
+    would keep the later value without a word, and in a config that is usually a typo'd copy.
+    And YAML 1.1's base-60 numbers stay text: `max_time: 1:30` read as 90 would be a silent
+    surprise; as text it gets the same "must be a number" error as the override `train.max_time=1:30`."""
+
+    def construct_yaml_int(self, node):
+        return self.construct_scalar(node) if ":" in str(node.value) else super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node):
+        return self.construct_scalar(node) if ":" in str(node.value) else super().construct_yaml_float(node)
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -484,6 +497,10 @@ class _UniqueKeys(yaml.SafeLoader):
                                                             key_node.start_mark)
                 seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+_UniqueKeys.add_constructor("tag:yaml.org,2002:int", _UniqueKeys.construct_yaml_int)
+_UniqueKeys.add_constructor("tag:yaml.org,2002:float", _UniqueKeys.construct_yaml_float)
 
 
 def load_yaml(text: str) -> Any:

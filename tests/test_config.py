@@ -143,6 +143,26 @@ def test_a_rule_over_two_sections_is_blamed_on_an_override_that_set_one_of_its_k
     assert str(e.value).startswith("override 'model.backend=numpy': model.backend=numpy updates with plain SGD")
 
 
+def test_a_base_60_number_in_a_file_is_refused_as_on_the_command_line(tmp_path):
+    """YAML 1.1 reads 1:30 as 90; the config reads it as the text it looks like, which is no number."""
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  max_time: 1:30\n  max_steps: 5\n")
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}: train.max_time must be a number, got '1:30'"
+    with pytest.raises(UserError) as e:
+        load_config(None, ["train.max_time=1:30", "train.max_steps=5"])
+    assert str(e.value) == "override 'train.max_time=1:30': train.max_time must be a number, got '1:30'"
+    path.write_text("train:\n  max_time: 90\n  lr: 1_0\n")
+    assert load_config(path).train.max_time == 90 and load_config(path).train.lr == 10  # other numbers as before
+
+
+def test_a_value_that_does_not_convert_is_not_reported_again_through_a_rule_over_it():
+    with pytest.raises(UserError) as e:  # the only limit does not convert: no second error that all are 0
+        load_config(None, ["train.max_time=1:30"])
+    assert str(e.value) == "override 'train.max_time=1:30': train.max_time must be a number, got '1:30'"
+
+
 def test_invalid_yaml_names_file_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  lr: 0.1\n   max_steps: [\n")
