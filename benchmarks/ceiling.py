@@ -190,6 +190,17 @@ def candidates(M: int, K: int, N: int, b: str, uses: int, precision: str, tiles,
     return out
 
 
+def tile_products():
+    """benchmarks/tile_bench.py's extension: the kernels' float32 step tiles and packers, callable alone."""
+    from torch.utils import cpp_extension
+
+    import tile_bench
+    from rnn_train.kernels.build import compile_flags
+
+    return cpp_extension.load_inline("rnn_train_tile_bench", tile_bench.SOURCE,
+                                     extra_cflags=[*compile_flags(), f"-I{tile_bench.CSRC}"], extra_ldflags=["-fopenmp"])
+
+
 def split_candidates(M: int, K: int, N: int, b: str, uses: int, threads: int, precision: str, tiles,
                      gates: int) -> dict:
     """name -> (callable, 1) for a product shared perfectly among `threads` cores: one core's share, on one thread.
@@ -246,16 +257,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     now = clock(a.threads)
     keep_freed_memory()  # as a training run does (rnn_train.training.trainer.train): no fresh pages per step
-    tiles = None
-    if a.precision == "fp32":
-        from torch.utils import cpp_extension
-
-        import tile_bench
-        from rnn_train.kernels.build import compile_flags
-
-        tiles = cpp_extension.load_inline("rnn_train_tile_bench", tile_bench.SOURCE,
-                                          extra_cflags=[*compile_flags(), f"-I{tile_bench.CSRC}"],
-                                          extra_ldflags=["-fopenmp"])
+    tiles = tile_products() if a.precision == "fp32" else None
     G = cells.get(a.cell).num_blocks
     products = [p for p in update_products(a.cell, a.hidden, a.layers, a.batch, a.steps, a.vocab) if p[1] > 0]
     best = {}  # (M, K, N, b, uses) -> (backend, callable, threads): the fastest way to those products, chosen first
