@@ -24,7 +24,7 @@ from rnn_train.data.pinyin import hanzi_to_pinyin
 from rnn_train.explore import cli as explore_cli
 from rnn_train.model import cells
 from rnn_train.model.checkpoint import load_model
-from rnn_train.prediction.cli import pinyin_prefix
+from rnn_train.prediction.cli import letters_prefix, pinyin_prefix
 from rnn_train.prediction.generate import next_char_distribution, predict
 from rnn_train.prediction.score import score_file
 from rnn_train.prediction.trace import trace
@@ -266,6 +266,27 @@ def test_chinese_typed_in_the_page_converts_as_predict_does(browser, pinyin_page
     o.page.fill("#prefix", "红楼")
     assert "converted to pinyin as predict does" in o.page.inner_text("#prefix-note")
     assert_offline_and_clean(o, path)
+    o.page.close()
+
+
+def test_a_letters_only_models_page_reads_a_typed_prefix_as_predict_does(browser, tmp_path):
+    corpus = shared_corpus("timemachine/timemachine.txt")
+    cfg = build_config({"data": {"kind": "text", "paths": [str(corpus)], "letters_only": True, "val_fraction": 0.01,
+                                 "batch_size": 8, "num_steps": 16},
+                        "model": {"cell": "gru", "hidden_size": 16},
+                        "train": {"max_steps": 10, "eval_every": 10, "threads": 1},
+                        "log": {"dir": str(tmp_path), "name": "letters", "sample_length": 0}}, [])
+    train(cfg, tmp_path / "letters", quiet=True, cache_dir=tmp_path / "cache")
+    job = explore("--checkpoint", tmp_path / "letters", "--out", tmp_path / "letters.html", "--cache-dir",
+                  tmp_path / "cache", "--max-chars", 300)
+    assert job.returncode == 0, job.stderr
+    cases = ["The Time, ", "HIS grey\neyes!", "  twinkled", "and", "Déjà vu 😀 naïve", "", "...", "a-b_c1d"]
+    o = opened(browser, tmp_path / "letters.html")
+    got = o.page.evaluate("cases => cases.map(c => rnnExplore.toLetters(c))", cases)
+    assert got == [letters_prefix(c, cfg) for c in cases]
+    o.page.fill("#prefix", "The Time, ")
+    assert 'reduced to lowercase letters and spaces as predict does: "the time "' in o.page.inner_text("#prefix-note")
+    assert "not in the vocab" not in o.page.inner_text("#prefix-note")
     o.page.close()
 
 

@@ -152,3 +152,45 @@ def test_non_finite_temperature_is_a_user_error(trained):
     for bad in (float("inf"), float("nan"), -1.0):
         with pytest.raises(UserError, match="temperature"):
             generate(model, vocab, "zhong", k=3, temperature=bad)
+
+
+@pytest.fixture(scope="module")
+def letters_run(tmp_path_factory):
+    """A model of a `data.letters_only` corpus: lowercase ASCII letters and spaces only."""
+    tmp = tmp_path_factory.mktemp("letters")
+    text = tmp / "text.txt"
+    text.write_text("The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite "
+                    "matter to us. His grey eyes shone and twinkled, and his usually pale face was flushed.\n" * 40)
+    train(tiny_config(tmp, "data.kind=text", f"data.paths={text}", "data.letters_only=true", "data.val_fraction=0.1",
+                      "train.max_steps=20"), tmp / "run", quiet=True, cache_dir=tmp / "c")
+    return tmp / "run"
+
+
+@pytest.mark.parametrize("typed,read", [
+    ("The Time-Traveller, ", "the time traveller "),
+    ("HIS grey\neyes!", "his grey eyes "),
+    ("  twinkled", " twinkled"),
+    ("and", "and"),
+])
+def test_a_letters_only_model_reads_the_prefix_by_its_corpus_rule(letters_run, typed, read):
+    out = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(letters_run), "--prefix", typed, "-k", "5"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"prefix: {read!r}" in out.stdout and out.stdout.splitlines()[-1].startswith(read)
+    assert ("reduced to lowercase letters and spaces" in out.stdout) == (typed != read)
+
+
+def test_the_prefix_rule_is_the_corpus_rule_but_for_the_ends():
+    from rnn_train.config import load_config
+    from rnn_train.data.dataset import letters_only
+    from rnn_train.prediction.cli import letters_prefix
+
+    cfg = load_config(None, ["data.letters_only=true", "train.max_steps=1"])
+    rng = np.random.default_rng(0)
+    alphabet = list("abcXYZ ,.!\n\t-'é中😀")
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet, size=rng.integers(0, 12)))
+        assert letters_prefix(text, cfg).strip() == letters_only(text), text
+    plain = load_config(None, ["train.max_steps=1"])
+    assert letters_prefix("The Time, ", plain) == "The Time, "  # only for a letters_only model
+

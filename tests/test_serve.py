@@ -126,6 +126,23 @@ def test_a_chinese_prefix_gives_predicts_next_characters_and_greedy_text(server,
     np.testing.assert_allclose([p for _, p in top["next"]], [p for _, p in expected], rtol=0, atol=1e-5)
 
 
+def test_a_letters_only_model_reads_the_prefix_as_predict_does(tmp_path, env):
+    text = tmp_path / "text.txt"
+    text.write_text("The Time Traveller (for so it will be convenient to speak of him) was expounding a "
+                    "recondite matter to us. His grey eyes shone and twinkled.\n" * 40)
+    train(tiny_config(tmp_path, "data.kind=text", f"data.paths={text}", "data.letters_only=true",
+                      "data.val_fraction=0.1", "train.max_steps=20"), tmp_path / "run", quiet=True,
+          cache_dir=tmp_path / "c")
+    s = Server(tmp_path / "run", env)
+    try:
+        top = s.post("/v1/next", {"prefix": "The Time-Traveller, ", "top_n": 3}).json()
+    finally:
+        assert s.stop() == 0
+    assert top["prefix"] == "the time traveller "
+    cli_top, _ = cli_parts(cli_predict(tmp_path / "run", env, "--prefix", "The Time-Traveller, ", "--top-n", "3"))
+    assert as_cli_prints(top["prefix"], top["next"], [""])[0] == cli_top
+
+
 def test_a_seeded_request_alone_is_predict_seed_to_the_bit(server, run, env):
     options = {"temperature": 0.9, "top_k": 8, "top_p": 0.95, "seed": 7, "num_samples": 3, "stop_at": "ma",
                "max_lines": 3}

@@ -26,13 +26,13 @@ from rnn_train.data.prepare import prepare_corpus
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
 
-_NON_LETTERS = re.compile(r"[^A-Za-z]+")
+NON_LETTERS = re.compile(r"[^A-Za-z]+")  # a run of what letters_only makes one space
 
 
 def letters_only(text: str) -> str:
     """Lowercase; every run of non-letters (newlines included) becomes one space. The d2l recipe, on a
     whole string; the prepare step streams the same rule (rnn_train.data.stream.LettersOnly)."""
-    return _NON_LETTERS.sub(" ", text).lower().strip()
+    return NON_LETTERS.sub(" ", text).lower().strip()
 
 
 @dataclass

@@ -129,7 +129,8 @@ def build_page(model, vocab, cfg, run: dict, documents: list[Document], pinyin_t
     data = {
         "model": {"cell": spec.name, "gates": list(spec.gates), "state": list(spec.state), "layers": model.rnn.num_layers,
                   "hidden": model.rnn.hidden_size, "blocks": spec.num_blocks, "embedding": model.embedding_kind,
-                  "vocab": vocab.itos, "kind": cfg.data.kind, "tones": cfg.data.tones},
+                  "vocab": vocab.itos, "kind": cfg.data.kind, "tones": cfg.data.tones,
+                  "letters_only": cfg.data.letters_only},
         "weights": pack_weights(model),
         "wasm": wasm.module_base64(),
         "run": run,

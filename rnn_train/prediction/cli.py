@@ -26,6 +26,30 @@ def pinyin_prefix(prefix: str, cfg) -> str:
     return converted + " " if prefix[-1:] == " " or contains_han(prefix[-1]) else converted
 
 
+def letters_prefix(prefix: str, cfg) -> str:
+    """A prefix for a `data.letters_only` model, by its corpus's rule: lowercase, and every run of
+    non-letters one space (rnn_train.data.dataset.letters_only, without the trim at the ends: a
+    prefix that ends in punctuation ends where the corpus has a space). Others: unchanged."""
+    if not cfg.data.letters_only:
+        return prefix
+    from rnn_train.data.dataset import NON_LETTERS
+
+    return NON_LETTERS.sub(" ", prefix).lower()
+
+
+def corpus_prefix(prefix: str, cfg) -> tuple[str, list[str]]:
+    """The prefix as the model's corpus would hold it (what `score` does to a text): pinyin for
+    Chinese characters, then the letters-only rule -> (the prefix, a line for each step that changed it)."""
+    said = []
+    converted = pinyin_prefix(prefix, cfg)
+    if converted != prefix:
+        said.append(f"prefix in Chinese characters converted to pinyin like the corpus ({cfg.data.tones} tones)")
+    letters = letters_prefix(converted, cfg)
+    if letters != converted:
+        said.append(f"prefix reduced to lowercase letters and spaces like the corpus (data.letters_only): {letters!r}")
+    return letters, said
+
+
 def line_starts(spec: str, cfg) -> tuple[str, ...]:
     """'春,风,十,里' -> the text forced at each line start. For a pinyin model each entry is a whole
     syllable: Chinese characters become syllables like its corpus ('chun', or 'chun1' with tone
@@ -117,9 +141,9 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
     model, vocab, cfg, _ = load_model(args.checkpoint, resolve_device(args.device, "--device"))
     rules = StopRules(args.stop_at, args.max_lines,
                       line_starts(args.line_starts, cfg) if args.line_starts else ())
-    prefix = pinyin_prefix(args.prefix, cfg)
-    if prefix != args.prefix:
-        print(f"prefix in Chinese characters converted to pinyin like the corpus ({cfg.data.tones} tones)")
+    prefix, said = corpus_prefix(args.prefix, cfg)
+    for line in said:
+        print(line)
     logits, state = warm_up(model, encode_prefix(vocab, prefix, args.unk))
     chunks = stream_after(model, vocab, logits, state, k, options, rules, args.num_samples,
                           at_line_start=prefix[-1:] in ("", "\n"))

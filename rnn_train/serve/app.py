@@ -42,7 +42,7 @@ from rnn_train.files import strict_json
 from rnn_train.model.charrnn import CharRNN
 from rnn_train.model.checkpoint import describe
 from rnn_train.prediction.choose import MAX_SEED, MAX_TEMPERATURE, SamplingOptions
-from rnn_train.prediction.cli import LONG_K, pinyin_prefix
+from rnn_train.prediction.cli import LONG_K, corpus_prefix
 from rnn_train.prediction.generate import encode_prefix, sampler_logits, top_chars, warm_up
 from rnn_train.prediction.sampler import RuleState, StopRules
 from rnn_train.prediction.score import score_pieces
@@ -175,8 +175,8 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
     _install_error_handlers(app)
 
     def read_prefix(raw: str) -> tuple[str, torch.Tensor]:
-        """The prefix as predict reads it (pinyin conversion, then the vocab) -> (text, ids [1, P])."""
-        prefix = pinyin_prefix(raw, cfg)
+        """The prefix as predict reads it (pinyin conversion, letters-only, then the vocab) -> (text, ids [1, P])."""
+        prefix, _ = corpus_prefix(raw, cfg)
         missing = vocab.unknown_chars(prefix)
         if missing:
             shown = ", ".join(repr(c) for c in missing[:10])

@@ -263,6 +263,10 @@
     return last === " " || HAN_RE.test(last) ? converted + " " : converted;
   }
 
+  function toLetters(prefix) {  // rnn_train/prediction/cli.py's letters_prefix
+    return M.letters_only ? prefix.replace(/[^A-Za-z]+/g, " ").toLowerCase() : prefix;
+  }
+
   // ------------------------------------------------------------------ analysing the texts
   const A = { chars: [], start: [], names: [] };
   for (const d of DATA.docs) {
@@ -453,6 +457,8 @@
       const notes = [];
       const converted = toPinyin(prefix);
       if (converted !== prefix) { notes.push(`converted to pinyin as predict does: ${JSON.stringify(converted)}`); prefix = converted; }
+      const letters = toLetters(prefix);
+      if (letters !== prefix) { notes.push(`reduced to lowercase letters and spaces as predict does: ${JSON.stringify(letters)}`); prefix = letters; }
       const unknown = [...new Set(chars(prefix).filter((c) => !STOI.has(c)))];
       if (unknown.length) notes.push(`not in the vocab, read as <unk>: ${unknown.map((c) => JSON.stringify(c)).join(" ")}`);
       let top, cont;
@@ -624,7 +630,7 @@
 
   // ------------------------------------------------------------------ the interface, and start
   const api = {
-    next, greedy, sample, bitsPerChar, toPinyin,
+    next, greedy, sample, bitsPerChar, toPinyin, toLetters,
     info: { cell: M.cell, layers: L, hidden: H, vocab: VOCAB, kind: M.kind },
     analysed: () => ({ chars: T, bitsPerChar: A.nats / A.scored / LN2, scored: A.scored }),
     activations: (layer, value, unit) => Array.from(series(layer, value, unit)),
