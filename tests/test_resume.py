@@ -1,4 +1,5 @@
 """An interrupted then resumed run ends with exactly the weights of one that never stopped."""
+import io
 import os
 import signal
 import subprocess
@@ -80,6 +81,21 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert r.step == 30
     straight = train(longer, tmp_path / "straight", quiet=True, cache_dir=tmp_path / "c")
     assert_same_weights(weights(tmp_path / "r" / "last.pt"), weights(tmp_path / "straight" / "last.pt"))
+
+
+def test_resuming_a_run_that_reached_its_limit_says_how_to_train_on(tmp_path):
+    cfg = tiny_config(tmp_path, "train.max_steps=20")
+    train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c")
+    err = io.StringIO()
+    r = train(cfg, tmp_path / "r", cache_dir=tmp_path / "c", resume=load_checkpoint(tmp_path / "r" / "last.pt"),
+              stream=err)
+    assert r.step == 20 and r.stopped_by == "max_steps"
+    assert "note: the run already reached train.max_steps at step 20: nothing to train" in err.getvalue()
+    assert f"--resume {tmp_path / 'r'} train.max_steps=..." in err.getvalue()
+    err = io.StringIO()
+    train(tiny_config(tmp_path, "train.max_steps=25"), tmp_path / "r", cache_dir=tmp_path / "c",
+          resume=load_checkpoint(tmp_path / "r" / "last.pt"), stream=err)
+    assert "already reached" not in err.getvalue()
 
 
 def test_resume_refuses_a_corpus_that_changed_since_the_run_began_and_writes_nothing(tmp_path):

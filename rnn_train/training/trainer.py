@@ -474,6 +474,11 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
     mon.info(f"run {rd}: " + _describe(cfg, data, learner, device, kernel, start))
     if learner.precision_note and world.is_writer:
         mon.note(learner.precision_note)
+    reached = should_stop(state, cfg) if resume is not None else ""
+    if reached and world.is_writer:  # e.g. --resume without raising the limit the run ended by
+        key = "train.patience" if reached == "early_stopping" else f"train.{reached}"
+        mon.note(f"the run already reached {key} at step {state.step}: nothing to train, it is only validated again; "
+                 f"to train on, raise the limit (--resume {rd.path} {key}=...)")
     missing = data.vocab.unknown_chars(cfg.log.sample_prefix) if cfg.log.sample_length else []
     if missing and world.is_writer:
         shown = ", ".join(repr(c) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
