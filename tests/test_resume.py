@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -83,19 +84,34 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert_same_weights(weights(tmp_path / "r" / "last.pt"), weights(tmp_path / "straight" / "last.pt"))
 
 
-def test_resuming_a_run_that_reached_its_limit_says_how_to_train_on(tmp_path):
+def test_resuming_a_finished_run_writes_nothing_and_says_which_limit_to_raise(tmp_path):
+    """Nothing to train: no validation booked into the state (patience, plateau), no file rewritten."""
+    cfg = tiny_config(tmp_path, "train.max_steps=200", "train.eval_every=5", "train.patience=1", "train.optimizer=sgd",
+                      "train.lr=30")  # a step this large stops improving at once
+    first = train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c")
+    assert first.stopped_by == "early_stopping" and first.step < 200
+    files = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    for _ in range(2):
+        err = io.StringIO()
+        again = train(cfg, tmp_path / "r", cache_dir=tmp_path / "c", resume=load_checkpoint(tmp_path / "r" / "last.pt"),
+                      stream=err)
+        assert again == first
+        assert err.getvalue().startswith(f"note: {tmp_path / 'r'} already reached train.patience at step {first.step}")
+        assert f"--resume {tmp_path / 'r'} train.patience=..." in err.getvalue()
+        assert {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()} == files
+    raised = train(cfg.replace(train=replace(cfg.train, patience=3)), tmp_path / "r", quiet=True,
+                   cache_dir=tmp_path / "c", resume=load_checkpoint(tmp_path / "r" / "last.pt"))
+    assert raised.step > first.step  # with the limit the note named raised, it trains on
+
+
+def test_a_run_stopped_at_its_limit_before_reporting_is_reported_by_resume(tmp_path):
+    """last.pt at the limit but no metrics.json (the process died in between): resume finishes the report."""
     cfg = tiny_config(tmp_path, "train.max_steps=20")
     train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c")
-    err = io.StringIO()
-    r = train(cfg, tmp_path / "r", cache_dir=tmp_path / "c", resume=load_checkpoint(tmp_path / "r" / "last.pt"),
-              stream=err)
-    assert r.step == 20 and r.stopped_by == "max_steps"
-    assert "note: the run already reached train.max_steps at step 20: nothing to train" in err.getvalue()
-    assert f"--resume {tmp_path / 'r'} train.max_steps=..." in err.getvalue()
-    err = io.StringIO()
-    train(tiny_config(tmp_path, "train.max_steps=25"), tmp_path / "r", cache_dir=tmp_path / "c",
-          resume=load_checkpoint(tmp_path / "r" / "last.pt"), stream=err)
-    assert "already reached" not in err.getvalue()
+    (tmp_path / "r" / "metrics.json").unlink()
+    r = train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c",
+              resume=load_checkpoint(tmp_path / "r" / "last.pt"))
+    assert r.step == 20 and (tmp_path / "r" / "metrics.json").exists()
 
 
 def test_resume_refuses_a_corpus_that_changed_since_the_run_began_and_writes_nothing(tmp_path):

@@ -42,9 +42,10 @@ from __future__ import annotations
 import itertools
 import math
 import signal
+import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -465,6 +466,10 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
         start = f", weights and vocab from {init_from} (step {init['step']})"
     if world.distributed:
         start += f", {world.size} processes (DDP) × {cfg.data.batch_size // world.size} rows"
+    if resume is not None:
+        finished = world.from_writer(lambda: _finished_result(cfg, state, Path(run_dir), stream))
+        if finished is not None:
+            return finished
 
     # ---- nothing has been deleted or written before this point ----
     rd = _open_run_dir(cfg, run_dir, clear, world)
@@ -474,11 +479,6 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
     mon.info(f"run {rd}: " + _describe(cfg, data, learner, device, kernel, start))
     if learner.precision_note and world.is_writer:
         mon.note(learner.precision_note)
-    reached = should_stop(state, cfg) if resume is not None else ""
-    if reached and world.is_writer:  # e.g. --resume without raising the limit the run ended by
-        key = "train.patience" if reached == "early_stopping" else f"train.{reached}"
-        mon.note(f"the run already reached {key} at step {state.step}: nothing to train, it is only validated again; "
-                 f"to train on, raise the limit (--resume {rd.path} {key}=...)")
     missing = data.vocab.unknown_chars(cfg.log.sample_prefix) if cfg.log.sample_length else []
     if missing and world.is_writer:
         shown = ", ".join(repr(c) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
@@ -490,6 +490,25 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
                  f"{init_from} and read as <unk>")
     return Trainer(cfg, learner, data, state, rd, mon, device, world=world, on_step=on_step,
                    on_validation=on_validation, init_from=str(init_from or "")).run()
+
+
+def _finished_result(cfg: Config, state: RunState, run_dir: Path, stream) -> TrainResult | None:
+    """A resumed run that has already reached a limit and whose end was reported (metrics.json at
+    this step): its result as reported, after one note saying which limit to raise. None otherwise.
+
+    Why not run the loop: it would train nothing, yet validate again and book that validation into
+    the state (patience and plateau counters, best loss) and write last.pt and events anew, so each
+    such --resume would move the run on. A run that reached its limit but was stopped before its end
+    was reported (no metrics.json yet) goes through the loop, which reports it."""
+    reached = should_stop(state, cfg)
+    metrics = RunDir(run_dir).read_metrics() if reached else None
+    if metrics is None or metrics.get("step") != state.step or metrics.get("interrupted"):
+        return None
+    key = "train.patience" if reached == "early_stopping" else f"train.{reached}"
+    print(f"note: {run_dir} already reached {key} at step {state.step}: nothing to train, nothing written; "
+          f"to train on, raise it (--resume {run_dir} {key}=...)", file=stream or sys.stderr, flush=True)
+    known = {f.name for f in fields(TrainResult)}
+    return TrainResult(**{**{k: v for k, v in metrics.items() if k in known}, "run_dir": str(run_dir)})
 
 
 def _load_init(init_from: str | Path) -> tuple[Path, dict]:
