@@ -24,7 +24,7 @@ from rnn_train.data.pinyin import hanzi_to_pinyin
 from rnn_train.explore import cli as explore_cli
 from rnn_train.model import cells
 from rnn_train.model.checkpoint import load_model
-from rnn_train.prediction.cli import letters_prefix, pinyin_prefix
+from rnn_train.prediction.textstream import letters_prefix, pinyin_prefix
 from rnn_train.prediction.generate import next_char_distribution, predict
 from rnn_train.prediction.score import score_file
 from rnn_train.prediction.trace import trace

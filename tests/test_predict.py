@@ -180,10 +180,19 @@ def test_a_letters_only_model_reads_the_prefix_by_its_corpus_rule(letters_run, t
     assert ("reduced to lowercase letters and spaces" in out.stdout) == (typed != read)
 
 
+def test_a_letters_only_model_reads_stop_at_by_the_same_rule(letters_run):
+    out = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(letters_run), "--prefix", "The Time",
+                          "--stop-at", "Eyes.", "-k", "300", "--temperature", "1", "--seed", "3"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "--stop-at reduced to lowercase letters and spaces like the corpus (data.letters_only): 'eyes '" in out.stdout
+    assert "stop at 'eyes '" in out.stdout
+
+
 def test_the_prefix_rule_is_the_corpus_rule_but_for_the_ends():
     from rnn_train.config import load_config
     from rnn_train.data.dataset import letters_only
-    from rnn_train.prediction.cli import letters_prefix
+    from rnn_train.prediction.textstream import letters_prefix
 
     cfg = load_config(None, ["data.letters_only=true", "train.max_steps=1"])
     rng = np.random.default_rng(0)

@@ -136,9 +136,11 @@ def test_a_letters_only_model_reads_the_prefix_as_predict_does(tmp_path, env):
     s = Server(tmp_path / "run", env)
     try:
         top = s.post("/v1/next", {"prefix": "The Time-Traveller, ", "top_n": 3}).json()
+        stopped = s.post("/v1/generate", {"prefix": "The", "stop_at": "Eyes.", "k": 50})  # read as 'eyes '
     finally:
         assert s.stop() == 0
     assert top["prefix"] == "the time traveller "
+    assert stopped.status_code == 200, stopped.text
     cli_top, _ = cli_parts(cli_predict(tmp_path / "run", env, "--prefix", "The Time-Traveller, ", "--top-n", "3"))
     assert as_cli_prints(top["prefix"], top["next"], [""])[0] == cli_top
 

@@ -231,8 +231,21 @@ def test_a_sample_prefix_outside_the_vocab_is_reported_once_and_training_goes_on
     assert "Zh\u00e9ng Zhong " in sample  # the prefix as given, then what the model drew
 
 
-def test_a_sample_prefix_inside_the_vocab_brings_no_note(tmp_path):
+@pytest.mark.parametrize("prefix,overrides", [
+    ("zhong ", []),
+    ("Zh\u00e9ng ", ["data.val_fraction=0", "train.max_steps=12"]),  # no validation split: no sample is ever logged
+])
+def test_a_sample_prefix_inside_the_vocab_or_never_sampled_brings_no_note(tmp_path, prefix, overrides):
     err = io.StringIO()
-    train(tiny_config(tmp_path, "train.max_steps=20", "log.sample_prefix=zhong "), tmp_path / "run",
+    train(tiny_config(tmp_path, "train.max_steps=20", f"log.sample_prefix={prefix}", *overrides), tmp_path / "run",
           cache_dir=tmp_path / "cache", stream=err)
     assert "log.sample_prefix" not in err.getvalue()
+
+
+def test_a_chinese_sample_prefix_is_read_as_predict_reads_it(tmp_path):
+    err = io.StringIO()
+    train(tiny_config(tmp_path, "train.max_steps=20", "log.sample_prefix=\u4e2d\u56fd"), tmp_path / "run",
+          cache_dir=tmp_path / "cache", stream=err)
+    assert "log.sample_prefix" not in err.getvalue()
+    sample = read_events(tmp_path / "run").Tensors("sample/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "zhong guo " in sample  # converted to pinyin like the corpus, as predict --prefix 中国 is

@@ -26,13 +26,18 @@ from rnn_train.data.prepare import prepare_corpus
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
 
-NON_LETTERS = re.compile(r"[^A-Za-z]+")  # a run of what letters_only makes one space
+_NON_LETTERS = re.compile(r"[^A-Za-z]+")
+
+
+def letters_and_spaces(text: str) -> str:
+    """Lowercase; every run of non-letters (newlines included) becomes one space."""
+    return _NON_LETTERS.sub(" ", text).lower()
 
 
 def letters_only(text: str) -> str:
-    """Lowercase; every run of non-letters (newlines included) becomes one space. The d2l recipe, on a
-    whole string; the prepare step streams the same rule (rnn_train.data.stream.LettersOnly)."""
-    return NON_LETTERS.sub(" ", text).lower().strip()
+    """`letters_and_spaces` of a whole text, without a space at either end: the d2l recipe; the
+    prepare step streams the same rule (rnn_train.data.stream.LettersOnly)."""
+    return letters_and_spaces(text).strip()
 
 
 @dataclass

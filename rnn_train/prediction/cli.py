@@ -15,41 +15,6 @@ from rnn_train.errors import UserError
 LONG_K = 2000  # -k when a stopping rule is given and -k is not: the rule decides, this only bounds it
 
 
-def pinyin_prefix(prefix: str, cfg) -> str:
-    """A pinyin model given a prefix in Chinese characters: convert it the way its corpus was."""
-    from rnn_train.data.corpus import contains_han, hanzi_to_pinyin
-
-    if cfg.data.kind != "pinyin" or not contains_han(prefix):
-        return prefix
-    converted = hanzi_to_pinyin(prefix, cfg.data.tones).rstrip("\n")
-    # the converter ends every syllable run without a trailing space; a prefix usually continues
-    return converted + " " if prefix[-1:] == " " or contains_han(prefix[-1]) else converted
-
-
-def letters_prefix(prefix: str, cfg) -> str:
-    """A prefix for a `data.letters_only` model, by its corpus's rule: lowercase, and every run of
-    non-letters one space (rnn_train.data.dataset.letters_only, without the trim at the ends: a
-    prefix that ends in punctuation ends where the corpus has a space). Others: unchanged."""
-    if not cfg.data.letters_only:
-        return prefix
-    from rnn_train.data.dataset import NON_LETTERS
-
-    return NON_LETTERS.sub(" ", prefix).lower()
-
-
-def corpus_prefix(prefix: str, cfg) -> tuple[str, list[str]]:
-    """The prefix as the model's corpus would hold it (what `score` does to a text): pinyin for
-    Chinese characters, then the letters-only rule -> (the prefix, a line for each step that changed it)."""
-    said = []
-    converted = pinyin_prefix(prefix, cfg)
-    if converted != prefix:
-        said.append(f"prefix in Chinese characters converted to pinyin like the corpus ({cfg.data.tones} tones)")
-    letters = letters_prefix(converted, cfg)
-    if letters != converted:
-        said.append(f"prefix reduced to lowercase letters and spaces like the corpus (data.letters_only): {letters!r}")
-    return letters, said
-
-
 def line_starts(spec: str, cfg) -> tuple[str, ...]:
     """'春,风,十,里' -> the text forced at each line start. For a pinyin model each entry is a whole
     syllable: Chinese characters become syllables like its corpus ('chun', or 'chun1' with tone
@@ -73,9 +38,10 @@ def _parser(prog: str) -> ArgumentParser:
     ap = ArgumentParser(prog=prog, description=__doc__.split("\n")[0].split(": ", 1)[1])
     ap.add_argument("--checkpoint", required=True, help="a .pt file or a run directory (uses its best.pt)")
     ap.add_argument("--prefix", default="",
-                    help="text to warm the state up on (default: none, i.e. the start of a line); for a pinyin "
-                         "model, Chinese characters are converted to pinyin like its corpus (followed by a "
-                         "space: the next syllable starts)")
+                    help="text to warm the state up on (default: none, i.e. the start of a line), read like the "
+                         "model's corpus: for a pinyin model Chinese characters become pinyin (followed by a "
+                         "space: the next syllable starts); for a data.letters_only model it is lowercased and "
+                         "each run of non-letters becomes one space")
     ap.add_argument("-k", type=int, default=None,
                     help=f"characters to generate per sample (default 50; {LONG_K} with --stop-at, --max-lines or "
                          "--line-starts, which end a sample earlier)")
@@ -89,7 +55,8 @@ def _parser(prog: str) -> ArgumentParser:
                     help="seed for sampling: the same seed gives the same output (sample i of --num-samples "
                          "draws the same random numbers whatever N)")
     ap.add_argument("--num-samples", type=int, default=1, help="samples generated together as one batch (default 1)")
-    ap.add_argument("--stop-at", default="", help="end a sample right after it generates this string")
+    ap.add_argument("--stop-at", default="",
+                    help="end a sample right after it generates this string (read like --prefix)")
     ap.add_argument("--max-lines", type=int, default=0, help="end a sample after its N-th newline (0 = off)")
     ap.add_argument("--line-starts", default="",
                     help="comma-separated: each generated line begins with the next one, then the model "
@@ -135,15 +102,16 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
     from rnn_train.prediction.generate import top_chars, encode_prefix, stream_after, warm_up
     from rnn_train.prediction.sampler import StopRules
     from rnn_train.prediction.stepper import bf16_steps
+    from rnn_train.prediction.textstream import corpus_text
     from rnn_train.runtime import resolve_device
 
     options = SamplingOptions(args.temperature, args.top_k, args.top_p, args.seed, args.precision)  # bad values: one line
     model, vocab, cfg, _ = load_model(args.checkpoint, resolve_device(args.device, "--device"))
-    rules = StopRules(args.stop_at, args.max_lines,
-                      line_starts(args.line_starts, cfg) if args.line_starts else ())
-    prefix, said = corpus_prefix(args.prefix, cfg)
-    for line in said:
+    prefix, said = corpus_text(args.prefix, cfg, "prefix")
+    args.stop_at, said_too = corpus_text(args.stop_at, cfg, "--stop-at")  # as the rules and the header read it
+    for line in said + said_too:
         print(line)
+    rules = StopRules(args.stop_at, args.max_lines, line_starts(args.line_starts, cfg) if args.line_starts else ())
     logits, state = warm_up(model, encode_prefix(vocab, prefix, args.unk))
     chunks = stream_after(model, vocab, logits, state, k, options, rules, args.num_samples,
                           at_line_start=prefix[-1:] in ("", "\n"))

@@ -9,6 +9,10 @@ as a corpus file of the model's run:
 - for a pinyin model, a Chinese file (`pinyin.is_chinese` on the whole file's counts, a first
   reading pass) is converted with `conversion.converted_pieces`, whole lines at a time;
 - `data.letters_only` with `stream.LettersOnly`.
+
+A short text a user types (a prefix, a --stop-at string, log.sample_prefix) goes through the same
+two rules as it stands (`corpus_text`), without a whole file to judge: any Chinese character is
+converted for a pinyin model, and a letters-only model keeps a space at either end.
 """
 from __future__ import annotations
 
@@ -16,11 +20,43 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from rnn_train.data import conversion, corpus, pinyin
+from rnn_train.data.dataset import letters_and_spaces
 from rnn_train.data.stream import LettersOnly, code_points
 from rnn_train.errors import UserError
 
 
 ENCODING_KEY = "--encoding"  # what an undecodable byte's message tells the user to set
+
+
+def pinyin_prefix(prefix: str, cfg) -> str:
+    """A pinyin model given a prefix in Chinese characters: convert it the way its corpus was."""
+    if cfg.data.kind != "pinyin" or not pinyin.contains_han(prefix):
+        return prefix
+    converted = pinyin.hanzi_to_pinyin(prefix, cfg.data.tones).rstrip("\n")
+    # the converter ends every syllable run without a trailing space; a prefix usually continues
+    return converted + " " if prefix[-1:] == " " or pinyin.contains_han(prefix[-1]) else converted
+
+
+def letters_prefix(prefix: str, cfg) -> str:
+    """A prefix for a `data.letters_only` model, by its corpus's rule (dataset.letters_and_spaces)
+    without the trim at the ends: a prefix that ends in punctuation ends where the corpus has a
+    space. Others: unchanged."""
+    return letters_and_spaces(prefix) if cfg.data.letters_only else prefix
+
+
+def corpus_text(text: str, cfg, what: str) -> tuple[str, list[str]]:
+    """A typed text as the model's corpus would hold it: Chinese characters to pinyin for a pinyin
+    model, then the letters-only rule -> (the text, a line for each step that changed it, naming
+    `what` the text is: "prefix", "--stop-at")."""
+    said = []
+    converted = pinyin_prefix(text, cfg)
+    if converted != text:
+        said.append(f"{what} in Chinese characters converted to pinyin like the corpus ({cfg.data.tones} tones): "
+                    f"{converted!r}")
+    letters = letters_prefix(converted, cfg)
+    if letters != converted:
+        said.append(f"{what} reduced to lowercase letters and spaces like the corpus (data.letters_only): {letters!r}")
+    return letters, said
 
 
 def is_chinese_file(path: str | Path, encoding: str) -> bool:

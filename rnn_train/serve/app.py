@@ -42,10 +42,11 @@ from rnn_train.files import strict_json
 from rnn_train.model.charrnn import CharRNN
 from rnn_train.model.checkpoint import describe
 from rnn_train.prediction.choose import MAX_SEED, MAX_TEMPERATURE, SamplingOptions
-from rnn_train.prediction.cli import LONG_K, corpus_prefix
+from rnn_train.prediction.cli import LONG_K
 from rnn_train.prediction.generate import encode_prefix, sampler_logits, top_chars, warm_up
 from rnn_train.prediction.sampler import RuleState, StopRules
 from rnn_train.prediction.score import score_pieces
+from rnn_train.prediction.textstream import corpus_text
 from rnn_train.prediction.textstream import text_pieces
 from rnn_train.serve.scheduler import Batcher, Job
 
@@ -176,7 +177,7 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
 
     def read_prefix(raw: str) -> tuple[str, torch.Tensor]:
         """The prefix as predict reads it (pinyin conversion, letters-only, then the vocab) -> (text, ids [1, P])."""
-        prefix, _ = corpus_prefix(raw, cfg)
+        prefix, _ = corpus_text(raw, cfg, "prefix")
         missing = vocab.unknown_chars(prefix)
         if missing:
             shown = ", ".join(repr(c) for c in missing[:10])
@@ -199,7 +200,7 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
     async def generate(body: GenerateRequest):
         prefix, ids = read_prefix(body.prefix)
         options = SamplingOptions(body.temperature, body.top_k, body.top_p, body.seed)
-        rules = _stop_rules(body, vocab)
+        rules = _stop_rules(body, vocab, cfg)
         k = body.k if body.k is not None else min(LONG_K if rules.used else DEFAULT_K, limits.max_k)
         rule_state = RuleState(rules, vocab, body.num_samples, k, prefix[-1:] in ("", "\n")) if rules.used else None
         logits, state = await run_in_threadpool(warm_up, model, ids)
@@ -239,16 +240,18 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
     return app
 
 
-def _stop_rules(body, vocab: Vocab) -> StopRules:
-    """StopRules of a request, each field checked against the vocab (as predict's RuleState does)."""
-    if body.stop_at:
-        missing = vocab.unknown_chars(body.stop_at)
+def _stop_rules(body, vocab: Vocab, cfg) -> StopRules:
+    """StopRules of a request, stop_at read as predict reads --stop-at (textstream.corpus_text), each
+    field checked against the vocab (as predict's RuleState does)."""
+    stop_at = corpus_text(body.stop_at, cfg, "stop_at")[0] if body.stop_at else ""
+    if stop_at:
+        missing = vocab.unknown_chars(stop_at)
         if missing:
             shown = ", ".join(repr(c) for c in missing[:10])
-            raise FieldError("stop_at", f"{body.stop_at!r} cannot be spelled with the model's vocab (no {shown})")
+            raise FieldError("stop_at", f"{stop_at!r} cannot be spelled with the model's vocab (no {shown})")
     if body.max_lines and "\n" not in vocab:
         raise FieldError("max_lines", "needs a model whose vocab has a newline")
-    return StopRules(body.stop_at, body.max_lines)
+    return StopRules(stop_at, body.max_lines)
 
 
 def _to_loop(loop: asyncio.AbstractEventLoop, fn):

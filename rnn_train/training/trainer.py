@@ -60,6 +60,7 @@ from rnn_train.errors import UserError
 from rnn_train.model import checkpoint as ckpt_io
 from rnn_train.model.charrnn import count_parameters, detach_state
 from rnn_train.prediction.generate import generate
+from rnn_train.prediction.textstream import corpus_text
 from rnn_train.runtime import derived_seed, keep_freed_memory, resolve_device, set_seed, set_threads
 from rnn_train.training.distributed import check_world
 from rnn_train.training.learner import make_learner
@@ -139,7 +140,7 @@ class _Interrupt:
 def _sample_prefix(cfg: Config, data: Dataset) -> str:
     """The fixed prefix of the text sample logged at each validation."""
     if cfg.log.sample_prefix:
-        return cfg.log.sample_prefix
+        return corpus_text(cfg.log.sample_prefix, cfg, "log.sample_prefix")[0]  # as predict reads a prefix
     source = data.val if len(data.val) else data.train
     return data.vocab.decode(source[:24]).replace("<unk>", "")
 
@@ -479,7 +480,8 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
     mon.info(f"run {rd}: " + _describe(cfg, data, learner, device, kernel, start))
     if learner.precision_note and world.is_writer:
         mon.note(learner.precision_note)
-    missing = data.vocab.unknown_chars(cfg.log.sample_prefix) if cfg.log.sample_length else []
+    samples = cfg.log.sample_prefix and cfg.log.sample_length and len(data.val)  # logged at each validation
+    missing = data.vocab.unknown_chars(_sample_prefix(cfg, data)) if samples else []
     if missing and world.is_writer:
         shown = ", ".join(repr(c) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
         mon.note(f"log.sample_prefix has characters that are not in the vocab ({shown}): the logged samples "

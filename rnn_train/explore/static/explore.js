@@ -256,14 +256,14 @@
     if (lines.length && !lines[lines.length - 1]) lines.pop();
     return lines.length ? lines.join("\n") + "\n" : "";
   }
-  function toPinyin(prefix) {  // rnn_train/prediction/cli.py's pinyin_prefix
+  function toPinyin(prefix) {  // rnn_train/prediction/textstream.py's pinyin_prefix
     if (M.kind !== "pinyin" || !DATA.pinyin || !HAN_RE.test(prefix)) return prefix;
     const converted = hanziToPinyin(prefix).replace(/\n+$/, "");
     const last = chars(prefix).pop();
     return last === " " || HAN_RE.test(last) ? converted + " " : converted;
   }
 
-  function toLetters(prefix) {  // rnn_train/prediction/cli.py's letters_prefix
+  function toLetters(prefix) {  // rnn_train/prediction/textstream.py's letters_prefix
     return M.letters_only ? prefix.replace(/[^A-Za-z]+/g, " ").toLowerCase() : prefix;
   }
 
