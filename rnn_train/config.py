@@ -180,8 +180,8 @@ class TrainConfig:
         _check(p, self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(p, self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         # against train.lr only when train.lr itself is valid: its own error says what is wrong
-        _check(p, self.min_lr >= 0 and (self.min_lr <= self.lr or not self.lr > 0), "train.min_lr",
-               f"must be in [0, train.lr], got {self.min_lr}")
+        _check(p, self.min_lr >= 0, "train.min_lr", f"must be >= 0, got {self.min_lr}")
+        _check(p, not self.min_lr > self.lr > 0, "train.min_lr", f"must be <= train.lr ({self.lr}), got {self.min_lr}")
         _check(p, 0 < self.plateau_factor < 1, "train.plateau_factor", f"must be in (0, 1), got {self.plateau_factor}")
         _check(p, self.plateau_patience >= 0, "train.plateau_patience", f"must be >= 0, got {self.plateau_patience}")
         for key in ("epochs", "max_steps", "max_tokens", "eval_every", "patience", "threads"):
@@ -461,13 +461,15 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
 
 
 def _cross_section_problems(s: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
-    """Rules that involve keys of two sections: (the keys a broken rule reads, its message)."""
+    """Rules that involve keys of two sections: (the keys whose values break the rule, its message)."""
     p: list[tuple[tuple[str, ...], str]] = []
     model, train = s["model"], s["train"]
-    if model.backend == "numpy" and not (train.optimizer == "sgd" and not train.momentum and not train.weight_decay):
-        p.append((("model.backend", "train.optimizer", "train.momentum", "train.weight_decay"),
-                  "model.backend=numpy updates with plain SGD: set train.optimizer=sgd, train.momentum=0, "
-                  "train.weight_decay=0"))
+    if model.backend == "numpy":
+        breaking = [key for key, ok in (("train.optimizer", train.optimizer == "sgd"), ("train.momentum", not train.momentum),
+                                        ("train.weight_decay", not train.weight_decay)) if not ok]
+        if breaking:  # the keys whose values break the rule, not those that already keep it
+            p.append((("model.backend", *breaking), "model.backend=numpy updates with plain SGD: set "
+                      "train.optimizer=sgd, train.momentum=0, train.weight_decay=0"))
     if train.precision == "bf16":
         for key, value in (("backend", "torch"), ("dtype", "float32")):
             if getattr(model, key) != value:

@@ -141,6 +141,11 @@ def test_a_rule_over_two_sections_is_blamed_on_an_override_that_set_one_of_its_k
     with pytest.raises(UserError) as e:
         load_config(None, ["model.backend=numpy", "train.max_steps=5"])
     assert str(e.value).startswith("override 'model.backend=numpy': model.backend=numpy updates with plain SGD")
+    path.write_text("model:\n  backend: numpy\n  cell: rnn\ntrain:\n  max_steps: 5\n  optimizer: adam\n"
+                    "  momentum: 0.9\n")
+    with pytest.raises(UserError) as e:  # an override that mends part of it is not what breaks it
+        load_config(path, ["train.optimizer=sgd"])
+    assert str(e.value).startswith(f"{path}: model.backend=numpy updates with plain SGD")
 
 
 def test_a_base_60_number_in_a_file_is_refused_as_on_the_command_line(tmp_path):
@@ -161,6 +166,10 @@ def test_a_value_that_does_not_convert_is_not_reported_again_through_a_rule_over
     with pytest.raises(UserError) as e:  # the only limit does not convert: no second error that all are 0
         load_config(None, ["train.max_time=1:30"])
     assert str(e.value) == "override 'train.max_time=1:30': train.max_time must be a number, got '1:30'"
+    with pytest.raises(UserError) as e:  # but a problem of another key that stands on its own is still said
+        load_config(None, ["train.lr=abc", "train.min_lr=-1", "train.max_steps=5"])
+    assert str(e.value) == ("override 'train.lr=abc': train.lr must be a number, got 'abc'; "
+                            "override 'train.min_lr=-1': train.min_lr must be >= 0, got -1.0")
 
 
 def test_invalid_yaml_names_file_and_line(tmp_path):

@@ -142,7 +142,7 @@ def test_values_are_checked_in_a_config_at_each_end_of_every_range(tmp_path):
     assert str(e.value) == (f"--space {bad}: with model.dropout=1.5: model.dropout must be in [0, 1), got 1.5")
     # the recipe's min_lr above the lowest lr: the two keys clash only at that end of the range
     with pytest.raises(UserError, match=r"with train.lr=0.001: override 'train.min_lr=0.005': "
-                                         r"train.min_lr must be in \[0, train.lr\]"):
+                                         r"train.min_lr must be <= train.lr \(0.001\), got 0.005"):
         bad.write_text("train.lr: {float: [1.0e-3, 1.0e-2]}\n")
         plan_tune(DEBUG, ["train.min_lr=0.005"], str(bad), parse_budget("tokens:1k"), 4, tmp_path / "out")
 
