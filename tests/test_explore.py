@@ -282,6 +282,7 @@ def test_a_letters_only_models_page_reads_a_typed_prefix_as_predict_does(browser
     assert job.returncode == 0, job.stderr
     cases = ["The Time, ", "HIS grey\neyes!", "  twinkled", "and", "Déjà vu 😀 naïve", "", "...", "a-b_c1d"]
     o = opened(browser, tmp_path / "letters.html")
+    assert o.page.evaluate("rnnExplore.info.lettersOnly") is True
     got = o.page.evaluate("cases => cases.map(c => rnnExplore.toLetters(c))", cases)
     assert got == [letters_prefix(c, cfg) for c in cases]
     o.page.fill("#prefix", "The Time, ")

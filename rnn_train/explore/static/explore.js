@@ -631,7 +631,7 @@
   // ------------------------------------------------------------------ the interface, and start
   const api = {
     next, greedy, sample, bitsPerChar, toPinyin, toLetters,
-    info: { cell: M.cell, layers: L, hidden: H, vocab: VOCAB, kind: M.kind },
+    info: { cell: M.cell, layers: L, hidden: H, vocab: VOCAB, kind: M.kind, lettersOnly: M.letters_only },
     analysed: () => ({ chars: T, bitsPerChar: A.nats / A.scored / LN2, scored: A.scored }),
     activations: (layer, value, unit) => Array.from(series(layer, value, unit)),
     bits: () => Array.from(A.bits),
