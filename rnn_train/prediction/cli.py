@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
     print(f"next character (top {len(next_chars)}):")
     for ch, prob in next_chars:
         print(f"  {ch!r:>8}  {prob:.4f}")
-    print(_describe(args, k, args.num_samples, args.precision == "bf16" and bf16_steps(model)))
+    print(_describe(args, k, args.num_samples, args.precision == "bf16" and k > 0 and bf16_steps(model)))
     _write_samples(prefix, itertools.chain([first] if first is not None else [], chunks), args.num_samples,
                    sys.stdout)
     return 0
