@@ -359,6 +359,23 @@ def test_an_empty_entry_is_an_error_not_the_current_directory(tmp_path, monkeypa
             corpus.load_corpus(entries, kind="text")
 
 
+def test_a_directory_or_glob_skips_the_empty_files_it_finds_but_a_named_one_is_an_error(tmp_path):
+    root = tmp_path / "books"
+    root.mkdir()
+    write(root / "a.txt", "one")
+    write(root / "placeholder.txt", "")
+    write(root / "b.txt", "two")
+    assert corpus.load_corpus([root], kind="text") == "one\ntwo"
+    assert corpus.load_corpus([str(root / "*.txt")], kind="pinyin") == "one\ntwo"
+    with pytest.raises(UserError, match="placeholder.txt is empty"):
+        corpus.load_corpus([root / "a.txt", root / "placeholder.txt"], kind="text")
+    with pytest.raises(UserError, match=r"data.paths: .*place\*.txt holds only empty \(0-byte\) files"):
+        corpus.load_corpus([str(root / "place*.txt")], kind="text")
+    write(root / "blank.txt", " \n")  # whitespace only is not 0 bytes: still an error, wherever it came from
+    with pytest.raises(UserError, match="blank.txt is empty"):
+        corpus.load_corpus([root], kind="text")
+
+
 def test_empty_directory_and_unmatched_glob_are_one_line_errors(tmp_path):
     (tmp_path / "empty" / ".hidden").mkdir(parents=True)
     with pytest.raises(UserError, match=f"directory {re.escape(str(tmp_path / 'empty'))} holds no corpus file"):

@@ -12,6 +12,9 @@ What an entry of `data.paths` may be
     matches ``d``, its subdirectories and the files in them, all of which name the same files).
     An empty entry is an error (it would otherwise mean the current directory). An empty directory
     or a glob that matches no file is a one-line error naming it, as is a path that does not exist.
+    A directory or a glob skips the files of 0 bytes it finds (a folder of texts often holds a
+    placeholder; one empty file would otherwise stop the run); a 0-byte file named as an entry of its
+    own stays an error when it is read, as does a file of whitespace only wherever it came from.
 
 Identity for the cache
     A file is known by its content (SHA-256). Hashing a large corpus takes a moment, so the
@@ -56,8 +59,12 @@ def resolve_paths(entries: list[str]) -> list[SourceFile]:
     for i, entry in enumerate(entries):
         if not str(entry).strip():  # Path("") is ".": the current directory, read recursively
             raise UserError(f"data.paths: entry {i + 1} of {len(entries)} is empty")
-        found = _expand(str(entry))
-        files.extend(_stat(path, entry) for path in found)
+        found = [_stat(path, entry) for path in _expand(str(entry))]
+        if _GLOB_CHARS & set(str(entry)) or Path(os.path.expanduser(str(entry))).is_dir():
+            found = [f for f in found if f.size]  # 0-byte files a directory or glob brings: skipped
+            if not found:
+                raise UserError(f"data.paths: {entry} holds only empty (0-byte) files")
+        files.extend(found)
     return files
 
 
