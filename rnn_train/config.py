@@ -225,8 +225,19 @@ class LogConfig:
                f"must be at most 255 bytes long, got {len(os.fsencode(self.name))}")
         _check(p, bool(self.dir.strip()) and "\0" not in self.dir, "log.dir",
                f"must be a directory path (. for the current directory), got {self.dir!r}")
+        for key, value in (("log.name", self.name), ("log.dir", self.dir)):  # TensorBoard writes only UTF-8 paths
+            _check(p, _is_utf8(value), key, f"must be UTF-8 text (TensorBoard cannot write under it), got {value!r}")
         if p:
             raise _Problems(p)
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a str holding lone surrogates: bytes of a name that is not UTF-8 (surrogateescape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "log": LogConfig}
@@ -337,7 +348,8 @@ def _split_list(text: str, key: str) -> list[Any]:
         try:
             return yaml.load(text, Loader=yaml.BaseLoader)
         except yaml.YAMLError as e:
-            raise ValueError(f"{key} is not a valid YAML list {text!r}: {getattr(e, 'problem', None) or e}") from None
+            why = " ".join(str(getattr(e, "problem", None) or e).split())  # one line (YAML's marks span several)
+            raise ValueError(f"{key} is not a valid YAML list {text!r}: {why}") from None
     if text.startswith("[") and "]" not in text:
         raise ValueError(f"{key}: the list {text!r} has no closing ] (a file name starting with [ is written ./[...)")
     return [v.strip() for v in text.split(",") if v.strip()]

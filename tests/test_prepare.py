@@ -159,3 +159,27 @@ def test_a_min_freq_that_leaves_no_character_is_refused_before_training(tmp_path
         prepare_corpus(cfg, tmp_path / "cache")
     prepared = prepare_corpus(DataConfig(paths=[str(path)], kind="text", min_freq=400), tmp_path / "cache")
     assert prepared.vocab.itos == ["<unk>", "a", "b"]
+
+
+@pytest.mark.parametrize("kind", ["text", "pinyin"])
+def test_a_file_name_that_is_not_utf8_prepares_like_any_other(tmp_path, kind):
+    """Linux names are bytes; Python holds the undecodable ones as lone surrogates, which the cache
+    keys must hash as they are."""
+    import os
+
+    odd = tmp_path / os.fsdecode(b"bad\xffname.txt")
+    odd.write_text("ni hao zhong guo\n" * 50)
+    cfg = DataConfig(paths=[str(odd)], kind=kind, batch_size=4, num_steps=8)
+    first = prepare_data(cfg, tmp_path / "cache")
+    again = prepare_data(cfg, tmp_path / "cache")  # the cache entry is found again by the same key
+    assert first.vocab == again.vocab and np.array_equal(first.train, again.train) and len(first.train) > 0
+
+
+def test_an_encoding_that_decodes_to_half_a_surrogate_pair_is_one_line_naming_it(tmp_path):
+    from rnn_train.errors import UserError
+
+    path = tmp_path / "u7.txt"
+    path.write_bytes(b"hello world +2AA- again\n" * 300)  # UTF-7 for U+D800, a lone high surrogate
+    cfg = DataConfig(paths=[str(path)], kind="text", encoding="utf-7", batch_size=4, num_steps=8)
+    with pytest.raises(UserError, match=r"u7.txt: utf-7 decodes to U\+D800 at character 12, half of a UTF-16 pair"):
+        prepare_data(cfg, tmp_path / "cache")

@@ -155,6 +155,17 @@ def test_per_char_file_lists_every_character_with_its_surprisal(run, tmp_path):
     assert sum(float(r[3]) for r in rows[1:]) / 18 == pytest.approx(loss / math.log(2), abs=1e-3)
 
 
+def test_per_char_names_a_file_whose_name_is_not_utf8_by_its_bytes(run, tmp_path):
+    tmp, _, _ = run
+    text = tmp_path / os.fsdecode(b"bad\xffname.txt")
+    text.write_text("ni hao\n", encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "rnn_train", "score", "--checkpoint", tmp / "run", text, "--per-char",
+                          tmp_path / "bits.tsv"], cwd=ROOT, capture_output=True)  # its output names the file in bytes
+    assert out.returncode == 0, out.stderr
+    rows = (tmp_path / "bits.tsv").read_bytes().splitlines()[1:]
+    assert len(rows) == 7 and all(r.split(b"\t")[0] == os.fsencode(text) for r in rows)
+
+
 def test_crlf_text_scores_as_its_lf_text_wherever_the_chunks_are_cut(run, tmp_path):
     tmp, _, _ = run
     model, vocab, cfg, _ = load_model(tmp / "run" / "best.pt")

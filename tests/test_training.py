@@ -249,3 +249,23 @@ def test_a_chinese_sample_prefix_is_read_as_predict_reads_it(tmp_path):
     assert "log.sample_prefix" not in err.getvalue()
     sample = read_events(tmp_path / "run").Tensors("sample/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert "zhong guo " in sample  # converted to pinyin like the corpus, as predict --prefix 中国 is
+
+
+def test_a_corpus_file_whose_name_is_not_utf8_trains_and_resumes(tmp_path):
+    """Linux names are bytes: the cache keys, meta.json and TensorBoard's hparams take the name as it is
+    (hparams with \\udcXX escapes); a run name must be UTF-8, since TensorBoard writes only such paths."""
+    import os
+
+    from rnn_train.errors import UserError
+    from rnn_train.model.checkpoint import load_checkpoint
+
+    odd = tmp_path / os.fsdecode(b"bad\xffname.txt")
+    odd.write_text("ni hao zhong guo\n" * 300)
+    cfg = tiny_config(tmp_path, "data.kind=text", f"data.paths={odd}", "train.max_steps=20")
+    assert train(cfg, tmp_path / "run", quiet=True, cache_dir=tmp_path / "cache").step == 20
+    longer = tiny_config(tmp_path, "data.kind=text", f"data.paths={odd}", "train.max_steps=25")
+    resumed = train(longer, tmp_path / "run", quiet=True, cache_dir=tmp_path / "cache",
+                    resume=load_checkpoint(tmp_path / "run" / "last.pt"))
+    assert resumed.step == 25
+    with pytest.raises(UserError, match="log.name must be UTF-8 text"):
+        tiny_config(tmp_path, "log.name=" + os.fsdecode(b"n\xffame"))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,7 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
     the file, wherever the chunks were cut; the message says to set `encoding_key`), or a NUL
     character (a binary file)."""
     decoder = _decoder(encoding, path)
+    strict_utf8 = codecs.lookup(encoding).name == "utf-8"  # never decodes to a lone surrogate; others may (utf-7)
     with _open(path) as f:
         f.seek(offset)
         consumed, chars, started, carry = offset, 0, False, ""
@@ -123,11 +125,18 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
             nul = text.find("\0")
             if nul >= 0:
                 raise _binary(path, chars + nul)
+            lone = None if strict_utf8 else _SURROGATE.search(text)
+            if lone:  # no character, and nothing can store it (UTF-8, UTF-32 refuse it)
+                raise UserError(f"{path}: {encoding} decodes to U+{ord(lone.group()):04X} at character "
+                                f"{chars + lone.start()}, half of a UTF-16 pair and no character (set {encoding_key})")
             chars += len(text)
             if text:
                 yield text
             if not block:
                 return
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _binary(path: PathLike, at: int) -> UserError:

@@ -79,7 +79,8 @@ class Prepared:
 
 
 def _sha256_json(value: object) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+    # surrogatepass: a path that is not valid UTF-8 holds lone surrogates (Python's surrogateescape)
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def vocab_digest(vocab: Vocab) -> str:
@@ -131,7 +132,7 @@ def open_entry(directory: Path, expect_vocab: Optional[Vocab] = None) -> tuple[O
     if not directory.is_dir():
         return None, ""
     try:
-        meta = json.loads((directory / META).read_text(encoding="utf-8"))
+        meta = json.loads((directory / META).read_text(encoding="utf-8", errors="surrogateescape"))
         vocab_text = (directory / VOCAB).read_text(encoding="utf-8")
         vocab = Vocab.from_list(json.loads(vocab_text))
         n, dtype = int(meta["n_tokens"]), np.dtype(meta["dtype"])
@@ -225,7 +226,9 @@ def _build(cfg: DataConfig, sources: Sources, vocab: Optional[Vocab], out: Path,
         "unk_count": unk, "unk_fraction": unk / n if n else 0.0,
         "tokens_sample_sha256": _tokens_sample(out / TOKENS, n * vocab.dtype.itemsize),
     }
-    (out / META).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    # surrogateescape: a source path that is not valid UTF-8 is written as its own bytes
+    (out / META).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8",
+                            errors="surrogateescape")
 
 
 def _publish(tmp: Path, final: Path) -> None:

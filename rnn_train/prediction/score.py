@@ -218,7 +218,7 @@ def score_file(model: CharRNN, vocab: Vocab, data_cfg, path: str, encoding: str 
     def rows(chars: str, bits: np.ndarray) -> None:
         lines = [f"{path}\t{index[0] + i}\t{_escape(c)}\t{'' if math.isnan(b) else f'{b:.4f}'}\n"
                  for i, (c, b) in enumerate(zip(chars, bits.tolist()))]
-        out.write("".join(lines).encode("utf-8"))
+        out.write("".join(lines).encode("utf-8", "surrogateescape"))  # a file name's bytes as they are
         index[0] += len(chars)
 
     result = score_pieces(model, vocab, model_text(path, data_cfg, encoding), rows if out is not None else None, exact)

@@ -31,11 +31,15 @@ from rnn_train.training.events import location
 
 
 def _flat_hparams(cfg_dict: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """{'train': {'lr': 1}} -> {'train.lr': 1}; lists become comma-joined strings (TensorBoard's types)."""
+    """{'train': {'lr': 1}} -> {'train.lr': 1}; lists become comma-joined strings (TensorBoard's types).
+    Text is stored as UTF-8, so a path that is not (its bytes held as lone surrogates) shows them as
+    \\udcXX escapes."""
     out: dict[str, Any] = {}
     for section, body in cfg_dict.items():
         for key, value in body.items():
-            out[f"{section}.{key}"] = ",".join(map(str, value)) if isinstance(value, list) else value
+            value = ",".join(map(str, value)) if isinstance(value, list) else value
+            out[f"{section}.{key}"] = value.encode("utf-8", "backslashreplace").decode("utf-8") \
+                if isinstance(value, str) else value
     return out
 
 

@@ -47,7 +47,7 @@ def claimed(path: Path) -> Iterator[None]:
 
         locks = cache_root() / "locks"
         locks.mkdir(parents=True, exist_ok=True)
-        key = hashlib.sha256(str(Path(path).absolute()).encode()).hexdigest()[:24]
+        key = hashlib.sha256(os.fsencode(Path(path).absolute())).hexdigest()[:24]  # the name's bytes, UTF-8 or not
         fd = os.open(locks / f"{key}.lock", os.O_CREAT | os.O_RDWR, 0o666)
     except (ImportError, OSError):
         yield
