@@ -341,6 +341,13 @@ def test_globs_expand_in_sorted_order_and_entries_keep_their_order(tmp_path):
     assert corpus.load_corpus([str(tmp_path / "**" / "*.md")], kind="text") == "c"
 
 
+def test_an_existing_file_whose_name_has_glob_characters_is_that_file(tmp_path):
+    write(tmp_path / "x[1].txt", "bracket")
+    write(tmp_path / "x1.txt", "plain")
+    assert corpus.load_corpus([str(tmp_path / "x[1].txt")], kind="text") == "bracket"
+    assert corpus.load_corpus([str(tmp_path / "x[0-9].txt")], kind="text") == "plain"  # no such file: a glob
+
+
 def test_a_glob_names_each_file_once_while_entries_may_repeat_one(tmp_path):
     """"d/**" matches d, d/sub and the files in both: each file is read once. Listing a file in
     two entries still reads it twice (the documented way to weight a file)."""

@@ -6,7 +6,8 @@ What an entry of `data.paths` may be
       the directory; names starting with "." (``.git``, ``.DS_Store``) are skipped, and symbolic
       links to files are followed but links to directories are not (no loops);
     * a glob (an entry containing ``*``, ``?`` or ``[``; ``**`` spans directories): its matches in
-      sorted order, a matched directory expanded as above.
+      sorted order, a matched directory expanded as above; an entry that names an existing file or
+      directory as it stands is that path, whatever characters it holds (``x[1].txt``).
     The entries keep their order and nothing is de-duplicated across them: a file listed twice is
     read twice, exactly as two copies would be. Within one glob each file counts once (``d/**``
     matches ``d``, its subdirectories and the files in them, all of which name the same files).
@@ -60,7 +61,7 @@ def resolve_paths(entries: list[str]) -> list[SourceFile]:
         if not str(entry).strip():  # Path("") is ".": the current directory, read recursively
             raise UserError(f"data.paths: entry {i + 1} of {len(entries)} is empty")
         found = [_stat(path, entry) for path in _expand(str(entry))]
-        if _GLOB_CHARS & set(str(entry)) or Path(os.path.expanduser(str(entry))).is_dir():
+        if _is_glob(str(entry)) or Path(os.path.expanduser(str(entry))).is_dir():
             found = [f for f in found if f.size]  # 0-byte files a directory or glob brings: skipped
             if not found:
                 raise UserError(f"data.paths: {entry} holds only empty (0-byte) files")
@@ -68,8 +69,14 @@ def resolve_paths(entries: list[str]) -> list[SourceFile]:
     return files
 
 
+def _is_glob(entry: str) -> bool:
+    """An entry with glob characters, unless it names an existing file or directory as it stands
+    (`x[1].txt`: a file name, not the pattern x1.txt)."""
+    return bool(_GLOB_CHARS & set(entry)) and not os.path.exists(os.path.expanduser(entry))
+
+
 def _expand(entry: str) -> list[Path]:
-    if _GLOB_CHARS & set(entry):
+    if _is_glob(entry):
         matches = sorted(glob.glob(os.path.expanduser(entry), recursive=True))
         expanded = [f for m in matches for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
         files = list(dict.fromkeys(expanded))  # "d/**" matches d, d/sub and the files in both: each once
