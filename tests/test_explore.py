@@ -291,6 +291,21 @@ def test_a_letters_only_models_page_reads_a_typed_prefix_as_predict_does(browser
     o.page.close()
 
 
+def test_the_default_text_of_a_corpus_that_changed_since_training_is_noted(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world, a text about things\n" * 300)
+    cfg = tiny_config(tmp_path, "data.kind=text", f"data.paths={corpus}", "data.val_fraction=0.1",
+                      "train.max_steps=10", "train.eval_every=10")
+    train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "cache")
+    job = explore("--checkpoint", tmp_path / "r", "--out", tmp_path / "a.html", "--cache-dir", tmp_path / "cache")
+    assert job.returncode == 0 and "changed since" not in job.stderr, job.stderr
+    corpus.write_text("other words, quite a different text\n" * 300)
+    job = explore("--checkpoint", tmp_path / "r", "--out", tmp_path / "b.html", "--cache-dir", tmp_path / "cache")
+    assert job.returncode == 0
+    assert job.stderr == (f"note: the corpus ({corpus}) changed since {tmp_path / 'r' / 'best.pt'} was trained: its "
+                          f"validation split is not the text the run saw\n")
+
+
 def test_the_default_text_is_the_start_of_the_validation_split(browser, pinyin_pages):
     cfg, path = pinyin_pages["none"]
     html = path.read_text(encoding="utf-8")

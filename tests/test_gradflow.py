@@ -324,3 +324,21 @@ def test_summary_says_vanished_when_the_gradient_underflows():
                    grad_norm=1.0, grad_norm_last=1.0, clip=0.0, clip_coef=1.0, clip_coef_last=1.0)
     line = summary_line(r)
     assert "vanished" in line and "grows" not in line and "nan" not in line
+
+
+def test_a_corpus_that_changed_since_training_is_noted(tmp_path, capsys):
+    """gradflow reads windows of the run's own corpus; if that text changed, the run never saw them."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world, a text about things\n" * 300)
+    subprocess.run([sys.executable, "train.py", "--config", "configs/debug.yaml", f"log.dir={tmp_path}", "log.name=r",
+                    "data.kind=text", f"data.paths={corpus}", "train.threads=1", "train.max_steps=10",
+                    "log.sample_length=0", "--cache-dir", str(tmp_path), "--quiet"],
+                   cwd=ROOT, check=True, capture_output=True, text=True)
+    assert cli("--checkpoint", str(tmp_path / "r"), "--steps", "12", "--batch", "2", "--no-tensorboard",
+               cache=tmp_path) == 0
+    assert "changed since" not in capsys.readouterr().err
+    corpus.write_text("other words, quite a different text\n" * 300)
+    assert cli("--checkpoint", str(tmp_path / "r"), "--steps", "12", "--batch", "2", "--no-tensorboard",
+               cache=tmp_path) == 0
+    assert f"note: the corpus ({corpus}) changed since {tmp_path / 'r' / 'best.pt'} was trained: its val split" \
+        in capsys.readouterr().err

@@ -59,6 +59,23 @@ def corpus_digest(sources) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def changed_since(ckpt: dict, data: "Dataset") -> bool:
+    """Whether `data` is not the text the checkpoint's run trained on (by corpus_digest; False where
+    either side has no digest: checkpoints from before it was recorded)."""
+    recorded = ckpt.get("corpus_sha256")
+    return bool(recorded and data.corpus_sha256 and recorded != data.corpus_sha256)
+
+
+def changed_note(ckpt: dict, data: "Dataset", paths: list[str], checkpoint, split_name: str) -> str:
+    """The note for a command that reads a split of a checkpoint's corpus (`paths`: its data.paths)
+    when that corpus changed since the run (`changed_since`), else ''."""
+    if not changed_since(ckpt, data):
+        return ""
+    where = ", ".join(paths) or "the built-in pinyin corpus"
+    return (f"note: the corpus ({where}) changed since {checkpoint} was trained: its {split_name} split is not "
+            f"the text the run saw")
+
+
 def split(ids: np.ndarray, val_fraction: float, test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Contiguous train | test | val; a non-zero fraction always gets at least 2 characters."""
     n = len(ids)

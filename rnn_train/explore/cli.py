@@ -55,17 +55,22 @@ def file_documents(paths: list[str], data_cfg, encoding: str | None):
     return docs
 
 
-def validation_document(cfg, vocab, checkpoint: Path, cache_dir: str | None, max_chars: int):
+def validation_document(cfg, vocab, ckpt: dict, checkpoint: Path, cache_dir: str | None, max_chars: int):
     """The start of the validation split of the checkpoint's corpus (as ids -> characters; an id
-    of <unk> becomes U+FFFD, which the vocab cannot spell either), and the split's length."""
-    from rnn_train.data.dataset import prepare_data
+    of <unk> becomes U+FFFD, which the vocab cannot spell either), and the split's length. A note
+    on stderr where the corpus changed since the run (its split is then other text)."""
+    from rnn_train.data.dataset import changed_note, prepare_data
     from rnn_train.explore.page import Document
 
     try:
-        val = prepare_data(cfg.data, Path(cache_dir) if cache_dir else None, vocab).val
+        data = prepare_data(cfg.data, Path(cache_dir) if cache_dir else None, vocab)
     except UserError as e:
         raise UserError(f"no TEXT_FILE given, and the validation text of {checkpoint} cannot be read ({e}); "
                         f"give a text file") from None
+    note = changed_note(ckpt, data, cfg.data.paths, checkpoint, "validation")
+    if note:
+        print(note, file=sys.stderr)
+    val = data.val
     if len(val) < 2:
         raise UserError(f"no TEXT_FILE given, and {checkpoint}'s run has no validation text (data.val_fraction "
                         f"{cfg.data.val_fraction}); give a text file")
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train explore") -> int:
     if args.files:
         docs, total = cut(file_documents(args.files, cfg.data, args.encoding), args.max_chars)
     else:
-        doc, total = validation_document(cfg, vocab, checkpoint, args.cache_dir, args.max_chars)
+        doc, total = validation_document(cfg, vocab, ckpt, checkpoint, args.cache_dir, args.max_chars)
         docs = [doc]
     kept = sum(len(d.text) for d in docs)
     ids = np.concatenate([vocab.encode(d.text).astype(np.int64) for d in docs])

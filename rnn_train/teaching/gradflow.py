@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -255,7 +256,7 @@ def check_memory(model, vocab_size: int, p: Probe) -> None:
 def run_probe(p: Probe) -> tuple[FlowResult, Path]:
     """Load, pick windows, measure. Returns the result and the checkpoint file it came from."""
     from rnn_train.model.checkpoint import load_model, resolve_checkpoint
-    from rnn_train.data.dataset import prepare_data
+    from rnn_train.data.dataset import changed_note, prepare_data
     from rnn_train.model.charrnn import CharRNN
     from rnn_train.runtime import resolve_device
 
@@ -274,6 +275,9 @@ def run_probe(p: Probe) -> tuple[FlowResult, Path]:
     if p.keep_bias:
         add_keep_gate_bias(model.rnn, p.keep_bias)
     data = prepare_data(cfg.data, Path(p.cache_dir) if p.cache_dir else None, vocab)
+    note = changed_note(ckpt, data, cfg.data.paths, ckpt_path, p.split)
+    if note:
+        print(note, file=sys.stderr)
     split = getattr(data, p.split)
     if len(split) < p.steps + 1:
         raise UserError(f"the {p.split} split of {ckpt_path}'s corpus has {len(split)} characters, fewer than "

@@ -54,7 +54,7 @@ import torch
 
 from rnn_train.config import Config
 from rnn_train.data.batching import Batch, batches, batches_per_epoch, epoch_rng
-from rnn_train.data.dataset import Dataset, check_one_batch, prepare_data
+from rnn_train.data.dataset import Dataset, changed_since, check_one_batch, prepare_data
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
 from rnn_train.model import checkpoint as ckpt_io
@@ -449,8 +449,7 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
         vocab = Vocab.from_list(source["vocab"]) if source else None
         data = world.node_first(lambda: prepare_data(cfg.data, cache_dir, vocab))
     _check_batches(cfg, data)
-    if resume is not None and resume.get("corpus_sha256") and data.corpus_sha256 \
-            and resume["corpus_sha256"] != data.corpus_sha256:
+    if resume is not None and changed_since(resume, data):
         raise UserError(f"the corpus ({', '.join(cfg.data.paths) or 'the built-in one'}) is not the text this run "
                         f"trained on: it changed since; --resume continues on the same text, so restore it, or "
                         f"start a new run from these weights (--config ... --init-from)")
