@@ -155,6 +155,20 @@ def test_per_char_file_lists_every_character_with_its_surprisal(run, tmp_path):
     assert sum(float(r[3]) for r in rows[1:]) / 18 == pytest.approx(loss / math.log(2), abs=1e-3)
 
 
+def test_per_char_rows_stay_one_line_for_every_reader(run, tmp_path):
+    """Characters that str.splitlines and some TSV tools break lines at are written as escapes."""
+    tmp, _, _ = run
+    breaks = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+    text = tmp_path / "t.txt"
+    text.write_text(f"ni{breaks}hao\n", encoding="utf-8")
+    out = _score_cli("--checkpoint", tmp / "run", text, "--per-char", tmp_path / "bits.tsv")
+    assert out.returncode == 0, out.stderr
+    lines = (tmp_path / "bits.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1 + len(f"ni{breaks}hao\n")
+    assert [line.split("\t")[2] for line in lines[3:11]] == ["\\x0b", "\\x0c", "\\x1c", "\\x1d", "\\x1e", "\\x85",
+                                                             "\\u2028", "\\u2029"]
+
+
 def test_per_char_names_a_file_whose_name_is_not_utf8_by_its_bytes(run, tmp_path):
     tmp, _, _ = run
     text = tmp_path / os.fsdecode(b"bad\xffname.txt")

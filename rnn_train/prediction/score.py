@@ -203,9 +203,16 @@ def _windows(vocab: Vocab, pieces: Iterable[str]) -> Iterator[tuple[np.ndarray, 
             yield vocab.encode(chars).astype(np.int64), chars
 
 
+_TSV_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r", "\\": "\\\\"}
+
+
 def _escape(c: str) -> str:
-    """One character as a TSV field: tab, newline, CR and backslash written as escapes."""
-    return {"\t": "\\t", "\n": "\\n", "\r": "\\r", "\\": "\\\\"}.get(c, c)
+    """One character as a TSV field: tab, newline, CR and backslash written as escapes, and every other
+    character that some readers take for a line break (str.splitlines: \\v, \\f, \\x1c-\\x1e, \\x85,
+    \\u2028, \\u2029) as a \\xNN / \\uNNNN escape, so that each row stays one line for every reader."""
+    if c in _TSV_ESCAPES:
+        return _TSV_ESCAPES[c]
+    return c.encode("unicode_escape").decode("ascii") if c.splitlines() != [c] else c
 
 
 def score_file(model: CharRNN, vocab: Vocab, data_cfg, path: str, encoding: str | None = None,
