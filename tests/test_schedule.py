@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from rnn_train.training.schedule import PlateauState, bits_per_char, lr_at, perplexity, plateau_step
+from rnn_train.training.schedule import PlateauState, bits_per_char, lr_at, perplexity, plateau_step, ppl_text
 
 
 def test_warmup_rises_linearly_to_the_peak():
@@ -32,3 +32,16 @@ def test_perplexity_and_bits_per_char():
     assert perplexity(math.log(28)) == pytest.approx(28)
     assert bits_per_char(math.log(2) * 3) == pytest.approx(3)
     assert perplexity(1e6) == math.inf
+
+
+def test_a_perplexity_prints_with_three_decimals_until_it_is_huge():
+    assert ppl_text(17.6031) == "17.603" and ppl_text(999_999.0) == "999999.000"
+    assert ppl_text(math.exp(96)) == "4.923e+41"  # a diverging run's, not a 42-digit number
+    assert ppl_text(perplexity(1e9)) == "inf"
+
+
+def test_a_score_line_survives_a_loss_beyond_exp():
+    from rnn_train.prediction.score import Score
+
+    line = Score(chars=3, scored=2, nats=2e9).line("t.txt")  # a finite model with enormous logits
+    assert "loss 1000000000.0000 | ppl inf |" in line

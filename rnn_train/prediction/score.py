@@ -42,6 +42,7 @@ from rnn_train.files import output_arg
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN
+from rnn_train.training.schedule import perplexity, ppl_text
 
 WINDOW = 4096  # characters per module call: bounds memory ([1, WINDOW, V] logits), not the result
 SEGMENT = 4096  # characters scored per row of a batch (the default, not --exact)
@@ -66,7 +67,7 @@ class Score:
     def line(self, name: str) -> str:
         bpc = self.loss / math.log(2)
         return (f"{name}: {self.chars:,} chars ({self.scored:,} scored, {self.unk / self.chars:.2%} <unk>) | "
-                f"loss {self.loss:.4f} | ppl {math.exp(self.loss):.3f} | {bpc:.3f} bits/char")
+                f"loss {self.loss:.4f} | ppl {ppl_text(perplexity(self.loss))} | {bpc:.3f} bits/char")
 
 
 @torch.no_grad()

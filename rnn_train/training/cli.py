@@ -18,6 +18,7 @@ from rnn_train.cli import ArgumentParser, report
 from rnn_train.files import output_arg
 from rnn_train.config import build_config, load_config
 from rnn_train.model.checkpoint import load_checkpoint, resolve_checkpoint
+from rnn_train.training.schedule import ppl_text
 
 EPILOG = """\
 --resume RUN continues the same run: its stored config (overrides may extend the limits, e.g.
@@ -144,10 +145,10 @@ def _summary(result, run_dir, quiet: bool, world, prog: str) -> int:
         kept = f"; the checkpoints of step <= {result.step} before it are kept" if run_dir.best.exists() else ""
         print(f"diverged at step {result.step}: the loss is not finite (lower train.lr, set train.clip_norm){kept}")
         return _status(result)
-    val = f"val loss {result.val_loss:.4f} (ppl {result.val_ppl:.3f}, {result.val_bpc:.3f} bpc)" \
+    val = f"val loss {result.val_loss:.4f} (ppl {ppl_text(result.val_ppl)}, {result.val_bpc:.3f} bpc)" \
         if math.isfinite(result.val_loss) else "no validation split"
     if math.isfinite(result.test_loss):
-        val += f"; test loss {result.test_loss:.4f} (ppl {result.test_ppl:.3f})"
+        val += f"; test loss {result.test_loss:.4f} (ppl {ppl_text(result.test_ppl)})"
     # a run resumed from a lone last.pt that never beat its best has no best.pt here: name what exists
     best = run_dir.best if run_dir.best.exists() else run_dir.last
     print(f"done: {result.step} steps, {result.tokens:,} tokens in {result.train_seconds:.1f}s "

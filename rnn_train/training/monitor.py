@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from rnn_train.files import WriteError, event_file, summary_writer, writing
 from rnn_train.training.events import location
+from rnn_train.training.schedule import ppl_text
 
 
 def _flat_hparams(cfg_dict: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -81,7 +82,7 @@ class Monitor:
             self.bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{ppl:.2f}", tok_s=f"{tokens_per_s:,.0f}", refresh=True)
         else:
             total = f"/{self.total_steps}" if self.total_steps else ""
-            print(f"step {step}{total} | loss {loss:.4f} | ppl {ppl:.3f} | lr {lr:.3g} | {tokens_per_s:,.0f} tok/s",
+            print(f"step {step}{total} | loss {loss:.4f} | ppl {ppl_text(ppl)} | lr {lr:.3g} | {tokens_per_s:,.0f} tok/s",
                   file=self.stream, flush=True)
 
     # -- TensorBoard ------------------------------------------------------------------------

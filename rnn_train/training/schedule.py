@@ -65,5 +65,11 @@ def perplexity(mean_ce: float) -> float:
     return math.exp(mean_ce) if mean_ce < 700 else math.inf
 
 
+def ppl_text(ppl: float) -> str:
+    """A perplexity as log lines print it: 3 decimals, or 4 significant digits from a million up (a
+    diverging run's 7e41 would otherwise be a 42-digit number)."""
+    return f"{ppl:.3f}" if ppl < 1e6 else f"{ppl:.4g}"
+
+
 def bits_per_char(mean_ce: float) -> float:
     return mean_ce / LN2

@@ -70,7 +70,7 @@ from rnn_train.training.monitor import Monitor
 from rnn_train.training.rules import planned_steps, should_log, should_stop, should_validate, validates_each_epoch
 from rnn_train.runfiles import BEST, LAST
 from rnn_train.training.rundir import RunDir
-from rnn_train.training.schedule import bits_per_char, lr_at, perplexity
+from rnn_train.training.schedule import bits_per_char, lr_at, perplexity, ppl_text
 from rnn_train.training.start import init_weights, resume_state
 from rnn_train.training.state import RunState, capture_rng, combine_rng
 from rnn_train.training.world import World
@@ -271,7 +271,7 @@ class Trainer:
             sample = generate(self.learner.torch_model(), self.data.vocab, self.sample_prefix,
                               self.cfg.log.sample_length, temperature=0.8, seed=t.seed, unk="replace")
             self.monitor.text("sample", self.sample_prefix + sample, s.step)
-        self.monitor.info(f"step {s.step} | val loss {val:.4f} | val ppl {perplexity(val):.3f} | "
+        self.monitor.info(f"step {s.step} | val loss {val:.4f} | val ppl {ppl_text(perplexity(val))} | "
                           f"{bits_per_char(val):.3f} bpc" + (" | best" if improved else ""))
         if improved:
             self.save(BEST)
@@ -372,7 +372,7 @@ class Trainer:
         result.test_loss = self.learner.evaluate(self.data.test, d.batch_size, d.num_steps)
         result.test_ppl = perplexity(result.test_loss)
         self.monitor.scalars({"test/loss": result.test_loss, "test/ppl": result.test_ppl}, self.state.step)
-        self.monitor.info(f"test loss {result.test_loss:.4f} | test ppl {result.test_ppl:.3f} (best.pt)")
+        self.monitor.info(f"test loss {result.test_loss:.4f} | test ppl {ppl_text(result.test_ppl)} (best.pt)")
 
 
 # ----------------------------------------------------------------------------------------------
