@@ -451,14 +451,16 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
         try:
             sections[section] = cls(**kwargs)
         except _Problems as e:
-            for key, message in e.problems:  # a rule over several keys ("a + b") matches no override
+            for key, message in e.problems:
                 if any(re.search(rf"\b{re.escape(k)}\b", f"{key} {message}") for k in unread):
                     continue  # a rule over a key that did not convert: its own error is said above
-                _, override = values[section].get(key.removeprefix(f"{section}."), (None, None))
-                if override is None:
-                    problems.append(f"{key} {message}")
+                # blamed on the override that set the first of the keys the rule names ("a + b" names two)
+                named = re.findall(rf"\b{section}\.(\w+)", key) or [key]
+                brought = [o for k in named if (o := values[section].get(k, (None, None))[1]) is not None]
+                if brought:
+                    from_overrides.append(f"{blamed_on(brought[0])}{key} {message}")
                 else:
-                    from_overrides.append(f"{blamed_on(override)}{key} {message}")
+                    problems.append(f"{key} {message}")
     if not problems and not from_overrides:
         for keys, message in _cross_section_problems(sections):  # blamed on the first of its keys an override set
             brought = [override for section, _, key in (k.partition(".") for k in keys)

@@ -148,6 +148,19 @@ def test_a_rule_over_two_sections_is_blamed_on_an_override_that_set_one_of_its_k
     assert str(e.value).startswith(f"{path}: model.backend=numpy updates with plain SGD")
 
 
+def test_a_rule_over_two_keys_of_one_section_is_blamed_on_an_override_of_either(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  max_steps: 5\ndata:\n  val_fraction: 0.5\n")
+    with pytest.raises(UserError) as e:
+        load_config(path, ["data.test_fraction=0.5"])
+    assert str(e.value).startswith("override 'data.test_fraction=0.5': data.val_fraction + data.test_fraction must "
+                                   "be below 1")
+    path.write_text("train:\n  max_steps: 5\ndata:\n  val_fraction: 0.5\n  test_fraction: 0.5\n")
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}: data.val_fraction + data.test_fraction must be below 1")
+
+
 def test_a_base_60_number_in_a_file_is_refused_as_on_the_command_line(tmp_path):
     """YAML 1.1 reads 1:30 as 90; the config reads it as the text it looks like, which is no number."""
     path = tmp_path / "r.yaml"
