@@ -113,6 +113,8 @@ def test_predict_cli_prints_both_predictions(trained):
     (["--prefix", "a", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--prefix", "a", "--num-samples", "0"], "--num-samples must be >= 1"),
     (["--line-starts", "zhong,Xyz"], "'Xyz' cannot be spelled with the model's vocab (no 'X')"),
+    (["--line-starts", ","], "--line-starts ',' has an empty entry (entries are separated by commas)"),
+    (["--line-starts", "zhong,,guo"], "--line-starts 'zhong,,guo' has an empty entry"),
     (["--prefix", "a", "--stop-at", "\u00e9"], "--stop-at"),
     (["--prefix", "a", "--seed", "-1", "--temperature", "1"], "--seed must be in [0, 2^63), got -1"),
     (["--prefix", "a", "--seed", str(2**64 + 1), "--temperature", "1"], "--seed must be in [0, 2^63)"),

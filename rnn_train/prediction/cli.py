@@ -23,6 +23,8 @@ def line_starts(spec: str, cfg) -> tuple[str, ...]:
     from rnn_train.data.corpus import contains_han, hanzi_to_pinyin
 
     items = tuple(s.strip() for s in spec.split(","))
+    if not all(items):
+        raise UserError(f"--line-starts {spec!r} has an empty entry (entries are separated by commas)")
     if cfg.data.kind != "pinyin":
         return items
     out = []
