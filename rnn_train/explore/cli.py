@@ -145,6 +145,6 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train explore") -> int:
     size = len(html.encode("utf-8"))
     cut_note = f" (cut from {total:,} by --max-chars)" if kept < total else ""
     unk = run["unknown"]["count"]
-    print(f"wrote {out} ({size / 1e6:.2f} MB): {kept:,} characters analysed{cut_note}"
+    print(f"wrote {out} ({size / 1e6:.2f} MB): {kept:,} character{'s' if kept != 1 else ''} analysed{cut_note}"
           + (f", {unk:,} of them not in the vocab (read as <unk>)" if unk else ""))
     return 0

@@ -679,7 +679,7 @@
     lap("paint", t);
     api.openSeconds = performance.now() / 1000;  // from navigation start: loading, setup, analysis, drawing
     api.timings = timings;
-    status.textContent = `${T.toLocaleString("en")} characters analysed; ready in ${api.openSeconds.toFixed(2)} s`;
+    status.textContent = `${T.toLocaleString("en")} character${T === 1 ? "" : "s"} analysed; ready in ${api.openSeconds.toFixed(2)} s`;
     document.body.dataset.ready = "1";
     resolveReady(api);
   }
