@@ -143,7 +143,7 @@ class TrainConfig:
     schedule: Literal["constant", "cosine", "plateau"] = "constant"
     """LR schedule after warmup: constant, cosine decay to min_lr, or reduce-on-plateau of val loss."""
     warmup_steps: int = 0
-    """Linear warmup from 0 to lr over this many steps."""
+    """Linear warmup to lr over this many steps (update k of them at lr * k / warmup_steps)."""
     min_lr: float = 0.0
     """Floor of the cosine schedule."""
     plateau_factor: float = 0.5

@@ -46,9 +46,9 @@ from rnn_train.prediction.cli import LONG_K
 from rnn_train.prediction.generate import encode_prefix, sampler_logits, top_chars, warm_up
 from rnn_train.prediction.sampler import RuleState, StopRules
 from rnn_train.prediction.score import score_pieces
-from rnn_train.prediction.textstream import corpus_text
-from rnn_train.prediction.textstream import text_pieces
+from rnn_train.prediction.textstream import corpus_text, text_pieces
 from rnn_train.serve.scheduler import Batcher, Job
+from rnn_train.training.schedule import perplexity
 
 DEFAULT_K = 50  # as predict's -k
 
@@ -227,7 +227,7 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
             raise FieldError("text", "has fewer than two characters after preparation: nothing to score "
                                      "(the first is only context)")
         return {"chars": result.chars, "scored": result.scored, "unk": result.unk, "loss": result.loss,
-                "perplexity": math.exp(result.loss), "bits_per_char": result.loss / math.log(2)}
+                "perplexity": perplexity(result.loss), "bits_per_char": result.loss / math.log(2)}
 
     @app.get("/v1/model", summary="The model served: cell, sizes, vocab, corpus, training steps, losses; the limits")
     def model_info() -> dict:
