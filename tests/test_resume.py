@@ -87,9 +87,9 @@ def test_resume_can_extend_a_finished_run(tmp_path):
 def test_resuming_a_finished_run_writes_nothing_and_says_which_limit_to_raise(tmp_path):
     """Nothing to train: no validation booked into the state (patience, plateau), no file rewritten."""
     cfg = tiny_config(tmp_path, "train.max_steps=200", "train.eval_every=5", "train.patience=1", "train.optimizer=sgd",
-                      "train.lr=30")  # a step this large stops improving at once
+                      "train.lr=1e-30")  # updates below every weight's last bit: no validation improves on the first
     first = train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c")
-    assert first.stopped_by == "early_stopping" and first.step < 200
+    assert first.stopped_by == "early_stopping" and first.step == 10
     files = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
     for _ in range(2):
         err = io.StringIO()
