@@ -135,6 +135,15 @@ def test_a_chinese_prefix_is_converted_to_pinyin_for_a_pinyin_model(trained):
     assert "prefix: 'zhong guo '" in out.stdout and "converted to pinyin" in out.stdout
 
 
+def test_chinese_punctuation_alone_is_read_like_the_corpus_for_a_pinyin_model(trained):
+    run_dir, _, _ = trained
+    out = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(run_dir), "--prefix", "ni hao\uff0c",
+                          "-k", "5", "--unk", "replace"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr  # (this corpus of phrases has no "," either: --unk replace)
+    assert "converted to pinyin like the corpus (none tones): 'ni hao,'" in out.stdout
+    assert "prefix: 'ni hao,'" in out.stdout
+
+
 def test_generation_runs_in_eval_mode_and_leaves_the_callers_mode_and_rng_alone(tmp_path):
     torch.manual_seed(0)
     from rnn_train.model.charrnn import CharRNN

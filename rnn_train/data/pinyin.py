@@ -117,6 +117,10 @@ _ELLIPSIS_CHARS = "…⋯"
 _FULLWIDTH_ALNUM = "０-９Ａ-Ｚａ-ｚ"
 _FOLD_FULLWIDTH = {c: c - 0xFEE0 for c in range(0xFF10, 0xFF5B) if chr(c - 0xFEE0).isalnum()}
 
+# What only Chinese text writes: its full-width marks, the ellipsis, full-width letters and digits.
+_CHINESE_MARK_RE = re.compile(
+    f"[{re.escape(''.join(c for c in _MARKS if not c.isascii()))}{_ELLIPSIS_CHARS}{_FULLWIDTH_ALNUM}]")
+
 _TOKEN_RE = re.compile(
     f"(?P<han>[{_HAN_CHARS}]+)"
     f"|(?P<word>[A-Za-z0-9{_FULLWIDTH_ALNUM}]+)"
@@ -148,6 +152,12 @@ def looks_like_chinese(text: str) -> bool:
 def contains_han(text: str) -> bool:
     """True when `text` has at least one Han character (e.g. a prediction prefix typed in Chinese)."""
     return _HAN_RUN_RE.search(text) is not None
+
+
+def contains_chinese(text: str) -> bool:
+    """True when `text` has a Han character or a mark only Chinese text writes (，。“ …, full-width
+    letters): a typed text (a prefix) to convert as a line of a Chinese file, even "，" alone."""
+    return contains_han(text) or _CHINESE_MARK_RE.search(text) is not None
 
 
 # --------------------------------------------------------------------------- conversion

@@ -29,8 +29,9 @@ ENCODING_KEY = "--encoding"  # what an undecodable byte's message tells the user
 
 
 def pinyin_prefix(prefix: str, cfg) -> str:
-    """A pinyin model given a prefix in Chinese characters: convert it the way its corpus was."""
-    if cfg.data.kind != "pinyin" or not pinyin.contains_han(prefix):
+    """A pinyin model given a prefix in Chinese (Han characters, or Chinese marks such as "，"):
+    convert it the way its corpus was."""
+    if cfg.data.kind != "pinyin" or not pinyin.contains_chinese(prefix):
         return prefix
     converted = pinyin.hanzi_to_pinyin(prefix, cfg.data.tones).rstrip("\n")
     # the converter ends every syllable run without a trailing space; a prefix usually continues

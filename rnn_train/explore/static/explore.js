@@ -180,6 +180,8 @@
     "‘": ["'", "o"], "’": ["'", "c"], '"': ['"', "a"], "＂": ['"', "a"], "'": ["'", "a"], "＇": ["'", "a"],
   };
   const esc = (s) => s.replace(/[\\\]\[^-]/g, "\\$&");
+  // pinyin.py's _CHINESE_MARK_RE: what only Chinese text writes, so that "，" alone converts too
+  const CHINESE_MARK_RE = new RegExp(`[${esc(Object.keys(MARKS).filter((c) => c.charCodeAt(0) > 127).join(""))}…⋯０-９Ａ-Ｚａ-ｚ]`, "u");
   const TOKEN_RE = new RegExp(`(?<han>[${HAN}]+)|(?<word>[A-Za-z0-9０-９Ａ-Ｚａ-ｚ]+)|(?<ellipsis>[…⋯]+)` +
                               `|(?<mark>[${esc(Object.keys(MARKS).join(""))}])`, "gu");
   let PY = null;
@@ -257,7 +259,7 @@
     return lines.length ? lines.join("\n") + "\n" : "";
   }
   function toPinyin(prefix) {  // rnn_train/prediction/textstream.py's pinyin_prefix
-    if (M.kind !== "pinyin" || !DATA.pinyin || !HAN_RE.test(prefix)) return prefix;
+    if (M.kind !== "pinyin" || !DATA.pinyin || !(HAN_RE.test(prefix) || CHINESE_MARK_RE.test(prefix))) return prefix;
     const converted = hanziToPinyin(prefix).replace(/\n+$/, "");
     const last = chars(prefix).pop();
     return last === " " || HAN_RE.test(last) ? converted + " " : converted;
