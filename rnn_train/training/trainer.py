@@ -161,6 +161,12 @@ class Trainer:
         self.per_epoch = batches_per_epoch(len(data.train), d.batch_size, d.num_steps, d.partition)
         self.window = LogWindow(device, cfg.train.clip_norm, world)
         self.sample_prefix = _sample_prefix(cfg, data)
+        samples = cfg.log.sample_prefix and cfg.log.sample_length and len(data.val)  # logged at each validation
+        missing = data.vocab.unknown_chars(self.sample_prefix) if samples else []
+        if missing and world.is_writer:
+            shown = ", ".join(repr(c) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
+            monitor.note(f"log.sample_prefix has characters that are not in the vocab ({shown}): the logged "
+                         f"samples read them as <unk>")
         self.validated_at = -1  # the step of the latest validation (the end validates unless it is this one)
         self.lr = cfg.train.lr  # of the latest step, for logging
 
@@ -479,12 +485,6 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
     mon.info(f"run {rd}: " + _describe(cfg, data, learner, device, kernel, start))
     if learner.precision_note and world.is_writer:
         mon.note(learner.precision_note)
-    samples = cfg.log.sample_prefix and cfg.log.sample_length and len(data.val)  # logged at each validation
-    missing = data.vocab.unknown_chars(_sample_prefix(cfg, data)) if samples else []
-    if missing and world.is_writer:
-        shown = ", ".join(repr(c) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
-        mon.note(f"log.sample_prefix has characters that are not in the vocab ({shown}): the logged samples "
-                 f"read them as <unk>")
     if init is not None and data.unk_fraction and world.is_writer:
         unknown = round(data.unk_fraction * data.text_chars)
         mon.note(f"{unknown:,} characters of the corpus ({data.unk_fraction:.2%}) are not in the vocab of "
