@@ -60,8 +60,9 @@ def resolve_paths(entries: list[str]) -> list[SourceFile]:
     for i, entry in enumerate(entries):
         if not str(entry).strip():  # Path("") is ".": the current directory, read recursively
             raise UserError(f"data.paths: entry {i + 1} of {len(entries)} is empty")
-        found = [_stat(path, entry) for path in _expand(str(entry))]
-        if _is_glob(str(entry)) or Path(os.path.expanduser(str(entry))).is_dir():
+        paths, searched = _expand(str(entry))
+        found = [_stat(path, entry) for path in paths]
+        if searched:
             found = [f for f in found if f.size]  # 0-byte files a directory or glob brings: skipped
             if not found:
                 raise UserError(f"data.paths: {entry} holds only empty (0-byte) files")
@@ -75,23 +76,24 @@ def _is_glob(entry: str) -> bool:
     return bool(_GLOB_CHARS & set(entry)) and not os.path.exists(os.path.expanduser(entry))
 
 
-def _expand(entry: str) -> list[Path]:
+def _expand(entry: str) -> tuple[list[Path], bool]:
+    """The files of one entry, and whether they were searched for (a directory or a glob) rather than named."""
     if _is_glob(entry):
         matches = sorted(glob.glob(os.path.expanduser(entry), recursive=True))
         expanded = [f for m in matches for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
         files = list(dict.fromkeys(expanded))  # "d/**" matches d, d/sub and the files in both: each once
         if not files:
             raise UserError(f"data.paths: {entry} matches no file")
-        return files
+        return files, True
     path = Path(os.path.expanduser(entry))
     if path.is_dir():
         files = _walk(path)
         if not files:
             raise UserError(f"data.paths: directory {entry} holds no corpus file (hidden files are skipped)")
-        return files
+        return files, True
     if not path.exists():
         raise missing_corpus_error(entry)
-    return [path]
+    return [path], False
 
 
 def _walk(root: Path) -> list[Path]:
