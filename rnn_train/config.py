@@ -431,6 +431,15 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
             continue
         values[section][key] = (value, text)
 
+    def blame(keys: list[str], text: str) -> None:
+        """A broken rule over the dotted `keys`: on the override that set the first of them, else on `source`."""
+        brought = [o for section, _, key in (k.partition(".") for k in keys)
+                   if (o := values[section].get(key, (None, None))[1]) is not None]
+        if brought:
+            from_overrides.append(f"{blamed_on(brought[0])}{text}")
+        else:
+            problems.append(text)
+
     sections: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         types = _field_types(cls)
@@ -454,21 +463,10 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
             for key, message in e.problems:
                 if any(re.search(rf"\b{re.escape(k)}\b", f"{key} {message}") for k in unread):
                     continue  # a rule over a key that did not convert: its own error is said above
-                # blamed on the override that set the first of the keys the rule names ("a + b" names two)
-                named = re.findall(rf"\b{section}\.(\w+)", key) or [key]
-                brought = [o for k in named if (o := values[section].get(k, (None, None))[1]) is not None]
-                if brought:
-                    from_overrides.append(f"{blamed_on(brought[0])}{key} {message}")
-                else:
-                    problems.append(f"{key} {message}")
+                blame(re.findall(rf"\b{section}\.\w+", key), f"{key} {message}")  # "a + b" names two keys
     if not problems and not from_overrides:
-        for keys, message in _cross_section_problems(sections):  # blamed on the first of its keys an override set
-            brought = [override for section, _, key in (k.partition(".") for k in keys)
-                       if (override := values[section].get(key, (None, None))[1]) is not None]
-            if brought:
-                from_overrides.append(f"{blamed_on(brought[0])}{message}")
-            else:
-                problems.append(message)
+        for keys, message in _cross_section_problems(sections):
+            blame(list(keys), message)
     if problems or from_overrides:
         raise UserError("; ".join(([f"{source}: " + "; ".join(problems)] if problems else []) + from_overrides))
     return Config(**sections)
