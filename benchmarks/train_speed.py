@@ -25,7 +25,9 @@ Variants:
                  (measured on first use; printed)
 A variant with ":bf16" appended computes its matrix products in bf16 (train.precision=bf16): the
 fused C++ loop's bf16 products ("cpp-tiled:bf16", "cpp-tiled-rows:bf16"), or torch.autocast
-around the nn module ("native:bf16"). The reference stays float32.
+around the nn module ("native:bf16"). The reference stays float32. A variant this machine cannot
+run (a fused ":bf16" one without the C++ loop's AMX products, a path this cell lacks) is left out
+with a note on stderr, so one command measures what each CPU class has.
 The fused variants use gemm="blas" unless --gemm says otherwise.
 
     python benchmarks/train_speed.py --cell lstm --hidden 512 --variants cpp-tiled-rows,cpp-tiled-rows:bf16,auto
@@ -48,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from rnn_train.config import load_config  # noqa: E402
 from rnn_train.kernels.fused import FusedPath  # noqa: E402
+from rnn_train.kernels.precision import fused_bf16_available  # noqa: E402
 from rnn_train.runtime import keep_freed_memory  # noqa: E402
 from rnn_train.training.learner import TorchLearner  # noqa: E402
 
@@ -114,6 +117,19 @@ def pipeline_step(variant: str, config: str, overrides: list[str], V: int, gemm:
     return step, label
 
 
+def runnable(variant: str, cell: str) -> bool:
+    """Whether this machine can run `variant`; a note on stderr where it cannot."""
+    name, _, precision = variant.partition(":")
+    why = None
+    if name == "python" and cell == "lstm":
+        why = "the Python loop has no LSTM"
+    elif precision == "bf16" and PATHS.get(name) is not None and not fused_bf16_available():
+        why = "the C++ loop's bf16 products need AMX-BF16 (and kernels built with it), which this machine lacks"
+    if why:
+        print(f"note: leaving out {variant}: {why}", file=sys.stderr)
+    return why is None
+
+
 def run(a) -> dict:
     torch.set_num_threads(a.threads)
     keep_freed_memory()  # as a training run does (rnn_train.training.trainer.train); the reference step shares it
@@ -121,7 +137,9 @@ def run(a) -> dict:
                  f"data.batch_size={a.batch}", f"data.num_steps={a.steps}", "model.embedding=one_hot",
                  "model.dropout=0", "train.optimizer=sgd", "train.lr=1.0", "train.momentum=0", "train.clip_norm=1.0",
                  f"model.dtype={a.dtype}", f"train.precision={a.precision}"]
-    variants = [v for v in a.variants.split(",") if not v.startswith("python") or a.cell != "lstm"]  # no Python LSTM
+    variants = [v for v in a.variants.split(",") if runnable(v, a.cell)]
+    if not variants:
+        raise SystemExit("error: none of --variants runs on this machine (see the notes above)")
     steps, labels = {}, {}
     for v in variants:
         if v == "reference":
@@ -175,6 +193,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.clock == "cpu" and a.threads != 1:
         p.error("--clock cpu needs --threads 1")
+    for v in a.variants.split(","):
+        name, _, precision = v.partition(":")
+        if name not in ("reference", "auto", *PATHS) or precision not in ("", "fp32", "bf16"):
+            p.error(f"unknown variant {v!r}: one of reference, auto, {', '.join(PATHS)}, each with :bf16 or not")
     res = run(a)
     if a.json:
         print(json.dumps(res))
