@@ -57,6 +57,15 @@ def test_unknown_chars_listed_in_order_of_appearance():
     assert v.unknown_chars("axbyx") == ["x", "y"]
 
 
+def test_unknown_characters_are_named_repr_d_the_first_ten_then_an_ellipsis():
+    v = Vocab.build("ab")
+    assert v.unknown_shown("abab") == ""
+    assert v.unknown_shown("a\tb\x1b") == "'\\t', '\\x1b'"
+    ten, twelve = "cdefghijkl", "cdefghijklmn"
+    assert v.unknown_shown(ten) == ", ".join(repr(c) for c in ten)
+    assert v.unknown_shown(twelve) == ", ".join(repr(c) for c in ten) + ", ..."
+
+
 def test_malformed_vocab_lists_are_rejected():
     from rnn_train.errors import UserError
 

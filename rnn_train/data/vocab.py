@@ -118,6 +118,13 @@ class Vocab:
         """Distinct characters of `text` that are not in the vocab, in order of first appearance."""
         return list(dict.fromkeys(c for c in text if c not in self))
 
+    def unknown_shown(self, text: str, limit: int = 10) -> str:
+        """The characters of `text` that are not in the vocab as a message names them: the first
+        `limit` repr'd (a tab or a control character must be visible), ", ..." if there are more;
+        "" where the vocab spells all of `text`."""
+        missing = self.unknown_chars(text)
+        return ", ".join(repr(c) for c in missing[:limit]) + (", ..." if len(missing) > limit else "")
+
     def to_list(self) -> list[str]:
         """Plain data for checkpoints and JSON."""
         return list(self.itos)

@@ -39,9 +39,8 @@ def encode_prefix(vocab: Vocab, prefix: str, unk: str = "error") -> torch.Tensor
         if "\n" not in vocab:
             raise UserError("the prefix is empty and the vocab has no newline to start from; give --prefix")
         prefix = "\n"
-    missing = vocab.unknown_chars(prefix)
-    if missing and unk != "replace":
-        shown = ", ".join(repr(c) for c in missing[:10])
+    shown = vocab.unknown_shown(prefix)
+    if shown and unk != "replace":
         raise UserError(f"prefix characters not in the model's vocab: {shown} "
                         f"(use --unk replace to map them to {UNK})")
     return torch.as_tensor(vocab.encode(prefix).astype("int64"))[None, :]

@@ -162,9 +162,8 @@ class Trainer:
         self.window = LogWindow(device, cfg.train.clip_norm, world)
         self.sample_prefix = _sample_prefix(cfg, data)
         samples = cfg.log.sample_prefix and cfg.log.sample_length and len(data.val)  # logged at each validation
-        missing = data.vocab.unknown_chars(self.sample_prefix) if samples else []
-        if missing and world.is_writer:
-            shown = ", ".join(repr(c) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        shown = data.vocab.unknown_shown(self.sample_prefix) if samples else ""
+        if shown and world.is_writer:
             monitor.note(f"log.sample_prefix has characters that are not in the vocab ({shown}): the logged "
                          f"samples read them as <unk>")
         self.validated_at = -1  # the step of the latest validation (the end validates unless it is this one)
