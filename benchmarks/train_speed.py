@@ -26,8 +26,9 @@ Variants:
 A variant with ":bf16" appended computes its matrix products in bf16 (train.precision=bf16): the
 fused C++ loop's bf16 products ("cpp-tiled:bf16", "cpp-tiled-rows:bf16"), or torch.autocast
 around the nn module ("native:bf16"). The reference stays float32. A variant this machine cannot
-run (a fused ":bf16" one without the C++ loop's AMX products, a path this cell lacks) is left out
-with a note on stderr, so one command measures what each CPU class has.
+run is left out with a note on stderr (any ":bf16" one on a CPU without bf16 instructions, a fused
+":bf16" one without the C++ loop's AMX products, "python" for an LSTM), so one command measures
+what each CPU class has.
 The fused variants use gemm="blas" unless --gemm says otherwise.
 
     python benchmarks/train_speed.py --cell lstm --hidden 512 --variants cpp-tiled-rows,cpp-tiled-rows:bf16,auto
@@ -50,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from rnn_train.config import load_config  # noqa: E402
 from rnn_train.kernels.fused import FusedPath  # noqa: E402
-from rnn_train.kernels.precision import fused_bf16_available  # noqa: E402
+from rnn_train.kernels.precision import bf16_hardware, fused_bf16_available  # noqa: E402
 from rnn_train.runtime import keep_freed_memory  # noqa: E402
 from rnn_train.training.learner import TorchLearner  # noqa: E402
 
@@ -123,6 +124,8 @@ def runnable(variant: str, cell: str) -> bool:
     why = None
     if name == "python" and cell == "lstm":
         why = "the Python loop has no LSTM"
+    elif precision == "bf16" and bf16_hardware(torch.device("cpu")):
+        why = bf16_hardware(torch.device("cpu"))  # oneDNN's bf16 LSTM, for one, has no AVX2 kernel
     elif precision == "bf16" and PATHS.get(name) is not None and not fused_bf16_available():
         why = "the C++ loop's bf16 products need AMX-BF16 (and kernels built with it), which this machine lacks"
     if why:
