@@ -121,12 +121,10 @@ def pipeline_step(variant: str, config: str, overrides: list[str], V: int, gemm:
 def runnable(variant: str, cell: str) -> bool:
     """Whether this machine can run `variant`; a note on stderr where it cannot."""
     name, _, precision = variant.partition(":")
-    why = None
+    why = bf16_hardware(torch.device("cpu")) if precision == "bf16" else None  # oneDNN has no AVX2 bf16 LSTM
     if name == "python" and cell == "lstm":
         why = "the Python loop has no LSTM"
-    elif precision == "bf16" and bf16_hardware(torch.device("cpu")):
-        why = bf16_hardware(torch.device("cpu"))  # oneDNN's bf16 LSTM, for one, has no AVX2 kernel
-    elif precision == "bf16" and PATHS.get(name) is not None and not fused_bf16_available():
+    elif not why and precision == "bf16" and PATHS.get(name) is not None and not fused_bf16_available():
         why = "the C++ loop's bf16 products need AMX-BF16 (and kernels built with it), which this machine lacks"
     if why:
         print(f"note: leaving out {variant}: {why}", file=sys.stderr)
