@@ -47,3 +47,42 @@ def test_bad_bench_arguments_are_one_line_before_anything_runs(args, needle):
     assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
     assert out.stderr.startswith("error: ") and needle in out.stderr
 
+
+
+def _train_speed():
+    """benchmarks/train_speed.py as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "benchmarks" / "train_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("hardware,amx,left_out", [
+    (None, True, []),                                           # an AMX Xeon: every variant runs
+    (None, False, ["cpp-tiled-rows:bf16"]),                     # AVX512-BF16 without AMX (AMD Zen 4/5)
+    ("this CPU has no bf16 instructions", False, ["native:bf16", "cpp-tiled-rows:bf16"]),  # AVX2 only
+])
+def test_the_step_benchmark_leaves_out_with_a_note_what_a_cpu_class_cannot_run(monkeypatch, capsys, hardware, amx,
+                                                                                 left_out):
+    ts = _train_speed()
+    monkeypatch.setattr(ts, "bf16_hardware", lambda device: hardware)
+    monkeypatch.setattr(ts, "fused_bf16_available", lambda: amx)
+    variants = ["reference", "native", "cpp-tiled-rows", "native:bf16", "cpp-tiled-rows:bf16", "auto"]
+    kept = [v for v in variants if ts.runnable(v, "lstm")]
+    assert kept == [v for v in variants if v not in left_out]
+    notes = capsys.readouterr().err.splitlines()
+    assert len(notes) == len(left_out)
+    for note, v in zip(notes, left_out):
+        assert note.startswith(f"note: leaving out {v}: ")
+    if hardware:
+        assert notes[0].endswith(hardware)  # the reason bf16_hardware gave
+    assert ts.runnable("python", "lstm") is False and ts.runnable("python", "gru") is True
+
+
+def test_the_step_benchmark_refuses_an_unknown_variant_in_one_line():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--variants", "native,cpp-tild"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("train_speed.py: error: unknown variant 'cpp-tild'")
