@@ -52,6 +52,7 @@ import math
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
@@ -276,8 +277,30 @@ def summary_writer(logdir: str | Path, **kwargs):
     _quiet_event_threads()
     from torch.utils.tensorboard import SummaryWriter
 
+    _wait_past_event_files(Path(logdir))
     with writing(logdir):
         return SummaryWriter(str(logdir), **kwargs)
+
+
+def _wait_past_event_files(logdir: Path) -> None:
+    """Wait, for under a second, until the clock has left the second in which `logdir`'s newest
+    event file was opened.
+
+    Why: TensorBoard reads a directory's event files in name order, and a name is
+    "events.out.tfevents.<whole seconds>.<host>.<pid>...". A file opened in the same second as
+    one already there sorts by pid, so a run resumed within a second of its start (a crash at
+    once, a small model on a fast CPU) could be read before the events it continues, and its
+    purge of the steps it redoes would come first and drop nothing. A newest file more than
+    two seconds ahead of the clock (copied from a machine whose clock ran ahead) is not
+    waited for."""
+    newest = -1
+    for f in logdir.glob("events.out.tfevents.*"):
+        stamp = (f.name.split(".") + [""] * 4)[3]
+        if stamp.isdigit():
+            newest = max(newest, int(stamp))
+    delay = newest + 1 - time.time()
+    if 0 < delay <= 2:
+        time.sleep(delay)
 
 
 def event_file(writer) -> Path:

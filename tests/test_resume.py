@@ -84,6 +84,25 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert_same_weights(weights(tmp_path / "r" / "last.pt"), weights(tmp_path / "straight" / "last.pt"))
 
 
+def test_a_resumed_runs_events_are_read_after_those_it_continues_even_within_one_second(tmp_path):
+    """TensorBoard reads a directory's event files in name order, and a name begins with the
+    second the file was opened, then host and pid: a run resumed within the second its events
+    began must still sort after them. Forced here: the first run's files renamed to a second
+    ahead of the clock, on a host name that sorts after any other."""
+    cfg = tiny_config(tmp_path, "train.max_steps=20")
+    train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c")
+    ahead = str(int(time.time()) + 1)
+    for f in (tmp_path / "r").glob("**/events.out.tfevents.*"):
+        parts = f.name.split(".")
+        parts[3:5] = [ahead, "~~~~"]
+        f.rename(f.with_name(".".join(parts)))
+    train(tiny_config(tmp_path, "train.max_steps=30"), tmp_path / "r", quiet=True, cache_dir=tmp_path / "c",
+          resume=load_checkpoint(tmp_path / "r" / "last.pt"))
+    for series in ("train/loss", "val/loss"):
+        steps = [s for s, _ in scalar_series(tmp_path / "r", series)]
+        assert steps == sorted(set(steps)) and steps[-1] == 30, (series, steps)
+
+
 def test_resuming_a_finished_run_writes_nothing_and_says_which_limit_to_raise(tmp_path):
     """Nothing to train: no validation booked into the state (patience, plateau), no file rewritten."""
     cfg = tiny_config(tmp_path, "train.max_steps=200", "train.eval_every=5", "train.patience=1", "train.optimizer=sgd",
