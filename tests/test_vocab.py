@@ -66,6 +66,13 @@ def test_unknown_characters_are_named_repr_d_the_first_ten_then_an_ellipsis():
     assert v.unknown_shown(twelve) == ", ".join(repr(c) for c in ten) + ", ..."
 
 
+def test_a_text_the_vocab_cannot_spell_is_quoted_as_typed_with_what_it_lacks():
+    v = Vocab.build("ab ")
+    assert v.cannot_spell("ab ba") == ""
+    assert v.cannot_spell("abc") == "'abc' cannot be spelled with the model's vocab (no 'c')"
+    assert v.cannot_spell("xa ", given="xa") == "'xa' cannot be spelled with the model's vocab (no 'x')"
+
+
 def test_malformed_vocab_lists_are_rejected():
     from rnn_train.errors import UserError
 

@@ -125,6 +125,13 @@ class Vocab:
         missing = self.unknown_chars(text)
         return ", ".join(repr(c) for c in missing[:limit]) + (", ..." if len(missing) > limit else "")
 
+    def cannot_spell(self, text: str, given: str | None = None) -> str:
+        """Why the vocab cannot spell `text` ("'Xyz' cannot be spelled with the model's vocab (no 'X')",
+        quoting `given`, what the user typed, where it differs from text), or "" where it can."""
+        shown = self.unknown_shown(text)
+        quoted = given if given is not None else text
+        return f"{quoted!r} cannot be spelled with the model's vocab (no {shown})" if shown else ""
+
     def to_list(self) -> list[str]:
         """Plain data for checkpoints and JSON."""
         return list(self.itos)

@@ -48,10 +48,9 @@ class StopRules:
 def _spell(vocab: Vocab, text: str, what: str, given: str | None = None) -> np.ndarray:
     """text -> ids, or a UserError naming the characters the vocab lacks (and `given`, what the
     user typed, when it differs from text, e.g. a syllable without the space added after it)."""
-    shown = vocab.unknown_shown(text)
-    if shown:
-        raise UserError(f"{what} {(given if given is not None else text)!r} cannot be spelled with the model's vocab "
-                        f"(no {shown})")
+    why = vocab.cannot_spell(text, given)
+    if why:
+        raise UserError(f"{what} {why}")
     return vocab.encode(text).astype(np.int64)
 
 

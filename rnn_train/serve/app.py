@@ -178,9 +178,9 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
     def read_prefix(raw: str) -> tuple[str, torch.Tensor]:
         """The prefix as predict reads it (pinyin conversion, letters-only, then the vocab) -> (text, ids [1, P])."""
         prefix, _ = corpus_text(raw, cfg, "prefix")
-        shown = vocab.unknown_shown(prefix)
-        if shown:
-            raise FieldError("prefix", f"{prefix!r} cannot be spelled with the model's vocab (no {shown})")
+        why = vocab.cannot_spell(prefix)
+        if why:
+            raise FieldError("prefix", why)
         if not prefix and "\n" not in vocab:
             raise FieldError("prefix", "is empty, and the model's vocab has no newline to start from")
         return prefix, encode_prefix(vocab, prefix)
@@ -243,10 +243,9 @@ def _stop_rules(body, vocab: Vocab, cfg) -> StopRules:
     """StopRules of a request, stop_at read as predict reads --stop-at (textstream.corpus_text), each
     field checked against the vocab (as predict's RuleState does)."""
     stop_at = corpus_text(body.stop_at, cfg, "stop_at")[0] if body.stop_at else ""
-    if stop_at:
-        shown = vocab.unknown_shown(stop_at)
-        if shown:
-            raise FieldError("stop_at", f"{stop_at!r} cannot be spelled with the model's vocab (no {shown})")
+    why = vocab.cannot_spell(stop_at)
+    if why:
+        raise FieldError("stop_at", why)
     if body.max_lines and "\n" not in vocab:
         raise FieldError("max_lines", "needs a model whose vocab has a newline")
     return StopRules(stop_at, body.max_lines)
