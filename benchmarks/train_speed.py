@@ -29,6 +29,9 @@ around the nn module ("native:bf16"). The reference stays float32. A variant thi
 run is left out with a note on stderr (any ":bf16" one on a CPU without bf16 instructions, a fused
 ":bf16" one without the C++ loop's AMX products, "python" for an LSTM), so one command measures
 what each CPU class has.
+A float32 variant with "+onednn" appended ("cpp-tiled-rows+onednn") computes the decoder's
+products as a run does where the autotuner measured that faster (rnn_train.kernels.fused.onednn_linear);
+without it the decoder is nn.Linear's.
 The fused variants use gemm="blas" unless --gemm says otherwise.
 
     python benchmarks/train_speed.py --cell lstm --hidden 512 --variants cpp-tiled-rows,cpp-tiled-rows:bf16,auto
@@ -51,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from rnn_train.config import load_config  # noqa: E402
 from rnn_train.kernels.fused import FusedPath  # noqa: E402
+from rnn_train.kernels.gemm import onednn_available  # noqa: E402
 from rnn_train.kernels.precision import bf16_hardware, fused_bf16_available  # noqa: E402
 from rnn_train.runtime import keep_freed_memory  # noqa: E402
 from rnn_train.training.learner import TorchLearner  # noqa: E402
@@ -99,10 +103,11 @@ def pipeline_step(variant: str, config: str, overrides: list[str], V: int, gemm:
     learner = TorchLearner(cfg, V, torch.device("cpu"))
     model = learner.torch_model()
     name, _, precision = variant.partition(":")
+    name, _, decoder = name.partition("+")
     if name != "auto":
         loop = PATHS[name]
         model.use_training_path(None if loop is None else FusedPath(loop[0], gemm, loop[1], loop[2]),
-                                precision or "fp32")
+                                precision or "fp32", decoder or "blas")
     label = f"{model.training_kernel} {learner.precision}"
     carry = {"state": None}
 
@@ -121,7 +126,10 @@ def pipeline_step(variant: str, config: str, overrides: list[str], V: int, gemm:
 def runnable(variant: str, cell: str) -> bool:
     """Whether this machine can run `variant`; a note on stderr where it cannot."""
     name, _, precision = variant.partition(":")
+    name, _, decoder = name.partition("+")
     why = bf16_hardware(torch.device("cpu")) if precision == "bf16" else None  # oneDNN has no AVX2 bf16 LSTM
+    if decoder and not onednn_available():
+        why = "this torch build has no oneDNN linear for the decoder"
     if name == "python" and cell == "lstm":
         why = "the Python loop has no LSTM"
     elif not why and precision == "bf16" and PATHS.get(name) is not None and not fused_bf16_available():
@@ -196,8 +204,11 @@ def main(argv=None) -> int:
         p.error("--clock cpu needs --threads 1")
     for v in a.variants.split(","):
         name, _, precision = v.partition(":")
-        if name not in ("reference", "auto", *PATHS) or precision not in ("", "fp32", "bf16"):
-            p.error(f"unknown variant {v!r}: one of reference, auto, {', '.join(PATHS)}, each with :bf16 or not")
+        name, plus, decoder = name.partition("+")
+        if (name not in ("reference", "auto", *PATHS) or precision not in ("", "fp32", "bf16")
+                or (plus and (decoder != "onednn" or name in ("reference", "auto") or precision == "bf16"))):
+            p.error(f"unknown variant {v!r}: one of reference, auto, {', '.join(PATHS)}, each with :bf16 or not "
+                    "(or float32 with +onednn)")
     res = run(a)
     if a.json:
         print(json.dumps(res))

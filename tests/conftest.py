@@ -36,11 +36,14 @@ def decisions(tmp_path, monkeypatch):
 
     path = tmp_path / "autotune.json"
     monkeypatch.setattr(autotune, "_cache_file", lambda: path)
-    saved = dict(autotune._MEMORY)
+    saved, measured = dict(autotune._MEMORY), set(autotune._MEASURED_HERE)
     autotune._MEMORY.clear()
+    autotune._MEASURED_HERE.clear()
     yield path
     autotune._MEMORY.clear()
     autotune._MEMORY.update(saved)
+    autotune._MEASURED_HERE.clear()
+    autotune._MEASURED_HERE.update(measured)
 
 
 @pytest.fixture(scope="session")

@@ -81,8 +81,18 @@ def test_the_step_benchmark_leaves_out_with_a_note_what_a_cpu_class_cannot_run(m
     assert ts.runnable("python", "lstm") is False and ts.runnable("python", "gru") is True
 
 
-def test_the_step_benchmark_refuses_an_unknown_variant_in_one_line():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--variants", "native,cpp-tild"],
+@pytest.mark.parametrize("variant", ["cpp-tild", "cpp-tiled+mkl", "auto+onednn", "native+onednn:bf16"])
+def test_the_step_benchmark_refuses_an_unknown_variant_in_one_line(variant):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--variants", f"native,{variant}"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1].startswith("train_speed.py: error: unknown variant 'cpp-tild'")
+    assert out.stderr.strip().splitlines()[-1].startswith(f"train_speed.py: error: unknown variant '{variant}'")
+
+
+def test_the_step_benchmark_runs_a_path_with_its_decoder_on_onednn():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--json", "--hidden", "32",
+                          "--rounds", "2", "--warmup", "1", "--variants", "native,native+onednn"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["variants"]
+    assert rows["native"]["path"] == "native fp32" and rows["native+onednn"]["path"] == "native decoder=onednn fp32"

@@ -8,7 +8,9 @@ Specification:
    says so in ONE stderr line; the failure is remembered, so later processes do not retry.
    RNN_TRAIN_NO_CPP=1 turns the C++ path off without a note.
 3. The autotuner stores one decision per machine and shapes and reuses it (same config + seed,
-   same path, same losses); measuring leaves the global RNG and the model's gradients alone.
+   same path, same losses); measuring leaves the global RNG and the model's gradients alone. The
+   decoder's products are measured with the module's path, stored beside it, and a path stored
+   before that choice existed keeps nn.Linear.
 4. model.kernel=fused refuses what no fused loop can run; auto falls back to the module.
 
 These tests point the cache at a temporary directory where they write, and never depend on
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from rnn_train.errors import UserError
-from rnn_train.kernels import autotune, build, resolve_kernel
+from rnn_train.kernels import TrainingPath, autotune, build, resolve_decoder, resolve_kernel
 from rnn_train.kernels.fused import FusedPath
 from rnn_train.model.charrnn import CharRNN
 
@@ -229,6 +231,66 @@ def test_a_small_model_takes_one_block_of_the_fused_loop_without_measuring(decis
     want = "cpp" if build.extension() is not None else "python"
     assert isinstance(path, FusedPath) and path.loop == want and path.threads == "blas"
     assert autotune.choose(rnn, 8, 16, True, with_native=True) == path and not decisions.exists()
+
+
+def test_the_decoder_is_measured_with_the_modules_path_and_stored_beside_it(decisions, monkeypatch):
+    rnn = nn.GRU(6, 192, batch_first=True)
+    fresh = TrainingPath(autotune.choose(rnn, 16, 5, True, with_native=True), "fp32")
+    monkeypatch.setattr(autotune, "race", lambda runs: {"blas": 2.0, "onednn": 1.0})  # onednn the faster
+    assert resolve_decoder("auto", fresh, rnn, 6, 16, 5, True) == "onednn"
+    table = json.loads(decisions.read_text())
+    [(key, entry)] = [(k, v) for k, v in table.items() if "/decoder-" in k]
+    assert key.endswith("gru-L1-I6-H192-B16-T5-float32-ids-bias-tanh-native/decoder-V6")
+    assert entry["choice"] == "onednn" and entry["ms"] == {"blas": 2000.0, "onednn": 1000.0}
+    autotune._MEMORY.clear()  # a new process: both decisions come from the file
+    monkeypatch.setattr(autotune, "measure_decoder", lambda *a: pytest.fail("measured again"))
+    path = autotune.choose(rnn, 16, 5, True, with_native=True)
+    assert resolve_decoder("auto", TrainingPath(path, "fp32"), rnn, 6, 16, 5, True) == "onednn"
+
+
+def test_a_run_whose_decoder_runs_on_onednn_says_so_where_it_logs_its_kernel(tmp_path, decisions, monkeypatch, capsys):
+    from rnn_train.training.trainer import train
+    from tests.helpers import read_events, tiny_config
+
+    race = autotune.race
+    monkeypatch.setattr(autotune, "race", lambda runs: {"blas": 2.0, "onednn": 1.0} if set(runs) == {"blas", "onednn"}
+                        else race(runs))
+    cfg = tiny_config(tmp_path, "data.batch_size=16", "model.hidden_size=192", "train.max_steps=6",
+                      "train.eval_every=6", "train.precision=fp32")
+    result = train(cfg, tmp_path / "run", cache_dir=tmp_path / "cache")
+    first = capsys.readouterr().err.splitlines()[0]
+    assert result.kernel.endswith(" decoder=onednn") and f"kernel {result.kernel}, precision fp32" in first
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["kernel"] == result.kernel
+    session = read_events(tmp_path / "run").PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    assert b"decoder=onednn" in session
+
+
+def test_a_path_decided_before_the_decoder_choice_keeps_nn_linear(decisions, monkeypatch):
+    """Same config and seed, same losses: a machine whose decisions file already holds the module's
+    path keeps the decoder those losses came from until the file is deleted."""
+    rnn = nn.GRU(6, 192, batch_first=True)
+    path = autotune.choose(rnn, 16, 5, True, with_native=False)
+    table = {k: v for k, v in json.loads(decisions.read_text()).items()}
+    autotune._MEMORY.clear()
+    autotune._MEASURED_HERE.clear()
+    decisions.write_text(json.dumps(table))  # as an earlier version left it: no decoder entry
+    monkeypatch.setattr(autotune, "measure_decoder", lambda *a: pytest.fail("measured without the module's path"))
+    assert resolve_decoder("fused", TrainingPath(autotune.choose(rnn, 16, 5, True, with_native=False), "fp32"), rnn,
+                           6, 16, 5, True) == "blas"
+    [entry] = [v for k, v in json.loads(decisions.read_text()).items() if "/decoder-" in k]
+    assert entry["choice"] == "blas" and "decided before" in entry["kept"]
+    assert path == autotune.choose(rnn, 16, 5, True, with_native=False)
+
+
+def test_the_decoder_stays_nn_linear_for_native_bf16_small_and_float64_models(decisions, monkeypatch):
+    monkeypatch.setattr(autotune, "measure_decoder", lambda *a: pytest.fail("no decoder to measure"))
+    rnn = nn.GRU(6, 192, batch_first=True)
+    assert resolve_decoder("native", TrainingPath(None, "fp32"), rnn, 6, 16, 5, True) == "blas"
+    assert resolve_decoder("auto", TrainingPath(None, "bf16"), rnn, 6, 16, 5, True) == "blas"
+    small = nn.GRU(6, 32, batch_first=True)
+    assert resolve_decoder("auto", TrainingPath(None, "fp32"), small, 6, 8, 5, True) == "blas"
+    assert resolve_decoder("auto", TrainingPath(None, "fp32"), rnn.double(), 6, 16, 5, True) == "blas"
+    assert not decisions.exists()
 
 
 def test_unknown_kernels_are_refused():

@@ -111,3 +111,42 @@ def test_a_model_trains_through_its_module_until_a_training_path_is_chosen_for_i
     assert model.training_kernel == "native" and model.path is None
     logits, _ = model(torch.randint(0, 5, (2, 3)))
     assert logits.grad_fn is not None and "Fused" not in type(logits.grad_fn).__name__
+
+
+@pytest.mark.parametrize("path", [None, FusedPath("cpp", "tiled", "tiled")], ids=["module", "fused"])
+def test_the_decoder_on_onednn_gives_nn_linears_logits_and_gradients_to_float32_rounding(path):
+    """decoder="onednn" (chosen by measurement where it is faster) computes the same products as
+    nn.Linear in another order: logits and every gradient agree to float32 rounding, the label says
+    which ran, and evaluation (no grad) still runs the nn.Linear itself."""
+    from rnn_train.kernels.gemm import onednn_available
+
+    if not onednn_available() or (path is not None and extension() is None):
+        pytest.fail("this torch build has no oneDNN linear, or the C++ kernels did not build here")
+    torch.manual_seed(0)
+    model = CharRNN(vocab_size=11, cell="lstm", hidden_size=48, num_layers=2, dropout=0.0)
+    x, y = torch.randint(0, 11, (6, 9)), torch.randint(0, 11, (6, 9))
+    results = []
+    for decoder in ("blas", "onednn"):
+        model.use_training_path(path, "fp32", decoder)
+        model.zero_grad()
+        logits, _ = model(x)
+        F.cross_entropy(logits.reshape(-1, 11), y.reshape(-1)).backward()
+        results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+        assert (type(logits.grad_fn).__name__ == "_LinearBackward") == (decoder == "onednn")
+    assert model.training_kernel.endswith(" decoder=onednn")
+    assert model.training_kernel.startswith("native" if path is None else "fused-cpp(")
+    (l1, g1), (l2, g2) = results
+    assert torch.allclose(l1, l2, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], F.linear(model.rnn(model.encode_input(x))[0], model.decoder.weight,
+                                                 model.decoder.bias))
+
+
+def test_the_decoder_choice_is_checked():
+    model = CharRNN(vocab_size=5, cell="gru", hidden_size=4)
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        model.use_training_path(None, "fp32", "mkl")
+    with pytest.raises(ValueError, match="in bf16 only blas"):
+        model.use_training_path(None, "bf16", "onednn")

@@ -7,8 +7,9 @@
 
 `fused` and `auto` measure their candidates on first use and remember the answer per machine
 (rnn_train.kernels.autotune); `resolve_kernel` is the one place that decides the float32 path,
-`resolve_training_path` adds the precision (train.precision: rnn_train.kernels.precision), and
-the trainer logs both in the run. Timings: docs/kernels.md.
+`resolve_training_path` adds the precision (train.precision: rnn_train.kernels.precision),
+`resolve_decoder` how a float32 model's decoder computes, and the trainer logs them in the run.
+Timings: docs/kernels.md.
 """
 from __future__ import annotations
 
@@ -94,3 +95,19 @@ def resolve_training_path(kernel: str, precision: str, rnn: nn.Module, batch_siz
         return TrainingPath(path, "fp32", note)
     chosen, taken = autotune.choose_precision(rnn, batch_size, num_steps, one_hot, kernel, path, candidates, precision)
     return TrainingPath(chosen, taken)
+
+
+def resolve_decoder(kernel: str, chosen: TrainingPath, rnn: nn.Module, vocab: int, batch_size: int, num_steps: int,
+                    one_hot: bool) -> str:
+    """How the decoder ([B*T, H] -> [B*T, vocab]) of a model whose recurrent module `rnn` trains on
+    `chosen` computes its products (rnn_train.kernels.fused.DECODER_GEMMS): "onednn" where, for
+    model.kernel auto or fused, a float32 CPU model's measured decision says it is faster here, else
+    nn.Linear's own "blas". Not measured for a model too small to measure (autotune.SMALL_STEP_WORK)."""
+    from rnn_train.kernels import autotune
+    from rnn_train.kernels.gemm import onednn_available
+
+    w = rnn.weight_hh_l0
+    if (kernel == "native" or chosen.precision != "fp32" or w.device.type != "cpu" or w.dtype != torch.float32
+            or not onednn_available() or autotune.is_small(rnn, batch_size)):
+        return "blas"
+    return autotune.choose_decoder(rnn, vocab, batch_size, num_steps, one_hot, with_native=kernel == "auto")

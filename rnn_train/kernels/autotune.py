@@ -280,6 +280,53 @@ def choose_precision(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: b
     return stored_decision(key, measured, read)
 
 
+def measure_decoder(hidden: int, vocab: int, rows: int) -> dict:
+    """Time the decoder's products, forward and backward, at its training shape ([rows, hidden] ->
+    [rows, vocab], float32) as nn.Linear computes them and as `onednn_linear` does:
+    {"choice": the faster, "ms": {name: ms}}; on tensors drawn from a generator of their own."""
+    from rnn_train.kernels.fused import onednn_linear
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, hidden, generator=g).requires_grad_()
+    w = (torch.randn(vocab, hidden, generator=g) / hidden ** 0.5).requires_grad_()
+    b = torch.zeros(vocab).requires_grad_()
+    dy = torch.randn(rows, vocab, generator=g)
+    ways = {"blas": nn.functional.linear, "onednn": onednn_linear}
+
+    def run(f):
+        return lambda: torch.autograd.grad(f(x, w, b), (x, w, b), dy)
+
+    with torch.enable_grad():
+        timed = race({name: run(f) for name, f in ways.items()})
+    return {"choice": min(timed, key=timed.get), "ms": {k: round(v * 1e3, 3) for k, v in timed.items()},
+            "measured": time.strftime("%Y-%m-%d %H:%M:%S"), "load": _load()}
+
+
+def choose_decoder(rnn: nn.Module, vocab: int, batch_size: int, num_steps: int, one_hot: bool,
+                   with_native: bool) -> str:
+    """How the decoder of a float32 model with the recurrent module `rnn` computes its products in
+    training here (rnn_train.kernels.fused.DECODER_GEMMS), stored beside the module's own decision
+    (`choose`, which must have run first). Measured only together with that decision: where the
+    module's path was decided before this choice existed, the decoder stays nn.Linear ("blas"), so
+    that the same config and seed keep giving the losses they gave (delete the decisions file to
+    measure both again)."""
+    base = f"{machine_key()}/{shape_key(rnn, batch_size, num_steps, one_hot, with_native)}"
+
+    def measured() -> dict:
+        if base not in _MEASURED_HERE:
+            return {"choice": "blas", "kept": "the module's path was decided before the decoder's was measured"}
+        return measure_decoder(rnn.hidden_size, vocab, batch_size * num_steps)
+
+    def read(entry: dict) -> str:
+        from rnn_train.kernels.fused import DECODER_GEMMS
+
+        if entry["choice"] not in DECODER_GEMMS:
+            raise ValueError(entry["choice"])
+        return entry["choice"]
+
+    return stored_decision(f"{base}/decoder-V{vocab}", measured, read)
+
+
 T = TypeVar("T")
 
 
@@ -295,6 +342,7 @@ def stored_decision(key: str, measure_now: Callable[[], dict], read: Callable[[d
                 entry = measure_now()
                 _write_cache(key, entry)
                 _MEMORY[key] = read(entry)
+                _MEASURED_HERE.add(key)
     return _MEMORY[key]
 
 
@@ -320,3 +368,5 @@ def _cache_lock():
 _MEMORY: dict[str, object] = {}
 """Decisions already made in this process (what `read` made of them): one file read per shape, and
 one answer per process."""
+_MEASURED_HERE: set[str] = set()
+"""The keys of _MEMORY that this process measured (rather than read)."""

@@ -34,6 +34,9 @@ Public API
         -> (out, h_n or (h_n, c_n))
         drop-in for ``module(inp, hx)`` on an nn.RNN / nn.GRU / nn.LSTM (all layers, dropout between them)
     can_fuse(module, inp=None, loop="python") -> bool     whether that loop applies to the module
+    bf16_linear(x, weight, bias=None), onednn_linear(x, weight, bias=None)
+        F.linear with its three products in bf16 (a bf16 run's decoder) or through oneDNN and the
+        tiles (a float32 run's decoder where measured faster than nn.Linear: DECODER_GEMMS)
 
 Shapes (H hidden, I input size, G = 1 for "rnn", 3 for "gru", 4 for "lstm")::
 
@@ -67,13 +70,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from rnn_train.kernels.gemm import BF16, GEMMS, resolve_gemm
+from rnn_train.kernels.gemm import BF16, GEMMS, ONEDNN, TILED, linear, resolve_gemm, tiled_available, weight_grad
 from rnn_train.kernels.layer_io import (FLOATS, STEP_BF16, STEP_GEMMS, THREADS, LayerOptions, LayerTensors, check_layer,
                                         out_view, time_major_rows)
 from rnn_train.model import cells
 from rnn_train.model.cells import CellSpec
 
-__all__ = ["FusedPath", "fused_rnn_layer", "fused_rnn", "bf16_linear", "can_fuse", "LOOPS"]
+__all__ = ["FusedPath", "fused_rnn_layer", "fused_rnn", "bf16_linear", "onednn_linear", "can_fuse", "LOOPS",
+           "DECODER_GEMMS"]
 
 LOOPS = ("python", "cpp")
 """The time loops; a cell has one where its CellSpec names a hook "<loop>_loop"."""
@@ -182,41 +186,50 @@ def _check_precision(precision: str, path: FusedPath, w: torch.Tensor) -> bool:
     return True
 
 
-class _Bf16Linear(torch.autograd.Function):
-    """y = x W^T + b with the three products (y, dx, dW) in bf16 with float32 sums and results
-    (csrc/bf16.h's bf16_matmul); x [..., K] of any layout, W [N, K], b [N] or None."""
+class _Linear(torch.autograd.Function):
+    """y = x W^T + b with its three products (y, dx, dW) on the kernels' GEMM backends
+    (rnn_train.kernels.gemm): `gemm` for y and dx, `wgrad` for dW; x [..., K] of any layout,
+    W [N, K], b [N] or None. The bias gradient is dy's column sums, as nn.Linear's."""
 
     @staticmethod
-    def forward(ctx, x, w, b):
-        from rnn_train.kernels.build import extension
-
-        x2 = x.reshape(-1, x.shape[-1])
+    def forward(ctx, x, w, b, gemm, wgrad):
+        x2 = x.reshape(-1, x.shape[-1])  # [M, K]
         ctx.save_for_backward(x2, w)
-        ctx.has_bias, ctx.shape = b is not None, x.shape
-        y = extension().bf16_matmul(x2, w)
-        if b is not None:
-            y.add_(b)
+        ctx.has_bias, ctx.shape, ctx.gemm, ctx.wgrad = b is not None, x.shape, gemm, wgrad
+        y = linear(x2, w, gemm, bias=b)  # [M, N]
         return y.view(*x.shape[:-1], w.shape[0])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        from rnn_train.kernels.build import extension
-
         x2, w = ctx.saved_tensors
-        dy2 = dy.reshape(-1, dy.shape[-1])
-        ops, need = extension(), ctx.needs_input_grad
-        dx = ops.bf16_matmul(dy2, w.t()).view(ctx.shape) if need[0] else None
-        dw = ops.bf16_matmul(dy2.t(), x2.t()) if need[1] else None
+        dy2 = dy.reshape(-1, dy.shape[-1])  # [M, N]
+        need = ctx.needs_input_grad
+        dx = linear(dy2, w.t(), ctx.gemm).view(ctx.shape) if need[0] else None  # dy W: [M, K]
+        dw = weight_grad(dy2, x2, ctx.wgrad) if need[1] else None  # dy^T x: [N, K]
         db = dy2.sum(0) if ctx.has_bias and need[2] else None
-        return dx, dw, db
+        return dx, dw, db, None, None
 
 
 def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` with its products in bf16 and float32 sums and results, for a
     model training in bf16 on the fused path (its decoder): float32 CPU tensors where the C++
     kernels have their bf16 products (rnn_train.kernels.precision.fused_bf16_available)."""
-    return _Bf16Linear.apply(x, weight, bias)
+    return _Linear.apply(x, weight, bias, BF16, BF16)
+
+
+DECODER_GEMMS = ("blas", "onednn")
+"""How a float32 model's decoder computes its products in training: "blas" is nn.Linear (torch.mm,
+MKL), "onednn" is `onednn_linear`. The autotuner chooses per machine and shape
+(rnn_train.kernels.resolve_decoder): MKL runs its AVX2 code on AMD CPUs, where oneDNN's and the
+tiles' products at a decoder's shapes (a narrow vocab) measured about twice as fast."""
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` in float32 on the CPU with y and dx through oneDNN and dW through
+    the C++ kernels' tiled weight gradient (oneDNN where they are not built): the same products as
+    nn.Linear, summed in another order, so equal to rounding, not bit for bit."""
+    return _Linear.apply(x, weight, bias, ONEDNN, TILED if tiled_available() else ONEDNN)
 
 
 def can_fuse(module: nn.Module, inp: torch.Tensor | None = None, loop: str = "python") -> bool:

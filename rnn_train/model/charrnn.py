@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnn_train.config import ModelConfig
-from rnn_train.kernels.fused import FusedPath, bf16_linear, fused_rnn
+from rnn_train.kernels.fused import DECODER_GEMMS, FusedPath, bf16_linear, fused_rnn, onednn_linear
 from rnn_train.model import cells
 from rnn_train.model.recurrent import build_core
 
@@ -46,6 +46,7 @@ class CharRNN(nn.Module):
         self.decoder = nn.Linear(hidden_size, vocab_size)
         self.path: FusedPath | None = None  # the training path: a fused kernel, or None for the module
         self.precision = "fp32"  # of the training path's matrix products: "fp32" or "bf16"
+        self.decoder_gemm = "blas"  # the decoder's products in a float32 training forward (DECODER_GEMMS)
 
     @classmethod
     def from_config(cls, vocab_size: int, cfg: ModelConfig) -> "CharRNN":
@@ -58,20 +59,34 @@ class CharRNN(nn.Module):
         shape = (self.rnn.num_layers, batch_size, self.rnn.hidden_size)
         return self.spec.pack(tuple(torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in self.spec.state))
 
-    def use_training_path(self, path: FusedPath | None, precision: str = "fp32") -> None:
+    def use_training_path(self, path: FusedPath | None, precision: str = "fp32", decoder: str = "blas") -> None:
         """How training forwards run from now on: `path` (a fused kernel for the CPU, chosen by
         rnn_train.kernels.resolve_kernel where the model lives), or None for the module itself;
         `precision` "bf16" computes their matrix products in bf16 (the fused path's own bf16
-        products, or torch.autocast around the module and the decoder), "fp32" in the weights' dtype."""
+        products, or torch.autocast around the module and the decoder), "fp32" in the weights' dtype;
+        `decoder` how a float32 forward computes the decoder's products (DECODER_GEMMS: "blas" is the
+        nn.Linear itself; rnn_train.kernels.resolve_decoder)."""
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-        self.path, self.precision = path, precision
+        if decoder not in DECODER_GEMMS or (decoder != "blas" and precision != "fp32"):
+            raise ValueError(f"decoder must be one of {DECODER_GEMMS} (in bf16 only blas), got {decoder!r}")
+        self.path, self.precision, self.decoder_gemm = path, precision, decoder
 
     @property
     def training_kernel(self) -> str:
         """The training path as the run logs it: "native" (the module) or a fused path's label,
-        e.g. "fused-cpp(step=blas, threads=rows, gemm=blas)"."""
-        return "native" if self.path is None else self.path.label()
+        e.g. "fused-cpp(step=blas, threads=rows, gemm=blas)", and the decoder's products where they
+        are not nn.Linear's ("... decoder=onednn")."""
+        label = "native" if self.path is None else self.path.label()
+        return label if self.decoder_gemm == "blas" else f"{label} decoder={self.decoder_gemm}"
+
+    def decode(self, out: torch.Tensor) -> torch.Tensor:
+        """Training: hidden states [B, T, H] -> logits [B, T, V] through dropout and the decoder,
+        whose products run as `decoder_gemm` says (float32 forwards)."""
+        h = self.drop(out)
+        if self.decoder_gemm == "onednn":
+            return onednn_linear(h, self.decoder.weight, self.decoder.bias)
+        return self.decoder(h)
 
     def encode_input(self, x: torch.Tensor) -> torch.Tensor:
         """ids [B, T] -> inputs [B, T, input_size]."""
@@ -93,7 +108,7 @@ class CharRNN(nn.Module):
                                    precision=self.precision)
             if bf16:
                 return bf16_linear(self.drop(out), self.decoder.weight, self.decoder.bias), state
-            return self.decoder(self.drop(out)), state
+            return self.decode(out), state
         if bf16:  # the module and the decoder under autocast; the loss, softmax and carried state float32
             with torch.autocast(self.decoder.weight.device.type, dtype=torch.bfloat16):
                 out, state = self.rnn(self.encode_input(x), state)
@@ -101,7 +116,7 @@ class CharRNN(nn.Module):
             dtype = self.decoder.weight.dtype
             return logits.to(dtype), self.spec.pack(tuple(s.to(dtype) for s in self.spec.unpack(state)))
         out, state = self.rnn(self.encode_input(x), state)  # out [B, T, H]
-        return self.decoder(self.drop(out)), state  # [B, T, V]
+        return (self.decode(out) if training else self.decoder(self.drop(out))), state  # [B, T, V]
 
 
 def detach_state(state: State | None) -> State | None:

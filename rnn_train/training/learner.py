@@ -59,12 +59,17 @@ class TorchLearner:
         """Chooses the training path and its precision once, here (and on a new machine measures
         them) at the batch shape each rank trains with; -> the path's label. With several ranks,
         rank 0 decides and the others take its path: every rank computes alike."""
-        from rnn_train.kernels import resolve_training_path
+        from rnn_train.kernels import resolve_decoder, resolve_training_path
 
         rows, steps, m = self.cfg.data.batch_size // self.world.size, self.cfg.data.num_steps, self.model
-        chosen = self.world.from_writer(lambda: resolve_training_path(
-            self.cfg.model.kernel, self.cfg.train.precision, m.rnn, rows, steps, m.embed is None))
-        m.use_training_path(chosen.path, chosen.precision)
+        kernel, one_hot = self.cfg.model.kernel, m.embed is None
+
+        def decide():
+            chosen = resolve_training_path(kernel, self.cfg.train.precision, m.rnn, rows, steps, one_hot)
+            return chosen, resolve_decoder(kernel, chosen, m.rnn, self.vocab_size, rows, steps, one_hot)
+
+        chosen, decoder = self.world.from_writer(decide)
+        m.use_training_path(chosen.path, chosen.precision, decoder)
         self.precision_note = chosen.note
         return m.training_kernel
 
