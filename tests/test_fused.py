@@ -288,6 +288,33 @@ def test_ids_beyond_the_vocabulary_are_refused(path):
             fused_rnn_layer("gru", bad, case["h0"], *p, one_hot_ids=True, path=path)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_the_one_hot_row_ops_give_the_torch_ops_results_bit_for_bit(threads, dtype):
+    """The C++ loop's one-hot table (W_ih^T + bias) and its dW_ih (deltas summed by id) are the
+    same adds as torch.add and index_add_, in the same order: equal bit for bit, on any threads."""
+    ops = extension()
+    if ops is None:
+        pytest.fail("the C++ kernels did not build here (see the note on stderr)")
+    g = torch.Generator().manual_seed(3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n, c, rows in ((1120, 1024, 65), (300, 700, 4000), (5, 3, 2), (0, 8, 5)):
+            ids = torch.randint(0, rows, (n,), generator=g)
+            src = torch.randn(n, c, generator=g, dtype=dtype) * 10 ** torch.randint(-3, 4, (n, 1), generator=g)
+            want = torch.zeros(rows, c, dtype=dtype).index_add_(0, ids, src)
+            assert torch.equal(ops.rows_added(ids, src, rows), want)
+            assert torch.equal(ops.rows_added(ids.int(), src, rows), want)
+        w, b = torch.randn(96, 65, generator=g, dtype=dtype), torch.randn(96, generator=g, dtype=dtype)
+        assert torch.equal(ops.gather_table(w, b), torch.add(w.t(), b))
+        assert torch.equal(ops.gather_table(w, None), w.t().contiguous())
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(RuntimeError, match=r"id 5 is outside \[0, 5\)"):
+        ops.rows_added(torch.tensor([0, 5]), torch.randn(2, 3), 5)
+
+
 # ----------------------------------------------------------------------------- 3. float32
 
 

@@ -14,6 +14,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from rnn_train.kernels.build import extension
 from rnn_train.kernels.gemm import BLAS, linear, weight_grad
 from rnn_train.model.cells import CellSpec
 
@@ -130,10 +131,18 @@ def gather_table(w: torch.Tensor, bias) -> torch.Tensor:
     Row-major because a gather from W^T's strided rows is ~8x slower; written in one pass (an add
     into a transposed view and then .contiguous() was a second copy: LSTM-512's table took 0.22 ms
     that way and takes 0.10 in one pass, on one thread of the Xeon of docs/kernels.md)."""
+    if _cpp_rows(w):
+        return extension().gather_table(w, bias)  # the same adds, in blocks (csrc/recurrence.cpp)
     table = torch.empty(w.shape[1], w.shape[0], dtype=w.dtype, device=w.device)  # [I, O]
     if bias is None:
         return table.copy_(w.t())
     return torch.add(w.t(), bias, out=table)
+
+
+def _cpp_rows(t: torch.Tensor) -> bool:
+    """Whether the C++ kernels' row ops (gather_table, rows_added) take `t` here: a float CPU tensor
+    where they are built. They give the torch ops' results bit for bit, faster."""
+    return t.device.type == "cpu" and t.dtype in FLOATS and extension() is not None
 
 
 def input_grads(ctx, dgi2: torch.Tensor, x2: torch.Tensor, w_ih: torch.Tensor, T: int, B: int):
@@ -149,8 +158,12 @@ def input_grads(ctx, dgi2: torch.Tensor, x2: torch.Tensor, w_ih: torch.Tensor, T
     if need[W_IH]:
         if opts.one_hot_ids:
             # row v of dW_ih^T sums the deltas of every (t, b) whose id is v: a scatter-add, no GEMM
-            dw_t = torch.zeros(w_ih.shape[1], w_ih.shape[0], dtype=dgi2.dtype, device=dgi2.device)
-            dw = dw_t.index_add_(0, x2, dgi2).t().contiguous()  # [G*H, I]
+            if _cpp_rows(dgi2):
+                dw_t = extension().rows_added(x2, dgi2, w_ih.shape[1])  # index_add_'s sums, row by row
+            else:
+                dw_t = torch.zeros(w_ih.shape[1], w_ih.shape[0], dtype=dgi2.dtype, device=dgi2.device)
+                dw_t.index_add_(0, x2, dgi2)
+            dw = dw_t.t().contiguous()  # [G*H, I]
         else:
             dw = weight_grad(dgi2, x2, opts.gemm)  # [G*H, T*B] @ [T*B, I]
     if need[B_IH] and ctx.has_bias:

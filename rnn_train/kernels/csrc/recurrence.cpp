@@ -552,6 +552,71 @@ Tensor weight_grad(const Tensor& y, const Tensor& x) {
   return c;
 }
 
+// out [R, C] with row r the sum of the rows src[i] whose ids[i] == r, each added in the order of i:
+// a one-hot input's weight gradient (transposed) and index_add_(0, ids, src) on zeros, bit for bit.
+// Threads take blocks of columns and walk every row in order, so each sum keeps that order;
+// index_add_ (a scatter-add) walks the rows once per column, a stride of C elements per add,
+// which took 0.43 ms of a one-thread LSTM-256 step on the AMD Zen 5 of docs/kernels.md.
+Tensor rows_added(const Tensor& ids, const Tensor& src, int64_t R) {
+  TORCH_CHECK(ids.dim() == 1 && src.dim() == 2 && ids.size(0) == src.size(0) && src.device().is_cpu() &&
+                  (ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt) &&
+                  (src.scalar_type() == at::kFloat || src.scalar_type() == at::kDouble),
+              "rows_added takes int64/int32 ids [N] and float32/float64 CPU rows [N, C]");
+  const Tensor idx = ids.to(at::kLong).contiguous(), rows = src.contiguous();
+  const int64_t N = rows.size(0), C = rows.size(1);
+  const int64_t* id = idx.data_ptr<int64_t>();
+  for (int64_t i = 0; i < N; ++i)
+    TORCH_CHECK(id[i] >= 0 && id[i] < R, "rows_added: id ", id[i], " is outside [0, ", R, ")");
+  Tensor out = at::zeros({R, C}, rows.options());
+  constexpr int64_t kBlock = 256;  // columns per task: 1 KiB of float32 per row
+  AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "rows_added", [&] {
+    const scalar_t* x = rows.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, (C + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
+      const int64_t c0 = begin * kBlock, c1 = std::min(C, end * kBlock);
+      for (int64_t i = 0; i < N; ++i) {
+        const scalar_t* xi = x + i * C;
+        scalar_t* oi = o + id[i] * C;
+        for (int64_t c = c0; c < c1; ++c) oi[c] += xi[c];
+      }
+    });
+  });
+  return out;
+}
+
+// out [I, O] = W^T + bias (W [O, I], bias [O] or undefined): the table a one-hot input's rows are
+// gathered from, written in 16 x 16 blocks (torch.add on W's transposed view read a column of W
+// per output row); the same single add per element as that.
+Tensor gather_table(const Tensor& w, const std::optional<Tensor>& bias) {
+  TORCH_CHECK(w.dim() == 2 && w.device().is_cpu() && (w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble),
+              "gather_table takes a float32/float64 CPU weight [O, I]");
+  constexpr int64_t kTile = 16;
+  const Tensor wc = w.contiguous();
+  const int64_t O = wc.size(0), I = wc.size(1);
+  Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    b = bias->contiguous();
+    TORCH_CHECK(b.dim() == 1 && b.size(0) == O && b.scalar_type() == w.scalar_type(), "gather_table: bias must be [O]");
+  }
+  Tensor out = at::empty({I, O}, wc.options());
+  AT_DISPATCH_FLOATING_TYPES(wc.scalar_type(), "gather_table", [&] {
+    const scalar_t* src = wc.data_ptr<scalar_t>();
+    const scalar_t* bb = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    at::parallel_for(0, (O + kTile - 1) / kTile, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t o0 = begin * kTile; o0 < std::min(O, end * kTile); o0 += kTile) {
+        const int64_t o1 = std::min(O, o0 + kTile);
+        for (int64_t i0 = 0; i0 < I; i0 += kTile) {
+          const int64_t i1 = std::min(I, i0 + kTile);
+          for (int64_t i = i0; i < i1; ++i)
+            for (int64_t o = o0; o < o1; ++o) dst[i * O + o] = bb ? src[o * I + i] + bb[o] : src[o * I + i];
+        }
+      }
+    });
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace rnn_kernels
 
@@ -560,6 +625,8 @@ TORCH_LIBRARY(rnn_train_kernels, m) {
   m.def("blas_available() -> bool", [] { return blas_available(); });
   m.def("bf16_available() -> bool", [] { return bf16_available(); });
   m.def("weight_grad(Tensor y, Tensor x) -> Tensor", &weight_grad);
+  m.def("rows_added(Tensor ids, Tensor src, int rows) -> Tensor", &rows_added);
+  m.def("gather_table(Tensor w, Tensor? bias) -> Tensor", &gather_table);
   m.def("bf16_matmul(Tensor a, Tensor bt) -> Tensor", [](const Tensor& a, const Tensor& bt) {
     TORCH_CHECK(bf16_available(), "bf16 products are not available here");
     return bf16_matmul(a, bt);
