@@ -277,29 +277,34 @@ void check_backward(const Tensor& d_out, const Tensor& d_hT, const Tensor& w_hh,
 
 Tensor rows_contiguous(const Tensor& d_out) { return d_out.stride(2) == 1 ? d_out : d_out.contiguous(); }
 
+// dst [C, R] = src [R, C] transposed, plus add[r] on every element of column r where add is given:
+// in square blocks of kTile x kTile. A plain transpose reads a column of src per output row, one
+// element from each of R cache lines; a block reads kTile lines and writes kTile lines, each used
+// whole. Threads take blocks of src rows.
+template <typename T>
+void transpose_in_blocks(const T* src, T* dst, int64_t R, int64_t C, const T* add) {
+  constexpr int64_t kTile = 16;
+  at::parallel_for(0, (R + kTile - 1) / kTile, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r0 = begin * kTile; r0 < std::min(R, end * kTile); r0 += kTile) {
+      const int64_t r1 = std::min(R, r0 + kTile);
+      for (int64_t c0 = 0; c0 < C; c0 += kTile) {
+        const int64_t c1 = std::min(C, c0 + kTile);
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t r = r0; r < r1; ++r) dst[c * R + r] = add ? src[r * C + c] + add[r] : src[r * C + c];
+      }
+    }
+  });
+}
+
 // W_hh^T [H, G*H] once per call where blocks span all units (one copy shared by the row blocks).
-// In square blocks of kTile x kTile: w_hh.t().contiguous() reads a column of W_hh per output row,
-// one element from each of G*H cache lines, and took 1.6-2.0 ms per LSTM-512 / GRU-512 forward
-// inside a training step (about 3% of it); a block reads kTile lines and writes kTile lines,
-// each used whole.
+// In blocks (transpose_in_blocks): w_hh.t().contiguous() took 1.6-2.0 ms per LSTM-512 / GRU-512
+// forward inside a training step (about 3% of it).
 Tensor transposed_weight(const Tensor& w_hh, int64_t threads, int64_t path) {
   if (threads == kUnits || path == kTiled || path == kBf16) return Tensor();
-  constexpr int64_t kTile = 16;
   const int64_t R = w_hh.size(0), C = w_hh.size(1);
   Tensor out = at::empty({C, R}, w_hh.options());
   AT_DISPATCH_FLOATING_TYPES(w_hh.scalar_type(), "transposed_weight", [&] {
-    const scalar_t* w = w_hh.data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, (R + kTile - 1) / kTile, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r0 = begin * kTile; r0 < std::min(R, end * kTile); r0 += kTile) {
-        const int64_t r1 = std::min(R, r0 + kTile);
-        for (int64_t c0 = 0; c0 < C; c0 += kTile) {
-          const int64_t c1 = std::min(C, c0 + kTile);
-          for (int64_t c = c0; c < c1; ++c)
-            for (int64_t r = r0; r < r1; ++r) o[c * R + r] = w[r * C + c];
-        }
-      }
-    });
+    transpose_in_blocks<scalar_t>(w_hh.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), R, C, nullptr);
   });
   return out;
 }
@@ -585,12 +590,11 @@ Tensor rows_added(const Tensor& ids, const Tensor& src, int64_t R) {
 }
 
 // out [I, O] = W^T + bias (W [O, I], bias [O] or undefined): the table a one-hot input's rows are
-// gathered from, written in 16 x 16 blocks (torch.add on W's transposed view read a column of W
-// per output row); the same single add per element as that.
+// gathered from, in blocks (transpose_in_blocks; torch.add on W's transposed view read a column of
+// W per output row); the same single add per element as that.
 Tensor gather_table(const Tensor& w, const std::optional<Tensor>& bias) {
   TORCH_CHECK(w.dim() == 2 && w.device().is_cpu() && (w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble),
               "gather_table takes a float32/float64 CPU weight [O, I]");
-  constexpr int64_t kTile = 16;
   const Tensor wc = w.contiguous();
   const int64_t O = wc.size(0), I = wc.size(1);
   Tensor b;
@@ -600,19 +604,8 @@ Tensor gather_table(const Tensor& w, const std::optional<Tensor>& bias) {
   }
   Tensor out = at::empty({I, O}, wc.options());
   AT_DISPATCH_FLOATING_TYPES(wc.scalar_type(), "gather_table", [&] {
-    const scalar_t* src = wc.data_ptr<scalar_t>();
-    const scalar_t* bb = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
-    scalar_t* dst = out.data_ptr<scalar_t>();
-    at::parallel_for(0, (O + kTile - 1) / kTile, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t o0 = begin * kTile; o0 < std::min(O, end * kTile); o0 += kTile) {
-        const int64_t o1 = std::min(O, o0 + kTile);
-        for (int64_t i0 = 0; i0 < I; i0 += kTile) {
-          const int64_t i1 = std::min(I, i0 + kTile);
-          for (int64_t i = i0; i < i1; ++i)
-            for (int64_t o = o0; o < o1; ++o) dst[i * O + o] = bb ? src[o * I + i] + bb[o] : src[o * I + i];
-        }
-      }
-    });
+    transpose_in_blocks<scalar_t>(wc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), O, I,
+                                  b.defined() ? b.data_ptr<scalar_t>() : nullptr);
   });
   return out;
 }
