@@ -282,6 +282,16 @@ def test_a_path_decided_before_the_decoder_choice_keeps_nn_linear(decisions, mon
     assert path == autotune.choose(rnn, 16, 5, True, with_native=False)
 
 
+def test_a_module_no_fused_loop_runs_still_has_its_decoder_measured(decisions, monkeypatch):
+    """model.kernel=auto on a module without a fused loop takes the module unmeasured; its decoder
+    has no earlier decision to keep, so it is measured."""
+    monkeypatch.setattr(autotune, "race", lambda runs: {"blas": 2.0, "onednn": 1.0})
+    rnn = nn.GRU(6, 192, batch_first=True)
+    assert resolve_decoder("auto", TrainingPath(None, "fp32"), rnn, 6, 16, 5, True) == "onednn"
+    [entry] = json.loads(decisions.read_text()).values()
+    assert entry["ms"] == {"blas": 2000.0, "onednn": 1000.0}
+
+
 def test_the_decoder_stays_nn_linear_for_native_bf16_small_and_float64_models(decisions, monkeypatch):
     monkeypatch.setattr(autotune, "measure_decoder", lambda *a: pytest.fail("no decoder to measure"))
     rnn = nn.GRU(6, 192, batch_first=True)

@@ -306,14 +306,14 @@ def choose_decoder(rnn: nn.Module, vocab: int, batch_size: int, num_steps: int, 
                    with_native: bool) -> str:
     """How the decoder of a float32 model with the recurrent module `rnn` computes its products in
     training here (rnn_train.kernels.fused.DECODER_GEMMS), stored beside the module's own decision
-    (`choose`, which must have run first). Measured only together with that decision: where the
-    module's path was decided before this choice existed, the decoder stays nn.Linear ("blas"), so
-    that the same config and seed keep giving the losses they gave (delete the decisions file to
-    measure both again)."""
+    (`choose`, where there is one: a module no fused loop runs has none). Where the module's path was
+    read from a decisions file written before this choice existed, the decoder stays nn.Linear
+    ("blas"), so that the same config and seed keep giving the losses they gave (delete the file to
+    measure both again); else it is measured."""
     base = f"{machine_key()}/{shape_key(rnn, batch_size, num_steps, one_hot, with_native)}"
 
     def measured() -> dict:
-        if base not in _MEASURED_HERE:
+        if base in _MEMORY and base not in _MEASURED_HERE:
             return {"choice": "blas", "kept": "the module's path was decided before the decoder's was measured"}
         return measure_decoder(rnn.hidden_size, vocab, batch_size * num_steps)
 
