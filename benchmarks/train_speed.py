@@ -186,7 +186,8 @@ def main(argv=None) -> int:
     p.add_argument("--vocab", type=int, default=65, help="65: tinyshakespeare's characters")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--gemm", choices=("blas", "auto", "tiled"), default="blas", help="the fused paths' all-steps GEMMs")
+    p.add_argument("--gemm", choices=("blas", "auto", "tiled", "auto-tiled"), default="blas",
+                   help="the fused paths' all-steps GEMMs")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="train.precision of the 'auto' variant (default auto)")
     p.add_argument("--variants",

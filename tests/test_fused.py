@@ -38,7 +38,7 @@ PATHS = {
     "cpp-tiled-serial": FusedPath("cpp", "blas", "tiled", threads="blas"),
     "python-tiled": FusedPath("python", "tiled"),  # the Python loop with the tiled weight gradients
 }
-F32_GEMMS = ["blas", "auto", "tiled"] + (["onednn"] if onednn_available() else [])
+F32_GEMMS = ["blas", "auto", "tiled", "auto-tiled"] + (["onednn"] if onednn_available() else [])
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one torch thread per test (conftest)
@@ -379,6 +379,23 @@ def test_onednn_gemm_is_refused_where_it_cannot_run():
         FusedPath("fortran")
     with pytest.raises(ValueError, match="not a fused path"):
         FusedPath("cpp", "blas", "aten", threads="units")  # torch.mm splits its own work: no units blocks
+
+
+def test_auto_tiled_falls_back_to_what_the_tensors_and_the_build_allow(monkeypatch):
+    """gemm="auto-tiled": oneDNN's products and the tiles' weight gradients on float32 CPU weights;
+    float64 (which oneDNN does not take here) keeps the tiles, a machine without the C++ build keeps oneDNN."""
+    from rnn_train.kernels import gemm
+
+    w32, w64 = torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.float64)
+    if not onednn_available() or extension() is None:
+        pytest.fail("this machine should have both oneDNN and the C++ kernels")
+    assert gemm.resolve_gemm("auto-tiled", w32) == gemm.AUTO_TILED
+    assert gemm.resolve_gemm("auto-tiled", w64) == gemm.TILED
+    monkeypatch.setattr(gemm, "tiled_available", lambda: False)
+    assert gemm.resolve_gemm("auto-tiled", w32) == gemm.AUTO
+    assert gemm.resolve_gemm("auto-tiled", w64) == gemm.BLAS
+    big = 2 * gemm.ONEDNN_MIN_WORK_PER_THREAD * torch.get_num_threads()
+    assert gemm._uses_onednn(gemm.AUTO_TILED, big, 1, 1) and not gemm._uses_onednn(gemm.AUTO_TILED, 1, 1, 1)
 
 
 # ----------------------------------------------------------------------------- 4. the module drop-in

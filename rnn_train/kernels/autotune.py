@@ -6,8 +6,8 @@ one machine's timings was wrong on the next (docs/kernels.md). So on first use f
 module shape the candidates run a few interleaved forward+backward passes and the fastest wins
 (a model too small for the choice to matter takes the C++ loop on one block without measuring):
 
-    1. the all-steps GEMMs: torch.mm ("blas") against oneDNN for the big ones ("auto") and the C++
-       kernels' tiled weight gradients ("tiled"), float32 only;
+    1. the all-steps GEMMs: torch.mm ("blas") against oneDNN for the big ones ("auto"), the C++
+       kernels' tiled weight gradients ("tiled") and both ("auto-tiled"), float32 only;
     2. the time loop, with that GEMM choice: C++ with BLAS-threaded GEMMs, with batch rows or
        hidden units split over the threads, C++ with its own tiled GEMMs (csrc/tiled.h) on one
        block, batch rows or hidden units per thread, the Python loop, and (for
@@ -173,6 +173,7 @@ def measure(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with
     module, inp = _measured_copy(rnn, batch_size, num_steps, one_hot)
     gemm, loops = "blas", loop_candidates(module, "blas")
     options = ["blas"] + ["auto"] * onednn_available() + ["tiled"] * (build.extension() is not None)
+    options += ["auto-tiled"] * (onednn_available() and build.extension() is not None)
     if loops and module.weight_hh_l0.dtype == torch.float32 and len(options) > 1:
         first = loops[0]
         gemms = {g_: _pass(module, FusedPath(first.loop, g_, first.step, first.threads), inp, one_hot)

@@ -89,7 +89,7 @@ class FusedPath:
 
     loop      "python" or "cpp" (LOOPS; the cells that have each: `loop_cells`)
     gemm      the all-steps GEMMs (and the Python loop's per-step ones): rnn_train.kernels.gemm.GEMMS
-              ("tiled": the weight gradients by the C++ kernels' tiles)
+              ("tiled": the weight gradients by the C++ kernels' tiles; "auto-tiled": those and oneDNN)
     step      the C++ loop's per-step GEMM: "blas" (the BLAS torch links, called directly),
               "aten" (torch.mm; for torch builds whose BLAS is not exported) or "tiled"
               (csrc/tiled.h: register tiles over W_hh packed once per call)

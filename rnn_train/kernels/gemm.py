@@ -13,6 +13,10 @@ by measurement:
     "tiled"   the weight gradients through the C++ kernels' tiles (csrc/tiled.h: weight_grad),
               everything else through torch.mm; float32 / float64 on the CPU where the C++
               kernels are built, else the same as "blas"
+    "auto-tiled"  the weight gradients through the tiles, everything else as "auto": on the AMD
+              Zen 5 of docs/kernels.md oneDNN's products beat MKL's and the tiles' weight
+              gradient beat oneDNN's, which needs two transposing copies; "tiled" where oneDNN
+              cannot run the tensors, "auto" where the C++ kernels are not built
 
 and, not a choice of its own but what a layer computing in bf16 (train.precision) uses, BF16:
 every GEMM in bf16 products with float32 sums and a float32 result (csrc/bf16.h's bf16_matmul,
@@ -34,8 +38,8 @@ import torch
 
 from rnn_train.kernels.build import extension
 
-GEMMS = ("auto", "onednn", "blas", "tiled")
-BLAS, ONEDNN, AUTO, TILED, BF16 = 0, 1, 2, 3, 4  # a resolved choice, carried into the autograd Functions
+GEMMS = ("auto", "onednn", "blas", "tiled", "auto-tiled")
+BLAS, ONEDNN, AUTO, TILED, BF16, AUTO_TILED = 0, 1, 2, 3, 4, 5  # a resolved choice, carried into the autograd Functions
 ONEDNN_MIN_WORK_PER_THREAD = 1_250_000
 """Below this many multiply-adds per thread, "auto" keeps a GEMM on torch.mm (crossover measured
 on the AVX-512 machine of docs/kernels.md; the autotuner decides whether "auto" is used at all)."""
@@ -73,9 +77,11 @@ def resolve_gemm(gemm: str, w: torch.Tensor) -> int:
         if not (fits and _onednn_linear() is not None):
             raise ValueError("gemm='onednn' needs float32 CPU tensors and a torch build with oneDNN")
         return ONEDNN
-    if gemm == "tiled":
-        return TILED if w.device.type == "cpu" and w.dtype in (torch.float32, torch.float64) and tiled_available() \
-            else BLAS
+    tiles = w.device.type == "cpu" and w.dtype in (torch.float32, torch.float64) and tiled_available()
+    if gemm == "tiled" or (gemm == "auto-tiled" and not (fits and onednn_available())):
+        return TILED if tiles else BLAS
+    if gemm == "auto-tiled":
+        return AUTO_TILED if tiles else AUTO
     return AUTO if gemm == "auto" and fits and onednn_available() else BLAS
 
 
@@ -85,7 +91,8 @@ def tiled_available() -> bool:
 
 
 def _uses_onednn(gemm: int, m: int, n: int, k: int) -> bool:
-    return gemm == ONEDNN or (gemm == AUTO and m * n * k >= ONEDNN_MIN_WORK_PER_THREAD * torch.get_num_threads())
+    return gemm == ONEDNN or (gemm in (AUTO, AUTO_TILED)
+                              and m * n * k >= ONEDNN_MIN_WORK_PER_THREAD * torch.get_num_threads())
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, gemm: int, *, bias=None, add=None) -> torch.Tensor:
@@ -109,12 +116,12 @@ def linear(x: torch.Tensor, w: torch.Tensor, gemm: int, *, bias=None, add=None) 
 def weight_grad(d2: torch.Tensor, x2: torch.Tensor, gemm: int) -> torch.Tensor:
     """d2^T @ x2 ([T*B, O]^T [T*B, D] -> [O, D]): a weight gradient summed over all steps in ONE GEMM.
 
-    TILED: csrc/tiled.h's weight_grad, which reads both operands in place.
+    TILED, AUTO_TILED: csrc/tiled.h's weight_grad, which reads both operands in place.
 
     oneDNN wants its left operand row-major and both operands here are [T*B, .]: x2 (the
     narrower one for a GRU's deltas) is transposed into a reused scratch buffer and the product
     computed as (x2^T d2)^T."""
-    if gemm == TILED:
+    if gemm in (TILED, AUTO_TILED):
         return extension().weight_grad(d2, x2)
     if gemm == BF16:
         return extension().bf16_matmul(d2.t(), x2.t())
