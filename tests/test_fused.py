@@ -396,6 +396,8 @@ def test_auto_tiled_falls_back_to_what_the_tensors_and_the_build_allow(monkeypat
     assert gemm.resolve_gemm("auto-tiled", w64) == gemm.BLAS
     big = 2 * gemm.ONEDNN_MIN_WORK_PER_THREAD * torch.get_num_threads()
     assert gemm._uses_onednn(gemm.AUTO_TILED, big, 1, 1) and not gemm._uses_onednn(gemm.AUTO_TILED, 1, 1, 1)
+    monkeypatch.setattr(gemm, "tiled_available", lambda: pytest.fail("blas and auto never ask for the C++ build"))
+    assert gemm.resolve_gemm("blas", w32) == gemm.BLAS and gemm.resolve_gemm("auto", w32) == gemm.AUTO
 
 
 # ----------------------------------------------------------------------------- 4. the module drop-in

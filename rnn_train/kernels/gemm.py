@@ -69,7 +69,8 @@ def onednn_available() -> bool:
 
 
 def resolve_gemm(gemm: str, w: torch.Tensor) -> int:
-    """The choice `gemm` (GEMMS) for weights like `w`, as BLAS / ONEDNN / AUTO."""
+    """The choice `gemm` (GEMMS) for weights like `w`, as BLAS / ONEDNN / AUTO / TILED / AUTO_TILED.
+    Only "tiled" and "auto-tiled" ask for the C++ kernels (whose first use builds them)."""
     if gemm not in GEMMS:
         raise ValueError(f"gemm must be one of {GEMMS}, got {gemm!r}")
     fits = w.dtype == torch.float32 and w.device.type == "cpu"
@@ -77,12 +78,12 @@ def resolve_gemm(gemm: str, w: torch.Tensor) -> int:
         if not (fits and _onednn_linear() is not None):
             raise ValueError("gemm='onednn' needs float32 CPU tensors and a torch build with oneDNN")
         return ONEDNN
+    if gemm in ("blas", "auto"):
+        return AUTO if gemm == "auto" and fits and onednn_available() else BLAS
     tiles = w.device.type == "cpu" and w.dtype in (torch.float32, torch.float64) and tiled_available()
-    if gemm == "tiled" or (gemm == "auto-tiled" and not (fits and onednn_available())):
+    if gemm == "tiled" or not (fits and onednn_available()):  # "auto-tiled" without oneDNN is "tiled"
         return TILED if tiles else BLAS
-    if gemm == "auto-tiled":
-        return AUTO_TILED if tiles else AUTO
-    return AUTO if gemm == "auto" and fits and onednn_available() else BLAS
+    return AUTO_TILED if tiles else AUTO
 
 
 def tiled_available() -> bool:
