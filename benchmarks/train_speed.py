@@ -96,14 +96,20 @@ def reference_step(module_path: Path, cell: str, V: int, H: int, layers: int, lr
     return step
 
 
+def parse_variant(variant: str) -> tuple[str, str, str]:
+    """"cpp-tiled-rows+onednn:bf16" -> (path name, decoder suffix, precision suffix); "" where absent."""
+    name, _, precision = variant.partition(":")
+    name, _, decoder = name.partition("+")
+    return name, decoder, precision
+
+
 def pipeline_step(variant: str, config: str, overrides: list[str], V: int, gemm: str):
     """rnn-train's TorchLearner.train_step with the variant's training path pinned."""
     cfg = load_config(config, overrides)
     torch.manual_seed(0)
     learner = TorchLearner(cfg, V, torch.device("cpu"))
     model = learner.torch_model()
-    name, _, precision = variant.partition(":")
-    name, _, decoder = name.partition("+")
+    name, decoder, precision = parse_variant(variant)
     if name != "auto":
         loop = PATHS[name]
         model.use_training_path(None if loop is None else FusedPath(loop[0], gemm, loop[1], loop[2]),
@@ -125,8 +131,7 @@ def pipeline_step(variant: str, config: str, overrides: list[str], V: int, gemm:
 
 def runnable(variant: str, cell: str) -> bool:
     """Whether this machine can run `variant`; a note on stderr where it cannot."""
-    name, _, precision = variant.partition(":")
-    name, _, decoder = name.partition("+")
+    name, decoder, precision = parse_variant(variant)
     why = bf16_hardware(torch.device("cpu")) if precision == "bf16" else None  # oneDNN has no AVX2 bf16 LSTM
     if decoder and not onednn_available():
         why = "this torch build has no oneDNN linear for the decoder"
@@ -204,10 +209,9 @@ def main(argv=None) -> int:
     if a.clock == "cpu" and a.threads != 1:
         p.error("--clock cpu needs --threads 1")
     for v in a.variants.split(","):
-        name, _, precision = v.partition(":")
-        name, plus, decoder = name.partition("+")
+        name, decoder, precision = parse_variant(v)
         if (name not in ("reference", "auto", *PATHS) or precision not in ("", "fp32", "bf16")
-                or (plus and (decoder != "onednn" or name in ("reference", "auto") or precision == "bf16"))):
+                or ("+" in v and (decoder != "onednn" or name in ("reference", "auto") or precision == "bf16"))):
             p.error(f"unknown variant {v!r}: one of reference, auto, {', '.join(PATHS)}, each with :bf16 or not "
                     "(or float32 with +onednn)")
     res = run(a)
