@@ -172,8 +172,8 @@ def measure(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool, with
     """Time the candidates for `rnn` at [batch_size, num_steps]: {"choice": path json, "ms": {label: ms}}."""
     module, inp = _measured_copy(rnn, batch_size, num_steps, one_hot)
     gemm, loops = "blas", loop_candidates(module, "blas")
-    options = ["blas"] + ["auto"] * onednn_available() + ["tiled"] * (build.extension() is not None)
-    options += ["auto-tiled"] * (onednn_available() and build.extension() is not None)
+    onednn, tiles = onednn_available(), build.extension() is not None
+    options = ["blas"] + ["auto"] * onednn + ["tiled"] * tiles + ["auto-tiled"] * (onednn and tiles)
     if loops and module.weight_hh_l0.dtype == torch.float32 and len(options) > 1:
         first = loops[0]
         gemms = {g_: _pass(module, FusedPath(first.loop, g_, first.step, first.threads), inp, one_hot)

@@ -80,7 +80,7 @@ def resolve_gemm(gemm: str, w: torch.Tensor) -> int:
         return ONEDNN
     if gemm in ("blas", "auto"):
         return AUTO if gemm == "auto" and fits and onednn_available() else BLAS
-    tiles = w.device.type == "cpu" and w.dtype in (torch.float32, torch.float64) and tiled_available()
+    tiles = cpp_takes(w)
     if gemm == "tiled" or not (fits and onednn_available()):  # "auto-tiled" without oneDNN is "tiled"
         return TILED if tiles else BLAS
     return AUTO_TILED if tiles else AUTO
@@ -89,6 +89,13 @@ def resolve_gemm(gemm: str, w: torch.Tensor) -> int:
 def tiled_available() -> bool:
     """True when the C++ kernels (and with them the tiled weight gradient) are built here."""
     return extension() is not None
+
+
+def cpp_takes(t: torch.Tensor) -> bool:
+    """Whether the C++ kernels' all-steps ops (the tiled weight gradient, the one-hot input's
+    gather_table and rows_added) take tensors like `t` here: float32 / float64 on the CPU, where
+    the kernels are built (asking builds them on first use)."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and tiled_available()
 
 
 def _uses_onednn(gemm: int, m: int, n: int, k: int) -> bool:

@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from rnn_train.kernels.build import extension
-from rnn_train.kernels.gemm import BLAS, linear, weight_grad
+from rnn_train.kernels.gemm import BLAS, cpp_takes, linear, weight_grad
 from rnn_train.model.cells import CellSpec
 
 FLOATS = (torch.float32, torch.float64)
@@ -131,18 +131,12 @@ def gather_table(w: torch.Tensor, bias) -> torch.Tensor:
     Row-major because a gather from W^T's strided rows is ~8x slower; written in one pass (an add
     into a transposed view and then .contiguous() was a second copy: LSTM-512's table took 0.22 ms
     that way and takes 0.10 in one pass, on one thread of the Xeon of docs/kernels.md)."""
-    if _cpp_rows(w):
-        return extension().gather_table(w, bias)  # the same adds, in blocks (csrc/recurrence.cpp)
+    if cpp_takes(w):  # the same adds, in blocks, bit for bit (csrc/recurrence.cpp)
+        return extension().gather_table(w, bias)
     table = torch.empty(w.shape[1], w.shape[0], dtype=w.dtype, device=w.device)  # [I, O]
     if bias is None:
         return table.copy_(w.t())
     return torch.add(w.t(), bias, out=table)
-
-
-def _cpp_rows(t: torch.Tensor) -> bool:
-    """Whether the C++ kernels' row ops (gather_table, rows_added) take `t` here: a float CPU tensor
-    where they are built. They give the torch ops' results bit for bit, faster."""
-    return t.device.type == "cpu" and t.dtype in FLOATS and extension() is not None
 
 
 def input_grads(ctx, dgi2: torch.Tensor, x2: torch.Tensor, w_ih: torch.Tensor, T: int, B: int):
@@ -158,8 +152,8 @@ def input_grads(ctx, dgi2: torch.Tensor, x2: torch.Tensor, w_ih: torch.Tensor, T
     if need[W_IH]:
         if opts.one_hot_ids:
             # row v of dW_ih^T sums the deltas of every (t, b) whose id is v: a scatter-add, no GEMM
-            if _cpp_rows(dgi2):
-                dw_t = extension().rows_added(x2, dgi2, w_ih.shape[1])  # index_add_'s sums, row by row
+            if cpp_takes(dgi2):
+                dw_t = extension().rows_added(x2, dgi2, w_ih.shape[1])  # index_add_'s sums, bit for bit
             else:
                 dw_t = torch.zeros(w_ih.shape[1], w_ih.shape[0], dtype=dgi2.dtype, device=dgi2.device)
                 dw_t.index_add_(0, x2, dgi2)
