@@ -57,7 +57,8 @@ def test_parse_budget_units():
     assert sweep.parse_budget("tokens:1500") == sweep.Budget("tokens", 1500)
     assert sweep.parse_budget("time:90") == sweep.Budget("time", 90)
     assert sweep.parse_budget("time:1.5m") == sweep.Budget("time", 90)
-    for bad in ("2M", "tokens:", "tokens:1.5", "tokens:2q", "time:0", "steps:100", "time:-3"):
+    for bad in ("2M", "tokens:", "tokens:1.5", "tokens:2q", "time:0", "steps:100", "time:-3",
+                "tokens:1e400", "time:1e400"):  # amounts that parse to inf
         with pytest.raises(UserError):
             sweep.parse_budget(bad)
 
@@ -226,6 +227,23 @@ def test_rerun_skips_everything_and_a_changed_budget_is_refused(finished, cache,
     assert err.startswith("error: 4 run directories hold runs made with another config") and "--force" in err
     assert "train.max_tokens: 240 -> 480" in err
     assert {n: (finished / n / "metrics.json").stat().st_mtime_ns for n in NAMES} == mtimes
+
+
+def test_a_tune_into_a_sweeps_out_is_refused_and_the_sweeps_files_are_kept(finished, cache, capsys, tmp_path):
+    """tune and sweep both write results.csv and study.db: one --out holds one command's work."""
+    from rnn_train.experiments.tune import cli as tune_cli
+
+    before = {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file()}
+    space = tmp_path / "space.yaml"
+    space.write_text("train.lr: {float: [0.003, 0.03], log: true}\n")
+    argv = ["--config", str(ROOT / "configs" / "debug.yaml"), "--space", str(space), "--trials", "2",
+            "--trial-budget", "tokens:240", "--out", str(finished), "--cache-dir", str(cache), *FIXED]
+    for extra in ([], ["--dry-run"]):
+        assert run(tune_cli.main, argv + extra) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {finished} holds the runs and results of a sweep ({finished / 'sweep.json'}); " \
+                      f"use another --out for this tune\n"
+    assert {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file()} == before
 
 
 def test_adding_a_grid_value_trains_only_the_new_runs(tmp_path, finished, cache, capsys):

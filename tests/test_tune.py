@@ -4,6 +4,7 @@ happens to a trial that does not finish. Studies here are a few trials of about 
 this process; tests/test_tune_workers.py runs them in several processes, killed at random moments,
 against SQLite and PostgreSQL."""
 import csv
+import importlib.util
 import json
 import math
 import signal
@@ -21,7 +22,7 @@ from rnn_train.config import load_config
 from rnn_train.errors import UserError
 from rnn_train.experiments.study import engine, liveness, session
 from rnn_train.experiments.study.budget import Budget, budget_step, parse_budget, spread_evals
-from rnn_train.experiments.study.storage import default_url, open_storage, study_name
+from rnn_train.experiments.study.storage import default_url, open_storage, study_name, with_driver
 from rnn_train.experiments.study.trials import Datasets, Reporter, TrialRunner
 from rnn_train.experiments.tune import cli as tune_cli
 from rnn_train.experiments.tune.plan import plan_tune
@@ -70,6 +71,21 @@ def study_dir(tmp_path_factory, cache, space_file):
     out = tmp_path_factory.mktemp("tune") / "out"
     assert run(tune_cli.main, tune_argv(out, cache, space_file)) == 0
     return out
+
+
+def test_a_sweep_into_a_tunes_out_is_refused_and_the_tunes_files_are_kept(study_dir, cache, capsys):
+    """tune and sweep both write results.csv and study.db: one --out holds one command's work."""
+    from rnn_train.experiments import sweep
+
+    before = {p.name: p.read_bytes() for p in study_dir.iterdir() if p.is_file()}
+    argv = ["--config", DEBUG, "--grid", "model.dropout=0.0,0.1", "--budget", "tokens:240", "--out", str(study_dir),
+            "--cache-dir", str(cache), *FIXED]
+    for extra in ([], ["--dry-run"]):
+        assert run(sweep.main, argv + extra) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {study_dir} holds the runs and results of a tune ({study_dir / 'study.json'}); " \
+                      f"use another --out for this sweep\n"
+    assert {p.name: p.read_bytes() for p in study_dir.iterdir() if p.is_file()} == before
 
 
 def load(out):
@@ -164,6 +180,7 @@ def test_bad_space_fails_at_once_with_nothing_written(tmp_path, space_file):
 
 @pytest.mark.parametrize("argv, message", [
     (["--trial-budget", "steps:10"], "--trial-budget 'steps:10' must be tokens:N or time:SECONDS"),
+    (["--trial-budget", "tokens:1e400"], "--trial-budget 'tokens:1e400': the amount is too large"),
     (["--trials", "0"], "--trials must be >= 1"),
     (["--evals", "0"], "--evals must be >= 1"),
     (["train.max_steps=10"], "override train.max_steps: the tuner sets it itself"),
@@ -373,6 +390,18 @@ def test_dry_run_finds_what_the_real_run_would_refuse(tmp_path, capsys):
         tune_cli.main(base + ["--out", str(tmp_path / "o"), "--storage", ""])
     assert stop.value.code == 2 and "argument --storage: an empty URL" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a file"]
+
+
+def test_a_postgresql_url_without_a_driver_takes_one_that_is_installed():
+    """`postgresql://...` as docs/tune.md gives it works whichever PostgreSQL driver pip installed
+    (SQLAlchemy 2.1 would pick psycopg 3, requirements.txt installs psycopg2); the real server is
+    tests/test_tune_workers.py's, reached through this bare form."""
+    url = with_driver("postgresql://user:secret@dbhost:5433/rnn_study")
+    scheme, rest = url.split("://")
+    assert scheme.startswith("postgresql+") and importlib.util.find_spec(scheme.split("+")[1]) is not None
+    assert rest == "user:secret@dbhost:5433/rnn_study"  # the password is kept: this URL connects
+    for kept in ("postgresql+psycopg://u@h/db", "sqlite:////tmp/s.db", "mysql://a@b/c", "not a url"):
+        assert with_driver(kept) == kept
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import torch
 from optuna.trial import TrialState
 
 from rnn_train.experiments.study import engine
-from rnn_train.experiments.study.storage import default_url
+from rnn_train.experiments.study.storage import default_url, with_driver
 from tests.conftest import ROOT
 from tests.pgserver import postgres_server
 
@@ -72,7 +72,7 @@ def finish(cmd, timeout=240):
 
 def study_of(out, storage=None):
     name = json.loads((out / "study.json").read_text())["study"]
-    return optuna.load_study(study_name=name, storage=storage or default_url(out))
+    return optuna.load_study(study_name=name, storage=with_driver(storage) if storage else default_url(out))
 
 
 def assert_complete(study, n):

@@ -65,6 +65,8 @@ def parse_budget(text: str, flag: str = "--budget") -> Budget:
         units = ", ".join(s for s in _SUFFIX[kind] if s)
         raise UserError(f"{flag} {text!r}: the amount must be a number with an optional unit ({units})")
     value = float(m.group(1)) * _SUFFIX[kind][m.group(2)]
+    if not math.isfinite(value):  # 1e400 parses to inf
+        raise UserError(f"{flag} {text!r}: the amount is too large")
     if kind == "tokens":
         if value < 1 or value != int(value):
             raise UserError(f"{flag} {text!r}: the number of tokens must be a whole number >= 1")

@@ -19,17 +19,28 @@ from rnn_train.files import atomic_write_json
 
 MARKER = "study.json"
 """The file in --out that names the study whose trials its run directories hold."""
+SWEEP_MARKER = "sweep.json"
+"""A sweep's marker (what was asked, and the study), written by sweep/run.py."""
 
 
-def check_marker(out: Path, name: str, kind: str) -> None:
-    """One --out holds the run directories of one study: refuse another (nothing is written)."""
+def check_marker(out: Path, kind: str, name: str = "") -> None:
+    """One --out holds the run directories of one tune study, or of a sweep's grids: refuse the
+    other command (both write results.csv and study.db there) and, for tune, another study. A sweep
+    takes another grid in its --out (a wider grid is another study that finds the old runs).
+    Nothing is written."""
+    other, other_kind = (SWEEP_MARKER, "sweep") if kind == "tune" else (MARKER, "tune")
+    if (out / other).exists():
+        raise UserError(f"{out} holds the runs and results of a {other_kind} ({out / other}); "
+                        f"use another --out for this {kind}")
+    if kind != "tune":
+        return
     try:
         held = json.loads((out / MARKER).read_text(encoding="utf-8")).get("study")
     except (OSError, ValueError, AttributeError):
         return
     if held and held != name:
         raise UserError(f"{out} holds the trials of the study {held}; this command's study is {name} (its recipe, "
-                        f"overrides, {'grid' if kind == 'sweep' else 'search space'} or budget differ): use another "
+                        f"overrides, search space or budget differ): use another "
                         f"--out, or --study {held} to go on with that one")
 
 

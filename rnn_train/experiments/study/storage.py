@@ -73,6 +73,32 @@ def shown(url: str) -> str:
         return url
 
 
+_POSTGRES_DRIVERS = ("psycopg2", "psycopg")
+"""PostgreSQL drivers a URL without one may take, in this order: requirements.txt installs psycopg2."""
+
+
+def with_driver(url: str) -> str:
+    """`postgresql://...` (no driver named) as `postgresql+DRIVER://...` for a driver that is installed.
+
+    Why: SQLAlchemy picks the driver of a bare URL itself, and 2.1 changed its pick from psycopg2 to
+    psycopg (version 3), so the URL form the docs give failed with "driver not installed" where
+    psycopg2 was. A URL that names its driver, or another database, is left as it is."""
+    import importlib.util
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        u = make_url(url)
+    except Exception:  # noqa: BLE001 - check_url reports an unparsable URL
+        return url
+    if u.drivername != "postgresql":
+        return url
+    for driver in _POSTGRES_DRIVERS:
+        if importlib.util.find_spec(driver) is not None:
+            return u.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
+    return url
+
+
 def dashboard_command(url: str) -> str:
     return f"optuna-dashboard {shown(url)}"
 
@@ -117,7 +143,7 @@ def open_storage(url: str, *, retry: Callable | None = None, heartbeat_s: int = 
     for attempt in range(6):
         try:
             with _refusals(path):  # a new database's tables, on a full disk
-                storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_s,
+                storage = optuna.storages.RDBStorage(with_driver(url), engine_kwargs=kwargs, heartbeat_interval=heartbeat_s,
                                                      grace_period=grace_s, heartbeat_stale_trial_callback=retry)
             break
         except WriteError:

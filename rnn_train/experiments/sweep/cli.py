@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train sweep")
     grid = parse_grid(args.grid)
     plan = plan_sweep(args.config, grid, budget, list(args.overrides), Path(args.out), args.evals)
     cache_dir = Path(args.cache_dir)
+    session.check_marker(plan.out, "sweep")
     if args.dry_run:
         from rnn_train.experiments.study.trials import Datasets
 

@@ -84,7 +84,7 @@ def run_sweep(plan: SweepPlan, *, cache_dir: Path | None = Path("data/cache"), f
                            create=plan.out, storage_in_out=storage is None)
     n = len(plan.runs)
     if worker is None:
-        atomic_write_json(plan.out / "sweep.json", {**plan.describe(), "study": name, "storage": shown(url),
+        atomic_write_json(plan.out / session.SWEEP_MARKER, {**plan.describe(), "study": name, "storage": shown(url),
                                                     "dashboard": dashboard_command(url)})
         log(f"sweep {plan.out}: {n} runs, {plan.budget.describe()} per run; study {name} in {shown(url)}")
     runner = TrialRunner(h, plan, datasets, cache_dir, verbose=verbose, log=log, on_step=on_step)

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train tune") 
     plan = plan_tune(args.config, list(args.overrides), args.space, budget, args.evals, out)
     name = args.study or study_name("tune", args.config, plan.identity())
     url = args.storage or default_url(out)
-    session.check_marker(out, name, "tune")
+    session.check_marker(out, "tune", name)
     if args.dry_run:
         session.check_dry_run(out, args.storage)
         print(f"study {name} in {shown(url)}: {args.trials} trials, {budget.describe()} each, "
