@@ -335,6 +335,29 @@ def test_a_signal_finishes_the_requests_in_flight_and_exits_0(run, env, sig):
         httpx.get(s.url + "/healthz", timeout=5)
 
 
+def test_requests_still_running_at_the_end_of_the_grace_get_an_answer_not_a_cancelled_task(run, env):
+    """Past the grace (serve/cli.py GRACE), a plain request gets a 503 saying the server stopped and a
+    stream its 'error' event; nothing on stderr (no cancelled task's traceback), exit 0."""
+    s = Server(run, env, "--max-k", "100000000", "--max-samples", "8", "--max-batch", "16")
+    body = {"prefix": "zhong", "k": 100_000_000, "num_samples": 8, "temperature": 1.0}
+    plain = {}
+    waiter = threading.Thread(target=lambda: plain.update(r=s.post("/v1/generate", body)))
+    waiter.start()
+    with httpx.stream("POST", s.url + "/v1/generate", json={**body, "stream": True}, timeout=60) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")  # both requests are in flight (8 + 8 rows of 16)
+        started = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        rest = list(lines)
+    waiter.join(30)
+    assert s.proc.wait(15) == 0 and time.monotonic() - started < 10
+    error = json.loads(rest[rest.index("event: error") + 1].removeprefix("data: "))["error"]
+    assert error.startswith("the server stopped before this request finished")
+    assert plain["r"].status_code == 503 and plain["r"].json() == {"error": error, "field": None}
+    assert s.proc.stderr.read() == ""
+    assert "stopped (signal SIGTERM; 0 generate requests served)" in s.proc.stdout.read()
+
+
 def test_a_missing_or_broken_checkpoint_or_a_taken_port_is_one_line_before_listening(run, tmp_path, capsys):
     garbage = tmp_path / "broken.pt"
     garbage.write_bytes(b"not a checkpoint")

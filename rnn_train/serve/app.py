@@ -47,7 +47,7 @@ from rnn_train.prediction.generate import encode_prefix, sampler_logits, top_cha
 from rnn_train.prediction.sampler import RuleState, StopRules
 from rnn_train.prediction.score import score_pieces
 from rnn_train.prediction.textstream import corpus_text, text_pieces
-from rnn_train.serve.scheduler import Batcher, Job
+from rnn_train.serve.scheduler import Batcher, Job, Unavailable
 from rnn_train.training.schedule import perplexity
 
 DEFAULT_K = 50  # as predict's -k
@@ -265,7 +265,8 @@ def _to_loop(loop: asyncio.AbstractEventLoop, fn):
 
 
 async def _run(batcher: Batcher, job: Job) -> None:
-    """Submit `job` and wait for its end (an engine failure is raised here: a 500)."""
+    """Submit `job` and wait for its end (an engine failure is raised here: a 500; the server
+    stopping first, Unavailable: a 503)."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 
@@ -300,7 +301,9 @@ async def _events(batcher: Batcher, job: Job, prefix: str):
             item = await queue.get()
             if isinstance(item, tuple) and item[0] is _END:
                 if item[1] is not None:
-                    yield _sse({"error": f"internal error: {item[1]}"}, "error")
+                    error = item[1]
+                    yield _sse({"error": str(error) if isinstance(error, Unavailable) else f"internal error: {error}"},
+                               "error")
                 else:
                     samples = job.samples() if job.k else [""] * job.rows
                     yield _sse({"prefix": prefix, "samples": samples}, "done")
@@ -350,6 +353,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code in (400, 413):  # 400: a body that is not JSON at all (FastAPI's own parse)
             return _error(exc.status_code, "body", str(exc.detail))
         return _error(exc.status_code, None, str(exc.detail))
+
+    @app.exception_handler(Unavailable)
+    async def unavailable(request: Request, exc: Unavailable):
+        return _error(503, None, str(exc))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):

@@ -6,7 +6,8 @@
 Safe by default: it listens on 127.0.0.1 only (another --host prints a one-line warning: the API
 has no authentication); a missing or broken checkpoint, a bad limit or a port in use is one
 `error:` line, exit 2, before anything listens; SIGTERM or Ctrl-C stops accepting connections,
-lets the requests in flight finish (up to GRACE seconds) and exits 0.
+lets the requests in flight finish (up to GRACE seconds; those still running then get a 503, or their
+stream an 'error' event) and exits 0.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from rnn_train.cli import ArgumentParser
 from rnn_train.errors import UserError
 
 GRACE = 5  # seconds the requests in flight get to finish after SIGTERM / Ctrl-C
+ANSWER_S = 1.0  # of which the last: the requests still running are ended (503) and answered in it
 
 
 def is_loopback(host: str) -> bool:
@@ -100,6 +102,27 @@ def quiet_threads() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def _server(uvicorn, app, config):
+    """uvicorn's Server, which ends the generate requests still running ANSWER_S before its grace
+    runs out. Why: at the end of the grace uvicorn cancels the requests' tasks, and a cancelled
+    request is a 500 with a traceback on stderr (a stream just stops); ended first by the batcher,
+    each gets its answer: a 503 saying the server stopped, or the stream's 'error' event."""
+    import asyncio
+
+    from rnn_train.serve.scheduler import Unavailable
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            stop = Unavailable(f"the server stopped before this request finished (it waited {GRACE - ANSWER_S:g} s)")
+            timer = asyncio.get_running_loop().call_later(GRACE - ANSWER_S, app.state.batcher.abort, stop)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                timer.cancel()
+
+    return Server(config)
+
+
 def main(argv: list[str] | None = None, prog: str = "rnn-train serve") -> int:
     quiet_threads()  # first: the parser's defaults come from serve.app, which imports NumPy and torch
     args = _parser(prog).parse_args(argv)
@@ -123,8 +146,8 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train serve") -> int:
     print(f"serving {cfg.model.cell} model ({cfg.model.num_layers}x{cfg.model.hidden_size}, {len(vocab)} chars, "
           f"step {ckpt.get('step', 0)}) on http://{shown}:{port}  (API reference: /docs; stop: Ctrl-C)", flush=True)
 
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                           timeout_graceful_shutdown=GRACE))
+    server = _server(uvicorn, app, uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                                  timeout_graceful_shutdown=GRACE))
     caught: list[int] = []
     # uvicorn handles SIGINT / SIGTERM itself (stop accepting, finish what is in flight), then raises
     # the signal again to the handler it found: ours records it, so the process ends with 0, not 130/143

@@ -99,9 +99,14 @@ class Job:
         return self.result
 
 
+class Unavailable(Exception):
+    """What the jobs still in flight end with when the server stops before they finish (a 503, or
+    a stream's 'error' event), and every job submitted after that."""
+
+
 class Batcher:
     """The engine: a thread that steps every job in flight together (see the module docstring).
-    `submit(job)` from any thread; `start()`, `close()`; `stats()` for /healthz."""
+    `submit(job)` from any thread; `start()`, `abort(error)`, `close()`; `stats()` for /healthz."""
 
     def __init__(self, model: CharRNN, vocab: Vocab, capacity: int, exact: int):
         """`capacity` rows in all. On the NumPy stepper, a job of up to `exact` rows stepped alone is
@@ -133,6 +138,7 @@ class Batcher:
         self.pending: collections.deque[Job] = collections.deque()
         self.wake = threading.Condition()
         self.stopping = False
+        self.aborted: Unavailable | None = None  # set by abort(): every job ends with it
         self.thread: threading.Thread | None = None
         self.counts = {"steps": 0, "rows_stepped": 0, "largest_batch": 0, "jobs_done": 0, "jobs_failed": 0,
                        "jobs_cancelled": 0}
@@ -146,7 +152,18 @@ class Batcher:
         if not 1 <= job.rows <= self.capacity or job.k < 1:
             raise ValueError(f"a job of {job.rows} rows and k={job.k} in a batch of {self.capacity}")
         with self.wake:
-            self.pending.append(job)
+            aborted = self.aborted
+            if aborted is None:
+                self.pending.append(job)
+                self.wake.notify()
+        if aborted is not None:
+            job.on_end(aborted)
+
+    def abort(self, error: Unavailable) -> None:
+        """End every job in flight or waiting, and every one submitted from now on, with `error`
+        (the server stops: its clients get an answer before their connections are cut)."""
+        with self.wake:
+            self.aborted = error
             self.wake.notify()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -170,8 +187,14 @@ class Batcher:
                 if self.stopping and not self.jobs and not self.pending:
                     return
                 admitted = []
+                aborted = self.aborted
+                if aborted is not None:
+                    admitted, self.pending = list(self.pending), collections.deque()
                 while self.pending and self.n + sum(j.rows for j in admitted) + self.pending[0].rows <= self.capacity:
                     admitted.append(self.pending.popleft())
+            if aborted is not None:
+                self._fail_all(aborted, admitted)
+                continue
             try:
                 self._iteration(admitted)
             except Exception as error:  # a bug: fail the jobs in flight, keep serving
