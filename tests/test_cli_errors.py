@@ -103,6 +103,11 @@ def test_seeds_outside_what_the_generators_take_and_empty_output_paths(tmp_path,
     # Linux overcommits: without a check this one grows until the machine swaps
     assert_user_error(run(*rnn, "gradflow", "--checkpoint", str(finished_run / "done"), "--batch", "1000000000",
                           "--steps", "10"), "--batch 1000000000 x --steps 10 needs about")
+    # and these size the buffers of the samples stepped together, before any output or listening
+    assert_user_error(run("predict.py", "--checkpoint", str(finished_run / "done"), "--prefix", "a",
+                          "--num-samples", "100000000000"), "--num-samples 100,000,000,000 needs about")
+    assert_user_error(run(*rnn, "serve", "--checkpoint", str(finished_run / "done"), "--port", "0",
+                          "--max-batch", "100000000000"), "--max-batch 100,000,000,000 needs about")
 
 
 def test_an_input_that_is_a_pipe_or_a_device_is_refused_instead_of_read_forever(tmp_path, finished_run):

@@ -345,7 +345,11 @@ def test_requests_still_running_at_the_end_of_the_grace_get_an_answer_not_a_canc
     waiter.start()
     with httpx.stream("POST", s.url + "/v1/generate", json={**body, "stream": True}, timeout=60) as r:
         lines = r.iter_lines()
-        assert next(lines).startswith("data: ")  # both requests are in flight (8 + 8 rows of 16)
+        assert next(lines).startswith("data: ")
+        deadline = time.monotonic() + 30
+        while s.get("/healthz").json()["batching"]["live_jobs"] < 2:  # both requests in flight (8 + 8 rows of 16)
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         started = time.monotonic()
         s.proc.send_signal(signal.SIGTERM)
         rest = list(lines)

@@ -29,7 +29,7 @@ from rnn_train.model.charrnn import CharRNN, State
 from rnn_train.prediction.choose import Chooser, SamplingOptions
 from rnn_train.prediction.sampler import RuleState, StopRules, sample_chunks
 from rnn_train.model.checkpoint import refuse_not_finite
-from rnn_train.prediction.stepper import UNK_LOGIT, make_stepper
+from rnn_train.prediction.stepper import UNK_LOGIT, check_rows, make_stepper
 
 
 def encode_prefix(vocab: Vocab, prefix: str, unk: str = "error") -> torch.Tensor:
@@ -112,6 +112,7 @@ def stream_after(model: CharRNN, vocab: Vocab, logits: torch.Tensor, state: Stat
         raise UserError(f"-k must be >= 0, got {k}")
     if num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {num_samples}")
+    check_rows(model, num_samples, "--num-samples")
     # the model's logits (no temperature): the chooser scales its noise by the temperature instead
     stepper = make_stepper(model, num_samples, precision=options.precision)
     first = sampler_logits(logits, stepper.dtype)

@@ -46,6 +46,7 @@ from rnn_train.prediction.cli import LONG_K
 from rnn_train.prediction.generate import encode_prefix, sampler_logits, top_chars, warm_up
 from rnn_train.prediction.sampler import RuleState, StopRules
 from rnn_train.prediction.score import score_pieces
+from rnn_train.prediction.stepper import check_rows
 from rnn_train.prediction.textstream import corpus_text, text_pieces
 from rnn_train.serve.scheduler import Batcher, Job, Unavailable
 from rnn_train.training.schedule import perplexity
@@ -157,6 +158,7 @@ def request_models(limits: Limits, vocab_size: int):
 def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = Limits()) -> FastAPI:
     """The app for one loaded model (`checkpoint.load_model`). The batcher is built here, so a model
     that cannot be stepped is refused before any port opens; its thread runs in the app's lifespan."""
+    check_rows(model, limits.max_batch, "--max-batch")
     batcher = Batcher(model, vocab, limits.max_batch, exact=limits.max_samples)
     batcher.prepare()
     info = describe(model, vocab, cfg, ckpt)
