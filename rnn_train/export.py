@@ -183,6 +183,12 @@ def is_export_metadata(path: Path) -> bool:
     return isinstance(meta, dict) and isinstance(meta.get("onnx"), str) and "inputs" in meta
 
 
+def is_earlier_export(graph: Path) -> bool:
+    """Whether `graph` is the graph of an earlier export: the metadata file beside it names it."""
+    meta = graph.with_suffix(".json")
+    return is_export_metadata(meta) and json.loads(meta.read_text(encoding="utf-8"))["onnx"] == graph.name
+
+
 def main(argv: list[str] | None = None, prog: str = "rnn-train export") -> int:
     ap = ArgumentParser(prog=prog, description=__doc__.split("\n")[0].split(": ", 1)[1])
     ap.add_argument("--checkpoint", required=True, help="a .pt file or a run directory (uses its best.pt)")
@@ -198,7 +204,8 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train export") -> int:
     from rnn_train.model.checkpoint import describe, load_model, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.checkpoint)
-    refuse_replacing(args.out, "--out", reads=(checkpoint,))
+    refuse_replacing(args.out, "--out", reads=(checkpoint,), own=is_earlier_export,
+                     kind="an earlier export's graph (no metadata .json beside it names it)")
     refuse_replacing(args.out.with_suffix(".json"), "--out's metadata file", reads=(checkpoint,),
                      own=is_export_metadata, kind="an earlier export's metadata")
     model, vocab, cfg, ckpt = load_model(checkpoint)

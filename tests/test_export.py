@@ -221,10 +221,15 @@ def test_export_replaces_only_an_earlier_export(runs, cli_export, tmp_path, caps
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
     assert plain() == before and (tmp_path / "link.onnx").is_symlink() and stat.S_ISFIFO((tmp_path / "pipe.onnx").lstat().st_mode)
-    (tmp_path / "m.onnx").write_bytes(b"an older graph")
-    (tmp_path / "m.json").mkdir()  # the pair cannot be written: the graph is not replaced either
+    (tmp_path / "other.onnx").write_bytes(b"another tool's graph")  # no metadata of ours names it
+    assert export(tmp_path / "other.onnx") == 2
+    assert capsys.readouterr().err == (f"error: --out {tmp_path / 'other.onnx'} exists and is not an earlier "
+                                       f"export's graph (no metadata .json beside it names it); nothing written "
+                                       f"(remove it or choose another name)\n")
+    assert (tmp_path / "other.onnx").read_bytes() == b"another tool's graph"
+    (tmp_path / "m.json").mkdir()  # the pair cannot be written: the graph is not written either
     assert export(tmp_path / "m.onnx") == 2
     assert capsys.readouterr().err == f"error: cannot write {tmp_path / 'm.json'} (Is a directory)\n"
-    assert (tmp_path / "m.onnx").read_bytes() == b"an older graph"
+    assert not (tmp_path / "m.onnx").exists()
     graph, _, _ = cli_export  # and an earlier export is replaced
     assert run_command("export", ["--checkpoint", str(ckpt), "--format", "onnx", "--out", str(graph)]) == 0
