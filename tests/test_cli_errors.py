@@ -81,6 +81,16 @@ def test_mistakes_in_predict_py(tmp_path, finished_run):
     torch.save(damaged, tmp_path / "vocab.pt")
     assert_user_error(run("predict.py", "--checkpoint", str(tmp_path / "vocab.pt"), "--prefix", "a"),
                       f"{tmp_path / 'vocab.pt'}: vocab must start with '<unk>'")
+    damaged = torch.load(finished_run / "done" / "best.pt", weights_only=True)
+    damaged["step"], damaged["best_val_loss"] = "x", 1.5
+    torch.save(damaged, tmp_path / "step.pt")
+    damaged["step"], damaged["best_val_loss"] = 3, "low"
+    torch.save(damaged, tmp_path / "loss.pt")
+    for name, needle in (("step", "its 'step' is 'x', not a count"), ("loss", "its 'best_val_loss' is 'low', not a number")):
+        where = str(tmp_path / f"{name}.pt")
+        for out in (run("predict.py", "--checkpoint", where, "--prefix", "a"),
+                    run("-m", "rnn_train", "export", "--checkpoint", where, "--format", "onnx", "--out", str(tmp_path / "m.onnx"))):
+            assert_user_error(out, f"{where} is a damaged rnn-train checkpoint: {needle}")
 
 
 def test_seeds_outside_what_the_generators_take_and_empty_output_paths(tmp_path, finished_run):

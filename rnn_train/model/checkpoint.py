@@ -30,6 +30,10 @@ from rnn_train.runfiles import BEST, LAST
 FORMAT = "rnn-train-checkpoint"
 VERSION = 1
 REQUIRED = ("model", "config", "vocab", "step")
+COUNTS = ("step", "epoch", "batch_in_epoch", "tokens", "evals_since_best")
+"""Keys that hold a whole number >= 0 where present (what the commands that print or resume read)."""
+NUMBERS = ("val_loss", "best_val_loss", "train_seconds")
+"""Keys that hold a number (or None) where present."""
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -98,6 +102,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"{path} is an incomplete rnn-train checkpoint (missing {', '.join(missing)})")
     if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
         raise UserError(f"{path} is a damaged rnn-train checkpoint: its 'model' is not a mapping of names to tensors")
+    for key in COUNTS:
+        if key in ckpt and (type(ckpt[key]) is not int or ckpt[key] < 0):
+            raise UserError(f"{path} is a damaged rnn-train checkpoint: its {key!r} is {ckpt[key]!r}, not a count")
+    for key in NUMBERS:
+        if ckpt.get(key) is not None and type(ckpt[key]) not in (int, float):
+            raise UserError(f"{path} is a damaged rnn-train checkpoint: its {key!r} is {ckpt[key]!r}, not a number")
     return ckpt
 
 
