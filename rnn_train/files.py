@@ -181,9 +181,12 @@ def cache_hint(error: OSError) -> str:
 
 def output_arg(text: str) -> str:
     """argparse `type` of a file or directory a command writes: an empty name would quietly mean
-    the current directory (a sweep's results all over it), so it is refused."""
+    the current directory (a sweep's results all over it), and "-" a file named "-" where the user
+    meant standard output, which no command writes its files to; both are refused."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path; give a file or directory name")
+    if text == "-":
+        raise argparse.ArgumentTypeError("'-' (standard output): give a file name (./- for a file named '-')")
     return text
 
 

@@ -167,6 +167,11 @@ def test_per_char_rows_stay_one_line_for_every_reader(run, tmp_path):
     assert len(lines) == 1 + len(f"ni{breaks}hao\n")
     assert [line.split("\t")[2] for line in lines[3:11]] == ["\\x0b", "\\x0c", "\\x1c", "\\x1d", "\\x1e", "\\x85",
                                                              "\\u2028", "\\u2029"]
+    named = tmp_path / "a\tb\nc.txt"  # and the file name, in the first column
+    named.write_text("ni hao\n", encoding="utf-8")
+    assert _score_cli("--checkpoint", tmp / "run", named, "--per-char", tmp_path / "bits.tsv").returncode == 0
+    rows = (tmp_path / "bits.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    assert len(rows) == 7 and {r.split("\t")[0] for r in rows} == {str(tmp_path / "a\\tb\\nc.txt")}
 
 
 def test_per_char_names_a_file_whose_name_is_not_utf8_by_its_bytes(run, tmp_path):
@@ -243,7 +248,7 @@ def test_per_char_never_replaces_an_input_or_a_file_that_is_not_a_table(run, tmp
     not_plain = "is a device, a pipe or a link, not a regular file"
     for target, needle in [(text, "is a file this command reads"), (tmp / "run" / "best.pt", "is a file this command reads"),
                            (notes, "exists and is not an earlier --per-char table"), ("", "an empty path"),
-                           (fifo, not_plain), (link, not_plain)]:
+                           ("-", "'-' (standard output): give a file name"), (fifo, not_plain), (link, not_plain)]:
         out = _score_cli("--checkpoint", tmp / "run", text, "--per-char", target)
         assert out.returncode == 2 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1
         assert needle in out.stderr, out.stderr

@@ -218,13 +218,15 @@ def _escape(c: str) -> str:
 
 def score_file(model: CharRNN, vocab: Vocab, data_cfg, path: str, encoding: str | None = None,
                out=None, exact: bool = False) -> Score:
-    """Score one file; with `out` (a binary file) write `file<TAB>index<TAB>char<TAB>bits` rows."""
+    """Score one file; with `out` (a binary file) write `file<TAB>index<TAB>char<TAB>bits` rows (the
+    file name and the character escaped as `_escape` does)."""
     from rnn_train.prediction.textstream import model_text
 
     index = [0]
+    name = "".join(map(_escape, str(path)))  # a tab or a newline in a file name, as in the text
 
     def rows(chars: str, bits: np.ndarray) -> None:
-        lines = [f"{path}\t{index[0] + i}\t{_escape(c)}\t{'' if math.isnan(b) else f'{b:.4f}'}\n"
+        lines = [f"{name}\t{index[0] + i}\t{_escape(c)}\t{'' if math.isnan(b) else f'{b:.4f}'}\n"
                  for i, (c, b) in enumerate(zip(chars, bits.tolist()))]
         out.write("".join(lines).encode("utf-8", "surrogateescape"))  # a file name's bytes as they are
         index[0] += len(chars)
