@@ -147,6 +147,21 @@ def test_gumbel_choice_samples_the_softmax_and_the_filters_keep_the_right_charac
     assert nucleus[:4].sum() == 0 and nucleus[5] == pytest.approx(0.4 / 0.7, abs=0.01)
 
 
+def test_top_p_at_a_temperature_near_float32s_smallest_keeps_the_top_and_says_nothing():
+    """At such a temperature all but the most likely (and its ties) are infinitely less likely: the
+    nucleus is the top, whatever top_p, with no overflow or 0/0 warning on the way."""
+    import warnings
+
+    logits = np.array([[0.5, 2.0, 2.0, -1.0, -np.inf]], np.float32)
+    for temperature in (1.0, 1e-39, 1e-50, 5e-324):
+        kept = logits.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            nucleus_filter(kept, 0.9, temperature)
+        expected = [True, True, True, False, False] if temperature == 1.0 else [False, True, True, False, False]
+        assert (kept[0] > -np.inf).tolist() == expected, temperature
+
+
 def test_each_row_has_its_own_counter_based_stream():
     keys = row_keys(7, 3)
     u = uniforms(keys, 0, 4, 5)  # [B, steps, V]

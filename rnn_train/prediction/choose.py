@@ -191,7 +191,11 @@ def nucleus_filter(logits: np.ndarray, top_p: float, temperature: float = 1.0) -
     place. [B, V]"""
     order = np.argsort(-logits, axis=1, kind="stable")  # most likely first
     ranked = np.take_along_axis(logits, order, axis=1)
-    probs = np.exp((ranked - ranked[:, :1]) / temperature)
+    below = ranked - ranked[:, :1]  # <= 0
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # a temperature near or below
+        scaled = below / temperature  # float32's smallest number: -inf, the limit, without a warning
+    scaled[below == 0] = 0  # the most likely and its ties: probability ratio 1 at any temperature (not 0/0)
+    probs = np.exp(scaled)
     probs /= probs.sum(axis=1, keepdims=True)
     before = np.cumsum(probs, axis=1) - probs  # probability mass ranked above each character
     ranked_drop = before >= top_p
