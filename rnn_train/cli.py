@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import errno
 import os
+import re
 import sys
 from typing import Callable
 
@@ -24,6 +25,15 @@ WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
 class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with one-line errors, and negative numbers in every spelling float()
+    reads (-1e10, -2.5E-3, -inf) taken as values: argparse itself takes only -5 and -0.5 for
+    numbers, so `--whh-scale -1e10` was "expected one argument" instead of the value's own check."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*(e[+-]?\d+)?|\.\d+(e[+-]?\d+)?|inf|infinity|nan)$",
+                                                   re.IGNORECASE)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)

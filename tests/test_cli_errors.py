@@ -104,6 +104,8 @@ def test_seeds_outside_what_the_generators_take_and_empty_output_paths(tmp_path,
     assert_user_error(run(*rnn, "prepare", "--config", "configs/debug.yaml", "--cache-dir", " "),
                       "argument --cache-dir: an empty path")
     assert_user_error(run(*rnn, "bptt", "--tol", "nan"), "--tol must be a finite number >= 0, got nan")
+    # a negative number in exponent form is the option's value, checked as such (argparse read it as an option)
+    assert_user_error(run(*rnn, "bptt", "--tol", "-1e-3"), "--tol must be a finite number >= 0, got -0.001")
     # as train.threads: libgomp fails to start that many, or segfaults
     assert_user_error(run(*rnn, "gradflow", "--checkpoint", str(finished_run / "done"), "--threads", "100000"),
                       "--threads must be in [0, 1024] (0 = torch's default), got 100000")
@@ -118,6 +120,19 @@ def test_seeds_outside_what_the_generators_take_and_empty_output_paths(tmp_path,
                           "--num-samples", "100000000000"), "--num-samples 100,000,000,000 needs about")
     assert_user_error(run(*rnn, "serve", "--checkpoint", str(finished_run / "done"), "--port", "0",
                           "--max-batch", "100000000000"), "--max-batch 100,000,000,000 needs about")
+
+
+def test_negative_numbers_in_every_spelling_are_values_and_options_stay_options():
+    from rnn_train.cli import ArgumentParser
+
+    ap = ArgumentParser(prog="t")
+    ap.add_argument("--x", type=float)
+    ap.add_argument("-k", type=int)
+    for text in ("-5", "-0.5", "-.5", "-1e10", "-2.5E-3", "-inf", "-Infinity"):
+        assert ap.parse_args(["--x", text]).x == float(text)
+    assert ap.parse_args(["--x", "-1", "-k", "3"]).k == 3
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--x", "-k"])  # an option is not a value
 
 
 def test_an_input_that_is_a_pipe_or_a_device_is_refused_instead_of_read_forever(tmp_path, finished_run):
