@@ -71,6 +71,7 @@ def test_mistakes_in_predict_py(tmp_path, finished_run):
     assert_user_error(run("predict.py", "--checkpoint", str(tmp_path / "none.pt"), "--prefix", "a"), "does not exist")
     assert_user_error(run("predict.py", "--checkpoint", str(tmp_path), "--prefix", "a"), "without a checkpoint")
     assert_user_error(run("predict.py", "--prefix", "a"), "--checkpoint")
+    assert_user_error(run("predict.py", "--checkpoint", "", "--prefix", "a"), "--checkpoint is empty")
     damaged = torch.load(finished_run / "done" / "best.pt", weights_only=True)
     damaged["model"] = None
     torch.save(damaged, tmp_path / "damaged.pt")

@@ -47,7 +47,9 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 def resolve_checkpoint(path: str | Path, prefer: str | None = None) -> Path:
     """A file is itself; a run directory means its `prefer` checkpoint (default best.pt), else
-    whichever exists."""
+    whichever exists. An empty name is refused (Path("") is the current directory)."""
+    if not str(path).strip():
+        raise UserError("--checkpoint is empty: give a .pt file or a run directory")
     path = Path(path)
     if path.is_dir():
         names = list(dict.fromkeys((prefer or BEST, BEST, LAST)))
