@@ -30,6 +30,7 @@ from rnn_train.model import cells
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
 MAX_THREADS = 1024  # torch threads: more fail to start (libgomp) or crash
+MAX_LR = 1e6  # far past any useful rate; Adam's first update overflowed float32 from ~3.4e37 (a traceback)
 
 
 class _Problems(Exception):
@@ -175,7 +176,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         p: list[tuple[str, str]] = []
-        _check(p, self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(p, 0 < self.lr <= MAX_LR, "train.lr", f"must be in (0, {MAX_LR:g}], got {self.lr}")
         _check(p, self.momentum >= 0, "train.momentum", f"must be >= 0, got {self.momentum}")
         _check(p, self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(p, self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
@@ -203,7 +204,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class LogConfig:
     dir: str = "runs"
-    """Parent directory of run directories."""
+    """Parent directory of run directories (a leading ~ is the home directory, as in data.paths)."""
     name: str = ""
     """Run directory name under `dir` (default: the config file's stem)."""
     log_every: int = 50
@@ -229,6 +230,8 @@ class LogConfig:
             _check(p, _is_utf8(value), key, f"must be UTF-8 text (TensorBoard cannot write under it), got {value!r}")
         if p:
             raise _Problems(p)
+        if self.dir.startswith("~"):  # as data.paths reads it; else a directory named "~" in the current one
+            object.__setattr__(self, "dir", os.path.expanduser(self.dir))
 
 
 def _is_utf8(text: str) -> bool:

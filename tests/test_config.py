@@ -64,7 +64,14 @@ def test_a_number_beyond_float32_is_refused_by_name_not_left_to_overflow_in_trai
                      ({"train": {"weight_decay": -1e300, "max_steps": 5}}, "train.weight_decay")):
         with pytest.raises(UserError, match=rf"{key} must be a number of float32's range \(\|x\| <= 3.4e38\)"):
             build_config(raw)
-    assert build_config({"train": {"lr": 3.0e38, "max_steps": 5}}).train.lr == 3.0e38
+    assert build_config({"train": {"weight_decay": 3.0e38, "max_steps": 5}}).train.weight_decay == 3.0e38
+
+
+def test_a_learning_rate_past_any_use_is_refused_before_the_optimizer_overflows():
+    """Adam's first update at lr 4e37 overflowed float32 inside torch (a traceback, before)."""
+    with pytest.raises(UserError, match=re.escape("train.lr must be in (0, 1e+06], got 4e+37")):
+        build_config({"train": {"lr": 4e37, "max_steps": 5}})
+    assert build_config({"train": {"lr": 1e6, "max_steps": 5}}).train.lr == 1e6
 
 
 def test_run_directory_names_the_file_system_cannot_take_are_refused_by_key():
@@ -75,6 +82,8 @@ def test_run_directory_names_the_file_system_cannot_take_are_refused_by_key():
         with pytest.raises(UserError, match=re.escape(key)):
             build_config({"train": {"max_steps": 5}, "log": log})
     assert build_config({"train": {"max_steps": 5}, "log": {"name": "x" * 255, "dir": "."}}).log.dir == "."
+    home = build_config({"train": {"max_steps": 5}, "log": {"dir": "~/my_runs"}}).log.dir  # as data.paths reads ~
+    assert home == str(Path.home() / "my_runs")
 
 
 def test_a_training_limit_is_required():
@@ -195,7 +204,7 @@ def test_invalid_yaml_names_file_and_line(tmp_path):
 def test_a_bad_value_is_reported_once_not_again_through_a_rule_that_relates_it_to_another_key():
     with pytest.raises(UserError) as e:
         load_config(None, ["train.lr=-1", "train.max_steps=5"])
-    assert str(e.value) == "override 'train.lr=-1': train.lr must be > 0, got -1.0"  # min_lr = 0 is not blamed
+    assert str(e.value) == "override 'train.lr=-1': train.lr must be in (0, 1e+06], got -1.0"  # min_lr = 0 is not blamed
 
 
 def test_an_empty_choice_says_null_rather_than_an_empty_string(tmp_path):
