@@ -1,6 +1,7 @@
 """Every user mistake ends in one line `error: ...`, exit status 2, no traceback, nothing damaged."""
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 
@@ -172,6 +173,39 @@ def test_a_checkpoint_damaged_to_hold_a_nan_weight_is_refused_by_every_command_t
                  [*rnn, "gradflow", "--checkpoint", str(damaged), "--steps", "5", "--batch", "2", "--no-tensorboard"]):
         assert_user_error(run(*args), f"{damaged}: the model's weights are not all finite (a damaged checkpoint)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.pt", "t.txt"]
+    # nor trained on: --init-from, and --resume of a run whose last.pt is the damaged one
+    assert_user_error(run("train.py", "--config", "configs/debug.yaml", "--init-from", str(damaged),
+                          f"log.dir={tmp_path}", "log.name=fine_tuned", "--cache-dir", str(tmp_path / "c")),
+                      f"{damaged}: the model's weights are not all finite")
+    resumed = tmp_path / "resumed"
+    shutil.copytree(finished_run / "done", resumed)
+    shutil.copy(damaged, resumed / "last.pt")
+    before = digest(resumed)
+    assert_user_error(run("train.py", "--resume", str(resumed), "train.max_steps=20"),
+                      f"{resumed / 'last.pt'}: the model's weights are not all finite")
+    assert digest(resumed) == before and not (tmp_path / "fine_tuned").exists()
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda c: c.pop("rng"), "the checkpoint's run state (counters, schedule, hidden state, random generators) is "
+                             "damaged (KeyError: 'rng')"),
+    (lambda c: c.update(plateau={"x": 1}), "the checkpoint's run state"),
+    (lambda c: c.update(rng={}), "the checkpoint's run state"),
+    (lambda c: c.update(optimizer="x"), "the checkpoint's optimizer state is damaged"),
+    (lambda c: c.update(step=-5), "last.pt is a damaged rnn-train checkpoint: its 'step' is -5, not a count"),
+    (lambda c: c.update(step=10**30), "its 'step' is 1000000000000000000000000000000, not a count"),
+    (lambda c: c.update(vocab=c["vocab"][:-1] + [c["vocab"][1]]), "last.pt: vocab has duplicate entries"),
+], ids=["no-rng", "plateau", "rng", "optimizer", "negative-step", "huge-step", "vocab"])
+def test_resuming_from_a_checkpoint_damaged_after_training_is_one_line_and_leaves_the_run(tmp_path, finished_run,
+                                                                                          damage, needle):
+    resumed = tmp_path / "resumed"
+    shutil.copytree(finished_run / "done", resumed)
+    ckpt = torch.load(resumed / "last.pt", weights_only=True)
+    damage(ckpt)
+    torch.save(ckpt, resumed / "last.pt")
+    before = digest(resumed)
+    assert_user_error(run("train.py", "--resume", str(resumed), "train.max_steps=20"), needle)
+    assert digest(resumed) == before
 
 
 def test_a_training_into_a_run_directory_another_is_writing_stops_with_one_line(tmp_path, finished_run):

@@ -105,11 +105,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
         raise UserError(f"{path} is a damaged rnn-train checkpoint: its 'model' is not a mapping of names to tensors")
     for key in COUNTS:
-        if key in ckpt and (type(ckpt[key]) is not int or ckpt[key] < 0):
-            raise UserError(f"{path} is a damaged rnn-train checkpoint: its {key!r} is {ckpt[key]!r}, not a count")
+        if key in ckpt and (type(ckpt[key]) is not int or not 0 <= ckpt[key] < 2**63):
+            raise UserError(f"{path} is a damaged rnn-train checkpoint: its {key!r} is {ckpt[key]!r:.40}, not a count")
     for key in NUMBERS:
         if ckpt.get(key) is not None and type(ckpt[key]) not in (int, float):
-            raise UserError(f"{path} is a damaged rnn-train checkpoint: its {key!r} is {ckpt[key]!r}, not a number")
+            raise UserError(f"{path} is a damaged rnn-train checkpoint: its {key!r} is {ckpt[key]!r:.40}, not a number")
+    from rnn_train.data.vocab import Vocab
+
+    try:
+        Vocab.from_list(ckpt["vocab"])
+    except UserError as e:  # a tampered or damaged vocab: say which file holds it
+        raise UserError(f"{path}: {e}") from None
+    # training never saves such weights (it stops at a non-finite loss): the file was damaged after it
+    if not all_finite(v for v in ckpt["model"].values() if v.is_floating_point() and v.numel()):
+        raise UserError(f"{path}: the model's weights are not all finite (a damaged checkpoint); use an earlier checkpoint")
     return ckpt
 
 
@@ -122,20 +131,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path, map_location=device)
     cfg = build_config(ckpt["config"], source=str(ckpt_path))
-    try:
-        vocab = Vocab.from_list(ckpt["vocab"])
-    except UserError as e:  # a tampered or damaged vocab: say which file holds it
-        raise UserError(f"{ckpt_path}: {e}") from None
+    vocab = Vocab.from_list(ckpt["vocab"])  # load_checkpoint has checked it
     model = CharRNN.from_config(len(vocab), cfg.model)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise UserError(f"{ckpt_path}: weights do not fit the model its config describes "
                         f"({str(e).splitlines()[0][:120]})") from None
-    with torch.no_grad():  # training never saves such weights: the file was damaged after it
-        if not all_finite(p for p in model.parameters() if p.numel()):
-            raise UserError(f"{ckpt_path}: the model's weights are not all finite (a damaged checkpoint); "
-                            "use an earlier checkpoint")
     model.to(device).eval()
     return model, vocab, cfg, ckpt
 

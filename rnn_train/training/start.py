@@ -72,10 +72,23 @@ def resume_state(learner: Learner, ckpt: dict[str, Any], cfg: Config, device: to
         learner.load_state_dict({"model": ckpt["model"], "optimizer": ckpt["optimizer"]})
     except (KeyError, RuntimeError, ValueError):
         raise _weights_do_not_fit(ckpt, cfg) from None
-    state = RunState.from_checkpoint(ckpt)
-    state.hidden = world.state_rows(state_to(state.hidden, device, DTYPES[cfg.model.dtype]))
-    restore_rng(state.rng, device, world.rank, world.size, derived_seed(cfg.train.seed, world.rank, state.step))
+    except (TypeError, AttributeError, IndexError) as e:  # an optimizer state that is not one
+        raise _damaged("optimizer state", e) from None
+    try:
+        state = RunState.from_checkpoint(ckpt)
+        state.hidden = world.state_rows(state_to(state.hidden, device, DTYPES[cfg.model.dtype]))
+        restore_rng(state.rng, device, world.rank, world.size, derived_seed(cfg.train.seed, world.rank, state.step))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+        raise _damaged("run state (counters, schedule, hidden state, random generators)", e) from None
     return state
+
+
+def _damaged(what: str, error: Exception) -> UserError:
+    """The one line of a checkpoint that load_checkpoint took but whose `what` cannot be resumed
+    from (a file edited or damaged after training wrote it)."""
+    reason = f"{error.__class__.__name__}: {str(error).splitlines()[0][:120]}" if str(error) else error.__class__.__name__
+    return UserError(f"the checkpoint's {what} is damaged ({reason}); resume from another checkpoint, or start "
+                     f"a new run from its weights (--config ... --init-from)")
 
 
 def init_weights(learner: Learner, ckpt: dict[str, Any], cfg: Config, source: str) -> None:
