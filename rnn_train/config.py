@@ -16,6 +16,7 @@ import difflib
 import math
 import os
 import re
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,6 +271,16 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+_SHOWN = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 2, 6, 6, 80, 80, 40
+
+
+def _shown(value: Any) -> str:
+    """A value the user gave, as an error message quotes it: repr, cut short. A nested list of
+    aliases (YAML's "billion laughs") or a long string must not make a message of megabytes."""
+    return _SHOWN.repr(value)
+
+
 def _convert_field(value: Any, cls: type, name: str, key: str, from_string: bool) -> Any:
     """`value` converted to field `name` of section `cls` (its type, then its registered choices:
     a field whose values come from a registry, like model.cell, names them in its metadata)."""
@@ -278,7 +289,7 @@ def _convert_field(value: Any, cls: type, name: str, key: str, from_string: bool
     choices = {f.name: f for f in dataclasses.fields(cls)}[name].metadata.get("choices")
     if choices is not None and value not in choices():
         options = list(choices())
-        got = "nothing (null)" if given is None else f"{value!r}{_did_you_mean(str(value), options)}"
+        got = "nothing (null)" if given is None else f"{_shown(value)}{_did_you_mean(str(value), options)}"
         raise ValueError(f"{key} must be one of {' | '.join(options)}, got {got}")
     return value
 
@@ -289,7 +300,7 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ValueError(f"{key} must be one of {' | '.join(choices)}, got {value!r}"
+            raise ValueError(f"{key} must be one of {' | '.join(choices)}, got {_shown(value)}"
                              f"{_did_you_mean(str(value), list(choices))}")
         return value
     if origin is list:
@@ -300,40 +311,40 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
         if value is None:
             value = []
         if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
-            raise ValueError(f"{key} must be a list of strings, got {value!r}")
+            raise ValueError(f"{key} must be a list of strings, got {_shown(value)}")
         return [str(v) for v in value]
     if tp is bool:
         if from_string and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
             return value.lower() in ("true", "yes", "1", "on")
         if not isinstance(value, bool):
-            raise ValueError(f"{key} must be true or false, got {value!r}")
+            raise ValueError(f"{key} must be true or false, got {_shown(value)}")
         return value
     if tp is int:
         if isinstance(value, str):
             try:
                 value = float(value) if any(c in value for c in ".eE") else int(value)
             except ValueError:
-                raise ValueError(f"{key} must be an integer, got {value!r}") from None
+                raise ValueError(f"{key} must be an integer, got {_shown(value)}") from None
         if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
                 or value != int(value)):
-            raise ValueError(f"{key} must be an integer, got {value!r}")
+            raise ValueError(f"{key} must be an integer, got {_shown(value)}")
         return int(value)
     if tp is float:
         if isinstance(value, str):
             try:
                 value = float(value)
             except ValueError:
-                raise ValueError(f"{key} must be a number, got {value!r}") from None
+                raise ValueError(f"{key} must be a number, got {_shown(value)}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{key} must be a finite number, got {value!r}")
+            raise ValueError(f"{key} must be a finite number, got {_shown(value)}")
         if abs(value) > FLOAT32_MAX:  # training computes in float32, where it would be inf
-            raise ValueError(f"{key} must be a number of float32's range (|x| <= 3.4e38), got {value!r}")
+            raise ValueError(f"{key} must be a number of float32's range (|x| <= 3.4e38), got {_shown(value)}")
         return float(value)
     if tp is str:
         if value is None:
             return ""
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ValueError(f"{key} must be a string, got {value!r}")
+            raise ValueError(f"{key} must be a string, got {_shown(value)}")
         return str(value)
     raise TypeError(f"unsupported config field type {tp!r} for {key}")  # a bug, not a user error
 
@@ -350,11 +361,13 @@ def _split_list(text: str, key: str) -> list[Any]:
     if text.startswith("[") and text.endswith("]"):
         try:
             return yaml.load(text, Loader=yaml.BaseLoader)
+        except RecursionError:
+            raise ValueError(f"{key}: the list {_shown(text)} is nested too deeply") from None
         except yaml.YAMLError as e:
             why = " ".join(str(getattr(e, "problem", None) or e).split())  # one line (YAML's marks span several)
-            raise ValueError(f"{key} is not a valid YAML list {text!r}: {why}") from None
+            raise ValueError(f"{key} is not a valid YAML list {_shown(text)}: {why}") from None
     if text.startswith("[") and "]" not in text:
-        raise ValueError(f"{key}: the list {text!r} has no closing ] (a file name starting with [ is written ./[...)")
+        raise ValueError(f"{key}: the list {_shown(text)} has no closing ] (a file name starting with [ is written ./[...)")
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
@@ -394,13 +407,13 @@ def parse_override(text: str) -> tuple[str, str]:
     """`train.lr=3e-3` -> ("train.lr", "3e-3")."""
     key, sep, value = text.partition("=")
     if not sep or "." not in key:
-        raise UserError(f"override {text!r} is not of the form section.key=value (e.g. train.lr=0.5)")
+        raise UserError(f"override {_shown(text)} is not of the form section.key=value (e.g. train.lr=0.5)")
     return key.strip(), value.strip()
 
 
 def blamed_on(override: str) -> str:
     """The front of a problem that an override brought: the override as typed."""
-    return f"override {override!r}: "
+    return f"override {_shown(override)}: "
 
 
 def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "config") -> Config:
@@ -521,8 +534,12 @@ _UniqueKeys.add_constructor("tag:yaml.org,2002:float", _UniqueKeys.construct_yam
 
 
 def load_yaml(text: str) -> Any:
-    """A YAML document the user wrote (a config, a search space): yaml.safe_load, with duplicate keys refused."""
-    return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader
+    """A YAML document the user wrote (a config, a search space): yaml.safe_load, with duplicate keys
+    refused, and nesting past Python's recursion limit a YAMLError (PyYAML recurses per level)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -549,7 +566,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(e, "problem", None) or "invalid YAML"
+            problem = getattr(e, "problem", None) or str(e) or "invalid YAML"
             raise UserError(f"{path}: invalid YAML{where}: {problem}") from None
     cfg = build_config(raw, overrides, source)
     if not cfg.log.name:

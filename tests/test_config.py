@@ -194,6 +194,28 @@ def test_a_value_that_does_not_convert_is_not_reported_again_through_a_rule_over
                             "override 'train.min_lr=-1': train.min_lr must be >= 0, got -1.0")
 
 
+def test_values_made_to_be_huge_or_deep_are_one_short_line(tmp_path):
+    """A list nested past Python's recursion limit, aliases that multiply ("billion laughs") and a
+    very long value: each a UserError of a few hundred characters, not a traceback or a megabyte."""
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("data:\n  paths: " + "[" * 1000 + "]" * 1000 + "\n")
+    with pytest.raises(UserError, match=re.escape(f"{deep}: invalid YAML: nested too deeply")):
+        load_config(deep)
+    with pytest.raises(UserError, match="data.paths: the list .* is nested too deeply") as e:
+        load_config(None, ["train.max_steps=5", "data.paths=" + "[" * 20000 + "]" * 20000])
+    assert len(str(e.value)) < 300
+    laughs = tmp_path / "laughs.yaml"  # 9^9 strings if expanded
+    laughs.write_text("a0: &a0 [x, x, x, x, x, x, x, x, x]\n"
+                      + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9))
+                      + "train:\n  lr: *a8\n")
+    with pytest.raises(UserError, match="train.lr must be a finite number, got ") as e:
+        load_config(laughs)
+    assert len(str(e.value)) < 1000
+    with pytest.raises(UserError, match="data.kind must be one of text | pinyin") as e:
+        load_config(None, ["train.max_steps=5", "data.kind=" + "x" * 100_000])
+    assert len(str(e.value)) < 300
+
+
 def test_invalid_yaml_names_file_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  lr: 0.1\n   max_steps: [\n")
