@@ -137,7 +137,7 @@ class TrainConfig:
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     """Optimiser."""
     lr: float = 2e-3
-    """Peak learning rate."""
+    """Peak learning rate (at most 1e6)."""
     momentum: float = 0.0
     """SGD momentum."""
     weight_decay: float = 0.0
