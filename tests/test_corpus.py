@@ -356,6 +356,9 @@ def test_a_glob_names_each_file_once_while_entries_may_repeat_one(tmp_path):
     write(tmp_path / "d" / "sub" / "b.txt", "two")
     assert corpus.load_corpus([str(tmp_path / "d" / "**")], kind="text") == "one\ntwo"
     assert corpus.load_corpus([str(tmp_path / "d" / "a.txt")] * 2, kind="text") == "one\none"
+    (tmp_path / "d" / "self").symlink_to("../d")  # a link back up: "**" would follow it 40 deep
+    (tmp_path / "d" / "again").symlink_to("sub")
+    assert corpus.load_corpus([str(tmp_path / "d" / "**")], kind="text") == "one\ntwo"
 
 
 def test_an_empty_entry_is_an_error_not_the_current_directory(tmp_path, monkeypatch):

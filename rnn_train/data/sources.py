@@ -9,8 +9,10 @@ What an entry of `data.paths` may be
       sorted order, a matched directory expanded as above; an entry that names an existing file or
       directory as it stands is that path, whatever characters it holds (``x[1].txt``).
     The entries keep their order and nothing is de-duplicated across them: a file listed twice is
-    read twice, exactly as two copies would be. Within one glob each file counts once (``d/**``
-    matches ``d``, its subdirectories and the files in them, all of which name the same files).
+    read twice, exactly as two copies would be. Within one glob each file counts once, by its real
+    path (``d/**`` matches ``d``, its subdirectories and the files in them, all of which name the
+    same files; ``**`` follows links to directories, so a link back up reaches them again, to the
+    depth where the path stops resolving, and those matches are dropped).
     An empty entry is an error (it would otherwise mean the current directory). An empty directory
     or a glob that matches no file is a one-line error naming it, as is a path that does not exist.
     A directory or a glob skips the files of 0 bytes it finds (a folder of texts often holds a
@@ -79,9 +81,15 @@ def _is_glob(entry: str) -> bool:
 def _expand(entry: str) -> tuple[list[Path], bool]:
     """The files of one entry, and whether they were searched for (a directory or a glob) rather than named."""
     if _is_glob(entry):
-        matches = sorted(glob.glob(os.path.expanduser(entry), recursive=True))
+        # a match through a loop of directory links (d/self/self/...) does not exist: ELOOP
+        matches = [m for m in sorted(glob.glob(os.path.expanduser(entry), recursive=True)) if os.path.exists(m)]
         expanded = [f for m in matches for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
-        files = list(dict.fromkeys(expanded))  # "d/**" matches d, d/sub and the files in both: each once
+        # "d/**" matches d, d/sub and the files in both, and a link to a directory reaches its files
+        # again: each file once, by its real path, where it first came
+        first: dict[str, Path] = {}
+        for f in expanded:
+            first.setdefault(os.path.realpath(f), f)
+        files = list(first.values())
         if not files:
             raise UserError(f"data.paths: {entry} matches no file")
         return files, True
