@@ -362,6 +362,20 @@ def test_requests_still_running_at_the_end_of_the_grace_get_an_answer_not_a_canc
     assert "stopped (signal SIGTERM; 0 generate requests served)" in s.proc.stdout.read()
 
 
+def test_a_plain_request_whose_client_left_is_cancelled_and_frees_its_rows(run, env):
+    """Not generated to the end for nobody: its rows go to the requests still waited for."""
+    s = Server(run, env, "--max-k", "100000000", "--max-samples", "8", "--max-batch", "16")
+    body = {"prefix": "zhong", "k": 100_000_000, "num_samples": 8, "temperature": 1.0}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+        httpx.post(s.url + "/v1/generate", json=body, timeout=1.0)
+    deadline = time.monotonic() + 10
+    while (stats := s.get("/healthz").json()["batching"])["jobs_cancelled"] < 1:
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.05)
+    assert stats["live_jobs"] == 0 and stats["live_rows"] == 0 and stats["jobs_done"] == 0
+    assert s.stop() == 0 and s.proc.stderr.read() == ""
+
+
 def test_a_missing_or_broken_checkpoint_or_a_taken_port_is_one_line_before_listening(run, tmp_path, capsys):
     garbage = tmp_path / "broken.pt"
     garbage.write_bytes(b"not a checkpoint")

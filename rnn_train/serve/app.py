@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -198,7 +198,7 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
                                "description": "JSON, or with stream: true Server-Sent Events: 'data' events "
                                               "{\"text\": [new text per sample]}, then 'done' {\"prefix\", "
                                               "\"samples\"} (or 'error' {\"error\"})"}})
-    async def generate(body: GenerateRequest):
+    async def generate(body: GenerateRequest, request: Request):
         prefix, ids = read_prefix(body.prefix)
         options = SamplingOptions(body.temperature, body.top_k, body.top_p, body.seed)
         rules = _stop_rules(body, vocab, cfg)
@@ -209,8 +209,8 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
         if body.stream:
             return StreamingResponse(_events(batcher, job, prefix), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        if k:
-            await _run(batcher, job)
+        if k and not await _run(batcher, job, request):
+            return Response(status_code=499)  # the client left: nobody reads this
         return {"prefix": prefix, "samples": job.samples() if k else [""] * body.num_samples}
 
     @app.post("/v1/score", summary="Loss, perplexity and bits per character of a text, as `rnn-train score`")
@@ -266,9 +266,14 @@ def _to_loop(loop: asyncio.AbstractEventLoop, fn):
     return call
 
 
-async def _run(batcher: Batcher, job: Job) -> None:
-    """Submit `job` and wait for its end (an engine failure is raised here: a 500; the server
-    stopping first, Unavailable: a 503)."""
+DISCONNECT_POLL_S = 0.25  # how often a plain request that is still running asks whether its client is there
+
+
+async def _run(batcher: Batcher, job: Job, request: Request) -> bool:
+    """Submit `job` and wait for its end -> True, or False where the client left first (the job is
+    cancelled: its rows go to the requests still waited for; a stream notices the same by its
+    failed writes). An engine failure is raised here: a 500; the server stopping first,
+    Unavailable: a 503."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 
@@ -279,7 +284,14 @@ async def _run(batcher: Batcher, job: Job) -> None:
     job.on_end = _to_loop(loop, settle)
     batcher.submit(job)
     try:
-        await done
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(done), DISCONNECT_POLL_S)
+                return True
+            except asyncio.TimeoutError:  # (not yet the builtin TimeoutError in Python 3.10)
+                if await request.is_disconnected():
+                    job.cancelled = True
+                    return False
     except asyncio.CancelledError:
         job.cancelled = True
         raise
