@@ -197,14 +197,20 @@ def test_a_checkpoint_damaged_to_hold_a_nan_weight_is_refused_by_every_command_t
     (lambda c: c.update(vocab=c["vocab"][:-1] + [c["vocab"][1]]), "last.pt: vocab has duplicate entries"),
 ], ids=["no-rng", "plateau", "rng", "optimizer", "negative-step", "huge-step", "vocab"])
 def test_resuming_from_a_checkpoint_damaged_after_training_is_one_line_and_leaves_the_run(tmp_path, finished_run,
-                                                                                          damage, needle):
+                                                                                          damage, needle, capsys):
+    """In-process through the entry point's error handling (rnn_train.cli.run), as a command runs."""
+    from rnn_train.cli import run as cli_run
+    from rnn_train.training.cli import main as train_main
+
     resumed = tmp_path / "resumed"
     shutil.copytree(finished_run / "done", resumed)
     ckpt = torch.load(resumed / "last.pt", weights_only=True)
     damage(ckpt)
     torch.save(ckpt, resumed / "last.pt")
     before = digest(resumed)
-    assert_user_error(run("train.py", "--resume", str(resumed), "train.max_steps=20"), needle)
+    assert cli_run(train_main, ["--resume", str(resumed), "train.max_steps=20"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
     assert digest(resumed) == before
 
 
