@@ -57,6 +57,22 @@ def env(tmp_path_factory):
     return {**os.environ, "RNN_TRAIN_CACHE": str(cache), "OPENBLAS_NUM_THREADS": "1"}
 
 
+_STARTED: list = []  # every Server, so that a test that fails before stopping its own leaves none running
+
+
+@pytest.fixture(autouse=True)
+def no_server_left_behind():
+    """Kill the servers a test started (not the module's, which started before it) if it did not stop
+    them: one left generating 10^8 characters for a failed test took a core from the tests after it."""
+    before = len(_STARTED)
+    yield
+    for s in _STARTED[before:]:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait()
+    del _STARTED[before:]
+
+
 class Server:
     """`python -m rnn_train serve --port 0 ...` in a subprocess; its URL read from its first line."""
 
@@ -64,6 +80,7 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "rnn_train", "serve", "--checkpoint", str(checkpoint),
                                       "--port", "0", *args], cwd=ROOT, env=env, text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _STARTED.append(self)
         line = self.proc.stdout.readline()
         if "http://127.0.0.1:" not in line:
             self.proc.kill()
