@@ -31,7 +31,7 @@ from rnn_train.model import cells
 
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
 MAX_THREADS = 1024  # torch threads: more fail to start (libgomp) or crash
-MAX_LR = 1e6  # far past any useful rate; Adam's first update overflowed float32 from ~3.4e37 (a traceback)
+MAX_LR = 3e37  # Adam's first update is lr / 0.1 in float32 (3.4e38 at most): above this, a traceback from torch
 
 
 class _Problems(Exception):
@@ -137,7 +137,7 @@ class TrainConfig:
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     """Optimiser."""
     lr: float = 2e-3
-    """Peak learning rate (at most 1e6)."""
+    """Peak learning rate (at most 3e37)."""
     momentum: float = 0.0
     """SGD momentum."""
     weight_decay: float = 0.0

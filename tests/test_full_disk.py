@@ -113,9 +113,9 @@ def test_files_that_belong_together_are_replaced_together_or_not_at_all(tmp_path
 def test_torch_save_failing_names_the_file_and_why_and_keeps_the_old_one(tmp_path):
     """torch.save's own error is "[enforce fail at inline_container.cc] unexpected pos ..."."""
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"model": {}, "config": {}, "vocab": [], "step": 1})
+    save_checkpoint(path, {"model": {}, "config": {}, "vocab": ["<unk>", "a"], "step": 1})
     before = sha(path)
-    big = {"model": {"w": torch.zeros(50_000)}, "config": {}, "vocab": [], "step": 2}
+    big = {"model": {"w": torch.zeros(50_000)}, "config": {}, "vocab": ["<unk>", "a"], "step": 2}
     with pytest.raises(WriteError, match=re.escape(f"cannot write {path} (File too large)")), file_size_limit(20_000):
         save_checkpoint(path, big)
     assert sha(path) == before and load_checkpoint(path)["step"] == 1

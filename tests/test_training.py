@@ -193,7 +193,7 @@ def test_a_test_split_is_scored_once_with_the_best_weights(tmp_path):
 
 
 def test_a_diverging_run_stops_and_never_saves_non_finite_weights(tmp_path):
-    cfg = tiny_config(tmp_path, "train.optimizer=sgd", "train.lr=1e38", "train.clip_norm=0", "model.cell=rnn",
+    cfg = tiny_config(tmp_path, "train.optimizer=sgd", "train.lr=3e37", "train.clip_norm=0", "model.cell=rnn",
                       "train.max_steps=200", "train.eval_every=10")
     r = train(cfg, tmp_path / "div", quiet=True, cache_dir=tmp_path / "c")
     assert r.stopped_by == "diverged" and r.step < 200
