@@ -218,9 +218,11 @@ def test_a_training_into_a_run_directory_another_is_writing_stops_with_one_line(
     from rnn_train.training.rundir import claimed
 
     common = ["train.max_steps=2", "train.eval_every=1", "--cache-dir", str(tmp_path / "c")]
+    (tmp_path / "alias").symlink_to(tmp_path)
     with claimed(tmp_path / "busy"):  # as a training running in another process holds it
-        assert_user_error(run("train.py", "--config", "configs/debug.yaml", f"log.dir={tmp_path}", "log.name=busy",
-                              *common), f"{tmp_path / 'busy'} is in use: another training on this machine")
+        for spelled in (tmp_path, tmp_path / "sub" / "..", tmp_path / "alias"):  # the same directory, every spelling
+            assert_user_error(run("train.py", "--config", "configs/debug.yaml", f"log.dir={spelled}", "log.name=busy",
+                                  *common, "--force"), f"{spelled / 'busy'} is in use: another training on this machine")
     assert not (tmp_path / "busy").exists()
     before = digest(finished_run / "done")
     with claimed(finished_run / "done"):

@@ -47,7 +47,8 @@ def claimed(path: Path) -> Iterator[None]:
 
         locks = cache_root() / "locks"
         locks.mkdir(parents=True, exist_ok=True)
-        key = hashlib.sha256(os.fsencode(Path(path).absolute())).hexdigest()[:24]  # the name's bytes, UTF-8 or not
+        # one key for every spelling of the directory (runs/../runs/x, a link to it): its real path's bytes
+        key = hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()[:24]
         fd = os.open(locks / f"{key}.lock", os.O_CREAT | os.O_RDWR, 0o666)
     except (ImportError, OSError):
         yield
