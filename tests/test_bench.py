@@ -40,6 +40,11 @@ def test_bench_prints_strict_json_lines_and_runs_the_time_budget(tmp_path):
     (["--threads", "-1"], "--threads must be in [0, 1024] (0 = torch's default), got -1"),
     (["--rounds", "0"], "--rounds must be >= 1, got 0"),
     (["--corpus", "docs"], "corpus docs is not a file"),
+    # what bench sets itself: a log.* override pointed its --force at a user's run, a limit made the ratios meaningless
+    (["log.name=mine"], "override log.name: bench sets it itself"),
+    (["train.max_steps=1"], "override train.max_steps: bench sets it itself"),
+    (["data.val_fraction=0"], "data.val_fraction is 0: bench compares the two sides' validation perplexities"),
+    (["--reference", "nowhere.py"], "reference loop (--reference) nowhere.py does not exist"),
 ])
 def test_bad_bench_arguments_are_one_line_before_anything_runs(args, needle):
     out = subprocess.run([sys.executable, "-m", "rnn_train", "bench", "--config", "debug", "--corpus", "README.md", *args],
@@ -47,6 +52,16 @@ def test_bad_bench_arguments_are_one_line_before_anything_runs(args, needle):
     assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
     assert out.stderr.startswith("error: ") and needle in out.stderr
 
+
+
+def test_an_installed_bench_without_the_textbook_loop_beside_it_says_to_give_its_path(monkeypatch, tmp_path, capsys):
+    from rnn_train.cli import run as cli_run
+    from rnn_train.experiments import bench
+
+    monkeypatch.setattr(bench, "DEFAULT_REFERENCE", tmp_path / "shared" / "bench" / "reference_loop.py")
+    assert cli_run(bench.main, ["--config", "debug", "--corpus", str(ROOT / "README.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not beside this installation" in err and "give its path with --reference" in err
 
 
 def _train_speed():

@@ -26,15 +26,20 @@ import tempfile
 from pathlib import Path
 
 from rnn_train.cli import ArgumentParser
-from rnn_train.config import MAX_THREADS, load_config
+from rnn_train.config import MAX_THREADS, load_config, parse_override
 from rnn_train.errors import UserError
 from rnn_train.recipes import resolve_recipe
 from rnn_train.files import strict_json
-from rnn_train.training.rules import budget_overrides
+from rnn_train.training.rules import LIMIT_KEYS, budget_overrides
 from rnn_train.training.rundir import RunDir
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the directory holding rnn_train/
 DEFAULT_REFERENCE = PACKAGE_PARENT.parent / "shared" / "bench" / "reference_loop.py"  # beside a checkout
+
+
+BENCH_SETS = frozenset({"log.dir", "log.name", "data.paths", "train.threads", "train.eval_every", *LIMIT_KEYS})
+"""Keys run_pipeline sets for the comparison (and a run directory of its own, so that an override of
+log.* cannot point its --force at a user's run); overriding them is refused."""
 
 
 def _run(cmd: list[str], what: str, **kwargs) -> str:
@@ -42,7 +47,8 @@ def _run(cmd: list[str], what: str, **kwargs) -> str:
     out = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     if out.returncode != 0:
         lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
-        raise UserError(f"the {what} failed (exit {out.returncode}): {lines[-1] if lines else 'no message'}")
+        last = lines[-1].removeprefix("error: ") if lines else "no message"  # a child's own one-line error
+        raise UserError(f"the {what} failed (exit {out.returncode}): {last}")
     return out.stdout
 
 
@@ -101,10 +107,19 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train bench")
     if not 0 <= args.threads <= MAX_THREADS:
         ap.error(f"--threads must be in [0, {MAX_THREADS}] (0 = torch's default), got {args.threads}")
     reference, corpus, config = Path(args.reference), Path(args.corpus), resolve_recipe(args.config)
+    if args.reference == str(DEFAULT_REFERENCE) and not reference.exists():
+        raise UserError(f"the textbook loop (shared/bench/reference_loop.py) is not beside this installation "
+                        f"({reference} does not exist): give its path with --reference")
+    for key in (parse_override(o)[0] for o in args.overrides):
+        if key in BENCH_SETS:
+            raise UserError(f"override {key}: bench sets it itself (both sides train for --seconds, on --corpus, "
+                            f"with --threads, into a directory of its own)")
     for p, what in ((reference, "reference loop (--reference)"), (corpus, "corpus")):
         if not p.is_file():
             raise UserError(f"{what} {p} " + ("is not a file" if p.exists() else "does not exist"))
     cfg = load_config(config, args.overrides)
+    if cfg.data.val_fraction == 0:
+        raise UserError("data.val_fraction is 0: bench compares the two sides' validation perplexities")
     if cfg.model.embedding != "one_hot":
         raise UserError("the reference loop feeds one-hot vectors: use a recipe with model.embedding=one_hot")
     overrides = list(args.overrides)
