@@ -113,7 +113,8 @@ def test_seeds_outside_what_the_generators_take_and_empty_output_paths(tmp_path,
                       "--threads must be in [0, 1024] (0 = torch's default), got 100000")
     assert_user_error(run(*rnn, "bench", "--config", "configs/debug.yaml", "--corpus", "README.md", "--threads", "2000"),
                       "--threads must be in [0, 1024] (0 = torch's default), got 2000")
-    assert_user_error(run(*rnn, "bptt", "--hidden", "1000000"), "not enough memory for --steps 10")
+    assert_user_error(run(*rnn, "bptt", "--hidden", "1000000"), "--steps 10 --batch 3 --input 4 --hidden 1000000 need about")
+    assert_user_error(run(*rnn, "bptt", "--input", "100000000"), "--input 100000000 --hidden 5 need about")  # was 23 GB, then killed
     # Linux overcommits: without a check this one grows until the machine swaps
     assert_user_error(run(*rnn, "gradflow", "--checkpoint", str(finished_run / "done"), "--batch", "1000000000",
                           "--steps", "10"), "--batch 1000000000 x --steps 10 needs about")

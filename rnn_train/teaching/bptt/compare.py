@@ -95,10 +95,28 @@ def _compare_with_torch(args) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return rows
 
 
+def _check_memory(args) -> None:
+    """Sizes too large for this machine's free memory are one UserError before anything is made
+    (Linux lets the arrays grow until the machine kills the process: --input 100000000 reached 23 GB).
+    The estimate, generous: both sides keep per step the input, every gate, the states and their
+    gradients (6 x (I + (G + 2) H) values per row), and the weights with their gradients and copies."""
+    from rnn_train.runtime import available_memory
+
+    free = available_memory()
+    G, I, H = cells.get(args.cell).num_blocks, args.input, args.hidden
+    values = 6 * args.steps * args.batch * (I + (G + 2) * H) + 6 * G * H * (I + H + 2)
+    need = values * np.dtype(args.dtype).itemsize
+    if free is not None and need > free:
+        raise UserError(f"--steps {args.steps} --batch {args.batch} --input {I} --hidden {H} need about "
+                        f"{need / 2**30:,.1f} GiB, more than the {free / 2**30:.1f} GiB this machine has free; "
+                        f"make them smaller")
+
+
 def main(argv=None, prog: str = "python -m rnn_train bptt") -> int:
     """Print NumPy vs PyTorch side by side; exit 0 if all match, else 1."""
     args = _parse_args(argv, prog)
     tol = _DEFAULT_TOL[args.dtype] if args.tol is None else args.tol
+    _check_memory(args)
     try:
         rows = _compare_with_torch(args)
     except (MemoryError, RuntimeError) as e:
