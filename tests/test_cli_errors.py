@@ -232,6 +232,20 @@ def test_a_training_into_a_run_directory_another_is_writing_stops_with_one_line(
     assert digest(finished_run / "done") == before
 
 
+def test_a_new_start_where_a_run_died_before_its_first_checkpoint_leaves_none_of_its_files(tmp_path):
+    """Its event files would otherwise mix the dead run's curves into the new run's in TensorBoard."""
+    dead = tmp_path / "again"
+    dead.mkdir()
+    (dead / "config.yaml").write_text("model: {hidden_size: 99}\n")
+    (dead / "events.out.tfevents.1.dead").write_bytes(b"a dead run's events")
+    (dead / "notes.txt").write_text("mine")  # not a run's file: kept
+    out = run("train.py", "--config", "configs/debug.yaml", f"log.dir={tmp_path}", "log.name=again", "train.max_steps=2",
+              "train.eval_every=1", "--cache-dir", str(tmp_path / "c"))
+    assert out.returncode == 0, out.stderr
+    assert not (dead / "events.out.tfevents.1.dead").exists() and (dead / "notes.txt").read_text() == "mine"
+    assert "hidden_size: 99" not in (dead / "config.yaml").read_text() and (dead / "last.pt").exists()
+
+
 def test_ctrl_c_while_the_command_still_imports_is_one_line(tmp_path):
     import signal
     import time

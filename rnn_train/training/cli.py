@@ -68,8 +68,10 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
     try:
         with process_group(world), contextlib.ExitStack() as held:  # held: rank 0's lock on the run directory
             cfg, run_dir, resume = world.from_writer(lambda: _setup(args, held))
-            # --force deletes the earlier run inside `train`, after every check of the corpus, device and checkpoint
-            result = train(cfg, run_dir.path, resume=resume, init_from=args.init_from, clear=args.force and not resume,
+            # --force deletes the earlier run inside `train`, after every check of the corpus, device and checkpoint;
+            # so does a new start where a run died before its first checkpoint (its event files would mix in)
+            clear = not resume and (args.force or not run_dir.holds_run())
+            result = train(cfg, run_dir.path, resume=resume, init_from=args.init_from, clear=clear,
                            quiet=args.quiet, cache_dir=Path(args.cache_dir), world=world)
             status = _summary(result, run_dir, args.quiet, world, prog) if world.is_writer else _status(result)
             world.barrier()  # no rank exits (torchrun then stops the others) before rank 0 has saved and printed
