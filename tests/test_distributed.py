@@ -7,6 +7,7 @@ with run in this process. Equal means within 1e-4: the ranks add the same number
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -193,6 +194,10 @@ def test_numpy_backend_and_too_few_gpus_are_user_errors(monkeypatch, tmp_path):
     check_world(numpy_cfg, World())  # one process: fine
     with pytest.raises(UserError, match="model.backend=numpy cannot train on 2 processes"):
         check_world(numpy_cfg, World(1, 2, 1, 2))
+    odd = tiny_config(tmp_path, "data.batch_size=3")  # a run of 3 rows resumed on 2: say what --resume allows
+    with pytest.raises(UserError, match=re.escape("data.batch_size=3, the run's, does not split over 2 processes, "
+                                                  "and --resume keeps it: resume on 1 or 3 processes")):
+        check_world(odd, World(1, 2, 1, 2), resuming=True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert resolve_device("cuda", local_rank=0, local_size=1) == torch.device("cuda")

@@ -83,14 +83,20 @@ def leave(status: int) -> NoReturn:
     os._exit(status)
 
 
-def check_world(cfg: Config, world: World) -> None:
-    """What a config must allow to run on `world.size` processes (one line naming the key)."""
+def check_world(cfg: Config, world: World, resuming: bool = False) -> None:
+    """What a config must allow to run on `world.size` processes (one line naming the key; resuming,
+    where the batch size is the run's own, the numbers of processes it allows)."""
     if not world.distributed:
         return
     if cfg.model.backend == "numpy":
         raise UserError(f"model.backend=numpy cannot train on {world.size} processes (the NumPy backend is "
                         f"single-process teaching code): use model.backend=torch, or run train.py without torchrun")
     b = cfg.data.batch_size
+    if b % world.size and resuming:
+        allowed = [n for n in range(1, b + 1) if b % n == 0][:4]
+        raise UserError(f"data.batch_size={b}, the run's, does not split over {world.size} processes, and --resume "
+                        f"keeps it: resume on {' or '.join(map(str, allowed))} process{'es' if b > 1 else ''} "
+                        f"(torchrun --nproc_per_node N)")
     if b % world.size:
         lower, higher = b - b % world.size, b + world.size - b % world.size
         raise UserError(f"data.batch_size={b} does not split over {world.size} processes: each takes "

@@ -441,7 +441,7 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
     than 0 move on to their own dropout streams."""
     if resume is not None and init_from is not None:
         raise ValueError("resume and init_from exclude each other")  # a bug in the caller
-    check_world(cfg, world)
+    check_world(cfg, world, resuming=resume is not None)
     device = _device(cfg, world)
     set_threads(cfg.train.threads, world.local_size)
     keep_freed_memory()
