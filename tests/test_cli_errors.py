@@ -61,7 +61,10 @@ def test_mistakes_in_train_py(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert_user_error(run(*base, f"log.dir={blocker}"), "cannot write the run directory")
-    assert not (tmp_path / "debug").exists()  # nothing was written by any of these
+    assert_user_error(run(*base, "log.name=file"), f"the run directory {blocker} is a file (log.dir / log.name); "
+                                                   "pick another log.name")
+    assert blocker.read_text() == "x" and not (tmp_path / "debug").exists()  # nothing was written by any of these
+    assert_user_error(run("-m", "rnn_train", "download", "timemachine", "--url", ""), "--url is empty")
 
 
 def test_mistakes_in_predict_py(tmp_path, finished_run):

@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train downloa
     ap.add_argument("--url", help="fetch from here instead of the canonical URL: a mirror, or file:///path "
                                   "to a copy fetched by hand (checked all the same)")
     args = ap.parse_args(argv)
+    if args.url is not None and not args.url.strip():
+        ap.error("--url is empty: give a URL, or leave --url out for the corpus's own")
     if args.name is None:
         if args.url:
             ap.error("--url needs a corpus NAME")

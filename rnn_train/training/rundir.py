@@ -182,6 +182,8 @@ class RunDir:
 
     def create(self, cfg: Config) -> None:
         """Make the directory and write the resolved config.yaml: the first write of a run."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"the run directory {self.path} is a file (log.dir / log.name); pick another log.name")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path / CONFIG, config_to_yaml(cfg))
