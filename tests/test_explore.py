@@ -209,6 +209,40 @@ def test_each_view_renders_and_its_numbers_hold(browser, runs, pages, tmp_path):
     page.close()
 
 
+def test_typing_steps_only_the_new_characters_with_the_numbers_of_a_whole_run(browser, pages):
+    """The type-ahead keeps the state after its last prefix and steps on from it where the new prefix
+    extends it: the probabilities are those of running the whole prefix from a zero state."""
+    o = opened(browser, pages["gru"])
+    page, text = o.page, "The Time Traveller (for so it will be convenient to speak of him)"
+    typed = page.evaluate("t => Array.from(t, (_, i) => rnnExplore.next(t.slice(0, i + 1)))", text)  # one key at a time
+    fresh = page.evaluate("t => Array.from(t, (_, i) => (rnnExplore.next('zzz'), rnnExplore.next(t.slice(0, i + 1))))",
+                          text)  # each from a zero state (an unrelated prefix in between)
+    assert typed == fresh
+    assert page.evaluate("t => rnnExplore.greedy(t, 80)", text) == page.evaluate(
+        "t => (rnnExplore.next('zzz'), rnnExplore.greedy(t, 80))", text)
+    assert o.errors == []
+
+
+def test_the_typeahead_fields_raise_a_zero_to_their_least_value(browser, pages):
+    """Temperature 0 and top-p 0 are below the fields' least values (0.05, 0.01): they are raised to
+    them, as 0.01 is, not read as unset (which had meant 1, fully random)."""
+    o = opened(browser, pages["lstm"])
+    page = o.page
+    page.click("input[name=mode][value=sample]")
+    page.fill("#k", "60")
+    page.fill("#prefix", "the ")
+
+    def continuation(**fields):
+        for name, value in fields.items():
+            page.fill(f"#{name.replace('_', '-')}", value)
+        return page.inner_text("#continuation")
+
+    assert continuation(temperature="0") == continuation(temperature="0.05") != continuation(temperature="1")
+    assert continuation(top_p="0") == continuation(top_p="0.01") != continuation(top_p="1")
+    assert len(continuation(k="1e2")) == len("the ") + 100
+    assert o.errors == []
+
+
 def test_the_signals_units_are_correlated_with(browser, tmp_path, runs):
     tmp, _ = runs
     text = tmp_path / "signals.txt"

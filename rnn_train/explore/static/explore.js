@@ -108,7 +108,26 @@
     }
     return encode(chars(prefix));
   }
-  function warm(ids) { net.reset(); let lg = null; for (const id of ids) lg = net.step(id); return lg; }
+  // The state after the last prefix warmed, kept: typing extends a prefix a character at a time, and
+  // running the whole prefix again at every keystroke took seconds once it was long (a 100 kB prefix:
+  // 5.9 s per key for a GRU-256). A prefix that extends the kept one steps only its new characters,
+  // the same steps in the same order as from the start, so the same numbers.
+  let warmed = null;  // {ids, state: per layer, a copy of each state part, logits}
+  function warm(ids) {
+    let from = 0, lg = null;
+    const w = warmed;
+    if (w && w.ids.length <= ids.length && w.ids.every((x, i) => x === ids[i])) {
+      net.state.forEach((parts, l) => parts.forEach((p, j) => p.set(w.state[l][j])));
+      from = w.ids.length;
+      lg = w.logits;
+    } else {
+      net.reset();
+    }
+    for (let i = from; i < ids.length; i++) lg = net.step(ids[i]);
+    warmed = { ids: ids.slice(), state: net.state.map((parts) => parts.map((p) => Float32Array.from(p))),
+               logits: Float32Array.from(lg) };
+    return warmed.logits;  // read, never written, by the callers
+  }
 
   function next(prefix, n = TOP) {
     const lg = warm(prefixIds(prefix)), lse = logSumExp(lg, 1);
@@ -466,15 +485,21 @@
       let top, cont;
       try {
         top = next(prefix, 10);
-        const k = Math.max(0, Math.min(5000, parseInt($("k").value, 10) || 0));
+        const k = Math.max(0, Math.min(5000, Math.floor(number("k", 0))));  // "1e3" is 1000, as the field says
         const mode = document.querySelector("input[name=mode]:checked").value;
+        // a value below the least is raised to it, 0 included (0 read as "not set" had meant 1)
         cont = mode === "greedy" ? greedy(prefix, k)
-          : sample(prefix, k, { temperature: Math.max(0.05, +$("temperature").value || 1), topP: Math.min(1, Math.max(0.01, +$("top-p").value || 1)), seed: parseInt($("seed").value, 10) || 0 });
+          : sample(prefix, k, { temperature: Math.max(0.05, number("temperature", 1)),
+                                topP: Math.min(1, Math.max(0.01, number("top-p", 1))), seed: Math.floor(number("seed", 0)) });
       } catch (e) { notes.push(e.message); top = []; cont = ""; }
       note.textContent = notes.join(" · ");
       $("bars").replaceChildren(...top.map(([c, p]) => el("div", { class: "bar" }, el("span", { class: "ch", text: JSON.stringify(c) }),
         el("span", { class: "fill", style: `width:${Math.max(1, p * 180).toFixed(1)}px` }), el("span", { class: "p", text: p.toFixed(4) }))));
-      $("continuation").replaceChildren(el("b", { text: prefix.slice(-300) }), cont);
+      $("continuation").replaceChildren(el("b", { text: chars(prefix).slice(-300).join("") }), cont);  // whole code points
+    }
+    function number(id, empty) {  // a field's number; `empty` where it is blank or not a number
+      const v = $(id).value.trim();
+      return v === "" || !Number.isFinite(+v) ? empty : +v;
     }
     box.addEventListener("input", update);
     for (const id of ["k", "temperature", "top-p", "seed"]) $(id).addEventListener("input", update);
