@@ -382,6 +382,20 @@ def test_max_chars_cuts_and_the_page_says_so(runs, tmp_path):
     assert job.returncode == 0 and "2,000 characters analysed (cut from 3,000 by --max-chars)" in job.stdout
 
 
+def test_gradient_flow_windows_stay_inside_one_text_and_the_page_names_it(browser, runs, tmp_path):
+    """Every view reads each text from a zero state; the gradient flow's windows too: they are cut
+    from the longest text alone, never across the end of one file into the next."""
+    tmp, text = runs
+    short = tmp_path / "short.txt"
+    short.write_text("the time machine\n" * 3)
+    page_path = tmp_path / "two.html"
+    assert explore("--checkpoint", tmp / "gru", short, text, "--out", page_path).returncode == 0
+    o = opened(browser, page_path)
+    o.page.click("#tabs button[data-view=gradflow]")
+    assert f"characters of {text} (zero state" in o.page.inner_text("#gradflow-text")
+    assert o.errors == []
+
+
 @pytest.mark.parametrize("problem", ["missing", "not_a_checkpoint", "empty_text", "missing_text", "max_chars"])
 def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, problem):
     tmp, text = runs

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train explore") -> int:
         doc, total = validation_document(cfg, vocab, ckpt, checkpoint, args.cache_dir, args.max_chars)
         docs = [doc]
     kept = sum(len(d.text) for d in docs)
-    ids = np.concatenate([vocab.encode(d.text).astype(np.int64) for d in docs])
+    longest = max(docs, key=lambda d: len(d.text))  # gradient flow's windows stay inside one text, as every view's
     run = {"checkpoint": str(checkpoint), "step": int(ckpt["step"]),
            "best_val_loss": float(ckpt["best_val_loss"]) if np.isfinite(ckpt.get("best_val_loss", np.inf)) else None,
            "tensorboard": tensorboard_command(checkpoint),
@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train explore") -> int:
            "cut": {"kept": kept, "total": total} if kept < total else None,
            "unknown": unknown_chars(docs, vocab)}
     table = pinyin_table.cached_table(cfg.data.tones) if cfg.data.kind == "pinyin" else None
-    html = page.build_page(model, vocab, cfg, run, docs, table, page.gradient_flow(model, ids))
+    flow = page.gradient_flow(model, vocab.encode(longest.text).astype(np.int64), longest.name)
+    html = page.build_page(model, vocab, cfg, run, docs, table, flow)
     atomic_write_text(out, html)
     size = len(html.encode("utf-8"))
     cut_note = f" (cut from {total:,} by --max-chars)" if kept < total else ""

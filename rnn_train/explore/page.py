@@ -86,9 +86,10 @@ def pack_weights(model) -> dict:
     return {"b64": base64.b64encode(data).decode("ascii"), "index": index, "floats": offset}
 
 
-def gradient_flow(model, ids: np.ndarray, seed: int = 0) -> dict | None:
-    """||dL_T/dh_t|| / ||dL_T/dh_T|| for t = 1..T on B windows of the text (teaching/gradflow.py,
-    float64, zero state, no clipping); None when the text is too short for a window of 2."""
+def gradient_flow(model, ids: np.ndarray, text: str, seed: int = 0) -> dict | None:
+    """||dL_T/dh_t|| / ||dL_T/dh_T|| for t = 1..T on B windows of one text, ids (named `text` on the
+    page; teaching/gradflow.py, float64, zero state, no clipping); None when the text is too short for
+    a window of 2."""
     from rnn_train.teaching.gradflow import measure_char_rnn, sample_windows
 
     steps = min(GRADFLOW_STEPS, len(ids) - 1)
@@ -99,7 +100,7 @@ def gradient_flow(model, ids: np.ndarray, seed: int = 0) -> dict | None:
     m = copy.deepcopy(model).double().eval()
     with torch.backends.cudnn.flags(enabled=False):
         r = measure_char_rnn(m, torch.from_numpy(x), torch.from_numpy(y))
-    return {"steps": r.steps, "batch": r.batch, "seed": seed, "ratio": r.ratio, "dL_dh": r.dL_dh,
+    return {"steps": r.steps, "batch": r.batch, "seed": seed, "text": text, "ratio": r.ratio, "dL_dh": r.dL_dh,
             "per_step_factor": r.per_step_factor if math.isfinite(r.per_step_factor) else None,
             "steps_below": r.steps_below}
 

@@ -648,7 +648,7 @@
     const below = Object.entries(g.steps_below).map(([th, k]) => `${th} after ${k === null ? "more than " + (g.steps - 1) : k} steps`).join(", ");
     const factor = g.per_step_factor === null ? "" : ` On average it ${g.per_step_factor < 1 ? "shrinks" : "grows"} ×${g.per_step_factor.toPrecision(3)} per step back.`;
     $("gradflow-text").textContent = `The gradient of the loss at the last step of a window with respect to the hidden state k steps earlier, ` +
-      `relative to k = 0, for this model on ${g.batch} windows of ${g.steps} characters of this text (zero state, float64; ` +
+      `relative to k = 0, for this model on ${g.batch} windows of ${g.steps} characters of ${g.text} (zero state, float64; ` +
       `rnn_train/teaching/gradflow.py, as rnn-train gradflow measures it). It falls below ${below}.${factor} ` +
       `A curve that falls steeply is the vanishing gradient: an error at one step barely reaches the state many steps before, ` +
       `so training learns little about dependencies that long (the tanh RNN's fate; gates held near 1, GRU z and LSTM f, keep it up). ` +
