@@ -2,6 +2,7 @@
 segments scored as one batch, each after a warm-up."""
 import json
 import math
+import re
 import os
 import stat
 import subprocess
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from rnn_train.config import build_config
 from rnn_train.data.dataset import prepare_data
 from rnn_train.data.pinyin import hanzi_to_pinyin
+from rnn_train.errors import UserError
 from rnn_train.model.checkpoint import load_model
 from rnn_train.kernels.build import extension
 from rnn_train.prediction import kernel_stepper
@@ -215,6 +217,15 @@ def test_letters_only_models_score_the_letters_only_text(tmp_path):
     text.write_text("The Time--Machine,\n by H. G. Wells!! 1895 ", encoding="utf-8")
     cfg = build_config({"data": {"kind": "text", "letters_only": True, "paths": [str(text)]}, "train": {"max_steps": 1}})
     assert "".join(model_text(text, cfg.data, chunk_bytes=3)) == "the time machine by h g wells"
+    from rnn_train.data.vocab import Vocab
+    from rnn_train.model.charrnn import CharRNN
+
+    letters = Vocab.build("abcdefghijklmnopqrstuvwxyz ")
+    symbols = tmp_path / "symbols.txt"  # not empty, but nothing the model reads: said so, not "empty"
+    symbols.write_text("~~~@@@###%%%^^^\n", encoding="utf-8")
+    with pytest.raises(UserError, match=re.escape(f"{symbols} holds no letter, and the model reads letters and "
+                                                  f"spaces only (data.letters_only): nothing to score")):
+        score_file(CharRNN(len(letters), "gru", 8), letters, cfg.data, str(symbols))
 
 
 @pytest.mark.parametrize("content,needle", [

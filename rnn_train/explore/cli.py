@@ -47,7 +47,7 @@ def file_documents(paths: list[str], data_cfg, encoding: str | None, max_chars: 
     all are kept -> (documents, characters in all). Read piece by piece, so that a file far longer
     than the page holds in memory only what the page shows (a 129 MB file took 490 MB before)."""
     from rnn_train.explore.page import Document
-    from rnn_train.prediction.textstream import model_text
+    from rnn_train.prediction.textstream import model_text, nothing_read
 
     docs, total, kept = [], 0, 0
     for path in paths:
@@ -58,7 +58,7 @@ def file_documents(paths: list[str], data_cfg, encoding: str | None, max_chars: 
                 parts.append(piece[:max_chars - kept])
                 kept += len(parts[-1])
         if not length:
-            raise UserError(f"{path} is empty: nothing to explore")
+            raise nothing_read(path, data_cfg, "explore")
         if parts:
             docs.append(Document(path, "".join(parts)))
         total += length

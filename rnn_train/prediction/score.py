@@ -220,7 +220,7 @@ def score_file(model: CharRNN, vocab: Vocab, data_cfg, path: str, encoding: str 
                out=None, exact: bool = False) -> Score:
     """Score one file; with `out` (a binary file) write `file<TAB>index<TAB>char<TAB>bits` rows (the
     file name and the character escaped as `_escape` does)."""
-    from rnn_train.prediction.textstream import model_text
+    from rnn_train.prediction.textstream import model_text, nothing_read
 
     index = [0]
     name = "".join(map(_escape, str(path)))  # a tab or a newline in a file name, as in the text
@@ -233,7 +233,7 @@ def score_file(model: CharRNN, vocab: Vocab, data_cfg, path: str, encoding: str 
 
     result = score_pieces(model, vocab, model_text(path, data_cfg, encoding), rows if out is not None else None, exact)
     if result.chars == 0:
-        raise UserError(f"{path} is empty: nothing to score")
+        raise nothing_read(path, data_cfg, "score")
     if result.scored == 0:
         raise UserError(f"{path} has a single character: nothing to score (the first is only context)")
     return result

@@ -79,6 +79,15 @@ def model_text(path: str | Path, data_cfg, encoding: str | None = None,
     yield from _as_corpus(chunks, data_cfg, chinese)
 
 
+def nothing_read(path: str | Path, data_cfg, what: str) -> UserError:
+    """The error of a file `model_text` read no character of: empty, or (data.letters_only) holding
+    no letter, where "is empty" would be untrue."""
+    if data_cfg.letters_only and Path(path).stat().st_size:
+        return UserError(f"{path} holds no letter, and the model reads letters and spaces only "
+                         f"(data.letters_only): nothing to {what}")
+    return UserError(f"{path} is empty: nothing to {what}")
+
+
 def text_pieces(text: str, data_cfg) -> Iterator[str]:
     """A text given as a string (the server's /v1/score) as `model_text` makes a UTF-8 file holding
     it: one leading BOM removed, CRLF and lone CR -> LF, NUL refused, then the same steps."""
