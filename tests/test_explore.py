@@ -9,6 +9,7 @@ rnn_train.prediction.trace (itself held to the torch module).
 """
 import contextlib
 import io
+import json
 import math
 import os
 import stat
@@ -340,6 +341,9 @@ def test_the_default_text_of_a_corpus_that_changed_since_training_is_noted(tmp_p
     assert job.returncode == 0
     assert job.stderr == (f"note: the corpus ({corpus}) changed since {tmp_path / 'r' / 'best.pt'} was trained: its "
                           f"validation split is not the text the run saw\n")
+    page_data = (tmp_path / "b.html").read_text(encoding="utf-8")  # and the page says it too (its #notes)
+    assert json.dumps(job.stderr.removeprefix("note: ").strip()).replace("<", "\\u003c")[1:-1] in page_data
+    assert "changed since" not in (tmp_path / "a.html").read_text(encoding="utf-8")
 
 
 def test_the_default_text_is_the_start_of_the_validation_split(browser, pinyin_pages):

@@ -67,8 +67,8 @@ def file_documents(paths: list[str], data_cfg, encoding: str | None, max_chars: 
 
 def validation_document(cfg, vocab, ckpt: dict, checkpoint: Path, cache_dir: str | None, max_chars: int):
     """The start of the validation split of the checkpoint's corpus (as ids -> characters; an id
-    of <unk> becomes U+FFFD, which the vocab cannot spell either), and the split's length. A note
-    on stderr where the corpus changed since the run (its split is then other text)."""
+    of <unk> becomes U+FFFD, which the vocab cannot spell either), the split's length, and the note
+    (also printed on stderr) where the corpus changed since the run (its split is then other text)."""
     from rnn_train.data.dataset import changed_note, prepare_data
     from rnn_train.explore.page import Document
 
@@ -87,7 +87,7 @@ def validation_document(cfg, vocab, ckpt: dict, checkpoint: Path, cache_dir: str
     itos = ["\ufffd", *vocab.itos[1:]]
     text = "".join(itos[i] for i in val[:max_chars].tolist())
     where = ", ".join(cfg.data.paths) or "the built-in pinyin corpus"
-    return Document(f"validation text of {where}", text), len(val)
+    return Document(f"validation text of {where}", text), len(val), note
 
 
 def unknown_chars(docs, vocab) -> dict:
@@ -124,10 +124,11 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train explore") -> int:
     if model.spec.hook("js") is None:
         raise UserError(f"{checkpoint}: cell {model.spec.name!r} has no JavaScript step (CellSpec hook \"js\"), so "
                         f"the page cannot run it; register one (see rnn_train/explore/cells_js.py)")
+    changed = ""
     if args.files:
         docs, total = file_documents(args.files, cfg.data, args.encoding, args.max_chars)
     else:
-        doc, total = validation_document(cfg, vocab, ckpt, checkpoint, args.cache_dir, args.max_chars)
+        doc, total, changed = validation_document(cfg, vocab, ckpt, checkpoint, args.cache_dir, args.max_chars)
         docs = [doc]
     kept = sum(len(d.text) for d in docs)
     longest = max(docs, key=lambda d: len(d.text))  # gradient flow's windows stay inside one text, as every view's
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train explore") -> int:
            "tensorboard": tensorboard_command(checkpoint),
            "command": " ".join(["rnn-train explore", *map(shlex.quote, sys.argv[2:] if argv is None else argv)]),
            "cut": {"kept": kept, "total": total} if kept < total else None,
-           "unknown": unknown_chars(docs, vocab)}
+           "unknown": unknown_chars(docs, vocab), "changed": changed.removeprefix("note: ") or None}
     table = pinyin_table.cached_table(cfg.data.tones) if cfg.data.kind == "pinyin" else None
     flow = page.gradient_flow(model, vocab.encode(longest.text).astype(np.int64), longest.name)
     html = page.build_page(model, vocab, cfg, run, docs, table, flow)

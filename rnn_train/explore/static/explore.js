@@ -463,6 +463,7 @@
     if (r.tensorboard) $("about").append(el("div", {}, "TensorBoard: ", el("code", { text: r.tensorboard })));
     $("about").append(el("div", {}, "made by: ", el("code", { text: r.command })));
     const notes = [];
+    if (r.changed) notes.push(r.changed);  // the corpus is not what the run read: its split is other text
     if (r.cut) notes.push(`analysed the first ${r.cut.kept.toLocaleString("en")} of ${r.cut.total.toLocaleString("en")} characters (--max-chars ${r.cut.kept.toLocaleString("en")})`);
     if (r.unknown && r.unknown.count) {
       notes.push(`${r.unknown.count.toLocaleString("en")} characters of the text are not in the model's vocab and are read as <unk>: ` +
