@@ -134,6 +134,22 @@ def test_a_run_of_one_process_resumes_on_two_ranks(sequential_runs):
     assert_close_runs(tmp / "one_then_two", tmp / "one80")
 
 
+def test_a_state_only_rank_1_cannot_restore_is_one_line_from_rank_0(sequential_runs):
+    """Each rank restores its own generators on --resume: rank 1's damaged state is said once, by rank
+    0 (before, rank 1 stopped silently and rank 0 printed a traceback of the closed connection)."""
+    tmp, _ = sequential_runs
+    shutil.copytree(tmp / "two", tmp / "two_damaged")
+    ckpt = torch.load(tmp / "two_damaged" / "last.pt", weights_only=True)
+    ckpt["rng"]["ranks"][1]["torch"] = torch.zeros(3, dtype=torch.uint8)
+    torch.save(ckpt, tmp / "two_damaged" / "last.pt")
+    job = torchrun(tmp, ["--resume", str(tmp / "two_damaged"), "train.max_steps=80"])
+    assert job.returncode != 0 and "exitcode  : 2" in job.stderr
+    errors = [line for line in job.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: the checkpoint's run state (counters, schedule, hidden "
+                                                     "state, random generators) is damaged"), job.stderr[-3000:]
+    assert "[rank" not in job.stderr and job.shutdowns == []
+
+
 def test_two_ranks_train_like_one_process_random_with_a_test_split(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -174,6 +190,7 @@ def test_a_rank_that_fails_brings_the_job_down_with_its_error(tmp_path):
     assert job.returncode != 0
     assert "RuntimeError: injected failure on rank 1 at step 7" in job.stderr
     assert 1 in job.shutdowns  # a crash is not a finished run: Python's own exit prints the traceback
+    assert "[rank0]:" not in job.stderr  # rank 0, whose peer closed its connections: one line, no traceback
 
 
 def test_batch_size_that_does_not_split_is_one_line_from_rank_0(tmp_path):

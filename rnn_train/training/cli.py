@@ -81,9 +81,24 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
         if not world.distributed:
             raise  # printed as one line `error: ...` by rnn_train.cli.run
         status = report(e) if world.is_writer else 2  # the other ranks: the same error, printed by rank 0
+    except RuntimeError as e:
+        if not (world.distributed and _peer_gone(e)):
+            raise
+        # a rank that ended first (its own error, a kill, Ctrl-C while preparing) closed its connections:
+        # what happened is in that rank's output and torchrun's summary, not in this rank's traceback
+        if world.is_writer:
+            print("error: another process of this job stopped first (its output above, or torchrun's summary, "
+                  "says why); the run directory holds the last checkpoint it saved", file=sys.stderr)
+        status = 1
     if world.distributed:
         leave(status)  # without the interpreter's shutdown, where torch's gloo threads can abort a finished rank
     return status
+
+
+def _peer_gone(error: RuntimeError) -> bool:
+    """Whether a collective failed because another rank's process ended (gloo closes its sockets)."""
+    text = str(error)
+    return "Connection closed by peer" in text or "Connection reset by peer" in text
 
 
 @contextlib.contextmanager

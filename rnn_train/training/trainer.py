@@ -464,7 +464,12 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
         torch.manual_seed(derived_seed(cfg.train.seed, world.rank))  # dropout draws per rank
     state, start = RunState(), ""
     if resume is not None:
-        state = resume_state(learner, resume, cfg, device, world)
+        error = None
+        try:  # each rank restores its own generators: a damaged state of rank 1's is said by rank 0 too
+            state = resume_state(learner, resume, cfg, device, world)
+        except UserError as e:
+            error = e
+        world.agree(error)
         start = f", resumed at step {state.step}"
     elif init is not None:
         init_weights(learner, init, cfg, str(init_from))
