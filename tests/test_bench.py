@@ -54,6 +54,15 @@ def test_bad_bench_arguments_are_one_line_before_anything_runs(args, needle):
 
 
 
+def test_a_corpus_bench_cannot_decode_is_named_with_its_byte_before_anything_runs(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"abc\xffdef" * 100)
+    out = subprocess.run([sys.executable, "-m", "rnn_train", "bench", "--config", "debug", "--corpus", str(bad)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith(f"error: {bad}: byte 0xff at offset 3"), out.stderr
+
+
 def test_an_installed_bench_without_the_textbook_loop_beside_it_says_to_give_its_path(monkeypatch, tmp_path, capsys):
     from rnn_train.cli import run as cli_run
     from rnn_train.experiments import bench

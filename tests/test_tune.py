@@ -342,6 +342,9 @@ def test_rerunning_a_finished_study_trains_nothing(study_dir, cache, space_file,
     assert ": training " not in out and "3 of 3 trials finished;" in out
     assert {p: p.stat().st_mtime_ns for p in study_dir.glob("trial-*/metrics.json")} == stamps
     assert len(load(study_dir).trials) == 3
+    assert run(tune_cli.main, tune_argv(study_dir, cache, space_file, trials=2)) == 0  # fewer asked for than it has
+    assert "3 trials finished (2 asked for; the study had more from an earlier command)" in capsys.readouterr().out
+    assert len(load(study_dir).trials) == 3
 
 
 def test_study_name_comes_from_what_is_trained_never_from_where(tmp_path, cache, space_file, capsys):

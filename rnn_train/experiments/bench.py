@@ -27,6 +27,7 @@ from pathlib import Path
 
 from rnn_train.cli import ArgumentParser
 from rnn_train.config import MAX_THREADS, load_config, parse_override
+from rnn_train.data.corpus import file_chunks
 from rnn_train.errors import UserError
 from rnn_train.recipes import resolve_recipe
 from rnn_train.files import strict_json
@@ -118,6 +119,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train bench")
         if not p.is_file():
             raise UserError(f"{what} {p} " + ("is not a file" if p.exists() else "does not exist"))
     cfg = load_config(config, args.overrides)
+    for _ in file_chunks(corpus, cfg.data.encoding):  # its undecodable byte named here, not by a child's traceback
+        pass
     if cfg.data.val_fraction == 0:
         raise UserError("data.val_fraction is 0: bench compares the two sides' validation perplexities")
     if cfg.model.embedding != "one_hot":

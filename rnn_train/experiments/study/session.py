@@ -115,7 +115,8 @@ def summary(h: StudyHandle, n_trials: int) -> str:
     trials = h.trials()
     by = {s: sum(t.state == s for t in trials) for s in TrialState}
     finished = sum(by[s] for s in FINISHED)
-    text = f"{finished} of {n_trials} trials finished"
+    text = (f"{finished} of {n_trials} trials finished" if finished <= n_trials else
+            f"{finished} trials finished ({n_trials} asked for; the study had more from an earlier command)")
     if by[TrialState.PRUNED]:
         text += f" ({by[TrialState.PRUNED]} pruned)"
     extra = [f"{by[s]} {s.name.lower()}" for s in (TrialState.RUNNING, TrialState.WAITING) if by[s]]
