@@ -138,6 +138,19 @@ def test_dataset_splits_are_slices_of_the_token_file_not_copies(tmp_path):
     assert data.text_chars == len(text) and data.unk_fraction == 0.0
 
 
+def test_the_prepare_command_names_the_corpus_too_short_for_one_batch(tmp_path, capsys):
+    from rnn_train.cli import run
+    from rnn_train.data.cli import main
+
+    path = tmp_path / "a.txt"
+    path.write_text("a short corpus\n" * 10)
+    argv = ["--config", "debug", "data.kind=text", f"data.paths={path}", "data.batch_size=64",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert run(main, argv) == 2  # prepared and cached, but a training run of this config would stop
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: corpus too short: the training split of {path} has ") and err.count("\n") == 1
+
+
 def test_prepare_data_keeps_the_too_short_check(tmp_path):
     from rnn_train.errors import UserError
 

@@ -42,5 +42,6 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train prepare") -> int:
     print(f"{how}: {what} -> {n:,} tokens ({meta['dtype']}), vocab {len(prepared.vocab)}{unk}; "
           f"train {train:,}, val {val:,}" + (f", test {test:,}" if test else ""))
     print(f"cache entry: {prepared.directory}")
-    check_one_batch(train, d)
+    # prepared and cached all the same; but a training run of this config would stop here, so say so
+    check_one_batch(train, d, "the training split of " + (", ".join(d.paths) or "the built-in pinyin corpus"))
     return 0
