@@ -69,6 +69,16 @@ def available_memory() -> int | None:
     return None
 
 
+def refuse_beyond_free(need: int, asked: str, fix: str) -> None:
+    """One UserError where `need` bytes, what the user's numbers `asked` for ("--batch 8 x --steps 10
+    needs"), exceed the memory this machine has free: "<asked> about X GiB, more than the Y GiB this
+    machine has free; <fix>". Nothing where the free memory is unknown (not Linux)."""
+    free = available_memory()
+    if free is not None and need > free:
+        raise UserError(f"{asked} about {need / 2**30:,.1f} GiB, more than the {free / 2**30:.1f} GiB this "
+                        f"machine has free; {fix}")
+
+
 def out_of_memory(error: BaseException) -> bool:
     """Whether `error` says an allocation failed: NumPy's MemoryError, or the RuntimeError torch's
     allocator raises ("... failed to allocate ...", "not enough memory ...")."""

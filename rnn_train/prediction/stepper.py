@@ -309,18 +309,14 @@ def check_rows(model: CharRNN, rows: int, flag: str) -> None:
     raises). The estimate per row, generous: the state and its copies (2 per state tensor per
     layer), a NumPy step's gates (3 x G x H), and the logits with a chunk of noise (V x (CHUNK + 2))
     and of characters, in the model's dtype."""
-    from rnn_train.errors import UserError
     from rnn_train.prediction.sampler import CHUNK
-    from rnn_train.runtime import available_memory
+    from rnn_train.runtime import refuse_beyond_free
 
-    free = available_memory()
     rnn, V = model.rnn, model.decoder.out_features
     values = (rnn.num_layers * rnn.hidden_size * 2 * len(model.spec.state) + 3 * model.spec.num_blocks * rnn.hidden_size
               + V * (CHUNK + 2))
     need = rows * (values * model.decoder.weight.element_size() + 8 * CHUNK)
-    if free is not None and need > free:
-        raise UserError(f"{flag} {rows:,} needs about {need / 2**30:,.1f} GiB for the samples' states and "
-                        f"buffers, more than the {free / 2**30:.1f} GiB this machine has free; ask for fewer")
+    refuse_beyond_free(need, f"{flag} {rows:,} needs", "ask for fewer (the estimate is of their states and buffers)")
 
 
 def make_stepper(model: CharRNN, batch: int, temperature: float = 0.0, rows: int | None = None,

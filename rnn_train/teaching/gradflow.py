@@ -242,15 +242,12 @@ def check_memory(model, vocab_size: int, p: Probe) -> None:
     starts (Linux would let it grow until the machine swaps or kills it). The estimate per
     character: its one-hot input and its logits with their gradients (4 x V), and per layer the
     saved gates, states and their gradients (2 x (G + 2) x H), times the dtype's bytes."""
-    from rnn_train.runtime import available_memory
+    from rnn_train.runtime import refuse_beyond_free
 
-    free = available_memory()
     rnn = model.rnn
     per_char = 4 * vocab_size + 2 * rnn.num_layers * (model.spec.num_blocks + 2) * rnn.hidden_size
     need = p.batch * p.steps * per_char * (8 if p.dtype == "float64" else 4)
-    if free is not None and need > free:
-        raise UserError(f"--batch {p.batch} x --steps {p.steps} needs about {need / 2**30:.1f} GiB, more than the "
-                        f"{free / 2**30:.1f} GiB this machine has free; make them smaller")
+    refuse_beyond_free(need, f"--batch {p.batch} x --steps {p.steps} needs", "make them smaller")
 
 
 def run_probe(p: Probe) -> tuple[FlowResult, Path]:

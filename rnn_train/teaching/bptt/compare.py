@@ -100,16 +100,12 @@ def _check_memory(args) -> None:
     (Linux lets the arrays grow until the machine kills the process: --input 100000000 reached 23 GB).
     The estimate, generous: both sides keep per step the input, every gate, the states and their
     gradients (6 x (I + (G + 2) H) values per row), and the weights with their gradients and copies."""
-    from rnn_train.runtime import available_memory
+    from rnn_train.runtime import refuse_beyond_free
 
-    free = available_memory()
     G, I, H = cells.get(args.cell).num_blocks, args.input, args.hidden
     values = 6 * args.steps * args.batch * (I + (G + 2) * H) + 6 * G * H * (I + H + 2)
-    need = values * np.dtype(args.dtype).itemsize
-    if free is not None and need > free:
-        raise UserError(f"--steps {args.steps} --batch {args.batch} --input {I} --hidden {H} need about "
-                        f"{need / 2**30:,.1f} GiB, more than the {free / 2**30:.1f} GiB this machine has free; "
-                        f"make them smaller")
+    refuse_beyond_free(values * np.dtype(args.dtype).itemsize,
+                       f"--steps {args.steps} --batch {args.batch} --input {I} --hidden {H} need", "make them smaller")
 
 
 def main(argv=None, prog: str = "python -m rnn_train bptt") -> int:
