@@ -15,6 +15,7 @@ from pathlib import Path
 from rnn_train.cli import ArgumentParser
 from rnn_train.files import output_arg
 from rnn_train.config import load_config
+from rnn_train.data import corpus
 from rnn_train.data.dataset import check_one_batch, split
 from rnn_train.data.prepare import prepare_corpus
 
@@ -43,5 +44,5 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train prepare") -> int:
           f"train {train:,}, val {val:,}" + (f", test {test:,}" if test else ""))
     print(f"cache entry: {prepared.directory}")
     # prepared and cached all the same; but a training run of this config would stop here, so say so
-    check_one_batch(train, d, "the training split of " + (", ".join(d.paths) or "the built-in pinyin corpus"))
+    check_one_batch(train, d, f"the training split of {corpus.named(d.paths)}")
     return 0

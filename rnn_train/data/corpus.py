@@ -51,6 +51,11 @@ CHUNK_BYTES = 1 << 22
 BUILT_IN = "the built-in pinyin corpus"
 
 
+def named(paths: list[str]) -> str:
+    """A corpus as messages name it: its data.paths, or BUILT_IN where there are none."""
+    return ", ".join(paths) or BUILT_IN
+
+
 # --------------------------------------------------------------------------- reading
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from rnn_train.config import DataConfig
+from rnn_train.data import corpus
 from rnn_train.data.batching import min_corpus_length
 from rnn_train.data.prepare import prepare_corpus
 from rnn_train.data.vocab import Vocab
@@ -71,9 +72,8 @@ def changed_note(ckpt: dict, data: "Dataset", paths: list[str], checkpoint, spli
     when that corpus changed since the run (`changed_since`), else ''."""
     if not changed_since(ckpt, data):
         return ""
-    where = ", ".join(paths) or "the built-in pinyin corpus"
-    return (f"note: the corpus ({where}) changed since {checkpoint} was trained: its {split_name} split is not "
-            f"the text the run saw")
+    return (f"note: the corpus ({corpus.named(paths)}) changed since {checkpoint} was trained: its {split_name} "
+            f"split is not the text the run saw")
 
 
 def split(ids: np.ndarray, val_fraction: float, test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -112,6 +112,6 @@ def prepare_data(cfg: DataConfig, cache_dir: Path | None = None, vocab: Vocab | 
     # a plain ndarray view of the map: the same pages, without np.memmap's per-slice bookkeeping (~5 us a batch)
     ids = prepared.tokens.view(np.ndarray)
     train, val, test = split(ids, cfg.val_fraction, cfg.test_fraction)
-    check_one_batch(len(train), cfg, "the training split of " + (", ".join(cfg.paths) or "the built-in pinyin corpus"))
+    check_one_batch(len(train), cfg, f"the training split of {corpus.named(cfg.paths)}")
     return Dataset(prepared.vocab, train, val, test, len(ids), float(prepared.meta["unk_fraction"]),
                    corpus_digest(prepared.meta["sources"]))

@@ -69,6 +69,7 @@ def validation_document(cfg, vocab, ckpt: dict, checkpoint: Path, cache_dir: str
     """The start of the validation split of the checkpoint's corpus (as ids -> characters; an id
     of <unk> becomes U+FFFD, which the vocab cannot spell either), the split's length, and the note
     (also printed on stderr) where the corpus changed since the run (its split is then other text)."""
+    from rnn_train.data import corpus
     from rnn_train.data.dataset import changed_note, prepare_data
     from rnn_train.explore.page import Document
 
@@ -86,8 +87,7 @@ def validation_document(cfg, vocab, ckpt: dict, checkpoint: Path, cache_dir: str
                         f"{cfg.data.val_fraction}); give a text file")
     itos = ["\ufffd", *vocab.itos[1:]]
     text = "".join(itos[i] for i in val[:max_chars].tolist())
-    where = ", ".join(cfg.data.paths) or "the built-in pinyin corpus"
-    return Document(f"validation text of {where}", text), len(val), note
+    return Document(f"validation text of {corpus.named(cfg.data.paths)}", text), len(val), note
 
 
 def unknown_chars(docs, vocab) -> dict:
