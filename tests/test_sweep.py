@@ -152,6 +152,17 @@ def test_corpus_too_short_for_a_grid_point_fails_before_training(tmp_path, cache
     assert err.startswith("error: corpus too short: run num_steps=100000") and not out.exists()
 
 
+def test_a_grid_point_too_large_for_memory_stops_the_sweep_naming_it(tmp_path, cache, capsys):
+    """Unlike a search, a sweep asks for every grid point: one that cannot be allocated is an error
+    naming its run, and the rerun meets it again (the grid is what has to change)."""
+    argv = ["--config", str(ROOT / "configs" / "debug.yaml"), "--grid", "model.hidden_size=8,100000000",
+            "--budget", "tokens:240", "--out", str(tmp_path / "out"), "--cache-dir", str(cache), *FIXED[1:]]
+    for _ in range(2):
+        assert run(sweep.main, argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: trial ") and "(hidden_size=100000000): not enough memory for the model" in err
+
+
 # ---------------------------------------------------------------------------------------------
 # a whole sweep
 

@@ -335,6 +335,27 @@ def test_the_first_trial_is_the_recipe_itself_when_the_space_holds_it(tmp_path, 
     assert "the recipe's own values" in (tmp_path / "out" / "results.csv").read_text()
 
 
+def test_a_trial_too_large_for_memory_fails_for_good_and_the_sampler_draws_others(tmp_path, cache, capsys):
+    """A size this machine cannot allocate is a fact about the parameters, like two keys that clash:
+    the trial fails once and is not queued again (a rerun would only fail it again, for ever), and
+    the sampler draws other sizes until the study has its trials."""
+    space = tmp_path / "space.yaml"
+    space.write_text("model.hidden_size: [8, 100000000]\n")
+    argv = tune_argv(tmp_path / "out", cache, space, trials=3)
+    assert run(tune_cli.main, argv) == 0
+    trials = load(tmp_path / "out").trials
+    too_large = [t for t in trials if t.params["model.hidden_size"] == 100000000]
+    assert too_large and {t.state for t in too_large} == {TrialState.FAIL}
+    assert all("not enough memory for the model" in t.user_attrs["failure"] for t in too_large)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert not [t for t in trials if t.state == TrialState.WAITING]  # none queued again
+    out, err = capsys.readouterr()
+    assert f"3 of 3 trials finished; {len(too_large)} drew parameters that cannot train" in out
+    assert "Warning" not in err  # Optuna's remarks on the plots go to the log
+    assert run(tune_cli.main, argv) == 0
+    assert ": training " not in capsys.readouterr().out and len(load(tmp_path / "out").trials) == len(trials)
+
+
 def test_rerunning_a_finished_study_trains_nothing(study_dir, cache, space_file, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in study_dir.glob("trial-*/metrics.json")}
     assert run(tune_cli.main, tune_argv(study_dir, cache, space_file)) == 0

@@ -134,8 +134,13 @@ class TorchLearner:
         self.optimizer.load_state_dict(d["optimizer"])
 
 
+class ModelTooLarge(UserError):
+    """The model's weights could not be allocated: a fact about the config's sizes on this machine,
+    which a search can answer by drawing other sizes (tune), where any other failure is retried."""
+
+
 def make_learner(cfg: Config, vocab_size: int, device: torch.device, world: World = World()) -> Learner:
-    """The backend `model.backend` names; a model too large for memory is a UserError naming its size."""
+    """The backend `model.backend` names; a model too large for memory is ModelTooLarge naming its size."""
     try:
         if cfg.model.backend == "numpy":
             from rnn_train.teaching.numpy_backend import NumpyLearner
@@ -147,5 +152,5 @@ def make_learner(cfg: Config, vocab_size: int, device: torch.device, world: Worl
             raise
         m = cfg.model
         embed = f"model.embed_dim={m.embed_dim}, " if m.embedding == "learned" else ""
-        raise UserError(f"not enough memory for the model ({embed}model.hidden_size={m.hidden_size}, "
+        raise ModelTooLarge(f"not enough memory for the model ({embed}model.hidden_size={m.hidden_size}, "
                         f"model.num_layers={m.num_layers}, vocab {vocab_size}); make it smaller") from None

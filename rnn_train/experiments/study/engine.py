@@ -11,6 +11,8 @@ This file adds three rules that make "N trials" mean exactly N, whoever runs the
   RetryHeartbeatStaleTrialCallback does the same for stale heartbeats, and `queue_again` is what the
   storage calls then). The copy resumes the failed trial's run from its last.pt when it runs where
   that run directory is (study/trials.py), and is retried from the start elsewhere.
+  Not queued again: a trial whose parameters cannot train (BadTrialConfig: a clash of keys, a model
+  too large to allocate); it would fail the same way on every rerun, so the sampler draws others.
 * **FAIL never counts.** The study is done when COMPLETE + PRUNED reach N. Before asking for a new
   trial a worker counts the trials that will finish (COMPLETE, PRUNED, RUNNING, WAITING); queued
   trials are run first.
@@ -43,13 +45,15 @@ FAILURE = "failure"
 """The user attribute that says why a trial was set to FAIL."""
 SURPLUS = "surplus:"
 """How the reason of a trial failed unrun because the study already had its trials begins."""
+BAD_CONFIG = "config:"
+"""How the reason of a trial whose parameters cannot train (BadTrialConfig) begins: failed for good."""
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class BadTrialConfig(UserError):
-    """The parameters a sampler drew make an invalid config (two ranges that clash, say min_lr > lr):
-    the trial fails and is not queued again; the sampler draws others."""
+    """The parameters a sampler drew make an invalid config (two ranges that clash, say min_lr > lr)
+    or a model too large to allocate: the trial fails and is not queued again; the sampler draws others."""
 
 
 @dataclass
@@ -300,7 +304,7 @@ def _run_one(h: StudyHandle, trial: optuna.Trial, run: Callable[[optuna.Trial], 
         with Heartbeat(h, trial.number):
             outcome = run(trial)
     except BadTrialConfig as e:
-        fail(h, trial.number, f"config: {e}", again=False)
+        fail(h, trial.number, f"{BAD_CONFIG} {e}", again=False)
         return None
     except KeyboardInterrupt:  # outside the trainer's own handling, or a second Ctrl-C
         fail(h, trial.number, "interrupted (its run goes on from the last.pt of its last validation, if any)",

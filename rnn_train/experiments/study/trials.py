@@ -42,6 +42,7 @@ class Experiment(Protocol):
     out: Path
     budget: Budget
     evals: int
+    redraws: bool  # a trial whose parameters cannot train can be replaced by other draws (a search, not a grid)
 
     def configure(self, trial: optuna.Trial) -> tuple[str, Config]:
         """The trial's run directory name (under `out`) and its config, from parameters the trial
@@ -139,6 +140,7 @@ class TrialRunner:
     on_step: Callable[[str, int], None] | None = None  # (run name, step): tests interrupt a run with it
 
     def __call__(self, trial: optuna.Trial) -> Outcome:
+        from rnn_train.training.learner import ModelTooLarge
         from rnn_train.training.trainer import train
 
         ex = self.experiment
@@ -175,6 +177,10 @@ class TrialRunner:
         try:
             result = train(cfg, rd.path, resume=resume, quiet=not self.verbose, cache_dir=self.cache_dir, data=data,
                            on_step=hook, on_validation=reporter)
+        except ModelTooLarge as e:  # queued again, it would fail again on every rerun
+            if ex.redraws:
+                raise BadTrialConfig(str(e)) from None
+            raise ModelTooLarge(f"{tag}: {e}") from None
         finally:
             wall = round(walled + time.perf_counter() - t0, 3)
             trial.set_user_attr("wall_seconds", wall)

@@ -103,6 +103,8 @@ class SweepPlan:
                 "fixed_overrides": self.fixed, "evals": self.evals, "runs": [r.name for r in self.runs]}
 
     # -- what the study needs (study/trials.py's Experiment)
+    redraws = False  # every grid point is asked for: one that cannot train is an error, not skipped
+
     def search_space(self) -> dict[str, list[Any]]:
         """The grid as Optuna's GridSampler takes it: key -> the typed values, in the order given."""
         space: dict[str, list[Any]] = {key: [] for key in self.grid}

@@ -35,6 +35,7 @@ class TunePlan:
     out: Path
     base: Config  # the recipe with the overrides and the budget: what the space varies
     user_sets_eval: bool  # train.eval_every given as an override or searched: not spread over the budget
+    redraws = True  # a trial whose parameters cannot train fails for good; the sampler draws others
 
     def config_for(self, values: dict[str, Any], name: str) -> Config:
         """The config of a trial whose searched keys take `values`, writing into out/name."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -119,10 +120,14 @@ def write_plots(out: Path, study, evals: int, log: Callable[[str], None] = print
             log(f"{name}: skipped (needs {needed} finished trials, the study has {len(complete)})")
             continue
         try:
-            ax = plot(study)
+            with warnings.catch_warnings(record=True) as said:  # into the log, once, not as stderr's warnings
+                warnings.simplefilter("always", UserWarning)
+                ax = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
             log(f"{name}: skipped ({e})")
             continue
+        for message in dict.fromkeys(str(w.message) for w in said if issubclass(w.category, UserWarning)):
+            log(f"{name}: {message}")
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         if name == "history.png":
             ax.set_ylabel("best validation loss of the trial")
