@@ -286,3 +286,35 @@ def test_several_files_and_a_total(run, tmp_path):
     ra, rb = score_file(model, vocab, cfg.data, a), score_file(model, vocab, cfg.data, b)
     total = float(lines[2].split("| loss ")[1].split(" ")[0])
     assert total == pytest.approx((ra.nats + rb.nats) / 19, abs=1e-4)
+
+
+def test_dash_is_standard_input_scored_as_the_same_text_in_a_file(run, tmp_path):
+    """`some-command | rnn-train score -`: standard input is scored as its text in a file would be (a
+    pinyin model converts Chinese from it too), named "-" in the results and the --per-char rows."""
+    tmp, _, _ = run
+    a = tmp_path / "a.txt"
+    a.write_text("ni hao\nzhong guo ren\n")
+
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+
+    def cli(*args, stdin=b""):
+        return subprocess.run([sys.executable, "-m", "rnn_train", "score", "--checkpoint", str(tmp / "run"),
+                               *map(str, args)], cwd=ROOT, capture_output=True, input=stdin,
+                              env={**os.environ, "TMPDIR": str(spool)})
+
+    from_file = cli(a, "--per-char", tmp_path / "file.tsv")
+    piped = cli("-", a, "--per-char", tmp_path / "piped.tsv", stdin=a.read_bytes())
+    assert from_file.returncode == piped.returncode == 0, piped.stderr
+    file_line, (pipe_line, again, total) = from_file.stdout.decode().strip(), piped.stdout.decode().splitlines()
+    assert pipe_line == file_line.replace(str(a), "-", 1) and again == file_line and total.startswith("total: ")
+    rows = (tmp_path / "piped.tsv").read_text().splitlines()
+    assert rows[1:22] == [row.replace(str(a), "-", 1) for row in (tmp_path / "file.tsv").read_text().splitlines()[1:]]
+    chinese = cli("-", stdin="中国人\n".encode())  # read twice: whether it is Chinese, then its text
+    assert chinese.returncode == 0 and chinese.stdout.decode().startswith("-: 14 chars"), chinese.stderr  # zhong guo ren\n
+    for stdin, args, needle in [(b"", ["-"], "error: standard input is empty: nothing to score\n"),
+                                (b"ni \xff", ["-"], "error: standard input: byte 0xff at offset 3"),
+                                (b"ni hao", ["-", "-"], "error: - (standard input) is given 2 times: it can be read once\n")]:
+        out = cli(*args, stdin=stdin)
+        assert out.returncode == 2 and out.stdout == b"" and out.stderr.decode().startswith(needle), out.stderr
+    assert not list(spool.iterdir())  # standard input's copies are removed

@@ -3,6 +3,7 @@
     rnn-train score --checkpoint runs/pinyin_gru mytext.txt other.txt
     rnn-train score --checkpoint runs/pinyin_gru mytext.txt --per-char surprisal.tsv
     rnn-train score --checkpoint runs/pinyin_gru mytext.txt --exact
+    some-command | rnn-train score --checkpoint runs/pinyin_gru -
 
 Each file is read in bounded pieces as the model's corpus was prepared (`textstream.model_text`),
 so a text of any length is scored with constant memory. The first character is context only;
@@ -29,6 +30,10 @@ the other rows of its batch on the C++ path.
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -50,6 +55,7 @@ WARM_UP = 256  # characters each row reads before its segment, unscored
 ROWS = 64  # segments scored together
 TORCH_STEPS = 256  # time steps per module call where the batch runs on the torch module
 
+STDIN = "-"  # the FILE that is standard input
 RowWriter = Callable[[str, np.ndarray], None]  # (characters, surprisal in bits) of a window
 
 
@@ -217,13 +223,13 @@ def _escape(c: str) -> str:
 
 
 def score_file(model: CharRNN, vocab: Vocab, data_cfg, path: str, encoding: str | None = None,
-               out=None, exact: bool = False) -> Score:
+               out=None, exact: bool = False, name: str | None = None) -> Score:
     """Score one file; with `out` (a binary file) write `file<TAB>index<TAB>char<TAB>bits` rows (the
-    file name and the character escaped as `_escape` does)."""
+    file's `name`, by default its path, and the character escaped as `_escape` does)."""
     from rnn_train.prediction.textstream import model_text, nothing_read
 
     index = [0]
-    name = "".join(map(_escape, str(path)))  # a tab or a newline in a file name, as in the text
+    name = "".join(map(_escape, str(path if name is None else name)))  # a tab or a newline in a name, as in the text
 
     def rows(chars: str, bits: np.ndarray) -> None:
         lines = [f"{name}\t{index[0] + i}\t{_escape(c)}\t{'' if math.isnan(b) else f'{b:.4f}'}\n"
@@ -239,10 +245,29 @@ def score_file(model: CharRNN, vocab: Vocab, data_cfg, path: str, encoding: str 
     return result
 
 
+def _spooled_stdin(files: list[str]) -> str | None:
+    """Standard input copied to a temporary file, where FILE `-` asks for it (None where not): a
+    file is read twice (whether it is Chinese, for a pinyin model, then its text) and a pipe once."""
+    asked = files.count(STDIN)
+    if asked > 1:
+        raise UserError(f"- (standard input) is given {asked} times: it can be read once")
+    if not asked:
+        return None
+    fd, path = tempfile.mkstemp(prefix="rnn-train-score-", suffix=".txt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+    except BaseException:  # Ctrl-C while it is typed or piped: no copy left behind
+        os.unlink(path)
+        raise
+    return path
+
+
 def main(argv: list[str] | None = None, prog: str = "rnn-train score") -> int:
     ap = ArgumentParser(prog=prog, description="Cross-entropy, perplexity and bits per character of texts "
                                                "under a model (state carried, any length).")
-    ap.add_argument("files", nargs="+", metavar="FILE", help="text files, each scored from a zero state")
+    ap.add_argument("files", nargs="+", metavar="FILE",
+                    help="text files, each scored from a zero state; - is standard input")
     ap.add_argument("--checkpoint", required=True, help="a .pt file or a run directory (uses its best.pt)")
     ap.add_argument("--per-char", metavar="OUT.tsv", type=output_arg,
                     help="write every character with its surprisal in bits (file, index, char, bits; the "
@@ -262,19 +287,33 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train score") -> int:
     header = "file\tindex\tchar\tbits\n".encode()
     checkpoint = resolve_checkpoint(args.checkpoint)
     if args.per_char:
-        refuse_replacing(args.per_char, "--per-char", reads=(checkpoint, *args.files),
+        refuse_replacing(args.per_char, "--per-char", reads=(checkpoint, *(f for f in args.files if f != STDIN)),
                          own=starts_with(header), kind="an earlier --per-char table")
     model, vocab, cfg, _ = load_model(checkpoint, resolve_device(args.device, "--device"))
 
-    def run(out=None) -> list[Score]:
-        return [score_file(model, vocab, cfg.data, f, args.encoding, out, args.exact) for f in args.files]
+    stdin = _spooled_stdin(args.files)
 
-    if args.per_char:
-        results: list[Score] = []
-        # written beside the target and renamed at the end: an error leaves an earlier file intact
-        atomic_write_bytes(Path(args.per_char), lambda f: (f.write(header), results.extend(run(f))))
-    else:
-        results = run()
+    def one(f: str, out) -> Score:
+        if f != STDIN:
+            return score_file(model, vocab, cfg.data, f, args.encoding, out, args.exact)
+        try:  # the copy is read under its own name; the rows say "-", the messages "standard input"
+            return score_file(model, vocab, cfg.data, stdin, args.encoding, out, args.exact, name=STDIN)
+        except UserError as e:
+            raise UserError(str(e).replace(stdin, "standard input")) from None
+
+    def run(out=None) -> list[Score]:
+        return [one(f, out) for f in args.files]
+
+    try:
+        if args.per_char:
+            results: list[Score] = []
+            # written beside the target and renamed at the end: an error leaves an earlier file intact
+            atomic_write_bytes(Path(args.per_char), lambda f: (f.write(header), results.extend(run(f))))
+        else:
+            results = run()
+    finally:
+        if stdin:
+            os.unlink(stdin)
     for path, result in zip(args.files, results):
         print(result.line(path))
     if len(results) > 1:
