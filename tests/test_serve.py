@@ -311,6 +311,9 @@ def test_a_bad_request_is_a_4xx_naming_the_field_and_the_server_goes_on(server, 
     assert r.status_code == status, r.text
     body = r.json()
     assert body["field"] == field and body["error"].startswith(f"{field}: ")
+    if "\udcff" in raw:
+        at = content.index(b"\xff")
+        assert body["error"] == f"body: not UTF-8: byte 0xff at offset {at} (JSON is sent as UTF-8)"
     assert server.post("/v1/next", {"prefix": "ni"}).status_code == 200
 
 

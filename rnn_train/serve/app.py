@@ -365,6 +365,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         if exc.status_code in (400, 413):  # 400: a body that is not JSON at all (FastAPI's own parse)
+            bad = exc.__cause__
+            if isinstance(bad, UnicodeDecodeError):  # what FastAPI says of it is "There was an error parsing the body"
+                return _error(400, "body", f"not UTF-8: byte 0x{bad.object[bad.start]:02x} at offset {bad.start} "
+                                           "(JSON is sent as UTF-8)")
             return _error(exc.status_code, "body", str(exc.detail))
         return _error(exc.status_code, None, str(exc.detail))
 
