@@ -1,5 +1,6 @@
 """`rnn-train score`: the loss of a text under a model, streamed: one stream with --exact, else
 segments scored as one batch, each after a warm-up."""
+import io
 import json
 import math
 import re
@@ -13,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rnn_train.cli import run as cli_run
 from rnn_train.config import build_config
 from rnn_train.data.dataset import prepare_data
 from rnn_train.data.pinyin import hanzi_to_pinyin
@@ -288,33 +290,36 @@ def test_several_files_and_a_total(run, tmp_path):
     assert total == pytest.approx((ra.nats + rb.nats) / 19, abs=1e-4)
 
 
-def test_dash_is_standard_input_scored_as_the_same_text_in_a_file(run, tmp_path):
+def test_dash_is_standard_input_scored_as_the_same_text_in_a_file(run, tmp_path, monkeypatch, capsys):
     """`some-command | rnn-train score -`: standard input is scored as its text in a file would be (a
     pinyin model converts Chinese from it too), named "-" in the results and the --per-char rows."""
     tmp, _, _ = run
     a = tmp_path / "a.txt"
     a.write_text("ni hao\nzhong guo ren\n")
-
-    spool = tmp_path / "tmp"
-    spool.mkdir()
-
-    def cli(*args, stdin=b""):
-        return subprocess.run([sys.executable, "-m", "rnn_train", "score", "--checkpoint", str(tmp / "run"),
-                               *map(str, args)], cwd=ROOT, capture_output=True, input=stdin,
-                              env={**os.environ, "TMPDIR": str(spool)})
-
-    from_file = cli(a, "--per-char", tmp_path / "file.tsv")
-    piped = cli("-", a, "--per-char", tmp_path / "piped.tsv", stdin=a.read_bytes())
+    from_file = _score_cli("--checkpoint", tmp / "run", a, "--per-char", tmp_path / "file.tsv")
+    piped = subprocess.run([sys.executable, "-m", "rnn_train", "score", "--checkpoint", str(tmp / "run"), "-", str(a),
+                            "--per-char", str(tmp_path / "piped.tsv")], cwd=ROOT, capture_output=True, text=True,
+                           stdin=a.open("rb"))  # a real pipe or file as standard input
     assert from_file.returncode == piped.returncode == 0, piped.stderr
-    file_line, (pipe_line, again, total) = from_file.stdout.decode().strip(), piped.stdout.decode().splitlines()
+    file_line, (pipe_line, again, total) = from_file.stdout.strip(), piped.stdout.splitlines()
     assert pipe_line == file_line.replace(str(a), "-", 1) and again == file_line and total.startswith("total: ")
     rows = (tmp_path / "piped.tsv").read_text().splitlines()
     assert rows[1:22] == [row.replace(str(a), "-", 1) for row in (tmp_path / "file.tsv").read_text().splitlines()[1:]]
-    chinese = cli("-", stdin="中国人\n".encode())  # read twice: whether it is Chinese, then its text
-    assert chinese.returncode == 0 and chinese.stdout.decode().startswith("-: 14 chars"), chinese.stderr  # zhong guo ren\n
-    for stdin, args, needle in [(b"", ["-"], "error: standard input is empty: nothing to score\n"),
-                                (b"ni \xff", ["-"], "error: standard input: byte 0xff at offset 3"),
-                                (b"ni hao", ["-", "-"], "error: - (standard input) is given 2 times: it can be read once\n")]:
-        out = cli(*args, stdin=stdin)
-        assert out.returncode == 2 and out.stdout == b"" and out.stderr.decode().startswith(needle), out.stderr
-    assert not list(spool.iterdir())  # standard input's copies are removed
+
+    spool = tmp_path / "tmp"  # where the copies of standard input go
+    spool.mkdir()
+    monkeypatch.setattr(score_mod.tempfile, "tempdir", str(spool))
+
+    def score_stdin(data: bytes, *args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        status = cli_run(score_mod.main, ["--checkpoint", str(tmp / "run"), *args])
+        return (status, *capsys.readouterr())
+
+    status, out, _ = score_stdin("中国人\n".encode(), "-")  # read twice: whether it is Chinese, then its text
+    assert status == 0 and out.startswith("-: 14 chars (13 scored")  # zhong guo ren\n
+    for data, args, needle in [(b"", ["-"], "error: standard input is empty: nothing to score\n"),
+                               (b"ni \xff", ["-"], "error: standard input: byte 0xff at offset 3"),
+                               (b"ni hao", ["-", "-"], "error: - (standard input) is given 2 times: it can be read once\n")]:
+        status, out, err = score_stdin(data, *args)
+        assert status == 2 and out == "" and err.startswith(needle), err
+    assert not list(spool.iterdir())  # the copies are removed
