@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from rnn_train.config import build_config
-from rnn_train.data.pinyin import hanzi_to_pinyin
 from rnn_train.explore import cli as explore_cli
 from rnn_train.model import cells
 from rnn_train.model.checkpoint import load_model

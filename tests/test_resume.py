@@ -80,7 +80,7 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     r = train(longer, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c",
               resume=load_checkpoint(tmp_path / "r" / "last.pt"))
     assert r.step == 30
-    straight = train(longer, tmp_path / "straight", quiet=True, cache_dir=tmp_path / "c")
+    train(longer, tmp_path / "straight", quiet=True, cache_dir=tmp_path / "c")
     assert_same_weights(weights(tmp_path / "r" / "last.pt"), weights(tmp_path / "straight" / "last.pt"))
 
 

@@ -39,8 +39,6 @@ def test_clear_removes_the_run_files_and_nothing_else(tmp_path):
     rd.clear()
     assert sorted(p.name for p in rd.path.iterdir()) == ["notes.txt", "sweep_run.json"]
     assert rd.existing() == [] and not rd.holds_run()
-    rd.clear(extra=("sweep_run.json",))
-    assert [p.name for p in rd.path.iterdir()] == ["notes.txt"]
 
 
 def test_a_config_or_metrics_alone_is_not_a_run_to_protect(tmp_path):

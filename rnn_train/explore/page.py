@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import json
 import math
 import re
 from dataclasses import dataclass

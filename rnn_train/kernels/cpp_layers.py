@@ -30,8 +30,9 @@ from torch.autograd.function import once_differentiable
 
 from rnn_train.kernels.build import extension
 from rnn_train.kernels.gemm import scratch, weight_grad
-from rnn_train.kernels.layer_io import (B_HH, C0, H0, INP, W_HH, W_IH, LayerLoop, LayerOptions, LayerTensors, begin,
-                                        gather_table, input_grads, out_view, project, time_major_grad)
+from rnn_train.kernels.layer_io import (B_HH, C0, H0, W_HH, LayerLoop, LayerOptions, LayerTensors, begin,
+                                        gather_table, input_grads, out_view, project, shared_bias_grad,
+                                        time_major_grad)
 
 
 def _ops():
@@ -89,13 +90,6 @@ def _hidden_grads(ctx, deltas2, hs, T: int, B: int, own_bias: bool):
     return dw_hh, db_hh
 
 
-def _shared_bias_grad(ctx, deltas2, db_ih):
-    """db_hh where both biases get the same sum (RNN, LSTM): db_ih's, or computed when b_ih wants none."""
-    if not (ctx.has_bias and ctx.needs_input_grad[B_HH]):
-        return None
-    return deltas2.sum(0) if db_ih is None else db_ih  # (autograd copies a tensor handed to two params)
-
-
 class CppRNN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, opts: LayerOptions, inp, h0, c0, w_ih, w_hh, b_ih, b_hh):
@@ -115,7 +109,7 @@ class CppRNN(torch.autograd.Function):
         da2 = da.view(T * B, -1)
         dw_hh, _ = _hidden_grads(ctx, da2, hs, T, B, own_bias=False)
         dx, dw_ih, db_ih = input_grads(ctx, da2, x2, w_ih, T, B)
-        return None, dx, dh0 if need[H0] else None, None, dw_ih, dw_hh, db_ih, _shared_bias_grad(ctx, da2, db_ih)
+        return None, dx, dh0 if need[H0] else None, None, dw_ih, dw_hh, db_ih, shared_bias_grad(ctx, da2, db_ih)
 
 
 class CppGRU(torch.autograd.Function):
@@ -165,7 +159,7 @@ class CppLSTM(torch.autograd.Function):
         dw_hh, _ = _hidden_grads(ctx, dg2, hs, T, B, own_bias=False)
         dx, dw_ih, db_ih = input_grads(ctx, dg2, x2, w_ih, T, B)
         return (None, dx, dh0 if need[H0] else None, dc0 if need[C0] else None, dw_ih, dw_hh, db_ih,
-                _shared_bias_grad(ctx, dg2, db_ih))
+                shared_bias_grad(ctx, dg2, db_ih))
 
 
 # The CellSpec hooks "cpp_loop" (rnn_train/model/cells.py)

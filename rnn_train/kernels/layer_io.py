@@ -165,6 +165,13 @@ def input_grads(ctx, dgi2: torch.Tensor, x2: torch.Tensor, w_ih: torch.Tensor, T
     return dx, dw, db
 
 
+def shared_bias_grad(ctx, deltas2: torch.Tensor, db_ih: torch.Tensor | None) -> torch.Tensor | None:
+    """db_hh where both biases get the same sum (RNN, LSTM): db_ih's, or computed when b_ih wants none."""
+    if not (ctx.has_bias and ctx.needs_input_grad[B_HH]):
+        return None
+    return deltas2.sum(0) if db_ih is None else db_ih  # (autograd copies a tensor handed to two params)
+
+
 def out_view(hs: torch.Tensor, batch_first: bool) -> torch.Tensor:
     """Every step's state [T, B, H] in the caller's layout (a view, never a copy)."""
     return hs.transpose(0, 1) if batch_first else hs

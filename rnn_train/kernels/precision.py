@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
-TAKEN = ("fp32", "bf16")
 BF16_MARGIN = 1.15
 """`auto` takes bf16 only where its step measured at least this many times faster than float32's:
 below that a noisy measurement could flip the choice between machines of one class, and bf16's

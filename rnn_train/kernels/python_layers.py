@@ -27,7 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from rnn_train.kernels.gemm import linear, scratch, weight_grad
 from rnn_train.kernels.layer_io import (B_HH, H0, W_HH, LayerLoop, LayerOptions, LayerTensors, begin, input_grads,
-                                        out_view, project, time_major_grad)
+                                        out_view, project, shared_bias_grad, time_major_grad)
 
 
 def _one_minus(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -186,10 +186,7 @@ class PythonRNN(torch.autograd.Function):
         da2 = da.view(T * B, H)
         dw_hh = weight_grad(da2, hs[:T].view(T * B, H), gemm) if ctx.needs_input_grad[W_HH] else None
         dx, dw_ih, db_ih = input_grads(ctx, da2, x2, w_ih, T, B)
-        db_hh = None
-        if ctx.has_bias and ctx.needs_input_grad[B_HH]:  # b_ih and b_hh get the same sum
-            db_hh = da2.sum(0) if db_ih is None else db_ih  # (autograd copies a tensor handed to two params)
-        return None, dx, dh0, None, dw_ih, dw_hh, db_ih, db_hh
+        return None, dx, dh0, None, dw_ih, dw_hh, db_ih, shared_bias_grad(ctx, da2, db_ih)
 
 
 # The CellSpec hooks "python_loop" (rnn_train/model/cells.py)

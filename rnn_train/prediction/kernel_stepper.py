@@ -43,7 +43,7 @@ import torch
 from rnn_train.model.charrnn import CharRNN, State
 from rnn_train.model.checkpoint import refuse_not_finite
 
-UNK_LOGIT = -1e30  # as stepper.UNK_LOGIT: <unk>'s logit when sampling (probability exactly 0)
+UNK_LOGIT = -1e30  # as stepper.UNK_LOGIT (not imported: stepper imports this module): <unk>'s logit when sampling
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,6 @@ What a seeded request can be promised (tests/test_serve.py checks them):
 from __future__ import annotations
 
 import collections
-import os
 import sys
 import threading
 import traceback
@@ -56,6 +55,7 @@ from rnn_train.model.charrnn import CharRNN, State
 from rnn_train.prediction.choose import SamplingOptions, effective_top_k, filter_logits, gumbel_noise, row_keys
 from rnn_train.prediction.sampler import RuleState
 from rnn_train.prediction.stepper import GEMM_ROWS, gemm_rows, make_stepper
+from rnn_train.runtime import available_cores
 
 NOISE_BYTES = 8 << 20  # the noise buffer's budget: [period, rows, V]
 
@@ -66,7 +66,7 @@ def engine_threads() -> int:
     end, and one whose core the event loop holds keeps the others waiting. On the 2-vCPU Xeon of
     docs/serve.md, one thread instead of two took 8 clients from ~45k to ~90k characters/s and
     64 clients from ~122k to ~123k (`python benchmarks/serve_bench.py`)."""
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    return max(1, available_cores() - 1)
 
 
 @dataclass(eq=False)

@@ -170,12 +170,12 @@ class RunDir:
         return ", ".join(diffs[:limit]) + (" ..." if len(diffs) > limit else "")
 
     # -- writing -------------------------------------------------------------------------------------
-    def clear(self, extra: tuple[str, ...] = ()) -> None:
-        """Delete what an earlier run wrote here (RUN_FILES and `extra` patterns), nothing else."""
+    def clear(self) -> None:
+        """Delete what an earlier run wrote here (RUN_FILES), nothing else."""
         if not self.path.is_dir():
             return
         with writing(self.path):  # a read-only directory is one line, like a full one
-            for pattern in RUN_FILES + extra:
+            for pattern in RUN_FILES:
                 for f in self.path.glob(pattern):
                     if f.is_file():
                         f.unlink()

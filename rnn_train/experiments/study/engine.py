@@ -49,6 +49,8 @@ BAD_CONFIG = "config:"
 """How the reason of a trial whose parameters cannot train (BadTrialConfig) begins: failed for good."""
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+POLL_S = 2.0
+"""How often a worker with nothing left to ask looks again at the trials other processes run."""
 
 
 class BadTrialConfig(UserError):
@@ -235,8 +237,7 @@ def _surplus(h: StudyHandle, number: int, n_trials: int) -> bool:
 
 
 def work(h: StudyHandle, n_trials: int, run: Callable[[optuna.Trial], Outcome], *,
-         log: Callable[[str], None] = print, wait: bool = True, poll_s: float = 2.0,
-         after_trial: Callable[[], None] | None = None) -> WorkResult:
+         log: Callable[[str], None] = print, after_trial: Callable[[], None] | None = None) -> WorkResult:
     """Run trials of the study until it has `n_trials` finished ones (see the module docstring).
     `run(trial)` trains one trial and says how it ended; BadTrialConfig fails it for good; an
     interruption (Ctrl-C, SIGTERM) fails it, queues it again and ends the loop; any other exception
@@ -253,14 +254,14 @@ def work(h: StudyHandle, n_trials: int, run: Callable[[optuna.Trial], Outcome], 
                 reap(h, log, unclaimed)
                 c = census(h)
                 if not c.waiting and c.live >= n_trials:
-                    if not c.running or not wait:
-                        out.complete = not c.running and c.finished >= n_trials
+                    if not c.running:
+                        out.complete = c.finished >= n_trials
                         return out
                     if c.running != waiting_for:
                         waiting_for = c.running
                         log(f"waiting for trial{'s' if len(c.running) > 1 else ''} "
                             f"{', '.join(map(str, c.running))}, running in another process")
-                    time.sleep(poll_s)
+                    time.sleep(POLL_S)
                     continue
                 waiting_for = None
                 trial = h.study.ask()

@@ -167,7 +167,7 @@ class TrialRunner:
         resume = _resumable(rd, cfg, data.vocab.to_list()) if status == "resume" else None
         if resume is None:
             rd.clear()
-            self.log(f"{tag}: training {_describe(trial)}")
+            self.log(f"{tag}: training {describe_params(trial.params)}")
         else:
             self.log(f"{tag}: resuming {rd.path} from last.pt at step {resume['step']}")
             trial.set_user_attr("resumed_at_step", resume["step"])
@@ -203,9 +203,6 @@ class TrialRunner:
         return Outcome(value=value, pruned=pruned)
 
 
-def _describe(trial: optuna.Trial) -> str:
-    return ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-
-
-def _short(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def describe_params(params: dict[str, Any]) -> str:
+    """A trial's parameters as the log, best.yaml and the summary write them: "key=value, ...", floats to 4 digits."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())

@@ -12,7 +12,7 @@ from typing import Any
 
 from rnn_train.config import SECTIONS, Config, load_config
 from rnn_train.errors import UserError
-from rnn_train.experiments.study.budget import DEFAULT_EVALS, Budget, parse_budget, spread_evals
+from rnn_train.experiments.study.budget import DEFAULT_EVALS, Budget, spread_evals
 from rnn_train.training.rules import LIMIT_KEYS
 from rnn_train.training.rundir import comparable
 
@@ -21,7 +21,7 @@ BUDGET_KEYS = LIMIT_KEYS
 OWNED_KEYS = BUDGET_KEYS + ("log.dir", "log.name")
 """Keys the sweep sets itself (log.dir / log.name: each run's directory is named after its grid point)."""
 NUM_STEPS_KEY = "data.num_steps"
-__all__ = ["DEFAULT_EVALS", "Budget", "parse_budget", "parse_grid", "short_labels", "run_name", "PlannedRun",
+__all__ = ["parse_grid", "short_labels", "run_name", "PlannedRun",
            "SweepPlan", "plan_sweep"]
 
 # ---- the command line's grid

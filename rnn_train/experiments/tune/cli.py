@@ -138,11 +138,11 @@ def _tables(h, out: Path, name: str, keys: list[str]) -> list[Path]:
 
 
 def _report(h, out: Path, name: str, keys: list[str], evals: int, log) -> list[Path]:
+    from rnn_train.experiments.study.trials import describe_params
     from rnn_train.experiments.tune import report
 
     files = _tables(h, out, name, keys)
     best = report.best_trial(h.trials())
     if best is not None:
-        log(f"best: trial {best.number}, val loss {best.value:.4f} ("
-            + ", ".join(f"{k}={report._short(v)}" for k, v in best.params.items()) + ")")
+        log(f"best: trial {best.number}, val loss {best.value:.4f} ({describe_params(best.params)})")
     return files + report.write_plots(out, h.study, evals, log)

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from optuna.trial import FrozenTrial, TrialState
 
 from rnn_train.config import build_config, config_to_yaml
+from rnn_train.experiments.study.trials import describe_params
 from rnn_train.files import atomic_write_text, save_figure
 
 COLUMNS = ("best_val_loss", "final_val_loss", "tokens", "train_s", "wall_s", "stopped_by", "run_dir", "host")
@@ -87,7 +88,7 @@ def write_best(out: Path, best: FrozenTrial, study_name: str, n_finished: int) -
     raw = {**raw, "log": {**raw.get("log", {}), "dir": "runs", "name": ""}}
     cfg = build_config(raw, source=f"trial {best.number}'s config")
     r = best.user_attrs.get("result") or {}
-    params = ", ".join(f"{k}={_short(v)}" for k, v in best.params.items())
+    params = describe_params(best.params)
     header = (f"# The best of {n_finished} finished trials of the study {study_name} (rnn-train tune): trial "
               f"{best.number},\n# best validation loss {best.value:.4f} after {r.get('tokens', 0):,} training tokens"
               f" ({r.get('train_seconds', 0):.0f} s of training).\n# Searched: {params}\n"
@@ -95,9 +96,6 @@ def write_best(out: Path, best: FrozenTrial, study_name: str, n_finished: int) -
     atomic_write_text(out / "best.yaml", header + config_to_yaml(cfg))
     return out / "best.yaml"
 
-
-def _short(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def write_plots(out: Path, study, evals: int, log: Callable[[str], None] = print) -> list[Path]:

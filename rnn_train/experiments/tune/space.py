@@ -16,7 +16,7 @@ given as an override are reported together as one error. Then a config is built 
 every range and for every listed value (the others at the recipe's values), and at all lows and
 all highs together, so `model.dropout: {float: [0, 1.5]}` fails now, not in trial 17.
 
-Without --space, `default_space` builds one around the recipe (its cell and sizes); `rnn-train tune
+Without --space, `default_specs` builds one around the recipe (its cell and sizes); `rnn-train tune
 --config RECIPE --dry-run` prints it in this format, to copy into a file and edit.
 """
 from __future__ import annotations
