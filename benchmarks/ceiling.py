@@ -185,7 +185,7 @@ def candidates(M: int, K: int, N: int, b: str, uses: int, precision: str, tiles,
         ab, wb = a.bfloat16(), wt.bfloat16()
         out["torch.mm bf16"] = times(lambda: torch.mm(ab, wb.t()))
         ops = extension()
-        if ops is not None and hasattr(ops, "bf16_available") and ops.bf16_available():
+        if ops is not None and ops.bf16_available():
             out["bf16_matmul"] = times(lambda: ops.bf16_matmul(a, wt))
     return out
 

@@ -56,6 +56,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rnn_train.data.vocab import Vocab  # noqa: E402
+from rnn_train.kernels.precision import fused_bf16_available  # noqa: E402
 from rnn_train.model.charrnn import CharRNN  # noqa: E402
 from rnn_train.prediction import kernel_stepper, stepper  # noqa: E402
 from rnn_train.prediction.choose import SamplingOptions  # noqa: E402
@@ -102,7 +103,7 @@ def numpy_before(model: CharRNN, vocab: Vocab, k: int, n: int) -> None:
     """The NumPy stepper with per-row Gumbel noise from NumPy, as sampling ran before the C++ steps."""
     logits, state = warm_up(model, encode_prefix(vocab, PREFIX))
     folded = _folded[id(model)]  # the temperature folded into the decoder, as that stepper did
-    s = stepper.make_stepper(folded, n, 1.0, kernel="numpy")
+    s = stepper.make_stepper(folded, n, kernel="numpy")
     s.load_state(state)
     first = logits.numpy().copy() / TEMPERATURE
     first[0] = stepper.UNK_LOGIT
@@ -176,7 +177,7 @@ def main() -> None:
     paths = {"module": module_loop, "numpy-before": numpy_before, "numpy": today("numpy")}
     if cpp:
         paths["cpp"] = today("cpp")
-    if cpp and kernel_stepper.bf16_available():
+    if cpp and fused_bf16_available():
         paths["cpp-bf16"] = today("cpp", "bf16")
     print(f"H={args.hidden}, V={len(vocab)}, temperature {TEMPERATURE}, torch threads {torch.get_num_threads()}, "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, {args.rounds} rounds (medians), "

@@ -101,7 +101,7 @@ def _model_pair(name_or_spec, layers=2, embedding="one_hot"):
 @pytest.mark.parametrize("embedding", ["one_hot", "learned"])
 def test_each_cells_tuned_stepper_steps_as_the_reference_step_does(name, embedding):
     model = _model_pair(name, embedding=embedding)
-    tuned, generic = make_stepper(model, 3, 1.0, rows=3, kernel="numpy"), GenericStepper(model, 3, 1.0, 3)
+    tuned, generic = make_stepper(model, 3, rows=3, kernel="numpy"), GenericStepper(model, 3, 3)
     assert type(tuned) is model.spec.hook("stepper") and type(tuned) is not GenericStepper
     ids = np.array([1, 4, 7])
     for _ in range(12):
@@ -118,7 +118,7 @@ def test_each_cells_cpp_generation_step_steps_as_the_reference_step_does(name, e
     if extension() is None:
         pytest.fail("the C++ kernels did not build here (see the note on stderr)")
     model = _model_pair(name, embedding=embedding)
-    fast, generic = make_stepper(model, 3, 1.0, kernel="cpp"), GenericStepper(model, 3, 1.0, 3)
+    fast, generic = make_stepper(model, 3, kernel="cpp"), GenericStepper(model, 3, 3)
     ids = np.array([1, 4, 7])
     for _ in range(12):
         a, b = fast.step(ids).copy(), generic.step(ids).copy()

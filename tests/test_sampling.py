@@ -22,6 +22,7 @@ from rnn_train.prediction.generate import encode_prefix, generate, samples
 from rnn_train.prediction.sampler import CHUNK, StopRules
 from rnn_train.kernels import autotune
 from rnn_train.kernels.build import extension
+from rnn_train.kernels.precision import fused_bf16_available
 from rnn_train.prediction import kernel_stepper
 from rnn_train.prediction import stepper as stepper_module
 from rnn_train.prediction.stepper import gemm_rows, make_stepper, sampling_key
@@ -82,16 +83,15 @@ def test_greedy_text_equals_the_torch_module_step_by_step(runs, name, kernel):
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-@pytest.mark.parametrize("temperature", [0.0, 0.7])
 @pytest.mark.parametrize("kernel,rows", [("cpp", None), ("numpy", 1), ("numpy", 2), ("numpy", 5)])  # NumPy GEMMs in
-def test_next_character_probabilities_equal_torch_softmax(runs, name, temperature, kernel, rows):  # blocks of 1, 2, 5
+def test_next_character_probabilities_equal_torch_softmax(runs, name, kernel, rows):  # blocks of 1, 2, 5
     model, vocab, _ = _load(runs, name)
     ids = encode_prefix(vocab, "ni hao\nzhong guo ren min\nshi jie he ping\n" * 4)  # [1, P], teacher-forced
     with torch.no_grad():
         logits, _ = model(ids)  # [1, P, V]
     logits[..., 0] = float("-inf")
-    expected = torch.softmax(logits[0].double() / (temperature or 1.0), dim=-1).numpy()  # [P, V]
-    stepper = make_stepper(model, batch=5, temperature=temperature, rows=rows, kernel=kernel)  # 5 identical rows
+    expected = torch.softmax(logits[0].double(), dim=-1).numpy()  # [P, V]
+    stepper = make_stepper(model, batch=5, rows=rows, kernel=kernel)  # 5 identical rows
     assert stepper.kernel == kernel
     got = np.stack([softmax(stepper.step(np.repeat(i, 5)).astype(np.float64)) for i in ids[0].tolist()])  # [P, 5, V]
     for row in range(5):
@@ -276,29 +276,27 @@ def test_a_model_with_a_weight_that_is_not_finite_is_refused_with_a_user_error(r
         make_stepper(model, 2)
 
 
-def test_rows_take_their_own_temperature_and_state(runs, kernel):
+def test_a_row_takes_its_own_state(runs, kernel):
     model, vocab, _ = _load(runs, "lstm2_learned")
     with torch.no_grad():
         _, state = model(encode_prefix(vocab, "zhong guo"))
-    s = make_stepper(model, 3, 0.5)
+    s = make_stepper(model, 3)
     ids = np.array([5, 5, 5])
-    base = s.step(ids).copy()  # every row at temperature 0.5, from a zero state
-    s.load_state(model.begin_state(3))
-    s.set_temperature([0.0, 2.0], rows=[0, 2])
-    got = s.step(ids)
-    assert s.temperature.tolist() == [0.0, 0.5, 2.0]
-    np.testing.assert_allclose(got[:, 1:], base[:, 1:] * np.array([[0.5], [1.0], [0.25]]), rtol=1e-5)
+    s.step(ids)
     s.load_state(state, rows=[1])  # one row from a warmed-up state, the others go on
-    want = make_stepper(model, 1, 0.5)
+    want, others = make_stepper(model, 1), make_stepper(model, 1)
     want.load_state(state)
-    np.testing.assert_allclose(s.step(ids)[1], want.step(ids[:1])[0], rtol=1e-5)
+    others.step(ids[:1])
+    got = s.step(ids)
+    np.testing.assert_allclose(got[1], want.step(ids[:1])[0], rtol=1e-5)
+    np.testing.assert_allclose(got[[0, 2]], np.repeat(others.step(ids[:1]), 2, axis=0), rtol=1e-5)
 
 
 def test_bf16_steps_stay_close_to_the_module_and_batch_invariant_where_amx_runs(runs, capsys, monkeypatch):
     monkeypatch.setattr(stepper_module, "_NOTES", set())
     model, vocab, _ = _load(runs, "lstm2_learned")
-    stepper = make_stepper(model, 5, 1.0, precision="bf16")
-    if not kernel_stepper.bf16_available():  # an AVX2 or AVX-512 machine without AMX: said once, float32 used
+    stepper = make_stepper(model, 5, precision="bf16")
+    if not fused_bf16_available():  # an AVX2 or AVX-512 machine without AMX: said once, float32 used
         assert stepper.precision == "fp32" and "sampling in float32" in capsys.readouterr().err
         return
     assert stepper.precision == "bf16"
@@ -307,7 +305,7 @@ def test_bf16_steps_stay_close_to_the_module_and_batch_invariant_where_amx_runs(
         logits, _ = model(ids)
     logits[..., 0] = float("-inf")
     expected = torch.softmax(logits[0].double(), dim=-1).numpy()  # [P, V]
-    alone = make_stepper(model, 1, 1.0, precision="bf16")
+    alone = make_stepper(model, 1, precision="bf16")
     for t, i in enumerate(ids[0].tolist()):
         got = stepper.step(np.repeat(i, 5))
         assert all(np.array_equal(got[r], got[0]) for r in range(5))  # rows alike, bit for bit
@@ -315,7 +313,7 @@ def test_bf16_steps_stay_close_to_the_module_and_batch_invariant_where_amx_runs(
         probs = softmax(got[:1].astype(np.float64))[0]
         assert np.abs(probs - expected[t]).max() < 0.03  # bf16 products: ~1e-3 typical (docs/prediction.md)
     float64 = CharRNN(len(vocab), "gru", 8).double()
-    assert make_stepper(float64, 2, 1.0, precision="bf16").precision == "fp32"
+    assert make_stepper(float64, 2, precision="bf16").precision == "fp32"
     assert "sampling in float32" in capsys.readouterr().err
 
 
@@ -324,7 +322,7 @@ def test_cli_precision_bf16_says_what_ran(runs):
                           "--temperature", "0.8", "--seed", "1", "--precision", "bf16"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    if kernel_stepper.bf16_available():
+    if fused_bf16_available():
         assert "bf16 steps" in out.stdout and out.stderr == ""
     else:
         assert "sampling in float32" in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -72,7 +72,7 @@ def fused_bf16_available() -> bool:
     from rnn_train.kernels.build import extension
 
     ops = extension()
-    return ops is not None and hasattr(ops, "bf16_available") and bool(ops.bf16_available())
+    return ops is not None and bool(ops.bf16_available())
 
 
 def taken_label(precision: str, dtype: torch.dtype) -> str:

@@ -132,11 +132,10 @@ def gumbel_noise(keys: np.ndarray, position, steps: int, vocab_size: int, temper
 
 
 def _noise_op():
-    """The C++ ops when they are built and have the noise op, else None."""
+    """The C++ ops where they are built, else None (tests take NumPy's noise by replacing this)."""
     from rnn_train.kernels.build import extension
 
-    ops = extension()
-    return ops if ops is not None and hasattr(ops, "decode_gumbel_noise") else None
+    return extension()
 
 
 class Chooser:

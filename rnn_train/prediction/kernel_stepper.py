@@ -14,12 +14,11 @@ character chosen in C++ and fed back) or a whole scored segment. What that buys:
 
 Public surface, shared with stepper.Stepper (rnn_train/serve/scheduler.py batches requests on it):
 
-    step(ids [B]) -> logits [B, V]     one step for every row, logits divided by each row's temperature
+    step(ids [B]) -> logits [B, V]     one step for every row
     load_state(state, rows=None)       every row's state (or the given rows') from a torch state
     copy_rows(src, dst)                rows' state copied onto other rows (they may overlap)
     rows(n, gemm_rows=None)            a view of the first n rows: the same weights and state buffers
     state()                            the current state as torch tensors [L, B, H]
-    set_temperature(t, rows=None)      per-row temperature (0 = greedy); `temperature` [B] reads it
 and its own:
     threads                            threads `step` splits the rows over (0, the default: torch's)
     sample(n, advance, keys, position, out, temperature)   n characters per row chosen and fed back in C++
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from rnn_train.model.charrnn import CharRNN, State
+from rnn_train.kernels.precision import fused_bf16_available
 from rnn_train.model.checkpoint import refuse_not_finite
 
 UNK_LOGIT = -1e30  # as stepper.UNK_LOGIT (not imported: stepper imports this module): <unk>'s logit when sampling
@@ -60,18 +60,10 @@ def decode_ops():
     """The C++ ops, or None where the kernels are not built (no compiler, RNN_TRAIN_NO_CPP=1)."""
     from rnn_train.kernels.build import extension
 
-    ops = extension()
-    return ops if ops is not None and hasattr(ops, "decode_step") else None
+    return extension()
 
 
 PRECISIONS = ("fp32", "bf16")
-
-
-def bf16_available() -> bool:
-    """Whether the bf16 steps run here: the C++ kernels built for a CPU with AMX tiles (and the
-    kernel's permission to use them)."""
-    ops = decode_ops()
-    return ops is not None and bool(ops.decode_amx_available())
 
 
 def supports(model: CharRNN) -> bool:
@@ -87,16 +79,15 @@ class KernelStepper:
 
     kernel = "cpp"
 
-    def __init__(self, model: CharRNN, batch: int, temperature: float = 0.0, mask_unk: bool = True,
-                 precision: str = "fp32"):
+    def __init__(self, model: CharRNN, batch: int, mask_unk: bool = True, precision: str = "fp32"):
         ops = decode_ops()
         if ops is None:
             raise RuntimeError("the C++ kernels are not available on this machine")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         bf16 = precision == "bf16"
-        if bf16 and (model.decoder.weight.dtype != torch.float32 or not ops.decode_amx_available()):
-            raise RuntimeError("bf16 steps need a float32 model and a CPU with AMX tiles (kernel_stepper.bf16_available)")
+        if bf16 and (model.decoder.weight.dtype != torch.float32 or not fused_bf16_available()):
+            raise RuntimeError("bf16 steps need a float32 model and a CPU with AMX tiles (precision.fused_bf16_available)")
         self.precision = precision
         self._ops, self.spec, self.batch = ops, model.spec, batch
         self._cell = model.spec.hook("decode").id
@@ -127,20 +118,13 @@ class KernelStepper:
         self._c = torch.zeros(shape, dtype=w_dec.dtype) if len(self.spec.state) > 1 else None
         self.logits = np.zeros((batch, self.vocab_size), self.dtype)  # [B, V] of the next character
         self._logits = torch.from_numpy(self.logits)
-        self.temperature = np.full(batch, float(temperature))  # [B] per row; 0 = greedy (logits undivided)
-        self._temperature = torch.from_numpy(self.temperature)  # the same memory, read by every op
         self._unk = UNK_LOGIT if mask_unk else None
         self.threads = 0  # threads `step` splits the rows over; 0 = torch's number
 
-    def set_temperature(self, temperature, rows=None) -> None:
-        """The temperature of every row (or of `rows`, an index array or slice): a number or one per
-        row; 0 = greedy (logits undivided). Takes effect from the next step."""
-        self.temperature[slice(None) if rows is None else rows] = temperature
-
     # -- the state
     def rows(self, n: int, gemm_rows: int | None = None) -> "KernelStepper":
-        """A stepper over the first `n` rows: the same packed weights, state, logits and temperature
-        buffers (views, nothing copied). `gemm_rows` is the NumPy stepper's and means nothing here."""
+        """A stepper over the first `n` rows: the same packed weights, state and logits buffers
+        (views, nothing copied). `gemm_rows` is the NumPy stepper's and means nothing here."""
         if not 0 < n <= self.batch:
             raise ValueError(f"rows({n}) of a stepper of {self.batch} rows")
         view = copy.copy(self)
@@ -148,7 +132,6 @@ class KernelStepper:
         view._h = self._h[:, :n]  # rows contiguous within a layer: the ops take it as it is
         view._c = self._c[:, :n] if self._c is not None else None
         view.logits, view._logits = self.logits[:n], self._logits[:n]
-        view.temperature, view._temperature = self.temperature[:n], self._temperature[:n]
         return view
 
     def copy_rows(self, src: slice, dst: slice) -> None:
@@ -173,11 +156,10 @@ class KernelStepper:
 
     # -- steps
     def step(self, ids: np.ndarray) -> np.ndarray:
-        """ids [B] int64 -> logits [B, V] of the character after them, divided by each row's
-        temperature, <unk> masked (the returned buffer is reused)."""
+        """ids [B] int64 -> logits [B, V] of the character after them, <unk> masked (the returned
+        buffer is reused)."""
         ids_t = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
-        self._ops.decode_step(self._weights, self._cell, self._h, self._c, ids_t, self._temperature, self._unk,
-                              self._logits, self.threads)
+        self._ops.decode_step(self._weights, self._cell, self._h, self._c, ids_t, self._unk, self._logits, self.threads)
         return self.logits
 
     def sample(self, n: int, advance: int, keys: np.ndarray, position: int | np.ndarray, out: np.ndarray,
@@ -185,8 +167,7 @@ class KernelStepper:
         """Choose n characters per row into out[:n] ([>= n, B] int64), each the argmax of the current
         `logits` plus the row's noise T * G for position `position` + j (choose.gumbel_noise: the
         same numbers, from the same function), greedy where the row's sampling `temperature` T is 0;
-        feed the first `advance` of them to the model, whose logits (the model's own, whatever the
-        stepper's temperature) replace `logits`. `position`, `temperature`: one for all rows or one
+        feed the first `advance` of them to the model, whose logits replace `logits`. `position`, `temperature`: one for all rows or one
         per row."""
         counters = np.broadcast_to(np.asarray(position, np.int64), (self.batch,)).copy()
         temperatures = np.broadcast_to(np.asarray(temperature, np.float64), (self.batch,)).copy()

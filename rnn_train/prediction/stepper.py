@@ -3,7 +3,7 @@
 `make_stepper` gives the C++ stepper (kernel_stepper.KernelStepper: faster, and a row's numbers
 do not depend on the batch) wherever the C++ kernels are built and the cell has a "decode" hook,
 else a stepper from this module; both have the same public methods (step, load_state, state,
-set_temperature). This module is what runs where there is no compiler, and the reference the
+copy_rows, rows). This module is what runs where there is no compiler, and the reference the
 tests hold the C++ steps to.
 
 Each cell's step comes from its CellSpec (rnn_train/model/cells.py): a cell whose spec names a
@@ -28,9 +28,8 @@ step does the least work, every change exact or within float rounding of torch:
   power of two is exact), so a cell's sigmoid gates cost one tanh, not exp + add + reciprocal.
 - LSTM gates are reordered i,f,g,o -> i,f,o,g so the three sigmoid gates are contiguous.
 - Decoder: logits = [h, 1] @ [W_d^T; b_d]; <unk>'s bias is set to -1e30, so it is never chosen
-  and gets probability exactly 0 (it is a placeholder). A `temperature` given to the stepper divides
-  the logits per row after the GEMM (skipped where every row's factor is 1); sampling gives none and
-  scales its noise instead (choose.py), so that rows with different temperatures share the GEMM.
+  and gets probability exactly 0 (it is a placeholder). The logits are the model's: sampling scales
+  its noise by the temperature instead (choose.py), so rows of different temperatures share a step.
 - A batch's GEMMs run in blocks of rows whose size is measured once per machine, model shape and
   batch (`gemm_rows`, stored with the training kernels' decisions); a batch of 1 or 2 is one call.
   Which size is fastest depends on the shapes and on OpenBLAS's own paths and threads: blocks of 4
@@ -96,7 +95,7 @@ class Stepper:
     parts) is shared. h lives in `h[layer]` as [h, 1]; the further parts of the cell's state (an
     LSTM's c) in `extra[layer]`."""
 
-    def __init__(self, model: CharRNN, batch: int, temperature: float = 0.0, gemm_rows: int = GEMM_ROWS):
+    def __init__(self, model: CharRNN, batch: int, gemm_rows: int = GEMM_ROWS):
         rnn, H, self.spec = model.rnn, model.rnn.hidden_size, model.spec
         params = {name: _np(p).copy() for name, p in model.named_parameters()}
         refuse_not_finite(params.values())
@@ -123,9 +122,6 @@ class Stepper:
         self.gi = [np.empty((batch, G), self.dtype) for _ in range(self.layers)]  # input projections
         self.gh = np.empty((batch, G), self.dtype)  # recurrent projection, reused by every layer
         self.logits = np.empty((batch, V), self.dtype)  # [B, V] of the next character
-        self.temperature = np.zeros(batch)  # [B] per row, 0 = greedy: set_temperature
-        self._scale: np.ndarray | None = None  # [B, 1] 1 / temperature, None where all are 1
-        self.set_temperature(temperature)
         self._bind(gemm_rows)
 
     def _bind(self, gemm_rows: int) -> None:
@@ -154,13 +150,6 @@ class Stepper:
     # -- shared
     kernel, precision = "numpy", "fp32"
 
-    def set_temperature(self, temperature, rows=None) -> None:
-        """The temperature of every row (or of `rows`, an index array or slice): a number or one per
-        row; 0 = greedy (logits undivided). `step`'s logits are divided by it from the next step."""
-        self.temperature[slice(None) if rows is None else rows] = temperature
-        scale = np.where(self.temperature > 0, 1.0 / np.where(self.temperature > 0, self.temperature, 1.0), 1.0)
-        self._scale = None if (scale == 1).all() else scale.astype(self.dtype)[:, None]
-
     def load_state(self, state: State, rows=None) -> None:
         """Set every row's state (or that of `rows`, an index array or slice) from a torch state of
         batch 1 (the prefix warm-up, broadcast) or of as many rows as are set."""
@@ -184,7 +173,7 @@ class Stepper:
         (views: nothing is copied, a row's state is shared), its GEMMs in blocks of `gemm_rows` rows
         (default GEMM_ROWS). Stepping it computes what a stepper made for `n` rows with those blocks
         computes, to the bit (tests/test_serve.py): a batch that grows and shrinks keeps its live rows
-        first and steps the view of their number. The view's temperatures are the first n rows'."""
+        first and steps the view of their number."""
         if not 0 < n <= self.batch:
             raise ValueError(f"rows({n}) of a stepper of {self.batch} rows")
         view = copy.copy(self)
@@ -192,8 +181,6 @@ class Stepper:
         view.h = [h[:n] for h in self.h]
         view.extra = [[part[:n] for part in parts] for parts in self.extra]
         view.gi, view.gh, view.logits = [g[:n] for g in self.gi], self.gh[:n], self.logits[:n]
-        view.temperature = self.temperature[:n]
-        view._scale = None if self._scale is None else self._scale[:n]
         view._bind(gemm_rows or GEMM_ROWS)
         return view
 
@@ -212,8 +199,6 @@ class Stepper:
             _gemm(self._recurrent[layer])  # gh = [h, 1] @ [W_hh^T; b_hh]
             self._update(layer)
         _gemm(self._decoder)
-        if self._scale is not None:
-            self.logits *= self._scale
         return self.logits
 
 
@@ -319,9 +304,8 @@ def check_rows(model: CharRNN, rows: int, flag: str) -> None:
     refuse_beyond_free(need, f"{flag} {rows:,} needs", "ask for fewer (the estimate is of their states and buffers)")
 
 
-def make_stepper(model: CharRNN, batch: int, temperature: float = 0.0, rows: int | None = None,
-                 kernel: str = "auto", precision: str = "fp32"):
-    """A stepper of `model` for `batch` rows; logits come out divided by `temperature` (> 0).
+def make_stepper(model: CharRNN, batch: int, rows: int | None = None, kernel: str = "auto", precision: str = "fp32"):
+    """A stepper of `model` for `batch` rows.
 
     kernel "auto": the C++ one (kernel_stepper.KernelStepper) where it runs this model here, else
     NumPy; "cpp" or "numpy" to ask for one. The NumPy stepper's GEMMs run in blocks of `rows` rows,
@@ -341,17 +325,18 @@ def make_stepper(model: CharRNN, batch: int, temperature: float = 0.0, rows: int
                    "sampling in float32")
         precision = "fp32"
     if cpp:
-        return kernel_stepper.KernelStepper(model, batch, temperature, precision=precision)
-    return stepper_class(model)(model, batch, temperature, rows or gemm_rows(model, batch))
+        return kernel_stepper.KernelStepper(model, batch, precision=precision)
+    return stepper_class(model)(model, batch, rows or gemm_rows(model, batch))
 
 
 def bf16_steps(model: CharRNN, kernel: str = "auto") -> bool:
     """Whether precision "bf16" runs in bf16 for this model here: the C++ steps, AMX tiles and a
     float32 model; elsewhere make_stepper notes it and steps in float32 (and predict's header says
     what ran)."""
+    from rnn_train.kernels.precision import fused_bf16_available
     from rnn_train.prediction import kernel_stepper
 
-    return (kernel != "numpy" and kernel_stepper.supports(model) and kernel_stepper.bf16_available()
+    return (kernel != "numpy" and kernel_stepper.supports(model) and fused_bf16_available()
             and model.decoder.weight.dtype == torch.float32)
 
 
@@ -384,7 +369,7 @@ def measure_gemm_rows(model: CharRNN, batch: int) -> dict:
     from rnn_train.kernels import autotune
 
     candidates = sorted({r for r in ROW_CANDIDATES if r < batch} | {batch})
-    steppers = {r: stepper_class(model)(model, batch, 1.0, r) for r in candidates}
+    steppers = {r: stepper_class(model)(model, batch, r) for r in candidates}
 
     def sampling(s: Stepper) -> None:
         """Steps as sampling makes them: each step's input is chosen from the last logits. (Steps

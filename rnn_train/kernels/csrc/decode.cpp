@@ -52,7 +52,7 @@
 
 // The bf16 path needs AMX tiles and AVX512-BF16 where the build targets them (-march=native on such
 // a CPU; not under the ATEN_CPU_CAPABILITY=avx2 cap) and, at run time, the kernel's permission to
-// use the tile registers (decode_amx_available): bf16.h's, as the training products'.
+// use the tile registers (the op bf16_available): bf16.h's, as the training products'.
 #include "bf16.h"
 #include "common.h"
 #include "tiled.h"
@@ -698,10 +698,10 @@ int64_t first_max(const T* __restrict l, const float* __restrict g, int64_t V) {
   return 0;
 }
 
-// Logits of the tile's row r into out (V values): times the row's scale, <unk> (index 0) set to unk_logit.
+// Logits of the tile's row r into out (V values), <unk> (index 0) set to unk_logit.
 template <typename T>
-inline void emit_logits(const T* src, int64_t V, T scale, std::optional<double> unk, T* out) {
-  for (int64_t v = 0; v < V; ++v) out[v] = src[v] * scale;
+inline void emit_logits(const T* src, int64_t V, std::optional<double> unk, T* out) {
+  std::copy(src, src + V, out);
   if (unk.has_value()) out[0] = (T)*unk;
 }
 
@@ -710,11 +710,6 @@ struct RowChoice {  // per row: the temperature (0 = greedy), RNG key and positi
   const int64_t* keys;
   const int64_t* counters;
 };
-
-template <typename T>
-T scale_of(double temperature) {
-  return temperature > 0 ? (T)(1.0 / temperature) : T(1);
-}
 
 // ------------------------------------------------------------------------------------------ ops
 
@@ -827,11 +822,10 @@ void on_row_blocks(const E& engine, int64_t B, const F& f, int64_t threads = 0) 
   }, threads);
 }
 
-// One step for every row: logits [B, V] of the next character (times 1/temperature per row), the
-// rows split over `threads` threads (0 = torch's: a server passes fewer, see serve/scheduler.py).
+// One step for every row: logits [B, V] of the next character, the rows split over `threads`
+// threads (0 = torch's: a server passes fewer, see serve/scheduler.py).
 void decode_step(const std::vector<at::Tensor>& weights, int64_t cell, at::Tensor h, std::optional<at::Tensor> c,
-                 const at::Tensor& ids, const at::Tensor& temperature, std::optional<double> unk_logit,
-                 at::Tensor logits, int64_t threads) {
+                 const at::Tensor& ids, std::optional<double> unk_logit, at::Tensor logits, int64_t threads) {
   TORCH_CHECK(logits.dim() == 2 && logits.is_contiguous() && logits.scalar_type() == h.scalar_type(),
               "logits must be contiguous [B, V] of the state's dtype");
   const int64_t V = logits.size(1);
@@ -842,16 +836,13 @@ void decode_step(const std::vector<at::Tensor>& weights, int64_t cell, at::Tenso
     TORCH_CHECK(logits.size(0) == B, "logits must have a row per state row");
     check_rows(ids, B, at::kLong, "ids");
     check_ids(ids, 0, Vin, "ids");
-    check_rows(temperature, B, at::kDouble, "temperature");
     const int64_t* id = ids.data_ptr<int64_t>();
-    const double* temp = temperature.data_ptr<double>();
     T* out = logits.data_ptr<T>();
     on_row_blocks(engine, B, [&](auto& grp) {
       State<T> mine = st;
       engine.step(mine, grp, id + grp.b0, 1, true);
       for (int64_t r = 0; r < grp.m; ++r)
-        emit_logits<T>(grp.logits.data() + r * grp.ld, V, scale_of<T>(temp[grp.b0 + r]), unk_logit,
-                       out + (grp.b0 + r) * V);
+        emit_logits<T>(grp.logits.data() + r * grp.ld, V, unk_logit, out + (grp.b0 + r) * V);
     }, threads);
   });
 }
@@ -900,7 +891,7 @@ void decode_sample(const std::vector<at::Tensor>& weights, int64_t cell, at::Ten
         if (j >= advance) continue;
         engine.step(mine, grp, ids + j * B + b0, 1, true);
         for (int64_t b = b0; b < b1; ++b)
-          emit_logits<T>(grp.logits.data() + (b - b0) * grp.ld, V, T(1), unk_logit, lg + b * V);
+          emit_logits<T>(grp.logits.data() + (b - b0) * grp.ld, V, unk_logit, lg + b * V);
       }
     });
   });
@@ -998,12 +989,11 @@ std::tuple<at::Tensor, at::Tensor> pack_decoder_any(const at::Tensor& w, const a
 
 TORCH_LIBRARY_FRAGMENT(rnn_train_kernels, m) {
   using namespace rnn_kernels::decode;
-  m.def("decode_amx_available() -> bool", [] { return rnn_kernels::bf16_available(); });
   m.def("decode_gumbel_noise(Tensor keys, Tensor positions, Tensor scales, Tensor(a!) out) -> ()", &gumbel_noise_op);
   m.def("decode_pack_gates(Tensor w, Tensor b, int cell, bool bf16=False) -> (Tensor, Tensor)", &pack_gates_any);
   m.def("decode_pack_decoder(Tensor w, Tensor b, bool bf16=False) -> (Tensor, Tensor)", &pack_decoder_any);
-  m.def("decode_step(Tensor[] weights, int cell, Tensor(a!) h, Tensor(b!)? c, Tensor ids, Tensor temperature, "
-        "float? unk_logit, Tensor(c!) logits, int threads=0) -> ()",
+  m.def("decode_step(Tensor[] weights, int cell, Tensor(a!) h, Tensor(b!)? c, Tensor ids, float? unk_logit, "
+        "Tensor(c!) logits, int threads=0) -> ()",
         &decode_step);
   m.def("decode_sample(Tensor[] weights, int cell, Tensor(a!) h, Tensor(b!)? c, Tensor(c!) logits, Tensor temperature, "
         "Tensor keys, Tensor counters, float? unk_logit, int n, int advance, Tensor(d!) out) -> ()",
