@@ -411,6 +411,11 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def override_keys(overrides: list[str]) -> set[str]:
+    """The keys a list of overrides sets, as typed (a malformed one is load_config's to report)."""
+    return {o.partition("=")[0].strip() for o in overrides}
+
+
 def blamed_on(override: str) -> str:
     """The front of a problem that an override brought: the override as typed."""
     return f"override {_shown(override)}: "

@@ -10,16 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rnn_train.config import SECTIONS, Config, load_config
+from rnn_train.config import SECTIONS, Config, load_config, override_keys
 from rnn_train.errors import UserError
 from rnn_train.experiments.study.budget import DEFAULT_EVALS, Budget, spread_evals
 from rnn_train.training.rules import LIMIT_KEYS
 from rnn_train.training.rundir import comparable
 
-BUDGET_KEYS = LIMIT_KEYS
-"""Limits the budget owns: set by --budget, never by the grid or an override."""
-OWNED_KEYS = BUDGET_KEYS + ("log.dir", "log.name")
-"""Keys the sweep sets itself (log.dir / log.name: each run's directory is named after its grid point)."""
+OWNED_KEYS = LIMIT_KEYS + ("log.dir", "log.name")
+"""Keys the sweep sets itself: the limits (--budget owns them) and log.dir / log.name (each run's
+directory is named after its grid point)."""
 NUM_STEPS_KEY = "data.num_steps"
 __all__ = ["parse_grid", "short_labels", "run_name", "PlannedRun",
            "SweepPlan", "plan_sweep"]
@@ -128,10 +127,6 @@ class SweepPlan:
         return {"runs": {r.name: comparable(r.cfg.to_dict()) for r in self.runs}}
 
 
-def _keys_of(overrides: list[str]) -> set[str]:
-    return {o.partition("=")[0].strip() for o in overrides}
-
-
 def plan_sweep(config_path: str | None, grid: dict[str, list[str]], budget: Budget, fixed: list[str],
                out: Path, evals: int = DEFAULT_EVALS) -> SweepPlan:
     """Build and validate every run's config; all problems are reported together as one UserError."""
@@ -140,7 +135,7 @@ def plan_sweep(config_path: str | None, grid: dict[str, list[str]], budget: Budg
     if evals < 0:
         raise UserError(f"--evals must be >= 0, got {evals}")
     problems: list[str] = []
-    fixed_keys = _keys_of(fixed)
+    fixed_keys = override_keys(fixed)
     for key in grid:
         if key in OWNED_KEYS:
             problems.append(f"--grid {key}: the sweep sets {key} itself (budget / run directory), it cannot be a grid key")
@@ -148,7 +143,7 @@ def plan_sweep(config_path: str | None, grid: dict[str, list[str]], budget: Budg
             problems.append(f"{key} is both a grid key and a fixed override; keep one")
     for key in sorted(fixed_keys & set(OWNED_KEYS)):
         problems.append(f"override {key}: the sweep sets it itself (--budget owns "
-                        f"{', '.join(BUDGET_KEYS)}; run directories live under --out)")
+                        f"{', '.join(LIMIT_KEYS)}; run directories live under --out)")
     for key in grid:
         section, _, name = key.partition(".")
         hints = typing.get_type_hints(SECTIONS[section]) if section in SECTIONS else {}

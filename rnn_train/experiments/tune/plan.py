@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rnn_train.config import Config, blamed_on, load_config
+from rnn_train.config import Config, blamed_on, load_config, override_keys
 from rnn_train.errors import UserError
 from rnn_train.experiments.study.budget import Budget, spread_evals
 from rnn_train.experiments.tune.space import (Space, as_overrides, corners, default_specs, describe, parse_space,
@@ -79,7 +79,7 @@ class TunePlan:
 def plan_tune(config_path: str | None, overrides: list[str], space_path: str | None, budget: Budget, evals: int,
               out: Path) -> TunePlan:
     """Build and check the plan; every problem is a UserError raised before anything is written."""
-    owned = sorted({o.partition("=")[0].strip() for o in overrides} & set(OWNED_KEYS))
+    owned = sorted(override_keys(overrides) & set(OWNED_KEYS))
     if owned:
         raise UserError(f"override {', '.join(owned)}: the tuner sets {'it' if len(owned) == 1 else 'them'} itself "
                         f"(--trial-budget owns {', '.join(LIMIT_KEYS)}; run directories live under --out)")
@@ -93,8 +93,7 @@ def plan_tune(config_path: str | None, overrides: list[str], space_path: str | N
     else:
         specs, source = default_specs(base, budget), "the default space"
     space = parse_space(specs, source, overrides)
-    user_sets_eval = any(o.partition("=")[0].strip() == "train.eval_every" for o in overrides) \
-        or "train.eval_every" in space
+    user_sets_eval = "train.eval_every" in override_keys(overrides) or "train.eval_every" in space
     plan = TunePlan(config_path, list(overrides), space, source, budget, evals, Path(out),
                     spread_evals(base, budget, evals) if not user_sets_eval else base, user_sets_eval)
     _check_corners(plan)

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from rnn_train.config import SECTIONS, Config, convert_value, field_type, load_yaml
+from rnn_train.config import SECTIONS, Config, convert_value, field_type, load_yaml, override_keys
 from rnn_train.errors import UserError
 from rnn_train.experiments.study.budget import Budget
 from rnn_train.files import refuse_special
@@ -130,7 +130,7 @@ def _categorical(key: str, values: list[Any]) -> Any:
 
 def parse_space(specs: dict[str, Any], source: str, overrides: list[str]) -> Space:
     """{dotted key: spec} -> Space, every problem of every key in one UserError naming `source`."""
-    given = {o.partition("=")[0].strip() for o in overrides}
+    given = override_keys(overrides)
     problems: list[str] = []
     space: Space = {}
     for key, spec in specs.items():
