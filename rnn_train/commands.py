@@ -11,7 +11,9 @@ entry point, a `UserError` ends as one line `error: ...` with exit status 2 (see
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 
 from rnn_train.cli import ArgumentParser, program, run
@@ -46,7 +48,25 @@ def run_command(name: str, argv: list[str] | None = None, prog: str | None = Non
     """Run one command as its own entry point would: one-line errors, exit status as an int."""
     prog = prog or f"{program()} {name}"
     # imported inside `run`: a Ctrl-C during the command's imports (torch: a second) is one line too
-    return run(lambda args: importlib.import_module(COMMANDS[name].module).main(args, prog=prog), argv)
+    return run(lambda args: import_holding_ctrl_c(COMMANDS[name].module).main(args, prog=prog), argv)
+
+
+def import_holding_ctrl_c(module: str):
+    """Import `module` with Ctrl-C held until the import ends, then raised (KeyboardInterrupt). Why:
+    importing torch runs C++ that calls back into Python, and a KeyboardInterrupt raised inside such
+    a call aborted the process ("terminate called after throwing an instance of
+    'pybind11::error_already_set'", exit -6) or was lost, the command then running to its end."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread has signals
+        return importlib.import_module(module)
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        loaded = importlib.import_module(module)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
+    return loaded
 
 
 def _usage() -> str:

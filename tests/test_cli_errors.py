@@ -263,6 +263,23 @@ def test_ctrl_c_while_the_command_still_imports_is_one_line(tmp_path):
     assert proc.returncode == 130 and err == "error: interrupted\n", err
 
 
+def test_ctrl_c_during_a_commands_import_waits_for_the_import_to_end(tmp_path, monkeypatch):
+    """torch's import runs C++ that calls back into Python: a KeyboardInterrupt raised inside it
+    aborted the process or was lost (the test above met both, now and then). So Ctrl-C is held
+    while a command's modules import, and raised once they have."""
+    import signal
+
+    from rnn_train.commands import import_holding_ctrl_c
+
+    (tmp_path / "slow_import.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\nFINISHED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        import_holding_ctrl_c("slow_import")
+    assert sys.modules["slow_import"].FINISHED and signal.getsignal(signal.SIGINT) is handler
+    monkeypatch.delitem(sys.modules, "slow_import")
+
+
 def test_an_existing_run_is_never_damaged_by_a_failed_start(finished_run):
     run_dir = finished_run / "done"
     before = digest(run_dir)
