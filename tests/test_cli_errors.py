@@ -306,6 +306,6 @@ def test_an_existing_run_is_never_damaged_by_a_failed_start(finished_run):
                       "model.hidden_size cannot change on --resume")
     # nor the model's other keys, nor where the run lives (they were taken, or stored and ignored)
     assert_user_error(run("train.py", "--resume", str(run_dir), "model.dtype=float64", "model.dropout=0.5",
-                          "log.name=elsewhere", *common),
-                      "model.dropout, model.dtype, log.name cannot change on --resume")
+                          "log.name=elsewhere", "train.seed=5", *common),
+                      "model.dropout, model.dtype, train.seed, log.name cannot change on --resume")
     assert digest(run_dir) == before

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from rnn_train.model.checkpoint import load_checkpoint
+from rnn_train.training.learner import make_learner
+from rnn_train.training.start import resume_state
 from rnn_train.training.trainer import train
 from tests.helpers import ROOT, scalar_series, tiny_config
 
@@ -82,6 +84,31 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert r.step == 30
     train(longer, tmp_path / "straight", quiet=True, cache_dir=tmp_path / "c")
     assert_same_weights(weights(tmp_path / "r" / "last.pt"), weights(tmp_path / "straight" / "last.pt"))
+
+
+def test_resume_takes_the_optimiser_settings_given_and_another_kind_of_optimiser_starts_fresh(tmp_path, capsys):
+    """--resume may change the optimiser's settings: they are the config's, not the checkpoint's
+    (torch's load_state_dict alone would bring the saved ones back). Another kind of optimiser
+    (SGD -> Adam) cannot take the saved state: it starts fresh, with a note, and the run goes on."""
+    sgd = ["train.optimizer=sgd", "train.momentum=0.9", "train.lr=0.5"]
+    train(tiny_config(tmp_path, "train.max_steps=10", *sgd), tmp_path / "r", quiet=True, cache_dir=tmp_path / "c")
+    ckpt = load_checkpoint(tmp_path / "r" / "last.pt")
+    cpu = torch.device("cpu")
+
+    changed = tiny_config(tmp_path, "train.max_steps=20", *sgd, "train.momentum=0.5", "train.weight_decay=0.01")
+    learner = make_learner(changed, len(ckpt["vocab"]), cpu)
+    _, note = resume_state(learner, ckpt, changed, cpu)
+    group = learner.optimizer.param_groups[0]
+    assert (group["momentum"], group["weight_decay"], note) == (0.5, 0.01, "")
+    assert all("momentum_buffer" in s for s in learner.optimizer.state.values())  # the state carried
+
+    adam = tiny_config(tmp_path, "train.max_steps=20", "train.optimizer=adam")
+    learner = make_learner(adam, len(ckpt["vocab"]), cpu)
+    _, note = resume_state(learner, ckpt, adam, cpu)
+    assert not learner.optimizer.state and note.startswith("train.optimizer is adam, the run trained with sgd")
+    capsys.readouterr()
+    assert train(adam, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c", resume=ckpt).step == 20
+    assert "note: train.optimizer is adam, the run trained with sgd: the optimiser's state" in capsys.readouterr().err
 
 
 def test_a_resumed_runs_events_are_read_after_those_it_continues_even_within_one_second(tmp_path):

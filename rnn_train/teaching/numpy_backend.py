@@ -141,9 +141,10 @@ class NumpyLearner(Learner):
         optimiser state."""
         return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}, "optimizer": {}}
 
-    def load_state_dict(self, d: dict[str, Any]) -> None:
+    def load_state_dict(self, d: dict[str, Any]) -> bool:
         # nn.Module.load_state_dict copies into the existing tensors, so the NumPy views stay valid.
         self.model.load_state_dict(d["model"])
+        return True  # plain SGD: no state
 
     # -- helpers ---------------------------------------------------------------------------------
     def _part(self, part: torch.Tensor) -> np.ndarray:

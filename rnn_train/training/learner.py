@@ -129,9 +129,22 @@ class TorchLearner:
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
-    def load_state_dict(self, d: dict[str, Any]) -> None:
+    def load_state_dict(self, d: dict[str, Any]) -> bool:
+        """The weights, and the optimiser's state where it is of this kind of optimiser (False where
+        it is not: SGD's momentum does not make Adam's moments, so those start fresh). The settings
+        stay the config's: torch's load_state_dict would bring back the saved weight decay and
+        momentum too, and --resume may change them (the learning rate is the schedule's)."""
         self.model.load_state_dict(d["model"])
-        self.optimizer.load_state_dict(d["optimizer"])
+        saved, settings = d["optimizer"], [{k: v for k, v in g.items() if k != "params"}
+                                           for g in self.optimizer.param_groups]
+        groups = saved.get("param_groups") if isinstance(saved, dict) else None
+        if isinstance(groups, list) and all(isinstance(g, dict) for g in groups) and \
+                {k for g in groups for k in g} - {"params"} != {k for s in settings for k in s}:
+            return False
+        self.optimizer.load_state_dict(saved)
+        for group, own in zip(self.optimizer.param_groups, settings):
+            group.update(own)
+        return True
 
 
 class ModelTooLarge(UserError):

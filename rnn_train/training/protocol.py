@@ -53,6 +53,7 @@ class Learner(Protocol):
         """{"model": CharRNN state_dict, "optimizer": optimiser state_dict} as a checkpoint stores them."""
         ...
 
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        """Restore what `state_dict` gave (raises RuntimeError / KeyError / ValueError if it does not fit)."""
+    def load_state_dict(self, d: dict[str, Any]) -> bool:
+        """Restore what `state_dict` gave (raises RuntimeError / KeyError / ValueError if it does not
+        fit); False where the optimiser's state was of another kind of optimiser and starts fresh."""
         ...

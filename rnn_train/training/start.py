@@ -34,10 +34,11 @@ def _saved(ckpt: dict[str, Any]) -> dict[str, Any]:
     return normalised(ckpt["config"], "the checkpoint's config")
 
 
-RESUME_FIXED = ("data", "model", "log.dir", "log.name")
+RESUME_FIXED = ("data", "model", "train.seed", "log.dir", "log.name")
 """What --resume's overrides cannot change: the data keys define the run's batches, the model keys
-its weights (model.kernel, the path that computes them, excepted), log.dir and log.name where it
-lives. The limits, the schedule, the optimiser's settings and the logging can change."""
+its weights (model.kernel, the path that computes them, excepted), train.seed its random draws (the
+generators' states are restored, so a new seed would only misname the run), log.dir and log.name
+where it lives. The limits, the schedule, the optimiser and its settings and the logging can change."""
 
 
 def check_resume_config(ckpt: dict[str, Any], cfg: Config) -> None:
@@ -46,7 +47,8 @@ def check_resume_config(ckpt: dict[str, Any], cfg: Config) -> None:
     changed = [key for key in changed if key != "model.kernel"]
     if changed:
         raise UserError(f"{', '.join(changed)} cannot change on --resume (the data keys define the run's batches, "
-                        f"the model keys its weights, log.dir and log.name where it lives); start a new run "
+                        f"the model keys its weights, train.seed its random draws, log.dir and log.name where it "
+                        f"lives); start a new run "
                         f"instead (--config with --init-from this run starts from its weights)")
 
 
@@ -65,11 +67,12 @@ def _weights_do_not_fit(ckpt: dict[str, Any], cfg: Config) -> UserError:
 
 
 def resume_state(learner: Learner, ckpt: dict[str, Any], cfg: Config, device: torch.device,
-                 world: World = World()) -> RunState:
+                 world: World = World()) -> tuple[RunState, str]:
     """Load weights and optimiser into `learner`, restore the RNG; the RunState to continue from,
-    holding this rank's rows of the saved (global) hidden state."""
+    holding this rank's rows of the saved (global) hidden state, and a note for the user ("" if
+    none: where train.optimizer changed to another kind, whose state starts fresh)."""
     try:
-        learner.load_state_dict({"model": ckpt["model"], "optimizer": ckpt["optimizer"]})
+        carried = learner.load_state_dict({"model": ckpt["model"], "optimizer": ckpt["optimizer"]})
     except (KeyError, RuntimeError, ValueError):
         raise _weights_do_not_fit(ckpt, cfg) from None
     except (TypeError, AttributeError, IndexError) as e:  # an optimizer state that is not one
@@ -80,7 +83,10 @@ def resume_state(learner: Learner, ckpt: dict[str, Any], cfg: Config, device: to
         restore_rng(state.rng, device, world.rank, world.size, derived_seed(cfg.train.seed, world.rank, state.step))
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
         raise _damaged("run state (counters, schedule, hidden state, random generators)", e) from None
-    return state
+    note = "" if carried else (f"train.optimizer is {cfg.train.optimizer}, the run trained with "
+                               f"{_saved(ckpt)['train'].get('optimizer', 'another')}: the optimiser's state "
+                               "(momentum or moments) starts fresh; the weights, schedule and counters go on")
+    return state, note
 
 
 def _damaged(what: str, error: Exception) -> UserError:

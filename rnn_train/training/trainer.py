@@ -462,11 +462,11 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
     kernel = learner.kernel  # a kernel the device cannot run is a UserError here, before anything is written
     if world.rank:
         torch.manual_seed(derived_seed(cfg.train.seed, world.rank))  # dropout draws per rank
-    state, start = RunState(), ""
+    state, start, resumed_note = RunState(), "", ""
     if resume is not None:
         error = None
         try:  # each rank restores its own generators: a damaged state of rank 1's is said by rank 0 too
-            state = resume_state(learner, resume, cfg, device, world)
+            state, resumed_note = resume_state(learner, resume, cfg, device, world)
         except UserError as e:
             error = e
         world.agree(error)
@@ -487,8 +487,9 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
                   planned_steps(cfg, len(data.train)), state.step, stream=stream)
     world.from_writer(mon.check)  # an event file that cannot be created stops every rank now
     mon.info(f"run {rd}: " + _describe(cfg, data, learner, device, kernel, start))
-    if learner.precision_note and world.is_writer:
-        mon.note(learner.precision_note)
+    for note in (learner.precision_note, resumed_note):
+        if note and world.is_writer:
+            mon.note(note)
     if init is not None and data.unk_fraction and world.is_writer:
         unknown = round(data.unk_fraction * data.text_chars)
         mon.note(f"{unknown:,} characters of the corpus ({data.unk_fraction:.2%}) are not in the vocab of "
