@@ -1,5 +1,6 @@
 """An interrupted then resumed run ends with exactly the weights of one that never stopped."""
 import io
+import json
 import os
 import signal
 import subprocess
@@ -84,6 +85,19 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert r.step == 30
     train(longer, tmp_path / "straight", quiet=True, cache_dir=tmp_path / "c")
     assert_same_weights(weights(tmp_path / "r" / "last.pt"), weights(tmp_path / "straight" / "last.pt"))
+
+
+def test_metrics_json_is_the_runs_end_never_an_earlier_one(tmp_path):
+    """A run extended by --resume and interrupted before its new end has no metrics.json: the one
+    of its earlier end (step 20, stopped by max_steps) would describe a run that no longer is."""
+    train(tiny_config(tmp_path, "train.max_steps=20"), tmp_path / "r", quiet=True, cache_dir=tmp_path / "c")
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["step"] == 20
+    longer = tiny_config(tmp_path, "train.max_steps=30")
+    part = train(longer, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c", on_step=interrupt_at(25),
+                 resume=load_checkpoint(tmp_path / "r" / "last.pt"))
+    assert part.interrupted and not (tmp_path / "r" / "metrics.json").exists()
+    train(longer, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c", resume=load_checkpoint(tmp_path / "r" / "last.pt"))
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["step"] == 30
 
 
 def test_resume_takes_the_optimiser_settings_given_and_another_kind_of_optimiser_starts_fresh(tmp_path, capsys):

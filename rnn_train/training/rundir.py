@@ -3,7 +3,7 @@
     runs/<log.name>/
         config.yaml               the resolved config (written first, before training starts)
         best.pt  last.pt          checkpoints (see training.state for what they hold)
-        metrics.json              the TrainResult of a run that ended (not of an interrupted one)
+        metrics.json              the TrainResult of a run that ended (none while it runs again or is interrupted)
         events.out.tfevents.*     TensorBoard: the hparams record and text samples
         train/ val/ test/         TensorBoard: each split's series (training/events.py)
 (the names: rnn_train/runfiles.py)
@@ -196,3 +196,8 @@ class RunDir:
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         self.write_json(METRICS, metrics)
+
+    def forget_result(self) -> None:
+        """Remove metrics.json: the run goes on past the end it reports (written again at the new end)."""
+        with writing(self.path):
+            (self.path / METRICS).unlink(missing_ok=True)

@@ -410,13 +410,17 @@ def _device(cfg: Config, world: World) -> torch.device:
     return device
 
 
-def _open_run_dir(cfg: Config, run_dir: Path, clear: bool, world: World) -> RunDir:
-    """Rank 0 clears (--force) and creates the run directory; a failure stops every rank."""
+def _open_run_dir(cfg: Config, run_dir: Path, clear: bool, resumed: bool, world: World) -> RunDir:
+    """Rank 0 clears (--force) and creates the run directory; a failure stops every rank. A resumed
+    run that trains on loses the metrics.json of its earlier end (an extended limit): that no longer
+    describes it, and an interruption before its new end would leave it standing."""
     rd = RunDir(run_dir)
 
     def create() -> None:
         if clear:
             rd.clear()
+        elif resumed:
+            rd.forget_result()
         rd.create(cfg)
     world.from_writer(create)
     return rd
@@ -482,7 +486,7 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
             return finished
 
     # ---- nothing has been deleted or written before this point ----
-    rd = _open_run_dir(cfg, run_dir, clear, world)
+    rd = _open_run_dir(cfg, run_dir, clear, resume is not None, world)
     mon = Monitor(rd.path if world.is_writer else None, cfg.log.tensorboard, quiet or not world.is_writer,
                   planned_steps(cfg, len(data.train)), state.step, stream=stream)
     world.from_writer(mon.check)  # an event file that cannot be created stops every rank now
