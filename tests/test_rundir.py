@@ -34,10 +34,13 @@ def test_clear_removes_the_run_files_and_nothing_else(tmp_path):
     rd = RunDir(tmp_path / "run")
     rd.clear()  # no directory yet: nothing to do
     fill(rd.path, ["best.pt", "last.pt", "metrics.json", "config.yaml", "events.out.tfevents.1.host",
-                   "sweep_run.json", "notes.txt"])
+                   "sweep_run.json", "notes.txt", "explore.html"])
+    fill(rd.path / "val", ["events.out.tfevents.2.host"])
+    fill(rd.path / "gradflow" / "best_T100", ["events.out.tfevents.3.host"])  # the replaced weights' curves
+    fill(rd.path / "mine", ["events.out.tfevents.4.host"])  # not a run file: kept
     assert rd.existing() == ["best.pt", "last.pt", "metrics.json", "config.yaml"] and rd.holds_run()
     rd.clear()
-    assert sorted(p.name for p in rd.path.iterdir()) == ["notes.txt", "sweep_run.json"]
+    assert sorted(p.name for p in rd.path.iterdir()) == ["mine", "notes.txt", "sweep_run.json"]
     assert rd.existing() == [] and not rd.holds_run()
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from rnn_train.cli import ArgumentParser
 from rnn_train.errors import UserError
 from rnn_train.files import output_arg
+from rnn_train.runfiles import EXPLORE_PAGE
 
 MAX_CHARS = 20_000
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train explore") -> int:
     from rnn_train.model.checkpoint import load_model, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.checkpoint)
-    out = Path(args.out) if args.out is not None else checkpoint.parent / "explore.html"
+    out = Path(args.out) if args.out is not None else checkpoint.parent / EXPLORE_PAGE
     refuse_replacing(out, "--out", reads=(checkpoint, *args.files), own=starts_with(page.page_start()),
                      kind="a page explore wrote")
     model, vocab, cfg, ckpt = load_model(checkpoint)

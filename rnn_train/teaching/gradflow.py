@@ -51,6 +51,7 @@ from rnn_train.config import MAX_THREADS
 from rnn_train.errors import UserError
 from rnn_train.files import output_arg
 from rnn_train.model import cells
+from rnn_train.runfiles import GRADFLOW
 from rnn_train.training.schedule import clip_coefficient
 
 THRESHOLDS = (1e-1, 1e-2, 1e-3)  # "steps back until ||dL_T/dh_t|| falls below this share of its t=T value"
@@ -495,7 +496,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train gradflo
         result, ckpt_path = run_probe(p)
         results.append(result)
         if not args.no_tensorboard:
-            base = Path(args.logdir) if args.logdir else ckpt_path.parent / "gradflow"
+            base = Path(args.logdir) if args.logdir else ckpt_path.parent / GRADFLOW
             if args.logdir and args.compare:
                 base = base / ckpt_path.parent.name
             written.append(write_tensorboard(result, base / variant_name(p, ckpt_path)))

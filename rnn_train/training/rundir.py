@@ -4,6 +4,7 @@
         config.yaml               the resolved config (written first, before training starts)
         best.pt  last.pt          checkpoints (see training.state for what they hold)
         metrics.json              the TrainResult of a run that ended (none while it runs again or is interrupted)
+        explore.html  gradflow/   what explore and gradflow wrote from its checkpoints (by default)
         events.out.tfevents.*     TensorBoard: the hparams record and text samples
         train/ val/ test/         TensorBoard: each split's series (training/events.py)
 (the names: rnn_train/runfiles.py)
@@ -171,14 +172,20 @@ class RunDir:
 
     # -- writing -------------------------------------------------------------------------------------
     def clear(self) -> None:
-        """Delete what an earlier run wrote here (RUN_FILES), nothing else."""
+        """Delete what an earlier run wrote here (RUN_FILES), and the directories that leaves empty;
+        nothing else."""
         if not self.path.is_dir():
             return
         with writing(self.path):  # a read-only directory is one line, like a full one
+            emptied = set()
             for pattern in RUN_FILES:
                 for f in self.path.glob(pattern):
                     if f.is_file():
                         f.unlink()
+                        emptied.update(p for p in f.parents if self.path in p.parents)
+            for d in sorted(emptied, key=lambda p: len(p.parts), reverse=True):  # the deepest first
+                if not any(d.iterdir()):
+                    d.rmdir()
 
     def create(self, cfg: Config) -> None:
         """Make the directory and write the resolved config.yaml: the first write of a run."""
