@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train bench")
     ap.add_argument("--seconds", type=float, default=30.0, help="training time per run (default 30)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating reference/pipeline pairs (default 3)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0 = default)")
-    ap.add_argument("--reference", default=str(DEFAULT_REFERENCE), help="path of reference_loop.py")
+    ap.add_argument("--reference", default=str(DEFAULT_REFERENCE),
+                    help="path of the textbook loop's reference_loop.py (default: ../shared/bench/ beside the checkout)")
     ap.add_argument("--matched", action=argparse.BooleanOptionalAction, default=True,
                     help="force the reference's optimiser (SGD, its lr) on the pipeline (default on)")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="extra overrides for the pipeline side")

@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train tune") 
     session.check_marker(out, "tune", name)
     if args.dry_run:
         session.check_dry_run(out, args.storage)
-        print(f"study {name} in {shown(url)}: {args.trials} trials, {budget.describe()} each, "
+        print(f"study {name} in {shown(url)}: {args.trials} trial{'s' if args.trials != 1 else ''}, "
+              f"{budget.describe()} each, "
               f"{args.evals} validations, pruner {args.pruner}\n# search space ({plan.space_source})")
         print(to_yaml(plan.space), end="")
         return 0
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train tune") 
         session.write_marker(out, name, url, {"kind": "tune", "recipe": args.config, "overrides": list(args.overrides),
                                               "space": plan.space_source, "budget": budget.spec(),
                                               "evals": args.evals, "pruner": args.pruner, "trials": args.trials})
-        log(f"study {name}: {args.trials} trials of {budget.describe()}, pruner {args.pruner}, in {shown(url)}")
+        log(f"study {name}: {args.trials} trial{'s' if args.trials != 1 else ''} of {budget.describe()}, "
+            f"pruner {args.pruner}, in {shown(url)}")
     started = time.perf_counter()
     runner = TrialRunner(h, plan, datasets, Path(args.cache_dir), verbose=args.verbose, log=log)
     keys = list(plan.space)

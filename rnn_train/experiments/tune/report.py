@@ -115,7 +115,8 @@ def write_plots(out: Path, study, evals: int, log: Callable[[str], None] = print
     written = []
     for name, plot, needed in plots:
         if len(complete) < needed:
-            log(f"{name}: skipped (needs {needed} finished trials, the study has {len(complete)})")
+            log(f"{name}: skipped (needs {needed} finished trial{'s' if needed != 1 else ''}, the study has "
+                f"{len(complete)})")
             continue
         try:
             with warnings.catch_warnings(record=True) as said:  # into the log, once, not as stderr's warnings
