@@ -152,8 +152,10 @@ def _summary(result, run_dir, quiet: bool, world, prog: str) -> int:
     """The last line(s) of a run, and the exit status (`_status`); `prog` is how the user called us."""
     if result.interrupted:
         script = prog.endswith(".py")  # train.py, else `rnn-train train` / `python -m rnn_train train`
-        if world.distributed:
-            again = f"torchrun --nproc_per_node={world.local_size} {prog if script else '-m rnn_train train'}"
+        if world.distributed:  # one machine: --standalone; several: the user's own rendezvous options
+            launcher = ("torchrun --standalone" if world.size == world.local_size
+                        else "torchrun (your --nnodes/--rdzv options)")
+            again = f"{launcher} --nproc_per_node={world.local_size} {prog if script else '-m rnn_train train'}"
         else:
             again = f"python {prog}" if script else prog
         print(f"interrupted at step {result.step}: checkpoint saved to {run_dir.last}; "
