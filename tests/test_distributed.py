@@ -173,7 +173,8 @@ def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     cfg = tiny_config(runs, "data.partition=sequential", "model.kernel=native", "train.max_steps=100000", name="stop")
     job = torchrun(runs, ["--config", str(write_config(runs, cfg))], fault="sigint:1:7")
     assert job.returncode != 0  # torchrun: a worker ended with 130
-    assert job.stdout.count("interrupted at step 7:") == 1 and "continue with: torchrun --standalone --nproc_per_node=2" in job.stdout
+    assert job.stdout.count("interrupted at step 7:") == 1
+    assert "continue with: torchrun --standalone --nproc_per_node=2" in job.stdout
     assert "exitcode  : 130" in job.stderr and "[rank" not in job.stderr  # no traceback from a worker
     assert job.shutdowns == []  # an interrupted rank leaves like a finished one
     ckpt = load_checkpoint(runs / "stop" / "last.pt")
