@@ -307,3 +307,27 @@ def test_each_rank_takes_its_share_of_the_cores_unless_threads_is_set():
         assert torch.get_num_threads() == before  # one process: torch's default, untouched
     finally:
         torch.set_num_threads(before)
+
+
+# ---- CUDA's rules, checked on the CPU (no GPU here: each test fakes the one fact it needs)
+
+def test_a_rank_alone_on_its_machine_takes_an_indexed_gpu(monkeypatch):
+    """Several machines with one process each (torchrun --nnodes=2 --nproc_per_node=1): the rank's
+    device must carry an index, which torch.cuda.set_device requires (a bare "cuda" was a ValueError)."""
+    from rnn_train.training.trainer import _device
+
+    taken = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", taken.append)
+    cfg = build_config({"train": {"device": "cuda", "max_steps": 1}})
+    assert _device(cfg, World(rank=1, size=2, local_rank=0, local_size=1)) == torch.device("cuda", 0)
+    assert taken == [torch.device("cuda", 0)] and taken[0].index == 0
+
+
+def test_a_run_saved_on_the_cpu_and_resumed_on_a_gpu_reseeds_the_gpus_generator(monkeypatch):
+    """The checkpoint holds no CUDA generator state: the GPU's dropout stream is seeded from the
+    run's seed, rank and step, not left to repeat the masks of step 0."""
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed", seeded.append)
+    restore_rng(capture_rng(torch.device("cpu")), torch.device("cuda"), reseed=derived_seed(5, 0, 120))
+    assert seeded == [derived_seed(5, 0, 120)]

@@ -386,3 +386,28 @@ def test_a_resumed_bf16_run_equals_an_uninterrupted_one(tmp_path, decisions, bf1
     assert resumed.step == full.step
     a, b = (load_checkpoint(tmp_path / r / "last.pt")["model"] for r in ("full", "split"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- CUDA's rules, checked on the CPU (no GPU here: each test fakes the one fact it needs)
+
+def test_autocast_is_kept_off_a_cudnn_rnn_on_cuda_and_reaches_everything_else():
+    """torch's autocast runs cuDNN's RNNs in float16 whatever dtype it is given, and float16
+    without loss scaling is not bf16: on CUDA such a module trains in float32, the decoder in bf16."""
+    class OnCuda:  # a parameter as a GPU model's would be, for the one fact the rule reads
+        device = torch.device("cuda")
+
+    def on_cuda(module: nn.Module) -> nn.Module:
+        module.parameters = lambda recurse=True: iter([OnCuda()])
+        return module
+
+    assert not precision.autocast_reaches(on_cuda(nn.GRU(4, 4))) and not precision.autocast_reaches(on_cuda(nn.LSTM(4, 4)))
+    assert precision.autocast_reaches(nn.GRU(4, 4))  # on the CPU: oneDNN's bf16 RNNs
+    assert precision.autocast_reaches(on_cuda(nn.Linear(4, 4)))  # not cuDNN's RNN: autocast's bf16
+
+
+def test_the_copy_autotune_times_trains_as_the_run_does_without_dropout():
+    """cuDNN's RNN backward refuses a module in eval mode: the timed copy is in training mode, and
+    without dropout, so that timing it draws no random number."""
+    rnn = nn.GRU(4, 8, num_layers=2, dropout=0.5, batch_first=True)
+    copy_, inp = autotune._measured_copy(rnn, 3, 5, one_hot=True)
+    assert copy_.training and copy_.dropout == 0.0 and rnn.dropout == 0.5 and inp.shape == (3, 5)

@@ -78,7 +78,7 @@ def resolve_training_path(kernel: str, precision: str, rnn: nn.Module, batch_siz
     train.precision=`precision`. The float32 path is `resolve_kernel`'s, so an "fp32" run, and an
     "auto" run that keeps float32, trains exactly as before precision existed."""
     from rnn_train.kernels import autotune
-    from rnn_train.kernels.precision import PRECISIONS, bf16_hardware
+    from rnn_train.kernels.precision import PRECISIONS, autocast_reaches, bf16_hardware
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -94,7 +94,11 @@ def resolve_training_path(kernel: str, precision: str, rnn: nn.Module, batch_siz
         note = f"train.precision=bf16: {why}; training in float32" if precision == "bf16" else ""
         return TrainingPath(path, "fp32", note)
     chosen, taken = autotune.choose_precision(rnn, batch_size, num_steps, one_hot, kernel, path, candidates, precision)
-    return TrainingPath(chosen, taken)
+    note = ""
+    if taken == "bf16" and chosen is None and not autocast_reaches(rnn):
+        note = ("train.precision=bf16 on CUDA: the recurrent layers (cuDNN) train in float32, the decoder in bf16 "
+                "(torch's autocast would run cuDNN's RNNs in float16)")
+    return TrainingPath(chosen, taken, note)
 
 
 def resolve_decoder(kernel: str, chosen: TrainingPath, rnn: nn.Module, vocab: int, batch_size: int, num_steps: int,

@@ -39,6 +39,7 @@ from rnn_train.kernels import build
 from rnn_train.kernels.fused import FusedPath, can_fuse, fused_rnn
 from rnn_train.model import cells
 from rnn_train.kernels.gemm import onednn_available
+from rnn_train.kernels.precision import autocast_reaches
 
 NATIVE = "native"
 _ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
@@ -112,7 +113,8 @@ def _pass(rnn: nn.Module, path: FusedPath | None, inp: torch.Tensor, one_hot: bo
     autocast for precision "bf16"), gradients discarded; on a GPU it waits for the GPU's work."""
     params = [p for p in rnn.parameters() if p.requires_grad]
     w = rnn.weight_hh_l0
-    autocast = torch.autocast(w.device.type, dtype=torch.bfloat16, enabled=path is None and precision == "bf16")
+    autocast = torch.autocast(w.device.type, dtype=torch.bfloat16,
+                              enabled=path is None and precision == "bf16" and autocast_reaches(rnn))
 
     def run():
         if path is None:
@@ -153,8 +155,10 @@ def race(runs: dict[str, Callable[[], None]]) -> dict[str, float]:
 
 def _measured_copy(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: bool) -> tuple[nn.Module, torch.Tensor]:
     """(a copy of `rnn` to time, an input of the run's shape): the model's own .grad stays untouched,
-    no dropout (no RNG), and the input drawn from a generator of its own."""
-    module = copy.deepcopy(rnn).eval()
+    no dropout (no RNG), and the input drawn from a generator of its own. In training mode, as it
+    trains: cuDNN's RNN backward refuses a module in eval mode."""
+    module = copy.deepcopy(rnn).train()
+    module.dropout = 0.0
     g = torch.Generator().manual_seed(0)
     shape = (batch_size, num_steps) if module.batch_first else (num_steps, batch_size)
     if one_hot:

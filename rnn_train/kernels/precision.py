@@ -67,6 +67,15 @@ def bf16_hardware(device: torch.device) -> str | None:
     return None
 
 
+def autocast_reaches(module: torch.nn.Module) -> bool:
+    """Whether torch.autocast in bf16 computes `module`'s products in bf16. Not a cuDNN RNN on CUDA
+    (nn.RNN, nn.GRU, nn.LSTM there): torch's autocast rule for it casts to float16 whatever dtype it
+    was given, and float16 without loss scaling is not what train.precision=bf16 promises (its
+    gradients can underflow). Under bf16 such a module trains in float32; the decoder in bf16."""
+    w = next(module.parameters())
+    return not (w.device.type == "cuda" and isinstance(module, torch.nn.RNNBase))
+
+
 def fused_bf16_available() -> bool:
     """True where the C++ loop was built with its bf16 products (csrc/bf16.h: AMX) and may use them."""
     from rnn_train.kernels.build import extension

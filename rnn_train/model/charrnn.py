@@ -20,6 +20,7 @@ from torch import nn
 
 from rnn_train.config import ModelConfig
 from rnn_train.kernels.fused import DECODER_GEMMS, FusedPath, bf16_linear, fused_rnn, onednn_linear
+from rnn_train.kernels.precision import autocast_reaches
 from rnn_train.model import cells
 from rnn_train.model.recurrent import build_core
 
@@ -110,8 +111,10 @@ class CharRNN(nn.Module):
                 return bf16_linear(self.drop(out), self.decoder.weight, self.decoder.bias), state
             return self.decode(out), state
         if bf16:  # the module and the decoder under autocast; the loss, softmax and carried state float32
-            with torch.autocast(self.decoder.weight.device.type, dtype=torch.bfloat16):
-                out, state = self.rnn(self.encode_input(x), state)
+            device = self.decoder.weight.device.type
+            with torch.autocast(device, dtype=torch.bfloat16):
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast_reaches(self.rnn)):
+                    out, state = self.rnn(self.encode_input(x), state)
                 logits = self.decoder(self.drop(out))
             dtype = self.decoder.weight.dtype
             return logits.to(dtype), self.spec.pack(tuple(s.to(dtype) for s in self.spec.unpack(state)))

@@ -69,6 +69,9 @@ class TorchLearner:
             return chosen, resolve_decoder(kernel, chosen, m.rnn, self.vocab_size, rows, steps, one_hot)
 
         chosen, decoder = self.world.from_writer(decide)
+        if self.device.type == "cuda" and chosen.precision == "fp32":
+            # float32 means float32: cuDNN's RNNs take TF32 (10-bit mantissa) on Ampere and later by default
+            torch.backends.cudnn.allow_tf32 = False
         m.use_training_path(chosen.path, chosen.precision, decoder)
         self.precision_note = chosen.note
         return m.training_kernel

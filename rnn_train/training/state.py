@@ -137,6 +137,8 @@ def restore_rng(state: dict[str, Any], device: torch.device, rank: int = 0, size
     torch.set_rng_state(mine["torch"].cpu())
     if device.type == "cuda" and "cuda" in mine:
         torch.cuda.set_rng_state(mine["cuda"].cpu(), device)
+    elif device.type == "cuda":  # saved on the CPU: the GPU's dropout stream must not start again from step 0
+        torch.cuda.manual_seed(reseed if reseed is not None else 0)
 
 
 def state_to(hidden: State | None, device: torch.device, dtype: torch.dtype) -> State | None:

@@ -406,7 +406,10 @@ def _device(cfg: Config, world: World) -> torch.device:
         return torch.device("cpu")
     device = resolve_device(cfg.train.device, local_rank=world.local_rank, local_size=world.local_size)
     if device.type == "cuda" and world.distributed:
-        torch.cuda.set_device(device)  # NCCL's communicator and the default CUDA stream of this rank
+        # indexed even where this machine runs one process (several machines, a GPU each): set_device
+        # refuses a bare "cuda", and NCCL's communicator and this rank's default stream live on it
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
     return device
 
 

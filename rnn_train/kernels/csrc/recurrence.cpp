@@ -232,7 +232,9 @@ void check_path(int64_t path, int64_t threads, const Tensor& like) {
 // input) or all steps' [T, B, G*H] without ids. Returns T, the steps.
 int64_t check_forward(const Tensor& x, const std::optional<Tensor>& ids, int64_t gates, const Tensor& w_hh,
                       const Tensor& h0, int64_t path, int64_t threads) {
-  TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+  TORCH_CHECK(x.device().is_cpu() && w_hh.device().is_cpu() && h0.device().is_cpu() &&
+                  (!ids.has_value() || ids->device().is_cpu()) &&
+                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
               "float32 / float64 CPU tensors only");
   check_path(path, threads, x);
   const int64_t H = w_hh.size(1);
