@@ -141,13 +141,20 @@ class TorchLearner:
         saved, settings = d["optimizer"], [{k: v for k, v in g.items() if k != "params"}
                                            for g in self.optimizer.param_groups]
         groups = saved.get("param_groups") if isinstance(saved, dict) else None
-        if isinstance(groups, list) and all(isinstance(g, dict) for g in groups) and \
-                {k for g in groups for k in g} - {"params"} != {k for s in settings for k in s}:
+        if isinstance(groups, list) and groups and all(isinstance(g, dict) for g in groups) and \
+                {_kind(g) for g in groups} != {_kind(g) for g in settings}:
             return False
         self.optimizer.load_state_dict(saved)
         for group, own in zip(self.optimizer.param_groups, settings):
             group.update(own)
         return True
+
+
+def _kind(group: dict[str, Any]) -> str:
+    """Which family an optimiser's param group is of, by a setting only that family has: SGD's state
+    (momentum buffers) and Adam's or AdamW's (moments) cannot stand in for each other; Adam's and
+    AdamW's can. (By family, not by the set of keys, which grows with torch's versions.)"""
+    return "sgd" if "momentum" in group else "adam" if "betas" in group else "other"
 
 
 class ModelTooLarge(UserError):
