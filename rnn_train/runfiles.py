@@ -16,9 +16,13 @@ CONFIG, BEST, LAST, METRICS = "config.yaml", "best.pt", "last.pt", "metrics.json
 EVENTS = "events.out.tfevents.*"
 SPLITS = ("train", "val", "test")
 """The subdirectories holding each split's TensorBoard series."""
+RUN_FILES = (BEST, LAST, METRICS, CONFIG, EVENTS, *(f"{split}/{EVENTS}" for split in SPLITS))
+"""What a training run writes (glob patterns): what starting afresh in its directory removes."""
 EXPLORE_PAGE, GRADFLOW = "explore.html", "gradflow"
 """What explore and gradflow write beside the checkpoint they read, unless told otherwise."""
-RUN_FILES = (BEST, LAST, METRICS, CONFIG, EVENTS, *(f"{split}/{EVENTS}" for split in SPLITS),
-             EXPLORE_PAGE, f"{GRADFLOW}/*/{EVENTS}")
-"""What a training run writes, and the tools write from its checkpoints (glob patterns): what starting
-afresh in its directory removes (a page or gradient curves of the replaced weights would stay)."""
+EXPLORE_MARK = b'<meta name="generator" content="rnn-train explore">'
+"""In the head of every page explore writes (right after its title): how a page of ours is told
+from a file of the same name that someone else wrote."""
+DERIVED = (EXPLORE_PAGE, f"{GRADFLOW}/*/{EVENTS}")
+"""What the tools wrote from a run's checkpoints (glob patterns): replacing the run removes them
+with the checkpoints, or a page and curves of weights that are gone would stay beside the new ones."""

@@ -28,6 +28,7 @@ from rnn_train.prediction.textstream import letters_prefix, pinyin_prefix
 from rnn_train.prediction.generate import next_char_distribution, predict
 from rnn_train.prediction.score import score_file
 from rnn_train.prediction.trace import trace
+from rnn_train.runfiles import EXPLORE_MARK
 from rnn_train.training.trainer import train
 from tests.browser import open_page
 from tests.conftest import shared_corpus
@@ -363,6 +364,12 @@ def test_a_page_is_one_self_contained_file(pages):
     assert "default-src 'none'" in html  # the page may request nothing, by its own policy
     for outside in ("src=\"http", "href=\"http", "<link", "@import", "url("):
         assert outside not in html
+
+
+def test_a_page_says_who_wrote_it_where_a_run_directory_that_is_replaced_looks(pages):
+    """RunDir.clear removes a page beside replaced checkpoints only if explore wrote it: by this mark,
+    in the page's first 8 kB."""
+    assert EXPLORE_MARK in pages["gru"].read_bytes()[:8192]
 
 
 def test_characters_the_vocab_lacks_are_counted_and_shown(browser, runs, tmp_path):

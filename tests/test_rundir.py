@@ -2,12 +2,14 @@
 comparison; and strict JSON (null, never NaN) in every JSON file a run writes."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from rnn_train.config import build_config
 from rnn_train.errors import UserError
 from rnn_train.files import atomic_write_json, strict_json
+from rnn_train.runfiles import EXPLORE_MARK
 from rnn_train.training.rundir import RunDir, comparable, config_changes, normalised
 from rnn_train.training.trainer import train
 from tests.helpers import tiny_config
@@ -34,14 +36,83 @@ def test_clear_removes_the_run_files_and_nothing_else(tmp_path):
     rd = RunDir(tmp_path / "run")
     rd.clear()  # no directory yet: nothing to do
     fill(rd.path, ["best.pt", "last.pt", "metrics.json", "config.yaml", "events.out.tfevents.1.host",
-                   "sweep_run.json", "notes.txt", "explore.html"])
+                   "sweep_run.json", "notes.txt"])
     fill(rd.path / "val", ["events.out.tfevents.2.host"])
-    fill(rd.path / "gradflow" / "best_T100", ["events.out.tfevents.3.host"])  # the replaced weights' curves
     fill(rd.path / "mine", ["events.out.tfevents.4.host"])  # not a run file: kept
     assert rd.existing() == ["best.pt", "last.pt", "metrics.json", "config.yaml"] and rd.holds_run()
     rd.clear()
     assert sorted(p.name for p in rd.path.iterdir()) == ["mine", "notes.txt", "sweep_run.json"]
     assert rd.existing() == [] and not rd.holds_run()
+
+
+def explore_page(path):
+    path.write_bytes(b"<!doctype html>\n<html>\n<head>\n<title>a run</title>\n" + EXPLORE_MARK + b"\n</head></html>")
+
+
+def test_replacing_a_run_removes_the_page_and_curves_made_from_its_weights_and_nothing_else(tmp_path):
+    """explore's page and gradflow's curves of weights that are gone would describe another model
+    (a page scored 5.00 bits/char where the new run scored 5.80): they go with the checkpoints. A
+    page of that name that explore did not write stays, as does a directory that holds no run."""
+    rd = RunDir(tmp_path / "run")
+    fill(rd.path, ["best.pt", "last.pt"])
+    explore_page(rd.path / "explore.html")
+    fill(rd.path / "gradflow" / "best_T100", ["events.out.tfevents.3.host"])
+    fill(rd.path / "gradflow" / "mine", ["notes.txt"])
+    rd.clear()
+    assert sorted(p.relative_to(rd.path).as_posix() for p in rd.path.rglob("*")) == [
+        "gradflow", "gradflow/mine", "gradflow/mine/notes.txt"]  # emptied directories go too
+
+    written_by_hand = RunDir(tmp_path / "hand")
+    fill(written_by_hand.path, ["best.pt", "explore.html"])
+    written_by_hand.clear()
+    assert [p.name for p in written_by_hand.path.iterdir()] == ["explore.html"]
+
+    no_run = RunDir(tmp_path / "no_run")  # a run that died before its first checkpoint: not its page
+    no_run.path.mkdir()
+    explore_page(no_run.path / "explore.html")
+    fill(no_run.path / "gradflow" / "other", ["events.out.tfevents.5.host"])
+    no_run.clear()
+    assert sorted(p.name for p in no_run.path.rglob("*")) == ["events.out.tfevents.5.host", "explore.html",
+                                                               "gradflow", "other"]
+
+
+def test_clearing_never_goes_through_a_link_to_a_directory(tmp_path):
+    """A split's or gradflow's directory that is a link to another disk: nothing behind it is
+    removed (nor the link), and the rest of the run is cleared."""
+    outside = tmp_path / "outside"
+    fill(outside / "val", ["events.out.tfevents.1.host"])
+    fill(outside / "gradflow" / "best_T100", ["events.out.tfevents.2.host"])
+    rd = RunDir(tmp_path / "run")
+    fill(rd.path, ["best.pt", "last.pt", "config.yaml"])
+    (rd.path / "val").symlink_to(outside / "val")
+    (rd.path / "gradflow").symlink_to(outside / "gradflow")
+    rd.clear()
+    assert sorted(p.name for p in rd.path.iterdir()) == ["gradflow", "val"]
+    assert (outside / "val" / "events.out.tfevents.1.host").exists()
+    assert (outside / "gradflow" / "best_T100" / "events.out.tfevents.2.host").exists()
+
+
+def test_a_file_that_cannot_be_removed_is_named_and_the_checkpoints_are_kept(tmp_path, monkeypatch):
+    rd = RunDir(tmp_path / "run")
+    fill(rd.path, ["best.pt", "last.pt", "config.yaml", "metrics.json"])
+    explore_page(rd.path / "explore.html")
+    unlink, refused = Path.unlink, []
+
+    def refuse(self, missing_ok=False):
+        if self.name in refused:
+            raise PermissionError(1, "Operation not permitted")
+        unlink(self, missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    refused.append("explore.html")
+    with pytest.raises(UserError, match=r"cannot write .*run/explore.html \(Operation not permitted\)"):
+        rd.clear()
+    assert rd.existing() == ["best.pt", "last.pt", "metrics.json", "config.yaml"]  # the page goes first
+    refused[:] = ["metrics.json"]
+    with pytest.raises(UserError, match="metrics.json"):
+        rd.clear()
+    assert rd.existing() == ["best.pt", "last.pt", "metrics.json", "config.yaml"]  # the checkpoints go last
+    assert not (rd.path / "explore.html").exists()
 
 
 def test_a_config_or_metrics_alone_is_not_a_run_to_protect(tmp_path):

@@ -30,7 +30,7 @@ import yaml
 from rnn_train.config import Config, build_config, config_to_yaml
 from rnn_train.errors import UserError
 from rnn_train.files import atomic_write_json, atomic_write_text, writing
-from rnn_train.runfiles import BEST, CONFIG, LAST, METRICS, RUN_FILES
+from rnn_train.runfiles import BEST, CONFIG, DERIVED, EXPLORE_MARK, EXPLORE_PAGE, LAST, METRICS, RUN_FILES
 
 
 @contextlib.contextmanager
@@ -172,20 +172,43 @@ class RunDir:
 
     # -- writing -------------------------------------------------------------------------------------
     def clear(self) -> None:
-        """Delete what an earlier run wrote here (RUN_FILES), and the directories that leaves empty;
-        nothing else."""
+        """Delete what an earlier run wrote here (RUN_FILES), with what the tools made from its
+        checkpoints where it has any (DERIVED: explore's own page, not a file of that name someone
+        else wrote), and the directories that leaves empty. Nothing else: nothing through a link to
+        a directory (a link itself goes like a file), nothing outside. The checkpoints and the config
+        go last, so that a file that cannot be removed (the error names it) leaves the run resumable."""
         if not self.path.is_dir():
             return
-        with writing(self.path):  # a read-only directory is one line, like a full one
-            emptied = set()
-            for pattern in RUN_FILES:
-                for f in self.path.glob(pattern):
-                    if f.is_file():
-                        f.unlink()
-                        emptied.update(p for p in f.parents if self.path in p.parents)
-            for d in sorted(emptied, key=lambda p: len(p.parts), reverse=True):  # the deepest first
+        last = (CONFIG, LAST, BEST)
+        patterns = (DERIVED if self.holds_run() else ()) + tuple(p for p in RUN_FILES if p not in last) + last
+        found = dict.fromkeys(f for pattern in patterns for f in sorted(self.path.glob(pattern)) if self._removable(f))
+        emptied = set()
+        for f in found:  # in the patterns' order
+            with writing(f):  # a read-only file or directory is one line naming it, like a full disk
+                f.unlink()
+            emptied.update(p for p in f.parents if self.path in p.parents)
+        for d in sorted(emptied, key=lambda p: len(p.parts), reverse=True):  # the deepest first
+            with writing(d):
                 if not any(d.iterdir()):
                     d.rmdir()
+
+    def _removable(self, f: Path) -> bool:
+        """A file a pattern matched that clear may remove: reached without a link to a directory on
+        the way, a file or a link, and for explore's page one that explore wrote."""
+        inner = f.relative_to(self.path).parents  # the directories between the run's and f: no links
+        if any((self.path / d).is_symlink() for d in inner if d != Path(".")):
+            return False
+        if f.is_symlink():
+            return True
+        if not f.is_file():
+            return False
+        if f.name == EXPLORE_PAGE and f.parent == self.path:
+            try:
+                with open(f, "rb") as page:
+                    return EXPLORE_MARK in page.read(8192)
+            except OSError:  # unreadable: not known to be ours, so kept
+                return False
+        return True
 
     def create(self, cfg: Config) -> None:
         """Make the directory and write the resolved config.yaml: the first write of a run."""
