@@ -5,9 +5,11 @@ import json
 import math
 import re
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -323,3 +325,49 @@ def test_dash_is_standard_input_scored_as_the_same_text_in_a_file(run, tmp_path,
         status, out, err = score_stdin(data, *args)
         assert status == 2 and out == "" and err.startswith(needle), err
     assert not list(spool.iterdir())  # the copies are removed
+
+
+def test_standard_input_on_a_terminal_ends_at_one_ctrl_d_and_a_signal_leaves_no_copy(run, tmp_path):
+    """As `cat`: the first end of input (Ctrl-D on a terminal) ends the text. SIGTERM or SIGHUP (the
+    terminal closed) while the text is still coming removes the temporary copy, as Ctrl-C does."""
+    import pty
+
+    tmp, _, _ = run
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    env = {**os.environ, "TMPDIR": str(spool)}
+    command = [sys.executable, "-m", "rnn_train", "score", "--checkpoint", str(tmp / "run"), "-"]
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(command, cwd=ROOT, stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, text=True)
+    os.close(follower)
+    os.write(leader, b"ni hao ma\n")
+    os.write(leader, b"\x04")  # one Ctrl-D, at the start of a line
+    out, err = proc.communicate(timeout=60)
+    os.close(leader)
+    assert proc.returncode == 0 and out.startswith("-: 10 chars"), err
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        proc = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+        proc.stdin.write(b"zhong guo\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 30
+        while not list(spool.iterdir()) and time.monotonic() < deadline:  # the copy is being written
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        proc.communicate(timeout=60)
+        assert proc.returncode == 128 + sig and not list(spool.iterdir()), sig
+
+
+def test_a_full_temporary_directory_is_named_not_standard_output(run, monkeypatch, capsys):
+    tmp, _, _ = run
+
+    class Full(io.BytesIO):
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ni hao " * 100)))
+    monkeypatch.setattr(score_mod.os, "fdopen", lambda fd, mode: (os.close(fd), Full())[1])
+    assert cli_run(score_mod.main, ["--checkpoint", str(tmp / "run"), "-"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot copy standard input to a temporary file in ") and "set TMPDIR" in err

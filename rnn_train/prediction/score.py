@@ -29,11 +29,13 @@ the other rows of its batch on the C++ path.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import shutil
+import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -245,22 +247,49 @@ def score_file(model: CharRNN, vocab: Vocab, data_cfg, path: str, encoding: str 
     return result
 
 
-def _spooled_stdin(files: list[str]) -> str | None:
-    """Standard input copied to a temporary file, where FILE `-` asks for it (None where not): a
-    file is read twice (whether it is Chinese, for a pinyin model, then its text) and a pipe once."""
+@contextlib.contextmanager
+def _spooled_stdin(files: list[str]) -> Iterator[str | None]:
+    """Inside, standard input copied to a temporary file, where FILE `-` asks for it (None where
+    not): a file is read twice (whether it is Chinese, for a pinyin model, then its text) and a pipe
+    once. The copy is removed at the end, also after Ctrl-C, SIGTERM or SIGHUP (a closed terminal)."""
     asked = files.count(STDIN)
     if asked > 1:
         raise UserError(f"- (standard input) is given {asked} times: it can be read once")
     if not asked:
-        return None
+        yield None
+        return
+    if sys.stdin is None:  # started with standard input closed (<&-)
+        raise UserError("- asks for standard input, which is closed")
     fd, path = tempfile.mkstemp(prefix="rnn-train-score-", suffix=".txt")
+    with _exit_cleanly_on(signal.SIGTERM, signal.SIGHUP):
+        try:
+            with os.fdopen(fd, "wb") as f:
+                while block := sys.stdin.buffer.read1(1 << 20):  # b"" at the first end of input: one Ctrl-D
+                    try:
+                        f.write(block)
+                    except OSError as e:
+                        raise UserError(f"cannot copy standard input to a temporary file in {Path(path).parent} "
+                                        f"({e.strerror or e}); set TMPDIR to a directory with room") from None
+            yield path
+        finally:
+            os.unlink(path)
+
+
+@contextlib.contextmanager
+def _exit_cleanly_on(*signals: int) -> Iterator[None]:
+    """Inside, these signals end the process by SystemExit (status 128 + the signal, as the default
+    action's), so that `finally` clauses run; outside the main thread there are no handlers to set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def leave(signum, frame):
+        raise SystemExit(128 + signum)
+    previous = {s: signal.signal(s, leave) for s in signals}
     try:
-        with os.fdopen(fd, "wb") as f:
-            shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
-    except BaseException:  # Ctrl-C while it is typed or piped: no copy left behind
-        os.unlink(path)
-        raise
-    return path
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def main(argv: list[str] | None = None, prog: str = "rnn-train score") -> int:
@@ -291,8 +320,6 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train score") -> int:
                          own=starts_with(header), kind="an earlier --per-char table")
     model, vocab, cfg, _ = load_model(checkpoint, resolve_device(args.device, "--device"))
 
-    stdin = _spooled_stdin(args.files)
-
     def one(f: str, out) -> Score:
         if f != STDIN:
             return score_file(model, vocab, cfg.data, f, args.encoding, out, args.exact)
@@ -304,16 +331,13 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train score") -> int:
     def run(out=None) -> list[Score]:
         return [one(f, out) for f in args.files]
 
-    try:
+    with _spooled_stdin(args.files) as stdin:
         if args.per_char:
             results: list[Score] = []
             # written beside the target and renamed at the end: an error leaves an earlier file intact
             atomic_write_bytes(Path(args.per_char), lambda f: (f.write(header), results.extend(run(f))))
         else:
             results = run()
-    finally:
-        if stdin:
-            os.unlink(stdin)
     for path, result in zip(args.files, results):
         print(result.line(path))
     if len(results) > 1:
