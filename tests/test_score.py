@@ -343,8 +343,11 @@ def test_standard_input_on_a_terminal_ends_at_one_ctrl_d_and_a_signal_leaves_no_
     os.close(follower)
     os.write(leader, b"ni hao ma\n")
     os.write(leader, b"\x04")  # one Ctrl-D, at the start of a line
-    out, err = proc.communicate(timeout=60)
-    os.close(leader)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # (a score still waiting for a second Ctrl-D is not left behind)
+        os.close(leader)
     assert proc.returncode == 0 and out.startswith("-: 10 chars"), err
     for sig in (signal.SIGTERM, signal.SIGHUP):
         proc = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
