@@ -351,6 +351,7 @@ def test_a_trial_too_large_for_memory_fails_for_good_and_the_sampler_draws_other
     assert not [t for t in trials if t.state == TrialState.WAITING]  # none queued again
     out, err = capsys.readouterr()
     assert f"3 of 3 trials finished; {len(too_large)} drew parameters that cannot train" in out
+    assert out.count(": cannot train (not enough memory for the model (model.hidden_size=100000000") == len(too_large)
     assert "Warning" not in err  # Optuna's remarks on the plots go to the log
     assert run(tune_cli.main, argv) == 0
     assert ": training " not in capsys.readouterr().out and len(load(tmp_path / "out").trials) == len(trials)

@@ -49,6 +49,10 @@ BAD_CONFIG = "config:"
 """How the reason of a trial whose parameters cannot train (BadTrialConfig) begins: failed for good."""
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+BAD_CONFIGS_ALLOWED = 20
+"""Trials that drew parameters that cannot train, beyond which (or beyond 3 per trial asked for) the
+study stops and asks for a narrower space. A sampler does not learn from a failed trial: half of a
+two-value choice may be drawn again and again, so a few are no sign of a space that is mostly bad."""
 POLL_S = 2.0
 """How often a worker with nothing left to ask looks again at the trials other processes run."""
 
@@ -279,7 +283,9 @@ def work(h: StudyHandle, n_trials: int, run: Callable[[optuna.Trial], Outcome], 
                 outcome = _run_one(h, trial, run)
                 if outcome is None:  # a bad config: the sampler tries other parameters
                     bad_configs += 1
-                    if bad_configs > n_trials:
+                    why = h.frozen(trial.number).user_attrs.get(FAILURE, "").removeprefix(BAD_CONFIG).strip()
+                    log(f"trial {trial.number}: cannot train ({why}); other parameters are drawn")
+                    if bad_configs > max(BAD_CONFIGS_ALLOWED, 3 * n_trials):
                         raise UserError(f"{bad_configs} trials drew parameters that make no valid config "
                                         f"(the last: {h.frozen(trial.number).user_attrs.get(FAILURE)}); "
                                         "narrow the search space")
