@@ -282,6 +282,7 @@ def _exit_cleanly_on(*signals: int) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+
     def leave(signum, frame):
         raise SystemExit(128 + signum)
     previous = {s: signal.signal(s, leave) for s in signals}

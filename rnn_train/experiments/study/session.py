@@ -12,7 +12,8 @@ import optuna
 from optuna.trial import TrialState
 
 from rnn_train.errors import UserError
-from rnn_train.experiments.study.engine import BAD_CONFIG, FAILURE, FINISHED, StudyHandle, WorkResult, queue_again, work
+from rnn_train.experiments.study.engine import (BAD_CONFIG, FAILURE, FINISHED, StudyHandle, WorkResult, queue_again,
+                                               work)
 from rnn_train.experiments.study.storage import check_url, dashboard_command, open_storage, shown
 from rnn_train.experiments.study.workers import spawn
 from rnn_train.files import atomic_write_json
@@ -123,7 +124,8 @@ def summary(h: StudyHandle, n_trials: int) -> str:
     untrainable = sum(t.state == TrialState.FAIL and t.user_attrs.get(FAILURE, "").startswith(BAD_CONFIG)
                       for t in trials)
     if by[TrialState.FAIL] > untrainable:
-        extra.append(f"{by[TrialState.FAIL] - untrainable} failed (results.csv says why, and which trial continues each)")
+        extra.append(f"{by[TrialState.FAIL] - untrainable} failed (results.csv says why, and which trial continues "
+                     "each)")
     if untrainable:
         extra.append(f"{untrainable} drew parameters that cannot train (results.csv says why; others were drawn)")
     return text + (f"; {', '.join(extra)}" if extra else "")
