@@ -15,13 +15,31 @@ import contextlib
 import errno
 import os
 import re
+import signal
 import sys
-from typing import Callable
+import threading
+from typing import Any, Callable, Iterator
 
 from rnn_train.errors import UserError
 
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 """Errors only a write raises: a full disk, a quota, a file size limit, a read-only file system."""
+
+
+@contextlib.contextmanager
+def signals_handled(handler: Callable[[int, Any], None], *signals: int) -> Iterator[None]:
+    """Inside, `handler(signum, frame)` answers these signals; the handlers found are put back on
+    leaving. Only the main thread may set handlers: elsewhere nothing is set (a command run from a
+    thread, as tests do, keeps the process's own)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, found in previous.items():
+            signal.signal(s, found)
 
 
 class ArgumentParser(argparse.ArgumentParser):

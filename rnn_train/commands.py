@@ -13,10 +13,9 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
-import threading
 from dataclasses import dataclass
 
-from rnn_train.cli import ArgumentParser, program, run
+from rnn_train.cli import ArgumentParser, program, run, signals_handled
 
 
 @dataclass(frozen=True)
@@ -56,14 +55,9 @@ def import_holding_ctrl_c(module: str):
     importing torch runs C++ that calls back into Python, and a KeyboardInterrupt raised inside such
     a call aborted the process ("terminate called after throwing an instance of
     'pybind11::error_already_set'", exit -6) or was lost, the command then running to its end."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread has signals
-        return importlib.import_module(module)
     pressed: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
-    try:
+    with signals_handled(lambda signum, frame: pressed.append(signum), signal.SIGINT):
         loaded = importlib.import_module(module)
-    finally:
-        signal.signal(signal.SIGINT, previous)
     if pressed:
         raise KeyboardInterrupt
     return loaded

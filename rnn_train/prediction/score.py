@@ -35,7 +35,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -44,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rnn_train.cli import ArgumentParser
+from rnn_train.cli import ArgumentParser, signals_handled
 from rnn_train.files import output_arg
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
@@ -261,7 +260,7 @@ def _spooled_stdin(files: list[str]) -> Iterator[str | None]:
     if sys.stdin is None:  # started with standard input closed (<&-)
         raise UserError("- asks for standard input, which is closed")
     fd, path = tempfile.mkstemp(prefix="rnn-train-score-", suffix=".txt")
-    with _exit_cleanly_on(signal.SIGTERM, signal.SIGHUP):
+    with signals_handled(_exit, signal.SIGTERM, signal.SIGHUP):  # so that the copy is removed (finally)
         try:
             with os.fdopen(fd, "wb") as f:
                 while block := sys.stdin.buffer.read1(1 << 20):  # b"" at the first end of input: one Ctrl-D
@@ -275,22 +274,10 @@ def _spooled_stdin(files: list[str]) -> Iterator[str | None]:
             os.unlink(path)
 
 
-@contextlib.contextmanager
-def _exit_cleanly_on(*signals: int) -> Iterator[None]:
-    """Inside, these signals end the process by SystemExit (status 128 + the signal, as the default
-    action's), so that `finally` clauses run; outside the main thread there are no handlers to set."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def leave(signum, frame):
-        raise SystemExit(128 + signum)
-    previous = {s: signal.signal(s, leave) for s in signals}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+def _exit(signum, frame):
+    """A signal's end of the process, with its default action's status (128 + the signal), as an
+    exception: `finally` clauses run on the way out."""
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None, prog: str = "rnn-train score") -> int:

@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 
-from rnn_train.cli import ArgumentParser
+from rnn_train.cli import ArgumentParser, signals_handled
 from rnn_train.errors import UserError
 
 GRACE = 5  # seconds the requests in flight get to finish after SIGTERM / Ctrl-C
@@ -151,12 +151,10 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train serve") -> int:
     caught: list[int] = []
     # uvicorn handles SIGINT / SIGTERM itself (stop accepting, finish what is in flight), then raises
     # the signal again to the handler it found: ours records it, so the process ends with 0, not 130/143
-    previous = {sig: signal.signal(sig, lambda s, frame: caught.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run(sockets=[sock])
+        with signals_handled(lambda s, frame: caught.append(s), signal.SIGINT, signal.SIGTERM):
+            server.run(sockets=[sock])
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         sock.close()
     print(f"stopped ({'signal ' + signal.Signals(caught[0]).name if caught else 'server ended'}; "
           f"{app.state.batcher.counts['jobs_done']} generate requests served)", flush=True)

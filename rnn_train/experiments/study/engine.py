@@ -36,6 +36,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
+from rnn_train.cli import signals_handled
 from rnn_train.errors import UserError
 from rnn_train.experiments.study.liveness import alive, whoami
 
@@ -197,24 +198,10 @@ class Heartbeat:
         return False
 
 
-class _TermIsInterrupt:
+def _term_is_interrupt(signum, frame):
     """SIGTERM outside a training run ends the loop as Ctrl-C does (the trainer handles both itself
     while a run is training), so a scheduler's stop records the trial's state too."""
-
-    def __enter__(self):
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._raise)
-        return self
-
-    @staticmethod
-    def _raise(signum, frame):
-        raise KeyboardInterrupt
-
-    def __exit__(self, *exc) -> bool:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-        return False
+    raise KeyboardInterrupt
 
 
 # ---- the loop
@@ -252,7 +239,7 @@ def work(h: StudyHandle, n_trials: int, run: Callable[[optuna.Trial], Outcome], 
     unclaimed: dict[int, float] = {}
     bad_configs = 0
     waiting_for: list[int] | None = None
-    with _TermIsInterrupt():
+    with signals_handled(_term_is_interrupt, signal.SIGTERM):
         try:
             while True:
                 reap(h, log, unclaimed)

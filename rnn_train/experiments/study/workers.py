@@ -27,6 +27,7 @@ import threading
 from pathlib import Path
 from typing import IO, Callable
 
+from rnn_train.cli import signals_handled
 from rnn_train.errors import UserError
 
 PR_SET_PDEATHSIG = 1
@@ -58,14 +59,10 @@ def spawn(child_argv: Callable[[int], list[str]], k: int, log: Callable[[str], N
             if p.poll() is None:
                 p.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with signals_handled(forward, signal.SIGINT, signal.SIGTERM):
         codes = [p.wait() for p in procs]
         for relay in relays:
             relay.join()
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
     if interrupted or 130 in codes:
         return 130
     if 2 in codes and errors:
