@@ -208,3 +208,30 @@ def test_a_trainer_step_advances_the_state_and_carries_the_hidden_state(tmp_path
     assert abs(float(loss) - math.log(len(data.vocab))) < 0.5  # untrained: about ln V
     assert trainer.window.steps == 1 and trainer.window.flush().loss == pytest.approx(float(loss))
     assert not list(tmp_path.iterdir())  # a step writes nothing
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.05, 1e6])  # off, clipping every step, never reached
+def test_a_torch_step_clips_exactly_as_torchs_clip_grad_norm(clip):
+    """The learner skips torch's multiply by a factor of exactly 1; the weights and the norm it reports
+    are those of clip_grad_norm_ (or get_total_norm, clipping off) to the bit, step after step."""
+    cfg = build_config({"data": {"batch_size": 4, "num_steps": 6}, "model": {"cell": "lstm", "hidden_size": 8},
+                        "train": {"max_steps": 3, "clip_norm": clip, "optimizer": "sgd", "lr": 0.5}})
+    learner = TorchLearner(cfg, 6, CPU)
+    model = learner.model
+    reference = TorchLearner(cfg, 6, CPU)
+    reference.model.load_state_dict(model.state_dict())
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        x, y = (rng.integers(0, 6, (4, 6)) for _ in range(2))
+        _, norm, _ = learner.train_step(x, y, None)
+        logits, _ = reference.model(torch.from_numpy(x), None)
+        torch.nn.functional.cross_entropy(logits.reshape(-1, 6), torch.from_numpy(y).reshape(-1)).backward()
+        grads = [p.grad for p in reference.params]
+        expected = (torch.nn.utils.clip_grad_norm_(reference.params, clip, foreach=True) if clip > 0
+                    else torch.nn.utils.get_total_norm(grads, foreach=True))
+        reference.optimizer.step()
+        reference.optimizer.zero_grad(set_to_none=True)
+        assert torch.equal(norm, expected)
+        for a, b in zip(model.parameters(), reference.model.parameters()):
+            assert torch.equal(a, b)
+    assert clip == 0 or (float(norm) > clip) == (clip == 0.05)  # the cases are what their comments say
