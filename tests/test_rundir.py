@@ -178,6 +178,9 @@ def test_strict_json_writes_null_for_non_finite_numbers(tmp_path):
     rd = RunDir(tmp_path)
     rd.write_metrics({"val_loss": math.nan, "step": 3})
     assert math.isnan(rd.read_metrics()["val_loss"]) and rd.read_metrics()["step"] == 3  # null reads back as NaN
+    rd.write_metrics({"val_loss": 800.0, "val_ppl": math.inf, "test_loss": math.nan, "test_ppl": math.nan})
+    back = rd.read_metrics()  # a diverged run: its loss is a number whose exp overflowed
+    assert back["val_ppl"] == math.inf and math.isnan(back["test_ppl"]) and back["val_loss"] == 800.0
 
 
 def test_metrics_json_of_a_run_without_validation_split_is_strict_json(tmp_path):

@@ -144,11 +144,17 @@ class RunDir:
             return None
 
     def read_metrics(self) -> dict[str, Any] | None:
-        """metrics.json, with the nulls that stand for NaN turned back into NaN; None if absent."""
+        """metrics.json, with the nulls that stand for NaN turned back into NaN, and a perplexity's
+        null beside a finite loss into inf (exp overflowed: a diverged run); None if absent."""
         metrics = self.read_json(METRICS)
         if metrics is None:
             return None
-        return {k: (math.nan if v is None else v) for k, v in metrics.items()}
+        out = {k: (math.nan if v is None else v) for k, v in metrics.items()}
+        for split in ("val", "test"):
+            loss = out.get(f"{split}_loss")
+            if metrics.get(f"{split}_ppl", 0) is None and isinstance(loss, (int, float)) and math.isfinite(loss):
+                out[f"{split}_ppl"] = math.inf
+        return out
 
     def read_json(self, name: str) -> dict[str, Any] | None:
         return _read_json(self.path / name)
