@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from rnn_train.data import corpus, pinyin
+from rnn_train.data import corpus, pinyin, sources
 from rnn_train.errors import UserError
 from tests.conftest import shared_corpus
 
@@ -392,3 +392,24 @@ def test_empty_directory_and_unmatched_glob_are_one_line_errors(tmp_path):
         corpus.load_corpus([tmp_path / "empty"], kind="text")
     with pytest.raises(UserError, match=r"data.paths: .*nothing\*.txt matches no file"):
         corpus.load_corpus([str(tmp_path / "nothing*.txt")], kind="text")
+
+
+def test_a_runs_relative_paths_are_found_where_it_trained_when_they_name_nothing_here(tmp_path, monkeypatch):
+    """sources.found_under: a relative entry (file, directory, glob) that names nothing in the current
+    directory but something under the run's workdir points there; one that exists here, an absolute
+    one, or one found in neither place stays as it stands (and fails as before, naming itself)."""
+    trained, here = tmp_path / "trained", tmp_path / "elsewhere"
+    for d in (trained / "books", here):
+        d.mkdir(parents=True)
+    write(trained / "a.txt", "a")
+    write(trained / "books" / "b.txt", "b")
+    write(here / "c.txt", "c here")
+    write(trained / "c.txt", "c there")
+    monkeypatch.chdir(here)
+    entries = ["a.txt", "books", "books/*.txt", "c.txt", str(tmp_path / "x.txt"), "gone.txt"]
+    assert sources.found_under(entries, str(trained)) == [
+        str(trained / "a.txt"), str(trained / "books"), str(trained / "books" / "*.txt"), "c.txt",
+        str(tmp_path / "x.txt"), "gone.txt"]
+    assert sources.found_under(entries, None) == entries  # a checkpoint from before the workdir was kept
+    moved = sources.found_under(["a.txt", "books/*.txt", "c.txt"], str(trained))
+    assert corpus.load_corpus(moved, kind="text") == "a\nb\nc here"

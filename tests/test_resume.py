@@ -221,3 +221,36 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_with_a_message_then_resume_continue
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert load_checkpoint(tmp_path / "ctrlc" / "last.pt")["step"] == ckpt["step"] + 10
+
+
+def test_a_run_is_resumed_and_explored_from_another_directory_with_its_relative_corpus_path(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """data.paths as the user typed them (relative) are read where the run trained when they name
+    nothing where --resume, explore or gradflow run; the checkpoints keep saying where that is."""
+    from rnn_train.explore.cli import validation_document
+    from rnn_train.model.checkpoint import load_model
+    from rnn_train.teaching.gradflow import Probe, run_probe
+
+    home, other = tmp_path / "home", tmp_path / "other"
+    home.mkdir(), other.mkdir()
+    small_text(home)
+    monkeypatch.chdir(home)
+    cfg = tiny_config(tmp_path, "train.max_steps=20", "data.kind=text", "data.paths=corpus.txt",
+                      "data.val_fraction=0.1")
+    train(cfg, tmp_path / "r", quiet=True, cache_dir=None)
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["workdir"] == str(home)
+    monkeypatch.chdir(other)
+    longer = replace(cfg, train=replace(cfg.train, max_steps=30))
+    lines = io.StringIO()
+    r = train(longer, tmp_path / "r", cache_dir=None, stream=lines, resume=load_checkpoint(tmp_path / "r" / "last.pt"))
+    assert r.step == 30 and f"data.paths not found here, read where the run trained: {home / 'corpus.txt'}" in \
+        lines.getvalue()
+    ckpt = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert ckpt["workdir"] == str(home) and ckpt["config"]["data"]["paths"] == ["corpus.txt"]  # as typed
+    _, vocab, loaded, ckpt = load_model(tmp_path / "r" / "best.pt")
+    doc, length, _ = validation_document(loaded, vocab, ckpt, tmp_path / "r" / "best.pt", None, 100)
+    assert length > 100 and "the lazy dog" in doc.text
+    result, _ = run_probe(Probe(checkpoint=str(tmp_path / "r"), steps=10, batch=2, cache_dir=None))
+    assert result is not None
+    assert capsys.readouterr().err.count("read where the run trained") == 2  # explore's note and gradflow's
+    assert not (other / "data").exists()  # and nothing was written here

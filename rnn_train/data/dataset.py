@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from rnn_train.config import DataConfig
 from rnn_train.data import corpus
 from rnn_train.data.batching import min_corpus_length
 from rnn_train.data.prepare import prepare_corpus
+from rnn_train.data.sources import found_under
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
 
@@ -74,6 +75,18 @@ def changed_note(ckpt: dict, data: "Dataset", paths: list[str], checkpoint, spli
         return ""
     return (f"note: the corpus ({corpus.named(paths)}) changed since {checkpoint} was trained: its {split_name} "
             f"split is not the text the run saw")
+
+
+def run_data(cfg: DataConfig, ckpt: dict) -> tuple[DataConfig, str]:
+    """The data section of a checkpoint's run as this process reads it: the relative `data.paths`
+    that name nothing here but did where the run read them (its "workdir") point there
+    (sources.found_under); and a note naming them (without "note: "), or ''. Checkpoints from
+    before the workdir was recorded read their paths as they stand."""
+    paths = found_under(cfg.paths, ckpt.get("workdir"))
+    moved = [new for old, new in zip(cfg.paths, paths) if new != old]
+    if not moved:
+        return cfg, ""
+    return replace(cfg, paths=paths), f"data.paths not found here, read where the run trained: {', '.join(moved)}"
 
 
 def split(ids: np.ndarray, val_fraction: float, test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -72,6 +72,28 @@ def resolve_paths(entries: list[str]) -> list[SourceFile]:
     return files
 
 
+def found_under(entries: list[str], workdir: str | None) -> list[str]:
+    """`data.paths` of a run, read from another directory: each relative entry that names nothing
+    here but names something under `workdir` (where the run read its corpus: a checkpoint's
+    "workdir") becomes that path; the others stay as they stand. Relative entries are resolved
+    against the current directory, so without this explore, gradflow or --resume started
+    elsewhere could not find a run's corpus (and a recipe's would suggest downloading it there)."""
+    if not workdir:
+        return list(entries)
+    out = []
+    for entry in entries:
+        here = os.path.expanduser(str(entry))
+        there = os.path.join(workdir, here)
+        moved = here.strip() and not os.path.isabs(here) and not _names_something(here) and _names_something(there)
+        out.append(there if moved else entry)
+    return out
+
+
+def _names_something(entry: str) -> bool:
+    """Whether `entry` names an existing path, or is a glob with a match."""
+    return os.path.exists(entry) or (_is_glob(entry) and next(glob.iglob(entry, recursive=True), None) is not None)
+
+
 def _is_glob(entry: str) -> bool:
     """An entry with glob characters, unless it names an existing file or directory as it stands
     (`x[1].txt`: a file name, not the pattern x1.txt)."""

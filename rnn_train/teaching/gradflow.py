@@ -254,7 +254,7 @@ def check_memory(model, vocab_size: int, p: Probe) -> None:
 def run_probe(p: Probe) -> tuple[FlowResult, Path]:
     """Load, pick windows, measure. Returns the result and the checkpoint file it came from."""
     from rnn_train.model.checkpoint import load_model, resolve_checkpoint
-    from rnn_train.data.dataset import changed_note, prepare_data
+    from rnn_train.data.dataset import changed_note, prepare_data, run_data
     from rnn_train.model.charrnn import CharRNN
     from rnn_train.runtime import resolve_device
 
@@ -272,7 +272,10 @@ def run_probe(p: Probe) -> tuple[FlowResult, Path]:
                     w.mul_(p.whh_scale)
     if p.keep_bias:
         add_keep_gate_bias(model.rnn, p.keep_bias)
-    data = prepare_data(cfg.data, Path(p.cache_dir) if p.cache_dir else None, vocab)
+    data_cfg, moved = run_data(cfg.data, ckpt)
+    if moved:
+        print(f"note: {moved}", file=sys.stderr)
+    data = prepare_data(data_cfg, Path(p.cache_dir) if p.cache_dir else None, vocab)
     note = changed_note(ckpt, data, cfg.data.paths, ckpt_path, p.split)
     if note:
         print(note, file=sys.stderr)

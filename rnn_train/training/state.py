@@ -24,6 +24,9 @@ A checkpoint is one dict of plain data and tensors (loadable with `torch.load(we
                      with several ranks also each rank's under "ranks": see `restore_rng`)
     corpus_sha256    a digest of the corpus's contents (`data.dataset.corpus_digest`), added by the
                      trainer: --resume refuses text that changed; optional (older checkpoints lack it)
+    workdir          the directory relative data.paths were read against, added by the trainer: explore,
+                     gradflow and --resume started elsewhere look there for a path not found where they
+                     run (`data.dataset.run_data`); optional
     format, version  added by `model.checkpoint.save_checkpoint`
 
 The batch order needs no state: epoch e's batches come from `epoch_rng(seed, e)`, so a resumed run

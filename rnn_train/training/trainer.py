@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import signal
 import sys
 import threading
@@ -54,7 +55,7 @@ import torch
 
 from rnn_train.config import Config
 from rnn_train.data.batching import Batch, batches, batches_per_epoch, epoch_rng
-from rnn_train.data.dataset import Dataset, changed_since, check_one_batch, prepare_data
+from rnn_train.data.dataset import Dataset, changed_since, check_one_batch, prepare_data, run_data
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
 from rnn_train.model import checkpoint as ckpt_io
@@ -151,8 +152,10 @@ class Trainer:
     def __init__(self, cfg: Config, learner: Learner, data: Dataset, state: RunState, run_dir: RunDir,
                  monitor: Monitor, device: torch.device, *, world: World = World(),
                  on_step: Callable[[int], None] | None = None,
-                 on_validation: Callable[[Validation], str] | None = None, init_from: str = ""):
+                 on_validation: Callable[[Validation], str] | None = None, init_from: str = "",
+                 workdir: str = ""):
         self.cfg, self.learner, self.data, self.state = cfg, learner, data, state
+        self.workdir = workdir or os.getcwd()  # what relative data.paths were read against
         self.run_dir, self.monitor, self.device, self.world = run_dir, monitor, device, world
         self.on_step, self.on_validation = on_step, on_validation
         self.init_from, self.kernel, self.precision = init_from, learner.kernel, learner.precision
@@ -313,6 +316,7 @@ class Trainer:
             payload = whole.to_checkpoint(self.learner.state_dict(), self.cfg.to_dict(), self.data.vocab.to_list())
             if self.data.corpus_sha256:
                 payload["corpus_sha256"] = self.data.corpus_sha256  # what --resume checks the text against
+            payload["workdir"] = self.workdir  # where explore, gradflow and --resume find relative data.paths
             ckpt_io.save_checkpoint(self.run_dir / name, payload)
         w.from_writer(write)  # a failed write (a full disk) is raised on every rank, not only on rank 0
 
@@ -457,9 +461,10 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
     if init_from is not None:
         init_from, init = world.from_writer(lambda: _load_init(init_from))
     source = resume if resume is not None else init
+    data_cfg, moved_note = run_data(cfg.data, resume) if resume is not None and data is None else (cfg.data, "")
     if data is None:
         vocab = Vocab.from_list(source["vocab"]) if source else None
-        data = world.node_first(lambda: prepare_data(cfg.data, cache_dir, vocab))
+        data = world.node_first(lambda: prepare_data(data_cfg, cache_dir, vocab))
     _check_batches(cfg, data)
     if resume is not None and changed_since(resume, data):
         raise UserError(f"the corpus ({', '.join(cfg.data.paths) or 'the built-in one'}) is not the text this run "
@@ -494,7 +499,7 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
                   planned_steps(cfg, len(data.train)), state.step, stream=stream)
     world.from_writer(mon.check)  # an event file that cannot be created stops every rank now
     mon.info(f"run {rd}: " + _describe(cfg, data, learner, device, kernel, start))
-    for note in (learner.precision_note, resumed_note):
+    for note in (moved_note, learner.precision_note, resumed_note):
         if note and world.is_writer:
             mon.note(note)
     if init is not None and data.unk_fraction and world.is_writer:
@@ -502,7 +507,8 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
         mon.note(f"{unknown:,} characters of the corpus ({data.unk_fraction:.2%}) are not in the vocab of "
                  f"{init_from} and read as <unk>")
     return Trainer(cfg, learner, data, state, rd, mon, device, world=world, on_step=on_step,
-                   on_validation=on_validation, init_from=str(init_from or "")).run()
+                   on_validation=on_validation, init_from=str(init_from or ""),
+                   workdir=resume["workdir"] if moved_note else "").run()
 
 
 def _finished_result(cfg: Config, state: RunState, run_dir: Path, stream) -> TrainResult | None:
