@@ -218,6 +218,10 @@ def test_seeded_samples_are_reproducible_independent_of_the_batch_and_of_k(runs,
     assert samples(model, vocab, "ni", 90, opts, num_samples=4) == [s[:90] for s in four]  # prefix of a longer run
     other = samples(model, vocab, "ni", 200, SamplingOptions(temperature=1.0, top_k=10, seed=12))
     assert other[0] != one[0]
+    numpy_seed = SamplingOptions(temperature=1.0, top_k=10, seed=np.int64(11))  # np.random's seeds are NumPy ints
+    assert samples(model, vocab, "ni", 200, numpy_seed, num_samples=1) == one
+    with pytest.raises(UserError, match=r"--seed must be an integer, got 11\.0"):
+        SamplingOptions(temperature=1.0, seed=11.0)
 
 
 def test_on_the_cpp_steps_sample_i_is_the_same_whatever_the_batch_bit_for_bit(runs, kernel):

@@ -37,6 +37,7 @@ call (benchmarks/sample_drift.py).
 """
 from __future__ import annotations
 
+import operator
 import secrets
 from dataclasses import dataclass
 
@@ -67,6 +68,11 @@ class SamplingOptions:
             raise UserError(f"--top-k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None:
+            try:  # a NumPy integer (np.random's seeds) as the int it stands for: uint64 arithmetic wants an int
+                object.__setattr__(self, "seed", operator.index(self.seed))
+            except TypeError:
+                raise UserError(f"--seed must be an integer, got {self.seed!r}") from None
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
             raise UserError(f"--seed must be in [0, 2^63), got {self.seed}")
 
