@@ -159,14 +159,17 @@ def check(model: CharRNN, graph: bytes, steps: int = CHECK_STEPS) -> float:
     return worst
 
 
-def export_onnx(model: CharRNN, info: dict, out: Path) -> float:
+def export_onnx(model: CharRNN, info: dict, out: str | Path) -> float:
     """Write `out` (the graph with its metadata) and `out`.json (the metadata) after the onnxruntime
     check, atomically and together (on a full disk the old pair stays); -> the check's largest logit
-    difference."""
+    difference. The model is traced in eval mode and left in the mode it came in."""
     from rnn_train.files import atomic_write_files, strict_json
+    from rnn_train.prediction.generate import eval_mode
 
-    graph = with_metadata(to_onnx(model.eval()), info)
-    worst = check(model, graph)
+    out = Path(out)
+    with eval_mode(model):
+        graph = with_metadata(to_onnx(model), info)
+        worst = check(model, graph)
     inputs, outputs = names(model)
     meta = strict_json({"onnx": out.name, "inputs": inputs, "outputs": outputs, "unk_id": 0, **info}, indent=2)
     atomic_write_files([(out, lambda f: f.write(graph)),

@@ -233,3 +233,20 @@ def test_export_replaces_only_an_earlier_export(runs, cli_export, tmp_path, caps
     assert not (tmp_path / "m.onnx").exists()
     graph, _, _ = cli_export  # and an earlier export is replaced
     assert run_command("export", ["--checkpoint", str(ckpt), "--format", "onnx", "--out", str(graph)]) == 0
+
+
+def test_a_model_cast_after_loading_exports_with_its_own_dtype_and_keeps_its_mode(runs, tmp_path):
+    """As a library user calls it: a float32 checkpoint's model cast to float64, in training mode, and
+    a plain string for the file. The metadata names the model's dtype (what the state must be
+    built in), and the model is handed back in the mode it came in."""
+    model, vocab, cfg, ckpt = load_model(runs / "gru.pt")
+    model = model.double().train()
+    out = str(tmp_path / "gru64.onnx")
+    export_onnx(model, describe(model, vocab, cfg, ckpt), out)
+    assert model.training and cfg.model.dtype == "float32"
+    meta = json.loads((tmp_path / "gru64.json").read_text())
+    assert meta["dtype"] == "float64"
+    session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    inputs, _ = names(model)
+    state = {n: np.zeros(s.shape, meta["dtype"]) for n, s in zip(inputs[1:], model.spec.unpack(model.begin_state(1)))}
+    assert session.run(None, {"ids": np.array([1]), **state})[0].dtype == np.float64

@@ -136,8 +136,9 @@ def test_unrolled_model_is_the_trained_model(cell):
     loss = F.cross_entropy(logits_ref.reshape(-1, 7), y.reshape(-1))
     loss.backward()
     ref_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]))
+    model.train()  # measured in eval mode (no dropout), and handed back in the caller's mode
     r = gradflow.measure_char_rnn(model, x, y)
-    assert r.grad_norm == pytest.approx(ref_norm, rel=1e-10)
+    assert model.training and r.grad_norm == pytest.approx(ref_norm, rel=1e-10)
     assert r.loss == pytest.approx(loss.item(), rel=1e-12)
     assert r.dL_dh[-1] * r.steps == pytest.approx(r.dLT_dh[-1], rel=1e-10)  # at t=T only step T's loss counts
 

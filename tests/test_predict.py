@@ -214,3 +214,17 @@ def test_the_prefix_rule_is_the_corpus_rule_but_for_the_ends():
     plain = load_config(None, ["train.max_steps=1"])
     assert letters_prefix("The Time, ", plain) == "The Time, "  # only for a letters_only model
 
+
+
+def test_load_model_names_a_missing_device_not_the_file_and_draws_nothing_from_the_global_generator(trained):
+    run, _, _ = trained
+    for device, message in [("cuda", "no CUDA device is available"), ("tpu", "'tpu' is not a device")]:
+        if device == "cuda" and torch.cuda.is_available():
+            continue  # a GPU machine loads it: nothing to refuse
+        with pytest.raises(UserError, match=message):
+            load_model(run, device=device)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    load_model(run)  # builds a model (initial weights drawn) and overwrites its weights
+    assert torch.equal(torch.rand(4), expected)

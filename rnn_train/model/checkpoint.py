@@ -123,16 +123,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Checkpoint file or run directory -> (model in eval mode, vocab, config, checkpoint dict)."""
+    """Checkpoint file or run directory -> (model in eval mode, vocab, config, checkpoint dict).
+    Draws nothing from torch's global generator (the weights are the checkpoint's)."""
     from rnn_train.config import build_config
     from rnn_train.model.charrnn import CharRNN
     from rnn_train.data.vocab import Vocab
 
+    device = _device(device)
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path, map_location=device)
     cfg = build_config(ckpt["config"], source=str(ckpt_path))
     vocab = Vocab.from_list(ckpt["vocab"])  # load_checkpoint has checked it
-    model = CharRNN.from_config(len(vocab), cfg.model)
+    with torch.random.fork_rng(devices=[]):  # the initial weights' draws, overwritten at once
+        model = CharRNN.from_config(len(vocab), cfg.model)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -142,12 +145,24 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     return model, vocab, cfg, ckpt
 
 
+def _device(device: str | torch.device) -> torch.device:
+    """`device` checked before the file is read: a device this machine lacks is not the file's fault."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"{device!r} is not a device (cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device} asked for, but no CUDA device is available (use cpu)")
+    return device
+
+
 def describe(model, vocab, cfg, ckpt: dict) -> dict:
     """A loaded model (`load_model`'s four values) as plain data: what `rnn-train serve` answers at
     GET /v1/model and `rnn-train export` writes beside the graph."""
     m = cfg.model
     return {"cell": m.cell, "num_layers": m.num_layers, "hidden_size": m.hidden_size, "embedding": m.embedding,
-            "embed_dim": m.embed_dim if m.embedding == "learned" else None, "dtype": m.dtype,
+            "embed_dim": m.embed_dim if m.embedding == "learned" else None,
+            "dtype": str(model.decoder.weight.dtype).removeprefix("torch."),  # the model's: it may have been cast
             "state": list(model.spec.state), "parameters": sum(p.numel() for p in model.parameters()),
             "vocab_size": len(vocab), "vocab": list(vocab.itos),
             "corpus": {"kind": cfg.data.kind, "tones": cfg.data.tones, "letters_only": cfg.data.letters_only},

@@ -168,10 +168,13 @@ def measure(core: nn.Module, decoder: Callable[[torch.Tensor], torch.Tensor], in
 
 
 def measure_char_rnn(model, x: torch.Tensor, y: torch.Tensor, clip: float = 0.0) -> FlowResult:
-    """`measure` on a CharRNN: ids x, y [B, T], zero initial state, eval mode (no dropout)."""
-    model.eval()
-    return measure(model.rnn, model.decoder, model.encode_input(x), y, model.begin_state(x.shape[0]),
-                   [p for p in model.parameters() if p.requires_grad], clip)
+    """`measure` on a CharRNN: ids x, y [B, T], zero initial state, eval mode (no dropout; the model
+    is left in the mode it came in)."""
+    from rnn_train.prediction.generate import eval_mode
+
+    with eval_mode(model):
+        return measure(model.rnn, model.decoder, model.encode_input(x), y, model.begin_state(x.shape[0]),
+                       [p for p in model.parameters() if p.requires_grad], clip)
 
 
 def sample_windows(data: np.ndarray, batch: int, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
