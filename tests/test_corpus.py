@@ -411,5 +411,11 @@ def test_a_runs_relative_paths_are_found_where_it_trained_when_they_name_nothing
         str(trained / "a.txt"), str(trained / "books"), str(trained / "books" / "*.txt"), "c.txt",
         str(tmp_path / "x.txt"), "gone.txt"]
     assert sources.found_under(entries, None) == entries  # a checkpoint from before the workdir was kept
+    assert sources.found_under(entries, 123) == entries  # a damaged checkpoint's: not a path
+    odd = tmp_path / "run[1]"  # a workdir whose name reads as a pattern
+    (odd / "books").mkdir(parents=True)
+    write(odd / "books" / "b.txt", "odd")
+    assert corpus.load_corpus(sources.found_under(["books/*.txt", "sub/../books/b.txt"], str(odd)),
+                              kind="text") == "odd\nodd"
     moved = sources.found_under(["a.txt", "books/*.txt", "c.txt"], str(trained))
     assert corpus.load_corpus(moved, kind="text") == "a\nb\nc here"

@@ -78,12 +78,13 @@ def found_under(entries: list[str], workdir: str | None) -> list[str]:
     "workdir") becomes that path; the others stay as they stand. Relative entries are resolved
     against the current directory, so without this explore, gradflow or --resume started
     elsewhere could not find a run's corpus (and a recipe's would suggest downloading it there)."""
-    if not workdir:
+    if not workdir or not isinstance(workdir, str):  # none recorded (an older checkpoint), or not a path
         return list(entries)
     out = []
     for entry in entries:
         here = os.path.expanduser(str(entry))
-        there = os.path.join(workdir, here)
+        # the workdir's own name is no pattern (a directory named "run[1]"): escaped where the entry is a glob
+        there = os.path.normpath(os.path.join(glob.escape(workdir) if _is_glob(here) else workdir, here))
         moved = here.strip() and not os.path.isabs(here) and not _names_something(here) and _names_something(there)
         out.append(there if moved else entry)
     return out
