@@ -254,3 +254,58 @@ def test_a_run_is_resumed_and_explored_from_another_directory_with_its_relative_
     assert result is not None
     assert capsys.readouterr().err.count("read where the run trained") == 2  # explore's note and gradflow's
     assert not (other / "data").exists()  # and nothing was written here
+
+
+def test_the_library_train_refuses_what_train_py_refuses_and_writes_nothing(tmp_path):
+    """train() called from Python keeps train.py's promises: a run is not replaced without clear=True,
+    --resume's fixed keys stay fixed, a run directory another process is writing is not entered."""
+    from rnn_train.errors import UserError
+
+    cfg = tiny_config(tmp_path, "train.max_steps=20")
+    train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c")
+    files = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()}
+    with pytest.raises(UserError, match=r"r already holds a run \(best\.pt, last\.pt, metrics\.json, config\.yaml\); "
+                                        r"resume it, or pass clear=True"):
+        train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c")
+    ckpt = load_checkpoint(tmp_path / "r" / "last.pt")
+    longer = replace(cfg, train=replace(cfg.train, max_steps=30))
+    with pytest.raises(UserError, match=r"data\.num_steps, train\.seed cannot change on --resume"):
+        train(replace(longer, data=replace(cfg.data, num_steps=6), train=replace(longer.train, seed=5)), tmp_path / "r",
+              quiet=True, cache_dir=tmp_path / "c", resume=ckpt)
+    with pytest.raises(TypeError, match="resume is a loaded checkpoint"):
+        train(longer, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c", resume=str(tmp_path / "r"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom rnn_train.training.rundir import claimed\n"
+         "with claimed(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(60)", str(tmp_path / "r")],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match="is in use: another training on this machine"):
+            train(longer, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c", resume=ckpt)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()} == files
+    assert train(longer, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c", resume=ckpt).step == 30  # once free
+
+
+def test_resume_may_point_data_paths_at_the_same_text_elsewhere_but_not_at_other_text(tmp_path, capsys):
+    """The checkpoint's corpus digest says whether the text is the same, wherever its file now lies."""
+    from rnn_train.cli import run as cli_run
+    from rnn_train.training.cli import main as train_main
+
+    corpus = small_text(tmp_path)
+    cfg = tiny_config(tmp_path, "train.max_steps=20", "data.kind=text", f"data.paths={corpus}", "data.val_fraction=0.1")
+    train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c")
+    other = tmp_path / "elsewhere.txt"
+    other.write_bytes(corpus.read_bytes())
+    corpus.unlink()
+    resume = ["--resume", str(tmp_path / "r"), "--quiet", "--cache-dir", str(tmp_path / "c")]
+    assert cli_run(train_main, [*resume, f"data.paths={other}", "train.max_steps=25"]) == 0
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["step"] == 25
+    capsys.readouterr()
+    other.write_text("other text entirely; " * 200)
+    assert cli_run(train_main, [*resume, f"data.paths={other}", "train.max_steps=30"]) == 2
+    assert "is not the text this run trained on" in capsys.readouterr().err
+    assert cli_run(train_main, [*resume, "data.num_steps=6", "train.max_steps=30"]) == 2
+    assert "data.num_steps cannot change on --resume" in capsys.readouterr().err

@@ -24,7 +24,8 @@ EPILOG = """\
 --resume RUN continues the same run: its stored config (overrides may extend the limits, e.g.
   train.max_steps, or change the schedule, the optimiser and the logging), weights, optimiser,
   schedule, position in the epoch and RNG; it ends exactly where an uninterrupted run would. The
-  data keys, the model (but model.kernel), train.seed and where the run lives cannot change.
+  data keys (but data.paths naming the same text elsewhere), the model (but model.kernel),
+  train.seed and where the run lives cannot change.
 --init-from CK starts a new run (step 0, fresh optimiser and schedule) with --config's settings
   and corpus, from CK's weights and vocab (fine-tuning). The model's shape keys (cell,
   hidden_size, num_layers, embedding, embed_dim) must be CK's; characters of the new corpus that
@@ -118,7 +119,6 @@ def _setup(args, held: contextlib.ExitStack):
     from rnn_train.errors import UserError
     from rnn_train.runfiles import LAST
     from rnn_train.training.rundir import RunDir, claimed
-    from rnn_train.training.start import check_resume_config
 
     resume = None
     if args.resume:
@@ -128,7 +128,6 @@ def _setup(args, held: contextlib.ExitStack):
             print(f"note: {args.resume} has no last.pt; resuming from {ckpt_path.name} at step {resume['step']}",
                   file=sys.stderr)
         cfg = build_config(resume["config"], args.overrides, source=f"{ckpt_path} + overrides")
-        check_resume_config(resume, cfg)
         run_dir = RunDir(ckpt_path.parent)
         held.enter_context(claimed(run_dir.path))
     else:

@@ -40,7 +40,12 @@ def claimed(path: Path) -> Iterator[None]:
     both writing it, one run's files silently replacing the other's. The lock is a file in the
     per-user cache (rnn_train.kernels.build.cache_root, nothing written beside the runs), keyed by
     the directory's absolute path, and released by the kernel when the process ends, however it
-    ends. Where no lock can be taken (no fcntl, an unwritable cache) training goes on without one."""
+    ends. Where no lock can be taken (no fcntl, an unwritable cache) training goes on without one.
+    Re-entrant: `train()` claims the directory the command line already holds."""
+    real = os.path.realpath(path)  # one key for every spelling of the directory (runs/../runs/x, a link to it)
+    if real in _HELD:
+        yield
+        return
     try:
         import fcntl
 
@@ -48,8 +53,7 @@ def claimed(path: Path) -> Iterator[None]:
 
         locks = cache_root() / "locks"
         locks.mkdir(parents=True, exist_ok=True)
-        # one key for every spelling of the directory (runs/../runs/x, a link to it): its real path's bytes
-        key = hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()[:24]
+        key = hashlib.sha256(os.fsencode(real)).hexdigest()[:24]
         fd = os.open(locks / f"{key}.lock", os.O_CREAT | os.O_RDWR, 0o666)
     except (ImportError, OSError):
         yield
@@ -60,9 +64,17 @@ def claimed(path: Path) -> Iterator[None]:
         except BlockingIOError:
             raise UserError(f"{path} is in use: another training on this machine is writing it; wait for it to "
                             f"end, or pick another log.name=...") from None
-        yield
+        _HELD.add(real)
+        try:
+            yield
+        finally:
+            _HELD.discard(real)
     finally:
         os.close(fd)  # releases the lock
+
+
+_HELD: set[str] = set()
+"""The run directories (real paths) whose lock this process holds."""
 
 
 IGNORED_IN_MATCH = {("train", "threads"), ("train", "device")}

@@ -2,14 +2,13 @@
 
     --resume RUN      the same run, continued: its stored config (overrides may extend limits), its
                       weights, optimiser, schedule, counters, carried state and RNG. The data keys
-                      are fixed (they define the batches) and so is the model. Ends exactly where an
-                      uninterrupted run would.
+                      are fixed (they define the batches; data.paths may name the same text where it
+                      lies now) and so is the model. Ends exactly where an uninterrupted run would.
     --init-from CK    a new run (step 0, fresh optimiser and schedule, its own config and corpus) whose
                       weights and vocab come from CK. The model's shape keys must match CK's; a
                       character of the new corpus outside CK's vocab becomes <unk>.
 
-The checks here are pure comparisons of configs, so the command line can make them before
-`--force` deletes anything.
+The checks here are pure comparisons of configs, made before anything is deleted or written.
 """
 from __future__ import annotations
 
@@ -42,9 +41,12 @@ where it lives. The limits, the schedule, the optimiser and its settings and the
 
 
 def check_resume_config(ckpt: dict[str, Any], cfg: Config) -> None:
-    """One line naming every override of a RESUME_FIXED key (nothing is written)."""
+    """One line naming every override of a RESUME_FIXED key (nothing is written). `data.paths` may
+    name the corpus where it lies now when the checkpoint records its digest: the trainer then
+    refuses a text that is not the same (data.dataset.changed_since)."""
     changed = [c.split(":")[0] for c in config_changes(_saved(ckpt), cfg.to_dict(), keys=RESUME_FIXED)]
-    changed = [key for key in changed if key != "model.kernel"]
+    free = {"model.kernel", "data.paths"} if ckpt.get("corpus_sha256") else {"model.kernel"}
+    changed = [key for key in changed if key not in free]
     if changed:
         raise UserError(f"{', '.join(changed)} cannot change on --resume (the data keys define the run's batches, "
                         f"the model keys its weights, train.seed its random draws, log.dir and log.name where it "

@@ -39,6 +39,7 @@ number of ranks.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -70,9 +71,9 @@ from rnn_train.training.logwindow import LogWindow
 from rnn_train.training.monitor import Monitor
 from rnn_train.training.rules import planned_steps, should_log, should_stop, should_validate, validates_each_epoch
 from rnn_train.runfiles import BEST, LAST
-from rnn_train.training.rundir import RunDir
+from rnn_train.training.rundir import RunDir, claimed
 from rnn_train.training.schedule import bits_per_char, lr_at, perplexity, ppl_text
-from rnn_train.training.start import init_weights, resume_state
+from rnn_train.training.start import check_resume_config, init_weights, resume_state
 from rnn_train.training.state import RunState, capture_rng, combine_rng
 from rnn_train.training.world import World
 
@@ -428,22 +429,29 @@ def _open_run_dir(cfg: Config, run_dir: Path, clear: bool, resumed: bool, world:
             rd.clear()
         elif resumed:
             rd.forget_result()
+        elif rd.holds_run():  # train.py refuses it before this point: a library call without clear=True
+            raise UserError(f"{rd} already holds a run ({', '.join(rd.existing())}); resume it, or pass "
+                            f"clear=True to replace it")
         rd.create(cfg)
     world.from_writer(create)
     return rd
 
 
-def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: str | Path | None = None,
+def train(cfg: Config, run_dir: str | Path, *, resume: dict | None = None, init_from: str | Path | None = None,
           clear: bool = False, quiet: bool = False, cache_dir: Path | None = Path("data/cache"),
           data: Dataset | None = None, on_step: Callable[[int], None] | None = None,
           on_validation: Callable[[Validation], str] | None = None, stream=None,
           world: World = World()) -> TrainResult:
     """Train per `cfg`, writing config.yaml, checkpoints, events and metrics.json into `run_dir`.
 
-    `resume`: a loaded checkpoint to continue (see training/start.py); `init_from`: a checkpoint file
-    whose weights and vocab start a new run; `clear`: delete an earlier run's files first (--force).
+    `resume`: a loaded checkpoint to continue (model.checkpoint.load_checkpoint; its data, model
+    and seed keys must be the config's: training/start.py); `init_from`: a checkpoint file whose
+    weights and vocab start a new run; `clear`: delete an earlier run's files first (--force).
+    Without `resume` or `clear`, a directory that holds a run is refused, as train.py refuses it
+    without --force; while training, the directory is claimed on this machine (rundir.claimed).
     Everything that can fail because of the user's input (corpus, device, checkpoint) fails before
-    anything in `run_dir` is deleted or written.
+    anything in `run_dir` is deleted or written. The process keeps what a training sets:
+    torch's thread count (train.threads), the seeded generators, malloc's settings.
 
     `world`: this process's place in a data-parallel run (training/distributed.py; its process group
     joined by the caller). Every rank calls `train` with the same arguments; rank 0 reads `init_from`
@@ -452,6 +460,25 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
     than 0 move on to their own dropout streams."""
     if resume is not None and init_from is not None:
         raise ValueError("resume and init_from exclude each other")  # a bug in the caller
+    if resume is not None and not isinstance(resume, dict):
+        raise TypeError(f"resume is a loaded checkpoint (model.checkpoint.load_checkpoint), not {type(resume).__name__}")
+    with contextlib.ExitStack() as held:
+        error = None
+        if world.is_writer:
+            try:
+                held.enter_context(claimed(Path(run_dir)))
+            except UserError as e:
+                error = e
+        world.agree(error)
+        return _train(cfg, Path(run_dir), resume, init_from, clear, quiet, cache_dir, data, on_step, on_validation,
+                      stream, world)
+
+
+def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Path | None, clear: bool, quiet: bool,
+           cache_dir: Path | None, data: Dataset | None, on_step: Callable[[int], None] | None,
+           on_validation: Callable[[Validation], str] | None, stream, world: World) -> TrainResult:
+    if resume is not None:
+        check_resume_config(resume, cfg)
     check_world(cfg, world, resuming=resume is not None)
     device = _device(cfg, world)
     set_threads(cfg.train.threads, world.local_size)
@@ -467,9 +494,12 @@ def train(cfg: Config, run_dir: Path, *, resume: dict | None = None, init_from: 
         data = world.node_first(lambda: prepare_data(data_cfg, cache_dir, vocab))
     _check_batches(cfg, data)
     if resume is not None and changed_since(resume, data):
-        raise UserError(f"the corpus ({', '.join(cfg.data.paths) or 'the built-in one'}) is not the text this run "
-                        f"trained on: it changed since; --resume continues on the same text, so restore it, or "
-                        f"start a new run from these weights (--config ... --init-from)")
+        workdir, relative = resume.get("workdir"), any(not os.path.isabs(p) for p in data_cfg.paths)
+        where = (f" (read from {os.getcwd()}; the run last read it in {workdir})"
+                 if relative and isinstance(workdir, str) and workdir != os.getcwd() else "")
+        raise UserError(f"the corpus ({', '.join(data_cfg.paths) or 'the built-in one'}){where} is not the text this "
+                        f"run trained on: it changed since; --resume continues on the same text, so restore it, point "
+                        f"data.paths at it, or start a new run from these weights (--config ... --init-from)")
     learner = make_learner(cfg, len(data.vocab), device, world)
     kernel = learner.kernel  # a kernel the device cannot run is a UserError here, before anything is written
     if world.rank:
