@@ -293,6 +293,10 @@ def run_probe(p: Probe) -> tuple[FlowResult, Path]:
     # cuDNN's RNN backward refuses to run in eval mode; the native kernels give the same numbers.
     with torch.backends.cudnn.flags(enabled=False):
         result = measure_char_rnn(model, x_t, y_t, clip)
+    if not all(math.isfinite(v) for v in (result.loss, result.grad_norm, *result.dL_dh, *result.dLT_dh)):
+        scaled = f" (W_hh scaled by --whh-scale {p.whh_scale:g})" if p.whh_scale != 1 else ""
+        raise UserError(f"the measurement is not finite (loss {result.loss:.4g}, gradient norm "
+                        f"{result.grad_norm:.4g}): the model's numbers{scaled} overflow {p.dtype}")
     m = cfg.model
     result.meta = {"checkpoint": str(ckpt_path), "run": ckpt_path.parent.name, "cell": m.cell,
                    "hidden_size": m.hidden_size, "num_layers": m.num_layers,
@@ -333,8 +337,14 @@ def describe(r: FlowResult) -> str:
     if m.get("keep_bias"):
         what += f", keep-gate bias {m['keep_bias']:+g}"
     if m.get("spectral_radius") is not None:
-        what += f", W_hh spectral radius {m['spectral_radius']:.3f}, largest singular value {m['singular_value']:.3f}"
+        what += (f", W_hh spectral radius {_figure(m['spectral_radius'])}, largest singular value "
+                 f"{_figure(m['singular_value'])}")
     return f"{m.get('cell', '?').upper()} {m.get('hidden_size', '?')}x{m.get('num_layers', '?')}, {what}"
+
+
+def _figure(x: float) -> str:
+    """3 decimals, or 4 significant digits where that would be a long number (a --whh-scale of 1e300)."""
+    return f"{x:.3f}" if abs(x) < 1e6 else f"{x:.4g}"
 
 
 def summary_line(r: FlowResult) -> str:
@@ -344,8 +354,9 @@ def summary_line(r: FlowResult) -> str:
     backs = " / ".join(str(r.steps_below[f"{th:g}"]) if r.steps_below[f"{th:g}"] is not None else "never"
                        for th in THRESHOLDS)
     levels = " / ".join(f"{th:.0e}" for th in THRESHOLDS)
-    if r.ratio[0] == 0:  # underflow: nothing of the signal is left at t=1, not even in float64
-        trend = "nothing is left of it (it vanished below the smallest float)"
+    if r.ratio[0] == 0:  # nothing of the signal is left at t=1, not even in float64
+        trend = ("nothing is left of it (it vanished to exactly 0: below the smallest float, or through a factor "
+                 "of 0 on the way, such as saturated units or a zero W_hh)")
     elif math.isfinite(r.per_step_factor):
         direction = "shrinks" if r.per_step_factor < 1 else "grows"
         trend = f"it {direction} x{r.per_step_factor:.3f} per step back on average"
