@@ -4,7 +4,7 @@ Specification in four parts:
 1. On random shapes, the forward outputs and every gradient equal torch.autograd on
    nn.RNN / nn.GRU / nn.LSTM with the same weights (float64, 1e-10) and equal centred finite
    differences; float32 runs in float32 and matches too.
-2. Three published worked examples reproduce exactly.
+2. Three small worked examples, their numbers derived by hand in each test, reproduce exactly.
 3. The small helpers (linear, softmax cross-entropy, torch name conversion) and input checks.
 4. `python -m rnn_train bptt` prints the comparison table and exits 0 only when all match.
 
@@ -219,7 +219,7 @@ def test_forward_returns_final_state_equal_to_last_step_output():
     np.testing.assert_array_equal(c_T, cache.saved["cs"][-1])
 
 
-# ----------------------------------------------------------------------------- 2. published worked examples
+# ----------------------------------------------------------------------------- 2. worked examples
 
 
 def test_worked_example_one_unit_linear_rnn_with_softmax_and_one_sgd_step():
