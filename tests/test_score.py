@@ -73,6 +73,10 @@ def test_exact_is_the_modules_one_stream_bit_for_bit(run):
         logits, _ = model(x[:, :-1])
     nats = float(F.cross_entropy(logits[0], x[0, 1:], reduction="none").double().sum())
     assert score_pieces(model, vocab, [text], exact=True).nats == nats
+    for pieces in ([], [""], ["z"]):  # nothing to predict: a loss of NaN and a line, not a ZeroDivisionError
+        for exact in (True, False):
+            nothing = score_pieces(model, vocab, pieces, exact=exact)
+            assert nothing.scored == 0 and math.isnan(nothing.loss) and "loss nan" in nothing.line("t")
 
 
 @pytest.fixture(params=["cpp", "torch"])

@@ -69,11 +69,12 @@ class Score:
 
     @property
     def loss(self) -> float:
-        return self.nats / self.scored
+        """Mean cross-entropy in nats; NaN for a text with nothing scored (one character, or none)."""
+        return self.nats / self.scored if self.scored else math.nan
 
     def line(self, name: str) -> str:
         bpc = self.loss / math.log(2)
-        return (f"{name}: {self.chars:,} chars ({self.scored:,} scored, {self.unk / self.chars:.2%} <unk>) | "
+        return (f"{name}: {self.chars:,} chars ({self.scored:,} scored, {self.unk / max(self.chars, 1):.2%} <unk>) | "
                 f"loss {self.loss:.4f} | ppl {ppl_text(perplexity(self.loss))} | {bpc:.3f} bits/char")
 
 
