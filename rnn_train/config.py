@@ -34,9 +34,10 @@ MAX_THREADS = 1024  # torch threads: more fail to start (libgomp) or crash
 MAX_LR = 3e37  # Adam's first update is lr / 0.1 in float32 (3.4e38 at most): above this, a traceback from torch
 
 
-class _Problems(Exception):
+class _Problems(UserError):
     """Raised by a section's `__post_init__` with every range problem it found, as (key, message):
-    the key says whom to blame (build_config: the file, or the override that set it)."""
+    the key says whom to blame (build_config: the file, or the override that set it). A UserError:
+    a section built directly (`TrainConfig(...)`, `dataclasses.replace`) says its problems in one line."""
 
     def __init__(self, problems: list[tuple[str, str]]):
         super().__init__("; ".join(f"{key} {message}" for key, message in problems))

@@ -89,6 +89,10 @@ def test_run_directory_names_the_file_system_cannot_take_are_refused_by_key():
 def test_a_training_limit_is_required():
     with pytest.raises(UserError, match="set at least one limit"):
         build_config({})
+    from rnn_train.config import TrainConfig
+
+    with pytest.raises(UserError, match="set at least one limit"):  # a section built directly, from Python
+        TrainConfig(max_steps=0)
 
 
 def test_overrides_are_converted_with_the_field_type_and_win_over_the_file(tmp_path):
