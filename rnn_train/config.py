@@ -78,6 +78,8 @@ class DataConfig:
     """`random`: shuffled windows, zero state per batch. `sequential`: B streams, state carried and detached."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.paths, (str, os.PathLike)):  # one path given from Python, as a YAML scalar is read
+            object.__setattr__(self, "paths", [os.fspath(self.paths)])  # (a string walked char by char: "/" first)
         p: list[tuple[str, str]] = []
         _check(p, 0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         _check(p, 0.0 <= self.test_fraction < 1.0, "data.test_fraction", f"must be in [0, 1), got {self.test_fraction}")

@@ -93,6 +93,10 @@ def test_a_training_limit_is_required():
 
     with pytest.raises(UserError, match="set at least one limit"):  # a section built directly, from Python
         TrainConfig(max_steps=0)
+    from rnn_train.config import DataConfig
+
+    for one in ("book.txt", Path("book.txt")):  # one path, from Python: a list of it, as build_config makes it
+        assert DataConfig(paths=one, kind="text").paths == ["book.txt"]
 
 
 def test_overrides_are_converted_with_the_field_type_and_win_over_the_file(tmp_path):
