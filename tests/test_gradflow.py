@@ -13,6 +13,7 @@ Specification:
 """
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -345,3 +346,16 @@ def test_a_corpus_that_changed_since_training_is_noted(tmp_path, capsys):
                cache=tmp_path) == 0
     assert f"note: the corpus ({corpus}) changed since {tmp_path / 'r' / 'best.pt'} was trained: its val split" \
         in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("steps", 0, "--steps must be >= 1, got 0"), ("batch", 2.5, "--batch must be >= 1, got 2.5"),
+    ("split", "bogus", "--split must be one of train, val, test, got 'bogus'"),
+    ("dtype", "float16", "--dtype must be one of float64, float32, got 'float16'"),
+    ("clip", -1.0, "--clip must be >= 0"), ("whh_scale", math.inf, "--whh-scale and --keep-bias must be finite"),
+])
+def test_a_probe_built_from_python_is_checked_as_the_flags_are(field, value, message):
+    from rnn_train.errors import UserError
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        gradflow.Probe("any.pt", **{field: value})

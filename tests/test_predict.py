@@ -1,4 +1,5 @@
 """Prediction: single-step distribution, K-step continuation with the state carried, clear errors."""
+import re
 import subprocess
 import sys
 
@@ -228,3 +229,18 @@ def test_load_model_names_a_missing_device_not_the_file_and_draws_nothing_from_t
     torch.manual_seed(3)
     load_model(run)  # builds a model (initial weights drawn) and overwrites its weights
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_the_python_api_refuses_what_the_flags_refuse_in_one_line(trained):
+    """A library caller's mistakes are the command line's messages, not errors from inside torch or C++."""
+    _, model, vocab = trained
+    for call, message in [
+        (lambda: predict(model, vocab, "zhong", k=1.5), "-k must be an integer, got 1.5"),
+        (lambda: predict(model, vocab, "zhong", k=-1), "-k must be >= 0, got -1"),
+        (lambda: predict(model, vocab, "zhong", top_n=0), "--top-n must be an integer >= 1, got 0"),
+        (lambda: next_char_distribution(model, vocab, "zhong", top_n=-1), "--top-n must be an integer >= 1"),
+        (lambda: generate(model, vocab, "zhong", 5, unk="bogus"), "--unk must be error or replace, got 'bogus'"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            call()
+    assert len(predict(model, vocab, "zhong", k=np.int64(5), top_n=np.int64(2)).continuation) == 5

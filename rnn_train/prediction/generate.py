@@ -35,6 +35,8 @@ from rnn_train.prediction.stepper import UNK_LOGIT, check_rows, make_stepper
 def encode_prefix(vocab: Vocab, prefix: str, unk: str = "error") -> torch.Tensor:
     """prefix -> ids [1, P]. Unknown characters raise a UserError naming them, or with
     unk="replace" become <unk>. An empty prefix starts from a newline when the vocab has one."""
+    if unk not in ("error", "replace"):
+        raise UserError(f"--unk must be error or replace, got {unk!r}")
     if not prefix:
         if "\n" not in vocab:
             raise UserError("the prefix is empty and the vocab has no newline to start from; give --prefix")
@@ -84,6 +86,8 @@ class Prediction:
 def top_chars(vocab: Vocab, logits: torch.Tensor, top_n: int) -> list[tuple[str, float]]:
     """The top_n most likely next characters and their probabilities (<unk> excluded, so these are
     exactly the probabilities sampling at temperature 1 draws from)."""
+    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
+        raise UserError(f"--top-n must be an integer >= 1, got {top_n!r}")
     probs = torch.softmax(_real_char_logits(logits).float(), dim=-1)
     values, idx = torch.topk(probs, min(top_n, len(vocab) - 1))
     return [(vocab.itos[int(i)], float(v)) for v, i in zip(values, idx)]
@@ -108,10 +112,11 @@ def stream_after(model: CharRNN, vocab: Vocab, logits: torch.Tensor, state: Stat
                  num_samples: int = 1, at_line_start: bool = False) -> Iterator[list[str]]:
     """Continue from a warmed-up (logits [V], state): yield, chunk by chunk, the new text of each of
     `num_samples` samples (a list of num_samples strings per chunk). Up to k characters each."""
-    if k < 0:
-        raise UserError(f"-k must be >= 0, got {k}")
-    if num_samples < 1:
-        raise UserError(f"--num-samples must be >= 1, got {num_samples}")
+    for name, value, least in (("-k", k, 0), ("--num-samples", num_samples, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise UserError(f"{name} must be an integer, got {value!r}")
+        if value < least:
+            raise UserError(f"{name} must be >= {least}, got {value}")
     check_rows(model, num_samples, "--num-samples")
     # the model's logits (no temperature): the chooser scales its noise by the temperature instead
     stepper = make_stepper(model, num_samples, precision=options.precision)

@@ -207,6 +207,20 @@ class Probe:
     whh_scale: float = 1.0  # multiply every recurrent weight matrix by this (a what-if knob; 1 = as loaded)
     keep_bias: float = 0.0  # add this to the bias of the gate that keeps the past (LSTM f, GRU z); what-if knob
 
+    def __post_init__(self):
+        """The flags' rules, for a Probe built from Python too (one UserError, before any work)."""
+        for flag, value in (("--steps", self.steps), ("--batch", self.batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{flag} must be >= 1, got {value}")
+        if self.clip is not None and not self.clip >= 0:
+            raise UserError("--clip must be >= 0 (0 = no clipping)")
+        if not (math.isfinite(self.whh_scale) and math.isfinite(self.keep_bias)):
+            raise UserError("--whh-scale and --keep-bias must be finite numbers")
+        for flag, value, allowed in (("--split", self.split, ("train", "val", "test")),
+                                     ("--dtype", self.dtype, ("float64", "float32"))):
+            if value not in allowed:
+                raise UserError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+
 
 def add_keep_gate_bias(core: nn.Module, value: float) -> None:
     """Push the gate that carries the old state forward towards 1, in place, every layer: the
@@ -492,13 +506,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train gradflo
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--cache-dir", default="data/cache", type=output_arg, help="converted-corpus cache (default data/cache)")
     args = ap.parse_args(argv)
-    for flag, value in (("--steps", args.steps), ("--batch", args.batch)):
-        if value < 1:
-            ap.error(f"{flag} must be >= 1, got {value}")
-    if args.clip is not None and not args.clip >= 0:
-        ap.error("--clip must be >= 0 (0 = no clipping)")
-    if not (math.isfinite(args.whh_scale) and math.isfinite(args.keep_bias)):
-        ap.error("--whh-scale and --keep-bias must be finite numbers")
     if not 0 <= args.threads <= MAX_THREADS:
         ap.error(f"--threads must be in [0, {MAX_THREADS}] (0 = torch's default), got {args.threads}")
     if args.threads:
