@@ -131,6 +131,8 @@ class ModelConfig:
             _check(p, self.num_layers == 1, "model.num_layers", "must be 1 with backend=numpy")
             _check(p, self.embedding == "one_hot", "model.embedding", "must be one_hot with backend=numpy")
             _check(p, self.dropout == 0.0, "model.dropout", "must be 0 with backend=numpy")
+            _check(p, self.kernel == "auto", "model.kernel",
+                   f"must be auto with backend=numpy (the NumPy BPTT is the kernel), got {self.kernel}")
         if p:
             raise _Problems(p)
 

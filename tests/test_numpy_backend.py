@@ -283,6 +283,7 @@ def test_cli_trains_with_numpy_backend_and_predicts(tmp_path):
 @pytest.mark.parametrize("overrides,mentions", [
     (("model.cell=gru", "model.num_layers=2", "train.optimizer=sgd"), "model.num_layers"),
     (("model.cell=rnn",), "train.optimizer=sgd"),  # debug.yaml says adam; numpy updates with SGD only
+    (("model.cell=rnn", "train.optimizer=sgd", "model.kernel=fused"), "model.kernel must be auto with backend=numpy"),
 ])
 def test_cli_rejects_what_numpy_backend_cannot_do(tmp_path, overrides, mentions):
     proc = _train_cli(tmp_path, *overrides)
