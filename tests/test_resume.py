@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from rnn_train.errors import UserError
 from rnn_train.model.checkpoint import load_checkpoint
 from rnn_train.training.learner import make_learner
 from rnn_train.training.start import resume_state
@@ -254,6 +256,10 @@ def test_a_run_is_resumed_and_explored_from_another_directory_with_its_relative_
     assert result is not None
     assert capsys.readouterr().err.count("read where the run trained") == 2  # explore's note and gradflow's
     assert not (other / "data").exists()  # and nothing was written here
+    (home / "corpus.txt").unlink()  # gone from both places: the error says where it was looked for
+    with pytest.raises(UserError, match=re.escape(f"corpus file not found: corpus.txt (looked for in {other} and in "
+                                                  f"{home}, where the run last read it)")):
+        train(longer, tmp_path / "r", cache_dir=None, resume=load_checkpoint(tmp_path / "r" / "last.pt"))
 
 
 def test_the_library_train_refuses_what_train_py_refuses_and_writes_nothing(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +25,8 @@ from rnn_train.config import DataConfig
 from rnn_train.data import corpus
 from rnn_train.data.batching import min_corpus_length
 from rnn_train.data.prepare import prepare_corpus
-from rnn_train.data.sources import found_under
+from rnn_train.data.download import missing_corpus_error
+from rnn_train.data.sources import found_under, is_glob
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
 
@@ -82,8 +84,14 @@ def run_data(cfg: DataConfig, ckpt: dict) -> tuple[DataConfig, str]:
     that name nothing here but did where the run read them (its "workdir") point there
     (sources.found_under); and a note naming them (without "note: "), or ''. Checkpoints from
     before the workdir was recorded read their paths as they stand."""
-    paths = found_under(cfg.paths, ckpt.get("workdir"))
+    workdir = ckpt.get("workdir")
+    paths = found_under(cfg.paths, workdir)
     moved = [new for old, new in zip(cfg.paths, paths) if new != old]
+    lost = [p for p in paths if p.strip() and not os.path.isabs(os.path.expanduser(p)) and not os.path.lexists(p)
+            and not is_glob(p)]
+    if lost and isinstance(workdir, str) and os.path.realpath(workdir) != os.path.realpath("."):
+        raise UserError(f"{missing_corpus_error(lost[0])} (looked for in {os.getcwd()} and in {workdir}, where "
+                        f"the run last read it)")
     if not moved:
         return cfg, ""
     return replace(cfg, paths=paths), f"data.paths not found here, read where the run trained: {', '.join(moved)}"

@@ -84,7 +84,7 @@ def found_under(entries: list[str], workdir: str | None) -> list[str]:
     for entry in entries:
         here = os.path.expanduser(str(entry))
         # the workdir's own name is no pattern (a directory named "run[1]"): escaped where the entry is a glob
-        there = os.path.normpath(os.path.join(glob.escape(workdir) if _is_glob(here) else workdir, here))
+        there = os.path.normpath(os.path.join(glob.escape(workdir) if is_glob(here) else workdir, here))
         moved = here.strip() and not os.path.isabs(here) and not _names_something(here) and _names_something(there)
         out.append(there if moved else entry)
     return out
@@ -92,10 +92,10 @@ def found_under(entries: list[str], workdir: str | None) -> list[str]:
 
 def _names_something(entry: str) -> bool:
     """Whether `entry` names an existing path, or is a glob with a match."""
-    return os.path.exists(entry) or (_is_glob(entry) and next(glob.iglob(entry, recursive=True), None) is not None)
+    return os.path.exists(entry) or (is_glob(entry) and next(glob.iglob(entry, recursive=True), None) is not None)
 
 
-def _is_glob(entry: str) -> bool:
+def is_glob(entry: str) -> bool:
     """An entry with glob characters, unless it names an existing file or directory as it stands
     (`x[1].txt`: a file name, not the pattern x1.txt)."""
     return bool(_GLOB_CHARS & set(entry)) and not os.path.exists(os.path.expanduser(entry))
@@ -103,7 +103,7 @@ def _is_glob(entry: str) -> bool:
 
 def _expand(entry: str) -> tuple[list[Path], bool]:
     """The files of one entry, and whether they were searched for (a directory or a glob) rather than named."""
-    if _is_glob(entry):
+    if is_glob(entry):
         # a match through a loop of directory links (d/self/self/...) does not exist: ELOOP
         matches = [m for m in sorted(glob.glob(os.path.expanduser(entry), recursive=True)) if os.path.exists(m)]
         expanded = [f for m in matches for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]

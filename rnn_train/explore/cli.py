@@ -74,10 +74,10 @@ def validation_document(cfg, vocab, ckpt: dict, checkpoint: Path, cache_dir: str
     from rnn_train.data.dataset import changed_note, prepare_data, run_data
     from rnn_train.explore.page import Document
 
-    data_cfg, moved = run_data(cfg.data, ckpt)
-    if moved:
-        print(f"note: {moved}", file=sys.stderr)
     try:
+        data_cfg, moved = run_data(cfg.data, ckpt)
+        if moved:
+            print(f"note: {moved}", file=sys.stderr)
         data = prepare_data(data_cfg, Path(cache_dir) if cache_dir else None, vocab)
     except UserError as e:
         raise UserError(f"no TEXT_FILE given, and the validation text of {checkpoint} cannot be read ({e}); "
