@@ -17,7 +17,7 @@ from rnn_train.model.checkpoint import load_checkpoint
 from rnn_train.training.learner import make_learner
 from rnn_train.training.start import resume_state
 from rnn_train.training.trainer import train
-from tests.helpers import ROOT, scalar_series, tiny_config
+from tests.helpers import ROOT, read_events, scalar_series, tiny_config
 
 
 def interrupt_at(k):
@@ -87,6 +87,13 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert r.step == 30
     train(longer, tmp_path / "straight", quiet=True, cache_dir=tmp_path / "c")
     assert_same_weights(weights(tmp_path / "r" / "last.pt"), weights(tmp_path / "straight" / "last.pt"))
+    # TensorBoard's HPARAMS row is the run as it ended, not as its first session began
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = read_events(tmp_path / "r").PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["train.max_steps"].number_value == 30
+    assert len(list((tmp_path / "r").glob("events.out.tfevents.*.hparams"))) == 1
 
 
 def test_metrics_json_is_the_runs_end_never_an_earlier_one(tmp_path):

@@ -27,7 +27,11 @@ from typing import Any
 from tqdm import tqdm
 
 from rnn_train.files import WriteError, event_file, summary_writer, writing
+from rnn_train.runfiles import EVENTS
 from rnn_train.training.events import location
+
+HPARAMS_SUFFIX = ".hparams"
+"""The end of the name of the run directory's event file that holds the hparams record alone."""
 from rnn_train.training.schedule import ppl_text
 
 
@@ -132,11 +136,14 @@ class Monitor:
             self._tensorboard(event_file(writer), lambda: writer.add_text(tag, "```\n" + text + "\n```", step))
 
     def hparams(self, cfg_dict: dict[str, dict[str, Any]]) -> None:
-        """The hparams plugin's record, in the run directory's own event file (not a timestamped
-        subfolder). Its metrics are the series below it, which TensorBoard finds by itself: the
-        HPARAMS view shows the last value of each (events.py), and no scalar is written here."""
-        writer = self._writer("")
-        if writer is None:
+        """The hparams plugin's record, in the run directory (not a timestamped subfolder). Its
+        metrics are the series below it, which TensorBoard finds by itself: the HPARAMS view shows
+        the last value of each (events.py), and no scalar is written here.
+
+        In an event file of its own (HPARAMS_SUFFIX), which replaces the one an earlier session of
+        the run wrote: TensorBoard keeps the first record it reads for a run, so a run resumed with
+        new limits or settings would otherwise show the config of its first session."""
+        if self.run_dir is None:
             return
         from torch.utils.tensorboard.summary import hparams
 
@@ -144,12 +151,18 @@ class Monitor:
         # between runs) from all sessions under a logdir; an experiment record per run would pin
         # the first one it finds and mark every hparam as "differs: false" across a sweep.
         _, ssi, sei = hparams(_flat_hparams(cfg_dict), {})
+        run_dir = self.run_dir
+        earlier = sorted(run_dir.glob(EVENTS + HPARAMS_SUFFIX))
 
         def write() -> None:
+            writer = summary_writer(run_dir, filename_suffix=HPARAMS_SUFFIX)
             fw = writer._get_file_writer()
             for summary in (ssi, sei):
                 fw.add_summary(summary)
-        self._tensorboard(event_file(writer), write)
+            writer.close()
+            for old in earlier:  # after the new one is whole: a failure between leaves a record, not none
+                old.unlink(missing_ok=True)
+        self._tensorboard(run_dir, write)
 
     def close(self) -> None:
         """Close the bar and the event files (a failure to write their last events is kept, see `check`)."""
