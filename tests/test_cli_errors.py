@@ -196,11 +196,12 @@ def test_a_checkpoint_damaged_to_hold_a_nan_weight_is_refused_by_every_command_t
                              "damaged (KeyError: 'rng')"),
     (lambda c: c.update(plateau={"x": 1}), "the checkpoint's run state"),
     (lambda c: c.update(rng={}), "the checkpoint's run state"),
+    (lambda c: c.update(log={"loss": 1.0}), "the checkpoint's run state"),
     (lambda c: c.update(optimizer="x"), "the checkpoint's optimizer state is damaged"),
     (lambda c: c.update(step=-5), "last.pt is a damaged rnn-train checkpoint: its 'step' is -5, not a count"),
     (lambda c: c.update(step=10**30), "its 'step' is 1000000000000000000000000000000, not a count"),
     (lambda c: c.update(vocab=c["vocab"][:-1] + [c["vocab"][1]]), "last.pt: vocab has duplicate entries"),
-], ids=["no-rng", "plateau", "rng", "optimizer", "negative-step", "huge-step", "vocab"])
+], ids=["no-rng", "plateau", "rng", "log", "optimizer", "negative-step", "huge-step", "vocab"])
 def test_resuming_from_a_checkpoint_damaged_after_training_is_one_line_and_leaves_the_run(tmp_path, finished_run,
                                                                                           damage, needle, capsys):
     """In-process through the entry point's error handling (rnn_train.cli.run), as a command runs."""

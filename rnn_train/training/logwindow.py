@@ -65,6 +65,25 @@ class LogWindow:
         self.steps, self.tokens, self.seconds = 0, 0, 0.0
         return means
 
+    SUMS = ("loss", "norm", "clipped", "steps", "tokens", "seconds", "clipped_total", "steps_total")
+    """What a checkpoint keeps of the window (RunState.log): a resumed run logs the interval it was
+    stopped in, and reports its clipped fraction, as the run that never stopped does."""
+
+    def snapshot(self) -> dict[str, float]:
+        """The window as plain numbers (with several ranks the loss sum is the ranks' mean: a
+        collective, so every rank calls it at the same step, as checkpoints are saved)."""
+        return {"loss": float(self.world.mean(self.loss)), "norm": float(self.norm), "clipped": float(self.clipped),
+                "steps": self.steps, "tokens": self.tokens, "seconds": self.seconds,
+                "clipped_total": self.clipped_total, "steps_total": self.steps_total}
+
+    def restore(self, saved: dict[str, float]) -> None:
+        """Go on from a `snapshot` ({} from a checkpoint that has none: an empty window)."""
+        if not saved:
+            return
+        self.loss.fill_(saved["loss"]), self.norm.fill_(saved["norm"]), self.clipped.fill_(saved["clipped"])
+        self.steps, self.tokens, self.seconds = int(saved["steps"]), int(saved["tokens"]), float(saved["seconds"])
+        self.clipped_total, self.steps_total = float(saved["clipped_total"]), int(saved["steps_total"])
+
     @property
     def last_loss(self) -> float:
         return self.last.loss if self.last else math.nan

@@ -22,6 +22,9 @@ A checkpoint is one dict of plain data and tensors (loadable with `torch.load(we
                      them to save and hands each rank its block on resume)
     rng              the torch (and CUDA) generator states and Python's `random` state (rank 0's;
                      with several ranks also each rank's under "ranks": see `restore_rng`)
+    log              the log window's sums since the last logging step and over the run
+                     (training.logwindow.LogWindow.snapshot): a resumed run logs the interval it was
+                     stopped in, and reports its clipped fraction, as an uninterrupted run; optional
     corpus_sha256    a digest of the corpus's contents (`data.dataset.corpus_digest`), added by the
                      trainer: --resume refuses text that changed; optional (older checkpoints lack it)
     workdir          the directory relative data.paths were read against, added by the trainer: explore,
@@ -44,6 +47,7 @@ from typing import Any
 import torch
 
 from rnn_train.model.charrnn import State, detach_state
+from rnn_train.training.logwindow import LogWindow
 from rnn_train.training.schedule import PlateauState, plateau_step
 
 
@@ -60,6 +64,7 @@ class RunState:
     plateau: PlateauState = field(default_factory=PlateauState)
     hidden: State | None = None  # carried across batches in sequential partitioning, detached
     rng: dict[str, Any] = field(default_factory=dict)  # generator states at the last save / load
+    log: dict[str, float] = field(default_factory=dict)  # the log window's sums at the last save (LogWindow.SUMS)
 
     # -- transitions (each a few lines; the loop calls them by name) ---------------------------
     def advance(self, tokens: int) -> None:
@@ -93,7 +98,7 @@ class RunState:
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "tokens": self.tokens, "train_seconds": self.train_seconds, "best_val_loss": self.best_val_loss,
                 "evals_since_best": self.evals_since_best, "val_loss": self.val_loss, "config": config,
-                "vocab": vocab, "rng": self.rng, "hidden": detach_state(self.hidden)}
+                "vocab": vocab, "rng": self.rng, "hidden": detach_state(self.hidden), "log": self.log}
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> "RunState":
@@ -102,7 +107,17 @@ class RunState:
                    tokens=ckpt["tokens"], train_seconds=ckpt["train_seconds"],
                    best_val_loss=ckpt["best_val_loss"], evals_since_best=ckpt["evals_since_best"],
                    val_loss=ckpt.get("val_loss", math.nan), plateau=PlateauState(**ckpt["plateau"]),
-                   hidden=ckpt.get("hidden"), rng=ckpt["rng"])
+                   hidden=ckpt.get("hidden"), rng=ckpt["rng"], log=_log_sums(ckpt.get("log", {})))
+
+
+def _log_sums(saved: Any) -> dict[str, float]:
+    """A checkpoint's log-window sums, checked ({} for a checkpoint from before they were kept); a
+    TypeError or ValueError where they are not what LogWindow.snapshot writes (a damaged file)."""
+    if saved == {}:
+        return {}
+    if not isinstance(saved, dict) or set(saved) != set(LogWindow.SUMS):
+        raise ValueError(f"log sums {saved!r:.80}")
+    return {k: float(saved[k]) for k in LogWindow.SUMS}
 
 
 def capture_rng(device: torch.device) -> dict[str, Any]:

@@ -164,6 +164,7 @@ class Trainer:
         self.total = planned_steps(cfg, len(data.train))
         self.per_epoch = batches_per_epoch(len(data.train), d.batch_size, d.num_steps, d.partition)
         self.window = LogWindow(device, cfg.train.clip_norm, world)
+        self.window.restore(state.log)  # a resumed run: the interval it was stopped in goes on
         self.sample_prefix = _sample_prefix(cfg, data)
         samples = cfg.log.sample_prefix and cfg.log.sample_length and len(data.val)  # logged at each validation
         shown = data.vocab.unknown_shown(self.sample_prefix) if samples else ""
@@ -310,6 +311,7 @@ class Trainer:
         w = self.world
         rng = combine_rng(w.gather_objects(capture_rng(self.device)))
         hidden = w.gather_state(self.state.hidden)
+        self.state.log = self.window.snapshot()
 
         def write() -> None:
             self.state.rng = rng
