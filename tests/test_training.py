@@ -186,6 +186,8 @@ def test_a_test_split_is_scored_once_with_the_best_weights(tmp_path):
     r = train(cfg, tmp_path / "t", quiet=True, cache_dir=tmp_path / "c")
     assert math.isfinite(r.test_loss) and r.test_ppl == pytest.approx(math.exp(r.test_loss))
     assert scalar_series(tmp_path / "t", "test/loss") == [(40, pytest.approx(r.test_loss, rel=1e-6))]
+    assert scalar_series(tmp_path / "t", "test/bpc") == [(40, pytest.approx(r.test_loss / math.log(2), rel=1e-6))]
+    assert r.test_bpc == pytest.approx(r.test_loss / math.log(2))
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["test_loss"] == pytest.approx(r.test_loss)
     # the test text is neither trained nor validated on
     data = prepare_data(cfg.data, tmp_path / "c")

@@ -108,6 +108,7 @@ class TrainResult:
     precision: str = ""  # the arithmetic of its matrix products: fp32, bf16 (or fp64 for a float64 model)
     test_loss: float = math.nan  # only with data.test_fraction > 0: best.pt on the test split
     test_ppl: float = math.nan
+    test_bpc: float = math.nan
     init_from: str = ""  # the checkpoint whose weights a fine-tuning run started from
 
 
@@ -382,8 +383,9 @@ class Trainer:
             model.load_state_dict(ckpt_io.load_checkpoint(self.run_dir.best, map_location=self.device)["model"])
         self.world.broadcast_(list(model.state_dict().values()))
         result.test_loss = self.learner.evaluate(self.data.test, d.batch_size, d.num_steps)
-        result.test_ppl = perplexity(result.test_loss)
-        self.monitor.scalars({"test/loss": result.test_loss, "test/ppl": result.test_ppl}, self.state.step)
+        result.test_ppl, result.test_bpc = perplexity(result.test_loss), bits_per_char(result.test_loss)
+        self.monitor.scalars({"test/loss": result.test_loss, "test/ppl": result.test_ppl, "test/bpc": result.test_bpc},
+                             self.state.step)
         self.monitor.info(f"test loss {result.test_loss:.4f} | test ppl {ppl_text(result.test_ppl)} (best.pt)")
 
 
