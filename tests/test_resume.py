@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 
@@ -302,7 +303,31 @@ def test_the_library_train_refuses_what_train_py_refuses_and_writes_nothing(tmp_
         holder.kill()
         holder.wait()
     assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()} == files
-    assert train(longer, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c", resume=ckpt).step == 30  # once free
+    # nor is another run's directory taken over by a resume, nor entered by a second thread
+    other = tiny_config(tmp_path, "train.max_steps=20", "model.hidden_size=8", name="other")
+    train(other, tmp_path / "other", quiet=True, cache_dir=tmp_path / "c")
+    theirs = {p.name: p.read_bytes() for p in (tmp_path / "other").iterdir() if p.is_file()}
+    with pytest.raises(UserError, match=r"other holds another run \(model\.hidden_size differ from the checkpoint's\)"):
+        train(longer, tmp_path / "other", quiet=True, cache_dir=tmp_path / "c", resume=ckpt)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "other").iterdir() if p.is_file()} == theirs
+    from rnn_train.training.rundir import claimed
+
+    with claimed(tmp_path / "r"):  # held by this thread: train() in it goes on (the command's own claim)
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(_refusal(lambda: train(
+            longer, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c", resume=ckpt))))
+        worker.start()
+        worker.join()
+        assert "is in use: another training on this machine" in seen[0]  # another thread of this process
+        assert train(longer, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c", resume=ckpt).step == 30
+
+
+def _refusal(call) -> str:
+    try:
+        call()
+    except UserError as e:
+        return str(e)
+    return ""
 
 
 def test_resume_may_point_data_paths_at_the_same_text_elsewhere_but_not_at_other_text(tmp_path, capsys):

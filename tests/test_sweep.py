@@ -163,6 +163,36 @@ def test_a_grid_point_too_large_for_memory_stops_the_sweep_naming_it(tmp_path, c
         assert err.startswith("error: trial ") and "(hidden_size=100000000): not enough memory for the model" in err
 
 
+def test_a_grid_point_whose_directory_another_training_writes_is_left_alone(tmp_path, cache, capsys):
+    """The trial takes the run directory's lock before it reads or clears anything there."""
+    import threading
+
+    from rnn_train.training.rundir import claimed
+
+    busy = tmp_path / "out" / "hidden_size=8"
+    busy.mkdir(parents=True)
+    (busy / "config.yaml").write_text("another training's\n")
+    (busy / "last.pt").write_bytes(b"its checkpoint")
+    argv = ["--config", str(ROOT / "configs" / "debug.yaml"), "--grid", "model.hidden_size=8",
+            "--budget", "tokens:240", "--out", str(tmp_path / "out"), "--cache-dir", str(cache), *FIXED[1:]]
+    held, release = threading.Event(), threading.Event()
+
+    def hold():  # as a training in another thread (or process) holds it
+        with claimed(busy):
+            held.set()
+            release.wait(60)
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        held.wait(10)
+        assert run(sweep.main, argv) == 2
+    finally:
+        release.set()
+        holder.join()
+    assert "is in use: another training on this machine" in capsys.readouterr().err
+    assert (busy / "config.yaml").read_text() == "another training's\n" and (busy / "last.pt").read_bytes() == b"its checkpoint"
+
+
 # ---------------------------------------------------------------------------------------------
 # a whole sweep
 

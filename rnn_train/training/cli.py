@@ -123,13 +123,13 @@ def _setup(args, held: contextlib.ExitStack):
     resume = None
     if args.resume:
         ckpt_path = resolve_checkpoint(args.resume, prefer=LAST)
+        run_dir = RunDir(ckpt_path.parent)
+        held.enter_context(claimed(run_dir.path))  # before reading: a training writing it would move past it
         resume = load_checkpoint(ckpt_path)
         if Path(args.resume).is_dir() and ckpt_path.name != LAST:
             print(f"note: {args.resume} has no last.pt; resuming from {ckpt_path.name} at step {resume['step']}",
                   file=sys.stderr)
         cfg = build_config(resume["config"], args.overrides, source=f"{ckpt_path} + overrides")
-        run_dir = RunDir(ckpt_path.parent)
-        held.enter_context(claimed(run_dir.path))
     else:
         cfg = load_config(args.config, args.overrides)
         run_dir = RunDir(Path(cfg.log.dir) / cfg.log.name)

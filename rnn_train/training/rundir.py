@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,11 +42,15 @@ def claimed(path: Path) -> Iterator[None]:
     per-user cache (rnn_train.kernels.build.cache_root, nothing written beside the runs), keyed by
     the directory's absolute path, and released by the kernel when the process ends, however it
     ends. Where no lock can be taken (no fcntl, an unwritable cache) training goes on without one.
-    Re-entrant: `train()` claims the directory the command line already holds."""
+    Re-entrant in the thread that holds it (`train()` claims the directory its command already
+    holds); another thread of the same process is refused like another process."""
     real = os.path.realpath(path)  # one key for every spelling of the directory (runs/../runs/x, a link to it)
-    if real in _HELD:
+    holder = _HELD.get(real)
+    if holder == threading.get_ident():
         yield
         return
+    if holder is not None:
+        raise _in_use(path)
     try:
         import fcntl
 
@@ -62,19 +67,23 @@ def claimed(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"{path} is in use: another training on this machine is writing it; wait for it to "
-                            f"end, or pick another log.name=...") from None
-        _HELD.add(real)
+            raise _in_use(path) from None
+        _HELD[real] = threading.get_ident()
         try:
             yield
         finally:
-            _HELD.discard(real)
+            del _HELD[real]
     finally:
         os.close(fd)  # releases the lock
 
 
-_HELD: set[str] = set()
-"""The run directories (real paths) whose lock this process holds."""
+_HELD: dict[str, int] = {}
+"""The run directories (real paths) whose lock this process holds -> the thread that holds each."""
+
+
+def _in_use(path: Path) -> UserError:
+    return UserError(f"{path} is in use: another training on this machine is writing it; wait for it to end, or "
+                     f"train into another directory (log.name=...)")
 
 
 IGNORED_IN_MATCH = {("train", "threads"), ("train", "device")}

@@ -34,7 +34,7 @@ from rnn_train.config import Config, DataConfig
 from rnn_train.errors import UserError
 from rnn_train.experiments.study.budget import Budget, budget_step
 from rnn_train.experiments.study.engine import BadTrialConfig, Outcome, StudyHandle
-from rnn_train.training.rundir import RunDir, comparable
+from rnn_train.training.rundir import RunDir, claimed, comparable
 
 
 class Experiment(Protocol):
@@ -140,9 +140,6 @@ class TrialRunner:
     on_step: Callable[[str, int], None] | None = None  # (run name, step): tests interrupt a run with it
 
     def __call__(self, trial: optuna.Trial) -> Outcome:
-        from rnn_train.training.learner import ModelTooLarge
-        from rnn_train.training.trainer import train
-
         ex = self.experiment
         try:
             name, cfg = ex.configure(trial)
@@ -158,7 +155,18 @@ class TrialRunner:
         trial.set_user_attr("config", cfg.to_dict())
         walled = float(trial.user_attrs.get("wall_seconds", 0.0))
         data = self.datasets.get(cfg.data)
+        # this machine's lock on the run directory from before it is read or cleared until the run
+        # ends (train() holds it too): a training another process is writing is neither deleted nor
+        # resumed from a last.pt that process is about to move past
+        with claimed(rd.path):
+            return self._run(trial, name, cfg, rd, tag, walled, data)
 
+    def _run(self, trial: optuna.Trial, name: str, cfg: Config, rd: RunDir, tag: str, walled: float,
+             data: Any) -> Outcome:
+        from rnn_train.training.learner import ModelTooLarge
+        from rnn_train.training.trainer import train
+
+        ex = self.experiment
         status = rd.status(cfg)
         if status == "done":  # the run had finished (its process died before telling the study)
             result = rd.read_metrics()
