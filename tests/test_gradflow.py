@@ -349,7 +349,8 @@ def test_a_corpus_that_changed_since_training_is_noted(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("steps", 0, "--steps must be >= 1, got 0"), ("batch", 2.5, "--batch must be >= 1, got 2.5"),
+    ("steps", 0, "--steps must be >= 1, got 0"), ("batch", 2.5, "--batch must be an integer, got 2.5"),
+    ("whh_scale", "x", "--whh-scale must be a number, got 'x'"),
     ("split", "bogus", "--split must be one of train, val, test, got 'bogus'"),
     ("dtype", "float16", "--dtype must be one of float64, float32, got 'float16'"),
     ("clip", -1.0, "--clip must be >= 0"), ("whh_scale", math.inf, "--whh-scale and --keep-bias must be finite"),
@@ -359,3 +360,9 @@ def test_a_probe_built_from_python_is_checked_as_the_flags_are(field, value, mes
 
     with pytest.raises(UserError, match=re.escape(message)):
         gradflow.Probe("any.pt", **{field: value})
+
+
+
+def test_a_probe_takes_numpy_numbers_as_the_numbers_they_stand_for():
+    p = gradflow.Probe("any.pt", steps=np.int64(5), batch=np.int32(2), clip=np.float32(0.5))
+    assert (p.steps, p.batch, p.clip) == (5, 2, 0.5) and type(p.steps) is int

@@ -89,7 +89,10 @@ def run_data(cfg: DataConfig, ckpt: dict) -> tuple[DataConfig, str]:
     moved = [new for old, new in zip(cfg.paths, paths) if new != old]
     lost = [p for p in paths if p.strip() and not os.path.isabs(os.path.expanduser(p)) and not os.path.lexists(p)
             and not is_glob(p)]
-    if lost and isinstance(workdir, str) and os.path.realpath(workdir) != os.path.realpath("."):
+    if lost and not isinstance(workdir, str):
+        raise UserError(f"{missing_corpus_error(lost[0])} (looked for in {os.getcwd()}; this checkpoint does not "
+                        f"record where its run read it: run the command from there)")
+    if lost and os.path.realpath(workdir) != os.path.realpath("."):
         raise UserError(f"{missing_corpus_error(lost[0])} (looked for in {os.getcwd()} and in {workdir}, where "
                         f"the run last read it)")
     if not moved:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -208,9 +209,23 @@ class Probe:
     keep_bias: float = 0.0  # add this to the bias of the gate that keeps the past (LSTM f, GRU z); what-if knob
 
     def __post_init__(self):
-        """The flags' rules, for a Probe built from Python too (one UserError, before any work)."""
+        """The flags' rules, for a Probe built from Python too (one UserError, before any work;
+        NumPy numbers taken as the Python numbers they stand for)."""
+        for name in ("steps", "batch", "seed"):
+            value = getattr(self, name)
+            try:
+                setattr(self, name, operator.index(value))
+            except TypeError:
+                raise UserError(f"--{name} must be an integer, got {value!r}") from None
+        for name in ("clip", "whh_scale", "keep_bias"):
+            value = getattr(self, name)
+            if not (name == "clip" and value is None):  # None: the checkpoint's train.clip_norm
+                try:
+                    setattr(self, name, float(value))
+                except (TypeError, ValueError):
+                    raise UserError(f"--{name.replace('_', '-')} must be a number, got {value!r}") from None
         for flag, value in (("--steps", self.steps), ("--batch", self.batch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if value < 1:
                 raise UserError(f"{flag} must be >= 1, got {value}")
         if self.clip is not None and not self.clip >= 0:
             raise UserError("--clip must be >= 0 (0 = no clipping)")
