@@ -319,6 +319,10 @@ def test_cli_user_errors_are_one_line_with_status_2(run_dir, tmp_path, capsys):
                 assert f"{flag} must be >= 1, got 0" in captured.err
         if "--whh-scale" in args:  # a GRU's gates overflow: NaN, said rather than tabulated
             assert "the measurement is not finite" in captured.err and "--whh-scale 1e+308" in captured.err
+    # --compare finds every checkpoint before it measures (and writes curves for) the first
+    assert run(gradflow.main, ["--compare", str(run_dir), str(tmp_path / "missing.pt"), "--steps", "5",
+                               "--logdir", str(tmp_path / "curves"), "--cache-dir", str(run_dir.parent)]) == 2
+    assert "missing.pt" in capsys.readouterr().err and not (tmp_path / "curves").exists()
 
 
 def test_summary_says_vanished_when_the_gradient_underflows():

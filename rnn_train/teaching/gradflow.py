@@ -526,12 +526,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train gradflo
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from rnn_train.model.checkpoint import resolve_checkpoint
+
     paths = [args.checkpoint] if args.checkpoint else args.compare
+    probes = [Probe(path, args.steps, args.batch, args.seed, args.clip, args.untrained, args.split, args.dtype,
+                    args.device, args.cache_dir, args.whh_scale, args.keep_bias) for path in paths]
+    for path in paths:  # every checkpoint found before the first is measured (and its curves written)
+        resolve_checkpoint(path)
     results: list[FlowResult] = []
     written: list[Path] = []
-    for path in paths:
-        p = Probe(path, args.steps, args.batch, args.seed, args.clip, args.untrained, args.split, args.dtype,
-                  args.device, args.cache_dir, args.whh_scale, args.keep_bias)
+    for p in probes:
         result, ckpt_path = run_probe(p)
         results.append(result)
         if not args.no_tensorboard:
