@@ -26,7 +26,7 @@ import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import optuna
 
@@ -35,6 +35,9 @@ from rnn_train.errors import UserError
 from rnn_train.experiments.study.budget import Budget, budget_step
 from rnn_train.experiments.study.engine import BadTrialConfig, Outcome, StudyHandle
 from rnn_train.training.rundir import RunDir, claimed, comparable
+
+if TYPE_CHECKING:
+    from rnn_train.data.dataset import Dataset
 
 
 class Experiment(Protocol):
@@ -162,7 +165,7 @@ class TrialRunner:
             return self._run(trial, name, cfg, rd, tag, walled, data)
 
     def _run(self, trial: optuna.Trial, name: str, cfg: Config, rd: RunDir, tag: str, walled: float,
-             data: Any) -> Outcome:
+             data: Dataset) -> Outcome:
         from rnn_train.training.learner import ModelTooLarge
         from rnn_train.training.trainer import train
 
