@@ -185,6 +185,8 @@ def test_a_run_stopped_at_its_limit_before_reporting_is_reported_by_resume(tmp_p
     r = train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c",
               resume=load_checkpoint(tmp_path / "r" / "last.pt"))
     assert r.step == 20 and (tmp_path / "r" / "metrics.json").exists()
+    # it validated at step 20 before it died: one validation point per step, not a second one at 20
+    assert [step for step, _ in scalar_series(tmp_path / "r", "val/loss")] == [20]
 
 
 def test_resume_refuses_a_corpus_that_changed_since_the_run_began_and_writes_nothing(tmp_path):

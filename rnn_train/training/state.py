@@ -22,6 +22,8 @@ A checkpoint is one dict of plain data and tensors (loadable with `torch.load(we
                      them to save and hands each rank its block on resume)
     rng              the torch (and CUDA) generator states and Python's `random` state (rank 0's;
                      with several ranks also each rank's under "ranks": see `restore_rng`)
+    validated_at     the step of the latest validation: a run saved at its last step after validating
+                     there is not validated again when --resume ends it (one val point per step); optional
     log              the log window's sums since the last logging step and over the run
                      (training.logwindow.LogWindow.snapshot): a resumed run logs the interval it was
                      stopped in, and reports its clipped fraction, as an uninterrupted run; optional
@@ -65,6 +67,7 @@ class RunState:
     hidden: State | None = None  # carried across batches in sequential partitioning, detached
     rng: dict[str, Any] = field(default_factory=dict)  # generator states at the last save / load
     log: dict[str, float] = field(default_factory=dict)  # the log window's sums at the last save (LogWindow.SUMS)
+    validated_at: int = -1  # the step of the latest validation (the end validates unless it is this one)
 
     # -- transitions (each a few lines; the loop calls them by name) ---------------------------
     def advance(self, tokens: int) -> None:
@@ -98,7 +101,8 @@ class RunState:
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "tokens": self.tokens, "train_seconds": self.train_seconds, "best_val_loss": self.best_val_loss,
                 "evals_since_best": self.evals_since_best, "val_loss": self.val_loss, "config": config,
-                "vocab": vocab, "rng": self.rng, "hidden": detach_state(self.hidden), "log": self.log}
+                "vocab": vocab, "rng": self.rng, "hidden": detach_state(self.hidden), "log": self.log,
+                "validated_at": self.validated_at}
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> "RunState":
@@ -107,7 +111,8 @@ class RunState:
                    tokens=ckpt["tokens"], train_seconds=ckpt["train_seconds"],
                    best_val_loss=ckpt["best_val_loss"], evals_since_best=ckpt["evals_since_best"],
                    val_loss=ckpt.get("val_loss", math.nan), plateau=PlateauState(**ckpt["plateau"]),
-                   hidden=ckpt.get("hidden"), rng=ckpt["rng"], log=_log_sums(ckpt.get("log", {})))
+                   hidden=ckpt.get("hidden"), rng=ckpt["rng"], log=_log_sums(ckpt.get("log", {})),
+                   validated_at=int(ckpt.get("validated_at", -1)))
 
 
 def _log_sums(saved: Any) -> dict[str, float]:

@@ -172,7 +172,6 @@ class Trainer:
         if shown and world.is_writer:
             monitor.note(f"log.sample_prefix has characters that are not in the vocab ({shown}): the logged "
                          f"samples read them as <unk>")
-        self.validated_at = -1  # the step of the latest validation (the end validates unless it is this one)
         self.lr = cfg.train.lr  # of the latest step, for logging
 
     # -- the loop --------------------------------------------------------------------------------------
@@ -269,7 +268,7 @@ class Trainer:
         is booked in the RunState, logged with a text sample, and saved as best.pt if it is the best;
         a non-finite one (diverged) is only returned."""
         s, t, d = self.state, self.cfg.train, self.cfg.data
-        self.validated_at = s.step
+        s.validated_at = s.step
         if not len(self.data.val):
             return None
         val = self.learner.evaluate(self.data.val, d.batch_size, d.num_steps)
@@ -333,7 +332,7 @@ class Trainer:
         if reason == "interrupt":
             self.save(LAST)
             return reason
-        if reason != "diverged" and self.validated_at != s.step:
+        if reason != "diverged" and s.validated_at != s.step:
             val = self.validate()
             if val is not None and not math.isfinite(val):
                 reason = "diverged"
