@@ -463,6 +463,28 @@ def test_a_pruned_trial_keeps_its_run_directory_and_says_so(tmp_path, cache, spa
     assert sum("pruned at 1/4 of its budget" in line for line in lines) == 2
 
 
+def test_a_trial_another_process_failed_while_it_ran_stops_in_one_line_and_resumes_on_the_rerun(
+        tmp_path, cache, space_file):
+    """As when this process was stopped (Ctrl-Z) long enough for another to find its heartbeat late:
+    the next report of a validation meets a finished trial; one line, and the rerun resumes the run."""
+    h = _handle(tmp_path)
+    plan = _plan(tmp_path, space_file)
+    lines = []
+
+    def stale(name, step):
+        if name == "trial-0000" and step == 10:
+            engine.fail(h, 0, "its heartbeat was late", again=True)  # what reap does in the other process
+
+    runner = TrialRunner(h, plan, Datasets(cache), cache, log=lines.append, on_step=stale)
+    with pytest.raises(UserError, match="trial 0: another process failed this trial while it ran"):
+        engine.work(h, 1, runner, log=lines.append)
+    runner.on_step = None
+    again = engine.work(h, 1, runner, log=lines.append)
+    assert again.complete and again.ran == [1]
+    assert any(line.startswith("trial 1: resuming ") and line.endswith("trial-0000 from last.pt at step 8")
+               for line in lines), lines
+
+
 def test_an_interrupted_trial_is_queued_again_and_resumed_from_its_last_pt(tmp_path, cache, space_file):
     """Ctrl-C at update 12 of trial 1: the trainer saves last.pt; the trial is FAIL, a copy is queued;
     the next run resumes the copy in the same directory, and the study ends with exactly 3 finished."""

@@ -19,6 +19,7 @@ afresh); on another machine the directory is not there and the trial starts afre
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -192,9 +193,14 @@ class TrialRunner:
             if ex.redraws:
                 raise BadTrialConfig(str(e)) from None
             raise ModelTooLarge(f"{tag}: {e}") from None
+        except optuna.exceptions.UpdateFinishedTrialError:  # from the report of a validation
+            raise UserError(f"{tag}: another process failed this trial while it ran (its heartbeat was late: this "
+                            f"process was stopped or starved) and queued it again; rerun the command to resume its "
+                            f"run from the last.pt of its last validation") from None
         finally:
             wall = round(walled + time.perf_counter() - t0, 3)
-            trial.set_user_attr("wall_seconds", wall)
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # failed by another process
+                trial.set_user_attr("wall_seconds", wall)
         if result.interrupted:
             return Outcome(interrupted=True, note=f"interrupted at step {result.step} (last.pt saved)")
         return self._finish(trial, asdict(result), wall, tag, pruned_at=reporter.pruned_at)
