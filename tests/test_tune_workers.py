@@ -192,3 +192,23 @@ def test_sweep_with_two_workers_trains_each_grid_point_once(tmp_path, cache):
     finished = assert_complete(study, 4)
     assert sorted(t.user_attrs["run_dir"] for t in finished) == sorted(r["run"] for r in runs)
     assert overlapping(finished)
+
+
+def test_a_worker_killed_by_a_signal_is_said_and_makes_the_status_non_zero(monkeypatch):
+    """Its trial is queued again by the others (above); the parent says which worker died and how."""
+    from rnn_train.experiments.study import workers
+
+    real = subprocess.Popen
+
+    def dying(args, **kwargs):  # the second worker kills itself at once
+        if args[-3] == "2":
+            args = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+        else:
+            args = [sys.executable, "-c", "pass"]
+        return real(args, **kwargs)
+
+    monkeypatch.setattr(workers.subprocess, "Popen", dying)
+    lines = []
+    assert workers.spawn(lambda i: ["tune"], 2, log=lines.append) == 1
+    assert any(line.startswith("worker 2 (pid ") and line.endswith("was killed by signal 9") for line in lines), lines
+    assert not any(line.startswith("worker 1 ") for line in lines)

@@ -436,7 +436,7 @@ def _check_own_run(rd: RunDir, ckpt: dict) -> None:
     differ = [key for key in differ if key not in ("data.paths", "model.kernel")]
     if differ:
         raise UserError(f"{rd} holds another run ({', '.join(differ)} differ from the checkpoint's); resume a "
-                        f"checkpoint in its own run directory, or pass clear=True to replace that run")
+                        f"checkpoint in its own run directory (or replace that run: clear=True from Python)")
 
 
 def _open_run_dir(cfg: Config, run_dir: Path, clear: bool, resumed: bool, world: World) -> RunDir:

@@ -63,6 +63,9 @@ def spawn(child_argv: Callable[[int], list[str]], k: int, log: Callable[[str], N
         codes = [p.wait() for p in procs]
         for relay in relays:
             relay.join()
+    for i, (proc, code) in enumerate(zip(procs, codes), 1):
+        if code < 0 and not interrupted:  # its trial was queued again (and resumed by the others, if any were left)
+            log(f"worker {i} (pid {proc.pid}) was killed by signal {-code}")
     if interrupted or 130 in codes:
         return 130
     if 2 in codes and errors:
