@@ -269,8 +269,10 @@ def atomic_write_json(path: str | Path, value: Any) -> None:
 # --------------------------------------------------------------------------- TensorBoard
 
 
-def summary_writer(logdir: str | Path, **kwargs):
-    """torch's SummaryWriter for `logdir` (created inside `writing(logdir)`).
+def summary_writer(logdir: str | Path, in_order: bool = True, **kwargs):
+    """torch's SummaryWriter for `logdir` (created inside `writing(logdir)`); `in_order`: its file
+    sorts after those already there (`_wait_past_event_files`), which a file that holds no steps
+    (the hparams record) does not need.
 
     Why it needs care: the writer hands events to a background thread that writes them. An OSError
     there ends the thread, which prints its traceback, and the writer raises the same error again
@@ -280,7 +282,8 @@ def summary_writer(logdir: str | Path, **kwargs):
     _quiet_event_threads()
     from torch.utils.tensorboard import SummaryWriter
 
-    _wait_past_event_files(Path(logdir))
+    if in_order:
+        _wait_past_event_files(Path(logdir))
     with writing(logdir):
         return SummaryWriter(str(logdir), **kwargs)
 

@@ -155,7 +155,7 @@ class Monitor:
         earlier = sorted(run_dir.glob(EVENTS + HPARAMS_SUFFIX))
 
         def write() -> None:
-            writer = summary_writer(run_dir, filename_suffix=HPARAMS_SUFFIX)
+            writer = summary_writer(run_dir, in_order=False, filename_suffix=HPARAMS_SUFFIX)  # no steps to order
             fw = writer._get_file_writer()
             for summary in (ssi, sei):
                 fw.add_summary(summary)
