@@ -29,10 +29,10 @@ from tqdm import tqdm
 from rnn_train.files import WriteError, event_file, summary_writer, writing
 from rnn_train.runfiles import EVENTS
 from rnn_train.training.events import location
+from rnn_train.training.schedule import ppl_text
 
 HPARAMS_SUFFIX = ".hparams"
 """The end of the name of the run directory's event file that holds the hparams record alone."""
-from rnn_train.training.schedule import ppl_text
 
 
 def _flat_hparams(cfg_dict: dict[str, dict[str, Any]]) -> dict[str, Any]:
