@@ -20,7 +20,7 @@ from rnn_train.config import Config
 from rnn_train.errors import UserError
 from rnn_train.model.charrnn import DTYPES
 from rnn_train.training.protocol import Learner
-from rnn_train.training.rundir import config_changes, normalised
+from rnn_train.training.rundir import RunDir, config_changes, normalised
 from rnn_train.runtime import derived_seed
 from rnn_train.training.state import RunState, restore_rng, state_to
 from rnn_train.training.world import World
@@ -33,25 +33,48 @@ def _saved(ckpt: dict[str, Any]) -> dict[str, Any]:
     return normalised(ckpt["config"], "the checkpoint's config")
 
 
-RESUME_FIXED = ("data", "model", "train.seed", "log.dir", "log.name")
-"""What --resume's overrides cannot change: the data keys define the run's batches, the model keys
-its weights (model.kernel, the path that computes them, excepted), train.seed its random draws (the
-generators' states are restored, so a new seed would only misname the run), log.dir and log.name
-where it lives. The limits, the schedule, the optimiser and its settings and the logging can change."""
+RUN_KEYS = ("data", "model", "train.seed")
+"""What makes a run the run it is: the data keys define its batches, the model keys its weights
+(model.kernel, the path that computes them, excepted), train.seed its random draws (the generators'
+states are restored, so a new seed would only misname the run)."""
+RESUME_FIXED = (*RUN_KEYS, "log.dir", "log.name")
+"""What --resume's overrides cannot change: RUN_KEYS, and log.dir and log.name, where it lives. The
+limits, the schedule, the optimiser and its settings and the logging can change."""
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any], keys: tuple[str, ...], free: tuple[str, ...] = ()) -> list[str]:
+    """The dotted keys among `keys` whose values differ between two config dicts, but those in `free`."""
+    return [key for key in (c.split(":")[0] for c in config_changes(old, new, keys=keys)) if key not in free]
 
 
 def check_resume_config(ckpt: dict[str, Any], cfg: Config) -> None:
     """One line naming every override of a RESUME_FIXED key (nothing is written). `data.paths` may
     name the corpus where it lies now when the checkpoint records its digest: the trainer then
     refuses a text that is not the same (data.dataset.changed_since)."""
-    changed = [c.split(":")[0] for c in config_changes(_saved(ckpt), cfg.to_dict(), keys=RESUME_FIXED)]
-    free = {"model.kernel", "data.paths"} if ckpt.get("corpus_sha256") else {"model.kernel"}
-    changed = [key for key in changed if key not in free]
+    free = ("model.kernel", "data.paths") if ckpt.get("corpus_sha256") else ("model.kernel",)
+    changed = _changed(_saved(ckpt), cfg.to_dict(), RESUME_FIXED, free)
     if changed:
         raise UserError(f"{', '.join(changed)} cannot change on --resume (the data keys define the run's batches, "
                         f"the model keys its weights, train.seed its random draws, log.dir and log.name where it "
                         f"lives); start a new run "
                         f"instead (--config with --init-from this run starts from its weights)")
+
+
+def check_own_run(rd: RunDir, ckpt: dict[str, Any]) -> None:
+    """A resume writes into `rd`: refuse a directory that holds another run (its config.yaml and the
+    checkpoint's config differ in RUN_KEYS; not in data.paths, which may name the same text
+    elsewhere, nor in model.kernel)."""
+    stored = rd.stored_config()
+    if stored is None or not rd.holds_run():
+        return
+    try:
+        saved = _saved(ckpt)
+    except (UserError, KeyError, TypeError):
+        return  # load_checkpoint checked it; resume_state names a damaged one
+    differ = _changed(stored, saved, RUN_KEYS, ("data.paths", "model.kernel"))
+    if differ:
+        raise UserError(f"{rd} holds another run ({', '.join(differ)} differ from the checkpoint's); resume a "
+                        f"checkpoint in its own run directory (or replace that run: clear=True from Python)")
 
 
 def check_init_config(ckpt: dict[str, Any], cfg: Config, source: str) -> None:
@@ -63,7 +86,7 @@ def check_init_config(ckpt: dict[str, Any], cfg: Config, source: str) -> None:
 
 
 def _weights_do_not_fit(ckpt: dict[str, Any], cfg: Config) -> UserError:
-    changed = [c.split(":")[0] for c in config_changes(_saved(ckpt), cfg.to_dict(), keys=("model",))]
+    changed = _changed(_saved(ckpt), cfg.to_dict(), ("model",))
     return UserError("the checkpoint's weights do not fit this config's model"
                      + (f" ({', '.join(changed)} changed; keep them as saved)" if changed else ""))
 

@@ -71,9 +71,9 @@ from rnn_train.training.logwindow import LogWindow
 from rnn_train.training.monitor import Monitor
 from rnn_train.training.rules import planned_steps, should_log, should_stop, should_validate, validates_each_epoch
 from rnn_train.runfiles import BEST, LAST
-from rnn_train.training.rundir import RunDir, claimed, config_changes, normalised
+from rnn_train.training.rundir import RunDir, claimed
 from rnn_train.training.schedule import bits_per_char, lr_at, perplexity, ppl_text
-from rnn_train.training.start import check_resume_config, init_weights, resume_state
+from rnn_train.training.start import check_own_run, check_resume_config, init_weights, resume_state
 from rnn_train.training.state import RunState, capture_rng, combine_rng
 from rnn_train.training.world import World
 
@@ -421,24 +421,6 @@ def _device(cfg: Config, world: World) -> torch.device:
     return device
 
 
-def _check_own_run(rd: RunDir, ckpt: dict) -> None:
-    """A resume writes into `rd`: refuse a directory that holds another run (its config.yaml and the
-    checkpoint's config differ in what defines a run: the data, the model, the seed; not data.paths,
-    which may name the same text elsewhere, nor model.kernel)."""
-    stored = rd.stored_config()
-    if stored is None or not rd.holds_run():
-        return
-    try:
-        saved = normalised(ckpt["config"], "the checkpoint's config")
-    except (UserError, KeyError, TypeError):
-        return  # load_checkpoint checked it; resume_state names a damaged one
-    differ = [c.split(":")[0] for c in config_changes(stored, saved, keys=("data", "model", "train.seed"))]
-    differ = [key for key in differ if key not in ("data.paths", "model.kernel")]
-    if differ:
-        raise UserError(f"{rd} holds another run ({', '.join(differ)} differ from the checkpoint's); resume a "
-                        f"checkpoint in its own run directory (or replace that run: clear=True from Python)")
-
-
 def _open_run_dir(cfg: Config, run_dir: Path, clear: bool, resumed: bool, world: World) -> RunDir:
     """Rank 0 clears (--force) and creates the run directory; a failure stops every rank. A resumed
     run that trains on loses the metrics.json of its earlier end (an extended limit): that no longer
@@ -501,7 +483,7 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
     if resume is not None:
         check_resume_config(resume, cfg)
         if not clear:
-            world.from_writer(lambda: _check_own_run(RunDir(run_dir), resume))
+            world.from_writer(lambda: check_own_run(RunDir(run_dir), resume))
     check_world(cfg, world, resuming=resume is not None)
     device = _device(cfg, world)
     set_threads(cfg.train.threads, world.local_size)
