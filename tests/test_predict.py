@@ -244,3 +244,20 @@ def test_the_python_api_refuses_what_the_flags_refuse_in_one_line(trained):
         with pytest.raises(UserError, match=re.escape(message)):
             call()
     assert len(predict(model, vocab, "zhong", k=np.int64(5), top_n=np.int64(2)).continuation) == 5
+
+
+def test_a_vocab_from_another_run_is_refused_before_it_maps_characters_to_the_wrong_rows(trained):
+    """Only sizes can be compared; both a smaller and a larger vocab than the model's are refused."""
+    from rnn_train.data.vocab import Vocab
+    from rnn_train.prediction.score import score_pieces
+
+    _, model, vocab = trained
+    letters = "".join(c for c in vocab.itos if len(c) == 1 and c.isalpha())
+    for other in (Vocab.build(letters[:3] + "\n"), Vocab.build(letters + "\n" + "0123456789XYZ")):
+        assert len(other) != len(vocab)
+        for call in (lambda: predict(model, other, letters[:2], k=3),
+                     lambda: generate(model, other, letters[:2], 3, temperature=1.0, seed=0),
+                     lambda: next_char_distribution(model, other, letters[:2]),
+                     lambda: score_pieces(model, other, [letters[:2] * 20])):
+            with pytest.raises(UserError, match=f"the vocab has {len(other)} symbols but the model {len(vocab)}"):
+                call()

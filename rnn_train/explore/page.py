@@ -34,6 +34,7 @@ import torch
 
 from rnn_train.explore import wasm
 from rnn_train.errors import UserError
+from rnn_train.model.charrnn import check_vocab
 
 PAD = 8  # columns of every stored matrix are padded to a multiple of this (the product's step)
 GRADFLOW_STEPS, GRADFLOW_BATCH = 100, 16
@@ -121,6 +122,7 @@ def build_page(model, vocab, cfg, run: dict, documents: list[Document], pinyin_t
                gradflow: dict | None = None) -> str:
     """The HTML page; `run` says where the model came from (checkpoint, step, loss, tensorboard,
     the command, what was cut), shown in its header."""
+    check_vocab(model, vocab)
     spec = model.spec
     js = spec.hook("js")
     if js is None:

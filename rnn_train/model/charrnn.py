@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnn_train.config import ModelConfig
+from rnn_train.errors import UserError
 from rnn_train.kernels.fused import DECODER_GEMMS, FusedPath, bf16_linear, fused_rnn, onednn_linear
 from rnn_train.kernels.precision import autocast_reaches
 from rnn_train.model import cells
@@ -27,6 +28,16 @@ from rnn_train.model.recurrent import build_core
 State = Union[torch.Tensor, tuple[torch.Tensor, ...]]  # h [L, B, H], or a tuple (h, c, ...) per CellSpec.state
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def check_vocab(model: "CharRNN", vocab) -> None:
+    """Refuse a vocab that cannot be the model's: its ids index the model's input and output rows,
+    so a vocab from another run would map characters to rows they never meant (silently, where the
+    other vocab is smaller, and an IndexError deep in sampling where it is larger). Only the sizes
+    can be compared: two runs' vocabs of one size pass."""
+    if len(vocab) != model.vocab_size:
+        raise UserError(f"the vocab has {len(vocab)} symbols but the model {model.vocab_size}: "
+                        "they come from different runs (load both with load_model from one checkpoint)")
 
 
 class CharRNN(nn.Module):

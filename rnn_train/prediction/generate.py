@@ -25,7 +25,7 @@ import torch
 
 from rnn_train.data.vocab import UNK, Vocab
 from rnn_train.errors import UserError
-from rnn_train.model.charrnn import CharRNN, State
+from rnn_train.model.charrnn import CharRNN, State, check_vocab
 from rnn_train.prediction.choose import Chooser, SamplingOptions
 from rnn_train.prediction.sampler import RuleState, StopRules, sample_chunks
 from rnn_train.model.checkpoint import refuse_not_finite
@@ -96,6 +96,7 @@ def top_chars(vocab: Vocab, logits: torch.Tensor, top_n: int) -> list[tuple[str,
 def next_char_distribution(model: CharRNN, vocab: Vocab, prefix: str, top_n: int = 5,
                            unk: str = "error") -> list[tuple[str, float]]:
     """Single step: the top_n most likely next characters after `prefix`, with probabilities."""
+    check_vocab(model, vocab)
     logits, _ = warm_up(model, encode_prefix(vocab, prefix, unk))
     return top_chars(vocab, logits, top_n)
 
@@ -112,6 +113,7 @@ def stream_after(model: CharRNN, vocab: Vocab, logits: torch.Tensor, state: Stat
                  num_samples: int = 1, at_line_start: bool = False) -> Iterator[list[str]]:
     """Continue from a warmed-up (logits [V], state): yield, chunk by chunk, the new text of each of
     `num_samples` samples (a list of num_samples strings per chunk). Up to k characters each."""
+    check_vocab(model, vocab)
     for name, value, least in (("-k", k, 0), ("--num-samples", num_samples, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise UserError(f"{name} must be an integer, got {value!r}")
@@ -131,6 +133,7 @@ def stream_after(model: CharRNN, vocab: Vocab, logits: torch.Tensor, state: Stat
 def stream(model: CharRNN, vocab: Vocab, prefix: str, k: int, options: SamplingOptions = SamplingOptions(),
            rules: StopRules = StopRules(), num_samples: int = 1, unk: str = "error") -> Iterator[list[str]]:
     """Warm up on `prefix`, then `stream_after`: the text of every sample, chunk by chunk."""
+    check_vocab(model, vocab)
     logits, state = warm_up(model, encode_prefix(vocab, prefix, unk))
     return stream_after(model, vocab, logits, state, k, options, rules, num_samples,
                         at_line_start=prefix[-1:] in ("", "\n"))
@@ -159,6 +162,7 @@ def predict(model: CharRNN, vocab: Vocab, prefix: str, k: int = 50, top_n: int =
             top_k: int = 0, seed: int | None = None, unk: str = "error", top_p: float = 1.0) -> Prediction:
     """Both predictions for one prefix from one warm-up: the Python API behind predict.py."""
     options = SamplingOptions(temperature, top_k, top_p, seed)  # checked before any work
+    check_vocab(model, vocab)
     logits, state = warm_up(model, encode_prefix(vocab, prefix, unk))
     text = "".join(c[0] for c in stream_after(model, vocab, logits, state, k, options))
     return Prediction(prefix, top_chars(vocab, logits, top_n), text)

@@ -47,7 +47,7 @@ from rnn_train.cli import ArgumentParser, signals_handled
 from rnn_train.files import output_arg
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
-from rnn_train.model.charrnn import CharRNN
+from rnn_train.model.charrnn import CharRNN, check_vocab
 from rnn_train.training.schedule import perplexity, ppl_text
 
 WINDOW = 4096  # characters per module call: bounds memory ([1, WINDOW, V] logits), not the result
@@ -88,6 +88,7 @@ def score_pieces(model: CharRNN, vocab: Vocab, pieces: Iterable[str], rows: RowW
 
     if segment < 1 or warm_up < 0 or batch < 1:
         raise ValueError("segment and batch must be >= 1 and warm_up >= 0")
+    check_vocab(model, vocab)
     with eval_mode(model):
         if exact:
             return _score(model, vocab, pieces, rows)

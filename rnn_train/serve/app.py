@@ -39,7 +39,7 @@ from starlette.exceptions import HTTPException
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
 from rnn_train.files import strict_json
-from rnn_train.model.charrnn import CharRNN
+from rnn_train.model.charrnn import CharRNN, check_vocab
 from rnn_train.model.checkpoint import describe
 from rnn_train.prediction.choose import MAX_SEED, MAX_TEMPERATURE, SamplingOptions
 from rnn_train.prediction.cli import LONG_K
@@ -158,6 +158,7 @@ def request_models(limits: Limits, vocab_size: int):
 def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = Limits()) -> FastAPI:
     """The app for one loaded model (`checkpoint.load_model`). The batcher is built here, so a model
     that cannot be stepped is refused before any port opens; its thread runs in the app's lifespan."""
+    check_vocab(model, vocab)
     check_rows(model, limits.max_batch, "--max-batch")
     batcher = Batcher(model, vocab, limits.max_batch, exact=limits.max_samples)
     batcher.prepare()
