@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -273,6 +274,38 @@ def test_a_run_is_resumed_and_explored_from_another_directory_with_its_relative_
     with pytest.raises(UserError, match=re.escape(f"corpus file not found: corpus.txt (looked for in {other} and in "
                                                   f"{home}, where the run last read it)")):
         train(longer, tmp_path / "r", cache_dir=None, resume=load_checkpoint(tmp_path / "r" / "last.pt"))
+
+
+def test_a_run_used_elsewhere_reuses_the_corpus_prepared_where_it_trained_rather_than_preparing_it_here(
+        tmp_path, monkeypatch, capsys):
+    """A relative --cache-dir follows a relative corpus that is read where the run trained: --resume,
+    explore and gradflow started elsewhere neither write ./data/cache nor prepare the corpus again."""
+    from rnn_train.explore.cli import validation_document
+    from rnn_train.model.checkpoint import load_model
+    from rnn_train.teaching.gradflow import Probe, run_probe
+
+    home, other = tmp_path / "home", tmp_path / "other"
+    home.mkdir(), other.mkdir()
+    small_text(home)
+    monkeypatch.chdir(home)
+    cfg = tiny_config(tmp_path, "train.max_steps=20", "data.kind=text", "data.paths=corpus.txt",
+                      "data.val_fraction=0.1")
+    cache = Path("data/cache")  # the commands' default, relative
+    train(cfg, tmp_path / "r", quiet=True, cache_dir=cache)
+    prepared = sorted(p.relative_to(home) for p in (home / cache).rglob("*"))
+    assert prepared
+    monkeypatch.chdir(other)
+    train(replace(cfg, train=replace(cfg.train, max_steps=30)), tmp_path / "r", quiet=True, cache_dir=cache,
+          resume=load_checkpoint(tmp_path / "r" / "last.pt"))
+    _, vocab, loaded, ckpt = load_model(tmp_path / "r" / "best.pt")
+    doc, _, _ = validation_document(loaded, vocab, ckpt, tmp_path / "r" / "best.pt", str(cache), 100)
+    assert "the lazy dog" in doc.text
+    assert run_probe(Probe(checkpoint=str(tmp_path / "r"), steps=10, batch=2, cache_dir=str(cache)))[0] is not None
+    assert not (other / "data").exists()
+    assert sorted(p.relative_to(home) for p in (home / cache).rglob("*")) == prepared  # reused, nothing added
+    (other / cache).mkdir(parents=True)  # a cache of that name here is this directory's own: used as given
+    validation_document(loaded, vocab, ckpt, tmp_path / "r" / "best.pt", str(cache), 100)
+    assert any((other / cache).iterdir())
 
 
 def test_the_library_train_refuses_what_train_py_refuses_and_writes_nothing(tmp_path):

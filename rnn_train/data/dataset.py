@@ -100,6 +100,16 @@ def run_data(cfg: DataConfig, ckpt: dict) -> tuple[DataConfig, str]:
     return replace(cfg, paths=paths), f"data.paths not found here, read where the run trained: {', '.join(moved)}"
 
 
+def run_cache(cache_dir: Path | None, ckpt: dict, moved: bool) -> Path | None:
+    """The cache to prepare a run's corpus with, where `run_data` found it where the run trained
+    (`moved`): a relative `cache_dir` follows the corpus there by the rule of data.paths (it names
+    nothing here and something under the workdir), so explore, gradflow and --resume started
+    elsewhere reuse the run's prepared corpus rather than preparing it again into ./data/cache."""
+    if cache_dir is None or not moved:
+        return cache_dir
+    return Path(found_under([str(cache_dir)], ckpt.get("workdir"))[0])
+
+
 def split(ids: np.ndarray, val_fraction: float, test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Contiguous train | test | val; a non-zero fraction always gets at least 2 characters."""
     n = len(ids)

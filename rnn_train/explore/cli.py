@@ -71,14 +71,14 @@ def validation_document(cfg, vocab, ckpt: dict, checkpoint: Path, cache_dir: str
     of <unk> becomes U+FFFD, which the vocab cannot spell either), the split's length, and the note
     (also printed on stderr) where the corpus changed since the run (its split is then other text)."""
     from rnn_train.data import corpus
-    from rnn_train.data.dataset import changed_note, prepare_data, run_data
+    from rnn_train.data.dataset import changed_note, prepare_data, run_cache, run_data
     from rnn_train.explore.page import Document
 
     try:
         data_cfg, moved = run_data(cfg.data, ckpt)
         if moved:
             print(f"note: {moved}", file=sys.stderr)
-        data = prepare_data(data_cfg, Path(cache_dir) if cache_dir else None, vocab)
+        data = prepare_data(data_cfg, run_cache(Path(cache_dir) if cache_dir else None, ckpt, bool(moved)), vocab)
     except UserError as e:
         raise UserError(f"no TEXT_FILE given, and the validation text of {checkpoint} cannot be read ({e}); "
                         f"give a text file") from None

@@ -286,7 +286,7 @@ def check_memory(model, vocab_size: int, p: Probe) -> None:
 def run_probe(p: Probe) -> tuple[FlowResult, Path]:
     """Load, pick windows, measure. Returns the result and the checkpoint file it came from."""
     from rnn_train.model.checkpoint import load_model, resolve_checkpoint
-    from rnn_train.data.dataset import changed_note, prepare_data, run_data
+    from rnn_train.data.dataset import changed_note, prepare_data, run_cache, run_data
     from rnn_train.model.charrnn import CharRNN
     from rnn_train.runtime import resolve_device
 
@@ -307,7 +307,7 @@ def run_probe(p: Probe) -> tuple[FlowResult, Path]:
     data_cfg, moved = run_data(cfg.data, ckpt)
     if moved:
         print(f"note: {moved}", file=sys.stderr)
-    data = prepare_data(data_cfg, Path(p.cache_dir) if p.cache_dir else None, vocab)
+    data = prepare_data(data_cfg, run_cache(Path(p.cache_dir) if p.cache_dir else None, ckpt, bool(moved)), vocab)
     note = changed_note(ckpt, data, cfg.data.paths, ckpt_path, p.split)
     if note:
         print(note, file=sys.stderr)

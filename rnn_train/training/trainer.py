@@ -56,7 +56,7 @@ import torch
 
 from rnn_train.config import Config
 from rnn_train.data.batching import Batch, batches, batches_per_epoch, epoch_rng
-from rnn_train.data.dataset import Dataset, changed_since, check_one_batch, prepare_data, run_data
+from rnn_train.data.dataset import Dataset, changed_since, check_one_batch, prepare_data, run_cache, run_data
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
 from rnn_train.model import checkpoint as ckpt_io
@@ -496,6 +496,7 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
     data_cfg, moved_note = run_data(cfg.data, resume) if resume is not None and data is None else (cfg.data, "")
     if data is None:
         vocab = Vocab.from_list(source["vocab"]) if source else None
+        cache_dir = run_cache(cache_dir, resume, bool(moved_note)) if resume is not None else cache_dir
         data = world.node_first(lambda: prepare_data(data_cfg, cache_dir, vocab))
     _check_batches(cfg, data)
     if resume is not None and changed_since(resume, data):
