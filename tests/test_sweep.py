@@ -302,6 +302,21 @@ def test_adding_a_grid_value_trains_only_the_new_runs(tmp_path, finished, cache,
                                         "num_steps=20,cell=rnn", "num_steps=20,cell=gru", "num_steps=20,cell=lstm"]
 
 
+def test_a_wider_grid_may_not_join_the_narrower_grids_study_by_name(tmp_path, finished, cache, capsys):
+    """--study naming a study planned from another grid is refused: its trials are another grid's."""
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    name = json.loads((out / "sweep.json").read_text())["study"]
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    argv = sweep_argv(out, cache, "--study", name)
+    argv[argv.index("model.cell=rnn,gru")] = "model.cell=rnn,gru,lstm"
+    assert run(sweep.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: the study {name} in ") and "planned with another grid (its runs' configs)" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not any(out.glob("*cell=lstm"))
+
+
 @pytest.mark.parametrize("how", ["signal", "exception"])
 def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path, finished, cache, capsys, how):
     """Ctrl-C in a run (the trainer finishes the update and saves last.pt at step 7), or an interruption the

@@ -390,6 +390,40 @@ def test_study_name_comes_from_what_is_trained_never_from_where(tmp_path, cache,
     assert err.startswith(f"error: {tmp_path / 'a'} holds the trials of the study {first}") and "--study" in err
 
 
+def test_a_study_named_by_a_command_that_plans_other_trials_is_refused_with_nothing_written(
+        study_dir, tmp_path, cache, space_file, capsys):
+    """--study may join a study from another --out or machine, but only with the plan its trials came
+    from: another space or budget would mix two searches under one best (and Optuna fails mid-trial
+    on a parameter of another kind). The error names the parts that differ."""
+    name = json.loads((study_dir / "study.json").read_text())["study"]
+    other_space = tmp_path / "other.yaml"
+    other_space.write_text(SPACE.replace("{int: [8, 16], step: 8}", "[8, 16]"))
+    before = {p.name: p.read_bytes() for p in study_dir.iterdir() if p.is_file()}
+    trials = [(t.number, t.state, t.params) for t in load(study_dir).trials]
+    joined = ["--study", name, "--storage", default_url(study_dir)]
+    for out, argv, differ in [
+            (study_dir, tune_argv(study_dir, cache, other_space) + ["--study", name], "search space"),
+            (tmp_path / "b", tune_argv(tmp_path / "b", cache, space_file) + joined, None),
+            (tmp_path / "b", tune_argv(tmp_path / "b", cache, other_space) + joined, "search space"),
+            (tmp_path / "b", [a if a != BUDGET else "tokens:2400" for a in tune_argv(tmp_path / "b", cache, other_space)]
+             + joined, "search space, trial budget")]:
+        if differ is None:  # the same plan from another --out: it joins the study (all 3 trials are done)
+            assert run(tune_cli.main, argv) == 0
+            assert "3 of 3 trials finished" in capsys.readouterr().out
+            continue
+        assert run(tune_cli.main, argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: the study {name} in ") and f"was planned with another {differ} than this " \
+            "command's" in err and len(err.splitlines()) == 1, err
+        assert [(t.number, t.state, t.params) for t in load(study_dir).trials] == trials
+        assert {p.name: p.read_bytes() for p in study_dir.iterdir() if p.is_file()} == before
+    assert not any(p.name.startswith("trial-") for p in (tmp_path / "b").iterdir())
+    with pytest.raises(SystemExit) as usage:  # as argparse says it: one usage line and the error
+        run(tune_cli.main, tune_argv(tmp_path / "c", cache, space_file) + ["--study", " "])
+    assert usage.value.code == 2 and "--study: an empty name" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
 def test_dry_run_prints_the_default_space(tmp_path, capsys):
     argv = ["--config", str(ROOT / "configs" / "shakespeare_best.yaml"), "--trials", "20", "--trial-budget",
             "tokens:2M", "--out", str(tmp_path / "out"), "--dry-run"]
@@ -593,6 +627,14 @@ def test_study_name_is_a_digest_of_what_decides_the_trials():
     assert a.startswith("tune-x-") and len(a) == len("tune-x-") + 10
     assert a == study_name("tune", "/elsewhere/configs/x.yaml", {"budget": "tokens:1", "space": {"a": "[1, 2]"}})
     assert a != study_name("tune", "configs/x.yaml", {"space": {"a": "[1, 3]"}, "budget": "tokens:1"})
+
+
+def test_what_a_study_keeps_of_its_plan_leaves_out_where_the_corpus_lies(tmp_path, space_file):
+    """Machines joining one study by --study may read the same text under other paths; any other
+    key of the recipe is part of the plan."""
+    here = _plan(tmp_path, space_file).parts()
+    assert _plan(tmp_path, space_file, "data.paths=/elsewhere/corpus.txt").parts() == here
+    assert _plan(tmp_path, space_file, "train.clip_norm=0.5").parts()["base"] != here["base"]
 
 
 def test_a_surplus_trial_failed_unrun_is_not_a_trial_of_the_study(tmp_path):

@@ -100,6 +100,14 @@ def comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def portable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    """`comparable`, less data.paths: what a run computes wherever its corpus lies (another machine
+    may read the same text under another path; the study a tune or sweep joins with --study)."""
+    out = comparable(cfg_dict)
+    out.get("data", {}).pop("paths", None)
+    return out
+
+
 def config_changes(old: dict[str, Any], new: dict[str, Any], keys: tuple[str, ...] | None = None) -> list[str]:
     """'section.key: old -> new' for each key whose value differs between two config dicts (both
     normalised through build_config, so a key an older version did not write has its default).

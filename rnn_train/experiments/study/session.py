@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from rnn_train.errors import UserError
 from rnn_train.experiments.study.engine import (BAD_CONFIG, FAILURE, FINISHED, StudyHandle, WorkResult, queue_again,
                                                work)
-from rnn_train.experiments.study.storage import check_url, dashboard_command, open_storage, shown
+from rnn_train.experiments.study.storage import check_url, dashboard_command, made_from, open_storage, shown
 from rnn_train.experiments.study.workers import spawn
 from rnn_train.files import atomic_write_json
 
@@ -79,18 +79,38 @@ def check_dry_run(out: Path, storage: str | None) -> None:
         check_url(storage)
 
 
-def open_study(url: str, name: str, *, sampler, pruner, create: Path, storage_in_out: bool) -> StudyHandle:
+MADE_FROM = "made_from"
+"""The study's user attribute holding `storage.made_from` of the command that created it."""
+
+PARTS = {"base": "recipe and overrides", "space": "search space", "budget": "trial budget", "evals": "--evals",
+         "runs": "grid (its runs' configs)"}
+"""The parts of a plan's identity (tune.plan, sweep.plan), in words."""
+
+
+def open_study(url: str, name: str, *, sampler, pruner, create: Path, storage_in_out: bool,
+               identity: dict[str, Any]) -> StudyHandle:
     """Create the study in the storage, or load it if it is there (the same command run again, or by
     another worker or machine); make the output directory `create`, after opening a storage of
-    its own (so a bad --storage URL leaves nothing behind), before one that lives in it."""
+    its own (so a bad --storage URL leaves nothing behind), before one that lives in it.
+
+    A study keeps what its trials were planned from (`identity`: the plan's `parts()`, digested
+    part by part); one named with --study that this command would plan differently is refused
+    before anything is written: its trials were trained on another budget or drawn from another
+    space, so going on with them would mix two searches (and Optuna fails mid-trial on a parameter
+    of another kind). data.paths is left out: machines joining one study may keep the corpus
+    under other paths."""
     if storage_in_out:
         make_out(create)
     storage = open_storage(url, retry=queue_again)
+    mine = made_from(identity)
+    _check_made_from(storage, url, name, mine)
     if not storage_in_out:
         make_out(create)
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction="minimize", sampler=sampler,
                                     pruner=pruner, load_if_exists=True)
+        if MADE_FROM not in study.user_attrs:  # a new study, or one from before this was kept
+            study.set_user_attr(MADE_FROM, mine)
     except Exception as e:  # noqa: BLE001 - a database that refuses us is the user's to fix
         import sqlalchemy
 
@@ -98,6 +118,22 @@ def open_study(url: str, name: str, *, sampler, pruner, create: Path, storage_in
             raise
         raise UserError(f"the study storage {shown(url)} refused the study: {str(e).splitlines()[0]}") from None
     return StudyHandle.of(study, storage)
+
+
+def _check_made_from(storage, url: str, name: str, mine: dict[str, str]) -> None:
+    try:
+        held = storage.get_study_user_attrs(storage.get_study_id_from_name(name)).get(MADE_FROM)
+    except KeyError:  # no such study yet
+        return
+    if not isinstance(held, dict):
+        return
+    order = [*PARTS, *sorted((set(held) | set(mine)) - set(PARTS))]
+    differ = [PARTS.get(part, part) for part in order if part in held or part in mine
+              if held.get(part) != mine.get(part)]
+    if differ:
+        raise UserError(f"the study {name} in {shown(url)} was planned with another {', '.join(differ)} than this "
+                        f"command's: its trials are not this command's to go on with; run the command that made "
+                        f"it, or leave out --study (this command then has a study of its own)")
 
 
 def run_trials(h: StudyHandle, n_trials: int, runner: Callable, *, workers: int, is_worker: bool,

@@ -209,5 +209,15 @@ def study_name(kind: str, recipe: str | None, what: dict[str, Any]) -> str:
     recipe and overrides, the space or grid, the budget), never of where the results go, so the same
     command on several machines, each with its own --out, joins one study."""
     stem = Path(recipe).stem if recipe else "defaults"
-    digest = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{kind}-{stem}-{digest}"
+    return f"{kind}-{stem}-{_digest(what)}"
+
+
+def made_from(what: dict[str, Any]) -> dict[str, str]:
+    """{part: digest} of what decides a study's trials, part by part (the recipe with its overrides,
+    the space or grid, the budget, ...): kept with the study, so that a command naming it with
+    --study but planning other trials is refused, saying which part differs."""
+    return {part: _digest(value) for part, value in what.items()}
+
+
+def _digest(what: Any) -> str:
+    return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]

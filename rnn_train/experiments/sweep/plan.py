@@ -14,7 +14,7 @@ from rnn_train.config import SECTIONS, Config, load_config, override_keys
 from rnn_train.errors import UserError
 from rnn_train.experiments.study.budget import DEFAULT_EVALS, Budget, spread_evals
 from rnn_train.training.rules import LIMIT_KEYS
-from rnn_train.training.rundir import comparable
+from rnn_train.training.rundir import comparable, portable
 
 OWNED_KEYS = LIMIT_KEYS + ("log.dir", "log.name")
 """Keys the sweep sets itself: the limits (--budget owns them) and log.dir / log.name (each run's
@@ -125,6 +125,11 @@ class SweepPlan:
         """What decides the runs (every run's config, budget and validations included), and so names
         the study; never the output directory, nor threads, device or logging."""
         return {"runs": {r.name: comparable(r.cfg.to_dict()) for r in self.runs}}
+
+    def parts(self) -> dict[str, Any]:
+        """The identity as the study keeps it (session.open_study): without data.paths, which another
+        machine joining the study by --study may name differently."""
+        return {"runs": {r.name: portable(r.cfg.to_dict()) for r in self.runs}}
 
 
 def plan_sweep(config_path: str | None, grid: dict[str, list[str]], budget: Budget, fixed: list[str],

@@ -81,7 +81,7 @@ def run_sweep(plan: SweepPlan, *, cache_dir: Path | None = Path("data/cache"), f
     url = storage or default_url(plan.out)
     name = study or study_name("sweep", plan.config_path, plan.identity())
     h = session.open_study(url, name, sampler=Grid(plan.search_space(), seed=0), pruner=optuna.pruners.NopPruner(),
-                           create=plan.out, storage_in_out=storage is None)
+                           create=plan.out, storage_in_out=storage is None, identity=plan.parts())
     n = len(plan.runs)
     if worker is None:
         atomic_write_json(plan.out / session.SWEEP_MARKER, {**plan.describe(), "study": name, "storage": shown(url),

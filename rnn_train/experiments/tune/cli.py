@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train tune") 
     datasets.check([(f"with {label}", cfg.data) for label, cfg in plan.corner_configs()])
     # a given --storage is opened before anything is written; the default one lives in --out
     h = session.open_study(url, name, sampler=None, pruner=_pruner(args.pruner, args.evals), create=out,
-                           storage_in_out=args.storage is None)
+                           storage_in_out=args.storage is None, identity=plan.parts())
     h.study.sampler = _sampler(args, len(h.trials()))
     if args.worker is None and not h.trials():
         start = plan.recipe_values()

@@ -13,7 +13,7 @@ from rnn_train.experiments.study.budget import Budget, spread_evals
 from rnn_train.experiments.tune.space import (Space, as_overrides, corners, default_specs, describe, parse_space,
                                               read_space_file, suggest)
 from rnn_train.training.rules import LIMIT_KEYS
-from rnn_train.training.rundir import comparable
+from rnn_train.training.rundir import comparable, portable
 
 OWNED_KEYS = LIMIT_KEYS + ("log.dir", "log.name")
 """Keys the tuner sets itself: the budget's limits, and each trial's run directory."""
@@ -52,6 +52,13 @@ class TunePlan:
         do not change what a run computes: threads, device, logging)."""
         return {"base": comparable(self.base.to_dict()), "space": describe(self.space),
                 "budget": self.budget.spec(), "evals": self.evals}
+
+    def parts(self) -> dict[str, Any]:
+        """The identity part by part, as a study keeps it to say what another command changed: the
+        base here is the recipe and overrides alone (the identity's base holds the budget's limits
+        and validation steps too, so it differs wherever the budget does), and without data.paths
+        (machines joining one study by --study may keep the corpus under other paths)."""
+        return {**self.identity(), "base": portable(load_config(self.config_path, self.overrides).to_dict())}
 
     def recipe_values(self) -> dict[str, Any] | None:
         """The recipe's own values of the searched keys, if every one lies in the space (then the study
