@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -206,6 +207,19 @@ def test_each_view_renders_and_its_numbers_hold(browser, runs, pages, tmp_path):
         assert 200 in res["positions"] and res["positions"] == [t for t in range(T) if (h[t, units] > 0.3).all()]
         assert f"{len(units)} units of layer 1 h stay above 0.3" in page.inner_text("#match-summary")
     assert page.locator("#match-text span.sel").count() == 5
+    # the interface refuses an index past the end by name (it read other units' numbers), and a bad name
+    from playwright.sync_api import Error as PageError
+
+    for call, message in [(f"rnnExplore.activations(0, 'h', {H})", f"unit must be an integer in [0, {H - 1}], got {H}"),
+                          ("rnnExplore.activations(0, 'q', 0)", "value must be one of "),
+                          ("rnnExplore.saturation(7)", "layer must be an integer in [0, 1], got 7"),
+                          ("rnnExplore.match(10, 5, 0.3, 0, 'h')", "end must be >= start, got start 10 and end 5"),
+                          (f"rnnExplore.match(0, {T}, 0.3)", f"end must be an integer in [0, {T - 1}]"),
+                          ("rnnExplore.guesses(-1)", "t must be an integer"),
+                          ("rnnExplore.select(3, 1)", "end must be >= start")]:
+        with pytest.raises(PageError, match=re.escape(message)):
+            page.evaluate(call)
+    assert page.locator("#match-text span.sel").count() == 5  # the refused select left the selection alone
     assert_offline_and_clean(o, pages["lstm"])
     page.close()
 

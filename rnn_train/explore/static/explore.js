@@ -623,7 +623,12 @@
       run();
     });
     for (const c of [layer, kind, thr]) c.addEventListener("input", run);
-    api.select = (a, b) => { span = [a, b]; run(); };
+    api.select = (a, b) => {
+      inRange("start", a, T);
+      if (inRange("end", b, T) < a) throw new RangeError(`end must be >= start, got start ${a} and end ${b}`);
+      span = [a, b];
+      run();
+    };
   }
 
   function drawGradflow() {
@@ -657,16 +662,40 @@
   }
 
   // ------------------------------------------------------------------ the interface, and start
+  // Its arguments are checked and refused by name: an index past the end reads other units' or
+  // steps' numbers out of the flat arrays without a word, where a script wants an error.
+  function inRange(name, x, n) {
+    if (!Number.isInteger(x) || x < 0 || x >= n) throw new RangeError(`${name} must be an integer in [0, ${n - 1}], got ${x}`);
+    return x;
+  }
+  function part(layer, value) {
+    const parts = A.vals[inRange("layer", layer, L)];
+    if (!Object.prototype.hasOwnProperty.call(parts, value)) {
+      throw new RangeError(`value must be one of ${Object.keys(parts).join(", ")}, got ${value}`);
+    }
+    return value;
+  }
+  function checkedMatch(start, end, threshold, layer = 0, value = "h") {
+    inRange("start", start, T);
+    inRange("end", end, T);
+    if (end < start) throw new RangeError(`end must be >= start, got start ${start} and end ${end}`);
+    if (typeof threshold !== "number" || Number.isNaN(threshold)) throw new RangeError(`threshold must be a number, got ${threshold}`);
+    return match(start, end, threshold, layer, part(layer, value));
+  }
   const api = {
     next, greedy, sample, bitsPerChar, toPinyin, toLetters,
     info: { cell: M.cell, layers: L, hidden: H, vocab: VOCAB, kind: M.kind, lettersOnly: M.letters_only },
     analysed: () => ({ chars: T, bitsPerChar: A.nats / A.scored / LN2, scored: A.scored }),
-    activations: (layer, value, unit) => Array.from(series(layer, value, unit)),
+    activations: (layer, value, unit) => Array.from(series(layer, part(layer, value), inRange("unit", unit, H))),
     bits: () => Array.from(A.bits),
-    guesses: (t) => Array.from({ length: TOP }, (_, j) => A.top[t * TOP + j]).filter((i) => i >= 0).map((i, j) => [VOCAB[i], A.topP[t * TOP + j]]),
+    guesses: (t) => {
+      inRange("t", t, T);
+      return Array.from({ length: TOP }, (_, j) => A.top[t * TOP + j]).filter((i) => i >= 0).map((i, j) => [VOCAB[i], A.topP[t * TOP + j]]);
+    },
     signals: () => Object.fromEntries(signals().map((s, k) => [SIGNALS[k], Array.from(s)])),
     units: () => A.ranked.slice(),
-    saturation, match,
+    saturation: (layer) => saturation(inRange("layer", layer, L)),
+    match: checkedMatch,
   };
   let resolveReady;
   api.ready = new Promise((r) => { resolveReady = r; });
