@@ -61,7 +61,7 @@ class DataConfig:
     tones: Literal["none", "numbers"] = "none"
     """Pinyin conversion style: `none` (zhong guo) or `numbers` (zhong1 guo2, neutral tone 5)."""
     letters_only: bool = False
-    """Lowercase and turn every run of non-letters into one space (the d2l Time Machine preprocessing)."""
+    """Lowercase and turn every run of characters other than the ASCII letters A-Z into one space (the d2l Time Machine preprocessing: accented and non-Latin letters go too)."""
     val_fraction: float = 0.1
     """Tail of the corpus held out for validation (contiguous)."""
     test_fraction: float = 0.0

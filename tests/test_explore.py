@@ -282,7 +282,7 @@ def test_the_signals_units_are_correlated_with(browser, tmp_path, runs):
 CHINESE_CASES = [
     "中国", "中国 ", "你好，世界！", "我们去 NASA 的 DNA 实验室", "ＡＢＣ１２３全角", "他说：“好的……”", 'say "你好" ok',
     "'单引号' 和 '另一个'", "《红楼梦》第一回", "行长走进银行", "重庆重新开始", "长大了，长江很长", "〇", "𠀀𠀁",
-    "第一行\n\n\n第二行\n", "中a", "a中", "了", "一会儿", "不要——不要", "他们(笑)说", "乐观的音乐", "ｚｈｏｎｇ中",
+    "第一行\n\n\n第二行\n", "中国\n", "\n中国", "\n\n中国，\n\n", "中a", "a中", "了", "一会儿", "不要——不要", "他们(笑)说", "乐观的音乐", "ｚｈｏｎｇ中",
     # no Han, but marks only Chinese text writes: converted as a Chinese line too; plain ASCII is not
     "，", "ni hao，", "“hello”", "ＡＢＣ", "……", "ni hao, shi jie", "a-b",
 ]

@@ -217,6 +217,22 @@ def test_the_prefix_rule_is_the_corpus_rule_but_for_the_ends():
 
 
 
+def test_a_chinese_prefix_keeps_the_newlines_at_its_ends_and_any_prefix_reads_newlines_like_the_corpus():
+    """The converter drops a text's leading and trailing blank lines (a corpus's edges); a prefix's
+    newline asks for what follows a line, so it stays. CRLF, a lone CR and a leading BOM read as
+    the corpus reads them (corpus.file_chunks), for every kind of model."""
+    from rnn_train.config import load_config
+    from rnn_train.prediction.textstream import corpus_text
+
+    cfg = load_config(None, ["data.kind=pinyin", "data.tones=none", "train.max_steps=1"])
+    for typed, read in [("中国\n", "zhong guo\n"), ("\n中国", "\nzhong guo "), ("\n\n中国，\n\n", "\n\nzhong guo,\n\n"),
+                        ("中国", "zhong guo "), ("中国\r\n人民\r", "zhong guo\nren min\n"), ("\ufeff中国", "zhong guo "),
+                        ("zhong guo\r\n", "zhong guo\n")]:
+        assert corpus_text(typed, cfg, "prefix")[0] == read, typed
+    text = load_config(None, ["data.kind=text", "data.paths=any.txt", "train.max_steps=1"])
+    assert corpus_text("\ufeffthe\r\nquick\rfox", text, "prefix") == ("the\nquick\nfox", [])
+
+
 def test_load_model_names_a_missing_device_not_the_file_and_draws_nothing_from_the_global_generator(trained):
     run, _, _ = trained
     for device, message in [("cuda", "no CUDA device is available"), ("tpu", "'tpu' is not a device")]:

@@ -30,12 +30,18 @@ ENCODING_KEY = "--encoding"  # what an undecodable byte's message tells the user
 
 def pinyin_prefix(prefix: str, cfg) -> str:
     """A pinyin model given a prefix in Chinese (Han characters, or Chinese marks such as "，"):
-    convert it the way its corpus was."""
+    convert it the way its corpus was. The newlines at its ends stay: the converter drops a text's
+    leading and trailing blank lines (a corpus's edges), where a prefix's "中国\n" asks for what
+    follows a line ending in "zhong guo"."""
     if cfg.data.kind != "pinyin" or not pinyin.contains_chinese(prefix):
         return prefix
-    converted = pinyin.hanzi_to_pinyin(prefix, cfg.data.tones).rstrip("\n")
+    inner = prefix.strip("\n")
+    lead, trail = prefix[:len(prefix) - len(prefix.lstrip("\n"))], prefix[len(prefix.rstrip("\n")):]
+    converted = pinyin.hanzi_to_pinyin(inner, cfg.data.tones).rstrip("\n")
     # the converter ends every syllable run without a trailing space; a prefix usually continues
-    return converted + " " if prefix[-1:] == " " or pinyin.contains_han(prefix[-1]) else converted
+    if not trail and (inner[-1:] == " " or pinyin.contains_han(inner[-1:])):
+        trail = " "
+    return lead + converted + trail
 
 
 def letters_prefix(prefix: str, cfg) -> str:
@@ -46,10 +52,12 @@ def letters_prefix(prefix: str, cfg) -> str:
 
 
 def corpus_text(text: str, cfg, what: str) -> tuple[str, list[str]]:
-    """A typed text as the model's corpus would hold it: Chinese characters to pinyin for a pinyin
-    model, then the letters-only rule -> (the text, a line for each step that changed it, naming
-    `what` the text is: "prefix", "--stop-at")."""
+    """A typed text as the model's corpus would hold it: a leading BOM dropped and CRLF or CR read
+    as LF, Chinese characters to pinyin for a pinyin model, then the letters-only rule -> (the
+    text, a line for each step that changed it, naming `what` the text is: "prefix", "--stop-at")."""
     said = []
+    text = text[1:] if text[:1] == "\ufeff" else text
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # the corpus's newlines (corpus.file_chunks)
     converted = pinyin_prefix(text, cfg)
     if converted != text:
         said.append(f"{what} in Chinese characters converted to pinyin like the corpus ({cfg.data.tones} tones): "

@@ -279,9 +279,12 @@
   }
   function toPinyin(prefix) {  // rnn_train/prediction/textstream.py's pinyin_prefix
     if (M.kind !== "pinyin" || !DATA.pinyin || !(HAN_RE.test(prefix) || CHINESE_MARK_RE.test(prefix))) return prefix;
-    const converted = hanziToPinyin(prefix).replace(/\n+$/, "");
-    const last = chars(prefix).pop();
-    return last === " " || HAN_RE.test(last) ? converted + " " : converted;
+    const lead = prefix.match(/^\n*/)[0], inner = prefix.replace(/^\n+|\n+$/g, "");
+    let trail = prefix.match(/\n*$/)[0];  // the newlines at the ends stay: the converter drops a text's edge lines
+    const converted = hanziToPinyin(inner).replace(/\n+$/, "");
+    const last = chars(inner).pop();
+    if (!trail && (last === " " || HAN_RE.test(last))) trail = " ";
+    return lead + converted + trail;
   }
 
   function toLetters(prefix) {  // rnn_train/prediction/textstream.py's letters_prefix
