@@ -373,7 +373,13 @@ def _split_list(text: str, key: str) -> list[Any]:
             raise ValueError(f"{key} is not a valid YAML list {_shown(text)}: {why}") from None
     if text.startswith("[") and "]" not in text:
         raise ValueError(f"{key}: the list {_shown(text)} has no closing ] (a file name starting with [ is written ./[...)")
-    return [v.strip() for v in text.split(",") if v.strip()]
+    if not text:  # `data.paths=$UNSET`: not the empty list, which is written []
+        raise ValueError(f"{key} is given no value; write {key}=[] for an empty list")
+    items = [v.strip() for v in text.split(",")]
+    empty = [i for i, v in enumerate(items, 1) if not v]
+    if empty:  # `a.txt,,b.txt`: a name left out, as the YAML list ["a.txt", "", "b.txt"] is refused
+        raise ValueError(f"{key}: entry {empty[0]} of {len(items)} is empty in {_shown(text)}")
+    return items
 
 
 def _did_you_mean(word: str, candidates: list[str]) -> str:

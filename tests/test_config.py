@@ -285,8 +285,7 @@ def test_cli_reports_config_errors_on_one_line_with_status_2(tmp_path):
     ("[0x10, yes, null]", ["0x10", "yes", "null"]),  # items stay the text typed, not 16 / True / None
     ("[draft].txt", ["[draft].txt"]),  # brackets inside a file name: not a list
     ("./[x]", ["./[x]"]),  # a file literally named [x]
-    ("[]", []),
-    ("", []),
+    ("[]", []),  # the empty list: for kind=pinyin, the built-in corpus
 ])
 def test_list_overrides_take_yaml_flow_lists_and_commas(value, paths):
     assert build_config({"train": {"max_steps": 1}}, [f"data.paths={value}"]).data.paths == paths
@@ -297,6 +296,10 @@ def test_list_overrides_take_yaml_flow_lists_and_commas(value, paths):
     ('[a, "b]', "is not a valid YAML list"),
     ("[a, [b]]", "must be a list of strings"),
     ("[a: 1]", "must be a list of strings"),
+    ("", "data.paths is given no value; write data.paths=[] for an empty list"),  # `data.paths=$UNSET`
+    (" ", "data.paths is given no value"),
+    ("a.txt,,b.txt", "entry 2 of 3 is empty"),  # not the two files alone: a name was left out
+    (",", "entry 1 of 2 is empty"),
 ])
 def test_malformed_list_override_is_one_user_error_naming_the_key(value, message):
     with pytest.raises(UserError, match=r"data\.paths") as e:
