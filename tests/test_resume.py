@@ -3,6 +3,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -214,7 +215,7 @@ def test_resume_refuses_a_corpus_that_changed_since_the_run_began_and_writes_not
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_with_a_message_then_resume_continues(tmp_path):
-    cmd = [sys.executable, "train.py", "--config", "configs/debug.yaml", f"log.dir={tmp_path}", "log.name=ctrlc",
+    cmd = [sys.executable, "train.py", "--config", "configs/debug.yaml", f"log.dir={tmp_path}", "log.name=ctrl c é",
            "train.max_steps=1000000", "train.eval_every=0", "log.log_every=5", "train.threads=1",
            "--cache-dir", str(tmp_path / "cache")]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -228,15 +229,18 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_with_a_message_then_resume_continue
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted at step" in out
-    assert f"continue with: python train.py --resume {tmp_path / 'ctrlc'}" in out  # the command as the user called it
+    run = tmp_path / "ctrl c é"
+    # the command as the user called it, quoted for a shell: pasted as printed, it resumes the run
+    again = f"python train.py --resume {shlex.quote(str(run))}"
+    assert f"continue with: {again}\n" in out
     assert "Traceback" not in err
-    ckpt = load_checkpoint(tmp_path / "ctrlc" / "last.pt")
+    ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["step"] > 0
-    done = subprocess.run([sys.executable, "train.py", "--resume", str(tmp_path / "ctrlc"), "--quiet",
-                           f"train.max_steps={ckpt['step'] + 10}", "--cache-dir", str(tmp_path / "cache")],
-                          cwd=ROOT, capture_output=True, text=True)
+    pasted = again.replace("python", shlex.quote(sys.executable), 1)
+    done = subprocess.run(f"{pasted} --quiet train.max_steps={ckpt['step'] + 10} --cache-dir {tmp_path / 'cache'}",
+                          shell=True, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert load_checkpoint(tmp_path / "ctrlc" / "last.pt")["step"] == ckpt["step"] + 10
+    assert load_checkpoint(run / "last.pt")["step"] == ckpt["step"] + 10
 
 
 def test_a_run_is_resumed_and_explored_from_another_directory_with_its_relative_corpus_path(tmp_path, monkeypatch,

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import io
 import math
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -136,7 +137,7 @@ def _setup(args, held: contextlib.ExitStack):
         held.enter_context(claimed(run_dir.path))  # before the check: two starts cannot both pass it
         if run_dir.holds_run() and not args.force:
             raise UserError(f"{run_dir} already holds a run ({', '.join(run_dir.existing())}); continue it with "
-                            f"--resume {run_dir}, pick another log.name=..., or overwrite with --force")
+                            f"--resume {shlex.quote(str(run_dir))}, pick another log.name=..., or overwrite with --force")
     return cfg, run_dir, resume
 
 
@@ -158,7 +159,7 @@ def _summary(result, run_dir, quiet: bool, world, prog: str) -> int:
         else:
             again = f"python {prog}" if script else prog
         print(f"interrupted at step {result.step}: checkpoint saved to {run_dir.last}; "
-              f"continue with: {again} --resume {run_dir}", flush=True)
+              f"continue with: {again} --resume {shlex.quote(str(run_dir))}", flush=True)
         return _status(result)
     if result.stopped_by == "diverged":
         kept = f"; the checkpoints of step <= {result.step} before it are kept" if run_dir.best.exists() else ""
@@ -175,5 +176,5 @@ def _summary(result, run_dir, quiet: bool, world, prog: str) -> int:
           f"{'best' if best == run_dir.best else 'last'} checkpoint {best}")
     if not quiet:
         predict = "python predict.py" if prog.endswith(".py") else prog.rsplit(" ", 1)[0] + " predict"
-        print(f"predict with: {predict} --checkpoint {best} --prefix \"...\" -k 50")
+        print(f"predict with: {predict} --checkpoint {shlex.quote(str(best))} --prefix \"...\" -k 50")
     return 0

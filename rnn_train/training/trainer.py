@@ -43,6 +43,7 @@ import contextlib
 import itertools
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -563,7 +564,7 @@ def _finished_result(cfg: Config, state: RunState, run_dir: Path, stream) -> Tra
         return None
     key = "train.patience" if reached == "early_stopping" else f"train.{reached}"
     print(f"note: {run_dir} already reached {key} at step {state.step}: nothing to train, nothing written; "
-          f"to train on, raise it (--resume {run_dir} {key}=...)", file=stream or sys.stderr, flush=True)
+          f"to train on, raise it (--resume {shlex.quote(str(run_dir))} {key}=...)", file=stream or sys.stderr, flush=True)
     known = {f.name for f in fields(TrainResult)}
     return TrainResult(**{**{k: v for k, v in metrics.items() if k in known}, "run_dir": str(run_dir)})
 
