@@ -478,6 +478,31 @@ def _job(model, vocab, batcher, prefix, k, options, rows=1, rules=StopRules()):
     return job, done
 
 
+def test_a_cancelled_job_leaving_mid_batch_changes_nothing_of_the_jobs_whose_rows_move_up(run):
+    """A job whose client left leaves before the step's characters are chosen: the rows after it move
+    up with their state, noise and logits (the logits stayed behind once, and each moved row chose
+    from another row's: text no request alone would get)."""
+    model, vocab, _, _ = load_model(run)
+    batcher = Batcher(model, vocab, capacity=8, exact=4)
+    batcher.start()
+    try:
+        first, _ = _job(model, vocab, batcher, "zhong", 100_000, SamplingOptions(1.0, seed=1), 3)
+        while not batcher.stats()["live_rows"]:
+            time.sleep(0.001)
+        cases = [("ni", SamplingOptions(), 2), ("hao ", SamplingOptions(0.9, seed=5), 2)]
+        later = [_job(model, vocab, batcher, prefix, 400, options, rows) for prefix, options, rows in cases]
+        while batcher.stats()["live_rows"] < 7:  # all three in the batch, the first job's rows first
+            time.sleep(0.001)
+        first.cancelled = True
+        for (prefix, options, rows), (job, done) in zip(cases, later):
+            assert done.wait(60)
+            if options.greedy or batcher.kernel == "cpp":  # on the C++ steps sharing the batch changes nothing
+                assert job.samples() == samples(model, vocab, prefix, 400, options, num_samples=rows), prefix
+        assert batcher.stats()["jobs_cancelled"] == 1
+    finally:
+        batcher.close()
+
+
 @pytest.fixture(params=["gru2_learned", "lstm", *(c.name for c in NEW_CELLS)])
 def model_and_vocab(request, run):
     """Models of every cell kind (random weights scaled up, so that their text is not all one letter)."""

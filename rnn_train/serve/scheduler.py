@@ -289,8 +289,10 @@ class Batcher:
             job.on_text([self.vocab.decode(ids) for ids in rows])
 
     def _leave(self, leaving: list[Job]) -> None:
-        """Take jobs out of the batch and move the rows after each one up (their state, noise and
-        unhanded characters with them), keeping live rows first and in order."""
+        """Take jobs out of the batch and move the rows after each one up (their state, logits, noise
+        and unhanded characters with them), keeping live rows first and in order. The logits matter
+        where jobs leave before the step's choice (a cancelled job): the rows moved up choose from
+        them next."""
         gone = set(leaving)
         row = 0
         kept = []
@@ -300,6 +302,7 @@ class Batcher:
             if job.start != row:  # moving down: never onto a kept job's rows not yet moved
                 src, dst = slice(job.start, job.stop), slice(row, row + job.rows)
                 self.base.copy_rows(src, dst)
+                self.base.logits[dst] = self.base.logits[src]
                 self.noise[:, dst] = self.noise[:, src]
                 self.history[:, dst] = self.history[:, src]
                 self.ids[dst] = self.ids[src]
