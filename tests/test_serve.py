@@ -396,6 +396,18 @@ def test_a_plain_request_whose_client_left_is_cancelled_and_frees_its_rows(run, 
     assert s.stop() == 0 and s.proc.stderr.read() == ""
 
 
+def test_a_signal_as_soon_as_the_first_line_is_printed_stops_the_server_as_any_later_one(run, env):
+    """A supervisor stops the server when it likes, the moment it reads "serving ..." included: the
+    signal then ends it as one during serving does (it once killed the process, or was recorded and
+    never acted on while uvicorn started, and the server ran on)."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM, signal.SIGTERM):
+        s = Server(run, env)
+        s.proc.send_signal(sig)  # at once: uvicorn has not taken the signals over yet
+        assert s.proc.wait(30) == 0
+        assert s.proc.stdout.read().startswith(f"stopped (signal {sig.name}; 0 generate requests served)")
+        assert s.proc.stderr.read() == ""
+
+
 def test_a_missing_or_broken_checkpoint_or_a_taken_port_is_one_line_before_listening(run, tmp_path, capsys):
     garbage = tmp_path / "broken.pt"
     garbage.write_bytes(b"not a checkpoint")

@@ -102,16 +102,28 @@ def quiet_threads() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _server(uvicorn, app, config):
+def _server(uvicorn, app, config, early: list[int]):
     """uvicorn's Server, which ends the generate requests still running ANSWER_S before its grace
     runs out. Why: at the end of the grace uvicorn cancels the requests' tasks, and a cancelled
     request is a 500 with a traceback on stderr (a stream just stops); ended first by the batcher,
-    each gets its answer: a 503 saying the server stopped, or the stream's 'error' event."""
+    each gets its answer: a 503 saying the server stopped, or the stream's 'error' event.
+
+    `early`: the signals caught before uvicorn took them over (from the "serving" line on, which
+    a supervisor may answer at once), handed to it as it does: it then starts, stops and ends as
+    for any signal, where they were recorded and never acted on (the server ran on)."""
     import asyncio
+    import contextlib
 
     from rnn_train.serve.scheduler import Unavailable
 
     class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                for sig in list(early):
+                    self.handle_exit(sig, None)
+                yield
+
         async def shutdown(self, sockets=None) -> None:
             stop = Unavailable(f"the server stopped before this request finished (it waited {GRACE - ANSWER_S:g} s)")
             timer = asyncio.get_running_loop().call_later(GRACE - ANSWER_S, app.state.batcher.abort, stop)
@@ -143,16 +155,17 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train serve") -> int:
     if warning:
         print(warning, file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
-    print(f"serving {cfg.model.cell} model ({cfg.model.num_layers}x{cfg.model.hidden_size}, {len(vocab)} chars, "
-          f"step {ckpt.get('step', 0)}) on http://{shown}:{port}  (API reference: /docs; stop: Ctrl-C)", flush=True)
-
-    server = _server(uvicorn, app, uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                                  timeout_graceful_shutdown=GRACE))
     caught: list[int] = []
     # uvicorn handles SIGINT / SIGTERM itself (stop accepting, finish what is in flight), then raises
-    # the signal again to the handler it found: ours records it, so the process ends with 0, not 130/143
+    # the signal again to the handler it found: ours records it, so the process ends with 0, not 130/143.
+    # Ours is in place before the first line, which is when a supervisor may stop the server.
     try:
         with signals_handled(lambda s, frame: caught.append(s), signal.SIGINT, signal.SIGTERM):
+            print(f"serving {cfg.model.cell} model ({cfg.model.num_layers}x{cfg.model.hidden_size}, {len(vocab)} "
+                  f"chars, step {ckpt.get('step', 0)}) on http://{shown}:{port}  (API reference: /docs; stop: Ctrl-C)",
+                  flush=True)
+            server = _server(uvicorn, app, uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                                          timeout_graceful_shutdown=GRACE), caught)
             server.run(sockets=[sock])
     finally:
         sock.close()
