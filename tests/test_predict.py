@@ -233,6 +233,21 @@ def test_a_chinese_prefix_keeps_the_newlines_at_its_ends_and_any_prefix_reads_ne
     assert corpus_text("\ufeffthe\r\nquick\rfox", text, "prefix") == ("the\nquick\nfox", [])
 
 
+def test_weights_that_do_not_fit_their_config_are_one_line_naming_the_keys_and_shapes(trained, tmp_path):
+    from rnn_train.model.checkpoint import load_checkpoint, save_checkpoint
+
+    run, _, _ = trained
+    ckpt = load_checkpoint(run / "best.pt")
+    del ckpt["model"]["decoder.bias"]
+    ckpt["model"]["decoder.weight"] = ckpt["model"]["decoder.weight"][:, :3].clone()
+    save_checkpoint(tmp_path / "bad.pt", ckpt)
+    with pytest.raises(UserError) as e:
+        load_model(tmp_path / "bad.pt")
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path / 'bad.pt'}: weights do not fit the model its config")
+    assert 'Missing key(s) in state_dict: "decoder.bias"' in message and "size mismatch for decoder.weight" in message
+
+
 def test_load_model_names_a_missing_device_not_the_file_and_draws_nothing_from_the_global_generator(trained):
     run, _, _ = trained
     for device, message in [("cuda", "no CUDA device is available"), ("tpu", "'tpu' is not a device")]:

@@ -140,9 +140,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise UserError(f"{ckpt_path}: weights do not fit the model its config describes "
-                        f"({str(e).splitlines()[0][:120]})") from None
+                        f"({_load_problems(e)})") from None
     model.to(device).eval()
     return model, vocab, cfg, ckpt
+
+
+def _load_problems(error: RuntimeError, limit: int = 300) -> str:
+    """torch's load_state_dict error on one line: its first line is only "Error(s) in loading
+    state_dict for CharRNN:", the keys and shapes at fault follow it, one per line."""
+    lines = [" ".join(line.split()).rstrip(".") for line in str(error).splitlines()]
+    text = "; ".join(line for line in lines[1:] if line) or lines[0]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _device(device: str | torch.device) -> torch.device:
