@@ -256,9 +256,10 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-def strict_json(value: Any, indent: int | None = None) -> str:
-    """JSON text that every JSON reader accepts: non-finite floats become null."""
-    return json.dumps(_finite_or_none(value), indent=indent, allow_nan=False)
+def strict_json(value: Any, indent: int | None = None, ascii_only: bool = True) -> str:
+    """JSON text that every JSON reader accepts: non-finite floats become null; with `ascii_only`
+    other characters as \\u escapes (files), else as they are (the server's UTF-8 answers)."""
+    return json.dumps(_finite_or_none(value), indent=indent, allow_nan=False, ensure_ascii=ascii_only)
 
 
 def atomic_write_json(path: str | Path, value: Any) -> None:

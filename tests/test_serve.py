@@ -293,6 +293,8 @@ BAD = [  # (path, body as JSON text, status, field)
     ("/v1/generate", '{"prefix": "NI HAO"}', 422, "prefix"),
     ("/v1/generate", '{"prefix": "ni", "stop_at": "!"}', 422, "stop_at"),
     ("/v1/generate", json.dumps({"prefix": "ni " * 22}), 422, "prefix"),  # 66 characters > --max-prefix 64
+    ("/v1/next", json.dumps({"prefix": "中国" * 10}), 422, "prefix"),  # 20 typed, ~100 read as pinyin
+    ("/v1/generate", json.dumps({"prefix": "ni", "stop_at": "中国" * 10}), 422, "stop_at"),
     ("/v1/next", '{"prefix": "ni", "top_n": 0}', 422, "top_n"),
     ("/v1/next", '{"prefix": "ni", "top_n": 1000}', 422, "top_n"),  # more than the vocab's characters
     ("/v1/next", '{"prefix": "ni", "top_n": true}', 422, "top_n"),
@@ -315,6 +317,13 @@ def test_a_bad_request_is_a_4xx_naming_the_field_and_the_server_goes_on(server, 
         at = content.index(b"\xff")
         assert body["error"] == f"body: not UTF-8: byte 0xff at offset {at} (JSON is sent as UTF-8)"
     assert server.post("/v1/next", {"prefix": "ni"}).status_code == 200
+
+
+def test_answers_are_utf_8_as_is_and_a_health_check_may_ask_with_head(server):
+    r = httpx.post(server.url + "/v1/next", json={"prefix": "né"}, timeout=60)  # a character the vocab lacks
+    assert r.status_code == 422 and "'é'" in r.json()["error"]
+    assert "é" in r.content.decode("utf-8") and "\\u00e9" not in r.text  # as it is, not \u00e9
+    assert httpx.head(server.url + "/healthz", timeout=60).status_code == 200
 
 
 def test_a_body_past_the_limit_without_a_length_or_not_labelled_json_is_refused_too(server):

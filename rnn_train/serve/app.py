@@ -84,7 +84,7 @@ class StrictJSONResponse(JSONResponse):
     """JSON every reader accepts (a NaN validation loss is null; files.strict_json), UTF-8 as is."""
 
     def render(self, content: Any) -> bytes:
-        return strict_json(content).encode("utf-8")
+        return strict_json(content, ascii_only=False).encode("utf-8")
 
 
 class BodyLimit:
@@ -181,6 +181,7 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
     def read_prefix(raw: str) -> tuple[str, torch.Tensor]:
         """The prefix as predict reads it (pinyin conversion, letters-only, then the vocab) -> (text, ids [1, P])."""
         prefix, _ = corpus_text(raw, cfg, "prefix")
+        _within(prefix, "prefix", limits.max_prefix)
         why = vocab.cannot_spell(prefix)
         if why:
             raise FieldError("prefix", why)
@@ -202,7 +203,7 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
     async def generate(body: GenerateRequest, request: Request):
         prefix, ids = read_prefix(body.prefix)
         options = SamplingOptions(body.temperature, body.top_k, body.top_p, body.seed)
-        rules = _stop_rules(body, vocab, cfg)
+        rules = _stop_rules(body, vocab, cfg, limits.max_prefix)
         k = body.k if body.k is not None else min(LONG_K if rules.used else DEFAULT_K, limits.max_k)
         rule_state = RuleState(rules, vocab, body.num_samples, k, prefix[-1:] in ("", "\n")) if rules.used else None
         logits, state = await run_in_threadpool(warm_up, model, ids)
@@ -235,17 +236,26 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
     def model_info() -> dict:
         return {**info, "limits": asdict(limits)}
 
-    @app.get("/healthz", summary="Liveness, and what the batcher has done")
+    @app.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness, and what the batcher has done")
     def healthz() -> dict:
         return {"status": "ok", "batching": batcher.stats()}
 
     return app
 
 
-def _stop_rules(body, vocab: Vocab, cfg) -> StopRules:
+def _within(text: str, field: str, most: int) -> None:
+    """--max-prefix holds for the text as the model reads it too: Chinese read as pinyin is about
+    five times as long as typed (the field's own max_length checks it as typed)."""
+    if len(text) > most:
+        raise FieldError(field, f"is {len(text)} characters once read as the model's corpus (pinyin), "
+                                f"past --max-prefix {most}")
+
+
+def _stop_rules(body, vocab: Vocab, cfg, max_chars: int) -> StopRules:
     """StopRules of a request, stop_at read as predict reads --stop-at (textstream.corpus_text), each
     field checked against the vocab (as predict's RuleState does)."""
     stop_at = corpus_text(body.stop_at, cfg, "stop_at")[0] if body.stop_at else ""
+    _within(stop_at, "stop_at", max_chars)
     why = vocab.cannot_spell(stop_at)
     if why:
         raise FieldError("stop_at", why)
