@@ -67,6 +67,9 @@ class WriteError(UserError, OSError):
 
     def __init__(self, path: str | Path, error: OSError):
         reason = error.strerror or str(error) or error.__class__.__name__
+        blocker = _file_in_the_way(path) if error.errno in (errno.EEXIST, errno.ENOTDIR) else None
+        if blocker is not None:  # "File exists" or "Not a directory": a file stands where the path needs a directory
+            reason = f"{blocker} is a file, not a directory"
         OSError.__init__(self, error.errno, reason, str(path))
         self.path, self.reason = path, reason
 
@@ -75,6 +78,14 @@ class WriteError(UserError, OSError):
 
     def __reduce__(self):
         return WriteError, (self.path, OSError(self.errno, self.reason))
+
+
+def _file_in_the_way(path: str | Path) -> Path | None:
+    """The nearest existing path of `path` and its parents, where it is not a directory."""
+    for p in (Path(path), *Path(path).parents):
+        if os.path.lexists(p):
+            return None if p.is_dir() else p
+    return None
 
 
 @contextlib.contextmanager

@@ -476,3 +476,15 @@ def test_a_full_disk_met_by_every_worker_is_one_line(trained, tuned, tmp_path, c
     assert status == 2
     assert re.fullmatch(database_error(out / "study.db"), capsys.readouterr().err)
     assert sha(out / "results.csv") == before and temp_files(tmp_path) == []
+
+
+def test_a_file_where_the_path_needs_a_directory_is_named_not_called_file_exists(tmp_path):
+    """mkdir says "File exists" (or "Not a directory") where a file stands in a path's way; the
+    error names that file."""
+    from rnn_train.files import writing
+
+    (tmp_path / "notes").write_text("x")
+    for out in (tmp_path / "notes" / "page.html", tmp_path / "notes" / "sub" / "page.html"):
+        with pytest.raises(WriteError) as e, writing(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+        assert str(e.value) == f"cannot write {out} ({tmp_path / 'notes'} is a file, not a directory)"
