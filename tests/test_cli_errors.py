@@ -52,6 +52,8 @@ def test_mistakes_in_train_py(tmp_path):
     assert_user_error(run(*base, "lr=1"), "section.key=value")
     assert_user_error(run("train.py"), "--config")
     assert_user_error(run("train.py", "--resume", str(tmp_path / "nothing")), "does not exist")
+    assert_user_error(run("train.py", "--resume", str(tmp_path / "nothing"), "--force"),
+                      "--force starts a run afresh and --resume continues one: give one of them")
     assert_user_error(run(*base, "train.seed=-1"), "train.seed must be in [0, 2^63)")
     assert_user_error(run(*base, "model.hidden_size=1e400"), "model.hidden_size must be an integer")
     assert_user_error(run(*base, "train.lr=inf"), "train.lr must be a finite number")

@@ -183,6 +183,8 @@ def test_bad_space_fails_at_once_with_nothing_written(tmp_path, space_file):
     (["--trial-budget", "tokens:1e400"], "--trial-budget 'tokens:1e400': the amount is too large"),
     (["--trials", "0"], "--trials must be >= 1"),
     (["--evals", "0"], "--evals must be >= 1"),
+    (["--workers", "0"], "--workers must be >= 1"),
+    (["--workers", "999"], "--workers 999 is more than the "),  # each trains with a thread at least
     (["train.max_steps=10"], "override train.max_steps: the tuner sets it itself"),
     (["data.val_fraction=0"], "data.val_fraction is 0: a study compares validation losses"),
     (["--storage", "nosuchdb://x"], "cannot open the study storage nosuchdb://x"),

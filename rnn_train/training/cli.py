@@ -54,6 +54,8 @@ def _parse(argv: list[str] | None, prog: str):
         ap.error("give --config FILE (a new run) or --resume RUN_DIR (continue one)")
     if args.config and args.resume:
         ap.error("--resume takes the config stored in the checkpoint; drop --config and pass overrides instead")
+    if args.force and args.resume:
+        ap.error("--force starts a run afresh and --resume continues one: give one of them")
     return args
 
 
