@@ -88,8 +88,8 @@ class DataConfig:
         p: list[tuple[str, str]] = []
         _check(p, 0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         _check(p, 0.0 <= self.test_fraction < 1.0, "data.test_fraction", f"must be in [0, 1), got {self.test_fraction}")
-        _check(p, self.val_fraction + self.test_fraction < 1.0, "data.val_fraction + data.test_fraction",
-               "must be below 1 (nothing left to train on)")
+        _check(p, bool(p) or self.val_fraction + self.test_fraction < 1.0, "data.val_fraction + data.test_fraction",
+               "must be below 1 (nothing left to train on)")  # not said again of a fraction already refused
         _check(p, self.min_freq >= 1, "data.min_freq", f"must be >= 1, got {self.min_freq}")
         _check(p, self.max_size >= 0, "data.max_size", f"must be >= 0 (0 = unlimited), got {self.max_size}")
         _check(p, self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
@@ -237,7 +237,8 @@ class LogConfig:
         _check(p, len(os.fsencode(self.name)) <= 255, "log.name",  # a file name's limit on Linux and macOS
                f"must be at most 255 bytes long, got {len(os.fsencode(self.name))}")
         _check(p, bool(self.dir.strip()) and "\0" not in self.dir, "log.dir",
-               f"must be a directory path (. for the current directory), got {self.dir!r}")
+               f"must be a directory path (. for the current directory; in YAML a bare ~ is null: write '~' for "
+               f"the home directory), got {self.dir!r}")
         for key, value in (("log.name", self.name), ("log.dir", self.dir)):  # TensorBoard writes only UTF-8 paths
             _check(p, _is_utf8(value), key, f"must be UTF-8 text (TensorBoard cannot write under it), got {value!r}")
         if p:
@@ -581,8 +582,11 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise UserError(f"config file {path} does not exist") from None
-        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-            raise UserError(f"config file {path} cannot be read: {e.__class__.__name__}") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"config file {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                            f"{e.start}): a recipe is a YAML file") from None
+        except OSError as e:  # a directory, a missing permission
+            raise UserError(f"config file {path} cannot be read ({e.strerror or e.__class__.__name__})") from None
         try:
             raw = load_yaml(text)
         except yaml.YAMLError as e:

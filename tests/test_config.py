@@ -84,7 +84,8 @@ def test_run_directory_names_the_file_system_cannot_take_are_refused_by_key():
     for log, key in (({"name": "a\0b"}, "log.name must be a plain directory name"),
                      ({"name": "x" * 256}, "log.name must be at most 255 bytes long, got 256"),
                      ({"dir": "runs\0"}, "log.dir must be a directory path"),
-                     ({"dir": " "}, "log.dir must be a directory path (. for the current directory)")):
+                     ({"dir": " "}, "log.dir must be a directory path (. for the current directory;"),
+                     ({"dir": None}, "in YAML a bare ~ is null: write '~' for the home directory), got ''")):
         with pytest.raises(UserError, match=re.escape(key)):
             build_config({"train": {"max_steps": 5}, "log": log})
     assert build_config({"train": {"max_steps": 5}, "log": {"name": "x" * 255, "dir": "."}}).log.dir == "."
@@ -237,10 +238,25 @@ def test_invalid_yaml_names_file_and_line(tmp_path):
         load_config(path)
 
 
+def test_a_config_file_that_is_not_text_or_not_a_file_says_so_in_words(tmp_path):
+    (tmp_path / "bin.yaml").write_bytes(b"train:\n  max_steps: 5\n\xff\xfe")
+    (tmp_path / "dir.yaml").mkdir()
+    with pytest.raises(UserError, match=re.escape(f"config file {tmp_path / 'bin.yaml'} is not UTF-8 text (byte 0xff "
+                                                  "at offset 22): a recipe is a YAML file")):
+        load_config(tmp_path / "bin.yaml")
+    with pytest.raises(UserError, match=re.escape(f"config file {tmp_path / 'dir.yaml'} cannot be read (Is a directory)")):
+        load_config(tmp_path / "dir.yaml")
+
+
 def test_a_bad_value_is_reported_once_not_again_through_a_rule_that_relates_it_to_another_key():
     with pytest.raises(UserError) as e:
         load_config(None, ["train.lr=-1", "train.max_steps=5"])
     assert str(e.value) == "override 'train.lr=-1': train.lr must be in (0, 3e+37], got -1.0"  # min_lr = 0 is not blamed
+    with pytest.raises(UserError) as e:
+        load_config(None, ["data.val_fraction=1", "train.max_steps=5"])
+    assert str(e.value) == "override 'data.val_fraction=1': data.val_fraction must be in [0, 1), got 1.0"
+    with pytest.raises(UserError, match=r"data\.val_fraction \+ data\.test_fraction must be below 1"):
+        load_config(None, ["data.val_fraction=0.6", "data.test_fraction=0.5", "train.max_steps=5"])
 
 
 def test_an_empty_choice_says_null_rather_than_an_empty_string(tmp_path):
