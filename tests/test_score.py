@@ -240,6 +240,8 @@ def test_letters_only_models_score_the_letters_only_text(tmp_path):
     (b"", "is empty: nothing to score"),
     (b"n", "single character"),
     (b"ni \xff hao", "byte 0xff at offset 3 is not valid utf-8 (set --encoding, e.g. gbk)"),
+    ("ni hao".encode("utf-16"), "byte 0xff at offset 0 is not valid utf-8 (set --encoding, e.g. utf-16)"),  # its BOM
+    (b"ni\0hao", "looks like a binary file, not text: NUL character at character 2 (text files only)"),  # not data.paths
     (None, "bad.txt"),  # no such file
 ])
 def test_bad_files_are_one_line_errors_and_leave_the_output_alone(run, tmp_path, content, needle):

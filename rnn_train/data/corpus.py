@@ -112,7 +112,7 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
             except UnicodeDecodeError as exc:
                 # a binary file fails to decode too, but is better named as what it is
                 valid = exc.object[:exc.start].decode(encoding, errors="replace")
-                raise _binary(path, chars + valid.index("\0")) if "\0" in valid else \
+                raise _binary(path, chars + valid.index("\0"), encoding_key) if "\0" in valid else \
                     _undecodable(path, encoding, exc, consumed - buffered, encoding_key) from None
             except UnicodeError as exc:  # a codec's own complaint, e.g. utf-16 without its byte-order mark
                 raise UserError(f"{path} is not readable as {encoding} ({exc}; set {encoding_key})") from None
@@ -129,7 +129,7 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
                 text = text.replace("\r\n", "\n").replace("\r", "\n")
             nul = text.find("\0")
             if nul >= 0:
-                raise _binary(path, chars + nul)
+                raise _binary(path, chars + nul, encoding_key)
             lone = None if strict_utf8 else _SURROGATE.search(text)
             if lone:  # no character, and nothing can store it (UTF-8, UTF-32 refuse it)
                 raise UserError(f"{path}: {encoding} decodes to U+{ord(lone.group()):04X} at character "
@@ -144,14 +144,17 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _binary(path: PathLike, at: int) -> UserError:
-    return UserError(f"{path} looks like a binary file, not text: NUL character at character {at} "
-                     f"(data.paths takes text files)")
+def _binary(path: PathLike, at: int, key: str) -> UserError:
+    takes = "data.paths takes text files" if key == "data.encoding" else "text files only"  # a command's own file
+    return UserError(f"{path} looks like a binary file, not text: NUL character at character {at} ({takes})")
 
 
 def _undecodable(path: PathLike, encoding: str, exc: UnicodeDecodeError, base: int, key: str) -> UserError:
     """The one-line error for a byte `encoding` cannot decode; `base` is the file offset of exc.object."""
-    hint = "e.g. gbk" if codecs.lookup(encoding).name == "utf-8" else "e.g. utf-8"
+    if base == 0 and exc.object[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte-order mark
+        hint = "e.g. utf-16"
+    else:
+        hint = "e.g. gbk" if codecs.lookup(encoding).name == "utf-8" else "e.g. utf-8"
     return UserError(f"{path}: byte 0x{exc.object[exc.start]:02x} at offset {base + exc.start} "
                      f"is not valid {encoding} (set {key}, {hint})")
 
