@@ -304,7 +304,8 @@ def test_cli_user_errors_are_one_line_with_status_2(run_dir, tmp_path, capsys):
     cases = (["--checkpoint", str(bad)], ["--checkpoint", str(tmp_path)],
              ["--checkpoint", str(run_dir), "--steps", "100000"], ["--checkpoint", str(run_dir), "--steps", "0"],
              ["--checkpoint", str(run_dir), "--batch", "0"], ["--checkpoint", str(run_dir), "--clip", "-1"],
-             ["--steps", "5"], ["--checkpoint", str(run_dir), "--steps", "5", "--whh-scale", "1e308"])
+             ["--steps", "5"], ["--checkpoint", str(run_dir), "--steps", "5", "--whh-scale", "1e308"],
+             ["--checkpoint", str(run_dir), "--steps", "5", "--split", "test"])
     for args in cases:
         try:
             status = run(gradflow.main, [*args, "--no-tensorboard", "--cache-dir", str(run_dir.parent)])
@@ -317,6 +318,8 @@ def test_cli_user_errors_are_one_line_with_status_2(run_dir, tmp_path, capsys):
         for flag in ("--steps", "--batch"):  # a bad count is named alone, with its value
             if args[-2:] == [flag, "0"]:
                 assert f"{flag} must be >= 1, got 0" in captured.err
+        if "test" in args:  # no --steps could help a split that is not there
+            assert "run has no test split (data.test_fraction 0.0): use --split train or val" in captured.err
         if "--whh-scale" in args:  # a GRU's gates overflow: NaN, said rather than tabulated
             assert "the measurement is not finite" in captured.err and "--whh-scale 1e+308" in captured.err
     # --compare finds every checkpoint before it measures (and writes curves for) the first

@@ -115,7 +115,8 @@ def test_space_file_forms_and_types(space_file):
 @pytest.mark.parametrize("spec, message", [
     ({"model.hidden_sise": {"int": [8, 16]}}, "unknown key model.hidden_sise (did you mean model.hidden_size?)"),
     ({"model.cell": ["rnn", "grux"]}, "model.cell must be one of rnn | gru | lstm, got 'grux'"),
-    ({"model.num_layers": {"int": [3, 1]}}, "model.num_layers: the range [3, 1] needs low < high"),
+    ({"model.num_layers": {"int": [3, 1]}}, "model.num_layers: the range [3, 1] is reversed: write [1, 3]"),
+    ({"model.num_layers": {"int": [2, 2]}}, "model.num_layers: the range [2, 2] needs low < high"),
     ({"model.hidden_size": {"float": [8, 16]}}, "model.hidden_size takes whole numbers: give {int: [low, high]}"),
     ({"model.cell": {"int": [1, 2]}}, "model.cell is not a number: give its values as a list"),
     ({"train.lr": {"float": [0, 1], "log": True}}, "train.lr: a log range needs low > 0"),

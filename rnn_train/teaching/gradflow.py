@@ -312,6 +312,10 @@ def run_probe(p: Probe) -> tuple[FlowResult, Path]:
     if note:
         print(note, file=sys.stderr)
     split = getattr(data, p.split)
+    if not len(split):  # no --steps can help
+        fraction = f"data.{p.split}_fraction"
+        raise UserError(f"{ckpt_path}'s run has no {p.split} split ({fraction} "
+                        f"{getattr(cfg.data, p.split + '_fraction')}): use --split train or val")
     if len(split) < p.steps + 1:
         raise UserError(f"the {p.split} split of {ckpt_path}'s corpus has {len(split)} characters, fewer than "
                         f"--steps + 1 = {p.steps + 1}; lower --steps or use --split train")

@@ -105,6 +105,8 @@ def _range(key: str, spec: dict[str, Any], tp: Any) -> Any:
             raise UserError(f"{key}: step must be > 0, got {step}")
         if log and not (kind == "int" and step == 1):
             raise UserError(f"{key}: a log range cannot have a step")
+    if low > high:
+        raise UserError(f"{key}: the range [{low}, {high}] is reversed: write [{high}, {low}]")
     if not low < high:
         raise UserError(f"{key}: the range [{low}, {high}] needs low < high (one value is an override, not a search)")
     if log and low <= 0:
