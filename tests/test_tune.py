@@ -317,6 +317,8 @@ def test_best_yaml_is_a_recipe_that_trains_the_best_trial(study_dir, tmp_path, c
     text = (study_dir / "best.yaml").read_text()
     assert text.startswith(f"# The best of 3 finished trials of the study {study.study_name}") and \
         f"trial {best.number}" in text
+    seconds = best.user_attrs["result"]["train_seconds"]  # a trial of a second or less is not "0 s" of training
+    assert f"training tokens ({seconds:.1f} s of training)" in text and seconds < 5
     cfg = load_config(str(study_dir / "best.yaml"))
     trial_cfg = load_config(str(study_dir / f"trial-000{best.number}" / "config.yaml"))
     assert cfg.replace(log=trial_cfg.log) == trial_cfg  # the same run; only where it logs differs

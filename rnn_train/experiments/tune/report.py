@@ -91,7 +91,7 @@ def write_best(out: Path, best: FrozenTrial, study_name: str, n_finished: int) -
     params = describe_params(best.params)
     header = (f"# The best of {n_finished} finished trials of the study {study_name} (rnn-train tune): trial "
               f"{best.number},\n# best validation loss {best.value:.4f} after {r.get('tokens', 0):,} training tokens"
-              f" ({r.get('train_seconds', 0):.0f} s of training).\n# Searched: {params}\n"
+              f" ({r.get('train_seconds', 0):.1f} s of training).\n# Searched: {params}\n"
               f"# Train it: python train.py --config {out / 'best.yaml'}\n")
     atomic_write_text(out / "best.yaml", header + config_to_yaml(cfg))
     return out / "best.yaml"
