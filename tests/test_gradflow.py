@@ -337,6 +337,20 @@ def test_summary_says_vanished_when_the_gradient_underflows():
     assert "vanished" in line and "grows" not in line and "nan" not in line
 
 
+def test_the_header_says_whose_w_hh_it_measured_in_a_deeper_rnn():
+    from rnn_train.teaching.gradflow import FlowResult, describe
+
+    def header(layers):
+        meta = {"cell": "rnn", "hidden_size": 8, "num_layers": layers, "trained_steps": 5, "spectral_radius": 0.5,
+                "singular_value": 0.7}
+        return describe(FlowResult(steps=3, batch=1, loss=1.0, loss_last=1.0, dL_dh=[1.0] * 3, dLT_dh=[1.0] * 3,
+                                   grad_norm=1.0, grad_norm_last=1.0, clip=0.0, clip_coef=1.0, clip_coef_last=1.0,
+                                   meta=meta))
+
+    assert ", W_hh spectral radius 0.500, largest singular value 0.700" in header(1)
+    assert ", the top layer's W_hh spectral radius 0.500" in header(2)  # --whh-scale scales every layer's
+
+
 def test_a_corpus_that_changed_since_training_is_noted(tmp_path, capsys):
     """gradflow reads windows of the run's own corpus; if that text changed, the run never saw them."""
     corpus = tmp_path / "c.txt"

@@ -370,7 +370,8 @@ def describe(r: FlowResult) -> str:
     if m.get("keep_bias"):
         what += f", keep-gate bias {m['keep_bias']:+g}"
     if m.get("spectral_radius") is not None:
-        what += (f", W_hh spectral radius {_figure(m['spectral_radius'])}, largest singular value "
+        whose = "the top layer's W_hh" if (m.get("num_layers") or 1) > 1 else "W_hh"  # the layer whose h_t is measured
+        what += (f", {whose} spectral radius {_figure(m['spectral_radius'])}, largest singular value "
                  f"{_figure(m['singular_value'])}")
     return f"{m.get('cell', '?').upper()} {m.get('hidden_size', '?')}x{m.get('num_layers', '?')}, {what}"
 
