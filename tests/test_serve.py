@@ -303,6 +303,7 @@ BAD = [  # (path, body as JSON text, status, field)
     ("/v1/score", '{"text": "\\udc00\\udc00ni hao"}', 422, "text"),  # lone surrogates: no text holds them
     ("/v1/score", '{"text": "ni \udcff hao"}', 400, "body"),  # byte 0xff (sent surrogate-escaped): not JSON at all
     ("/v1/score", json.dumps({"text": "ni hao " * 400}), 413, "body"),  # 2,815 bytes > --max-body 2048
+    ("/v1/next", '{"prefix": "ni", "top_n": ' + "[" * 1000 + "]" * 1000 + "}", 400, "body"),  # too deep to read
 ]
 
 
@@ -313,6 +314,8 @@ def test_a_bad_request_is_a_4xx_naming_the_field_and_the_server_goes_on(server, 
     assert r.status_code == status, r.text
     body = r.json()
     assert body["field"] == field and body["error"].startswith(f"{field}: ")
+    if status == 400:
+        assert body["error"].startswith("body: malformed JSON (") or "not UTF-8" in body["error"], body
     if "\udcff" in raw:
         at = content.index(b"\xff")
         assert body["error"] == f"body: not UTF-8: byte 0xff at offset {at} (JSON is sent as UTF-8)"

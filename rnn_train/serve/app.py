@@ -380,6 +380,10 @@ def _install_error_handlers(app: FastAPI) -> None:
             if isinstance(bad, UnicodeDecodeError):  # what FastAPI says of it is "There was an error parsing the body"
                 return _error(400, "body", f"not UTF-8: byte 0x{bad.object[bad.start]:02x} at offset {bad.start} "
                                            "(JSON is sent as UTF-8)")
+            if isinstance(bad, RecursionError):  # nested deeper than Python's JSON reader goes
+                return _error(400, "body", "malformed JSON (nested too deeply)")
+            if isinstance(bad, ValueError):  # e.g. an integer of more digits than Python converts
+                return _error(400, "body", f"malformed JSON ({str(bad).splitlines()[0].split(';')[0]})")
             return _error(exc.status_code, "body", str(exc.detail))
         return _error(exc.status_code, None, str(exc.detail))
 
