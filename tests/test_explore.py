@@ -339,6 +339,8 @@ def test_a_letters_only_models_page_reads_a_typed_prefix_as_predict_does(browser
     o.page.fill("#prefix", "The Time, ")
     assert 'reduced to lowercase letters and spaces as predict does: "the time "' in o.page.inner_text("#prefix-note")
     assert "not in the vocab" not in o.page.inner_text("#prefix-note")
+    ranked = o.page.evaluate("rnnExplore.units()")  # a text without lines: no unit tracks "position in line"
+    assert ranked and all(row["signal"] != "position in line" for row in ranked)
     o.page.close()
 
 

@@ -348,6 +348,9 @@
     return S;
   }
   function correlations() {  // every unit (each layer's state parts: h, and c for an LSTM) against every signal: Pearson's r
+    // a text without a newline (a letters-only corpus) has no lines: "position in line" would be the
+    // position in the text, which any unit that drifts over the text follows
+    const lineless = !A.chars.includes("\n"), POSITION = SIGNALS.indexOf("position in line");
     const S = signals(), stats = S.map((s) => { let m = 0, q = 0; for (const x of s) { m += x; q += x * x; } m /= T; return [m, Math.sqrt(Math.max(q / T - m * m, 0))]; });
     const rows = [];
     for (let l = 0; l < L; l++) {
@@ -368,7 +371,7 @@
           let bestK = -1, bestR = 0;
           for (let k = 0; k < S.length; k++) {
             const [ms, sds] = stats[k];
-            if (!(sdx > 1e-9) || !(sds > 0)) continue;
+            if (!(sdx > 1e-9) || !(sds > 0) || (lineless && k === POSITION)) continue;
             const r = (sxs[k][u] / T - mx * ms) / (sdx * sds);
             if (Math.abs(r) > Math.abs(bestR)) { bestR = r; bestK = k; }
           }
