@@ -224,6 +224,11 @@ def refuse_replacing(out: str | Path, flag: str, *, reads: tuple = (), own: Call
     if not_a_plain_file(out):
         raise UserError(f"{flag} {out} is a device, a pipe or a link, not a regular file; nothing written "
                         "(choose another name)")
+    blocker = _file_in_the_way(out.parent)
+    if blocker is not None:  # said now, not after the work whose result could not be written
+        raise UserError(f"{flag} {out}: {blocker} is a file, not a directory; nothing written")
+    if out.is_dir():
+        raise UserError(f"{flag} {out} is a directory; nothing written (give a file name)")
     if not out.exists():
         return
     for source in reads:
