@@ -75,9 +75,11 @@ def test_cli_fine_tunes_and_reports_the_unknown_characters_even_when_quiet(sourc
     out = run("--config", "configs/debug.yaml", "--init-from", str(source / "src"), "--quiet",
               "--cache-dir", str(tmp_path / "c"), f"log.dir={tmp_path}", "log.name=ft", "data.kind=text",
               f"data.paths={source / 'new.txt'}", "model.hidden_size=16", "model.cell=gru", "data.batch_size=4",
-              "data.num_steps=12", "train.max_steps=4", "train.threads=1")
+              "data.num_steps=12", "train.max_steps=4", "train.threads=1", "data.min_freq=3")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("done: 4 steps")
+    assert f"note: data.min_freq=3 not applied: the vocab is {source / 'src' / 'best.pt'}'s, as its weights need" \
+        in out.stderr
     vocab = load_checkpoint(source / "src" / "best.pt")["vocab"]  # the run directory means its best.pt
     assert f"note: {sum(c not in vocab for c in TEXT):,} characters of the corpus" in out.stderr
     assert load_checkpoint(tmp_path / "ft" / "last.pt")["vocab"] == vocab

@@ -541,6 +541,10 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
     for note in (moved_note, learner.precision_note, resumed_note):
         if note and world.is_writer:
             mon.note(note)
+    cut = [f"data.{k}={getattr(cfg.data, k)}" for k, default in (("min_freq", 1), ("max_size", 0))
+           if getattr(cfg.data, k) != default]
+    if init is not None and cut and world.is_writer:  # they shape a vocab built from the corpus; this one is given
+        mon.note(f"{', '.join(cut)} not applied: the vocab is {init_from}'s, as its weights need")
     if init is not None and data.unk_fraction and world.is_writer:
         unknown = round(data.unk_fraction * data.text_chars)
         mon.note(f"{unknown:,} characters of the corpus ({data.unk_fraction:.2%}) are not in the vocab of "
