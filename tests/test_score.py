@@ -1,5 +1,6 @@
 """`rnn-train score`: the loss of a text under a model, streamed: one stream with --exact, else
 segments scored as one batch, each after a warm-up."""
+import csv
 import io
 import json
 import math
@@ -170,11 +171,14 @@ def test_per_char_rows_stay_one_line_for_every_reader(run, tmp_path):
     tmp, _, _ = run
     breaks = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
     text = tmp_path / "t.txt"
-    text.write_text(f"ni{breaks}hao\n", encoding="utf-8")
+    text.write_text(f"ni{breaks}hao\n\"ni\" hao\n", encoding="utf-8")
     out = _score_cli("--checkpoint", tmp / "run", text, "--per-char", tmp_path / "bits.tsv")
     assert out.returncode == 0, out.stderr
     lines = (tmp_path / "bits.tsv").read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 1 + len(f"ni{breaks}hao\n")
+    assert len(lines) == 1 + len(f"ni{breaks}hao\n\"ni\" hao\n")
+    with open(tmp_path / "bits.tsv", encoding="utf-8", newline="") as f:  # as docs/prediction.md says to read it
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    assert len(rows) == len(lines) and [r[2] for r in rows[-9:-7]] == ['"', "n"]
     assert [line.split("\t")[2] for line in lines[3:11]] == ["\\x0b", "\\x0c", "\\x1c", "\\x1d", "\\x1e", "\\x85",
                                                              "\\u2028", "\\u2029"]
     named = tmp_path / "a\tb\nc.txt"  # and the file name, in the first column
