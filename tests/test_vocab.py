@@ -97,3 +97,14 @@ def test_vocab_from_counts_orders_by_count_then_code_point_and_applies_the_limit
     assert Vocab.from_counts(counts).itos == [UNK, "c", "a", "b", "d"]
     assert Vocab.from_counts(counts, min_freq=2, max_size=2).itos == [UNK, "c", "a"]
     assert Vocab.from_counts(np.zeros(0, np.int64)).itos == [UNK]
+
+
+def test_an_accent_typed_the_other_way_than_the_corpus_wrote_it_is_named_with_the_form_that_spells():
+    decomposed = Vocab.build("cafe\u0301 na\u0308ive\n")  # e + U+0301, as some editors write é
+    assert decomposed.cannot_spell("caf\u00e9") == (
+        "'caf\u00e9' cannot be spelled with the model's vocab (no '\u00e9'; the corpus writes such accents as a "
+        "letter and a combining mark: the text in Unicode NFD can be spelled)")
+    precomposed = Vocab.build("caf\u00e9 na\u00efve\n")
+    assert precomposed.cannot_spell("cafe\u0301").endswith("the corpus writes such accents precomposed: the text in "
+                                                          "Unicode NFC can be spelled)")
+    assert precomposed.cannot_spell("cafX") == "'cafX' cannot be spelled with the model's vocab (no 'X')"

@@ -10,6 +10,7 @@ stored in the smallest integer dtype that holds the vocab (uint8 / uint16 / int3
 """
 from __future__ import annotations
 
+import unicodedata
 from typing import Iterable
 
 import numpy as np
@@ -123,7 +124,12 @@ class Vocab:
         `limit` repr'd (a tab or a control character must be visible), ", ..." if there are more;
         "" where the vocab spells all of `text`."""
         missing = self.unknown_chars(text)
-        return ", ".join(repr(c) for c in missing[:limit]) + (", ..." if len(missing) > limit else "")
+        shown = ", ".join(repr(c) for c in missing[:limit]) + (", ..." if len(missing) > limit else "")
+        for form, how in (("NFC", "precomposed"), ("NFD", "as a letter and a combining mark")):
+            other = unicodedata.normalize(form, text)  # an accent typed the other way than the corpus wrote it
+            if missing and other != text and not self.unknown_chars(other):
+                return f"{shown}; the corpus writes such accents {how}: the text in Unicode {form} can be spelled"
+        return shown
 
     def cannot_spell(self, text: str, given: str | None = None) -> str:
         """Why the vocab cannot spell `text` ("'Xyz' cannot be spelled with the model's vocab (no 'X')",
