@@ -64,7 +64,7 @@ from rnn_train.model import checkpoint as ckpt_io
 from rnn_train.model.charrnn import count_parameters, detach_state
 from rnn_train.prediction.generate import generate
 from rnn_train.prediction.textstream import corpus_text
-from rnn_train.runtime import derived_seed, keep_freed_memory, resolve_device, set_seed, set_threads
+from rnn_train.runtime import available_cores, derived_seed, keep_freed_memory, resolve_device, set_seed, set_threads
 from rnn_train.training.distributed import check_world
 from rnn_train.training.learner import make_learner
 from rnn_train.training.protocol import Learner
@@ -541,6 +541,11 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
     for note in (moved_note, learner.precision_note, resumed_note):
         if note and world.is_writer:
             mon.note(note)
+    threads, cores = cfg.train.threads * world.local_size, available_cores()
+    if device.type == "cpu" and threads > cores and world.is_writer:  # each step waits on the slowest thread
+        each = f" in each of {world.local_size} processes" if world.local_size > 1 else ""
+        mon.note(f"train.threads={cfg.train.threads}{each} on {cores} CPU cores: threads beyond the cores take turns "
+                 f"and slow every step; {max(1, cores // world.local_size)} would use them all")
     cut = [f"data.{k}={getattr(cfg.data, k)}" for k, default in (("min_freq", 1), ("max_size", 0))
            if getattr(cfg.data, k) != default]
     if init is not None and cut and world.is_writer:  # they shape a vocab built from the corpus; this one is given
