@@ -74,12 +74,6 @@ def test_a_learning_rate_past_any_use_is_refused_before_the_optimizer_overflows(
     assert build_config({"train": {"lr": 3e37, "max_steps": 5}}).train.lr == 3e37  # and that diverges cleanly (tests/test_training.py)
 
 
-def test_a_sample_length_past_any_use_is_refused_before_every_validation_generates_it():
-    with pytest.raises(UserError, match=r"log\.sample_length must be in \[0, 100,000\], got 100000000"):
-        load_config(None, ["train.max_steps=1", "log.sample_length=100000000"])
-    assert load_config(None, ["train.max_steps=1", "log.sample_length=100000"]).log.sample_length == 100_000
-
-
 def test_run_directory_names_the_file_system_cannot_take_are_refused_by_key():
     for log, key in (({"name": "a\0b"}, "log.name must be a plain directory name"),
                      ({"name": "x" * 256}, "log.name must be at most 255 bytes long, got 256"),
