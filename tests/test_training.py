@@ -273,6 +273,15 @@ def test_a_corpus_file_whose_name_is_not_utf8_trains_and_resumes(tmp_path):
         tiny_config(tmp_path, "log.name=" + os.fsdecode(b"n\xffame"))
 
 
+def test_a_sample_longer_than_any_use_is_noted_and_a_checkpoint_holding_it_still_loads(tmp_path):
+    """Not refused: a bound in the config would make a checkpoint saved with a longer sample unloadable."""
+    lines = io.StringIO()
+    train(tiny_config(tmp_path, "train.max_steps=2", "log.sample_length=100001", "train.eval_every=0"), tmp_path / "r",
+          cache_dir=tmp_path / "c", stream=lines)
+    assert "note: log.sample_length=100,001: every validation generates that many characters" in lines.getvalue()
+    assert load_model(tmp_path / "r")[2].log.sample_length == 100_001
+
+
 def test_more_threads_than_cores_is_noted_with_the_count_that_would_use_them(tmp_path):
     """They are allowed (a machine shared on purpose), but each step then waits for threads taking
     turns: 20 steps of a tiny model took 25 s with 1000 threads on 2 cores, 0.1 s with 2."""

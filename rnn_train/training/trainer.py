@@ -78,6 +78,10 @@ from rnn_train.training.start import check_own_run, check_resume_config, init_we
 from rnn_train.training.state import RunState, capture_rng, combine_rng
 from rnn_train.training.world import World
 
+LONG_SAMPLE = 100_000
+"""A log.sample_length past which the run's first lines say what it costs (it is allowed: a bound in
+the config would make checkpoints saved with a longer one unloadable)."""
+
 
 @dataclass(frozen=True)
 class Validation:
@@ -541,6 +545,9 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
     for note in (moved_note, learner.precision_note, resumed_note):
         if note and world.is_writer:
             mon.note(note)
+    if cfg.log.sample_length > LONG_SAMPLE and world.is_writer:
+        mon.note(f"log.sample_length={cfg.log.sample_length:,}: every validation generates that many characters and "
+                 "logs them to TensorBoard too (100M took minutes and ~150 MB of event file per validation)")
     threads, cores = cfg.train.threads * world.local_size, available_cores()
     if device.type == "cpu" and threads > cores and world.is_writer:  # each step waits on the slowest thread
         each = f" in each of {world.local_size} processes" if world.local_size > 1 else ""
