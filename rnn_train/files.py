@@ -67,9 +67,10 @@ class WriteError(UserError, OSError):
 
     def __init__(self, path: str | Path, error: OSError):
         reason = error.strerror or str(error) or error.__class__.__name__
-        blocker = _file_in_the_way(path) if error.errno in (errno.EEXIST, errno.ENOTDIR) else None
-        if blocker is not None:  # "File exists" or "Not a directory": a file stands where the path needs a directory
-            reason = f"{blocker} is a file, not a directory"
+        if error.errno in (errno.EEXIST, errno.ENOTDIR) and reason == os.strerror(error.errno):
+            blocker = _file_in_the_way(path)  # the system's "File exists" or "Not a directory" of a mkdir:
+            if blocker is not None and blocker.is_file():  # a file stands where the path needs a directory
+                reason = f"{blocker} is a file, not a directory"
         OSError.__init__(self, error.errno, reason, str(path))
         self.path, self.reason = path, reason
 

@@ -488,3 +488,6 @@ def test_a_file_where_the_path_needs_a_directory_is_named_not_called_file_exists
         with pytest.raises(WriteError) as e, writing(out):
             out.parent.mkdir(parents=True, exist_ok=True)
         assert str(e.value) == f"cannot write {out} ({tmp_path / 'notes'} is a file, not a directory)"
+    os.mkfifo(tmp_path / "pipe.csv")  # a path that is itself in the way keeps its own reason
+    with pytest.raises(WriteError, match=r"pipe\.csv \(it is a device, a pipe or a link"):
+        atomic_write_bytes(tmp_path / "pipe.csv", b"x")

@@ -327,6 +327,7 @@ def test_answers_are_utf_8_as_is_and_a_health_check_may_ask_with_head(server):
     assert r.status_code == 422 and "'é'" in r.json()["error"]
     assert "é" in r.content.decode("utf-8") and "\\u00e9" not in r.text  # as it is, not \u00e9
     assert httpx.head(server.url + "/healthz", timeout=60).status_code == 200
+    assert list(server.get("/openapi.json").json()["paths"]["/healthz"]) == ["get"]  # one operation, one id
 
 
 def test_a_body_past_the_limit_without_a_length_or_not_labelled_json_is_refused_too(server):
