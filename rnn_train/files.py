@@ -50,6 +50,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import tempfile
 import threading
 import time
@@ -200,6 +201,14 @@ def output_arg(text: str) -> str:
     if text == "-":
         raise argparse.ArgumentTypeError("'-' (standard output): give a file name (./- for a file named '-')")
     return text
+
+
+def shell_word(path: str | Path) -> str:
+    """`path` as a word of a command printed to be pasted into a shell: quoted where it needs it (a
+    space, a quote), and a relative one that starts with "-" as ./-x, which no option parser takes
+    for an option."""
+    text = str(path)
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
 
 
 def not_a_plain_file(path: str | Path) -> bool:

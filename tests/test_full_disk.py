@@ -491,3 +491,17 @@ def test_a_file_where_the_path_needs_a_directory_is_named_not_called_file_exists
     os.mkfifo(tmp_path / "pipe.csv")  # a path that is itself in the way keeps its own reason
     with pytest.raises(WriteError, match=r"pipe\.csv \(it is a device, a pipe or a link"):
         atomic_write_bytes(tmp_path / "pipe.csv", b"x")
+
+
+def test_a_path_in_a_printed_command_pastes_back_as_the_same_path():
+    """Quoted where a shell would split or expand it, and a relative name starting with "-" made ./-x,
+    which no option parser takes for an option."""
+    import shlex
+
+    from rnn_train.files import shell_word
+
+    for path in ("runs/plain", "runs/ctrl c é", "-x", "-x/best.pt", "it's", "/abs/-y", "$HOME/r"):
+        word = shell_word(path)
+        assert shlex.split(word) == [path if not path.startswith("-") else "./" + path]
+        assert not shlex.split(word)[0].startswith("-")
+    assert shell_word("runs/plain") == "runs/plain"

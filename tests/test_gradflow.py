@@ -319,7 +319,7 @@ def test_cli_user_errors_are_one_line_with_status_2(run_dir, tmp_path, capsys):
             if args[-2:] == [flag, "0"]:
                 assert f"{flag} must be >= 1, got 0" in captured.err
         if "test" in args:  # no --steps could help a split that is not there
-            assert "run has no test split (data.test_fraction 0.0): use --split train or val" in captured.err
+            assert "run has no test split (data.test_fraction 0.0): use --split train or val\n" in captured.err
         if "--whh-scale" in args:  # a GRU's gates overflow: NaN, said rather than tabulated
             assert "the measurement is not finite" in captured.err and "--whh-scale 1e+308" in captured.err
     # --compare finds every checkpoint before it measures (and writes curves for) the first

@@ -307,6 +307,13 @@ def test_a_run_used_elsewhere_reuses_the_corpus_prepared_where_it_trained_rather
     assert run_probe(Probe(checkpoint=str(tmp_path / "r"), steps=10, batch=2, cache_dir=str(cache)))[0] is not None
     assert not (other / "data").exists()
     assert sorted(p.relative_to(home) for p in (home / cache).rglob("*")) == prepared  # reused, nothing added
+    monkeypatch.chdir(home)  # the built-in corpus (no data.paths to move) reuses the run's cache as well
+    train(tiny_config(tmp_path, "train.max_steps=5"), tmp_path / "builtin", quiet=True, cache_dir=cache)
+    prepared = sorted(p.relative_to(home) for p in (home / cache).rglob("*"))
+    monkeypatch.chdir(other)
+    _, vocab2, loaded2, ckpt2 = load_model(tmp_path / "builtin" / "best.pt")
+    validation_document(loaded2, vocab2, ckpt2, tmp_path / "builtin" / "best.pt", str(cache), 100)
+    assert not (other / "data").exists() and sorted(p.relative_to(home) for p in (home / cache).rglob("*")) == prepared
     (other / cache).mkdir(parents=True)  # a cache of that name here is this directory's own: used as given
     validation_document(loaded, vocab, ckpt, tmp_path / "r" / "best.pt", str(cache), 100)
     assert any((other / cache).iterdir())

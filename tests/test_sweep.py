@@ -312,7 +312,8 @@ def test_a_wider_grid_may_not_join_the_narrower_grids_study_by_name(tmp_path, fi
     argv[argv.index("model.cell=rnn,gru")] = "model.cell=rnn,gru,lstm"
     assert run(sweep.main, argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: the study {name} in ") and "planned with another grid (its runs' configs)" in err
+    assert err.startswith(f"error: the study {name} in ")
+    assert "planned with another set of runs (their grid, budget or overrides)" in err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert not any(out.glob("*cell=lstm"))
 

@@ -423,6 +423,13 @@ def test_a_study_named_by_a_command_that_plans_other_trials_is_refused_with_noth
         assert [(t.number, t.state, t.params) for t in load(study_dir).trials] == trials
         assert {p.name: p.read_bytes() for p in study_dir.iterdir() if p.is_file()} == before
     assert not any(p.name.startswith("trial-") for p in (tmp_path / "b").iterdir())
+    # a study made before studies kept their plan: nothing to compare, and the first command to open
+    # it is not taken for the one that made it (it would then lock that one out)
+    optuna.create_study(storage=default_url(tmp_path), study_name="older")
+    assert run(tune_cli.main, tune_argv(tmp_path / "d", cache, space_file, trials=1) +
+               ["--study", "older", "--storage", default_url(tmp_path)]) == 0
+    capsys.readouterr()
+    assert session.MADE_FROM not in optuna.load_study(study_name="older", storage=default_url(tmp_path)).user_attrs
     with pytest.raises(SystemExit) as usage:  # as argparse says it: one usage line and the error
         run(tune_cli.main, tune_argv(tmp_path / "c", cache, space_file) + ["--study", " "])
     assert usage.value.code == 2 and "--study: an empty name" in capsys.readouterr().err

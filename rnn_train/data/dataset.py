@@ -100,13 +100,14 @@ def run_data(cfg: DataConfig, ckpt: dict) -> tuple[DataConfig, str]:
     return replace(cfg, paths=paths), f"data.paths not found here, read where the run trained: {', '.join(moved)}"
 
 
-def run_cache(cache_dir: Path | None, ckpt: dict, moved: bool) -> Path | None:
-    """The cache to prepare a run's corpus with, where `run_data` found it where the run trained
-    (`moved`): a relative `cache_dir` follows the corpus there by the rule of data.paths (it names
-    nothing here and something under the workdir), so explore, gradflow and --resume started
-    elsewhere reuse the run's prepared corpus rather than preparing it again into ./data/cache."""
-    if cache_dir is None or not moved:
-        return cache_dir
+def run_cache(cache_dir: Path | None, ckpt: dict) -> Path | None:
+    """The cache to prepare a checkpoint's corpus with: a relative `cache_dir` that names nothing
+    here but names a directory where the run trained (its "workdir") is that one, by the rule of
+    data.paths (sources.found_under), so explore, gradflow and --resume started elsewhere reuse the
+    run's prepared corpus (its built-in or absolute corpus too) rather than preparing it again
+    into ./data/cache."""
+    if cache_dir is None:
+        return None
     return Path(found_under([str(cache_dir)], ckpt.get("workdir"))[0])
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rnn_train.cli import ArgumentParser
 from rnn_train.errors import UserError
-from rnn_train.files import output_arg
+from rnn_train.files import output_arg, shell_word
 from rnn_train.runfiles import EXPLORE_PAGE
 
 MAX_CHARS = 20_000
@@ -78,7 +78,7 @@ def validation_document(cfg, vocab, ckpt: dict, checkpoint: Path, cache_dir: str
         data_cfg, moved = run_data(cfg.data, ckpt)
         if moved:
             print(f"note: {moved}", file=sys.stderr)
-        data = prepare_data(data_cfg, run_cache(Path(cache_dir) if cache_dir else None, ckpt, bool(moved)), vocab)
+        data = prepare_data(data_cfg, run_cache(Path(cache_dir) if cache_dir else None, ckpt), vocab)
     except UserError as e:
         raise UserError(f"no TEXT_FILE given, and the validation text of {checkpoint} cannot be read ({e}); "
                         f"give a text file") from None
@@ -105,7 +105,7 @@ def tensorboard_command(checkpoint: Path) -> str | None:
     run_dir = checkpoint.parent if checkpoint.parent.name else checkpoint.resolve().parent
     if not any(run_dir.glob("**/events.out.tfevents.*")):
         return None
-    return f"tensorboard --logdir {shlex.quote(str(run_dir.parent))}   (this run: {run_dir.name})"
+    return f"tensorboard --logdir {shell_word(run_dir.parent)}   (this run: {run_dir.name})"
 
 
 def main(argv: list[str] | None = None, prog: str = "rnn-train explore") -> int:

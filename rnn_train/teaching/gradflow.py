@@ -50,7 +50,7 @@ from torch import nn
 from rnn_train.cli import ArgumentParser, seed_arg
 from rnn_train.config import MAX_THREADS
 from rnn_train.errors import UserError
-from rnn_train.files import output_arg
+from rnn_train.files import output_arg, shell_word
 from rnn_train.model import cells
 from rnn_train.runfiles import GRADFLOW
 from rnn_train.training.schedule import clip_coefficient
@@ -307,15 +307,16 @@ def run_probe(p: Probe) -> tuple[FlowResult, Path]:
     data_cfg, moved = run_data(cfg.data, ckpt)
     if moved:
         print(f"note: {moved}", file=sys.stderr)
-    data = prepare_data(data_cfg, run_cache(Path(p.cache_dir) if p.cache_dir else None, ckpt, bool(moved)), vocab)
+    data = prepare_data(data_cfg, run_cache(Path(p.cache_dir) if p.cache_dir else None, ckpt), vocab)
     note = changed_note(ckpt, data, cfg.data.paths, ckpt_path, p.split)
     if note:
         print(note, file=sys.stderr)
     split = getattr(data, p.split)
     if not len(split):  # no --steps can help
         fraction = f"data.{p.split}_fraction"
+        others = " or ".join(s for s in ("train", "val", "test") if s != p.split and len(getattr(data, s)))
         raise UserError(f"{ckpt_path}'s run has no {p.split} split ({fraction} "
-                        f"{getattr(cfg.data, p.split + '_fraction')}): use --split train or val")
+                        f"{getattr(cfg.data, p.split + '_fraction')}): use --split {others}")
     if len(split) < p.steps + 1:
         raise UserError(f"the {p.split} split of {ckpt_path}'s corpus has {len(split)} characters, fewer than "
                         f"--steps + 1 = {p.steps + 1}; lower --steps or use --split train")
@@ -556,6 +557,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train gradflo
         return 0
     print(format_report(results[0], args.all) if args.checkpoint else format_compare(results, args.all))
     for d in written:
-        print(f"tensorboard: {d}  (tensorboard --logdir {d.parent})")
+        print(f"tensorboard: {d}  (tensorboard --logdir {shell_word(d.parent)})")
     return 0
 

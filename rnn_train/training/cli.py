@@ -10,13 +10,12 @@ import argparse
 import contextlib
 import io
 import math
-import shlex
 import signal
 import sys
 from pathlib import Path
 
 from rnn_train.cli import ArgumentParser, report
-from rnn_train.files import output_arg
+from rnn_train.files import output_arg, shell_word
 from rnn_train.config import build_config, load_config
 from rnn_train.model.checkpoint import load_checkpoint, resolve_checkpoint
 from rnn_train.training.schedule import ppl_text
@@ -139,7 +138,7 @@ def _setup(args, held: contextlib.ExitStack):
         held.enter_context(claimed(run_dir.path))  # before the check: two starts cannot both pass it
         if run_dir.holds_run() and not args.force:
             raise UserError(f"{run_dir} already holds a run ({', '.join(run_dir.existing())}); continue it with "
-                            f"--resume {shlex.quote(str(run_dir))}, pick another log.name=..., or overwrite with --force")
+                            f"--resume {shell_word(run_dir)}, pick another log.name=..., or overwrite with --force")
     return cfg, run_dir, resume
 
 
@@ -161,7 +160,7 @@ def _summary(result, run_dir, quiet: bool, world, prog: str) -> int:
         else:
             again = f"python {prog}" if script else prog
         print(f"interrupted at step {result.step}: checkpoint saved to {run_dir.last}; "
-              f"continue with: {again} --resume {shlex.quote(str(run_dir))}", flush=True)
+              f"continue with: {again} --resume {shell_word(run_dir)}", flush=True)
         return _status(result)
     if result.stopped_by == "diverged":
         kept = f"; the checkpoints of step <= {result.step} before it are kept" if run_dir.best.exists() else ""
@@ -178,5 +177,5 @@ def _summary(result, run_dir, quiet: bool, world, prog: str) -> int:
           f"{'best' if best == run_dir.best else 'last'} checkpoint {best}")
     if not quiet:
         predict = "python predict.py" if prog.endswith(".py") else prog.rsplit(" ", 1)[0] + " predict"
-        print(f"predict with: {predict} --checkpoint {shlex.quote(str(best))} --prefix \"...\" -k 50")
+        print(f"predict with: {predict} --checkpoint {shell_word(best)} --prefix \"...\" -k 50")
     return 0

@@ -43,7 +43,6 @@ import contextlib
 import itertools
 import math
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -71,6 +70,7 @@ from rnn_train.training.protocol import Learner
 from rnn_train.training.logwindow import LogWindow
 from rnn_train.training.monitor import Monitor
 from rnn_train.training.rules import planned_steps, should_log, should_stop, should_validate, validates_each_epoch
+from rnn_train.files import shell_word
 from rnn_train.runfiles import BEST, LAST
 from rnn_train.training.rundir import RunDir, claimed
 from rnn_train.training.schedule import bits_per_char, lr_at, perplexity, ppl_text
@@ -501,7 +501,7 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
     data_cfg, moved_note = run_data(cfg.data, resume) if resume is not None and data is None else (cfg.data, "")
     if data is None:
         vocab = Vocab.from_list(source["vocab"]) if source else None
-        cache_dir = run_cache(cache_dir, resume, bool(moved_note)) if resume is not None else cache_dir
+        cache_dir = run_cache(cache_dir, resume) if resume is not None else cache_dir
         data = world.node_first(lambda: prepare_data(data_cfg, cache_dir, vocab))
     _check_batches(cfg, data)
     if resume is not None and changed_since(resume, data):
@@ -580,7 +580,7 @@ def _finished_result(cfg: Config, state: RunState, run_dir: Path, stream) -> Tra
         return None
     key = "train.patience" if reached == "early_stopping" else f"train.{reached}"
     print(f"note: {run_dir} already reached {key} at step {state.step}: nothing to train, nothing written; "
-          f"to train on, raise it (--resume {shlex.quote(str(run_dir))} {key}=...)", file=stream or sys.stderr, flush=True)
+          f"to train on, raise it (--resume {shell_word(run_dir)} {key}=...)", file=stream or sys.stderr, flush=True)
     known = {f.name for f in fields(TrainResult)}
     return TrainResult(**{**{k: v for k, v in metrics.items() if k in known}, "run_dir": str(run_dir)})
 

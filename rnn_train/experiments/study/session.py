@@ -41,8 +41,9 @@ def check_marker(out: Path, kind: str, name: str = "") -> None:
         return
     if held and held != name:
         raise UserError(f"{out} holds the trials of the study {held}; this command's study is {name} (its recipe, "
-                        f"overrides, search space or budget differ): use another "
-                        f"--out, or --study {held} to go on with that one")
+                        f"overrides, search space or budget differ): use another --out, or go on with that study "
+                        f"by the command that made it ({out / MARKER} records it; where only data.paths differs, "
+                        f"add --study {held})")
 
 
 def write_marker(out: Path, name: str, url: str, what: dict[str, Any]) -> None:
@@ -83,7 +84,7 @@ MADE_FROM = "made_from"
 """The study's user attribute holding `storage.made_from` of the command that created it."""
 
 PARTS = {"base": "recipe and overrides", "space": "search space", "budget": "trial budget", "evals": "--evals",
-         "runs": "grid (its runs' configs)"}
+         "runs": "set of runs (their grid, budget or overrides)"}
 """The parts of a plan's identity (tune.plan, sweep.plan), in words."""
 
 
@@ -103,14 +104,14 @@ def open_study(url: str, name: str, *, sampler, pruner, create: Path, storage_in
         make_out(create)
     storage = open_storage(url, retry=queue_again)
     mine = made_from(identity)
-    _check_made_from(storage, url, name, mine)
+    new = _check_made_from(storage, url, name, mine)
     if not storage_in_out:
         make_out(create)
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction="minimize", sampler=sampler,
                                     pruner=pruner, load_if_exists=True)
-        if MADE_FROM not in study.user_attrs:  # a new study, or one from before this was kept
-            study.set_user_attr(MADE_FROM, mine)
+        if new and MADE_FROM not in study.user_attrs:  # a study from before this was kept is left unstamped:
+            study.set_user_attr(MADE_FROM, mine)  # the first command to open it need not be the one that made it
     except Exception as e:  # noqa: BLE001 - a database that refuses us is the user's to fix
         import sqlalchemy
 
@@ -120,13 +121,14 @@ def open_study(url: str, name: str, *, sampler, pruner, create: Path, storage_in
     return StudyHandle.of(study, storage)
 
 
-def _check_made_from(storage, url: str, name: str, mine: dict[str, str]) -> None:
+def _check_made_from(storage, url: str, name: str, mine: dict[str, str]) -> bool:
+    """Refuse a study planned otherwise (see open_study); True where there is no such study yet."""
     try:
         held = storage.get_study_user_attrs(storage.get_study_id_from_name(name)).get(MADE_FROM)
     except KeyError:  # no such study yet
-        return
-    if not isinstance(held, dict):
-        return
+        return True
+    if not isinstance(held, dict):  # made before studies kept their plan: nothing to compare
+        return False
     order = [*PARTS, *sorted((set(held) | set(mine)) - set(PARTS))]
     differ = [PARTS.get(part, part) for part in order if part in held or part in mine
               if held.get(part) != mine.get(part)]
@@ -134,6 +136,7 @@ def _check_made_from(storage, url: str, name: str, mine: dict[str, str]) -> None
         raise UserError(f"the study {name} in {shown(url)} was planned with another {', '.join(differ)} than this "
                         f"command's: its trials are not this command's to go on with; run the command that made "
                         f"it, or leave out --study (this command then has a study of its own)")
+    return False
 
 
 def run_trials(h: StudyHandle, n_trials: int, runner: Callable, *, workers: int, is_worker: bool,

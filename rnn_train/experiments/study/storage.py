@@ -26,6 +26,7 @@ import errno
 import hashlib
 import json
 import random
+import shlex
 import sqlite3
 import time
 import warnings
@@ -100,7 +101,7 @@ def with_driver(url: str) -> str:
 
 
 def dashboard_command(url: str) -> str:
-    return f"optuna-dashboard {shown(url)}"
+    return f"optuna-dashboard {shlex.quote(shown(url))}"
 
 
 def check_url(url: str) -> str | None:

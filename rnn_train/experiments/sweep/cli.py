@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from rnn_train.cli import ArgumentParser
-from rnn_train.files import output_arg
+from rnn_train.files import output_arg, shell_word
 from rnn_train.experiments.study.budget import DEFAULT_EVALS, parse_budget
 from rnn_train.experiments.study.options import add_study_arguments, start_command
 from rnn_train.experiments.sweep.plan import parse_grid, plan_sweep
@@ -75,5 +75,5 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train sweep")
     log(f"{outcome.summary}; {len(outcome.rows)} of {len(plan.runs)} runs in the tables")
     if outcome.files:
         log("wrote " + ", ".join(str(f) for f in outcome.files))
-    log(f"compare in TensorBoard: tensorboard --logdir {plan.out}  (HPARAMS tab)")
+    log(f"compare in TensorBoard: tensorboard --logdir {shell_word(plan.out)}  (HPARAMS tab)")
     return outcome.status

@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from rnn_train.config import build_config, config_to_yaml
 from rnn_train.experiments.study.trials import describe_params
-from rnn_train.files import atomic_write_text, save_figure
+from rnn_train.files import atomic_write_text, save_figure, shell_word
 
 COLUMNS = ("best_val_loss", "final_val_loss", "tokens", "train_s", "wall_s", "stopped_by", "run_dir", "host")
 
@@ -92,7 +92,7 @@ def write_best(out: Path, best: FrozenTrial, study_name: str, n_finished: int) -
     header = (f"# The best of {n_finished} finished trials of the study {study_name} (rnn-train tune): trial "
               f"{best.number},\n# best validation loss {best.value:.4f} after {r.get('tokens', 0):,} training tokens"
               f" ({r.get('train_seconds', 0):.1f} s of training).\n# Searched: {params}\n"
-              f"# Train it: python train.py --config {out / 'best.yaml'}\n")
+              f"# Train it: python train.py --config {shell_word(out / 'best.yaml')}\n")
     atomic_write_text(out / "best.yaml", header + config_to_yaml(cfg))
     return out / "best.yaml"
 
