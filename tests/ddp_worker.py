@@ -3,6 +3,8 @@
     DDP_FAULT=sigint:R:K    rank R sends itself SIGINT (what Ctrl-C sends) after update K
     DDP_FAULT=sigterm:R:K   rank R sends itself SIGTERM after update K
     DDP_FAULT=raise:R:K     rank R raises RuntimeError after update K (a crash)
+    DDP_FAULT=group:R:K     rank R sends SIGTERM to torchrun and to every rank at once after update K (what
+                            scancel or a systemd stop does: each rank then also gets torchrun's copy)
     DDP_SHUTDOWN_MARK=DIR   a rank that runs Python's shutdown (atexit handlers) leaves DIR/rankR
     DDP_FILE_LIMIT=BYTES    no file may grow past BYTES (RLIMIT_FSIZE; SIGXFSZ ignored, so that a write
                             fails with EFBIG as on a full disk: torchrun starts each rank with SIGXFSZ
@@ -29,6 +31,12 @@ def _fault_hook(kind: str, rank: int, step: int):
             return
         if kind == "raise":
             raise RuntimeError(f"injected failure on rank {rank} at step {step}")
+        if kind == "group":
+            parent = os.getppid()  # torchrun, whose children are the ranks
+            ranks = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+            for pid in (parent, *map(int, ranks)):
+                os.kill(pid, signal.SIGTERM)
+            return
         os.kill(os.getpid(), {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM}[kind])
     return hook
 

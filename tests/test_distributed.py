@@ -184,6 +184,18 @@ def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert not (runs / "stop" / "metrics.json").exists()
 
 
+def test_sigterm_to_every_process_of_the_job_at_once_stops_it_with_its_checkpoint(tmp_path):
+    """As scancel or a systemd stop does it: each rank gets the signal, then torchrun's forwarded copy,
+    which is the same stop (it was taken for a second Ctrl-C: no checkpoint, `error: interrupted`)."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    cfg = tiny_config(runs, "data.partition=sequential", "model.kernel=native", "train.max_steps=100000", name="stop")
+    job = torchrun(runs, ["--config", str(write_config(runs, cfg))], fault="group:1:6")
+    assert job.stdout.count("interrupted at step") == 1, (job.stdout, job.stderr[-2000:])
+    assert "error: interrupted" not in job.stderr
+    assert load_checkpoint(runs / "stop" / "last.pt")["step"] >= 6
+
+
 def test_a_rank_that_fails_brings_the_job_down_with_its_error(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()

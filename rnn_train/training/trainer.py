@@ -78,6 +78,9 @@ from rnn_train.training.start import check_own_run, check_resume_config, init_we
 from rnn_train.training.state import RunState, capture_rng, combine_rng
 from rnn_train.training.world import World
 
+SAME_STOP_S = 2.0
+"""Under torchrun, a second signal within this many seconds of the first is the same stop (_Interrupt)."""
+
 LONG_SAMPLE = 100_000
 """A log.sample_length past which the run's first lines say what it costs (it is allowed: a bound in
 the config would make checkpoints saved with a longer one unloadable)."""
@@ -121,12 +124,16 @@ class _Interrupt:
     """SIGINT / SIGTERM -> a flag checked between steps; a second signal raises KeyboardInterrupt at once.
 
     SIGTERM too: it is what a job scheduler and torchrun send to stop a process (torchrun forwards
-    the Ctrl-C it gets to each rank as SIGINT)."""
+    the Ctrl-C it gets to each rank as SIGINT). `same_stop_s`: a second signal that soon after the
+    first is the same stop, not a second one: a scheduler stopping a torchrun job (scancel, systemd)
+    signals every process of it, and torchrun then forwards its own copy to each rank, which took
+    that copy for a second Ctrl-C and stopped without its checkpoint (5 of 6 jobs so stopped)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self, same_stop_s: float = 0.0):
         self.requested = False
+        self.same_stop_s, self._first = same_stop_s, 0.0
         self._previous: dict[int, object] = {}
 
     def __enter__(self):
@@ -135,9 +142,10 @@ class _Interrupt:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if not self.requested:
+            self.requested, self._first = True, time.monotonic()
+        elif time.monotonic() - self._first > self.same_stop_s:
             raise KeyboardInterrupt
-        self.requested = True
 
     def __exit__(self, *exc):
         for sig, previous in self._previous.items():
@@ -182,7 +190,7 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         try:
-            with _Interrupt() as interrupt:
+            with _Interrupt(SAME_STOP_S if self.world.distributed else 0.0) as interrupt:
                 reason = should_stop(self.state, self.cfg)
                 while not reason:
                     reason = self.run_epoch(interrupt)
