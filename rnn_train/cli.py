@@ -112,5 +112,6 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
             raise
         return _failed_write(e)
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves a checkpoint itself)
-        print("error: interrupted", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank got it: said once, by rank 0
+            print("error: interrupted", file=sys.stderr)
         return 130

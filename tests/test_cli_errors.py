@@ -312,3 +312,15 @@ def test_an_existing_run_is_never_damaged_by_a_failed_start(finished_run):
                           "log.name=elsewhere", "train.seed=5", *common),
                       "model.dropout, model.dtype, train.seed, log.name cannot change on --resume")
     assert digest(run_dir) == before
+
+
+def test_ctrl_c_before_training_under_torchrun_is_said_once_by_rank_0(monkeypatch, capsys):
+    """torchrun hands a Ctrl-C to every rank: one line, not one per rank."""
+    from rnn_train.cli import run as run_main
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    for rank, said in (("1", ""), ("0", "error: interrupted\n")):
+        monkeypatch.setenv("RANK", rank)
+        assert run_main(interrupted, []) == 130
+        assert capsys.readouterr().err == said
