@@ -481,7 +481,8 @@
   function drawTypeahead() {
     const box = $("prefix"), note = $("prefix-note");
     function update() {
-      let prefix = box.value;
+      // as textstream.corpus_text reads a prefix: a leading byte-order mark dropped, CRLF and CR as LF
+      let prefix = box.value.replace(/^\ufeff/, "").replace(/\r\n?/g, "\n");
       const notes = [];
       const converted = toPinyin(prefix);
       if (converted !== prefix) { notes.push(`converted to pinyin as predict does: ${JSON.stringify(converted)}`); prefix = converted; }
