@@ -379,3 +379,14 @@ def test_every_json_file_of_a_sweep_is_strict_json(finished):
         json.loads(f.read_text(), parse_constant=refuse)
     metrics = json.loads((finished / NAMES[0] / "metrics.json").read_text())
     assert metrics["test_loss"] is None and math.isfinite(metrics["val_loss"])
+
+
+def test_a_run_whose_wall_time_is_not_known_shows_a_question_mark_not_nan():
+    """A study rebuilt after its study.db was lost takes finished runs from disk, which never said
+    how long they took on the clock."""
+    from rnn_train.experiments.sweep.report import markdown_table
+
+    row = {"cell": "gru", "val_loss": 1.5, "val_ppl": 4.48, "val_bpc": 2.16, "tokens_per_s": 1000.0, "train_s": 2.0,
+           "wall_s": math.nan, "steps": 12, "grad_norm": 0.5}
+    line = markdown_table([row], ["cell"]).splitlines()[-1]
+    assert line == "| gru | 1.5000 | **4.480** | 2.160 | 1,000 | 2.0 | ? | 12 | 0.500 |"

@@ -30,6 +30,8 @@ def result_row(plan: SweepPlan, r: PlannedRun, metrics: dict[str, Any], wall_s: 
 
 def _fmt(value: Any, column: str) -> str:
     if isinstance(value, float):
+        if column == "wall_s" and math.isnan(value):  # not known: a run taken from disk by a rebuilt study
+            return "?"
         if not math.isfinite(value):
             return str(value)
         if column in ("tokens_per_s",):
