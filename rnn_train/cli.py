@@ -112,6 +112,7 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
             raise
         return _failed_write(e)
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves a checkpoint itself)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank got it: said once, by rank 0
+        if os.environ.get("RANK", "0") == "0" or "TORCHELASTIC_RUN_ID" not in os.environ:  # under torchrun every
+            # rank got it: said once, by rank 0 (a RANK set by something else silences nothing)
             print("error: interrupted", file=sys.stderr)
         return 130

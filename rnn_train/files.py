@@ -231,14 +231,10 @@ def refuse_replacing(out: str | Path, flag: str, *, reads: tuple = (), own: Call
     that `own` does not recognise as an earlier output of this `kind`: a typo in --out must not
     turn a checkpoint, a config or a corpus into an HTML page."""
     out = Path(out)
-    if not_a_plain_file(out):
-        raise UserError(f"{flag} {out} is a device, a pipe or a link, not a regular file; nothing written "
-                        "(choose another name)")
-    blocker = _file_in_the_way(out.parent)
-    if blocker is not None:  # said now, not after the work whose result could not be written
-        raise UserError(f"{flag} {out}: {blocker} is a file, not a directory; nothing written")
-    if out.is_dir():
-        raise UserError(f"{flag} {out} is a directory; nothing written (give a file name)")
+    try:
+        _refuse_output_path(out, flag)
+    except OSError as e:  # a name past the file system's limit, a loop of links
+        raise UserError(f"{flag} {out}: {e.strerror or e}; nothing written") from None
     if not out.exists():
         return
     for source in reads:
@@ -247,6 +243,19 @@ def refuse_replacing(out: str | Path, flag: str, *, reads: tuple = (), own: Call
                 raise UserError(f"{flag} {out} is a file this command reads; nothing written (choose another name)")
     if own is not None and out.is_file() and not own(out):
         raise UserError(f"{flag} {out} exists and is not {kind}; nothing written (remove it or choose another name)")
+
+
+def _refuse_output_path(out: Path, flag: str) -> None:
+    """What refuse_replacing says of the path itself, before the work whose result could not be written."""
+    if not_a_plain_file(out):
+        raise UserError(f"{flag} {out} is a device, a pipe or a link, not a regular file; nothing written "
+                        "(choose another name)")
+    blocker = _file_in_the_way(out.parent)
+    if blocker is not None:
+        what = "a file" if blocker.is_file() else "a device, a pipe or a dangling link"
+        raise UserError(f"{flag} {out}: {blocker} is {what}, not a directory; nothing written")
+    if out.is_dir():
+        raise UserError(f"{flag} {out} is a directory; nothing written (remove it or choose another name)")
 
 
 def starts_with(prefix: bytes) -> Callable[[Path], bool]:

@@ -320,6 +320,9 @@ def test_ctrl_c_before_training_under_torchrun_is_said_once_by_rank_0(monkeypatc
 
     def interrupted(argv):
         raise KeyboardInterrupt
+    monkeypatch.setenv("RANK", "1")  # set by something other than torchrun: said
+    assert run_main(interrupted, []) == 130 and capsys.readouterr().err == "error: interrupted\n"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
     for rank, said in (("1", ""), ("0", "error: interrupted\n")):
         monkeypatch.setenv("RANK", rank)
         assert run_main(interrupted, []) == 130

@@ -230,12 +230,12 @@ def test_export_replaces_only_an_earlier_export(runs, cli_export, tmp_path, caps
     (tmp_path / "m.json").mkdir()  # the pair cannot be written: said before the model is traced
     assert export(tmp_path / "m.onnx") == 2
     assert capsys.readouterr().err == (f"error: --out's metadata file {tmp_path / 'm.json'} is a directory; "
-                                       "nothing written (give a file name)\n")
+                                       "nothing written (remove it or choose another name)\n")
     assert not (tmp_path / "m.onnx").exists()
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "d.onnx").mkdir()
     for out, why in [(tmp_path / "notes.txt" / "x.onnx", f"{tmp_path / 'notes.txt'} is a file, not a directory"),
-                     (tmp_path / "d.onnx", "is a directory; nothing written (give a file name)")]:
+                     (tmp_path / "d.onnx", "is a directory; nothing written (remove it or choose another name)")]:
         assert export(out) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: --out {out}") and why in err and err.count("\n") == 1, err

@@ -488,6 +488,14 @@ def test_a_file_where_the_path_needs_a_directory_is_named_not_called_file_exists
         with pytest.raises(WriteError) as e, writing(out):
             out.parent.mkdir(parents=True, exist_ok=True)
         assert str(e.value) == f"cannot write {out} ({tmp_path / 'notes'} is a file, not a directory)"
+    from rnn_train.files import refuse_replacing
+
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for out, why in [(tmp_path / "notes" / "x.tsv", f"{tmp_path / 'notes'} is a file, not a directory"),
+                     (tmp_path / "dangling" / "x.tsv", "is a device, a pipe or a dangling link, not a directory"),
+                     (tmp_path / ("a" * 300 + ".tsv"), "File name too long; nothing written")]:
+        with pytest.raises(UserError, match=re.escape(why)):
+            refuse_replacing(out, "--per-char")
     os.mkfifo(tmp_path / "pipe.csv")  # a path that is itself in the way keeps its own reason
     with pytest.raises(WriteError, match=r"pipe\.csv \(it is a device, a pipe or a link"):
         atomic_write_bytes(tmp_path / "pipe.csv", b"x")

@@ -292,8 +292,8 @@ def test_more_threads_than_cores_is_noted_with_the_count_that_would_use_them(tmp
         lines = io.StringIO()
         train(tiny_config(tmp_path, "train.max_steps=2", f"train.threads={cores + 1}"), tmp_path / "r",
               cache_dir=tmp_path / "c", stream=lines)
-        assert (f"note: train.threads={cores + 1} on {cores} CPU cores: threads beyond the cores take turns and "
-                f"slow every step; {cores} would use them all") in lines.getvalue()
+        assert (f"note: train.threads={cores + 1} on {cores} CPU core{'s' if cores > 1 else ''}: threads beyond the "
+                f"cores take turns and slow every step; {cores} would use them all") in lines.getvalue()
         lines = io.StringIO()
         train(tiny_config(tmp_path, "train.max_steps=2", f"train.threads={cores}"), tmp_path / "r2",
               cache_dir=tmp_path / "c", stream=lines)

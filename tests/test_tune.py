@@ -463,6 +463,19 @@ def test_dry_run_finds_what_the_real_run_would_refuse(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a file"]
 
 
+def test_the_default_storage_lies_in_out_whatever_characters_its_name_has(tmp_path):
+    """A ? or # in --out is no query or fragment of the SQLite URL, and a % no escape."""
+    from sqlalchemy.engine import make_url
+
+    for name in ("q?x", "h#1", "p%41", "a b é"):
+        out = tmp_path / name
+        assert make_url(default_url(out)).database == str(out / "study.db")
+        out.mkdir()
+        open_storage(default_url(out))
+        assert (out / "study.db").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["q?x", "h#1", "p%41", "a b é"])
+
+
 def test_a_postgresql_url_without_a_driver_takes_one_that_is_installed():
     """`postgresql://...` as docs/tune.md gives it works whichever PostgreSQL driver pip installed
     (SQLAlchemy 2.1 would pick psycopg 3, requirements.txt installs psycopg2); the real server is

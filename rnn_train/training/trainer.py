@@ -556,11 +556,16 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
     if cfg.log.sample_length > LONG_SAMPLE and world.is_writer:
         mon.note(f"log.sample_length={cfg.log.sample_length:,}: every validation generates that many characters and "
                  "logs them to TensorBoard too (100M took minutes and ~150 MB of event file per validation)")
-    threads, cores = cfg.train.threads * world.local_size, available_cores()
+    threads, cores = max(cfg.train.threads, 1) * world.local_size, available_cores()
     if device.type == "cpu" and threads > cores and world.is_writer:  # each step waits on the slowest thread
-        each = f" in each of {world.local_size} processes" if world.local_size > 1 else ""
-        mon.note(f"train.threads={cfg.train.threads}{each} on {cores} CPU cores: threads beyond the cores take turns "
-                 f"and slow every step; {max(1, cores // world.local_size)} would use them all")
+        on = f"on {cores} CPU core{'s' if cores > 1 else ''}"
+        if world.local_size > cores:  # no thread count helps: the processes themselves take turns
+            mon.note(f"{world.local_size} processes {on}: they take turns and slow every step; start at most "
+                     f"{cores} (--nproc_per_node)")
+        elif cfg.train.threads:
+            each = f" in each of {world.local_size} processes" if world.local_size > 1 else ""
+            mon.note(f"train.threads={cfg.train.threads}{each} {on}: threads beyond the cores take turns and slow "
+                     f"every step; {cores // world.local_size} would use them all")
     cut = [f"data.{k}={getattr(cfg.data, k)}" for k, default in (("min_freq", 1), ("max_size", 0))
            if getattr(cfg.data, k) != default]
     if init is not None and cut and world.is_writer:  # they shape a vocab built from the corpus; this one is given

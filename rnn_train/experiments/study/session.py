@@ -40,9 +40,9 @@ def check_marker(out: Path, kind: str, name: str = "") -> None:
     except (OSError, ValueError, AttributeError):
         return
     if held and held != name:
-        raise UserError(f"{out} holds the trials of the study {held}; this command's study is {name} (its recipe, "
-                        f"overrides, search space or budget differ): use another --out, or go on with that study "
-                        f"by the command that made it ({out / MARKER} records it; where only data.paths differs, "
+        raise UserError(f"{out} holds the trials of the study {held}; this command's study is {name} (another "
+                        f"--study, or its recipe, overrides, search space or budget differ): use another --out, or go "
+                        f"on with that study by the command that made it ({out / MARKER} records it; where only data.paths differs, "
                         f"add --study {held})")
 
 

@@ -61,7 +61,10 @@ def quiet_optuna() -> None:
 
 
 def default_url(out: Path) -> str:
-    return f"sqlite:///{(out / DEFAULT_DB).resolve()}"
+    """The SQLite file in --out as a URL: its path's %, ? and # escaped, which SQLAlchemy would read
+    as an escape, a query (a 'q?x' --out put the database in ./q) and a fragment."""
+    path = str((out / DEFAULT_DB).resolve())
+    return "sqlite:///" + path.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
 
 
 def shown(url: str) -> str:
