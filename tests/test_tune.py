@@ -330,6 +330,18 @@ def test_best_yaml_is_a_recipe_that_trains_the_best_trial(study_dir, tmp_path, c
     assert RunDir(tmp_path / "best").read_metrics()["best_val_loss"] == pytest.approx(best.value, rel=1e-6)
 
 
+def test_best_yaml_stays_yaml_whatever_the_out_and_study_are_named(study_dir, tmp_path):
+    from rnn_train.experiments.tune import report
+
+    best = load(study_dir).best_trial
+    out = tmp_path / "o\nx $y"
+    out.mkdir()
+    report.write_best(out, best, "a\nb", 3)
+    text = (out / "best.yaml").read_text()
+    assert all(line.startswith("# ") for line in text.splitlines()[:4])
+    assert load_config(str(out / "best.yaml")).model == load_config(str(study_dir / "best.yaml")).model
+
+
 def test_the_first_trial_is_the_recipe_itself_when_the_space_holds_it(tmp_path, cache):
     """debug.yaml's lr 0.01 and cell gru lie in this space: trial 0 trains them, the point to beat."""
     space = tmp_path / "space.yaml"

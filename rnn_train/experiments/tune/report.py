@@ -82,6 +82,12 @@ def best_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
     return min(done, key=lambda t: (t.value, t.number)) if done else None
 
 
+def _one_line(text: str) -> str:
+    """Text for a YAML comment line: a newline (in a directory's name) would end the comment there and
+    make the rest of the line YAML."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def write_best(out: Path, best: FrozenTrial, study_name: str, n_finished: int) -> Path:
     """best.yaml: the best trial's config, its logging pointed at runs/best (a recipe like any other)."""
     raw = best.user_attrs["config"]
@@ -89,10 +95,11 @@ def write_best(out: Path, best: FrozenTrial, study_name: str, n_finished: int) -
     cfg = build_config(raw, source=f"trial {best.number}'s config")
     r = best.user_attrs.get("result") or {}
     params = describe_params(best.params)
-    header = (f"# The best of {n_finished} finished trials of the study {study_name} (rnn-train tune): trial "
-              f"{best.number},\n# best validation loss {best.value:.4f} after {r.get('tokens', 0):,} training tokens"
-              f" ({r.get('train_seconds', 0):.1f} s of training).\n# Searched: {params}\n"
-              f"# Train it: python train.py --config {shell_word(out / 'best.yaml')}\n")
+    lines = [f"The best of {n_finished} finished trials of the study {study_name} (rnn-train tune): trial "
+             f"{best.number},", f"best validation loss {best.value:.4f} after {r.get('tokens', 0):,} training tokens "
+             f"({r.get('train_seconds', 0):.1f} s of training).", f"Searched: {params}",
+             f"Train it: python train.py --config {shell_word(out / 'best.yaml')}"]
+    header = "".join(f"# {_one_line(line)}\n" for line in lines)
     atomic_write_text(out / "best.yaml", header + config_to_yaml(cfg))
     return out / "best.yaml"
 
