@@ -243,6 +243,16 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_with_a_message_then_resume_continue
     assert load_checkpoint(run / "last.pt")["step"] == ckpt["step"] + 10
 
 
+def _run_here_and_elsewhere(tmp_path, monkeypatch):
+    """(home, other, cfg): a corpus.txt in home, the current directory; cfg reads it by its relative name."""
+    home, other = tmp_path / "home", tmp_path / "other"
+    home.mkdir(), other.mkdir()
+    small_text(home)
+    monkeypatch.chdir(home)
+    return home, other, tiny_config(tmp_path, "train.max_steps=20", "data.kind=text", "data.paths=corpus.txt",
+                                    "data.val_fraction=0.1")
+
+
 def test_a_run_is_resumed_and_explored_from_another_directory_with_its_relative_corpus_path(tmp_path, monkeypatch,
                                                                                            capsys):
     """data.paths as the user typed them (relative) are read where the run trained when they name
@@ -251,12 +261,7 @@ def test_a_run_is_resumed_and_explored_from_another_directory_with_its_relative_
     from rnn_train.model.checkpoint import load_model
     from rnn_train.teaching.gradflow import Probe, run_probe
 
-    home, other = tmp_path / "home", tmp_path / "other"
-    home.mkdir(), other.mkdir()
-    small_text(home)
-    monkeypatch.chdir(home)
-    cfg = tiny_config(tmp_path, "train.max_steps=20", "data.kind=text", "data.paths=corpus.txt",
-                      "data.val_fraction=0.1")
+    home, other, cfg = _run_here_and_elsewhere(tmp_path, monkeypatch)
     train(cfg, tmp_path / "r", quiet=True, cache_dir=None)
     assert load_checkpoint(tmp_path / "r" / "last.pt")["workdir"] == str(home)
     monkeypatch.chdir(other)
@@ -282,18 +287,14 @@ def test_a_run_is_resumed_and_explored_from_another_directory_with_its_relative_
 
 def test_a_run_used_elsewhere_reuses_the_corpus_prepared_where_it_trained_rather_than_preparing_it_here(
         tmp_path, monkeypatch, capsys):
-    """A relative --cache-dir follows a relative corpus that is read where the run trained: --resume,
-    explore and gradflow started elsewhere neither write ./data/cache nor prepare the corpus again."""
+    """A relative --cache-dir that names nothing here follows the run to where it trained: --resume,
+    explore and gradflow started elsewhere neither write ./data/cache nor prepare the corpus again,
+    for a relative corpus and for the built-in one alike."""
     from rnn_train.explore.cli import validation_document
     from rnn_train.model.checkpoint import load_model
     from rnn_train.teaching.gradflow import Probe, run_probe
 
-    home, other = tmp_path / "home", tmp_path / "other"
-    home.mkdir(), other.mkdir()
-    small_text(home)
-    monkeypatch.chdir(home)
-    cfg = tiny_config(tmp_path, "train.max_steps=20", "data.kind=text", "data.paths=corpus.txt",
-                      "data.val_fraction=0.1")
+    home, other, cfg = _run_here_and_elsewhere(tmp_path, monkeypatch)
     cache = Path("data/cache")  # the commands' default, relative
     train(cfg, tmp_path / "r", quiet=True, cache_dir=cache)
     prepared = sorted(p.relative_to(home) for p in (home / cache).rglob("*"))
