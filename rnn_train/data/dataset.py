@@ -34,7 +34,8 @@ _NON_LETTERS = re.compile(r"[^A-Za-z]+")
 
 
 def letters_and_spaces(text: str) -> str:
-    """Lowercase; every run of characters other than ASCII letters (newlines, accented and non-Latin letters included) becomes one space."""
+    """Lowercase; every run of characters other than ASCII letters (newlines, accented and non-Latin
+    letters included) becomes one space."""
     return _NON_LETTERS.sub(" ", text).lower()
 
 

@@ -42,8 +42,8 @@ def check_marker(out: Path, kind: str, name: str = "") -> None:
     if held and held != name:
         raise UserError(f"{out} holds the trials of the study {held}; this command's study is {name} (another "
                         f"--study, or its recipe, overrides, search space or budget differ): use another --out, or go "
-                        f"on with that study by the command that made it ({out / MARKER} records it; where only data.paths differs, "
-                        f"add --study {held})")
+                        f"on with that study by the command that made it ({out / MARKER} records it; where only "
+                        f"data.paths differs, add --study {held})")
 
 
 def write_marker(out: Path, name: str, url: str, what: dict[str, Any]) -> None:
