@@ -18,6 +18,7 @@ which path the autotuner picks.
 """
 import json
 import os
+import sys
 import time
 
 import pytest
@@ -306,3 +307,23 @@ def test_the_decoder_stays_nn_linear_for_native_bf16_small_and_float64_models(de
 def test_unknown_kernels_are_refused():
     with pytest.raises(ValueError, match="kernel must be one of"):
         resolve_kernel("fastest", nn.GRU(2, 3), 1, 1, False)
+
+
+def test_the_timing_is_noted_once_on_a_terminal_and_never_in_a_log(monkeypatch, tmp_path):
+    """It can take minutes with nothing else printed, which on a terminal reads as a hang."""
+    import io
+
+    from rnn_train.kernels import autotune
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(autotune, "_cache_file", lambda: tmp_path / "autotune.json")
+    monkeypatch.setattr(autotune, "_SAID", False)
+    for stream, notes in ((io.StringIO(), 0), (Terminal(), 1)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        for key in ("a", "b"):  # two decisions measured: one note
+            assert autotune.stored_decision(f"test/{type(stream).__name__}/{key}", lambda: {"v": 1},
+                                            lambda entry: entry["v"]) == 1
+        assert stream.getvalue().count("note: timing the kernel paths for this model's shape") == notes

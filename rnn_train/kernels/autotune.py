@@ -28,6 +28,7 @@ import copy
 import hashlib
 import json
 import os
+import sys
 import time
 from typing import Callable, TypeVar
 
@@ -344,11 +345,26 @@ def stored_decision(key: str, measure_now: Callable[[], dict], read: Callable[[d
             try:
                 _MEMORY[key] = read(_read_cache().get(key))
             except (KeyError, TypeError, ValueError):
+                _say_once(f"timing the kernel paths for this model's shape on this machine, once (kept in "
+                          f"{_cache_file()}); the first run of a shape waits for it")
                 entry = measure_now()
                 _write_cache(key, entry)
                 _MEMORY[key] = read(entry)
                 _MEASURED_HERE.add(key)
     return _MEMORY[key]
+
+
+def _say_once(message: str) -> None:
+    """A note on a terminal, once per process: the timing takes from seconds to a few minutes with
+    nothing else printed (105 s for shakespeare_best on a busy 2-core machine), which reads as a
+    hang. Not where stderr is a file or a pipe (logs, tests): it changes nothing there."""
+    global _SAID
+    if not _SAID and sys.stderr is not None and sys.stderr.isatty():
+        _SAID = True
+        print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+_SAID = False
 
 
 @contextlib.contextmanager
