@@ -28,6 +28,13 @@ from rnn_train.errors import UserError
 ENCODING_KEY = "--encoding"  # what an undecodable byte's message tells the user to set
 
 
+def _as_file_reads(text: str) -> str:
+    """A string as corpus.file_chunks reads a file holding it: one leading BOM dropped, CRLF and a
+    lone CR as LF."""
+    text = text[1:] if text[:1] == "\ufeff" else text
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def pinyin_prefix(prefix: str, cfg) -> str:
     """A pinyin model given a prefix in Chinese (Han characters, or Chinese marks such as "，"):
     convert it the way its corpus was. The newlines at its ends stay: the converter drops a text's
@@ -56,8 +63,7 @@ def corpus_text(text: str, cfg, what: str) -> tuple[str, list[str]]:
     as LF, Chinese characters to pinyin for a pinyin model, then the letters-only rule -> (the
     text, a line for each step that changed it, naming `what` the text is: "prefix", "--stop-at")."""
     said = []
-    text = text[1:] if text[:1] == "\ufeff" else text
-    text = text.replace("\r\n", "\n").replace("\r", "\n")  # the corpus's newlines (corpus.file_chunks)
+    text = _as_file_reads(text)
     converted = pinyin_prefix(text, cfg)
     if converted != text:
         said.append(f"{what} in Chinese characters converted to pinyin like the corpus ({cfg.data.tones} tones): "
@@ -102,8 +108,7 @@ def text_pieces(text: str, data_cfg) -> Iterator[str]:
     nul = text.find("\0")
     if nul >= 0:
         raise UserError(f"the text has a NUL character at character {nul} (text only)")
-    text = text[1:] if text[:1] == "\ufeff" else text
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _as_file_reads(text)
     chinese = data_cfg.kind == "pinyin" and pinyin.is_chinese(*pinyin.han_counts(text))
     yield from _as_corpus([text] if text else [], data_cfg, chinese)
 

@@ -5,7 +5,6 @@ importing Optuna."""
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Callable
 
 from rnn_train.errors import UserError
@@ -49,7 +48,9 @@ def start_command(args: argparse.Namespace) -> Callable[[str], None]:
         become_worker(args.worker_of)
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from rnn_train.runtime import available_cores  # here, after parsing: it imports torch
+
+    cores = available_cores()
     if args.workers > cores:  # each worker trains with at least one thread: more only wait for a core
         raise UserError(f"--workers {args.workers} is more than the {cores} CPU cores this process may use")
     return session.worker_log(args.worker)

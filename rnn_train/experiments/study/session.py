@@ -130,8 +130,7 @@ def _check_made_from(storage, url: str, name: str, mine: dict[str, str]) -> bool
     if not isinstance(held, dict):  # made before studies kept their plan: nothing to compare
         return False
     order = [*PARTS, *sorted((set(held) | set(mine)) - set(PARTS))]
-    differ = [PARTS.get(part, part) for part in order if part in held or part in mine
-              if held.get(part) != mine.get(part)]
+    differ = [PARTS.get(part, part) for part in order if held.get(part) != mine.get(part)]
     if differ:
         raise UserError(f"the study {name} in {shown(url)} was planned with another {', '.join(differ)} than this "
                         f"command's: its trials are not this command's to go on with; run the command that made "

@@ -631,8 +631,7 @@
     });
     for (const c of [layer, kind, thr]) c.addEventListener("input", run);
     api.select = (a, b) => {
-      inRange("start", a, T);
-      if (inRange("end", b, T) < a) throw new RangeError(`end must be >= start, got start ${a} and end ${b}`);
+      checkSpan(a, b);
       span = [a, b];
       run();
     };
@@ -682,10 +681,12 @@
     }
     return value;
   }
-  function checkedMatch(start, end, threshold, layer = 0, value = "h") {
+  function checkSpan(start, end) {  // characters start..end of the text, both in it
     inRange("start", start, T);
-    inRange("end", end, T);
-    if (end < start) throw new RangeError(`end must be >= start, got start ${start} and end ${end}`);
+    if (inRange("end", end, T) < start) throw new RangeError(`end must be >= start, got start ${start} and end ${end}`);
+  }
+  function checkedMatch(start, end, threshold, layer = 0, value = "h") {
+    checkSpan(start, end);
     if (typeof threshold !== "number" || Number.isNaN(threshold)) throw new RangeError(`threshold must be a number, got ${threshold}`);
     return match(start, end, threshold, layer, part(layer, value));
   }
