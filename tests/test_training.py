@@ -282,6 +282,23 @@ def test_a_sample_longer_than_any_use_is_noted_and_a_checkpoint_holding_it_still
     assert load_model(tmp_path / "r")[2].log.sample_length == 100_001
 
 
+def test_a_momentum_that_does_nothing_or_diverges_is_noted(tmp_path):
+    """Adam and AdamW have no momentum setting (their betas play that part), and SGD's velocity with
+    momentum >= 1 sums every past gradient undamped. Noted, not refused, as with log.sample_length."""
+    said = {}
+    for name, overrides in (("adam", ["train.optimizer=adam", "train.momentum=0.9"]),
+                            ("sgd2", ["train.optimizer=sgd", "train.momentum=2"]),
+                            ("sgd", ["train.optimizer=sgd", "train.momentum=0.9"])):
+        lines = io.StringIO()
+        train(tiny_config(tmp_path, "train.max_steps=2", *overrides), tmp_path / name, cache_dir=tmp_path / "c",
+              stream=lines)
+        said[name] = [line for line in lines.getvalue().splitlines() if line.startswith("note: train.momentum")]
+    assert said["adam"] == ["note: train.momentum=0.9 is SGD's: train.optimizer=adam does not use it"]
+    assert said["sgd2"] == ["note: train.momentum=2: at 1 or more SGD's velocity never forgets a gradient and the "
+                            "steps grow without bound (the usual value is 0.9)"]
+    assert said["sgd"] == []
+
+
 def test_more_threads_than_cores_is_noted_with_the_count_that_would_use_them(tmp_path):
     """They are allowed (a machine shared on purpose), but each step then waits for threads taking
     turns: 20 steps of a tiny model took 25 s with 1000 threads on 2 cores, 0.1 s with 2."""

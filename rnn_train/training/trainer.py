@@ -566,6 +566,13 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
             each = f" in each of {world.local_size} processes" if world.local_size > 1 else ""
             mon.note(f"train.threads={cfg.train.threads}{each} {on}: threads beyond the cores take turns and slow "
                      f"every step; {cores // world.local_size} would use them all")
+    t = cfg.train
+    if t.momentum and world.is_writer:  # allowed: a bound in the config would make such a checkpoint unloadable
+        if t.optimizer != "sgd":
+            mon.note(f"train.momentum={t.momentum:g} is SGD's: train.optimizer={t.optimizer} does not use it")
+        elif t.momentum >= 1:
+            mon.note(f"train.momentum={t.momentum:g}: at 1 or more SGD's velocity never forgets a gradient and the "
+                     "steps grow without bound (the usual value is 0.9)")
     cut = [f"data.{k}={getattr(cfg.data, k)}" for k, default in (("min_freq", 1), ("max_size", 0))
            if getattr(cfg.data, k) != default]
     if init is not None and cut and world.is_writer:  # they shape a vocab built from the corpus; this one is given
