@@ -164,6 +164,11 @@ def test_listing_shows_each_corpus_and_whether_it_is_present(tmp_path):
     assert out.returncode == 0
     rows = {line.split()[0]: line.split()[1:3] for line in out.stdout.splitlines()}
     assert rows == {name: [c.target, "missing"] for name, c in CORPORA.items()}
+    by_file = {path: sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if path in load_config(p).data.paths)
+               for path in (c.target for c in CORPORA.values())}
+    for line in out.stdout.splitlines():  # each row names the recipes that read its file
+        assert line.endswith(f"({', '.join(by_file[line.split()[1]])})")
+    assert "(shakespeare_best, shakespeare_gru)" in out.stdout  # two recipes read Tiny Shakespeare
 
 
 def test_a_recipe_whose_text_is_missing_names_the_download_command(tmp_path):

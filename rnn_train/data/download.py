@@ -47,12 +47,12 @@ CORPORA: dict[str, Corpus] = {
         url="https://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt",
         sha256="8424dbd9532ac81f7e5f0b6add90e6952baea29158309d7d1bf3884f4e12c516",
         size=178_979, target="data/timemachine.txt",
-        about="H. G. Wells, The Time Machine: the d2l book's file (timemachine_gru)"),
+        about="H. G. Wells, The Time Machine: the d2l book's file"),
     "tinyshakespeare": Corpus(
         url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
         sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
         size=1_115_394, target="data/tinyshakespeare/input.txt",
-        about="Tiny Shakespeare: char-rnn's 1.1M characters (shakespeare_gru)"),
+        about="Tiny Shakespeare: char-rnn's 1.1M characters"),
 }
 
 _CHUNK = 1 << 16
@@ -144,12 +144,26 @@ def download(name: str, url: str | None = None, root: Path = Path("."), progress
     return f"{corpus.target}: {len(body):,} bytes from {source}, SHA-256 ok"
 
 
+def readers(target: str) -> list[str]:
+    """The built-in recipes whose data.paths name `target`: read off the files, so that a recipe
+    added to configs/ is listed without a word here."""
+    import yaml
+
+    from rnn_train.recipes import recipe_dir, recipe_names
+
+    def paths(name: str) -> list:
+        data = (yaml.safe_load((recipe_dir() / f"{name}.yaml").read_text(encoding="utf-8")) or {}).get("data") or {}
+        return data.get("paths") or []
+
+    return [name for name in recipe_names() if target in paths(name)]
+
+
 def registry_table(root: Path = Path(".")) -> str:
     width = max(map(len, CORPORA))
     rows = []
     for name, c in CORPORA.items():
         state = "present" if (root / c.target).exists() else "missing"
-        rows.append(f"{name:<{width}}  {c.target:<31} {state:<8} {c.about}")
+        rows.append(f"{name:<{width}}  {c.target:<31} {state:<8} {c.about} ({', '.join(readers(c.target))})")
     return "\n".join(rows)
 
 
