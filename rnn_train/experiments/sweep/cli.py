@@ -13,7 +13,7 @@ from rnn_train.training.rundir import RunDir
 
 
 EPILOG = """\
-grid: --grid KEY=V1,V2,... [KEY=V1,V2,... ...]; the runs are the cross product, in the order given.
+grid: --grid KEY=V1,V2,... [KEY=V1,V2,... ...]; the runs are the cross product (tables in the order given).
   Any config key works (section.key, as in train.py overrides) except list-valued ones.
 budget: tokens:N (N training tokens per run, e.g. tokens:2M) or time:S (S seconds of training per run,
   e.g. time:90 or time:5m). It is the only limit: train.epochs, max_steps, max_tokens, max_time and
