@@ -70,7 +70,7 @@ def test_precision_is_a_validated_config_key_defaulting_to_auto():
 
 def test_bf16_hardware_reads_the_cpu_flags_and_honours_the_isa_caps(monkeypatch):
     cpu = torch.device("cpu")
-    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16", "amx_tile"})
     assert precision.bf16_hardware(cpu) is None
@@ -81,6 +81,12 @@ def test_bf16_hardware_reads_the_cpu_flags_and_honours_the_isa_caps(monkeypatch)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert "ONEDNN_MAX_CPU_ISA=AVX2" in precision.bf16_hardware(cpu)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "avx512_core")  # oneDNN's older name for the same cap
+    assert "DNNL_MAX_CPU_ISA=AVX512_CORE" in precision.bf16_hardware(cpu)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # where both are set, oneDNN reads this one
+    assert precision.bf16_hardware(cpu) is None
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA")
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     assert "ATEN_CPU_CAPABILITY=avx2" in precision.bf16_hardware(cpu)
     monkeypatch.delenv("ATEN_CPU_CAPABILITY")

@@ -40,10 +40,10 @@ from rnn_train.kernels import build
 from rnn_train.kernels.fused import FusedPath, can_fuse, fused_rnn
 from rnn_train.model import cells
 from rnn_train.kernels.gemm import onednn_available
-from rnn_train.kernels.precision import autocast_reaches
+from rnn_train.kernels.precision import ONEDNN_ISA_ENV, autocast_reaches
 
 NATIVE = "native"
-_ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+_ISA_ENV = ("ATEN_CPU_CAPABILITY", *ONEDNN_ISA_ENV, "MKL_ENABLE_INSTRUCTIONS")
 _WARMUP, _ROUNDS, _PRUNE_AFTER, _PRUNE_RATIO = 1, 6, 3, 1.5
 
 

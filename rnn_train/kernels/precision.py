@@ -44,11 +44,25 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+ONEDNN_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+"""oneDNN's cap on the instructions it uses, under its current name and its older one; where both
+are set, the first wins (as in oneDNN)."""
+
+
+def onednn_isa_cap() -> tuple[str, str]:
+    """(the variable that caps oneDNN, its value upper-cased), or ("", "") where neither is set."""
+    for name in ONEDNN_ISA_ENV:
+        value = os.environ.get(name, "").strip().upper()
+        if value:
+            return name, value
+    return "", ""
+
+
 def bf16_hardware(device: torch.device) -> str | None:
     """None where `device` multiplies bf16 in hardware, else why not (a phrase for a one-line note).
 
     CPU: the AVX512-BF16 or AMX-BF16 flag (Linux's /proc/cpuinfo), unless torch's kernels or oneDNN
-    are capped below them (ATEN_CPU_CAPABILITY=avx2 or default, ONEDNN_MAX_CPU_ISA): a capped run
+    are capped below them (ATEN_CPU_CAPABILITY=avx2 or default, ONEDNN_ISA_ENV): a capped run
     stands in for an older CPU and must behave like one. CUDA: torch.cuda.is_bf16_supported."""
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported(including_emulation=False):
@@ -59,9 +73,9 @@ def bf16_hardware(device: torch.device) -> str | None:
     cap = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
     if cap in ("avx2", "default"):
         return f"ATEN_CPU_CAPABILITY={cap} caps torch below bf16 instructions"
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    name, isa = onednn_isa_cap()
     if isa not in _ONEDNN_BF16_ISAS:
-        return f"ONEDNN_MAX_CPU_ISA={isa} caps oneDNN below bf16 instructions"
+        return f"{name}={isa} caps oneDNN below bf16 instructions"
     if not any(flag in _cpu_flags() for flag in _CPU_BF16_FLAGS):
         return "this CPU has no bf16 instructions (AVX512-BF16 or AMX-BF16)"
     return None
