@@ -394,6 +394,24 @@ def test_a_resumed_bf16_run_equals_an_uninterrupted_one(tmp_path, decisions, bf1
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_resume_that_takes_another_precision_says_so(tmp_path, decisions, bf16_hardware, capsys):
+    """Exact resume holds within one precision. Resumed on a machine without bf16, under a cap, or
+    with train.precision changed, the run goes on in another one: the first lines say so, from the
+    precision the checkpoint records having taken (its config may say only `auto`)."""
+    cfg = tiny_config(tmp_path, "train.precision=bf16", "train.max_steps=10", "train.eval_every=5")
+    train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c")
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["precision"] == "bf16"
+    capsys.readouterr()
+    for precision_now, steps in (("bf16", 15), ("fp32", 20)):
+        more = tiny_config(tmp_path, f"train.precision={precision_now}", f"train.max_steps={steps}", "train.eval_every=5")
+        train(more, tmp_path / "r", cache_dir=tmp_path / "c", resume=load_checkpoint(tmp_path / "r" / "last.pt"))
+        notes = [line for line in capsys.readouterr().err.splitlines() if "goes on in" in line]
+        assert notes == ([] if precision_now == "bf16" else [
+            "note: the run trained in bf16 until step 15 and goes on in fp32: its losses from here are not those of "
+            "an uninterrupted run (a resume is exact within one precision)"])
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["precision"] == "fp32"
+
+
 # ---- CUDA's rules, checked on the CPU (no GPU here: each test fakes the one fact it needs)
 
 def test_autocast_is_kept_off_a_cudnn_rnn_on_cuda_and_reaches_everything_else():

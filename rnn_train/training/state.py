@@ -32,6 +32,9 @@ A checkpoint is one dict of plain data and tensors (loadable with `torch.load(we
     workdir          the directory relative data.paths were read against, added by the trainer: explore,
                      gradflow and --resume started elsewhere look there for a path not found where they
                      run (`data.dataset.run_data`); optional
+    precision        the arithmetic the step took ("fp32", "bf16", "fp64": what train.precision's
+                     `auto` became), added by the trainer: --resume says when it now takes another,
+                     since a resume is exact only within one; optional
     format, version  added by `model.checkpoint.save_checkpoint`
 
 The batch order needs no state: epoch e's batches come from `epoch_rng(seed, e)`, so a resumed run

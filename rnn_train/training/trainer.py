@@ -333,6 +333,7 @@ class Trainer:
             if self.data.corpus_sha256:
                 payload["corpus_sha256"] = self.data.corpus_sha256  # what --resume checks the text against
             payload["workdir"] = self.workdir  # where explore, gradflow and --resume find relative data.paths
+            payload["precision"] = self.precision  # what --resume compares the precision it takes with
             ckpt_io.save_checkpoint(self.run_dir / name, payload)
         w.from_writer(write)  # a failed write (a full disk) is raised on every rank, not only on rank 0
 
@@ -550,6 +551,11 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
                   planned_steps(cfg, len(data.train)), state.step, stream=stream)
     world.from_writer(mon.check)  # an event file that cannot be created stops every rank now
     mon.info(f"run {rd}: " + _describe(cfg, data, learner, device, kernel, start))
+    saved = resume.get("precision") if resume is not None else None
+    if isinstance(saved, str) and saved != learner.precision:  # another machine, cap or train.precision
+        resumed_note = "; ".join(filter(None, (resumed_note, (
+            f"the run trained in {saved} until step {state.step} and goes on in {learner.precision}: its losses from "
+            f"here are not those of an uninterrupted run (a resume is exact within one precision)"))))
     for note in (moved_note, learner.precision_note, resumed_note):
         if note and world.is_writer:
             mon.note(note)
