@@ -164,6 +164,23 @@ def test_auto_takes_bf16_only_where_it_wins_by_the_margin_and_remembers(decision
     assert resolve_training_path("native", "bf16", rnn, 32, 5, True)[:2] == (None, "bf16")
 
 
+def test_bf16_asked_for_times_no_float32_path(decisions, bf16_hardware, monkeypatch):
+    """The float32 decision serves `auto` (the race bf16 must win) and a fallback; bf16 asked for
+    and available needs neither: nothing float32 is timed, and one candidate is taken untimed."""
+    import rnn_train.kernels as kernels
+
+    rnn, calls = big_gru(), []
+    monkeypatch.setattr(autotune, "choose", lambda *a, **k: calls.append("fp32 decision"))
+    monkeypatch.setattr(autotune, "race", lambda runs: calls.append(sorted(runs)) or {n: 1.0 for n in runs})
+    assert resolve_training_path("auto", "bf16", rnn, 32, 5, True) == (None, "bf16", "")
+    assert calls == [] and not decisions.exists()
+    two = [FusedPath("cpp", "blas", "tiled", "blas"), None]  # an AMX machine's: the C++ tiles and autocast
+    monkeypatch.setattr(kernels, "bf16_candidates", lambda kernel, rnn: two)
+    monkeypatch.setattr(autotune, "runs_here", lambda rnn, path, one_hot, precision: True)
+    resolve_training_path("auto", "bf16", rnn, 32, 5, True)
+    assert calls == [["fused-cpp(step=tiled, threads=blas, gemm=blas) bf16", "native bf16"]]  # float32 not raced
+
+
 def test_a_new_float32_decision_measures_the_precision_again(decisions, bf16_hardware, monkeypatch):
     rnn = big_gru()
     monkeypatch.setattr(autotune, "race", lambda runs: {name: (1.0 if "fp32" in name else 0.1) for name in runs})

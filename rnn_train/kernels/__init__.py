@@ -82,9 +82,8 @@ def resolve_training_path(kernel: str, precision: str, rnn: nn.Module, batch_siz
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    path = resolve_kernel(kernel, rnn, batch_size, num_steps, one_hot)
     if precision == "fp32":
-        return TrainingPath(path, "fp32")
+        return TrainingPath(resolve_kernel(kernel, rnn, batch_size, num_steps, one_hot), "fp32")
     w = rnn.weight_hh_l0
     why = f"the model computes in {str(w.dtype).split('.')[-1]}" if w.dtype != torch.float32 else bf16_hardware(w.device)
     candidates = [] if why else [p for p in bf16_candidates(kernel, rnn) if autotune.runs_here(rnn, p, one_hot, "bf16")]
@@ -92,8 +91,14 @@ def resolve_training_path(kernel: str, precision: str, rnn: nn.Module, batch_siz
         why = f"model.kernel={kernel} has no bf16 path that runs this model here"
     if why is not None:
         note = f"train.precision=bf16: {why}; training in float32" if precision == "bf16" else ""
-        return TrainingPath(path, "fp32", note)
-    chosen, taken = autotune.choose_precision(rnn, batch_size, num_steps, one_hot, kernel, path, candidates, precision)
+        return TrainingPath(resolve_kernel(kernel, rnn, batch_size, num_steps, one_hot), "fp32", note)
+    # bf16 asked for: the float32 decision would be timed for nothing (and one candidate is no race)
+    path = resolve_kernel(kernel, rnn, batch_size, num_steps, one_hot) if precision == "auto" else None
+    if precision == "bf16" and len(candidates) == 1:
+        chosen, taken = candidates[0], "bf16"
+    else:
+        chosen, taken = autotune.choose_precision(rnn, batch_size, num_steps, one_hot, kernel, path, candidates,
+                                                  precision)
     note = ""
     if taken == "bf16" and chosen is None and not autocast_reaches(rnn):
         note = ("train.precision=bf16 on CUDA: the recurrent layers (cuDNN) train in float32, the decoder in bf16 "

@@ -250,9 +250,10 @@ def choose_precision(rnn: nn.Module, batch_size: int, num_steps: int, one_hot: b
                      requested: str) -> tuple[FusedPath | None, str]:
     """(path, precision) for `requested` "bf16" or "auto" on this machine: the fastest of the bf16
     `candidates` (paths that compute in bf16; None is the module under autocast); with "auto", that
-    one only where it beat `fp32_path` (the float32 decision) by precision.BF16_MARGIN, else
-    (fp32_path, "fp32"). Measured once per machine and shape like the float32 path, and stored
-    with it; a model too small to measure takes float32 for "auto" and the first candidate for "bf16"."""
+    one only where it beat `fp32_path` (the float32 decision; unused with "bf16", which does not
+    race it) by precision.BF16_MARGIN, else (fp32_path, "fp32"). Measured once per machine and
+    shape like the float32 path, and stored with it; a model too small to measure takes float32
+    for "auto" and the first candidate for "bf16"."""
     from rnn_train.kernels.precision import BF16_MARGIN
 
     if is_small(rnn, batch_size):
