@@ -246,12 +246,15 @@ def test_letters_only_models_score_the_letters_only_text(tmp_path):
     (b"ni \xff hao", "byte 0xff at offset 3 is not valid utf-8 (set --encoding, e.g. gbk)"),
     ("ni hao".encode("utf-16"), "byte 0xff at offset 0 is not valid utf-8 (set --encoding, e.g. utf-16)"),  # its BOM
     (b"ni\0hao", "looks like a binary file, not text: NUL character at character 2 (text files only)"),  # not data.paths
-    (None, "bad.txt"),  # no such file
+    (None, "error: text file not found: "),  # no such file: not called a corpus, which score does not read
+    ("dir", "bad.txt is a directory, not a text file"),
 ])
 def test_bad_files_are_one_line_errors_and_leave_the_output_alone(run, tmp_path, content, needle):
     tmp, _, _ = run
     bad, tsv = tmp_path / "bad.txt", tmp_path / "bits.tsv"
-    if content is not None:
+    if content == "dir":
+        bad.mkdir()
+    elif content is not None:
         bad.write_bytes(content)
     earlier = "file\tindex\tchar\tbits\nan earlier table\n"
     tsv.write_text(earlier)

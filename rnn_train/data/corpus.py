@@ -74,22 +74,27 @@ def _decoder(encoding: str, path: PathLike) -> codecs.IncrementalDecoder:
     return codecs.getincrementaldecoder(encoding)(errors="strict")
 
 
-def _open(path: PathLike):
-    refuse_special(path, "corpus file")
+CORPUS_FILE = "corpus file"
+"""What file_chunks' messages call the file by default; a command reading other text names it otherwise."""
+
+
+def _open(path: PathLike, what: str):
+    refuse_special(path, what)
     try:
         return open(path, "rb")
     except FileNotFoundError:
-        raise missing_corpus_error(path) from None
+        raise (missing_corpus_error(path) if what == CORPUS_FILE else UserError(f"{what} not found: {path}")) from None
     except IsADirectoryError:
-        raise UserError(f"{path} is a directory, not a corpus file") from None
+        raise UserError(f"{path} is a directory, not a {what}") from None
     except PermissionError:
-        raise UserError(f"cannot read corpus file {path}: permission denied") from None
+        raise UserError(f"cannot read {what} {path}: permission denied") from None
     except OSError as exc:
-        raise UserError(f"cannot read corpus file {path}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
 def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUNK_BYTES, *,
-                offset: int = 0, on_bytes: OnBytes = None, encoding_key: str = "data.encoding") -> Iterator[str]:
+                offset: int = 0, on_bytes: OnBytes = None, encoding_key: str = "data.encoding",
+                what: str = CORPUS_FILE) -> Iterator[str]:
     """Decode and normalise a file (from byte `offset`) in chunks of at most `chunk_bytes` bytes.
 
     Every failure a user can fix is a one-line `UserError` naming the file: missing, a directory,
@@ -98,14 +103,14 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
     character (a binary file)."""
     decoder = _decoder(encoding, path)
     strict_utf8 = codecs.lookup(encoding).name == "utf-8"  # never decodes to a lone surrogate; others may (utf-7)
-    with _open(path) as f:
+    with _open(path, what) as f:
         f.seek(offset)
         consumed, chars, started, carry = offset, 0, False, ""
         while True:
             try:
                 block = f.read(chunk_bytes)
             except OSError as exc:
-                raise UserError(f"cannot read corpus file {path}: {exc.strerror or exc}") from None
+                raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
             buffered = len(decoder.getstate()[0])  # bytes of an incomplete character held back
             try:
                 text = decoder.decode(block, final=not block)
