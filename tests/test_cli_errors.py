@@ -152,7 +152,7 @@ def test_an_input_that_is_a_pipe_or_a_device_is_refused_instead_of_read_forever(
     cases = [(["train.py", "--config", str(fifo)], "config file"),
              (["train.py", "--config", "/dev/zero"], "config file /dev/zero is not a regular file"),
              (["predict.py", "--checkpoint", str(fifo), "--prefix", "a"], "checkpoint"),
-             ([*rnn, "score", "--checkpoint", done, str(fifo)], "corpus file"),
+             ([*rnn, "score", "--checkpoint", done, str(fifo)], "text file"),
              ([*rnn, "tune", "--config", "configs/debug.yaml", "--space", str(fifo), "--trials", "2",
                "--trial-budget", "tokens:1k", "--out", str(tmp_path / "t"), "--dry-run"], "search space file")]
     for args, needle in cases:

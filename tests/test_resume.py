@@ -181,12 +181,16 @@ def test_resuming_a_finished_run_writes_nothing_and_says_which_limit_to_raise(tm
 
 def test_a_run_stopped_at_its_limit_before_reporting_is_reported_by_resume(tmp_path):
     """last.pt at the limit but no metrics.json (the process died in between): resume finishes the report."""
-    cfg = tiny_config(tmp_path, "train.max_steps=20")
+    cfg = tiny_config(tmp_path, "train.max_steps=20")  # log_every 5: step 20 logged its means, then saved
     train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c")
+    whole = json.loads((tmp_path / "r" / "metrics.json").read_text())
     (tmp_path / "r" / "metrics.json").unlink()
     r = train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c",
               resume=load_checkpoint(tmp_path / "r" / "last.pt"))
     assert r.step == 20 and (tmp_path / "r" / "metrics.json").exists()
+    reported = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    same = ("step", "train_loss", "grad_norm", "clipped_fraction", "val_loss", "best_val_loss")
+    assert {k: reported[k] for k in same} == {k: whole[k] for k in same}  # not null: the checkpoint kept them
     # it validated at step 20 before it died: one validation point per step, not a second one at 20
     assert [step for step, _ in scalar_series(tmp_path / "r", "val/loss")] == [20]
 

@@ -68,13 +68,18 @@ class LogWindow:
     SUMS = ("loss", "norm", "clipped", "steps", "tokens", "seconds", "clipped_total", "steps_total")
     """What a checkpoint keeps of the window (RunState.log): a resumed run logs the interval it was
     stopped in, and reports its clipped fraction, as the run that never stopped does."""
+    LAST = ("last_loss", "last_grad_norm")
+    """And the last logged means (NaN before the first), which the run's result reports: a resume
+    that has no step left to train (stopped between its last checkpoint and metrics.json) reports
+    them as the run that never stopped does. Checkpoints from before they were kept lack them."""
 
     def snapshot(self) -> dict[str, float]:
         """The window as plain numbers (with several ranks the loss sum is the ranks' mean: a
         collective, so every rank calls it at the same step, as checkpoints are saved)."""
         return {"loss": float(self.world.mean(self.loss)), "norm": float(self.norm), "clipped": float(self.clipped),
                 "steps": self.steps, "tokens": self.tokens, "seconds": self.seconds,
-                "clipped_total": self.clipped_total, "steps_total": self.steps_total}
+                "clipped_total": self.clipped_total, "steps_total": self.steps_total,
+                "last_loss": self.last_loss, "last_grad_norm": self.last_grad_norm}
 
     def restore(self, saved: dict[str, float]) -> None:
         """Go on from a `snapshot` ({} from a checkpoint that has none: an empty window)."""
@@ -83,6 +88,8 @@ class LogWindow:
         self.loss.fill_(saved["loss"]), self.norm.fill_(saved["norm"]), self.clipped.fill_(saved["clipped"])
         self.steps, self.tokens, self.seconds = int(saved["steps"]), int(saved["tokens"]), float(saved["seconds"])
         self.clipped_total, self.steps_total = float(saved["clipped_total"]), int(saved["steps_total"])
+        if not math.isnan(saved.get("last_loss", math.nan)):
+            self.last = LogMeans(saved["last_loss"], saved["last_grad_norm"], math.nan, math.nan)
 
     @property
     def last_loss(self) -> float:

@@ -24,9 +24,10 @@ A checkpoint is one dict of plain data and tensors (loadable with `torch.load(we
                      with several ranks also each rank's under "ranks": see `restore_rng`)
     validated_at     the step of the latest validation: a run saved at its last step after validating
                      there is not validated again when --resume ends it (one val point per step); optional
-    log              the log window's sums since the last logging step and over the run
-                     (training.logwindow.LogWindow.snapshot): a resumed run logs the interval it was
-                     stopped in, and reports its clipped fraction, as an uninterrupted run; optional
+    log              the log window's sums since the last logging step and over the run, and the last
+                     logged means (training.logwindow.LogWindow.snapshot): a resumed run logs the
+                     interval it was stopped in, and reports its clipped fraction and last training
+                     loss, as an uninterrupted run; optional
     corpus_sha256    a digest of the corpus's contents (`data.dataset.corpus_digest`), added by the
                      trainer: --resume refuses text that changed; optional (older checkpoints lack it)
     workdir          the directory relative data.paths were read against, added by the trainer: explore,
@@ -123,9 +124,9 @@ def _log_sums(saved: Any) -> dict[str, float]:
     TypeError or ValueError where they are not what LogWindow.snapshot writes (a damaged file)."""
     if saved == {}:
         return {}
-    if not isinstance(saved, dict) or set(saved) != set(LogWindow.SUMS):
+    if not isinstance(saved, dict) or set(saved) not in (set(LogWindow.SUMS), {*LogWindow.SUMS, *LogWindow.LAST}):
         raise ValueError(f"log sums {saved!r:.80}")
-    return {k: float(saved[k]) for k in LogWindow.SUMS}
+    return {k: float(v) for k, v in saved.items()}
 
 
 def capture_rng(device: torch.device) -> dict[str, Any]:
