@@ -247,6 +247,30 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_with_a_message_then_resume_continue
     assert load_checkpoint(run / "last.pt")["step"] == ckpt["step"] + 10
 
 
+def test_sigterm_outside_the_training_loop_is_ctrl_c_there_too(tmp_path, monkeypatch, capsys):
+    """Before the loop (imports, corpus preparation) SIGTERM's default ended the process silently
+    (-15) where Ctrl-C said `error: interrupted` with status 130: now both say it. The handler the
+    command found is put back when it returns."""
+    import rnn_train.training.trainer as trainer
+    from rnn_train.cli import run
+    from rnn_train.training.cli import main as train_main
+
+    def preparing(*args, **kwargs):  # a signal while the corpus is prepared
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        raise AssertionError("SIGTERM did not stop the command")
+    monkeypatch.setattr(trainer, "train", preparing)
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        status = run(train_main, ["--config", str(ROOT / "configs" / "debug.yaml"), f"log.dir={tmp_path}", "--cache-dir",
+                                  str(tmp_path / "c")])
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert status == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
+
+
 def _run_here_and_elsewhere(tmp_path, monkeypatch):
     """(home, other, cfg): a corpus.txt in home, the current directory; cfg reads it by its relative name."""
     home, other = tmp_path / "home", tmp_path / "other"

@@ -12,6 +12,7 @@ import io
 import math
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from rnn_train.cli import ArgumentParser, report
@@ -59,6 +60,20 @@ def _parse(argv: list[str] | None, prog: str):
 
 
 def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
+    """SIGTERM is Ctrl-C for the whole command: in the training loop both save last.pt and stop
+    (the trainer's own handler); before it (imports, corpus preparation) and after it (the test
+    split, metrics.json) both are `error: interrupted` and status 130, where SIGTERM's default
+    would end the process silently with -15."""
+    threaded = threading.current_thread() is not threading.main_thread()  # signals are the main thread's
+    previous = None if threaded else signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _main(argv, prog)
+    finally:  # put back, unless a finished torchrun rank has just set it to be ignored (see _main)
+        if previous is not None and signal.getsignal(signal.SIGTERM) is signal.default_int_handler:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None, prog: str) -> int:
     from rnn_train.training.distributed import world_from_env
 
     world = world_from_env()  # rank 0 of 1 without torchrun
