@@ -134,6 +134,21 @@ def test_create_writes_the_resolved_config_or_fails_in_one_line(tmp_path):
         RunDir(blocker / "run").create(cfg)
 
 
+def test_a_resumed_run_removes_the_temp_file_a_killed_checkpoint_write_left(tmp_path):
+    """SIGKILL during torch.save leaves `.last.pt.XXXX.tmp` (megabytes) beside the intact last.pt:
+    the next run in the directory, resumed or new, removes such files, and nothing else."""
+    from rnn_train.model.checkpoint import load_checkpoint
+
+    train(tiny_config(tmp_path, "train.max_steps=10"), tmp_path / "r", quiet=True, cache_dir=tmp_path / "c")
+    left = [tmp_path / "r" / name for name in (".last.pt.k1ll3d.tmp", ".best.pt.x_9.tmp", ".metrics.json.a.tmp")]
+    others = [tmp_path / "r" / name for name in ("notes.tmp", ".mine.pt.a.tmp")]
+    for f in left + others:
+        f.write_bytes(b"partial")
+    train(tiny_config(tmp_path, "train.max_steps=20"), tmp_path / "r", quiet=True, cache_dir=tmp_path / "c",
+          resume=load_checkpoint(tmp_path / "r" / "last.pt"))
+    assert not any(f.exists() for f in left) and all(f.exists() for f in others)
+
+
 def test_status_follows_what_the_directory_holds(tmp_path):
     cfg = cfg_of()
     rd = RunDir(tmp_path / "r")

@@ -31,7 +31,7 @@ import yaml
 from rnn_train.config import Config, build_config, config_to_yaml
 from rnn_train.errors import UserError
 from rnn_train.files import atomic_write_json, atomic_write_text, writing
-from rnn_train.runfiles import BEST, CONFIG, DERIVED, EXPLORE_MARK, EXPLORE_PAGE, LAST, METRICS, RUN_FILES
+from rnn_train.runfiles import BEST, CONFIG, DERIVED, EXPLORE_MARK, EXPLORE_PAGE, LAST, METRICS, RUN_FILES, STAGED
 
 
 @contextlib.contextmanager
@@ -246,10 +246,15 @@ class RunDir:
         return True
 
     def create(self, cfg: Config) -> None:
-        """Make the directory and write the resolved config.yaml: the first write of a run."""
+        """Make the directory and write the resolved config.yaml: the first write of a run (new or
+        resumed), which also removes the temp files a killed write left (the directory is claimed:
+        no write of ours is under way in it)."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"the run directory {self.path} is a file (log.dir / log.name); pick another log.name")
         try:
+            for left in (f for pattern in STAGED for f in self.path.glob(pattern)):
+                if left.is_file() and not left.is_symlink():
+                    left.unlink()
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path / CONFIG, config_to_yaml(cfg))
         except OSError as e:
