@@ -271,10 +271,13 @@ def test_the_python_api_refuses_what_the_flags_refuse_in_one_line(trained):
         (lambda: predict(model, vocab, "zhong", top_n=0), "--top-n must be an integer >= 1, got 0"),
         (lambda: next_char_distribution(model, vocab, "zhong", top_n=-1), "--top-n must be an integer >= 1"),
         (lambda: generate(model, vocab, "zhong", 5, unk="bogus"), "--unk must be error or replace, got 'bogus'"),
+        (lambda: predict(model, vocab, "ni", k=5, temperature=1.0, top_k=2.5, seed=1), "--top-k must be an integer, "
+                                                                                      "got 2.5"),
     ]:
         with pytest.raises(UserError, match=re.escape(message)):
             call()
     assert len(predict(model, vocab, "zhong", k=np.int64(5), top_n=np.int64(2)).continuation) == 5
+    assert len(predict(model, vocab, "zhong", k=5, temperature=1.0, top_k=np.int64(3), seed=1).continuation) == 5
 
 
 def test_a_vocab_from_another_run_is_refused_before_it_maps_characters_to_the_wrong_rows(trained):
