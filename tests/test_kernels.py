@@ -320,10 +320,34 @@ def test_the_timing_is_noted_once_on_a_terminal_and_never_in_a_log(monkeypatch, 
             return True
 
     monkeypatch.setattr(autotune, "_cache_file", lambda: tmp_path / "autotune.json")
-    monkeypatch.setattr(autotune, "_SAID", False)
+    monkeypatch.setattr(autotune, "_SAID", set())
     for stream, notes in ((io.StringIO(), 0), (Terminal(), 1)):
         monkeypatch.setattr(sys, "stderr", stream)
         for key in ("a", "b"):  # two decisions measured: one note
             assert autotune.stored_decision(f"test/{type(stream).__name__}/{key}", lambda: {"v": 1},
                                             lambda entry: entry["v"]) == 1
         assert stream.getvalue().count("note: timing the kernel paths for this model's shape") == notes
+    assert "machine was busy" not in stream.getvalue()  # no load recorded: nothing to say
+
+
+def test_a_timing_on_a_busy_machine_says_how_to_time_again_on_a_terminal(monkeypatch, tmp_path):
+    """The decision is kept for good (the same losses run after run), so one taken while other work
+    ran, beside this process's own threads, may keep a slower path: the terminal is told so, once."""
+    import io
+
+    from rnn_train.kernels import autotune
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(autotune, "_cache_file", lambda: tmp_path / "autotune.json")
+    monkeypatch.setattr(autotune, "_SAID", set())
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    own = torch.get_num_threads()
+    for key, load in (("quiet", own + 0.5), ("busy", own + 4.0), ("busy again", own + 4.0)):
+        autotune.stored_decision(f"test/{key}", lambda: {"v": 1, "load": load}, lambda entry: entry["v"])
+    said = [line for line in sys.stderr.getvalue().splitlines() if line.startswith("note: the machine was busy")]
+    assert said == [f"note: the machine was busy while they were timed (load average {own + 4.0:.1f} on "
+                    f"{os.cpu_count()} CPUs): the path kept may not be the fastest; delete "
+                    f"{tmp_path / 'autotune.json'} to time them again when it is quiet"]

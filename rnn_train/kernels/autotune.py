@@ -346,26 +346,36 @@ def stored_decision(key: str, measure_now: Callable[[], dict], read: Callable[[d
             try:
                 _MEMORY[key] = read(_read_cache().get(key))
             except (KeyError, TypeError, ValueError):
-                _say_once(f"timing the kernel paths for this model's shape on this machine, once (kept in "
-                          f"{_cache_file()}); the first run of a shape waits for it")
+                _say_once("timing", f"timing the kernel paths for this model's shape on this machine, once (kept "
+                                    f"in {_cache_file()}); the first run of a shape waits for it")
                 entry = measure_now()
+                if _busy(entry.get("load")):
+                    _say_once("busy", f"the machine was busy while they were timed (load average {entry['load']:.1f}"
+                                      f" on {os.cpu_count()} CPUs): the path kept may not be the fastest; delete "
+                                      f"{_cache_file()} to time them again when it is quiet")
                 _write_cache(key, entry)
                 _MEMORY[key] = read(entry)
                 _MEASURED_HERE.add(key)
     return _MEMORY[key]
 
 
-def _say_once(message: str) -> None:
-    """A note on a terminal, once per process: the timing takes from seconds to a few minutes with
-    nothing else printed (105 s for shakespeare_best on a busy 2-core machine), which reads as a
-    hang. Not where stderr is a file or a pipe (logs, tests): it changes nothing there."""
-    global _SAID
-    if not _SAID and sys.stderr is not None and sys.stderr.isatty():
-        _SAID = True
+def _say_once(kind: str, message: str) -> None:
+    """A note of `kind` on a terminal, once per process: the timing takes from seconds to a few
+    minutes with nothing else printed (105 s for shakespeare_best on a busy 2-core machine), which
+    reads as a hang; and a timing on a busy machine is kept for good. Not where stderr is a file or
+    a pipe (logs, tests): the run's output there stays the same on a busy machine and a quiet one."""
+    if kind not in _SAID and sys.stderr is not None and sys.stderr.isatty():
+        _SAID.add(kind)
         print(f"note: {message}", file=sys.stderr, flush=True)
 
 
-_SAID = False
+_SAID: set[str] = set()
+
+
+def _busy(load: float | None) -> bool:
+    """Whether other work ran beside the timing: the load average it ended at, less this process's
+    own threads (which the timing kept busy), is a core's worth or more."""
+    return load is not None and load - torch.get_num_threads() >= 1.0
 
 
 @contextlib.contextmanager
