@@ -199,7 +199,7 @@ def output_arg(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path; give a file or directory name")
     if text == "-":
-        raise argparse.ArgumentTypeError("'-' (standard output): give a file name (./- for a file named '-')")
+        raise argparse.ArgumentTypeError("'-' (standard output): give a file or directory name (./- for one named '-')")
     return text
 
 

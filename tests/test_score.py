@@ -276,7 +276,7 @@ def test_per_char_never_replaces_an_input_or_a_file_that_is_not_a_table(run, tmp
     not_plain = "is a device, a pipe or a link, not a regular file"
     for target, needle in [(text, "is a file this command reads"), (tmp / "run" / "best.pt", "is a file this command reads"),
                            (notes, "exists and is not an earlier --per-char table"), ("", "an empty path"),
-                           ("-", "'-' (standard output): give a file name"), (fifo, not_plain), (link, not_plain)]:
+                           ("-", "'-' (standard output): give a file or directory name"), (fifo, not_plain), (link, not_plain)]:
         out = _score_cli("--checkpoint", tmp / "run", text, "--per-char", target)
         assert out.returncode == 2 and out.stderr.startswith("error: ") and out.stderr.count("\n") == 1
         assert needle in out.stderr, out.stderr
