@@ -78,6 +78,26 @@ def resolve_recipe(name_or_path: str | Path) -> Path:
     raise UserError(f"config file {text} does not exist{also}")
 
 
+def resolve_space(name_or_path: str | Path) -> Path:
+    """A search space file for `tune --space`: a path that exists, else a packaged space by name
+    (configs/spaces/, shipped with the recipes: `--space shakespeare_10min`). A missing path is
+    returned as it is (the reader says it does not exist), with, where its file name is a packaged
+    space's, how to take that one instead (the README's `--space configs/spaces/...` run outside
+    the checkout)."""
+    path = Path(name_or_path)
+    stem = path.stem if path.suffix in _SUFFIXES else path.name
+    packaged = recipe_dir() / "spaces" / f"{stem}.yaml"
+    if path.exists() or not packaged.is_file():
+        return path
+    if _looks_like_a_name(str(name_or_path)):
+        return packaged
+    raise UserError(f"search space file {path} does not exist (the packaged space of that name is --space {stem})")
+
+
+def space_names() -> list[str]:
+    return sorted(p.stem for p in (recipe_dir() / "spaces").glob("*.yaml"))
+
+
 def recipe_table(indent: str = "  ") -> str:
     """`name  description` for every recipe, one line each, names aligned."""
     names = recipe_names()

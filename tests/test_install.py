@@ -88,8 +88,9 @@ def test_the_installed_package_comes_from_the_venv_with_every_recipe(installed):
                  .stdout.split()[0])
     site = where.parent
     assert ROOT not in where.parents and "site-packages" in where.parts
-    recipes = {p.name: p.read_bytes() for p in (site / "configs").glob("*.yaml")}
-    assert recipes == {p.name: p.read_bytes() for p in (ROOT / "configs").glob("*.yaml")}
+    for pattern in ("*.yaml", "spaces/*.yaml"):  # the recipes and tune's search spaces
+        shipped = {p.name: p.read_bytes() for p in (site / "configs").glob(pattern)}
+        assert shipped and shipped == {p.name: p.read_bytes() for p in (ROOT / "configs").glob(pattern)}
     for sub in ("data", "model", "training", "prediction", "kernels", "teaching/bptt", "experiments/sweep", "explore"):
         assert (site / sub / "__init__.py").is_file(), sub
     # the explorer's page and every cell's JavaScript step travel as package data

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -138,6 +139,25 @@ def test_every_problem_of_a_space_is_reported_at_once():
     with pytest.raises(UserError) as e:
         parse_space({"model.hidden_sise": [8], "model.cell": ["grux"], "train.lr": 0.1}, "--space s.yaml", [])
     assert str(e.value).count("; ") == 2
+
+
+def test_a_packaged_space_is_taken_by_name_from_any_directory(tmp_path, monkeypatch):
+    """configs/spaces/ ships with the recipes: an installed user has no configs/ directory to name,
+    and the README's `--space configs/spaces/X.yaml` run elsewhere says which name to give."""
+    from rnn_train.recipes import resolve_space
+
+    monkeypatch.chdir(tmp_path)
+    packaged = ROOT / "configs" / "spaces" / "shakespeare_10min.yaml"
+    by_name = plan_tune(DEBUG, [], "shakespeare_10min", parse_budget("tokens:1k"), 4, tmp_path / "out")
+    by_path = plan_tune(DEBUG, [], str(packaged), parse_budget("tokens:1k"), 4, tmp_path / "out")
+    assert by_name.identity() == by_path.identity()  # the same space: the same study
+    with pytest.raises(UserError) as e:
+        resolve_space("configs/spaces/shakespeare_10min.yaml")
+    assert str(e.value) == ("search space file configs/spaces/shakespeare_10min.yaml does not exist (the packaged "
+                            "space of that name is --space shakespeare_10min)")
+    (tmp_path / "shakespeare_10min.yaml").write_text("train.lr: [0.01, 0.02]\n")  # a file of one's own wins
+    assert resolve_space("shakespeare_10min.yaml") == Path("shakespeare_10min.yaml")
+    assert resolve_space("mine.yaml") == Path("mine.yaml")  # missing and no packaged one: the reader says so
 
 
 def test_a_space_key_given_twice_is_named_with_its_line(tmp_path):
@@ -319,6 +339,9 @@ def test_best_yaml_is_a_recipe_that_trains_the_best_trial(study_dir, tmp_path, c
         f"trial {best.number}" in text
     seconds = best.user_attrs["result"]["train_seconds"]  # a trial of a second or less is not "0 s" of training
     assert f"training tokens ({seconds:.1f} s of training)" in text and seconds < 5
+    # the command as this program was called (rnn-train where installed): there is no train.py there
+    from rnn_train.cli import program
+    assert f"# Train it: {program()} train --config " in text and "train.py" not in text
     cfg = load_config(str(study_dir / "best.yaml"))
     trial_cfg = load_config(str(study_dir / f"trial-000{best.number}" / "config.yaml"))
     assert cfg.replace(log=trial_cfg.log) == trial_cfg  # the same run; only where it logs differs

@@ -9,6 +9,7 @@ from rnn_train.cli import ArgumentParser, seed_arg
 from rnn_train.errors import UserError
 from rnn_train.files import output_arg
 from rnn_train.experiments.study.options import add_study_arguments, start_command
+from rnn_train.recipes import space_names
 
 EPILOG = """\
 space: --space FILE maps config keys to values: a list (one of them), {int: [low, high]} or
@@ -21,7 +22,7 @@ storage: a SQLite file OUT/study.db by default; --storage URL takes any database
   e.g. postgresql://user:password@host/db: the same command on several machines (each with its own
   --out) shares one study. Watch it with: optuna-dashboard URL
 resume: rerun the same command; finished trials are kept, an interrupted trial resumes from its last.pt.
-results: OUT/results.csv, OUT/best.yaml (train it with train.py --config), OUT/history.png,
+results: OUT/results.csv, OUT/best.yaml (train it with the train command's --config), OUT/history.png,
   OUT/importances.png, OUT/curves.png; one run directory per trial (OUT/trial-0007/).
 
 example:
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train tune") 
     ap = ArgumentParser(prog=prog, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                         description="Search hyperparameters of a recipe: trials are ordinary runs, pruned early "
                                     "when poor; the study is resumable and can be shared by many workers.")
-    ap.add_argument("--space", help="search space file (YAML); default: a space around the recipe")
+    ap.add_argument("--space", help="search space file (YAML), or a packaged one by name "
+                                    f"({', '.join(space_names())}); default: a space around the recipe")
     ap.add_argument("--trials", type=int, required=True, help="finished trials (complete or pruned) the study needs")
     ap.add_argument("--trial-budget", required=True, help="tokens:N or time:SECONDS per trial (e.g. tokens:2M)")
     ap.add_argument("--out", required=True, type=output_arg, help="directory for the trials' run directories and the results")

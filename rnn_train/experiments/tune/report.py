@@ -7,7 +7,7 @@ tables, whichever machine ran which trial.
     results.csv      one row per trial: number, state, parameters, best and final validation loss,
                      tokens, training and wall seconds, why it stopped, its run directory, a note
                      (why a trial failed and which trial continues it; which trial a copy continues)
-    best.yaml        the best finished trial's config as a recipe: `train.py --config best.yaml`
+    best.yaml        the best finished trial's config as a recipe: `rnn-train train --config best.yaml`
     history.png      the objective of every trial in order, and the best so far
     importances.png  how much each parameter mattered (Optuna's PED-ANOVA estimate; from 2 trials on)
     curves.png       each trial's validation losses over its budget (pruned trials stop early)
@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from optuna.trial import FrozenTrial, TrialState
 
+from rnn_train.cli import program
 from rnn_train.config import build_config, config_to_yaml
 from rnn_train.experiments.study.trials import describe_params
 from rnn_train.files import atomic_write_text, save_figure, shell_word
@@ -98,7 +99,7 @@ def write_best(out: Path, best: FrozenTrial, study_name: str, n_finished: int) -
     lines = [f"The best of {n_finished} finished trials of the study {study_name} (rnn-train tune): trial "
              f"{best.number},", f"best validation loss {best.value:.4f} after {r.get('tokens', 0):,} training tokens "
              f"({r.get('train_seconds', 0):.1f} s of training).", f"Searched: {params}",
-             f"Train it: python train.py --config {shell_word(out / 'best.yaml')}"]
+             f"Train it: {program()} train --config {shell_word(out / 'best.yaml')}"]
     header = "".join(f"# {_one_line(line)}\n" for line in lines)
     atomic_write_text(out / "best.yaml", header + config_to_yaml(cfg))
     return out / "best.yaml"

@@ -32,6 +32,7 @@ from rnn_train.config import SECTIONS, Config, convert_value, field_type, load_y
 from rnn_train.errors import UserError
 from rnn_train.experiments.study.budget import Budget
 from rnn_train.files import refuse_special
+from rnn_train.recipes import resolve_space
 from rnn_train.training.rules import LIMIT_KEYS
 
 NOT_SEARCHABLE = {"train.threads": "it does not change what a run computes",
@@ -45,8 +46,9 @@ Space = dict[str, Any]
 # ---- reading a space file
 
 def read_space_file(path: str | Path) -> dict[str, Any]:
-    """The file's specs, flattened to {dotted key: spec} in file order."""
-    path = Path(path)
+    """The file's specs, flattened to {dotted key: spec} in file order (`path` may name a packaged
+    space: recipes.resolve_space)."""
+    path = resolve_space(path)
     refuse_special(path, "search space file")
     try:
         raw = load_yaml(path.read_text(encoding="utf-8"))
