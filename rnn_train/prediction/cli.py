@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
     options = SamplingOptions(args.temperature, args.top_k, args.top_p, args.seed, args.precision)  # bad values: one line
     model, vocab, cfg, _ = load_model(args.checkpoint, resolve_device(args.device, "--device"))
     prefix, said = corpus_text(args.prefix, cfg, "prefix")
-    args.stop_at, said_too = corpus_text(args.stop_at, cfg, "--stop-at", continues=False)  # as the rules read it
+    args.stop_at, said_too = corpus_text(args.stop_at, cfg, "--stop-at")  # as the rules and the header read it
     for line in said + said_too:
         print(line)
     rules = StopRules(args.stop_at, args.max_lines, line_starts(args.line_starts, cfg) if args.line_starts else ())

@@ -35,19 +35,18 @@ def _as_file_reads(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def pinyin_prefix(prefix: str, cfg, continues: bool = True) -> str:
+def pinyin_prefix(prefix: str, cfg) -> str:
     """A pinyin model given a prefix in Chinese (Han characters, or Chinese marks such as "，"):
     convert it the way its corpus was. The newlines at its ends stay: the converter drops a text's
     leading and trailing blank lines (a corpus's edges), where a prefix's "中国\n" asks for what
-    follows a line ending in "zhong guo". A prefix that ends in a syllable `continues` with the
-    space before the next one; a text to stop at does not (its "guo " would miss "guo" at a line's end)."""
+    follows a line ending in "zhong guo"."""
     if cfg.data.kind != "pinyin" or not pinyin.contains_chinese(prefix):
         return prefix
     inner = prefix.strip("\n")
     lead, trail = prefix[:len(prefix) - len(prefix.lstrip("\n"))], prefix[len(prefix.rstrip("\n")):]
     converted = pinyin.hanzi_to_pinyin(inner, cfg.data.tones).rstrip("\n")
     # the converter ends every syllable run without a trailing space; a prefix usually continues
-    if not trail and (inner[-1:] == " " or continues and pinyin.contains_han(inner[-1:])):
+    if not trail and (inner[-1:] == " " or pinyin.contains_han(inner[-1:])):
         trail = " "
     return lead + converted + trail
 
@@ -59,14 +58,13 @@ def letters_prefix(prefix: str, cfg) -> str:
     return letters_and_spaces(prefix) if cfg.data.letters_only else prefix
 
 
-def corpus_text(text: str, cfg, what: str, continues: bool = True) -> tuple[str, list[str]]:
+def corpus_text(text: str, cfg, what: str) -> tuple[str, list[str]]:
     """A typed text as the model's corpus would hold it: a leading BOM dropped and CRLF or CR read
     as LF, Chinese characters to pinyin for a pinyin model, then the letters-only rule -> (the
-    text, a line for each step that changed it, naming `what` the text is: "prefix", "--stop-at").
-    `continues`: False for a text that is matched, not continued (see pinyin_prefix)."""
+    text, a line for each step that changed it, naming `what` the text is: "prefix", "--stop-at")."""
     said = []
     text = _as_file_reads(text)
-    converted = pinyin_prefix(text, cfg, continues)
+    converted = pinyin_prefix(text, cfg)
     if converted != text:
         said.append(f"{what} in Chinese characters converted to pinyin like the corpus ({cfg.data.tones} tones): "
                     f"{converted!r}")

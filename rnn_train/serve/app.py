@@ -258,7 +258,7 @@ def _within(text: str, field: str, most: int) -> None:
 def _stop_rules(body, vocab: Vocab, cfg, max_chars: int) -> StopRules:
     """StopRules of a request, stop_at read as predict reads --stop-at (textstream.corpus_text), each
     field checked against the vocab (as predict's RuleState does)."""
-    stop_at = corpus_text(body.stop_at, cfg, "stop_at", continues=False)[0] if body.stop_at else ""
+    stop_at = corpus_text(body.stop_at, cfg, "stop_at")[0] if body.stop_at else ""
     _within(stop_at, "stop_at", max_chars)
     why = vocab.cannot_spell(stop_at)
     if why:
