@@ -70,7 +70,7 @@ def test_precision_is_a_validated_config_key_defaulting_to_auto():
 
 def test_bf16_hardware_reads_the_cpu_flags_and_honours_the_isa_caps(monkeypatch):
     cpu = torch.device("cpu")
-    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKLDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16", "amx_tile"})
     assert precision.bf16_hardware(cpu) is None
@@ -86,6 +86,9 @@ def test_bf16_hardware_reads_the_cpu_flags_and_honours_the_isa_caps(monkeypatch)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # where both are set, oneDNN reads this one
     assert precision.bf16_hardware(cpu) is None
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("MKLDNN_MAX_CPU_ISA", "AVX2")  # torch copies it over DNNL_MAX_CPU_ISA when imported
+    assert "MKLDNN_MAX_CPU_ISA=AVX2" in precision.bf16_hardware(cpu)
+    monkeypatch.delenv("MKLDNN_MAX_CPU_ISA")
     monkeypatch.delenv("DNNL_MAX_CPU_ISA")
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     assert "ATEN_CPU_CAPABILITY=avx2" in precision.bf16_hardware(cpu)
@@ -162,6 +165,29 @@ def test_auto_takes_bf16_only_where_it_wins_by_the_margin_and_remembers(decision
     # asked for bf16, the fastest bf16 candidate is taken whatever float32 does
     timings["native bf16"] = 1.0
     assert resolve_training_path("native", "bf16", rnn, 32, 5, True)[:2] == (None, "bf16")
+
+
+def test_the_older_cap_names_key_the_timings_only_where_set(monkeypatch):
+    """A machine without them keeps the key its decisions were stored under (a new key would time
+    every shape again, and may pick other paths: other float32 rounding for the same config)."""
+    import hashlib
+    import os
+
+    from rnn_train.kernels import build
+
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKLDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
+                 "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(name, raising=False)
+    cpp = build.build_key() if build.extension() is not None else "no-cpp"
+    before = [build.cpu_signature(), torch.__version__, str(torch.get_num_threads()), cpp,  # the key as first kept
+              *(f"{k}=" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"))]
+    assert autotune.machine_key() == hashlib.sha256("\0".join(before).encode()).hexdigest()[:16]
+    keys = {autotune.machine_key()}
+    for name in ("DNNL_MAX_CPU_ISA", "MKLDNN_MAX_CPU_ISA"):
+        monkeypatch.setenv(name, "AVX2")
+        keys.add(autotune.machine_key())
+    assert len(keys) == 3
+    assert os.environ["DNNL_MAX_CPU_ISA"] == "AVX2"
 
 
 def test_bf16_asked_for_times_no_float32_path(decisions, bf16_hardware, monkeypatch):

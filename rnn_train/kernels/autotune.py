@@ -43,7 +43,10 @@ from rnn_train.kernels.gemm import onednn_available
 from rnn_train.kernels.precision import ONEDNN_ISA_ENV, autocast_reaches
 
 NATIVE = "native"
-_ISA_ENV = ("ATEN_CPU_CAPABILITY", *ONEDNN_ISA_ENV, "MKL_ENABLE_INSTRUCTIONS")
+_ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+_ISA_ENV_IF_SET = tuple(name for name in ONEDNN_ISA_ENV if name not in _ISA_ENV)
+"""Caps read since decisions were first stored: in the key only where set, so that the key of a
+machine without them, and the decisions stored under it, stay what they were."""
 _WARMUP, _ROUNDS, _PRUNE_AFTER, _PRUNE_RATIO = 1, 6, 3, 1.5
 
 
@@ -66,7 +69,8 @@ def machine_key() -> str:
     """What a timing depends on besides the shapes."""
     cpp = build.build_key() if build.extension() is not None else "no-cpp"
     parts = [build.cpu_signature(), torch.__version__, str(torch.get_num_threads()), cpp,
-             *(f"{k}={os.environ.get(k, '')}" for k in _ISA_ENV)]
+             *(f"{k}={os.environ.get(k, '')}" for k in _ISA_ENV),
+             *(f"{k}={os.environ[k]}" for k in _ISA_ENV_IF_SET if os.environ.get(k))]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 

@@ -44,9 +44,10 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-ONEDNN_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
-"""oneDNN's cap on the instructions it uses, under its current name and its older one; where both
-are set, the first wins (as in oneDNN)."""
+ONEDNN_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "MKLDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+"""oneDNN's cap on the instructions it uses, under its current name and its older ones; where several
+are set, the first wins: oneDNN reads ONEDNN_ before DNNL_, and torch, when imported, copies
+MKLDNN_MAX_CPU_ISA over DNNL_MAX_CPU_ISA (in the C environment, which os.environ does not see)."""
 
 
 def onednn_isa_cap() -> tuple[str, str]:
