@@ -453,6 +453,10 @@ def test_a_resume_that_takes_another_precision_says_so(tmp_path, decisions, bf16
             "note: the run trained in bf16 until step 15 and goes on in fp32: its losses from here are not those of "
             "an uninterrupted run (a resume is exact within one precision)"])
     assert load_checkpoint(tmp_path / "r" / "last.pt")["precision"] == "fp32"
+    (tmp_path / "r" / "metrics.json").unlink()  # stopped before its report: a resume has nothing to train
+    more = tiny_config(tmp_path, "train.precision=bf16", "train.max_steps=20", "train.eval_every=5")
+    train(more, tmp_path / "r", cache_dir=tmp_path / "c", resume=load_checkpoint(tmp_path / "r" / "last.pt"))
+    assert "goes on in" not in capsys.readouterr().err  # nothing goes on
 
 
 # ---- CUDA's rules, checked on the CPU (no GPU here: each test fakes the one fact it needs)

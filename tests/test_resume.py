@@ -270,6 +270,19 @@ def test_sigterm_outside_the_training_loop_is_ctrl_c_there_too(tmp_path, monkeyp
     assert status == 130
     assert capsys.readouterr().err == "error: interrupted\n"
 
+    def ignored(*args, **kwargs):  # a SIGTERM ignored by whoever started the command stays ignored
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise UserError("went on")
+    monkeypatch.setattr(trainer, "train", ignored)
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        status = run(train_main, ["--config", str(ROOT / "configs" / "debug.yaml"), f"log.dir={tmp_path}",
+                                  "--cache-dir", str(tmp_path / "c")])
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert (status, capsys.readouterr().err) == (2, "error: went on\n")
+
 
 def _run_here_and_elsewhere(tmp_path, monkeypatch):
     """(home, other, cfg): a corpus.txt in home, the current directory; cfg reads it by its relative name."""

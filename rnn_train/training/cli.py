@@ -64,13 +64,16 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
     (the trainer's own handler); before it (imports, corpus preparation) and after it (the test
     split, metrics.json) both are `error: interrupted` and status 130, where SIGTERM's default
     would end the process silently with -15."""
-    threaded = threading.current_thread() is not threading.main_thread()  # signals are the main thread's
-    previous = None if threaded else signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # only over the default: a SIGTERM ignored by whoever started us (or a handler of a library
+    # caller's) stays as it was; and only from the main thread, where signals are handled
+    ours = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    if ours:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return _main(argv, prog)
     finally:  # put back, unless a finished torchrun rank has just set it to be ignored (see _main)
-        if previous is not None and signal.getsignal(signal.SIGTERM) is signal.default_int_handler:
-            signal.signal(signal.SIGTERM, previous)
+        if ours and signal.getsignal(signal.SIGTERM) is signal.default_int_handler:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _main(argv: list[str] | None, prog: str) -> int:

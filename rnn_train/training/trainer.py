@@ -552,7 +552,7 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
     world.from_writer(mon.check)  # an event file that cannot be created stops every rank now
     mon.info(f"run {rd}: " + _describe(cfg, data, learner, device, kernel, start))
     saved = resume.get("precision") if resume is not None else None
-    if isinstance(saved, str) and saved != learner.precision:  # another machine, cap or train.precision
+    if isinstance(saved, str) and saved != learner.precision and not should_stop(state, cfg):  # trains on in another
         resumed_note = "; ".join(filter(None, (resumed_note, (
             f"the run trained in {saved} until step {state.step} and goes on in {learner.precision}: its losses from "
             f"here are not those of an uninterrupted run (a resume is exact within one precision)"))))
