@@ -76,6 +76,26 @@ def test_same_inputs_reuse_the_entry_without_reading_the_corpus(tmp_path, monkey
     assert meta["settings"]["kind"] == "text" and meta["n_tokens"] == len(first.tokens)
 
 
+@pytest.mark.parametrize("entry", ["data", "data/**", "data/*/*"])
+def test_a_cache_inside_a_corpus_directory_is_never_read_as_corpus(tmp_path, monkeypatch, entry):
+    """The default cache, data/cache, sits in data/, where the corpora go: data.paths=data read the
+    cache's token files and pinyin conversions as text, a larger corpus each run. The cache is
+    tagged (CACHEDIR.TAG) and directories and globs leave it out."""
+    from rnn_train.data.sources import CACHE_SIGNATURE, resolve_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "books").mkdir(parents=True)
+    corpus_file(tmp_path / "data" / "books", name="book.txt")
+    cfg = DataConfig(paths=[entry], kind="text")
+    runs = [prepare_corpus(cfg, Path("data/cache"), progress=False) for _ in range(3)]
+    assert len({len(r.tokens) for r in runs}) == 1 and len(runs[0].tokens) == 25 * 40
+    assert (tmp_path / "data" / "cache" / "CACHEDIR.TAG").read_bytes().startswith(CACHE_SIGNATURE)
+    assert [f.path.name for f in resolve_paths([entry])] == ["book.txt"]
+    # a tag above the entry, where the user keeps corpora on purpose, leaves them in
+    (tmp_path / "data" / "CACHEDIR.TAG").write_bytes(CACHE_SIGNATURE + b"\n")
+    assert [f.path.name for f in resolve_paths(["data/books"])] == ["book.txt"]
+
+
 def test_a_touched_but_identical_file_is_rehashed_and_reused(tmp_path, monkeypatch):
     path = corpus_file(tmp_path)
     cfg = DataConfig(paths=[str(path)], kind="text")

@@ -48,7 +48,7 @@ import numpy as np
 from rnn_train.config import DataConfig
 from rnn_train.data import corpus, pinyin
 from rnn_train.data.corpus import CHUNK_BYTES
-from rnn_train.data.sources import SourceFile, content_hash, resolve_paths, unchanged
+from rnn_train.data.sources import SourceFile, content_hash, resolve_paths, tag_cache, unchanged
 from rnn_train.data.stream import CodePointCounts, LettersOnly, code_points
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
@@ -322,6 +322,7 @@ def prepare_corpus(cfg: DataConfig, cache_dir: Optional[Path], vocab: Optional[V
         with tempfile.TemporaryDirectory(prefix="rnn-train-prepare-") as scratch:
             prepared = _prepare_into(cfg, sources, vocab, Path(scratch), "entry", Path(scratch), chunk_bytes, bars)
             return Prepared(prepared.vocab, prepared.tokens, prepared.meta, None, False)
+    tag_cache(Path(cache_dir))  # so that a data.paths directory holding it leaves it out (sources.CACHE_TAG)
     root = Path(cache_dir) / "prepared"
     if vocab is not None:  # resume: the entry of the corpus's own vocab serves when it is the same vocab
         own = _find(root, sources, settings_of(cfg, None), None, note)

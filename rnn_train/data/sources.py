@@ -3,7 +3,7 @@
 What an entry of `data.paths` may be
     * a file: used as it is;
     * a directory: every regular file under it, recursively, in sorted order of the path below
-      the directory; names starting with "." (``.git``, ``.DS_Store``) are skipped, and symbolic
+      the directory; names starting with "." (``.git``, ``.DS_Store``) and caches (CACHE_TAG) are skipped, and symbolic
       links to files are followed but links to directories are not (no loops);
     * a glob (an entry containing ``*``, ``?`` or ``[``; ``**`` spans directories): its matches in
       sorted order, a matched directory expanded as above; an entry that names an existing file or
@@ -95,6 +95,23 @@ def _names_something(entry: str) -> bool:
     return os.path.exists(entry) or (is_glob(entry) and next(glob.iglob(entry, recursive=True), None) is not None)
 
 
+def _glob_base(entry: str) -> Path:
+    """The directory a glob searches from: its leading components without glob characters."""
+    parts = Path(os.path.expanduser(entry)).parts
+    fixed = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts))
+    return Path(*parts[:fixed]) if fixed else Path(".")
+
+
+def _in_cache(path: Path, base: Path) -> bool:
+    """Whether a glob's match lies in a cache below the glob's base (a cache above it, where the
+    user keeps the corpus on purpose, does not count)."""
+    try:
+        inner = path.relative_to(base).parents
+    except ValueError:
+        return False
+    return any(is_cache(base / d) for d in inner if d != Path(".")) or (path.is_dir() and is_cache(path))
+
+
 def is_glob(entry: str) -> bool:
     """An entry with glob characters, unless it names an existing file or directory as it stands
     (`x[1].txt`: a file name, not the pattern x1.txt)."""
@@ -106,7 +123,9 @@ def _expand(entry: str) -> tuple[list[Path], bool]:
     if is_glob(entry):
         # a match through a loop of directory links (d/self/self/...) does not exist: ELOOP
         matches = [m for m in sorted(glob.glob(os.path.expanduser(entry), recursive=True)) if os.path.exists(m)]
-        expanded = [f for m in matches for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
+        base = _glob_base(entry)
+        expanded = [f for m in matches if not _in_cache(Path(m), base)
+                    for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
         # "d/**" matches d, d/sub and the files in both, and a link to a directory reaches its files
         # again: each file once, by its real path, where it first came
         first: dict[str, Path] = {}
@@ -127,11 +146,40 @@ def _expand(entry: str) -> tuple[list[Path], bool]:
     return [path], False
 
 
+CACHE_TAG = "CACHEDIR.TAG"
+CACHE_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+"""The Cache Directory Tagging convention (bford.info/cachedir): a directory holding a file of that
+name beginning with this line is a cache. The prepared-corpus cache writes one (tag_cache), and a
+walk of data.paths leaves such directories out: `data/` with the default cache `data/cache` in it
+read the cache's own files as corpus text, more of them each run."""
+
+
+def is_cache(directory: str | Path) -> bool:
+    try:
+        with open(os.path.join(directory, CACHE_TAG), "rb") as f:
+            return f.read(len(CACHE_SIGNATURE)) == CACHE_SIGNATURE
+    except OSError:
+        return False
+
+
+def tag_cache(directory: Path) -> None:
+    """Mark `directory` as a cache (see CACHE_TAG), where it is not yet; a failure only loses the mark."""
+    if is_cache(directory):
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CACHE_TAG).write_bytes(CACHE_SIGNATURE + b"\n# rnn-train's prepared corpora: data.paths "
+                                                                b"directories and globs leave this one out\n")
+    except OSError:
+        pass
+
+
 def _walk(root: Path) -> list[Path]:
-    """Regular files under `root`, recursively, sorted by their path below it; hidden names skipped."""
+    """Regular files under `root`, recursively, sorted by their path below it; hidden names and
+    caches (is_cache) skipped."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and not is_cache(os.path.join(dirpath, d))]
         for name in filenames:
             path = Path(dirpath, name)
             if not name.startswith(".") and path.is_file():
