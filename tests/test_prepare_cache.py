@@ -138,7 +138,7 @@ def test_without_a_cache_the_ids_are_the_same_and_nothing_is_left(tmp_path):
     assert set(Path(tempfile.gettempdir()).glob("rnn-train-prepare-*")) == before
 
 
-@pytest.mark.parametrize("damage", ["truncate", "swap", "vocab", "meta"])
+@pytest.mark.parametrize("damage", ["truncate", "swap", "vocab", "meta", "meta-no-unk", "meta-sources"])
 def test_a_damaged_entry_is_noted_and_prepared_again(tmp_path, damage):
     cache = tmp_path / "cache"
     cfg = DataConfig(paths=[str(corpus_file(tmp_path, "abcabc abc\n" * 30))], kind="text")
@@ -154,8 +154,12 @@ def test_a_damaged_entry_is_noted_and_prepared_again(tmp_path, damage):
         tokens.write_bytes((prepare_corpus(other, cache, progress=False).directory / "tokens.bin").read_bytes())
     elif damage == "vocab":
         (entry / "vocab.json").write_text(json.dumps(["<unk>", "c", "b", "a", " ", "\n"]))
-    else:
+    elif damage == "meta":
         (entry / "meta.json").write_text("{not json")
+    else:  # still JSON, but without what the dataset reads (it was a KeyError or a wrong digest later)
+        meta = json.loads((entry / "meta.json").read_text())
+        meta.pop("unk_fraction") if damage == "meta-no-unk" else meta.update(sources=5)
+        (entry / "meta.json").write_text(json.dumps(meta))
     said, note = notes()
     again = prepare_corpus(cfg, cache, progress=False, note=note)
     assert not again.reused and np.array_equal(again.tokens, expected)

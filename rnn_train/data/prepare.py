@@ -141,6 +141,8 @@ def open_entry(directory: Path, expect_vocab: Optional[Vocab] = None) -> tuple[O
         return None, f"unreadable ({exc.__class__.__name__})"
     if meta.get("format") != FORMAT_VERSION or vocab_digest(vocab) != meta.get("vocab_sha256") or dtype != vocab.dtype:
         return None, "its vocab does not match its metadata"
+    if not _sound_meta(meta):
+        return None, f"{META} lacks what its readers take from it"
     if size != n * dtype.itemsize:
         return None, f"{TOKENS} has {size:,} bytes, {n * dtype.itemsize:,} expected"
     if _tokens_sample(directory / TOKENS, size) != meta.get("tokens_sample_sha256"):
@@ -149,6 +151,16 @@ def open_entry(directory: Path, expect_vocab: Optional[Vocab] = None) -> tuple[O
         return None, "its vocab differs from the given one"
     tokens = np.memmap(directory / TOKENS, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
     return Prepared(vocab, tokens, meta, directory, True), ""
+
+
+def _sound_meta(meta: dict) -> bool:
+    """Whether meta.json holds, of the right kinds, what the dataset and `prepare` read from it: the
+    <unk> share and the sources (each file's size and content hash, or the built-in corpus's name).
+    A file edited so that it still parses was otherwise a KeyError or a wrong digest later."""
+    sources, unk = meta.get("sources"), meta.get("unk_fraction")
+    files_ok = isinstance(sources, list) and all(
+        isinstance(f, dict) and isinstance(f.get("sha256"), str) and isinstance(f.get("size"), int) for f in sources)
+    return (files_ok or isinstance(sources, str)) and isinstance(unk, (int, float)) and not isinstance(unk, bool)
 
 
 def _tokens_sample(path: Path, size: int) -> str:
