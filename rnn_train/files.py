@@ -172,7 +172,7 @@ def atomic_write_files(writes: list[tuple[str | Path, Callable[[BinaryIO], objec
                     write(f)  # type: ignore[arg-type]
                     f.flush()
                     os.fsync(f.fileno())
-                os.chmod(tmp, 0o666 & ~_UMASK)
+                default_permissions(tmp)
         while staged:
             path, tmp = staged[0]
             with writing(path):
@@ -201,6 +201,13 @@ def output_arg(text: str) -> str:
     if text == "-":
         raise argparse.ArgumentTypeError("'-' (standard output): give a file or directory name (./- for one named '-')")
     return text
+
+
+def default_permissions(path: str | Path) -> None:
+    """Give a file or directory that mkstemp / mkdtemp made (owner-only, 0600 / 0700) the mode a
+    plain open or mkdir would have given it, the umask's: written through a temp name, a checkpoint
+    or a cache entry is still readable by whoever could read the directory (a cache shared by users)."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_UMASK)
 
 
 def shell_word(path: str | Path) -> str:

@@ -96,6 +96,16 @@ def test_a_cache_inside_a_corpus_directory_is_never_read_as_corpus(tmp_path, mon
     assert [f.path.name for f in resolve_paths(["data/books"])] == ["book.txt"]
 
 
+def test_an_entry_has_the_umasks_permissions_not_owner_only(tmp_path):
+    """mkdtemp makes 0700 directories: a cache shared by several users could not read another's entry."""
+    umask = os.umask(0)
+    os.umask(umask)
+    entry = prepare_corpus(DataConfig(paths=[str(corpus_file(tmp_path))], kind="text"), tmp_path / "cache",
+                           progress=False).directory
+    assert entry.stat().st_mode & 0o777 == 0o777 & ~umask  # mkdtemp alone: 0o700
+    assert all(f.stat().st_mode & 0o777 == 0o666 & ~umask for f in entry.iterdir())
+
+
 def test_a_touched_but_identical_file_is_rehashed_and_reused(tmp_path, monkeypatch):
     path = corpus_file(tmp_path)
     cfg = DataConfig(paths=[str(path)], kind="text")

@@ -52,7 +52,7 @@ from rnn_train.data.sources import SourceFile, content_hash, resolve_paths, tag_
 from rnn_train.data.stream import CodePointCounts, LettersOnly, code_points
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
-from rnn_train.files import cache_hint
+from rnn_train.files import cache_hint, default_permissions
 
 # Bump whenever the ids prepared from the same inputs change, so that old entries stop matching.
 FORMAT_VERSION = 1
@@ -261,6 +261,7 @@ def _prepare_into(cfg: DataConfig, sources: Sources, vocab: Optional[Vocab], roo
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", suffix=".tmp", dir=root))
+        default_permissions(tmp)  # not mkdtemp's owner-only 0700: a cache shared by users reads it
         _build(cfg, sources, vocab, tmp, work_dir, chunk_bytes, bars)
         _publish(tmp, root / key)
     except OSError as exc:
