@@ -66,7 +66,8 @@ def import_holding_ctrl_c(module: str):
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {c.help}" for name, c in COMMANDS.items())
-    return f"commands:\n{rows}\n\n'{program()} COMMAND --help' describes one command; '{program()} --version' prints the version."
+    return (f"commands:\n{rows}\n\n'{program()} COMMAND --help' describes one command; "
+            f"'{program()} --version' prints the version.")
 
 
 def main(argv: list[str] | None = None) -> int:
