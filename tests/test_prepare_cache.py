@@ -94,6 +94,22 @@ def test_a_cache_inside_a_corpus_directory_is_never_read_as_corpus(tmp_path, mon
     # a tag above the entry, where the user keeps corpora on purpose, leaves them in
     (tmp_path / "data" / "CACHEDIR.TAG").write_bytes(CACHE_SIGNATURE + b"\n")
     assert [f.path.name for f in resolve_paths(["data/books"])] == ["book.txt"]
+    for cache in ("data/cache", "data/cache/**"):  # the cache itself named: its ids are no text
+        with pytest.raises(UserError, match=r"data.paths: data/cache(/\*\*)? is a cache \(it holds CACHEDIR.TAG\)"):
+            resolve_paths([cache])
+
+
+def test_a_cache_from_before_the_tag_is_left_out_from_the_first_run_on(tmp_path, monkeypatch):
+    """The tag is written before data.paths is listed: a cache made before caches were tagged (or
+    by another process of the same job) is not read once more on the way."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    corpus_file(tmp_path / "data", name="book.txt")
+    cfg = DataConfig(paths=["data"], kind="text")
+    first = prepare_corpus(cfg, Path("data/cache"), progress=False)
+    (tmp_path / "data" / "cache" / "CACHEDIR.TAG").unlink()  # as an older version left it
+    again = prepare_corpus(cfg, Path("data/cache"), progress=False)
+    assert len(again.tokens) == len(first.tokens) and again.reused
 
 
 def test_an_entry_has_the_umasks_permissions_not_owner_only(tmp_path):
@@ -256,7 +272,8 @@ def test_prepare_command_prepares_then_reuses_and_reports(tmp_path, capsys):
     assert second[0].startswith("already prepared: 1 file") and second[1] == first[1]
     assert Path(first[1].split(": ", 1)[1], "tokens.bin").stat().st_size == 9_500
     assert run_command("prepare", args[:4] + [f"data.paths={tmp_path / 'none*.txt'}", "data.kind=text"]) == 2
-    assert capsys.readouterr().err == f"error: data.paths: {tmp_path / 'none*.txt'} matches no file\n"
+    assert capsys.readouterr().err == (f"error: data.paths: {tmp_path / 'none*.txt'} matches no file (hidden files "
+                                       "and caches are skipped)\n")
 
 
 def test_a_chinese_file_changed_between_its_two_reads_publishes_no_conversion(tmp_path, monkeypatch):

@@ -102,14 +102,27 @@ def _glob_base(entry: str) -> Path:
     return Path(*parts[:fixed]) if fixed else Path(".")
 
 
-def _in_cache(path: Path, base: Path) -> bool:
+def _in_cache(path: Path, base: Path, seen: dict[Path, bool]) -> bool:
     """Whether a glob's match lies in a cache below the glob's base (a cache above it, where the
-    user keeps the corpus on purpose, does not count)."""
+    user keeps the corpus on purpose, does not count); `seen`: the directories looked at so far
+    (a glob's matches share most of their parents)."""
     try:
-        inner = path.relative_to(base).parents
+        inner = [base / d for d in path.relative_to(base).parents if d != Path(".")]
     except ValueError:
         return False
-    return any(is_cache(base / d) for d in inner if d != Path(".")) or (path.is_dir() and is_cache(path))
+    for d in inner + ([path] if path.is_dir() else []):
+        if d not in seen:
+            seen[d] = is_cache(d)
+        if seen[d]:
+            return True
+    return False
+
+
+def _not_a_cache(directory: Path, entry: str) -> None:
+    """An entry that is itself a cache (its files are ids and conversions, not text) is refused."""
+    if is_cache(directory):
+        raise UserError(f"data.paths: {entry} is a cache (it holds {CACHE_TAG}), not a corpus: name the corpus "
+                        "files or the directory holding them")
 
 
 def is_glob(entry: str) -> bool:
@@ -123,8 +136,9 @@ def _expand(entry: str) -> tuple[list[Path], bool]:
     if is_glob(entry):
         # a match through a loop of directory links (d/self/self/...) does not exist: ELOOP
         matches = [m for m in sorted(glob.glob(os.path.expanduser(entry), recursive=True)) if os.path.exists(m)]
-        base = _glob_base(entry)
-        expanded = [f for m in matches if not _in_cache(Path(m), base)
+        base, seen = _glob_base(entry), {}
+        _not_a_cache(base, entry)
+        expanded = [f for m in matches if not _in_cache(Path(m), base, seen)
                     for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
         # "d/**" matches d, d/sub and the files in both, and a link to a directory reaches its files
         # again: each file once, by its real path, where it first came
@@ -133,13 +147,14 @@ def _expand(entry: str) -> tuple[list[Path], bool]:
             first.setdefault(os.path.realpath(f), f)
         files = list(first.values())
         if not files:
-            raise UserError(f"data.paths: {entry} matches no file")
+            raise UserError(f"data.paths: {entry} matches no file (hidden files and caches are skipped)")
         return files, True
     path = Path(os.path.expanduser(entry))
     if path.is_dir():
+        _not_a_cache(path, entry)
         files = _walk(path)
         if not files:
-            raise UserError(f"data.paths: directory {entry} holds no corpus file (hidden files are skipped)")
+            raise UserError(f"data.paths: directory {entry} holds no corpus file (hidden files and caches are skipped)")
         return files, True
     if not path.exists():
         raise missing_corpus_error(entry)
