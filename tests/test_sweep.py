@@ -287,6 +287,21 @@ def test_a_tune_into_a_sweeps_out_is_refused_and_the_sweeps_files_are_kept(finis
     assert {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file()} == before
 
 
+def test_overrides_typed_right_after_the_grid_are_grid_keys_of_one_value_which_a_note_says(tmp_path, cache, capsys):
+    """--grid takes every word after it: `--grid model.cell=rnn,gru train.lr=0.1` makes train.lr a key
+    of the grid (in every run's name). Still allowed (a grid that grows from one value is a way to
+    start), but said, with where a fixed override goes."""
+    argv = ["--config", str(ROOT / "configs" / "debug.yaml"), "--budget", "tokens:240", "--out", str(tmp_path / "o"),
+            "--cache-dir", str(cache), "--dry-run", "--grid", "model.cell=rnn,gru", "train.lr=0.1"]
+    assert run(sweep.main, argv) == 0
+    out, err = capsys.readouterr()
+    assert "cell=rnn,lr=0.1" in out
+    assert err == ("note: --grid train.lr=0.1: one value, so a grid key all the same, in every run's name and the "
+                   "tables; a fixed override goes before --grid or after another option\n")
+    assert run(sweep.main, [*argv[:-3], "train.lr=0.1", "--grid", "model.cell=rnn,gru"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_adding_a_grid_value_trains_only_the_new_runs(tmp_path, finished, cache, capsys):
     """A wider grid is another study, but its old grid points find their finished run directories."""
     out = tmp_path / "out"

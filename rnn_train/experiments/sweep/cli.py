@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rnn_train.cli import ArgumentParser
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train sweep")
     log = start_command(args)
     budget = parse_budget(args.budget)
     grid = parse_grid(args.grid)
+    single = [f"{key}={values[0]}" for key, values in grid.items() if len(values) == 1]
+    if single and args.worker is None:  # often overrides typed right after --grid's values, which it took too
+        print(f"note: --grid {' '.join(single)}: one value, so a grid key all the same, in every run's name and "
+              f"the tables; a fixed override goes before --grid or after another option", file=sys.stderr)
     plan = plan_sweep(args.config, grid, budget, list(args.overrides), Path(args.out), args.evals)
     cache_dir = Path(args.cache_dir)
     session.check_marker(plan.out, "sweep")
