@@ -302,6 +302,21 @@ def test_overrides_typed_right_after_the_grid_are_grid_keys_of_one_value_which_a
     assert capsys.readouterr().err == ""
 
 
+def test_an_out_in_a_training_run_or_in_another_study_is_refused_and_nothing_is_written(finished, cache, capsys,
+                                                                                       tmp_path):
+    """A sweep written into a trial's run directory, or below a tune's --out, mixes into their
+    results and TensorBoard views; so does one into a training run's directory."""
+    run_dir = finished / NAMES[0]  # a run directory of the finished sweep: best.pt in it
+    for out, said in ((run_dir, f"{run_dir} holds a training run ({run_dir / 'best.pt'})"),
+                      (run_dir / "sub", f"{run_dir / 'sub'} lies inside {run_dir}, which holds a training run"),
+                      (finished / "more", f"{finished / 'more'} lies inside {finished}, which holds a sweep")):
+        before = sorted(p.name for p in out.parent.iterdir())
+        for extra in ([], ["--dry-run"]):
+            assert run(sweep.main, sweep_argv(out, cache, *extra)) == 2
+            assert capsys.readouterr().err.startswith(f"error: {said}")
+        assert sorted(p.name for p in out.parent.iterdir()) == before
+
+
 def test_adding_a_grid_value_trains_only_the_new_runs(tmp_path, finished, cache, capsys):
     """A wider grid is another study, but its old grid points find their finished run directories."""
     out = tmp_path / "out"

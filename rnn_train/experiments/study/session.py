@@ -17,6 +17,7 @@ from rnn_train.experiments.study.engine import (BAD_CONFIG, FAILURE, FINISHED, S
 from rnn_train.experiments.study.storage import check_url, dashboard_command, made_from, open_storage, shown
 from rnn_train.experiments.study.workers import spawn
 from rnn_train.files import atomic_write_json
+from rnn_train.runfiles import BEST, LAST
 
 MARKER = "study.json"
 """The file in --out that names the study whose trials its run directories hold."""
@@ -29,6 +30,7 @@ def check_marker(out: Path, kind: str, name: str = "") -> None:
     other command (both write results.csv and study.db there) and, for tune, another study. A sweep
     takes another grid in its --out (a wider grid is another study that finds the old runs).
     Nothing is written."""
+    _not_inside_a_run_or_study(out, kind)
     other, other_kind = (SWEEP_MARKER, "sweep") if kind == "tune" else (MARKER, "tune")
     if (out / other).exists():
         raise UserError(f"{out} holds the runs and results of a {other_kind} ({out / other}); "
@@ -44,6 +46,22 @@ def check_marker(out: Path, kind: str, name: str = "") -> None:
                         f"--study, or its recipe, overrides, search space or budget differ): use another --out, or go "
                         f"on with that study by the command that made it ({out / MARKER} records it; where only "
                         f"data.paths differs, add --study {held})")
+
+
+def _not_inside_a_run_or_study(out: Path, kind: str) -> None:
+    """--out is no training run's directory, and lies in none, nor in another tune's or sweep's
+    --out: its runs and results would mix into theirs (their TensorBoard view, a trial's directory
+    holding a whole sweep)."""
+    here = Path(os.path.abspath(out))
+    if (here / BEST).exists() or (here / LAST).exists():
+        raise UserError(f"{out} holds a training run ({here / (BEST if (here / BEST).exists() else LAST)}); "
+                        f"use another --out for this {kind}")
+    for above in here.parents:
+        found = [name for name in (MARKER, SWEEP_MARKER, BEST, LAST) if (above / name).exists()]
+        if found:
+            what = {MARKER: "a tune's study", SWEEP_MARKER: "a sweep"}.get(found[0], "a training run")
+            raise UserError(f"{out} lies inside {above}, which holds {what} ({above / found[0]}): its runs and "
+                            f"results would mix with this {kind}'s; use an --out outside it")
 
 
 def write_marker(out: Path, name: str, url: str, what: dict[str, Any]) -> None:
