@@ -317,6 +317,23 @@ def test_an_out_in_a_training_run_or_in_another_study_is_refused_and_nothing_is_
         assert sorted(p.name for p in out.parent.iterdir()) == before
 
 
+def test_the_summary_of_failed_trials_points_where_the_command_keeps_them():
+    """A tune's results.csv lists failed trials and why; a sweep's lists finished runs only."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from rnn_train.experiments.study import session
+
+    class Handle:
+        def trials(self):
+            return [optuna.trial.create_trial(state=TrialState.FAIL),
+                    optuna.trial.create_trial(state=TrialState.COMPLETE, value=1.0)]
+    assert session.summary(Handle(), 2) == ("1 of 2 trials finished; 1 failed (results.csv says why, and which trial "
+                                            "continues each)")
+    assert session.summary(Handle(), 2, reasons_in_results=False) == (
+        "1 of 2 trials finished; 1 failed (runs interrupted or stopped; the same command again continues them)")
+
+
 def test_adding_a_grid_value_trains_only_the_new_runs(tmp_path, finished, cache, capsys):
     """A wider grid is another study, but its old grid points find their finished run directories."""
     out = tmp_path / "out"

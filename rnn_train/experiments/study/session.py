@@ -167,8 +167,10 @@ def run_trials(h: StudyHandle, n_trials: int, runner: Callable, *, workers: int,
     return 130 if result.interrupted else 0
 
 
-def summary(h: StudyHandle, n_trials: int) -> str:
-    """'12 of 12 trials finished (3 pruned); 1 failed (continued by another)' and the like."""
+def summary(h: StudyHandle, n_trials: int, reasons_in_results: bool = True) -> str:
+    """'12 of 12 trials finished (3 pruned); 1 failed (continued by another)' and the like.
+    `reasons_in_results`: results.csv lists the failed trials and why (tune's does; a sweep's has a
+    row per finished run only)."""
     trials = h.trials()
     by = {s: sum(t.state == s for t in trials) for s in TrialState}
     finished = sum(by[s] for s in FINISHED)
@@ -180,8 +182,9 @@ def summary(h: StudyHandle, n_trials: int) -> str:
     untrainable = sum(t.state == TrialState.FAIL and t.user_attrs.get(FAILURE, "").startswith(BAD_CONFIG)
                       for t in trials)
     if by[TrialState.FAIL] > untrainable:
-        extra.append(f"{by[TrialState.FAIL] - untrainable} failed (results.csv says why, and which trial continues "
-                     "each)")
+        extra.append(f"{by[TrialState.FAIL] - untrainable} failed (" + ("results.csv says why, and which trial "
+                     "continues each)" if reasons_in_results else "runs interrupted or stopped; the same command "
+                     "again continues them)"))
     if untrainable:
         extra.append(f"{untrainable} drew parameters that cannot train (results.csv says why; others were drawn)")
     return text + (f"; {', '.join(extra)}" if extra else "")

@@ -95,4 +95,4 @@ def run_sweep(plan: SweepPlan, *, cache_dir: Path | None = Path("data/cache"), f
     if worker is None:
         rows = sweep_rows(h, plan)
         files = (write_results(plan, rows, name) if rows else []) + plot_results(plan, rows)
-    return SweepOutcome(rows, status, files, name, session.summary(h, n))
+    return SweepOutcome(rows, status, files, name, session.summary(h, n, reasons_in_results=False))
