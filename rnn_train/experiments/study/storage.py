@@ -116,7 +116,8 @@ def check_url(url: str) -> str | None:
     try:
         u = make_url(url)
         backend = u.get_backend_name()
-    except Exception as e:  # noqa: BLE001 - sqlalchemy's ArgumentError and friends
+        u.get_dialect()  # a database kind SQLAlchemy knows (foo:// parses): no connection, no driver loaded
+    except Exception as e:  # noqa: BLE001 - sqlalchemy's ArgumentError, NoSuchModuleError and friends
         raise UserError(f"--storage {url!r} is not a database URL ({e})") from None
     if backend != "sqlite":
         return None
