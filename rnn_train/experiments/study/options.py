@@ -14,7 +14,8 @@ from rnn_train.files import output_arg
 def add_study_arguments(ap: argparse.ArgumentParser, unit: str, made_from: str) -> None:
     """The shared options, worded for the command's `unit` ("trial", "run") and what its study's
     default name is `made_from` besides the recipe, the overrides and the budget ("space", "grid")."""
-    ap.add_argument("--config", help=f"the recipe every {unit} starts from: a name (`recipes` lists them) or a YAML file")
+    ap.add_argument("--config",
+                    help=f"the recipe every {unit} starts from: a name (`recipes` lists them) or a YAML file")
     ap.add_argument("--workers", type=int, default=1, help=f"processes training {unit}s at once on this machine")
     ap.add_argument("--storage", type=_url_arg, help="Optuna storage URL (default: sqlite:///OUT/study.db)")
     ap.add_argument("--study", type=_name_arg, help=f"the study's name (default: made from the recipe, overrides, {made_from} and budget)")
