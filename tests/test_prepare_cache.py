@@ -99,6 +99,20 @@ def test_a_cache_inside_a_corpus_directory_is_never_read_as_corpus(tmp_path, mon
             resolve_paths([cache])
 
 
+def test_a_cache_given_where_the_corpus_lies_is_not_tagged(tmp_path, monkeypatch):
+    """--cache-dir . with data.paths=*.txt (or the corpus directory itself as the cache): a tag there
+    would make the user's own corpus directory a cache, refused from then on."""
+    from rnn_train.data.sources import resolve_paths
+
+    monkeypatch.chdir(tmp_path)
+    corpus_file(tmp_path, name="book.txt")
+    for entry, cache in (("*.txt", "."), (str(tmp_path), str(tmp_path))):
+        cfg = DataConfig(paths=[entry], kind="text")
+        prepare_corpus(cfg, Path(cache), progress=False)
+        assert not (tmp_path / "CACHEDIR.TAG").exists()
+        assert [f.path.name for f in resolve_paths([entry])][0] == "book.txt"
+
+
 def test_a_cache_from_before_the_tag_is_left_out_from_the_first_run_on(tmp_path, monkeypatch):
     """The tag is written before data.paths is listed: a cache made before caches were tagged (or
     by another process of the same job) is not read once more on the way."""

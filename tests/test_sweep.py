@@ -306,8 +306,8 @@ def test_an_out_in_a_training_run_or_in_another_study_is_refused_and_nothing_is_
                                                                                        tmp_path):
     """A sweep written into a trial's run directory, or below a tune's --out, mixes into their
     results and TensorBoard views; so does one into a training run's directory."""
-    run_dir = finished / NAMES[0]  # a run directory of the finished sweep: best.pt in it
-    for out, said in ((run_dir, f"{run_dir} holds a training run ({run_dir / 'best.pt'})"),
+    run_dir = finished / NAMES[0]  # a run directory of the finished sweep: config.yaml and best.pt in it
+    for out, said in ((run_dir, f"{run_dir} holds a training run; use another --out"),
                       (run_dir / "sub", f"{run_dir / 'sub'} lies inside {run_dir}, which holds a training run"),
                       (finished / "more", f"{finished / 'more'} lies inside {finished}, which holds a sweep")):
         before = sorted(p.name for p in out.parent.iterdir())
@@ -315,6 +315,17 @@ def test_an_out_in_a_training_run_or_in_another_study_is_refused_and_nothing_is_
             assert run(sweep.main, sweep_argv(out, cache, *extra)) == 2
             assert capsys.readouterr().err.startswith(f"error: {said}")
         assert sorted(p.name for p in out.parent.iterdir()) == before
+    # files that only bear those names are no run or study; a sweep already in its --out goes on
+    other = tmp_path / "elsewhere"
+    (other / "proj").mkdir(parents=True)
+    (other / "study.json").write_text("[1, 2]")
+    (other / "last.pt").write_bytes(b"not a run")
+    assert run(sweep.main, sweep_argv(other / "proj" / "s", cache, "--dry-run")) == 0
+    copy = tmp_path / "wrapped" / "s"
+    shutil.copytree(finished, copy)
+    (copy.parent / "study.json").write_text('{"study": "a tune put around it later"}')
+    assert run(sweep.main, sweep_argv(copy, cache, "--dry-run")) == 0
+    capsys.readouterr()
 
 
 def test_the_summary_of_failed_trials_points_where_the_command_keeps_them():
@@ -332,6 +343,16 @@ def test_the_summary_of_failed_trials_points_where_the_command_keeps_them():
                                             "continues each)")
     assert session.summary(Handle(), 2, reasons_in_results=False) == (
         "1 of 2 trials finished; 1 failed (runs interrupted or stopped; the same command again continues them)")
+
+    class Continued:  # the failed run was continued to its end by trial 1: nothing is left to say
+        def trials(self):
+            failed = optuna.trial.create_trial(state=TrialState.FAIL)
+            failed.number = 0
+            copy = optuna.trial.create_trial(state=TrialState.COMPLETE, value=1.0,
+                                             system_attrs={"retry_history": [0]})
+            copy.number = 1
+            return [failed, copy]
+    assert session.summary(Continued(), 1, reasons_in_results=False) == "1 of 1 trials finished"
 
 
 def test_adding_a_grid_value_trains_only_the_new_runs(tmp_path, finished, cache, capsys):

@@ -177,10 +177,18 @@ def is_cache(directory: str | Path) -> bool:
         return False
 
 
-def tag_cache(directory: Path) -> None:
-    """Mark `directory` as a cache (see CACHE_TAG), where it is not yet; a failure only loses the mark."""
+def tag_cache(directory: Path, entries: list[str]) -> None:
+    """Mark `directory` as a cache (see CACHE_TAG), where it is not yet, unless a data.paths entry
+    (`entries`) lies in it or is it (`--cache-dir corpus data.paths=corpus`: a tag there would then
+    refuse the user's own corpus directory; such a cache is read as text, as it always was). A
+    failure only loses the mark."""
     if is_cache(directory):
         return
+    cache = os.path.realpath(directory)
+    for entry in entries:
+        root = os.path.realpath(_glob_base(entry) if is_glob(entry) else os.path.expanduser(entry))
+        if root == cache or root.startswith(cache.rstrip(os.sep) + os.sep):
+            return
     try:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CACHE_TAG).write_bytes(CACHE_SIGNATURE + b"\n# rnn-train's prepared corpora: data.paths "

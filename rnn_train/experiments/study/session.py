@@ -17,7 +17,7 @@ from rnn_train.experiments.study.engine import (BAD_CONFIG, FAILURE, FINISHED, S
 from rnn_train.experiments.study.storage import check_url, dashboard_command, made_from, open_storage, shown
 from rnn_train.experiments.study.workers import spawn
 from rnn_train.files import atomic_write_json
-from rnn_train.runfiles import BEST, LAST
+from rnn_train.runfiles import BEST, CONFIG, LAST
 
 MARKER = "study.json"
 """The file in --out that names the study whose trials its run directories hold."""
@@ -49,19 +49,35 @@ def check_marker(out: Path, kind: str, name: str = "") -> None:
 
 
 def _not_inside_a_run_or_study(out: Path, kind: str) -> None:
-    """--out is no training run's directory, and lies in none, nor in another tune's or sweep's
-    --out: its runs and results would mix into theirs (their TensorBoard view, a trial's directory
-    holding a whole sweep)."""
-    here = Path(os.path.abspath(out))
-    if (here / BEST).exists() or (here / LAST).exists():
-        raise UserError(f"{out} holds a training run ({here / (BEST if (here / BEST).exists() else LAST)}); "
-                        f"use another --out for this {kind}")
+    """A new --out is no training run's directory, and lies in none, nor in another tune's or
+    sweep's --out: its runs and results would mix into theirs (their TensorBoard view, a trial's
+    directory holding a whole sweep). One that already holds this command's work goes on (whatever
+    was put around it since)."""
+    here = Path(os.path.realpath(out))
+    if (here / (MARKER if kind == "tune" else SWEEP_MARKER)).exists():
+        return
+    if _holds_run(here):
+        raise UserError(f"{out} holds a training run; use another --out for this {kind}")
     for above in here.parents:
-        found = [name for name in (MARKER, SWEEP_MARKER, BEST, LAST) if (above / name).exists()]
-        if found:
-            what = {MARKER: "a tune's study", SWEEP_MARKER: "a sweep"}.get(found[0], "a training run")
-            raise UserError(f"{out} lies inside {above}, which holds {what} ({above / found[0]}): its runs and "
-                            f"results would mix with this {kind}'s; use an --out outside it")
+        what = ("a tune's study" if _ours(above / MARKER) else "a sweep" if _ours(above / SWEEP_MARKER)
+                else "a training run" if _holds_run(above) else "")
+        if what:
+            raise UserError(f"{out} lies inside {above}, which holds {what}: its runs and results would mix with "
+                            f"this {kind}'s; use an --out outside it")
+
+
+def _holds_run(directory: Path) -> bool:
+    """A training run's directory: its config.yaml and a checkpoint (not any file named last.pt)."""
+    return (directory / CONFIG).is_file() and ((directory / BEST).is_file() or (directory / LAST).is_file())
+
+
+def _ours(marker: Path) -> bool:
+    """`marker` is a study.json / sweep.json that tune or sweep wrote (a JSON object naming its study)."""
+    try:
+        written = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(written, dict) and "study" in written
 
 
 def write_marker(out: Path, name: str, url: str, what: dict[str, Any]) -> None:
@@ -181,6 +197,9 @@ def summary(h: StudyHandle, n_trials: int, reasons_in_results: bool = True) -> s
     extra = [f"{by[s]} {s.name.lower()}" for s in (TrialState.RUNNING, TrialState.WAITING) if by[s]]
     untrainable = sum(t.state == TrialState.FAIL and t.user_attrs.get(FAILURE, "").startswith(BAD_CONFIG)
                       for t in trials)
+    if not reasons_in_results:  # a sweep's: only the failed runs no finished trial has continued since
+        done = {n for t in trials if t.state in FINISHED for n in t.system_attrs.get("retry_history", [])}
+        by[TrialState.FAIL] -= sum(t.state == TrialState.FAIL and t.number in done for t in trials)
     if by[TrialState.FAIL] > untrainable:
         extra.append(f"{by[TrialState.FAIL] - untrainable} failed (" + ("results.csv says why, and which trial "
                      "continues each)" if reasons_in_results else "runs interrupted or stopped; the same command "

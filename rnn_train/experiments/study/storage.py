@@ -116,9 +116,12 @@ def check_url(url: str) -> str | None:
     try:
         u = make_url(url)
         backend = u.get_backend_name()
-        u.get_dialect()  # a database kind SQLAlchemy knows (foo:// parses): no connection, no driver loaded
-    except Exception as e:  # noqa: BLE001 - sqlalchemy's ArgumentError, NoSuchModuleError and friends
+    except Exception as e:  # noqa: BLE001 - sqlalchemy's ArgumentError and friends
         raise UserError(f"--storage {url!r} is not a database URL ({e})") from None
+    try:  # a database kind SQLAlchemy knows (foo:// parses): no connection, no driver loaded
+        u.get_dialect()
+    except Exception as e:  # noqa: BLE001 - NoSuchModuleError: what the real run says, password hidden
+        raise UserError(f"cannot open the study storage {shown(url)}: {_first_line(e)}") from None
     if backend != "sqlite":
         return None
     if not u.database or u.database == ":memory:":  # each process (each --workers worker) would get its own
