@@ -95,22 +95,24 @@ def test_a_cache_inside_a_corpus_directory_is_never_read_as_corpus(tmp_path, mon
     (tmp_path / "data" / "CACHEDIR.TAG").write_bytes(CACHE_SIGNATURE + b"\n")
     assert [f.path.name for f in resolve_paths(["data/books"])] == ["book.txt"]
     for cache in ("data/cache", "data/cache/**"):  # the cache itself named: its ids are no text
-        with pytest.raises(UserError, match=r"data.paths: data/cache(/\*\*)? is a cache \(it holds CACHEDIR.TAG\)"):
+        with pytest.raises(UserError, match=r"data.paths: data/cache(/\*\*)? (is|starts in) a cache directory "
+                                            r"\(data/cache/CACHEDIR.TAG marks it"):
             resolve_paths([cache])
 
 
-def test_a_cache_given_where_the_corpus_lies_is_not_tagged(tmp_path, monkeypatch):
-    """--cache-dir . with data.paths=*.txt (or the corpus directory itself as the cache): a tag there
-    would make the user's own corpus directory a cache, refused from then on."""
-    from rnn_train.data.sources import resolve_paths
-
+def test_a_cache_given_where_the_corpus_lies_is_one_error_after_its_first_run(tmp_path, monkeypatch):
+    """--cache-dir . with data.paths=*.txt: untagged, the cache's pinyin conversion (a .txt) was read
+    as corpus, a larger one each run. Tagged, the entry is refused in one line naming the tag."""
     monkeypatch.chdir(tmp_path)
-    corpus_file(tmp_path, name="book.txt")
-    for entry, cache in (("*.txt", "."), (str(tmp_path), str(tmp_path))):
-        cfg = DataConfig(paths=[entry], kind="text")
-        prepare_corpus(cfg, Path(cache), progress=False)
-        assert not (tmp_path / "CACHEDIR.TAG").exists()
-        assert [f.path.name for f in resolve_paths([entry])][0] == "book.txt"
+    corpus_file(tmp_path, "中国人民\n" * 200, name="zh.txt")
+    cfg = DataConfig(paths=["*.txt"], kind="pinyin")
+    prepare_corpus(cfg, Path("."), progress=False)  # the first: the cache did not exist when listed
+    assert list(tmp_path.glob("pinyin-*.txt"))  # the conversion, a .txt, beside the corpus
+    with pytest.raises(UserError) as e:
+        prepare_corpus(cfg, Path("."), progress=False)
+    assert str(e.value) == ("data.paths: *.txt starts in a cache directory (CACHEDIR.TAG marks it: --cache-dir writes "
+                            "one): keep the corpus out of the cache (another --cache-dir), or delete that file if "
+                            "the directory is no cache")
 
 
 def test_a_cache_from_before_the_tag_is_left_out_from_the_first_run_on(tmp_path, monkeypatch):

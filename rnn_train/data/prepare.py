@@ -328,8 +328,8 @@ def prepare_corpus(cfg: DataConfig, cache_dir: Optional[Path], vocab: Optional[V
     `cache_dir` or prepared now. Without a cache dir it is prepared into a temporary directory that
     is deleted at once (the memory map keeps the token file alive until the arrays are gone).
     `progress`: tqdm bars on stderr (None: when stderr is a terminal and the corpus is large)."""
-    if cache_dir is not None and Path(cache_dir).is_dir():  # one from before caches were tagged: a data.paths
-        tag_cache(Path(cache_dir), list(cfg.paths))  # directory holding it leaves it out from this listing on
+    if cache_dir is not None and (Path(cache_dir) / "prepared").is_dir():  # one from before caches were tagged:
+        tag_cache(Path(cache_dir))  # a data.paths directory holding it leaves it out from this listing on
     files = resolve_paths(list(cfg.paths))
     bars = _Bars(progress, files)
     sources = Sources(files, bars)
@@ -337,7 +337,7 @@ def prepare_corpus(cfg: DataConfig, cache_dir: Optional[Path], vocab: Optional[V
         with tempfile.TemporaryDirectory(prefix="rnn-train-prepare-") as scratch:
             prepared = _prepare_into(cfg, sources, vocab, Path(scratch), "entry", Path(scratch), chunk_bytes, bars)
             return Prepared(prepared.vocab, prepared.tokens, prepared.meta, None, False)
-    tag_cache(Path(cache_dir), list(cfg.paths))  # a new cache: made now, from here on left out of data.paths
+    tag_cache(Path(cache_dir))  # a new cache: made now, from here on left out of data.paths
     root = Path(cache_dir) / "prepared"
     if vocab is not None:  # resume: the entry of the corpus's own vocab serves when it is the same vocab
         own = _find(root, sources, settings_of(cfg, None), None, note)

@@ -121,8 +121,9 @@ def _in_cache(path: Path, base: Path, seen: dict[Path, bool]) -> bool:
 def _not_a_cache(directory: Path, entry: str) -> None:
     """An entry that is itself a cache (its files are ids and conversions, not text) is refused."""
     if is_cache(directory):
-        raise UserError(f"data.paths: {entry} is a cache (it holds {CACHE_TAG}), not a corpus: name the corpus "
-                        "files or the directory holding them")
+        raise UserError(f"data.paths: {entry} {'starts in' if is_glob(entry) else 'is'} a cache directory "
+                        f"({directory / CACHE_TAG} marks it: --cache-dir writes one): keep the corpus out of the "
+                        f"cache (another --cache-dir), or delete that file if the directory is no cache")
 
 
 def is_glob(entry: str) -> bool:
@@ -177,18 +178,13 @@ def is_cache(directory: str | Path) -> bool:
         return False
 
 
-def tag_cache(directory: Path, entries: list[str]) -> None:
-    """Mark `directory` as a cache (see CACHE_TAG), where it is not yet, unless a data.paths entry
-    (`entries`) lies in it or is it (`--cache-dir corpus data.paths=corpus`: a tag there would then
-    refuse the user's own corpus directory; such a cache is read as text, as it always was). A
-    failure only loses the mark."""
+def tag_cache(directory: Path) -> None:
+    """Mark `directory` as a cache (see CACHE_TAG), where it is not yet; a failure only loses the mark.
+    Always, also where data.paths names it (`--cache-dir . data.paths=*.txt`): untagged, its
+    conversions and token files were read as text, a larger corpus each run; tagged, such an
+    entry is one error line that says to keep the two apart."""
     if is_cache(directory):
         return
-    cache = os.path.realpath(directory)
-    for entry in entries:
-        root = os.path.realpath(_glob_base(entry) if is_glob(entry) else os.path.expanduser(entry))
-        if root == cache or root.startswith(cache.rstrip(os.sep) + os.sep):
-            return
     try:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CACHE_TAG).write_bytes(CACHE_SIGNATURE + b"\n# rnn-train's prepared corpora: data.paths "
