@@ -300,6 +300,8 @@ def test_overrides_typed_right_after_the_grid_are_grid_keys_of_one_value_which_a
                    "tables; a fixed override goes before --grid or after another option\n")
     assert run(sweep.main, [*argv[:-3], "train.lr=0.1", "--grid", "model.cell=rnn,gru"]) == 0
     assert capsys.readouterr().err == ""
+    assert run(sweep.main, [*argv[:-3], "--grid", "model.cell=gru"]) == 0  # one run, on purpose
+    assert capsys.readouterr().err == ""
 
 
 def test_an_out_in_a_training_run_or_in_another_study_is_refused_and_nothing_is_written(finished, cache, capsys,

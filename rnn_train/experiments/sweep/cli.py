@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train sweep")
     budget = parse_budget(args.budget)
     grid = parse_grid(args.grid)
     single = [f"{key}={values[0]}" for key, values in grid.items() if len(values) == 1]
-    if single and args.worker is None:  # often overrides typed right after --grid's values, which it took too
+    # beside a key of several values, usually overrides typed right after --grid's values, which it took
+    # too (a grid of one point, every key of one value, is a sweep of one run on purpose)
+    if single and len(single) < len(grid) and args.worker is None:
         print(f"note: --grid {' '.join(single)}: one value, so a grid key all the same, in every run's name and "
               f"the tables; a fixed override goes before --grid or after another option", file=sys.stderr)
     plan = plan_sweep(args.config, grid, budget, list(args.overrides), Path(args.out), args.evals)
