@@ -166,7 +166,7 @@ def atomic_write_files(writes: list[tuple[str | Path, Callable[[BinaryIO], objec
             path = Path(path)
             with writing(path):
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_STAGED_SUFFIX, dir=path.parent)
                 staged.append((path, tmp))
                 with _RecordingFile(os.fdopen(fd, "wb")) as f:
                     write(f)  # type: ignore[arg-type]
@@ -201,6 +201,15 @@ def output_arg(text: str) -> str:
     if text == "-":
         raise argparse.ArgumentTypeError("'-' (standard output): give a file or directory name (./- for one named '-')")
     return text
+
+
+_STAGED_SUFFIX = ".tmp"
+
+
+def staged_glob(name: str) -> str:
+    """The glob of the temp files atomic_write_files writes file `name` through: one is left where
+    the process was killed (SIGKILL, power loss) during the write."""
+    return f".{name}.*{_STAGED_SUFFIX}"
 
 
 def default_permissions(path: str | Path) -> None:

@@ -18,9 +18,6 @@ SPLITS = ("train", "val", "test")
 """The subdirectories holding each split's TensorBoard series."""
 RUN_FILES = (BEST, LAST, METRICS, CONFIG, EVENTS, *(f"{split}/{EVENTS}" for split in SPLITS))
 """What a training run writes (glob patterns): what starting afresh in its directory removes."""
-STAGED = tuple(f".{name}.*.tmp" for name in (BEST, LAST, METRICS, CONFIG))
-"""The temp files those are written through (files.atomic_write_files): one is left where the
-process was killed (SIGKILL, power loss) during the write; a run opening its directory removes them."""
 EXPLORE_PAGE, GRADFLOW = "explore.html", "gradflow"
 """What explore and gradflow write beside the checkpoint they read, unless told otherwise."""
 EXPLORE_MARK = b'<meta name="generator" content="rnn-train explore">'

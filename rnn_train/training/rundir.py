@@ -30,8 +30,8 @@ import yaml
 
 from rnn_train.config import Config, build_config, config_to_yaml
 from rnn_train.errors import UserError
-from rnn_train.files import atomic_write_json, atomic_write_text, writing
-from rnn_train.runfiles import BEST, CONFIG, DERIVED, EXPLORE_MARK, EXPLORE_PAGE, LAST, METRICS, RUN_FILES, STAGED
+from rnn_train.files import atomic_write_json, atomic_write_text, staged_glob, writing
+from rnn_train.runfiles import BEST, CONFIG, DERIVED, EXPLORE_MARK, EXPLORE_PAGE, LAST, METRICS, RUN_FILES
 
 
 @contextlib.contextmanager
@@ -252,7 +252,7 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"the run directory {self.path} is a file (log.dir / log.name); pick another log.name")
         try:
-            for left in (f for pattern in STAGED for f in self.path.glob(pattern)):
+            for left in (f for name in (BEST, LAST, METRICS, CONFIG) for f in self.path.glob(staged_glob(name))):
                 if left.is_file() and not left.is_symlink():
                     left.unlink()
             self.path.mkdir(parents=True, exist_ok=True)
