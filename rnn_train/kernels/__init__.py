@@ -82,8 +82,11 @@ def resolve_training_path(kernel: str, precision: str, rnn: nn.Module, batch_siz
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    def fp32_path():  # the float32 decision: timed on a new machine, so asked for only where it is used
+        return resolve_kernel(kernel, rnn, batch_size, num_steps, one_hot)
+
     if precision == "fp32":
-        return TrainingPath(resolve_kernel(kernel, rnn, batch_size, num_steps, one_hot), "fp32")
+        return TrainingPath(fp32_path(), "fp32")
     w = rnn.weight_hh_l0
     why = f"the model computes in {str(w.dtype).split('.')[-1]}" if w.dtype != torch.float32 else bf16_hardware(w.device)
     candidates = [] if why else [p for p in bf16_candidates(kernel, rnn) if autotune.runs_here(rnn, p, one_hot, "bf16")]
@@ -91,9 +94,9 @@ def resolve_training_path(kernel: str, precision: str, rnn: nn.Module, batch_siz
         why = f"model.kernel={kernel} has no bf16 path that runs this model here"
     if why is not None:
         note = f"train.precision=bf16: {why}; training in float32" if precision == "bf16" else ""
-        return TrainingPath(resolve_kernel(kernel, rnn, batch_size, num_steps, one_hot), "fp32", note)
+        return TrainingPath(fp32_path(), "fp32", note)
     # bf16 asked for: the float32 decision would be timed for nothing (and one candidate is no race)
-    path = resolve_kernel(kernel, rnn, batch_size, num_steps, one_hot) if precision == "auto" else None
+    path = fp32_path() if precision == "auto" else None
     if precision == "bf16" and len(candidates) == 1:
         chosen, taken = candidates[0], "bf16"
     else:

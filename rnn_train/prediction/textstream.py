@@ -26,6 +26,7 @@ from rnn_train.errors import UserError
 
 
 ENCODING_KEY = "--encoding"  # what an undecodable byte's message tells the user to set
+TEXT_FILE = "text file"  # what a file's messages call it: a text to score or explore, not the corpus
 
 
 def _as_file_reads(text: str) -> str:
@@ -77,7 +78,7 @@ def corpus_text(text: str, cfg, what: str) -> tuple[str, list[str]]:
 def is_chinese_file(path: str | Path, encoding: str) -> bool:
     """The corpus's rule on the whole file, counted chunk by chunk."""
     han = non_space = 0
-    for chunk in corpus.file_chunks(path, encoding, encoding_key=ENCODING_KEY, what="text file"):
+    for chunk in corpus.file_chunks(path, encoding, encoding_key=ENCODING_KEY, what=TEXT_FILE):
         h, n = pinyin.han_counts(chunk)
         han, non_space = han + h, non_space + n
     return pinyin.is_chinese(han, non_space)
@@ -88,7 +89,7 @@ def model_text(path: str | Path, data_cfg, encoding: str | None = None,
     """The text of `path` as the model's corpus would hold it, in pieces of bounded size.
     `encoding` overrides the model's data.encoding."""
     encoding = encoding or data_cfg.encoding
-    chunks = corpus.file_chunks(path, encoding, chunk_bytes, encoding_key=ENCODING_KEY, what="text file")
+    chunks = corpus.file_chunks(path, encoding, chunk_bytes, encoding_key=ENCODING_KEY, what=TEXT_FILE)
     chinese = data_cfg.kind == "pinyin" and is_chinese_file(path, encoding)
     yield from _as_corpus(chunks, data_cfg, chinese)
 
