@@ -556,40 +556,54 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
         resumed_note = "; ".join(filter(None, (resumed_note, (
             f"the run trained in {saved} until step {state.step} and goes on in {learner.precision}: its losses from "
             f"here are not those of an uninterrupted run (a resume is exact within one precision)"))))
-    for note in (moved_note, learner.precision_note, resumed_note):
-        if note and world.is_writer:
+    notes = [moved_note, learner.precision_note, resumed_note, *_config_notes(cfg, device, world.local_size),
+             *(_init_notes(cfg, data, init_from) if init is not None else [])]
+    if world.is_writer:
+        for note in filter(None, notes):
             mon.note(note)
-    if cfg.log.sample_length > LONG_SAMPLE and world.is_writer:
-        mon.note(f"log.sample_length={cfg.log.sample_length:,}: every validation generates that many characters and "
-                 "logs them to TensorBoard too (100M took minutes and ~150 MB of event file per validation)")
-    threads, cores = max(cfg.train.threads, 1) * world.local_size, available_cores()
-    if device.type == "cpu" and threads > cores and world.is_writer:  # each step waits on the slowest thread
-        on = f"on {cores} CPU core{'s' if cores > 1 else ''}"
-        if world.local_size > cores:  # no thread count helps: the processes themselves take turns
-            mon.note(f"{world.local_size} processes {on}: they take turns and slow every step; start at most "
-                     f"{cores} (--nproc_per_node)")
-        elif cfg.train.threads:
-            each = f" in each of {world.local_size} processes" if world.local_size > 1 else ""
-            mon.note(f"train.threads={cfg.train.threads}{each} {on}: threads beyond the cores take turns and slow "
-                     f"every step; {cores // world.local_size} would use them all")
-    t = cfg.train
-    if t.momentum and world.is_writer:  # allowed: a bound in the config would make such a checkpoint unloadable
-        if t.optimizer != "sgd":
-            mon.note(f"train.momentum={t.momentum:g} is SGD's: train.optimizer={t.optimizer} does not use it")
-        elif t.momentum >= 1:
-            mon.note(f"train.momentum={t.momentum:g}: at 1 or more SGD's velocity never forgets a gradient and the "
-                     "steps grow without bound (the usual value is 0.9)")
-    cut = [f"data.{k}={getattr(cfg.data, k)}" for k, default in (("min_freq", 1), ("max_size", 0))
-           if getattr(cfg.data, k) != default]
-    if init is not None and cut and world.is_writer:  # they shape a vocab built from the corpus; this one is given
-        mon.note(f"{', '.join(cut)} not applied: the vocab is {init_from}'s, as its weights need")
-    if init is not None and data.unk_fraction and world.is_writer:
-        unknown = round(data.unk_fraction * data.text_chars)
-        mon.note(f"{unknown:,} characters of the corpus ({data.unk_fraction:.2%}) are not in the vocab of "
-                 f"{init_from} and read as <unk>")
     return Trainer(cfg, learner, data, state, rd, mon, device, world=world, on_step=on_step,
                    on_validation=on_validation, init_from=str(init_from or ""),
                    workdir=resume["workdir"] if moved_note else "").run()
+
+
+def _config_notes(cfg: Config, device: torch.device, local_size: int) -> list[str]:
+    """What the run's first lines say of settings that are allowed but cost or do nothing: each is
+    noted, not refused (a bound in the config would make checkpoints saved with it unloadable, or a
+    machine shared on purpose would be refused its threads)."""
+    notes, t = [], cfg.train
+    if cfg.log.sample_length > LONG_SAMPLE:
+        notes.append(f"log.sample_length={cfg.log.sample_length:,}: every validation generates that many characters "
+                     "and logs them to TensorBoard too (100M took minutes and ~150 MB of event file per validation)")
+    threads, cores = max(t.threads, 1) * local_size, available_cores()
+    if device.type == "cpu" and threads > cores:  # each step waits on the slowest thread
+        on = f"on {cores} CPU core{'s' if cores > 1 else ''}"
+        if local_size > cores:  # no thread count helps: the processes themselves take turns
+            notes.append(f"{local_size} processes {on}: they take turns and slow every step; start at most "
+                         f"{cores} (--nproc_per_node)")
+        elif t.threads:
+            each = f" in each of {local_size} processes" if local_size > 1 else ""
+            notes.append(f"train.threads={t.threads}{each} {on}: threads beyond the cores take turns and slow "
+                         f"every step; {cores // local_size} would use them all")
+    if t.momentum and t.optimizer != "sgd":
+        notes.append(f"train.momentum={t.momentum:g} is SGD's: train.optimizer={t.optimizer} does not use it")
+    elif t.momentum >= 1:
+        notes.append(f"train.momentum={t.momentum:g}: at 1 or more SGD's velocity never forgets a gradient and the "
+                     "steps grow without bound (the usual value is 0.9)")
+    return notes
+
+
+def _init_notes(cfg: Config, data: Dataset, init_from) -> list[str]:
+    """What a run started --init-from another's weights says of the vocab it took with them."""
+    notes = []
+    cut = [f"data.{k}={getattr(cfg.data, k)}" for k, default in (("min_freq", 1), ("max_size", 0))
+           if getattr(cfg.data, k) != default]
+    if cut:  # they shape a vocab built from the corpus; this one is given
+        notes.append(f"{', '.join(cut)} not applied: the vocab is {init_from}'s, as its weights need")
+    if data.unk_fraction:
+        unknown = round(data.unk_fraction * data.text_chars)
+        notes.append(f"{unknown:,} characters of the corpus ({data.unk_fraction:.2%}) are not in the vocab of "
+                     f"{init_from} and read as <unk>")
+    return notes
 
 
 def _finished_result(cfg: Config, state: RunState, run_dir: Path, stream) -> TrainResult | None:
