@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnn_train.data.batching import batches, epoch_rng
+from rnn_train.data.batching import batches, epoch_rng, eval_batches
 from rnn_train.model.checkpoint import load_checkpoint, load_model
 from rnn_train.config import build_config
 from rnn_train.data.dataset import prepare_data
@@ -171,7 +171,8 @@ def test_learner_steps_equal_torch_learner_in_float64(tmp_path):
     assert 0 < clipped < 50, "both clipped and unclipped steps should occur"
     for key, value in torch_l.state_dict()["model"].items():
         assert (numpy_l.state_dict()["model"][key] - value).abs().max().item() < 1e-12
-    assert numpy_l.evaluate(data.val, 8, 20) == pytest.approx(torch_l.evaluate(data.val, 8, 20), rel=1e-12)
+    val = list(eval_batches(data.val, 8, 20))
+    assert numpy_l.evaluate(val) == pytest.approx(torch_l.evaluate(val), rel=1e-12)
 
 
 def test_torch_model_follows_updates_and_float32_computes_in_float32():

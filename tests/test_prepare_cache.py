@@ -310,3 +310,31 @@ def test_a_chinese_file_changed_between_its_two_reads_publishes_no_conversion(tm
     with pytest.raises(UserError, match=f"{path} changed while it was being prepared"):
         prepare_corpus(DataConfig(paths=[str(path)], kind="pinyin"), tmp_path / "cache", progress=False)
     assert not list((tmp_path / "cache").glob("pinyin-*")) and entries(tmp_path / "cache") == []
+
+
+def test_damage_the_open_does_not_read_is_an_error_naming_the_entry_when_training_meets_it(tmp_path, capsys):
+    """Opening an entry checks its size and its first and last MiB; a training run that meets a
+    damaged id further in stops with one line naming the entry (it was a torch IndexError), and
+    the entry prepared anew trains."""
+    from rnn_train.commands import run_command
+
+    letters = np.frombuffer(b"abcdefgh \n", dtype=np.uint8)
+    path = corpus_file(tmp_path, np.random.default_rng(0).choice(letters, 4_000_000).tobytes().decode())
+    keys = ["--config", "debug", "--cache-dir", str(tmp_path / "cache"), f"data.paths={path}", "data.kind=text",
+            "data.partition=random"]
+    assert run_command("prepare", keys) == 0
+    entry = Path(capsys.readouterr().out.splitlines()[1].split(": ", 1)[1])
+    tokens = entry / "tokens.bin"
+    with open(tokens, "r+b") as f:  # outside the first and last MiB; ids of a vocab of 11 fit in bytes
+        f.seek(2**20)
+        f.write(bytes([200]) * 2**20)
+    train = [sys.executable, "-m", "rnn_train", "train", *keys, "train.max_steps=5", f"log.dir={tmp_path / 'runs'}"]
+    run = subprocess.run(train, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.splitlines()[-1] == (f"error: {tokens} is damaged: it holds the id 200 where the vocab has ids "
+                                           f"0-10; delete its cache entry {entry} and run again to prepare it anew")
+    for file in entry.iterdir():
+        file.unlink()
+    entry.rmdir()
+    again = subprocess.run(train + ["--force"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr

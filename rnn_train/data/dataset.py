@@ -18,13 +18,14 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from rnn_train.config import DataConfig
 from rnn_train.data import corpus
-from rnn_train.data.batching import min_corpus_length
-from rnn_train.data.prepare import prepare_corpus
+from rnn_train.data.batching import Batch, min_corpus_length
+from rnn_train.data.prepare import TOKENS, prepare_corpus
 from rnn_train.data.download import missing_corpus_error
 from rnn_train.data.sources import found_under, is_glob
 from rnn_train.data.vocab import Vocab
@@ -54,6 +55,23 @@ class Dataset:
     text_chars: int  # characters in the corpus after preprocessing
     unk_fraction: float  # share of corpus characters that encode to <unk> (counted when prepared)
     corpus_sha256: str = ""  # what the text is, whatever its paths: corpus_digest of the prepared sources
+    token_file: str = ""  # the cache entry's tokens.bin the splits map ("": prepared in memory)
+
+    def checked(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        """The batches, each checked to hold ids of the vocab. Opening a cache entry checks its size
+        and its first and last MiB, not the rest (reading it all would page in the whole corpus at
+        every start), so a byte damaged in between would be a torch error mid-run; here it is an
+        error naming the entry. Four reductions over B x T ids a batch: microseconds."""
+        size = len(self.vocab)
+        for x, y in batches:
+            if x.size:
+                low, high = min(int(x.min()), int(y.min())), max(int(x.max()), int(y.max()))
+                if low < 0 or high >= size:
+                    bad = low if low < 0 else high
+                    entry = f"delete its cache entry {Path(self.token_file).parent} and run again to prepare it anew"
+                    raise UserError(f"{self.token_file or 'the prepared corpus'} is damaged: it holds the id {bad} "
+                                    f"where the vocab has ids 0-{size - 1}" + (f"; {entry}" if self.token_file else ""))
+            yield x, y
 
 
 def corpus_digest(sources) -> str:
@@ -149,5 +167,6 @@ def prepare_data(cfg: DataConfig, cache_dir: Path | None = None, vocab: Vocab | 
     ids = prepared.tokens.view(np.ndarray)
     train, val, test = split(ids, cfg.val_fraction, cfg.test_fraction)
     check_one_batch(len(train), cfg, f"the training split of {corpus.named(cfg.paths)}")
+    token_file = str(prepared.directory / TOKENS) if prepared.directory is not None else ""
     return Dataset(prepared.vocab, train, val, test, len(ids), float(prepared.meta["unk_fraction"]),
-                   corpus_digest(prepared.meta["sources"]))
+                   corpus_digest(prepared.meta["sources"]), token_file)

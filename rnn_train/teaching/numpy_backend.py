@@ -31,13 +31,13 @@ store it in checkpoints.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
 from rnn_train.config import Config
-from rnn_train.data.batching import eval_batches
+from rnn_train.data.batching import Batch
 from rnn_train.model.charrnn import CharRNN, State
 from rnn_train.teaching import bptt
 from rnn_train.training.protocol import Learner
@@ -111,10 +111,10 @@ class NumpyLearner(Learner):
 
         return torch.tensor(loss, dtype=torch.float64), torch.tensor(norm, dtype=torch.float64), self._final(fwd)
 
-    def evaluate(self, data: np.ndarray, batch_size: int, num_steps: int) -> float:
+    def evaluate(self, batches: Iterable[Batch]) -> float:
         """Mean CE over the whole split, streams read in order with the state carried from zero."""
         total, count, state = 0.0, 0, None
-        for x, y in eval_batches(data, batch_size, num_steps):
+        for x, y in batches:
             fwd, logits = self._forward(x, state)
             mean, _ = bptt.softmax_cross_entropy(logits.reshape(-1, self.vocab_size), y.T.reshape(-1))
             total += mean * y.size

@@ -7,7 +7,7 @@ so a run of either backend is predicted from, resumed and fine-tuned the same wa
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from rnn_train.config import Config
-from rnn_train.data.batching import eval_batches
+from rnn_train.data.batching import Batch
 from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN, State
 from rnn_train.runtime import out_of_memory
@@ -113,13 +113,13 @@ class TorchLearner:
         return norm
 
     @torch.no_grad()
-    def evaluate(self, data: np.ndarray, batch_size: int, num_steps: int) -> float:
+    def evaluate(self, batches: Iterable[Batch]) -> float:
         """With several ranks each reads its block of the streams (state carried per row, so any
         split of the rows gives the same per-row losses); the CE sums and counts are added up."""
         self.model.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.device)  # [CE sum, targets]
         state = None
-        for x, y in eval_batches(data, batch_size, num_steps):
+        for x, y in batches:
             mine = self.world.share(x.shape[0])
             x, y = x[mine], y[mine]
             if not len(x):

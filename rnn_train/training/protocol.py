@@ -5,11 +5,12 @@ NumpyLearner) implement it and the trainer reads it, without either importing th
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Iterable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from rnn_train.data.batching import Batch
 from rnn_train.model.charrnn import CharRNN, State
 
 
@@ -41,8 +42,9 @@ class Learner(Protocol):
         norm before clipping, final state), as 0-dim tensors left on the device: no host sync."""
         ...
 
-    def evaluate(self, data: np.ndarray, batch_size: int, num_steps: int) -> float:
-        """Mean CE over a whole split, its streams read in order with the state carried from zero."""
+    def evaluate(self, batches: Iterable[Batch]) -> float:
+        """Mean CE over a whole split's `eval_batches`: its streams read in order, the state carried
+        from zero."""
         ...
 
     def torch_model(self) -> CharRNN:

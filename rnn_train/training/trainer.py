@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from rnn_train.config import Config
-from rnn_train.data.batching import Batch, batches, batches_per_epoch, epoch_rng
+from rnn_train.data.batching import Batch, batches, batches_per_epoch, epoch_rng, eval_batches
 from rnn_train.data.dataset import Dataset, changed_since, check_one_batch, prepare_data, run_cache, run_data
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
@@ -207,7 +207,11 @@ class Trainer:
         """The current epoch's batches not trained on yet (all of them, unless resumed mid-epoch)."""
         d, s = self.cfg.data, self.state
         it = batches(d.partition, self.data.train, d.batch_size, d.num_steps, epoch_rng(self.cfg.train.seed, s.epoch))
-        return itertools.islice(it, s.batch_in_epoch, None)
+        return self.data.checked(itertools.islice(it, s.batch_in_epoch, None))
+
+    def split_batches(self, split: np.ndarray) -> Iterator[Batch]:
+        """A validation or test split's batches, in order (eval_batches), each checked."""
+        return self.data.checked(eval_batches(split, self.cfg.data.batch_size, self.cfg.data.num_steps))
 
     def run_epoch(self, interrupt: _Interrupt) -> str:
         """Train through the rest of the current epoch: the reason to stop, or '' to go on to the next."""
@@ -280,11 +284,11 @@ class Trainer:
         """The validation loss of the current weights (None without a validation split). A finite one
         is booked in the RunState, logged with a text sample, and saved as best.pt if it is the best;
         a non-finite one (diverged) is only returned."""
-        s, t, d = self.state, self.cfg.train, self.cfg.data
+        s, t = self.state, self.cfg.train
         s.validated_at = s.step
         if not len(self.data.val):
             return None
-        val = self.learner.evaluate(self.data.val, d.batch_size, d.num_steps)
+        val = self.learner.evaluate(self.split_batches(self.data.val))
         if not math.isfinite(val):
             return val
         improved = s.record_validation(val, t.plateau_factor, t.plateau_patience)
@@ -391,11 +395,11 @@ class Trainer:
     def score_test(self, result: TrainResult) -> None:
         """The held-out test split, scored once with the weights best.pt keeps (chosen on val): rank 0
         reads them, the other ranks (perhaps on machines without the run directory) receive them."""
-        d, model = self.cfg.data, self.learner.torch_model()
+        model = self.learner.torch_model()
         if self.world.is_writer:
             model.load_state_dict(ckpt_io.load_checkpoint(self.run_dir.best, map_location=self.device)["model"])
         self.world.broadcast_(list(model.state_dict().values()))
-        result.test_loss = self.learner.evaluate(self.data.test, d.batch_size, d.num_steps)
+        result.test_loss = self.learner.evaluate(self.split_batches(self.data.test))
         result.test_ppl, result.test_bpc = perplexity(result.test_loss), bits_per_char(result.test_loss)
         self.monitor.scalars({"test/loss": result.test_loss, "test/ppl": result.test_ppl, "test/bpc": result.test_bpc},
                              self.state.step)
