@@ -338,3 +338,16 @@ def test_damage_the_open_does_not_read_is_an_error_naming_the_entry_when_trainin
     entry.rmdir()
     again = subprocess.run(train + ["--force"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("symbols, bad", [(11, 11), (70_000, 70_000), (70_000, -3)])
+def test_each_batch_is_checked_to_hold_ids_of_the_vocab(symbols, bad):
+    from rnn_train.data.dataset import Dataset
+
+    vocab = Vocab(["<unk>"] + [chr(0x10000 + i) for i in range(symbols - 1)])  # uint8, or int32 past 65,536 ids
+    data = Dataset(vocab, np.zeros(0), np.zeros(0), np.zeros(0), 0, 0.0, token_file="/c/e/tokens.bin")
+    good = np.array([[0, len(vocab) - 1]]), np.array([[1, 2]])
+    assert list(data.checked([good])) == [good]
+    with pytest.raises(UserError, match=f"^/c/e/tokens.bin is damaged: it holds the id {bad} where the vocab has ids "
+                                        f"0-{symbols - 1}; delete its cache entry /c/e and run again"):
+        list(data.checked([good, (np.array([[0, 1]]), np.array([[1, bad]]))]))
