@@ -19,7 +19,7 @@ from rnn_train.prediction import cli
 from rnn_train.prediction.choose import (Chooser, SamplingOptions, gumbel_noise, nucleus_filter, row_keys, softmax,
                                          uniforms)
 from rnn_train.prediction.generate import encode_prefix, generate, samples
-from rnn_train.prediction.sampler import CHUNK, StopRules
+from rnn_train.prediction.sampler import CHUNK, RuleState, StopRules
 from rnn_train.kernels import autotune
 from rnn_train.kernels.build import extension
 from rnn_train.kernels.precision import fused_bf16_available
@@ -443,3 +443,35 @@ def test_cli_output_on_a_terminal_is_the_piped_text(runs):
     os.close(leader)
     assert proc.wait() == 0
     assert received.decode().replace("\r\n", "\n") == piped.stdout  # the terminal shows LF as CRLF
+
+
+def _stopped(text: str, stop: str, syllables: bool, before: str = "") -> str | None:
+    """Feed `text` to a RuleState one character a step: what the sample keeps, None if no stop."""
+    vocab = Vocab.build("abcdefghijklmnopqrstuvwxyz \n,.2")
+    state = RuleState(StopRules(stop_at=stop, syllables=syllables), vocab, 1, len(text), before)
+    for t, ch in enumerate(text):
+        if state.apply(np.array([vocab.stoi[ch]]), t):
+            return text[:state.end[0]]
+    return None
+
+
+def test_a_stop_converted_from_chinese_matches_whole_syllables_and_any_syllable_end():
+    # 国 reads as 'guo ': the corpus has it ending a line and before a mark too
+    assert _stopped("zhong guo\nren min ", "guo ", True) == "zhong guo\n"
+    assert _stopped("zhong guo. ren ", "guo ", True) == "zhong guo."
+    assert _stopped("guo2 guo ", "guo ", True) == "guo2 guo "  # another tone's syllable goes on
+    # 安 reads as 'an ': never the end of another syllable, whatever came before the sample
+    assert _stopped("nan dang an ", "an ", True) == "nan dang an "
+    assert _stopped("an ", "an ", True, before="n") is None
+    assert _stopped("an ", "an ", True, before=" ") == "an "
+    assert _stopped("an\n", "an ", True) == "an\n"  # no prefix: a sample starts as a line does
+    # typed as pinyin, a stop matches as written
+    assert _stopped("zhong guo\nren guo ", "guo ", False) == "zhong guo\nren guo "
+    assert _stopped("nan ", "an ", False) == "nan "
+
+
+def test_predict_says_a_chinese_stop_matches_whole_syllables(runs):
+    out = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(runs / "gru" / "best.pt"), "--prefix",
+                          "你", "--stop-at", "安", "-k", "5"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "up to 5 chars, stop at whole syllables 'an ')" in out.stdout

@@ -75,13 +75,14 @@ def _parser(prog: str) -> ArgumentParser:
     return ap
 
 
-def _describe(args, k: int, n: int, bf16: bool) -> str:
-    """The line above the continuation: how it was made (`bf16`: the steps ran in bf16)."""
+def _describe(args, k: int, n: int, bf16: bool, syllables: bool) -> str:
+    """The line above the continuation: how it was made (`bf16`: the steps ran in bf16;
+    `syllables`: the stop matches whole syllables, StopRules.syllables)."""
     how = "greedy" if args.temperature == 0 else f"sampled, temperature {args.temperature}" + \
         (f", top-k {args.top_k}" if args.top_k else "") + (f", top-p {args.top_p}" if args.top_p < 1 else "") + \
         (f", seed {args.seed}" if args.seed is not None else "")
     how += ", bf16 steps" if bf16 else ""
-    limits = [f"stop at {args.stop_at!r}"] if args.stop_at else []
+    limits = [f"stop at {'whole syllables ' if syllables else ''}{args.stop_at!r}"] if args.stop_at else []
     limits += [f"{args.max_lines} lines"] if args.max_lines else []
     limits += [f"line starts {args.line_starts}"] if args.line_starts else []
     size = f"up to {k} chars, {', '.join(limits)}" if limits else f"{k} chars"
@@ -104,26 +105,28 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
     from rnn_train.prediction.generate import top_chars, encode_prefix, stream_after, warm_up
     from rnn_train.prediction.sampler import StopRules
     from rnn_train.prediction.stepper import bf16_steps
-    from rnn_train.prediction.textstream import corpus_text
+    from rnn_train.prediction.textstream import corpus_text, is_converted_stop
     from rnn_train.runtime import resolve_device
 
     options = SamplingOptions(args.temperature, args.top_k, args.top_p, args.seed, args.precision)  # bad values: one line
     model, vocab, cfg, _ = load_model(args.checkpoint, resolve_device(args.device, "--device"))
     prefix, said = corpus_text(args.prefix, cfg, "prefix")
+    syllables = is_converted_stop(args.stop_at, cfg)
     args.stop_at, said_too = corpus_text(args.stop_at, cfg, "--stop-at")  # as the rules and the header read it
     for line in said + said_too:
         print(line)
-    rules = StopRules(args.stop_at, args.max_lines, line_starts(args.line_starts, cfg) if args.line_starts else ())
+    rules = StopRules(args.stop_at, args.max_lines, line_starts(args.line_starts, cfg) if args.line_starts else (),
+                      syllables)
     logits, state = warm_up(model, encode_prefix(vocab, prefix, args.unk))
     chunks = stream_after(model, vocab, logits, state, k, options, rules, args.num_samples,
-                          at_line_start=prefix[-1:] in ("", "\n"))
+                          before=prefix[-1:])
     next_chars = top_chars(vocab, logits, args.top_n)
     first = next(chunks, None)  # errors in the rules (e.g. a character the vocab lacks) come before any output
     print(f"prefix: {prefix!r}")
     print(f"next character (top {len(next_chars)}):")
     for ch, prob in next_chars:
         print(f"  {ch!r:>8}  {prob:.4f}")
-    print(_describe(args, k, args.num_samples, args.precision == "bf16" and k > 0 and bf16_steps(model)))
+    print(_describe(args, k, args.num_samples, args.precision == "bf16" and k > 0 and bf16_steps(model), syllables))
     _write_samples(prefix, itertools.chain([first] if first is not None else [], chunks), args.num_samples,
                    sys.stdout)
     return 0

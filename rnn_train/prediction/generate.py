@@ -110,9 +110,10 @@ def sampler_logits(logits: torch.Tensor, dtype: np.dtype) -> np.ndarray:
 
 def stream_after(model: CharRNN, vocab: Vocab, logits: torch.Tensor, state: State, k: int,
                  options: SamplingOptions = SamplingOptions(), rules: StopRules = StopRules(),
-                 num_samples: int = 1, at_line_start: bool = False) -> Iterator[list[str]]:
+                 num_samples: int = 1, before: str = "") -> Iterator[list[str]]:
     """Continue from a warmed-up (logits [V], state): yield, chunk by chunk, the new text of each of
-    `num_samples` samples (a list of num_samples strings per chunk). Up to k characters each."""
+    `num_samples` samples (a list of num_samples strings per chunk). Up to k characters each.
+    `before`: the prefix's last character (RuleState)."""
     check_vocab(model, vocab)
     for name, value, least in (("-k", k, 0), ("--num-samples", num_samples, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -125,7 +126,7 @@ def stream_after(model: CharRNN, vocab: Vocab, logits: torch.Tensor, state: Stat
     first = sampler_logits(logits, stepper.dtype)
     stepper.load_state(state)
     chooser = Chooser(options, num_samples, len(vocab), stepper.dtype)
-    rule_state = RuleState(rules, vocab, num_samples, k, at_line_start) if rules.used else None
+    rule_state = RuleState(rules, vocab, num_samples, k, before) if rules.used else None
     for chunk in sample_chunks(stepper, chooser, np.broadcast_to(first, (num_samples, len(first))), k, rule_state):
         yield [vocab.decode(ids) for ids in chunk]
 
@@ -136,7 +137,7 @@ def stream(model: CharRNN, vocab: Vocab, prefix: str, k: int, options: SamplingO
     check_vocab(model, vocab)
     logits, state = warm_up(model, encode_prefix(vocab, prefix, unk))
     return stream_after(model, vocab, logits, state, k, options, rules, num_samples,
-                        at_line_start=prefix[-1:] in ("", "\n"))
+                        before=prefix[-1:])
 
 
 def samples(model: CharRNN, vocab: Vocab, prefix: str, k: int, options: SamplingOptions = SamplingOptions(),

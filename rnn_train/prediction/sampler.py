@@ -33,6 +33,8 @@ class StopRules:
     stop_at: str = ""  # end a sample right after this string appears in what it generated
     max_lines: int = 0  # end a sample right after its N-th newline
     line_starts: tuple[str, ...] = ()  # each new line begins with the next of these; end after the last line
+    syllables: bool = False  # stop_at is pinyin converted from Chinese characters: it matches whole
+    # syllables only (RuleState; textstream.is_converted_stop)
 
     def __post_init__(self):
         if self.max_lines < 0:
@@ -58,7 +60,9 @@ class RuleState:
     """Per-row bookkeeping of StopRules over a batch: forced characters, newline counts, where each
     row ended. `apply(ids, t)` runs after each choice; it returns True once every row has ended."""
 
-    def __init__(self, rules: StopRules, vocab: Vocab, batch: int, k: int, at_line_start: bool):
+    def __init__(self, rules: StopRules, vocab: Vocab, batch: int, k: int, before: str = ""):
+        """`before`: the prefix's last character ("": no prefix, where a sample begins a line as the
+        corpus does)."""
         self.rules, self.batch = rules, batch
         self.newline = vocab.stoi.get("\n", -1)
         if (rules.max_lines or rules.line_starts) and self.newline < 0:
@@ -69,10 +73,27 @@ class RuleState:
         self.end = np.full(batch, k)  # [B] index one past each row's last character
         self.ended = np.zeros(batch, bool)
         self.lines = np.zeros(batch, np.int64)  # newlines generated so far
-        self.tail = np.full((batch, len(self.stop) if self.stop is not None else 0), -1)  # last |stop| ids
+        self._stop_window(rules, vocab, before)
         self.next_start = [0] * batch  # index into `starts` per row
         self.forced: list[list[int]] = [[] for _ in range(batch)]  # characters still to force per row
-        self.line_start = np.full(batch, at_line_start)  # the next character begins a line
+        self.line_start = np.full(batch, before in ("", "\n"))  # the next character begins a line
+
+    def _stop_window(self, rules: StopRules, vocab: Vocab, before: str) -> None:
+        """The ids a row's stop match looks at. A stop converted from Chinese (`rules.syllables`)
+        matches whole syllables: where it begins with a letter or digit the character before the
+        match must end a syllable (no letter, no digit: "an" of 安 is not the end of "nan"), and the
+        space the conversion writes after its last syllable matches any such character (a syllable
+        ends a line "guo\n", or comes before a mark "guo."). Elsewhere the stop matches as written."""
+        stop = self.stop if self.stop is not None else np.zeros(0, np.int64)
+        syllables = rules.syllables and self.stop is not None
+        self.any_end = syllables and rules.stop_at.endswith(" ") and len(stop) > 1
+        self.any_start = syllables and rules.stop_at[:1].isalnum()
+        self.stem = stop[:-1] if self.any_end else stop  # matched exactly
+        # [V + 1]: the ids that end a syllable (<unk> among them); the last entry: nothing before the sample
+        self.ends = np.array([not c.isalnum() for c in vocab.itos] + [True])
+        self.tail = np.full((self.batch, len(stop) + self.any_start), -1)  # the last ids, the oldest first
+        if self.any_start:
+            self.tail[:, -1] = vocab.stoi.get(before, 0) if before else len(vocab.itos)
 
     @property
     def forces(self) -> bool:
@@ -86,7 +107,13 @@ class RuleState:
         if self.stop is not None:
             self.tail[:, :-1] = self.tail[:, 1:]
             self.tail[:, -1] = ids
-            self._end_rows(np.flatnonzero((self.tail == self.stop).all(axis=1)), t + 1)
+            first = int(self.any_start)
+            matched = (self.tail[:, first:first + len(self.stem)] == self.stem).all(axis=1)
+            if self.any_end:
+                matched &= self.ends[self.tail[:, -1]]
+            if self.any_start:
+                matched &= self.ends[self.tail[:, 0]]
+            self._end_rows(np.flatnonzero(matched), t + 1)
         if self.rules.max_lines or self.starts:
             newline = ids == self.newline
             if self.rules.max_lines:

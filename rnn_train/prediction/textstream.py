@@ -52,6 +52,13 @@ def pinyin_prefix(prefix: str, cfg) -> str:
     return lead + converted + trail
 
 
+def is_converted_stop(typed: str, cfg) -> bool:
+    """Whether a typed --stop-at (or stop_at) is converted from Chinese characters for a pinyin model,
+    whose syllables then match whole (StopRules.syllables): 国 is "guo " as a prefix, and the corpus
+    has it as "guo\n" ending a line, "guo." before a mark, never inside "guon"."""
+    return pinyin_prefix(typed, cfg) != typed
+
+
 def letters_prefix(prefix: str, cfg) -> str:
     """A prefix for a `data.letters_only` model, by its corpus's rule (dataset.letters_and_spaces)
     without the trim at the ends: a prefix that ends in punctuation ends where the corpus has a

@@ -47,7 +47,7 @@ from rnn_train.prediction.generate import encode_prefix, sampler_logits, top_cha
 from rnn_train.prediction.sampler import RuleState, StopRules
 from rnn_train.prediction.score import score_pieces
 from rnn_train.prediction.stepper import check_rows
-from rnn_train.prediction.textstream import corpus_text, text_pieces
+from rnn_train.prediction.textstream import corpus_text, is_converted_stop, text_pieces
 from rnn_train.serve.scheduler import Batcher, Job, Unavailable
 from rnn_train.training.schedule import perplexity
 
@@ -205,7 +205,7 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
         options = SamplingOptions(body.temperature, body.top_k, body.top_p, body.seed)
         rules = _stop_rules(body, vocab, cfg, limits.max_prefix)
         k = body.k if body.k is not None else min(LONG_K if rules.used else DEFAULT_K, limits.max_k)
-        rule_state = RuleState(rules, vocab, body.num_samples, k, prefix[-1:] in ("", "\n")) if rules.used else None
+        rule_state = RuleState(rules, vocab, body.num_samples, k, prefix[-1:]) if rules.used else None
         logits, state = await run_in_threadpool(warm_up, model, ids)
         job = Job(sampler_logits(logits, batcher.dtype), state, k, options, rule_state, body.num_samples)
         if body.stream:
@@ -265,7 +265,7 @@ def _stop_rules(body, vocab: Vocab, cfg, max_chars: int) -> StopRules:
         raise FieldError("stop_at", why)
     if body.max_lines and "\n" not in vocab:
         raise FieldError("max_lines", "needs a model whose vocab has a newline")
-    return StopRules(stop_at, body.max_lines)
+    return StopRules(stop_at, body.max_lines, syllables=is_converted_stop(body.stop_at, cfg))
 
 
 def _to_loop(loop: asyncio.AbstractEventLoop, fn):
