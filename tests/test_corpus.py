@@ -1,12 +1,15 @@
 """Specification of rnn_train.data.corpus and .pinyin: reading, normalisation, pinyin conversion, cache, default corpus."""
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from rnn_train.data import corpus, pinyin, sources
 from rnn_train.errors import UserError
-from tests.conftest import shared_corpus
+from tests.conftest import ROOT, shared_corpus
 
 SENTENCE = "她说：“女儿，绿色的策略好！”他笑了……"
 SENTENCE_NONE = 'ta shuo: "nv er, lv se de ce lve hao!" ta xiao le...'
@@ -419,3 +422,34 @@ def test_a_runs_relative_paths_are_found_where_it_trained_when_they_name_nothing
                               kind="text") == "odd\nodd"
     moved = sources.found_under(["a.txt", "books/*.txt", "c.txt"], str(trained))
     assert corpus.load_corpus(moved, kind="text") == "a\nb\nc here"
+
+
+def _without_root(code: str) -> subprocess.CompletedProcess:
+    """Run Python `code` where a directory's mode 000 holds. Root reads through it, so as root the
+    code runs in a user namespace (`unshare -r`), where the files of another user (chown'd to
+    nobody by the caller) keep their modes."""
+    prefix = ["unshare", "-r"] if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_a_directory_that_cannot_be_read_is_an_error_not_part_of_the_corpus_left_out(tmp_path):
+    """A walk or a glob passed over it without a word (training on part of the corpus), and a file
+    beneath it was a PermissionError traceback."""
+    (tmp_path / "c" / "locked").mkdir(parents=True)
+    write(tmp_path / "c" / "a.txt", "a")
+    write(tmp_path / "c" / "locked" / "b.txt", "b")
+    locked = tmp_path / "c" / "locked"
+    if os.geteuid() == 0:
+        for path in (locked, locked / "b.txt"):
+            os.chown(path, 65534, 65534)
+    locked.chmod(0)
+    try:
+        for entry in [tmp_path / "c", f"{tmp_path}/c/**", f"{tmp_path}/c/locked/*.txt", locked / "b.txt"]:
+            run = _without_root(f"from rnn_train.data import sources\nsources.resolve_paths([{str(entry)!r}])")
+            assert run.returncode == 1 and run.stderr.splitlines()[-1].startswith("rnn_train.errors.UserError: "), \
+                run.stderr
+            said = run.stderr.splitlines()[-1].split(": ", 1)[1]
+            assert said in (f"data.paths: cannot read directory {locked}: permission denied",
+                            f"data.paths: cannot reach {locked / 'b.txt'}: permission denied on a directory on its path")
+    finally:
+        locked.chmod(0o755)

@@ -148,10 +148,15 @@ def _expand(entry: str) -> tuple[list[Path], bool]:
             first.setdefault(os.path.realpath(f), f)
         files = list(first.values())
         if not files:
+            _listable(base)  # glob passes over a directory it cannot read: say so rather than "no file"
             raise UserError(f"data.paths: {entry} matches no file (hidden files and caches are skipped)")
         return files, True
     path = Path(os.path.expanduser(entry))
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()  # raises where a directory on the way cannot be searched
+    except PermissionError:
+        raise UserError(f"data.paths: cannot reach {entry}: permission denied on a directory on its path") from None
+    if is_dir:
         _not_a_cache(path, entry)
         files = _walk(path)
         if not files:
@@ -193,11 +198,22 @@ def tag_cache(directory: Path) -> None:
         pass
 
 
+def _listable(directory: Path) -> None:
+    """A UserError where `directory` exists but cannot be listed (glob and os.walk pass over it)."""
+    if directory.exists() and not os.access(directory, os.R_OK | os.X_OK):
+        raise UserError(f"data.paths: cannot read directory {directory}: permission denied")
+
+
+def _unreadable(err: OSError) -> None:
+    raise UserError(f"data.paths: cannot read directory {err.filename}: {(err.strerror or str(err)).lower()}")
+
+
 def _walk(root: Path) -> list[Path]:
     """Regular files under `root`, recursively, sorted by their path below it; hidden names and
-    caches (is_cache) skipped."""
+    caches (is_cache) skipped. A directory that cannot be listed is an error: leaving it out would
+    train on part of the corpus without a word."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_unreadable):
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and not is_cache(os.path.join(dirpath, d))]
         for name in filenames:
             path = Path(dirpath, name)
