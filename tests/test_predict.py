@@ -117,6 +117,10 @@ def test_predict_cli_prints_both_predictions(trained):
     (["--line-starts", ","], "--line-starts ',' has an empty entry (entries are separated by commas)"),
     (["--line-starts", "zhong,,guo"], "--line-starts 'zhong,,guo' has an empty entry"),
     (["--prefix", "a", "--stop-at", "\u00e9"], "--stop-at"),
+    # a byte that is not UTF-8 on the command line (a Latin-1 terminal's é): named as a byte, not a character
+    (["--prefix", "caf\udce9", "--unk", "replace"], "prefix holds the byte 0xe9, which is not UTF-8, at character 3"),
+    (["--prefix", "ni", "--stop-at", "\udce9"], "--stop-at holds the byte 0xe9, which is not UTF-8"),
+    (["--line-starts", "a,\udce9"], "--line-starts holds the byte 0xe9, which is not UTF-8, at character 2"),
     (["--prefix", "a", "--seed", "-1", "--temperature", "1"], "--seed must be in [0, 2^63), got -1"),
     (["--prefix", "a", "--seed", str(2**64 + 1), "--temperature", "1"], "--seed must be in [0, 2^63)"),
 ])

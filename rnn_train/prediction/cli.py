@@ -21,7 +21,9 @@ def line_starts(spec: str, cfg) -> tuple[str, ...]:
     numbers), and the space after the syllable is forced too, so that 'li' (里) cannot grow into
     'liu'. For any other model the entries are kept as they are."""
     from rnn_train.data.corpus import contains_han, hanzi_to_pinyin
+    from rnn_train.prediction.textstream import check_typed
 
+    check_typed(spec, "--line-starts")
     items = tuple(s.strip() for s in spec.split(","))
     if not all(items):
         raise UserError(f"--line-starts {spec!r} has an empty entry (entries are separated by commas)")

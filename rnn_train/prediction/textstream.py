@@ -29,6 +29,19 @@ ENCODING_KEY = "--encoding"  # what an undecodable byte's message tells the user
 TEXT_FILE = "text file"  # what a file's messages call it: a text to score or explore, not the corpus
 
 
+def check_typed(text: str, what: str) -> None:
+    """A UserError for a typed text holding a lone surrogate: Python's stand-in for a command-line
+    byte that is not UTF-8 (U+DC80-U+DCFF, e.g. a Latin-1 'é' typed in a Latin-1 terminal), which
+    no vocab can hold and no encoder can write."""
+    bad = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
+    if bad is None:
+        return
+    code = ord(text[bad])
+    what_is = f"the byte 0x{code - 0xDC00:02x}, which is not UTF-8" if 0xDC80 <= code <= 0xDCFF else \
+        f"a lone surrogate U+{code:04X}"
+    raise UserError(f"{what} holds {what_is}, at character {bad}: type it in UTF-8")
+
+
 def _as_file_reads(text: str) -> str:
     """A string as corpus.file_chunks reads a file holding it: one leading BOM dropped, CRLF and a
     lone CR as LF."""
@@ -71,6 +84,7 @@ def corpus_text(text: str, cfg, what: str) -> tuple[str, list[str]]:
     as LF, Chinese characters to pinyin for a pinyin model, then the letters-only rule -> (the
     text, a line for each step that changed it, naming `what` the text is: "prefix", "--stop-at")."""
     said = []
+    check_typed(text, what)
     text = _as_file_reads(text)
     converted = pinyin_prefix(text, cfg)
     if converted != text:
