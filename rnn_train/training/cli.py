@@ -25,8 +25,8 @@ EPILOG = """\
 --resume RUN continues the same run: its stored config (overrides may extend the limits, e.g.
   train.max_steps, or change the schedule, the optimiser and the logging), weights, optimiser,
   schedule, position in the epoch and RNG; it ends exactly where an uninterrupted run would. The
-  data keys (but data.paths naming the same text elsewhere), the model (but model.kernel),
-  train.seed and where the run lives cannot change.
+  data keys (but data.paths, where it names byte-identical files elsewhere), the model (but
+  model.kernel), train.seed and where the run lives cannot change.
 --init-from CK starts a new run (step 0, fresh optimiser and schedule) with --config's settings
   and corpus, from CK's weights and vocab (fine-tuning). The model's shape keys (cell,
   hidden_size, num_layers, embedding, embed_dim) must be CK's; characters of the new corpus that
