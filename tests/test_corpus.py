@@ -453,3 +453,20 @@ def test_a_directory_that_cannot_be_read_is_an_error_not_part_of_the_corpus_left
                             f"data.paths: cannot reach {locked / 'b.txt'}: permission denied on a directory on its path")
     finally:
         locked.chmod(0o755)
+
+
+@pytest.mark.parametrize("data, says", [
+    ("ni hao\n".encode("utf-16-le") * 40, "NUL character at character 1 (UTF-16 or UTF-32 without a byte-order mark? "
+                                          "set data.encoding, e.g. utf-16-le)"),
+    ("ni hao\n".encode("utf-16-be") * 40, "NUL character at character 0 (UTF-16 or UTF-32 without a byte-order mark? "
+                                          "set data.encoding, e.g. utf-16-be)"),
+    (b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x03\x00>\x00\x01\x00\x00\x00" * 8, "NUL character at character 7 "
+                                                                                "(data.paths takes text files)"),
+    ("ni hao\n".encode("utf-32"), "byte 0xff at offset 0 is not valid utf-8 (set data.encoding, e.g. utf-32)"),
+])
+def test_a_utf16_or_utf32_file_read_as_utf8_gets_a_hint_at_its_encoding_a_binary_file_none(tmp_path, data, says):
+    path = tmp_path / "c.txt"
+    path.write_bytes(data)
+    with pytest.raises(UserError) as err:
+        corpus.read_text(path)
+    assert str(err.value).endswith(says)

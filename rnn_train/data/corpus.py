@@ -117,7 +117,7 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
             except UnicodeDecodeError as exc:
                 # a binary file fails to decode too, but is better named as what it is
                 valid = exc.object[:exc.start].decode(encoding, errors="replace")
-                raise _binary(path, chars + valid.index("\0"), encoding_key) if "\0" in valid else \
+                raise _binary(path, chars, valid, encoding_key) if "\0" in valid else \
                     _undecodable(path, encoding, exc, consumed - buffered, encoding_key) from None
             except UnicodeError as exc:  # a codec's own complaint, e.g. utf-16 without its byte-order mark
                 raise UserError(f"{path} is not readable as {encoding} ({exc}; set {encoding_key})") from None
@@ -134,7 +134,7 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
                 text = text.replace("\r\n", "\n").replace("\r", "\n")
             nul = text.find("\0")
             if nul >= 0:
-                raise _binary(path, chars + nul, encoding_key)
+                raise _binary(path, chars, text, encoding_key)
             lone = None if strict_utf8 else _SURROGATE.search(text)
             if lone:  # no character, and nothing can store it (UTF-8, UTF-32 refuse it)
                 raise UserError(f"{path}: {encoding} decodes to U+{ord(lone.group()):04X} at character "
@@ -149,14 +149,25 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _binary(path: PathLike, at: int, key: str) -> UserError:
+def _binary(path: PathLike, base: int, text: str, key: str) -> UserError:
+    """The error for the first NUL in `text`, a decoded piece of the file starting at character
+    `base`. ASCII-range text read as UTF-8 from a UTF-16 or UTF-32 file without a byte-order mark
+    is half or three quarters NULs: that gets a hint at the encoding, a binary file the plain message."""
     takes = "data.paths takes text files" if key == "data.encoding" else "text files only"  # a command's own file
-    return UserError(f"{path} looks like a binary file, not text: NUL character at character {at} ({takes})")
+    at = text.index("\0")
+    near = text[at:at + 512]
+    if near.count("\0") * 2 >= len(near) >= 8 and all(c == "\0" or " " <= c <= "~" or c in "\t\n" for c in near):
+        # ASCII in UTF-16-LE is "h\0e\0": its first NUL at an odd offset; in UTF-16-BE "\0h\0e", an even one
+        order = "le" if (base + at) % 2 else "be"
+        takes = f"UTF-16 or UTF-32 without a byte-order mark? set {key}, e.g. utf-16-{order}"
+    return UserError(f"{path} looks like a binary file, not text: NUL character at character {base + at} ({takes})")
 
 
 def _undecodable(path: PathLike, encoding: str, exc: UnicodeDecodeError, base: int, key: str) -> UserError:
     """The one-line error for a byte `encoding` cannot decode; `base` is the file offset of exc.object."""
-    if base == 0 and exc.object[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte-order mark
+    if base == 0 and exc.object[:4] in (b"\xff\xfe\0\0", b"\0\0\xfe\xff"):  # a UTF-32 byte-order mark
+        hint = "e.g. utf-32"
+    elif base == 0 and exc.object[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte-order mark
         hint = "e.g. utf-16"
     else:
         hint = "e.g. gbk" if codecs.lookup(encoding).name == "utf-8" else "e.g. utf-8"
