@@ -108,3 +108,10 @@ def test_an_accent_typed_the_other_way_than_the_corpus_wrote_it_is_named_with_th
     assert precomposed.cannot_spell("cafe\u0301").endswith("the corpus writes such accents precomposed: the text in "
                                                           "Unicode NFC can be spelled)")
     assert precomposed.cannot_spell("cafX") == "'cafX' cannot be spelled with the model's vocab (no 'X')"
+
+
+def test_a_missing_combining_mark_is_named_by_its_code_point_too():
+    """repr leaves a combining mark as it is, and it joins the quote before it: "'\u0301'" showed as one
+    unreadable glyph. A tab or a zero-width joiner repr escapes already."""
+    vocab = Vocab.build("cafe")
+    assert vocab.unknown_shown("cafe\u0301\t\u200d") == "'\u0301' (U+0301), '\\t', '\\u200d'"

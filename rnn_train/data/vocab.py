@@ -34,6 +34,15 @@ def smallest_dtype(size: int) -> np.dtype:
     return np.dtype(np.int32)
 
 
+def char_shown(c: str) -> str:
+    """A character as messages and listings name it: repr'd (which escapes a tab, a control or a
+    format character), with its code point where it is a combining mark, which repr leaves as it is
+    and which then joins the quote before it ('\u0301' showed as "'́'")."""
+    if unicodedata.category(c)[0] == "M":
+        return f"{c!r} (U+{ord(c):04X})"
+    return repr(c)
+
+
 class Vocab:
     """id <-> character. `itos[0]` is always `<unk>`; every other entry is one character."""
 
@@ -124,7 +133,7 @@ class Vocab:
         `limit` repr'd (a tab or a control character must be visible), ", ..." if there are more;
         "" where the vocab spells all of `text`."""
         missing = self.unknown_chars(text)
-        shown = ", ".join(repr(c) for c in missing[:limit]) + (", ..." if len(missing) > limit else "")
+        shown = ", ".join(map(char_shown, missing[:limit])) + (", ..." if len(missing) > limit else "")
         for form, how in (("NFC", "precomposed"), ("NFD", "as a letter and a combining mark")):
             other = unicodedata.normalize(form, text)  # an accent typed the other way than the corpus wrote it
             if missing and other != text and not self.unknown_chars(other):

@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
         if not ok:
             ap.error(f"{flag} must be {rule}, got {value}")
 
+    from rnn_train.data.vocab import char_shown
     from rnn_train.model.checkpoint import load_model
     from rnn_train.prediction.choose import SamplingOptions
     from rnn_train.prediction.generate import top_chars, encode_prefix, stream_after, warm_up
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
     print(f"prefix: {prefix!r}")
     print(f"next character (top {len(next_chars)}):")
     for ch, prob in next_chars:
-        print(f"  {ch!r:>8}  {prob:.4f}")
+        print(f"  {char_shown(ch):>8}  {prob:.4f}")
     print(_describe(args, k, args.num_samples, args.precision == "bf16" and k > 0 and bf16_steps(model), syllables))
     _write_samples(prefix, itertools.chain([first] if first is not None else [], chunks), args.num_samples,
                    sys.stdout)
