@@ -251,7 +251,7 @@ def test_cli_table_json_and_tensorboard(run_dir, capsys):
     out = capsys.readouterr().out
     assert "||dL/dh_t||" in out and "ratio to t=T" in out and "summary:" in out
     assert [int(r[0]) for r in printed_rows(out)] == [30, 29, 28, 25, 20, 10, 1]
-    logdir = run_dir / "gradflow" / "best_T30"
+    logdir = run_dir / "gradflow" / "best_T30_B4"
     assert str(logdir) in out
 
     assert cli("--checkpoint", str(run_dir / "best.pt"), "--steps", "30", "--batch", "4", "--json",
@@ -278,16 +278,19 @@ def test_cli_untrained_clip_all_and_compare(run_dir, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "untrained (seed 4)" in out and "no clipping" in out
     assert [int(r[0]) for r in printed_rows(out)] == list(range(12, 0, -1))
-    assert list((tmp_path / "untrained_seed4_T12").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "untrained_seed4_T12_B2_clip0").glob("events.out.tfevents.*"))
 
     assert cli("--compare", str(run_dir), str(run_dir), "--steps", "12", "--batch", "2", "--json",
                "--no-tensorboard", cache=run_dir.parent) == 0
     doc = json.loads(capsys.readouterr().out)
     assert len(doc["results"]) == 2 and doc["results"][0]["dLT_dh"] == doc["results"][1]["dLT_dh"]
-    assert cli("--compare", str(run_dir), str(run_dir), "--steps", "12", "--batch", "2", "--no-tensorboard",
-               cache=run_dir.parent) == 0
+    assert cli("--compare", str(run_dir), str(run_dir / "last.pt"), "--steps", "12", "--batch", "2",
+               "--no-tensorboard", cache=run_dir.parent) == 0
     out = capsys.readouterr().out
     assert "LT ratio" in out and "1e-3 reached" in out
+    # two checkpoints of one run are told apart by their files' names
+    assert f"  {run_dir.name}/best (gru): {run_dir / 'best.pt'}" in out
+    assert f"  {run_dir.name}/last (gru): {run_dir / 'last.pt'}" in out
 
 
 def test_cli_user_errors_are_one_line_with_status_2(run_dir, tmp_path, capsys):
@@ -387,3 +390,14 @@ def test_a_probe_built_from_python_is_checked_as_the_flags_are(field, value, mes
 def test_a_probe_takes_numpy_numbers_as_the_numbers_they_stand_for():
     p = gradflow.Probe("any.pt", steps=np.int64(5), batch=np.int32(2), clip=np.float32(0.5))
     assert (p.steps, p.batch, p.clip) == (5, 2, 0.5) and type(p.steps) is int
+
+
+def test_each_measurement_has_its_own_folder_and_a_setting_at_its_default_leaves_the_name_alone():
+    """The windows, the clip and the dtype change the curves, so they name the folder (a --batch or
+    --dtype of their own replaced another measurement's curves); the device does not."""
+    ckpt = Path("runs/x/best.pt")
+    names = {gradflow.variant_name(gradflow.Probe("c", **kw), ckpt) for kw in
+             [{}, {"batch": 4}, {"clip": 1.0}, {"dtype": "float32"}, {"seed": 1}, {"split": "train"}]}
+    assert names == {"best_T100", "best_T100_B4", "best_T100_clip1", "best_T100_float32", "best_T100_seed1",
+                     "best_T100_train"}
+    assert gradflow.variant_name(gradflow.Probe("c", device="cuda"), ckpt) == "best_T100"

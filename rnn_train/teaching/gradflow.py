@@ -429,6 +429,9 @@ def format_compare(results: Sequence[FlowResult], all_rows: bool = False) -> str
     """One table, one pair of columns per checkpoint: ||dL/dh_t|| and ||dL_T/dh_t|| / ||dL_T/dh_T||."""
     steps = results[0].steps
     names = [f"{r.meta.get('run', '?')} ({r.meta.get('cell', '?')})" for r in results]
+    if len(set(names)) < len(names):  # checkpoints of one run (best.pt, last.pt): their file names too
+        names = [f"{r.meta.get('run', '?')}/{Path(str(r.meta.get('checkpoint'))).stem} ({r.meta.get('cell', '?')})"
+                 for r in results]
     c = max(12, (max(len(n) for n in names) + 2) // 2)  # one sub-column; a checkpoint gets two
     w = 2 * c
     lines = [f"gradient flow, {results[0].batch} windows x {steps} steps, seed {results[0].meta.get('seed')}:"]
@@ -485,12 +488,17 @@ def write_tensorboard(r: FlowResult, logdir: Path) -> Path:
 
 def variant_name(p: Probe, ckpt_path: Path) -> str:
     """Folder for one measurement, named after what was measured (best_T100, untrained_seed0_T100,
-    best_keep+5_T100, best_T100_seed1_train, ...), so that different measurements sit side by side."""
+    best_keep+5_T100, best_T100_seed1_train, best_T100_B4_clip1_float32, ...; a setting at its
+    default is left out), so that different measurements sit side by side and only a rerun of the
+    same one replaces its curves. The device is no part of it: the same measurement anywhere."""
     what = f"untrained_seed{p.seed}" if p.untrained else ckpt_path.stem
     scale = f"_whh{p.whh_scale:g}" if p.whh_scale != 1.0 else ""
     keep = f"_keep{p.keep_bias:+g}" if p.keep_bias else ""
     windows = (f"_seed{p.seed}" if p.seed and not p.untrained else "") + (f"_{p.split}" if p.split != "val" else "")
-    return f"{what}{scale}{keep}_T{p.steps}{windows}"
+    batch = f"_B{p.batch}" if p.batch != Probe.batch else ""
+    clip = f"_clip{p.clip:g}" if p.clip is not None else ""
+    dtype = f"_{p.dtype}" if p.dtype != Probe.dtype else ""
+    return f"{what}{scale}{keep}_T{p.steps}{windows}{batch}{clip}{dtype}"
 
 
 # ----------------------------------------------------------------------------------------------
