@@ -54,6 +54,8 @@ CHECK_STEPS = 200  # characters stepped by onnxruntime and torch before the file
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9}  # largest |logit difference| the check accepts
 EXAMPLE_BATCH = 2  # the batch the graph is traced with (B is dynamic in the graph)
 
+OPSET = 20  # the ONNX operator set the graph asks of a runtime (torch 2.13's default, named so it stays)
+
 
 class OneStep(nn.Module):
     """forward(ids [B], *state parts [L, B, H]) -> (logits [B, V], *new state parts): one character
@@ -105,7 +107,7 @@ def to_onnx(model: CharRNN) -> bytes:
             warnings.simplefilter("ignore")
             program = torch.onnx.export(step, (ids, *state), None, input_names=inputs, output_names=outputs,
                                         dynamic_shapes={"ids": {0: batch}, "state": tuple({1: batch} for _ in state)},
-                                        dynamo=True, verbose=False)
+                                        dynamo=True, verbose=False, opset_version=OPSET)
         return program.model_proto.SerializeToString()
     except Exception as e:  # the exporter's many ways to fail: say the innermost, which names the cause
         raise UserError(f"cannot export the {model.cell} model to ONNX ({_innermost(e)})") from None
@@ -200,6 +202,8 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train export") -> int:
                     help="the .onnx file to write; the vocab and the model's description also go beside it "
                          "as <out without .onnx>.json")
     args = ap.parse_args(argv)
+    if args.out.name.lower() == ".onnx":  # a hidden file's name to Python: no suffix
+        raise UserError(f"--out {args.out}: give the graph a name before .onnx (e.g. model.onnx)")
     if args.out.suffix.lower() != ".onnx":
         raise UserError(f"--out {args.out}: the graph's file name ends in .onnx (its metadata goes beside it as .json)")
 

@@ -21,7 +21,7 @@ import torch
 
 from rnn_train.commands import run_command
 from rnn_train.config import build_config
-from rnn_train.export import export_onnx, names
+from rnn_train.export import OPSET, export_onnx, names
 from rnn_train.model import cells
 from rnn_train.model.cells import CellSpec
 from rnn_train.model.charrnn import CharRNN
@@ -163,6 +163,9 @@ def test_the_cli_says_what_it_wrote_and_how_it_checked_it(cli_export):
     lines = stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"wrote {out} (") and "(ids, h) -> (logits, h_next)" in lines[0]
     assert re.match(r"checked with onnxruntime: 200 steps, batch 2, largest logit difference [0-9.e-]+$", lines[1])
+    import onnx
+
+    assert [(o.domain, o.version) for o in onnx.load(str(out)).opset_import] == [("", OPSET)]  # as serve.md says
 
 
 def test_the_readme_example_samples_with_onnxruntime_and_numpy_alone(cli_export):
@@ -214,6 +217,7 @@ def test_export_replaces_only_an_earlier_export(runs, cli_export, tmp_path, caps
     os.mkfifo(tmp_path / "pipe.onnx")
     (tmp_path / "link.onnx").symlink_to(tmp_path / "elsewhere.onnx")
     for out, needle in [(ckpt, "ends in .onnx"), (tmp_path / "notes.txt", "ends in .onnx"),
+                        (tmp_path / ".onnx", "give the graph a name before .onnx"),
                         (tmp_path / "metrics.onnx", "metrics.json exists and is not an earlier export's metadata"),
                         (tmp_path / "pipe.onnx", "is a device, a pipe or a link"),
                         (tmp_path / "link.onnx", "is a device, a pipe or a link")]:
