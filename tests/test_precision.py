@@ -198,7 +198,7 @@ def test_bf16_asked_for_times_no_float32_path(decisions, bf16_hardware, monkeypa
     rnn, calls = big_gru(), []
     monkeypatch.setattr(autotune, "choose", lambda *a, **k: calls.append("fp32 decision"))
     monkeypatch.setattr(autotune, "race", lambda runs: calls.append(sorted(runs)) or {n: 1.0 for n in runs})
-    assert resolve_training_path("auto", "bf16", rnn, 32, 5, True) == (None, "bf16", "")
+    assert resolve_training_path("auto", "bf16", rnn, 32, 5, True)[:2] == (None, "bf16")
     assert calls == [] and not decisions.exists()
     two = [FusedPath("cpp", "blas", "tiled", "blas"), None]  # an AMX machine's: the C++ tiles and autocast
     monkeypatch.setattr(kernels, "bf16_candidates", lambda kernel, rnn: two)
@@ -228,6 +228,22 @@ def test_a_bf16_path_that_fails_here_is_no_candidate(decisions, bf16_hardware, m
     assert (path, taken) == (None, "fp32")
     assert note == ("train.precision=bf16: model.kernel=native has no bf16 path that runs this model here; "
                     "training in float32")
+
+
+def test_bf16_asked_for_without_the_c_loops_bf16_products_says_autocast_may_lose(decisions, bf16_hardware,
+                                                                                   monkeypatch):
+    """On a CPU with bf16 instructions but no AMX, bf16 is autocast around the module, which can be
+    slower than the C++ loop's float32 (kernels.md): an explicit bf16 says so; model.kernel=native,
+    whose float32 is the module too, does not."""
+    import rnn_train.kernels as kernels
+
+    monkeypatch.setattr(kernels, "bf16_candidates", lambda kernel, rnn: [None])
+    monkeypatch.setattr(autotune, "runs_here", lambda rnn, path, one_hot, precision: True)
+    rnn = big_gru()
+    path, taken, note = resolve_training_path("auto", "bf16", rnn, 32, 5, True)
+    assert (path, taken) == (None, "bf16")
+    assert note.startswith("train.precision=bf16 here is torch's autocast around the module") and "auto" in note
+    assert resolve_training_path("native", "bf16", rnn, 32, 5, True) == (None, "bf16", "")
 
 
 # ------------------------------------------------------------------------------------ the kernels

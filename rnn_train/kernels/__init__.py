@@ -103,6 +103,11 @@ def resolve_training_path(kernel: str, precision: str, rnn: nn.Module, batch_siz
         chosen, taken = autotune.choose_precision(rnn, batch_size, num_steps, one_hot, kernel, path, candidates,
                                                   precision)
     note = ""
+    if precision == "bf16" and chosen is None and w.device.type == "cpu" and kernel != "native":
+        # asked for where the C++ loop has no bf16 products: autocast's bf16 may lose to its float32
+        note = ("train.precision=bf16 here is torch's autocast around the module (the C++ loop's bf16 products "
+                "need AMX), which can be slower than the C++ loop in float32 (docs/kernels.md: GRU-256 11.8 ms a "
+                "step against 7.1 on an AMD Zen 5); train.precision=auto keeps the faster by measurement")
     if taken == "bf16" and chosen is None and not autocast_reaches(rnn):
         note = ("train.precision=bf16 on CUDA: the recurrent layers (cuDNN) train in float32, the decoder in bf16 "
                 "(torch's autocast would run cuDNN's RNNs in float16)")
