@@ -128,3 +128,9 @@ def test_bad_input_from_the_installed_command_is_one_line_with_status_2(installe
         assert out.returncode == 2, argv
         [line] = out.stderr.splitlines()
         assert line.startswith("error: ") and message in line, line
+
+
+def test_the_installed_metadata_carries_the_readme_as_its_long_description(installed):
+    run, _ = installed
+    body = run("python", "-c", "import importlib.metadata as m; print(m.metadata('rnn-train').get_payload())").stdout
+    assert body.startswith((ROOT / "README.md").read_text().splitlines()[0])
