@@ -277,6 +277,11 @@ def test_the_python_api_refuses_what_the_flags_refuse_in_one_line(trained):
         (lambda: generate(model, vocab, "zhong", 5, unk="bogus"), "--unk must be error or replace, got 'bogus'"),
         (lambda: predict(model, vocab, "ni", k=5, temperature=1.0, top_k=2.5, seed=1), "--top-k must be an integer, "
                                                                                       "got 2.5"),
+        # True counts as 1 in Python: refused alike by every integer argument (rnn_train.errors.integer)
+        (lambda: predict(model, vocab, "ni", k=True), "-k must be an integer, got True"),
+        (lambda: predict(model, vocab, "ni", k=5, temperature=1.0, top_k=True, seed=1), "--top-k must be an integer, "
+                                                                                       "got True"),
+        (lambda: predict(model, vocab, "ni", k=5, temperature=1.0, seed=True), "--seed must be an integer, got True"),
     ]:
         with pytest.raises(UserError, match=re.escape(message)):
             call()

@@ -37,14 +37,13 @@ call (benchmarks/sample_drift.py).
 """
 from __future__ import annotations
 
-import operator
 import secrets
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from rnn_train.errors import UserError
+from rnn_train.errors import UserError, integer
 
 
 MAX_TEMPERATURE = 100.0  # hotter is uniform noise, and T * Gumbel noise stays far from overflow
@@ -64,28 +63,19 @@ class SamplingOptions:
             raise UserError(f"--precision must be fp32 or bf16, got {self.precision!r}")
         if not 0 <= self.temperature <= MAX_TEMPERATURE:  # 1e39 made every logit 0 in float32: <unk> was drawn
             raise UserError(f"--temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
-        object.__setattr__(self, "top_k", _integer(self.top_k, "--top-k"))
+        object.__setattr__(self, "top_k", integer(self.top_k, "--top-k"))
         if self.top_k < 0:
             raise UserError(f"--top-k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.seed is not None:
-            object.__setattr__(self, "seed", _integer(self.seed, "--seed"))
+            object.__setattr__(self, "seed", integer(self.seed, "--seed"))
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
             raise UserError(f"--seed must be in [0, 2^63), got {self.seed}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
-
-
-def _integer(value, flag: str) -> int:
-    """`value` as the int it stands for (a NumPy integer too: np.random's seeds; uint64 arithmetic
-    and partitions want an int), or one line naming `flag` (2.5 from the Python API was a TypeError)."""
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise UserError(f"{flag} must be an integer, got {value!r}") from None
 
 
 GAMMA = 0x9E3779B97F4A7C15  # 2^64 / golden ratio, odd: splitmix64's counter increment

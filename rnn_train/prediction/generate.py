@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from rnn_train.data.vocab import UNK, Vocab
-from rnn_train.errors import UserError
+from rnn_train.errors import UserError, integer
 from rnn_train.model.charrnn import CharRNN, State, check_vocab
 from rnn_train.prediction.choose import Chooser, SamplingOptions
 from rnn_train.prediction.sampler import RuleState, StopRules, sample_chunks
@@ -86,7 +86,7 @@ class Prediction:
 def top_chars(vocab: Vocab, logits: torch.Tensor, top_n: int) -> list[tuple[str, float]]:
     """The top_n most likely next characters and their probabilities (<unk> excluded, so these are
     exactly the probabilities sampling at temperature 1 draws from)."""
-    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
+    if integer(top_n, "--top-n") < 1:
         raise UserError(f"--top-n must be an integer >= 1, got {top_n!r}")
     probs = torch.softmax(_real_char_logits(logits).float(), dim=-1)
     values, idx = torch.topk(probs, min(top_n, len(vocab) - 1))
@@ -116,9 +116,7 @@ def stream_after(model: CharRNN, vocab: Vocab, logits: torch.Tensor, state: Stat
     `before`: the prefix's last character (RuleState)."""
     check_vocab(model, vocab)
     for name, value, least in (("-k", k, 0), ("--num-samples", num_samples, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise UserError(f"{name} must be an integer, got {value!r}")
-        if value < least:
+        if integer(value, name) < least:
             raise UserError(f"{name} must be >= {least}, got {value}")
     check_rows(model, num_samples, "--num-samples")
     # the model's logits (no temperature): the chooser scales its noise by the temperature instead

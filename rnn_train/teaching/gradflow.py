@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import operator
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ from torch import nn
 
 from rnn_train.cli import ArgumentParser, seed_arg
 from rnn_train.config import MAX_THREADS
-from rnn_train.errors import UserError
+from rnn_train.errors import UserError, integer
 from rnn_train.files import output_arg, shell_word
 from rnn_train.model import cells
 from rnn_train.runfiles import GRADFLOW
@@ -212,11 +211,7 @@ class Probe:
         """The flags' rules, for a Probe built from Python too (one UserError, before any work;
         NumPy numbers taken as the Python numbers they stand for)."""
         for name in ("steps", "batch", "seed"):
-            value = getattr(self, name)
-            try:
-                setattr(self, name, operator.index(value))
-            except TypeError:
-                raise UserError(f"--{name} must be an integer, got {value!r}") from None
+            setattr(self, name, integer(getattr(self, name), f"--{name}"))
         for name in ("clip", "whh_scale", "keep_bias"):
             value = getattr(self, name)
             if not (name == "clip" and value is None):  # None: the checkpoint's train.clip_norm
