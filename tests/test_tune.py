@@ -23,7 +23,7 @@ from rnn_train.config import load_config
 from rnn_train.errors import UserError
 from rnn_train.experiments.study import engine, liveness, session
 from rnn_train.experiments.study.budget import Budget, budget_step, parse_budget, spread_evals
-from rnn_train.experiments.study.storage import default_url, open_storage, study_name, with_driver
+from rnn_train.experiments.study.storage import absolute, default_url, open_storage, study_name, with_driver
 from rnn_train.experiments.study.trials import Datasets, Reporter, TrialRunner
 from rnn_train.experiments.tune import cli as tune_cli
 from rnn_train.experiments.tune.plan import plan_tune
@@ -478,6 +478,17 @@ def test_dry_run_prints_the_default_space(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "# search space (the default space)" in out and "model.hidden_size: {int: [192, 768], step: 24}" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_a_relative_sqlite_storage_is_named_by_its_absolute_path(tmp_path, capsys, monkeypatch):
+    """As the study's records (sweep.json, the dashboard command) and a later run from elsewhere need it."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--config", str(ROOT / "configs" / "debug.yaml"), "--trials", "2", "--trial-budget", "tokens:1k",
+            "--out", "o", "--storage", "sqlite:///rel.db", "--dry-run"]
+    assert run(tune_cli.main, argv) == 0
+    assert f" in sqlite:///{tmp_path / 'rel.db'}: 2 trials" in capsys.readouterr().out
+    for url in ["sqlite:////abs/x.db", "sqlite:///:memory:", "postgresql://u:p@h/db", "not a url"]:
+        assert absolute(url) == url
 
 
 def test_dry_run_finds_what_the_real_run_would_refuse(tmp_path, capsys):

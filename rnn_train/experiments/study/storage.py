@@ -25,6 +25,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import os
 import random
 import shlex
 import sqlite3
@@ -61,10 +62,31 @@ def quiet_optuna() -> None:
 
 
 def default_url(out: Path) -> str:
-    """The SQLite file in --out as a URL: its path's %, ? and # escaped, which SQLAlchemy would read
-    as an escape, a query (a 'q?x' --out put the database in ./q) and a fragment."""
-    path = str((out / DEFAULT_DB).resolve())
-    return "sqlite:///" + path.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+    """The SQLite file in --out as a URL (sqlite_url)."""
+    return sqlite_url(out / DEFAULT_DB)
+
+
+def sqlite_url(path: Path) -> str:
+    """A SQLite file as a URL of its absolute path: the path's %, ? and # escaped, which SQLAlchemy
+    would read as an escape, a query (a 'q?x' --out put the database in ./q) and a fragment."""
+    return "sqlite:///" + str(path.resolve()).replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+
+
+def absolute(url: str) -> str:
+    """A --storage URL with a relative SQLite path (sqlite:///study.db) made absolute, as the
+    study's files record it (sweep.json, the dashboard command) and a later --resume from another
+    directory must find it; any other URL as given."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        u = make_url(url)
+        sqlite = u.get_backend_name() == "sqlite"
+    except Exception:  # noqa: BLE001 - check_url reports an unparsable URL
+        return url
+    db = u.database
+    if not sqlite or not db or db == ":memory:" or db.startswith("file:") or os.path.isabs(db) or u.query:
+        return url
+    return sqlite_url(Path(db))
 
 
 def shown(url: str) -> str:

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from rnn_train.errors import UserError
 from rnn_train.experiments.study import session
 from rnn_train.experiments.study.engine import StudyHandle
-from rnn_train.experiments.study.storage import dashboard_command, default_url, shown, study_name
+from rnn_train.experiments.study.storage import absolute, dashboard_command, default_url, shown, study_name
 from rnn_train.experiments.study.trials import Datasets, TrialRunner
 from rnn_train.experiments.sweep.plan import SweepPlan
 from rnn_train.experiments.sweep.plots import plot_results
@@ -78,7 +78,7 @@ def run_sweep(plan: SweepPlan, *, cache_dir: Path | None = Path("data/cache"), f
         _refuse_mismatches(plan)
     datasets = Datasets(cache_dir)
     datasets.check([(f"run {r.name}", r.cfg.data) for r in plan.runs])  # may raise: still nothing written
-    url = storage or default_url(plan.out)
+    url = absolute(storage) if storage else default_url(plan.out)
     name = study or study_name("sweep", plan.config_path, plan.identity())
     h = session.open_study(url, name, sampler=Grid(plan.search_space(), seed=0), pruner=optuna.pruners.NopPruner(),
                            create=plan.out, storage_in_out=storage is None, identity=plan.parts())

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train tune") 
 
     from rnn_train.experiments.study import session
     from rnn_train.experiments.study.budget import parse_budget
-    from rnn_train.experiments.study.storage import dashboard_command, default_url, shown, study_name
+    from rnn_train.experiments.study.storage import absolute, dashboard_command, default_url, shown, study_name
     from rnn_train.experiments.tune.plan import plan_tune
     from rnn_train.experiments.tune.space import to_yaml
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train tune") 
     out = Path(args.out)
     plan = plan_tune(args.config, list(args.overrides), args.space, budget, args.evals, out)
     name = args.study or study_name("tune", args.config, plan.identity())
-    url = args.storage or default_url(out)
+    url = absolute(args.storage) if args.storage else default_url(out)
     session.check_marker(out, "tune", name)
     if args.dry_run:
         session.check_dry_run(out, args.storage)
