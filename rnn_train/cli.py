@@ -108,6 +108,8 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     except BrokenPipeError:  # `predict.py ... | head`
         return 0
     except OSError as e:
+        if e.errno == errno.ENAMETOOLONG and e.filename:  # a path typed too long: Path.exists and is_file raise it
+            return report(UserError(f"{e.filename}: file name too long"))
         if e.errno not in WRITE_ERRNOS:
             raise
         return _failed_write(e)

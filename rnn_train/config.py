@@ -318,7 +318,7 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
             value = []
         if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
             raise ValueError(f"{key} must be a list of strings, got {_shown(value)}")
-        return [str(v) for v in value]
+        return [_text(str(v), key) for v in value]
     if tp is bool:
         if from_string and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
             return value.lower() in ("true", "yes", "1", "on")
@@ -331,10 +331,13 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
                 value = float(value) if any(c in value for c in ".eE") else int(value)
             except ValueError:
                 raise ValueError(f"{key} must be an integer, got {_shown(value)}") from None
-        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                or value != int(value)):
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{key} must be an integer, got {_shown(value)}")
-        return int(value)
+        if abs(value) >= 2**63:  # a count or a seed; torch's integers are 64-bit (10**400 was an OverflowError)
+            raise ValueError(f"{key} must be an integer below 2^63, got {_shown(value)}")
+        return value
     if tp is float:
         if isinstance(value, str):
             try:
@@ -349,10 +352,26 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
     if tp is str:
         if value is None:
             return ""
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ValueError(f"{key} must be a string, got {_shown(value)}")
-        return str(value)
+        if not isinstance(value, str):  # YAML read 1.10 as 1.1, 0x1F as 31, 2024-06-01 as a date
+            raise ValueError(f"{key} must be a string, got {_shown(value)}: YAML read it as "
+                             f"{'true or false' if isinstance(value, bool) else type(value).__name__}; "
+                             f"quote it (\"...\") to keep it as typed")
+        return _text(value, key)
     raise TypeError(f"unsupported config field type {tp!r} for {key}")  # a bug, not a user error
+
+
+def _text(value: str, key: str) -> str:
+    """`value`, refused where it holds a lone surrogate: YAML's "\\ud800" escape, or a command-line
+    byte that is not UTF-8 (Python's U+DC80-U+DCFF), which no file name, vocab or encoder takes;
+    refused here, before anything is written (a sample prefix of one failed after --force had
+    cleared the run)."""
+    bad = next((i for i, c in enumerate(value) if "\ud800" <= c <= "\udfff"), None)
+    if bad is not None:
+        code = ord(value[bad])
+        what = (f"the byte 0x{code - 0xDC00:02x}, which is not UTF-8" if 0xDC80 <= code <= 0xDCFF
+                else f"a lone surrogate U+{code:04X}")
+        raise ValueError(f"{key} holds {what}, at character {bad}: give it as UTF-8 text")
+    return value
 
 
 def _split_list(text: str, key: str) -> list[Any]:
@@ -447,12 +466,12 @@ def build_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (
     values: dict[str, dict[str, tuple[Any, bool]]] = {name: {} for name in SECTIONS}
     for section, body in raw.items():
         if section not in SECTIONS:
-            problems.append(f"unknown section {section!r}{_did_you_mean(str(section), list(SECTIONS))}")
+            problems.append(f"unknown section {_shown(section)}{_did_you_mean(str(section), list(SECTIONS))}")
             continue
         if body is None:
             continue
         if not isinstance(body, dict):
-            problems.append(f"{section} must be a mapping of keys, got {body!r}")
+            problems.append(f"{section} must be a mapping of keys, got {_shown(body)}")
             continue
         for key, value in body.items():
             values[section][str(key)] = (value, None)

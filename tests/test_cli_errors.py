@@ -327,3 +327,12 @@ def test_ctrl_c_before_training_under_torchrun_is_said_once_by_rank_0(monkeypatc
         monkeypatch.setenv("RANK", rank)
         assert run_main(interrupted, []) == 130
         assert capsys.readouterr().err == said
+
+
+@pytest.mark.parametrize("args", [["--config", "{long}.yaml"], ["--config", "debug", "log.dir={long}"],
+                                  ["--config", "debug", "data.kind=text", "data.paths={long}.txt"],
+                                  ["--resume", "{long}"]])
+def test_a_path_past_the_file_systems_name_length_is_one_line(tmp_path, args):
+    """Path.exists and is_file raise ENAMETOOLONG where they return False for a missing file."""
+    long = str(tmp_path / ("x" * 300))
+    assert_user_error(run("train.py", *(a.replace("{long}", long) for a in args)), ": file name too long")

@@ -223,6 +223,44 @@ def test_values_made_to_be_huge_or_deep_are_one_short_line(tmp_path):
     with pytest.raises(UserError, match="data.kind must be one of text | pinyin") as e:
         load_config(None, ["train.max_steps=5", "data.kind=" + "x" * 100_000])
     assert len(str(e.value)) < 300
+    laughs.write_text(laughs.read_text().replace("train:\n  lr: *a8\n", "data: *a8\n"))  # a section of them
+    with pytest.raises(UserError, match="data must be a mapping of keys, got ") as e:
+        load_config(laughs)
+    assert len(str(e.value)) < 1000
+
+
+def test_an_integer_past_64_bits_is_refused_by_name_not_an_overflow(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text(f"model:\n  hidden_size: {10**400}\ntrain:\n  max_steps: 5\n")
+    with pytest.raises(UserError, match="model.hidden_size must be an integer below 2\\^63, got 1000"):
+        load_config(big)
+    with pytest.raises(UserError, match="train.max_steps must be an integer below 2\\^63"):
+        load_config(None, [f"train.max_steps={10**400}"])
+    assert load_config(None, ["train.max_steps=1e3"]).train.max_steps == 1000  # a float that is an integer
+
+
+@pytest.mark.parametrize("typed, read_as", [("1.10", "float"), ("0x1F", "int"), ("2024-06-01", "date"),
+                                            ("yes", "true or false")])
+def test_a_text_key_yaml_reads_as_another_kind_asks_for_quotes(tmp_path, typed, read_as):
+    """log.name: 1.10 became runs/1.1, 0x1F runs/31, a date an error without a way out; quoted, or
+    on the command line, each stays as typed."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train:\n  max_steps: 5\nlog:\n  name: {typed}\n")
+    with pytest.raises(UserError, match=f"log.name must be a string, got .*: YAML read it as {read_as}; quote it"):
+        load_config(path)
+    path.write_text(f"train:\n  max_steps: 5\nlog:\n  name: \"{typed}\"\n")
+    assert load_config(path).log.name == typed == load_config(None, ["train.max_steps=5", f"log.name={typed}"]).log.name
+
+
+def test_text_that_is_no_unicode_is_refused_while_the_config_is_read(tmp_path):
+    """YAML's "\\ud800" or a command-line byte that is not UTF-8: a sample prefix of one failed with
+    a traceback after --force had cleared the run."""
+    path = tmp_path / "c.yaml"
+    path.write_text('train:\n  max_steps: 5\nlog:\n  sample_prefix: "ab\\ud800"\n')
+    with pytest.raises(UserError, match="log.sample_prefix holds a lone surrogate U\\+D800, at character 2"):
+        load_config(path)
+    with pytest.raises(UserError, match="data.paths holds the byte 0xe9, which is not UTF-8, at character 1"):
+        load_config(None, ["train.max_steps=5", "data.paths=a\udce9.txt"])
 
 
 def test_invalid_yaml_names_file_and_line(tmp_path):
