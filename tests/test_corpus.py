@@ -444,13 +444,18 @@ def test_a_directory_that_cannot_be_read_is_an_error_not_part_of_the_corpus_left
             os.chown(path, 65534, 65534)
     locked.chmod(0)
     try:
-        for entry in [tmp_path / "c", f"{tmp_path}/c/**", f"{tmp_path}/c/locked/*.txt", locked / "b.txt"]:
+        for entry in [tmp_path / "c", f"{tmp_path}/c/**", f"{tmp_path}/c/locked/*.txt", locked / "b.txt",
+                      f"{tmp_path}/c/**/*.txt", f"{tmp_path}/c/*/*.txt", f"{tmp_path}/c/locked/deep/*.txt"]:
             run = _without_root(f"from rnn_train.data import sources\nsources.resolve_paths([{str(entry)!r}])")
             assert run.returncode == 1 and run.stderr.splitlines()[-1].startswith("rnn_train.errors.UserError: "), \
                 run.stderr
             said = run.stderr.splitlines()[-1].split(": ", 1)[1]
+            reach = f"data.paths: cannot reach {locked / 'b.txt'}: permission denied on a directory on its path"
             assert said in (f"data.paths: cannot read directory {locked}: permission denied",
-                            f"data.paths: cannot reach {locked / 'b.txt'}: permission denied on a directory on its path")
+                            f"data.paths: cannot read directory {locked / 'deep'}: permission denied", reach)
+        glob = str(tmp_path / "c" / "*.txt")
+        ok = _without_root(f"from rnn_train.data import sources\nsources.resolve_paths([{glob!r}])")
+        assert ok.returncode == 0, ok.stderr  # a glob that searches no locked directory
     finally:
         locked.chmod(0o755)
 

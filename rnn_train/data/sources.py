@@ -25,6 +25,7 @@ Identity for the cache
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import os
@@ -139,6 +140,7 @@ def _expand(entry: str) -> tuple[list[Path], bool]:
         matches = [m for m in sorted(glob.glob(os.path.expanduser(entry), recursive=True)) if os.path.exists(m)]
         base, seen = _glob_base(entry), {}
         _not_a_cache(base, entry)
+        _reachable_readable(base, Path(os.path.expanduser(entry)).parts[len(base.parts):])
         expanded = [f for m in matches if not _in_cache(Path(m), base, seen)
                     for f in (_walk(Path(m)) if os.path.isdir(m) else [Path(m)])]
         # "d/**" matches d, d/sub and the files in both, and a link to a directory reaches its files
@@ -148,7 +150,6 @@ def _expand(entry: str) -> tuple[list[Path], bool]:
             first.setdefault(os.path.realpath(f), f)
         files = list(first.values())
         if not files:
-            _listable(base)  # glob passes over a directory it cannot read: say so rather than "no file"
             raise UserError(f"data.paths: {entry} matches no file (hidden files and caches are skipped)")
         return files, True
     path = Path(os.path.expanduser(entry))
@@ -198,10 +199,45 @@ def tag_cache(directory: Path) -> None:
         pass
 
 
-def _listable(directory: Path) -> None:
-    """A UserError where `directory` exists but cannot be listed (glob and os.walk pass over it)."""
-    if directory.exists() and not os.access(directory, os.R_OK | os.X_OK):
-        raise UserError(f"data.paths: cannot read directory {directory}: permission denied")
+def _reachable_readable(directory: Path, parts: tuple[str, ...]) -> None:
+    """A UserError for a directory the glob `parts` (the components below `directory`) would search
+    but cannot read: glob passes over it without a word (`c/**/*.txt` left out c/locked's files,
+    training on part of the corpus). Walks the directories glob walks: those matching each
+    component (any depth for `**`, not through links), hidden ones only where the component asks."""
+    if not parts or (len(parts) == 1 and parts[0] != "**"):
+        _listed(directory)  # the last component is matched among this directory's entries
+        return
+    head, rest = parts[0], parts[1:]
+    if not glob.has_magic(head):
+        try:
+            os.stat(directory / head)
+        except FileNotFoundError:
+            return
+        except PermissionError:
+            raise UserError(f"data.paths: cannot read directory {directory}: permission denied") from None
+        except OSError:
+            return
+        _reachable_readable(directory / head, rest)
+        return
+    deep = head == "**"
+    for entry in _listed(directory):
+        if (entry.is_dir(follow_symlinks=not deep) and (deep or fnmatch.fnmatch(entry.name, head))
+                and (not entry.name.startswith(".") or head.startswith(".")) and not is_cache(entry.path)):
+            _reachable_readable(Path(entry.path), parts if deep else rest)
+    if deep:
+        _reachable_readable(directory, rest)  # ** also matches no directory at all
+
+
+def _listed(directory: Path) -> list[os.DirEntry]:
+    """The entries of `directory`; [] where it is not there or not a directory; a UserError where it
+    cannot be read (permissions)."""
+    try:
+        with os.scandir(directory) as it:
+            return list(it)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as e:
+        raise UserError(f"data.paths: cannot read directory {directory}: {(e.strerror or str(e)).lower()}") from None
 
 
 def _unreadable(err: OSError) -> None:
