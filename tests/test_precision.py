@@ -244,6 +244,10 @@ def test_bf16_asked_for_without_the_c_loops_bf16_products_says_autocast_may_lose
     assert (path, taken) == (None, "bf16")
     assert note.startswith("train.precision=bf16 here is torch's autocast around the module") and "auto" in note
     assert resolve_training_path("native", "bf16", rnn, 32, 5, True) == (None, "bf16", "")
+    # where the C++ tiles were a candidate (AMX) and autocast won their race, nothing to say
+    monkeypatch.setattr(kernels, "bf16_candidates", lambda kernel, rnn: [FusedPath("cpp", "blas", "tiled", "blas"), None])
+    monkeypatch.setattr(autotune, "choose_precision", lambda *a, **k: (None, "bf16"))
+    assert resolve_training_path("auto", "bf16", rnn, 32, 5, True) == (None, "bf16", "")
 
 
 # ------------------------------------------------------------------------------------ the kernels

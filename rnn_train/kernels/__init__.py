@@ -78,6 +78,7 @@ def resolve_training_path(kernel: str, precision: str, rnn: nn.Module, batch_siz
     train.precision=`precision`. The float32 path is `resolve_kernel`'s, so an "fp32" run, and an
     "auto" run that keeps float32, trains exactly as before precision existed."""
     from rnn_train.kernels import autotune
+    from rnn_train.kernels.fused import can_fuse
     from rnn_train.kernels.precision import PRECISIONS, autocast_reaches, bf16_hardware
 
     if precision not in PRECISIONS:
@@ -103,8 +104,9 @@ def resolve_training_path(kernel: str, precision: str, rnn: nn.Module, batch_siz
         chosen, taken = autotune.choose_precision(rnn, batch_size, num_steps, one_hot, kernel, path, candidates,
                                                   precision)
     note = ""
-    if precision == "bf16" and chosen is None and w.device.type == "cpu" and kernel != "native":
-        # asked for where the C++ loop has no bf16 products: autocast's bf16 may lose to its float32
+    if (precision == "bf16" and kernel == "auto" and w.device.type == "cpu" and candidates == [None]
+            and can_fuse(rnn, loop="cpp")):
+        # asked for where the C++ loop, float32's likely path, has no bf16 products: autocast may lose to it
         note = ("train.precision=bf16 here is torch's autocast around the module (the C++ loop's bf16 products "
                 "need AMX), which can be slower than the C++ loop in float32 (docs/kernels.md: GRU-256 11.8 ms a "
                 "step against 7.1 on an AMD Zen 5); train.precision=auto keeps the faster by measurement")
