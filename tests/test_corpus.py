@@ -461,12 +461,16 @@ def test_a_directory_that_cannot_be_read_is_an_error_not_part_of_the_corpus_left
 
 
 @pytest.mark.parametrize("data, says", [
-    ("ni hao\n".encode("utf-16-le") * 40, "NUL character at character 1 (UTF-16 or UTF-32 without a byte-order mark? "
-                                          "set data.encoding, e.g. utf-16-le)"),
-    ("ni hao\n".encode("utf-16-be") * 40, "NUL character at character 0 (UTF-16 or UTF-32 without a byte-order mark? "
-                                          "set data.encoding, e.g. utf-16-be)"),
+    ("ni hao\n".encode("utf-16-le") * 40, "NUL character at character 1 (UTF-16-LE without a byte-order mark? "
+                                          "set data.encoding=utf-16-le)"),
+    ("ni hao\n".encode("utf-16-be") * 40, "NUL character at character 0 (UTF-16-BE without a byte-order mark? "
+                                          "set data.encoding=utf-16-be)"),
+    ("ni hao\n".encode("utf-32-le") * 40, "(UTF-32-LE without a byte-order mark? set data.encoding=utf-32-le)"),
+    ("Olá mundo\n".encode("utf-16-le"), "(UTF-16-LE without a byte-order mark? set data.encoding=utf-16-le)"),
     (b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x03\x00>\x00\x01\x00\x00\x00" * 8, "NUL character at character 7 "
                                                                                 "(data.paths takes text files)"),
+    (b"hello\n" + bytes(4096), "NUL character at character 6 (data.paths takes text files)"),  # a NUL-filled tail
+    (b"abc" + bytes(100), "NUL character at character 3 (data.paths takes text files)"),
     ("ni hao\n".encode("utf-32"), "byte 0xff at offset 0 is not valid utf-8 (set data.encoding, e.g. utf-32)"),
 ])
 def test_a_utf16_or_utf32_file_read_as_utf8_gets_a_hint_at_its_encoding_a_binary_file_none(tmp_path, data, says):

@@ -151,16 +151,32 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def _binary(path: PathLike, base: int, text: str, key: str) -> UserError:
     """The error for the first NUL in `text`, a decoded piece of the file starting at character
-    `base`. ASCII-range text read as UTF-8 from a UTF-16 or UTF-32 file without a byte-order mark
-    is half or three quarters NULs: that gets a hint at the encoding, a binary file the plain message."""
-    takes = "data.paths takes text files" if key == "data.encoding" else "text files only"  # a command's own file
+    `base`; with a hint at data.encoding where the text reads as UTF-16 or UTF-32 without a
+    byte-order mark (_wide_encoding), else the plain message of a binary file."""
     at = text.index("\0")
-    near = text[at:at + 512]
-    if near.count("\0") * 2 >= len(near) >= 8 and all(c == "\0" or " " <= c <= "~" or c in "\t\n" for c in near):
-        # ASCII in UTF-16-LE is "h\0e\0": its first NUL at an odd offset; in UTF-16-BE "\0h\0e", an even one
-        order = "le" if (base + at) % 2 else "be"
-        takes = f"UTF-16 or UTF-32 without a byte-order mark? set {key}, e.g. utf-16-{order}"
+    wide = _wide_encoding(text, base)
+    takes = (f"{wide} without a byte-order mark? set {key}={wide.lower()}" if wide
+             else "data.paths takes text files" if key == "data.encoding" else "text files only")  # a command's file
     return UserError(f"{path} looks like a binary file, not text: NUL character at character {base + at} ({takes})")
+
+
+def _wide_encoding(text: str, base: int) -> str:
+    """"UTF-16-LE" (-BE, UTF-32-LE, -BE) where `text`, read as UTF-8 from file offset `base`, has
+    the pattern of that encoding's Latin text: from the start of the file, every code unit's high
+    bytes NUL and its low byte not ("h\0e\0" in UTF-16-LE); a NUL-filled tail or a binary header
+    breaks it. Only the start of a file is looked at, where character and byte offsets agree."""
+    if base:
+        return ""
+    window = text[:512]
+    for width, name in ((4, "UTF-32"), (2, "UTF-16")):
+        n = len(window) // width * width
+        if n < 2 * width:
+            continue
+        units = [window[i:i + width] for i in range(0, n, width)]
+        for order, low in (("LE", 0), ("BE", width - 1)):
+            if all(u[low] != "\0" and u.count("\0") == width - 1 for u in units):
+                return f"{name}-{order}"
+    return ""
 
 
 def _undecodable(path: PathLike, encoding: str, exc: UnicodeDecodeError, base: int, key: str) -> UserError:
