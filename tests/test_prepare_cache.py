@@ -345,9 +345,12 @@ def test_each_batch_is_checked_to_hold_ids_of_the_vocab(symbols, bad):
     from rnn_train.data.dataset import Dataset
 
     vocab = Vocab(["<unk>"] + [chr(0x10000 + i) for i in range(symbols - 1)])  # uint8, or int32 past 65,536 ids
-    data = Dataset(vocab, np.zeros(0), np.zeros(0), np.zeros(0), 0, 0.0, token_file="/c/e/tokens.bin")
+    data = Dataset(vocab, np.zeros(0, vocab.dtype), np.zeros(0), np.zeros(0), 0, 0.0, token_file="/c/e/tokens.bin")
     good = np.array([[0, len(vocab) - 1]]), np.array([[1, 2]])
     assert list(data.checked([good])) == [good]
     with pytest.raises(UserError, match=f"^/c/e/tokens.bin is damaged: it holds the id {bad} where the vocab has ids "
                                         f"0-{symbols - 1}; delete its cache entry /c/e and run again"):
         list(data.checked([good, (np.array([[0, 1]]), np.array([[1, bad]]))]))
+    given = Dataset(vocab, np.zeros(4, np.int64), np.zeros(0), np.zeros(0), 0, 0.0)  # train(data=...)'s arrays
+    with pytest.raises(UserError, match="^the corpus ids hold the id -1 where the vocab"):
+        list(given.checked([(np.array([[0, 1]]), np.array([[1, -1]]))]))

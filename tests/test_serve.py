@@ -497,7 +497,7 @@ def test_the_batcher_leaves_a_core_to_the_event_loop_and_the_threads_change_no_b
 def _job(model, vocab, batcher, prefix, k, options, rows=1, rules=StopRules()):
     logits, state = warm_up(model, encode_prefix(vocab, prefix))
     done = threading.Event()
-    rule_state = RuleState(rules, vocab, rows, k, prefix[-1:] in ("", "\n")) if rules.used else None
+    rule_state = RuleState(rules, vocab, rows, k, prefix[-1:]) if rules.used else None
     job = Job(sampler_logits(logits, batcher.dtype), state, k, options, rule_state, rows, on_end=lambda e: done.set())
     batcher.submit(job)
     return job, done

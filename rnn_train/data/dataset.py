@@ -62,17 +62,19 @@ class Dataset:
         and its first and last MiB, not the rest (reading it all would page in the whole corpus at
         every start), so a byte damaged in between would be a torch error mid-run; here it is an
         error naming the entry. Two reductions over B x T ids a batch (~4 us; the minimum too only
-        for int32 token files, the one dtype that can hold a negative id)."""
-        size, signed = len(self.vocab), self.vocab.dtype.kind == "i"
+        where the splits' dtype is signed: int32 token files, or arrays given to train(data=...))."""
+        size, signed = len(self.vocab), self.train.dtype.kind == "i"
         for x, y in batches:
             if x.size:
                 bad = max(int(x.max()), int(y.max()))
                 if signed and bad < size:
                     bad = min(int(x.min()), int(y.min()), 0)
                 if not 0 <= bad < size:
-                    entry = f"delete its cache entry {Path(self.token_file).parent} and run again to prepare it anew"
-                    raise UserError(f"{self.token_file or 'the prepared corpus'} is damaged: it holds the id {bad} "
-                                    f"where the vocab has ids 0-{size - 1}" + (f"; {entry}" if self.token_file else ""))
+                    what = f"the id {bad} where the vocab has ids 0-{size - 1}"
+                    if not self.token_file:  # ids given as arrays (train(data=...)), not read from a cache
+                        raise UserError(f"the corpus ids hold {what}")
+                    raise UserError(f"{self.token_file} is damaged: it holds {what}; delete its cache entry "
+                                    f"{Path(self.token_file).parent} and run again to prepare it anew")
             yield x, y
 
 

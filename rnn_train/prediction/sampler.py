@@ -63,6 +63,8 @@ class RuleState:
     def __init__(self, rules: StopRules, vocab: Vocab, batch: int, k: int, before: str = ""):
         """`before`: the prefix's last character ("": no prefix, where a sample begins a line as the
         corpus does)."""
+        if not isinstance(before, str):  # the bool at_line_start this parameter was: refused, not read as text
+            raise TypeError(f"before must be the prefix's last character, got {before!r}")
         self.rules, self.batch = rules, batch
         self.newline = vocab.stoi.get("\n", -1)
         if (rules.max_lines or rules.line_starts) and self.newline < 0:
