@@ -475,3 +475,12 @@ def test_predict_says_a_chinese_stop_matches_whole_syllables(runs):
                           "你", "--stop-at", "安", "-k", "5"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "up to 5 chars, stop at whole syllables 'an ')" in out.stdout
+
+
+def test_a_chinese_stop_of_marks_alone_has_no_syllable_to_match_whole():
+    from rnn_train.config import build_config
+    from rnn_train.prediction.textstream import is_converted_stop
+
+    cfg = build_config({"data": {"kind": "pinyin"}, "train": {"max_steps": 1}})
+    assert is_converted_stop("安", cfg) and is_converted_stop("中国。你", cfg)
+    assert not is_converted_stop("。", cfg) and not is_converted_stop("an ", cfg)

@@ -80,7 +80,7 @@ class Dataset:
 
 def corpus_digest(sources) -> str:
     """One SHA-256 for a prepared corpus's sources (meta.json's "sources": each file's content hash,
-    in order; or the built-in corpus's description): the same text gives the same digest wherever
+    in order; or the built-in corpus's description): the same bytes give the same digest wherever
     its files are, which a checkpoint records so that --resume can tell the text changed."""
     parts = [s["sha256"] for s in sources] if isinstance(sources, list) else sources
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()

@@ -60,7 +60,9 @@ def _parser(prog: str) -> ArgumentParser:
                          "draws the same random numbers whatever N)")
     ap.add_argument("--num-samples", type=int, default=1, help="samples generated together as one batch (default 1)")
     ap.add_argument("--stop-at", default="",
-                    help="end a sample right after it generates this string (read like --prefix)")
+                    help="end a sample right after it generates this string (read like --prefix; converted from "
+                         "Chinese, it matches whole syllables: 安 is 'an ' and stops at 'an\\n' or 'an,' too, never "
+                         "inside 'nan')")
     ap.add_argument("--max-lines", type=int, default=0, help="end a sample after its N-th newline (0 = off)")
     ap.add_argument("--line-starts", default="",
                     help="comma-separated: each generated line begins with the next one, then the model "

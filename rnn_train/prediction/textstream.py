@@ -68,8 +68,10 @@ def pinyin_prefix(prefix: str, cfg) -> str:
 def is_converted_stop(typed: str, cfg) -> bool:
     """Whether a typed --stop-at (or stop_at) is converted from Chinese characters for a pinyin model,
     whose syllables then match whole (StopRules.syllables): 国 is "guo " as a prefix, and the corpus
-    has it as "guo\n" ending a line, "guo." before a mark, never inside "guon"."""
-    return pinyin_prefix(typed, cfg) != typed
+    has it as "guo\n" ending a line, "guo." before a mark, never inside "guon". A stop of marks alone
+    ("。" is ".") has no syllable to match whole."""
+    converted = pinyin_prefix(typed, cfg)
+    return converted != typed and (converted[:1].isalnum() or converted.endswith(" "))
 
 
 def letters_prefix(prefix: str, cfg) -> str:
