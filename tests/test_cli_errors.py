@@ -58,6 +58,9 @@ def test_mistakes_in_train_py(tmp_path):
     assert_user_error(run(*base, "model.hidden_size=1e400"), "model.hidden_size must be an integer")
     assert_user_error(run(*base, "train.lr=inf"), "train.lr must be a finite number")
     assert_user_error(run(*base, "model.hidden_size=100000000"), "not enough memory for the model")
+    # sizes past any memory: refused from the sizes (torch's storage size overflowed; 1e18 layers built for ever)
+    assert_user_error(run(*base, "model.hidden_size=1e18"), "not enough memory for the model")
+    assert_user_error(run(*base, "model.num_layers=1e18"), "not enough memory for the model")
     assert_user_error(run(*base, "model.embedding=learned", "model.embed_dim=1000000000"),
                       "not enough memory for the model (model.embed_dim=1000000000, model.hidden_size=")
     blocker = tmp_path / "file"

@@ -150,3 +150,15 @@ def test_the_decoder_choice_is_checked():
         model.use_training_path(None, "fp32", "mkl")
     with pytest.raises(ValueError, match="in bf16 only blas"):
         model.use_training_path(None, "bf16", "onednn")
+
+
+@pytest.mark.parametrize("overrides", [["model.cell=lstm", "model.num_layers=3"],
+                                       ["model.cell=rnn", "model.dtype=float64"],
+                                       ["model.cell=gru", "model.embedding=learned", "model.embed_dim=8"]])
+def test_the_weight_estimate_that_refuses_a_model_past_memory_is_the_models_own_size(overrides):
+    from rnn_train.config import load_config
+    from rnn_train.training.learner import make_learner, weight_bytes
+
+    cfg = load_config("debug", overrides)
+    model = make_learner(cfg, 29, torch.device("cpu")).torch_model()
+    assert weight_bytes(cfg, 29) == sum(p.numel() * p.element_size() for p in model.parameters())

@@ -18,7 +18,7 @@ from rnn_train.config import Config
 from rnn_train.data.batching import Batch
 from rnn_train.errors import UserError
 from rnn_train.model.charrnn import CharRNN, State
-from rnn_train.runtime import out_of_memory
+from rnn_train.runtime import available_memory, out_of_memory
 from rnn_train.training.protocol import Learner
 from rnn_train.training.world import World
 
@@ -170,6 +170,11 @@ class ModelTooLarge(UserError):
 
 def make_learner(cfg: Config, vocab_size: int, device: torch.device, world: World = World()) -> Learner:
     """The backend `model.backend` names; a model too large for memory is ModelTooLarge naming its size."""
+    available = available_memory() if device.type == "cpu" else None
+    if available is not None and weight_bytes(cfg, vocab_size) > available:
+        # refused before building: sizes past any memory overflowed torch's storage size (a traceback)
+        # or built layer after layer for ever (model.num_layers=1e30)
+        raise _too_large(cfg, vocab_size)
     try:
         if cfg.model.backend == "numpy":
             from rnn_train.teaching.numpy_backend import NumpyLearner
@@ -179,7 +184,24 @@ def make_learner(cfg: Config, vocab_size: int, device: torch.device, world: Worl
     except (MemoryError, RuntimeError) as e:
         if not out_of_memory(e):
             raise
-        m = cfg.model
-        embed = f"model.embed_dim={m.embed_dim}, " if m.embedding == "learned" else ""
-        raise ModelTooLarge(f"not enough memory for the model ({embed}model.hidden_size={m.hidden_size}, "
-                        f"model.num_layers={m.num_layers}, vocab {vocab_size}); make it smaller") from None
+        raise _too_large(cfg, vocab_size) from None
+
+
+def _too_large(cfg: Config, vocab_size: int) -> ModelTooLarge:
+    m = cfg.model
+    embed = f"model.embed_dim={m.embed_dim}, " if m.embedding == "learned" else ""
+    return ModelTooLarge(f"not enough memory for the model ({embed}model.hidden_size={m.hidden_size}, "
+                         f"model.num_layers={m.num_layers}, vocab {vocab_size}); make it smaller")
+
+
+def weight_bytes(cfg: Config, vocab_size: int) -> int:
+    """The bytes of the model's weights alone (Python integers: no overflow): each layer's
+    [G*H, in] and [G*H, H] matrices and two biases, the decoder, a learned embedding."""
+    from rnn_train.model import cells
+
+    m = cfg.model
+    g, h = len(cells.get(m.cell).blocks), m.hidden_size
+    first = m.embed_dim if m.embedding == "learned" else vocab_size
+    layers = g * h * (first + h + 2) + (m.num_layers - 1) * g * h * (2 * h + 2)
+    params = layers + (h + 1) * vocab_size + (vocab_size * m.embed_dim if m.embedding == "learned" else 0)
+    return params * (8 if m.dtype == "float64" else 4)
