@@ -299,6 +299,19 @@ def test_a_momentum_that_does_nothing_or_diverges_is_noted(tmp_path):
     assert said["sgd"] == []
 
 
+def test_early_stopping_or_a_plateau_schedule_without_a_validation_split_is_noted(tmp_path):
+    """Both follow the validation loss: with data.val_fraction=0 they never act."""
+    said = {}
+    for name, overrides in (("both", ["train.patience=1", "train.schedule=plateau"]), ("plain", [])):
+        lines = io.StringIO()
+        train(tiny_config(tmp_path, "train.max_steps=2", "data.val_fraction=0", *overrides), tmp_path / name,
+              cache_dir=tmp_path / "c", stream=lines)
+        said[name] = [line for line in lines.getvalue().splitlines() if line.startswith("note: data.val_fraction")]
+    assert said["both"] == ["note: data.val_fraction=0: no validation split, so train.patience and "
+                            "train.schedule=plateau never act (they follow the validation loss)"]
+    assert said["plain"] == []
+
+
 def test_more_threads_than_cores_is_noted_with_the_count_that_would_use_them(tmp_path):
     """They are allowed (a machine shared on purpose), but each step then waits for threads taking
     turns: 20 steps of a tiny model took 25 s with 1000 threads on 2 cores, 0.1 s with 2."""

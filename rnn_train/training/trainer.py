@@ -593,6 +593,11 @@ def _config_notes(cfg: Config, device: torch.device, local_size: int) -> list[st
     elif t.momentum >= 1:
         notes.append(f"train.momentum={t.momentum:g}: at 1 or more SGD's velocity never forgets a gradient and the "
                      "steps grow without bound (the usual value is 0.9)")
+    on_val = [k for k, used in (("train.patience", t.patience), ("train.schedule=plateau", t.schedule == "plateau"))
+              if used]
+    if cfg.data.val_fraction == 0 and on_val:
+        notes.append(f"data.val_fraction=0: no validation split, so {' and '.join(on_val)} never act (they follow "
+                     "the validation loss)")
     return notes
 
 
