@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from rnn_train.cli import ArgumentParser
-from rnn_train.config import MAX_THREADS, load_config, parse_override
+from rnn_train.config import FLOAT32_MAX, MAX_THREADS, load_config, parse_override
 from rnn_train.data.corpus import file_chunks
 from rnn_train.errors import UserError
 from rnn_train.recipes import resolve_recipe
@@ -104,8 +103,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train bench")
     args = ap.parse_intermixed_args(argv)
     if args.rounds < 1:
         ap.error(f"--rounds must be >= 1, got {args.rounds}")
-    if not 0 < args.seconds < math.inf:
-        ap.error(f"--seconds must be a finite number > 0, got {args.seconds}")
+    if not 0 < args.seconds <= FLOAT32_MAX:  # it becomes train.max_time, a float32-range key: checked before
+        ap.error(f"--seconds must be a number in (0, 3.4e38], got {args.seconds}")  # the reference loop's run
     if not 0 <= args.threads <= MAX_THREADS:
         ap.error(f"--threads must be in [0, {MAX_THREADS}] (0 = torch's default), got {args.threads}")
     reference, corpus, config = Path(args.reference), Path(args.corpus), resolve_recipe(args.config)
