@@ -42,6 +42,19 @@ def signals_handled(handler: Callable[[int, Any], None], *signals: int) -> Itera
             signal.signal(s, found)
 
 
+class Once(argparse.Action):
+    """An option that may be given once: argparse keeps the last of `--config a --config b`, which
+    then trained on b with a's name in the user's mind, without a word."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = f"_{self.dest}_given"
+        if getattr(namespace, given, False):
+            parser.error(f"{option_string} is given twice ({getattr(namespace, self.dest)!r} and {values!r}): give "
+                         f"it once")
+        setattr(namespace, given, True)
+        setattr(namespace, self.dest, values)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser with one-line errors, and negative numbers in every spelling float()
     reads (-1e10, -2.5E-3, -inf) taken as values: argparse itself takes only -5 and -0.5 for

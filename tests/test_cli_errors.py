@@ -339,3 +339,9 @@ def test_a_path_past_the_file_systems_name_length_is_one_line(tmp_path, args):
     """Path.exists and is_file raise ENAMETOOLONG where they return False for a missing file."""
     long = str(tmp_path / ("x" * 300))
     assert_user_error(run("train.py", *(a.replace("{long}", long) for a in args)), ": file name too long")
+
+
+@pytest.mark.parametrize("command", ["train", "prepare", "tune", "sweep", "bench"])
+def test_a_config_given_twice_is_an_error_not_the_last_one_silently(command):
+    assert_user_error(run("-m", "rnn_train", command, "--config", "debug", "--config", "pinyin_gru"),
+                      "--config is given twice ('debug' and 'pinyin_gru'): give it once")

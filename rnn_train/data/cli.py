@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from rnn_train.cli import ArgumentParser
+from rnn_train.cli import ArgumentParser, Once
 from rnn_train.files import output_arg
 from rnn_train.config import load_config
 from rnn_train.data import corpus
@@ -22,7 +22,7 @@ from rnn_train.data.prepare import prepare_corpus
 
 def main(argv: list[str] | None = None, prog: str = "rnn-train prepare") -> int:
     ap = ArgumentParser(prog=prog, description=__doc__.split("\n")[0].split(": ", 1)[1])
-    ap.add_argument("--config", metavar="NAME_OR_PATH", required=True,
+    ap.add_argument("--config", action=Once, metavar="NAME_OR_PATH", required=True,
                     help="the recipe whose data section is prepared (a name, e.g. debug, or a YAML file)")
     ap.add_argument("--cache-dir", default="data/cache", type=output_arg, help="where prepared corpora are kept (default data/cache)")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. data.paths=data/books/")

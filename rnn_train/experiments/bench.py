@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rnn_train.cli import ArgumentParser
+from rnn_train.cli import ArgumentParser, Once
 from rnn_train.config import FLOAT32_MAX, MAX_THREADS, load_config, parse_override
 from rnn_train.data.corpus import file_chunks
 from rnn_train.errors import UserError
@@ -90,7 +90,7 @@ def run_pipeline(config: Path, corpus: Path, overrides: list[str], seconds: floa
 
 def main(argv: list[str] | None = None, prog: str = "python -m rnn_train bench") -> int:
     ap = ArgumentParser(prog=prog, description="rnn-train vs the textbook loop, as ratios")
-    ap.add_argument("--config", required=True, help="recipe giving the model size, batch and steps")
+    ap.add_argument("--config", action=Once, required=True, help="recipe giving the model size, batch and steps")
     ap.add_argument("--corpus", required=True, help="plain-text corpus both sides train on")
     ap.add_argument("--seconds", type=float, default=30.0, help="training time per run (default 30)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating reference/pipeline pairs (default 3)")

@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from rnn_train.cli import ArgumentParser, report
+from rnn_train.cli import ArgumentParser, Once, report
 from rnn_train.files import output_arg, shell_word
 from rnn_train.config import build_config, load_config
 from rnn_train.model.checkpoint import load_checkpoint, resolve_checkpoint
@@ -40,7 +40,7 @@ def _parse(argv: list[str] | None, prog: str):
     ap = ArgumentParser(prog=prog, description=__doc__.split("\n")[0].split(": ", 1)[1],
                         epilog=f"{EPILOG}\n{recipes_epilog()}",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="a recipe by name (`recipes` lists them) or a YAML file")
+    ap.add_argument("--config", action=Once, help="a recipe by name (`recipes` lists them) or a YAML file")
     ap.add_argument("--resume", metavar="RUN_DIR_OR_CKPT", help="continue a run from its last.pt (or a given .pt)")
     ap.add_argument("--init-from", metavar="CKPT", help="start a new run from this checkpoint's weights and vocab")
     ap.add_argument("--force", action="store_true", help="start afresh even if the run directory holds a run")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+from rnn_train.cli import Once
 from rnn_train.errors import UserError
 from rnn_train.files import output_arg
 
@@ -14,7 +15,7 @@ from rnn_train.files import output_arg
 def add_study_arguments(ap: argparse.ArgumentParser, unit: str, made_from: str) -> None:
     """The shared options, worded for the command's `unit` ("trial", "run") and what its study's
     default name is `made_from` besides the recipe, the overrides and the budget ("space", "grid")."""
-    ap.add_argument("--config",
+    ap.add_argument("--config", action=Once,
                     help=f"the recipe every {unit} starts from: a name (`recipes` lists them) or a YAML file")
     ap.add_argument("--workers", type=int, default=1, help=f"processes training {unit}s at once on this machine")
     ap.add_argument("--storage", type=_url_arg, help="Optuna storage URL (default: sqlite:///OUT/study.db)")
