@@ -304,3 +304,15 @@ def test_a_vocab_from_another_run_is_refused_before_it_maps_characters_to_the_wr
                      lambda: score_pieces(model, other, [letters[:2] * 20])):
             with pytest.raises(UserError, match=f"the vocab has {len(other)} symbols but the model {len(vocab)}"):
                 call()
+
+
+def test_sampling_flags_with_the_greedy_default_are_noted(trained):
+    """--top-k, --top-p and --seed shape sampling; at --temperature 0 (the default) they did nothing, silently."""
+    run_dir, _, _ = trained
+    base = [sys.executable, "predict.py", "--checkpoint", str(run_dir), "--prefix", "ni", "-k", "5"]
+    out = subprocess.run(base + ["--top-k", "3", "--seed", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stderr == ("note: --top-k, --seed shape sampling, and --temperature 0 (the "
+                                                  "default) is greedy: give a temperature > 0 to sample\n")
+    sampled = subprocess.run(base + ["--top-k", "3", "--seed", "1", "--temperature", "0.8"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert sampled.returncode == 0 and sampled.stderr == ""
