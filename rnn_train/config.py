@@ -90,6 +90,8 @@ class DataConfig:
         _check(p, self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(p, self.num_steps >= 1, "data.num_steps", f"must be >= 1, got {self.num_steps}")
         _check(p, bool(self.encoding.strip()), "data.encoding", "must not be empty")
+        empty = [i for i, entry in enumerate(self.paths, 1) if not entry.strip()]  # "" would read the current directory
+        _check(p, not empty, "data.paths", f"entry {empty[0] if empty else 0} of {len(self.paths)} is empty")
         _check(p, self.kind == "pinyin" or bool(self.paths), "data.paths",
                "is empty: kind=text needs at least one corpus file (only kind=pinyin has a built-in corpus)")
         if p:

@@ -370,3 +370,14 @@ def test_load_config_takes_a_recipe_name_or_a_path(tmp_path, monkeypatch):
     assert load_config("debug.yaml").train.max_steps == 7
     with pytest.raises(UserError, match=r"unknown recipe 'pinyn_gru' \(did you mean pinyin_gru\?\)"):
         load_config("pinyn_gru")
+
+
+def test_an_empty_corpus_entry_is_refused_with_the_config_not_when_the_corpus_is_read(tmp_path):
+    """A run directory already holding a run answered first ("already holds a run"); an empty
+    entry is the config's mistake (Path("") would be the current directory, read recursively)."""
+    with pytest.raises(UserError, match=r"override 'data.paths=\[\"\"\]': data.paths entry 1 of 1 is empty"):
+        load_config("debug", ['data.paths=[""]'])
+    path = tmp_path / "c.yaml"
+    path.write_text('data:\n  paths: [a.txt, " "]\ntrain:\n  max_steps: 1\n')
+    with pytest.raises(UserError, match="data.paths entry 2 of 2 is empty"):
+        load_config(path)
