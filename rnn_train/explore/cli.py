@@ -89,8 +89,10 @@ def validation_document(cfg, vocab, ckpt: dict, checkpoint: Path, cache_dir: str
     if len(val) < 2:
         raise UserError(f"no TEXT_FILE given, and {checkpoint}'s run has no validation text (data.val_fraction "
                         f"{cfg.data.val_fraction}); give a text file")
+    ids = val[:max_chars]
+    next(data.checked([(ids, ids)]))  # a damaged id in the token file: one line, not an IndexError
     itos = ["\ufffd", *vocab.itos[1:]]
-    text = "".join(itos[i] for i in val[:max_chars].tolist())
+    text = "".join(itos[i] for i in ids.tolist())
     return Document(f"validation text of {corpus.named(cfg.data.paths)}", text), len(val), note
 
 

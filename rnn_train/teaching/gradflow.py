@@ -316,7 +316,7 @@ def run_probe(p: Probe) -> tuple[FlowResult, Path]:
         raise UserError(f"the {p.split} split of {ckpt_path}'s corpus has {len(split)} characters, fewer than "
                         f"--steps + 1 = {p.steps + 1}; lower --steps or use --split train")
     check_memory(model, len(vocab), p)
-    x, y = sample_windows(split, p.batch, p.steps, p.seed)
+    x, y = next(data.checked([sample_windows(split, p.batch, p.steps, p.seed)]))  # a damaged id: one line
     clip = cfg.train.clip_norm if p.clip is None else p.clip
     x_t, y_t = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     # cuDNN's RNN backward refuses to run in eval mode; the native kernels give the same numbers.
