@@ -342,8 +342,9 @@ def test_damage_the_open_does_not_read_is_an_error_naming_the_entry_when_trainin
     with open(tokens, "r+b") as f:
         f.seek(2**20)
         f.write(bytes([200]) * 2**20)
-    flow = subprocess.run([sys.executable, "-m", "rnn_train", "gradflow", "--checkpoint", str(tmp_path / "runs" / "debug"),
-                           "--split", "train", "--steps", "20", "--batch", "64", "--no-tensorboard", "--cache-dir",
+    run_dir = tmp_path / "runs" / "debug"
+    flow = subprocess.run([sys.executable, "-m", "rnn_train", "gradflow", "--checkpoint", str(run_dir), "--split",
+                           "train", "--steps", "20", "--batch", "64", "--no-tensorboard", "--cache-dir",
                            str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert flow.returncode == 2 and flow.stderr.splitlines()[-1].startswith(f"error: {tokens} is damaged"), flow.stderr
 
