@@ -12,8 +12,11 @@ applied after the file: nothing afterwards changes what the user asked for.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import math
+import numbers
+import operator
 import os
 import re
 import reprlib
@@ -318,9 +321,12 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
             value = [value]
         if value is None:
             value = []
-        if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        if not isinstance(value, list) or not all(isinstance(v, (str, int, float, datetime.date)) for v in value):
             raise ValueError(f"{key} must be a list of strings, got {_shown(value)}")
-        return [_text(str(v), key) for v in value]
+        for i, v in enumerate(value, 1):  # [1.10, 0x1F, on] were the files 1.1, 31 and True
+            if not isinstance(v, str):
+                raise ValueError(f"{key} entry {i} must be a string, got {_shown(v)}{_read_as(v)}")
+        return list(value)  # file names: any bytes the file system takes, as Python holds them
     if tp is bool:
         if from_string and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
             return value.lower() in ("true", "yes", "1", "on")
@@ -334,11 +340,11 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
             except ValueError:
                 raise ValueError(f"{key} must be an integer, got {_shown(value)}") from None
         if isinstance(value, float) and math.isfinite(value) and value == int(value):
-            value = int(value)
+            value = int(value)  # 1e3 or 256.0; an int of any size stays one (10**400 was an OverflowError here)
+        elif not isinstance(value, bool) and hasattr(type(value), "__index__"):
+            value = operator.index(value)  # NumPy's integers, as the Python API's integers take them
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{key} must be an integer, got {_shown(value)}")
-        if abs(value) >= 2**63:  # a count or a seed; torch's integers are 64-bit (10**400 was an OverflowError)
-            raise ValueError(f"{key} must be an integer below 2^63, got {_shown(value)}")
         return value
     if tp is float:
         if isinstance(value, str):
@@ -346,6 +352,8 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
                 value = float(value)
             except ValueError:
                 raise ValueError(f"{key} must be a number, got {_shown(value)}") from None
+        if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+            value = float(value)  # NumPy's numbers
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{key} must be a finite number, got {_shown(value)}")
         if abs(value) > FLOAT32_MAX:  # training computes in float32, where it would be inf
@@ -355,18 +363,24 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
         if value is None:
             return ""
         if not isinstance(value, str):  # YAML read 1.10 as 1.1, 0x1F as 31, 2024-06-01 as a date
-            raise ValueError(f"{key} must be a string, got {_shown(value)}: YAML read it as "
-                             f"{'true or false' if isinstance(value, bool) else type(value).__name__}; "
-                             f"quote it (\"...\") to keep it as typed")
+            raise ValueError(f"{key} must be a string, got {_shown(value)}{_read_as(value)}")
         return _text(value, key)
     raise TypeError(f"unsupported config field type {tp!r} for {key}")  # a bug, not a user error
 
 
+def _read_as(value: Any) -> str:
+    """What to tell of a non-string value given for text: YAML read an unquoted 1.10 as a number."""
+    if isinstance(value, (bool, int, float, datetime.date)):
+        kind = "true or false" if isinstance(value, bool) else type(value).__name__
+        return f": YAML read it as {kind}; quote it (\"...\") to keep it as typed"
+    return ""
+
+
 def _text(value: str, key: str) -> str:
     """`value`, refused where it holds a lone surrogate: YAML's "\\ud800" escape, or a command-line
-    byte that is not UTF-8 (Python's U+DC80-U+DCFF), which no file name, vocab or encoder takes;
-    refused here, before anything is written (a sample prefix of one failed after --force had
-    cleared the run)."""
+    byte that is not UTF-8 (Python's U+DC80-U+DCFF), which no vocab or encoder takes; refused here,
+    before anything is written (a sample prefix of one failed after --force had cleared the run).
+    Not for data.paths, whose file names may hold such bytes (open() takes them)."""
     bad = next((i for i, c in enumerate(value) if "\ud800" <= c <= "\udfff"), None)
     if bad is not None:
         code = ord(value[bad])

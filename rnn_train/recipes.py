@@ -13,6 +13,7 @@ into the package as `rnn_train/configs` (pyproject.toml `package-dir`), so nothi
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 
 from rnn_train.cli import program
@@ -49,7 +50,7 @@ def find_recipe(name: str, paths_too: bool = True) -> Path:
     (and, where the caller also takes a file, `paths_too`, saying a path works)."""
     stem = name[: -len(Path(name).suffix)] if Path(name).suffix in _SUFFIXES else name
     path = recipe_dir() / f"{stem}.yaml"
-    if _looks_like_a_name(name) and path.is_file():
+    if _looks_like_a_name(name) and os.path.isfile(path):  # False, not ENAMETOOLONG, for a long name
         return path
     close = difflib.get_close_matches(stem, recipe_names(), n=1, cutoff=0.5)
     hint = f" (did you mean {close[0]}?)" if close else ""
@@ -70,11 +71,11 @@ def resolve_recipe(name_or_path: str | Path) -> Path:
         return path
     text = str(name_or_path)
     packaged = recipe_dir() / f"{path.stem}.yaml"
-    if _looks_like_a_name(text) and (packaged.is_file() or (path.suffix not in _SUFFIXES and not path.exists())):
+    if _looks_like_a_name(text) and (os.path.isfile(packaged) or (path.suffix not in _SUFFIXES and not path.exists())):
         return find_recipe(text)
     if path.exists():
         return path  # not a file: load_config says what it is
-    also = f" (the packaged recipe of that name is --config {path.stem})" if packaged.is_file() else ""
+    also = f" (the packaged recipe of that name is --config {path.stem})" if os.path.isfile(packaged) else ""
     raise UserError(f"config file {text} does not exist{also}")
 
 
@@ -87,7 +88,7 @@ def resolve_space(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     stem = path.stem if path.suffix in _SUFFIXES else path.name
     packaged = recipe_dir() / "spaces" / f"{stem}.yaml"
-    if path.exists() or not packaged.is_file():
+    if path.exists() or not os.path.isfile(packaged):
         return path
     if _looks_like_a_name(str(name_or_path)):
         return packaged

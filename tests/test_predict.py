@@ -311,8 +311,8 @@ def test_sampling_flags_with_the_greedy_default_are_noted(trained):
     run_dir, _, _ = trained
     base = [sys.executable, "predict.py", "--checkpoint", str(run_dir), "--prefix", "ni", "-k", "5"]
     out = subprocess.run(base + ["--top-k", "3", "--seed", "1"], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0 and out.stderr == ("note: --top-k, --seed shape sampling, and --temperature 0 (the "
-                                                  "default) is greedy: give a temperature > 0 to sample\n")
+    assert out.returncode == 0 and out.stderr == ("note: --top-k, --seed only matter when sampling, and --temperature "
+                                                  "0 is greedy: give a temperature > 0 to sample\n")
     sampled = subprocess.run(base + ["--top-k", "3", "--seed", "1", "--temperature", "0.8"], cwd=ROOT,
                              capture_output=True, text=True)
     assert sampled.returncode == 0 and sampled.stderr == ""

@@ -306,8 +306,8 @@ def test_early_stopping_or_a_plateau_schedule_without_a_validation_split_is_note
         lines = io.StringIO()
         train(tiny_config(tmp_path, "train.max_steps=2", "data.val_fraction=0", *overrides), tmp_path / name,
               cache_dir=tmp_path / "c", stream=lines)
-        said[name] = [line for line in lines.getvalue().splitlines() if line.startswith("note: data.val_fraction")]
-    assert said["both"] == ["note: data.val_fraction=0: no validation split, so train.patience and "
+        said[name] = [line for line in lines.getvalue().splitlines() if line.startswith("note: no validation")]
+    assert said["both"] == ["note: no validation split (data.val_fraction=0), so train.patience and "
                             "train.schedule=plateau never act (they follow the validation loss)"]
     assert said["plain"] == []
 

@@ -170,10 +170,12 @@ class ModelTooLarge(UserError):
 
 def make_learner(cfg: Config, vocab_size: int, device: torch.device, world: World = World()) -> Learner:
     """The backend `model.backend` names; a model too large for memory is ModelTooLarge naming its size."""
-    available = available_memory() if device.type == "cpu" else None
+    available = available_memory()  # the host's on every device: the model is built there, then moved
     if available is not None and weight_bytes(cfg, vocab_size) > available:
         # refused before building: sizes past any memory overflowed torch's storage size (a traceback)
-        # or built layer after layer for ever (model.num_layers=1e30)
+        # or built layer after layer for ever (model.num_layers=1e30). The weights alone, a lower bound
+        # (training holds gradients and optimiser state too), against MemAvailable, which a container's
+        # own memory limit may undercut: a model refused here could not have trained
         raise _too_large(cfg, vocab_size)
     try:
         if cfg.model.backend == "numpy":

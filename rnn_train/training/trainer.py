@@ -560,7 +560,8 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
         resumed_note = "; ".join(filter(None, (resumed_note, (
             f"the run trained in {saved} until step {state.step} and goes on in {learner.precision}: its losses from "
             f"here are not those of an uninterrupted run (a resume is exact within one precision)"))))
-    notes = [moved_note, learner.precision_note, resumed_note, *_config_notes(cfg, device, world.local_size),
+    notes = [moved_note, learner.precision_note, resumed_note,
+             *_config_notes(cfg, device, world.local_size, len(data.val)),
              *(_init_notes(cfg, data, init_from) if init is not None else [])]
     if world.is_writer:
         for note in filter(None, notes):
@@ -570,7 +571,7 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
                    workdir=resume["workdir"] if moved_note else "").run()
 
 
-def _config_notes(cfg: Config, device: torch.device, local_size: int) -> list[str]:
+def _config_notes(cfg: Config, device: torch.device, local_size: int, val_chars: int) -> list[str]:
     """What the run's first lines say of settings that are allowed but cost or do nothing: each is
     noted, not refused (a bound in the config would make checkpoints saved with it unloadable, or a
     machine shared on purpose would be refused its threads)."""
@@ -595,9 +596,9 @@ def _config_notes(cfg: Config, device: torch.device, local_size: int) -> list[st
                      "steps grow without bound (the usual value is 0.9)")
     on_val = [k for k, used in (("train.patience", t.patience), ("train.schedule=plateau", t.schedule == "plateau"))
               if used]
-    if cfg.data.val_fraction == 0 and on_val:
-        notes.append(f"data.val_fraction=0: no validation split, so {' and '.join(on_val)} never act (they follow "
-                     "the validation loss)")
+    if not val_chars and on_val:  # the split itself: train(data=...) may bring one whatever val_fraction says
+        notes.append(f"no validation split (data.val_fraction={cfg.data.val_fraction:g}), so {' and '.join(on_val)} "
+                     "never act (they follow the validation loss)")
     return notes
 
 
