@@ -20,6 +20,7 @@ import operator
 import os
 import re
 import reprlib
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,11 +341,13 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
             except ValueError:
                 raise ValueError(f"{key} must be an integer, got {_shown(value)}") from None
         if isinstance(value, float) and math.isfinite(value) and value == int(value):
-            value = int(value)  # 1e3 or 256.0; an int of any size stays one (10**400 was an OverflowError here)
+            value = int(value)  # 1e3 or 256.0 (10**400 was an OverflowError here)
         elif not isinstance(value, bool) and hasattr(type(value), "__index__"):
             value = operator.index(value)  # NumPy's integers, as the Python API's integers take them
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{key} must be an integer, got {_shown(value)}")
+        if abs(value) > sys.float_info.max:  # TensorBoard's hparams record every key as a double
+            raise ValueError(f"{key} must be an integer within a double's range (1.8e308), got {_shown(value)}")
         return value
     if tp is float:
         if isinstance(value, str):

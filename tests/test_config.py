@@ -229,12 +229,15 @@ def test_values_made_to_be_huge_or_deep_are_one_short_line(tmp_path):
     assert len(str(e.value)) < 1000
 
 
-def test_an_integer_of_any_size_or_kind_is_taken_not_an_overflow(tmp_path):
-    """10**400 was an OverflowError in the loader; a bound would make checkpoints saved with a large
-    limit (train.max_tokens=1e20, "no limit") unloadable, so sizes are judged where they are used."""
+def test_an_integer_past_a_doubles_range_is_refused_by_name_and_any_other_taken(tmp_path):
+    """10**400 was an OverflowError in the loader (and would be one in TensorBoard's hparams, which
+    records every key as a double); a tighter bound would make checkpoints saved with a large limit
+    (train.max_tokens=1e20, "no limit") unloadable."""
     big = tmp_path / "big.yaml"
     big.write_text(f"train:\n  max_steps: {10**400}\n")
-    assert load_config(big).train.max_steps == 10**400
+    with pytest.raises(UserError, match="train.max_steps must be an integer within a double's range"):
+        load_config(big)
+    assert load_config(None, [f"train.max_steps={10**300}"]).train.max_steps == 10**300
     assert load_config(None, ["train.max_tokens=1e20"]).train.max_tokens == 10**20
     assert load_config(None, ["train.max_steps=1e3"]).train.max_steps == 1000  # a float that is an integer
     import numpy as np
