@@ -367,7 +367,7 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
             return ""
         if not isinstance(value, str):  # YAML read 1.10 as 1.1, 0x1F as 31, 2024-06-01 as a date
             raise ValueError(f"{key} must be a string, got {_shown(value)}{_read_as(value)}")
-        return _text(value, key)
+        return value if key in ("log.dir", "log.name") else _text(value, key)  # those two: their own check says why
     raise TypeError(f"unsupported config field type {tp!r} for {key}")  # a bug, not a user error
 
 
