@@ -310,6 +310,12 @@ def test_early_stopping_or_a_plateau_schedule_without_a_validation_split_is_note
     assert said["both"] == ["note: no validation split (data.val_fraction=0), so train.patience and "
                             "train.schedule=plateau never act (they follow the validation loss)"]
     assert said["plain"] == []
+    lines = io.StringIO()  # a split of a few characters chooses best.pt on a few predictions
+    train(tiny_config(tmp_path, "train.max_steps=2", "data.val_fraction=1e-6"), tmp_path / "tiny",
+          cache_dir=tmp_path / "c", stream=lines)
+    assert [line for line in lines.getvalue().splitlines() if line.startswith("note: the validation split")] == [
+        "note: the validation split has 2 characters (data.val_fraction=1e-06): the validation loss, which chooses "
+        "best.pt, is the mean of 1 prediction"]
 
 
 def test_more_threads_than_cores_is_noted_with_the_count_that_would_use_them(tmp_path):

@@ -599,6 +599,10 @@ def _config_notes(cfg: Config, device: torch.device, local_size: int, val_chars:
     if not val_chars and on_val:  # the split itself: train(data=...) may bring one whatever val_fraction says
         notes.append(f"no validation split (data.val_fraction={cfg.data.val_fraction:g}), so {' and '.join(on_val)} "
                      "never act (they follow the validation loss)")
+    elif 0 < val_chars <= cfg.data.num_steps:  # under one window: best.pt chosen on a handful of predictions
+        notes.append(f"the validation split has {val_chars} character{'s' if val_chars > 1 else ''} "
+                     f"(data.val_fraction={cfg.data.val_fraction:g}): the validation loss, which chooses best.pt, is "
+                     f"the mean of {val_chars - 1} prediction{'s' if val_chars != 2 else ''}")
     return notes
 
 
