@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rnn_train.cli import run as cli_run
+from rnn_train.errors import UserError
 from rnn_train.model.checkpoint import load_checkpoint
 from rnn_train.training.cli import main as train_main
 from rnn_train.training.trainer import train
@@ -53,6 +54,17 @@ def test_a_new_run_starts_from_the_checkpoint_weights_and_vocab(source, tmp_path
     assert unknown >= 60 * len("NH2024W")
     assert f"note: {unknown:,} characters of the corpus" in err.getvalue() and "<unk>" in err.getvalue()
     assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["init_from"] == str(best)
+
+
+def test_embed_dim_is_no_shape_of_a_one_hot_model(source, tmp_path):
+    """The config reference says model.embed_dim is ignored for one_hot: a one-hot checkpoint has no
+    weights of that size, so another value fine-tunes it (it was refused as a shape change)."""
+    cfg = fine_tune_config(source, "model.embed_dim=8", "train.max_steps=2", "train.eval_every=2")
+    best = source / "src" / "best.pt"
+    assert train(cfg, tmp_path / "ft", init_from=best, quiet=True, cache_dir=tmp_path / "c").step == 2
+    with pytest.raises(UserError, match="model.embedding: 'one_hot' -> 'learned'; model.embed_dim: 64 -> 8"):
+        train(fine_tune_config(source, "model.embedding=learned", "model.embed_dim=8"), tmp_path / "ft2",
+              init_from=source / "src" / "best.pt", quiet=True, cache_dir=tmp_path / "c")
 
 
 def test_the_optimiser_starts_fresh(source, tmp_path):

@@ -79,7 +79,10 @@ def check_own_run(rd: RunDir, ckpt: dict[str, Any]) -> None:
 
 def check_init_config(ckpt: dict[str, Any], cfg: Config, source: str) -> None:
     """--init-from: the config's model must have the checkpoint's shape (one line naming the keys)."""
-    changed = config_changes(_saved(ckpt), cfg.to_dict(), keys=SHAPE_KEYS)
+    saved, mine = _saved(ckpt), cfg.to_dict()
+    one_hot = saved["model"].get("embedding") == mine["model"]["embedding"] == "one_hot"
+    keys = tuple(k for k in SHAPE_KEYS if not (one_hot and k == "model.embed_dim"))  # no weights of that size then
+    changed = config_changes(saved, mine, keys=keys)
     if changed:
         raise UserError(f"--init-from {source}: the config's model does not fit the checkpoint's weights "
                         f"({'; '.join(changed)}); set them as the checkpoint has them")
