@@ -387,3 +387,14 @@ def test_a_full_temporary_directory_is_named_not_standard_output(run, monkeypatc
     assert cli_run(score_mod.main, ["--checkpoint", str(tmp / "run"), "-"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot copy standard input to a temporary file in ") and "set TMPDIR" in err
+
+
+def test_files_may_come_after_options_too(run, tmp_path):
+    """`score --checkpoint M a.txt --exact b.txt` scores both (argparse stopped taking FILEs at the flag)."""
+    tmp, _, _ = run
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    for path in (a, b):
+        path.write_text("ni hao zhong guo\n")
+    out = _score_cli("--checkpoint", tmp / "run" / "best.pt", a, "--exact", b)
+    assert out.returncode == 0, out.stderr
+    assert f"{a}: 17 chars" in out.stdout and f"{b}: 17 chars" in out.stdout and "total: 34 chars" in out.stdout

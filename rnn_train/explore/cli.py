@@ -112,7 +112,7 @@ def tensorboard_command(checkpoint: Path) -> str | None:
 
 def main(argv: list[str] | None = None, prog: str = "rnn-train explore") -> int:
     ap = _parser(prog)
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # text files may come before or after options
     if args.max_chars < 2:
         ap.error(f"--max-chars must be >= 2, got {args.max_chars}")
 

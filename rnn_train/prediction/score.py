@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train score") -> int:
                          "loss's way; slower: one row at a time). Default: segments of "
                          f"{SEGMENT} characters scored {ROWS} at a time, each after {WARM_UP} characters of context")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="default cpu")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # files may come before or after options
 
     from rnn_train.files import atomic_write_bytes, refuse_replacing, starts_with
     from rnn_train.model.checkpoint import load_model, resolve_checkpoint
