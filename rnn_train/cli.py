@@ -42,6 +42,14 @@ def signals_handled(handler: Callable[[int, Any], None], *signals: int) -> Itera
             signal.signal(s, found)
 
 
+def not_empty(text: str) -> str:
+    """argparse `type` of a value that has no meaning empty (an encoding): `--encoding ''` was taken
+    as not given, the model's own used without a word."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: give a value or leave the option out")
+    return text
+
+
 class Once(argparse.Action):
     """An option that may be given once: argparse keeps the last of `--config a --config b`, which
     then trained on b with a's name in the user's mind, without a word."""

@@ -398,3 +398,9 @@ def test_files_may_come_after_options_too(run, tmp_path):
     out = _score_cli("--checkpoint", tmp / "run" / "best.pt", a, "--exact", b)
     assert out.returncode == 0, out.stderr
     assert f"{a}: 17 chars" in out.stdout and f"{b}: 17 chars" in out.stdout and "total: 34 chars" in out.stdout
+
+
+def test_an_empty_encoding_is_refused_not_taken_as_the_models(run, tmp_path):
+    tmp, _, val_text = run
+    out = _score_cli("--checkpoint", tmp / "run" / "best.pt", val_text, "--encoding", "")
+    assert out.returncode == 2 and out.stderr.startswith("error: argument --encoding: empty: give a value")

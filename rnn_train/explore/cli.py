@@ -17,7 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from rnn_train.cli import ArgumentParser
+from rnn_train.cli import ArgumentParser, not_empty
 from rnn_train.errors import UserError
 from rnn_train.files import output_arg, shell_word
 from rnn_train.runfiles import EXPLORE_PAGE
@@ -37,7 +37,8 @@ def _parser(prog: str) -> ArgumentParser:
     ap.add_argument("--max-chars", type=int, default=MAX_CHARS,
                     help=f"analyse at most this many characters of the texts together (default {MAX_CHARS:,}); "
                          f"the page says when it cut")
-    ap.add_argument("--encoding", default=None, help="encoding of the text files (default: the model's data.encoding)")
+    ap.add_argument("--encoding", default=None, type=not_empty,
+                    help="encoding of the text files (default: the model's data.encoding)")
     ap.add_argument("--cache-dir", default="data/cache", type=output_arg,
                     help="where the prepared corpus is looked for, without a text file (default data/cache)")
     return ap

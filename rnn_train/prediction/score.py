@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rnn_train.cli import ArgumentParser, signals_handled
+from rnn_train.cli import ArgumentParser, not_empty, signals_handled
 from rnn_train.files import output_arg
 from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train score") -> int:
     ap.add_argument("--per-char", metavar="OUT.tsv", type=output_arg,
                     help="write every character with its surprisal in bits (file, index, char, bits; the "
                          "first character of a file has none)")
-    ap.add_argument("--encoding", default=None, help="encoding of the files (default: the model's data.encoding)")
+    ap.add_argument("--encoding", default=None, type=not_empty,
+                    help="encoding of the files (default: the model's data.encoding)")
     ap.add_argument("--exact", action="store_true",
                     help="score each file as one stream, every character given all before it (the validation "
                          "loss's way; slower: one row at a time). Default: segments of "
