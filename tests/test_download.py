@@ -169,6 +169,13 @@ def test_listing_shows_each_corpus_and_whether_it_is_present(tmp_path):
     for line in out.stdout.splitlines():  # each row names the recipes that read its file
         assert line.endswith(f"({', '.join(by_file[line.split()[1]])})")
     assert "(shakespeare_best, shakespeare_gru)" in out.stdout  # two recipes read Tiny Shakespeare
+    shared = shared_corpus("timemachine/timemachine.txt")
+    target = tmp_path / CORPORA["timemachine"].target
+    target.parent.mkdir(parents=True)
+    target.write_bytes(shared.read_bytes())
+    assert cli(cwd=tmp_path).stdout.splitlines()[[*CORPORA].index("timemachine")].split()[2] == "present"
+    target.write_bytes(shared.read_bytes()[:500])  # a cut-off copy is no copy of the pinned text
+    assert cli(cwd=tmp_path).stdout.splitlines()[[*CORPORA].index("timemachine")].split()[2] == "changed"
 
 
 def test_a_recipe_whose_text_is_missing_names_the_download_command(tmp_path):

@@ -1,6 +1,6 @@
 """Public corpora on demand: `rnn-train download NAME` puts the text a recipe reads where it reads it.
 
-    rnn-train download                    the registry: name, target, present or missing
+    rnn-train download                    the registry: name, target, present, changed (not the pinned text) or missing
     rnn-train download timemachine        -> data/timemachine.txt (the d2l book's file)
     rnn-train download tinyshakespeare    -> data/tinyshakespeare/input.txt (char-rnn's file)
     rnn-train download timemachine --url file:///media/usb/timemachine.txt   (a mirror, or a copy by hand)
@@ -162,7 +162,8 @@ def registry_table(root: Path = Path(".")) -> str:
     width = max(map(len, CORPORA))
     rows = []
     for name, c in CORPORA.items():
-        state = "present" if (root / c.target).exists() else "missing"
+        target = root / c.target  # present: the pinned text, checked (a cut-off copy was listed as present)
+        state = "missing" if not target.exists() else "present" if _sha256_file(target) == c.sha256 else "changed"
         rows.append(f"{name:<{width}}  {c.target:<31} {state:<8} {c.about} ({', '.join(readers(c.target))})")
     return "\n".join(rows)
 
