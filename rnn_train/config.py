@@ -327,7 +327,8 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
         for i, v in enumerate(value, 1):  # [1.10, 0x1F, on] were the files 1.1, 31 and True
             if not isinstance(v, str):
                 raise ValueError(f"{key} entry {i} must be a string, got {_shown(v)}{_read_as(v)}")
-        return list(value)  # file names: any bytes the file system takes, as Python holds them
+        # file names: a byte that is not UTF-8 is held as U+DC80-U+DCFF, which open() takes; no other lone surrogate
+        return [_text(str(v), key, file_name=True) for v in value]
     if tp is bool:
         if from_string and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
             return value.lower() in ("true", "yes", "1", "on")
@@ -343,7 +344,10 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
         if isinstance(value, float) and math.isfinite(value) and value == int(value):
             value = int(value)  # 1e3 or 256.0 (10**400 was an OverflowError here)
         elif not isinstance(value, bool) and hasattr(type(value), "__index__"):
-            value = operator.index(value)  # NumPy's integers, as the Python API's integers take them
+            try:
+                value = operator.index(value)  # NumPy's integers, as the Python API's integers take them
+            except TypeError:  # an array or tensor that is no single integer: refused below
+                pass
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{key} must be an integer, got {_shown(value)}")
         if abs(value) > sys.float_info.max:  # TensorBoard's hparams record every key as a double
@@ -355,8 +359,12 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
                 value = float(value)
             except ValueError:
                 raise ValueError(f"{key} must be a number, got {_shown(value)}") from None
-        if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
-            value = float(value)  # NumPy's numbers
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            try:
+                value = float(value)  # NumPy's numbers; an int past a double's range raises
+            except OverflowError:
+                raise ValueError(f"{key} must be a number of float32's range (|x| <= 3.4e38), got "
+                                 f"{_shown(value)}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{key} must be a finite number, got {_shown(value)}")
         if abs(value) > FLOAT32_MAX:  # training computes in float32, where it would be inf
@@ -379,12 +387,13 @@ def _read_as(value: Any) -> str:
     return ""
 
 
-def _text(value: str, key: str) -> str:
+def _text(value: str, key: str, file_name: bool = False) -> str:
     """`value`, refused where it holds a lone surrogate: YAML's "\\ud800" escape, or a command-line
     byte that is not UTF-8 (Python's U+DC80-U+DCFF), which no vocab or encoder takes; refused here,
     before anything is written (a sample prefix of one failed after --force had cleared the run).
-    Not for data.paths, whose file names may hold such bytes (open() takes them)."""
-    bad = next((i for i, c in enumerate(value) if "\ud800" <= c <= "\udfff"), None)
+    A `file_name` may hold the bytes (open() takes them), not other lone surrogates."""
+    bad = next((i for i, c in enumerate(value)
+                if "\ud800" <= c <= "\udfff" and not (file_name and "\udc80" <= c <= "\udcff")), None)
     if bad is not None:
         code = ord(value[bad])
         what = (f"the byte 0x{code - 0xDC00:02x}, which is not UTF-8" if 0xDC80 <= code <= 0xDCFF
@@ -595,6 +604,8 @@ def load_yaml(text: str) -> Any:
         return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader
     except RecursionError:
         raise yaml.YAMLError("nested too deeply") from None
+    except ValueError as e:  # int() of a number past Python's 4300 digits, inside PyYAML's constructor
+        raise yaml.YAMLError(f"a number too long to read ({e})") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

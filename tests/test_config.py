@@ -393,3 +393,25 @@ def test_an_empty_corpus_entry_is_refused_with_the_config_not_when_the_corpus_is
     path.write_text('data:\n  paths: [a.txt, " "]\ntrain:\n  max_steps: 1\n')
     with pytest.raises(UserError, match="data.paths entry 2 of 2 is empty"):
         load_config(path)
+
+
+def test_values_from_python_or_past_any_range_are_one_line_not_a_crash(tmp_path):
+    """The Python API hands the loader what YAML never makes: arrays, NumPy strings, Fractions; and a
+    YAML integer may be past Python's 4300 digits or a double's range."""
+    import numpy as np
+    from fractions import Fraction
+
+    with pytest.raises(UserError, match="model.hidden_size must be an integer, got array"):
+        build_config({"train": {"max_steps": 1}, "model": {"hidden_size": np.array(64.0)}})
+    with pytest.raises(UserError, match="train.lr must be a number of float32's range"):
+        build_config({"train": {"max_steps": 1, "lr": Fraction(10**400)}})
+    with pytest.raises(UserError, match="train.max_time must be a number of float32's range"):
+        build_config({"train": {"max_steps": 1, "max_time": 10**400}})
+    paths = build_config({"data": {"kind": "text", "paths": [np.str_("a.txt")]}, "train": {"max_steps": 1}}).data.paths
+    assert paths == ["a.txt"] and type(paths[0]) is str  # YAML-writable in config.yaml
+    with pytest.raises(UserError, match="data.paths holds a lone surrogate U\\+D800"):  # no file name holds one
+        build_config({"data": {"kind": "text", "paths": ["a\ud800.txt"]}, "train": {"max_steps": 1}})
+    long = tmp_path / "long.yaml"
+    long.write_text(f"train:\n  max_steps: 1{'0' * 5000}\n")
+    with pytest.raises(UserError, match="invalid YAML: a number too long to read"):
+        load_config(long)

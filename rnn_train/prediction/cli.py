@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
     unused = [flag for flag, given in (("--top-k", args.top_k), ("--top-p", args.top_p < 1),
                                        ("--seed", args.seed is not None)) if given]
     if args.temperature == 0 and unused and k > 0:
-        print(f"note: {', '.join(unused)} only matter when sampling, and --temperature 0 is greedy: give a "
-              f"temperature > 0 to sample", file=sys.stderr)
+        print(f"note: {', '.join(unused)} only matter{'s' if len(unused) == 1 else ''} when sampling, and "
+              f"--temperature 0 is greedy: give a temperature > 0 to sample", file=sys.stderr)
     rules = StopRules(args.stop_at, args.max_lines, line_starts(args.line_starts, cfg) if args.line_starts else (),
                       syllables)
     logits, state = warm_up(model, encode_prefix(vocab, prefix, args.unk))
