@@ -336,3 +336,28 @@ def test_more_threads_than_cores_is_noted_with_the_count_that_would_use_them(tmp
         assert "threads beyond the cores" not in lines.getvalue()
     finally:
         torch.set_num_threads(before)  # train() leaves the count it set
+
+
+def test_a_stop_during_a_long_logged_sample_ends_the_sample_and_the_run(tmp_path, monkeypatch):
+    """A validation's text sample (log.sample_length) is made chunk by chunk, and a SIGTERM or Ctrl-C
+    ends it: the part made so far is logged and the run stops there with its checkpoint. It went on
+    to the sample's end (log.sample_length=1e20 sampled for ever; a SIGTERM did nothing)."""
+    import os
+    import signal
+
+    from rnn_train.training import trainer as trainer_module
+
+    def endless(model, vocab, prefix, k, options, unk):
+        os.kill(os.getpid(), signal.SIGTERM)  # asked to stop while the sample is being made
+        for _ in range(1000):
+            yield ["ab"]
+        raise AssertionError("the sample went on after the stop")
+
+    monkeypatch.setattr(trainer_module, "stream", endless)
+    cfg = tiny_config(tmp_path, "train.max_steps=1000", "train.eval_every=5", "log.sample_length=1000000000")
+    result = train(cfg, tmp_path / "run", quiet=True, cache_dir=tmp_path / "cache")
+    assert result.interrupted and result.step == 5
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 5
+    sample = read_events(tmp_path / "run").Tensors("sample/text_summary")[-1].tensor_proto.string_val[0].decode()
+    text = sample.removeprefix("```\n").removesuffix("\n```")  # the event's Markdown code block
+    assert text.endswith("ab") and not text.endswith("abab")  # one chunk made after the stop, then no more

@@ -61,7 +61,8 @@ from rnn_train.data.vocab import Vocab
 from rnn_train.errors import UserError
 from rnn_train.model import checkpoint as ckpt_io
 from rnn_train.model.charrnn import count_parameters, detach_state
-from rnn_train.prediction.generate import generate
+from rnn_train.prediction.choose import SamplingOptions
+from rnn_train.prediction.generate import stream
 from rnn_train.prediction.textstream import corpus_text
 from rnn_train.runtime import available_cores, derived_seed, keep_freed_memory, resolve_device, set_seed, set_threads
 from rnn_train.training.distributed import check_world
@@ -186,11 +187,13 @@ class Trainer:
             monitor.note(f"log.sample_prefix has characters that are not in the vocab ({shown}): the logged "
                          f"samples read them as <unk>")
         self.lr = cfg.train.lr  # of the latest step, for logging
+        self.interrupt: _Interrupt | None = None  # run()'s, while it runs
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         try:
             with _Interrupt(SAME_STOP_S if self.world.distributed else 0.0) as interrupt:
+                self.interrupt = interrupt
                 reason = should_stop(self.state, self.cfg)
                 while not reason:
                     reason = self.run_epoch(interrupt)
@@ -295,9 +298,13 @@ class Trainer:
         self.monitor.scalars({"val/loss": val, "val/ppl": perplexity(val), "val/bpc": bits_per_char(val),
                               "val/best_loss": s.best_val_loss}, s.step)
         if self.cfg.log.sample_length and self.world.is_writer:
-            sample = generate(self.learner.torch_model(), self.data.vocab, self.sample_prefix,
-                              self.cfg.log.sample_length, temperature=0.8, seed=t.seed, unk="replace")
-            self.monitor.text("sample", self.sample_prefix + sample, s.step)
+            pieces = []  # generate()'s text, chunk by chunk: a stop asked for during a long sample ends it
+            for chunk in stream(self.learner.torch_model(), self.data.vocab, self.sample_prefix,
+                                self.cfg.log.sample_length, SamplingOptions(0.8, seed=t.seed), unk="replace"):
+                pieces.append(chunk[0])
+                if self.interrupt is not None and self.interrupt.requested:
+                    break  # the part made so far is logged; the loop stops after this validation
+            self.monitor.text("sample", self.sample_prefix + "".join(pieces), s.step)
         self.monitor.info(f"step {s.step} | val loss {val:.4f} | val ppl {ppl_text(perplexity(val))} | "
                           f"{bits_per_char(val):.3f} bpc" + (" | best" if improved else ""))
         if improved:
