@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
-from rnn_train.errors import UserError
+from rnn_train.errors import UserError, lone_surrogate
 from rnn_train.files import refuse_special
 from rnn_train.model import cells
 
@@ -240,20 +240,12 @@ class LogConfig:
                f"must be a directory path (. for the current directory; in YAML a bare ~ is null: write '~' for "
                f"the home directory), got {self.dir!r}")
         for key, value in (("log.name", self.name), ("log.dir", self.dir)):  # TensorBoard writes only UTF-8 paths
-            _check(p, _is_utf8(value), key, f"must be UTF-8 text (TensorBoard cannot write under it), got {value!r}")
+            _check(p, not lone_surrogate(value), key,
+                   f"must be UTF-8 text (TensorBoard cannot write under it), got {value!r}")
         if p:
             raise _Problems(p)
         if self.dir.startswith("~"):  # as data.paths reads it; else a directory named "~" in the current one
             object.__setattr__(self, "dir", os.path.expanduser(self.dir))
-
-
-def _is_utf8(text: str) -> bool:
-    """False for a str holding lone surrogates: bytes of a name that is not UTF-8 (surrogateescape)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "log": LogConfig}
@@ -388,17 +380,13 @@ def _read_as(value: Any) -> str:
 
 
 def _text(value: str, key: str, file_name: bool = False) -> str:
-    """`value`, refused where it holds a lone surrogate: YAML's "\\ud800" escape, or a command-line
-    byte that is not UTF-8 (Python's U+DC80-U+DCFF), which no vocab or encoder takes; refused here,
+    """`value`, refused where it holds a lone surrogate (errors.lone_surrogate): YAML's "\\ud800"
+    escape, or a command-line byte that is not UTF-8, which no vocab or encoder takes; refused here,
     before anything is written (a sample prefix of one failed after --force had cleared the run).
     A `file_name` may hold the bytes (open() takes them), not other lone surrogates."""
-    bad = next((i for i, c in enumerate(value)
-                if "\ud800" <= c <= "\udfff" and not (file_name and "\udc80" <= c <= "\udcff")), None)
-    if bad is not None:
-        code = ord(value[bad])
-        what = (f"the byte 0x{code - 0xDC00:02x}, which is not UTF-8" if 0xDC80 <= code <= 0xDCFF
-                else f"a lone surrogate U+{code:04X}")
-        raise ValueError(f"{key} holds {what}, at character {bad}: give it as UTF-8 text")
+    held = lone_surrogate(value, bytes_ok=file_name)
+    if held:
+        raise ValueError(f"{key} holds {held}: give it as UTF-8 text")
     return value
 
 

@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 from rnn_train.data import conversion, corpus, pinyin
 from rnn_train.data.dataset import letters_and_spaces
 from rnn_train.data.stream import LettersOnly, code_points
-from rnn_train.errors import UserError
+from rnn_train.errors import UserError, lone_surrogate
 
 
 ENCODING_KEY = "--encoding"  # what an undecodable byte's message tells the user to set
@@ -30,16 +30,12 @@ TEXT_FILE = "text file"  # what a file's messages call it: a text to score or ex
 
 
 def check_typed(text: str, what: str) -> None:
-    """A UserError for a typed text holding a lone surrogate: Python's stand-in for a command-line
-    byte that is not UTF-8 (U+DC80-U+DCFF, e.g. a Latin-1 'é' typed in a Latin-1 terminal), which
-    no vocab can hold and no encoder can write."""
-    bad = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
-    if bad is None:
-        return
-    code = ord(text[bad])
-    what_is = f"the byte 0x{code - 0xDC00:02x}, which is not UTF-8" if 0xDC80 <= code <= 0xDCFF else \
-        f"a lone surrogate U+{code:04X}"
-    raise UserError(f"{what} holds {what_is}, at character {bad}: type it in UTF-8")
+    """A UserError for a typed text holding a lone surrogate (errors.lone_surrogate): Python's
+    stand-in for a command-line byte that is not UTF-8 (a Latin-1 'é' typed in a Latin-1 terminal),
+    which no vocab can hold and no encoder can write."""
+    held = lone_surrogate(text)
+    if held:
+        raise UserError(f"{what} holds {held}: type it in UTF-8")
 
 
 def _as_file_reads(text: str) -> str:
