@@ -234,8 +234,8 @@ class LogConfig:
         _check(p, self.sample_length >= 0, "log.sample_length", f"must be >= 0, got {self.sample_length}")
         _check(p, "/" not in self.name and "\0" not in self.name and self.name not in (".", ".."), "log.name",
                f"must be a plain directory name, got {self.name!r}")
-        _check(p, len(os.fsencode(self.name)) <= 255, "log.name",  # a file name's limit on Linux and macOS
-               f"must be at most 255 bytes long, got {len(os.fsencode(self.name))}")
+        size = 0 if lone_surrogate(self.name, bytes_ok=True) else len(os.fsencode(self.name))  # "\ud800": no bytes
+        _check(p, size <= 255, "log.name", f"must be at most 255 bytes long, got {size}")  # Linux's and macOS's limit
         _check(p, bool(self.dir.strip()) and "\0" not in self.dir, "log.dir",
                f"must be a directory path (. for the current directory; in YAML a bare ~ is null: write '~' for "
                f"the home directory), got {self.dir!r}")

@@ -79,7 +79,9 @@ def test_run_directory_names_the_file_system_cannot_take_are_refused_by_key():
                      ({"name": "x" * 256}, "log.name must be at most 255 bytes long, got 256"),
                      ({"dir": "runs\0"}, "log.dir must be a directory path"),
                      ({"dir": " "}, "log.dir must be a directory path (. for the current directory;"),
-                     ({"dir": None}, "in YAML a bare ~ is null: write '~' for the home directory), got ''")):
+                     ({"dir": None}, "in YAML a bare ~ is null: write '~' for the home directory), got ''"),
+                     # YAML's "\ud800": no byte of any name (os.fsencode raised UnicodeEncodeError measuring it)
+                     ({"name": "\ud800"}, "log.name must be UTF-8 text (TensorBoard cannot write under it)")):
         with pytest.raises(UserError, match=re.escape(key)):
             build_config({"train": {"max_steps": 5}, "log": log})
     assert build_config({"train": {"max_steps": 5}, "log": {"name": "x" * 255, "dir": "."}}).log.dir == "."
