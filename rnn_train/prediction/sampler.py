@@ -91,8 +91,9 @@ class RuleState:
         self.any_end = syllables and rules.stop_at.endswith(" ") and len(stop) > 1
         self.any_start = syllables and rules.stop_at[:1].isalnum()
         self.stem = stop[:-1] if self.any_end else stop  # matched exactly
-        # [V + 1]: the ids that end a syllable (<unk> among them); the last entry: nothing before the sample
-        self.ends = np.array([not c.isalnum() for c in vocab.itos] + [True])
+        # [V + 1]: the ids that end a syllable (<unk> among them); the last entry: nothing before the sample.
+        # Only where used: a server builds a RuleState per request, and a vocab may hold thousands
+        self.ends = np.array([not c.isalnum() for c in vocab.itos] + [True]) if syllables else None
         self.tail = np.full((self.batch, len(stop) + self.any_start), -1)  # the last ids, the oldest first
         if self.any_start:
             self.tail[:, -1] = vocab.stoi.get(before, 0) if before else len(vocab.itos)
