@@ -211,11 +211,9 @@ def _reachable_readable(directory: Path, parts: tuple[str, ...]) -> None:
     if not glob.has_magic(head):
         try:
             os.stat(directory / head)
-        except FileNotFoundError:
-            return
-        except PermissionError:
-            raise UserError(f"data.paths: cannot read directory {directory}: permission denied") from None
-        except OSError:
+        except PermissionError as e:
+            raise _cannot_read(directory, e) from None
+        except OSError:  # not there (or unreachable otherwise): glob finds nothing there either
             return
         _reachable_readable(directory / head, rest)
         return
@@ -237,11 +235,16 @@ def _listed(directory: Path) -> list[os.DirEntry]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as e:
-        raise UserError(f"data.paths: cannot read directory {directory}: {(e.strerror or str(e)).lower()}") from None
+        raise _cannot_read(directory, e) from None
 
 
-def _unreadable(err: OSError) -> None:
-    raise UserError(f"data.paths: cannot read directory {err.filename}: {(err.strerror or str(err)).lower()}")
+def _cannot_read(directory: str | Path, error: OSError) -> UserError:
+    return UserError(f"data.paths: cannot read directory {directory}: {(error.strerror or str(error)).lower()}")
+
+
+def _unreadable(error: OSError) -> None:
+    """os.walk's onerror: a directory it cannot list stops the walk."""
+    raise _cannot_read(error.filename, error)
 
 
 def _walk(root: Path) -> list[Path]:
