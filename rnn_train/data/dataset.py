@@ -151,8 +151,9 @@ def too_short(n_train: int, cfg: DataConfig) -> str:
     need = min_corpus_length(cfg.batch_size, cfg.num_steps)
     if n_train >= need:
         return ""
-    return (f"has {n_train} character{'s' if n_train != 1 else ''}, but data.batch_size × data.num_steps + data.num_steps = {need} are "
-            f"needed for one batch; lower data.batch_size or data.num_steps, or use a longer corpus")
+    return (f"has {n_train} character{'s' if n_train != 1 else ''}, but data.batch_size × data.num_steps + "
+            f"data.num_steps = {need} are needed for one batch; lower data.batch_size or data.num_steps, or use a "
+            f"longer corpus")
 
 
 def check_one_batch(n_train: int, cfg: DataConfig, what: str = "the training split") -> None:
