@@ -77,6 +77,14 @@ def test_mistakes_in_predict_py(tmp_path, finished_run):
     junk.write_bytes(b"not a checkpoint")
     assert_user_error(run("predict.py", "--checkpoint", str(junk), "--prefix", "a"), "not an rnn-train checkpoint")
     assert_user_error(run("predict.py", "--checkpoint", "configs/debug.yaml", "--prefix", "a"), "not an rnn-train")
+    whole = (finished_run / "done" / "best.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])  # a copy that stopped half way
+    assert_user_error(run("predict.py", "--checkpoint", str(tmp_path / "cut.pt"), "--prefix", "a"),
+                      f"(it ends after {len(whole) // 2:,} bytes, before a checkpoint's end: a copy or a write that "
+                      "stopped early?)")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert_user_error(run("predict.py", "--checkpoint", str(tmp_path / "empty.pt"), "--prefix", "a"),
+                      "not an rnn-train checkpoint (the file is empty)")
     assert_user_error(run("predict.py", "--checkpoint", str(tmp_path / "none.pt"), "--prefix", "a"), "does not exist")
     assert_user_error(run("predict.py", "--checkpoint", str(tmp_path), "--prefix", "a"), "without a checkpoint")
     assert_user_error(run("predict.py", "--prefix", "a"), "--checkpoint")

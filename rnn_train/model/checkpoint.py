@@ -76,12 +76,28 @@ def all_finite(values) -> bool:
     return all(math.isfinite(abs(v).max()) for v in values)
 
 
+def _not_zip(path: Path) -> str:
+    """Why a file that is no zip archive is no checkpoint: empty, cut off (a zip's first bytes without
+    the directory a zip ends with: a copy or download that stopped early), or something else."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(4)
+            size = f.seek(0, 2)
+    except OSError as e:
+        return e.strerror or e.__class__.__name__
+    if size == 0:
+        return "the file is empty"
+    if start == b"PK\x03\x04":
+        return f"it ends after {size:,} bytes, before a checkpoint's end: a copy or a write that stopped early?"
+    return "not a PyTorch checkpoint file at all"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and sanity-check a checkpoint of this project; anything else is a one-line UserError."""
     path = Path(path)
     refuse_special(path, "checkpoint")
     if path.is_file() and not zipfile.is_zipfile(path):
-        raise UserError(f"{path} is not an rnn-train checkpoint (not a PyTorch checkpoint file at all)")
+        raise UserError(f"{path} is not an rnn-train checkpoint ({_not_zip(path)})")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
