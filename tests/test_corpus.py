@@ -62,6 +62,27 @@ def test_gbk_file_read_as_utf8_names_file_byte_offset_and_encoding(tmp_path):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("text,encoding,hint", [
+    ("Größe und Übermaß, café crème\n", "cp1252", "e.g. cp1252 or latin-1"),  # one byte per accented letter
+    ("naïve — “quoted”\n", "cp1252", "e.g. cp1252 or latin-1"),
+    ("紅樓夢第一回 甄士隱夢幻識通靈\n", "big5", "e.g. gbk"),  # two bytes >= 0x80 per character
+    ("日本語のテキストです。\n", "shift_jis", "e.g. gbk"),
+])
+def test_the_encoding_hint_follows_the_bytes_a_western_or_an_east_asian_encoding_writes(tmp_path, text, encoding,
+                                                                                         hint):
+    path = write(tmp_path / "legacy.txt", text, encoding=encoding)
+    with pytest.raises(UserError, match=re.escape(f"is not valid utf-8 (set data.encoding, {hint})")):
+        corpus.read_text(path)
+
+
+def test_a_stray_latin1_byte_in_a_utf8_file_is_told_latin1_though_the_file_has_other_accents(tmp_path):
+    path = tmp_path / "mixed.txt"
+    path.write_bytes("héllo wörld, ".encode() + b"caf\xe9" + " über straße\n".encode())
+    with pytest.raises(UserError, match=re.escape("byte 0xe9 at offset 18 is not valid utf-8 (set data.encoding, "
+                                                  "e.g. cp1252 or latin-1)")):
+        corpus.read_text(path)
+
+
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(UserError, match="not found: .*nowhere.txt"):
         corpus.read_text(tmp_path / "nowhere.txt")

@@ -186,9 +186,28 @@ def _undecodable(path: PathLike, encoding: str, exc: UnicodeDecodeError, base: i
     elif base == 0 and exc.object[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte-order mark
         hint = "e.g. utf-16"
     else:
-        hint = "e.g. gbk" if codecs.lookup(encoding).name == "utf-8" else "e.g. utf-8"
+        hint = _legacy_hint(exc.object, exc.start) if codecs.lookup(encoding).name == "utf-8" else "e.g. utf-8"
     return UserError(f"{path}: byte 0x{exc.object[exc.start]:02x} at offset {base + exc.start} "
                      f"is not valid {encoding} (set {key}, {hint})")
+
+
+def _legacy_hint(data: bytes, start: int) -> str:
+    """Which kind of legacy encoding the bytes from `start` suggest where UTF-8 failed: a Western one
+    writes an accented letter as one byte between ASCII ones (caf\\xe9), a Chinese, Japanese or
+    Korean one writes each character as two bytes >= 0x80, side by side in runs. Most runs of one
+    byte: cp1252 (Latin-1); else gbk. Runs that are UTF-8 (the rest of a file that is UTF-8 but for a
+    stray byte) say nothing. A hint only: the user's knowledge of the file decides."""
+    runs = [run for run in re.findall(rb"[\x80-\xff]+", data[start:start + 4096]) if not _is_utf8(run)]
+    single = sum(len(run) == 1 for run in runs)
+    return "e.g. cp1252 or latin-1" if 2 * single > len(runs) else "e.g. gbk"
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def read_text(path: PathLike, encoding: str = "utf-8") -> str:
