@@ -83,6 +83,22 @@ def test_a_stray_latin1_byte_in_a_utf8_file_is_told_latin1_though_the_file_has_o
         corpus.read_text(path)
 
 
+@pytest.mark.parametrize("written,read_as,advice", [
+    ("utf-16-le", "utf-16", "set data.encoding=utf-16-le)"),
+    ("utf-16-be", "utf-16", "set data.encoding=utf-16-be)"),
+    ("utf-32-be", "utf-32", "set data.encoding=utf-32-be)"),
+    ("utf-16-le", "utf-32", "set data.encoding=utf-16-le)"),  # the width told is the file's, not the one asked
+    ("utf-8", "utf-16", "set data.encoding)"),  # no pattern of a wide encoding: no order to name
+])
+def test_a_file_read_as_utf16_or_utf32_without_a_byte_order_mark_is_told_the_order_its_bytes_show(tmp_path, written,
+                                                                                                  read_as, advice):
+    path = tmp_path / "wide.txt"
+    path.write_bytes("ni hao, zhong guo\n".encode(written) * 4)
+    with pytest.raises(UserError) as info:
+        corpus.read_text(path, encoding=read_as)
+    assert str(info.value).startswith(f"{path} is not readable as {read_as} (") and str(info.value).endswith(advice)
+
+
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(UserError, match="not found: .*nowhere.txt"):
         corpus.read_text(tmp_path / "nowhere.txt")

@@ -120,7 +120,8 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
                 raise _binary(path, chars, valid, encoding_key) if "\0" in valid else \
                     _undecodable(path, encoding, exc, consumed - buffered, encoding_key) from None
             except UnicodeError as exc:  # a codec's own complaint, e.g. utf-16 without its byte-order mark
-                raise UserError(f"{path} is not readable as {encoding} ({exc}; set {encoding_key})") from None
+                raise UserError(f"{path} is not readable as {encoding} ({exc}; set {encoding_key}"
+                                f"{_byte_order(block)})") from None
             consumed += len(block)
             if on_bytes is not None and block:
                 on_bytes(len(block))
@@ -179,12 +180,23 @@ def _wide_encoding(text: str, base: int) -> str:
     return ""
 
 
+def _byte_order(start: bytes) -> str:
+    """'=utf-16-le' (-be, utf-32) where the file's first bytes have the pattern of that encoding's
+    Latin text (_wide_encoding): the advice for a file refused as utf-16 or utf-32 for want of a
+    byte-order mark; '' where they do not (Chinese in UTF-16, or a file in another encoding)."""
+    wide = _wide_encoding(start[:512].decode("latin-1"), 0)
+    return f"={wide.lower()}" if wide else ""
+
+
 def _undecodable(path: PathLike, encoding: str, exc: UnicodeDecodeError, base: int, key: str) -> UserError:
     """The one-line error for a byte `encoding` cannot decode; `base` is the file offset of exc.object."""
     if base == 0 and exc.object[:4] in (b"\xff\xfe\0\0", b"\0\0\xfe\xff"):  # a UTF-32 byte-order mark
         hint = "e.g. utf-32"
     elif base == 0 and exc.object[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte-order mark
         hint = "e.g. utf-16"
+    elif base == 0 and codecs.lookup(encoding).name in ("utf-16", "utf-32") and _byte_order(exc.object):
+        return UserError(f"{path} is not readable as {encoding} (no byte-order mark at its start; "
+                         f"set {key}{_byte_order(exc.object)})")
     else:
         hint = _legacy_hint(exc.object, exc.start) if codecs.lookup(encoding).name == "utf-8" else "e.g. utf-8"
     return UserError(f"{path}: byte 0x{exc.object[exc.start]:02x} at offset {base + exc.start} "
