@@ -127,6 +127,12 @@ def test_http_error_and_bad_url_and_unknown_name_are_user_errors(server, tmp_pat
         download("timemachine", url=f"{server}/missing.txt", root=tmp_path)
     with pytest.raises(UserError, match=r"is not a URL"):
         download("timemachine", url="timemachine.txt", root=tmp_path)
+    # no network was involved: neither is told "offline?"
+    with pytest.raises(UserError, match=r"cannot read --url file:///.*/nowhere.txt \(No such file or directory\); "
+                                        r"give the file:/// URL of the copy$"):
+        download("timemachine", url=(tmp_path / "nowhere.txt").as_uri(), root=tmp_path)
+    with pytest.raises(UserError, match=r"--url 'ftps://host/t.txt' has a scheme \(ftps:\) that cannot be fetched"):
+        download("timemachine", url="ftps://host/t.txt", root=tmp_path)
     with pytest.raises(UserError, match=r"unknown corpus 'shakespeare' \(did you mean tinyshakespeare\?\)"):
         download("shakespeare", root=tmp_path)
     with pytest.raises(UserError, match=r"more than 357,958 bytes"):  # a wrong URL serving something big

@@ -18,6 +18,7 @@ import hashlib
 import socket
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,13 @@ def download(name: str, url: str | None = None, root: Path = Path("."), progress
                         f"as {target}") from None
     except (urllib.error.URLError, socket.timeout, ConnectionError) as e:
         reason = getattr(e, "reason", None) or e
+        scheme = urllib.parse.urlsplit(source).scheme.lower()
+        if scheme == "file":  # no network involved: the copy named is not there (or not readable)
+            why = getattr(reason, "strerror", None) or reason
+            raise UserError(f"cannot read --url {source} ({why}); give the file:/// URL of the copy") from None
+        if str(reason).startswith("unknown url type"):
+            raise UserError(f"--url {source!r} has a scheme ({scheme}:) that cannot be fetched; "
+                            f"e.g. https://... or file:///path/to/copy") from None
         what = "it" if source == corpus.url else corpus.url
         raise UserError(f"cannot reach {source} ({reason}); offline? fetch {what} on a machine that is online "
                         f"and save it as {target}, or pass --url file:///path/to/copy") from None
