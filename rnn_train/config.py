@@ -95,7 +95,8 @@ class DataConfig:
         _check(p, self.num_steps >= 1, "data.num_steps", f"must be >= 1, got {self.num_steps}")
         _check(p, bool(self.encoding.strip()), "data.encoding", "must not be empty")
         empty = [i for i, entry in enumerate(self.paths, 1) if not entry.strip()]  # "" would read the current directory
-        _check(p, not empty, "data.paths", f"entry {empty[0] if empty else 0} of {len(self.paths)} is empty")
+        _check(p, not empty, "data.paths", f"entry {empty[0] if empty else 0} of {len(self.paths)} is "
+               f"{'empty' if not empty or not self.paths[empty[0] - 1] else 'only white space'}")
         _check(p, self.kind == "pinyin" or bool(self.paths), "data.paths",
                "is empty: kind=text needs at least one corpus file (only kind=pinyin has a built-in corpus)")
         if p:

@@ -393,7 +393,7 @@ def test_an_empty_corpus_entry_is_refused_with_the_config_not_when_the_corpus_is
         load_config("debug", ['data.paths=[""]'])
     path = tmp_path / "c.yaml"
     path.write_text('data:\n  paths: [a.txt, " "]\ntrain:\n  max_steps: 1\n')
-    with pytest.raises(UserError, match="data.paths entry 2 of 2 is empty"):
+    with pytest.raises(UserError, match="data.paths entry 2 of 2 is only white space"):
         load_config(path)
 
 
