@@ -645,6 +645,57 @@ def test_a_trial_whose_process_died_on_this_machine_is_queued_again_at_once(tmp_
     assert h.frozen(2).params == h.frozen(0).params and engine.WORKER not in h.frozen(2).system_attrs
 
 
+def test_a_ctrl_c_while_a_trial_is_failed_waits_until_its_copy_is_queued(tmp_path, monkeypatch):
+    """A second Ctrl-C 10 ms after the first (or a stop signal delivered twice) came between the two
+    writes of `fail` and left the trial FAIL with no copy: the rerun never ran it again."""
+    h = _handle(tmp_path)
+    trial = h.study.ask()
+    trial.suggest_int("n", 1, 9)
+    state_values = h.storage.set_trial_state_values
+
+    def set_fail_then_ctrl_c(*args, **kwargs):
+        done = state_values(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)  # between the trial's FAIL and its copy
+        return done
+
+    monkeypatch.setattr(h.storage, "set_trial_state_values", set_fail_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):  # raised once both are written
+        engine.fail(h, trial.number, "interrupted", again=True)
+    assert [t.state for t in h.trials()] == [TrialState.FAIL, TrialState.WAITING]
+    assert h.frozen(1).system_attrs["retry_history"] == [0]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler put back
+
+
+def test_a_trial_failed_without_its_copy_by_a_process_now_dead_is_queued_again_when_a_command_starts(tmp_path):
+    """A SIGKILL between the two writes of `fail`: no handler can hold it, so the next command mends it."""
+    h = _handle(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    record = dict(liveness.whoami(), pid=dead.pid, started=liveness._start_ticks(dead.pid))
+    dead.wait()
+    for who in (record, liveness.whoami(), record):  # died mid-fail; this process, alive, mid-fail; died, mended
+        trial = h.study.ask()
+        trial.suggest_int("n", 1, 9)
+        h.set_system(trial.number, engine.WORKER, who)
+        engine.fail(h, trial.number, "interrupted", again=False)  # as if killed before the copy
+    engine.queue_again(h.study, h.frozen(2))  # trial 2's copy was queued after all
+    h.study.tell(h.study.ask(), 1.0)  # trial 3, the copy, finished
+    bad = h.study.ask()
+    h.set_system(bad.number, engine.WORKER, record)
+    engine.fail(h, bad.number, f"{engine.BAD_CONFIG} min_lr > lr", again=False)  # failed for good: no copy wanted
+    lines: list[str] = []
+    session.run_trials(h, 1, lambda trial: pytest.fail("nothing to run"), workers=1, is_worker=True,
+                       child_argv=lambda i: [], log=lines.append)
+    assert len(h.trials()) == 5  # a worker leaves mending to the command that started it
+    ran = []
+    session.run_trials(h, 2, lambda trial: ran.append(trial.params) or engine.Outcome(value=0.5), workers=1,
+                       is_worker=False, child_argv=lambda i: [], log=lines.append)
+    assert lines[0] == "trial 0: failed (interrupted) with no copy queued; queued again"
+    assert ran == [h.frozen(0).params] and h.frozen(5).system_attrs["retry_history"] == [0]
+    assert [t.state for t in h.trials()][5:] == [TrialState.COMPLETE]  # trial 1's process lives: left alone
+    engine.requeue_orphans(h, lines.append)  # once: trial 0 is continued now
+    assert len(h.trials()) == 6 and len(lines) == 1
+
+
 def test_a_trial_of_another_machine_is_queued_again_when_its_heartbeat_stops(tmp_path):
     h = _handle(tmp_path, heartbeat_s=1, grace_s=1)
     trial = h.study.ask()

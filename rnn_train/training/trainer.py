@@ -80,7 +80,19 @@ from rnn_train.training.state import RunState, capture_rng, combine_rng
 from rnn_train.training.world import World
 
 SAME_STOP_S = 2.0
-"""Under torchrun, a second signal within this many seconds of the first is the same stop (_Interrupt)."""
+"""Under torchrun, or in a study's worker, a second signal within this many seconds of the first is
+the same stop (_Interrupt)."""
+_stops_relayed = False
+
+
+def stops_relayed() -> None:
+    """Say that this process's stop signals may come twice: it is a study's worker, whose parent
+    passes a Ctrl-C or SIGTERM on while a scheduler may signal every process of the job itself (and
+    a dying parent's SIGTERM was seen twice). Its trainings then take a second signal within
+    SAME_STOP_S of the first for the same stop, as a rank under torchrun does: taken for a second
+    Ctrl-C, it stopped at once, without last.pt."""
+    global _stops_relayed
+    _stops_relayed = True
 
 LONG_SAMPLE = 100_000
 """A log.sample_length past which the run's first lines say what it costs (it is allowed: a bound in
@@ -192,7 +204,7 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         try:
-            with _Interrupt(SAME_STOP_S if self.world.distributed else 0.0) as interrupt:
+            with _Interrupt(SAME_STOP_S if self.world.distributed or _stops_relayed else 0.0) as interrupt:
                 self.interrupt = interrupt
                 reason = should_stop(self.state, self.cfg)
                 while not reason:

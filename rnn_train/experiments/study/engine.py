@@ -26,12 +26,13 @@ is complete, with no trial left RUNNING.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.trial import TrialState
@@ -125,17 +126,59 @@ def queue_again(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
 
 def fail(h: StudyHandle, number: int, why: str, *, again: bool) -> bool:
     """Set a RUNNING trial to FAIL with the reason, and queue it again if `again`. False if another
-    process got there first (the trial was finished or failed meanwhile): then nothing is done."""
+    process got there first (the trial was finished or failed meanwhile): then nothing is done.
+    A Ctrl-C or SIGTERM that comes meanwhile is held until both are written (then raised): one
+    between the two left the trial failed with no copy (a double Ctrl-C 10 ms apart, a stop signal
+    delivered twice). What no handler can hold, a SIGKILL there, `requeue_orphans` mends."""
     tid = h.trial_id(number)
-    try:
-        h.storage.set_trial_user_attr(tid, FAILURE, why)
-        if not h.storage.set_trial_state_values(tid, TrialState.FAIL):
+    with _interrupts_held():
+        try:
+            h.storage.set_trial_user_attr(tid, FAILURE, why)
+            if not h.storage.set_trial_state_values(tid, TrialState.FAIL):
+                return False
+        except optuna.exceptions.UpdateFinishedTrialError:
             return False
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
-    if again:
-        queue_again(h.study, h.storage.get_trial(tid))
+        if again:
+            queue_again(h.study, h.storage.get_trial(tid))
     return True
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """SIGINT and SIGTERM noted rather than acted on inside; KeyboardInterrupt on leaving if one came.
+    Python runs signal handlers in the main thread only, so elsewhere nothing is held or needed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: came.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if came:
+        raise KeyboardInterrupt
+
+
+def continuable(t: optuna.trial.FrozenTrial) -> bool:
+    """A FAIL trial that is to be continued by a copy: not one whose parameters cannot train, nor a surplus one."""
+    why = t.user_attrs.get(FAILURE, "")
+    return t.state == TrialState.FAIL and not why.startswith(BAD_CONFIG) and not why.startswith(SURPLUS)
+
+
+def requeue_orphans(h: StudyHandle, log: Callable[[str], None]) -> None:
+    """Queue a copy of every continuable FAIL trial that no trial continues, where the process that
+    failed it is gone: it died between the two writes of `fail` (a SIGKILL), so no copy was queued,
+    and the study would never run that trial (or grid point) again. Called once as a command starts,
+    before its workers (two processes mending one trial at once would queue two copies)."""
+    trials = h.study.get_trials(deepcopy=False)
+    continued = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    for t in trials:
+        if continuable(t) and t.number not in continued and alive(t.system_attrs.get(WORKER)) is False:
+            queue_again(h.study, t)
+            log(f"trial {t.number}: failed ({t.user_attrs.get(FAILURE, '?')}) with no copy queued; queued again")
 
 
 def reap(h: StudyHandle, log: Callable[[str], None], unclaimed: dict[int, float] | None = None) -> None:

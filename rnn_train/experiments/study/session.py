@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from rnn_train.errors import UserError
 from rnn_train.experiments.study.engine import (BAD_CONFIG, FAILURE, FINISHED, StudyHandle, WorkResult, queue_again,
-                                               work)
+                                               requeue_orphans, work)
 from rnn_train.experiments.study.storage import check_url, dashboard_command, made_from, open_storage, shown
 from rnn_train.experiments.study.workers import spawn
 from rnn_train.files import atomic_write_json
@@ -177,6 +177,8 @@ def run_trials(h: StudyHandle, n_trials: int, runner: Callable, *, workers: int,
                after_trial: Callable[[], None] | None = None) -> int:
     """Run the study's trials here (one worker) or in `workers` child processes; the exit status:
     0 when this process is done, 130 interrupted, a worker's status if one failed."""
+    if not is_worker:
+        requeue_orphans(h, log)
     if workers > 1 and not is_worker:
         return spawn(child_argv, workers, log)
     result: WorkResult = work(h, n_trials, runner, log=log, after_trial=after_trial)

@@ -14,7 +14,10 @@ Signals: the children run in their own session, so the terminal's Ctrl-C reaches
 which sends it on to each child once (a trainer stops at the end of its update on the first signal,
 at once on the second: a double delivery would lose the update). A child asks the kernel for SIGTERM
 when its parent dies (Linux's PR_SET_PDEATHSIG), so killing the parent, even with SIGKILL, stops the
-workers cleanly: their trials are failed and queued again, to be resumed by the next run.
+workers cleanly: their trials are failed and queued again, to be resumed by the next run. A stop can
+still reach a child twice (a scheduler signals every process of the job, and the parent passes its
+own copy on; a dying parent's SIGTERM was seen twice): a child takes a second signal within 2 s of
+the first for the same stop, as torchrun's ranks do (trainer.stops_relayed).
 """
 from __future__ import annotations
 
@@ -85,7 +88,11 @@ def _relay(stream: IO[str], errors: list[str]) -> None:
 
 
 def become_worker(parent: int) -> None:
-    """In a child: SIGTERM when the parent dies; exit at once if it already has."""
+    """In a child: SIGTERM when the parent dies; exit at once if it already has; a stop signal that
+    comes twice within a moment is one stop (trainer.stops_relayed)."""
+    from rnn_train.training.trainer import stops_relayed
+
+    stops_relayed()
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
