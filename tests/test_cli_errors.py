@@ -99,6 +99,15 @@ def test_mistakes_in_predict_py(tmp_path, finished_run):
     torch.save(damaged, tmp_path / "vocab.pt")
     assert_user_error(run("predict.py", "--checkpoint", str(tmp_path / "vocab.pt"), "--prefix", "a"),
                       f"{tmp_path / 'vocab.pt'}: vocab must start with '<unk>'")
+    for vocab, message in ((5, "vocab must be a list of characters, not int"),
+                           (None, "vocab must be a list of characters, not NoneType"),
+                           (["<unk>", "a", "\ud800"], "vocab holds a lone surrogate")):  # were tracebacks
+        damaged["vocab"] = vocab
+        torch.save(damaged, tmp_path / "vocab.pt")
+        for command in (["predict.py", "--prefix", "a"],
+                        ["-m", "rnn_train", "export", "--format", "onnx", "--out", str(tmp_path / "x.onnx")]):
+            assert_user_error(run(*command, "--checkpoint", str(tmp_path / "vocab.pt")), f"vocab.pt: {message}")
+    assert not (tmp_path / "x.onnx").exists()
     damaged = torch.load(finished_run / "done" / "best.pt", weights_only=True)
     damaged["step"], damaged["best_val_loss"] = "x", 1.5
     torch.save(damaged, tmp_path / "step.pt")

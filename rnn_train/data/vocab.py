@@ -47,11 +47,15 @@ class Vocab:
     """id <-> character. `itos[0]` is always `<unk>`; every other entry is one character."""
 
     def __init__(self, itos: Iterable[str]):
+        if isinstance(itos, (str, bytes)) or not isinstance(itos, Iterable):  # a damaged checkpoint's
+            raise UserError(f"vocab must be a list of characters, not {type(itos).__name__}")
         itos = list(itos)
         if not itos or itos[0] != UNK:
             raise UserError(f"vocab must start with {UNK!r}")
         if any(not isinstance(c, str) or len(c) != 1 for c in itos[1:]):
             raise UserError("vocab entries after <unk> must be single characters")
+        if any("\ud800" <= c <= "\udfff" for c in itos[1:]):  # no text holds one: UTF-32 cannot encode it
+            raise UserError("vocab holds a lone surrogate (U+D800-U+DFFF), which is no character of any text")
         if len(set(itos)) != len(itos):
             raise UserError("vocab has duplicate entries")
         self.itos: list[str] = itos
