@@ -123,6 +123,12 @@ def test_cli_mistakes_with_init_from_are_one_line_and_damage_nothing(source, tmp
     # --force with a checkpoint that does not fit: the run already there is left as it was
     existing = source / "src"
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in existing.iterdir() if p.is_file()}
-    fails(*base, f"log.dir={source}", "log.name=src", "--force", "--init-from", str(existing / "best.pt"),
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes((existing / "best.pt").read_bytes())
+    fails(*base, f"log.dir={source}", "log.name=src", "--force", "--init-from", str(copy),
           "model.embedding=learned", needle="model.embedding: 'one_hot' -> 'learned'")
+    # --force clearing the very run the weights come from: it trained from them and deleted them
+    for source_in_run in (existing / "best.pt", existing):
+        fails(*base, f"log.dir={source}", "log.name=src", "--force", "--init-from", str(source_in_run),
+              needle=f"--init-from {existing / 'best.pt'} lies in {existing}, which --force clears first")
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in existing.iterdir() if p.is_file()} == before
