@@ -242,6 +242,19 @@ def test_resuming_from_a_checkpoint_damaged_after_training_is_one_line_and_leave
     assert digest(resumed) == before
 
 
+def test_a_damaged_best_pt_is_said_before_a_resume_trains_and_nothing_is_written(tmp_path, finished_run):
+    """It was found at the end, scoring the test split, after the training had rewritten last.pt and
+    set metrics.json aside; and without a test split the run's last line named it as the best."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(finished_run / "done", resumed)
+    (resumed / "best.pt").write_text("garbage\n")
+    before = digest(resumed)
+    assert_user_error(run("train.py", "--resume", str(resumed), "train.max_steps=20"),
+                      f"{resumed / 'best.pt'} is not an rnn-train checkpoint (not a PyTorch checkpoint file at all); "
+                      "it is this run's best.pt: restore it, or move it away to resume without it")
+    assert digest(resumed) == before
+
+
 def test_a_training_into_a_run_directory_another_is_writing_stops_with_one_line(tmp_path, finished_run):
     from rnn_train.training.rundir import claimed
 

@@ -19,6 +19,7 @@ import torch
 from rnn_train.config import Config
 from rnn_train.errors import UserError
 from rnn_train.model.charrnn import DTYPES
+from rnn_train.model.checkpoint import load_checkpoint
 from rnn_train.training.protocol import Learner
 from rnn_train.training.rundir import RunDir, config_changes, normalised
 from rnn_train.runtime import derived_seed
@@ -75,6 +76,17 @@ def check_own_run(rd: RunDir, ckpt: dict[str, Any]) -> None:
     if differ:
         raise UserError(f"{rd} holds another run ({', '.join(differ)} differ from the checkpoint's); resume a "
                         f"checkpoint in its own run directory (or replace that run: clear=True from Python)")
+
+
+def check_best(rd: RunDir) -> None:
+    """A resumed run is reported with its best.pt (the test split is scored with it; the last line
+    names it): a damaged one is said before anything is written, where it was found after the
+    training, with the run's metrics.json already set aside."""
+    if rd.best.is_file():
+        try:
+            load_checkpoint(rd.best)
+        except UserError as e:
+            raise UserError(f"{e}; it is this run's best.pt: restore it, or move it away to resume without it") from None
 
 
 def check_init_config(ckpt: dict[str, Any], cfg: Config, source: str) -> None:

@@ -75,7 +75,7 @@ from rnn_train.files import shell_word
 from rnn_train.runfiles import BEST, LAST
 from rnn_train.training.rundir import RunDir, claimed
 from rnn_train.training.schedule import bits_per_char, lr_at, perplexity, ppl_text
-from rnn_train.training.start import check_own_run, check_resume_config, init_weights, resume_state
+from rnn_train.training.start import check_best, check_own_run, check_resume_config, init_weights, resume_state
 from rnn_train.training.state import RunState, capture_rng, combine_rng
 from rnn_train.training.world import World
 
@@ -521,6 +521,7 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
         check_resume_config(resume, cfg)
         if not clear:
             world.from_writer(lambda: check_own_run(RunDir(run_dir), resume))
+            world.from_writer(lambda: check_best(RunDir(run_dir)))
     check_world(cfg, world, resuming=resume is not None)
     device = _device(cfg, world)
     set_threads(cfg.train.threads, world.local_size)
