@@ -116,6 +116,9 @@ def test_predict_cli_prints_both_predictions(trained):
     (["--line-starts", "zhong,Xyz"], "'Xyz' cannot be spelled with the model's vocab (no 'X')"),
     (["--line-starts", ","], "--line-starts ',' has an empty entry (entries are separated by commas)"),
     (["--line-starts", "zhong,,guo"], "--line-starts 'zhong,,guo' has an empty entry"),
+    # a line break inside an entry: the line ended there, and the rest of the entry was never forced
+    (["--line-starts", "chun\nfeng,li"], "--line-starts entry 'chun\\nfeng ' holds a line break"),
+    (["--line-starts", "春\n风,里"], "--line-starts entry 'chun\\nfeng ' holds a line break"),
     (["--prefix", "a", "--stop-at", "\u00e9"], "--stop-at"),
     # a byte that is not UTF-8 on the command line (a Latin-1 terminal's é): named as a byte, not a character
     (["--prefix", "caf\udce9", "--unk", "replace"], "prefix holds the byte 0xe9, which is not UTF-8, at character 3"),

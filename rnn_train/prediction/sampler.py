@@ -41,6 +41,10 @@ class StopRules:
             raise UserError(f"--max-lines must be >= 0, got {self.max_lines}")
         if any(not s for s in self.line_starts):
             raise UserError("--line-starts has an empty entry (give them as a,b,c)")
+        broken = next((s for s in self.line_starts if "\n" in s or "\r" in s), None)
+        if broken is not None:  # its part after the break was never forced: the line ended there
+            raise UserError(f"--line-starts entry {broken!r} holds a line break: each entry starts one line "
+                            f"(give each line its own entry: a,b,c)")
 
     @property
     def used(self) -> bool:
