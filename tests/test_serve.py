@@ -395,6 +395,36 @@ def test_requests_still_running_at_the_end_of_the_grace_get_an_answer_not_a_canc
     assert "stopped (signal SIGTERM; 0 generate requests served)" in s.proc.stdout.read()
 
 
+def test_a_second_ctrl_c_while_stopping_answers_the_requests_still_running_at_once(run, env):
+    """uvicorn's own answer to it ("force quit") skipped the shutdown: a bare 500, a cut stream,
+    tracebacks on stderr, once an abort (exit status 134). Now each request gets its answer at once,
+    well before the grace would have ended them, and the server exits 0."""
+    s = Server(run, env, "--max-k", "100000000", "--max-samples", "8", "--max-batch", "16")
+    body = {"prefix": "zhong", "k": 100_000_000, "num_samples": 8, "temperature": 1.0}
+    plain = {}
+    waiter = threading.Thread(target=lambda: plain.update(r=s.post("/v1/generate", body)))
+    waiter.start()
+    with httpx.stream("POST", s.url + "/v1/generate", json={**body, "stream": True}, timeout=60) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        deadline = time.monotonic() + 30
+        while s.get("/healthz").json()["batching"]["live_jobs"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        s.proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        started = time.monotonic()
+        s.proc.send_signal(signal.SIGINT)
+        rest = list(lines)
+    waiter.join(30)
+    assert s.proc.wait(15) == 0 and time.monotonic() - started < 3  # the grace would have taken 4 s more
+    error = json.loads(rest[rest.index("event: error") + 1].removeprefix("data: "))["error"]
+    assert error.startswith("the server was stopped at once, before this request finished")
+    assert plain["r"].status_code == 503 and plain["r"].json() == {"error": error, "field": None}
+    assert s.proc.stderr.read() == ""
+    assert "stopped (signal SIGINT; 0 generate requests served)" in s.proc.stdout.read()
+
+
 def test_a_plain_request_whose_client_left_is_cancelled_and_frees_its_rows(run, env):
     """Not generated to the end for nobody: its rows go to the requests still waited for."""
     s = Server(run, env, "--max-k", "100000000", "--max-samples", "8", "--max-batch", "16")

@@ -124,6 +124,21 @@ def _server(uvicorn, app, config, early: list[int]):
                     self.handle_exit(sig, None)
                 yield
 
+        def handle_exit(self, sig, frame) -> None:
+            """A second signal while stopping ends the requests still running at once, each with its
+            answer (uvicorn's own "force quit" on a second Ctrl-C skipped this shutdown: its clients
+            got a bare 500 or a cut stream, stderr tracebacks, and once an abort, exit status 134)."""
+            if self.should_exit:
+                self._captured_signals.append(sig)
+                stop = Unavailable("the server was stopped at once, before this request finished (a second stop "
+                                   "signal)")
+                try:  # from the event loop, not from inside whatever this handler interrupted
+                    asyncio.get_running_loop().call_soon_threadsafe(app.state.batcher.abort, stop)
+                except RuntimeError:  # no loop running (yet, or any more)
+                    app.state.batcher.abort(stop)
+                return
+            super().handle_exit(sig, frame)
+
         async def shutdown(self, sockets=None) -> None:
             stop = Unavailable(f"the server stopped before this request finished (it waited {GRACE - ANSWER_S:g} s)")
             timer = asyncio.get_running_loop().call_later(GRACE - ANSWER_S, app.state.batcher.abort, stop)
