@@ -125,13 +125,14 @@ def _server(uvicorn, app, config, early: list[int]):
                 yield
 
         def handle_exit(self, sig, frame) -> None:
-            """A second signal while stopping ends the requests still running at once, each with its
-            answer (uvicorn's own "force quit" on a second Ctrl-C skipped this shutdown: its clients
-            got a bare 500 or a cut stream, stderr tracebacks, and once an abort, exit status 134)."""
-            if self.should_exit:
+            """A second Ctrl-C while stopping ends the requests still running at once, each with its
+            answer (uvicorn's own "force quit" then skipped this shutdown: its clients got a bare 500
+            or a cut stream, stderr tracebacks, and once an abort, exit status 134). A SIGTERM again
+            is the same stop, as for uvicorn (a supervisor may deliver one stop twice)."""
+            if self.should_exit and sig == signal.SIGINT:
                 self._captured_signals.append(sig)
-                stop = Unavailable("the server was stopped at once, before this request finished (a second stop "
-                                   "signal)")
+                stop = Unavailable("the server was stopped at once, before this request finished (a second "
+                                   "Ctrl-C)")
                 try:  # from the event loop, not from inside whatever this handler interrupted
                     asyncio.get_running_loop().call_soon_threadsafe(app.state.batcher.abort, stop)
                 except RuntimeError:  # no loop running (yet, or any more)
