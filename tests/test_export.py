@@ -262,3 +262,23 @@ def test_a_model_cast_after_loading_exports_with_its_own_dtype_and_keeps_its_mod
     inputs, _ = names(model)
     state = {n: np.zeros(s.shape, meta["dtype"]) for n, s in zip(inputs[1:], model.spec.unpack(model.begin_state(1)))}
     assert session.run(None, {"ids": np.array([1]), **state})[0].dtype == np.float64
+
+
+def test_the_check_holds_the_logits_to_their_own_scale(runs):
+    """Rounding grows with the numbers rounded: a model whose logits run to the thousands (weights
+    scaled up) was refused at 1e-7 of them by an absolute 1e-4. A graph of other weights is still
+    refused, with the limit it broke."""
+    from rnn_train.export import check, to_onnx
+    from rnn_train.errors import UserError
+
+    model, _, _, _ = load_model(runs / "gru.pt")
+    with torch.no_grad():
+        model.decoder.weight.mul_(3000)
+        model.decoder.bias.mul_(3000)
+    graph = to_onnx(model)
+    worst = check(model, graph)
+    assert worst > 1e-4  # float32 rounding at this scale (the old, absolute limit)...
+    other, _, _, _ = load_model(runs / "gru.pt")
+    with pytest.raises(UserError, match=r"logits differ from the model's by .* \(> .*: 0.0001 of the largest "
+                                        r"\|logit\|, .*\); nothing written"):
+        check(other, graph)  # ...but the other model's logits are nowhere near
