@@ -30,11 +30,13 @@ WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 def signals_handled(handler: Callable[[int, Any], None], *signals: int) -> Iterator[None]:
     """Inside, `handler(signum, frame)` answers these signals; the handlers found are put back on
     leaving. Only the main thread may set handlers: elsewhere nothing is set (a command run from a
-    thread, as tests do, keeps the process's own)."""
+    thread, as tests do, keeps the process's own). A signal found ignored stays ignored: whoever
+    started the process ignored it (a shell does so for Ctrl-C in a script's `cmd &`), and the
+    process took it or not by chance, depending on the moment it came."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, handler) for s in signals}
+    previous = {s: signal.signal(s, handler) for s in signals if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:

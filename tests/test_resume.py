@@ -247,6 +247,28 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_with_a_message_then_resume_continue
     assert load_checkpoint(run / "last.pt")["step"] == ckpt["step"] + 10
 
 
+def test_a_ctrl_c_its_starter_ignored_is_ignored_throughout_the_run(tmp_path):
+    """A shell ignores Ctrl-C for a script's `cmd &`: the run took one during its imports as
+    `error: interrupted`, ignored one a second later, and stopped on one once the loop began."""
+    cmd = [sys.executable, "train.py", "--config", "configs/debug.yaml", f"log.dir={tmp_path}", "log.name=bg",
+           "train.max_steps=300", "train.eval_every=100", "log.log_every=5", "train.threads=1",
+           "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # while importing
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if line.startswith("step ") or not line:
+            break
+    proc.send_signal(signal.SIGINT)  # while training
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "done: 300 steps" in out and "interrupted" not in out + err
+
+
 def test_sigterm_outside_the_training_loop_is_ctrl_c_there_too(tmp_path, monkeypatch, capsys):
     """Before the loop (imports, corpus preparation) SIGTERM's default ended the process silently
     (-15) where Ctrl-C said `error: interrupted` with status 130: now both say it. The handler the

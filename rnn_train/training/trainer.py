@@ -151,7 +151,8 @@ class _Interrupt:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS
+                              if signal.getsignal(sig) is not signal.SIG_IGN}  # ignored by our starter: stays so
         return self
 
     def _handle(self, signum, frame):

@@ -146,18 +146,11 @@ def fail(h: StudyHandle, number: int, why: str, *, again: bool) -> bool:
 @contextlib.contextmanager
 def _interrupts_held() -> Iterator[None]:
     """SIGINT and SIGTERM noted rather than acted on inside; KeyboardInterrupt on leaving if one came.
-    Python runs signal handlers in the main thread only, so elsewhere nothing is held or needed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    Python runs signal handlers in the main thread only, so elsewhere nothing is held or needed
+    (signals_handled sets nothing there)."""
     came: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: came.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with signals_handled(lambda signum, frame: came.append(signum), signal.SIGINT, signal.SIGTERM):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if came:
         raise KeyboardInterrupt
 
