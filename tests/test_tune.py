@@ -209,6 +209,8 @@ def test_bad_space_fails_at_once_with_nothing_written(tmp_path, space_file):
     (["train.max_steps=10"], "override train.max_steps: the tuner sets it itself"),
     (["data.val_fraction=0"], "data.val_fraction is 0: a study compares validation losses"),
     (["--storage", "nosuchdb://x"], "cannot open the study storage nosuchdb://x"),
+    (["--storage", f"sqlite:///{DEBUG}/study.db"], f"the directory {DEBUG} is a file, not a directory"),
+    (["--storage", "sqlite:////nonexistent/study.db"], "the directory /nonexistent does not exist"),
 ])
 def test_bad_command_lines_are_one_error_line(tmp_path, cache, space_file, capsys, argv, message):
     base = tune_argv(tmp_path / "out", cache, space_file)

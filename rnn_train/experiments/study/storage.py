@@ -149,8 +149,10 @@ def check_url(url: str) -> str | None:
     if not u.database or u.database == ":memory:":  # each process (each --workers worker) would get its own
         raise UserError(f"--storage {shown(url)} is an in-memory SQLite database, which no other process sees "
                         f"and which ends with this one: give a file (sqlite:///PATH) or leave --storage out")
-    if not Path(u.database).parent.is_dir():
-        raise UserError(f"--storage {shown(url)}: the directory {Path(u.database).parent} does not exist")
+    parent = Path(u.database).parent
+    if not parent.is_dir():
+        what = "is a file, not a directory" if parent.exists() else "does not exist"
+        raise UserError(f"--storage {shown(url)}: the directory {parent} {what}")
     return u.database
 
 
