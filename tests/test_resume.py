@@ -460,3 +460,22 @@ def test_resume_may_point_data_paths_at_the_same_text_elsewhere_but_not_at_other
     assert "is not the text this run trained on" in capsys.readouterr().err
     assert cli_run(train_main, [*resume, "data.num_steps=6", "train.max_steps=30"]) == 2
     assert "data.num_steps cannot change on --resume" in capsys.readouterr().err
+
+
+def test_a_resume_without_best_pt_says_the_test_split_goes_unscored(tmp_path):
+    """best.pt deleted, and no validation after the resume beats the old best: the test split was
+    left out without a word (metrics.json's test_loss null)."""
+    base = [sys.executable, "train.py", "--quiet", "--cache-dir", str(tmp_path / "c")]
+    first = subprocess.run([*base, "--config", "configs/debug.yaml", f"log.dir={tmp_path}", "log.name=t",
+                            "data.test_fraction=0.05", "train.max_steps=20", "train.eval_every=10"],
+                           cwd=ROOT, capture_output=True, text=True)
+    assert first.returncode == 0 and "test loss" in first.stdout, first.stderr
+    (tmp_path / "t" / "best.pt").unlink()
+    last = torch.load(tmp_path / "t" / "last.pt", weights_only=True)
+    last["best_val_loss"] = 0.0  # no validation of the resumed run beats it, so none writes best.pt again
+    torch.save(last, tmp_path / "t" / "last.pt")
+    again = subprocess.run([*base, "--resume", str(tmp_path / "t"), "train.max_steps=22"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"note: {tmp_path / 't' / 'best.pt'} is missing (deleted?), so the test split is not scored" in again.stderr
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["test_loss"] is None

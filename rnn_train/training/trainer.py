@@ -401,6 +401,9 @@ class Trainer:
         result = self.result(reason)
         if len(self.data.test) and self.world.from_writer(self.run_dir.best.exists):
             self.score_test(result)
+        elif len(self.data.test) and self.world.is_writer:  # best.pt was deleted, and no validation since beat it
+            self.monitor.note(f"{self.run_dir.best} is missing (deleted?), so the test split is not scored "
+                              f"(metrics.json's test_loss is null); restore it and resume to score it")
         taken = {"run": {"kernel": result.kernel, "precision": result.precision}}  # what the config's "auto"s became
         # its metrics: the last points of the series (training/events.py)
         self.monitor.hparams({**self.cfg.to_dict(), **taken})
