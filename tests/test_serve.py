@@ -473,9 +473,10 @@ def test_a_missing_or_broken_checkpoint_or_a_taken_port_is_one_line_before_liste
 def test_only_a_loopback_bind_is_silent():
     for host in ("127.0.0.1", "127.0.0.5", "::1", "localhost"):
         assert exposure_warning(host, 8000) is None
-    for host in ("0.0.0.0", "::", "192.168.1.7", "example.org"):
+    for host, shown in (("0.0.0.0", "0.0.0.0"), ("::", "[::]"), ("192.168.1.7", "192.168.1.7"),
+                        ("example.org", "example.org")):
         warning = exposure_warning(host, 8000)
-        assert warning.startswith("warning: ") and f"{host}:8000" in warning and "\n" not in warning
+        assert warning.startswith(f"warning: listening on {shown}:8000, ") and "\n" not in warning
 
 
 # ------------------------------------------------------------------------------ in-process: the batcher

@@ -38,7 +38,8 @@ def exposure_warning(host: str, port: int) -> str | None:
     """The one-line warning for a bind other machines can reach, or None."""
     if is_loopback(host):
         return None
-    return (f"warning: listening on {host}:{port}, reachable from other machines; the API has no authentication "
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+    return (f"warning: listening on {shown}:{port}, reachable from other machines; the API has no authentication "
             f"(the default --host 127.0.0.1 is this machine only)")
 
 
