@@ -130,5 +130,19 @@ def test_cli_mistakes_with_init_from_are_one_line_and_damage_nothing(source, tmp
     # --force clearing the very run the weights come from: it trained from them and deleted them
     for source_in_run in (existing / "best.pt", existing):
         fails(*base, f"log.dir={source}", "log.name=src", "--force", "--init-from", str(source_in_run),
-              needle=f"--init-from {existing / 'best.pt'} lies in {existing}, which --force clears first")
+              needle=f"--init-from {existing / 'best.pt'} is a file of the run in {existing}, which --force "
+                     "clears first")
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in existing.iterdir() if p.is_file()} == before
+
+
+def test_a_checkpoint_of_the_users_own_in_the_run_directory_is_no_file_of_the_run(source, tmp_path):
+    """Only the run's own files are cleared (best.pt, last.pt, ...): a pretrained.pt put there is read and kept."""
+    run_dir = tmp_path / "ft"
+    run_dir.mkdir()
+    own = run_dir / "pretrained.pt"
+    own.write_bytes((source / "src" / "best.pt").read_bytes())
+    out = run("--config", str(ROOT / "configs" / "debug.yaml"), "--quiet", "--cache-dir", str(tmp_path / "c"),
+              f"log.dir={tmp_path}", "log.name=ft", "--init-from", str(own), "model.hidden_size=16",
+              "data.batch_size=4", "data.num_steps=12", "train.threads=1", "train.max_steps=2", "--force")
+    assert out.returncode == 0, out.stderr
+    assert own.read_bytes() == (source / "src" / "best.pt").read_bytes() and (run_dir / "best.pt").exists()

@@ -212,13 +212,8 @@ class RunDir:
         else wrote), and the directories that leaves empty. Nothing else: nothing through a link to
         a directory (a link itself goes like a file), nothing outside. The checkpoints and the config
         go last, so that a file that cannot be removed (the error names it) leaves the run resumable."""
-        if not self.path.is_dir():
-            return
-        last = (CONFIG, LAST, BEST)
-        patterns = (DERIVED if self.holds_run() else ()) + tuple(p for p in RUN_FILES if p not in last) + last
-        found = dict.fromkeys(f for pattern in patterns for f in sorted(self.path.glob(pattern)) if self._removable(f))
         emptied = set()
-        for f in found:  # in the patterns' order
+        for f in self._cleared():  # in the patterns' order
             with writing(f):  # a read-only file or directory is one line naming it, like a full disk
                 f.unlink()
             emptied.update(p for p in f.parents if self.path in p.parents)
@@ -226,6 +221,21 @@ class RunDir:
             with writing(d):
                 if not any(d.iterdir()):
                     d.rmdir()
+
+    def _cleared(self) -> list[Path]:
+        """The files `clear` removes, in the order it removes them."""
+        if not self.path.is_dir():
+            return []
+        last = (CONFIG, LAST, BEST)
+        patterns = (DERIVED if self.holds_run() else ()) + tuple(p for p in RUN_FILES if p not in last) + last
+        return list(dict.fromkeys(f for pattern in patterns for f in sorted(self.path.glob(pattern))
+                                  if self._removable(f)))
+
+    def clears(self, path: str | Path) -> bool:
+        """Whether `clear` would remove the file `path` (however spelt: a link to it, another directory's
+        name for it): a checkpoint a new run reads must not be one of them."""
+        target = os.path.realpath(path)
+        return any(os.path.realpath(f) == target for f in self._cleared())
 
     def _removable(self, f: Path) -> bool:
         """A file a pattern matched that clear may remove: reached without a link to a directory on

@@ -534,9 +534,9 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
     init = None
     if init_from is not None:
         init_from, init = world.from_writer(lambda: _load_init(init_from))
-        if clear and Path(os.path.realpath(init_from)).is_relative_to(os.path.realpath(run_dir)):
-            raise UserError(f"--init-from {init_from} lies in {run_dir}, which --force clears first: copy it out "
-                            f"of there, or give this run another log.name")
+        if clear and world.from_writer(lambda: RunDir(run_dir).clears(init_from)):
+            raise UserError(f"--init-from {init_from} is a file of the run in {run_dir}, which --force clears "
+                            f"first: copy it out of there, or give this run another log.name")
     source = resume if resume is not None else init
     data_cfg, moved_note = run_data(cfg.data, resume) if resume is not None and data is None else (cfg.data, "")
     if data is None:
