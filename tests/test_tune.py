@@ -698,6 +698,30 @@ def test_a_trial_failed_without_its_copy_by_a_process_now_dead_is_queued_again_w
     assert len(h.trials()) == 6 and len(lines) == 1
 
 
+def test_two_commands_mending_one_trial_at_once_leave_one_copy_of_it(tmp_path, monkeypatch):
+    """Both read the study before either queued its copy: each keeps the first copy, fails the later unrun."""
+    h = _handle(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    record = dict(liveness.whoami(), pid=dead.pid, started=liveness._start_ticks(dead.pid))
+    dead.wait()
+    trial = h.study.ask()
+    trial.suggest_int("n", 1, 9)
+    h.set_system(trial.number, engine.WORKER, record)
+    engine.fail(h, trial.number, "interrupted", again=False)  # killed before its copy
+    queue_again = engine.queue_again
+
+    def the_other_command_first(study, failed):
+        queue_again(study, failed)  # the other command's copy, queued after this one read the study
+        queue_again(study, failed)
+
+    monkeypatch.setattr(engine, "queue_again", the_other_command_first)
+    engine.requeue_orphans(h, log=lambda m: None)
+    assert [t.state for t in h.trials()] == [TrialState.FAIL, TrialState.WAITING]  # the surplus one is hidden
+    second = h.study.get_trials()[2]
+    assert second.state == TrialState.FAIL
+    assert second.user_attrs["failure"] == f"{engine.SURPLUS} a second copy of trial 0 (trial 1 continues it)"
+
+
 def test_a_trial_of_another_machine_is_queued_again_when_its_heartbeat_stops(tmp_path):
     h = _handle(tmp_path, heartbeat_s=1, grace_s=1)
     trial = h.study.ask()

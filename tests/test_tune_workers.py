@@ -188,6 +188,36 @@ def test_sigkill_at_a_random_moment_then_the_same_command_ends_the_study(tmp_pat
     assert sum(r.split(",")[1] == "COMPLETE" for r in rows) == 5, why
 
 
+def test_workers_stop_when_their_parent_is_killed_though_the_command_was_started_ignoring_sigterm(tmp_path, cache,
+                                                                                                   space):
+    """SIGTERM is how a worker learns that its parent died: a command started with it ignored
+    (`trap '' TERM`) left its workers training on, orphaned, once signals ignored at start stayed so."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*command(out, cache, space, trials=3, budget="tokens:400000"), "--workers", "2"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("trial-*/events.out.tfevents.*"))) < 2:  # both workers are training
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    workers = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    def running(pid):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    while any(map(running, workers)):
+        assert time.monotonic() < deadline, "a worker trains on, orphaned"
+        time.sleep(0.1)
+    trials = study_of(out).get_trials()
+    assert sum(t.state == TrialState.FAIL for t in trials) == 2 and not [t for t in trials
+                                                                        if t.state == TrialState.RUNNING]
+
+
 def test_sweep_with_two_workers_trains_each_grid_point_once(tmp_path, cache):
     out = tmp_path / "sweep"
     finish([sys.executable, "-m", "rnn_train", "sweep", "--config", DEBUG, "--grid", "model.hidden_size=8,16",

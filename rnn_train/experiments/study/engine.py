@@ -163,15 +163,39 @@ def continuable(t: optuna.trial.FrozenTrial) -> bool:
 
 def requeue_orphans(h: StudyHandle, log: Callable[[str], None]) -> None:
     """Queue a copy of every continuable FAIL trial that no trial continues, where the process that
-    failed it is gone: it died between the two writes of `fail` (a SIGKILL), so no copy was queued,
-    and the study would never run that trial (or grid point) again. Called once as a command starts,
-    before its workers (two processes mending one trial at once would queue two copies)."""
+    failed it is gone (on this machine: elsewhere it cannot be told): it died between the two writes
+    of `fail` (a SIGKILL), so no copy was queued, and the study would never run that trial (or grid
+    point) again. Called as a command starts, before its workers. Two commands starting together
+    may both queue a copy of one trial: each then keeps the first copy of every trial and fails the
+    later ones unrun as surplus (the same rule in both, so they agree whoever looks last)."""
     trials = h.study.get_trials(deepcopy=False)
     continued = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    for t in trials:
-        if continuable(t) and t.number not in continued and alive(t.system_attrs.get(WORKER)) is False:
-            queue_again(h.study, t)
-            log(f"trial {t.number}: failed ({t.user_attrs.get(FAILURE, '?')}) with no copy queued; queued again")
+    mended = [t for t in trials if continuable(t) and t.number not in continued
+              and alive(t.system_attrs.get(WORKER)) is False]
+    for t in mended:
+        queue_again(h.study, t)
+        log(f"trial {t.number}: failed ({t.user_attrs.get(FAILURE, '?')}) with no copy queued; queued again")
+    if mended:
+        _one_copy_each(h)
+
+
+def _one_copy_each(h: StudyHandle) -> None:
+    """Fail unrun (as surplus) every WAITING copy of a trial that an earlier trial already continues."""
+    first: dict[int, int] = {}
+    for t in sorted(h.study.get_trials(deepcopy=False), key=lambda t: t.number):
+        history = t.system_attrs.get("retry_history")
+        if not history:
+            continue
+        if history[-1] not in first:
+            first[history[-1]] = t.number
+        elif t.state == TrialState.WAITING:
+            tid = h.trial_id(t.number)
+            try:
+                h.storage.set_trial_user_attr(tid, FAILURE, f"{SURPLUS} a second copy of trial {history[-1]} "
+                                                            f"(trial {first[history[-1]]} continues it)")
+                h.storage.set_trial_state_values(tid, TrialState.FAIL)
+            except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+                pass  # another process took it (or failed it) meanwhile
 
 
 def reap(h: StudyHandle, log: Callable[[str], None], unclaimed: dict[int, float] | None = None) -> None:

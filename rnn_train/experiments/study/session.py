@@ -12,8 +12,8 @@ import optuna
 from optuna.trial import TrialState
 
 from rnn_train.errors import UserError
-from rnn_train.experiments.study.engine import (BAD_CONFIG, FAILURE, FINISHED, StudyHandle, WorkResult, queue_again,
-                                               requeue_orphans, work)
+from rnn_train.experiments.study.engine import (BAD_CONFIG, FAILURE, FINISHED, StudyHandle, WorkResult, census,
+                                               queue_again, requeue_orphans, work)
 from rnn_train.experiments.study.storage import check_url, dashboard_command, made_from, open_storage, shown
 from rnn_train.experiments.study.workers import spawn
 from rnn_train.files import atomic_write_json
@@ -177,7 +177,7 @@ def run_trials(h: StudyHandle, n_trials: int, runner: Callable, *, workers: int,
                after_trial: Callable[[], None] | None = None) -> int:
     """Run the study's trials here (one worker) or in `workers` child processes; the exit status:
     0 when this process is done, 130 interrupted, a worker's status if one failed."""
-    if not is_worker:
+    if not is_worker and census(h).finished < n_trials:  # a study that has its trials needs none again
         requeue_orphans(h, log)
     if workers > 1 and not is_worker:
         return spawn(child_argv, workers, log)

@@ -89,10 +89,14 @@ def _relay(stream: IO[str], errors: list[str]) -> None:
 
 def become_worker(parent: int) -> None:
     """In a child: SIGTERM when the parent dies; exit at once if it already has; a stop signal that
-    comes twice within a moment is one stop (trainer.stops_relayed)."""
+    comes twice within a moment is one stop (trainer.stops_relayed). SIGTERM is taken here even
+    where the command was started with it ignored (signals_handled leaves an ignored signal so):
+    it is how a worker learns that its parent died, and it would otherwise train on, orphaned."""
     from rnn_train.training.trainer import stops_relayed
 
     stops_relayed()
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
