@@ -479,3 +479,8 @@ def test_a_resume_without_best_pt_says_the_test_split_goes_unscored(tmp_path):
     assert again.returncode == 0, again.stderr
     assert f"note: {tmp_path / 't' / 'best.pt'} is missing (deleted?), so the test split is not scored" in again.stderr
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["test_loss"] is None
+    # a run that diverged before its first validation never had a best.pt: nothing is missing
+    diverged = subprocess.run([*base, "--config", "configs/debug.yaml", f"log.dir={tmp_path}", "log.name=d",
+                               "data.test_fraction=0.05", "train.lr=1e37", "train.clip_norm=0", "train.eval_every=30"],
+                              cwd=ROOT, capture_output=True, text=True)
+    assert "diverged at step" in diverged.stdout + diverged.stderr and "is missing" not in diverged.stderr

@@ -401,7 +401,8 @@ class Trainer:
         result = self.result(reason)
         if len(self.data.test) and self.world.from_writer(self.run_dir.best.exists):
             self.score_test(result)
-        elif len(self.data.test) and self.world.is_writer:  # best.pt was deleted, and no validation since beat it
+        elif len(self.data.test) and self.world.is_writer and math.isfinite(self.state.best_val_loss):
+            # a validation wrote best.pt, which was deleted since (a run that diverged before one has none)
             self.monitor.note(f"{self.run_dir.best} is missing (deleted?), so the test split is not scored "
                               f"(metrics.json's test_loss is null); restore it and resume to score it")
         taken = {"run": {"kernel": result.kernel, "precision": result.precision}}  # what the config's "auto"s became
