@@ -58,15 +58,20 @@ def test_gbk_file_read_as_utf8_names_file_byte_offset_and_encoding(tmp_path):
     with pytest.raises(UserError) as info:
         corpus.read_text(path)
     message = str(info.value)
-    assert message == f"{path}: byte 0xd6 at offset 3 is not valid utf-8 (set data.encoding, e.g. gbk)"
+    assert message == (f"{path}: byte 0xd6 at offset 3 is not valid utf-8 (set data.encoding, e.g. gbk, big5, "
+                       f"shift_jis, euc-kr or cp1251)")
     assert "\n" not in message
 
 
 @pytest.mark.parametrize("text,encoding,hint", [
     ("Größe und Übermaß, café crème\n", "cp1252", "e.g. cp1252 or latin-1"),  # one byte per accented letter
     ("naïve — “quoted”\n", "cp1252", "e.g. cp1252 or latin-1"),
-    ("紅樓夢第一回 甄士隱夢幻識通靈\n", "big5", "e.g. gbk"),  # two bytes >= 0x80 per character
-    ("日本語のテキストです。\n", "shift_jis", "e.g. gbk"),
+    ("Informações das ações e condições, não há exceção\n", "cp1252", "e.g. cp1252 or latin-1"),
+    # every character one or two bytes that are not UTF-8 (Shift-JIS and Big5 second bytes may be ASCII)
+    ("紅樓夢第一回 甄士隱夢幻識通靈\n", "big5", "e.g. gbk, big5, shift_jis, euc-kr or cp1251"),
+    ("ソフトウェア開発のデータ構造とアルゴリズム、表示と予定\n" * 3, "shift_jis",
+     "e.g. gbk, big5, shift_jis, euc-kr or cp1251"),
+    ("Привет, мир! Это пример текста.\n", "cp1251", "e.g. gbk, big5, shift_jis, euc-kr or cp1251"),
 ])
 def test_the_encoding_hint_follows_the_bytes_a_western_or_an_east_asian_encoding_writes(tmp_path, text, encoding,
                                                                                          hint):

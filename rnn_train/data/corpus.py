@@ -204,22 +204,17 @@ def _undecodable(path: PathLike, encoding: str, exc: UnicodeDecodeError, base: i
 
 
 def _legacy_hint(data: bytes, start: int) -> str:
-    """Which kind of legacy encoding the bytes from `start` suggest where UTF-8 failed: a Western one
-    writes an accented letter as one byte between ASCII ones (caf\\xe9), a Chinese, Japanese or
-    Korean one writes each character as two bytes >= 0x80, side by side in runs. Most runs of one
-    byte: cp1252 (Latin-1); else gbk. Runs that are UTF-8 (the rest of a file that is UTF-8 but for a
-    stray byte) say nothing. A hint only: the user's knowledge of the file decides."""
-    runs = [run for run in re.findall(rb"[\x80-\xff]+", data[start:start + 4096]) if not _is_utf8(run)]
-    single = sum(len(run) == 1 for run in runs)
-    return "e.g. cp1252 or latin-1" if 2 * single > len(runs) else "e.g. gbk"
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+    """Which kind of legacy encoding the bytes from `start` suggest where UTF-8 failed, by how many
+    of them are not UTF-8: a Western one (cp1252, Latin-1) writes an accented letter as one such
+    byte among ASCII letters, a few in a hundred; a Chinese, Japanese or Korean one writes every
+    character with one or two, and a Cyrillic or Greek one every letter. Only a hint (the user
+    knows the file), but the wrong one costs: latin-1 decodes any byte, so Japanese read that way
+    trains on mojibake without a word, and so the dense case names its candidates, not latin-1."""
+    window = data[start:start + 4096]
+    invalid = sum(0xDC80 <= ord(c) <= 0xDCFF for c in window.decode("utf-8", "surrogateescape"))
+    if invalid < 0.3 * len(window):  # measured: Western texts 0.06-0.17, East Asian, Cyrillic, Greek 0.45-0.8
+        return "e.g. cp1252 or latin-1"
+    return "e.g. gbk, big5, shift_jis, euc-kr or cp1251"
 
 
 def read_text(path: PathLike, encoding: str = "utf-8") -> str:
