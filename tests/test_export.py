@@ -282,3 +282,12 @@ def test_the_check_holds_the_logits_to_their_own_scale(runs):
     with pytest.raises(UserError, match=r"logits differ from the model's by .* \(> .*: 0.0001 of the largest "
                                         r"\|logit\|, .*\); nothing written"):
         check(other, graph)  # ...but the other model's logits are nowhere near
+    # a huge <unk> logit (never sampled) sets no scale: the characters' own logits are compared
+    unk_far, _, _, _ = load_model(runs / "gru.pt")
+    with torch.no_grad():
+        unk_far.decoder.bias[0] = -20000.0
+    graph = to_onnx(unk_far)
+    with torch.no_grad():
+        unk_far.decoder.bias[1:] += 0.5
+    with pytest.raises(UserError, match=r"logits differ from the model's by 0.5"):
+        check(unk_far, graph)
