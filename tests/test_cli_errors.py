@@ -101,6 +101,7 @@ def test_mistakes_in_predict_py(tmp_path, finished_run):
                       f"{tmp_path / 'vocab.pt'}: vocab must start with '<unk>'")
     for vocab, message in ((5, "vocab must be a list of characters, not int"),
                            (None, "vocab must be a list of characters, not NoneType"),
+                           (torch.tensor(3), "vocab must be a list of characters, not Tensor"),
                            (["<unk>", "a", "\ud800"], "vocab holds a lone surrogate")):  # were tracebacks
         damaged["vocab"] = vocab
         torch.save(damaged, tmp_path / "vocab.pt")

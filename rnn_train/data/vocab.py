@@ -47,9 +47,12 @@ class Vocab:
     """id <-> character. `itos[0]` is always `<unk>`; every other entry is one character."""
 
     def __init__(self, itos: Iterable[str]):
-        if isinstance(itos, (str, bytes)) or not isinstance(itos, Iterable):  # a damaged checkpoint's
-            raise UserError(f"vocab must be a list of characters, not {type(itos).__name__}")
-        itos = list(itos)
+        try:  # a damaged checkpoint's: a number, None, a string, a tensor
+            if isinstance(itos, (str, bytes)):
+                raise TypeError
+            itos = list(itos)
+        except TypeError:
+            raise UserError(f"vocab must be a list of characters, not {type(itos).__name__}") from None
         if not itos or itos[0] != UNK:
             raise UserError(f"vocab must start with {UNK!r}")
         if any(not isinstance(c, str) or len(c) != 1 for c in itos[1:]):
