@@ -76,10 +76,10 @@ def no_server_left_behind():
 class Server:
     """`python -m rnn_train serve --port 0 ...` in a subprocess; its URL read from its first line."""
 
-    def __init__(self, checkpoint, env, *args):
+    def __init__(self, checkpoint, env, *args, preexec_fn=None):
         self.proc = subprocess.Popen([sys.executable, "-m", "rnn_train", "serve", "--checkpoint", str(checkpoint),
                                       "--port", "0", *args], cwd=ROOT, env=env, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=preexec_fn)
         _STARTED.append(self)
         line = self.proc.stdout.readline()
         if "http://127.0.0.1:" not in line:
@@ -423,6 +423,18 @@ def test_a_second_ctrl_c_while_stopping_answers_the_requests_still_running_at_on
     assert plain["r"].status_code == 503 and plain["r"].json() == {"error": error, "field": None}
     assert s.proc.stderr.read() == ""
     assert "stopped (signal SIGINT; 0 generate requests served)" in s.proc.stdout.read()
+
+
+def test_a_ctrl_c_the_server_was_started_ignoring_is_ignored(run, env):
+    """A script's `rnn-train serve &`: the shell ignores Ctrl-C for it, and so does the server, as
+    every command does; uvicorn took it anyway once it had started (and not before)."""
+    s = Server(run, env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert s.get("/healthz").status_code == 200
+    s.proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert s.proc.poll() is None and s.get("/healthz").status_code == 200
+    assert s.stop(signal.SIGTERM) == 0
+    assert "stopped (signal SIGTERM" in s.proc.stdout.read()
 
 
 def test_a_plain_request_whose_client_left_is_cancelled_and_frees_its_rows(run, env):

@@ -114,13 +114,19 @@ def _server(uvicorn, app, config, early: list[int]):
     for any signal, where they were recorded and never acted on (the server ran on)."""
     import asyncio
     import contextlib
+    import threading
 
     from rnn_train.serve.scheduler import Unavailable
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self):
+            # a signal the process was started with ignored stays so (cli.signals_handled): uvicorn takes both
+            ignored = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is signal.SIG_IGN]
             with super().capture_signals():
+                if threading.current_thread() is threading.main_thread():
+                    for s in ignored:
+                        signal.signal(s, signal.SIG_IGN)
                 for sig in list(early):
                     self.handle_exit(sig, None)
                 yield
