@@ -88,3 +88,29 @@ def test_chunked_counts_and_encoding_match_the_whole_string(text):
     assert np.array_equal(np.concatenate([vocab.encode_code_points(code_points(text[i:i + 5]))
                                           for i in range(0, len(text), 5)] or [np.zeros(0, vocab.dtype)]),
                           vocab.encode(text))
+
+
+def test_a_stop_while_worker_processes_convert_is_the_one_line_of_any_stop(tmp_path):
+    """The conversion's workers inherited the command's handlers: each printed a KeyboardInterrupt
+    traceback ("Process ForkPoolWorker-1:") before the `error: interrupted` line."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    corpus = shared_corpus("hongloumeng/hongloumeng.zh.txt")
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "train.py", "--config", "debug", f"data.paths={corpus}",
+                             f"log.dir={tmp_path}", "--cache-dir", str(cache)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(cache.glob(".pinyin-*.tmp")):  # the conversion under way
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    time.sleep(0.3)  # the workers at work
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "error: interrupted\n", err
+    assert not list(cache.glob(".pinyin-*.tmp")) and not list(cache.glob("pinyin-*"))  # nothing half written

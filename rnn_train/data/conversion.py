@@ -26,6 +26,7 @@ import collections
 import hashlib
 import multiprocessing
 import os
+import signal
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -127,6 +128,14 @@ def workers_available() -> int:
         return os.cpu_count() or 1
 
 
+def _quiet_on_stop() -> None:
+    """In a conversion worker: Ctrl-C is the parent's to answer (it stops the pool), and the SIGTERM
+    with which the pool stops its workers ends one at once. Inherited, the command's handlers made
+    each worker print a KeyboardInterrupt traceback before the one `error: interrupted` line."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def converted_pieces(chunks: Iterable[str], tones: str, workers: int, piece_chars: int = PIECE_CHARS) -> Iterator[str]:
     """The pinyin of a normalised text stream, as consecutive pieces of output text (in order)."""
     joiner = pinyin.PieceJoiner()
@@ -135,7 +144,7 @@ def converted_pieces(chunks: Iterable[str], tones: str, workers: int, piece_char
         for piece in pieces:
             yield joiner.add(pinyin.convert_piece(piece, tones))
     else:
-        with multiprocessing.get_context(START_METHOD).Pool(workers) as pool:
+        with multiprocessing.get_context(START_METHOD).Pool(workers, initializer=_quiet_on_stop) as pool:
             in_flight: collections.deque = collections.deque()
             for piece in pieces:
                 in_flight.append(pool.apply_async(pinyin.convert_piece, (piece, tones)))
