@@ -528,7 +528,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train gradflo
                     help="precision of the measurement (default float64: tiny gradients do not underflow)")
     ap.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="default cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    ap.add_argument("--cache-dir", default="data/cache", type=output_arg, help="converted-corpus cache (default data/cache)")
+    ap.add_argument("--cache-dir", default="data/cache", type=output_arg,
+                    help="the corpus cache: pinyin conversions and prepared token files (default data/cache)")
     args = ap.parse_args(argv)
     if not 0 <= args.threads <= MAX_THREADS:
         ap.error(f"--threads must be in [0, {MAX_THREADS}] (0 = torch's default), got {args.threads}")

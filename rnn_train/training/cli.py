@@ -45,7 +45,8 @@ def _parse(argv: list[str] | None, prog: str):
     ap.add_argument("--init-from", metavar="CKPT", help="start a new run from this checkpoint's weights and vocab")
     ap.add_argument("--force", action="store_true", help="start afresh even if the run directory holds a run")
     ap.add_argument("--quiet", action="store_true", help="print only the final summary and errors")
-    ap.add_argument("--cache-dir", default="data/cache", type=output_arg, help="where converted corpora are cached (default data/cache)")
+    ap.add_argument("--cache-dir", default="data/cache", type=output_arg,
+                    help="the corpus cache: pinyin conversions and prepared token files (default data/cache)")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.lr=0.5 model.cell=rnn")
     args = ap.parse_intermixed_args(argv)  # overrides may come before or after options
     if args.init_from and not args.config:

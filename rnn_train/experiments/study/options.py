@@ -20,7 +20,8 @@ def add_study_arguments(ap: argparse.ArgumentParser, unit: str, made_from: str) 
     ap.add_argument("--workers", type=int, default=1, help=f"processes training {unit}s at once on this machine")
     ap.add_argument("--storage", type=_url_arg, help="Optuna storage URL (default: sqlite:///OUT/study.db)")
     ap.add_argument("--study", type=_name_arg, help=f"the study's name (default: made from the recipe, overrides, {made_from} and budget)")
-    ap.add_argument("--cache-dir", default="data/cache", type=output_arg, help="where converted corpora are cached (default data/cache)")
+    ap.add_argument("--cache-dir", default="data/cache", type=output_arg,
+                    help="the corpus cache: pinyin conversions and prepared token files (default data/cache)")
     ap.add_argument("--verbose", action="store_true", help=f"show each {unit}'s training log")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # a child of --workers K: its index
     ap.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)  # ... and its parent's pid
