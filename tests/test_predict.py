@@ -143,6 +143,15 @@ def test_a_chinese_prefix_is_converted_to_pinyin_for_a_pinyin_model(trained):
     assert "prefix: 'zhong guo '" in out.stdout and "converted to pinyin" in out.stdout
 
 
+def test_chinese_line_starts_are_said_converted_as_a_chinese_prefix_is(trained):
+    run_dir, _, _ = trained
+    out = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(run_dir), "--line-starts", "春,风",
+                          "-k", "30", "--temperature", "1", "--seed", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert ("--line-starts in Chinese characters converted to pinyin like the corpus (none tones): 'chun ', 'feng '\n"
+            in out.stdout)
+
+
 def test_chinese_punctuation_alone_is_read_like_the_corpus_for_a_pinyin_model(trained):
     run_dir, _, _ = trained
     out = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(run_dir), "--prefix", "ni hao\uff0c",

@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
         if not ok:
             ap.error(f"{flag} must be {rule}, got {value}")
 
+    from rnn_train.data.corpus import contains_han
     from rnn_train.data.vocab import char_shown
     from rnn_train.model.checkpoint import load_model
     from rnn_train.prediction.choose import SamplingOptions
@@ -118,6 +119,10 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
     prefix, said = corpus_text(args.prefix, cfg, "prefix")
     syllables = is_converted_stop(args.stop_at, cfg)
     args.stop_at, said_too = corpus_text(args.stop_at, cfg, "--stop-at")  # as the rules and the header read it
+    starts = line_starts(args.line_starts, cfg) if args.line_starts else ()
+    if starts and cfg.data.kind == "pinyin" and contains_han(args.line_starts):  # said as the prefix's is
+        said_too.append(f"--line-starts in Chinese characters converted to pinyin like the corpus ({cfg.data.tones} "
+                        f"tones): {', '.join(map(repr, starts))}")
     for line in said + said_too:
         print(line)
     unused = [flag for flag, given in (("--top-k", args.top_k), ("--top-p", args.top_p < 1),
@@ -125,8 +130,7 @@ def main(argv: list[str] | None = None, prog: str = "predict.py") -> int:
     if args.temperature == 0 and unused and k > 0:
         print(f"note: {', '.join(unused)} only matter{'s' if len(unused) == 1 else ''} when sampling, and "
               f"--temperature 0 is greedy: give a temperature > 0 to sample", file=sys.stderr)
-    rules = StopRules(args.stop_at, args.max_lines, line_starts(args.line_starts, cfg) if args.line_starts else (),
-                      syllables)
+    rules = StopRules(args.stop_at, args.max_lines, starts, syllables)
     logits, state = warm_up(model, encode_prefix(vocab, prefix, args.unk))
     chunks = stream_after(model, vocab, logits, state, k, options, rules, args.num_samples,
                           before=prefix[-1:])
