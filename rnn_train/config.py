@@ -311,11 +311,12 @@ def _convert(value: Any, tp: Any, key: str, from_string: bool) -> Any:
     if origin is list:
         if from_string and isinstance(value, str):
             value = _split_list(value, key)
-        if isinstance(value, str):
+        if isinstance(value, (str, int, float, datetime.date)):  # one entry; `paths: 1.10` is told to quote it
             value = [value]
         if value is None:
             value = []
-        if not isinstance(value, list) or not all(isinstance(v, (str, int, float, datetime.date)) for v in value):
+        if not isinstance(value, list) or not all(isinstance(v, (str, int, float, datetime.date, type(None)))
+                                                  for v in value):
             raise ValueError(f"{key} must be a list of strings, got {_shown(value)}")
         for i, v in enumerate(value, 1):  # [1.10, 0x1F, on] were the files 1.1, 31 and True
             if not isinstance(v, str):

@@ -262,6 +262,16 @@ def test_a_text_key_yaml_reads_as_another_kind_asks_for_quotes(tmp_path, typed, 
     path.write_text(f"train:\n  max_steps: 5\ndata:\n  kind: text\n  paths: [a.txt, {typed}]\n")  # a file name too
     with pytest.raises(UserError, match=f"data.paths entry 2 must be a string, got .*: YAML read it as {read_as}; quote"):
         load_config(path)
+    path.write_text(f"train:\n  max_steps: 5\ndata:\n  kind: text\n  paths: {typed}\n")  # one entry, no list
+    with pytest.raises(UserError, match=f"data.paths entry 1 must be a string, got .*: YAML read it as {read_as}; quote"):
+        load_config(path)
+
+
+def test_an_empty_entry_of_a_yaml_list_of_paths_is_named_by_its_place(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_steps: 5\ndata:\n  kind: text\n  paths: [a.txt, null]\n")
+    with pytest.raises(UserError, match="data.paths entry 2 must be a string, got None$"):
+        load_config(path)
 
 
 def test_text_that_is_no_unicode_is_refused_while_the_config_is_read(tmp_path):
