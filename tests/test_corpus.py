@@ -67,6 +67,9 @@ def test_gbk_file_read_as_utf8_names_file_byte_offset_and_encoding(tmp_path):
     ("Größe und Übermaß, café crème\n", "cp1252", "e.g. cp1252 or latin-1"),  # one byte per accented letter
     ("naïve — “quoted”\n", "cp1252", "e.g. cp1252 or latin-1"),
     ("Informações das ações e condições, não há exceção\n", "cp1252", "e.g. cp1252 or latin-1"),
+    ("Ünïcödé wörds äré fün\n", "cp1252", "e.g. cp1252 or latin-1"),  # dense, but each alone among ASCII
+    ("Dear sir, please find attached my application.\n" * 200 + "Regards, René\n", "cp1252",
+     "e.g. cp1252 or latin-1"),  # the one accent near the end: judged with the text before it too
     # every character one or two bytes that are not UTF-8 (Shift-JIS and Big5 second bytes may be ASCII)
     ("紅樓夢第一回 甄士隱夢幻識通靈\n", "big5", "e.g. gbk, big5, shift_jis, euc-kr or cp1251"),
     ("ソフトウェア開発のデータ構造とアルゴリズム、表示と予定\n" * 3, "shift_jis",

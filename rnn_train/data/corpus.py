@@ -204,15 +204,22 @@ def _undecodable(path: PathLike, encoding: str, exc: UnicodeDecodeError, base: i
 
 
 def _legacy_hint(data: bytes, start: int) -> str:
-    """Which kind of legacy encoding the bytes from `start` suggest where UTF-8 failed, by how many
-    of them are not UTF-8: a Western one (cp1252, Latin-1) writes an accented letter as one such
-    byte among ASCII letters, a few in a hundred; a Chinese, Japanese or Korean one writes every
-    character with one or two, and a Cyrillic or Greek one every letter. Only a hint (the user
-    knows the file), but the wrong one costs: latin-1 decodes any byte, so Japanese read that way
-    trains on mojibake without a word, and so the dense case names its candidates, not latin-1."""
-    window = data[start:start + 4096]
-    invalid = sum(0xDC80 <= ord(c) <= 0xDCFF for c in window.decode("utf-8", "surrogateescape"))
-    if invalid < 0.3 * len(window):  # measured: Western texts 0.06-0.17, East Asian, Cyrillic, Greek 0.45-0.8
+    """Which kind of legacy encoding the bytes around `start` (the first that is not UTF-8) suggest.
+    A Western one (cp1252, Latin-1) writes an accented letter as one such byte between ASCII ones,
+    a few in a hundred; a Chinese, Japanese or Korean one writes every character with one or two,
+    and a Cyrillic or Greek one every letter, side by side. So: few of them, or nearly all alone
+    among ASCII ("Ünïcödé"), is Western. Only a hint (the user knows the file), but a wrong one
+    costs: latin-1 decodes any byte, so Japanese read that way trains on mojibake without a word.
+    The window reaches back before `start`, where a file's only accent near its end was judged
+    on the few bytes after it."""
+    window = data[max(0, start - 2048):start + 2048]
+    escaped = window.decode("utf-8", "surrogateescape")
+    wide = ["\udc80" <= c <= "\udcff" for c in escaped]  # a byte not UTF-8 is a character of its own here
+    bad = sum(wide)
+    alone = sum(w and (i == 0 or escaped[i - 1] < "\x80") and (i + 1 == len(escaped) or escaped[i + 1] < "\x80")
+                for i, w in enumerate(wide))
+    # measured: Western texts 0.06-0.17 of their bytes not UTF-8, East Asian, Cyrillic, Greek 0.45-0.8
+    if bad < 0.3 * len(window) or alone >= 0.9 * bad:
         return "e.g. cp1252 or latin-1"
     return "e.g. gbk, big5, shift_jis, euc-kr or cp1251"
 
