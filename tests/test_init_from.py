@@ -146,3 +146,14 @@ def test_a_checkpoint_of_the_users_own_in_the_run_directory_is_no_file_of_the_ru
               "data.batch_size=4", "data.num_steps=12", "train.threads=1", "train.max_steps=2", "--force")
     assert out.returncode == 0, out.stderr
     assert own.read_bytes() == (source / "src" / "best.pt").read_bytes() and (run_dir / "best.pt").exists()
+    # the run's best.pt a link to the user's file elsewhere: clearing removes the link, not the file
+    elsewhere = tmp_path / "model.pt"
+    own.rename(elsewhere)
+    (run_dir / "best.pt").unlink()
+    (run_dir / "best.pt").symlink_to(elsewhere)
+    out = run("--config", str(ROOT / "configs" / "debug.yaml"), "--quiet", "--cache-dir", str(tmp_path / "c"),
+              f"log.dir={tmp_path}", "log.name=ft", "--init-from", str(elsewhere), "model.hidden_size=16",
+              "data.batch_size=4", "data.num_steps=12", "train.threads=1", "train.max_steps=2", "--force")
+    assert out.returncode == 0, out.stderr
+    assert elsewhere.read_bytes() == (source / "src" / "best.pt").read_bytes()
+    assert not (run_dir / "best.pt").is_symlink()

@@ -235,7 +235,9 @@ class RunDir:
         """Whether `clear` would remove the file `path` (however spelt: a link to it, another directory's
         name for it): a checkpoint a new run reads must not be one of them."""
         target = os.path.realpath(path)
-        return any(os.path.realpath(f) == target for f in self._cleared())
+        # a link is removed, not what it names: compare where the link itself lies
+        return any(os.path.join(os.path.realpath(f.parent), f.name) == target if f.is_symlink()
+                   else os.path.realpath(f) == target for f in self._cleared())
 
     def _removable(self, f: Path) -> bool:
         """A file a pattern matched that clear may remove: reached without a link to a directory on
