@@ -698,6 +698,24 @@ def test_a_trial_failed_without_its_copy_by_a_process_now_dead_is_queued_again_w
     assert len(h.trials()) == 6 and len(lines) == 1
 
 
+def test_a_study_that_has_its_trials_needs_no_orphan_mended(tmp_path):
+    """Its copy would be failed unrun as surplus, and results.csv would name that hidden trial as the
+    one that continues the orphan."""
+    h = _handle(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    record = dict(liveness.whoami(), pid=dead.pid, started=liveness._start_ticks(dead.pid))
+    dead.wait()
+    trial = h.study.ask()
+    trial.suggest_int("n", 1, 9)
+    h.set_system(trial.number, engine.WORKER, record)
+    engine.fail(h, trial.number, "interrupted", again=False)  # killed before its copy
+    h.study.tell(h.study.ask(), 1.0)  # the sampler drew another, which finished: 1 of 1
+    lines: list[str] = []
+    assert session.run_trials(h, 1, lambda trial: pytest.fail("nothing to run"), workers=1, is_worker=False,
+                              child_argv=lambda i: [], log=lines.append) == 0
+    assert [t.state for t in h.study.get_trials()] == [TrialState.FAIL, TrialState.COMPLETE] and lines == []
+
+
 def test_two_commands_mending_one_trial_at_once_leave_one_copy_of_it(tmp_path, monkeypatch):
     """Both read the study before either queued its copy: each keeps the first copy, fails the later unrun."""
     h = _handle(tmp_path)

@@ -190,12 +190,13 @@ def _one_copy_each(h: StudyHandle) -> None:
             first[history[-1]] = t.number
         elif t.state == TrialState.WAITING:
             tid = h.trial_id(t.number)
-            try:
-                h.storage.set_trial_user_attr(tid, FAILURE, f"{SURPLUS} a second copy of trial {history[-1]} "
-                                                            f"(trial {first[history[-1]]} continues it)")
-                h.storage.set_trial_state_values(tid, TrialState.FAIL)
+            try:  # claimed first (WAITING -> RUNNING succeeds for one process only): never one another runs
+                if h.storage.set_trial_state_values(tid, TrialState.RUNNING):
+                    h.storage.set_trial_user_attr(tid, FAILURE, f"{SURPLUS} a second copy of trial {history[-1]} "
+                                                                f"(trial {first[history[-1]]} continues it)")
+                    h.storage.set_trial_state_values(tid, TrialState.FAIL)
             except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
-                pass  # another process took it (or failed it) meanwhile
+                pass  # another process failed it meanwhile
 
 
 def reap(h: StudyHandle, log: Callable[[str], None], unclaimed: dict[int, float] | None = None) -> None:
