@@ -368,38 +368,10 @@ def test_a_signal_finishes_the_requests_in_flight_and_exits_0(run, env, sig):
         httpx.get(s.url + "/healthz", timeout=5)
 
 
-def test_requests_still_running_at_the_end_of_the_grace_get_an_answer_not_a_cancelled_task(run, env):
-    """Past the grace (serve/cli.py GRACE), a plain request gets a 503 saying the server stopped and a
-    stream its 'error' event; nothing on stderr (no cancelled task's traceback), exit 0."""
-    s = Server(run, env, "--max-k", "100000000", "--max-samples", "8", "--max-batch", "16")
-    body = {"prefix": "zhong", "k": 100_000_000, "num_samples": 8, "temperature": 1.0}
-    plain = {}
-    waiter = threading.Thread(target=lambda: plain.update(r=s.post("/v1/generate", body)))
-    waiter.start()
-    with httpx.stream("POST", s.url + "/v1/generate", json={**body, "stream": True}, timeout=60) as r:
-        lines = r.iter_lines()
-        assert next(lines).startswith("data: ")
-        deadline = time.monotonic() + 30
-        while s.get("/healthz").json()["batching"]["live_jobs"] < 2:  # both requests in flight (8 + 8 rows of 16)
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        started = time.monotonic()
-        s.proc.send_signal(signal.SIGTERM)
-        rest = list(lines)
-    waiter.join(30)
-    assert s.proc.wait(15) == 0 and time.monotonic() - started < 10
-    error = json.loads(rest[rest.index("event: error") + 1].removeprefix("data: "))["error"]
-    assert error.startswith("the server stopped before this request finished")
-    assert plain["r"].status_code == 503 and plain["r"].json() == {"error": error, "field": None}
-    assert s.proc.stderr.read() == ""
-    assert "stopped (signal SIGTERM; 0 generate requests served)" in s.proc.stdout.read()
-
-
-def test_a_second_ctrl_c_while_stopping_answers_the_requests_still_running_at_once(run, env):
-    """uvicorn's own answer to it ("force quit") skipped the shutdown: a bare 500, a cut stream,
-    tracebacks on stderr, once an abort (exit status 134). Now each request gets its answer at once,
-    well before the grace would have ended them, and the server exits 0."""
-    s = Server(run, env, "--max-k", "100000000", "--max-samples", "8", "--max-batch", "16")
+def stopped_while_busy(s: Server, stop) -> tuple[str, httpx.Response, float]:
+    """A plain and a streamed generate request that never end by themselves, both in flight (8 + 8
+    rows of 16) when `stop()` signals the server: the stream's error and the plain answer, and when
+    the stop began."""
     body = {"prefix": "zhong", "k": 100_000_000, "num_samples": 8, "temperature": 1.0}
     plain = {}
     waiter = threading.Thread(target=lambda: plain.update(r=s.post("/v1/generate", body)))
@@ -411,30 +383,47 @@ def test_a_second_ctrl_c_while_stopping_answers_the_requests_still_running_at_on
         while s.get("/healthz").json()["batching"]["live_jobs"] < 2:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        s.proc.send_signal(signal.SIGINT)
-        time.sleep(0.5)
-        started = time.monotonic()
-        s.proc.send_signal(signal.SIGINT)
+        started = stop()
         rest = list(lines)
     waiter.join(30)
+    return json.loads(rest[rest.index("event: error") + 1].removeprefix("data: "))["error"], plain["r"], started
+
+
+def test_requests_still_running_at_the_end_of_the_grace_get_an_answer_not_a_cancelled_task(run, env):
+    """Past the grace (serve/cli.py GRACE), a plain request gets a 503 saying the server stopped and a
+    stream its 'error' event; nothing on stderr (no cancelled task's traceback), exit 0."""
+    s = Server(run, env, "--max-k", "100000000", "--max-samples", "8", "--max-batch", "16")
+
+    def stop():
+        s.proc.send_signal(signal.SIGTERM)
+        return time.monotonic()
+
+    error, plain, started = stopped_while_busy(s, stop)
+    assert s.proc.wait(15) == 0 and time.monotonic() - started < 10
+    assert error.startswith("the server stopped before this request finished")
+    assert plain.status_code == 503 and plain.json() == {"error": error, "field": None}
+    assert s.proc.stderr.read() == ""
+    assert "stopped (signal SIGTERM; 0 generate requests served)" in s.proc.stdout.read()
+
+
+def test_a_second_ctrl_c_while_stopping_answers_the_requests_still_running_at_once(run, env):
+    """uvicorn's own answer to it ("force quit") skipped the shutdown: a bare 500, a cut stream,
+    tracebacks on stderr, once an abort (exit status 134). Now each request gets its answer at once,
+    well before the grace would have ended them, and the server exits 0."""
+    s = Server(run, env, "--max-k", "100000000", "--max-samples", "8", "--max-batch", "16")
+
+    def twice():
+        s.proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        s.proc.send_signal(signal.SIGINT)
+        return time.monotonic()
+
+    error, plain, started = stopped_while_busy(s, twice)
     assert s.proc.wait(15) == 0 and time.monotonic() - started < 3  # the grace would have taken 4 s more
-    error = json.loads(rest[rest.index("event: error") + 1].removeprefix("data: "))["error"]
     assert error.startswith("the server was stopped at once, before this request finished")
-    assert plain["r"].status_code == 503 and plain["r"].json() == {"error": error, "field": None}
+    assert plain.status_code == 503 and plain.json() == {"error": error, "field": None}
     assert s.proc.stderr.read() == ""
     assert "stopped (signal SIGINT; 0 generate requests served)" in s.proc.stdout.read()
-
-
-def test_a_ctrl_c_the_server_was_started_ignoring_is_ignored(run, env):
-    """A script's `rnn-train serve &`: the shell ignores Ctrl-C for it, and so does the server, as
-    every command does; uvicorn took it anyway once it had started (and not before)."""
-    s = Server(run, env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    assert s.get("/healthz").status_code == 200
-    s.proc.send_signal(signal.SIGINT)
-    time.sleep(1.0)
-    assert s.proc.poll() is None and s.get("/healthz").status_code == 200
-    assert s.stop(signal.SIGTERM) == 0
-    assert "stopped (signal SIGTERM" in s.proc.stdout.read()
 
 
 def test_a_plain_request_whose_client_left_is_cancelled_and_frees_its_rows(run, env):

@@ -554,6 +554,22 @@ def _handle(tmp_path, name="s", pruner=None, **storage):
     return engine.StudyHandle.of(study, storage_)
 
 
+def _dead_worker() -> dict:
+    """The WORKER record of a process of this machine that has ended."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    record = dict(liveness.whoami(), pid=dead.pid, started=liveness._start_ticks(dead.pid))
+    dead.wait()
+    return record
+
+
+def _orphan(h) -> None:
+    """A trial a process failed and was killed before it queued the copy (between fail's two writes)."""
+    trial = h.study.ask()
+    trial.suggest_int("n", 1, 9)
+    h.set_system(trial.number, engine.WORKER, _dead_worker())
+    engine.fail(h, trial.number, "interrupted", again=False)
+
+
 def _plan(tmp_path, space_file, *extra):
     return plan_tune(DEBUG, [*FIXED, *extra], str(space_file), parse_budget(BUDGET), 4, tmp_path / "out")
 
@@ -633,9 +649,7 @@ def test_an_interrupted_trial_is_queued_again_and_resumed_from_its_last_pt(tmp_p
 
 def test_a_trial_whose_process_died_on_this_machine_is_queued_again_at_once(tmp_path):
     h = _handle(tmp_path)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    record = dict(liveness.whoami(), pid=dead.pid, started=liveness._start_ticks(dead.pid))
-    dead.wait()
+    record = _dead_worker()
     trial = h.study.ask()
     trial.suggest_float("x", 0, 1)
     h.set_system(trial.number, engine.WORKER, record)
@@ -671,9 +685,7 @@ def test_a_ctrl_c_while_a_trial_is_failed_waits_until_its_copy_is_queued(tmp_pat
 def test_a_trial_failed_without_its_copy_by_a_process_now_dead_is_queued_again_when_a_command_starts(tmp_path):
     """A SIGKILL between the two writes of `fail`: no handler can hold it, so the next command mends it."""
     h = _handle(tmp_path)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    record = dict(liveness.whoami(), pid=dead.pid, started=liveness._start_ticks(dead.pid))
-    dead.wait()
+    record = _dead_worker()
     for who in (record, liveness.whoami(), record):  # died mid-fail; this process, alive, mid-fail; died, mended
         trial = h.study.ask()
         trial.suggest_int("n", 1, 9)
@@ -702,13 +714,7 @@ def test_a_study_that_has_its_trials_needs_no_orphan_mended(tmp_path):
     """Its copy would be failed unrun as surplus, and results.csv would name that hidden trial as the
     one that continues the orphan."""
     h = _handle(tmp_path)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    record = dict(liveness.whoami(), pid=dead.pid, started=liveness._start_ticks(dead.pid))
-    dead.wait()
-    trial = h.study.ask()
-    trial.suggest_int("n", 1, 9)
-    h.set_system(trial.number, engine.WORKER, record)
-    engine.fail(h, trial.number, "interrupted", again=False)  # killed before its copy
+    _orphan(h)
     h.study.tell(h.study.ask(), 1.0)  # the sampler drew another, which finished: 1 of 1
     lines: list[str] = []
     assert session.run_trials(h, 1, lambda trial: pytest.fail("nothing to run"), workers=1, is_worker=False,
@@ -719,13 +725,7 @@ def test_a_study_that_has_its_trials_needs_no_orphan_mended(tmp_path):
 def test_two_commands_mending_one_trial_at_once_leave_one_copy_of_it(tmp_path, monkeypatch):
     """Both read the study before either queued its copy: each keeps the first copy, fails the later unrun."""
     h = _handle(tmp_path)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    record = dict(liveness.whoami(), pid=dead.pid, started=liveness._start_ticks(dead.pid))
-    dead.wait()
-    trial = h.study.ask()
-    trial.suggest_int("n", 1, 9)
-    h.set_system(trial.number, engine.WORKER, record)
-    engine.fail(h, trial.number, "interrupted", again=False)  # killed before its copy
+    _orphan(h)
     queue_again = engine.queue_again
 
     def the_other_command_first(study, failed):
