@@ -86,7 +86,8 @@ def check_best(rd: RunDir) -> None:
         try:
             load_checkpoint(rd.best)
         except UserError as e:
-            raise UserError(f"{e}; it is this run's best.pt: restore it, or move it away to resume without it") from None
+            raise UserError(f"{e}; it is this run's best.pt: restore it, or move it away to resume "
+                            f"without it") from None
 
 
 def check_init_config(ckpt: dict[str, Any], cfg: Config, source: str) -> None:
