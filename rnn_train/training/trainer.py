@@ -94,6 +94,7 @@ def stops_relayed() -> None:
     global _stops_relayed
     _stops_relayed = True
 
+
 LONG_SAMPLE = 100_000
 """A log.sample_length past which the run's first lines say what it costs (it is allowed: a bound in
 the config would make checkpoints saved with a longer one unloadable)."""
