@@ -14,6 +14,7 @@ from tests.conftest import ROOT, shared_corpus
 SENTENCE = "她说：“女儿，绿色的策略好！”他笑了……"
 SENTENCE_NONE = 'ta shuo: "nv er, lv se de ce lve hao!" ta xiao le...'
 SENTENCE_NUMBERS = 'ta1 shuo1: "nv3 er2, lv4 se4 de5 ce4 lve4 hao3!" ta1 xiao4 le5...'
+CANDIDATES = "e.g. cp1252 (Western), gbk, big5, shift_jis, euc-kr or cp1251"  # a file not UTF-8: what to set
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -58,36 +59,33 @@ def test_gbk_file_read_as_utf8_names_file_byte_offset_and_encoding(tmp_path):
     with pytest.raises(UserError) as info:
         corpus.read_text(path)
     message = str(info.value)
-    assert message == (f"{path}: byte 0xd6 at offset 3 is not valid utf-8 (set data.encoding, e.g. gbk, big5, "
-                       f"shift_jis, euc-kr or cp1251)")
+    assert message == f"{path}: byte 0xd6 at offset 3 is not valid utf-8 (set data.encoding, {CANDIDATES})"
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("text,encoding,hint", [
-    ("Größe und Übermaß, café crème\n", "cp1252", "e.g. cp1252 or latin-1"),  # one byte per accented letter
-    ("naïve — “quoted”\n", "cp1252", "e.g. cp1252 or latin-1"),
-    ("Informações das ações e condições, não há exceção\n", "cp1252", "e.g. cp1252 or latin-1"),
-    ("Ünïcödé wörds äré fün\n", "cp1252", "e.g. cp1252 or latin-1"),  # dense, but each alone among ASCII
-    ("Dear sir, please find attached my application.\n" * 200 + "Regards, René\n", "cp1252",
-     "e.g. cp1252 or latin-1"),  # the one accent near the end: judged with the text before it too
-    # every character one or two bytes that are not UTF-8 (Shift-JIS and Big5 second bytes may be ASCII)
-    ("紅樓夢第一回 甄士隱夢幻識通靈\n", "big5", "e.g. gbk, big5, shift_jis, euc-kr or cp1251"),
-    ("ソフトウェア開発のデータ構造とアルゴリズム、表示と予定\n" * 3, "shift_jis",
-     "e.g. gbk, big5, shift_jis, euc-kr or cp1251"),
-    ("Привет, мир! Это пример текста.\n", "cp1251", "e.g. gbk, big5, shift_jis, euc-kr or cp1251"),
+@pytest.mark.parametrize("text,encoding", [
+    ("Größe und Übermaß, café crème\n", "cp1252"),
+    ("Dear sir, please find attached my application.\n" * 200 + "Regards, René\n", "cp1252"),
+    ("紅樓夢第一回 甄士隱夢幻識通靈\n", "big5"),
+    ("ソフトウェア\n", "shift_jis"),  # second bytes ASCII: each first byte alone among ASCII, as in Western text
+    ("Copyright notice. " * 150 + "日本語のテキスト\n", "shift_jis"),  # 2.7 kB of ASCII before the first bad byte
+    ("Привет, мир!\n", "cp1251"),
 ])
-def test_the_encoding_hint_follows_the_bytes_a_western_or_an_east_asian_encoding_writes(tmp_path, text, encoding,
-                                                                                         hint):
+def test_a_file_in_a_legacy_encoding_is_told_the_candidates_not_one_guess(tmp_path, text, encoding):
+    """Every guess from the bytes was wrong for some file (Shift-JIS told latin-1, which decodes it to
+    mojibake without a word; a Western file's one accent told gbk): the message names them all."""
     path = write(tmp_path / "legacy.txt", text, encoding=encoding)
-    with pytest.raises(UserError, match=re.escape(f"is not valid utf-8 (set data.encoding, {hint})")):
+    with pytest.raises(UserError, match=re.escape(f"is not valid utf-8 (set data.encoding, {CANDIDATES})")):
         corpus.read_text(path)
 
 
-def test_a_stray_latin1_byte_in_a_utf8_file_is_told_latin1_though_the_file_has_other_accents(tmp_path):
+def test_a_stray_byte_in_a_utf8_file_is_told_to_be_mended_not_to_change_the_encoding(tmp_path):
+    """Read as cp1252, the rest of this file would be mojibake."""
     path = tmp_path / "mixed.txt"
-    path.write_bytes("héllo wörld, ".encode() + b"caf\xe9" + " über straße\n".encode())
-    with pytest.raises(UserError, match=re.escape("byte 0xe9 at offset 18 is not valid utf-8 (set data.encoding, "
-                                                  "e.g. cp1252 or latin-1)")):
+    path.write_bytes("中文文本，这是一个例子。".encode() * 3 + b"\xff" + "héllo wörld, über straße\n".encode())
+    with pytest.raises(UserError, match=re.escape("byte 0xff at offset 108 is not valid utf-8 (the text around it "
+                                                  "is UTF-8: a damaged byte? mend it, or set data.encoding if the "
+                                                  "file is in another encoding)")):
         corpus.read_text(path)
 
 

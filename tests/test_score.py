@@ -243,7 +243,8 @@ def test_letters_only_models_score_the_letters_only_text(tmp_path):
 @pytest.mark.parametrize("content,needle", [
     (b"", "is empty: nothing to score"),
     (b"n", "single character"),
-    (b"ni \xff hao", "byte 0xff at offset 3 is not valid utf-8 (set --encoding, e.g. cp1252 or latin-1)"),
+    (b"ni \xff hao", "byte 0xff at offset 3 is not valid utf-8 (set --encoding, e.g. cp1252 (Western), gbk, "
+                   "big5, shift_jis, euc-kr or cp1251)"),
     ("ni hao".encode("utf-16"), "byte 0xff at offset 0 is not valid utf-8 (set --encoding, e.g. utf-16)"),  # its BOM
     (b"ni\0hao", "looks like a binary file, not text: NUL character at character 2 (text files only)"),  # not data.paths
     (None, "error: text file not found: "),  # no such file: not called a corpus, which score does not read

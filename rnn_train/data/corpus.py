@@ -197,31 +197,27 @@ def _undecodable(path: PathLike, encoding: str, exc: UnicodeDecodeError, base: i
     elif base == 0 and codecs.lookup(encoding).name in ("utf-16", "utf-32") and _byte_order(exc.object):
         return UserError(f"{path} is not readable as {encoding} (no byte-order mark at its start; "
                          f"set {key}{_byte_order(exc.object)})")
+    elif codecs.lookup(encoding).name != "utf-8":
+        hint = "e.g. utf-8"
     else:
-        hint = _legacy_hint(exc.object, exc.start) if codecs.lookup(encoding).name == "utf-8" else "e.g. utf-8"
+        hint = _legacy_hint(exc.object, exc.start)
+    said = (f"set {key}, {hint}" if hint else
+            f"the text around it is UTF-8: a damaged byte? mend it, or set {key} if the file is in another encoding")
     return UserError(f"{path}: byte 0x{exc.object[exc.start]:02x} at offset {base + exc.start} "
-                     f"is not valid {encoding} (set {key}, {hint})")
+                     f"is not valid {encoding} ({said})")
 
 
 def _legacy_hint(data: bytes, start: int) -> str:
-    """Which kind of legacy encoding the bytes around `start` (the first that is not UTF-8) suggest.
-    A Western one (cp1252, Latin-1) writes an accented letter as one such byte between ASCII ones,
-    a few in a hundred; a Chinese, Japanese or Korean one writes every character with one or two,
-    and a Cyrillic or Greek one every letter, side by side. So: few of them, or nearly all alone
-    among ASCII ("Ünïcödé"), is Western. Only a hint (the user knows the file), but a wrong one
-    costs: latin-1 decodes any byte, so Japanese read that way trains on mojibake without a word.
-    The window reaches back before `start`, where a file's only accent near its end was judged
-    on the few bytes after it."""
-    window = data[max(0, start - 2048):start + 2048]
-    escaped = window.decode("utf-8", "surrogateescape")
-    wide = ["\udc80" <= c <= "\udcff" for c in escaped]  # a byte not UTF-8 is a character of its own here
-    bad = sum(wide)
-    alone = sum(w and (i == 0 or escaped[i - 1] < "\x80") and (i + 1 == len(escaped) or escaped[i + 1] < "\x80")
-                for i, w in enumerate(wide))
-    # measured: Western texts 0.06-0.17 of their bytes not UTF-8, East Asian, Cyrillic, Greek 0.45-0.8
-    if bad < 0.3 * len(window) or alone >= 0.9 * bad:
-        return "e.g. cp1252 or latin-1"
-    return "e.g. gbk, big5, shift_jis, euc-kr or cp1251"
+    """The encodings to name for a file that is not UTF-8 at `start`; "" where the text around the
+    byte is UTF-8 (characters past ASCII that decode, four for each byte that does not): a stray
+    byte in a UTF-8 file, which a legacy encoding would garble. Else the candidates, all: guessing one
+    from the bytes was wrong every way it was tried (Shift-JIS and Big5 second bytes may be ASCII,
+    and ASCII before the first bad byte thinned out any measure), and the wrong one costs, since
+    cp1252 or latin-1 decodes East Asian text to mojibake without a word."""
+    around = data[max(0, start - 2048):start + 2048].decode("utf-8", "surrogateescape")
+    bad = sum("\udc80" <= c <= "\udcff" for c in around)
+    decoded = sum(c >= "\x80" and not "\udc80" <= c <= "\udcff" for c in around)
+    return "" if decoded >= 4 * bad else "e.g. cp1252 (Western), gbk, big5, shift_jis, euc-kr or cp1251"
 
 
 def read_text(path: PathLike, encoding: str = "utf-8") -> str:
