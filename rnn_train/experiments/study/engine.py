@@ -191,7 +191,9 @@ def _one_copy_each(h: StudyHandle) -> None:
         elif t.state == TrialState.WAITING:
             tid = h.trial_id(t.number)
             try:  # claimed first (WAITING -> RUNNING succeeds for one process only): never one another runs
-                if h.storage.set_trial_state_values(tid, TrialState.RUNNING):
+                with _interrupts_held():  # not left RUNNING by a Ctrl-C: reaped, it would be queued again
+                    if not h.storage.set_trial_state_values(tid, TrialState.RUNNING):
+                        continue
                     h.storage.set_trial_user_attr(tid, FAILURE, f"{SURPLUS} a second copy of trial {history[-1]} "
                                                                 f"(trial {first[history[-1]]} continues it)")
                     h.storage.set_trial_state_values(tid, TrialState.FAIL)
