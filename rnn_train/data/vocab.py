@@ -15,7 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
-from rnn_train.errors import UserError
+from rnn_train.errors import UserError, lone_surrogate
 
 UNK = "<unk>"
 
@@ -57,8 +57,9 @@ class Vocab:
             raise UserError(f"vocab must start with {UNK!r}")
         if any(not isinstance(c, str) or len(c) != 1 for c in itos[1:]):
             raise UserError("vocab entries after <unk> must be single characters")
-        if any("\ud800" <= c <= "\udfff" for c in itos[1:]):  # no text holds one: UTF-32 cannot encode it
-            raise UserError("vocab holds a lone surrogate (U+D800-U+DFFF), which is no character of any text")
+        held = lone_surrogate("".join(itos[1:]))  # no text holds one: UTF-32 cannot encode it
+        if held:
+            raise UserError(f"vocab holds {held} after <unk>, which is no character of any text")
         if len(set(itos)) != len(itos):
             raise UserError("vocab has duplicate entries")
         self.itos: list[str] = itos

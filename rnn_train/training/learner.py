@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rnn_train.config import Config
 from rnn_train.data.batching import Batch
 from rnn_train.errors import UserError
-from rnn_train.model.charrnn import CharRNN, State
+from rnn_train.model.charrnn import DTYPES, CharRNN, State
 from rnn_train.runtime import available_memory, out_of_memory
 from rnn_train.training.protocol import Learner
 from rnn_train.training.world import World
@@ -202,8 +202,8 @@ def weight_bytes(cfg: Config, vocab_size: int) -> int:
     from rnn_train.model import cells
 
     m = cfg.model
-    g, h = len(cells.get(m.cell).blocks), m.hidden_size
+    g, h = cells.get(m.cell).num_blocks, m.hidden_size
     first = m.embed_dim if m.embedding == "learned" else vocab_size
     layers = g * h * (first + h + 2) + (m.num_layers - 1) * g * h * (2 * h + 2)
     params = layers + (h + 1) * vocab_size + (vocab_size * m.embed_dim if m.embedding == "learned" else 0)
-    return params * (8 if m.dtype == "float64" else 4)
+    return params * DTYPES[m.dtype].itemsize
