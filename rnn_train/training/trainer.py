@@ -526,8 +526,7 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
     if resume is not None:
         check_resume_config(resume, cfg)
         if not clear:
-            world.from_writer(lambda: check_own_run(RunDir(run_dir), resume))
-            world.from_writer(lambda: check_best(RunDir(run_dir)))
+            world.from_writer(lambda: (check_own_run(RunDir(run_dir), resume), check_best(RunDir(run_dir))))
     check_world(cfg, world, resuming=resume is not None)
     device = _device(cfg, world)
     set_threads(cfg.train.threads, world.local_size)
