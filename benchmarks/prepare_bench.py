@@ -77,9 +77,10 @@ def pinyin_figures(repeats: int) -> None:
     from rnn_train.data import conversion
     from rnn_train.data.corpus import read_text
     from rnn_train.data.pinyin import hanzi_to_pinyin
+    from rnn_train.runtime import available_cores
 
     text = read_text(HONGLOUMENG)
-    workers = conversion.workers_available()
+    workers = available_cores()
     one, many = [], []
     for _ in range(repeats):
         start = time.perf_counter()

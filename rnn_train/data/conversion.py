@@ -25,7 +25,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import multiprocessing
-import os
 import signal
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -33,6 +32,7 @@ from typing import Callable, Iterable, Iterator
 from rnn_train.data import pinyin
 from rnn_train.errors import UserError
 from rnn_train.files import atomic_write_bytes, cache_hint
+from rnn_train.runtime import available_cores
 
 # Line-aligned pieces handed to one worker call: big enough that pickling is negligible next to
 # converting, small enough that two workers share a novel evenly.
@@ -120,14 +120,6 @@ def line_aligned(chunks: Iterable[str], size: int = PIECE_CHARS) -> Iterator[str
     yield "".join(buf)
 
 
-def workers_available() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _quiet_on_stop() -> None:
     """In a conversion worker: Ctrl-C is the parent's to answer (it stops the pool), and the SIGTERM
     with which the pool stops its workers ends one at once. Inherited, the command's handlers made
@@ -158,5 +150,5 @@ def converted_pieces(chunks: Iterable[str], tones: str, workers: int, piece_char
 def convert_to_entry(path: Path, read: Callable[[], Iterator[str]], tones: str, chars: int) -> None:
     """Convert the normalised text that `read()` streams (`chars` characters) into the entry `path`;
     in worker processes when the text is large and there is more than one core."""
-    workers = workers_available() if chars >= PARALLEL_MIN_CHARS else 1
+    workers = available_cores() if chars >= PARALLEL_MIN_CHARS else 1
     write_entry(path, converted_pieces(read(), tones, workers))
