@@ -477,6 +477,13 @@ def test_predict_says_a_chinese_stop_matches_whole_syllables(runs):
     assert "up to 5 chars, stop at whole syllables 'an ')" in out.stdout
 
 
+def test_the_line_above_a_continuation_counts_one_char_and_one_line_in_the_singular(runs):
+    out = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(runs / "gru" / "best.pt"), "--prefix",
+                          "ni", "--max-lines", "1", "-k", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "(greedy, up to 1 char, 1 line):" in out.stdout
+
+
 def test_a_chinese_stop_of_marks_alone_has_no_syllable_to_match_whole():
     from rnn_train.config import build_config
     from rnn_train.prediction.textstream import is_converted_stop

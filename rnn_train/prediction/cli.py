@@ -87,9 +87,10 @@ def _describe(args, k: int, n: int, bf16: bool, syllables: bool) -> str:
         (f", seed {args.seed}" if args.seed is not None else "")
     how += ", bf16 steps" if bf16 else ""
     limits = [f"stop at {'whole syllables ' if syllables else ''}{args.stop_at!r}"] if args.stop_at else []
-    limits += [f"{args.max_lines} lines"] if args.max_lines else []
+    limits += [f"{args.max_lines} line{'s' if args.max_lines != 1 else ''}"] if args.max_lines else []
     limits += [f"line starts {args.line_starts}"] if args.line_starts else []
-    size = f"up to {k} chars, {', '.join(limits)}" if limits else f"{k} chars"
+    chars = f"{k} char{'s' if k != 1 else ''}"
+    size = f"up to {chars}, {', '.join(limits)}" if limits else chars
     return f"continuation ({how}, {size})" + (f", {n} samples:" if n > 1 else ":")
 
 

@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None, prog: str = "rnn-train serve") -> int:
             server.run(sockets=[sock])
     finally:
         sock.close()
+    served = app.state.batcher.counts["jobs_done"]
     print(f"stopped ({'signal ' + signal.Signals(caught[0]).name if caught else 'server ended'}; "
-          f"{app.state.batcher.counts['jobs_done']} generate requests served)", flush=True)
+          f"{served} generate request{'s' if served != 1 else ''} served)", flush=True)
     return 0 if server.started else 1
