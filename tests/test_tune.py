@@ -661,22 +661,25 @@ def test_a_trial_whose_process_died_on_this_machine_is_queued_again_at_once(tmp_
     assert h.frozen(2).params == h.frozen(0).params and engine.WORKER not in h.frozen(2).system_attrs
 
 
-def test_a_ctrl_c_while_a_trial_is_failed_waits_until_its_copy_is_queued(tmp_path, monkeypatch):
+@pytest.mark.parametrize("after", ["get_trial_id_from_study_id_trial_number", "set_trial_state_values"])
+def test_a_ctrl_c_while_a_trial_is_failed_waits_until_its_copy_is_queued(tmp_path, monkeypatch, after):
     """A second Ctrl-C 10 ms after the first (or a stop signal delivered twice) came between the two
-    writes of `fail` and left the trial FAIL with no copy: the rerun never ran it again."""
+    writes of `fail` and left the trial FAIL with no copy: the rerun never ran it again. One that
+    came while the trial's id was looked up, before either write, left it RUNNING."""
     h = _handle(tmp_path)
     trial = h.study.ask()
     trial.suggest_int("n", 1, 9)
-    state_values = h.storage.set_trial_state_values
+    storage_call = getattr(h.storage, after)
 
-    def set_fail_then_ctrl_c(*args, **kwargs):
-        done = state_values(*args, **kwargs)
-        signal.raise_signal(signal.SIGINT)  # between the trial's FAIL and its copy
+    def then_ctrl_c(*args, **kwargs):
+        done = storage_call(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
         return done
 
-    monkeypatch.setattr(h.storage, "set_trial_state_values", set_fail_then_ctrl_c)
+    monkeypatch.setattr(h.storage, after, then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):  # raised once both are written
         engine.fail(h, trial.number, "interrupted", again=True)
+    monkeypatch.undo()
     assert [t.state for t in h.trials()] == [TrialState.FAIL, TrialState.WAITING]
     assert h.frozen(1).system_attrs["retry_history"] == [0]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler put back
