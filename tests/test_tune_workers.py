@@ -224,6 +224,11 @@ def test_workers_stop_when_their_parent_is_killed_though_the_command_was_started
     assert sum(t.state == TrialState.FAIL for t in trials) == 2 and not [t for t in trials
                                                                         if t.state == TrialState.RUNNING], \
         [(t.number, t.state.name, t.user_attrs.get("failure")) for t in trials]
+    # a worker took the signal's copies for the one stop: its trial's record says where the run stopped
+    # and how long it ran, where a copy taken for a second stop had cut that record off
+    stopped = [t for t in trials if t.user_attrs.get("failure", "").startswith("interrupted")]
+    assert stopped and all(t.user_attrs["failure"].startswith("interrupted at step") and "wall_seconds" in t.user_attrs
+                           for t in stopped), [(t.number, t.user_attrs) for t in stopped]
 
 
 def test_sweep_with_two_workers_trains_each_grid_point_once(tmp_path, cache):

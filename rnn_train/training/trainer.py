@@ -95,6 +95,17 @@ def stops_relayed() -> None:
     _stops_relayed = True
 
 
+_stopped_at: float | None = None  # time.monotonic() of the last stop a training of this process took
+
+
+def a_copy_of_the_last_stop() -> bool:
+    """A stop signal now is a copy of the one a training of this process took within SAME_STOP_S
+    (stops_relayed). Copies also come after the training has stopped and handed the signals back
+    (a dying parent's SIGTERM reached its workers three or four times within ~50 ms): the study
+    loop then drops them too, where one was taken for a second stop and cut off its trial's record."""
+    return _stops_relayed and _stopped_at is not None and time.monotonic() - _stopped_at <= SAME_STOP_S
+
+
 LONG_SAMPLE = 100_000
 """A log.sample_length past which the run's first lines say what it costs (it is allowed: a bound in
 the config would make checkpoints saved with a longer one unloadable)."""
@@ -157,8 +168,10 @@ class _Interrupt:
         return self
 
     def _handle(self, signum, frame):
+        global _stopped_at
         if not self.requested:
             self.requested, self._first = True, time.monotonic()
+            _stopped_at = self._first
         elif time.monotonic() - self._first > self.same_stop_s:
             raise KeyboardInterrupt
 

@@ -150,8 +150,11 @@ def _interrupts_held() -> Iterator[None]:
     """SIGINT and SIGTERM noted rather than acted on inside; KeyboardInterrupt on leaving if one came.
     Python runs signal handlers in the main thread only, so elsewhere nothing is held or needed
     (signals_handled sets nothing there)."""
+    from rnn_train.training.trainer import a_copy_of_the_last_stop
+
     came: list[int] = []
-    with signals_handled(lambda signum, frame: came.append(signum), signal.SIGINT, signal.SIGTERM):
+    with signals_handled(lambda signum, frame: a_copy_of_the_last_stop() or came.append(signum),
+                         signal.SIGINT, signal.SIGTERM):
         yield
     if came:
         raise KeyboardInterrupt
@@ -265,8 +268,12 @@ class Heartbeat:
 
 def _term_is_interrupt(signum, frame):
     """SIGTERM outside a training run ends the loop as Ctrl-C does (the trainer handles both itself
-    while a run is training), so a scheduler's stop records the trial's state too."""
-    raise KeyboardInterrupt
+    while a run is training), so a scheduler's stop records the trial's state too; in a worker, not
+    a copy of the stop its training just took (trainer.a_copy_of_the_last_stop)."""
+    from rnn_train.training.trainer import a_copy_of_the_last_stop
+
+    if not a_copy_of_the_last_stop():
+        raise KeyboardInterrupt
 
 
 # ---- the loop
