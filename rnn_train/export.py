@@ -114,15 +114,25 @@ def to_onnx(model: CharRNN) -> bytes:
                                         dynamo=True, verbose=False, opset_version=OPSET)
         return program.model_proto.SerializeToString()
     except Exception as e:  # the exporter's many ways to fail: say the innermost, which names the cause
+        if any(isinstance(c, KeyboardInterrupt) for c in _chain(e)):  # a Ctrl-C the exporter wrapped: no failure
+            raise KeyboardInterrupt from None
         raise UserError(f"cannot export the {model.cell} model to ONNX ({_innermost(e)})") from None
     finally:
         quiet.setLevel(level)
 
 
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and each it was raised from or while handling, outermost first."""
+    chain = [error]
+    while (error.__cause__ or error.__context__) is not None and len(chain) < 100:
+        error = error.__cause__ or error.__context__
+        chain.append(error)
+    return chain
+
+
 def _innermost(error: BaseException) -> str:
     """'Type: first line' of the last exception in the chain (the exporter wraps the cause twice)."""
-    while error.__cause__ is not None or error.__context__ is not None:
-        error = error.__cause__ or error.__context__
+    error = _chain(error)[-1]
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     return f"{error.__class__.__name__}: {line[:240]}" if line else error.__class__.__name__

@@ -207,6 +207,23 @@ def test_a_model_the_exporter_cannot_trace_is_one_line_and_writes_nothing(tmp_pa
         cells.unregister(spec.name)
 
 
+def test_a_ctrl_c_the_exporter_wraps_in_its_own_error_is_an_interruption_not_a_failure(runs, tmp_path, capsys,
+                                                                                        monkeypatch):
+    """torch's exporter catches what its trace raises, Ctrl-C too, and raises its own error from it:
+    that was `error: cannot export ... (KeyboardInterrupt)`, exit status 2, as if the model could not be."""
+    def interrupted_inside(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("Failed to export the model with torch.export") from e
+
+    monkeypatch.setattr(torch.onnx, "export", interrupted_inside)
+    out = tmp_path / "m.onnx"
+    assert run_command("export", ["--checkpoint", str(runs / "gru.pt"), "--format", "onnx",
+                                  "--out", str(out)]) == 130
+    assert capsys.readouterr().err == "error: interrupted\n" and not out.exists()
+
+
 def test_export_replaces_only_an_earlier_export(runs, cli_export, tmp_path, capsys):
     ckpt = tmp_path / "gru.pt"
     ckpt.write_bytes((runs / "gru.pt").read_bytes())
