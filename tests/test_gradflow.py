@@ -14,6 +14,7 @@ Specification:
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -291,6 +292,22 @@ def test_cli_untrained_clip_all_and_compare(run_dir, capsys, tmp_path):
     # two checkpoints of one run are told apart by their files' names
     assert f"  {run_dir.name}/best (gru): {run_dir / 'best.pt'}" in out
     assert f"  {run_dir.name}/last (gru): {run_dir / 'last.pt'}" in out
+
+
+def test_compared_runs_of_the_same_name_keep_their_curves_apart_under_one_logdir(run_dir, tmp_path, capsys):
+    """sweeps/a/run0 and sweeps/b/run0: named by the directory alone, the second run's curves replaced the first's."""
+    for side in "ab":
+        (tmp_path / side / "m").mkdir(parents=True)
+        shutil.copy(run_dir / "best.pt", tmp_path / side / "m" / "best.pt")
+    assert cli("--compare", str(tmp_path / "a" / "m"), str(tmp_path / "b" / "m"), str(run_dir), "--steps", "4",
+               "--batch", "2", "--logdir", str(tmp_path / "curves"), cache=run_dir.parent) == 0
+    out = capsys.readouterr().out
+    names = ["a/m", "b/m", f"{run_dir.parent.name}/{run_dir.name}"]
+    for name in names:
+        folder = tmp_path / "curves" / name / "best_T4_B2"
+        assert f"tensorboard: {folder}  " in out and len(list(folder.glob("events.out.tfevents.*"))) == 1
+        assert f"  {name} (gru): " in out  # the table names them so too
+    assert gradflow.run_folders([tmp_path / "a" / "m", tmp_path / "a" / "m"]) == ["m", "m"]  # one run twice: one
 
 
 def test_cli_user_errors_are_one_line_with_status_2(run_dir, tmp_path, capsys):

@@ -481,6 +481,19 @@ def write_tensorboard(r: FlowResult, logdir: Path) -> Path:
     return logdir
 
 
+def run_folders(run_dirs: list[Path]) -> list[str]:
+    """The subfolder of each run's curves under one --logdir of a --compare: the run directory's
+    name, or as many of its last path parts as set it apart from the others' (sweeps/a/run0 and
+    sweeps/b/run0: a/run0 and b/run0). By the name alone, the second run's curves replaced the first's."""
+    full = [d.resolve().parts[1:] for d in run_dirs]  # less the root: a name is always relative
+    names = ["/".join(parts) for parts in full]
+    for k in range(1, max(map(len, full)) + 1):
+        names = ["/".join(parts[-k:]) for parts in full]
+        if len(set(names)) == len(set(full)):
+            break
+    return names
+
+
 def variant_name(p: Probe, ckpt_path: Path) -> str:
     """Folder for one measurement, named after what was measured (best_T100, untrained_seed0_T100,
     best_keep+5_T100, best_T100_seed1_train, best_T100_B4_clip1_float32, ...; a setting at its
@@ -541,17 +554,18 @@ def main(argv: list[str] | None = None, prog: str = "python -m rnn_train gradflo
     paths = [args.checkpoint] if args.checkpoint else args.compare
     probes = [Probe(path, args.steps, args.batch, args.seed, args.clip, args.untrained, args.split, args.dtype,
                     args.device, args.cache_dir, args.whh_scale, args.keep_bias) for path in paths]
-    for path in paths:  # every checkpoint found before the first is measured (and its curves written)
-        resolve_checkpoint(path)
+    # every checkpoint found before the first is measured (and its curves written)
+    runs = run_folders([resolve_checkpoint(path).parent for path in paths])
     results: list[FlowResult] = []
     written: list[Path] = []
-    for p in probes:
+    for p, run in zip(probes, runs):
         result, ckpt_path = run_probe(p)
+        result.meta["run"] = run  # the tables' and the JSON's name of it too
         results.append(result)
         if not args.no_tensorboard:
             base = Path(args.logdir) if args.logdir else ckpt_path.parent / GRADFLOW
             if args.logdir and args.compare:
-                base = base / ckpt_path.parent.name
+                base = base / run
             written.append(write_tensorboard(result, base / variant_name(p, ckpt_path)))
             result.meta["logdir"] = str(written[-1])
 
