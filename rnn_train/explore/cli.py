@@ -97,9 +97,16 @@ def validation_document(cfg, vocab, ckpt: dict, checkpoint: Path, cache_dir: str
     return Document(f"validation text of {corpus.named(cfg.data.paths)}", text), len(val), note
 
 
+UNKNOWN_LISTED = 12
+"""The page names this many of the characters it reads as <unk>, the most frequent, and counts the rest."""
+
+
 def unknown_chars(docs, vocab) -> dict:
+    """The characters of the texts that the vocab lacks: how many in all, the most frequent, and how
+    many other distinct ones (the page named 12 without a word of the rest)."""
     counts = collections.Counter(c for d in docs for c in d.text if c not in vocab.stoi)
-    return {"count": sum(counts.values()), "chars": [[c, n] for c, n in counts.most_common(12)]}
+    listed = counts.most_common(UNKNOWN_LISTED)
+    return {"count": sum(counts.values()), "chars": [[c, n] for c, n in listed], "others": len(counts) - len(listed)}
 
 
 def tensorboard_command(checkpoint: Path) -> str | None:

@@ -413,6 +413,11 @@
   }
 
   // ------------------------------------------------------------------ drawing
+  // a character or text between quotes as the page shows it: JSON's escapes, and \uXXXX for what would
+  // show as nothing or as a space (U+2028, controls, format characters, a no-break space), as
+  // predict's messages name them
+  const INVISIBLE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Co}\p{Cn}\p{Cs}]|(?! )\p{Zs}/gu;
+  const quoted = (s) => JSON.stringify(s).replace(INVISIBLE, (c) => "\\u" + c.codePointAt(0).toString(16).padStart(4, "0"));
   const fmt = (x, d = 3) => (x === null || x === undefined || Number.isNaN(x) ? "–" : x.toFixed(d));
   const show = (c) => (c === "\n" ? "↵" : c === " " ? "␣" : c === "\t" ? "⇥" : c);
   function el(tag, attrs = {}, ...kids) {
@@ -473,7 +478,8 @@
     if (r.cut) notes.push(`analysed the first ${r.cut.kept.toLocaleString("en")} of ${r.cut.total.toLocaleString("en")} characters (--max-chars ${r.cut.kept.toLocaleString("en")})`);
     if (r.unknown && r.unknown.count) {
       notes.push(`${r.unknown.count.toLocaleString("en")} characters of the text are not in the model's vocab and are read as <unk>: ` +
-                 r.unknown.chars.map(([c, n]) => `${JSON.stringify(c)} ×${n}`).join(", "));
+                 r.unknown.chars.map(([c, n]) => `${quoted(c)} ×${n}`).join(", ") +
+                 (r.unknown.others ? `, and ${r.unknown.others.toLocaleString("en")} other${r.unknown.others > 1 ? "s" : ""}` : ""));
     }
     $("notes").replaceChildren(...notes.map((n) => el("div", { text: n })));
   }
@@ -485,11 +491,11 @@
       let prefix = box.value.replace(/^\ufeff/, "").replace(/\r\n?/g, "\n");
       const notes = [];
       const converted = toPinyin(prefix);
-      if (converted !== prefix) { notes.push(`converted to pinyin as predict does: ${JSON.stringify(converted)}`); prefix = converted; }
+      if (converted !== prefix) { notes.push(`converted to pinyin as predict does: ${quoted(converted)}`); prefix = converted; }
       const letters = toLetters(prefix);
-      if (letters !== prefix) { notes.push(`reduced to lowercase letters and spaces as predict does: ${JSON.stringify(letters)}`); prefix = letters; }
+      if (letters !== prefix) { notes.push(`reduced to lowercase letters and spaces as predict does: ${quoted(letters)}`); prefix = letters; }
       const unknown = [...new Set(chars(prefix).filter((c) => !STOI.has(c)))];
-      if (unknown.length) notes.push(`not in the vocab, read as <unk>: ${unknown.map((c) => JSON.stringify(c)).join(" ")}`);
+      if (unknown.length) notes.push(`not in the vocab, read as <unk>: ${unknown.map((c) => quoted(c)).join(" ")}`);
       let top, cont;
       try {
         top = next(prefix, 10);
@@ -501,7 +507,7 @@
                                 topP: Math.min(1, Math.max(0.01, number("top-p", 1))), seed: Math.floor(number("seed", 0)) });
       } catch (e) { notes.push(e.message); top = []; cont = ""; }
       note.textContent = notes.join(" · ");
-      $("bars").replaceChildren(...top.map(([c, p]) => el("div", { class: "bar" }, el("span", { class: "ch", text: JSON.stringify(c) }),
+      $("bars").replaceChildren(...top.map(([c, p]) => el("div", { class: "bar" }, el("span", { class: "ch", text: quoted(c) }),
         el("span", { class: "fill", style: `width:${Math.max(1, p * 180).toFixed(1)}px` }), el("span", { class: "p", text: p.toFixed(4) }))));
       $("continuation").replaceChildren(el("b", { text: chars(prefix).slice(-300).join("") }), cont);  // whole code points
     }
@@ -522,8 +528,8 @@
     gradientLegend($("surprisal-legend"), "0 bits", `${BITS_MAX}+ bits`, "rgba(214,39,40,0), rgba(214,39,40,1)");
     textPanel($("surprisal-text"), (t) => bitsColour(A.bits[t]));
     hover($("surprisal-text"), (t) => {
-      if (Number.isNaN(A.bits[t])) return `${JSON.stringify(A.chars[t])}: the first character of a text, only context`;
-      const lines = [`${JSON.stringify(A.chars[t])}: ${A.bits[t].toFixed(2)} bits (p = ${Math.pow(2, -A.bits[t]).toFixed(4)})`, "the model's top 5 guesses:"];
+      if (Number.isNaN(A.bits[t])) return `${quoted(A.chars[t])}: the first character of a text, only context`;
+      const lines = [`${quoted(A.chars[t])}: ${A.bits[t].toFixed(2)} bits (p = ${Math.pow(2, -A.bits[t]).toFixed(4)})`, "the model's top 5 guesses:"];
       for (let j = 0; j < TOP; j++) {
         const i = A.top[t * TOP + j];
         if (i >= 0) lines.push(`  ${show(VOCAB[i]).padEnd(3)} ${A.topP[t * TOP + j].toFixed(4)}`);
@@ -552,7 +558,7 @@
       current = s;
       for (const tr of $("units-ranked").querySelectorAll("tr.pick")) tr.classList.toggle("on", tr._pick === `${l}/${p}/${u}`);
     }
-    hover($("units-text"), (t) => `${JSON.stringify(A.chars[t])}: ${fmt(current[t], 4)}`);
+    hover($("units-text"), (t) => `${quoted(A.chars[t])}: ${fmt(current[t], 4)}`);
     const rows = ranked.slice(0, 40).map((r) => {
       const tr = el("tr", { class: "pick" }, el("td", { text: `${r.layer + 1}` }), el("td", { text: `${r.value}[${r.unit}]` }),
                     el("td", { text: r.signal }), el("td", { text: (r.r >= 0 ? "+" : "") + r.r.toFixed(3) }));
@@ -614,8 +620,8 @@
       for (const t of res.positions) spans[t].style.background = "rgba(255,200,0,0.75)";
       const text = A.chars.slice(a, b + 1).join("");
       $("match-summary").textContent = !res.units.length
-        ? `characters ${a}–${b} ${JSON.stringify(text.slice(0, 40))}: no unit of layer ${+layer.value + 1} ${kind.value} stays above ${th} across it`
-        : `characters ${a}–${b} ${JSON.stringify(text.slice(0, 40))}: ${res.units.length} units of layer ${+layer.value + 1} ${kind.value} stay above ${th} across it ` +
+        ? `characters ${a}–${b} ${quoted(text.slice(0, 40))}: no unit of layer ${+layer.value + 1} ${kind.value} stays above ${th} across it`
+        : `characters ${a}–${b} ${quoted(text.slice(0, 40))}: ${res.units.length} units of layer ${+layer.value + 1} ${kind.value} stay above ${th} across it ` +
           `(${res.units.slice(0, 30).join(", ")}${res.units.length > 30 ? ", …" : ""}); all of them are on at ${res.positions.length.toLocaleString("en")} characters in ${res.runs.toLocaleString("en")} places (highlighted)`;
     }
     const index = (node) => { while (node && node._i === undefined) node = node.parentNode; return node ? node._i : undefined; };
