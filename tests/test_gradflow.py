@@ -387,6 +387,13 @@ def test_a_corpus_that_changed_since_training_is_noted(tmp_path, capsys):
                cache=tmp_path) == 0
     assert f"note: the corpus ({corpus}) changed since {tmp_path / 'r' / 'best.pt'} was trained: its val split" \
         in capsys.readouterr().err
+    # shrunk below one of the run's training batches: said so, not told to lower data.batch_size (no key of gradflow's)
+    from rnn_train.errors import UserError
+
+    corpus.write_text("short now\n" * 10)  # 98 characters to train on: one batch of the run takes 144
+    with pytest.raises(UserError, match=r"the val split of .* has 2 characters, fewer than --steps \+ 1 = 13"):
+        cli("--checkpoint", str(tmp_path / "r"), "--steps", "12", "--batch", "2", "--no-tensorboard", cache=tmp_path)
+    assert "changed since" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("field, value, message", [

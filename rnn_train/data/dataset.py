@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -121,6 +122,23 @@ def run_data(cfg: DataConfig, ckpt: dict) -> tuple[DataConfig, str]:
     if not moved:
         return cfg, ""
     return replace(cfg, paths=paths), f"data.paths not found here, read where the run trained: {', '.join(moved)}"
+
+
+def checkpoint_splits(cfg: DataConfig, ckpt: dict, checkpoint, cache_dir: Path | None, vocab: Vocab,
+                      split_name: str) -> tuple["Dataset", str]:
+    """The splits of a checkpoint's corpus for a command that reads one with windows of its own
+    (explore, gradflow): its data.paths and cache where the run read them (run_data, run_cache), the
+    notes that says so and that the corpus changed since (on stderr; the latter returned too, or '').
+    A training batch need not fit: a corpus that shrank since the run was told to lower
+    data.batch_size, a key these commands do not take, and not that it changed."""
+    data_cfg, moved = run_data(cfg, ckpt)
+    if moved:
+        print(f"note: {moved}", file=sys.stderr)
+    data = prepare_data(replace(data_cfg, batch_size=1, num_steps=1), run_cache(cache_dir, ckpt), vocab)
+    note = changed_note(ckpt, data, cfg.paths, checkpoint, split_name)
+    if note:
+        print(note, file=sys.stderr)
+    return data, note
 
 
 def run_cache(cache_dir: Path | None, ckpt: dict) -> Path | None:

@@ -72,20 +72,15 @@ def validation_document(cfg, vocab, ckpt: dict, checkpoint: Path, cache_dir: str
     of <unk> becomes U+FFFD, which the vocab cannot spell either), the split's length, and the note
     (also printed on stderr) where the corpus changed since the run (its split is then other text)."""
     from rnn_train.data import corpus
-    from rnn_train.data.dataset import changed_note, prepare_data, run_cache, run_data
+    from rnn_train.data.dataset import checkpoint_splits
     from rnn_train.explore.page import Document
 
     try:
-        data_cfg, moved = run_data(cfg.data, ckpt)
-        if moved:
-            print(f"note: {moved}", file=sys.stderr)
-        data = prepare_data(data_cfg, run_cache(Path(cache_dir) if cache_dir else None, ckpt), vocab)
+        data, note = checkpoint_splits(cfg.data, ckpt, checkpoint, Path(cache_dir) if cache_dir else None, vocab,
+                                       "validation")
     except UserError as e:
         raise UserError(f"no TEXT_FILE given, and the validation text of {checkpoint} cannot be read ({e}); "
                         f"give a text file") from None
-    note = changed_note(ckpt, data, cfg.data.paths, checkpoint, "validation")
-    if note:
-        print(note, file=sys.stderr)
     val = data.val
     if len(val) < 2:
         raise UserError(f"no TEXT_FILE given, and {checkpoint}'s run has no validation text (data.val_fraction "

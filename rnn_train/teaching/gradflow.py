@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -281,7 +280,7 @@ def check_memory(model, vocab_size: int, p: Probe) -> None:
 def run_probe(p: Probe) -> tuple[FlowResult, Path]:
     """Load, pick windows, measure. Returns the result and the checkpoint file it came from."""
     from rnn_train.model.checkpoint import load_model, resolve_checkpoint
-    from rnn_train.data.dataset import changed_note, prepare_data, run_cache, run_data
+    from rnn_train.data.dataset import checkpoint_splits
     from rnn_train.model.charrnn import CharRNN
     from rnn_train.runtime import resolve_device
 
@@ -299,13 +298,7 @@ def run_probe(p: Probe) -> tuple[FlowResult, Path]:
                     w.mul_(p.whh_scale)
     if p.keep_bias:
         add_keep_gate_bias(model.rnn, p.keep_bias)
-    data_cfg, moved = run_data(cfg.data, ckpt)
-    if moved:
-        print(f"note: {moved}", file=sys.stderr)
-    data = prepare_data(data_cfg, run_cache(Path(p.cache_dir) if p.cache_dir else None, ckpt), vocab)
-    note = changed_note(ckpt, data, cfg.data.paths, ckpt_path, p.split)
-    if note:
-        print(note, file=sys.stderr)
+    data, _ = checkpoint_splits(cfg.data, ckpt, ckpt_path, Path(p.cache_dir) if p.cache_dir else None, vocab, p.split)
     split = getattr(data, p.split)
     if not len(split):  # no --steps can help
         fraction = f"data.{p.split}_fraction"
