@@ -181,6 +181,46 @@ def test_unseeded_requests_differ_and_k_0_is_empty(server):
     assert server.post("/v1/generate", {"prefix": "ni", "k": 0, "num_samples": 2}).json()["samples"] == ["", ""]
 
 
+def test_a_health_check_is_answered_while_more_scores_than_the_thread_pool_holds_are_running(run, monkeypatch):
+    """Scores ran on the thread pool that answered everything else: 41 long ones at once held all 40
+    threads, and /healthz went unanswered until one ended (a supervisor would restart the server)."""
+    import asyncio
+
+    from rnn_train.serve import app as served
+
+    release = threading.Event()
+    scoring = []
+
+    def slow(*args, **kwargs):
+        scoring.append(1)
+        release.wait(30)
+        return score_pieces(*args, **kwargs)
+
+    score_pieces = served.score_pieces
+    monkeypatch.setattr(served, "score_pieces", slow)
+    model, vocab, cfg, ckpt = load_model(run / "best.pt")
+    app = served.create_app(model, vocab, cfg, ckpt)
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            scores = [asyncio.create_task(client.post("/v1/score", json={"text": "ni hao zhong guo"}))
+                      for _ in range(45)]
+            while not scoring:
+                await asyncio.sleep(0.01)
+            health = await asyncio.wait_for(client.get("/healthz"), 10)
+            model_info = await asyncio.wait_for(client.get("/v1/model"), 10)
+            release.set()
+            answers = await asyncio.gather(*scores)
+            return health, model_info, answers
+
+    try:
+        health, model_info, answers = asyncio.run(scenario())
+    finally:
+        release.set()
+    assert health.status_code == 200 and health.json()["status"] == "ok" and model_info.status_code == 200
+    assert [a.status_code for a in answers] == [200] * 45 and len({a.json()["loss"] for a in answers}) == 1
+
+
 def test_scores_equal_rnn_train_score(server, run, env, tmp_path):
     texts = {"plain": "ni hao\nzhong guo ren min\n" * 5, "crlf": "ni hao\r\nzhong guo\r\n" * 4,
              "chinese": "中国人民\n你好世界\n" * 3}

@@ -48,6 +48,7 @@ from rnn_train.prediction.sampler import RuleState, StopRules
 from rnn_train.prediction.score import score_pieces
 from rnn_train.prediction.stepper import check_rows
 from rnn_train.prediction.textstream import corpus_text, is_converted_stop, text_pieces
+from rnn_train.runtime import available_cores
 from rnn_train.serve.scheduler import Batcher, Job, Unavailable
 from rnn_train.training.schedule import perplexity
 
@@ -215,15 +216,27 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
             return Response(status_code=499)  # the client left: nobody reads this
         return {"prefix": prefix, "samples": job.samples() if k else [""] * body.num_samples}
 
+    # Scores run on the thread pool that also answers /v1/next and every generate's warm-up (40
+    # threads): 41 long scores at once held them all, and nothing else was answered until one ended.
+    # So as many run at a time as there are cores (more would only share them), the rest wait here
+    # without a thread, and one whose client left meanwhile is not run at all.
+    scoring = asyncio.Semaphore(available_cores())
+
     @app.post("/v1/score", summary="Loss, perplexity and bits per character of a text, as `rnn-train score`")
-    def score(body: ScoreRequest) -> dict:
+    async def score(body: ScoreRequest, request: Request) -> dict:
         try:
             body.text.encode("utf-8")
         except UnicodeEncodeError as e:  # JSON's "\udc00" escapes can say what no text holds
             raise FieldError("text", f"holds a lone surrogate ({body.text[e.start]!r} at character {e.start}), "
                                      f"which is not text") from None
+        async with scoring:
+            if await request.is_disconnected():
+                return Response(status_code=499)  # nobody reads this
+            return await run_in_threadpool(score_text, body.text)
+
+    def score_text(text: str) -> dict:
         try:
-            result = score_pieces(model, vocab, text_pieces(body.text, cfg.data))
+            result = score_pieces(model, vocab, text_pieces(text, cfg.data))
         except UserError as e:
             raise FieldError("text", str(e)) from None
         if result.scored == 0:
@@ -232,17 +245,18 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
         return {"chars": result.chars, "scored": result.scored, "unk": result.unk, "loss": result.loss,
                 "perplexity": perplexity(result.loss), "bits_per_char": result.loss / math.log(2)}
 
+    # these two on the event loop itself, not the thread pool: a health check is answered however busy the pool is
     @app.get("/v1/model", summary="The model served: cell, sizes, vocab, corpus, training steps, losses; the limits")
-    def model_info() -> dict:
+    async def model_info() -> dict:
         return {**info, "limits": asdict(limits)}
 
     @app.get("/healthz", summary="Liveness, and what the batcher has done")
-    def healthz() -> dict:
+    async def healthz() -> dict:
         return {"status": "ok", "batching": batcher.stats()}
 
     @app.head("/healthz", include_in_schema=False)  # what some health checkers send; one operation in the schema
-    def healthz_head() -> dict:
-        return healthz()
+    async def healthz_head() -> dict:
+        return await healthz()
 
     return app
 
