@@ -194,9 +194,20 @@ def test_a_test_split_is_scored_once_with_the_best_weights(tmp_path):
     assert len(data.train) + len(data.test) + len(data.val) == data.text_chars and len(data.test) > 0
 
 
-def test_a_diverging_run_stops_and_never_saves_non_finite_weights(tmp_path):
-    cfg = tiny_config(tmp_path, "train.optimizer=sgd", "train.lr=3e37", "train.clip_norm=0", "model.cell=rnn",
-                      "train.max_steps=200", "train.eval_every=10")
+@pytest.mark.parametrize("overrides", [
+    ["train.optimizer=sgd", "model.cell=rnn", "train.max_steps=200", "train.eval_every=10"],
+    # no validation split, so no validation loss to find it: Adam's first steps made the weights inf
+    # between two logged losses, and the run ended "done" (max_steps), its best.pt and last.pt NaN, or
+    # wrote a NaN last.pt at each epoch's end
+    ["train.optimizer=adam", "data.val_fraction=0", "train.max_steps=5", "log.log_every=10"],
+    ["train.optimizer=adam", "data.val_fraction=0", "data.batch_size=32", "data.num_steps=32", "train.max_steps=0",
+     "train.epochs=3", "train.eval_every=0", "log.log_every=50"],
+], ids=["validated", "no-validation-split", "no-validation-split-epochs"])
+def test_a_diverging_run_stops_and_never_saves_non_finite_weights(tmp_path, overrides):
+    text = tmp_path / "s.txt"  # 19 batches of 32 x 32 an epoch
+    text.write_text(shared_corpus("tinyshakespeare/input.txt").read_text(encoding="utf-8")[:20000], encoding="utf-8")
+    cfg = tiny_config(tmp_path, "data.kind=text", f"data.paths={text}", "train.lr=3e37", "train.clip_norm=0",
+                      "model.hidden_size=32", *overrides)
     r = train(cfg, tmp_path / "div", quiet=True, cache_dir=tmp_path / "c")
     assert r.stopped_by == "diverged" and r.step < 200
     for name in ("best.pt", "last.pt"):

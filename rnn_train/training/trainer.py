@@ -342,11 +342,18 @@ class Trainer:
         """Validate, tell `on_validation`, then save last.pt. Returns '' to go on, 'diverged' (nothing
         saved) if the validation loss is not finite, or the reason `on_validation` gave to stop."""
         val = self.validate()
-        if val is not None and not math.isfinite(val):
+        if (val is not None and not math.isfinite(val)) or not self.weights_finite():
             return "diverged"
         stop = self.after_validation(val)
         self.save(LAST)
         return stop
+
+    def weights_finite(self) -> bool:
+        """No weight is NaN or infinite. Checked before last.pt is written, where no finite validation
+        loss vouches for them (a run without a validation split): one that diverged between its logged
+        losses wrote NaN checkpoints and ended 'done', exit status 0. Every rank holds the same weights."""
+        return all(bool(torch.as_tensor(v).isfinite().all()) for v in self.learner.state_dict()["model"].values()
+                   if torch.as_tensor(v).is_floating_point())
 
     def after_validation(self, val: float | None) -> str:
         """The `on_validation` hook's answer for a finite validation loss ('' = go on). Every rank asks
@@ -381,6 +388,8 @@ class Trainer:
         checkpoints stay). Otherwise the final weights are validated (unless just done) and saved;
         returns the stop reason, 'diverged' if that validation was not finite."""
         s = self.state
+        if reason != "diverged" and not self.weights_finite():
+            reason = "diverged"
         if reason == "interrupt":
             self.save(LAST)
             return reason
