@@ -54,6 +54,12 @@ def test_a_new_run_starts_from_the_checkpoint_weights_and_vocab(source, tmp_path
     assert unknown >= 60 * len("NH2024W")
     assert f"note: {unknown:,} characters of the corpus" in err.getvalue() and "<unk>" in err.getvalue()
     assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["init_from"] == str(best)
+    # resumed, it is still a fine-tuning of that checkpoint (its metrics.json said "" once resumed)
+    longer = fine_tune_config(source, "train.optimizer=sgd", "train.lr=1e-9", "train.clip_norm=0", "train.max_steps=3",
+                              "train.eval_every=2", "train.warmup_steps=2", "log.log_every=1")
+    resumed = train(longer, tmp_path / "ft", resume=ckpt, quiet=True, cache_dir=tmp_path / "c")
+    assert resumed.step == 3 and resumed.init_from == str(best)
+    assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["init_from"] == str(best)
 
 
 def test_embed_dim_is_no_shape_of_a_one_hot_model(source, tmp_path):

@@ -379,6 +379,8 @@ class Trainer:
                 payload["corpus_sha256"] = self.data.corpus_sha256  # what --resume checks the text against
             payload["workdir"] = self.workdir  # where explore, gradflow and --resume find relative data.paths
             payload["precision"] = self.precision  # what --resume compares the precision it takes with
+            if self.init_from:
+                payload["init_from"] = self.init_from  # a resumed fine-tuning's metrics.json says it still
             ckpt_io.save_checkpoint(self.run_dir / name, payload)
         w.from_writer(write)  # a failed write (a full disk) is raised on every rank, not only on rank 0
 
@@ -617,7 +619,8 @@ def _train(cfg: Config, run_dir: Path, resume: dict | None, init_from: str | Pat
         for note in filter(None, notes):
             mon.note(note)
     return Trainer(cfg, learner, data, state, rd, mon, device, world=world, on_step=on_step,
-                   on_validation=on_validation, init_from=str(init_from or ""),
+                   on_validation=on_validation,
+                   init_from=str(init_from or "") if resume is None else str(resume.get("init_from", "")),
                    workdir=resume["workdir"] if moved_note else "").run()
 
 
