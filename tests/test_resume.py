@@ -462,6 +462,20 @@ def test_resume_may_point_data_paths_at_the_same_text_elsewhere_but_not_at_other
     assert "data.num_steps cannot change on --resume" in capsys.readouterr().err
 
 
+def test_a_resume_may_spell_log_dir_otherwise_but_not_name_another(tmp_path):
+    """./runs and runs/ are the directory the run lives in, as runs is: refused, they said log.dir changed."""
+    cfg = tiny_config(tmp_path, "train.max_steps=4")
+    train(cfg, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c")
+    spelt = replace(cfg, log=replace(cfg.log, dir=f"{cfg.log.dir}/./"), train=replace(cfg.train, max_steps=6))
+    resumed = train(spelt, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c",
+                    resume=load_checkpoint(tmp_path / "r" / "last.pt"))
+    assert resumed.step == 6
+    other = replace(spelt, log=replace(cfg.log, dir=f"{cfg.log.dir}/x"), train=replace(cfg.train, max_steps=8))
+    with pytest.raises(UserError, match=r"log\.dir cannot change on --resume"):
+        train(other, tmp_path / "r", quiet=True, cache_dir=tmp_path / "c",
+              resume=load_checkpoint(tmp_path / "r" / "last.pt"))
+
+
 def test_a_resume_without_best_pt_says_the_test_split_goes_unscored(tmp_path):
     """best.pt deleted, and no validation after the resume beats the old best: the test split was
     left out without a word (metrics.json's test_loss null)."""

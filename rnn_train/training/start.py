@@ -12,6 +12,7 @@ The checks here are pure comparisons of configs, made before anything is deleted
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -53,7 +54,10 @@ def check_resume_config(ckpt: dict[str, Any], cfg: Config) -> None:
     name the corpus where it lies now when the checkpoint records its digest: the trainer then
     refuses a text that is not the same (data.dataset.changed_since)."""
     free = ("model.kernel", "data.paths") if ckpt.get("corpus_sha256") else ("model.kernel",)
-    changed = _changed(_saved(ckpt), cfg.to_dict(), RESUME_FIXED, free)
+    saved = _saved(ckpt)
+    if os.path.normpath(str(saved.get("log", {}).get("dir"))) == os.path.normpath(cfg.log.dir):
+        free += ("log.dir",)  # the same directory spelt otherwise: ./runs, runs/
+    changed = _changed(saved, cfg.to_dict(), RESUME_FIXED, free)
     if changed:
         raise UserError(f"{', '.join(changed)} cannot change on --resume (the data keys define the run's batches, "
                         f"the model keys its weights, train.seed its random draws, log.dir and log.name where it "
