@@ -361,7 +361,7 @@ def test_normalised_chunks_join_to_the_whole_file_decoded(tmp_path, chunk_bytes)
 
 def test_binary_file_is_a_one_line_error_naming_it(tmp_path):
     path = tmp_path / "model.bin"
-    path.write_bytes(b"PK\x03\x04\x00\x00" + bytes(range(256)))
+    path.write_bytes(b"DATA\x00\x00" + bytes(range(256)))  # (a zip archive, "PK\x03\x04", is told as one)
     for kind in ("text", "pinyin"):
         with pytest.raises(UserError, match=f"{re.escape(str(path))} looks like a binary file, not text: NUL "
                                             f"character at character 4"):
@@ -522,3 +522,37 @@ def test_a_utf16_or_utf32_file_read_as_utf8_gets_a_hint_at_its_encoding_a_binary
     with pytest.raises(UserError) as err:
         corpus.read_text(path)
     assert str(err.value).endswith(says)
+
+
+def _zipped(path: Path, data: bytes) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("corpus.txt", data)
+
+
+@pytest.mark.parametrize("pack, kind", [
+    ("gzip", "gzip-compressed, not text: unpack it first (gunzip)"),
+    ("bz2", "bzip2-compressed, not text: unpack it first (bunzip2)"),
+    ("lzma", "xz-compressed, not text: unpack it first (unxz)"),
+    ("zip", "a zip archive, not text: unpack it first (unzip)"),
+])
+def test_a_compressed_corpus_is_told_to_be_unpacked_not_to_set_an_encoding(tmp_path, pack, kind):
+    """A .gz corpus was told `byte 0x8b at offset 1 is not valid utf-8 (set data.encoding, e.g. cp1252 ...)`."""
+    import importlib
+
+    data = "To be, or not to be, that is the question:\n".encode() * 200
+    path = tmp_path / f"corpus.{pack}"
+    if pack == "zip":
+        _zipped(path, data)
+    else:
+        path.write_bytes(importlib.import_module(pack).compress(data))
+    with pytest.raises(UserError) as e:
+        corpus.read_text(path)
+    assert str(e.value) == f"{path} is {kind}"
+
+
+def test_a_text_that_starts_as_an_archive_signature_does_is_read(tmp_path):
+    path = tmp_path / "bzh.txt"
+    path.write_text("BZh is how a bzip2 file starts, PK\x03\x04 a zip\n", encoding="utf-8")
+    assert corpus.read_text(path).startswith("BZh is")

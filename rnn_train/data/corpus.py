@@ -117,8 +117,9 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
             except UnicodeDecodeError as exc:
                 # a binary file fails to decode too, but is better named as what it is
                 valid = exc.object[:exc.start].decode(encoding, errors="replace")
-                raise _binary(path, chars, valid, encoding_key) if "\0" in valid else \
-                    _undecodable(path, encoding, exc, consumed - buffered, encoding_key) from None
+                raise _packed(path, block if consumed == 0 else b"") or (
+                    _binary(path, chars, valid, encoding_key) if "\0" in valid else
+                    _undecodable(path, encoding, exc, consumed - buffered, encoding_key)) from None
             except UnicodeError as exc:  # a codec's own complaint, e.g. utf-16 without its byte-order mark
                 raise UserError(f"{path} is not readable as {encoding} ({exc}; set {encoding_key}"
                                 f"{_byte_order(block)})") from None
@@ -135,7 +136,7 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
                 text = text.replace("\r\n", "\n").replace("\r", "\n")
             nul = text.find("\0")
             if nul >= 0:
-                raise _binary(path, chars, text, encoding_key)
+                raise _packed(path, block if consumed == len(block) else b"") or _binary(path, chars, text, encoding_key)
             lone = None if strict_utf8 else _SURROGATE.search(text)
             if lone:  # no character, and nothing can store it (UTF-8, UTF-32 refuse it)
                 raise UserError(f"{path}: {encoding} decodes to U+{ord(lone.group()):04X} at character "
@@ -148,6 +149,22 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+_PACKED = ((b"\x1f\x8b", "gzip-compressed", "gunzip"), (b"BZh", "bzip2-compressed", "bunzip2"),
+           (b"\xfd7zXZ\x00", "xz-compressed", "unxz"), (b"\x28\xb5\x2f\xfd", "zstd-compressed", "unzstd"),
+           (b"PK\x03\x04", "a zip archive", "unzip"), (b"7z\xbc\xaf\x27\x1c", "a 7z archive", "7z x"))
+"""A compressed file's or an archive's first bytes, what it is, and the command that unpacks it."""
+
+
+def _packed(path: PathLike, start: bytes) -> UserError | None:
+    """The error for a file that failed to decode and starts (`start`: its first bytes, or b"" where
+    the failure was past its first chunk) as a compressed file or an archive does: it was told to set
+    data.encoding, which no encoding mends."""
+    for magic, kind, tool in _PACKED:
+        if start.startswith(magic):
+            return UserError(f"{path} is {kind}, not text: unpack it first ({tool})")
+    return None
 
 
 def _binary(path: PathLike, base: int, text: str, key: str) -> UserError:
