@@ -511,6 +511,21 @@ def test_a_missing_or_broken_checkpoint_or_a_taken_port_is_one_line_before_liste
         taken.close()
 
 
+def test_an_ipv6_address_in_brackets_as_the_first_line_shows_it_is_taken(run, env):
+    """`--host [::1]`, the form the server's own first line prints, was "Name or service not known"."""
+    proc = subprocess.Popen([sys.executable, "-m", "rnn_train", "serve", "--checkpoint", str(run), "--port", "0",
+                             "--host", "[::1]"], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline()
+        assert " on http://[::1]:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        url = "http://" + line.split("http://")[1].split()[0]
+        assert httpx.get(url + "/healthz", timeout=30).json()["status"] == "ok"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
 def test_only_a_loopback_bind_is_silent():
     for host in ("127.0.0.1", "127.0.0.5", "::1", "localhost"):
         assert exposure_warning(host, 8000) is None

@@ -64,13 +64,20 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _unbracketed(host: str) -> str:
+    """An IPv6 address as a URL writes it, [::1], is the address: the server's own first line shows it
+    so, and copied back it was refused ("Name or service not known")."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 def _parser(prog: str) -> ArgumentParser:
     from rnn_train.serve.app import Limits
 
     d = Limits()
     ap = ArgumentParser(prog=prog, description=__doc__.split("\n")[0].split(": ", 1)[1])
     ap.add_argument("--checkpoint", required=True, help="a .pt file or a run directory (uses its best.pt)")
-    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    ap.add_argument("--host", default="127.0.0.1", type=_unbracketed,
+                    help="address to listen on (default 127.0.0.1: this machine only; IPv6 as ::1 or [::1])")
     ap.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port, printed)")
     ap.add_argument("--max-prefix", type=int, default=d.max_prefix, help=f"characters of a prefix or stop_at (default {d.max_prefix})")
     ap.add_argument("--max-k", type=int, default=d.max_k, help=f"characters per sample (default {d.max_k})")
