@@ -370,6 +370,20 @@ def test_answers_are_utf_8_as_is_and_a_health_check_may_ask_with_head(server):
     assert list(server.get("/openapi.json").json()["paths"]["/healthz"]) == ["get"]  # one operation, one id
 
 
+def test_the_schema_describes_the_error_answers_the_server_sends(server):
+    """/openapi.json listed FastAPI's own 422 body, {"detail": [...]}, which the server never sends."""
+    schema = server.get("/openapi.json").json()
+    for path in ("/v1/next", "/v1/generate", "/v1/score"):
+        answers = schema["paths"][path]["post"]["responses"]
+        assert {"400", "413", "422", "503"} <= set(answers), path
+        for status in ("400", "413", "422", "503"):
+            assert answers[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    assert set(schema["components"]["schemas"]["ErrorBody"]["properties"]) == {"error", "field"}
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    wrong = server.post("/v1/generate", {"prefix": "ni", "k": "x"})
+    assert wrong.status_code == 422 and set(wrong.json()) == {"error", "field"}  # as described
+
+
 def test_a_body_past_the_limit_without_a_length_or_not_labelled_json_is_refused_too(server):
     def chunks():
         yield b'{"text": "'
@@ -379,8 +393,13 @@ def test_a_body_past_the_limit_without_a_length_or_not_labelled_json_is_refused_
 
     r = httpx.post(server.url + "/v1/score", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
     assert r.status_code == 413 and r.json()["field"] == "body"
-    r = httpx.post(server.url + "/v1/next", content=b'{"prefix": "ni"}', timeout=60)  # no Content-Type
-    assert r.status_code == 422 and r.json()["field"] == "body" and "Content-Type: application/json" in r.json()["error"]
+    for label in ({}, {"content-type": "application/jsonfoo"}):  # none, or one that only holds "json"
+        r = httpx.post(server.url + "/v1/next", content=b'{"prefix": "ni"}', timeout=60, headers=label)
+        assert r.status_code == 422 and r.json()["field"] == "body" and "Content-Type: application/json" in \
+            r.json()["error"], (label, r.json())
+    r = httpx.post(server.url + "/v1/next", content=b'{"prefix": "ni"}', timeout=60,
+                   headers={"content-type": "application/vnd.api+json; charset=utf-8"})  # read as JSON by FastAPI
+    assert r.status_code == 200, r.json()
     assert httpx.get(server.url + "/v1/nowhere", timeout=60).json() == {"error": "Not Found", "field": None}
 
 

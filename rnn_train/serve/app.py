@@ -115,6 +115,22 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class ErrorBody(BaseModel):
+    """Every error answer's body (_install_error_handlers)."""
+    error: str = Field(description="what is wrong: '<field>: <message>' where a field is at fault")
+    field: str | None = Field(description="the field at fault ('body': the body as a whole), or null")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The body is no JSON (malformed, or not UTF-8)"},
+    413: {"model": ErrorBody, "description": "The body is larger than --max-body"},
+    422: {"model": ErrorBody, "description": "A field's value cannot be served (named in `field`)"},
+    503: {"model": ErrorBody, "description": "The server stopped before the request finished"},
+}
+"""The error answers of the POST endpoints, for the schema (/openapi.json, /docs): without them it
+listed FastAPI's own 422 body, {"detail": [...]}, which this server never sends."""
+
+
 def _error(status: int, field: str | None, message: str) -> JSONResponse:
     return StrictJSONResponse({"error": f"{field}: {message}" if field else message, "field": field}, status)
 
@@ -190,7 +206,8 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
             raise FieldError("prefix", "is empty, and the model's vocab has no newline to start from")
         return prefix, encode_prefix(vocab, prefix)
 
-    @app.post("/v1/next", summary="The most likely next characters after a prefix, with probabilities")
+    @app.post("/v1/next", summary="The most likely next characters after a prefix, with probabilities",
+              responses=ERRORS)
     def next_chars(body: NextRequest) -> dict:
         prefix, ids = read_prefix(body.prefix)
         logits, _ = warm_up(model, ids)
@@ -200,7 +217,7 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
               responses={200: {"content": {"text/event-stream": {}},
                                "description": "JSON, or with stream: true Server-Sent Events: 'data' events "
                                               "{\"text\": [new text per sample]}, then 'done' {\"prefix\", "
-                                              "\"samples\"} (or 'error' {\"error\"})"}})
+                                              "\"samples\"} (or 'error' {\"error\"})"}, **ERRORS})
     async def generate(body: GenerateRequest, request: Request):
         prefix, ids = read_prefix(body.prefix)
         options = SamplingOptions(body.temperature, body.top_k, body.top_p, body.seed)
@@ -222,7 +239,8 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
     # without a thread, and one whose client left meanwhile is not run at all.
     scoring = asyncio.Semaphore(available_cores())
 
-    @app.post("/v1/score", summary="Loss, perplexity and bits per character of a text, as `rnn-train score`")
+    @app.post("/v1/score", summary="Loss, perplexity and bits per character of a text, as `rnn-train score`",
+              responses=ERRORS)
     async def score(body: ScoreRequest, request: Request) -> dict:
         try:
             body.text.encode("utf-8")
@@ -376,7 +394,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             return _error(422, field, "unknown field")
         if field == "body":
             kind = request.headers.get("content-type", "")
-            if "json" not in kind:  # FastAPI reads the body as JSON only when it is labelled so
+            subtype = kind.split(";")[0].strip().lower().partition("/")[2]
+            if subtype != "json" and not subtype.endswith("+json"):  # FastAPI reads JSON only when labelled so
                 return _error(422, field, f"send a JSON object as Content-Type: application/json (got "
                                           f"{kind or 'no Content-Type'}; curl --json '{{...}}' does both)")
             return _error(422, field, "must be a JSON object" if first.get("type") != "missing"
