@@ -221,6 +221,43 @@ def test_a_health_check_is_answered_while_more_scores_than_the_thread_pool_holds
     assert [a.status_code for a in answers] == [200] * 45 and len({a.json()["loss"] for a in answers}) == 1
 
 
+def test_a_score_running_when_the_server_stops_gets_the_stops_answer_and_its_thread_ends(run, monkeypatch):
+    """At the end of the grace uvicorn cancelled a score still running: a plain-text 500, a CancelledError
+    traceback on stderr, and the process computed on after `stopped` until the score ended."""
+    import asyncio
+
+    from rnn_train.serve import app as served
+    from rnn_train.serve.scheduler import Unavailable
+
+    started, ended = threading.Event(), threading.Event()
+
+    def endless(model, vocab, pieces, rows=None, **kwargs):  # a score that ends only where it is told to
+        started.set()
+        try:
+            while True:
+                rows("x", np.zeros(1))
+                time.sleep(0.005)
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(served, "score_pieces", endless)
+    model, vocab, cfg, ckpt = load_model(run / "best.pt")
+    app = served.create_app(model, vocab, cfg, ckpt)
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            answers = [asyncio.create_task(client.post("/v1/score", json={"text": "ni hao"})) for _ in range(4)]
+            while not started.is_set():
+                await asyncio.sleep(0.01)
+            app.state.stop(Unavailable("the server stopped before this request finished"))
+            return await asyncio.wait_for(asyncio.gather(*answers), 10)
+
+    answers = asyncio.run(scenario())
+    assert [a.status_code for a in answers] == [503] * 4  # the running one and those waiting for a core
+    assert answers[0].json() == {"error": "the server stopped before this request finished", "field": None}
+    assert ended.wait(5)
+
+
 def test_scores_equal_rnn_train_score(server, run, env, tmp_path):
     texts = {"plain": "ni hao\nzhong guo ren min\n" * 5, "crlf": "ni hao\r\nzhong guo\r\n" * 4,
              "chinese": "中国人民\n你好世界\n" * 3}

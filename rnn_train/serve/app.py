@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import math
+import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -131,6 +132,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 listed FastAPI's own 422 body, {"detail": [...]}, which this server never sends."""
 
 
+class _Halted(Exception):
+    """A score stopped because the server is stopping (its client gets the stop's 503)."""
+
+
 def _error(status: int, field: str | None, message: str) -> JSONResponse:
     return StrictJSONResponse({"error": f"{field}: {message}" if field else message, "field": field}, status)
 
@@ -192,6 +197,17 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
                   description=f"A {info['cell']} character model: next characters, continuations and scores. "
                               "Reference: docs/serve.md.")
     app.state.batcher = batcher
+    halts: set[asyncio.Future] = set()  # one per score in progress: set, it answers 503 at once
+
+    def stop(error: Unavailable) -> None:
+        """End every request still running with `error` (a 503, a stream's 'error' event): the
+        generate jobs by the batcher, the scores by their halts. Called in the event loop's thread."""
+        batcher.abort(error)
+        for halt in list(halts):
+            if not halt.done():
+                halt.set_exception(error)
+
+    app.state.stop = stop
     app.add_middleware(BodyLimit, max_body=limits.max_body)
     _install_error_handlers(app)
 
@@ -247,14 +263,32 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
         except UnicodeEncodeError as e:  # JSON's "\udc00" escapes can say what no text holds
             raise FieldError("text", f"holds a lone surrogate ({body.text[e.start]!r} at character {e.start}), "
                                      f"which is not text") from None
-        async with scoring:
-            if await request.is_disconnected():
-                return Response(status_code=499)  # nobody reads this
-            return await run_in_threadpool(score_text, body.text)
-
-    def score_text(text: str) -> dict:
+        halt = asyncio.get_running_loop().create_future()
+        halts.add(halt)
+        halted = threading.Event()
         try:
-            result = score_pieces(model, vocab, text_pieces(text, cfg.data))
+            async with scoring:
+                if halt.done():
+                    raise halt.exception()
+                if await request.is_disconnected():
+                    return Response(status_code=499)  # nobody reads this
+                work = asyncio.ensure_future(run_in_threadpool(score_text, body.text, halted))
+                await asyncio.wait({work, halt}, return_when=asyncio.FIRST_COMPLETED)
+                if not work.done():  # the server is stopping: answered now; the thread ends at its next segment
+                    halted.set()
+                    work.add_done_callback(lambda done: done.cancelled() or done.exception())  # (its _Halted: seen)
+                    raise halt.exception()
+                return work.result()
+        finally:
+            halts.discard(halt)
+
+    def score_text(text: str, halted: threading.Event) -> dict:
+        def go_on(chars: str, bits) -> None:  # told each scored segment: where a halted score stops
+            if halted.is_set():
+                raise _Halted
+
+        try:
+            result = score_pieces(model, vocab, text_pieces(text, cfg.data), rows=go_on)
         except UserError as e:
             raise FieldError("text", str(e)) from None
         if result.scored == 0:

@@ -148,15 +148,15 @@ def _server(uvicorn, app, config, early: list[int]):
                 stop = Unavailable("the server was stopped at once, before this request finished (a second "
                                    "Ctrl-C)")
                 try:  # from the event loop, not from inside whatever this handler interrupted
-                    asyncio.get_running_loop().call_soon_threadsafe(app.state.batcher.abort, stop)
+                    asyncio.get_running_loop().call_soon_threadsafe(app.state.stop, stop)
                 except RuntimeError:  # no loop running (yet, or any more)
-                    app.state.batcher.abort(stop)
+                    app.state.stop(stop)
                 return
             super().handle_exit(sig, frame)
 
         async def shutdown(self, sockets=None) -> None:
             stop = Unavailable(f"the server stopped before this request finished (it waited {GRACE - ANSWER_S:g} s)")
-            timer = asyncio.get_running_loop().call_later(GRACE - ANSWER_S, app.state.batcher.abort, stop)
+            timer = asyncio.get_running_loop().call_later(GRACE - ANSWER_S, app.state.stop, stop)
             try:
                 await super().shutdown(sockets)
             finally:
