@@ -238,6 +238,10 @@ def test_letters_only_models_score_the_letters_only_text(tmp_path):
     with pytest.raises(UserError, match=re.escape(f"{symbols} holds no letter, and the model reads letters and "
                                                   f"spaces only (data.letters_only): nothing to score")):
         score_file(CharRNN(len(letters), "gru", 8), letters, cfg.data, str(symbols))
+    one = tmp_path / "one.txt"  # two characters in the file, one once the letters are kept
+    one.write_text("!a", encoding="utf-8")
+    with pytest.raises(UserError, match=re.escape(f"{one} has a single character as the model reads it (letters only")):
+        score_file(CharRNN(len(letters), "gru", 8), letters, cfg.data, str(one))
 
 
 @pytest.mark.parametrize("content,needle", [

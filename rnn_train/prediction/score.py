@@ -244,7 +244,8 @@ def score_file(model: CharRNN, vocab: Vocab, data_cfg, path: str, encoding: str 
     if result.chars == 0:
         raise nothing_read(path, data_cfg, "score")
     if result.scored == 0:
-        raise UserError(f"{path} has a single character: nothing to score (the first is only context)")
+        raise UserError(f"{path} has a single character as the model reads it (letters only, or converted to "
+                        f"pinyin, where its config says so): nothing to score (the first is only context)")
     return result
 
 
