@@ -76,8 +76,6 @@ def test_a_learning_rate_past_any_use_is_refused_before_the_optimizer_overflows(
 
 def test_run_directory_names_the_file_system_cannot_take_are_refused_by_key():
     for log, key in (({"name": "a\0b"}, "log.name must be a plain directory name"),
-                     ({"name": "x\ny"}, "log.name must be a plain directory name (no '/', no line break or other "
-                                         "control character), got 'x\\ny'"),
                      ({"name": "x" * 256}, "log.name must be at most 255 bytes long, got 256"),
                      ({"dir": "runs\0"}, "log.dir must be a directory path"),
                      ({"dir": " "}, "log.dir must be a directory path (. for the current directory;"),
