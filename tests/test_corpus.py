@@ -556,3 +556,6 @@ def test_a_text_that_starts_as_an_archive_signature_does_is_read(tmp_path):
     path = tmp_path / "bzh.txt"
     path.write_text("BZh is how a bzip2 file starts, PK\x03\x04 a zip\n", encoding="utf-8")
     assert corpus.read_text(path).startswith("BZh is")
+    path.write_bytes("BZh is a format; café au lait\n".encode("cp1252"))  # another encoding: told so, not bzip2
+    with pytest.raises(UserError, match=re.escape("is not valid utf-8 (set data.encoding")):
+        corpus.read_text(path)

@@ -393,14 +393,15 @@ def test_a_page_says_who_wrote_it_where_a_run_directory_that_is_replaced_looks(p
 def test_characters_the_vocab_lacks_are_counted_and_shown(browser, runs, tmp_path):
     tmp, _ = runs
     text = tmp_path / "accents.txt"
-    text.write_text("Déjà vu, naïve café ÉÉ.\u2028ΑΒΓΔΕΖΗΘΙΚΛ\n", encoding="utf-8")
+    text.write_text("Déjà vu, naïve café ÉÉ.\u2028\U000E0067ΑΒΓΔΕΖΗΘΙΚΛ\n", encoding="utf-8")
     job = explore("--checkpoint", tmp / "rnn", text, "--out", tmp_path / "a.html")
-    assert job.returncode == 0 and "18 of them not in the vocab (read as <unk>)" in job.stdout, job.stdout
+    assert job.returncode == 0 and "19 of them not in the vocab (read as <unk>)" in job.stdout, job.stdout
     o = opened(browser, tmp_path / "a.html")
-    # the 12 most frequent named (a line separator as what it is, not a blank), and the rest counted
-    assert ('18 characters of the text are not in the model\'s vocab and are read as <unk>: "é" ×2, "É" ×2, "à" ×1, '
-            '"ï" ×1, "\\u2028" ×1, "Α" ×1, "Β" ×1, "Γ" ×1, "Δ" ×1, "Ε" ×1, "Ζ" ×1, "Η" ×1, and 4 others'
-            ) in o.page.inner_text("#notes")
+    # the 12 most frequent named (a line separator, a tag character past U+FFFF as what they are, not
+    # blanks: the latter as its UTF-16 halves, since \u reads four digits), and the rest counted
+    assert ('19 characters of the text are not in the model\'s vocab and are read as <unk>: "é" ×2, "É" ×2, "à" ×1, '
+            '"ï" ×1, "\\u2028" ×1, "\\udb40\\udc67" ×1, "Α" ×1, "Β" ×1, "Γ" ×1, "Δ" ×1, "Ε" ×1, "Ζ" ×1, '
+            'and 5 others') in o.page.inner_text("#notes")
     o.page.fill("#prefix", "café")
     assert 'not in the vocab, read as <unk>: "é"' in o.page.inner_text("#prefix-note")
     assert o.errors == []

@@ -151,7 +151,8 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-_PACKED = ((b"\x1f\x8b", "gzip-compressed", "gunzip"), (b"BZh", "bzip2-compressed", "bunzip2"),
+_PACKED = ((b"\x1f\x8b", "gzip-compressed", "gunzip"), (re.compile(rb"BZh[1-9](1AY&SY|\x17rE8P\x90)"),
+                                                     "bzip2-compressed", "bunzip2"),
            (b"\xfd7zXZ\x00", "xz-compressed", "unxz"), (b"\x28\xb5\x2f\xfd", "zstd-compressed", "unzstd"),
            (b"PK\x03\x04", "a zip archive", "unzip"), (b"7z\xbc\xaf\x27\x1c", "a 7z archive", "7z x"))
 """A compressed file's or an archive's first bytes, what it is, and the command that unpacks it."""
@@ -162,7 +163,7 @@ def _packed(path: PathLike, start: bytes) -> UserError | None:
     the failure was past its first chunk) as a compressed file or an archive does: it was told to set
     data.encoding, which no encoding mends."""
     for magic, kind, tool in _PACKED:
-        if start.startswith(magic):
+        if start.startswith(magic) if isinstance(magic, bytes) else magic.match(start):
             return UserError(f"{path} is {kind}, not text: unpack it first ({tool})")
     return None
 

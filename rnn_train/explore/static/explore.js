@@ -417,7 +417,9 @@
   // show as nothing or as a space (U+2028, controls, format characters, a no-break space), as
   // predict's messages name them
   const INVISIBLE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Co}\p{Cn}\p{Cs}]|(?! )\p{Zs}/gu;
-  const quoted = (s) => JSON.stringify(s).replace(INVISIBLE, (c) => "\\u" + c.codePointAt(0).toString(16).padStart(4, "0"));
+  // (a character past U+FFFF as its two UTF-16 halves: \u reads four digits)
+  const quoted = (s) => JSON.stringify(s).replace(INVISIBLE, (c) =>
+    Array.from({ length: c.length }, (_, i) => "\\u" + c.charCodeAt(i).toString(16).padStart(4, "0")).join(""));
   const fmt = (x, d = 3) => (x === null || x === undefined || Number.isNaN(x) ? "–" : x.toFixed(d));
   const show = (c) => (c === "\n" ? "↵" : c === " " ? "␣" : c === "\t" ? "⇥" : c);
   function el(tag, attrs = {}, ...kids) {
