@@ -221,6 +221,27 @@ def test_a_health_check_is_answered_while_more_scores_than_the_thread_pool_holds
     assert [a.status_code for a in answers] == [200] * 45 and len({a.json()["loss"] for a in answers}) == 1
 
 
+def test_scores_that_wait_for_a_core_are_served_on_every_event_loop_the_app_runs_on(run, monkeypatch):
+    """An asyncio.Semaphore belongs to the first loop that waits on it: the app served on a second
+    loop (a test client's, a program's) answered every score that had to wait with a 500."""
+    import asyncio
+
+    from rnn_train.serve import app as served
+
+    monkeypatch.setattr(served, "available_cores", lambda: 1)  # so that two of three scores wait
+    model, vocab, cfg, ckpt = load_model(run / "best.pt")
+    app = served.create_app(model, vocab, cfg, ckpt)
+
+    async def three_scores():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            answers = await asyncio.gather(*(client.post("/v1/score", json={"text": "ni hao zhong guo " * 200})
+                                             for _ in range(3)))
+            return [a.status_code for a in answers]
+
+    assert asyncio.run(three_scores()) == [200] * 3
+    assert asyncio.run(three_scores()) == [200] * 3
+
+
 def test_a_score_running_when_the_server_stops_gets_the_stops_answer_and_its_thread_ends(run, monkeypatch):
     """At the end of the grace uvicorn cancelled a score still running: a plain-text 500, a CancelledError
     traceback on stderr, and the process computed on after `stopped` until the score ended."""
@@ -430,7 +451,7 @@ def test_a_body_past_the_limit_without_a_length_or_not_labelled_json_is_refused_
 
     r = httpx.post(server.url + "/v1/score", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
     assert r.status_code == 413 and r.json()["field"] == "body"
-    for label in ({}, {"content-type": "application/jsonfoo"}):  # none, or one that only holds "json"
+    for label in ({}, {"content-type": "application/jsonfoo"}, {"content-type": "text/json"}):  # not read as JSON
         r = httpx.post(server.url + "/v1/next", content=b'{"prefix": "ni"}', timeout=60, headers=label)
         assert r.status_code == 422 and r.json()["field"] == "body" and "Content-Type: application/json" in \
             r.json()["error"], (label, r.json())

@@ -26,6 +26,7 @@ import contextlib
 import json
 import math
 import threading
+import weakref
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -130,6 +131,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 """The error answers of the POST endpoints, for the schema (/openapi.json, /docs): without them it
 listed FastAPI's own 422 body, {"detail": [...]}, which this server never sends."""
+
+
+SCORES_AT_ONCE = 20
+"""At most this many scores at a time, whatever the cores: half of the 40 threads of the pool that
+also answers /v1/next and the warm-ups of generate."""
 
 
 class _Halted(Exception):
@@ -251,9 +257,16 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
 
     # Scores run on the thread pool that also answers /v1/next and every generate's warm-up (40
     # threads): 41 long scores at once held them all, and nothing else was answered until one ended.
-    # So as many run at a time as there are cores (more would only share them), the rest wait here
-    # without a thread, and one whose client left meanwhile is not run at all.
-    scoring = asyncio.Semaphore(available_cores())
+    # So as many run at a time as there are cores (more would only share them), never more than half
+    # the pool, the rest wait here without a thread, and one whose client left meanwhile is not run at
+    # all. One gate per event loop: an asyncio.Semaphore belongs to the loop that first waits on it.
+    gates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def scoring() -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if loop not in gates:
+            gates[loop] = asyncio.Semaphore(min(available_cores(), SCORES_AT_ONCE))
+        return gates[loop]
 
     @app.post("/v1/score", summary="Loss, perplexity and bits per character of a text, as `rnn-train score`",
               responses=ERRORS)
@@ -267,7 +280,7 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
         halts.add(halt)
         halted = threading.Event()
         try:
-            async with scoring:
+            async with scoring():
                 if halt.done():
                     raise halt.exception()
                 if await request.is_disconnected():
@@ -281,6 +294,8 @@ def create_app(model: CharRNN, vocab: Vocab, cfg, ckpt: dict, limits: Limits = L
                 return work.result()
         finally:
             halts.discard(halt)
+            if halt.done():  # stopped as it ended: its error seen, or asyncio logs it as never retrieved
+                halt.exception()
 
     def score_text(text: str, halted: threading.Event) -> dict:
         def go_on(chars: str, bits) -> None:  # told each scored segment: where a halted score stops
@@ -428,8 +443,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             return _error(422, field, "unknown field")
         if field == "body":
             kind = request.headers.get("content-type", "")
-            subtype = kind.split(";")[0].strip().lower().partition("/")[2]
-            if subtype != "json" and not subtype.endswith("+json"):  # FastAPI reads JSON only when labelled so
+            main, _, subtype = kind.split(";")[0].strip().lower().partition("/")
+            if main != "application" or (subtype != "json" and not subtype.endswith("+json")):  # as FastAPI reads JSON
                 return _error(422, field, f"send a JSON object as Content-Type: application/json (got "
                                           f"{kind or 'no Content-Type'}; curl --json '{{...}}' does both)")
             return _error(422, field, "must be a JSON object" if first.get("type") != "missing"
