@@ -308,6 +308,9 @@ def test_compared_runs_of_the_same_name_keep_their_curves_apart_under_one_logdir
         assert f"tensorboard: {folder}  " in out and len(list(folder.glob("events.out.tfevents.*"))) == 1
         assert f"  {name} (gru): " in out  # the table names them so too
     assert gradflow.run_folders([tmp_path / "a" / "m", tmp_path / "a" / "m"]) == ["m", "m"]  # one run twice: one
+    for link, run in (("latest", "a"), ("prev", "b")):  # runs given by links are named by the links, as they were
+        (tmp_path / link).symlink_to(tmp_path / run / "m")
+    assert gradflow.run_folders([tmp_path / "latest", tmp_path / "prev"]) == ["latest", "prev"]
 
 
 def test_cli_user_errors_are_one_line_with_status_2(run_dir, tmp_path, capsys):

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -478,7 +479,9 @@ def run_folders(run_dirs: list[Path]) -> list[str]:
     """The subfolder of each run's curves under one --logdir of a --compare: the run directory's
     name, or as many of its last path parts as set it apart from the others' (sweeps/a/run0 and
     sweeps/b/run0: a/run0 and b/run0). By the name alone, the second run's curves replaced the first's."""
-    full = [d.resolve().parts[1:] for d in run_dirs]  # less the root: a name is always relative
+    # absolute, not resolved: a run given by a link (latest -> sweeps/a/run0) is named by the link,
+    # as it was; less the root: a name is always relative
+    full = [Path(os.path.abspath(d)).parts[1:] for d in run_dirs]
     names = ["/".join(parts) for parts in full]
     for k in range(1, max(map(len, full)) + 1):
         names = ["/".join(parts[-k:]) for parts in full]

@@ -334,8 +334,8 @@ class Trainer:
             self.monitor.text("sample", self.sample_prefix + "".join(pieces), s.step)
         self.monitor.info(f"step {s.step} | val loss {val:.4f} | val ppl {ppl_text(perplexity(val))} | "
                           f"{bits_per_char(val):.3f} bpc" + (" | best" if improved else ""))
-        if improved:
-            self.save(BEST)
+        if improved and self.weights_finite():  # (a weight no validation character reaches may be NaN: the
+            self.save(BEST)                     # run then stops as diverged, validate_and_save)
         return val
 
     def validate_and_save(self) -> str:
