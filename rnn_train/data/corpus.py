@@ -112,12 +112,13 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
             except OSError as exc:
                 raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
             buffered = len(decoder.getstate()[0])  # bytes of an incomplete character held back
+            first = block if consumed == 0 else b""  # the file's first bytes: a compressed file's signature
             try:
                 text = decoder.decode(block, final=not block)
             except UnicodeDecodeError as exc:
                 # a binary file fails to decode too, but is better named as what it is
                 valid = exc.object[:exc.start].decode(encoding, errors="replace")
-                raise _packed(path, block if consumed == 0 else b"") or (
+                raise _packed(path, first) or (
                     _binary(path, chars, valid, encoding_key) if "\0" in valid else
                     _undecodable(path, encoding, exc, consumed - buffered, encoding_key)) from None
             except UnicodeError as exc:  # a codec's own complaint, e.g. utf-16 without its byte-order mark
@@ -136,7 +137,7 @@ def file_chunks(path: PathLike, encoding: str = "utf-8", chunk_bytes: int = CHUN
                 text = text.replace("\r\n", "\n").replace("\r", "\n")
             nul = text.find("\0")
             if nul >= 0:
-                raise _packed(path, block if consumed == len(block) else b"") or _binary(path, chars, text, encoding_key)
+                raise _packed(path, first) or _binary(path, chars, text, encoding_key)
             lone = None if strict_utf8 else _SURROGATE.search(text)
             if lone:  # no character, and nothing can store it (UTF-8, UTF-32 refuse it)
                 raise UserError(f"{path}: {encoding} decodes to U+{ord(lone.group()):04X} at character "

@@ -334,26 +334,30 @@ class Trainer:
             self.monitor.text("sample", self.sample_prefix + "".join(pieces), s.step)
         self.monitor.info(f"step {s.step} | val loss {val:.4f} | val ppl {ppl_text(perplexity(val))} | "
                           f"{bits_per_char(val):.3f} bpc" + (" | best" if improved else ""))
-        if improved and self.weights_finite():  # (a weight no validation character reaches may be NaN: the
-            self.save(BEST)                     # run then stops as diverged, validate_and_save)
+        if improved:
+            self.save(BEST)
         return val
 
     def validate_and_save(self) -> str:
         """Validate, tell `on_validation`, then save last.pt. Returns '' to go on, 'diverged' (nothing
-        saved) if the validation loss is not finite, or the reason `on_validation` gave to stop."""
+        validated or saved) if a weight is not finite, or (nothing saved but best.pt of an improvement)
+        if the validation loss is not, or the reason `on_validation` gave to stop."""
+        if not self.weights_finite():  # before anything is validated or saved, as run_epoch's loss check
+            return "diverged"
         val = self.validate()
-        if (val is not None and not math.isfinite(val)) or not self.weights_finite():
+        if val is not None and not math.isfinite(val):
             return "diverged"
         stop = self.after_validation(val)
         self.save(LAST)
         return stop
 
     def weights_finite(self) -> bool:
-        """No weight is NaN or infinite. Checked before last.pt is written, where no finite validation
-        loss vouches for them (a run without a validation split): one that diverged between its logged
-        losses wrote NaN checkpoints and ended 'done', exit status 0. Every rank holds the same weights."""
-        return all(bool(torch.as_tensor(v).isfinite().all()) for v in self.learner.state_dict()["model"].values()
-                   if torch.as_tensor(v).is_floating_point())
+        """No weight is NaN or infinite. Checked before a validation saves and at the run's end, where
+        no finite validation loss vouches for them (a run without a validation split): one that
+        diverged between its logged losses wrote NaN checkpoints and ended 'done', exit status 0, and a
+        weight no validation character reaches may be NaN. Every rank holds the same weights."""
+        weights = (torch.as_tensor(v) for v in self.learner.state_dict()["model"].values())
+        return all(bool(w.isfinite().all()) for w in weights if w.is_floating_point())
 
     def after_validation(self, val: float | None) -> str:
         """The `on_validation` hook's answer for a finite validation loss ('' = go on). Every rank asks
@@ -387,8 +391,8 @@ class Trainer:
     # -- the end -------------------------------------------------------------------------------------
     def end_of_run(self, reason: str) -> str:
         """The last checkpoints. Interrupted: last.pt as it is. Diverged: nothing (the last good
-        checkpoints stay). Otherwise the final weights are validated (unless just done) and saved;
-        returns the stop reason, 'diverged' if that validation was not finite."""
+        checkpoints stay), as when a weight is not finite. Otherwise the final weights are validated
+        (unless just done) and saved; returns the stop reason, 'diverged' if that validation was not finite."""
         s = self.state
         if reason != "diverged" and not self.weights_finite():
             reason = "diverged"
